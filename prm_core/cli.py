@@ -1,0 +1,226 @@
+"""The ``prm`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import sqlalchemy as sa
+
+from . import __version__
+from .config import Config, load_config
+from .errors import ConfigError, ConflictingRegistration, InvalidInput, PluginLoadError, PrmError
+from .logs import configure_logging
+
+__all__ = ["main"]
+
+T = TypeVar("T")
+
+config_option = click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False), help="TOML config (default: $PRM_CONFIG or ./prm.toml)"
+)
+database_option = click.option("--database", "database_url", help="database URL (default: $PRM_DATABASE_URL, config)")
+
+
+def _config(config_path: str | None, database_url: str | None) -> Config:
+    try:
+        return load_config(config_path, database_url=database_url)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _run(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    try:
+        return asyncio.run(factory())
+    except (PrmError, ConflictingRegistration, PluginLoadError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@click.group()
+@click.version_option(__version__, prog_name="prm")
+def main() -> None:
+    """The PRM hub: every customer touch point plugged into one core."""
+
+
+@main.command()
+@config_option
+@database_option
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8700, show_default=True, type=int)
+@click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning"]))
+def serve(config_path: str | None, database_url: str | None, host: str, port: int, log_level: str) -> None:
+    """Run the hub with every installed plugin (migrates an empty database on start)."""
+    from aiohttp import web
+
+    from .server.app import create_app
+
+    config = _config(config_path, database_url)
+    configure_logging(log_level)
+    try:
+        app = create_app(config)
+    except (PrmError, ConflictingRegistration, PluginLoadError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"prm hub on http://{host}:{port} (database {sa.make_url(config.database_url).render_as_string()})")
+    web.run_app(app, host=host, port=port, access_log=None, print=None)
+
+
+@main.group()
+def keys() -> None:
+    """API keys."""
+
+
+@keys.command("create")
+@click.option("--scope", required=True, help="admin, read, touchpoint:<name> or partner:<name>")
+@click.option("--name", default="", help="a label for the key")
+@click.option("--public", is_flag=True, help="a browser key: identity claims under it are unverified")
+@config_option
+@database_option
+def keys_create(scope: str, name: str, public: bool, config_path: str | None, database_url: str | None) -> None:
+    """Create an API key; prints it alone on the last line. Only its hash is stored."""
+    from .keys import create_key, validate_scope
+    from .store import Store
+
+    try:
+        validate_scope(scope)
+    except InvalidInput as exc:
+        raise click.BadParameter(str(exc), param_hint="--scope") from exc
+    config = _config(config_path, database_url)
+
+    async def create() -> str:
+        store = Store.open(config.database_url)
+        try:
+            await store.migrate()
+            key, record = await create_key(store, scope, name=name, public=public)
+        finally:
+            await store.dispose()
+        click.echo(
+            f"created key {record.id} with scope {scope}{' (public)' if public else ''}; it is shown once:", err=True
+        )
+        return key
+
+    click.echo(_run(create))
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@config_option
+@database_option
+def keys_revoke(key_id: str, config_path: str | None, database_url: str | None) -> None:
+    """Revoke a key by its id (the part after prm_); takes effect within seconds."""
+    from .keys import revoke_key
+    from .store import Store
+
+    config = _config(config_path, database_url)
+
+    async def revoke() -> bool:
+        store = Store.open(config.database_url)
+        try:
+            await store.migrate()
+            return await revoke_key(store, key_id)
+        finally:
+            await store.dispose()
+
+    if not _run(revoke):
+        raise click.ClickException(f"no active key {key_id}")
+    click.echo(f"revoked {key_id}")
+
+
+@main.command()
+@config_option
+def plugins(config_path: str | None) -> None:
+    """List installed plugins, what each registers and the hooks each implements."""
+    from .plugins import collect_registrations, hook_implementations, make_plugin_manager
+
+    config = _config(config_path, None)
+    try:
+        pm = make_plugin_manager()
+        regs = collect_registrations(pm, config)
+    except (PrmError, ConflictingRegistration, PluginLoadError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    hooks = hook_implementations(pm)
+    for name, plugin in sorted(pm.list_name_plugin(), key=lambda p: p[0]):
+        if plugin is None:
+            continue
+        dist = pm.distributions.get(name, "(registered in code)")
+        click.echo(f"{name}  {dist}")
+        for kind, registry in (
+            ("touch points", regs.touchpoints),
+            ("partners", regs.partners),
+            ("value providers", regs.value_providers),
+            ("identity namespaces", regs.namespaces),
+        ):
+            mine = [n for n in registry.names() if registry.providers[n].split(" ")[0] == name]
+            if mine:
+                details = (
+                    [f"{n} ({regs.touchpoints[n].budget_ms} ms)" for n in mine] if kind == "touch points" else mine
+                )
+                click.echo(f"  {kind}: {', '.join(details)}")
+        click.echo(f"  hooks: {', '.join(hooks.get(name, [])) or '-'}")
+
+
+@main.group()
+def db() -> None:
+    """The database."""
+
+
+@db.command("upgrade")
+@config_option
+@database_option
+def db_upgrade(config_path: str | None, database_url: str | None) -> None:
+    """Apply pending migrations."""
+    from .store import Store
+
+    config = _config(config_path, database_url)
+
+    async def upgrade() -> list[str]:
+        store = Store.open(config.database_url)
+        try:
+            return await store.migrate()
+        finally:
+            await store.dispose()
+
+    applied = _run(upgrade)
+    click.echo(f"applied {', '.join(applied)}" if applied else "the database is up to date")
+
+
+@main.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--touchpoint", required=True, help="the touch point these contacts happened at")
+@click.option("--batch-size", default=500, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--skip-invalid", is_flag=True, help="report invalid lines and go on instead of stopping")
+@click.option("--restart", is_flag=True, help="ignore the saved position and read the file from the start")
+@config_option
+@database_option
+def import_(
+    file: Path,
+    touchpoint: str,
+    batch_size: int,
+    skip_invalid: bool,
+    restart: bool,
+    config_path: str | None,
+    database_url: str | None,
+) -> None:
+    """Bulk-load past contacts (JSON Lines of events) with a progress bar.
+
+    Idempotent on event ids, and resumable: an interrupted import continues where its
+    last committed batch ended.
+    """
+    from .importer import import_events
+
+    config = _config(config_path, database_url)
+    configure_logging("warning")
+    result = _run(
+        lambda: import_events(
+            config, file, touchpoint, batch_size=batch_size, skip_invalid=skip_invalid, restart=restart
+        )
+    )
+    click.echo(
+        f"{result.accepted} imported, {result.duplicates} already there, {result.invalid} invalid, "
+        f"{result.skipped_lines} lines skipped from an earlier run"
+    )
+    if result.invalid and not skip_invalid:
+        sys.exit(1)

@@ -1,0 +1,123 @@
+"""The Event wire format: parsing and validating what touch points send.
+
+Everything is checked before anything is written, so a bad event in a batch rejects the
+whole batch with a 422 naming the field (``events[3].occurred_at``) and writes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from .errors import InvalidInput, TooLarge
+from .identity import normalize_identities
+from .model import Event, IdentityNamespace
+
+__all__ = ["MAX_EVENTS_PER_CALL", "parse_event", "parse_events", "parse_time"]
+
+MAX_EVENTS_PER_CALL = 1000
+_MAX_ID = 200
+_MAX_TYPE = 100
+
+
+def parse_time(raw: Any, field: str) -> datetime:
+    """An RFC 3339 timestamp with a UTC offset, as an aware UTC datetime."""
+    if not isinstance(raw, str):
+        raise InvalidInput(f"{field} must be an RFC 3339 timestamp string", field)
+    try:
+        value = datetime.fromisoformat(raw.strip())
+    except ValueError:
+        raise InvalidInput(f"{field} is not an RFC 3339 timestamp", field) from None
+    if value.tzinfo is None:
+        raise InvalidInput(f"{field} needs a UTC offset (Z or +hh:mm)", field)
+    return value.astimezone(UTC)
+
+
+def _string(obj: Mapping[str, Any], key: str, where: str, limit: int, *, required: bool) -> str | None:
+    value = obj.get(key)
+    if value is None:
+        if required:
+            raise InvalidInput(f"{where}{key} is required", f"{where}{key}", code="missing")
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidInput(f"{where}{key} must be a non-empty string", f"{where}{key}")
+    if len(value) > limit:
+        raise InvalidInput(f"{where}{key} is longer than {limit} characters", f"{where}{key}")
+    return value
+
+
+def parse_event(
+    obj: Any,
+    touchpoint: str,
+    namespaces: Mapping[str, IdentityNamespace],
+    region: str,
+    *,
+    received_at: datetime,
+    sent_at: datetime | None = None,
+    where: str = "",
+) -> Event:
+    """Validate one Event object. ``sent_at`` (the client's clock when it sent the call)
+    corrects ``occurred_at`` for clock skew, as Segment does:
+    ``occurred_at + (received_at - sent_at)``.
+    """
+    if not isinstance(obj, Mapping):
+        raise InvalidInput(f"{where or 'the body'} must be an Event object", where.rstrip(".") or None)
+    event_id = _string(obj, "id", where, _MAX_ID, required=True)
+    event_type = _string(obj, "type", where, _MAX_TYPE, required=True)
+    if "occurred_at" not in obj:
+        raise InvalidInput(f"{where}occurred_at is required", f"{where}occurred_at", code="missing")
+    occurred_at = parse_time(obj["occurred_at"], f"{where}occurred_at")
+    if obj.get("sent_at") is not None:
+        sent_at = parse_time(obj["sent_at"], f"{where}sent_at")
+    if sent_at is not None:
+        occurred_at = occurred_at + (received_at - sent_at)
+    dialogue = _string(obj, "dialogue", where, _MAX_ID, required=False)
+    direction = obj.get("direction", "inbound")
+    if direction not in ("inbound", "outbound"):
+        raise InvalidInput(f"{where}direction must be inbound or outbound", f"{where}direction")
+    data = obj.get("data") or {}
+    if not isinstance(data, Mapping):
+        raise InvalidInput(f"{where}data must be an object", f"{where}data")
+    identities = normalize_identities(obj.get("identities"), namespaces, region, field=f"{where}identities")
+    return Event(
+        id=event_id,  # type: ignore[arg-type]
+        type=event_type,  # type: ignore[arg-type]
+        occurred_at=occurred_at,
+        touchpoint=touchpoint,
+        identities=identities,
+        dialogue=dialogue,
+        direction=direction,
+        data=dict(data),
+        received_at=received_at,
+    )
+
+
+def parse_events(
+    body: Any,
+    touchpoint: str,
+    namespaces: Mapping[str, IdentityNamespace],
+    region: str,
+    *,
+    received_at: datetime | None = None,
+    max_events: int = MAX_EVENTS_PER_CALL,
+) -> list[Event]:
+    """``{"events": [Event, ...], "sent_at"?: ...}`` or a single Event object."""
+    received_at = received_at or datetime.now(UTC)
+    if not isinstance(body, Mapping):
+        raise InvalidInput('the body must be a JSON object: {"events": [...]} or one Event', None)
+    if "events" not in body:
+        return [parse_event(body, touchpoint, namespaces, region, received_at=received_at)]
+    items = body["events"]
+    if not isinstance(items, list):
+        raise InvalidInput("events must be an array of Event objects", "events")
+    if not items:
+        raise InvalidInput("events is empty", "events")
+    if len(items) > max_events:
+        raise TooLarge(f"at most {max_events} events per call, got {len(items)}", "events")
+    sent_at = parse_time(body["sent_at"], "sent_at") if body.get("sent_at") is not None else None
+    return [
+        parse_event(item, touchpoint, namespaces, region, received_at=received_at, sent_at=sent_at,
+                    where=f"events[{i}].")
+        for i, item in enumerate(items)
+    ]  # fmt: skip

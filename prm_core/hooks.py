@@ -1,0 +1,140 @@
+"""The typed facade through which the core calls plugins.
+
+Notification hooks (``prm_event_recorded`` and friends) run after the data is durable;
+a failing implementation is logged with its plugin's name and never undoes or blocks the
+write. Awaitable hooks are called one implementation at a time so that each becomes its
+own task, which the core can cancel at the deadline and name in ``degraded``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Iterable, Mapping
+from typing import Any
+
+import pluggy
+import structlog
+from attrs import define
+
+from .model import (
+    Customer,
+    CustomerView,
+    Delivery,
+    Dialogue,
+    Event,
+    FulfillmentRequest,
+    FulfillmentResult,
+    Merge,
+    Offer,
+    RecordedEvent,
+    TouchPoint,
+    ValueRequest,
+)
+from .recording import BatchOutcome
+
+__all__ = ["Hooks"]
+
+log = structlog.get_logger(__name__)
+
+
+@define
+class Hooks:
+    """Calls into plugins, one method per hook."""
+
+    pm: pluggy.PluginManager
+
+    def _notify(self, name: str, **kwargs: Any) -> None:
+        hook = getattr(self.pm.hook, name)
+        if not hook.get_hookimpls():
+            return
+        try:
+            hook(**kwargs)
+        except Exception as exc:
+            log.error("hook failed", hook=name, error=type(exc).__name__, exc_info=exc)
+
+    def _each(self, name: str, **kwargs: Any) -> list[tuple[str, Any]]:
+        """Call every implementation separately: ``[(plugin name, result), ...]``, None left out."""
+        results = []
+        for impl in getattr(self.pm.hook, name).get_hookimpls():
+            plugin = impl.plugin_name
+            try:
+                value = impl.function(*(kwargs[arg] for arg in impl.argnames))
+            except Exception as exc:
+                log.error("hook failed", hook=name, plugin=plugin, error=type(exc).__name__, exc_info=exc)
+                continue
+            if value is not None:
+                results.append((plugin, value))
+        return results
+
+    # customers and dialogues -----------------------------------------------------------
+
+    def customer_created(self, customer: Customer, event: Event | None) -> None:
+        self._notify("prm_customer_created", customer=customer, event=event)
+
+    def customers_merged(self, merge: Merge) -> None:
+        self._notify("prm_customers_merged", merge=merge)
+
+    def customers_unmerged(self, merge: Merge) -> None:
+        self._notify("prm_customers_unmerged", merge=merge)
+
+    def dialogue_opened(self, dialogue: Dialogue, event: RecordedEvent) -> None:
+        self._notify("prm_dialogue_opened", dialogue=dialogue, event=event)
+
+    def event_recorded(self, recorded: RecordedEvent) -> None:
+        self._notify("prm_event_recorded", recorded=recorded)
+
+    def dialogue_closed(self, dialogue: Dialogue) -> None:
+        self._notify("prm_dialogue_closed", dialogue=dialogue)
+
+    def batch_committed(self, outcome: BatchOutcome) -> None:
+        """Every notification a committed batch calls for, in a stable order."""
+        for customer, event in outcome.customers_created:
+            self.customer_created(customer, event)
+        for merge in outcome.merges:
+            self.customers_merged(merge)
+        for dialogue, recorded in outcome.dialogues_opened:
+            self.dialogue_opened(dialogue, recorded)
+        if self.pm.hook.prm_event_recorded.get_hookimpls():
+            for recorded in outcome.recorded:
+                if not recorded.duplicate:
+                    self.event_recorded(recorded)
+        for dialogue in outcome.dialogues_closed:
+            self.dialogue_closed(dialogue)
+
+    # value delivery ---------------------------------------------------------------------
+
+    def enrich_view(self, view: CustomerView) -> list[tuple[str, Any]]:
+        """``[(plugin, mapping or awaitable of one)]``."""
+        return self._each("prm_enrich_view", view=view)
+
+    def propose_offers(self, request: ValueRequest) -> list[tuple[str, Awaitable[Iterable[Offer]]]]:
+        return [(plugin, _awaitable(value)) for plugin, value in self._each("prm_propose_offers", request=request)]
+
+    def plan_fulfillment(self, request: ValueRequest) -> list[FulfillmentRequest]:
+        planned: list[FulfillmentRequest] = []
+        for plugin, value in self._each("prm_plan_fulfillment", request=request):
+            for item in value:
+                if not isinstance(item, FulfillmentRequest):
+                    log.error("prm_plan_fulfillment yielded a non-FulfillmentRequest", plugin=plugin)
+                    continue
+                planned.append(item)
+        return planned
+
+    def fulfill(self, request: FulfillmentRequest) -> list[tuple[str, Awaitable[FulfillmentResult]]]:
+        return [(plugin, _awaitable(value)) for plugin, value in self._each("prm_fulfill", request=request)]
+
+    def render_delivery(self, delivery: Delivery, touchpoint: TouchPoint) -> Mapping[str, Any]:
+        rendered = self.pm.hook.prm_render_delivery(delivery=delivery, touchpoint=touchpoint)
+        return rendered if rendered is not None else delivery.to_json()
+
+
+async def _as_coroutine(value: Any) -> Any:
+    if inspect.isawaitable(value):
+        value = await value
+    if inspect.isgenerator(value):
+        value = list(value)
+    return value
+
+
+def _awaitable(value: Any) -> Awaitable[Any]:
+    return _as_coroutine(value)

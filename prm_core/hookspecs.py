@@ -1,0 +1,272 @@
+"""Every hook of the PRM hub.
+
+Plugins implement these with ``@prm_core.hookimpl``. Hooks marked *awaitable* let an
+implementation return a coroutine; the core gathers them under the touch point's
+deadline, so they are never ``firstresult``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .model import (
+        Customer,
+        CustomerView,
+        Delivery,
+        Dialogue,
+        Event,
+        FulfillmentRequest,
+        FulfillmentResult,
+        IdentityNamespace,
+        Merge,
+        Offer,
+        Partner,
+        RecordedEvent,
+        TouchPoint,
+        ValueProvider,
+        ValueRequest,
+    )
+
+__all__ = ["hookimpl", "hookspec"]
+
+hookspec = pluggy.HookspecMarker("prm")
+hookimpl = pluggy.HookimplMarker("prm")
+
+
+# -------------------------------------------------------------------------------------
+# Registration: collected once when the hub starts
+# -------------------------------------------------------------------------------------
+
+
+@hookspec
+def prm_touchpoints(config: Config) -> Iterable[TouchPoint]:
+    """Register touch points: yield one :class:`~prm_core.model.TouchPoint` each.
+
+    ``config`` is the hub's configuration; a plugin reads its own
+    ``[touchpoints.<name>]`` table from ``config.touchpoint(name)``. Two plugins
+    registering the same name stop the hub with an error naming both.
+
+    .. code-block:: python
+
+        @hookimpl
+        def prm_touchpoints(config):
+            yield TouchPoint(name="kiosk", channel="kiosk", budget_ms=400)
+    """
+
+
+@hookspec
+def prm_partners(config: Config) -> Iterable[Partner]:
+    """Register partner services: yield one :class:`~prm_core.model.Partner` each.
+
+    .. code-block:: python
+
+        @hookimpl
+        def prm_partners(config):
+            yield Partner(name="acme-field", role="field_service")
+    """
+
+
+@hookspec
+def prm_value_providers(config: Config) -> Iterable[ValueProvider]:
+    """Register knowledge sources: yield one :class:`~prm_core.model.ValueProvider` each.
+
+    Every provider is awaited concurrently for each request and cancelled at the
+    touch point's deadline.
+
+    .. code-block:: python
+
+        async def warranty(request):
+            return {"plans": ["basic", "extended"]}
+
+        @hookimpl
+        def prm_value_providers(config):
+            yield ValueProvider(name="warranty", about="business", provide=warranty)
+    """
+
+
+@hookspec
+def prm_identity_namespaces(config: Config) -> Iterable[IdentityNamespace]:
+    """Register identity namespaces beyond the built-in ones, with their normalization.
+
+    .. code-block:: python
+
+        @hookimpl
+        def prm_identity_namespaces(config):
+            yield IdentityNamespace(name="kiosk_device", normalize=lambda v, region: v.strip(), shared=True)
+    """
+
+
+# -------------------------------------------------------------------------------------
+# Customers
+# -------------------------------------------------------------------------------------
+
+
+@hookspec
+def prm_customer_created(customer: Customer, event: Event | None) -> None:
+    """Called after a new customer is durable; ``event`` is the one that introduced them
+    (``None`` when created through the API).
+
+    .. code-block:: python
+
+        @hookimpl
+        def prm_customer_created(customer, event):
+            welcome_queue.put_nowait(customer.id)
+    """
+
+
+@hookspec
+def prm_customers_merged(merge: Merge) -> None:
+    """Called after two customers were merged; ``merge.merged_id`` now redirects to
+    ``merge.survivor_id``. The merge record names the event that caused it.
+
+    .. code-block:: python
+
+        @hookimpl
+        def prm_customers_merged(merge):
+            crm.link(merge.merged_id, merge.survivor_id)
+    """
+
+
+@hookspec
+def prm_customers_unmerged(merge: Merge) -> None:
+    """Called after a merge was undone: ``merge.merged_id`` is a customer of its own again.
+
+    .. code-block:: python
+
+        @hookimpl
+        def prm_customers_unmerged(merge):
+            crm.unlink(merge.merged_id)
+    """
+
+
+@hookspec
+def prm_enrich_view(view: CustomerView) -> Mapping[str, Any] | Awaitable[Mapping[str, Any]] | None:
+    """Add sections to a customer's 360 view. *Awaitable.*
+
+    Return a mapping of section name to a JSON-able value (or a coroutine giving one).
+    Sections never replace the core fields. Keep it bounded: the view is built on every
+    request turn.
+
+    .. code-block:: python
+
+        @hookimpl
+        def prm_enrich_view(view):
+            return {"loyalty": {"points": points_for(view.customer.id)}}
+    """
+
+
+# -------------------------------------------------------------------------------------
+# Dialogues
+# -------------------------------------------------------------------------------------
+
+
+@hookspec
+def prm_dialogue_opened(dialogue: Dialogue, event: RecordedEvent) -> None:
+    """Called after ``event`` opened a new dialogue.
+
+    .. code-block:: python
+
+        @hookimpl
+        def prm_dialogue_opened(dialogue, event):
+            log.info("dialogue opened", touchpoint=dialogue.touchpoint)
+    """
+
+
+@hookspec
+def prm_event_recorded(recorded: RecordedEvent) -> None:
+    """Called once per event after it is durable (never for a duplicate).
+
+    Runs on the ingest path: do no blocking work here; hand it to a queue.
+
+    .. code-block:: python
+
+        @hookimpl
+        def prm_event_recorded(recorded):
+            if recorded.event.type == "call.offered":
+                screen_pops.push(recorded.customer_id, recorded.event)
+    """
+
+
+@hookspec
+def prm_dialogue_closed(dialogue: Dialogue) -> None:
+    """Called after a dialogue closed, by an outcome or by the touch point's inactivity rule.
+
+    .. code-block:: python
+
+        @hookimpl
+        def prm_dialogue_closed(dialogue):
+            survey.maybe_send(dialogue.customer_id, dialogue.outcome)
+    """
+
+
+# -------------------------------------------------------------------------------------
+# Value delivery
+# -------------------------------------------------------------------------------------
+
+
+@hookspec
+def prm_propose_offers(request: ValueRequest) -> Iterable[Offer] | Awaitable[Iterable[Offer]] | None:
+    """Offers for this dialogue turn. *Awaitable.*
+
+    Every implementation is gathered under the deadline; offers from all are ranked by
+    score. A late implementation is left out and named in ``degraded``.
+
+    .. code-block:: python
+
+        @hookimpl
+        def prm_propose_offers(request):
+            if request.view.customer.tier == "platinum":
+                yield Offer(code="priority", title="Priority line", score=0.9)
+    """
+
+
+@hookspec
+def prm_plan_fulfillment(request: ValueRequest) -> Iterable[FulfillmentRequest] | None:
+    """Partner work this dialogue turn needs (book a technician, check stock).
+
+    Each request returned is handed to ``prm_fulfill`` concurrently under the deadline.
+
+    .. code-block:: python
+
+        @hookimpl
+        def prm_plan_fulfillment(request):
+            if request.event.event.type == "service.request":
+                yield FulfillmentRequest(id=new_id(), partner="fieldservice", action="schedule",
+                                         customer_id=request.event.customer_id)
+    """
+
+
+@hookspec
+def prm_fulfill(request: FulfillmentRequest) -> Awaitable[FulfillmentResult] | None:
+    """Carry out partner work. *Awaitable.*
+
+    Return a coroutine giving a :class:`~prm_core.model.FulfillmentResult` when this
+    plugin serves ``request.partner``, else ``None``.
+
+    .. code-block:: python
+
+        @hookimpl
+        def prm_fulfill(request):
+            if request.partner == "fieldservice":
+                return book_technician(request)
+    """
+
+
+@hookspec(firstresult=True)
+def prm_render_delivery(delivery: Delivery, touchpoint: TouchPoint) -> Mapping[str, Any] | None:
+    """Render a delivery in the touch point's format; the first non-``None`` result wins.
+
+    The default (no implementation answering) is ``delivery.to_json()``.
+
+    .. code-block:: python
+
+        @hookimpl
+        def prm_render_delivery(delivery, touchpoint):
+            if touchpoint.name == "pos":
+                return {"receipt_lines": [o.title for o in delivery.offers[:3]]}
+    """

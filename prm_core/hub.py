@@ -1,0 +1,277 @@
+"""The hub as a library: what platform teams embed, and what the HTTP server wraps.
+
+.. code-block:: python
+
+    async with Hub.open(load_config()) as hub:
+        recorded = await hub.record(hub.parse_events(body, "web"))
+        view = await hub.view("email:ann@example.com")
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import sqlalchemy as sa
+from attrs import define, evolve
+from sqlalchemy.engine import Connection
+
+from . import merging
+from .config import Config
+from .delivery import Answer, deliver_value
+from .errors import InvalidInput, NotFound
+from .events import parse_events
+from .hooks import Hooks
+from .ids import new_id
+from .ingest import Ingestor
+from .model import Customer, CustomerView, Event, Merge, RecordedEvent, TouchPoint
+from .plugins import PrmPluginManager, Registrations, collect_registrations, make_plugin_manager
+from .recording import IngestRules
+from .store import Store
+from .store.tables import customers, memberships, merges, utcnow
+from .view import build_view, resolve_ref
+
+__all__ = ["Hub"]
+
+KINDS = ("person", "organization", "group")
+
+
+@define
+class Hub:
+    """A running hub: plugins, registrations, the store and the ingest writer."""
+
+    config: Config
+    pm: PrmPluginManager
+    registrations: Registrations
+    store: Store
+    hooks: Hooks
+    ingestor: Ingestor
+
+    @classmethod
+    @asynccontextmanager
+    async def open(
+        cls,
+        config: Config,
+        *,
+        plugins: Sequence[Any] = (),
+        autoload: bool | None = None,
+        migrate: bool = True,
+        pm: PrmPluginManager | None = None,
+        registrations: Registrations | None = None,
+    ) -> AsyncIterator[Hub]:
+        """Start a hub (migrating the database unless told not to) and stop it on exit.
+
+        ``plugins`` are registered after the entry-point plugins (unless ``autoload`` is
+        false). A caller that already built the plugin manager passes it as ``pm``.
+        """
+        pm = pm or make_plugin_manager(plugins, autoload=autoload)
+        registrations = registrations or collect_registrations(pm, config)
+        store = Store.open(config.database_url)
+        try:
+            if migrate:
+                await store.migrate()
+            hooks = Hooks(pm)
+            rules = IngestRules(
+                touchpoints=dict(registrations.touchpoints.items),
+                shared_namespaces=frozenset(ns.name for ns in registrations.namespaces if ns.shared),
+            )
+            ingestor = Ingestor(store, rules, hooks.batch_committed)
+            ingestor.start()
+            hub = cls(config, pm, registrations, store, hooks, ingestor)
+            try:
+                yield hub
+            finally:
+                await ingestor.stop()
+        finally:
+            await store.dispose()
+
+    # ---- ingest ----------------------------------------------------------------------
+
+    def touchpoint(self, name: str) -> TouchPoint:
+        tp = self.registrations.touchpoints.get(name)
+        if tp is None:
+            raise NotFound(f"no touch point {name!r}; registered: {', '.join(self.registrations.touchpoints.names())}")
+        return tp
+
+    def parse_events(self, body: Any, touchpoint: str) -> list[Event]:
+        """Validate a request body (``{"events": [...]}`` or one Event) for ``touchpoint``."""
+        self.touchpoint(touchpoint)
+        return parse_events(body, touchpoint, self.registrations.namespaces.items, self.config.default_region)
+
+    async def record(self, events: Sequence[Event]) -> list[RecordedEvent]:
+        """Record events durably (group commit); duplicates come back flagged, unchanged."""
+        for ev in events:
+            self.touchpoint(ev.touchpoint)
+        return await self.ingestor.record(events)
+
+    async def request(self, event: Event) -> Answer:
+        """Record a request turn, deliver value within its touch point's budget, record the answer."""
+        started = time.monotonic()
+        tp = self.touchpoint(event.touchpoint)
+        (recorded,) = await self.record([event])
+        answer = await deliver_value(self, recorded, tp, started)
+        outbound = Event(
+            id=f"{event.id}:answer",
+            type="delivery",
+            occurred_at=utcnow(),
+            touchpoint=tp.name,
+            dialogue_id=recorded.dialogue_id,
+            direction="outbound",
+            data={
+                "in_reply_to": event.id,
+                "offers": [o.code for o in answer.delivery.offers],
+                "fulfillments": [f.request_id for f in answer.delivery.fulfillments],
+                "degraded": list(answer.delivery.degraded),
+            },
+        )
+        await self.record([outbound])
+        return answer
+
+    # ---- customers -------------------------------------------------------------------
+
+    async def resolve(self, ref: str) -> str:
+        """The id of the customer ``ref`` names (an id or ``namespace:value``)."""
+        namespaces = self.registrations.namespaces.items
+        return await self.store.read(lambda conn: resolve_ref(conn, ref, namespaces, self.config.default_region))
+
+    async def view(self, ref: str, *, cursor: str | None = None, limit: int = 20) -> CustomerView:
+        """The 360-degree view, with sections from ``prm_enrich_view`` plugins."""
+        namespaces = self.registrations.namespaces.items
+
+        def read(conn: Connection) -> CustomerView:
+            cid = resolve_ref(conn, ref, namespaces, self.config.default_region)
+            return build_view(conn, cid, cursor=cursor, limit=limit)
+
+        view = await self.store.read(read)
+        sections: dict[str, Any] = {}
+        for _plugin, value in self.hooks.enrich_view(view):
+            if hasattr(value, "__await__"):
+                value = await value
+            if isinstance(value, Mapping):
+                sections.update(value)
+        return evolve(view, sections=sections) if sections else view
+
+    async def create_customer(self, kind: str, traits: Mapping[str, Any] | None = None) -> Customer:
+        """Create a customer by hand (an organization or household, typically)."""
+        if kind not in KINDS:
+            raise InvalidInput(f"kind must be one of {', '.join(KINDS)}", "kind")
+        now = utcnow()
+        customer = Customer(id=new_id("cus"), kind=kind, traits=dict(traits or {}), created_at=now)  # type: ignore[arg-type]
+
+        def write(conn: Connection) -> None:
+            conn.execute(
+                customers.insert().values(
+                    id=customer.id, kind=kind, traits=dict(customer.traits), created_at=now, updated_at=now
+                )
+            )
+
+        await self.store.write(write)
+        self.hooks.customer_created(customer, None)
+        return customer
+
+    async def update_customer(self, ref: str, changes: Mapping[str, Any]) -> CustomerView:
+        """Apply a PATCH: ``traits`` (merged; null removes a key), ``tier`` (by hand; null
+        returns it to the rules), ``kind``, ``memberships`` (``{"add": [...], "remove": [...]}``)."""
+        unknown = set(changes) - {"traits", "tier", "kind", "memberships"}
+        if unknown:
+            raise InvalidInput(f"unknown field {sorted(unknown)[0]!r}", sorted(unknown)[0])
+        traits = changes.get("traits")
+        if traits is not None and not isinstance(traits, Mapping):
+            raise InvalidInput("traits must be an object", "traits")
+        if (
+            "tier" in changes
+            and changes["tier"] is not None
+            and not (isinstance(changes["tier"], str) and 0 < len(changes["tier"]) <= 64)
+        ):
+            raise InvalidInput("tier must be a name of at most 64 characters, or null", "tier")
+        if "kind" in changes and changes["kind"] not in KINDS:
+            raise InvalidInput(f"kind must be one of {', '.join(KINDS)}", "kind")
+        adds, removes = _membership_changes(changes.get("memberships"))
+        namespaces = self.registrations.namespaces.items
+        now = utcnow()
+
+        def write(conn: Connection) -> str:
+            cid = resolve_ref(conn, ref, namespaces, self.config.default_region)
+            row = conn.execute(sa.select(customers).where(customers.c.id == cid).with_for_update()).one()
+            values: dict[str, Any] = {"updated_at": now}
+            if traits is not None:
+                merged = {**row.traits, **traits}
+                values["traits"] = {k: v for k, v in merged.items() if v is not None}
+            if "tier" in changes:
+                values["tier"] = changes["tier"]
+                values["tier_source"] = "manual" if changes["tier"] is not None else None
+            if "kind" in changes:
+                values["kind"] = changes["kind"]
+            conn.execute(customers.update().where(customers.c.id == cid).values(**values))
+            for item in adds:
+                group = resolve_ref(conn, item["group"], namespaces, self.config.default_region)
+                kind = conn.execute(sa.select(customers.c.kind).where(customers.c.id == group)).scalar_one()
+                if kind == "person":
+                    raise InvalidInput("memberships.add: a person cannot have members", "memberships.add")
+                if group == cid:
+                    raise InvalidInput("memberships.add: a customer cannot be its own member", "memberships.add")
+                exists = conn.execute(
+                    sa.select(memberships.c.group_id).where(
+                        memberships.c.group_id == group, memberships.c.member_id == cid
+                    )
+                ).first()
+                if exists is None:
+                    conn.execute(
+                        memberships.insert().values(
+                            group_id=group, member_id=cid, role=item.get("role"), created_at=now
+                        )
+                    )
+            for group_ref in removes:
+                group = resolve_ref(conn, group_ref, namespaces, self.config.default_region)
+                conn.execute(
+                    memberships.delete().where(memberships.c.group_id == group, memberships.c.member_id == cid)
+                )
+            return cid
+
+        cid = await self.store.write(write)
+        return await self.view(cid)
+
+    async def merges(self, ref: str) -> list[Merge]:
+        """Merges into (or out of) a customer, newest first."""
+        namespaces = self.registrations.namespaces.items
+
+        def read(conn: Connection) -> list[Merge]:
+            cid = resolve_ref(conn, ref, namespaces, self.config.default_region)
+            q = (
+                sa.select(merges)
+                .where(sa.or_(merges.c.survivor_id == cid, merges.c.merged_id == cid))
+                .order_by(merges.c.merged_at.desc())
+                .limit(100)
+            )
+            return [merging.merge_value(r) for r in conn.execute(q)]
+
+        return await self.store.read(read)
+
+    async def unmerge(self, merge_id: str) -> Merge:
+        """Undo a merge; see :func:`prm_core.merging.unmerge`."""
+        now = utcnow()
+        merge = await self.store.write(lambda conn: merging.unmerge(conn, merge_id, now=now))
+        self.hooks.customers_unmerged(merge)
+        return merge
+
+
+def _membership_changes(raw: Any) -> tuple[list[dict[str, Any]], list[str]]:
+    if raw is None:
+        return [], []
+    if not isinstance(raw, Mapping) or set(raw) - {"add", "remove"}:
+        raise InvalidInput('memberships must be {"add": [...], "remove": [...]}', "memberships")
+    adds = []
+    for i, item in enumerate(raw.get("add") or []):
+        if isinstance(item, str):
+            item = {"group": item}
+        if not isinstance(item, Mapping) or not isinstance(item.get("group"), str):
+            raise InvalidInput(
+                f"memberships.add[{i}] must name a group (id or namespace:value)", f"memberships.add[{i}]"
+            )
+        adds.append(dict(item))
+    removes = raw.get("remove") or []
+    if not isinstance(removes, list) or not all(isinstance(r, str) for r in removes):
+        raise InvalidInput("memberships.remove must be a list of group refs", "memberships.remove")
+    return adds, removes

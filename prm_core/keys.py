@@ -1,0 +1,120 @@
+"""API keys and scopes.
+
+A key reads ``prm_<key id>_<secret>``. Only the SHA-256 of the secret is stored (the
+secret is 256 random bits, so a slow hash would add nothing), and it is compared in
+constant time. Verified keys are cached for a few seconds so a revocation takes effect
+quickly without a database read on every request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import time
+from datetime import datetime
+
+import sqlalchemy as sa
+from attrs import define, field, frozen
+from sqlalchemy.engine import Connection
+
+from .errors import InvalidInput
+from .store import Store
+from .store.tables import api_keys, utcnow
+
+__all__ = ["ApiKey", "KeyRing", "allows", "create_key", "validate_scope"]
+
+_SCOPE = re.compile(r"^(admin|read|touchpoint:[a-z][a-z0-9_-]{0,62}|partner:[a-z][a-z0-9_-]{0,62})$")
+_KEY = re.compile(r"^prm_([0-9a-f]{16})_([A-Za-z0-9_-]{20,100})$")
+
+
+@frozen
+class ApiKey:
+    """A verified key: what it may do, and whether it is a public (browser) key."""
+
+    id: str
+    name: str
+    scope: str
+    public: bool
+    created_at: datetime
+
+
+def validate_scope(scope: str) -> str:
+    if not _SCOPE.match(scope):
+        raise InvalidInput(f"scope must be admin, read, touchpoint:<name> or partner:<name>; got {scope!r}", "scope")
+    return scope
+
+
+def allows(granted: str, needed: str) -> bool:
+    """``admin`` may do anything; every other scope only exactly itself."""
+    return granted == "admin" or hmac.compare_digest(granted, needed)
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+async def create_key(store: Store, scope: str, *, name: str = "", public: bool = False) -> tuple[str, ApiKey]:
+    """Create a key; returns the full key (shown once, never stored) and its record."""
+    validate_scope(scope)
+    key_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
+    record = ApiKey(key_id, name, scope, public, utcnow())
+
+    def write(conn: Connection) -> None:
+        conn.execute(
+            api_keys.insert().values(
+                id=key_id, name=name, scope=scope, public=public, secret_hash=_digest(secret),
+                created_at=record.created_at,
+            )
+        )  # fmt: skip
+
+    await store.write(write)
+    return f"prm_{key_id}_{secret}", record
+
+
+async def revoke_key(store: Store, key_id: str) -> bool:
+    def write(conn: Connection) -> bool:
+        done = conn.execute(
+            api_keys.update()
+            .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+            .values(revoked_at=utcnow())
+        )
+        return bool(done.rowcount)
+
+    return await store.write(write)
+
+
+@define
+class KeyRing:
+    """Verifies presented keys against the store, with a short cache."""
+
+    store: Store
+    ttl: float = 10.0
+    _cache: dict[str, tuple[float, str | None, ApiKey | None]] = field(factory=dict)
+
+    async def verify(self, presented: str) -> ApiKey | None:
+        """The key's record when ``presented`` is a valid, unrevoked key; else ``None``."""
+        match = _KEY.match(presented)
+        if not match:
+            return None
+        key_id, secret = match.groups()
+        cached = self._cache.get(key_id)
+        if cached is None or time.monotonic() - cached[0] > self.ttl:
+            cached = (time.monotonic(), *await self._load(key_id))
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[key_id] = cached
+        _, stored_hash, record = cached
+        if stored_hash is None or record is None:
+            return None
+        return record if hmac.compare_digest(stored_hash, _digest(secret)) else None
+
+    async def _load(self, key_id: str) -> tuple[str | None, ApiKey | None]:
+        def read(conn: Connection) -> tuple[str | None, ApiKey | None]:
+            row = conn.execute(sa.select(api_keys).where(api_keys.c.id == key_id)).one_or_none()
+            if row is None or row.revoked_at is not None:
+                return None, None
+            return row.secret_hash, ApiKey(row.id, row.name, row.scope, row.public, row.created_at)
+
+        return await self.store.read(read)

@@ -1,0 +1,89 @@
+"""structlog set-up, with personal data redacted by a processor rather than by each caller.
+
+:func:`configure_logging` is called once, by the entry point (``prm serve``); library
+code only calls ``structlog.get_logger()``. Output is JSON unless on a terminal.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Mapping, MutableMapping
+from typing import Any
+
+import structlog
+
+__all__ = ["PERSONAL_FIELDS", "configure_logging", "redact", "redact_personal_data"]
+
+# keys whose values are personal data whatever they look like
+PERSONAL_FIELDS = frozenset(
+    {
+        "name", "first_name", "last_name", "full_name", "firstName", "lastName", "email", "phone",
+        "address", "street", "postal_code", "zip", "birthday", "ani", "caller", "from", "to",
+        "identities", "traits", "value", "ssn", "card", "loyalty_card", "ip",
+    }
+)  # fmt: skip
+_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
+# a run of 7+ digits, optionally with +, spaces, dots, dashes or parentheses between them
+_PHONE = re.compile(r"\+?\(?\d[\d\s().-]{5,}\d")
+REDACTED = "[redacted]"
+
+
+def redact(value: Any, depth: int = 0) -> Any:
+    """Mask emails and phone numbers in strings; recurse into containers."""
+    if isinstance(value, str):
+        return _PHONE.sub(REDACTED, _EMAIL.sub(REDACTED, value))
+    if depth > 6:
+        return REDACTED
+    if isinstance(value, Mapping):
+        return {k: REDACTED if k in PERSONAL_FIELDS else redact(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [redact(v, depth + 1) for v in value]
+    return value
+
+
+def redact_personal_data(logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: the last line of defence for personal data in logs."""
+    for key, value in list(event_dict.items()):
+        if key in PERSONAL_FIELDS:
+            event_dict[key] = REDACTED
+        elif key not in ("timestamp", "level", "logger", "request_id", "elapsed_ms"):
+            event_dict[key] = redact(value)
+    return event_dict
+
+
+def _redact_exception(logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    # exception text can quote input (a failed SQL statement's parameters)
+    if "exception" in event_dict:
+        event_dict["exception"] = redact(event_dict["exception"])
+    return event_dict
+
+
+def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
+    """Configure structlog (and the standard library's logging through it) once."""
+    if json is None:
+        json = not sys.stderr.isatty()
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact_personal_data,
+    ]
+    renderer: Any = (
+        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[
+            *shared,
+            structlog.processors.format_exc_info,
+            _redact_exception,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+    logging.basicConfig(level=level.upper(), stream=sys.stderr, format="%(message)s", force=True)
+    for noisy in ("aiohttp.access", "sqlalchemy.engine", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

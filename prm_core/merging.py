@@ -1,0 +1,249 @@
+"""Merging two customers into one, with an audit record, and undoing it.
+
+Both run inside the caller's write transaction on a sync connection, so a merge is all or
+nothing. The audit record (``merges.moved``) lists what moved, which is exactly what an
+unmerge moves back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from .errors import InvalidInput, NotFound
+from .ids import new_id
+from .model import Merge
+from .store.tables import customers, dialogues, events, identities, memberships, merges, metrics
+
+__all__ = ["event_revenue", "merge_customers", "merge_value", "recompute_metrics", "unmerge"]
+
+
+def event_revenue(data: Any) -> Decimal | None:
+    """The revenue an event carries (``data.revenue``, the Segment convention), if any."""
+    raw = data.get("revenue") if isinstance(data, dict) else None
+    if raw is None or isinstance(raw, bool):
+        return None
+    try:
+        value = Decimal(str(raw))
+    except InvalidOperation:
+        return None
+    return value if value.is_finite() else None
+
+
+def merge_value(row: Any) -> Merge:
+    return Merge(
+        id=row.id,
+        survivor_id=row.survivor_id,
+        merged_id=row.merged_id,
+        reason=row.reason,
+        cause_touchpoint=row.cause_touchpoint,
+        cause_event_id=row.cause_event_id,
+        merged_at=row.merged_at,
+        undone_at=row.undone_at,
+    )
+
+
+def merge_customers(
+    conn: Connection,
+    survivor: str,
+    merged: str,
+    *,
+    reason: str,
+    cause: tuple[str, str] | None,
+    now: datetime,
+) -> Merge:
+    """Move everything of ``merged`` to ``survivor`` and leave ``merged`` as a redirect."""
+    moved_identities = [
+        [r.namespace, r.value]
+        for r in conn.execute(
+            sa.select(identities.c.namespace, identities.c.value).where(identities.c.customer_id == merged)
+        )
+    ]
+    moved_dialogues = [r.id for r in conn.execute(sa.select(dialogues.c.id).where(dialogues.c.customer_id == merged))]
+    absorbed = [r.id for r in conn.execute(sa.select(customers.c.id).where(customers.c.merged_into == merged))]
+    rows = {r.id: r for r in conn.execute(sa.select(customers).where(customers.c.id.in_([survivor, merged])))}
+    s_row, m_row = rows[survivor], rows[merged]
+
+    traits_added = [k for k in m_row.traits if k not in s_row.traits]
+    tier_taken = s_row.tier is None and m_row.tier is not None
+    conn.execute(
+        customers.update()
+        .where(customers.c.id == survivor)
+        .values(
+            traits={**m_row.traits, **s_row.traits},
+            tier=m_row.tier if tier_taken else s_row.tier,
+            tier_source=m_row.tier_source if tier_taken else s_row.tier_source,
+            updated_at=now,
+        )
+    )
+    conn.execute(customers.update().where(customers.c.id == merged).values(merged_into=survivor, updated_at=now))
+    # keep redirects one hop long: whoever pointed at the merged customer now points at the survivor
+    conn.execute(customers.update().where(customers.c.merged_into == merged).values(merged_into=survivor))
+    conn.execute(identities.update().where(identities.c.customer_id == merged).values(customer_id=survivor))
+    conn.execute(dialogues.update().where(dialogues.c.customer_id == merged).values(customer_id=survivor))
+    conn.execute(events.update().where(events.c.customer_id == merged).values(customer_id=survivor))
+    added_memberships = _move_memberships(conn, merged, survivor, now)
+    recompute_metrics(conn, [survivor, merged])
+
+    merge = Merge(
+        id=new_id("mrg"),
+        survivor_id=survivor,
+        merged_id=merged,
+        reason=reason,
+        cause_touchpoint=cause[0] if cause else None,
+        cause_event_id=cause[1] if cause else None,
+        merged_at=now,
+    )
+    conn.execute(
+        merges.insert().values(
+            id=merge.id,
+            survivor_id=survivor,
+            merged_id=merged,
+            reason=reason[:500],
+            cause_touchpoint=merge.cause_touchpoint,
+            cause_event_id=merge.cause_event_id,
+            merged_at=now,
+            moved={
+                "identities": moved_identities,
+                "dialogues": moved_dialogues,
+                "absorbed": absorbed,
+                "memberships": added_memberships,
+                "traits_added": traits_added,
+                "tier_taken": tier_taken,
+            },
+        )
+    )
+    return merge
+
+
+def _move_memberships(conn: Connection, src: str, dst: str, now: datetime) -> dict[str, Any]:
+    """Re-point ``src``'s memberships (as member and as group) to ``dst``; return what changed."""
+    m = memberships.c
+    as_member = list(conn.execute(sa.select(m.group_id, m.role).where(m.member_id == src)))
+    as_group = list(conn.execute(sa.select(m.member_id, m.role).where(m.group_id == src)))
+    have_groups = {r.group_id for r in conn.execute(sa.select(m.group_id).where(m.member_id == dst))}
+    have_members = {r.member_id for r in conn.execute(sa.select(m.member_id).where(m.group_id == dst))}
+    new_rows = [
+        {"group_id": r.group_id, "member_id": dst, "role": r.role, "created_at": now}
+        for r in as_member
+        if r.group_id not in have_groups and r.group_id != dst
+    ] + [
+        {"group_id": dst, "member_id": r.member_id, "role": r.role, "created_at": now}
+        for r in as_group
+        if r.member_id not in have_members and r.member_id != dst
+    ]
+    conn.execute(memberships.delete().where(sa.or_(m.member_id == src, m.group_id == src)))
+    if new_rows:
+        conn.execute(memberships.insert(), new_rows)
+    return {
+        "as_member": [[r.group_id, r.role] for r in as_member],
+        "as_group": [[r.member_id, r.role] for r in as_group],
+        "added": [[r["group_id"], r["member_id"]] for r in new_rows],
+    }
+
+
+def recompute_metrics(conn: Connection, customer_ids: Iterable[str]) -> None:
+    """Rebuild the metrics rows of these customers from their events.
+
+    Only merges and unmerges call this (rare, admin-paced); ingest updates metrics
+    incrementally.
+    """
+    e = events.c
+    for cid in customer_ids:
+        count, first, last = conn.execute(
+            sa.select(sa.func.count(), sa.func.min(e.occurred_at), sa.func.max(e.occurred_at)).where(
+                e.customer_id == cid
+            )
+        ).one()
+        conn.execute(metrics.delete().where(metrics.c.customer_id == cid))
+        if not count:
+            continue
+        revenue, orders = Decimal(0), 0
+        for (data,) in conn.execute(sa.select(e.data).where(e.customer_id == cid)):
+            value = event_revenue(data)
+            if value is not None:
+                revenue += value
+                orders += 1
+        tps = sorted(r[0] for r in conn.execute(sa.select(e.touchpoint).where(e.customer_id == cid).distinct()))
+        conn.execute(
+            metrics.insert().values(
+                customer_id=cid,
+                event_count=count,
+                order_count=orders,
+                lifetime_revenue=revenue,
+                first_seen_at=first,
+                last_seen_at=last,
+                touchpoints=tps,
+            )
+        )
+
+
+def unmerge(conn: Connection, merge_id: str, *, now: datetime) -> Merge:
+    """Undo a merge: the merged customer gets back what it had, and its own events.
+
+    Events the merged customer's identities brought in *after* the merge stay with the
+    survivor: they were recorded as the survivor's.
+    """
+    row = conn.execute(sa.select(merges).where(merges.c.id == merge_id)).one_or_none()
+    if row is None:
+        raise NotFound(f"no merge {merge_id}")
+    if row.undone_at is not None:
+        raise InvalidInput(f"merge {merge_id} was already undone", "merge_id", code="already_undone")
+    merged = row.merged_id
+    target = conn.execute(sa.select(customers.c.merged_into).where(customers.c.id == merged)).scalar_one()
+    if target is None:
+        raise InvalidInput(f"customer {merged} is not merged any more", "merge_id", code="not_merged")
+    moved = row.moved
+    owned = {merged, *moved.get("absorbed", [])}
+
+    pairs = [tuple(p) for p in moved.get("identities", [])]
+    for chunk in _chunks(pairs, 400):
+        conn.execute(
+            identities.update()
+            .where(sa.tuple_(identities.c.namespace, identities.c.value).in_(chunk))
+            .where(identities.c.customer_id == target)
+            .values(customer_id=merged)
+        )
+    for chunk in _chunks(moved.get("dialogues", []), 400):
+        conn.execute(
+            dialogues.update()
+            .where(dialogues.c.id.in_(chunk), dialogues.c.customer_id == target)
+            .values(customer_id=merged)
+        )
+    conn.execute(
+        events.update()
+        .where(events.c.customer_id == target, events.c.ingest_customer_id.in_(owned))
+        .values(customer_id=merged)
+    )
+    m = memberships.c
+    mem = moved.get("memberships", {})
+    for group_id, member_id in mem.get("added", []):
+        conn.execute(memberships.delete().where(m.group_id == group_id, m.member_id == member_id))
+    restore = [{"group_id": g, "member_id": merged, "role": r, "created_at": now} for g, r in mem.get("as_member", [])]
+    restore += [{"group_id": merged, "member_id": x, "role": r, "created_at": now} for x, r in mem.get("as_group", [])]
+    if restore:
+        conn.execute(memberships.insert(), restore)
+
+    conn.execute(customers.update().where(customers.c.id == merged).values(merged_into=None, updated_at=now))
+    absorbed = moved.get("absorbed", [])
+    if absorbed:
+        conn.execute(customers.update().where(customers.c.id.in_(absorbed)).values(merged_into=merged))
+    t_row = conn.execute(sa.select(customers).where(customers.c.id == target)).one()
+    traits = {k: v for k, v in t_row.traits.items() if k not in set(moved.get("traits_added", []))}
+    values: dict[str, Any] = {"traits": traits, "updated_at": now}
+    if moved.get("tier_taken"):
+        values.update(tier=None, tier_source=None)
+    conn.execute(customers.update().where(customers.c.id == target).values(**values))
+    recompute_metrics(conn, [target, merged])
+    conn.execute(merges.update().where(merges.c.id == merge_id).values(undone_at=now))
+    return merge_value(conn.execute(sa.select(merges).where(merges.c.id == merge_id)).one())
+
+
+def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]

@@ -1,0 +1,209 @@
+"""Plugin loading and the typed registry of what plugins register.
+
+No plugin manager exists at import time: :func:`make_plugin_manager` builds one.
+Environment switches:
+
+- ``PRM_DISABLE_PLUGIN_AUTOLOAD=1``: load no entry-point plugin (only those passed in);
+- ``PRM_DISABLED_PLUGINS=a,b``: skip these entry-point names;
+- ``PRM_TRACE_PLUGINS=1``: log every hook call with its plugin and duration.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any, Generic, TypeVar
+
+import pluggy
+import structlog
+from attrs import define, field, frozen
+
+from . import hookspecs
+from .config import Config
+from .errors import ConflictingRegistration, PluginLoadError
+from .identity import builtin_namespaces
+from .model import IdentityNamespace, Partner, TouchPoint, ValueProvider
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "PrmPluginManager",
+    "Registrations",
+    "Registry",
+    "collect_registrations",
+    "make_plugin_manager",
+    "plugin_label",
+]
+
+ENTRY_POINT_GROUP = "prm"
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+
+def _truthy(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+class PrmPluginManager(pluggy.PluginManager):
+    """A pluggy manager that remembers which distribution each entry-point plugin came from."""
+
+    def __init__(self) -> None:
+        super().__init__("prm")
+        self.distributions: dict[str, str] = {}
+
+
+def make_plugin_manager(plugins: Sequence[Any] = (), *, autoload: bool | None = None) -> PrmPluginManager:
+    """Build the plugin manager: hookspecs, entry-point plugins of group ``prm``, then ``plugins``.
+
+    A plugin that fails to import raises :class:`PluginLoadError` naming it and its
+    distribution. Ends with ``check_pending()`` so a misspelled hook fails at start.
+    """
+    pm = PrmPluginManager()
+    pm.add_hookspecs(hookspecs)
+    if autoload is None:
+        autoload = not _truthy("PRM_DISABLE_PLUGIN_AUTOLOAD")
+    if autoload:
+        disabled = {p.strip() for p in os.environ.get("PRM_DISABLED_PLUGINS", "").split(",") if p.strip()}
+        for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+            if ep.name in disabled or pm.get_plugin(ep.name) is not None:
+                continue
+            dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist else "(unknown distribution)"
+            try:
+                plugin = ep.load()
+                pm.register(plugin, name=ep.name)
+            except Exception as exc:
+                raise PluginLoadError(ep.name, dist, f"{type(exc).__name__}: {exc}") from exc
+            pm.distributions[ep.name] = dist
+    for plugin in plugins:
+        pm.register(plugin)
+    pm.check_pending()
+    if _truthy("PRM_TRACE_PLUGINS"):
+        _trace(pm)
+    return pm
+
+
+def _trace(pm: pluggy.PluginManager) -> None:
+    """Log every hook call with the plugins that answered and how long it took."""
+    started: dict[int, float] = {}
+
+    def before(hook_name: str, impls: Sequence[pluggy.HookImpl], kwargs: dict[str, Any]) -> None:
+        started[id(kwargs)] = time.perf_counter()
+
+    def after(outcome: Any, hook_name: str, impls: Sequence[pluggy.HookImpl], kwargs: dict[str, Any]) -> None:
+        elapsed = (time.perf_counter() - started.pop(id(kwargs), time.perf_counter())) * 1000
+        log.debug(
+            "hook call",
+            hook=hook_name,
+            plugins=[impl.plugin_name for impl in impls],
+            elapsed_ms=round(elapsed, 3),
+            failed=outcome.exception is not None,
+        )
+
+    pm.add_hookcall_monitoring(before, after)
+
+
+def plugin_label(pm: pluggy.PluginManager, plugin: object) -> str:
+    """``name (distribution version)`` for messages that must say who did something."""
+    name = pm.get_name(plugin) or repr(plugin)
+    dist = pm.distributions.get(name) if isinstance(pm, PrmPluginManager) else None
+    return f"{name} ({dist})" if dist else name
+
+
+@define
+class Registry(Generic[T]):
+    """Registered things of one kind by name, each remembering which plugin gave it."""
+
+    kind: str
+    items: dict[str, T] = field(factory=dict)
+    providers: dict[str, str] = field(factory=dict)
+
+    def add(self, name: str, item: T, provider: str) -> None:
+        if name in self.items:
+            raise ConflictingRegistration(self.kind, name, self.providers[name], provider)
+        self.items[name] = item
+        self.providers[name] = provider
+
+    def __getitem__(self, name: str) -> T:
+        return self.items[name]
+
+    def get(self, name: str) -> T | None:
+        return self.items.get(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.items
+
+    def __iter__(self) -> Any:
+        return iter(self.items.values())
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def names(self) -> list[str]:
+        return sorted(self.items)
+
+
+@frozen
+class Registrations:
+    """Everything registered by plugins, collected once at start."""
+
+    touchpoints: Registry[TouchPoint]
+    partners: Registry[Partner]
+    value_providers: Registry[ValueProvider]
+    namespaces: Registry[IdentityNamespace]
+
+
+def _collect(
+    pm: pluggy.PluginManager,
+    hook_name: str,
+    kind: str,
+    expected: type[T],
+    config: Config,
+    registry: Registry[T],
+) -> None:
+    hook = getattr(pm.hook, hook_name)
+    for impl in reversed(hook.get_hookimpls()):  # registration order, first registered first
+        provider = plugin_label(pm, impl.plugin)
+        kwargs = {"config": config} if "config" in impl.argnames else {}
+        try:
+            produced: Iterable[Any] | None = impl.function(**kwargs)
+            items = list(produced or ())
+        except (ValueError, TypeError) as exc:
+            raise PluginLoadError(pm.get_name(impl.plugin) or "?", provider, f"{hook_name}: {exc}") from exc
+        for item in items:
+            if not isinstance(item, expected):
+                raise PluginLoadError(
+                    pm.get_name(impl.plugin) or "?",
+                    provider,
+                    f"{hook_name} yielded {type(item).__name__}, expected {expected.__name__}",
+                )
+            registry.add(item.name, item, provider)  # type: ignore[attr-defined]
+
+
+def collect_registrations(pm: pluggy.PluginManager, config: Config) -> Registrations:
+    """Call every registration hook once, refusing duplicate names (naming both providers)."""
+    namespaces: Registry[IdentityNamespace] = Registry("identity namespace")
+    for ns in builtin_namespaces():
+        namespaces.add(ns.name, ns, "prm_core")
+    regs = Registrations(
+        touchpoints=Registry("touch point"),
+        partners=Registry("partner"),
+        value_providers=Registry("value provider"),
+        namespaces=namespaces,
+    )
+    _collect(pm, "prm_touchpoints", "touch point", TouchPoint, config, regs.touchpoints)
+    _collect(pm, "prm_partners", "partner", Partner, config, regs.partners)
+    _collect(pm, "prm_value_providers", "value provider", ValueProvider, config, regs.value_providers)
+    _collect(pm, "prm_identity_namespaces", "identity namespace", IdentityNamespace, config, regs.namespaces)
+    return regs
+
+
+def hook_implementations(pm: pluggy.PluginManager) -> dict[str, list[str]]:
+    """Plugin name -> the hooks it implements, for ``prm plugins``."""
+    result: dict[str, list[str]] = {}
+    for name, hook in vars(pm.hook).items():
+        if not name.startswith("prm_"):
+            continue
+        for impl in hook.get_hookimpls():
+            result.setdefault(pm.get_name(impl.plugin) or "?", []).append(name)
+    return {k: sorted(v) for k, v in result.items()}

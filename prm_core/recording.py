@@ -1,0 +1,545 @@
+"""Recording a batch of events in one transaction.
+
+For every event: skip it if ``(touch point, id)`` is already in the log, resolve its
+identities to one customer (creating or merging as needed), thread it into a dialogue,
+append it to the log, and update the customer's metrics. Work is done per batch, not
+per event: a handful of set-based queries whatever the batch size, which is what lets
+one commit serve many concurrent requests (see :mod:`prm_core.ingest`).
+
+On PostgreSQL, several hub processes may record at once: the batch first takes
+transaction-scoped advisory locks on every identity, event and dialogue key it touches,
+in a fixed order, so two batches that share a key run one after the other and the
+second sees what the first wrote.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from attrs import define, field, frozen
+from sqlalchemy.engine import Connection
+
+from .dialogue import DialogueState
+from .ids import new_id
+from .merging import event_revenue, merge_customers
+from .model import Customer, Dialogue, Event, Identity, Merge, RecordedEvent, TouchPoint
+from .store.tables import customers, dialogues, events, identities, metrics, shared_links, utcnow
+
+__all__ = ["BatchOutcome", "IngestRules", "record_batch"]
+
+_CHUNK = 400  # bound the parameters of one IN (...)
+
+
+@frozen
+class IngestRules:
+    """What recording needs to know about the registrations."""
+
+    touchpoints: Mapping[str, TouchPoint]
+    shared_namespaces: frozenset[str] = frozenset()
+
+
+@define
+class BatchOutcome:
+    """What a batch did, for the hooks called after commit. ``recorded`` is in input order."""
+
+    recorded: list[RecordedEvent] = field(factory=list)
+    customers_created: list[tuple[Customer, Event]] = field(factory=list)
+    merges: list[Merge] = field(factory=list)
+    dialogues_opened: list[tuple[Dialogue, RecordedEvent]] = field(factory=list)
+    dialogues_closed: list[Dialogue] = field(factory=list)
+
+
+@define
+class _MetricsDelta:
+    count: int = 0
+    orders: int = 0
+    revenue: Decimal = Decimal(0)
+    first: datetime | None = None
+    last: datetime | None = None
+    touchpoints: set[str] = field(factory=set)
+
+    def add(self, event: Event) -> None:
+        self.count += 1
+        value = event_revenue(event.data)
+        if value is not None:
+            self.revenue += value
+            self.orders += 1
+        if self.first is None or event.occurred_at < self.first:
+            self.first = event.occurred_at
+        if self.last is None or event.occurred_at > self.last:
+            self.last = event.occurred_at
+        self.touchpoints.add(event.touchpoint)
+
+
+def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+class _Batch:
+    """The state of one batch inside its transaction."""
+
+    def __init__(self, conn: Connection, rules: IngestRules) -> None:
+        self.conn = conn
+        self.rules = rules
+        self.now = utcnow()
+        self.owner: dict[Identity, str] = {}
+        self.shared_values: set[Identity] = set()
+        self.redirect: dict[str, str] = {}
+        self.created_at: dict[str, datetime] = {}
+        self.kind: dict[str, str] = {}
+        self.by_ref: dict[tuple[str, str], DialogueState] = {}
+        self.by_id: dict[str, DialogueState] = {}
+        self.open_at: dict[tuple[str, str], DialogueState] = {}
+        self.touched: dict[str, DialogueState] = {}
+        self.opened: list[tuple[DialogueState, int]] = []
+        self.closed: list[DialogueState] = []
+        self.position = 0
+        self.new_customers: list[dict[str, Any]] = []
+        self.new_identities: list[dict[str, Any]] = []
+        self.shared_seen: dict[tuple[str, str, str], datetime] = {}
+        self.new_events: list[dict[str, Any]] = []
+        self.deltas: dict[str, _MetricsDelta] = defaultdict(_MetricsDelta)
+        self.out = BatchOutcome()
+
+    # ---- helpers ---------------------------------------------------------------------
+
+    def find(self, cid: str) -> str:
+        while cid in self.redirect:
+            cid = self.redirect[cid]
+        return cid
+
+    def shared(self, ident: Identity) -> bool:
+        return ident.namespace in self.rules.shared_namespaces or ident in self.shared_values
+
+    # ---- the steps -------------------------------------------------------------------
+
+    def run(self, batch: Sequence[Event]) -> BatchOutcome:
+        if self.conn.dialect.name == "postgresql":
+            self._lock(batch)
+        first_of: dict[tuple[str, str], int] = {}
+        fresh: list[int] = []
+        for i, ev in enumerate(batch):
+            key = (ev.touchpoint, ev.id)
+            if key not in first_of:
+                first_of[key] = i
+                fresh.append(i)
+        stored = self._load_stored(batch, fresh)
+        todo = [i for i in fresh if (batch[i].touchpoint, batch[i].id) not in stored]
+        self._load_identities([batch[i] for i in todo])
+        self._load_dialogues([batch[i] for i in todo])
+
+        results: dict[int, RecordedEvent] = {}
+        for i in todo:
+            self.position = i
+            results[i] = self._record(batch[i])
+        self._flush()
+
+        for i, ev in enumerate(batch):
+            key = (ev.touchpoint, ev.id)
+            if key in stored:
+                cid, did = stored[key]
+                self.out.recorded.append(RecordedEvent(ev, self.find(cid), did, duplicate=True))
+            elif first_of[key] != i:
+                first = results[first_of[key]]
+                self.out.recorded.append(RecordedEvent(ev, self.find(first.customer_id), first.dialogue_id, True))
+            else:
+                r = results[i]
+                results[i] = RecordedEvent(ev, self.find(r.customer_id), r.dialogue_id)
+                self.out.recorded.append(results[i])
+        self.out.dialogues_opened = [(s.value(), results[i]) for s, i in self.opened]
+        self.out.dialogues_closed = [s.value() for s in self.closed]
+        return self.out
+
+    def _lock(self, batch: Sequence[Event]) -> None:
+        keys: set[str] = set()
+        for ev in batch:
+            keys.add(f"e\x1f{ev.touchpoint}\x1f{ev.id}")
+            if ev.dialogue:
+                keys.add(f"d\x1f{ev.touchpoint}\x1f{ev.dialogue}")
+            keys.update(f"i\x1f{i.namespace}\x1f{i.value}" for i in ev.identities)
+        self.conn.execute(
+            sa.text("SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM unnest(CAST(:keys AS text[])) AS k"),
+            {"keys": sorted(keys)},
+        )
+
+    def _load_stored(self, batch: Sequence[Event], fresh: list[int]) -> dict[tuple[str, str], tuple[str, str]]:
+        by_tp: dict[str, list[str]] = defaultdict(list)
+        for i in fresh:
+            by_tp[batch[i].touchpoint].append(batch[i].id)
+        stored: dict[tuple[str, str], tuple[str, str]] = {}
+        e = events.c
+        for tp, ids in by_tp.items():
+            for chunk in _chunks(ids):
+                q = sa.select(e.event_id, e.customer_id, e.dialogue_id).where(e.touchpoint == tp, e.event_id.in_(chunk))
+                for row in self.conn.execute(q):
+                    stored[(tp, row.event_id)] = (row.customer_id, row.dialogue_id)
+        return stored
+
+    def _load_identities(self, batch: Sequence[Event]) -> None:
+        wanted = sorted({(i.namespace, i.value) for ev in batch for i in ev.identities})
+        c = identities.c
+        for chunk in _chunks(wanted):
+            q = sa.select(c.namespace, c.value, c.customer_id, c.shared).where(
+                sa.tuple_(c.namespace, c.value).in_(chunk)
+            )
+            for row in self.conn.execute(q):
+                ident = Identity(row.namespace, row.value)
+                if row.shared:
+                    self.shared_values.add(ident)
+                elif row.customer_id is not None:
+                    self.owner[ident] = row.customer_id
+        self._load_customers(set(self.owner.values()))
+
+    def _load_customers(self, ids: set[str]) -> None:
+        missing = sorted(ids - self.created_at.keys())
+        for chunk in _chunks(missing):
+            q = sa.select(customers.c.id, customers.c.kind, customers.c.created_at).where(customers.c.id.in_(chunk))
+            for row in self.conn.execute(q):
+                self.created_at[row.id] = row.created_at
+                self.kind[row.id] = row.kind
+
+    def _load_dialogues(self, batch: Sequence[Event]) -> None:
+        refs: dict[str, set[str]] = defaultdict(set)
+        for ev in batch:
+            if ev.dialogue:
+                refs[ev.touchpoint].add(ev.dialogue)
+        d = dialogues.c
+        for tp, wanted in refs.items():
+            for chunk in _chunks(sorted(wanted)):
+                for row in self.conn.execute(sa.select(dialogues).where(d.touchpoint == tp, d.ref.in_(chunk))):
+                    self.by_ref[(tp, row.ref)] = DialogueState.from_row(row)
+        own = sorted({ev.dialogue_id for ev in batch if ev.dialogue_id})
+        for chunk in _chunks(own):
+            for row in self.conn.execute(sa.select(dialogues).where(d.id.in_(chunk))):
+                state = self.by_ref.get((row.touchpoint, row.ref)) or DialogueState.from_row(row)
+                self.by_ref[(row.touchpoint, row.ref)] = self.by_id[row.id] = state
+        self._load_customers({s.customer_id for s in self.by_ref.values()})
+        # open dialogues of known customers at touch points that thread by inactivity
+        timed = sorted({ev.touchpoint for ev in batch if self.rules.touchpoints[ev.touchpoint].dialogue_timeout})
+        if not timed:
+            return
+        known = sorted(set(self.owner.values()))
+        for chunk in _chunks(known):
+            q = sa.select(dialogues).where(d.customer_id.in_(chunk), d.touchpoint.in_(timed), d.status == "open")
+            for row in self.conn.execute(q):
+                self._remember_open(DialogueState.from_row(row))
+
+    def _remember_open(self, state: DialogueState) -> None:
+        key = (state.customer_id, state.touchpoint)
+        current = self.open_at.get(key)
+        if current is None or state.last_event_at > current.last_event_at:
+            self.open_at[key] = state
+
+    def _new_customer(self, ev: Event) -> str:
+        cid = new_id("cus")
+        self.created_at[cid] = self.now
+        self.kind[cid] = "person"
+        self.new_customers.append(
+            {
+                "id": cid,
+                "kind": "person",
+                "tier": None,
+                "tier_source": None,
+                "traits": {},
+                "merged_into": None,
+                "created_at": self.now,
+                "updated_at": self.now,
+            }
+        )
+        self.out.customers_created.append((Customer(id=cid, kind="person", created_at=self.now), ev))
+        return cid
+
+    def _resolve(self, ev: Event, tp: TouchPoint) -> str:
+        candidates: set[str] = set()
+        for ident in ev.identities:
+            if not self.shared(ident) and ident in self.owner:
+                candidates.add(self.find(self.owner[ident]))
+        known = self._known_dialogue(ev)
+        if known is not None:
+            candidates.add(self.find(known.customer_id))
+        if not candidates:
+            shared = [i for i in ev.identities if self.shared(i)]
+            cid = self._most_recent_sharer(shared) if shared else None
+            return cid if cid is not None else self._new_customer(ev)
+        people = {c for c in candidates if self.kind.get(c, "person") == "person"}
+        # an event never glues a person to an organization or group: those are memberships
+        pool = people or candidates
+        if len(pool) == 1:
+            return next(iter(pool))
+        survivor, *others = sorted(pool, key=lambda c: (self.created_at[c], c))
+        self._flush()  # the merge works on the database, so it must hold everything so far
+        for other in others:
+            merge = merge_customers(
+                self.conn,
+                survivor,
+                other,
+                reason=f"event {ev.id} at {ev.touchpoint} linked identities of both customers",
+                cause=(ev.touchpoint, ev.id),
+                now=self.now,
+            )
+            self.out.merges.append(merge)
+            self.redirect[other] = survivor
+            for state in [*self.open_at.values(), *self.by_ref.values(), *self.by_id.values(), *self.touched.values()]:
+                if state.customer_id == other:
+                    state.customer_id = survivor
+            for (owner_cid, tp_name), state in list(self.open_at.items()):
+                if owner_cid == other:
+                    del self.open_at[(owner_cid, tp_name)]
+                    self._remember_open(state)
+        return survivor
+
+    def _most_recent_sharer(self, shared: list[Identity]) -> str | None:
+        c = shared_links.c
+        q = (
+            sa.select(c.customer_id)
+            .where(sa.tuple_(c.namespace, c.value).in_([(i.namespace, i.value) for i in shared]))
+            .order_by(c.last_seen_at.desc())
+            .limit(1)
+        )
+        row = self.conn.execute(q).first()
+        in_batch = [(at, cid) for (ns, v, cid), at in self.shared_seen.items() if Identity(ns, v) in shared]
+        if in_batch:
+            return self.find(max(in_batch)[1])
+        return self.find(row.customer_id) if row else None
+
+    def _record(self, ev: Event) -> RecordedEvent:
+        tp = self.rules.touchpoints[ev.touchpoint]
+        cid = self._resolve(ev, tp)
+        for ident in ev.identities:
+            if self.shared(ident):
+                key = (ident.namespace, ident.value, cid)
+                self.shared_seen[key] = max(self.shared_seen.get(key, ev.occurred_at), ev.occurred_at)
+            elif ident not in self.owner:
+                self.owner[ident] = cid
+                self.new_identities.append(
+                    {
+                        "namespace": ident.namespace,
+                        "value": ident.value,
+                        "customer_id": cid,
+                        "shared": False,
+                        "first_seen_at": ev.occurred_at,
+                    }
+                )
+        state = self._thread(ev, tp, cid)
+        self.new_events.append(
+            {
+                "touchpoint": ev.touchpoint,
+                "event_id": ev.id,
+                "type": ev.type,
+                "occurred_at": ev.occurred_at,
+                "received_at": ev.received_at or self.now,
+                "customer_id": cid,
+                "ingest_customer_id": cid,
+                "dialogue_id": state.id,
+                "direction": ev.direction,
+                "identities": [str(i) for i in ev.identities],
+                "data": dict(ev.data),
+            }
+        )
+        self.deltas[cid].add(ev)
+        return RecordedEvent(ev, cid, state.id)
+
+    def _known_dialogue(self, ev: Event) -> DialogueState | None:
+        if ev.dialogue_id is not None and ev.dialogue_id in self.by_id:
+            return self.by_id[ev.dialogue_id]
+        if ev.dialogue:
+            return self.by_ref.get((ev.touchpoint, ev.dialogue))
+        return None
+
+    def _thread(self, ev: Event, tp: TouchPoint, cid: str) -> DialogueState:
+        state: DialogueState | None
+        if ev.dialogue_id is not None and ev.dialogue_id in self.by_id:
+            state = self.by_id[ev.dialogue_id]
+        elif ev.dialogue:
+            state = self.by_ref.get((ev.touchpoint, ev.dialogue))
+            if state is None:
+                state = self._open(ev, cid, ref=ev.dialogue)
+                self.by_ref[(ev.touchpoint, ev.dialogue)] = state
+        elif tp.dialogue_timeout is not None:
+            state = self.open_at.get((cid, ev.touchpoint))
+            if state is None or not state.is_recent(ev.occurred_at, tp):
+                if state is not None and state.status == "open":
+                    state.close(state.last_event_at)
+                    self.touched[state.id] = state
+                    self.closed.append(state)
+                state = self._open(ev, cid, ref=None)
+                self.open_at[(cid, ev.touchpoint)] = state
+        else:
+            state = self._open(ev, cid, ref=ev.id)
+        was_open = state.status == "open"
+        state.customer_id = cid
+        state.apply(ev, tp)
+        self.touched[state.id] = state
+        if was_open and state.status == "closed":
+            self.closed.append(state)
+        return state
+
+    def _open(self, ev: Event, cid: str, ref: str | None) -> DialogueState:
+        did = new_id("dlg")
+        state = DialogueState(
+            id=did,
+            touchpoint=ev.touchpoint,
+            ref=ref or did,
+            customer_id=cid,
+            status="open",
+            intent=None,
+            outcome=None,
+            opened_at=ev.occurred_at,
+            last_event_at=ev.occurred_at,
+            closed_at=None,
+            is_new=True,
+        )
+        self.opened.append((state, self.position))
+        return state
+
+    # ---- writing ---------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        conn = self.conn
+        if self.new_customers:
+            conn.execute(customers.insert(), self.new_customers)
+            self.new_customers = []
+        if self.new_identities:
+            for row in self.new_identities:
+                row["customer_id"] = self.find(row["customer_id"])
+            conn.execute(identities.insert(), self.new_identities)
+            self.new_identities = []
+        if self.shared_seen:
+            self._write_shared_links()
+        self._write_dialogues()
+        if self.new_events:
+            for row in self.new_events:
+                row["customer_id"] = row["ingest_customer_id"] = self.find(row["customer_id"])
+            conn.execute(events.insert(), self.new_events)
+            self.new_events = []
+        if self.deltas:
+            self._write_metrics()
+
+    def _write_shared_links(self) -> None:
+        c = shared_links.c
+        for (ns, value, cid), at in self.shared_seen.items():
+            cid = self.find(cid)
+            updated = self.conn.execute(
+                shared_links.update()
+                .where(c.namespace == ns, c.value == value, c.customer_id == cid, c.last_seen_at < at)
+                .values(last_seen_at=at)
+            )
+            if updated.rowcount == 0:
+                exists = self.conn.execute(
+                    sa.select(sa.literal(1)).where(c.namespace == ns, c.value == value, c.customer_id == cid)
+                ).first()
+                if exists is None:
+                    self.conn.execute(
+                        shared_links.insert().values(namespace=ns, value=value, customer_id=cid, last_seen_at=at)
+                    )
+        self.shared_seen = {}
+
+    def _write_dialogues(self) -> None:
+        states = [s for s in self.touched.values() if s.dirty]
+        self.touched = {}
+        if not states:
+            return
+        inserts, updates = [], []
+        for s in states:
+            s.customer_id = self.find(s.customer_id)
+            if s.is_new:
+                inserts.append(s.row())
+                s.is_new = False
+            else:
+                updates.append({("_" + k if k == "id" else k): v for k, v in s.row().items()})
+            s.dirty = False
+        if inserts:
+            self.conn.execute(dialogues.insert(), inserts)
+        if updates:
+            d = dialogues.c
+            stmt = (
+                dialogues.update()
+                .where(d.id == sa.bindparam("_id"))
+                .values(
+                    customer_id=sa.bindparam("customer_id"),
+                    status=sa.bindparam("status"),
+                    intent=sa.bindparam("intent"),
+                    outcome=sa.bindparam("outcome"),
+                    opened_at=sa.bindparam("opened_at"),
+                    last_event_at=sa.bindparam("last_event_at"),
+                    closed_at=sa.bindparam("closed_at"),
+                )
+            )
+            self.conn.execute(stmt, [{k: v for k, v in u.items() if k not in ("touchpoint", "ref")} for u in updates])
+
+    def _write_metrics(self) -> None:
+        deltas: dict[str, _MetricsDelta] = {}
+        for cid, delta in self.deltas.items():
+            target = self.find(cid)
+            if target in deltas:
+                merged = deltas[target]
+                merged.count += delta.count
+                merged.orders += delta.orders
+                merged.revenue += delta.revenue
+                merged.first = min(filter(None, (merged.first, delta.first)))
+                merged.last = max(filter(None, (merged.last, delta.last)))
+                merged.touchpoints |= delta.touchpoints
+            else:
+                deltas[target] = delta
+        self.deltas = defaultdict(_MetricsDelta)
+        existing: dict[str, Any] = {}
+        ids = sorted(deltas)
+        for chunk in _chunks(ids):
+            for row in self.conn.execute(sa.select(metrics).where(metrics.c.customer_id.in_(chunk))):
+                existing[row.customer_id] = row
+        inserts, updates = [], []
+        for cid in ids:
+            d = deltas[cid]
+            row = existing.get(cid)
+            if row is None:
+                inserts.append(
+                    {
+                        "customer_id": cid,
+                        "event_count": d.count,
+                        "order_count": d.orders,
+                        "lifetime_revenue": d.revenue,
+                        "first_seen_at": d.first,
+                        "last_seen_at": d.last,
+                        "touchpoints": sorted(d.touchpoints),
+                    }
+                )
+            else:
+                updates.append(
+                    {
+                        "_cid": cid,
+                        "event_count": row.event_count + d.count,
+                        "order_count": row.order_count + d.orders,
+                        "lifetime_revenue": row.lifetime_revenue + d.revenue,
+                        "first_seen_at": min(filter(None, (row.first_seen_at, d.first))),
+                        "last_seen_at": max(filter(None, (row.last_seen_at, d.last))),
+                        "touchpoints": sorted(set(row.touchpoints) | d.touchpoints),
+                    }
+                )
+        if inserts:
+            self.conn.execute(metrics.insert(), inserts)
+        if updates:
+            m = metrics.c
+            stmt = (
+                metrics.update()
+                .where(m.customer_id == sa.bindparam("_cid"))
+                .values(
+                    event_count=sa.bindparam("event_count"),
+                    order_count=sa.bindparam("order_count"),
+                    lifetime_revenue=sa.bindparam("lifetime_revenue"),
+                    first_seen_at=sa.bindparam("first_seen_at"),
+                    last_seen_at=sa.bindparam("last_seen_at"),
+                    touchpoints=sa.bindparam("touchpoints"),
+                )
+            )
+            self.conn.execute(stmt, updates)
+
+
+def record_batch(conn: Connection, batch: Sequence[Event], rules: IngestRules) -> BatchOutcome:
+    """Record ``batch`` inside the caller's transaction; see the module docstring."""
+    return _Batch(conn, rules).run(batch)

@@ -1,0 +1,104 @@
+"""The aiohttp application factory.
+
+Plugins are loaded and their registrations collected when the app is built (so touch
+points can mount routes); the database, the ingest writer and the key ring start in a
+``cleanup_ctx`` and stop if and only if they started.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from ..config import Config
+from ..hub import Hub
+from ..keys import KeyRing
+from ..plugins import collect_registrations, make_plugin_manager
+from .errors import error_middleware
+from .metrics import HubMetrics
+from .openapi import build_openapi
+from .routes import api, core_routes
+from .state import HUB, HUB_CONFIG, HUB_KEYS, HUB_METRICS
+
+__all__ = ["MAX_BODY_BYTES", "create_app"]
+
+log = structlog.get_logger(__name__)
+MAX_BODY_BYTES = 1024 * 1024
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+@web.middleware
+async def request_context(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Request id, access log and HTTP metrics for every request."""
+    incoming = request.headers.get("X-Request-Id", "")
+    request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    started = time.perf_counter()
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    tp = request.match_info.get("tp")
+    with structlog.contextvars.bound_contextvars(request_id=request_id, **({"touchpoint": tp} if tp else {})):
+        response = await handler(request)
+        elapsed = time.perf_counter() - started
+        response.headers["X-Request-Id"] = request_id
+        request.app[HUB_METRICS].http.labels(request.method, route, str(response.status)).observe(elapsed)
+        log.info(
+            "http",
+            method=request.method,
+            route=route,
+            status=response.status,
+            elapsed_ms=round(elapsed * 1000, 2),
+        )
+        return response
+
+
+def create_app(
+    config: Config,
+    *,
+    plugins: Sequence[Any] = (),
+    autoload: bool | None = None,
+    migrate: bool = True,
+) -> web.Application:
+    """Build the hub's web application for ``config`` with every installed plugin."""
+    pm = make_plugin_manager(plugins, autoload=autoload)
+    registrations = collect_registrations(pm, config)
+    app = web.Application(
+        middlewares=[request_context, error_middleware],
+        client_max_size=MAX_BODY_BYTES,
+        handler_args={"max_field_size": 16 * 1024},
+    )
+    app[HUB_CONFIG] = config
+    app[HUB_METRICS] = HubMetrics()
+    app.add_routes(core_routes())
+    owners: dict[str, str] = {}
+    for tp in registrations.touchpoints:
+        if tp.routes:
+            before = {r.resource.canonical for r in app.router.routes() if r.resource}
+            app.add_routes(tp.routes)
+            for r in app.router.routes():
+                if r.resource and r.resource.canonical not in before:
+                    owners[r.resource.canonical] = tp.name
+
+    @api("This API description", scope=None, responses={200: "OpenAPI 3.1 document"})
+    async def openapi(request: web.Request) -> web.Response:
+        return web.json_response(build_openapi(request.app, owners))
+
+    app.router.add_get("/openapi.json", openapi)
+
+    async def hub_context(app: web.Application) -> AsyncIterator[None]:
+        async with Hub.open(config, pm=pm, registrations=registrations, migrate=migrate) as hub:
+            app[HUB] = hub
+            app[HUB_KEYS] = KeyRing(hub.store)
+            log.info(
+                "hub started",
+                touchpoints=registrations.touchpoints.names(),
+                database=hub.store.url.render_as_string(hide_password=True),
+            )
+            yield
+
+    app.cleanup_ctx.append(hub_context)
+    return app

@@ -1,0 +1,72 @@
+"""JSON errors: ``{"error": {"code", "message", "field"}}``, whatever went wrong."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from ..errors import InvalidInput, NotFound, Overloaded, StoreUnavailable, TooLarge
+
+__all__ = ["ApiError", "error_middleware", "error_response"]
+
+log = structlog.get_logger(__name__)
+
+
+class ApiError(Exception):
+    """An HTTP error with its JSON body's code, message and field."""
+
+    def __init__(self, status: int, code: str, message: str, field: str | None = None, **headers: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.field, self.headers = status, code, message, field, headers
+
+
+def error_response(status: int, code: str, message: str, field: str | None = None, **headers: str) -> web.Response:
+    body: dict[str, Any] = {"code": code, "message": message}
+    if field is not None:
+        body["field"] = field
+    return web.json_response({"error": body}, status=status, headers=headers or None)
+
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "too_large",
+    415: "unsupported_media_type",
+    429: "too_many_requests",
+}
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc.status, exc.code, exc.message, exc.field, **exc.headers)
+    except json.JSONDecodeError as exc:
+        return error_response(400, "malformed_json", f"the body is not valid JSON: {exc.msg} at position {exc.pos}")
+    except InvalidInput as exc:
+        return error_response(422, exc.code, exc.message, exc.field)
+    except NotFound as exc:
+        return error_response(404, exc.code, exc.message)
+    except TooLarge as exc:
+        return error_response(413, exc.code, exc.message, exc.field)
+    except (Overloaded, StoreUnavailable) as exc:
+        return error_response(
+            503, "unavailable", f"{exc}; nothing was written, retry later", None, **{"Retry-After": "1"}
+        )
+    except web.HTTPRequestEntityTooLarge as exc:
+        return error_response(413, "too_large", f"the body is larger than {exc.max_size} bytes")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error_response(exc.status, _HTTP_CODES.get(exc.status, "http_error"), exc.reason)
+    except Exception as exc:
+        log.error("unhandled error", path=request.path, error=type(exc).__name__, exc_info=exc)
+        return error_response(500, "internal", "an internal error occurred; see the hub's log by X-Request-Id")

@@ -1,0 +1,98 @@
+"""``/openapi.json``, built from what is actually mounted.
+
+Core handlers describe themselves with ``@api``; a touch point's own routes are listed
+with their handler's docstring and the touch point that mounted them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from .. import __version__
+
+__all__ = ["build_openapi"]
+
+EVENT = {
+    "type": "object",
+    "required": ["id", "type", "occurred_at"],
+    "properties": {
+        "id": {"type": "string", "maxLength": 200, "description": "idempotency key, unique per touch point"},
+        "type": {"type": "string", "maxLength": 100},
+        "occurred_at": {"type": "string", "format": "date-time"},
+        "sent_at": {"type": "string", "format": "date-time", "description": "client clock at send, for skew"},
+        "identities": {"type": "object", "additionalProperties": {"type": "string"}},
+        "dialogue": {"type": "string", "maxLength": 200},
+        "direction": {"enum": ["inbound", "outbound"]},
+        "data": {"type": "object"},
+    },
+}
+ERROR = {
+    "type": "object",
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "field": {"type": "string"}},
+        }
+    },
+}
+
+
+def _operation(route: web.AbstractRoute, owner: str | None) -> dict[str, Any]:
+    handler = route.handler
+    meta: dict[str, Any] | None = getattr(handler, "__prm_api__", None)
+    if meta is None:
+        doc = (handler.__doc__ or "").strip().split("\n", 1)[0] or handler.__name__
+        op: dict[str, Any] = {"summary": doc, "responses": {"200": {"description": "OK"}}}
+        if owner:
+            op["tags"] = [f"touchpoint:{owner}"]
+        return op
+    op = {"summary": meta["summary"], "responses": {}}
+    for status, text in meta["responses"].items():
+        response: dict[str, Any] = {"description": text}
+        if status >= 400:
+            response["content"] = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+        op["responses"][str(status)] = response
+    if meta["scope"]:
+        op["security"] = [{"bearer": []}, {"basic": []}]
+        op["x-prm-scope"] = meta["scope"]
+    if meta["body"]:
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": meta["body"]}}}
+    params = [
+        {"name": name, "in": "query", "required": False, "description": text, "schema": {"type": "string"}}
+        for name, text in meta["params"].items()
+    ]
+    if params:
+        op["parameters"] = params
+    return op
+
+
+def build_openapi(app: web.Application, owners: dict[str, str]) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of every route mounted on ``app``."""
+    paths: dict[str, dict[str, Any]] = {}
+    for route in app.router.routes():
+        if route.method == "HEAD" or route.resource is None:
+            continue
+        path = route.resource.canonical
+        op = _operation(route, owners.get(path))
+        path_params = [seg[1:-1].split(":")[0] for seg in path.split("/") if seg.startswith("{")]
+        if path_params:
+            op.setdefault("parameters", [])
+            op["parameters"] = [
+                {"name": p, "in": "path", "required": True, "schema": {"type": "string"}} for p in path_params
+            ] + op["parameters"]
+        paths.setdefault(path, {})[route.method.lower()] = op
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "PRM hub", "version": __version__},
+        "paths": dict(sorted(paths.items())),
+        "components": {
+            "schemas": {"Event": EVENT, "Error": ERROR},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "basic": {"type": "http", "scheme": "basic", "description": "the key as user name, empty password"},
+            },
+        },
+    }

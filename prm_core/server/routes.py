@@ -1,0 +1,286 @@
+"""The core HTTP routes of CONTRACT.md.
+
+Each handler carries its API description (``@api``), from which ``/openapi.json`` is
+built, so the description cannot drift from what is mounted.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ..errors import InvalidInput
+from ..model import CustomerView, Merge
+from .auth import authenticate, require
+from .errors import ApiError
+from .state import HUB, HUB_METRICS
+
+__all__ = ["api", "core_routes"]
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+routes = web.RouteTableDef()
+
+
+def api(
+    summary: str,
+    *,
+    scope: str | None,
+    body: dict[str, Any] | None = None,
+    responses: dict[int, str] | None = None,
+    params: dict[str, str] | None = None,
+) -> Callable[[Handler], Handler]:
+    """Attach the API description of a handler (read by :mod:`prm_core.server.openapi`)."""
+
+    def mark(handler: Handler) -> Handler:
+        handler.__prm_api__ = {  # type: ignore[attr-defined]
+            "summary": summary,
+            "scope": scope,
+            "body": body,
+            "responses": responses or {200: "OK"},
+            "params": params or {},
+        }
+        return handler
+
+    return mark
+
+
+async def read_json(request: web.Request) -> Any:
+    """The body as JSON: 413 past the size limit, 400 when malformed (raised as JSONDecodeError)."""
+    raw = await request.read()
+    if not raw:
+        raise ApiError(400, "malformed_json", "the body is empty; a JSON object is expected")
+    return json.loads(raw)
+
+
+EVENT_SCHEMA = {"$ref": "#/components/schemas/Event"}
+AUTH_ERRORS = {401: "No key, or an invalid one", 403: "The key's scope does not grant this"}
+WRITE_ERRORS = {
+    **AUTH_ERRORS,
+    400: "Malformed JSON",
+    404: "Unknown touch point",
+    413: "Body or batch too large",
+    422: "Invalid event; `field` names it",
+    503: "Overloaded or database unavailable; nothing written; see Retry-After",
+}
+
+
+async def _touchpoint_write(request: web.Request) -> str:
+    await authenticate(request)
+    name = request.match_info["tp"]
+    request.app[HUB].touchpoint(name)  # 404 for an unknown touch point
+    await require(request, f"touchpoint:{name}")
+    return name
+
+
+@routes.post("/v1/touchpoints/{tp}/events")
+@api(
+    "Record events; answers once they are durable",
+    scope="touchpoint:{tp}",
+    body={
+        "oneOf": [{"type": "object", "properties": {"events": {"type": "array", "items": EVENT_SCHEMA}}}, EVENT_SCHEMA]
+    },
+    responses={200: '{"accepted": n, "duplicates": m}', **WRITE_ERRORS},
+)
+async def post_events(request: web.Request) -> web.Response:
+    tp = await _touchpoint_write(request)
+    hub = request.app[HUB]
+    events = hub.parse_events(await read_json(request), tp)
+    recorded = await hub.record(events)
+    duplicates = sum(1 for r in recorded if r.duplicate)
+    metrics = request.app[HUB_METRICS]
+    metrics.events.labels(tp).inc(len(recorded) - duplicates)
+    if duplicates:
+        metrics.duplicates.labels(tp).inc(duplicates)
+    return web.json_response({"accepted": len(recorded) - duplicates, "duplicates": duplicates})
+
+
+@routes.post("/v1/touchpoints/{tp}/requests")
+@api(
+    "One dialogue turn awaiting a personalized answer within the touch point's budget",
+    scope="touchpoint:{tp}",
+    body=EVENT_SCHEMA,
+    responses={
+        200: '{"customer_id", "dialogue_id", "delivery", "elapsed_ms", "budget_ms", "degraded"}',
+        **WRITE_ERRORS,
+    },
+)
+async def post_request(request: web.Request) -> web.Response:
+    tp = await _touchpoint_write(request)
+    hub = request.app[HUB]
+    body = await read_json(request)
+    if isinstance(body, dict) and "events" in body:
+        raise InvalidInput("a request is one Event, not a batch", "events")
+    (event,) = hub.parse_events(body, tp)
+    answer = await hub.request(event)
+    metrics = request.app[HUB_METRICS]
+    metrics.events.labels(tp).inc()
+    metrics.request_seconds.labels(tp).observe(answer.elapsed_ms / 1000)
+    metrics.budget_ratio.labels(tp).observe(answer.elapsed_ms / answer.budget_ms)
+    for part in answer.delivery.degraded:
+        metrics.degraded.labels(tp, part.split("#")[0]).inc()
+    return web.json_response(answer.to_json())
+
+
+def _limit(request: web.Request) -> int:
+    raw = request.query.get("limit", "20")
+    if not raw.isdigit():
+        raise InvalidInput("limit must be a whole number", "limit")
+    return int(raw)
+
+
+def _view_json(view: CustomerView) -> dict[str, Any]:
+    return view.to_json()
+
+
+@routes.get("/v1/customers/{ref}")
+@api(
+    "The 360-degree view; ref is a customer id or namespace:value",
+    scope="read",
+    params={"cursor": "next page of the timeline (next_cursor)", "limit": "timeline page size, 1-200 (20)"},
+    responses={200: "CustomerView", 404: "No such customer", 422: "Bad ref, cursor or limit", **AUTH_ERRORS},
+)
+async def get_customer(request: web.Request) -> web.Response:
+    await require(request, "read")
+    view = await request.app[HUB].view(
+        request.match_info["ref"], cursor=request.query.get("cursor"), limit=_limit(request)
+    )
+    return web.json_response(_view_json(view))
+
+
+@routes.patch("/v1/customers/{ref}")
+@api(
+    "Set traits, a tier by hand, kind, memberships",
+    scope="admin",
+    body={
+        "type": "object",
+        "properties": {
+            "traits": {"type": "object"},
+            "tier": {"type": ["string", "null"]},
+            "kind": {"enum": ["person", "organization", "group"]},
+            "memberships": {"type": "object", "properties": {"add": {"type": "array"}, "remove": {"type": "array"}}},
+        },
+    },
+    responses={
+        200: "CustomerView",
+        400: "Malformed JSON",
+        404: "No such customer",
+        422: "Invalid field",
+        **AUTH_ERRORS,
+    },
+)
+async def patch_customer(request: web.Request) -> web.Response:
+    await require(request, "admin")
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise InvalidInput("the body must be a JSON object", None)
+    view = await request.app[HUB].update_customer(request.match_info["ref"], body)
+    return web.json_response(_view_json(view))
+
+
+@routes.post("/v1/customers")
+@api(
+    "Create a customer by hand: an organization, a household or another group",
+    scope="admin",
+    body={"type": "object", "properties": {"kind": {"enum": ["person", "organization", "group"]}, "traits": {}}},
+    responses={201: "CustomerView", 400: "Malformed JSON", 422: "Invalid field", **AUTH_ERRORS},
+)
+async def post_customer(request: web.Request) -> web.Response:
+    await require(request, "admin")
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise InvalidInput("the body must be a JSON object", None)
+    traits = body.get("traits")
+    if traits is not None and not isinstance(traits, dict):
+        raise InvalidInput("traits must be an object", "traits")
+    hub = request.app[HUB]
+    customer = await hub.create_customer(body.get("kind", "person"), traits)
+    return web.json_response(_view_json(await hub.view(customer.id)), status=201)
+
+
+def _merge_json(m: Merge) -> dict[str, Any]:
+    return {
+        "id": m.id,
+        "survivor_id": m.survivor_id,
+        "merged_id": m.merged_id,
+        "reason": m.reason,
+        "cause": {"touchpoint": m.cause_touchpoint, "event_id": m.cause_event_id} if m.cause_event_id else None,
+        "merged_at": m.merged_at.isoformat().replace("+00:00", "Z"),
+        "undone_at": m.undone_at.isoformat().replace("+00:00", "Z") if m.undone_at else None,
+    }
+
+
+@routes.get("/v1/customers/{ref}/merges")
+@api(
+    "The merge audit of a customer, newest first",
+    scope="read",
+    responses={200: '{"merges": [...]}', 404: "No such customer", **AUTH_ERRORS},
+)
+async def get_merges(request: web.Request) -> web.Response:
+    await require(request, "read")
+    merges = await request.app[HUB].merges(request.match_info["ref"])
+    return web.json_response({"merges": [_merge_json(m) for m in merges]})
+
+
+@routes.post("/v1/merges/{merge_id}/undo")
+@api(
+    "Undo a merge: the merged customer gets back its identities, dialogues and events",
+    scope="admin",
+    responses={200: "Merge", 404: "No such merge", 422: "Already undone", **AUTH_ERRORS},
+)
+async def undo_merge(request: web.Request) -> web.Response:
+    await require(request, "admin")
+    merge = await request.app[HUB].unmerge(request.match_info["merge_id"])
+    return web.json_response(_merge_json(merge))
+
+
+@routes.get("/v1/touchpoints")
+@api("Registered touch points with their latency budgets", scope="read", responses={200: "OK", **AUTH_ERRORS})
+async def get_touchpoints(request: web.Request) -> web.Response:
+    await require(request, "read")
+    hub = request.app[HUB]
+    regs = hub.registrations.touchpoints
+    return web.json_response(
+        {
+            "touchpoints": [
+                {
+                    "name": tp.name,
+                    "channel": tp.channel,
+                    "budget_ms": tp.budget_ms,
+                    "dialogue_timeout_s": tp.dialogue_timeout.total_seconds() if tp.dialogue_timeout else None,
+                    "description": tp.description,
+                    "plugin": regs.providers[tp.name],
+                }
+                for tp in sorted(regs, key=lambda t: t.name)
+            ]
+        }
+    )
+
+
+@routes.get("/healthz")
+@api("Liveness and database reachability", scope=None, responses={200: '{"status": "ok"}', 503: "Database down"})
+async def healthz(request: web.Request) -> web.Response:
+    import sqlalchemy as sa
+
+    hub = request.app[HUB]
+    try:
+        await hub.store.read(lambda conn: conn.execute(sa.text("SELECT 1")).scalar())
+    except Exception as exc:
+        return web.json_response({"status": "unavailable", "database": type(exc).__name__}, status=503)
+    return web.json_response({"status": "ok", "pending_events": hub.ingestor.pending})
+
+
+@routes.get("/metrics")
+@api("Prometheus metrics", scope=None, responses={200: "text/plain; version=0.0.4"})
+async def metrics(request: web.Request) -> web.Response:
+    m = request.app[HUB_METRICS]
+    m.pending.set(request.app[HUB].ingestor.pending)
+    body = generate_latest(m.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def core_routes() -> web.RouteTableDef:
+    return routes

@@ -1,0 +1,175 @@
+"""Database engines, transactions with retries, and migrations.
+
+SQLite (the embedded default) runs in WAL mode with ``synchronous=FULL``: a commit is on
+disk before it returns, and the ingest path shares one commit among many requests so
+that costs little. Writes go through one dedicated connection that begins
+``IMMEDIATE`` (SQLite has a single writer anyway; taking the lock up front avoids
+upgrade deadlocks); reads use their own pool and never wait for the writer.
+
+PostgreSQL uses asyncpg; several hub processes may share it (advisory locks in the
+ingest path keep identity resolution consistent across them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+import structlog
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from attrs import define
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+
+from ..errors import ConfigError, StoreUnavailable
+
+__all__ = ["Store", "async_url"]
+
+T = TypeVar("T")
+log = structlog.get_logger(__name__)
+MIGRATIONS = Path(__file__).with_name("migrations")
+# any constant works; it only has to be the same in every hub process
+_MIGRATION_LOCK = 0x50524D_01
+
+
+def async_url(url: str) -> sa.URL:
+    """Map a configured URL to its async driver: ``sqlite:///x`` -> ``sqlite+aiosqlite:///x``."""
+    try:
+        u = make_url(url)
+    except sa.exc.ArgumentError as exc:
+        raise ConfigError(f"database url {url!r} is not a valid URL") from exc
+    backend = u.get_backend_name()
+    if backend == "sqlite":
+        if not u.database or u.database == ":memory:":
+            raise ConfigError("an in-memory SQLite database cannot be shared by the hub's connections; use a file")
+        return u.set(drivername="sqlite+aiosqlite")
+    if backend in ("postgresql", "postgres"):
+        return u.set(drivername="postgresql+asyncpg")
+    raise ConfigError(f"unsupported database {backend!r}: use sqlite:///path or postgresql://...")
+
+
+def _retryable(exc: BaseException) -> bool:
+    """Lock contention and lost races, which a fresh attempt of the transaction resolves."""
+    if isinstance(exc, IntegrityError):
+        return True
+    if isinstance(exc, OperationalError) and "database is locked" in str(exc.orig):
+        return True
+    if isinstance(exc, DBAPIError):
+        code = getattr(exc.orig, "sqlstate", None) or getattr(getattr(exc.orig, "__cause__", None), "sqlstate", None)
+        return code in {"40001", "40P01", "55P03"}
+    return False
+
+
+def _unavailable(exc: BaseException) -> bool:
+    """The database is gone, full or unreachable: nothing to do but answer 503."""
+    if isinstance(exc, OSError | ConnectionError | asyncio.TimeoutError):
+        return True
+    if isinstance(exc, DBAPIError):
+        return exc.connection_invalidated or isinstance(exc, OperationalError) or "connection" in str(exc).lower()
+    return False
+
+
+@define
+class Store:
+    """The hub's database: a writer engine, a reader engine, migrations."""
+
+    url: sa.URL
+    writer: AsyncEngine
+    reader: AsyncEngine
+
+    @property
+    def dialect(self) -> str:
+        return self.url.get_backend_name()
+
+    @classmethod
+    def open(cls, url: str, *, pool_size: int = 8) -> Store:
+        """Create engines for ``url`` (``sqlite:///...`` or ``postgresql://...``). Connects lazily."""
+        u = async_url(url)
+        if u.get_backend_name() == "sqlite":
+            Path(u.database or "").expanduser().parent.mkdir(parents=True, exist_ok=True)
+            writer = create_async_engine(u, pool_size=1, max_overflow=0, connect_args={"timeout": 30})
+            reader = create_async_engine(u, pool_size=pool_size, max_overflow=0, connect_args={"timeout": 30})
+            _sqlite_setup(writer, immediate=True)
+            _sqlite_setup(reader, immediate=False)
+        else:
+            writer = create_async_engine(u, pool_size=2, max_overflow=2, pool_pre_ping=True)
+            reader = create_async_engine(u, pool_size=pool_size, max_overflow=4, pool_pre_ping=True)
+        return cls(u, writer, reader)
+
+    async def write(self, fn: Callable[[Connection], T], *, attempts: int = 6) -> T:
+        """Run ``fn`` in one write transaction, retrying on lock contention.
+
+        Raises :class:`StoreUnavailable` when the database is unreachable or stays locked;
+        either way the transaction was rolled back and nothing was written.
+        """
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception(_retryable),
+                stop=stop_after_attempt(attempts),
+                wait=wait_random_exponential(multiplier=0.01, max=0.5),
+                reraise=True,
+            ):
+                with attempt:
+                    async with self.writer.begin() as conn:
+                        return await conn.run_sync(fn)
+        except Exception as exc:
+            if _retryable(exc) or _unavailable(exc):
+                log.warning("store write failed", error=type(exc).__name__)
+                raise StoreUnavailable(f"the database cannot take writes now ({type(exc).__name__})") from exc
+            raise
+        raise AssertionError("unreachable")  # pragma: no cover  # AsyncRetrying always returns or raises
+
+    async def read(self, fn: Callable[[Connection], T]) -> T:
+        """Run ``fn`` on a reader connection (a consistent snapshot on both databases)."""
+        try:
+            async with self.reader.connect() as conn:
+                async with conn.begin():
+                    return await conn.run_sync(fn)
+        except Exception as exc:
+            if _unavailable(exc):
+                raise StoreUnavailable(f"the database cannot be read now ({type(exc).__name__})") from exc
+            raise
+
+    async def migrate(self) -> list[str]:
+        """Apply every pending migration; returns the revisions applied. Safe to race."""
+
+        def upgrade(conn: Connection) -> list[str]:
+            if self.dialect == "postgresql":
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})
+            cfg = AlembicConfig()
+            cfg.set_main_option("script_location", str(MIGRATIONS))
+            cfg.attributes["connection"] = conn
+            applied: list[str] = []
+            cfg.attributes["on_revision"] = applied.append
+            command.upgrade(cfg, "head")
+            return applied
+
+        async with self.writer.begin() as conn:
+            return await conn.run_sync(upgrade)
+
+    async def dispose(self) -> None:
+        await self.writer.dispose()
+        await self.reader.dispose()
+
+
+def _sqlite_setup(engine: AsyncEngine, *, immediate: bool) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def on_connect(dbapi_conn: Any, record: Any) -> None:
+        # take transaction control from the driver so BEGIN is ours to issue
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA busy_timeout=5000")
+        cur.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")

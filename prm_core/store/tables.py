@@ -1,0 +1,222 @@
+"""SQLModel tables. Rows stay inside the store: hooks see :mod:`prm_core.model` values.
+
+Timestamps are stored as UTC and always read back timezone-aware. No foreign keys: the
+ingest path keeps references consistent inside one transaction, and merges re-point
+rows in bulk, which foreign keys would only slow down.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlmodel import Field, SQLModel
+
+__all__ = [
+    "ApiKeyRow",
+    "CustomerRow",
+    "DialogueRow",
+    "EventRow",
+    "IdentityRow",
+    "ImportCheckpointRow",
+    "MembershipRow",
+    "MergeRow",
+    "MetricsRow",
+    "SharedLinkRow",
+    "UTCDateTime",
+    "metadata",
+]
+
+metadata = SQLModel.metadata
+JSONType = sa.JSON().with_variant(JSONB(), "postgresql")
+
+
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
+    """A datetime stored as naive UTC and read back as aware UTC, on every database."""
+
+    impl = sa.DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; use an aware UTC datetime")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return value.replace(tzinfo=UTC) if value is not None else None
+
+
+def _ts(**kw: Any) -> Any:
+    return Field(sa_type=UTCDateTime, **kw)
+
+
+def _json(**kw: Any) -> Any:
+    return Field(sa_type=JSONType, **kw)
+
+
+class CustomerRow(SQLModel, table=True):
+    __tablename__ = "customers"
+
+    id: str = Field(primary_key=True, max_length=40)
+    kind: str = Field(default="person", max_length=16)
+    tier: str | None = Field(default=None, max_length=64)
+    tier_source: str | None = Field(default=None, max_length=16)
+    traits: dict[str, Any] = _json(default_factory=dict)
+    merged_into: str | None = Field(default=None, index=True, max_length=40)
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+
+
+class IdentityRow(SQLModel, table=True):
+    """An identity owned by exactly one customer. ``shared`` values link without merging."""
+
+    __tablename__ = "identities"
+
+    namespace: str = Field(primary_key=True, max_length=64)
+    value: str = Field(primary_key=True, max_length=256)
+    customer_id: str | None = Field(default=None, index=True, max_length=40)
+    shared: bool = False
+    first_seen_at: datetime = _ts()
+
+
+class SharedLinkRow(SQLModel, table=True):
+    """A shared identity (household phone, kiosk device) seen with a customer."""
+
+    __tablename__ = "shared_identity_links"
+
+    namespace: str = Field(primary_key=True, max_length=64)
+    value: str = Field(primary_key=True, max_length=256)
+    customer_id: str = Field(primary_key=True, max_length=40, index=True)
+    last_seen_at: datetime = _ts()
+
+
+class EventRow(SQLModel, table=True):
+    """The append-only event log, unique on (touch point, event id).
+
+    ``ingest_customer_id`` never changes; ``customer_id`` follows merges and unmerges.
+    """
+
+    __tablename__ = "events"
+    __table_args__ = (
+        sa.UniqueConstraint("touchpoint", "event_id", name="uq_events_touchpoint_event_id"),
+        sa.Index("ix_events_customer_timeline", "customer_id", "occurred_at", "seq"),
+        sa.Index("ix_events_dialogue", "dialogue_id", "occurred_at"),
+    )
+
+    seq: int | None = Field(default=None, primary_key=True)
+    touchpoint: str = Field(max_length=64)
+    event_id: str = Field(max_length=200)
+    type: str = Field(max_length=100)
+    occurred_at: datetime = _ts()
+    received_at: datetime = _ts()
+    customer_id: str = Field(max_length=40)
+    ingest_customer_id: str = Field(max_length=40, index=True)
+    dialogue_id: str = Field(max_length=40)
+    direction: str = Field(default="inbound", max_length=8)
+    identities: list[str] = _json(default_factory=list)
+    data: dict[str, Any] = _json(default_factory=dict)
+
+
+class DialogueRow(SQLModel, table=True):
+    __tablename__ = "dialogues"
+    __table_args__ = (
+        sa.UniqueConstraint("touchpoint", "ref", name="uq_dialogues_touchpoint_ref"),
+        sa.Index("ix_dialogues_customer_recent", "customer_id", "last_event_at"),
+        sa.Index("ix_dialogues_customer_open", "customer_id", "touchpoint", "status"),
+    )
+
+    id: str = Field(primary_key=True, max_length=40)
+    touchpoint: str = Field(max_length=64)
+    ref: str = Field(max_length=200)
+    customer_id: str = Field(max_length=40)
+    status: str = Field(default="open", max_length=8)
+    intent: str | None = Field(default=None, max_length=16)
+    outcome: str | None = Field(default=None, max_length=64)
+    opened_at: datetime = _ts()
+    last_event_at: datetime = _ts()
+    closed_at: datetime | None = _ts(default=None)
+
+
+class MembershipRow(SQLModel, table=True):
+    __tablename__ = "memberships"
+
+    group_id: str = Field(primary_key=True, max_length=40)
+    member_id: str = Field(primary_key=True, max_length=40, index=True)
+    role: str | None = Field(default=None, max_length=64)
+    created_at: datetime = _ts()
+
+
+class MetricsRow(SQLModel, table=True):
+    """Per-customer aggregates kept current on ingest, never by rescanning history."""
+
+    __tablename__ = "customer_metrics"
+
+    customer_id: str = Field(primary_key=True, max_length=40)
+    event_count: int = 0
+    order_count: int = 0
+    lifetime_revenue: Decimal = Field(default=Decimal(0), sa_type=sa.Numeric(18, 4))
+    first_seen_at: datetime | None = _ts(default=None)
+    last_seen_at: datetime | None = _ts(default=None)
+    touchpoints: list[str] = _json(default_factory=list)
+
+
+class MergeRow(SQLModel, table=True):
+    """The audit record of a merge; ``moved`` lists what moved so it can be undone."""
+
+    __tablename__ = "merges"
+
+    id: str = Field(primary_key=True, max_length=40)
+    survivor_id: str = Field(max_length=40, index=True)
+    merged_id: str = Field(max_length=40, index=True)
+    reason: str = Field(max_length=500)
+    cause_touchpoint: str | None = Field(default=None, max_length=64)
+    cause_event_id: str | None = Field(default=None, max_length=200)
+    merged_at: datetime = _ts()
+    undone_at: datetime | None = _ts(default=None)
+    moved: dict[str, Any] = _json(default_factory=dict)
+
+
+class ApiKeyRow(SQLModel, table=True):
+    """An API key: only the SHA-256 of its secret part is kept."""
+
+    __tablename__ = "api_keys"
+
+    id: str = Field(primary_key=True, max_length=40)
+    name: str = Field(default="", max_length=200)
+    scope: str = Field(max_length=200)
+    public: bool = False
+    secret_hash: str = Field(max_length=64)
+    created_at: datetime = _ts()
+    revoked_at: datetime | None = _ts(default=None)
+
+
+class ImportCheckpointRow(SQLModel, table=True):
+    """How far ``prm import`` got through a file, so an interrupted import resumes."""
+
+    __tablename__ = "import_checkpoints"
+
+    source: str = Field(primary_key=True, max_length=128)
+    byte_offset: int = 0
+    lines: int = 0
+    updated_at: datetime = _ts()
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+customers = CustomerRow.__table__
+identities = IdentityRow.__table__
+shared_links = SharedLinkRow.__table__
+events = EventRow.__table__
+dialogues = DialogueRow.__table__
+memberships = MembershipRow.__table__
+metrics = MetricsRow.__table__
+merges = MergeRow.__table__
+api_keys = ApiKeyRow.__table__
+import_checkpoints = ImportCheckpointRow.__table__

@@ -1,0 +1,129 @@
+"""pytest plugin for the hub and for plugin authors (opt in: ``pytest_plugins = ["prm_core.testing"]``).
+
+Fixtures:
+
+- ``database_url``: a fresh SQLite file; parametrized over PostgreSQL too when
+  ``PRM_TEST_POSTGRES_URL`` is set (each test gets a database of its own there).
+- ``hub_config``: a :class:`~prm_core.config.Config` on that database.
+- ``hub``: a started :class:`~prm_core.hub.Hub` with every installed plugin.
+- ``hub_client``: an aiohttp test client on the full server; ``make_key(scope)`` gives keys.
+- ``register_plugin``: register a plugin object for one test (unregistered after).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from .config import Config
+from .hub import Hub
+from .keys import create_key
+
+__all__ = ["POSTGRES_ENV", "postgres_database"]
+
+POSTGRES_ENV = "PRM_TEST_POSTGRES_URL"
+
+
+def _backends() -> list[Any]:
+    return [
+        "sqlite",
+        pytest.param("postgresql", marks=pytest.mark.postgres),
+    ]
+
+
+def _admin(base_url: str, sql: str) -> None:
+    import asyncpg
+
+    dsn = sa.make_url(base_url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+    async def execute() -> None:
+        conn = await asyncpg.connect(dsn, timeout=10)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(execute())
+
+
+def postgres_database(base_url: str) -> Iterator[str]:
+    """Create a throw-away database on the server of ``base_url``; yield its URL; drop it."""
+    name = f"prm_test_{uuid.uuid4().hex[:12]}"
+    try:
+        _admin(base_url, f'CREATE DATABASE "{name}"')
+    except Exception as exc:  # set but unreachable: a failure, never a silent skip
+        pytest.fail(f"{POSTGRES_ENV} is set but PostgreSQL is unreachable: {type(exc).__name__}: {exc}")
+    try:
+        yield sa.make_url(base_url).set(database=name, drivername="postgresql").render_as_string(hide_password=False)
+    finally:
+        _admin(base_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=_backends())
+def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
+    """A fresh database: SQLite always, PostgreSQL when ``PRM_TEST_POSTGRES_URL`` is set."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/prm.db"
+        return
+    base = os.environ.get(POSTGRES_ENV)
+    if not base:
+        pytest.skip(f"{POSTGRES_ENV} is not set: PostgreSQL tests need a server")
+    yield from postgres_database(base)
+
+
+@pytest.fixture
+def hub_config(database_url: str) -> Config:
+    return Config(database_url=database_url, public_url="http://hub.test")
+
+
+@pytest.fixture
+def hub_plugins() -> list[Any]:
+    """Plugins registered in code for ``hub`` and ``hub_client``; override to add some."""
+    return []
+
+
+@pytest.fixture
+async def hub(hub_config: Config, hub_plugins: list[Any]) -> AsyncIterator[Hub]:
+    async with Hub.open(hub_config, plugins=hub_plugins) as started:
+        yield started
+
+
+@pytest.fixture
+async def hub_client(hub_config: Config, hub_plugins: list[Any], aiohttp_client: Any) -> Any:
+    from .server.app import create_app
+
+    app = create_app(hub_config, plugins=hub_plugins)
+    return await aiohttp_client(app)
+
+
+@pytest.fixture
+def make_key(hub_client: Any) -> Callable[..., Awaitable[str]]:
+    """``await make_key("touchpoint:web")`` -> a key valid on ``hub_client``'s hub."""
+    from .server.state import HUB
+
+    async def make(scope: str, *, public: bool = False) -> str:
+        key, _ = await create_key(hub_client.app[HUB].store, scope, public=public)
+        return key
+
+    return make
+
+
+@pytest.fixture
+def register_plugin(hub: Hub) -> Iterator[Callable[[Any], Any]]:
+    """Register a plugin object on the running ``hub`` for this test only."""
+    added: list[Any] = []
+
+    def register(plugin: Any) -> Any:
+        hub.pm.register(plugin)
+        added.append(plugin)
+        return plugin
+
+    yield register
+    for plugin in added:
+        hub.pm.unregister(plugin)

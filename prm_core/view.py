@@ -1,0 +1,210 @@
+"""The 360-degree view of a customer, from bounded queries only.
+
+Each part is a query on an index with a ``LIMIT``: the customer, its identities, its
+metrics row (kept current on ingest), one page of the timeline, its recent dialogues,
+its groups and (for a group) its members. Nothing loads a customer's whole history,
+so the cost does not grow with the size of the store or of the customer's past.
+
+A group's view aggregates its members: the timeline and dialogues are those of the
+group and its members, the metrics are summed.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from .errors import InvalidInput, NotFound
+from .model import Customer, CustomerView, Dialogue, Identity
+from .store.tables import customers, dialogues, events, identities, memberships, metrics
+
+__all__ = ["build_view", "decode_cursor", "encode_cursor", "resolve_ref"]
+
+MAX_IDENTITIES = 100
+MAX_DIALOGUES = 10
+MAX_GROUPS = 50
+MAX_MEMBERS = 100
+MAX_PAGE = 200
+
+
+def encode_cursor(occurred_at: datetime, seq: int) -> str:
+    return base64.urlsafe_b64encode(f"{occurred_at.isoformat()}|{seq}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, int]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        at, seq = raw.rsplit("|", 1)
+        return datetime.fromisoformat(at), int(seq)
+    except (ValueError, UnicodeDecodeError, binascii.Error):
+        raise InvalidInput("cursor is not one this hub gave out", "cursor") from None
+
+
+def resolve_ref(conn: Connection, ref: str, namespaces: Mapping[str, Any], region: str) -> str:
+    """A customer id, or ``namespace:value`` normalized as at ingest; follows merges."""
+    if ":" in ref:
+        ident = Identity.parse(ref)
+        ns = namespaces.get(ident.namespace)
+        if ns is None:
+            raise InvalidInput(f"unknown identity namespace {ident.namespace!r}", "ref")
+        try:
+            value = ns.normalize(ident.value, region)
+        except ValueError as exc:
+            raise InvalidInput(f"ref: {ident.namespace} {exc}", "ref") from None
+        cid = conn.execute(
+            sa.select(identities.c.customer_id).where(
+                identities.c.namespace == ident.namespace, identities.c.value == value
+            )
+        ).scalar_one_or_none()
+        if cid is None:
+            raise NotFound(f"no customer with that {ident.namespace}")
+        return str(cid)
+    row = conn.execute(sa.select(customers.c.id, customers.c.merged_into).where(customers.c.id == ref)).one_or_none()
+    if row is None:
+        raise NotFound(f"no customer {ref}")
+    return str(row.merged_into or row.id)
+
+
+def _customer(row: Any) -> Customer:
+    return Customer(
+        id=row.id,
+        kind=row.kind,
+        tier=row.tier,
+        tier_source=row.tier_source,
+        traits=row.traits,
+        created_at=row.created_at,
+    )
+
+
+def _dialogue(row: Any) -> Dialogue:
+    return Dialogue(
+        id=row.id,
+        touchpoint=row.touchpoint,
+        customer_id=row.customer_id,
+        ref=row.ref,
+        status=row.status,
+        intent=row.intent,
+        outcome=row.outcome,
+        opened_at=row.opened_at,
+        last_event_at=row.last_event_at,
+        closed_at=row.closed_at,
+    )
+
+
+def build_view(conn: Connection, customer_id: str, *, cursor: str | None = None, limit: int = 20) -> CustomerView:
+    """Assemble the view of ``customer_id`` (already resolved, not merged away)."""
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidInput(f"limit must be between 1 and {MAX_PAGE}", "limit")
+    row = conn.execute(sa.select(customers).where(customers.c.id == customer_id)).one_or_none()
+    if row is None:
+        raise NotFound(f"no customer {customer_id}")
+    customer = _customer(row)
+    m = memberships.c
+    members = []
+    if customer.kind != "person":
+        q = (
+            sa.select(m.member_id, m.role, customers.c.kind, customers.c.traits)
+            .join(customers, customers.c.id == m.member_id)
+            .where(m.group_id == customer_id)
+            .order_by(m.created_at, m.member_id)
+            .limit(MAX_MEMBERS)
+        )
+        members = [
+            {"id": r.member_id, "role": r.role, "kind": r.kind, "name": _name(r.traits)} for r in conn.execute(q)
+        ]
+    owners = [customer_id, *(x["id"] for x in members)]
+
+    idents = tuple(
+        Identity(r.namespace, r.value)
+        for r in conn.execute(
+            sa.select(identities.c.namespace, identities.c.value)
+            .where(identities.c.customer_id == customer_id)
+            .order_by(identities.c.namespace, identities.c.value)
+            .limit(MAX_IDENTITIES)
+        )
+    )
+
+    e = events.c
+    q = sa.select(e.seq, e.touchpoint, e.event_id, e.type, e.occurred_at, e.dialogue_id, e.direction, e.data)
+    q = q.where(e.customer_id == customer_id) if len(owners) == 1 else q.where(e.customer_id.in_(owners))
+    if cursor:
+        at, seq = decode_cursor(cursor)
+        q = q.where(sa.or_(e.occurred_at < at, sa.and_(e.occurred_at == at, e.seq < seq)))
+    rows = list(conn.execute(q.order_by(e.occurred_at.desc(), e.seq.desc()).limit(limit + 1)))
+    next_cursor = encode_cursor(rows[limit - 1].occurred_at, rows[limit - 1].seq) if len(rows) > limit else None
+    timeline = tuple(
+        {
+            "event_id": r.event_id,
+            "touchpoint": r.touchpoint,
+            "type": r.type,
+            "occurred_at": r.occurred_at.isoformat().replace("+00:00", "Z"),
+            "dialogue": r.dialogue_id,
+            "direction": r.direction,
+            "data": r.data,
+        }
+        for r in rows[:limit]
+    )
+
+    d = dialogues.c
+    dq = sa.select(dialogues)
+    dq = dq.where(d.customer_id == customer_id) if len(owners) == 1 else dq.where(d.customer_id.in_(owners))
+    dlgs = tuple(_dialogue(r) for r in conn.execute(dq.order_by(d.last_event_at.desc()).limit(MAX_DIALOGUES)))
+
+    mq = sa.select(metrics).where(metrics.c.customer_id.in_(owners))
+    totals: dict[str, Any] = {"event_count": 0, "order_count": 0, "lifetime_revenue": Decimal(0)}
+    seen: set[str] = set()
+    firsts, lasts = [], []
+    for r in conn.execute(mq):
+        totals["event_count"] += r.event_count
+        totals["order_count"] += r.order_count
+        totals["lifetime_revenue"] += r.lifetime_revenue
+        seen.update(r.touchpoints)
+        firsts.append(r.first_seen_at)
+        lasts.append(r.last_seen_at)
+    totals["average_sale"] = (
+        (totals["lifetime_revenue"] / totals["order_count"]).quantize(Decimal("0.01"))
+        if totals["order_count"]
+        else None
+    )
+    totals["lifetime_revenue"] = totals["lifetime_revenue"].quantize(Decimal("0.01"))
+    totals["first_seen_at"] = min(filter(None, firsts), default=None)
+    totals["last_seen_at"] = max(filter(None, lasts), default=None)
+    totals["touchpoints"] = sorted(seen)
+
+    gq = (
+        sa.select(m.group_id, m.role, customers.c.kind, customers.c.traits)
+        .join(customers, customers.c.id == m.group_id)
+        .where(m.member_id == customer_id)
+        .order_by(m.created_at, m.group_id)
+        .limit(MAX_GROUPS)
+    )
+    groups = tuple(
+        {"group_id": r.group_id, "role": r.role, "kind": r.kind, "name": _name(r.traits)} for r in conn.execute(gq)
+    )
+
+    return CustomerView(
+        customer=customer,
+        identities=idents,
+        timeline=timeline,
+        next_cursor=next_cursor,
+        dialogues=dlgs,
+        metrics=totals,
+        memberships=groups,
+        members=tuple(members),
+    )
+
+
+def _name(traits: Mapping[str, Any]) -> str | None:
+    name = traits.get("name")
+    if isinstance(name, str):
+        return name
+    parts = [traits.get("first_name"), traits.get("last_name")]
+    joined = " ".join(p for p in parts if isinstance(p, str))
+    return joined or None
