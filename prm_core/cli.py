@@ -224,3 +224,7 @@ def import_(
     )
     if result.invalid and not skip_invalid:
         sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -60,8 +60,12 @@ def _redact_exception(logger: Any, method: str, event_dict: MutableMapping[str, 
     return event_dict
 
 
-def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
-    """Configure structlog (and the standard library's logging through it) once."""
+def configure_logging(level: str = "info", *, json: bool | None = None, cache: bool = True) -> None:
+    """Configure structlog (and the standard library's logging through it) once.
+
+    ``cache=False`` keeps loggers re-reading the configuration (for tests that configure
+    logging more than once in a process).
+    """
     if json is None:
         json = not sys.stderr.isatty()
     shared: list[Any] = [
@@ -82,8 +86,24 @@ def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=cache,
     )
-    logging.basicConfig(level=level.upper(), stream=sys.stderr, format="%(message)s", force=True)
-    for noisy in ("aiohttp.access", "sqlalchemy.engine", "alembic"):
+    # the standard library's records (aiohttp, asyncio, drivers) go through the same
+    # processors, redaction included
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                _redact_exception,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("aiohttp.access", "sqlalchemy.engine", "alembic", "aiosqlite", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

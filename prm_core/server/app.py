@@ -20,7 +20,7 @@ from ..config import Config
 from ..hub import Hub
 from ..keys import KeyRing
 from ..plugins import collect_registrations, make_plugin_manager
-from .errors import error_middleware
+from .errors import MAX_BODY_BYTES, error_middleware
 from .metrics import HubMetrics
 from .openapi import build_openapi
 from .routes import api, core_routes
@@ -29,7 +29,6 @@ from .state import HUB, HUB_CONFIG, HUB_KEYS, HUB_METRICS
 __all__ = ["MAX_BODY_BYTES", "create_app"]
 
 log = structlog.get_logger(__name__)
-MAX_BODY_BYTES = 1024 * 1024
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 

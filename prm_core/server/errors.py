@@ -10,7 +10,10 @@ from aiohttp import web
 
 from ..errors import InvalidInput, NotFound, Overloaded, StoreUnavailable, TooLarge
 
-__all__ = ["ApiError", "error_middleware", "error_response"]
+__all__ = ["MAX_BODY_BYTES", "ApiError", "error_middleware", "error_response"]
+
+# the largest request body the hub reads (a batch of 1000 small events fits)
+MAX_BODY_BYTES = 1024 * 1024
 
 log = structlog.get_logger(__name__)
 
@@ -61,8 +64,8 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         return error_response(
             503, "unavailable", f"{exc}; nothing was written, retry later", None, **{"Retry-After": "1"}
         )
-    except web.HTTPRequestEntityTooLarge as exc:
-        return error_response(413, "too_large", f"the body is larger than {exc.max_size} bytes")
+    except web.HTTPRequestEntityTooLarge:
+        return error_response(413, "too_large", f"the body is larger than the limit of {MAX_BODY_BYTES} bytes")
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -1,0 +1,24 @@
+"""Migrations build exactly the tables the code declares, on both databases."""
+
+from __future__ import annotations
+
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from prm_core.store import Store
+from prm_core.store.tables import metadata
+
+
+async def test_migrations_match_the_models(database_url):
+    store = Store.open(database_url)
+    try:
+        assert await store.migrate() == ["0001"]
+        assert await store.migrate() == []
+
+        def diff(conn):
+            return compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), metadata)
+
+        async with store.writer.connect() as conn:
+            assert await conn.run_sync(diff) == []
+    finally:
+        await store.dispose()
