@@ -77,11 +77,11 @@ async def deliver_value(hub: Hub, recorded: RecordedEvent, touchpoint: TouchPoin
 
     for provider in hub.registrations.value_providers:
         start(f"value:{provider.name}", provider.provide(request))
-    for plugin, work in hub.hooks.propose_offers(request):
-        start(f"offers:{plugin}", work)
+    for plugin, proposing in hub.hooks.propose_offers(request):
+        start(f"offers:{plugin}", proposing)
     for fulfillment in hub.hooks.plan_fulfillment(request):
-        for _plugin, work in hub.hooks.fulfill(fulfillment):
-            start(f"partner:{fulfillment.partner}", work)
+        for _plugin, fulfilling in hub.hooks.fulfill(fulfillment):
+            start(f"partner:{fulfillment.partner}", fulfilling)
 
     degraded: list[str] = []
     if tasks:

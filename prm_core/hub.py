@@ -21,16 +21,16 @@ from sqlalchemy.engine import Connection
 from . import merging
 from .config import Config
 from .delivery import Answer, deliver_value
-from .errors import InvalidInput, NotFound
+from .errors import ConfigError, InvalidInput, NotFound
 from .events import parse_events
 from .hooks import Hooks
 from .ids import new_id
 from .ingest import Ingestor
-from .model import Customer, CustomerView, Event, Merge, RecordedEvent, TouchPoint
+from .model import Customer, CustomerView, Event, Identity, Merge, RecordedEvent, TouchPoint
 from .plugins import PrmPluginManager, Registrations, collect_registrations, make_plugin_manager
 from .recording import IngestRules
 from .store import Store
-from .store.tables import customers, memberships, merges, utcnow
+from .store.tables import customers, identities, memberships, merges, shared_links, utcnow
 from .view import build_view, resolve_ref
 
 __all__ = ["Hub"]
@@ -75,7 +75,8 @@ class Hub:
             hooks = Hooks(pm)
             rules = IngestRules(
                 touchpoints=dict(registrations.touchpoints.items),
-                shared_namespaces=frozenset(ns.name for ns in registrations.namespaces if ns.shared),
+                shared_namespaces=frozenset(ns.name for ns in registrations.namespaces if ns.shared)
+                | _configured_shared(config, registrations),
             )
             ingestor = Ingestor(store, rules, hooks.batch_committed)
             ingestor.start()
@@ -255,6 +256,67 @@ class Hub:
         merge = await self.store.write(lambda conn: merging.unmerge(conn, merge_id, now=now))
         self.hooks.customers_unmerged(merge)
         return merge
+
+    async def set_shared(self, ref: str, shared: bool) -> dict[str, Any]:
+        """Mark one identity value shared (a household phone) or not.
+
+        A shared value links customers without merging them: it stays in its first owner's
+        view, and each customer seen with it gets a link. Unsharing gives it back to its
+        first owner; a value shared before anyone owned it is simply forgotten.
+        """
+        ident = Identity.parse(ref)
+        ns = self.registrations.namespaces.get(ident.namespace)
+        if ns is None:
+            raise InvalidInput(f"unknown identity namespace {ident.namespace!r}", "identity")
+        try:
+            value = ns.normalize(ident.value, self.config.default_region)
+        except ValueError as exc:
+            raise InvalidInput(f"identity: {ident.namespace} {exc}", "identity") from None
+        now = utcnow()
+
+        def write(conn: Connection) -> dict[str, Any]:
+            c = identities.c
+            where = (c.namespace == ident.namespace, c.value == value)
+            row = conn.execute(sa.select(identities).where(*where)).one_or_none()
+            owner = row.customer_id if row else None
+            if row is None and shared:
+                conn.execute(
+                    identities.insert().values(
+                        namespace=ident.namespace, value=value, customer_id=None, shared=True, first_seen_at=now
+                    )
+                )
+            elif row is not None and not shared and owner is None:
+                conn.execute(identities.delete().where(*where))
+            elif row is not None:
+                conn.execute(identities.update().where(*where).values(shared=shared))
+            if shared and owner is not None:
+                link = shared_links.c
+                exists = conn.execute(
+                    sa.select(link.customer_id).where(
+                        link.namespace == ident.namespace, link.value == value, link.customer_id == owner
+                    )
+                ).first()
+                if exists is None:
+                    # event time, like every other link, so "most recently seen" compares like with like
+                    conn.execute(
+                        shared_links.insert().values(
+                            namespace=ident.namespace, value=value, customer_id=owner, last_seen_at=row.first_seen_at
+                        )
+                    )
+            return {"namespace": ident.namespace, "value": value, "shared": shared, "customer_id": owner}
+
+        return await self.store.write(write)
+
+
+def _configured_shared(config: Config, registrations: Registrations) -> frozenset[str]:
+    """``[identity] shared_namespaces``: namespaces an operator declares shared."""
+    names = config.section("identity").get("shared_namespaces", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ConfigError("[identity].shared_namespaces must be a list of namespace names")
+    unknown = [n for n in names if n not in registrations.namespaces]
+    if unknown:
+        raise ConfigError(f"[identity].shared_namespaces names unknown namespace {unknown[0]!r}")
+    return frozenset(names)
 
 
 def _membership_changes(raw: Any) -> tuple[list[dict[str, Any]], list[str]]:

@@ -124,8 +124,8 @@ def merge_customers(
 def _move_memberships(conn: Connection, src: str, dst: str, now: datetime) -> dict[str, Any]:
     """Re-point ``src``'s memberships (as member and as group) to ``dst``; return what changed."""
     m = memberships.c
-    as_member = list(conn.execute(sa.select(m.group_id, m.role).where(m.member_id == src)))
-    as_group = list(conn.execute(sa.select(m.member_id, m.role).where(m.group_id == src)))
+    as_member = list(conn.execute(sa.select(m.group_id, m.role, m.created_at).where(m.member_id == src)))
+    as_group = list(conn.execute(sa.select(m.member_id, m.role, m.created_at).where(m.group_id == src)))
     have_groups = {r.group_id for r in conn.execute(sa.select(m.group_id).where(m.member_id == dst))}
     have_members = {r.member_id for r in conn.execute(sa.select(m.member_id).where(m.group_id == dst))}
     new_rows = [
@@ -140,9 +140,11 @@ def _move_memberships(conn: Connection, src: str, dst: str, now: datetime) -> di
     conn.execute(memberships.delete().where(sa.or_(m.member_id == src, m.group_id == src)))
     if new_rows:
         conn.execute(memberships.insert(), new_rows)
+    # created_at is kept so an unmerge restores the memberships as they were: views list groups
+    # and members in membership order, which a fresh timestamp would shuffle
     return {
-        "as_member": [[r.group_id, r.role] for r in as_member],
-        "as_group": [[r.member_id, r.role] for r in as_group],
+        "as_member": [[r.group_id, r.role, r.created_at.isoformat()] for r in as_member],
+        "as_group": [[r.member_id, r.role, r.created_at.isoformat()] for r in as_group],
         "added": [[r["group_id"], r["member_id"]] for r in new_rows],
     }
 
@@ -224,8 +226,15 @@ def unmerge(conn: Connection, merge_id: str, *, now: datetime) -> Merge:
     mem = moved.get("memberships", {})
     for group_id, member_id in mem.get("added", []):
         conn.execute(memberships.delete().where(m.group_id == group_id, m.member_id == member_id))
-    restore = [{"group_id": g, "member_id": merged, "role": r, "created_at": now} for g, r in mem.get("as_member", [])]
-    restore += [{"group_id": merged, "member_id": x, "role": r, "created_at": now} for x, r in mem.get("as_group", [])]
+    # entries are [id, role, created_at]; records written before created_at was kept have no third item
+    restore = [
+        {"group_id": g, "member_id": merged, "role": r, "created_at": _when(rest, now)}
+        for g, r, *rest in mem.get("as_member", [])
+    ]
+    restore += [
+        {"group_id": merged, "member_id": x, "role": r, "created_at": _when(rest, now)}
+        for x, r, *rest in mem.get("as_group", [])
+    ]
     if restore:
         conn.execute(memberships.insert(), restore)
 
@@ -242,6 +251,10 @@ def unmerge(conn: Connection, merge_id: str, *, now: datetime) -> Merge:
     recompute_metrics(conn, [target, merged])
     conn.execute(merges.update().where(merges.c.id == merge_id).values(undone_at=now))
     return merge_value(conn.execute(sa.select(merges).where(merges.c.id == merge_id)).one())
+
+
+def _when(rest: list[Any], default: datetime) -> datetime:
+    return datetime.fromisoformat(rest[0]) if rest and rest[0] else default
 
 
 def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:

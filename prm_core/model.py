@@ -9,7 +9,7 @@ plugin fails at start, naming what is wrong.
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
@@ -58,6 +58,10 @@ def _check_name(instance: Any, attribute: Any, value: str) -> None:
 
 def _frozen_dict(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return dict(value or {})
+
+
+def _identities(value: Iterable[Identity]) -> tuple[Identity, ...]:
+    return tuple(value)
 
 
 @frozen
@@ -167,7 +171,7 @@ class Event:
     type: str
     occurred_at: datetime
     touchpoint: str
-    identities: tuple[Identity, ...] = field(default=(), converter=tuple)
+    identities: tuple[Identity, ...] = field(default=(), converter=_identities)
     dialogue: str | None = None
     direction: Direction = "inbound"
     data: Mapping[str, Any] = field(factory=dict, converter=_frozen_dict)
@@ -285,10 +289,12 @@ class CustomerView:
 
     ``timeline`` is newest first and holds one page; ``next_cursor`` fetches the next.
     ``sections`` are what ``prm_enrich_view`` implementations added, by name.
+    ``shared_identities`` are shared values (a household phone) this customer was seen with.
     """
 
     customer: Customer
     identities: tuple[Identity, ...] = ()
+    shared_identities: tuple[Mapping[str, Any], ...] = ()
     timeline: tuple[Mapping[str, Any], ...] = ()
     next_cursor: str | None = None
     dialogues: tuple[Dialogue, ...] = ()
@@ -309,7 +315,8 @@ class CustomerView:
             "tier_source": c.tier_source,
             "traits": dict(c.traits),
             "created_at": _iso(c.created_at),
-            "identities": [{"namespace": i.namespace, "value": i.value} for i in self.identities],
+            "identities": [{"namespace": i.namespace, "value": i.value} for i in self.identities]
+            + [dict(s) for s in self.shared_identities if Identity(s["namespace"], s["value"]) not in self.identities],
             "timeline": [dict(t) for t in self.timeline],
             "next_cursor": self.next_cursor,
             "dialogues": [dialogue_json(d) for d in self.dialogues],

@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 import pluggy
@@ -87,10 +87,12 @@ def _trace(pm: pluggy.PluginManager) -> None:
     """Log every hook call with the plugins that answered and how long it took."""
     started: dict[int, float] = {}
 
-    def before(hook_name: str, impls: Sequence[pluggy.HookImpl], kwargs: dict[str, Any]) -> None:
+    def before(hook_name: str, impls: Sequence[pluggy.HookImpl], kwargs: Mapping[str, Any]) -> None:
         started[id(kwargs)] = time.perf_counter()
 
-    def after(outcome: Any, hook_name: str, impls: Sequence[pluggy.HookImpl], kwargs: dict[str, Any]) -> None:
+    def after(
+        outcome: pluggy.Result[Any], hook_name: str, impls: Sequence[pluggy.HookImpl], kwargs: Mapping[str, Any]
+    ) -> None:
         elapsed = (time.perf_counter() - started.pop(id(kwargs), time.perf_counter())) * 1000
         log.debug(
             "hook call",

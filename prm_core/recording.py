@@ -92,6 +92,7 @@ class _Batch:
         self.shared_values: set[Identity] = set()
         self.redirect: dict[str, str] = {}
         self.created_at: dict[str, datetime] = {}
+        self.created_seq: dict[str, int] = {}  # creation order of this batch's customers (same created_at)
         self.kind: dict[str, str] = {}
         self.by_ref: dict[tuple[str, str], DialogueState] = {}
         self.by_id: dict[str, DialogueState] = {}
@@ -239,6 +240,7 @@ class _Batch:
     def _new_customer(self, ev: Event) -> str:
         cid = new_id("cus")
         self.created_at[cid] = self.now
+        self.created_seq[cid] = len(self.created_seq)
         self.kind[cid] = "person"
         self.new_customers.append(
             {
@@ -265,14 +267,20 @@ class _Batch:
             candidates.add(self.find(known.customer_id))
         if not candidates:
             shared = [i for i in ev.identities if self.shared(i)]
-            cid = self._most_recent_sharer(shared) if shared else None
+            # only an event that names nobody but shared identities goes to whoever used them last;
+            # one that brings an identity of its own (a first-time caller's email with the household
+            # phone) is a new customer, else that identity would be glued to the last sharer for good
+            own = len(shared) < len(ev.identities)
+            cid = self._most_recent_sharer(shared) if shared and not own else None
             return cid if cid is not None else self._new_customer(ev)
         people = {c for c in candidates if self.kind.get(c, "person") == "person"}
         # an event never glues a person to an organization or group: those are memberships
         pool = people or candidates
         if len(pool) == 1:
             return next(iter(pool))
-        survivor, *others = sorted(pool, key=lambda c: (self.created_at[c], c))
+        # customers created in this batch share created_at; ids made in the same millisecond are in
+        # random order, so without created_seq the survivor among them would be a coin toss, not the older
+        survivor, *others = sorted(pool, key=lambda c: (self.created_at[c], self.created_seq.get(c, -1), c))
         self._flush()  # the merge works on the database, so it must hold everything so far
         for other in others:
             merge = merge_customers(

@@ -23,7 +23,7 @@ from sqlalchemy.engine import Connection
 
 from .errors import InvalidInput, NotFound
 from .model import Customer, CustomerView, Dialogue, Identity
-from .store.tables import customers, dialogues, events, identities, memberships, metrics
+from .store.tables import customers, dialogues, events, identities, memberships, metrics, shared_links
 
 __all__ = ["build_view", "decode_cursor", "encode_cursor", "resolve_ref"]
 
@@ -109,7 +109,7 @@ def build_view(conn: Connection, customer_id: str, *, cursor: str | None = None,
     m = memberships.c
     members = []
     if customer.kind != "person":
-        q = (
+        member_q = (
             sa.select(m.member_id, m.role, customers.c.kind, customers.c.traits)
             .join(customers, customers.c.id == m.member_id)
             .where(m.group_id == customer_id)
@@ -117,7 +117,7 @@ def build_view(conn: Connection, customer_id: str, *, cursor: str | None = None,
             .limit(MAX_MEMBERS)
         )
         members = [
-            {"id": r.member_id, "role": r.role, "kind": r.kind, "name": _name(r.traits)} for r in conn.execute(q)
+            {"id": r.member_id, "role": r.role, "kind": r.kind, "name": _name(r.traits)} for r in conn.execute(member_q)
         ]
     owners = [customer_id, *(x["id"] for x in members)]
 
@@ -131,8 +131,21 @@ def build_view(conn: Connection, customer_id: str, *, cursor: str | None = None,
         )
     )
 
+    link = shared_links.c
+    shared_idents = tuple(
+        {"namespace": r.namespace, "value": r.value, "shared": True}
+        for r in conn.execute(
+            sa.select(link.namespace, link.value)
+            .where(link.customer_id == customer_id)
+            .order_by(link.namespace, link.value)
+            .limit(MAX_IDENTITIES)
+        )
+    )
+
     e = events.c
-    q = sa.select(e.seq, e.touchpoint, e.event_id, e.type, e.occurred_at, e.dialogue_id, e.direction, e.data)
+    q: sa.Select[Any] = sa.select(
+        e.seq, e.touchpoint, e.event_id, e.type, e.occurred_at, e.dialogue_id, e.direction, e.data
+    )
     q = q.where(e.customer_id == customer_id) if len(owners) == 1 else q.where(e.customer_id.in_(owners))
     if cursor:
         at, seq = decode_cursor(cursor)
@@ -192,6 +205,7 @@ def build_view(conn: Connection, customer_id: str, *, cursor: str | None = None,
     return CustomerView(
         customer=customer,
         identities=idents,
+        shared_identities=shared_idents,
         timeline=timeline,
         next_cursor=next_cursor,
         dialogues=dlgs,

@@ -256,3 +256,28 @@ async def test_openapi_describes_every_mounted_route(hub_client):
     assert {"401", "403", "404", "413", "422"} <= set(events_op["responses"])
     # nothing promised that is not mounted (export, erasure and scorecard come later)
     assert "/v1/scorecard" not in spec["paths"]
+
+
+async def test_a_shared_household_phone_links_without_merging(hub_client, make_key):
+    web, admin = await make_key("touchpoint:web"), await make_key("admin")
+
+    async def send(n: int, minute: int, **identities: str) -> None:
+        body = {**event(n, **identities), "occurred_at": f"2026-11-23T08:{minute:02d}:00Z"}
+        assert (await hub_client.post("/v1/touchpoints/web/events", json=body, headers=bearer(web))).status == 200
+
+    await send(1, 0, email="ann@example.com", phone="+14155550100")
+    marked = await hub_client.put("/v1/identities/phone:(415) 555-0100", json={"shared": True}, headers=bearer(admin))
+    assert marked.status == 200, await marked.text()
+    assert (await marked.json())["value"] == "+14155550100"
+    await send(2, 1, email="bob@example.com", phone="+14155550100")
+    ann = await (await hub_client.get("/v1/customers/email:ann@example.com", headers=bearer(admin))).json()
+    bob = await (await hub_client.get("/v1/customers/email:bob@example.com", headers=bearer(admin))).json()
+    assert ann["id"] != bob["id"]
+    assert {"namespace": "phone", "value": "+14155550100", "shared": True} in bob["identities"]
+    # a call from the household phone alone goes to whoever was seen with it last
+    await send(3, 2, phone="+14155550100")
+    bob = await (await hub_client.get("/v1/customers/email:bob@example.com", headers=bearer(admin))).json()
+    assert bob["metrics"]["event_count"] == 2
+    bad = await hub_client.put("/v1/identities/phone:+14155550100", json={"shared": "yes"}, headers=bearer(admin))
+    assert bad.status == 422
+    assert (await hub_client.put("/v1/identities/x", json={"shared": True}, headers=bearer(admin))).status == 422

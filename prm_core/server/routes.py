@@ -237,6 +237,29 @@ async def undo_merge(request: web.Request) -> web.Response:
     return web.json_response(_merge_json(merge))
 
 
+@routes.put("/v1/identities/{ref}")
+@api(
+    "Mark an identity value shared (a household phone, a kiosk device) or not; ref is namespace:value",
+    scope="admin",
+    body={"type": "object", "required": ["shared"], "properties": {"shared": {"type": "boolean"}}},
+    responses={
+        200: '{"namespace", "value", "shared", "customer_id"}',
+        400: "Malformed JSON",
+        422: "Bad ref or body",
+        **AUTH_ERRORS,
+    },
+)
+async def put_identity(request: web.Request) -> web.Response:
+    await require(request, "admin")
+    body = await read_json(request)
+    if not isinstance(body, dict) or not isinstance(body.get("shared"), bool):
+        raise InvalidInput("shared must be true or false", "shared")
+    ref = request.match_info["ref"]
+    if ":" not in ref:
+        raise InvalidInput("ref must be namespace:value", "ref")
+    return web.json_response(await request.app[HUB].set_shared(ref, body["shared"]))
+
+
 @routes.get("/v1/touchpoints")
 @api("Registered touch points with their latency budgets", scope="read", responses={200: "OK", **AUTH_ERRORS})
 async def get_touchpoints(request: web.Request) -> web.Response:

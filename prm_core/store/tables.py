@@ -210,13 +210,13 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-customers = CustomerRow.__table__
-identities = IdentityRow.__table__
-shared_links = SharedLinkRow.__table__
-events = EventRow.__table__
-dialogues = DialogueRow.__table__
-memberships = MembershipRow.__table__
-metrics = MetricsRow.__table__
-merges = MergeRow.__table__
-api_keys = ApiKeyRow.__table__
-import_checkpoints = ImportCheckpointRow.__table__
+customers: sa.Table = CustomerRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
+identities: sa.Table = IdentityRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
+shared_links: sa.Table = SharedLinkRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
+events: sa.Table = EventRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
+dialogues: sa.Table = DialogueRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
+memberships: sa.Table = MembershipRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
+metrics: sa.Table = MetricsRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
+merges: sa.Table = MergeRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
+api_keys: sa.Table = ApiKeyRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
+import_checkpoints: sa.Table = ImportCheckpointRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
