@@ -59,7 +59,7 @@ def serve(config_path: str | None, database_url: str | None, host: str, port: in
     from .server.app import create_app
 
     config = _config(config_path, database_url)
-    configure_logging(log_level)
+    configure_logging(log_level, cache=True)
     try:
         app = create_app(config)
     except (PrmError, ConflictingRegistration, PluginLoadError) as exc:

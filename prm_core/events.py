@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from .clock import utcnow
 from .errors import InvalidInput, TooLarge
 from .identity import normalize_identities
 from .model import Event, IdentityNamespace
@@ -103,7 +104,7 @@ def parse_events(
     max_events: int = MAX_EVENTS_PER_CALL,
 ) -> list[Event]:
     """``{"events": [Event, ...], "sent_at"?: ...}`` or a single Event object."""
-    received_at = received_at or datetime.now(UTC)
+    received_at = received_at or utcnow()
     if not isinstance(body, Mapping):
         raise InvalidInput('the body must be a JSON object: {"events": [...]} or one Event', None)
     if "events" not in body:

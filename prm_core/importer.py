@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import UTC, datetime
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -112,7 +111,7 @@ async def import_events(
                     batch.append(
                         parse_event(
                             obj, touchpoint, namespaces, config.default_region,
-                            received_at=datetime.now(UTC), where=f"line {line_no}: ",
+                            received_at=utcnow(), where=f"line {line_no}: ",
                         )
                     )  # fmt: skip
                 except (json.JSONDecodeError, UnicodeDecodeError, InvalidInput) as exc:

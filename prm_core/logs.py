@@ -10,7 +10,7 @@ import logging
 import re
 import sys
 from collections.abc import Mapping, MutableMapping
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 
@@ -60,14 +60,18 @@ def _redact_exception(logger: Any, method: str, event_dict: MutableMapping[str, 
     return event_dict
 
 
-def configure_logging(level: str = "info", *, json: bool | None = None, cache: bool = True) -> None:
+def configure_logging(
+    level: str = "info", *, json: bool | None = None, cache: bool = False, stream: TextIO | None = None
+) -> None:
     """Configure structlog (and the standard library's logging through it) once.
 
-    ``cache=False`` keeps loggers re-reading the configuration (for tests that configure
-    logging more than once in a process).
+    ``cache=True`` (for long-running servers) lets each logger keep the configuration it
+    first saw; leave it off where logging is configured more than once in a process.
+    ``stream`` defaults to standard error.
     """
+    out = stream or sys.stderr
     if json is None:
-        json = not sys.stderr.isatty()
+        json = not out.isatty()
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -75,7 +79,7 @@ def configure_logging(level: str = "info", *, json: bool | None = None, cache: b
         redact_personal_data,
     ]
     renderer: Any = (
-        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=out.isatty())
     )
     structlog.configure(
         processors=[
@@ -85,12 +89,12 @@ def configure_logging(level: str = "info", *, json: bool | None = None, cache: b
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=cache,
     )
     # the standard library's records (aiohttp, asyncio, drivers) go through the same
     # processors, redaction included
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(out)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],

@@ -304,17 +304,22 @@ class _Batch:
 
     def _most_recent_sharer(self, shared: list[Identity]) -> str | None:
         c = shared_links.c
+        # merges do not move shared links: follow the (one hop) redirect, or the event would be
+        # recorded for a merged-away customer
         q = (
-            sa.select(c.customer_id)
+            sa.select(sa.func.coalesce(customers.c.merged_into, c.customer_id).label("customer_id"))
+            .select_from(shared_links.outerjoin(customers, customers.c.id == c.customer_id))
             .where(sa.tuple_(c.namespace, c.value).in_([(i.namespace, i.value) for i in shared]))
             .order_by(c.last_seen_at.desc())
             .limit(1)
         )
         row = self.conn.execute(q).first()
         in_batch = [(at, cid) for (ns, v, cid), at in self.shared_seen.items() if Identity(ns, v) in shared]
-        if in_batch:
-            return self.find(max(in_batch)[1])
-        return self.find(row.customer_id) if row else None
+        found = self.find(max(in_batch)[1]) if in_batch else self.find(row.customer_id) if row else None
+        if found is not None:
+            # a customer found this way may meet others in a merge later in the batch: know its age and kind
+            self._load_customers({found})
+        return found
 
     def _record(self, ev: Event) -> RecordedEvent:
         tp = self.rules.touchpoints[ev.touchpoint]

@@ -17,3 +17,6 @@ def _restore_logging():
     structlog.reset_defaults()
     root.handlers[:] = handlers
     root.setLevel(level)
+
+
+pytest_plugins = [*pytest_plugins, "pytester"]

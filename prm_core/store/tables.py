@@ -15,6 +15,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
+from .. import clock
+
 __all__ = [
     "ApiKeyRow",
     "CustomerRow",
@@ -207,7 +209,8 @@ class ImportCheckpointRow(SQLModel, table=True):
 
 
 def utcnow() -> datetime:
-    return datetime.now(UTC)
+    """The hub's clock (see :mod:`prm_core.clock`)."""
+    return clock.utcnow()
 
 
 customers: sa.Table = CustomerRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation

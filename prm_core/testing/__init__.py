@@ -8,11 +8,21 @@ Fixtures:
 - ``hub``: a started :class:`~prm_core.hub.Hub` with every installed plugin.
 - ``hub_client``: an aiohttp test client on the full server; ``make_key(scope)`` gives keys.
 - ``register_plugin``: register a plugin object for one test (unregistered after).
+- ``hook_recorder``: a :class:`HookRecorder` registered on ``hub`` (every hook call after start).
+- ``log_capture``: the hub's logs as the configured processors render them (redaction
+  included): ``log_capture.text`` and ``log_capture.entries``.
+- ``frozen_clock``: a :class:`~prm_core.clock.FrozenClock`; ``frozen_clock.advance(minutes=31)``.
+
+This plugin is opt-in, not registered through a ``pytest11`` entry point: that would import
+the hub into every pytest run of every project installed beside it, and clash with projects
+that also name it in ``pytest_plugins``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -21,11 +31,14 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from .config import Config
-from .hub import Hub
-from .keys import create_key
+from ..clock import FrozenClock
+from ..config import Config
+from ..hub import Hub
+from ..keys import create_key
+from ..logs import configure_logging
+from .recorder import HookCall, HookRecorder
 
-__all__ = ["POSTGRES_ENV", "postgres_database"]
+__all__ = ["POSTGRES_ENV", "FrozenClock", "HookCall", "HookRecorder", "LogCapture", "postgres_database"]
 
 POSTGRES_ENV = "PRM_TEST_POSTGRES_URL"
 
@@ -96,7 +109,7 @@ async def hub(hub_config: Config, hub_plugins: list[Any]) -> AsyncIterator[Hub]:
 
 @pytest.fixture
 async def hub_client(hub_config: Config, hub_plugins: list[Any], aiohttp_client: Any) -> Any:
-    from .server.app import create_app
+    from ..server.app import create_app
 
     app = create_app(hub_config, plugins=hub_plugins)
     return await aiohttp_client(app)
@@ -105,7 +118,7 @@ async def hub_client(hub_config: Config, hub_plugins: list[Any], aiohttp_client:
 @pytest.fixture
 def make_key(hub_client: Any) -> Callable[..., Awaitable[str]]:
     """``await make_key("touchpoint:web")`` -> a key valid on ``hub_client``'s hub."""
-    from .server.state import HUB
+    from ..server.state import HUB
 
     async def make(scope: str, *, public: bool = False) -> str:
         key, _ = await create_key(hub_client.app[HUB].store, scope, public=public)
@@ -127,3 +140,50 @@ def register_plugin(hub: Hub) -> Iterator[Callable[[Any], Any]]:
     yield register
     for plugin in added:
         hub.pm.unregister(plugin)
+
+
+
+@pytest.fixture
+def hook_recorder(hub: Hub) -> Iterator[HookRecorder]:
+    recorder = HookRecorder()
+    hub.pm.register(recorder)
+    yield recorder
+    hub.pm.unregister(recorder)
+
+
+class LogCapture:
+    """What the hub logged, rendered as JSON by the hub's own processors."""
+
+    def __init__(self) -> None:
+        self.stream = io.StringIO()
+
+    @property
+    def text(self) -> str:
+        return self.stream.getvalue()
+
+    @property
+    def entries(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.text.splitlines() if line.startswith("{")]
+
+
+@pytest.fixture
+def log_capture() -> Iterator[LogCapture]:
+    """Capture every log line at debug level, through the redaction processor."""
+    import logging
+
+    import structlog
+
+    capture = LogCapture()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    configure_logging("debug", json=True, stream=capture.stream)
+    yield capture
+    structlog.reset_defaults()
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.fixture
+def frozen_clock() -> Iterator[FrozenClock]:
+    with FrozenClock() as clock:
+        yield clock
