@@ -187,6 +187,28 @@ def db_upgrade(config_path: str | None, database_url: str | None) -> None:
     click.echo(f"applied {', '.join(applied)}" if applied else "the database is up to date")
 
 
+@main.command("new-plugin")
+@click.argument("name")
+@click.option(
+    "--directory",
+    default=".",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="where to create prm-NAME/",
+)
+def new_plugin(name: str, directory: Path) -> None:
+    """Generate a touch-point plugin distribution whose tests pass as generated."""
+    from .scaffold import write_plugin
+
+    try:
+        root = write_plugin(name, directory)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="NAME") from exc
+    except FileExistsError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"created {root}; next: cd {root} && pip install -e '.[test]' && pytest")
+
+
 @main.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--touchpoint", required=True, help="the touch point these contacts happened at")

@@ -78,9 +78,7 @@ def configure_logging(
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         redact_personal_data,
     ]
-    renderer: Any = (
-        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=out.isatty())
-    )
+    renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=out.isatty())
     structlog.configure(
         processors=[
             *shared,

@@ -142,7 +142,6 @@ def register_plugin(hub: Hub) -> Iterator[Callable[[Any], Any]]:
         hub.pm.unregister(plugin)
 
 
-
 @pytest.fixture
 def hook_recorder(hub: Hub) -> Iterator[HookRecorder]:
     recorder = HookRecorder()

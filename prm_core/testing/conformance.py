@@ -244,9 +244,7 @@ class TouchPointConformance:
                 "the slow value provider is not named in `degraded`: pass the answer's degraded list through"
             )
 
-    async def test_no_personal_data_in_the_logs(
-        self, hub_client: TestClient, make_key: Any, log_capture: Any
-    ) -> None:
+    async def test_no_personal_data_in_the_logs(self, hub_client: TestClient, make_key: Any, log_capture: Any) -> None:
         key = await self._key(make_key)
         await self.send_events(hub_client, key, [self.event(4)])
         await self.send_raw(hub_client, key, json.dumps({"events": [{"id": PERSONAL_DATA["email"]}]}).encode())
