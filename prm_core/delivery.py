@@ -63,7 +63,8 @@ def _reserve_s(touchpoint: TouchPoint) -> float:
 async def deliver_value(hub: Hub, recorded: RecordedEvent, touchpoint: TouchPoint, started: float) -> Answer:
     """Answer ``recorded`` (already durable) before ``started + budget``."""
     deadline = started + touchpoint.budget_ms / 1000
-    view = await hub.view(recorded.customer_id, limit=10)
+    # the view's enrichments get half the budget: the rest is for value, offers and partners
+    view, degraded = await hub.view_until(recorded.customer_id, started + touchpoint.budget_ms / 2000, limit=10)
     request = ValueRequest(event=recorded, touchpoint=touchpoint, view=view, deadline=deadline)
 
     tasks: dict[str, asyncio.Task[Any]] = {}
@@ -80,10 +81,12 @@ async def deliver_value(hub: Hub, recorded: RecordedEvent, touchpoint: TouchPoin
     for plugin, proposing in hub.hooks.propose_offers(request):
         start(f"offers:{plugin}", proposing)
     for fulfillment in hub.hooks.plan_fulfillment(request):
-        for _plugin, fulfilling in hub.hooks.fulfill(fulfillment):
+        fulfilling_by = hub.hooks.fulfill(fulfillment)
+        if not fulfilling_by:
+            log.warning("no plugin fulfills this partner", partner=fulfillment.partner, action=fulfillment.action)
+            degraded.append(f"partner:{fulfillment.partner}")
+        for _plugin, fulfilling in fulfilling_by:
             start(f"partner:{fulfillment.partner}", fulfilling)
-
-    degraded: list[str] = []
     if tasks:
         timeout = max(0.0, deadline - _reserve_s(touchpoint) - time.monotonic())
         _done, late = await asyncio.wait(tasks.values(), timeout=timeout)
@@ -103,7 +106,11 @@ async def deliver_value(hub: Hub, recorded: RecordedEvent, touchpoint: TouchPoin
         kind, _, label = name.partition(":")
         result = task.result()
         if kind == "value":
-            knowledge[label] = dict(result or {})
+            if not isinstance(result, Mapping):
+                log.warning("value provider returned no mapping", part=name, got=type(result).__name__)
+                degraded.append(name)
+                continue
+            knowledge[label] = dict(result)
         elif kind == "offers":
             offers.extend(o for o in (result or ()) if isinstance(o, Offer))
         elif isinstance(result, FulfillmentResult):

@@ -43,24 +43,37 @@ class Hooks:
 
     pm: pluggy.PluginManager
 
-    def _notify(self, name: str, **kwargs: Any) -> None:
-        hook = getattr(self.pm.hook, name)
-        if not hook.get_hookimpls():
-            return
-        try:
-            hook(**kwargs)
-        except Exception as exc:
-            log.error("hook failed", hook=name, error=type(exc).__name__, exc_info=exc)
+    def _impls(self, name: str) -> list[pluggy.HookImpl]:
+        """Implementations in pluggy's call order; wrappers are for pluggy calls only."""
+        impls = getattr(self.pm.hook, name).get_hookimpls()
+        return [i for i in reversed(impls) if not (i.wrapper or i.hookwrapper)]
 
-    def _each(self, name: str, **kwargs: Any) -> list[tuple[str, Any]]:
-        """Call every implementation separately: ``[(plugin name, result), ...]``, None left out."""
-        results = []
-        for impl in getattr(self.pm.hook, name).get_hookimpls():
+    def _notify(self, name: str, **kwargs: Any) -> None:
+        """Tell every plugin; one plugin failing neither stops the others nor goes unnamed."""
+        for impl in self._impls(name):
+            try:
+                impl.function(*(kwargs[arg] for arg in impl.argnames))
+            except Exception as exc:
+                log.error("hook failed", hook=name, plugin=impl.plugin_name, error=type(exc).__name__, exc_info=exc)
+
+    def _each(self, name: str, *, awaitable: bool = False, **kwargs: Any) -> list[tuple[str, Any]]:
+        """Call every implementation separately: ``[(plugin name, result), ...]``, None left out.
+
+        A generator is run to the end here, inside the guard. For an ``awaitable`` hook an
+        implementation that raises at once still yields an entry, an awaitable that raises,
+        so the failure is named in ``degraded`` like a late one.
+        """
+        results: list[tuple[str, Any]] = []
+        for impl in self._impls(name):
             plugin = impl.plugin_name
             try:
                 value = impl.function(*(kwargs[arg] for arg in impl.argnames))
+                if inspect.isgenerator(value):
+                    value = list(value)
             except Exception as exc:
                 log.error("hook failed", hook=name, plugin=plugin, error=type(exc).__name__, exc_info=exc)
+                if awaitable:
+                    results.append((plugin, _raise(exc)))
                 continue
             if value is not None:
                 results.append((plugin, value))
@@ -103,16 +116,18 @@ class Hooks:
 
     # value delivery ---------------------------------------------------------------------
 
-    def enrich_view(self, view: CustomerView) -> list[tuple[str, Any]]:
-        """``[(plugin, mapping or awaitable of one)]``."""
-        return self._each("prm_enrich_view", view=view)
+    def enrich_view(self, view: CustomerView) -> list[tuple[str, Awaitable[Any]]]:
+        """``[(plugin, awaitable of a mapping)]``."""
+        return [(p, _awaitable(v)) for p, v in self._each("prm_enrich_view", awaitable=True, view=view)]
 
     def propose_offers(self, request: ValueRequest) -> list[tuple[str, Awaitable[Iterable[Offer]]]]:
-        return [(plugin, _awaitable(value)) for plugin, value in self._each("prm_propose_offers", request=request)]
+        return [(p, _awaitable(v)) for p, v in self._each("prm_propose_offers", awaitable=True, request=request)]
 
     def plan_fulfillment(self, request: ValueRequest) -> list[FulfillmentRequest]:
         planned: list[FulfillmentRequest] = []
         for plugin, value in self._each("prm_plan_fulfillment", request=request):
+            if isinstance(value, FulfillmentRequest) or not isinstance(value, Iterable):
+                value = [value]
             for item in value:
                 if not isinstance(item, FulfillmentRequest):
                     log.error("prm_plan_fulfillment yielded a non-FulfillmentRequest", plugin=plugin)
@@ -121,10 +136,15 @@ class Hooks:
         return planned
 
     def fulfill(self, request: FulfillmentRequest) -> list[tuple[str, Awaitable[FulfillmentResult]]]:
-        return [(plugin, _awaitable(value)) for plugin, value in self._each("prm_fulfill", request=request)]
+        return [(p, _awaitable(v)) for p, v in self._each("prm_fulfill", awaitable=True, request=request)]
 
     def render_delivery(self, delivery: Delivery, touchpoint: TouchPoint) -> Mapping[str, Any]:
-        rendered = self.pm.hook.prm_render_delivery(delivery=delivery, touchpoint=touchpoint)
+        """The touch point's rendering; plain JSON when no plugin renders it or the renderer fails."""
+        try:
+            rendered = self.pm.hook.prm_render_delivery(delivery=delivery, touchpoint=touchpoint)
+        except Exception as exc:
+            log.error("hook failed", hook="prm_render_delivery", error=type(exc).__name__, exc_info=exc)
+            rendered = None
         return rendered if rendered is not None else delivery.to_json()
 
 
@@ -138,3 +158,7 @@ async def _as_coroutine(value: Any) -> Any:
 
 def _awaitable(value: Any) -> Awaitable[Any]:
     return _as_coroutine(value)
+
+
+async def _raise(exc: Exception) -> Any:
+    raise exc

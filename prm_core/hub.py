@@ -9,12 +9,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 import sqlalchemy as sa
+import structlog
 from attrs import define, evolve
 from sqlalchemy.engine import Connection
 
@@ -36,6 +38,7 @@ from .view import build_view, resolve_ref
 __all__ = ["Hub"]
 
 KINDS = ("person", "organization", "group")
+log = structlog.get_logger(__name__)
 
 
 @define
@@ -139,6 +142,17 @@ class Hub:
 
     async def view(self, ref: str, *, cursor: str | None = None, limit: int = 20) -> CustomerView:
         """The 360-degree view, with sections from ``prm_enrich_view`` plugins."""
+        view, _late = await self.view_until(ref, None, cursor=cursor, limit=limit)
+        return view
+
+    async def view_until(
+        self, ref: str, deadline: float | None, *, cursor: str | None = None, limit: int = 20
+    ) -> tuple[CustomerView, list[str]]:
+        """The view, with enrichments that finish before ``deadline`` (``time.monotonic()``).
+
+        Returns the view and the names (``view:<plugin>``) of enrichments that were late or
+        failed and are left out.
+        """
         namespaces = self.registrations.namespaces.items
 
         def read(conn: Connection) -> CustomerView:
@@ -146,13 +160,23 @@ class Hub:
             return build_view(conn, cid, cursor=cursor, limit=limit)
 
         view = await self.store.read(read)
+        enrichers = {f"view:{plugin}": asyncio.ensure_future(work) for plugin, work in self.hooks.enrich_view(view)}
+        if not enrichers:
+            return view, []
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        await asyncio.wait(enrichers.values(), timeout=timeout)
         sections: dict[str, Any] = {}
-        for _plugin, value in self.hooks.enrich_view(view):
-            if hasattr(value, "__await__"):
-                value = await value
-            if isinstance(value, Mapping):
-                sections.update(value)
-        return evolve(view, sections=sections) if sections else view
+        left_out: list[str] = []
+        for name, task in enrichers.items():
+            if not task.done():
+                task.cancel()
+                left_out.append(name)
+            elif task.exception() is not None:
+                log.error("hook failed", hook="prm_enrich_view", plugin=name[5:], error=type(task.exception()).__name__)
+                left_out.append(name)
+            elif isinstance(task.result(), Mapping):
+                sections.update(task.result())
+        return (evolve(view, sections=sections) if sections else view), left_out
 
     async def create_customer(self, kind: str, traits: Mapping[str, Any] | None = None) -> Customer:
         """Create a customer by hand (an organization or household, typically)."""

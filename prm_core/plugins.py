@@ -164,7 +164,7 @@ def _collect(
     registry: Registry[T],
 ) -> None:
     hook = getattr(pm.hook, hook_name)
-    for impl in reversed(hook.get_hookimpls()):  # registration order, first registered first
+    for impl in hook.get_hookimpls():  # registration order: the first registered is named first
         provider = plugin_label(pm, impl.plugin)
         kwargs = {"config": config} if "config" in impl.argnames else {}
         try:

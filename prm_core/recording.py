@@ -9,7 +9,9 @@ one commit serve many concurrent requests (see :mod:`prm_core.ingest`).
 On PostgreSQL, several hub processes may record at once: the batch first takes
 transaction-scoped advisory locks on every identity, event and dialogue key it touches,
 in a fixed order, so two batches that share a key run one after the other and the
-second sees what the first wrote.
+second sees what the first wrote. It then locks every existing customer it will write to
+(see ``_Batch._lock_customers``), since a merge moves identities its batch does not name
+and two batches can reach one customer through different identities.
 """
 
 from __future__ import annotations
@@ -91,6 +93,7 @@ class _Batch:
         self.owner: dict[Identity, str] = {}
         self.shared_values: set[Identity] = set()
         self.redirect: dict[str, str] = {}
+        self.locked: set[str] = set()  # customers this batch holds an advisory lock on (PostgreSQL)
         self.created_at: dict[str, datetime] = {}
         self.created_seq: dict[str, int] = {}  # creation order of this batch's customers (same created_at)
         self.kind: dict[str, str] = {}
@@ -132,8 +135,11 @@ class _Batch:
                 fresh.append(i)
         stored = self._load_stored(batch, fresh)
         todo = [i for i in fresh if (batch[i].touchpoint, batch[i].id) not in stored]
-        self._load_identities([batch[i] for i in todo])
-        self._load_dialogues([batch[i] for i in todo])
+        pending = [batch[i] for i in todo]
+        self._load_identities(pending)
+        self._load_dialogues(pending)
+        if self.conn.dialect.name == "postgresql":
+            self._lock_customers(pending)
 
         results: dict[int, RecordedEvent] = {}
         for i in todo:
@@ -164,10 +170,38 @@ class _Batch:
             if ev.dialogue:
                 keys.add(f"d\x1f{ev.touchpoint}\x1f{ev.dialogue}")
             keys.update(f"i\x1f{i.namespace}\x1f{i.value}" for i in ev.identities)
+        self._advisory_locks(keys)
+
+    def _advisory_locks(self, keys: Iterable[str]) -> None:
         self.conn.execute(
             sa.text("SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM unnest(CAST(:keys AS text[])) AS k"),
             {"keys": sorted(keys)},
         )
+
+    def _lock_customers(self, pending: Sequence[Event]) -> None:
+        """Also lock every existing customer the batch will write to, then re-read until stable.
+
+        Identity locks alone are not enough: two batches naming different identities of one
+        customer would both add to its metrics from the same stale row (a lost update) and
+        both open a web visit; and a merge moves identities its batch does not name, so a
+        batch using one of those would record for a customer that is merged away by the time
+        it commits. While this waits for a customer, a merge may commit, so what was loaded
+        is read again, and any customer that appeared is locked too. Later locks may run
+        into another batch's in another order: PostgreSQL then aborts one with a deadlock,
+        which the store retries.
+        """
+        while True:
+            wanted = {*self.owner.values(), *(s.customer_id for s in [*self.by_ref.values(), *self.by_id.values()])}
+            wanted -= self.locked
+            if not wanted:
+                return
+            self._advisory_locks(f"c\x1f{cid}" for cid in wanted)
+            self.locked |= wanted
+            self.owner, self.shared_values = {}, set()
+            self.by_ref, self.by_id, self.open_at = {}, {}, {}
+            self.created_at, self.kind = {}, {}
+            self._load_identities(pending)
+            self._load_dialogues(pending)
 
     def _load_stored(self, batch: Sequence[Event], fresh: list[int]) -> dict[tuple[str, str], tuple[str, str]]:
         by_tp: dict[str, list[str]] = defaultdict(list)
@@ -314,6 +348,12 @@ class _Batch:
             .limit(1)
         )
         row = self.conn.execute(q).first()
+        while self.conn.dialect.name == "postgresql" and row is not None and row.customer_id not in self.locked:
+            # the customer is written to like any other (see _lock_customers); it may be merged away
+            # while we wait for it, so ask again once it is ours
+            self._advisory_locks([f"c\x1f{row.customer_id}"])
+            self.locked.add(row.customer_id)
+            row = self.conn.execute(q).first()
         in_batch = [(at, cid) for (ns, v, cid), at in self.shared_seen.items() if Identity(ns, v) in shared]
         found = self.find(max(in_batch)[1]) if in_batch else self.find(row.customer_id) if row else None
         if found is not None:
