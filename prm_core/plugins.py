@@ -76,7 +76,9 @@ def make_plugin_manager(plugins: Sequence[Any] = (), *, autoload: bool | None = 
                 raise PluginLoadError(ep.name, dist, f"{type(exc).__name__}: {exc}") from exc
             pm.distributions[ep.name] = dist
     for plugin in plugins:
-        pm.register(plugin)
+        # a readable name (it shows in `degraded` and in errors) rather than pluggy's id number
+        name = getattr(plugin, "__name__", None) or type(plugin).__name__
+        pm.register(plugin, name=None if pm.has_plugin(name) else name)
     pm.check_pending()
     if _truthy("PRM_TRACE_PLUGINS"):
         _trace(pm)
