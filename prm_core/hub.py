@@ -313,7 +313,7 @@ class Hub:
                 conn.execute(identities.delete().where(*where))
             elif row is not None:
                 conn.execute(identities.update().where(*where).values(shared=shared))
-            if shared and owner is not None:
+            if shared and row is not None and owner is not None:
                 link = shared_links.c
                 exists = conn.execute(
                     sa.select(link.customer_id).where(

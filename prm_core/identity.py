@@ -24,7 +24,7 @@ MAX_VALUE_LENGTH = 256
 def normalize_email(raw: str, region: str) -> str:
     value = raw.strip().lower()
     local, at, domain = value.partition("@")
-    if not at or not local or "." not in domain or " " in value:
+    if not at or not local or "@" in domain or "." not in domain or " " in value or domain.startswith("."):
         raise ValueError("is not an email address")
     return value
 

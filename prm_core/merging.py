@@ -191,15 +191,29 @@ def unmerge(conn: Connection, merge_id: str, *, now: datetime) -> Merge:
     Events the merged customer's identities brought in *after* the merge stay with the
     survivor: they were recorded as the survivor's.
     """
-    row = conn.execute(sa.select(merges).where(merges.c.id == merge_id)).one_or_none()
-    if row is None:
-        raise NotFound(f"no merge {merge_id}")
-    if row.undone_at is not None:
-        raise InvalidInput(f"merge {merge_id} was already undone", "merge_id", code="already_undone")
-    merged = row.merged_id
-    target = conn.execute(sa.select(customers.c.merged_into).where(customers.c.id == merged)).scalar_one()
-    if target is None:
-        raise InvalidInput(f"customer {merged} is not merged any more", "merge_id", code="not_merged")
+    locked: set[str] = set()
+    while True:
+        row = conn.execute(sa.select(merges).where(merges.c.id == merge_id)).one_or_none()
+        if row is None:
+            raise NotFound(f"no merge {merge_id}")
+        if row.undone_at is not None:
+            raise InvalidInput(f"merge {merge_id} was already undone", "merge_id", code="already_undone")
+        merged = row.merged_id
+        target = conn.execute(sa.select(customers.c.merged_into).where(customers.c.id == merged)).scalar_one()
+        if target is None:
+            raise InvalidInput(f"customer {merged} is not merged any more", "merge_id", code="not_merged")
+        if conn.dialect.name != "postgresql" or {merged, target} <= locked:
+            break
+        # take the advisory locks ingest takes on the customers it writes to (recording.py,
+        # _Batch._lock_customers): else a batch recording for either customer meanwhile loses
+        # its metrics update to the recount below, or records for a customer this moves away
+        # from. Read everything again once they are held: another unmerge may have run.
+        wanted = {merged, target} - locked
+        conn.execute(
+            sa.text("SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM unnest(CAST(:keys AS text[])) AS k"),
+            {"keys": sorted(f"c\x1f{cid}" for cid in wanted)},
+        )
+        locked |= wanted
     moved = row.moved
     owned = {merged, *moved.get("absorbed", [])}
 

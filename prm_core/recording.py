@@ -546,11 +546,12 @@ class _Batch:
         for chunk in _chunks(ids):
             for row in self.conn.execute(sa.select(metrics).where(metrics.c.customer_id.in_(chunk))):
                 existing[row.customer_id] = row
-        inserts, updates = [], []
+        inserts: list[dict[str, Any]] = []
+        updates: list[dict[str, Any]] = []
         for cid in ids:
             d = deltas[cid]
-            row = existing.get(cid)
-            if row is None:
+            current = existing.get(cid)
+            if current is None:
                 inserts.append(
                     {
                         "customer_id": cid,
@@ -566,12 +567,12 @@ class _Batch:
                 updates.append(
                     {
                         "_cid": cid,
-                        "event_count": row.event_count + d.count,
-                        "order_count": row.order_count + d.orders,
-                        "lifetime_revenue": row.lifetime_revenue + d.revenue,
-                        "first_seen_at": min(filter(None, (row.first_seen_at, d.first))),
-                        "last_seen_at": max(filter(None, (row.last_seen_at, d.last))),
-                        "touchpoints": sorted(set(row.touchpoints) | d.touchpoints),
+                        "event_count": current.event_count + d.count,
+                        "order_count": current.order_count + d.orders,
+                        "lifetime_revenue": current.lifetime_revenue + d.revenue,
+                        "first_seen_at": min(filter(None, (current.first_seen_at, d.first))),
+                        "last_seen_at": max(filter(None, (current.last_seen_at, d.last))),
+                        "touchpoints": sorted(set(current.touchpoints) | d.touchpoints),
                     }
                 )
         if inserts:

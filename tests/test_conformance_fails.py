@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-BROKEN = '''
+BROKEN = """
 import structlog
 from aiohttp import web
 
@@ -37,7 +37,7 @@ class TestDoor(TouchPointConformance):
     async def send_events(self, client, key, batch):
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         return await client.post("/v1/touchpoints/door/open", json={"events": batch}, headers=headers)
-'''
+"""
 
 
 def test_a_broken_plugin_fails_with_messages_that_say_what_to_fix(pytester):

@@ -1,0 +1,303 @@
+"""Threading events into dialogues: explicit keys, inactivity, one per event, closing, intent."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from prm_core.hub import Hub
+from prm_core.store.tables import dialogues, events
+
+T0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
+ANN = {"email": "ann@example.com"}
+
+
+def at(minutes: float) -> str:
+    return (T0 + timedelta(minutes=minutes)).isoformat().replace("+00:00", "Z")
+
+
+def event(event_id: str, minutes: float = 0, type: str = "page", **extra: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"id": event_id, "type": type, "occurred_at": at(minutes), "identities": ANN}
+    body.update(extra)
+    return body
+
+
+async def send(hub: Hub, touchpoint: str, *bodies: dict[str, Any]) -> list[Any]:
+    return await hub.record(hub.parse_events({"events": list(bodies)}, touchpoint))
+
+
+async def dialogue_rows(hub: Hub) -> dict[str, Any]:
+    rows = await hub.store.read(lambda conn: list(conn.execute(sa.select(dialogues))))
+    return {r.id: r for r in rows}
+
+
+async def event_dialogues(hub: Hub) -> dict[str, str]:
+    rows = await hub.store.read(lambda conn: list(conn.execute(sa.select(events.c.event_id, events.c.dialogue_id))))
+    return {r.event_id: r.dialogue_id for r in rows}
+
+
+# ---- explicit keys -----------------------------------------------------------------------
+
+
+async def test_an_explicit_dialogue_key_threads_events_at_its_touch_point(hub):
+    first = await send(hub, "callcenter", event("c1", 0, "call.started", dialogue="call-1"))
+    rest = await send(
+        hub,
+        "callcenter",
+        event("c2", 2, "call.note", dialogue="call-1"),
+        event("c3", 3, "call.started", dialogue="call-2"),
+        event("c4", 4, "call.transfer", dialogue="call-1"),
+    )
+    (c1,), (c2, c3, c4) = first, rest
+    assert c1.dialogue_id == c2.dialogue_id == c4.dialogue_id != c3.dialogue_id
+    rows = await dialogue_rows(hub)
+    assert len(rows) == 2
+    call1 = rows[c1.dialogue_id]
+    assert (call1.touchpoint, call1.ref, call1.status) == ("callcenter", "call-1", "open")
+    assert call1.opened_at == T0
+    assert call1.last_event_at == T0 + timedelta(minutes=4)
+    assert rows[c3.dialogue_id].ref == "call-2"
+
+
+async def test_the_same_key_at_another_touch_point_is_another_dialogue(hub):
+    a, b = (
+        await send(hub, "callcenter", event("x1", 0, dialogue="K-1")),
+        await send(hub, "pos", event("x1", 1, dialogue="K-1")),
+    )
+    assert a[0].dialogue_id != b[0].dialogue_id
+    rows = await dialogue_rows(hub)
+    assert {(r.touchpoint, r.ref) for r in rows.values()} == {("callcenter", "K-1"), ("pos", "K-1")}
+
+
+async def test_an_explicit_key_wins_over_the_web_inactivity_rule(hub):
+    recorded = await send(
+        hub,
+        "web",
+        event("w1", 0),
+        event("w2", 1, dialogue="checkout-9"),
+        event("w3", 2),
+        event("w4", 90, dialogue="checkout-9"),
+    )
+    w1, w2, w3, w4 = (r.dialogue_id for r in recorded)
+    assert w1 == w3
+    assert w2 == w4 != w1
+
+
+# ---- the web: inactivity ----------------------------------------------------------------
+
+
+async def test_web_threads_by_inactivity_and_opens_a_new_visit_after_thirty_minutes(hub):
+    (a,) = await send(hub, "web", event("w1", 0))
+    (b,) = await send(hub, "web", event("w2", 10))
+    (c,) = await send(hub, "web", event("w3", 39))  # 29 minutes after the last event: same visit
+    assert a.dialogue_id == b.dialogue_id == c.dialogue_id
+    (d,) = await send(hub, "web", event("w4", 70))  # 31 minutes of silence: a new visit
+    assert d.dialogue_id != a.dialogue_id
+    rows = await dialogue_rows(hub)
+    stale, fresh = rows[a.dialogue_id], rows[d.dialogue_id]
+    assert stale.status == "closed"
+    assert stale.closed_at == stale.last_event_at == T0 + timedelta(minutes=39)
+    assert stale.opened_at == T0
+    assert fresh.status == "open"
+    assert fresh.opened_at == fresh.last_event_at == T0 + timedelta(minutes=70)
+    assert fresh.ref == fresh.id
+    view = await hub.view("email:ann@example.com")
+    assert [(d.id, d.status) for d in view.dialogues] == [(fresh.id, "open"), (stale.id, "closed")]
+
+
+async def test_web_inactivity_inside_one_batch(hub):
+    recorded = await send(hub, "web", event("w1", 0), event("w2", 29), event("w3", 60), event("w4", 61))
+    ids = [r.dialogue_id for r in recorded]
+    assert ids[0] == ids[1] != ids[2] == ids[3]
+    rows = await dialogue_rows(hub)
+    assert rows[ids[0]].status == "closed"
+    assert rows[ids[0]].closed_at == T0 + timedelta(minutes=29)
+    assert rows[ids[2]].status == "open"
+
+
+async def test_exactly_thirty_minutes_is_still_the_same_visit(hub):
+    recorded = await send(hub, "web", event("w1", 0), event("w2", 30))
+    assert recorded[0].dialogue_id == recorded[1].dialogue_id
+
+
+async def test_web_visits_are_per_customer(hub):
+    recorded = await send(
+        hub,
+        "web",
+        event("w1", 0),
+        {**event("w2", 1), "identities": {"email": "bob@example.com"}},
+        event("w3", 2),
+    )
+    assert recorded[0].dialogue_id == recorded[2].dialogue_id != recorded[1].dialogue_id
+    assert recorded[0].customer_id != recorded[1].customer_id
+
+
+async def test_web_session_timeout_is_configurable(hub_config):
+    from attrs import evolve
+
+    config = evolve(hub_config, raw={"touchpoints": {"web": {"session_timeout_minutes": 5}}})
+    async with Hub.open(config) as hub:
+        recorded = await send(hub, "web", event("w1", 0), event("w2", 4), event("w3", 10))
+        ids = [r.dialogue_id for r in recorded]
+        assert ids[0] == ids[1] != ids[2]
+
+
+# ---- one dialogue per event -------------------------------------------------------------
+
+
+async def test_without_a_key_callcenter_ivr_and_pos_open_one_dialogue_per_event(hub):
+    for tp in ("callcenter", "ivr", "pos"):
+        recorded = await send(hub, tp, event(f"{tp}-1", 0), event(f"{tp}-2", 1))
+        (later,) = await send(hub, tp, event(f"{tp}-3", 2))
+        ids = {r.dialogue_id for r in [*recorded, later]}
+        assert len(ids) == 3, tp
+    rows = await dialogue_rows(hub)
+    assert len(rows) == 9
+    assert len({r.customer_id for r in rows.values()}) == 1
+    # the event id is the dialogue's ref, so a later event can join it by key
+    assert sorted((r.touchpoint, r.ref) for r in rows.values()) == sorted(
+        (tp, f"{tp}-{i}") for tp in ("callcenter", "ivr", "pos") for i in (1, 2, 3)
+    )
+
+
+# ---- closing, intent, direction ---------------------------------------------------------
+
+
+async def test_an_outcome_closes_the_dialogue_and_late_events_by_key_still_join_it(hub):
+    (start,) = await send(hub, "callcenter", event("c1", 0, "service.request", dialogue="call-7"))
+    (end,) = await send(hub, "callcenter", event("c2", 5, "call.note", dialogue="call-7", data={"outcome": "resolved"}))
+    assert start.dialogue_id == end.dialogue_id
+    row = (await dialogue_rows(hub))[start.dialogue_id]
+    assert (row.status, row.outcome, row.intent) == ("closed", "resolved", "service")
+    assert row.closed_at == T0 + timedelta(minutes=5)
+
+    (late,) = await send(hub, "callcenter", event("c3", 20, "agent.note", dialogue="call-7", data={"text": "x"}))
+    (later,) = await send(
+        hub, "callcenter", event("c4", 30, "agent.note", dialogue="call-7", data={"outcome": "other"})
+    )
+    assert late.dialogue_id == later.dialogue_id == start.dialogue_id
+    row = (await dialogue_rows(hub))[start.dialogue_id]
+    # still closed, with its first outcome and closing time; the late notes extend it
+    assert (row.status, row.outcome) == ("closed", "resolved")
+    assert row.closed_at == T0 + timedelta(minutes=5)
+    assert row.last_event_at == T0 + timedelta(minutes=30)
+    assert len(await dialogue_rows(hub)) == 1
+
+
+async def test_dialogue_closed_type_closes_without_an_outcome(hub):
+    recorded = await send(
+        hub, "ivr", event("i1", 0, "menu", dialogue="ivr-1"), event("i2", 1, "dialogue.closed", dialogue="ivr-1")
+    )
+    row = (await dialogue_rows(hub))[recorded[0].dialogue_id]
+    assert (row.status, row.outcome) == ("closed", None)
+
+
+async def test_an_outcome_closes_a_web_visit_and_the_next_event_opens_another(hub):
+    recorded = await send(
+        hub,
+        "web",
+        event("w1", 0, "order.started"),
+        event("w2", 2, "order.completed", data={"outcome": "purchased", "revenue": 12.5}),
+        event("w3", 4),
+    )
+    ids = [r.dialogue_id for r in recorded]
+    assert ids[0] == ids[1] != ids[2]
+    rows = await dialogue_rows(hub)
+    assert (rows[ids[0]].status, rows[ids[0]].outcome, rows[ids[0]].intent) == ("closed", "purchased", "sale")
+    assert rows[ids[2]].status == "open"
+
+
+async def test_only_string_outcomes_close(hub):
+    (rec,) = await send(hub, "callcenter", event("c1", 0, dialogue="k", data={"outcome": 3}))
+    assert (await dialogue_rows(hub))[rec.dialogue_id].status == "open"
+
+
+async def test_intent_is_inferred_from_the_first_event_that_has_one(hub):
+    cases = {
+        "service.request": "service",
+        "Service.Complaint": "service",
+        "info.hours": "information",
+        "quote.requested": "sale",
+        "order.placed": "sale",
+        "purchase": "sale",
+        "page": None,
+    }
+    for i, (type_, intent) in enumerate(cases.items()):
+        (rec,) = await send(hub, "pos", event(f"p{i}", i, type_))
+        assert (await dialogue_rows(hub))[rec.dialogue_id].intent == intent, type_
+    # an explicit data.intent wins; an unknown one is ignored
+    (a,) = await send(hub, "pos", event("q1", 20, "service.request", data={"intent": "sale"}))
+    (b,) = await send(hub, "pos", event("q2", 21, "service.request", data={"intent": "gossip"}))
+    rows = await dialogue_rows(hub)
+    assert rows[a.dialogue_id].intent == "sale"
+    assert rows[b.dialogue_id].intent == "service"
+    # the first intent sticks
+    recorded = await send(
+        hub,
+        "callcenter",
+        event("c1", 0, "call.started", dialogue="z"),
+        event("c2", 1, "service.request", dialogue="z"),
+        event("c3", 2, "order.placed", dialogue="z"),
+    )
+    assert (await dialogue_rows(hub))[recorded[0].dialogue_id].intent == "service"
+
+
+async def test_outbound_direction_is_kept(hub):
+    recorded = await send(
+        hub,
+        "callcenter",
+        event("c1", 0, "call.started", dialogue="call-1"),
+        event("c2", 1, "call.callback", dialogue="call-1", direction="outbound"),
+    )
+    assert recorded[0].dialogue_id == recorded[1].dialogue_id
+    view = await hub.view("email:ann@example.com")
+    assert [(t["event_id"], t["direction"], t["dialogue"]) for t in view.timeline] == [
+        ("c2", "outbound", recorded[0].dialogue_id),
+        ("c1", "inbound", recorded[0].dialogue_id),
+    ]
+
+
+async def test_an_event_can_join_a_dialogue_by_the_hubs_own_id(hub):
+    from prm_core.model import Event
+
+    (first,) = await send(hub, "pos", event("p1", 0, "transaction.started"))
+    reply = Event(
+        id="p1:answer",
+        type="delivery",
+        occurred_at=T0 + timedelta(seconds=1),
+        touchpoint="pos",
+        dialogue_id=first.dialogue_id,
+        direction="outbound",
+    )
+    (rec,) = await hub.record([reply])
+    assert rec.dialogue_id == first.dialogue_id
+    assert rec.customer_id == first.customer_id
+    view = await hub.view(first.customer_id)
+    assert [(t["event_id"], t["direction"]) for t in view.timeline] == [("p1:answer", "outbound"), ("p1", "inbound")]
+    assert len(view.dialogues) == 1
+
+
+async def test_hub_request_records_the_answer_outbound_in_the_same_dialogue(hub):
+    (ev,) = hub.parse_events(event("w1", 0, "service.request"), "web")
+    await hub.request(ev)
+    view = await hub.view("email:ann@example.com")
+    by_id = {t["event_id"]: t for t in view.timeline}
+    assert by_id["w1:answer"]["direction"] == "outbound"
+    assert by_id["w1:answer"]["dialogue"] == by_id["w1"]["dialogue"]
+    assert by_id["w1"]["direction"] == "inbound"
+    assert len(view.dialogues) == 1
+    assert view.dialogues[0].intent == "service"
+    assert view.metrics["event_count"] == 2
+
+
+async def test_duplicates_do_not_touch_dialogues(hub):
+    (a,) = await send(hub, "web", event("w1", 0))
+    (dup,) = await send(hub, "web", event("w1", 100))
+    assert dup.duplicate
+    assert dup.dialogue_id == a.dialogue_id
+    rows = await dialogue_rows(hub)
+    assert len(rows) == 1
+    assert rows[a.dialogue_id].last_event_at == T0
+    assert rows[a.dialogue_id].status == "open"
