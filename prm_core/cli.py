@@ -149,6 +149,7 @@ def plugins(config_path: str | None) -> None:
         click.echo(f"{name}  {dist}")
         for kind, registry in (
             ("touch points", regs.touchpoints),
+            ("adapters", regs.adapters),
             ("partners", regs.partners),
             ("value providers", regs.value_providers),
             ("identity namespaces", regs.namespaces),

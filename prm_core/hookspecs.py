@@ -15,6 +15,7 @@ import pluggy
 if TYPE_CHECKING:
     from .config import Config
     from .model import (
+        Adapter,
         Customer,
         CustomerView,
         Delivery,
@@ -56,6 +57,21 @@ def prm_touchpoints(config: Config) -> Iterable[TouchPoint]:
         @hookimpl
         def prm_touchpoints(config):
             yield TouchPoint(name="kiosk", channel="kiosk", budget_ms=400)
+    """
+
+
+@hookspec
+def prm_adapters(config: Config) -> Iterable[Adapter]:
+    """Register vendor adapters: yield one :class:`~prm_core.model.Adapter` each.
+
+    An adapter speaks a vendor's wire format on a touch point another plugin registers;
+    the hub mounts its routes, and stops at start when that touch point is missing.
+
+    .. code-block:: python
+
+        @hookimpl
+        def prm_adapters(config):
+            yield Adapter(name="segment", touchpoint="web", routes=[web.post("/v1/batch", batch)])
     """
 
 

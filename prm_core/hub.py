@@ -32,6 +32,7 @@ from .model import Customer, CustomerView, Event, Identity, Merge, RecordedEvent
 from .plugins import PrmPluginManager, Registrations, collect_registrations, make_plugin_manager
 from .recording import IngestRules
 from .store import Store
+from .store.engine import advisory_locks, customer_lock_key, identity_lock_key
 from .store.tables import customers, identities, memberships, merges, shared_links, utcnow
 from .view import build_view, resolve_ref
 
@@ -258,6 +259,86 @@ class Hub:
         cid = await self.store.write(write)
         return await self.view(cid)
 
+    async def add_traits(self, traits_by_customer: Mapping[str, Mapping[str, Any]]) -> None:
+        """Merge traits learnt at a touch point (a Segment ``identify``) into customers' profiles.
+
+        Later values win; ``None`` values are ignored (a tracker not knowing a trait is not
+        the customer removing it). One transaction for all.
+        """
+        if not traits_by_customer:
+            return
+        now = utcnow()
+
+        def write(conn: Connection) -> None:
+            advisory_locks(conn, (customer_lock_key(cid) for cid in traits_by_customer))
+            for ref, traits in traits_by_customer.items():
+                cid = _follow(conn, ref)
+                current = conn.execute(sa.select(customers.c.traits).where(customers.c.id == cid)).scalar_one()
+                merged = {**current, **{k: v for k, v in traits.items() if v is not None}}
+                if merged != current:
+                    conn.execute(customers.update().where(customers.c.id == cid).values(traits=merged, updated_at=now))
+
+        await self.store.write(write)
+
+    async def join_group(
+        self,
+        member_id: str,
+        group: Identity,
+        *,
+        kind: str = "organization",
+        traits: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Make ``member_id`` a member of the group that owns identity ``group`` (Segment's
+        ``groupId`` as ``account_id``), creating that group customer when it is new.
+
+        Returns the group's id. An identity owned by a person is never turned into a group.
+        """
+        if kind not in KINDS or kind == "person":
+            raise InvalidInput("kind must be organization or group", "kind")
+        now = utcnow()
+
+        def write(conn: Connection) -> str:
+            advisory_locks(conn, [identity_lock_key(group.namespace, group.value)])
+            member = _follow(conn, member_id)
+            c = identities.c
+            owner = conn.execute(
+                sa.select(c.customer_id).where(c.namespace == group.namespace, c.value == group.value)
+            ).scalar_one_or_none()
+            if owner is None:
+                owner = new_id("cus")
+                conn.execute(
+                    customers.insert().values(
+                        id=owner, kind=kind, traits=dict(traits or {}), created_at=now, updated_at=now
+                    )
+                )
+                conn.execute(
+                    identities.insert().values(
+                        namespace=group.namespace, value=group.value, customer_id=owner, shared=False, first_seen_at=now
+                    )
+                )
+            else:
+                owner = _follow(conn, owner)
+                row = conn.execute(sa.select(customers.c.kind, customers.c.traits).where(customers.c.id == owner)).one()
+                if row.kind == "person":
+                    raise InvalidInput(f"{group.namespace} names a person, not a group", "group")
+                if traits:
+                    conn.execute(
+                        customers.update()
+                        .where(customers.c.id == owner)
+                        .values(traits={**row.traits, **traits}, updated_at=now)
+                    )
+            if owner != member:
+                exists = conn.execute(
+                    sa.select(memberships.c.group_id).where(
+                        memberships.c.group_id == owner, memberships.c.member_id == member
+                    )
+                ).first()
+                if exists is None:
+                    conn.execute(memberships.insert().values(group_id=owner, member_id=member, created_at=now))
+            return str(owner)
+
+        return await self.store.write(write)
+
     async def merges(self, ref: str) -> list[Merge]:
         """Merges into (or out of) a customer, newest first."""
         namespaces = self.registrations.namespaces.items
@@ -330,6 +411,14 @@ class Hub:
             return {"namespace": ident.namespace, "value": value, "shared": shared, "customer_id": owner}
 
         return await self.store.write(write)
+
+
+def _follow(conn: Connection, customer_id: str) -> str:
+    """The customer ``customer_id`` is now (itself, or the survivor it was merged into)."""
+    row = conn.execute(sa.select(customers.c.merged_into).where(customers.c.id == customer_id)).one_or_none()
+    if row is None:
+        raise NotFound(f"no customer {customer_id}")
+    return str(row.merged_into or customer_id)
 
 
 def _configured_shared(config: Config, registrations: Registrations) -> frozenset[str]:

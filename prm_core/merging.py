@@ -18,6 +18,7 @@ from sqlalchemy.engine import Connection
 from .errors import InvalidInput, NotFound
 from .ids import new_id
 from .model import Merge
+from .store.engine import advisory_locks, customer_lock_key
 from .store.tables import customers, dialogues, events, identities, memberships, merges, metrics
 
 __all__ = ["event_revenue", "merge_customers", "merge_value", "recompute_metrics", "unmerge"]
@@ -209,10 +210,7 @@ def unmerge(conn: Connection, merge_id: str, *, now: datetime) -> Merge:
         # its metrics update to the recount below, or records for a customer this moves away
         # from. Read everything again once they are held: another unmerge may have run.
         wanted = {merged, target} - locked
-        conn.execute(
-            sa.text("SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM unnest(CAST(:keys AS text[])) AS k"),
-            {"keys": sorted(f"c\x1f{cid}" for cid in wanted)},
-        )
+        advisory_locks(conn, (customer_lock_key(cid) for cid in wanted))
         locked |= wanted
     moved = row.moved
     owned = {merged, *moved.get("absorbed", [])}

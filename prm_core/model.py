@@ -18,6 +18,7 @@ from attrs import field, frozen, validators
 
 __all__ = [
     "CHANNELS",
+    "Adapter",
     "Customer",
     "CustomerKind",
     "CustomerView",
@@ -130,6 +131,25 @@ class TouchPoint:
     def __attrs_post_init__(self) -> None:
         if not 1 <= self.budget_ms <= 60_000:
             raise ValueError(f"TouchPoint.budget_ms must be between 1 and 60000, got {self.budget_ms}")
+
+
+@frozen
+class Adapter:
+    """A vendor's wire format mounted on an existing touch point (Segment's tracking API on
+    the web, Twilio's webhooks on the IVR).
+
+    Its ``routes`` are aiohttp route definitions; the hub mounts them only if
+    ``touchpoint`` is registered, and refuses to start otherwise.
+    """
+
+    name: str = field(validator=_check_name)
+    touchpoint: str = field(validator=_check_name)
+    routes: tuple[Any, ...] = field(converter=tuple)
+    description: str = ""
+
+    def __attrs_post_init__(self) -> None:
+        if not self.routes:
+            raise ValueError(f"Adapter {self.name!r} has no routes")
 
 
 @frozen

@@ -24,7 +24,7 @@ from . import hookspecs
 from .config import Config
 from .errors import ConflictingRegistration, PluginLoadError
 from .identity import builtin_namespaces
-from .model import IdentityNamespace, Partner, TouchPoint, ValueProvider
+from .model import Adapter, IdentityNamespace, Partner, TouchPoint, ValueProvider
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -152,6 +152,7 @@ class Registrations:
     """Everything registered by plugins, collected once at start."""
 
     touchpoints: Registry[TouchPoint]
+    adapters: Registry[Adapter]
     partners: Registry[Partner]
     value_providers: Registry[ValueProvider]
     namespaces: Registry[IdentityNamespace]
@@ -191,11 +192,20 @@ def collect_registrations(pm: pluggy.PluginManager, config: Config) -> Registrat
         namespaces.add(ns.name, ns, "prm_core")
     regs = Registrations(
         touchpoints=Registry("touch point"),
+        adapters=Registry("adapter"),
         partners=Registry("partner"),
         value_providers=Registry("value provider"),
         namespaces=namespaces,
     )
     _collect(pm, "prm_touchpoints", "touch point", TouchPoint, config, regs.touchpoints)
+    _collect(pm, "prm_adapters", "adapter", Adapter, config, regs.adapters)
+    for adapter in regs.adapters:
+        if adapter.touchpoint not in regs.touchpoints:
+            raise PluginLoadError(
+                adapter.name,
+                regs.adapters.providers[adapter.name],
+                f"adapter {adapter.name!r} needs touch point {adapter.touchpoint!r}, which no plugin registers",
+            )
     _collect(pm, "prm_partners", "partner", Partner, config, regs.partners)
     _collect(pm, "prm_value_providers", "value provider", ValueProvider, config, regs.value_providers)
     _collect(pm, "prm_identity_namespaces", "identity namespace", IdentityNamespace, config, regs.namespaces)

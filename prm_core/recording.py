@@ -30,6 +30,7 @@ from .dialogue import DialogueState
 from .ids import new_id
 from .merging import event_revenue, merge_customers
 from .model import Customer, Dialogue, Event, Identity, Merge, RecordedEvent, TouchPoint
+from .store.engine import advisory_locks, customer_lock_key, identity_lock_key
 from .store.tables import customers, dialogues, events, identities, metrics, shared_links, utcnow
 
 __all__ = ["BatchOutcome", "IngestRules", "record_batch"]
@@ -169,14 +170,11 @@ class _Batch:
             keys.add(f"e\x1f{ev.touchpoint}\x1f{ev.id}")
             if ev.dialogue:
                 keys.add(f"d\x1f{ev.touchpoint}\x1f{ev.dialogue}")
-            keys.update(f"i\x1f{i.namespace}\x1f{i.value}" for i in ev.identities)
+            keys.update(identity_lock_key(i.namespace, i.value) for i in ev.identities)
         self._advisory_locks(keys)
 
     def _advisory_locks(self, keys: Iterable[str]) -> None:
-        self.conn.execute(
-            sa.text("SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM unnest(CAST(:keys AS text[])) AS k"),
-            {"keys": sorted(keys)},
-        )
+        advisory_locks(self.conn, keys)
 
     def _lock_customers(self, pending: Sequence[Event]) -> None:
         """Also lock every existing customer the batch will write to, then re-read until stable.
@@ -195,7 +193,7 @@ class _Batch:
             wanted -= self.locked
             if not wanted:
                 return
-            self._advisory_locks(f"c\x1f{cid}" for cid in wanted)
+            self._advisory_locks(customer_lock_key(cid) for cid in wanted)
             self.locked |= wanted
             self.owner, self.shared_values = {}, set()
             self.by_ref, self.by_id, self.open_at = {}, {}, {}
@@ -351,7 +349,7 @@ class _Batch:
         while self.conn.dialect.name == "postgresql" and row is not None and row.customer_id not in self.locked:
             # the customer is written to like any other (see _lock_customers); it may be merged away
             # while we wait for it, so ask again once it is ours
-            self._advisory_locks([f"c\x1f{row.customer_id}"])
+            self._advisory_locks([customer_lock_key(row.customer_id)])
             self.locked.add(row.customer_id)
             row = self.conn.execute(q).first()
         in_batch = [(at, cid) for (ns, v, cid), at in self.shared_seen.items() if Identity(ns, v) in shared]

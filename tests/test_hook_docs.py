@@ -38,6 +38,7 @@ HOOKS: dict[str, Callable[..., Any]] = {
 }
 REGISTRATION = {
     "prm_touchpoints": "touchpoints",
+    "prm_adapters": "adapters",
     "prm_partners": "partners",
     "prm_value_providers": "value_providers",
     "prm_identity_namespaces": "namespaces",

@@ -111,3 +111,33 @@ def test_trace_switch_logs_every_hook_call(monkeypatch):
     assert calls and calls[0]["hook"] == "prm_touchpoints"
     assert calls[0]["log_level"] == "debug"
     logging.getLogger().handlers  # noqa: B018  # the capture leaves global logging untouched
+
+
+class Tracker:
+    @hookimpl
+    def prm_adapters(self, config):
+        from aiohttp import web
+
+        from prm_core.model import Adapter
+
+        async def hello(request):
+            """Say hello."""
+            return web.json_response({"hello": True})
+
+        yield Adapter(name="tracker", touchpoint="kiosk", routes=[web.get("/tracker/hello", hello)])
+
+
+def test_an_adapter_needs_its_touchpoint():
+    with pytest.raises(PluginLoadError) as info:
+        collect_registrations(make_plugin_manager([Tracker()], autoload=False), Config())
+    assert "needs touch point 'kiosk', which no plugin registers" in str(info.value)
+
+
+async def test_an_adapter_mounts_its_routes(aiohttp_client, tmp_path):
+    from prm_core.server.app import create_app
+
+    app = create_app(Config(database_url=f"sqlite:///{tmp_path}/a.db"), plugins=[Kiosk(), Tracker()], autoload=False)
+    client = await aiohttp_client(app)
+    assert await (await client.get("/tracker/hello")).json() == {"hello": True}
+    spec = await (await client.get("/openapi.json")).json()
+    assert spec["paths"]["/tracker/hello"]["get"]["tags"] == ["touchpoint:kiosk (tracker)"]

@@ -74,13 +74,15 @@ def create_app(
     app[HUB_METRICS] = HubMetrics()
     app.add_routes(core_routes())
     owners: dict[str, str] = {}
-    for tp in registrations.touchpoints:
-        if tp.routes:
+    mounted = [(tp.name, tp.routes) for tp in registrations.touchpoints]
+    mounted += [(f"{a.touchpoint} ({a.name})", a.routes) for a in registrations.adapters]
+    for owner, route_defs in mounted:
+        if route_defs:
             before = {r.resource.canonical for r in app.router.routes() if r.resource}
-            app.add_routes(tp.routes)
+            app.add_routes(route_defs)
             for r in app.router.routes():
                 if r.resource and r.resource.canonical not in before:
-                    owners[r.resource.canonical] = tp.name
+                    owners[r.resource.canonical] = owner
 
     @api("This API description", scope=None, responses={200: "OpenAPI 3.1 document"})
     async def openapi(request: web.Request) -> web.Response:

@@ -48,6 +48,8 @@ def _operation(route: web.AbstractRoute, owner: str | None) -> dict[str, Any]:
         op: dict[str, Any] = {"summary": doc, "responses": {"200": {"description": "OK"}}}
         if owner:
             op["tags"] = [f"touchpoint:{owner}"]
+        if handler.__doc__ and "\n" in handler.__doc__.strip():
+            op["description"] = handler.__doc__.strip().split("\n", 1)[1].strip()
         return op
     op = {"summary": meta["summary"], "responses": {}}
     for status, text in meta["responses"].items():

@@ -7,6 +7,7 @@ built, so the description cannot drift from what is mounted.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -14,12 +15,12 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..errors import InvalidInput
-from ..model import CustomerView, Merge
+from ..model import CustomerView, Event, Merge, RecordedEvent
 from .auth import authenticate, require
 from .errors import ApiError
 from .state import HUB, HUB_METRICS
 
-__all__ = ["api", "core_routes"]
+__all__ = ["api", "core_routes", "ingest", "read_json"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 routes = web.RouteTableDef()
@@ -68,6 +69,16 @@ WRITE_ERRORS = {
 }
 
 
+async def ingest(request: web.Request, events: list[Event]) -> list[RecordedEvent]:
+    """Record events for a route of the hub or of a plugin, and count them in the metrics."""
+    recorded = await request.app[HUB].record(events)
+    metrics = request.app[HUB_METRICS]
+    counts = Counter((r.event.touchpoint, r.duplicate) for r in recorded)
+    for (tp, duplicate), n in counts.items():
+        (metrics.duplicates if duplicate else metrics.events).labels(tp).inc(n)
+    return recorded
+
+
 async def _touchpoint_write(request: web.Request) -> str:
     await authenticate(request)
     name = request.match_info["tp"]
@@ -88,13 +99,8 @@ async def _touchpoint_write(request: web.Request) -> str:
 async def post_events(request: web.Request) -> web.Response:
     tp = await _touchpoint_write(request)
     hub = request.app[HUB]
-    events = hub.parse_events(await read_json(request), tp)
-    recorded = await hub.record(events)
+    recorded = await ingest(request, hub.parse_events(await read_json(request), tp))
     duplicates = sum(1 for r in recorded if r.duplicate)
-    metrics = request.app[HUB_METRICS]
-    metrics.events.labels(tp).inc(len(recorded) - duplicates)
-    if duplicates:
-        metrics.duplicates.labels(tp).inc(duplicates)
     return web.json_response({"accepted": len(recorded) - duplicates, "duplicates": duplicates})
 
 

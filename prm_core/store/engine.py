@@ -13,7 +13,7 @@ ingest path keep identity resolution consistent across them).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -30,7 +30,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from ..errors import ConfigError, StoreUnavailable
 
-__all__ = ["Store", "async_url"]
+__all__ = ["Store", "advisory_locks", "async_url", "customer_lock_key", "identity_lock_key"]
 
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
@@ -53,6 +53,26 @@ def async_url(url: str) -> sa.URL:
     if backend in ("postgresql", "postgres"):
         return u.set(drivername="postgresql+asyncpg")
     raise ConfigError(f"unsupported database {backend!r}: use sqlite:///path or postgresql://...")
+
+
+def identity_lock_key(namespace: str, value: str) -> str:
+    return f"i\x1f{namespace}\x1f{value}"
+
+
+def customer_lock_key(customer_id: str) -> str:
+    return f"c\x1f{customer_id}"
+
+
+def advisory_locks(conn: Connection, keys: Iterable[str]) -> None:
+    """PostgreSQL: take transaction-scoped advisory locks on ``keys``, in sorted order so two
+    transactions never wait on each other crosswise. A no-op on SQLite, whose single writer
+    already serializes transactions."""
+    if conn.dialect.name != "postgresql":
+        return
+    conn.execute(
+        sa.text("SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM unnest(CAST(:keys AS text[])) AS k"),
+        {"keys": sorted(set(keys))},
+    )
 
 
 def _retryable(exc: BaseException) -> bool:
