@@ -77,10 +77,18 @@ async def deliver_value(hub: Hub, recorded: RecordedEvent, touchpoint: TouchPoin
         tasks[key] = asyncio.ensure_future(work)
 
     for provider in hub.registrations.value_providers:
-        start(f"value:{provider.name}", provider.provide(request))
+        try:
+            providing = provider.provide(request)
+        except Exception as exc:  # a provider that fails before it even starts is late forever
+            log.warning("value provider failed", part=f"value:{provider.name}", error=type(exc).__name__)
+            degraded.append(f"value:{provider.name}")
+            continue
+        start(f"value:{provider.name}", providing)
     for plugin, proposing in hub.hooks.propose_offers(request):
         start(f"offers:{plugin}", proposing)
-    for fulfillment in hub.hooks.plan_fulfillment(request):
+    # a replayed request was answered before: its partner work was asked for then
+    planned = [] if recorded.duplicate else hub.hooks.plan_fulfillment(request)
+    for fulfillment in planned:
         fulfilling_by = hub.hooks.fulfill(fulfillment)
         if not fulfilling_by:
             log.warning("no plugin fulfills this partner", partner=fulfillment.partner, action=fulfillment.action)

@@ -72,7 +72,10 @@ def parse_event(
     if obj.get("sent_at") is not None:
         sent_at = parse_time(obj["sent_at"], f"{where}sent_at")
     if sent_at is not None:
-        occurred_at = occurred_at + (received_at - sent_at)
+        try:
+            occurred_at = occurred_at + (received_at - sent_at)
+        except OverflowError:
+            raise InvalidInput(f"{where}sent_at is too far from occurred_at", f"{where}sent_at") from None
     dialogue = _string(obj, "dialogue", where, _MAX_ID, required=False)
     direction = obj.get("direction", "inbound")
     if direction not in ("inbound", "outbound"):

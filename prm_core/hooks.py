@@ -8,13 +8,14 @@ own task, which the core can cancel at the deadline and name in ``degraded``.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 from collections.abc import Awaitable, Iterable, Mapping
 from typing import Any
 
 import pluggy
 import structlog
-from attrs import define
+from attrs import define, evolve
 
 from .model import (
     Customer,
@@ -132,6 +133,11 @@ class Hooks:
                 if not isinstance(item, FulfillmentRequest):
                     log.error("prm_plan_fulfillment yielded a non-FulfillmentRequest", plugin=plugin)
                     continue
+                if not item.idempotency_key:
+                    # the same on every retry of this turn's request to this partner
+                    turn = request.event.event
+                    seed = f"{turn.touchpoint}\x1f{turn.id}\x1f{item.partner}\x1f{item.action}"
+                    item = evolve(item, idempotency_key=hashlib.sha256(seed.encode()).hexdigest()[:32])
                 planned.append(item)
         return planned
 

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -26,6 +27,7 @@ from .delivery import Answer, deliver_value
 from .errors import ConfigError, InvalidInput, NotFound
 from .events import parse_events
 from .hooks import Hooks
+from .identity import parse_ref
 from .ids import new_id
 from .ingest import Ingestor
 from .model import Customer, CustomerView, Event, Identity, Merge, RecordedEvent, TouchPoint
@@ -36,7 +38,7 @@ from .store.engine import advisory_locks, customer_lock_key, identity_lock_key
 from .store.tables import customers, identities, memberships, merges, shared_links, utcnow
 from .view import build_view, resolve_ref
 
-__all__ = ["Hub"]
+__all__ = ["Hub", "answer_id"]
 
 KINDS = ("person", "organization", "group")
 log = structlog.get_logger(__name__)
@@ -118,7 +120,7 @@ class Hub:
         (recorded,) = await self.record([event])
         answer = await deliver_value(self, recorded, tp, started)
         outbound = Event(
-            id=f"{event.id}:answer",
+            id=answer_id(event.id),
             type="delivery",
             occurred_at=utcnow(),
             touchpoint=tp.name,
@@ -132,7 +134,7 @@ class Hub:
             },
         )
         await self.record([outbound])
-        return answer
+        return evolve(answer, elapsed_ms=(time.monotonic() - started) * 1000)
 
     # ---- customers -------------------------------------------------------------------
 
@@ -219,8 +221,8 @@ class Hub:
         now = utcnow()
 
         def write(conn: Connection) -> str:
-            cid = resolve_ref(conn, ref, namespaces, self.config.default_region)
-            row = conn.execute(sa.select(customers).where(customers.c.id == cid).with_for_update()).one()
+            cid = _lock_customer(conn, resolve_ref(conn, ref, namespaces, self.config.default_region))
+            row = conn.execute(sa.select(customers).where(customers.c.id == cid)).one()
             values: dict[str, Any] = {"updated_at": now}
             if traits is not None:
                 merged = {**row.traits, **traits}
@@ -232,7 +234,12 @@ class Hub:
                 values["kind"] = changes["kind"]
             conn.execute(customers.update().where(customers.c.id == cid).values(**values))
             for item in adds:
-                group = resolve_ref(conn, item["group"], namespaces, self.config.default_region)
+                try:
+                    group = resolve_ref(conn, item["group"], namespaces, self.config.default_region)
+                except NotFound:
+                    # the customer being changed exists; a group it names that does not is bad input
+                    where = f"memberships.add[{item['position']}]"
+                    raise InvalidInput(f"{where}: no group {item['group']}", where) from None
                 kind = conn.execute(sa.select(customers.c.kind).where(customers.c.id == group)).scalar_one()
                 if kind == "person":
                     raise InvalidInput("memberships.add: a person cannot have members", "memberships.add")
@@ -270,9 +277,8 @@ class Hub:
         now = utcnow()
 
         def write(conn: Connection) -> None:
-            advisory_locks(conn, (customer_lock_key(cid) for cid in traits_by_customer))
-            for ref, traits in traits_by_customer.items():
-                cid = _follow(conn, ref)
+            for ref, traits in sorted(traits_by_customer.items()):
+                cid = _lock_customer(conn, ref)
                 current = conn.execute(sa.select(customers.c.traits).where(customers.c.id == cid)).scalar_one()
                 merged = {**current, **{k: v for k, v in traits.items() if v is not None}}
                 if merged != current:
@@ -299,7 +305,7 @@ class Hub:
 
         def write(conn: Connection) -> str:
             advisory_locks(conn, [identity_lock_key(group.namespace, group.value)])
-            member = _follow(conn, member_id)
+            member = _lock_customer(conn, member_id)
             c = identities.c
             owner = conn.execute(
                 sa.select(c.customer_id).where(c.namespace == group.namespace, c.value == group.value)
@@ -369,17 +375,12 @@ class Hub:
         view, and each customer seen with it gets a link. Unsharing gives it back to its
         first owner; a value shared before anyone owned it is simply forgotten.
         """
-        ident = Identity.parse(ref)
-        ns = self.registrations.namespaces.get(ident.namespace)
-        if ns is None:
-            raise InvalidInput(f"unknown identity namespace {ident.namespace!r}", "identity")
-        try:
-            value = ns.normalize(ident.value, self.config.default_region)
-        except ValueError as exc:
-            raise InvalidInput(f"identity: {ident.namespace} {exc}", "identity") from None
+        ident = parse_ref(ref, self.registrations.namespaces.items, self.config.default_region, field="identity")
+        value = ident.value
         now = utcnow()
 
         def write(conn: Connection) -> dict[str, Any]:
+            advisory_locks(conn, [identity_lock_key(ident.namespace, value)])
             c = identities.c
             where = (c.namespace == ident.namespace, c.value == value)
             row = conn.execute(sa.select(identities).where(*where)).one_or_none()
@@ -413,12 +414,30 @@ class Hub:
         return await self.store.write(write)
 
 
+def answer_id(request_id: str) -> str:
+    """The id of the outbound event answering request ``request_id``: derived, so a replayed
+    request's answer is a duplicate; hashed, so it fits and cannot collide with an id a
+    touch point chose."""
+    return "answer:" + hashlib.sha256(request_id.encode()).hexdigest()[:40]
+
+
 def _follow(conn: Connection, customer_id: str) -> str:
     """The customer ``customer_id`` is now (itself, or the survivor it was merged into)."""
     row = conn.execute(sa.select(customers.c.merged_into).where(customers.c.id == customer_id)).one_or_none()
     if row is None:
         raise NotFound(f"no customer {customer_id}")
     return str(row.merged_into or customer_id)
+
+
+def _lock_customer(conn: Connection, customer_id: str) -> str:
+    """Take the customer's lock, as ingest does (PostgreSQL), following merges: returns the
+    customer that is current once its lock is held."""
+    while True:
+        advisory_locks(conn, [customer_lock_key(customer_id)])
+        current = _follow(conn, customer_id)
+        if current == customer_id:
+            return current
+        customer_id = current
 
 
 def _configured_shared(config: Config, registrations: Registrations) -> frozenset[str]:
@@ -445,7 +464,12 @@ def _membership_changes(raw: Any) -> tuple[list[dict[str, Any]], list[str]]:
             raise InvalidInput(
                 f"memberships.add[{i}] must name a group (id or namespace:value)", f"memberships.add[{i}]"
             )
-        adds.append(dict(item))
+        role = item.get("role")
+        if role is not None and not (isinstance(role, str) and 0 < len(role) <= 64):
+            raise InvalidInput(
+                f"memberships.add[{i}].role must be a name of at most 64 characters", f"memberships.add[{i}].role"
+            )
+        adds.append({**item, "position": i})
     removes = raw.get("remove") or []
     if not isinstance(removes, list) or not all(isinstance(r, str) for r in removes):
         raise InvalidInput("memberships.remove must be a list of group refs", "memberships.remove")

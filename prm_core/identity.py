@@ -16,7 +16,7 @@ import phonenumbers
 from .errors import InvalidInput
 from .model import Identity, IdentityNamespace
 
-__all__ = ["builtin_namespaces", "normalize_email", "normalize_identities", "normalize_phone"]
+__all__ = ["builtin_namespaces", "normalize_email", "normalize_identities", "normalize_phone", "parse_ref"]
 
 MAX_VALUE_LENGTH = 256
 
@@ -97,3 +97,17 @@ def normalize_identities(
             # the message names the field, never the value: the value is personal data
             raise InvalidInput(f"{where} {exc}", where) from None
     return tuple(sorted(result, key=lambda i: (i.namespace, i.value)))
+
+
+def parse_ref(ref: str, namespaces: Mapping[str, IdentityNamespace], region: str, *, field: str = "ref") -> Identity:
+    """``namespace:value`` as a normalized identity; :class:`InvalidInput` naming ``field`` if not."""
+    namespace, sep, raw = ref.partition(":")
+    if not sep or not namespace or not raw:
+        raise InvalidInput(f"{field} must be namespace:value", field)
+    ns = namespaces.get(namespace)
+    if ns is None:
+        raise InvalidInput(f"unknown identity namespace {namespace!r}; known: {', '.join(sorted(namespaces))}", field)
+    try:
+        return Identity(namespace, ns.normalize(raw, region))
+    except ValueError as exc:
+        raise InvalidInput(f"{field}: {namespace} {exc}", field) from None

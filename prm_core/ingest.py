@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 import structlog
 from attrs import define, field
 
-from .errors import Overloaded
+from .errors import Overloaded, StoreUnavailable
 from .model import Event, RecordedEvent
 from .recording import BatchOutcome, IngestRules, record_batch
 from .store import Store
@@ -101,13 +101,20 @@ class Ingestor:
         batch = [ev for job in jobs for ev in job.events]
         try:
             outcome = await self.store.write(lambda conn: record_batch(conn, batch, self.rules))
+        except StoreUnavailable as exc:
+            self._fail(jobs, exc)
+            return
         except Exception as exc:
-            self._pending -= len(batch)
-            if not isinstance(exc, Overloaded):
-                log.error("ingest batch failed", events=len(batch), error=type(exc).__name__, exc_info=exc)
-            for job in jobs:
-                if not job.future.done():
-                    job.future.set_exception(exc)
+            if len(jobs) > 1:
+                # one request's bad event must not fail the others sharing its commit:
+                # record each alone, so only the offender gets the error
+                self._pending -= len(batch)
+                for job in jobs:
+                    self._pending += len(job.events)
+                    await self._commit([job])
+                return
+            log.error("ingest batch failed", events=len(batch), error=type(exc).__name__)
+            self._fail(jobs, exc)
             return
         self._pending -= len(batch)
         start = 0
@@ -119,4 +126,10 @@ class Ingestor:
         try:
             self.after_commit(outcome)
         except Exception as exc:  # a plugin's bug must not stall the writer; the events are durable
-            log.error("after-commit hooks failed", error=type(exc).__name__, exc_info=exc)
+            log.error("after-commit hooks failed", error=type(exc).__name__)
+
+    def _fail(self, jobs: list[_Job], exc: Exception) -> None:
+        self._pending -= sum(len(job.events) for job in jobs)
+        for job in jobs:
+            if not job.future.done():
+                job.future.set_exception(exc)

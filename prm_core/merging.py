@@ -21,6 +21,8 @@ from .model import Merge
 from .store.engine import advisory_locks, customer_lock_key
 from .store.tables import customers, dialogues, events, identities, memberships, merges, metrics
 
+MAX_REVENUE = Decimal(10) ** 12
+
 __all__ = ["event_revenue", "merge_customers", "merge_value", "recompute_metrics", "unmerge"]
 
 
@@ -33,7 +35,8 @@ def event_revenue(data: Any) -> Decimal | None:
         value = Decimal(str(raw))
     except InvalidOperation:
         return None
-    return value if value.is_finite() else None
+    # beyond what the metrics column holds (and any plausible sale): not revenue
+    return value if value.is_finite() and abs(value) < MAX_REVENUE else None
 
 
 def merge_value(row: Any) -> Merge:
@@ -89,7 +92,7 @@ def merge_customers(
     conn.execute(dialogues.update().where(dialogues.c.customer_id == merged).values(customer_id=survivor))
     conn.execute(events.update().where(events.c.customer_id == merged).values(customer_id=survivor))
     added_memberships = _move_memberships(conn, merged, survivor, now)
-    recompute_metrics(conn, [survivor, merged])
+    _add_metrics(conn, survivor, merged)
 
     merge = Merge(
         id=new_id("mrg"),
@@ -150,10 +153,38 @@ def _move_memberships(conn: Connection, src: str, dst: str, now: datetime) -> di
     }
 
 
+def _add_metrics(conn: Connection, survivor: str, merged: str) -> None:
+    """The survivor's metrics absorb the merged customer's: two rows, never the history
+    (merges happen inside the ingest writer)."""
+    rows = {
+        r.customer_id: r for r in conn.execute(sa.select(metrics).where(metrics.c.customer_id.in_([survivor, merged])))
+    }
+    gone = rows.get(merged)
+    if gone is None:
+        return
+    conn.execute(metrics.delete().where(metrics.c.customer_id == merged))
+    kept = rows.get(survivor)
+    if kept is None:
+        conn.execute(metrics.insert().values(**{**gone._mapping, "customer_id": survivor}))
+        return
+    conn.execute(
+        metrics.update()
+        .where(metrics.c.customer_id == survivor)
+        .values(
+            event_count=kept.event_count + gone.event_count,
+            order_count=kept.order_count + gone.order_count,
+            lifetime_revenue=kept.lifetime_revenue + gone.lifetime_revenue,
+            first_seen_at=min(filter(None, (kept.first_seen_at, gone.first_seen_at)), default=None),
+            last_seen_at=max(filter(None, (kept.last_seen_at, gone.last_seen_at)), default=None),
+            touchpoints=sorted(set(kept.touchpoints) | set(gone.touchpoints)),
+        )
+    )
+
+
 def recompute_metrics(conn: Connection, customer_ids: Iterable[str]) -> None:
     """Rebuild the metrics rows of these customers from their events.
 
-    Only merges and unmerges call this (rare, admin-paced); ingest updates metrics
+    Only an unmerge (rare, admin-paced) calls this: ingest and merges update metrics
     incrementally.
     """
     e = events.c

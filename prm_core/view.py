@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from .errors import InvalidInput, NotFound
+from .identity import parse_ref
 from .model import Customer, CustomerView, Dialogue, Identity
 from .store.tables import customers, dialogues, events, identities, memberships, metrics, shared_links
 
@@ -42,7 +43,10 @@ def decode_cursor(cursor: str) -> tuple[datetime, int]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         at, seq = raw.rsplit("|", 1)
-        return datetime.fromisoformat(at), int(seq)
+        when = datetime.fromisoformat(at)
+        if when.tzinfo is None:
+            raise ValueError("naive")
+        return when, int(seq)
     except (ValueError, UnicodeDecodeError, binascii.Error):
         raise InvalidInput("cursor is not one this hub gave out", "cursor") from None
 
@@ -50,14 +54,8 @@ def decode_cursor(cursor: str) -> tuple[datetime, int]:
 def resolve_ref(conn: Connection, ref: str, namespaces: Mapping[str, Any], region: str) -> str:
     """A customer id, or ``namespace:value`` normalized as at ingest; follows merges."""
     if ":" in ref:
-        ident = Identity.parse(ref)
-        ns = namespaces.get(ident.namespace)
-        if ns is None:
-            raise InvalidInput(f"unknown identity namespace {ident.namespace!r}", "ref")
-        try:
-            value = ns.normalize(ident.value, region)
-        except ValueError as exc:
-            raise InvalidInput(f"ref: {ident.namespace} {exc}", "ref") from None
+        ident = parse_ref(ref, namespaces, region)
+        value = ident.value
         cid = conn.execute(
             sa.select(identities.c.customer_id).where(
                 identities.c.namespace == ident.namespace, identities.c.value == value

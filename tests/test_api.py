@@ -8,6 +8,7 @@ import json
 import pytest
 
 from prm_core.events import MAX_EVENTS_PER_CALL
+from prm_core.hub import answer_id
 from prm_core.server.app import MAX_BODY_BYTES
 
 
@@ -127,8 +128,8 @@ async def test_request_answers_within_budget_and_records_the_answer(hub_client, 
     assert body["degraded"] == []
     view = await (await hub_client.get(f"/v1/customers/{body['customer_id']}", headers=bearer(read))).json()
     by_id = {t["event_id"]: t for t in view["timeline"]}
-    assert by_id["r1:answer"]["direction"] == "outbound"
-    assert by_id["r1:answer"]["dialogue"] == by_id["r1"]["dialogue"] == body["dialogue_id"]
+    assert by_id[answer_id("r1")]["direction"] == "outbound"
+    assert by_id[answer_id("r1")]["dialogue"] == by_id["r1"]["dialogue"] == body["dialogue_id"]
     assert view["dialogues"][0]["intent"] == "service"
     batch = await hub_client.post("/v1/touchpoints/web/requests", json={"events": [req]}, headers=bearer(key))
     assert batch.status == 422

@@ -7,7 +7,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from prm_core.hub import Hub
+from prm_core.hub import Hub, answer_id
 from prm_core.store.tables import dialogues, events
 
 T0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
@@ -264,7 +264,7 @@ async def test_an_event_can_join_a_dialogue_by_the_hubs_own_id(hub):
 
     (first,) = await send(hub, "pos", event("p1", 0, "transaction.started"))
     reply = Event(
-        id="p1:answer",
+        id=answer_id("p1"),
         type="delivery",
         occurred_at=T0 + timedelta(seconds=1),
         touchpoint="pos",
@@ -275,7 +275,10 @@ async def test_an_event_can_join_a_dialogue_by_the_hubs_own_id(hub):
     assert rec.dialogue_id == first.dialogue_id
     assert rec.customer_id == first.customer_id
     view = await hub.view(first.customer_id)
-    assert [(t["event_id"], t["direction"]) for t in view.timeline] == [("p1:answer", "outbound"), ("p1", "inbound")]
+    assert [(t["event_id"], t["direction"]) for t in view.timeline] == [
+        (answer_id("p1"), "outbound"),
+        ("p1", "inbound"),
+    ]
     assert len(view.dialogues) == 1
 
 
@@ -284,8 +287,8 @@ async def test_hub_request_records_the_answer_outbound_in_the_same_dialogue(hub)
     await hub.request(ev)
     view = await hub.view("email:ann@example.com")
     by_id = {t["event_id"]: t for t in view.timeline}
-    assert by_id["w1:answer"]["direction"] == "outbound"
-    assert by_id["w1:answer"]["dialogue"] == by_id["w1"]["dialogue"]
+    assert by_id[answer_id("w1")]["direction"] == "outbound"
+    assert by_id[answer_id("w1")]["dialogue"] == by_id["w1"]["dialogue"]
     assert by_id["w1"]["direction"] == "inbound"
     assert len(view.dialogues) == 1
     assert view.dialogues[0].intent == "service"

@@ -20,7 +20,7 @@ import pytest
 from prm_core import hookimpl
 from prm_core.config import Config
 from prm_core.errors import ConflictingRegistration, InvalidInput, PluginLoadError
-from prm_core.hub import Hub
+from prm_core.hub import Hub, answer_id
 from prm_core.model import (
     Customer,
     CustomerView,
@@ -185,7 +185,7 @@ class TestTouchpoints:
         assert {e: t["touchpoint"] for e, t in (await api.timeline("email:ann@example.com")).items()} == {
             "k1": "kiosk",
             "k2": "kiosk",
-            "k2:answer": "kiosk",
+            answer_id("k2"): "kiosk",
         }
         assert len(kiosk.configs) == 1
         # a touch point no plugin registered does not exist
@@ -347,7 +347,7 @@ class TestSlowValueProviders:
         assert self.BUDGET_MS * 0.5 <= answer["elapsed_ms"] <= self.BUDGET_MS * 1.25
         assert waited < self.BUDGET_MS / 1000 + 1.0  # the provider sleeps 30 s
         await asyncio.wait_for(knowledge.cancelled.wait(), 5)  # cancelled, not left running
-        answered = (await api.timeline(answer["customer_id"]))["r1:answer"]
+        answered = (await api.timeline(answer["customer_id"]))[answer_id("r1")]
         assert answered["data"]["degraded"] == ["value:claims", "value:recalls"]
 
 
@@ -668,7 +668,7 @@ class TestDialogues:
         # a request turn records the request and, after it, the answer
         answer = await api.request("kiosk", event("r1", 2, identities=ANN))
         request, reply = watcher.recorded[2:]
-        assert (request.event.id, reply.event.id) == ("r1", "r1:answer")
+        assert (request.event.id, reply.event.id) == ("r1", answer_id("r1"))
         assert (reply.event.type, reply.event.direction) == ("delivery", "outbound")
         assert request.customer_id == reply.customer_id == answer["customer_id"]
         assert request.dialogue_id == reply.dialogue_id == answer["dialogue_id"]
@@ -780,7 +780,7 @@ class TestOffers:
         assert (request.event.customer_id, request.event.dialogue_id) == (answer["customer_id"], answer["dialogue_id"])
         assert request.view.customer.id == answer["customer_id"]
         assert 0 < remaining <= 2000
-        answered = (await api.timeline(answer["customer_id"]))["r1:answer"]
+        answered = (await api.timeline(answer["customer_id"]))[answer_id("r1")]
         assert answered["data"]["offers"] == ["priority-line", "dryer-200", "extended-warranty"]
 
     async def test_only_the_best_five_offers_are_delivered(self, api):
@@ -903,7 +903,7 @@ class TestFulfillment:
             idempotency_key="kiosk:r1",
         )
         assert acme.asked == slow_post.asked == [planned]  # every implementation is asked; one answers
-        answered = (await api.timeline(answer["customer_id"]))["r1:answer"]
+        answered = (await api.timeline(answer["customer_id"]))[answer_id("r1")]
         assert answered["data"]["fulfillments"] == ["ful-r1"]
 
     async def test_nothing_planned_nothing_fulfilled(self, api, planner, acme):

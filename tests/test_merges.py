@@ -430,7 +430,7 @@ async def test_membership_rules(hub):
         await add_to(hub, ann.customer_id, bob.customer_id)  # a person has no members
     with pytest.raises(InvalidInput):
         await add_to(hub, group.id, group.id)
-    with pytest.raises(NotFound):
+    with pytest.raises(InvalidInput, match="no group cus_nope"):  # the customer exists; the group does not
         await add_to(hub, ann.customer_id, "cus_nope")
     with pytest.raises(InvalidInput):
         await hub.create_customer("family")

@@ -46,7 +46,7 @@ from prm_core.hub import Hub
 from prm_core.model import Adapter, Event, Identity
 from prm_core.server.auth import presented_key, require
 from prm_core.server.errors import ApiError
-from prm_core.server.routes import ingest
+from prm_core.server.routes import ingest, parse_json_body
 from prm_core.server.state import HUB
 
 __all__ = ["MAX_BATCH_BYTES", "MAX_MESSAGE_BYTES", "prm_adapters", "to_event"]
@@ -106,8 +106,10 @@ def _identities(message: Mapping[str, Any], hub: Hub) -> tuple[Identity, ...]:
 
 def _message_id(message: Mapping[str, Any]) -> str:
     given = _text(message, "messageId")
-    if given:
-        return given[:200]
+    if given and len(given) <= 200:
+        return given
+    if given:  # too long to store: a digest keeps distinct ids distinct
+        return "sha256:" + hashlib.sha256(given.encode()).hexdigest()
     canonical = json.dumps(message, sort_keys=True, separators=(",", ":"), default=str)
     return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -179,8 +181,8 @@ async def _read(request: web.Request) -> Any:
     if len(raw) > MAX_BATCH_BYTES:
         raise ApiError(413, "too_large", f"a batch is at most {MAX_BATCH_BYTES} bytes")
     try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        return parse_json_body(raw)
+    except json.JSONDecodeError:
         raise ApiError(400, "malformed_json", "the body is not valid JSON") from None
 
 
@@ -211,9 +213,16 @@ async def _handle(request: web.Request, single: str | None) -> web.Response:
     except InvalidInput as exc:
         raise _bad(exc.message, exc.field) from None
     context = body.get("context") if isinstance(body.get("context"), Mapping) else {}
+
+    def with_context(m: Any) -> Any:
+        if not context or not isinstance(m, Mapping):
+            return m
+        own = m.get("context") if isinstance(m.get("context"), Mapping) else {}
+        return {**m, "context": {**context, **own}}
+
     events = [
         to_event(
-            {**m, "context": {**context, **(m.get("context") or {})}} if context and isinstance(m, Mapping) else m,
+            with_context(m),
             hub,
             where=f"{where}[{i}]" if where else "message",
             received_at=received_at,

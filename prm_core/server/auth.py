@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Sequence
 
 from aiohttp import web
+from attrs import evolve
 
 from ..keys import ApiKey, allows
+from ..model import Event
 from .errors import ApiError
 from .state import API_KEY, HUB_KEYS
 
-__all__ = ["authenticate", "presented_key", "require"]
+__all__ = ["VERIFIABLE_FROM_BROWSERS", "as_claims", "authenticate", "presented_key", "require"]
 
 
 def presented_key(request: web.Request) -> str | None:
@@ -50,3 +53,28 @@ async def require(request: web.Request, scope: str, *, key: str | None = None) -
     if not allows(record.scope, scope):
         raise ApiError(403, "forbidden", f"this key's scope {record.scope!r} does not grant {scope!r}")
     return record
+
+
+# the identities a browser can be trusted with: its own device id, which it made up itself
+VERIFIABLE_FROM_BROWSERS = frozenset({"anonymous_id"})
+
+
+def as_claims(request: web.Request, events: Sequence[Event], *, verified: bool | None = None) -> list[Event]:
+    """Under a public key (code in browsers, where anyone can read the key), an identity
+    other than the browser's own anonymous id is only a claim: it is kept in the event's
+    ``data.claimed_identities`` and does not link the visitor to that customer, so nobody
+    can reach someone else's profile by typing their email into a form."""
+    if verified is None:
+        key = request.get(API_KEY)
+        verified = key is None or not key.public
+    if verified:
+        return list(events)
+    result = []
+    for ev in events:
+        claimed = {i.namespace: i.value for i in ev.identities if i.namespace not in VERIFIABLE_FROM_BROWSERS}
+        if not claimed:
+            result.append(ev)
+            continue
+        kept = tuple(i for i in ev.identities if i.namespace in VERIFIABLE_FROM_BROWSERS)
+        result.append(evolve(ev, identities=kept, data={**ev.data, "claimed_identities": claimed}))
+    return result

@@ -27,9 +27,7 @@ class ApiError(Exception):
 
 
 def error_response(status: int, code: str, message: str, field: str | None = None, **headers: str) -> web.Response:
-    body: dict[str, Any] = {"code": code, "message": message}
-    if field is not None:
-        body["field"] = field
+    body: dict[str, Any] = {"code": code, "message": message, "field": field}
     return web.json_response({"error": body}, status=status, headers=headers or None)
 
 

@@ -16,11 +16,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..errors import InvalidInput
 from ..model import CustomerView, Event, Merge, RecordedEvent
-from .auth import authenticate, require
+from .auth import as_claims, authenticate, require
 from .errors import ApiError
 from .state import HUB, HUB_METRICS
 
-__all__ = ["api", "core_routes", "ingest", "read_json"]
+__all__ = ["api", "core_routes", "ingest", "parse_json_body", "read_json"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 routes = web.RouteTableDef()
@@ -50,11 +50,26 @@ def api(
 
 
 async def read_json(request: web.Request) -> Any:
-    """The body as JSON: 413 past the size limit, 400 when malformed (raised as JSONDecodeError)."""
-    raw = await request.read()
+    """The body as JSON: 413 past the size limit, 400 when malformed."""
+    return parse_json_body(await request.read())
+
+
+def _no_constants(name: str) -> Any:
+    raise ApiError(400, "malformed_json", f"{name} is not valid JSON")
+
+
+def parse_json_body(raw: bytes) -> Any:
+    """Parse a request body, refusing what JSON does not allow or the store cannot keep:
+    NaN and Infinity (400), and NUL characters (422), which PostgreSQL refuses in text."""
     if not raw:
         raise ApiError(400, "malformed_json", "the body is empty; a JSON object is expected")
-    return json.loads(raw)
+    try:
+        body = json.loads(raw, parse_constant=_no_constants)
+    except UnicodeDecodeError:
+        raise ApiError(400, "malformed_json", "the body is not UTF-8 text") from None
+    if b"\\u0000" in raw:
+        raise ApiError(422, "invalid", "NUL characters (\\u0000) are not accepted")
+    return body
 
 
 EVENT_SCHEMA = {"$ref": "#/components/schemas/Event"}
@@ -69,9 +84,14 @@ WRITE_ERRORS = {
 }
 
 
-async def ingest(request: web.Request, events: list[Event]) -> list[RecordedEvent]:
-    """Record events for a route of the hub or of a plugin, and count them in the metrics."""
-    recorded = await request.app[HUB].record(events)
+async def ingest(request: web.Request, events: list[Event], *, verified: bool | None = None) -> list[RecordedEvent]:
+    """Record events for a route of the hub or of a plugin, and count them in the metrics.
+
+    Identities from an unverified source are recorded as claims only (see :func:`as_claims`):
+    ``verified=None`` judges by the request's key (a public key is unverified); a route whose
+    callers carry no secret at all (a Snowplow tracker) passes ``verified=False``.
+    """
+    recorded = await request.app[HUB].record(as_claims(request, events, verified=verified))
     metrics = request.app[HUB_METRICS]
     counts = Counter((r.event.touchpoint, r.duplicate) for r in recorded)
     for (tp, duplicate), n in counts.items():
@@ -120,10 +140,10 @@ async def post_request(request: web.Request) -> web.Response:
     body = await read_json(request)
     if isinstance(body, dict) and "events" in body:
         raise InvalidInput("a request is one Event, not a batch", "events")
-    (event,) = hub.parse_events(body, tp)
+    (event,) = as_claims(request, hub.parse_events(body, tp))
     answer = await hub.request(event)
     metrics = request.app[HUB_METRICS]
-    metrics.events.labels(tp).inc()
+    (metrics.duplicates if answer.recorded.duplicate else metrics.events).labels(tp).inc()
     metrics.request_seconds.labels(tp).observe(answer.elapsed_ms / 1000)
     metrics.budget_ratio.labels(tp).observe(answer.elapsed_ms / answer.budget_ms)
     for part in answer.delivery.degraded:

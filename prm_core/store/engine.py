@@ -114,13 +114,20 @@ class Store:
         u = async_url(url)
         if u.get_backend_name() == "sqlite":
             Path(u.database or "").expanduser().parent.mkdir(parents=True, exist_ok=True)
-            writer = create_async_engine(u, pool_size=1, max_overflow=0, connect_args={"timeout": 30})
-            reader = create_async_engine(u, pool_size=pool_size, max_overflow=0, connect_args={"timeout": 30})
+            writer = create_async_engine(
+                u, pool_size=1, max_overflow=0, connect_args={"timeout": 30}, hide_parameters=True
+            )
+            reader = create_async_engine(
+                u, pool_size=pool_size, max_overflow=0, connect_args={"timeout": 30}, hide_parameters=True
+            )
             _sqlite_setup(writer, immediate=True)
             _sqlite_setup(reader, immediate=False)
         else:
-            writer = create_async_engine(u, pool_size=2, max_overflow=2, pool_pre_ping=True)
-            reader = create_async_engine(u, pool_size=pool_size, max_overflow=4, pool_pre_ping=True)
+            # parameters stay out of error messages: they are personal data
+            writer = create_async_engine(u, pool_size=2, max_overflow=2, pool_pre_ping=True, hide_parameters=True)
+            reader = create_async_engine(
+                u, pool_size=pool_size, max_overflow=4, pool_pre_ping=True, hide_parameters=True
+            )
         return cls(u, writer, reader)
 
     async def write(self, fn: Callable[[Connection], T], *, attempts: int = 6) -> T:
