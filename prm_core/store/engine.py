@@ -103,6 +103,9 @@ class Store:
     url: sa.URL
     writer: AsyncEngine
     reader: AsyncEngine
+    # SQLite: plain synchronous engines, used from worker threads (see write/read)
+    sync_writer: sa.Engine | None = None
+    sync_reader: sa.Engine | None = None
 
     @property
     def dialect(self) -> str:
@@ -120,8 +123,20 @@ class Store:
             reader = create_async_engine(
                 u, pool_size=pool_size, max_overflow=0, connect_args={"timeout": 30}, hide_parameters=True
             )
-            _sqlite_setup(writer, immediate=True)
-            _sqlite_setup(reader, immediate=False)
+            _sqlite_setup(writer.sync_engine, immediate=True)
+            _sqlite_setup(reader.sync_engine, immediate=False)
+            # A whole transaction runs in one worker thread on a plain sqlite3 connection:
+            # one hand-off per transaction instead of several per statement through
+            # aiosqlite, and SQLite works without holding the event loop's GIL meanwhile.
+            plain = u.set(drivername="sqlite+pysqlite")
+            args = {"timeout": 30, "check_same_thread": False}
+            sync_writer = sa.create_engine(plain, pool_size=1, max_overflow=0, connect_args=args, hide_parameters=True)
+            sync_reader = sa.create_engine(
+                plain, pool_size=pool_size, max_overflow=0, connect_args=args, hide_parameters=True
+            )
+            _sqlite_setup(sync_writer, immediate=True)
+            _sqlite_setup(sync_reader, immediate=False)
+            return cls(u, writer, reader, sync_writer, sync_reader)
         else:
             # parameters stay out of error messages: they are personal data
             writer = create_async_engine(u, pool_size=2, max_overflow=2, pool_pre_ping=True, hide_parameters=True)
@@ -144,6 +159,8 @@ class Store:
                 reraise=True,
             ):
                 with attempt:
+                    if self.sync_writer is not None:
+                        return await asyncio.to_thread(_in_transaction, self.sync_writer, fn)
                     async with self.writer.begin() as conn:
                         return await conn.run_sync(fn)
         except Exception as exc:
@@ -156,6 +173,8 @@ class Store:
     async def read(self, fn: Callable[[Connection], T]) -> T:
         """Run ``fn`` on a reader connection (a consistent snapshot on both databases)."""
         try:
+            if self.sync_reader is not None:
+                return await asyncio.to_thread(_in_transaction, self.sync_reader, fn)
             async with self.reader.connect() as conn:
                 async with conn.begin():
                     return await conn.run_sync(fn)
@@ -184,10 +203,18 @@ class Store:
     async def dispose(self) -> None:
         await self.writer.dispose()
         await self.reader.dispose()
+        for engine in (self.sync_writer, self.sync_reader):
+            if engine is not None:
+                engine.dispose()
 
 
-def _sqlite_setup(engine: AsyncEngine, *, immediate: bool) -> None:
-    @event.listens_for(engine.sync_engine, "connect")
+def _in_transaction(engine: sa.Engine, fn: Callable[[Connection], T]) -> T:
+    with engine.begin() as conn:
+        return fn(conn)
+
+
+def _sqlite_setup(engine: sa.Engine, *, immediate: bool) -> None:
+    @event.listens_for(engine, "connect")
     def on_connect(dbapi_conn: Any, record: Any) -> None:
         # take transaction control from the driver so BEGIN is ours to issue
         dbapi_conn.isolation_level = None
@@ -197,6 +224,6 @@ def _sqlite_setup(engine: AsyncEngine, *, immediate: bool) -> None:
         cur.execute("PRAGMA busy_timeout=5000")
         cur.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def on_begin(conn: Any) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
