@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from . import __version__
 from .config import Config, load_config
-from .errors import ConfigError, ConflictingRegistration, InvalidInput, PluginLoadError, PrmError
+from .errors import ConfigError, InvalidInput, PrmError
 from .logs import configure_logging
 
 __all__ = ["main"]
@@ -36,8 +36,21 @@ def _config(config_path: str | None, database_url: str | None) -> Config:
 def _run(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
     try:
         return asyncio.run(factory())
-    except (PrmError, ConflictingRegistration, PluginLoadError) as exc:
+    except PrmError as exc:
         raise click.ClickException(str(exc)) from exc
+    except (OSError, sa.exc.DBAPIError) as exc:
+        # the database is unreachable or refuses us: say so, without a traceback
+        raise click.ClickException(f"the database cannot be used: {type(exc).__name__}: {exc}") from exc
+
+
+async def _migrate(config: Config) -> list[str]:
+    from .store import Store
+
+    store = Store.open(config.database_url)
+    try:
+        return await store.migrate()
+    finally:
+        await store.dispose()
 
 
 @click.group()
@@ -60,9 +73,10 @@ def serve(config_path: str | None, database_url: str | None, host: str, port: in
 
     config = _config(config_path, database_url)
     configure_logging(log_level, cache=True)
+    _run(lambda: _migrate(config))  # fail here, plainly, if the database is unusable
     try:
         app = create_app(config)
-    except (PrmError, ConflictingRegistration, PluginLoadError) as exc:
+    except PrmError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"prm hub on http://{host}:{port} (database {sa.make_url(config.database_url).render_as_string()})")
     web.run_app(app, host=host, port=port, access_log=None, print=None)
@@ -139,7 +153,7 @@ def plugins(config_path: str | None) -> None:
     try:
         pm = make_plugin_manager()
         regs = collect_registrations(pm, config)
-    except (PrmError, ConflictingRegistration, PluginLoadError) as exc:
+    except PrmError as exc:
         raise click.ClickException(str(exc)) from exc
     hooks = hook_implementations(pm)
     for name, plugin in sorted(pm.list_name_plugin(), key=lambda p: p[0]):
@@ -173,18 +187,10 @@ def db() -> None:
 @database_option
 def db_upgrade(config_path: str | None, database_url: str | None) -> None:
     """Apply pending migrations."""
-    from .store import Store
 
     config = _config(config_path, database_url)
 
-    async def upgrade() -> list[str]:
-        store = Store.open(config.database_url)
-        try:
-            return await store.migrate()
-        finally:
-            await store.dispose()
-
-    applied = _run(upgrade)
+    applied = _run(lambda: _migrate(config))
     click.echo(f"applied {', '.join(applied)}" if applied else "the database is up to date")
 
 

@@ -92,6 +92,7 @@ class KeyRing:
     store: Store
     ttl: float = 10.0
     _cache: dict[str, tuple[float, str | None, ApiKey | None]] = field(factory=dict)
+    _misses: dict[str, float] = field(factory=dict)
 
     async def verify(self, presented: str) -> ApiKey | None:
         """The key's record when ``presented`` is a valid, unrevoked key; else ``None``."""
@@ -99,11 +100,20 @@ class KeyRing:
         if not match:
             return None
         key_id, secret = match.groups()
+        now = time.monotonic()
+        if now - self._misses.get(key_id, -self.ttl - 1) <= self.ttl:
+            return None
         cached = self._cache.get(key_id)
-        if cached is None or time.monotonic() - cached[0] > self.ttl:
-            cached = (time.monotonic(), *await self._load(key_id))
-            if len(self._cache) > 10_000:
-                self._cache.clear()
+        if cached is None or now - cached[0] > self.ttl:
+            stored_hash, record = await self._load(key_id)
+            if stored_hash is None or record is None:
+                # misses live apart, so made-up key ids cannot evict the real keys' entries
+                if len(self._misses) > 10_000:
+                    self._misses.clear()
+                self._misses[key_id] = now
+                self._cache.pop(key_id, None)
+                return None
+            cached = (now, stored_hash, record)
             self._cache[key_id] = cached
         _, stored_hash, record = cached
         if stored_hash is None or record is None:

@@ -107,5 +107,7 @@ def configure_logging(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # aiohttp.server logs a refused request's raw request line (query string and all): errors only
+    logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
     for noisy in ("aiohttp.access", "sqlalchemy.engine", "alembic", "aiosqlite", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

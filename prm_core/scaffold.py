@@ -16,7 +16,7 @@ _NAME = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
 TEMPLATES: dict[str, str] = {
     "pyproject.toml": """\
 [build-system]
-requires = ["setuptools>=69"]
+requires = ["setuptools>=77"]
 build-backend = "setuptools.build_meta"
 
 [project]
@@ -24,10 +24,10 @@ name = "prm-$name"
 version = "0.1.0"
 description = "The $name touch point for the PRM hub"
 requires-python = ">=3.11"
-dependencies = ["prm"]
+dependencies = ["prm-hub"]
 
 [project.optional-dependencies]
-test = ["prm[test]"]
+test = ["prm-hub[test]"]
 
 # the hub finds the plugin through this entry point, as it finds its own
 [project.entry-points.prm]

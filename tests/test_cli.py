@@ -43,7 +43,7 @@ def test_db_upgrade_is_idempotent(database_url):
 def test_plugins_lists_first_party_touchpoints():
     result = CliRunner().invoke(main, ["plugins"])
     assert result.exit_code == 0, result.output
-    assert "web  prm 0.1.0" in result.output
+    assert "web  prm-hub 0.1.0" in result.output
     assert "touch points: web (250 ms)" in result.output
     assert "hooks: prm_touchpoints" in result.output
 

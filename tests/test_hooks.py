@@ -204,8 +204,8 @@ class TestTouchpoints:
         monkeypatch.delenv("PRM_DISABLED_PLUGINS", raising=False)
         with pytest.raises(ConflictingRegistration) as caught:
             await no_hub_starts_with(Kiosk("my-web", tp="web"), config=hub_config)
-        version = importlib.metadata.version("prm")
-        assert {caught.value.first, caught.value.second} == {f"web (prm {version})", "my-web"}
+        version = importlib.metadata.version("prm-hub")
+        assert {caught.value.first, caught.value.second} == {f"web (prm-hub {version})", "my-web"}
 
     class Confused(Named):
         @hookimpl

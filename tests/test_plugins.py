@@ -32,7 +32,7 @@ def test_first_party_plugins_load_through_entry_points():
     names = {name for name, _ in pm.list_name_plugin()}
     assert {"web", "callcenter", "ivr", "pos"} <= names
     regs = collect_registrations(pm, Config())
-    assert regs.touchpoints.providers["web"] == "web (prm 0.1.0)"
+    assert regs.touchpoints.providers["web"] == "web (prm-hub 0.1.0)"
 
 
 def test_disable_autoload_and_disabled_plugins(monkeypatch):
@@ -49,7 +49,7 @@ def test_a_duplicate_name_is_refused_naming_both_providers():
         collect_registrations(pm, Config())
     message = str(info.value)
     assert "touch point 'web'" in message
-    assert "web (prm 0.1.0)" in message
+    assert "web (prm-hub 0.1.0)" in message
     assert "AnotherWeb" in message or "prm_core" in message or "registered by" in message
 
 
@@ -72,7 +72,7 @@ def test_a_plugin_that_fails_to_import_is_named_with_its_distribution(monkeypatc
         def load(self):
             raise ImportError("no module named vendor_sdk")
 
-    dist = next(iter(importlib.metadata.distributions(name="prm")))
+    dist = next(iter(importlib.metadata.distributions(name="prm-hub")))
 
     def fake(**kw):
         eps = list(real(**kw))
@@ -86,7 +86,7 @@ def test_a_plugin_that_fails_to_import_is_named_with_its_distribution(monkeypatc
     with pytest.raises(PluginLoadError) as info:
         make_plugin_manager()
     assert str(info.value) == (
-        "plugin 'broken' from distribution prm 0.1.0 failed to load: ImportError: no module named vendor_sdk"
+        "plugin 'broken' from distribution prm-hub 0.1.0 failed to load: ImportError: no module named vendor_sdk"
     )
 
 

@@ -11,7 +11,11 @@ Snowplow only changes its collector host:
 
 Authentication: trackers carry no secret, so only the app ids (``aid``) listed in
 ``[touchpoints.web] snowplow_app_ids`` are accepted. A batch holding any event whose app id
-is missing or not listed is refused whole with 401, and nothing is written.
+is missing or not listed is refused whole with 401, and nothing is written. Since anyone can
+read an app id in a page's source, a tracker's ``uid`` is only a claim (kept in
+``data.claimed_identities``, linking nobody) unless the call carries a ``touchpoint:web`` key
+that is not public (``Authorization: Bearer``, what a server-side tracker can send); a wrong
+key is refused (401/403).
 
 Mapping to the hub's Event:
 
@@ -20,7 +24,7 @@ Mapping to the hub's Event:
   structured event's action (``se_ac``), ``ue`` -> the self-describing event's schema name
   (``link_click``), ``tr`` -> ``transaction`` (``tr_tt`` counts as revenue), ``ti`` ->
   ``transaction_item``; any other kind is refused with 400;
-- ``uid`` -> ``user_id``, ``duid`` -> ``anonymous_id`` (else ``nuid`` / ``tnuid``, the
+- ``uid`` -> ``user_id`` (a claim without a key, above), ``duid`` -> ``anonymous_id`` (else ``nuid`` / ``tnuid``, the
   network user id); ``sid`` (the tracker's session id) is the dialogue key, so one Snowplow
   session is one dialogue;
 - ``ttm`` (true timestamp) is when it happened; else ``dtm`` (the device's clock) corrected
@@ -55,8 +59,9 @@ from prm_core.config import Config
 from prm_core.events import MAX_EVENTS_PER_CALL
 from prm_core.hub import Hub
 from prm_core.model import Adapter, Event, Identity
+from prm_core.server.auth import presented_key, require
 from prm_core.server.errors import MAX_BODY_BYTES, ApiError
-from prm_core.server.routes import api, ingest
+from prm_core.server.routes import api, ingest, parse_json_body
 from prm_core.server.state import HUB
 
 __all__ = ["GET_PATH", "GIF", "KINDS", "POST_PATH", "app_ids", "decode_base64", "prm_adapters", "to_event"]
@@ -165,11 +170,22 @@ def _json_field(event: Mapping[str, Any], encoded: str, plain: str, where: str) 
             text = decode_base64(raw).decode("utf-8") if is_encoded else raw
         except ValueError:
             raise _bad(f"{field} is not valid base64url", field) from None
-        try:
-            return field, json.loads(text)
-        except json.JSONDecodeError:
-            raise _bad(f"{field} is not valid JSON", field) from None
+        return field, _loads(text, field)
     return None
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(name)
+
+
+def _loads(text: str, field: str) -> Any:
+    """JSON as the store can keep it: no NaN or Infinity, no NUL characters."""
+    if "\x00" in text or "\\u0000" in text:
+        raise _bad(f"{field} holds a NUL character", field)
+    try:
+        return json.loads(text, parse_constant=_no_constants)
+    except ValueError:  # JSONDecodeError included
+        raise _bad(f"{field} is not valid JSON", field) from None
 
 
 def _self_describing(value: Any, field: str) -> dict[str, Any]:
@@ -308,6 +324,9 @@ def to_event(event: Any, hub: Hub, *, where: str, received_at: datetime) -> Even
     """
     if not isinstance(event, Mapping):
         raise _bad(f"{where.rstrip('.') or 'the event'} must be an object of name-value pairs", where.rstrip("."))
+    for key, value in event.items():
+        if isinstance(value, str) and "\x00" in value:
+            raise _bad(f"{where}{key} holds a NUL character", f"{where}{key}")
     kind = _text(event, "e")
     if kind is None:
         raise _bad(f"{where}e (the kind of event) is required", f"{where}e")
@@ -372,7 +391,22 @@ def _check_app_ids(events: Sequence[Any], allowed: frozenset[str], where: str) -
             )
 
 
+async def _verified(request: web.Request) -> bool | None:
+    """Whether the events' identities are verified, for :func:`prm_core.server.routes.ingest`.
+
+    A tracker carries no secret, and anyone can read an app id in a page's source: its ``uid``
+    is only a claim (kept in ``data.claimed_identities``), and only the tracker's own device
+    id (``duid``) links. A server-side tracker that sends a ``touchpoint:web`` key
+    (``Authorization: Bearer``) vouches for its ``uid``; under a public key it stays a claim.
+    """
+    if presented_key(request) is None:
+        return False
+    await require(request, f"touchpoint:{TOUCHPOINT}")
+    return None  # judged by the key: a public key's identities stay claims
+
+
 async def _record(request: web.Request, raw_events: Sequence[Any], where: str, allowed: frozenset[str]) -> int:
+    verified = await _verified(request)
     _check_app_ids(raw_events, allowed, where)
     hub: Hub = request.app[HUB]
     received_at = utcnow()
@@ -381,7 +415,7 @@ async def _record(request: web.Request, raw_events: Sequence[Any], where: str, a
         for i, e in enumerate(raw_events)
     ]
     if events:
-        await ingest(request, events)
+        await ingest(request, events, verified=verified)
     return len(events)
 
 
@@ -391,8 +425,8 @@ async def _post_body(request: web.Request) -> list[Any]:
     except web.HTTPRequestEntityTooLarge:
         raise ApiError(413, "too_large", f"the body is larger than the limit of {MAX_BODY_BYTES} bytes") from None
     try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        body = parse_json_body(raw)  # NaN, Infinity: 400; NUL characters: 422
+    except ValueError:  # JSONDecodeError
         raise ApiError(400, "malformed_json", "the body is not valid JSON") from None
     if not isinstance(body, Mapping):
         raise _bad("the body must be a payload_data object: {'schema': 'iglu:...', 'data': [events]}", None)

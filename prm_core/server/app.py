@@ -68,7 +68,8 @@ def create_app(
     app = web.Application(
         middlewares=[request_context, error_middleware],
         client_max_size=MAX_BODY_BYTES,
-        handler_args={"max_field_size": 16 * 1024},
+        # a Snowplow GET carries its event in the query string: allow long request lines
+        handler_args={"max_field_size": 16 * 1024, "max_line_size": 32 * 1024},
     )
     app[HUB_CONFIG] = config
     app[HUB_METRICS] = HubMetrics()

@@ -43,6 +43,10 @@ __all__ = ["POSTGRES_ENV", "FrozenClock", "HookCall", "HookRecorder", "LogCaptur
 POSTGRES_ENV = "PRM_TEST_POSTGRES_URL"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "postgres: runs on PostgreSQL (PRM_TEST_POSTGRES_URL)")
+
+
 def _backends() -> list[Any]:
     return [
         "sqlite",
