@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -295,7 +295,7 @@ class _Batch:
             if not self.shared(ident) and ident in self.owner:
                 candidates.add(self.find(self.owner[ident]))
         known = self._known_dialogue(ev)
-        if known is not None:
+        if known is not None and (self._internal(ev) or _live(known, ev) or not ev.identities):
             candidates.add(self.find(known.customer_id))
         if not candidates:
             shared = [i for i in ev.identities if self.shared(i)]
@@ -403,6 +403,10 @@ class _Batch:
             return self.by_ref.get((ev.touchpoint, ev.dialogue))
         return None
 
+    def _internal(self, ev: Event) -> bool:
+        """The hub's own dialogue id (an answer it records), which is always to be trusted."""
+        return ev.dialogue_id is not None and ev.dialogue_id in self.by_id
+
     def _thread(self, ev: Event, tp: TouchPoint, cid: str) -> DialogueState:
         state: DialogueState | None
         if ev.dialogue_id is not None and ev.dialogue_id in self.by_id:
@@ -412,6 +416,10 @@ class _Batch:
             if state is None:
                 state = self._open(ev, cid, ref=ev.dialogue)
                 self.by_ref[(ev.touchpoint, ev.dialogue)] = state
+            elif self.find(state.customer_id) != cid:
+                # the key is taken by someone else's dialogue (a recycled transaction number):
+                # this customer's thread is a dialogue of its own
+                state = self._open(ev, cid, ref=None)
         elif tp.dialogue_timeout is not None:
             state = self.open_at.get((cid, ev.touchpoint))
             if state is None or not state.is_recent(ev.occurred_at, tp):
@@ -590,6 +598,17 @@ class _Batch:
                 )
             )
             self.conn.execute(stmt, updates)
+
+
+LIVE_WINDOW = timedelta(days=1)
+
+
+def _live(dialogue: DialogueState, ev: Event) -> bool:
+    """Whether a touch point's dialogue key still says whose an event is, linking like an
+    identity: while the dialogue is open or was active within a day. Keys get reused
+    (transaction numbers, call ids), and a stale one must not glue a stranger to its old
+    customer; an event with no identity of its own still follows it (a late agent note)."""
+    return dialogue.status == "open" or abs(ev.occurred_at - dialogue.last_event_at) <= LIVE_WINDOW
 
 
 def record_batch(conn: Connection, batch: Sequence[Event], rules: IngestRules) -> BatchOutcome:

@@ -8,6 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from prm_core.hub import Hub, answer_id
+from prm_core.model import Event, Identity
 from prm_core.store.tables import dialogues, events
 
 T0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
@@ -304,3 +305,25 @@ async def test_duplicates_do_not_touch_dialogues(hub):
     assert len(rows) == 1
     assert rows[a.dialogue_id].last_event_at == T0
     assert rows[a.dialogue_id].status == "open"
+
+
+async def test_a_recycled_dialogue_key_does_not_glue_strangers(hub):
+    """Two POS transactions a week apart share a transaction number; the cards are different people."""
+    first = await send(
+        hub, "pos", event("t1", 0, identities={"loyalty_card": "111"}, dialogue="1001", data={"outcome": "paid"})
+    )
+    later = Event(
+        id="t2",
+        type="transaction",
+        occurred_at=first[0].event.occurred_at + timedelta(days=7),
+        touchpoint="pos",
+        identities=(Identity("loyalty_card", "222"),),
+        dialogue="1001",
+    )
+    (second,) = await hub.record([later])
+    assert second.customer_id != first[0].customer_id
+    assert second.dialogue_id != first[0].dialogue_id
+    # while a call is live, an account number first given mid-call joins the caller
+    (call,) = await send(hub, "callcenter", event("c1", 0, identities={"phone": "+14155550100"}, dialogue="call-9"))
+    (mid,) = await send(hub, "callcenter", event("c2", 1, identities={"account_id": "A-77"}, dialogue="call-9"))
+    assert (mid.customer_id, mid.dialogue_id) == (call.customer_id, call.dialogue_id)

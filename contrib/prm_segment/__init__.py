@@ -255,9 +255,20 @@ async def _after(hub: Hub, recorded: list[Any]) -> None:
     await hub.add_traits(traits)
 
 
+# browsers (prm.js) post cross-origin with the key in the body: let them read the answer,
+# errors included, so a refused batch is not mistaken for a delivered one
+CORS = {"Access-Control-Allow-Origin": "*"}
+
+
 def _route(single: str | None) -> Any:
     async def handler(request: web.Request) -> web.Response:
-        return await _handle(request, single)
+        try:
+            response = await _handle(request, single)
+        except ApiError as exc:
+            exc.headers.update(CORS)
+            raise
+        response.headers.update(CORS)
+        return response
 
     handler.__doc__ = (
         'Segment/RudderStack batch: {"batch": [messages], "sentAt"?, "writeKey"?}'
