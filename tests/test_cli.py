@@ -154,3 +154,16 @@ def test_serve_starts_migrates_and_stops_cleanly(database_url, tmp_path):
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err.decode()
     assert not Path(tmp_path, "prm-data").exists()  # the database came from PRM_DATABASE_URL
+
+
+def test_the_documented_config_loads(tmp_path):
+    import re
+
+    from prm_core.config import load_config
+
+    doc = (Path(__file__).parent.parent / "docs" / "cli.md").read_text()
+    block = re.search(r"```toml\n(.*?)```", doc, flags=re.S).group(1)
+    (tmp_path / "prm.toml").write_text(block)
+    config = load_config(tmp_path / "prm.toml")
+    assert config.default_region == "US"
+    assert config.touchpoint("web")["snowplow_app_ids"] == ["shop"]
