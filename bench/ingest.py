@@ -14,13 +14,16 @@ This script (the *driver*) starts three kinds of process and stays out of the wa
   with ``--role load``). 64 requests are in flight by default, so group commit can batch.
 
 Each round loads the bare handler and then the hub at 1 event per request, then both at 100
-events per request. Each load run warms up for ``--warmup`` seconds and is then measured over
-a window of ``--duration`` whole seconds: requests answered 200 with ``"accepted": <batch
-size>, "duplicates": 0`` inside the window count; anything else anywhere in the run is an
-error. Server, client and machine CPU are sampled at the window's edges, so a busy machine
-shows as ``other``. With ``--hub-diagnostics`` (on by default) the hub also counts its
-writer's commits, statements and time through SQLAlchemy engine events and probes its event
-loop's lag; a ``writer:`` line under each hub phase shows them.
+events per request, then (``--segment``, on by default) the same hub process through the
+Segment-compatible ``POST /v1/batch`` of ``contrib/prm_segment`` at 100 messages per call: the
+same key (HTTP Basic, as the Segment SDKs send it) and the same mix, each event translated into
+a Segment message. Each load run warms up for ``--warmup`` seconds and is then measured over a
+window of ``--duration`` whole seconds: requests answered 200 with ``"accepted": <batch size>,
+"duplicates": 0`` (Segment: ``{"success": true}``) inside the window count; anything else
+anywhere in the run is an error. Server, client and machine CPU are sampled at the window's
+edges, so a busy machine shows as ``other``. With ``--hub-diagnostics`` (on by default) the hub
+also counts its writer's commits, statements and time through SQLAlchemy engine events and
+probes its event loop's lag; a ``writer:`` line under each hub (and Segment) phase shows them.
 
 Events follow ``--mix``: ``web`` (default) is page views and product views by known customers
 (an email from a pool of ``--customers``, so identities repeat), anonymous page views, logins
@@ -28,16 +31,18 @@ Events follow ``--mix``: ``web`` (default) is page views and product views by kn
 a customer) and orders with revenue; ``known`` leaves out anonymous ids, hence merges.
 
 Printed: events/s per phase and, in the summary, medians over rounds; the ratio of the hub's
-rate to the bare handler's at 1 event per request; the hub's peak RSS (``VmHWM``); each next
-to its target. Timing is never asserted.
+rate to the bare handler's at 1 event per request; the ratio of the Segment rate to the hub's
+own at 100 events per request; the hub's peak RSS (``VmHWM``); each next to its target. Timing
+is never asserted.
 
-Run ``python bench/ingest.py`` (about 3 minutes) or ``python bench/ingest.py --quick`` (~30 s).
+Run ``python bench/ingest.py`` (about 3.5 minutes) or ``python bench/ingest.py --quick`` (~30 s).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import math
 import os
@@ -62,10 +67,14 @@ from pathlib import Path
 from typing import Any
 
 EVENTS_PATH = "/v1/touchpoints/web/events"
+SEGMENT_PATH = "/v1/batch"  # contrib/prm_segment, on the same hub
+SEGMENT_BATCH = 100  # messages per /v1/batch call
 BATCH_SIZES = (1, 100)  # the summary reports these
 TARGET_RATIO = 0.50  # hub / bare handler, 1 event per request
 TARGET_BATCH_RATE = 20_000.0  # events/s at 100 events per request
 TARGET_RSS_MB = 300.0  # hub peak RSS
+TARGET_SEGMENT_RATIO = 0.80  # Segment /v1/batch / the hub's own events endpoint, 100 events per request
+APIS = ("hub", "segment")  # what a load run posts: the hub's events endpoint or Segment batches
 
 # event mixes: (kind, share) in a fixed kind order; the Python and Lua generators render kinds alike
 KINDS = ("page", "product", "anonymous", "identify", "order")
@@ -138,24 +147,64 @@ class EventFactory:
             "data": {"order_id": eid, "revenue": round(rng.uniform(5, 300), 2), "currency": "USD"},
         }
 
-    def body(self, batch: int) -> bytes:
-        """A request body of ``batch`` events."""
+    def segment_message(self, now: str) -> dict[str, Any]:
+        """One event of the mix as a Segment message, as :data:`SEGMENT_LUA_EVENT` renders it.
+
+        The email of a known customer becomes ``userId`` ``user-<n>`` and the anonymous ids are
+        drawn from a pool of their own (``seg-anon-``), so Segment phases grow a customer
+        population of their own next to the one the hub phases grow: the two do not merge.
+        """
+        self.seq += 1
+        rng = self.rng
+        mid = f"{self.tag}-{self.seq}"
+        c = rng.randrange(self.customers)
+        user = f"user-{c}"
+        anon = f"seg-anon-{c}-{rng.randrange(ANONYMOUS_IDS_PER_CUSTOMER)}"
+        r = rng.random()
+        kind = next((k for k, t in zip(KINDS, self.cumulative, strict=True) if r < t), KINDS[-1])
+        base: dict[str, Any] = {"messageId": mid, "timestamp": now}
+        if kind == "page":
+            return {**base, "type": "page", "userId": user, "properties": {"url": f"/products/{c % 500}"}}
+        if kind == "product":
+            return {
+                **base,
+                "type": "track",
+                "event": "Product Viewed",
+                "userId": user,
+                "properties": {"product_id": f"sku-{rng.randrange(2000)}"},
+            }
+        if kind == "anonymous":
+            return {**base, "type": "page", "anonymousId": anon, "properties": {"url": "/"}}
+        if kind == "identify":
+            return {**base, "type": "identify", "anonymousId": anon, "userId": user}
+        return {
+            **base,
+            "type": "track",
+            "event": "Order Completed",
+            "userId": user,
+            "properties": {"order_id": mid, "revenue": round(rng.uniform(5, 300), 2), "currency": "USD"},
+        }
+
+    def body(self, batch: int, api: str = "hub") -> bytes:
+        """A request body of ``batch`` events: ``{"events": [...]}``, or ``{"batch": [...]}`` for Segment."""
         now = rfc3339_now()
+        if api == "segment":
+            return json.dumps({"batch": [self.segment_message(now) for _ in range(batch)]}).encode()
         return json.dumps({"events": [self.event(now) for _ in range(batch)]}).encode()
 
 
 # ---- event generation (wrk) -------------------------------------------------------------------
 
-LUA_TEMPLATE = string.Template(r"""-- generated by bench/ingest.py; one request = $batch event(s)
+LUA_TEMPLATE = string.Template(r"""-- generated by bench/ingest.py; one request = $batch event(s) ($api)
 local batch = $batch
 local customers = $customers
 local anon_per_customer = $anon
 local tag = "$tag"
 local window_from, window_to = $window_from, $window_to -- epoch seconds [from, to)
-local expected = '"accepted":%s*' .. batch .. '%s*,%s*"duplicates":%s*0%s*}'
+local expected = $expected
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer $key"
+wrk.headers["Authorization"] = "$authorization"
 
 local threads = {}
 local next_tid = 0
@@ -173,38 +222,13 @@ function init(args)
   math.randomseed(tid * 7919 + os.time())
 end
 
-local function event(now)
-  seq = seq + 1
-  local id = tag .. "-" .. tid .. "-" .. seq
-  local c = math.random(0, customers - 1)
-  local anon = "anon-" .. c .. "-" .. math.random(0, anon_per_customer - 1)
-  local r = math.random()
-  if r < $t_page then
-    return string.format('{"id":"%s","type":"page","occurred_at":"%s","identities":{"email":"user%d@example.com"},'
-      .. '"data":{"url":"/products/%d"}}', id, now, c, c % 500)
-  elseif r < $t_product then
-    return string.format('{"id":"%s","type":"product.viewed","occurred_at":"%s",'
-      .. '"identities":{"email":"user%d@example.com"},"data":{"product_id":"sku-%d"}}',
-      id, now, c, math.random(0, 1999))
-  elseif r < $t_anonymous then
-    return string.format('{"id":"%s","type":"page","occurred_at":"%s","identities":{"anonymous_id":"%s"},'
-      .. '"data":{"url":"/"}}', id, now, anon)
-  elseif r < $t_identify then
-    return string.format('{"id":"%s","type":"identify","occurred_at":"%s",'
-      .. '"identities":{"anonymous_id":"%s","email":"user%d@example.com"}}', id, now, anon, c)
-  else
-    return string.format('{"id":"%s","type":"order.completed","occurred_at":"%s",'
-      .. '"identities":{"email":"user%d@example.com"},"data":{"order_id":"%s","revenue":%.2f,"currency":"USD"}}',
-      id, now, c, id, 5 + math.random() * 295)
-  end
-end
-
+$event_function
 function request()
   local t = os.time()
   local now = os.date("!%Y-%m-%dT%H:%M:%SZ", t)
   local parts = {}
   for i = 1, batch do parts[i] = event(now) end
-  return wrk.format(nil, nil, nil, '{"events":[' .. table.concat(parts, ",") .. ']}')
+  return wrk.format(nil, nil, nil, '{"$envelope":[' .. table.concat(parts, ",") .. ']}')
 end
 
 function response(status, headers, body)
@@ -233,19 +257,91 @@ function done(summary, latency, requests)
 end
 """)
 
+# the event() function of the wrk script, per API; $t_<kind> are the mix's cumulative shares
+HUB_LUA_EVENT = string.Template(r"""local function event(now)
+  seq = seq + 1
+  local id = tag .. "-" .. tid .. "-" .. seq
+  local c = math.random(0, customers - 1)
+  local anon = "anon-" .. c .. "-" .. math.random(0, anon_per_customer - 1)
+  local r = math.random()
+  if r < $t_page then
+    return string.format('{"id":"%s","type":"page","occurred_at":"%s","identities":{"email":"user%d@example.com"},'
+      .. '"data":{"url":"/products/%d"}}', id, now, c, c % 500)
+  elseif r < $t_product then
+    return string.format('{"id":"%s","type":"product.viewed","occurred_at":"%s",'
+      .. '"identities":{"email":"user%d@example.com"},"data":{"product_id":"sku-%d"}}',
+      id, now, c, math.random(0, 1999))
+  elseif r < $t_anonymous then
+    return string.format('{"id":"%s","type":"page","occurred_at":"%s","identities":{"anonymous_id":"%s"},'
+      .. '"data":{"url":"/"}}', id, now, anon)
+  elseif r < $t_identify then
+    return string.format('{"id":"%s","type":"identify","occurred_at":"%s",'
+      .. '"identities":{"anonymous_id":"%s","email":"user%d@example.com"}}', id, now, anon, c)
+  else
+    return string.format('{"id":"%s","type":"order.completed","occurred_at":"%s",'
+      .. '"identities":{"email":"user%d@example.com"},"data":{"order_id":"%s","revenue":%.2f,"currency":"USD"}}',
+      id, now, c, id, 5 + math.random() * 295)
+  end
+end
+""")
+SEGMENT_LUA_EVENT = string.Template(r"""local function event(now)
+  seq = seq + 1
+  local id = tag .. "-" .. tid .. "-" .. seq
+  local c = math.random(0, customers - 1)
+  local anon = "seg-anon-" .. c .. "-" .. math.random(0, anon_per_customer - 1)
+  local r = math.random()
+  if r < $t_page then
+    return string.format('{"type":"page","messageId":"%s","timestamp":"%s","userId":"user-%d",'
+      .. '"properties":{"url":"/products/%d"}}', id, now, c, c % 500)
+  elseif r < $t_product then
+    return string.format('{"type":"track","event":"Product Viewed","messageId":"%s","timestamp":"%s",'
+      .. '"userId":"user-%d","properties":{"product_id":"sku-%d"}}', id, now, c, math.random(0, 1999))
+  elseif r < $t_anonymous then
+    return string.format('{"type":"page","messageId":"%s","timestamp":"%s","anonymousId":"%s",'
+      .. '"properties":{"url":"/"}}', id, now, anon)
+  elseif r < $t_identify then
+    return string.format('{"type":"identify","messageId":"%s","timestamp":"%s","anonymousId":"%s",'
+      .. '"userId":"user-%d"}', id, now, anon, c)
+  else
+    return string.format('{"type":"track","event":"Order Completed","messageId":"%s","timestamp":"%s",'
+      .. '"userId":"user-%d","properties":{"order_id":"%s","revenue":%.2f,"currency":"USD"}}',
+      id, now, c, id, 5 + math.random() * 295)
+  end
+end
+""")
+LUA_EXPECTED = {
+    # Lua patterns matched against the answer of a counted request
+    "hub": """'"accepted":%s*' .. batch .. '%s*,%s*"duplicates":%s*0%s*}'""",
+    "segment": """'^%s*{%s*"success"%s*:%s*true%s*}%s*$'""",
+}
 
-def lua_script(batch: int, customers: int, tag: str, key: str, window: tuple[int, int], mix: str = "web") -> str:
+
+def authorization(key: str, api: str) -> str:
+    """The Authorization header: Bearer for the hub's API, Basic with the key as user name for Segment."""
+    if api == "segment":
+        return "Basic " + base64.b64encode(f"{key}:".encode()).decode()
+    return f"Bearer {key}"
+
+
+def lua_script(
+    batch: int, customers: int, tag: str, key: str, window: tuple[int, int], mix: str = "web", api: str = "hub"
+) -> str:
     """The wrk script generating the same mix as :class:`EventFactory`, counting successes inside ``window``."""
     t = _thresholds(mix)
+    shares = {f"t_{name}": f"{t[i]:.6f}" for i, name in enumerate(KINDS[:-1])}
+    event_function = (SEGMENT_LUA_EVENT if api == "segment" else HUB_LUA_EVENT).substitute(shares)
     return LUA_TEMPLATE.substitute(
         batch=batch,
+        api=api,
         customers=customers,
         anon=ANONYMOUS_IDS_PER_CUSTOMER,
         tag=tag,
-        key=key,
+        authorization=authorization(key, api),
+        expected=LUA_EXPECTED[api],
+        envelope="batch" if api == "segment" else "events",
+        event_function=event_function,
         window_from=window[0],
         window_to=window[1],
-        **{f"t_{name}": f"{t[i]:.6f}" for i, name in enumerate(KINDS[:-1])},
     )
 
 
@@ -261,7 +357,7 @@ class WriterStats:
     events: int = 0  # rows inserted into the event log by committed transactions
     statements: int = 0
     txn_seconds: float = 0.0  # BEGIN to COMMIT, summed
-    sql_seconds: float = 0.0  # inside cursor execution, including the hop to aiosqlite's thread
+    sql_seconds: float = 0.0  # inside cursor execution (the hop to aiosqlite's thread too, where there is one)
     lag_probes: int = 0
     lag_seconds: float = 0.0  # event-loop lag: how late a 10 ms sleep wakes up, summed
     lag_max_seconds: float = 0.0
@@ -321,7 +417,10 @@ def attach_diagnostics(app: Any) -> None:
             stats.lag_max_seconds = max(stats.lag_max_seconds, lag)
 
     async def diagnostics(app: web.Application) -> Any:
-        engine = app[HUB].store.writer.sync_engine
+        store = app[HUB].store
+        # SQLite runs each write transaction on a plain sqlite3 engine in a worker thread
+        # (Store.sync_writer); other databases on the async writer engine
+        engine = store.sync_writer if getattr(store, "sync_writer", None) is not None else store.writer.sync_engine
         listeners: list[tuple[str, Callable[..., Any]]] = [
             ("begin", on_begin),
             ("commit", on_commit),
@@ -406,6 +505,7 @@ async def python_load(
     customers: int,
     seed: int,
     mix: str,
+    api: str = "hub",
 ) -> dict[str, Any]:
     """Keep ``concurrency`` requests in flight until ``window`` (epoch seconds) ends.
 
@@ -415,7 +515,7 @@ async def python_load(
     import aiohttp
 
     factory = EventFactory(tag, customers, seed, mix)
-    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    headers = {"Authorization": authorization(key, api), "Content-Type": "application/json"}
     latencies: list[float] = []
     counts = {"ok": 0, "requests": 0, "non200": 0, "bad_body": 0, "socket_errors": 0}
     window_from, window_to = window
@@ -424,7 +524,7 @@ async def python_load(
 
         async def worker() -> None:
             while time.time() < window_to:
-                body = factory.body(batch)
+                body = factory.body(batch, api)
                 sent = time.perf_counter()
                 try:
                     async with session.post(url, data=body, headers=headers) as resp:
@@ -442,7 +542,11 @@ async def python_load(
                     answer = json.loads(payload)
                 except ValueError:
                     answer = None
-                if not (isinstance(answer, dict) and answer.get("accepted") == batch and answer.get("duplicates") == 0):
+                if api == "segment":
+                    good = answer == {"success": True}
+                else:
+                    good = isinstance(answer, dict) and (answer.get("accepted"), answer.get("duplicates")) == (batch, 0)
+                if not good:
                     counts["bad_body"] += 1
                 elif window_from <= time.time() < window_to:
                     counts["ok"] += 1
@@ -600,14 +704,16 @@ class LoadSettings:
     runs: int = field(default=0)
 
 
-def start_load(settings: LoadSettings, url: str, batch: int, window: tuple[int, int]) -> subprocess.Popen[str]:
+def start_load(
+    settings: LoadSettings, url: str, batch: int, window: tuple[int, int], api: str = "hub"
+) -> subprocess.Popen[str]:
     """Start one load process that runs until one second past ``window`` (epoch seconds)."""
     settings.runs += 1
     tag = f"r{os.getpid()}x{settings.runs}x{int(time.time())}"
     run_seconds = max(1, math.ceil(window[1] + 1 - time.time()))
     if settings.client == "wrk":
         script = settings.workdir / f"load-{settings.runs}.lua"
-        script.write_text(lua_script(batch, settings.customers, tag, settings.key, window, settings.mix))
+        script.write_text(lua_script(batch, settings.customers, tag, settings.key, window, settings.mix, api))
         argv = [
             "wrk",
             f"-t{settings.wrk_threads}",
@@ -641,6 +747,8 @@ def start_load(settings: LoadSettings, url: str, batch: int, window: tuple[int, 
             str(settings.customers),
             "--mix",
             settings.mix,
+            "--api",
+            api,
         ]
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -659,12 +767,17 @@ def sleep_until(epoch: float) -> None:
     time.sleep(max(0.0, epoch - time.time()))
 
 
-def measure(settings: LoadSettings, server: Server, batch: int, duration: int, warmup: float, rnd: int) -> Phase:
-    """One load run: ``warmup`` seconds, then a window of ``duration`` whole seconds that is measured."""
-    url = server.base_url + EVENTS_PATH
+def measure(
+    settings: LoadSettings, server: Server, batch: int, duration: int, warmup: float, rnd: int, api: str = "hub"
+) -> Phase:
+    """One load run: ``warmup`` seconds, then a window of ``duration`` whole seconds that is measured.
+
+    ``api="segment"`` posts Segment batches to the hub's ``/v1/batch``; the phase is named ``segment``.
+    """
+    url = server.base_url + (SEGMENT_PATH if api == "segment" else EVENTS_PATH)
     window_from = math.ceil(time.time() + warmup)
     window = (window_from, window_from + duration)
-    load = start_load(settings, url, batch, window)
+    load = start_load(settings, url, batch, window, api)
     sleep_until(window[0])
     stats0 = server.stats()
     cpu0, client0, busy0, t0 = cpu_seconds(server.proc.pid), cpu_seconds(load.pid), machine_busy(), time.monotonic()
@@ -681,7 +794,7 @@ def measure(settings: LoadSettings, server: Server, batch: int, duration: int, w
     server_cpu, client_cpu = cpu1 - cpu0, client1 - client0
     return Phase(
         round=rnd,
-        server=server.name,
+        server="segment" if api == "segment" else server.name,
         batch=batch,
         ok=int(figures["ok"]),
         errors=int(figures["non200"]) + int(figures["bad_body"]) + int(figures["socket_errors"]),
@@ -715,7 +828,7 @@ def mark(ok: bool) -> str:
 
 def print_row(p: Phase) -> None:
     print(
-        f"round {p.round}  {p.server:<4} {p.batch:>3} ev/req  {p.events_per_s:>10,.0f} events/s"
+        f"round {p.round}  {p.server:<7} {p.batch:>3} ev/req  {p.events_per_s:>10,.0f} events/s"
         f"  {p.requests_per_s:>8,.0f} req/s  p50 {p.p50_ms:>7.1f} ms  p99 {p.p99_ms:>7.1f} ms"
         f"  errors {p.errors:>4}  cpu: server {p.server_cpu:>4.0%} client {p.client_cpu:>4.0%}"
         f" other {p.other_cpu:>4.0%}",
@@ -725,10 +838,10 @@ def print_row(p: Phase) -> None:
     if w and w["commits"]:
         commits = w["commits"]
         print(
-            f"{'':>26}writer busy {w['txn_seconds'] / w['wall_seconds']:.0%}:"
+            f"{'':>29}writer busy {w['txn_seconds'] / w['wall_seconds']:.0%}:"
             f" {commits / w['wall_seconds']:,.1f} commits/s, {w['events'] / commits:,.0f} events"
             f" and {w['statements'] / commits:.0f} statements per commit, {1000 * w['txn_seconds'] / commits:.1f} ms"
-            f" per commit ({w['sql_seconds'] / max(w['txn_seconds'], 1e-9):.0%} of it awaiting SQL);"
+            f" per commit ({w['sql_seconds'] / max(w['txn_seconds'], 1e-9):.0%} of it in SQL statements);"
             f" event-loop lag mean {1000 * w['lag_seconds'] / max(w['lag_probes'], 1):.1f} ms"
             + (f"; {w['rollbacks']:.0f} rolled back" if w.get("rollbacks") else ""),
             flush=True,
@@ -736,9 +849,10 @@ def print_row(p: Phase) -> None:
 
 
 def summarize(phases: list[Phase]) -> dict[str, Any]:
-    """Medians over rounds per (server, batch), the per-round hub/bare ratios at 1 event/request, errors."""
+    """Medians over rounds per (server, batch), the per-round hub/bare ratios at 1 event/request, the
+    per-round Segment/hub ratios at 100 events/request, errors."""
     out: dict[str, Any] = {}
-    for server in ("bare", "hub"):
+    for server in ("bare", "hub", "segment"):
         for batch in BATCH_SIZES:
             rates = [p.events_per_s for p in phases if p.server == server and p.batch == batch]
             out[f"{server}_{batch}"] = statistics.median(rates) if rates else None
@@ -753,6 +867,17 @@ def summarize(phases: list[Phase]) -> dict[str, Any]:
         if bare1.get(h.round, None) and bare1[h.round].events_per_cpu_s
     ]
     out["ratio_1_per_cpu_s"] = statistics.median(cpu_ratios) if cpu_ratios else None
+    segment = [p for p in phases if p.server == "segment" and p.batch == SEGMENT_BATCH]
+    hub_b = {p.round: p for p in phases if p.server == "hub" and p.batch == SEGMENT_BATCH}
+    seg_ratios = [s.events_per_s / hub_b[s.round].events_per_s for s in segment if hub_b.get(s.round, None)]
+    out["ratios_segment"] = list(seg_ratios)
+    out["ratio_segment"] = statistics.median(seg_ratios) if seg_ratios else None
+    seg_cpu_ratios = [
+        s.events_per_cpu_s / hub_b[s.round].events_per_cpu_s
+        for s in segment
+        if hub_b.get(s.round, None) and hub_b[s.round].events_per_cpu_s
+    ]
+    out["ratio_segment_per_cpu_s"] = statistics.median(seg_cpu_ratios) if seg_cpu_ratios else None
     out["errors"] = sum(p.errors for p in phases)
     return out
 
@@ -766,6 +891,8 @@ def render_summary(summary: dict[str, Any], rounds: int, rss_idle_mb: float, rss
 
     ratio, hub100, peak = summary["ratio_1"], summary["hub_100"], summary["hub_peak_rss_mb"]
     per_round = ", ".join(f"{r:.2f}" for r in summary["ratios_1"])
+    seg_ratio = summary.get("ratio_segment")
+    seg_per_round = ", ".join(f"{r:.2f}" for r in summary.get("ratios_segment", []))
     lines = [
         f"\nsummary (median of {rounds} round(s); errors = non-200, wrong answer or socket error)",
         f"  bare handler,   1 event/request   {rate('bare_1')}",
@@ -781,6 +908,16 @@ def render_summary(summary: dict[str, Any], rounds: int, rss_idle_mb: float, rss
         f"  bare handler, 100 events/request  {rate('bare_100')}",
         f"  hub,          100 events/request  {rate('hub_100')}  target >= {TARGET_BATCH_RATE:,.0f}  "
         + (mark(hub100 >= TARGET_BATCH_RATE) if hub100 is not None else ""),
+        f"  Segment /v1/batch, {SEGMENT_BATCH} events/call {rate(f'segment_{SEGMENT_BATCH}')}"
+        if summary.get(f"segment_{SEGMENT_BATCH}") is not None
+        else "",
+        f"  Segment / hub, {SEGMENT_BATCH} events/request {seg_ratio:>10.2f}          target >= "
+        f"{TARGET_SEGMENT_RATIO:.2f}   {mark(seg_ratio >= TARGET_SEGMENT_RATIO)}   (per round: {seg_per_round})"
+        if seg_ratio is not None
+        else "",
+        f"    the same per CPU-second of the hub process: {summary['ratio_segment_per_cpu_s']:.2f}"
+        if summary.get("ratio_segment_per_cpu_s") is not None
+        else "",
         f"  hub peak RSS (VmHWM)              {peak:>10.0f} MB        target <= {TARGET_RSS_MB:.0f} MB  "
         f"{mark(peak <= TARGET_RSS_MB)}   (after start {rss_idle_mb:.0f} MB, at end {rss_end_mb:.0f} MB)",
         f"  errors                            {summary['errors']:>10,}",
@@ -802,6 +939,7 @@ def driver(args: argparse.Namespace) -> None:
         f"  load avg {os.getloadavg()[0]:.2f}\n"
         f"client {client} ({args.concurrency} in flight)  rounds {args.rounds} x {args.duration:g} s"
         f" (+{args.warmup:g} s warm-up)  customers {args.customers:,}  mix {args.mix}"
+        f"  segment {'on' if args.segment else 'off'}"
         f"  hub log level {args.hub_log_level}\n"
         f"work dir {workdir}",
         flush=True,
@@ -837,6 +975,15 @@ def driver(args: argparse.Namespace) -> None:
                         phase = measure(settings, server, batch, args.duration, args.warmup, rnd)
                         phases.append(phase)
                         print_row(phase)
+                    # Segment right after the hub's own phase at the same batch size (same noise)
+                    if args.segment and batch == SEGMENT_BATCH:
+                        phase = measure(settings, hub, batch, args.duration, args.warmup, rnd, api="segment")
+                        phases.append(phase)
+                        print_row(phase)
+                if args.segment and SEGMENT_BATCH not in args.batches:
+                    phase = measure(settings, hub, SEGMENT_BATCH, args.duration, args.warmup, rnd, api="segment")
+                    phases.append(phase)
+                    print_row(phase)
             peak_mb = proc_status_kb(hub.proc.pid, "VmHWM") / 1024
             rss_end_mb = proc_status_kb(hub.proc.pid, "VmRSS") / 1024
     finally:
@@ -881,7 +1028,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--quick", action="store_true", help="a ~30 s smoke run: 1 round, 3 s windows, 1.5 s warm-ups")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of the four phases; the summary takes medians")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the phases; the summary takes medians")
     parser.add_argument("--duration", type=int, default=10, help="whole seconds measured per phase")
     parser.add_argument(
         "--warmup", type=float, default=3.0, help="seconds of unmeasured load before each phase's window"
@@ -899,6 +1046,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--servers", type=_csv(str), default="bare,hub", help="which servers to load, comma-separated")
     parser.add_argument("--batches", type=_csv(int), default="1,100", help="events per request, comma-separated")
+    parser.add_argument(
+        "--segment",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help=f"each round, also load the hub through the Segment-compatible POST {SEGMENT_PATH} (contrib/prm_segment)"
+        f" at {SEGMENT_BATCH} messages per call, right after the hub phase at {SEGMENT_BATCH} events per request",
+    )
     parser.add_argument("--wrk-threads", type=int, default=1, help="wrk threads")
     parser.add_argument(
         "--hub-log-level", choices=["debug", "info", "warning"], default="info", help="as prm serve --log-level"
@@ -922,6 +1076,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--window", help=argparse.SUPPRESS)
     parser.add_argument("--tag", default="load", help=argparse.SUPPRESS)
+    parser.add_argument("--api", choices=APIS, default="hub", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.duration, args.warmup = 1, 3, 1.5
@@ -947,6 +1102,7 @@ def main(argv: list[str] | None = None) -> None:
                 args.customers,
                 seed=zlib.crc32(args.tag.encode()),
                 mix=args.mix,
+                api=args.api,
             )
         )
         print("LOADJSON " + json.dumps(figures), flush=True)
