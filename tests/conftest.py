@@ -20,3 +20,29 @@ def _restore_logging():
 
 
 pytest_plugins = [*pytest_plugins, "pytester"]
+
+
+@pytest.fixture
+def chromium() -> str:
+    """Debian's Chromium (the browser cannot be downloaded here): skip locally, fail in CI, if absent."""
+    import os
+
+    from browsing import CHROMIUM, missing
+
+    if not os.path.exists(CHROMIUM):
+        missing(f"{CHROMIUM} is absent (apt-get install chromium)")
+    return CHROMIUM
+
+
+@pytest.fixture
+async def browser(chromium):
+    """Headless Chromium through Playwright."""
+    from browsing import CHROMIUM_ARGS
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        launched = await p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            yield launched
+        finally:
+            await launched.close()

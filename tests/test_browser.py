@@ -9,26 +9,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import ClientSession, web
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
-TIMEOUT = 15.0  # seconds to wait for events to reach the hub
-HAVE_CHROMIUM = os.path.exists(CHROMIUM)
+from browsing import TIMEOUT, customer, eventually
 
 # the documented queue stub: calls made before prm.js has loaded are kept
 STUB = (
@@ -49,20 +36,6 @@ def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    if not HAVE_CHROMIUM and not os.environ.get("CI"):
-        pytest.skip(f"{CHROMIUM} is absent (apt-get install chromium); the browser tests need it (and fail in CI)")
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as p:
-        launched = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            await launched.close()
 
 
 class Site:
@@ -117,26 +90,6 @@ async def site(aiohttp_server: Any, hub_client: Any) -> Site:
     site.src = site.hub + "/prm.js"
     assert site.url != site.hub  # another origin than the hub's
     return site
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], what: str) -> Any:
-    """Poll ``check`` until it returns something truthy; fail naming ``what`` after ``TIMEOUT``."""
-    try:
-        async with asyncio.timeout(TIMEOUT):
-            while True:
-                if result := await check():
-                    return result
-                await asyncio.sleep(0.1)
-    except TimeoutError:
-        pytest.fail(f"timed out after {TIMEOUT}s waiting for {what}")
-
-
-async def customer(hub_client: Any, read: str, ref: str) -> dict[str, Any] | None:
-    resp = await hub_client.get(f"/v1/customers/{ref}?limit=200", headers=basic(read))
-    if resp.status == 404:
-        return None
-    assert resp.status == 200, await resp.text()
-    return await resp.json()
 
 
 async def types_of(hub_client: Any, read: str, ref: str) -> list[str]:

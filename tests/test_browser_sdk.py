@@ -13,35 +13,23 @@ cross-origin to the hub, whose address is the tracker's collector, as on a real 
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
+from browsing import customer, eventually, missing
 
 from prm_core.config import Config
 
 SDK_DIR = Path(__file__).parent / "browser_sdk"
 SDK_INPUTS = ("package.json", "package-lock.json", "entry.js")
-CHROMIUM = "/usr/bin/chromium"
-HAVE_CHROMIUM = os.path.exists(CHROMIUM)
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
-TIMEOUT = 15.0  # seconds to wait for events to reach the hub
 BUILD_TIMEOUT = 300  # seconds for npm ci (a cold npm cache downloads the packages) and esbuild
 APP_ID = "shop"
 SIGNUP = "iglu:com.acme/signup/jsonschema/1-0-0"
@@ -58,14 +46,6 @@ def hub_config(database_url: str) -> Config:
 
 
 # ---- the bundle ----------------------------------------------------------------------------
-
-
-def _missing(what: str) -> None:
-    """Skip when a tool is absent on a developer's machine; fail in CI, where it must be there."""
-    reason = f"{what}; the browser SDK tests need it (and fail in CI)"
-    if os.environ.get("CI"):
-        pytest.fail(reason)
-    pytest.skip(reason)
 
 
 def _run(args: list[str], cwd: Path) -> None:
@@ -90,7 +70,7 @@ def build_bundle() -> Path:
     if bundle.is_file() and bundle.stat().st_size > 0:
         return bundle
     if shutil.which("npm") is None or shutil.which("npx") is None:
-        _missing("npm is absent (apt-get install npm)")
+        missing("npm is absent (apt-get install npm)")
     work = Path(tempfile.mkdtemp(prefix="prm-browser-sdk-build-"))
     try:
         for name in SDK_INPUTS:
@@ -120,20 +100,6 @@ def sdk_bundle() -> str:
 
 
 # ---- the browser and the site --------------------------------------------------------------
-
-
-@pytest.fixture
-async def browser(sdk_bundle: str) -> AsyncIterator[Any]:
-    if not HAVE_CHROMIUM:
-        _missing(f"{CHROMIUM} is absent (apt-get install chromium)")
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as p:
-        launched = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            await launched.close()
 
 
 class Site:
@@ -171,26 +137,6 @@ async def site(aiohttp_server: Any, hub_client: Any, sdk_bundle: str) -> Site:
 
 
 # ---- reading the hub -----------------------------------------------------------------------
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], what: str) -> Any:
-    """Poll ``check`` until it returns something truthy; fail naming ``what`` after ``TIMEOUT``."""
-    try:
-        async with asyncio.timeout(TIMEOUT):
-            while True:
-                if result := await check():
-                    return result
-                await asyncio.sleep(0.1)
-    except TimeoutError:
-        pytest.fail(f"timed out after {TIMEOUT}s waiting for {what}")
-
-
-async def customer(hub_client: Any, read: str, ref: str) -> dict[str, Any] | None:
-    resp = await hub_client.get(f"/v1/customers/{ref}?limit=200", headers={"Authorization": f"Bearer {read}"})
-    if resp.status == 404:
-        return None
-    assert resp.status == 200, await resp.text()
-    return await resp.json()
 
 
 async def arrived(hub_client: Any, read: str, ref: str, expected: list[str]) -> dict[str, Any] | None:
