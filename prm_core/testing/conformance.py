@@ -74,8 +74,10 @@ class TouchPointConformance:
     plugins: tuple[Any, ...] = ()
     #: the touch point answers requests (``POST /v1/touchpoints/{tp}/requests`` or its own route)
     answers_requests: bool = True
-    #: how late past the budget an answer may arrive (scheduling on a busy machine)
-    budget_slack_ms: int = 150
+    #: how late past the budget an answer may arrive. The slow provider sleeps 30 s, so this
+    #: catches a touch point that waits for it, while a busy test machine's fsync and GC
+    #: pauses do not fail the check; exact latency is measured by benchmarks, not tests.
+    budget_slack_ms: int = 1000
 
     # ---- what a vendor-format plugin overrides -------------------------------------------
 
