@@ -74,7 +74,9 @@ class Hub:
         """
         pm = pm or make_plugin_manager(plugins, autoload=autoload)
         registrations = registrations or collect_registrations(pm, config)
-        store = Store.open(config.database_url)
+        store = Store.open(
+            config.database_url, busy_timeout_ms=int(config.section("database").get("busy_timeout_ms", 5000))
+        )
         try:
             if migrate:
                 await store.migrate()
@@ -84,7 +86,12 @@ class Hub:
                 shared_namespaces=frozenset(ns.name for ns in registrations.namespaces if ns.shared)
                 | _configured_shared(config, registrations),
             )
-            ingestor = Ingestor(store, rules, hooks.batch_committed)
+            ingestor = Ingestor(
+                store,
+                rules,
+                hooks.batch_committed,
+                max_pending=int(config.section("server").get("max_pending_events", 50_000)),
+            )
             ingestor.start()
             hub = cls(config, pm, registrations, store, hooks, ingestor)
             try:

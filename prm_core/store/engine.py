@@ -79,8 +79,8 @@ def _retryable(exc: BaseException) -> bool:
     """Lock contention and lost races, which a fresh attempt of the transaction resolves."""
     if isinstance(exc, IntegrityError):
         return True
-    if isinstance(exc, OperationalError) and "database is locked" in str(exc.orig):
-        return True
+    # SQLite's "database is locked" is not retried: the busy timeout has already waited for
+    # the other process's write; waiting again would only hold every request queued behind it
     if isinstance(exc, DBAPIError):
         code = getattr(exc.orig, "sqlstate", None) or getattr(getattr(exc.orig, "__cause__", None), "sqlstate", None)
         return code in {"40001", "40P01", "55P03"}
@@ -112,8 +112,12 @@ class Store:
         return self.url.get_backend_name()
 
     @classmethod
-    def open(cls, url: str, *, pool_size: int = 8) -> Store:
-        """Create engines for ``url`` (``sqlite:///...`` or ``postgresql://...``). Connects lazily."""
+    def open(cls, url: str, *, pool_size: int = 8, busy_timeout_ms: int = 5000) -> Store:
+        """Create engines for ``url`` (``sqlite:///...`` or ``postgresql://...``). Connects lazily.
+
+        ``busy_timeout_ms`` is how long a SQLite write waits for another process's write
+        (``prm import``, a second hub on the same file) before the hub answers 503.
+        """
         u = async_url(url)
         if u.get_backend_name() == "sqlite":
             Path(u.database or "").expanduser().parent.mkdir(parents=True, exist_ok=True)
@@ -123,8 +127,8 @@ class Store:
             reader = create_async_engine(
                 u, pool_size=pool_size, max_overflow=0, connect_args={"timeout": 30}, hide_parameters=True
             )
-            _sqlite_setup(writer.sync_engine, immediate=True)
-            _sqlite_setup(reader.sync_engine, immediate=False)
+            _sqlite_setup(writer.sync_engine, immediate=True, busy_timeout_ms=busy_timeout_ms)
+            _sqlite_setup(reader.sync_engine, immediate=False, busy_timeout_ms=busy_timeout_ms)
             # A whole transaction runs in one worker thread on a plain sqlite3 connection:
             # one hand-off per transaction instead of several per statement through
             # aiosqlite, and SQLite works without holding the event loop's GIL meanwhile.
@@ -134,8 +138,8 @@ class Store:
             sync_reader = sa.create_engine(
                 plain, pool_size=pool_size, max_overflow=0, connect_args=args, hide_parameters=True
             )
-            _sqlite_setup(sync_writer, immediate=True)
-            _sqlite_setup(sync_reader, immediate=False)
+            _sqlite_setup(sync_writer, immediate=True, busy_timeout_ms=busy_timeout_ms)
+            _sqlite_setup(sync_reader, immediate=False, busy_timeout_ms=busy_timeout_ms)
             return cls(u, writer, reader, sync_writer, sync_reader)
         else:
             # parameters stay out of error messages: they are personal data
@@ -213,7 +217,7 @@ def _in_transaction(engine: sa.Engine, fn: Callable[[Connection], T]) -> T:
         return fn(conn)
 
 
-def _sqlite_setup(engine: sa.Engine, *, immediate: bool) -> None:
+def _sqlite_setup(engine: sa.Engine, *, immediate: bool, busy_timeout_ms: int) -> None:
     @event.listens_for(engine, "connect")
     def on_connect(dbapi_conn: Any, record: Any) -> None:
         # take transaction control from the driver so BEGIN is ours to issue
@@ -221,7 +225,7 @@ def _sqlite_setup(engine: sa.Engine, *, immediate: bool) -> None:
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=FULL")
-        cur.execute("PRAGMA busy_timeout=5000")
+        cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         cur.close()
 
     @event.listens_for(engine, "begin")
