@@ -1,0 +1,192 @@
+"""The call center's HTTP surface: CTI events in, screen pops out, the agent desktop page.
+
+- ``POST /v1/touchpoints/callcenter/events``: CTI events (see :mod:`prm_callcenter.cti`), key
+  scope ``touchpoint:callcenter``. This exact path is more specific than the core's
+  ``/v1/touchpoints/{tp}/events``, so aiohttp routes calls here (its router looks a path up
+  from the most specific prefix).
+- ``POST /v1/agents/{agent_id}/screenpop/tickets``: a one-time ticket for the WebSocket.
+- ``GET /v1/agents/{agent_id}/screenpop``: the WebSocket of screen pops.
+- ``GET /agent`` (+ ``/agent/agent.js``, ``/agent/agent.css``): the agent desktop page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from importlib import resources
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from prm_core.errors import InvalidInput
+from prm_core.keys import allows
+from prm_core.server.auth import authenticate, require
+from prm_core.server.errors import ApiError
+from prm_core.server.routes import api, ingest, read_json
+from prm_core.server.state import HUB
+
+from .cti import TOUCHPOINT, cti_event
+from .screenpop import PLUGIN_NAME, ScreenPops
+
+__all__ = ["callcenter_routes"]
+
+SCOPE = f"touchpoint:{TOUCHPOINT}"
+AGENT_SCOPES = (SCOPE, "read")
+# a browser offers this subprotocol; the server answers with it (see docs/callcenter.md)
+SUBPROTOCOL = "prm.screenpop.v1"
+PAGE_HEADERS = {
+    "Cache-Control": "no-cache",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    # the page's script comes from the hub only: a key typed into it cannot be read by another origin's code
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; "
+        "form-action 'none'; frame-ancestors 'none'; base-uri 'none'"
+    ),
+}
+ASSETS = {"agent.html": "text/html", "agent.js": "application/javascript", "agent.css": "text/css"}
+
+
+def broker(request: web.Request) -> ScreenPops:
+    pops = request.app[HUB].pm.get_plugin(PLUGIN_NAME)
+    if not isinstance(pops, ScreenPops):
+        raise ApiError(503, "unavailable", "screen pops are not running")
+    return pops
+
+
+async def _require_agent_access(request: web.Request, key: str | None = None) -> None:
+    record = await authenticate(request, key)
+    if not any(allows(record.scope, scope) for scope in AGENT_SCOPES):
+        raise ApiError(403, "forbidden", f"this key's scope {record.scope!r} grants neither {' nor '.join(AGENT_SCOPES)}")
+
+
+@api(
+    "CTI events: call.offered, call.answered, call.transferred, call.ended, agent.note, call.outcome; "
+    "Event objects whose data carries call_id (the dialogue), ani (the caller, E.164), dnis, queue, agent_id",
+    scope=SCOPE,
+    body={
+        "oneOf": [
+            {"type": "object", "properties": {"events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}}}},
+            {"$ref": "#/components/schemas/Event"},
+        ]
+    },
+    responses={
+        200: '{"accepted": n, "duplicates": m}',
+        400: "Malformed JSON",
+        401: "No key, or an invalid one",
+        403: "The key's scope does not grant this",
+        422: "Invalid CTI event; `field` names it (events[0].data.ani)",
+    },
+)
+async def post_cti_events(request: web.Request) -> web.Response:
+    await require(request, SCOPE)
+    hub = request.app[HUB]
+    body = await read_json(request)
+    batched = isinstance(body, dict) and "events" in body
+    events = [
+        cti_event(ev, hub.config.default_region, where=f"events[{i}]." if batched else "")
+        for i, ev in enumerate(hub.parse_events(body, TOUCHPOINT))
+    ]
+    recorded = await ingest(request, events)
+    duplicates = sum(1 for r in recorded if r.duplicate)
+    return web.json_response({"accepted": len(recorded) - duplicates, "duplicates": duplicates})
+
+
+@api(
+    "A one-time ticket (30 s) that opens the agent's screen-pop WebSocket: ?ticket=...",
+    scope="touchpoint:callcenter or read",
+    responses={200: '{"ticket", "expires_in"}', 401: "No key, or an invalid one", 403: "Wrong scope"},
+)
+async def post_ticket(request: web.Request) -> web.Response:
+    await _require_agent_access(request)
+    pops = broker(request)
+    try:
+        ticket = pops.issue_ticket(request.match_info["agent_id"])
+    except OverflowError:
+        raise ApiError(429, "too_many_requests", "too many unused tickets; try again shortly", **{"Retry-After": "5"})
+    return web.json_response({"ticket": ticket, "expires_in": pops.ticket_ttl_s}, headers={"Cache-Control": "no-store"})
+
+
+def _since(request: web.Request) -> int | None:
+    raw = request.query.get("since")
+    if raw is None or raw == "":
+        return None
+    if not raw.isdigit() or len(raw) > 20:
+        raise InvalidInput("since must be the seq of the last screen pop received", "since")
+    return int(raw)
+
+
+@api(
+    "WebSocket of screen pops for an agent: {type: hello|screen_pop|heartbeat, seq, ...}; "
+    "?since=<seq> replays kept pops after seq; authenticate with a Bearer key or ?ticket=",
+    scope="touchpoint:callcenter or read",
+    params={"since": "resume after this seq", "ticket": "a ticket from POST .../screenpop/tickets"},
+    responses={101: "Switching Protocols", 401: "No key or ticket, or an invalid one", 403: "Wrong scope"},
+)
+async def screenpop_socket(request: web.Request) -> web.StreamResponse:
+    agent = request.match_info["agent_id"]
+    pops = broker(request)
+    ticket = request.query.get("ticket")
+    if ticket:
+        if not pops.redeem(ticket, agent):
+            raise ApiError(401, "unauthorized", "the ticket is unknown, used, expired or for another agent")
+    else:
+        await _require_agent_access(request)
+    since = _since(request)
+    settings = request.app[HUB].config.touchpoint(TOUCHPOINT).get("screenpop", {})
+    heartbeat = float(settings.get("heartbeat_s", 20))
+    ws = web.WebSocketResponse(heartbeat=heartbeat, protocols=(SUBPROTOCOL,), max_msg_size=64 * 1024)
+    await ws.prepare(request)
+    conn = pops.connect(agent, since)
+    try:
+        await ws.send_json({"type": "hello", "agent_id": agent, "seq": pops.last_seq, "heartbeat_s": heartbeat})
+        sender = asyncio.create_task(_send(ws, conn, pops, heartbeat))
+        try:
+            async for msg in ws:
+                if msg.type in (WSMsgType.ERROR, WSMsgType.CLOSE):
+                    break
+                # the protocol is one-way; anything the client says is ignored
+        finally:
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender
+    finally:
+        pops.disconnect(agent, conn)
+    return ws
+
+
+async def _send(ws: web.WebSocketResponse, conn: Any, pops: ScreenPops, heartbeat: float) -> None:
+    """Send queued pops as they come; a heartbeat message when nothing came for a while
+    (a browser sees no WebSocket pings, so this is how its page tells a dead line)."""
+    while not ws.closed:
+        text = await conn.next(timeout=heartbeat)
+        if ws.closed:
+            return
+        if text is None:
+            await ws.send_str(json.dumps({"type": "heartbeat", "seq": pops.last_seq, "dropped": conn.dropped}))
+        else:
+            await ws.send_str(text)
+
+
+def _asset(name: str) -> Any:
+    body = resources.files(__package__).joinpath(name).read_bytes()
+    content_type = ASSETS[name]
+
+    async def serve(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type=content_type, charset="utf-8", headers=PAGE_HEADERS)
+
+    serve.__doc__ = f"The agent desktop ({name}); public: it holds no data and asks for a key"
+    return serve
+
+
+def callcenter_routes() -> list[Any]:
+    return [
+        web.post(f"/v1/touchpoints/{TOUCHPOINT}/events", post_cti_events),
+        web.post("/v1/agents/{agent_id}/screenpop/tickets", post_ticket),
+        web.get("/v1/agents/{agent_id}/screenpop", screenpop_socket),
+        web.get("/agent", _asset("agent.html")),
+        web.get("/agent/agent.js", _asset("agent.js")),
+        web.get("/agent/agent.css", _asset("agent.css")),
+    ]

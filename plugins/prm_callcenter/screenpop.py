@@ -1,0 +1,262 @@
+"""Screen pops: the caller's 360 view pushed to the agent a call is offered to.
+
+One :class:`ScreenPops` broker lives as long as its hub (``prm_hub_running``) and is
+registered on the hub's plugin manager, where it hears ``prm_event_recorded``. Ingest never
+waits for it:
+
+- the hook only puts the call on a bounded queue (when it is full the oldest call waiting is
+  dropped and counted in ``dropped_calls``);
+- a few workers build each pop from the hub's view (within the touch point's budget) and hand
+  it to the agent's channel;
+- a channel keeps the agent's last ``ring_size`` pops (for resume) and gives each connection
+  a bounded queue of its own: a slow or vanished browser loses its oldest pops
+  (``dropped_pops``), never slows the others. A reconnecting client asks for what it missed
+  with ``?since=<seq>``.
+
+Sequence numbers start at the broker's start time in microseconds and count up, so they keep
+increasing across restarts of the hub and a ``since`` from before a restart stays meaningful
+(the ring itself is in memory: pops made before a restart are not replayed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+from collections import deque
+from collections.abc import Mapping
+from typing import Any
+
+import structlog
+from attrs import define, field
+
+from prm_core import hookimpl
+from prm_core.hub import Hub
+from prm_core.model import CustomerView, RecordedEvent
+
+from .cti import OFFERED, TOUCHPOINT
+
+__all__ = ["PLUGIN_NAME", "Connection", "ScreenPops", "screen_pop_customer"]
+
+PLUGIN_NAME = "prm_callcenter.screenpops"
+log = structlog.get_logger(__name__)
+RECENT_CONTACTS = 3
+TIMELINE_PAGE = 50
+MAX_TICKETS = 10_000
+
+
+def screen_pop_customer(view: CustomerView) -> dict[str, Any]:
+    """The view JSON of CONTRACT.md plus ``recent_contacts``: the caller's latest dialogues at
+    other touch points (the IVR path before the transfer, a web request), each with its
+    events oldest first. ``fulfillments`` is there when a plugin enriches the view with it."""
+    body = view.to_json()
+    events_by_dialogue: dict[str, list[Mapping[str, Any]]] = {}
+    for item in view.timeline:
+        events_by_dialogue.setdefault(str(item.get("dialogue")), []).append(item)
+    recent = []
+    for dialogue in body["dialogues"]:
+        if dialogue["touchpoint"] == TOUCHPOINT:
+            continue
+        recent.append({**dialogue, "events": list(reversed(events_by_dialogue.get(dialogue["id"], [])))})
+        if len(recent) == RECENT_CONTACTS:
+            break
+    body["recent_contacts"] = recent
+    body.setdefault("fulfillments", [])
+    return body
+
+
+@define(eq=False)
+class Connection:
+    """One WebSocket of an agent: a bounded queue of pops waiting to be sent."""
+
+    limit: int
+    queue: deque[str] = field(factory=deque)
+    dropped: int = 0
+    ready: asyncio.Event = field(factory=asyncio.Event)
+
+    def offer(self, text: str) -> bool:
+        """Queue a pop; ``False`` when the oldest waiting one had to go to make room."""
+        kept = True
+        if len(self.queue) >= self.limit:
+            self.queue.popleft()
+            self.dropped += 1
+            kept = False
+        self.queue.append(text)
+        self.ready.set()
+        return kept
+
+    async def next(self, timeout: float) -> str | None:
+        """The next pop to send, or ``None`` after ``timeout`` seconds of nothing."""
+        if not self.queue:
+            self.ready.clear()
+            try:
+                await asyncio.wait_for(self.ready.wait(), timeout)
+            except TimeoutError:
+                return None
+        return self.queue.popleft() if self.queue else None
+
+
+@define(eq=False)
+class AgentChannel:
+    """An agent's recent pops (for resume) and open connections."""
+
+    ring: deque[tuple[int, str]]
+    connections: set[Connection] = field(factory=set)
+
+
+@define(eq=False)
+class ScreenPops:
+    """The per-hub broker of screen pops (see the module's docstring)."""
+
+    hub: Hub
+    budget_ms: int = 1000
+    ring_size: int = 50
+    connection_queue: int = 20
+    pending_calls: int = 1000
+    workers: int = 4
+    agents: dict[str, AgentChannel] = field(factory=dict)
+    dropped_calls: int = 0
+    dropped_pops: int = 0
+    sent: int = 0
+    _seq: int = field(factory=lambda: time.time_ns() // 1000)
+    _calls: deque[tuple[RecordedEvent, str]] = field(factory=deque)
+    _wake: asyncio.Event = field(factory=asyncio.Event)
+    ticket_ttl_s: float = 30.0
+    _tasks: list[asyncio.Task[None]] = field(factory=list)
+    _tickets: dict[str, tuple[str, float]] = field(factory=dict)
+
+    # ---- lifetime -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._work(), name=f"screenpop-{i}") for i in range(self.workers)]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        for channel in self.agents.values():
+            for conn in channel.connections:
+                conn.ready.set()  # wake the sender so it sees the hub stopping
+
+    # ---- ingest side: never waits -------------------------------------------------------
+
+    @hookimpl
+    def prm_event_recorded(self, recorded: RecordedEvent) -> None:
+        event = recorded.event
+        if event.touchpoint != TOUCHPOINT:
+            return
+        agent = None
+        if event.type == OFFERED:
+            agent = event.data.get("agent_id")
+        elif event.type == "call.transferred":
+            agent = event.data.get("to_agent_id")
+        if not isinstance(agent, str) or not agent:
+            return
+        if len(self._calls) >= self.pending_calls:
+            self._calls.popleft()
+            self.dropped_calls += 1
+        self._calls.append((recorded, agent))
+        self._wake.set()
+
+    # ---- building pops ------------------------------------------------------------------
+
+    async def _work(self) -> None:
+        while True:
+            if not self._calls:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            recorded, agent = self._calls.popleft()
+            try:
+                await self._pop(recorded, agent)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # one call's view failing must not stop the worker
+                log.error("screen pop failed", call_event=recorded.event.id, error=type(exc).__name__)
+
+    async def _pop(self, recorded: RecordedEvent, agent: str) -> None:
+        deadline = time.monotonic() + self.budget_ms / 1000
+        view, left_out = await self.hub.view_until(recorded.customer_id, deadline, limit=TIMELINE_PAGE)
+        data = recorded.event.data
+        self._seq += 1
+        message = {
+            "type": "screen_pop",
+            "seq": self._seq,
+            "call_id": data.get("call_id"),
+            "agent_id": agent,
+            "event": recorded.event.type,
+            "queue": data.get("to_queue") or data.get("queue"),
+            "dnis": data.get("dnis"),
+            "offered_at": recorded.event.occurred_at.isoformat().replace("+00:00", "Z"),
+            "customer_id": recorded.customer_id,
+            "dialogue_id": recorded.dialogue_id,
+            "degraded": left_out,
+            "customer": screen_pop_customer(view),
+        }
+        self.publish(agent, self._seq, json.dumps(message, default=str, separators=(",", ":")))
+
+    def channel(self, agent: str) -> AgentChannel:
+        channel = self.agents.get(agent)
+        if channel is None:
+            channel = self.agents[agent] = AgentChannel(ring=deque(maxlen=self.ring_size))
+        return channel
+
+    def publish(self, agent: str, seq: int, text: str) -> None:
+        """Keep a pop for resume and hand it to every connection of the agent."""
+        channel = self.channel(agent)
+        channel.ring.append((seq, text))
+        for conn in channel.connections:
+            if not conn.offer(text):
+                self.dropped_pops += 1
+            self.sent += 1
+
+    # ---- agent side ---------------------------------------------------------------------
+
+    def connect(self, agent: str, since: int | None) -> Connection:
+        """A new connection of ``agent``, primed with the pops after ``since`` still kept."""
+        channel = self.channel(agent)
+        conn = Connection(limit=self.connection_queue)
+        if since is not None:
+            for seq, text in channel.ring:
+                if seq > since:
+                    conn.offer(text)
+        channel.connections.add(conn)
+        return conn
+
+    def disconnect(self, agent: str, conn: Connection) -> None:
+        channel = self.agents.get(agent)
+        if channel is not None:
+            channel.connections.discard(conn)
+
+    def issue_ticket(self, agent: str) -> str:
+        """A one-time ticket that opens ``agent``'s WebSocket within ``ticket_ttl_s`` seconds
+        (browsers cannot set an Authorization header on a WebSocket)."""
+        now = time.monotonic()
+        for ticket, (_, expires) in list(self._tickets.items()):
+            if expires < now:
+                del self._tickets[ticket]
+        if len(self._tickets) >= MAX_TICKETS:
+            raise OverflowError("too many unused tickets")
+        ticket = secrets.token_urlsafe(32)
+        self._tickets[ticket] = (agent, now + self.ticket_ttl_s)
+        return ticket
+
+    def redeem(self, ticket: str, agent: str) -> bool:
+        """Whether ``ticket`` is a live ticket for ``agent``; a ticket works once."""
+        found = self._tickets.pop(ticket, None)
+        return found is not None and found[0] == agent and found[1] >= time.monotonic()
+
+    @property
+    def last_seq(self) -> int:
+        return self._seq
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "agents": len(self.agents),
+            "connections": sum(len(c.connections) for c in self.agents.values()),
+            "pending_calls": len(self._calls),
+            "dropped_calls": self.dropped_calls,
+            "dropped_pops": self.dropped_pops,
+        }
