@@ -12,7 +12,7 @@ import hashlib
 import inspect
 from collections.abc import Awaitable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import Any, cast
 
 import pluggy
 import structlog
@@ -127,7 +127,7 @@ class Hooks:
             except Exception as exc:
                 raise ConfigError(f"plugin {impl.plugin_name!r}: prm_hub_running failed: {exc}") from exc
             if value is not None:
-                found.append((impl.plugin_name, value))
+                found.append((impl.plugin_name, cast(AbstractAsyncContextManager[Any], value)))
         return found
 
     # value delivery ---------------------------------------------------------------------

@@ -48,7 +48,8 @@ async def test_a_call_is_one_dialogue_of_the_caller_found_by_ani(hub_client, mak
     assert resp.status == 200, await resp.text()
     assert await resp.json() == {"accepted": 4, "duplicates": 0}
     # the note comes after the hang-up, with nothing but the call id: it joins the same call
-    note = await post(hub_client, key, cti("e5", "agent.note", 8, call_id="c-100", agent_id="a-9", text="wants a visit"))
+    note = cti("e5", "agent.note", 8, call_id="c-100", agent_id="a-9", text="wants a visit")
+    note = await post(hub_client, key, note)
     assert note.status == 200, await note.text()
 
     status, body = await view(hub_client, read, "phone:+14155550100")

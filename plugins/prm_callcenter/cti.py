@@ -11,8 +11,8 @@ flat CTI fields: ``call_id``, ``ani`` (the caller's number), ``dnis`` (the numbe
   ...) gives no identity, and events without one join the call's customer by its key.
 
 Events of other types are the core's plain Events; when they carry ``data.call_id`` or
-``data.ani`` these are derived the same way. Every problem is a 422 naming the field (``events[2].data.ani``); nothing of the batch is
-written then.
+``data.ani`` these are derived the same way. Every problem is a 422 naming the field
+(``events[2].data.ani``); nothing of the batch is written then.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from prm_core.errors import InvalidInput
 from prm_core.keys import allows
 from prm_core.server.auth import authenticate, require
 from prm_core.server.errors import ApiError
-from prm_core.server.routes import api, ingest, read_json
+from prm_core.server.routes import EVENT_SCHEMA, api, ingest, read_json
 from prm_core.server.state import HUB
 
 from .cti import TOUCHPOINT, cti_event
@@ -59,7 +59,8 @@ def broker(request: web.Request) -> ScreenPops:
 async def _require_agent_access(request: web.Request, key: str | None = None) -> None:
     record = await authenticate(request, key)
     if not any(allows(record.scope, scope) for scope in AGENT_SCOPES):
-        raise ApiError(403, "forbidden", f"this key's scope {record.scope!r} grants neither {' nor '.join(AGENT_SCOPES)}")
+        needed = " nor ".join(AGENT_SCOPES)
+        raise ApiError(403, "forbidden", f"this key's scope {record.scope!r} grants neither {needed}")
 
 
 @api(
@@ -68,8 +69,8 @@ async def _require_agent_access(request: web.Request, key: str | None = None) ->
     scope=SCOPE,
     body={
         "oneOf": [
-            {"type": "object", "properties": {"events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}}}},
-            {"$ref": "#/components/schemas/Event"},
+            {"type": "object", "properties": {"events": {"type": "array", "items": EVENT_SCHEMA}}},
+            EVENT_SCHEMA,
         ]
     },
     responses={
@@ -105,7 +106,9 @@ async def post_ticket(request: web.Request) -> web.Response:
     try:
         ticket = pops.issue_ticket(request.match_info["agent_id"])
     except OverflowError:
-        raise ApiError(429, "too_many_requests", "too many unused tickets; try again shortly", **{"Retry-After": "5"})
+        raise ApiError(
+            429, "too_many_requests", "too many unused tickets; try again shortly", **{"Retry-After": "5"}
+        ) from None
     return web.json_response({"ticket": ticket, "expires_in": pops.ticket_ttl_s}, headers={"Cache-Control": "no-store"})
 
 
@@ -161,7 +164,7 @@ async def _send(ws: web.WebSocketResponse, conn: Any, pops: ScreenPops, heartbea
     """Send queued pops as they come; a heartbeat message when nothing came for a while
     (a browser sees no WebSocket pings, so this is how its page tells a dead line)."""
     while not ws.closed:
-        text = await conn.next(timeout=heartbeat)
+        text = await conn.next(heartbeat)
         if ws.closed:
             return
         if text is None:

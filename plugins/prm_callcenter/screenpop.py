@@ -86,12 +86,13 @@ class Connection:
         self.ready.set()
         return kept
 
-    async def next(self, timeout: float) -> str | None:
-        """The next pop to send, or ``None`` after ``timeout`` seconds of nothing."""
+    async def next(self, idle_s: float) -> str | None:
+        """The next pop to send, or ``None`` after ``idle_s`` seconds of nothing."""
         if not self.queue:
             self.ready.clear()
             try:
-                await asyncio.wait_for(self.ready.wait(), timeout)
+                async with asyncio.timeout(idle_s):
+                    await self.ready.wait()
             except TimeoutError:
                 return None
         return self.queue.popleft() if self.queue else None
