@@ -31,7 +31,7 @@ __all__ = ["CALL_TYPES", "OFFERED", "TOUCHPOINT", "WITHHELD", "cti_event"]
 TOUCHPOINT = "callcenter"
 OFFERED = "call.offered"
 CALL_TYPES = frozenset(
-    {"call.offered", "call.answered", "call.transferred", "call.ended", "agent.note", "call.outcome"}
+    {"call.started", "call.offered", "call.answered", "call.transferred", "call.ended", "agent.note", "call.outcome"}
 )
 # what switches put in the caller id when the caller withheld it
 WITHHELD = frozenset({"anonymous", "restricted", "private", "unknown", "unavailable", "withheld", "blocked"})

@@ -1,0 +1,1 @@
+"""Amazon Connect contact events on the call-center touch point (see docs/callcenter.md)."""
