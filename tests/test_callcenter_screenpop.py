@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from aiohttp import WSServerHandshakeError
+from aiohttp import WSCloseCode, WSMsgType, WSServerHandshakeError
 from browsing import eventually
 from prm_callcenter import screen_pops
 
@@ -290,3 +290,13 @@ async def test_an_expired_ticket_opens_nothing(hub_client, keys):
     with pytest.raises(WSServerHandshakeError) as expired:
         await hub_client.ws_connect(f"/v1/agents/a-1/screenpop?ticket={ticket}")
     assert expired.value.status == 401
+
+
+async def test_a_graceful_stop_closes_the_sockets_instead_of_waiting_for_agents(hub_client, keys):
+    async with hub_client.ws_connect("/v1/agents/a-1/screenpop", headers=bearer(keys["cti"])) as ws:
+        await next_of(ws, "hello")
+        await hub_client.app.shutdown()  # what the server runs first on SIGTERM
+        async with asyncio.timeout(WAIT):
+            while (await ws.receive()).type not in (WSMsgType.CLOSE, WSMsgType.CLOSED):
+                pass
+    assert ws.close_code == WSCloseCode.GOING_AWAY

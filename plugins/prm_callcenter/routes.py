@@ -21,6 +21,7 @@ from aiohttp import WSMsgType, web
 
 from prm_core.errors import InvalidInput
 from prm_core.keys import allows
+from prm_core.server.app import WEBSOCKETS
 from prm_core.server.auth import authenticate, require
 from prm_core.server.errors import ApiError
 from prm_core.server.routes import EVENT_SCHEMA, api, ingest, read_json
@@ -142,6 +143,8 @@ async def screenpop_socket(request: web.Request) -> web.StreamResponse:
     heartbeat = float(settings.get("heartbeat_s", 20))
     ws = web.WebSocketResponse(heartbeat=heartbeat, protocols=(SUBPROTOCOL,), max_msg_size=64 * 1024)
     await ws.prepare(request)
+    if WEBSOCKETS in request.app:
+        request.app[WEBSOCKETS].add(ws)  # closed on a graceful stop
     conn = pops.connect(agent, since)
     try:
         await ws.send_json({"type": "hello", "agent_id": agent, "seq": pops.last_seq, "heartbeat_s": heartbeat})

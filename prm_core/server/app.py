@@ -10,11 +10,12 @@ from __future__ import annotations
 import re
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import structlog
-from aiohttp import web
+from aiohttp import WSCloseCode, web
 
 from ..config import Config
 from ..hub import Hub
@@ -26,9 +27,12 @@ from .openapi import build_openapi
 from .routes import api, core_routes
 from .state import HUB, HUB_CONFIG, HUB_KEYS, HUB_METRICS
 
-__all__ = ["MAX_BODY_BYTES", "create_app"]
+__all__ = ["MAX_BODY_BYTES", "WEBSOCKETS", "create_app"]
 
 log = structlog.get_logger(__name__)
+# WebSockets open on the hub (the call center's screen pops): a handler adds its socket here so
+# that a graceful stop closes it (1001 going away) instead of waiting for the browser to hang up
+WEBSOCKETS = web.AppKey("prm_websockets", weakref.WeakSet[web.WebSocketResponse])
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -55,6 +59,12 @@ async def request_context(request: web.Request, handler: Any) -> web.StreamRespo
         return response
 
 
+async def _close_websockets(app: web.Application) -> None:
+    sockets = app[WEBSOCKETS]
+    for ws in list(sockets):
+        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
+
+
 def create_app(
     config: Config,
     *,
@@ -73,6 +83,8 @@ def create_app(
     )
     app[HUB_CONFIG] = config
     app[HUB_METRICS] = HubMetrics()
+    app[WEBSOCKETS] = weakref.WeakSet()
+    app.on_shutdown.append(_close_websockets)
     app.add_routes(core_routes())
     owners: dict[str, str] = {}
     mounted = [(tp.name, tp.routes) for tp in registrations.touchpoints]
