@@ -121,6 +121,12 @@ async def test_an_agent_sees_the_pop_writes_a_note_and_sets_the_outcome(hub_clie
     assert [n["data"]["text"] for n in notes] == ["Drum noise again; technician booked for tomorrow"]
     assert notes[0]["dialogue"] == call_dialogue["id"] and notes[0]["data"]["agent_id"] == "a-7"
 
+    # a reload resumes: the current call comes back on screen from the agent's kept pops
+    await page.reload()
+    await page.wait_for_selector("#pop:not([hidden])")
+    assert await page.text_content("#call-id") == "c-77"
+    assert await page.text_content("#caller-name") == "Ann Example"
+
     # the key lives in this tab's sessionStorage, never in localStorage or a cookie
     assert await page.evaluate("window.localStorage.length") == 0
     assert await page.evaluate("sessionStorage.getItem('prm.agent.key')") == cti

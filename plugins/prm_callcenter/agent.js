@@ -64,7 +64,10 @@
       if (error.status === 401 || error.status === 403) return signOut(error.message);
       return retryLater();
     }
-    const since = store.getItem("prm.agent.seq");
+    // on a (re)load, ask for the last pop again too so the current call is back on screen;
+    // on a reconnect of a page that is showing it, only for what came after
+    const seen = store.getItem("prm.agent.seq");
+    const since = seen && !state.call ? String(BigInt(seen) - 1n) : seen;
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
     let url = `${scheme}//${location.host}/v1/agents/${encodeURIComponent(creds.agent)}/screenpop?ticket=${encodeURIComponent(ticket)}`;
     if (since) url += `&since=${encodeURIComponent(since)}`;
