@@ -72,6 +72,16 @@ async def test_an_agent_sees_the_pop_writes_a_note_and_sets_the_outcome(hub_clie
     ]
     resp = await hub_client.post("/v1/touchpoints/ivr/events", json={"events": ivr_events}, headers=bearer(ivr))
     assert resp.status == 200, await resp.text()
+    web = await make_key("touchpoint:web")
+    request = {
+        "id": "web-req-1",
+        "type": "service.request",
+        "occurred_at": "2026-11-22T18:30:00Z",
+        "identities": {"phone": CALLER},
+        "data": {"product_id": "wm-300", "issue": "drum noise"},
+    }
+    resp = await hub_client.post("/v1/touchpoints/web/events", json=request, headers=bearer(web))
+    assert resp.status == 200, await resp.text()
     patch = {"tier": "platinum", "traits": {"name": "Ann Example"}}
     resp = await hub_client.patch(f"/v1/customers/phone:{CALLER}", json=patch, headers=bearer(admin))
     assert resp.status == 200, await resp.text()
@@ -97,6 +107,7 @@ async def test_an_agent_sees_the_pop_writes_a_note_and_sets_the_outcome(hub_clie
     assert await page.text_content("#caller-name") == "Ann Example"
     assert await page.text_content("#caller-tier") == "platinum"
     assert "2026-11-24T08:00:00Z" in await page.text_content("#fulfillments")
+    assert "service.request (issue: drum noise, product_id: wm-300)" in await page.text_content("#requests")
     recent = await page.text_content("#recent")
     assert "ivr" in recent and "ivr.menu (menu: repairs)" in recent and "ivr.input (digits: 2)" in recent
 

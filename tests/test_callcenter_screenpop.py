@@ -119,6 +119,17 @@ async def test_an_offered_call_pops_the_callers_story_on_the_agents_screen(hub_c
     resp = await hub_client.patch(f"/v1/customers/phone:{CALLER}", json=tier, headers=bearer(keys["admin"]))
     assert resp.status == 200, await resp.text()
 
+    # and, the evening before, a service request at the web portal, still open
+    request = {
+        "id": "web-req-1",
+        "type": "service.request",
+        "occurred_at": "2026-11-22T18:30:00Z",
+        "identities": {"phone": CALLER, "email": "ann@example.com"},
+        "data": {"product_id": "wm-300", "issue": "drum noise"},
+    }
+    resp = await hub_client.post("/v1/touchpoints/web/events", json=request, headers=bearer(keys["web"]))
+    assert resp.status == 200, await resp.text()
+
     async with hub_client.ws_connect("/v1/agents/a-7/screenpop", headers=bearer(keys["read"])) as ws:
         hello = await next_of(ws, "hello")
         assert hello["agent_id"] == "a-7"
@@ -131,8 +142,11 @@ async def test_an_offered_call_pops_the_callers_story_on_the_agents_screen(hub_c
     assert customer["tier"] == "platinum"
     assert {"namespace": "phone", "value": CALLER} in customer["identities"]
     assert customer["fulfillments"][0]["data"]["window_start"] == "2026-11-24T08:00:00Z"
-    (ivr_call,) = customer["recent_contacts"]
-    assert ivr_call["touchpoint"] == "ivr"
+    ivr_call, web_visit = customer["recent_contacts"]  # newest first
+    assert (ivr_call["touchpoint"], web_visit["touchpoint"]) == ("ivr", "web")
+    (open_request,) = customer["open_service_requests"]
+    assert open_request["id"] == web_visit["id"]
+    assert open_request["events"][0]["data"]["issue"] == "drum noise"
     assert [e["type"] for e in ivr_call["events"]] == [t for t, _ in ivr]
     assert ivr_call["events"][2]["data"]["digits"] == "2"
     assert "offers" in customer and "timeline" in customer

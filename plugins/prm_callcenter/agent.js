@@ -148,6 +148,10 @@
     tier.className = `tier ${customer.tier || ""}`;
     $("caller-ids").textContent = (customer.identities || []).map((i) => `${i.namespace}: ${i.value}`).join(" · ");
     $("call-queue").textContent = `Queue ${pop.queue || "-"} · offered ${pop.offered_at}`;
+    fill($("requests"), customer.open_service_requests || [], (r) => {
+      const first = (r.events || [])[0];
+      return el("li", `${r.touchpoint} · ${r.opened_at}${first ? ` · ${describe(first)}` : ""}`);
+    });
     fill($("fulfillments"), customer.fulfillments || [], (f) => {
       const d = f.data || {};
       const when = d.window_start ? ` ${d.window_start} – ${d.window_end || ""}` : "";

@@ -49,7 +49,8 @@ MAX_TICKETS = 10_000
 def screen_pop_customer(view: CustomerView) -> dict[str, Any]:
     """The view JSON of CONTRACT.md plus ``recent_contacts``: the caller's latest dialogues at
     other touch points (the IVR path before the transfer, a web request), each with its
-    events oldest first. ``fulfillments`` is there when a plugin enriches the view with it."""
+    events oldest first, and ``open_service_requests``: its open dialogues of intent ``service``
+    at other touch points. ``fulfillments`` is ``[]`` unless a plugin enriches the view with it."""
     body = view.to_json()
     events_by_dialogue: dict[str, list[Mapping[str, Any]]] = {}
     for item in view.timeline:
@@ -62,6 +63,12 @@ def screen_pop_customer(view: CustomerView) -> dict[str, Any]:
         if len(recent) == RECENT_CONTACTS:
             break
     body["recent_contacts"] = recent
+    # service requests still open anywhere (a web portal request waiting for a technician)
+    body["open_service_requests"] = [
+        {**d, "events": list(reversed(events_by_dialogue.get(d["id"], [])))}
+        for d in body["dialogues"]
+        if d["intent"] == "service" and d["status"] == "open" and d["touchpoint"] != TOUCHPOINT
+    ]
     body.setdefault("fulfillments", [])
     return body
 
