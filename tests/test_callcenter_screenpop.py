@@ -244,6 +244,9 @@ async def test_the_broker_drops_the_oldest_waiting_call_when_its_queue_is_full(h
     assert pops.stats()["pending_calls"] == 3
     assert pops.dropped_calls == 2
     assert [r.event.data["call_id"] for r, _ in pops._calls] == ["q-2", "q-3", "q-4"]
+    resp = await hub_client.get("/v1/screenpops/stats", headers=bearer(keys["read"]))
+    assert (await resp.json())["dropped_calls"] == 2
+    assert (await hub_client.get("/v1/screenpops/stats", headers=bearer(keys["cti"]))).status == 403
 
 
 # ---- authentication ------------------------------------------------------------------------

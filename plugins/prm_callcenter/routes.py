@@ -6,6 +6,7 @@
   from the most specific prefix).
 - ``POST /v1/agents/{agent_id}/screenpop/tickets``: a one-time ticket for the WebSocket.
 - ``GET /v1/agents/{agent_id}/screenpop``: the WebSocket of screen pops.
+- ``GET /v1/screenpops/stats``: the broker's counters (scope ``read``).
 - ``GET /agent`` (+ ``/agent/agent.js``, ``/agent/agent.css``): the agent desktop page.
 """
 
@@ -176,6 +177,16 @@ async def _send(ws: web.WebSocketResponse, conn: Any, pops: ScreenPops, heartbea
             await ws.send_str(text)
 
 
+@api(
+    "Screen-pop counters: agents, open sockets, calls waiting, pops sent, calls and pops dropped",
+    scope="read",
+    responses={200: '{"agents", "connections", "pending_calls", "sent", "dropped_calls", "dropped_pops"}'},
+)
+async def screenpop_stats(request: web.Request) -> web.Response:
+    await require(request, "read")
+    return web.json_response(broker(request).stats())
+
+
 def _asset(name: str) -> Any:
     body = resources.files(__package__).joinpath(name).read_bytes()
     content_type = ASSETS[name]
@@ -192,6 +203,7 @@ def callcenter_routes() -> list[Any]:
         web.post(f"/v1/touchpoints/{TOUCHPOINT}/events", post_cti_events),
         web.post("/v1/agents/{agent_id}/screenpop/tickets", post_ticket),
         web.get("/v1/agents/{agent_id}/screenpop", screenpop_socket),
+        web.get("/v1/screenpops/stats", screenpop_stats),
         web.get("/agent", _asset("agent.html")),
         web.get("/agent/agent.js", _asset("agent.js")),
         web.get("/agent/agent.css", _asset("agent.css")),

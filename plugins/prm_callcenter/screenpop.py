@@ -265,6 +265,7 @@ class ScreenPops:
             "agents": len(self.agents),
             "connections": sum(len(c.connections) for c in self.agents.values()),
             "pending_calls": len(self._calls),
+            "sent": self.sent,
             "dropped_calls": self.dropped_calls,
             "dropped_pops": self.dropped_pops,
         }
