@@ -93,31 +93,41 @@ class AmiClient:
 
     async def run(self) -> None:
         """Connect, log in and record events; reconnect forever until cancelled."""
-        s = self.settings
         while True:
-            started = time.monotonic()
-            retrying = AsyncRetrying(
-                wait=wait_random_exponential(multiplier=s.min_backoff_s, max=s.max_backoff_s),
-                retry=retry_if_exception_type((OSError, LoginFailed, ConnectionLost, asyncio.IncompleteReadError)),
-                before_sleep=lambda state: log.warning(
-                    "ami reconnecting",
-                    attempt=state.attempt_number,
-                    error=type(state.outcome.exception()).__name__ if state.outcome else None,
-                ),
-            )
-            async for attempt in retrying:
-                with attempt:
-                    reader, writer = await self._login()
             try:
-                await self._pump(reader, writer)
-            except (OSError, ConnectionLost, asyncio.IncompleteReadError) as exc:
-                log.warning("ami connection lost", error=type(exc).__name__)
-            finally:
-                writer.close()
-                with contextlib.suppress(Exception):
-                    await writer.wait_closed()
-            if time.monotonic() - started < s.min_backoff_s:
-                await asyncio.sleep(s.min_backoff_s)  # a line that drops at once must not spin
+                await self._session()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug or a long store outage must not end the adapter
+                log.error("ami client failed", error=type(exc).__name__, exc_info=exc)
+                await asyncio.sleep(self.settings.max_backoff_s)
+
+    async def _session(self) -> None:
+        """One connection: (re)connect with backoff, log in, read until the line drops."""
+        s = self.settings
+        started = time.monotonic()
+        retrying = AsyncRetrying(
+            wait=wait_random_exponential(multiplier=s.min_backoff_s, max=s.max_backoff_s),
+            retry=retry_if_exception_type((OSError, LoginFailed, ConnectionLost, asyncio.IncompleteReadError)),
+            before_sleep=lambda state: log.warning(
+                "ami reconnecting",
+                attempt=state.attempt_number,
+                error=type(state.outcome.exception()).__name__ if state.outcome else None,
+            ),
+        )
+        async for attempt in retrying:
+            with attempt:
+                reader, writer = await self._login()
+        try:
+            await self._pump(reader, writer)
+        except (OSError, ConnectionLost, asyncio.IncompleteReadError) as exc:
+            log.warning("ami connection lost", error=type(exc).__name__)
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+        if time.monotonic() - started < s.min_backoff_s:
+            await asyncio.sleep(s.min_backoff_s)  # a line that drops at once must not spin
 
     async def _login(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         s = self.settings
