@@ -151,6 +151,7 @@ class FakeAmi:
         self.server: asyncio.Server | None = None
         self.port = 0
         self.writers: set[asyncio.StreamWriter] = set()
+        self.received = b""  # what clients sent after logging in
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(self._session, "127.0.0.1", 0)
@@ -190,8 +191,8 @@ class FakeAmi:
                 await asyncio.sleep(0.005)
                 writer.write(chunk[len(chunk) // 2 :])
                 await writer.drain()
-            while await reader.read(1024):  # stay connected until the client leaves
-                pass
+            while chunk := await reader.read(1024):  # stay connected (and silent) until the client leaves
+                self.received += chunk
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
@@ -278,6 +279,30 @@ async def test_a_refused_login_is_retried_with_backoff(database_url, scripts):
             assert (len(server.logins), client.logins) == (2, 1)
     finally:
         await server.stop()
+
+
+@pytest.mark.parametrize("scripts", [[[NEWCHANNEL]]])
+async def test_a_silent_line_is_pinged_then_given_up_and_reconnected(database_url, fake_ami):
+    async with Hub.open(ami_config(database_url, fake_ami.port, ping_s=0.2)) as hub:
+        client = ami_client(hub)
+        assert client is not None
+
+        async def reconnected() -> bool:
+            return client.logins >= 2 and client.recorded >= 2
+
+        await eventually(reconnected, "a reconnect after the line went silent")
+        assert b"Action: Ping\r\n" in fake_ami.received
+        # the call's start came once per connection: recorded once
+        view = await call_view(hub)
+        assert [e["type"] for e in view.timeline] == ["call.started"]
+        (recorded,) = await hub.record([to_cti_newchannel()])
+        assert recorded.duplicate
+
+
+def to_cti_newchannel() -> Any:
+    from panoramisk.message import Message
+
+    return to_cti(Message.from_line(NEWCHANNEL.decode().strip()), received_at=utcnow())
 
 
 async def test_an_unreachable_switch_never_stops_the_hub(database_url, unused_tcp_port):
