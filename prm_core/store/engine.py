@@ -146,13 +146,13 @@ class Store:
             # may switch to a generic plan that cannot see the array in "event_id = ANY($2)" and
             # scans every event of the touch point instead (seen on tables not yet analyzed, as
             # every new database is); planning these small queries costs far less than that.
-            args = {"server_settings": {"plan_cache_mode": "force_custom_plan"}}
+            pg_args: dict[str, Any] = {"server_settings": {"plan_cache_mode": "force_custom_plan"}}
             # parameters stay out of error messages: they are personal data
             writer = create_async_engine(
-                u, pool_size=2, max_overflow=2, pool_pre_ping=True, hide_parameters=True, connect_args=args
+                u, pool_size=2, max_overflow=2, pool_pre_ping=True, hide_parameters=True, connect_args=pg_args
             )
             reader = create_async_engine(
-                u, pool_size=pool_size, max_overflow=4, pool_pre_ping=True, hide_parameters=True, connect_args=args
+                u, pool_size=pool_size, max_overflow=4, pool_pre_ping=True, hide_parameters=True, connect_args=pg_args
             )
         return cls(u, writer, reader)
 
