@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Literal
 
-from attrs import asdict, field, frozen
+from attrs import asdict, frozen
 
 from .menu import Menu, Node
 
@@ -74,7 +74,6 @@ class Turn:
     personalized: tuple[str, ...] = ()
     chose: str | None = None
     degraded: tuple[str, ...] = ()
-    sounds: tuple[str, ...] = field(default=())
 
     def to_data(self) -> dict[str, Any]:
         """JSON for the ``ivr.menu`` event's data."""
@@ -102,7 +101,6 @@ class Turn:
             personalized=tuple(data.get("personalized") or ()),
             chose=data.get("chose"),
             degraded=tuple(data.get("degraded") or ()),
-            sounds=tuple(data.get("sounds") or ()),
         )
 
 
@@ -196,16 +194,13 @@ class Engine:
         chose: str | None = None,
     ) -> Turn:  # fmt: skip
         """Arrive at ``node_id``: speak messages along the way until a menu, a transfer or an end."""
-        sounds: list[str] = []
         node = self.menu.nodes[node_id]
         while node.kind == "message":
             say.append(node.say)
-            if node.sound:
-                sounds.append(node.sound)
             if node.next is None:
                 say.append(self.menu.messages["goodbye"])
                 return Turn(node=node.id, say=tuple(say), outcome="self_served", personalized=tuple(personalized),
-                            chose=chose, degraded=caller.degraded, sounds=tuple(sounds))  # fmt: skip
+                            chose=chose, degraded=caller.degraded)  # fmt: skip
             node = self.menu.nodes[node.next]
         if node.kind == "transfer":
             say.append(node.say or self.menu.messages["transferring"])
@@ -223,8 +218,6 @@ class Engine:
             words = [*p.words, *words]
             personalized.append("priority")
         prompt.append(node.prompt)
-        if node.sound:
-            sounds.append(node.sound)
         return Turn(
             node=node.id,
             say=tuple(say),
@@ -233,5 +226,4 @@ class Engine:
             personalized=tuple(personalized),
             chose=chose,
             degraded=caller.degraded,
-            sounds=tuple(sounds),
         )

@@ -62,7 +62,6 @@ class Node:
     say: str = ""
     transfer: str | None = None
     next: str | None = None
-    sound: str | None = None
 
 
 @frozen
@@ -137,8 +136,7 @@ def _node(node_id: str, raw: Any, source: str) -> Node:
     where = f"node '{node_id}'"
     if not isinstance(raw, Mapping):
         raise _fail(source, where, "must be a table")
-    _unknown(raw, {"prompt", "options", "say", "transfer", "next", "sound"}, source, where)
-    sound = _text(raw, "sound", source, where) or None
+    _unknown(raw, {"prompt", "options", "say", "transfer", "next"}, source, where)
     if "options" in raw:
         if "transfer" in raw or "say" in raw or "next" in raw:
             raise _fail(source, where, "a menu node (with 'options') has no 'say', 'transfer' or 'next'")
@@ -167,16 +165,16 @@ def _node(node_id: str, raw: Any, source: str) -> Node:
         dup = next((w for w in words if words.count(w) > 1), None)
         if dup is not None:
             raise _fail(source, where, f"the word {dup!r} is used by two options")
-        return Node(node_id, "menu", prompt=_text(raw, "prompt", source, where, required=True),
-                    options=tuple(options), sound=sound)  # fmt: skip
+        prompt = _text(raw, "prompt", source, where, required=True)
+        return Node(node_id, "menu", prompt=prompt, options=tuple(options))
     if "transfer" in raw:
         if "next" in raw:
             raise _fail(source, where, "a transfer node ends the menu: it has no 'next'")
-        return Node(node_id, "transfer", say=_text(raw, "say", source, where),
-                    transfer=_text(raw, "transfer", source, where, required=True), sound=sound)  # fmt: skip
+        queue = _text(raw, "transfer", source, where, required=True)
+        return Node(node_id, "transfer", say=_text(raw, "say", source, where), transfer=queue)
     if "say" in raw:
-        return Node(node_id, "message", say=_text(raw, "say", source, where),
-                    next=_text(raw, "next", source, where) or None, sound=sound)  # fmt: skip
+        following = _text(raw, "next", source, where) or None
+        return Node(node_id, "message", say=_text(raw, "say", source, where), next=following)
     raise _fail(source, where, "needs 'options' (a menu), 'transfer' (a queue) or 'say' (a message)")
 
 
