@@ -75,21 +75,36 @@ def test_a_json_menu_loads(tmp_path):
     ("menu", "message"),
     [
         (with_changes(start="nowhere"), "top level: 'start' names unknown node 'nowhere'"),
-        (with_changes(nodes__main__options=[{"key": "1", "next": "salez"}]), "node 'main': option 1: goes to unknown node 'salez'"),
-        (with_changes(nodes__main__options=[{"key": "1", "next": "sales"}, {"key": "1", "next": "sales"}]), "node 'main': key '1' is used by two options"),
-        (with_changes(nodes__main__options=[{"key": "12", "next": "sales"}]), "node 'main': option 1: 'key' must be one of 0-9, * or #"),
+        (
+            with_changes(nodes__main__options=[{"key": "1", "next": "salez"}]),
+            "node 'main': option 1: goes to unknown node 'salez'",
+        ),
+        (
+            with_changes(nodes__main__options=[{"key": "1", "next": "sales"}, {"key": "1", "next": "sales"}]),
+            "node 'main': key '1' is used by two options",
+        ),
+        (
+            with_changes(nodes__main__options=[{"key": "12", "next": "sales"}]),
+            "node 'main': option 1: 'key' must be one of 0-9, * or #",
+        ),
         (with_changes(nodes__main__options=[{"next": "sales"}]), "node 'main': option 1: needs a 'key' or 'words'"),
         (with_changes(nodes__sales={"queue": "sales"}), "node 'sales': unknown field 'queue'"),
         (with_changes(nodes__sales={}), "node 'sales': needs 'options' (a menu), 'transfer' (a queue) or 'say'"),
         (with_changes(start="sales"), "node 'sales': the start node must be a menu"),
-        (with_changes(nodes__a={"say": "A", "next": "b"}, nodes__b={"say": "B", "next": "a"}), "node 'a': messages loop through a -> b -> a"),
+        (
+            with_changes(nodes__a={"say": "A", "next": "b"}, nodes__b={"say": "B", "next": "a"}),
+            "node 'a': messages loop through a -> b -> a",
+        ),
         (with_changes(messages={"welcome_known": "Hi {name}"}), "message 'welcome_known': unknown placeholder {name}"),
         (with_changes(messages={"welcom": "Hi"}), "messages: unknown field 'welcom'"),
-        (with_changes(priority={"queue": "vip", "key": "1", "prompt": "VIP"}), "node 'main': key '1' is the priority line's key"),
+        (
+            with_changes(priority={"queue": "vip", "key": "1", "prompt": "VIP"}),
+            "node 'main': key '1' is the priority line's key",
+        ),
         (with_changes(max_attempts=0), "'max_attempts' must be a whole number from 1 to 30"),
         ({"start": "main", "fallback_queue": "x", "nodes": {}}, "'nodes' must be a non-empty table"),
     ],
-)  # fmt: skip
+)
 def test_a_bad_menu_is_refused_naming_the_node(menu, message):
     with pytest.raises(MenuError) as caught:
         parse_menu(menu, "menu.toml")
