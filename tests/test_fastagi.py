@@ -7,6 +7,7 @@ Asterisk would (``200 result=...``).
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -149,3 +150,31 @@ def test_a_bad_port_stops_the_hub_at_start(database_url):
     config = Config(database_url=database_url, raw={"touchpoints": {"ivr": {"fastagi": {"port": "4573x"}}}})
     with pytest.raises(ConfigError, match=r"fastagi\]\.port"):
         create_app(config)
+
+
+async def test_an_asynchronous_hangup_line_and_a_withheld_number(hub_client):
+    """With agi-sigHUP, Asterisk writes ``HANGUP`` instead of an answer when the caller hangs up."""
+    hub = hub_client.app[HUB]
+    port = hub_client.app[FASTAGI].port
+    connector = AGITCPConnector()
+    session = AGIClientSession(
+        connector=connector, connector_owner=False, headers={"agi_callerid": "", "agi_uniqueid": "1732350000.4"}
+    )
+    try:
+        async with session.sip(f"agi://127.0.0.1:{port}/prm") as response:
+            async for message in response:
+                if message.command == AGICommand.GET_DATA:
+                    await response.send_str("HANGUP\n")
+                else:
+                    await response.send(AGIMessage(AGICode.OK, "0", {}))
+    finally:
+        await session.close()
+        await connector.close()
+    for _ in range(100):  # the server records the end after the connection is gone
+        dialogue = await dialogue_of(hub, "1732350000.4")
+        if dialogue is not None and dialogue.status == "closed":
+            break
+        await asyncio.sleep(0.05)
+    assert (dialogue.status, dialogue.outcome) == ("closed", "abandoned")
+    started = [e for e in await ivr_events(hub, "1732350000.4") if e[1] == "ivr.call.started"]
+    assert started and started[0][2]["source"] == "asterisk"

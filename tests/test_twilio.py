@@ -361,3 +361,15 @@ async def test_without_a_token_no_twilio_routes_are_mounted(database_url, aiohtt
     client = await aiohttp_client(create_app(Config(database_url=database_url, public_url=PUBLIC)))
     resp = await client.post(f"{BASE}/voice", data=call_params())
     assert resp.status == 404
+
+
+async def test_no_personal_data_reaches_the_logs(hub_client, log_capture):
+    hub = hub_client.app[HUB]
+    await known_on_the_web(hub)
+    root = twiml(await (await post(hub_client, f"{BASE}/voice", call_params("CA0013"))).text())
+    await post(hub_client, gather_path(root), call_params("CA0013", SpeechResult="billing for Ann Lee"))
+    await post(hub_client, f"{BASE}/status", call_params("CA0013", CallStatus="completed"))
+    text = log_capture.text
+    assert "http" in text  # the capture did see the requests
+    for personal in ("4155550100", "555-0100", "Ann", "Lee", "ann@example.com"):
+        assert personal not in text
