@@ -216,3 +216,20 @@ class TestConformance(TouchPointConformance):
             public_url="https://hub.example.com",
             raw={"touchpoints": {"ivr": {"twilio_auth_token": "conformance-token"}}},
         )
+
+
+def test_the_documented_configuration_builds_a_hub(tmp_path, monkeypatch):
+    """The config block of docs/ivr.md, with the example menu beside it: both adapters mount."""
+    from prm_core.server.app import create_app
+
+    text = DOCS.read_text(encoding="utf-8")
+    config_toml = re.search(r"## Configuration\s*```toml\n(.*?)```", text, re.S).group(1)
+    (tmp_path / "prm.toml").write_text(config_toml, encoding="utf-8")
+    (tmp_path / "ivr-menu.toml").write_text(docs_menu(), encoding="utf-8")
+    monkeypatch.setenv("TWILIO_AUTH_TOKEN", "documented-token")
+    config = load_config(tmp_path / "prm.toml", database_url=f"sqlite:///{tmp_path}/prm.db")
+    assert menu_for(config).fallback_queue == "front_desk"
+    app = create_app(config)
+    paths = {r.resource.canonical for r in app.router.routes() if r.resource}
+    assert {"/v1/touchpoints/ivr/twilio/voice", "/v1/touchpoints/ivr/twilio/gather"} <= paths
+    assert len(app.cleanup_ctx) >= 2  # the hub, then the FastAGI server
