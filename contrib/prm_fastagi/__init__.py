@@ -198,4 +198,4 @@ def prm_adapters(config: Config) -> list[Adapter]:
     if "port" not in config.section("touchpoints", "ivr", "fastagi"):
         return []
     server = FastAgiServer(config, Engine(menu_for(config)))
-    return [Adapter(name="fastagi", touchpoint="ivr", services=[server.service], description=__doc__.split("\n")[0])]
+    return [Adapter(name="fastagi", touchpoint="ivr", services=(server.service,), description=__doc__.split("\n")[0])]

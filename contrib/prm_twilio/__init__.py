@@ -148,16 +148,12 @@ class TwilioVoice:
     def _respond(self, turn: Turn) -> web.Response:
         return _twiml(render(turn, self.public_url + BASE + "/gather", dial=self.dial, voice=self.say_voice))
 
-    @api("Twilio voice webhook: a call comes in; answers TwiML", scope=None,
-         responses={200: "TwiML", 401: "Missing or forged X-Twilio-Signature"})  # fmt: skip
     async def voice(self, request: web.Request) -> web.Response:
         params = await self._verified(request)
         calls = IvrCalls(request.app[HUB], self.engine)
         turn = await calls.start(self._call(params), self._key(request, params), {"direction": params.get("Direction")})
         return self._respond(turn)
 
-    @api("Twilio Gather action: the caller's input at a menu; answers TwiML", scope=None,
-         responses={200: "TwiML", 401: "Missing or forged X-Twilio-Signature"})  # fmt: skip
     async def gather(self, request: web.Request) -> web.Response:
         params = await self._verified(request)
         try:
@@ -173,8 +169,6 @@ class TwilioVoice:
         )  # fmt: skip
         return self._respond(turn)
 
-    @api("Twilio status callback: a call that ends mid-menu is abandoned", scope=None,
-         responses={200: "Empty TwiML", 401: "Missing or forged X-Twilio-Signature"})  # fmt: skip
     async def status(self, request: web.Request) -> web.Response:
         params = await self._verified(request)
         call = self._call(params)
@@ -185,12 +179,26 @@ class TwilioVoice:
             log.info("twilio call ended", abandoned=ended, call_status=status)
         return _twiml(str(VoiceResponse()))
 
-    def routes(self) -> list[web.RouteDef]:
-        return [
-            web.post(f"{BASE}/voice", self.voice),
-            web.post(f"{BASE}/gather", self.gather),
-            web.post(f"{BASE}/status", self.status),
-        ]
+    def routes(self) -> tuple[web.RouteDef, ...]:
+        errors = {200: "TwiML", 401: "Missing or forged X-Twilio-Signature"}
+
+        @api("Twilio voice webhook: a call comes in; answers TwiML", scope=None, responses=errors)
+        async def voice(request: web.Request) -> web.StreamResponse:
+            return await self.voice(request)
+
+        @api("Twilio Gather action: the caller's input at a menu; answers TwiML", scope=None, responses=errors)
+        async def gather(request: web.Request) -> web.StreamResponse:
+            return await self.gather(request)
+
+        @api("Twilio status callback: a call that ends mid-menu is abandoned", scope=None, responses=errors)
+        async def status(request: web.Request) -> web.StreamResponse:
+            return await self.status(request)
+
+        return (
+            web.post(f"{BASE}/voice", voice),
+            web.post(f"{BASE}/gather", gather),
+            web.post(f"{BASE}/status", status),
+        )
 
 
 @hookimpl
