@@ -73,6 +73,7 @@ BATCH_SIZES = (1, 100)  # the summary reports these
 TARGET_RATIO = 0.50  # hub / bare handler, 1 event per request
 TARGET_BATCH_RATE = 20_000.0  # events/s at 100 events per request
 TARGET_RSS_MB = 300.0  # hub peak RSS
+TARGET_HANDWRITTEN_RATIO = 3.0  # hub / the hand-written FastAPI + SQLModel endpoint, 100 events per request
 TARGET_SEGMENT_RATIO = 0.80  # Segment /v1/batch / the hub's own events endpoint, 100 events per request
 APIS = ("hub", "segment")  # what a load run posts: the hub's events endpoint or Segment batches
 
@@ -852,7 +853,7 @@ def summarize(phases: list[Phase]) -> dict[str, Any]:
     """Medians over rounds per (server, batch), the per-round hub/bare ratios at 1 event/request, the
     per-round Segment/hub ratios at 100 events/request, errors."""
     out: dict[str, Any] = {}
-    for server in ("bare", "hub", "segment"):
+    for server in ("bare", "hub", "segment", "handwritten"):
         for batch in BATCH_SIZES:
             rates = [p.events_per_s for p in phases if p.server == server and p.batch == batch]
             out[f"{server}_{batch}"] = statistics.median(rates) if rates else None
@@ -878,6 +879,13 @@ def summarize(phases: list[Phase]) -> dict[str, Any]:
         if hub_b.get(s.round, None) and hub_b[s.round].events_per_cpu_s
     ]
     out["ratio_segment_per_cpu_s"] = statistics.median(seg_cpu_ratios) if seg_cpu_ratios else None
+    for batch in BATCH_SIZES:
+        hw = {p.round: p for p in phases if p.server == "handwritten" and p.batch == batch}
+        hub_rates = [p for p in phases if p.server == "hub" and p.batch == batch]
+        hw_ratios = [
+            h.events_per_s / hw[h.round].events_per_s for h in hub_rates if h.round in hw and hw[h.round].events_per_s
+        ]
+        out[f"ratio_handwritten_{batch}"] = statistics.median(hw_ratios) if hw_ratios else None
     out["errors"] = sum(p.errors for p in phases)
     return out
 
@@ -918,6 +926,19 @@ def render_summary(summary: dict[str, Any], rounds: int, rss_idle_mb: float, rss
         f"    the same per CPU-second of the hub process: {summary['ratio_segment_per_cpu_s']:.2f}"
         if summary.get("ratio_segment_per_cpu_s") is not None
         else "",
+        f"  hand-written FastAPI + SQLModel, 1 event/request   {rate('handwritten_1')}"
+        if summary.get("handwritten_1") is not None
+        else "",
+        f"  hand-written FastAPI + SQLModel, 100 events/request {rate('handwritten_100')}"
+        if summary.get("handwritten_100") is not None
+        else "",
+        f"  hub / hand-written, 100 events/request {summary['ratio_handwritten_100']:>5.2f}          target >= "
+        f"{TARGET_HANDWRITTEN_RATIO:.1f}    {mark(summary['ratio_handwritten_100'] >= TARGET_HANDWRITTEN_RATIO)}"
+        if summary.get("ratio_handwritten_100") is not None
+        else "",
+        f"  hub / hand-written,   1 event/request  {summary['ratio_handwritten_1']:>5.2f}"
+        if summary.get("ratio_handwritten_1") is not None
+        else "",
         f"  hub peak RSS (VmHWM)              {peak:>10.0f} MB        target <= {TARGET_RSS_MB:.0f} MB  "
         f"{mark(peak <= TARGET_RSS_MB)}   (after start {rss_idle_mb:.0f} MB, at end {rss_end_mb:.0f} MB)",
         f"  errors                            {summary['errors']:>10,}",
@@ -933,11 +954,41 @@ def driver(args: argparse.Namespace) -> None:
     if client == "wrk" and not shutil.which("wrk"):
         sys.exit("--client wrk: wrk is not on PATH (apt-get install wrk), or use --client python")
     workdir = Path(tempfile.mkdtemp(prefix="prm-bench-ingest-"))
-    database_url = f"sqlite:///{workdir}/prm.db"
+    with databases(args, workdir) as (database_url, handwritten_url):
+        _drive(args, client, workdir, database_url, handwritten_url)
+
+
+@contextmanager
+def databases(args: argparse.Namespace, workdir: Path) -> Iterator[tuple[str, str]]:
+    """Fresh databases for the hub and the hand-written endpoint; PostgreSQL ones are dropped after."""
+    if args.database == "sqlite":
+        yield f"sqlite:///{workdir}/prm.db", f"sqlite:///{workdir}/handwritten.db"
+        return
+    import sqlalchemy as sa
+
+    base = sa.make_url(args.postgres_url)
+    names = [f"prm_bench_{os.getpid()}_{which}" for which in ("hub", "hw")]
+    admin = sa.create_engine(base.set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            for name in names:
+                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        urls = [base.set(database=n, drivername="postgresql").render_as_string(hide_password=False) for n in names]
+        yield urls[0], urls[1]
+    finally:
+        with admin.connect() as conn:
+            for name in names:
+                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+def _drive(args: argparse.Namespace, client: str, workdir: Path, database_url: str, handwritten_url: str) -> None:
     print(
         f"prm ingest benchmark  {datetime.now(UTC):%Y-%m-%d %H:%M} UTC  cpus {os.cpu_count()}"
         f"  load avg {os.getloadavg()[0]:.2f}\n"
-        f"client {client} ({args.concurrency} in flight)  rounds {args.rounds} x {args.duration:g} s"
+        f"database {args.database}  client {client} ({args.concurrency} in flight)"
+        f"  rounds {args.rounds} x {args.duration:g} s"
         f" (+{args.warmup:g} s warm-up)  customers {args.customers:,}  mix {args.mix}"
         f"  segment {'on' if args.segment else 'off'}"
         f"  hub log level {args.hub_log_level}\n"
@@ -964,11 +1015,15 @@ def driver(args: argparse.Namespace) -> None:
             hub = stack.enter_context(
                 start_server("hub", hub_argv, free_port(), workdir, diagnostics=args.hub_diagnostics)
             )
-            bare.wait_ready()
-            hub.wait_ready()
+            servers = [bare, hub]
+            if "handwritten" in args.servers:
+                hw_argv = ["--role", "handwritten", "--database-url", handwritten_url, "--key", key]
+                servers.append(stack.enter_context(start_server("handwritten", hw_argv, free_port(), workdir)))
+            for server in servers:
+                server.wait_ready()
             rss_idle_mb = proc_status_kb(hub.proc.pid, "VmRSS") / 1024
             print(f"hub pid {hub.proc.pid}, RSS after start {rss_idle_mb:.0f} MB\n", flush=True)
-            targets = [srv for srv in (bare, hub) if srv.name in args.servers]
+            targets = [srv for srv in servers if srv.name in args.servers]
             for rnd in range(1, args.rounds + 1):
                 for batch in args.batches:
                     for server in targets:
@@ -997,6 +1052,7 @@ def driver(args: argparse.Namespace) -> None:
         report = {
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
             "cpus": os.cpu_count(),
+            "database": args.database,
             "client": client,
             "concurrency": args.concurrency,
             "rounds": args.rounds,
@@ -1044,7 +1100,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--client", choices=["auto", "wrk", "python"], default="auto", help="load generator (auto: wrk if installed)"
     )
-    parser.add_argument("--servers", type=_csv(str), default="bare,hub", help="which servers to load, comma-separated")
+    parser.add_argument(
+        "--servers",
+        type=_csv(str),
+        default="bare,hub",
+        help="which servers to load, comma-separated: bare, hub, handwritten (bench/handwritten.py)",
+    )
+    parser.add_argument(
+        "--database",
+        choices=["sqlite", "postgresql"],
+        default="sqlite",
+        help="the hub's (and the hand-written endpoint's) database: a fresh SQLite file, or a fresh database on"
+        " --postgres-url",
+    )
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get("PRM_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"),
+        help="a PostgreSQL server where the benchmark may create and drop databases",
+    )
     parser.add_argument("--batches", type=_csv(int), default="1,100", help="events per request, comma-separated")
     parser.add_argument(
         "--segment",
@@ -1068,7 +1141,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", metavar="PATH", help="also write every figure to this JSON file")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (database and logs)")
     # internal: the roles of the processes the driver starts
-    parser.add_argument("--role", choices=["driver", "hub", "bare", "load"], default="driver", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--role", choices=["driver", "hub", "bare", "handwritten", "load"], default="driver", help=argparse.SUPPRESS
+    )
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--database-url", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -1089,6 +1164,11 @@ def main(argv: list[str] | None = None) -> None:
         serve_hub(args.database_url, args.port, args.hub_log_level, args.hub_profile, args.hub_diagnostics)
     elif args.role == "bare":
         serve_bare(args.port)
+    elif args.role == "handwritten":
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from handwritten import serve as serve_handwritten
+
+        serve_handwritten(args.database_url, args.port, args.key)
     elif args.role == "load":
         window_from, window_to = (float(x) for x in args.window.split(","))
         figures = asyncio.run(

@@ -531,6 +531,8 @@ def report(runs: list[SizeRun], noise: Noise, args: argparse.Namespace) -> dict[
     )
     figures["growth_p99"] = growth
     figures["growth_p99_build_view"] = sync_growth
+    # smallest first, for bench/run.py's table
+    figures["sizes"] = [{"customers": r.size, **r.summary(r.hub_samples)} for r in runs]
     return figures
 
 

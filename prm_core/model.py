@@ -139,17 +139,21 @@ class Adapter:
     the web, Twilio's webhooks on the IVR).
 
     Its ``routes`` are aiohttp route definitions; the hub mounts them only if
-    ``touchpoint`` is registered, and refuses to start otherwise.
+    ``touchpoint`` is registered, and refuses to start otherwise. A wire format that is not
+    HTTP (Asterisk's FastAGI over TCP) brings ``services``: aiohttp ``cleanup_ctx`` callables
+    (``async def service(app): start; yield; stop``) that the server runs after the hub has
+    started (``app[HUB]`` is set) and stops before it.
     """
 
     name: str = field(validator=_check_name)
     touchpoint: str = field(validator=_check_name)
-    routes: tuple[Any, ...] = field(converter=tuple)
+    routes: tuple[Any, ...] = field(default=(), converter=tuple)
     description: str = ""
+    services: tuple[Callable[[Any], Any], ...] = field(default=(), converter=tuple)
 
     def __attrs_post_init__(self) -> None:
-        if not self.routes:
-            raise ValueError(f"Adapter {self.name!r} has no routes")
+        if not self.routes and not self.services:
+            raise ValueError(f"Adapter {self.name!r} has no routes and no services")
 
 
 @frozen

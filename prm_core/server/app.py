@@ -115,4 +115,7 @@ def create_app(
             yield
 
     app.cleanup_ctx.append(hub_context)
+    # adapters' non-HTTP servers (FastAGI) start once the hub has, and stop before it
+    for adapter in registrations.adapters:
+        app.cleanup_ctx.extend(adapter.services)
     return app

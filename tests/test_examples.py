@@ -1,0 +1,35 @@
+"""examples/: the production-like config loads, and a hub starts with it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from prm_core.config import load_config
+from prm_core.errors import ConfigError
+from prm_core.hub import Hub
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+SECRETS = ("TWILIO_AUTH_TOKEN", "SHOPIFY_SECRET", "SQUARE_KEY", "FIELDSERVICE_SECRET", "SUPPLIER_SECRET")
+
+
+@pytest.fixture
+def secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in SECRETS:
+        monkeypatch.setenv(name, "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw" if "SECRET" in name else "token")
+
+
+def test_every_secret_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in SECRETS:
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ConfigError, match="environment variable TWILIO_AUTH_TOKEN, which is not set"):
+        load_config(EXAMPLES / "prm.toml")
+
+
+async def test_a_hub_starts_with_the_example_config(secrets: None, database_url: str) -> None:
+    config = load_config(EXAMPLES / "prm.toml", database_url=database_url)
+    assert config.public_url == "https://hub.example.com"
+    async with Hub.open(config) as hub:
+        budgets = {tp.name: tp.budget_ms for tp in hub.registrations.touchpoints.items.values()}
+        assert {"web": 250, "callcenter": 1000, "ivr": 1500, "pos": 300}.items() <= budgets.items()
