@@ -11,14 +11,12 @@ from __future__ import annotations
 import hashlib
 import inspect
 from collections.abc import Awaitable, Iterable, Mapping
-from contextlib import AbstractAsyncContextManager
-from typing import Any, cast
+from typing import Any
 
 import pluggy
 import structlog
 from attrs import define, evolve
 
-from .errors import ConfigError
 from .model import (
     Customer,
     CustomerView,
@@ -116,19 +114,6 @@ class Hooks:
                     self.event_recorded(recorded)
         for dialogue in outcome.dialogues_closed:
             self.dialogue_closed(dialogue)
-
-    def hub_running(self, hub: Any) -> list[tuple[str, AbstractAsyncContextManager[Any]]]:
-        """``[(plugin, context manager)]`` to enter while ``hub`` runs; a plugin that fails to
-        give one is named in the :class:`~prm_core.errors.ConfigError` raised."""
-        found: list[tuple[str, AbstractAsyncContextManager[Any]]] = []
-        for impl in self._impls("prm_hub_running"):
-            try:
-                value = impl.function(*({"hub": hub}[arg] for arg in impl.argnames))
-            except Exception as exc:
-                raise ConfigError(f"plugin {impl.plugin_name!r}: prm_hub_running failed: {exc}") from exc
-            if value is not None:
-                found.append((impl.plugin_name, cast(AbstractAsyncContextManager[Any], value)))
-        return found
 
     # value delivery ---------------------------------------------------------------------
 

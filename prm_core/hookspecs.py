@@ -13,10 +13,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from contextlib import AbstractAsyncContextManager
-
     from .config import Config
-    from .hub import Hub
     from .model import (
         Adapter,
         Customer,
@@ -288,32 +285,4 @@ def prm_render_delivery(delivery: Delivery, touchpoint: TouchPoint) -> Mapping[s
         def prm_render_delivery(delivery, touchpoint):
             if touchpoint.name == "pos":
                 return {"receipt_lines": [o.title for o in delivery.offers[:3]]}
-    """
-
-
-# -------------------------------------------------------------------------------------
-# Running alongside the hub
-# -------------------------------------------------------------------------------------
-
-
-@hookspec
-def prm_hub_running(hub: Hub) -> AbstractAsyncContextManager[Any] | None:
-    """Work that lives as long as a started hub: return an async context manager, or ``None``.
-
-    The hub enters every one after it started (database migrated, ingest writer running) and
-    exits them, in reverse order, before it stops; one failing to enter stops the start with an
-    error naming its plugin. Use it for background tasks (a CTI connection) and for per-hub
-    state, such as a plugin object registered on ``hub.pm`` for the hub's lifetime.
-
-    .. code-block:: python
-
-        @asynccontextmanager
-        async def polling(hub):
-            task = asyncio.create_task(poll_forever(hub))
-            yield
-            task.cancel()
-
-        @hookimpl
-        def prm_hub_running(hub):
-            return polling(hub)
     """

@@ -13,7 +13,7 @@ import asyncio
 import hashlib
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from typing import Any
 
 import sqlalchemy as sa
@@ -95,14 +95,7 @@ class Hub:
             ingestor.start()
             hub = cls(config, pm, registrations, store, hooks, ingestor)
             try:
-                async with AsyncExitStack() as running:
-                    # plugins' background work (prm_hub_running) stops before the writer does
-                    for plugin, context in hooks.hub_running(hub):
-                        try:
-                            await running.enter_async_context(context)
-                        except Exception as exc:
-                            raise ConfigError(f"plugin {plugin!r}: prm_hub_running failed: {exc}") from exc
-                    yield hub
+                yield hub
             finally:
                 await ingestor.stop()
         finally:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestServer
 from browsing import eventually
 from prm_asterisk_ami import ami_client, to_cti
 from prm_callcenter import screen_pops
@@ -15,6 +17,8 @@ from prm_core.clock import utcnow
 from prm_core.config import Config
 from prm_core.errors import ConfigError
 from prm_core.hub import Hub
+from prm_core.server.app import create_app
+from prm_core.server.state import HUB
 
 SECRET = "s3cret-ami"
 CALL = "1763888400.1"  # the caller's channel Uniqueid, the Linkedid of every leg
@@ -217,6 +221,17 @@ async def fake_ami(scripts: list[list[bytes]]) -> AsyncIterator[FakeAmi]:
     await server.stop()
 
 
+@asynccontextmanager
+async def served(config: Config) -> AsyncIterator[Hub]:
+    """The hub's server, as `prm serve` runs it (adapter services included), on a loopback port."""
+    server = TestServer(create_app(config))
+    await server.start_server()
+    try:
+        yield server.app[HUB]
+    finally:
+        await server.close()
+
+
 def ami_config(database_url: str, port: int, secret: str = SECRET, **extra: Any) -> Config:
     table = {"host": "127.0.0.1", "port": port, "username": "prm", "secret": secret,
              "min_backoff_s": 0.05, "max_backoff_s": 0.2, **extra}  # fmt: skip
@@ -229,7 +244,7 @@ async def call_view(hub: Hub) -> Any:
 
 
 async def test_a_queue_call_across_a_dropped_connection_is_one_call_recorded_once(database_url, fake_ami):
-    async with Hub.open(ami_config(database_url, fake_ami.port)) as hub:
+    async with served(ami_config(database_url, fake_ami.port)) as hub:
         pops = screen_pops(hub)
         assert pops is not None
         alice = pops.connect("alice", None)
@@ -268,7 +283,7 @@ async def test_a_refused_login_is_retried_with_backoff(database_url, scripts):
     server = FakeAmi(scripts, refuse_first_login=True)
     await server.start()
     try:
-        async with Hub.open(ami_config(database_url, server.port)) as hub:
+        async with served(ami_config(database_url, server.port)) as hub:
             client = ami_client(hub)
             assert client is not None
 
@@ -283,7 +298,7 @@ async def test_a_refused_login_is_retried_with_backoff(database_url, scripts):
 
 @pytest.mark.parametrize("scripts", [[[NEWCHANNEL]]])
 async def test_a_silent_line_is_pinged_then_given_up_and_reconnected(database_url, fake_ami):
-    async with Hub.open(ami_config(database_url, fake_ami.port, ping_s=0.2)) as hub:
+    async with served(ami_config(database_url, fake_ami.port, ping_s=0.2)) as hub:
         client = ami_client(hub)
         assert client is not None
 
@@ -306,7 +321,7 @@ def to_cti_newchannel() -> Any:
 
 
 async def test_an_unreachable_switch_never_stops_the_hub(database_url, unused_tcp_port):
-    async with Hub.open(ami_config(database_url, unused_tcp_port)) as hub:
+    async with served(ami_config(database_url, unused_tcp_port)) as hub:
         client = ami_client(hub)
         assert client is not None
         await asyncio.sleep(0.3)
@@ -320,7 +335,7 @@ async def test_an_unreachable_switch_never_stops_the_hub(database_url, unused_tc
 async def test_bad_settings_stop_the_start_naming_the_table(database_url):
     config = ami_config(database_url, 5038, colour="blue")
     with pytest.raises(ConfigError, match=r"\[touchpoints.callcenter.ami\] has unknown keys: colour"):
-        async with Hub.open(config):
+        async with served(config):
             pass
 
 

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 
-from prm_core import hookimpl
-from prm_core.config import Config
-from prm_core.errors import ConfigError
-from prm_core.hub import Hub
 from prm_core.server.state import HUB
 from prm_core.testing.conformance import TouchPointConformance
 
@@ -164,39 +159,3 @@ class TestConformance(TouchPointConformance):
 
     async def send_events(self, client, key, batch):
         return await super().send_events(client, key, [self._cti(e) for e in batch])
-
-
-# ---- prm_hub_running, the hook the call center's broker lives on ---------------------------
-
-
-class Lifetime:
-    def __init__(self, fail: bool = False) -> None:
-        self.log: list[str] = []
-        self.fail = fail
-
-    @asynccontextmanager
-    async def _running(self, hub: Hub) -> Any:
-        if self.fail:
-            raise RuntimeError("vendor unreachable")
-        self.log.append(f"enter {hub.ingestor.pending}")
-        yield
-        # the ingest writer still runs: a background task can record on its way out
-        await hub.record(hub.parse_events(cti("bye", "call.ended", 0, call_id="c-bye"), "callcenter"))
-        self.log.append("exit")
-
-    @hookimpl
-    def prm_hub_running(self, hub: Hub) -> Any:
-        return self._running(hub)
-
-
-async def test_prm_hub_running_contexts_live_as_long_as_the_hub(hub_config: Config):
-    lifetime = Lifetime()
-    async with Hub.open(hub_config, plugins=[lifetime]):
-        assert lifetime.log == ["enter 0"]
-    assert lifetime.log == ["enter 0", "exit"]
-
-
-async def test_a_context_that_fails_to_enter_stops_the_start_naming_its_plugin(hub_config: Config):
-    with pytest.raises(ConfigError, match="prm_hub_running failed: vendor unreachable"):
-        async with Hub.open(hub_config, plugins=[Lifetime(fail=True)]):
-            pytest.fail("the hub started")

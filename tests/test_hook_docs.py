@@ -301,10 +301,6 @@ class Spy:
     async def _done(self, request):
         return FulfillmentResult(request_id=request.id, partner=request.partner, status="confirmed")
 
-    @hookimpl
-    def prm_hub_running(self, hub):
-        self._saw("prm_hub_running", hub=hub)
-
     @hookimpl(tryfirst=True)
     def prm_render_delivery(self, delivery, touchpoint):
         self._saw("prm_render_delivery", delivery=delivery, touchpoint=touchpoint)

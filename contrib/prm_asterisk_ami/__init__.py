@@ -13,25 +13,31 @@ agent's desktop with no CTI middleware in between. Configure it in the hub's TOM
     secret = "env:AMI_SECRET"
     agent_field = "MemberName"   # or "Interface": which queue-member header is the agent id
 
-Without that table the plugin does nothing. The client runs for as long as the hub
-(``prm_hub_running``) and reconnects with backoff (:mod:`prm_asterisk_ami.client`).
+Without that table the plugin registers nothing. With it, the ``asterisk-ami`` adapter's
+service (an aiohttp ``cleanup_ctx`` run once the hub has started) keeps the client running as
+long as the server; it reconnects with backoff (:mod:`prm_asterisk_ami.client`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from aiohttp import web
 
 from prm_core import hookimpl
+from prm_core.config import Config
 from prm_core.errors import ConfigError
 from prm_core.hub import Hub
+from prm_core.model import Adapter
+from prm_core.server.state import HUB
 
 from .client import AmiClient, AmiSettings
 from .mapping import to_cti
 
-__all__ = ["AmiClient", "AmiSettings", "ami_client", "prm_hub_running", "to_cti"]
+__all__ = ["AmiClient", "AmiSettings", "ami_client", "prm_adapters", "to_cti"]
 
 PLUGIN_NAME = "prm_asterisk_ami.client"
 
@@ -49,30 +55,40 @@ class _Holder:
         self.client = client
 
 
-@asynccontextmanager
-async def _running(hub: Hub, settings: AmiSettings) -> AsyncIterator[None]:
-    if "callcenter" not in hub.registrations.touchpoints:
-        raise ConfigError("[touchpoints.callcenter.ami] needs the callcenter touch point (prm_callcenter)")
-    client = AmiClient(hub, settings)
-    holder = _Holder(client)
-    hub.pm.register(holder, name=PLUGIN_NAME)
-    task = asyncio.create_task(client.run(), name="prm-asterisk-ami")
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        hub.pm.unregister(holder)
+def ami_service(settings: AmiSettings) -> Callable[[web.Application], AsyncIterator[None]]:
+    """The adapter's service (an aiohttp ``cleanup_ctx``): the client task, for as long as the server."""
+
+    async def service(app: web.Application) -> AsyncIterator[None]:
+        hub = app[HUB]
+        client = AmiClient(hub, settings)
+        holder = _Holder(client)
+        hub.pm.register(holder, name=PLUGIN_NAME)
+        task = asyncio.create_task(client.run(), name="prm-asterisk-ami")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            hub.pm.unregister(holder)
+
+    return service
 
 
 @hookimpl
-def prm_hub_running(hub: Hub) -> object:
-    table = hub.config.section("touchpoints", "callcenter", "ami")
+def prm_adapters(config: Config) -> list[Adapter]:
+    table: Any = config.section("touchpoints", "callcenter", "ami")
     if not table:
-        return None
+        return []
     try:
         settings = AmiSettings.from_config(table)
     except (TypeError, ValueError) as exc:
         raise ConfigError(str(exc)) from None
-    return _running(hub, settings)
+    return [
+        Adapter(
+            name="asterisk-ami",
+            touchpoint="callcenter",
+            services=(ami_service(settings),),
+            description="Asterisk Manager Interface client: queue calls as CTI events",
+        )
+    ]

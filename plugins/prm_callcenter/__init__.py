@@ -2,26 +2,31 @@
 
 Registers the ``callcenter`` touch point (budget ``[touchpoints.callcenter] budget_ms``,
 default 1000 ms; it is also the time a screen pop may take to gather the view). CTI events
-come in at ``POST /v1/touchpoints/callcenter/events`` (:mod:`prm_callcenter.cti`); each
-``call.offered`` to an agent pushes a screen pop to that agent's WebSocket
-(:mod:`prm_callcenter.screenpop`); ``GET /agent`` is the agent desktop. See docs/callcenter.md.
+come in at ``POST /v1/touchpoints/callcenter/events`` (:mod:`prm_callcenter.cti`) and ``GET
+/agent`` is the agent desktop. The ``screenpop`` adapter on the same touch point speaks the
+screen-pop WebSocket: each ``call.offered`` to an agent pushes the caller's view to that
+agent's sockets (:mod:`prm_callcenter.screenpop`); its broker runs as the adapter's service,
+as long as the server. See docs/callcenter.md.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from typing import Any
+
+from aiohttp import web
 
 from prm_core import hookimpl
 from prm_core.config import Config
 from prm_core.hub import Hub
-from prm_core.model import TouchPoint
+from prm_core.model import Adapter, TouchPoint
+from prm_core.server.state import HUB
 
 from .cti import CALL_TYPES, TOUCHPOINT, cti_event
-from .routes import callcenter_routes
+from .routes import agent_page_routes, cti_routes, screenpop_routes
 from .screenpop import PLUGIN_NAME, ScreenPops
 
-__all__ = ["CALL_TYPES", "TOUCHPOINT", "ScreenPops", "cti_event", "prm_hub_running", "prm_touchpoints", "screen_pops"]
+__all__ = ["CALL_TYPES", "TOUCHPOINT", "ScreenPops", "cti_event", "prm_adapters", "prm_touchpoints", "screen_pops"]
 
 
 @hookimpl
@@ -33,22 +38,24 @@ def prm_touchpoints(config: Config) -> list[TouchPoint]:
             channel="voice",
             budget_ms=int(settings.get("budget_ms", 1000)),
             closes_on=frozenset({"call.ended"}),
-            routes=callcenter_routes(),
+            routes=[*cti_routes(), *agent_page_routes()],
             description=__doc__.split("\n", 1)[0],
         )
     ]
 
 
 def screen_pops(hub: Hub) -> ScreenPops | None:
-    """The hub's screen-pop broker (registered on its plugin manager while it runs)."""
+    """The hub's screen-pop broker (registered on its plugin manager while the server runs)."""
     found = hub.pm.get_plugin(PLUGIN_NAME)
     return found if isinstance(found, ScreenPops) else None
 
 
-@asynccontextmanager
-async def _screen_pops(hub: Hub) -> AsyncIterator[None]:
+async def screen_pop_service(app: web.Application) -> AsyncIterator[None]:
+    """The broker, for as long as the server: registered on the hub's plugin manager, where it
+    hears ``prm_event_recorded`` for this hub only."""
+    hub = app[HUB]
     settings = hub.config.touchpoint(TOUCHPOINT)
-    tuning = settings.get("screenpop", {})
+    tuning: Any = settings.get("screenpop", {})
     pops = ScreenPops(
         hub,
         budget_ms=int(settings.get("budget_ms", 1000)),
@@ -68,5 +75,13 @@ async def _screen_pops(hub: Hub) -> AsyncIterator[None]:
 
 
 @hookimpl
-def prm_hub_running(hub: Hub) -> object:
-    return _screen_pops(hub)
+def prm_adapters(config: Config) -> list[Adapter]:
+    return [
+        Adapter(
+            name="screenpop",
+            touchpoint=TOUCHPOINT,
+            routes=screenpop_routes(),
+            services=(screen_pop_service,),
+            description="Screen pops: the caller's view on the agent's WebSocket when a call is offered",
+        )
+    ]

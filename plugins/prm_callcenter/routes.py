@@ -31,7 +31,7 @@ from prm_core.server.state import HUB
 from .cti import TOUCHPOINT, cti_event
 from .screenpop import PLUGIN_NAME, ScreenPops
 
-__all__ = ["callcenter_routes"]
+__all__ = ["agent_page_routes", "cti_routes", "screenpop_routes"]
 
 SCOPE = f"touchpoint:{TOUCHPOINT}"
 AGENT_SCOPES = (SCOPE, "read")
@@ -198,12 +198,20 @@ def _asset(name: str) -> Any:
     return serve
 
 
-def callcenter_routes() -> list[Any]:
+def cti_routes() -> list[Any]:
+    return [web.post(f"/v1/touchpoints/{TOUCHPOINT}/events", post_cti_events)]
+
+
+def screenpop_routes() -> list[Any]:
     return [
-        web.post(f"/v1/touchpoints/{TOUCHPOINT}/events", post_cti_events),
         web.post("/v1/agents/{agent_id}/screenpop/tickets", post_ticket),
         web.get("/v1/agents/{agent_id}/screenpop", screenpop_socket),
         web.get("/v1/screenpops/stats", screenpop_stats),
+    ]
+
+
+def agent_page_routes() -> list[Any]:
+    return [
         web.get("/agent", _asset("agent.html")),
         web.get("/agent/agent.js", _asset("agent.js")),
         web.get("/agent/agent.css", _asset("agent.css")),
