@@ -153,7 +153,7 @@ def screenpop_rows(p: dict[str, Any]) -> list[Row]:
     baseline = p.get("baseline_p99_ms")
     return [
         Row(
-            "screen pop p50 / p99",
+            "screen pop (200 -> pop) p50 / p99",
             f"{_fmt(p.get('p50_ms'), '', 1)} / {_fmt(p99, ' ms', 1)}",
             "" if baseline is None else f"{p.get('baseline', 'baseline')} p99 {baseline:.1f} ms",
             _fmt(p99 / baseline if p99 and baseline else None, "x", 1),

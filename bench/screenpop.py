@@ -238,7 +238,9 @@ def main(args: argparse.Namespace) -> None:
                                stdout=log, stderr=subprocess.STDOUT, env=env)  # fmt: skip
     bare = subprocess.Popen([sys.executable, "-c", BARE_SERVER, str(bare_port)])
     try:
-        asyncio.run(measure(args, f"http://127.0.0.1:{hub_port}", f"http://127.0.0.1:{bare_port}", keys))
+        figures = asyncio.run(measure(args, f"http://127.0.0.1:{hub_port}", f"http://127.0.0.1:{bare_port}", keys))
+        if args.json:
+            Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
     finally:
         for proc in (hub, bare):
             proc.terminate()
@@ -250,7 +252,9 @@ def main(args: argparse.Namespace) -> None:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-async def measure(args: argparse.Namespace, hub_base: str, bare_base: str, keys: dict[str, str]) -> None:
+async def measure(
+    args: argparse.Namespace, hub_base: str, bare_base: str, keys: dict[str, str]
+) -> dict[str, Any]:
     rng = random.Random(args.seed)
     callers = [f"+1415{n:07d}" for n in range(args.callers)]
     calls = [(f"call-{n}", n % args.agents, rng.choice(callers)) for n in range(args.calls)]
@@ -308,6 +312,16 @@ async def measure(args: argparse.Namespace, hub_base: str, bare_base: str, keys:
         print(f"POST sent -> pop p{q}: hub / bare aiohttp = {mine:.2f} / {base:.2f} ms = {mine / base:.1f}x")
     verdict = "met" if hub_p99 <= 100 and not results["hub"][2] else "NOT met"
     print(f"target: hub p99 (200 -> pop) <= 100 ms: {verdict} ({hub_p99:.1f} ms); lost pops: {results['hub'][2]}")
+    return {
+        "p50_ms": pct(results["hub"][0], 50) if results["hub"][0] else None,
+        "p99_ms": hub_p99,
+        "baseline": "bare aiohttp push, POST sent -> pop",
+        "baseline_p99_ms": pct(results["baseline"][1], 99),
+        "hub_sent_to_pop_p99_ms": pct(results["hub"][1], 99) if results["hub"][1] else None,
+        "lost": results["hub"][2],
+        "calls": args.calls,
+        "agents": args.agents,
+    }
 
 
 def parse() -> argparse.Namespace:
@@ -321,6 +335,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=6)
     p.add_argument("--keep", action="store_true", help="keep the database and hub.log")
     p.add_argument("--quick", action="store_true", help="200 calls, 200 callers")
+    p.add_argument("--json", metavar="PATH", help="also write the figures to this JSON file (bench/run.py reads it)")
     args = p.parse_args()
     if args.quick:
         args.calls, args.callers = 200, 200
