@@ -252,9 +252,7 @@ def main(args: argparse.Namespace) -> None:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-async def measure(
-    args: argparse.Namespace, hub_base: str, bare_base: str, keys: dict[str, str]
-) -> dict[str, Any]:
+async def measure(args: argparse.Namespace, hub_base: str, bare_base: str, keys: dict[str, str]) -> dict[str, Any]:
     rng = random.Random(args.seed)
     callers = [f"+1415{n:07d}" for n in range(args.callers)]
     calls = [(f"call-{n}", n % args.agents, rng.choice(callers)) for n in range(args.calls)]
