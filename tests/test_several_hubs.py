@@ -5,7 +5,8 @@ send identity-linking events about the same forty people at once (a person's ano
 devices log in at one hub while their email arrives at another), so links and merges for one
 person race across processes. At the end each person is one customer, no event is orphaned
 or lost or stored twice, and the metrics count every event once. A process stopped in the
-middle leaves nothing half-done for the others.
+middle leaves nothing half-done for the others. A call offered at one process pops on the
+screen of an agent connected to another (PostgreSQL LISTEN/NOTIFY).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 from hubprocs import assert_consistent, cli, drive, free_port, start_hub, wait_up
 
@@ -60,3 +62,49 @@ async def test_linking_events_for_the_same_people_at_three_hubs_converge(shared_
     assert more >= total
     assert len(acked) == more
     await assert_consistent(shared_postgres, more)
+
+
+@pytest.mark.postgres
+async def test_a_call_offered_at_one_hub_pops_on_an_agent_connected_to_another(
+    shared_postgres: str, tmp_path: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PRM_")}
+    key = cli(
+        "keys", "create", "--scope", "touchpoint:callcenter", "--database", shared_postgres, env=env, cwd=tmp_path
+    )
+    ports = [free_port() for _ in range(2)]
+    procs = [start_hub(shared_postgres, port, env, tmp_path) for port in ports]
+    headers = {"Authorization": f"Bearer {key}"}
+    offered = {
+        "id": "pbx-1-offered",
+        "type": "call.offered",
+        "occurred_at": "2026-11-23T09:05:00Z",
+        "data": {"call_id": "1", "ani": "+14155550100", "queue": "priority", "agent_id": "a-7"},
+    }
+    try:
+        await asyncio.gather(*(wait_up(port, proc) for port, proc in zip(ports, procs, strict=True)))
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(
+                f"http://127.0.0.1:{ports[1]}/v1/agents/a-7/screenpop", headers=headers
+            ) as ws:
+                hello = await ws.receive_json(timeout=10)
+                assert hello["type"] == "hello"
+                resp = await session.post(
+                    f"http://127.0.0.1:{ports[0]}/v1/touchpoints/callcenter/events", json=offered, headers=headers
+                )
+                assert resp.status == 200, await resp.text()
+                while True:
+                    pop = await ws.receive_json(timeout=15)
+                    if pop["type"] == "screen_pop":
+                        break
+                assert pop["call_id"] == "1"
+                assert pop["queue"] == "priority"
+                assert {"namespace": "phone", "value": "+14155550100"} in pop["customer"]["identities"]
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()

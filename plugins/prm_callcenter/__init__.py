@@ -18,6 +18,7 @@ from aiohttp import web
 
 from prm_core import hookimpl
 from prm_core.config import Config
+from prm_core.errors import ConfigError
 from prm_core.hub import Hub
 from prm_core.model import Adapter, TouchPoint
 from prm_core.server.state import HUB
@@ -66,7 +67,12 @@ async def screen_pop_service(app: web.Application) -> AsyncIterator[None]:
         ticket_ttl_s=float(tuning.get("ticket_ttl_s", 30)),
     )
     hub.pm.register(pops, name=PLUGIN_NAME)
-    pops.start()
+    bus = str(tuning.get("bus", "auto"))
+    if bus not in ("auto", "local", "postgresql"):
+        raise ConfigError(f"[touchpoints.callcenter.screenpop] bus must be auto, local or postgresql, not {bus!r}")
+    if bus == "postgresql" and hub.store.dialect != "postgresql":
+        raise ConfigError("[touchpoints.callcenter.screenpop] bus = 'postgresql' needs the hub on PostgreSQL")
+    await pops.start(shared=None if bus == "auto" else bus == "postgresql")
     try:
         yield
     finally:

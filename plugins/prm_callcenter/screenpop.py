@@ -13,6 +13,11 @@ waits for it:
   (``dropped_pops``), never slows the others. A reconnecting client asks for what it missed
   with ``?since=<seq>``.
 
+On PostgreSQL, where several hub processes may share the database, the recording process does
+not build the pop: it publishes a notice on :mod:`prm_callcenter.bus` (LISTEN/NOTIFY) and
+every process with that agent's channel builds and pushes it, so an agent connected to any
+process gets the pops of calls recorded by all of them.
+
 Sequence numbers start at the broker's start time in microseconds and count up, so they keep
 increasing across restarts of the hub and a ``since`` from before a restart stays meaningful
 (the ring itself is in memory: pops made before a restart are not replayed).
@@ -26,6 +31,7 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -33,8 +39,9 @@ from attrs import define, field
 
 from prm_core import hookimpl
 from prm_core.hub import Hub
-from prm_core.model import CustomerView, RecordedEvent
+from prm_core.model import CustomerView, Event, RecordedEvent
 
+from .bus import PostgresBus
 from .cti import OFFERED, TOUCHPOINT
 
 __all__ = ["PLUGIN_NAME", "Connection", "ScreenPops", "screen_pop_customer"]
@@ -133,13 +140,22 @@ class ScreenPops:
     ticket_ttl_s: float = 30.0
     _tasks: list[asyncio.Task[None]] = field(factory=list)
     _tickets: dict[str, tuple[str, float]] = field(factory=dict)
+    bus: PostgresBus | None = None
 
     # ---- lifetime -----------------------------------------------------------------------
 
-    def start(self) -> None:
+    async def start(self, *, shared: bool | None = None) -> None:
+        """Start the workers; with ``shared`` (default: on PostgreSQL) also the bus between processes."""
+        if shared is None:
+            shared = self.hub.store.dialect == "postgresql"
+        if shared:
+            self.bus = PostgresBus(self.hub.store.url, self._heard, pending=self.pending_calls)
+            await self.bus.start()
         self._tasks = [asyncio.create_task(self._work(), name=f"screenpop-{i}") for i in range(self.workers)]
 
     async def stop(self) -> None:
+        if self.bus is not None:
+            await self.bus.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -162,6 +178,43 @@ class ScreenPops:
             agent = event.data.get("to_agent_id")
         if not isinstance(agent, str) or not agent:
             return
+        if self.bus is not None:
+            data = event.data
+            self.bus.publish(
+                {
+                    "agent": agent,
+                    "customer_id": recorded.customer_id,
+                    "dialogue_id": recorded.dialogue_id,
+                    "id": event.id,
+                    "type": event.type,
+                    "occurred_at": event.occurred_at.isoformat(),
+                    # what the pop shows of the call; the caller's number stays in the database
+                    "data": {k: data[k] for k in ("call_id", "queue", "to_queue", "dnis") if k in data},
+                }
+            )
+            return
+        self._enqueue(recorded, agent)
+
+    def _heard(self, notice: Mapping[str, Any]) -> None:
+        """A notice from the bus (any process): pop it here if this agent has a channel here."""
+        agent = notice.get("agent")
+        if not isinstance(agent, str) or agent not in self.agents:
+            return
+        try:
+            event = Event(
+                id=str(notice["id"]),
+                type=str(notice["type"]),
+                occurred_at=datetime.fromisoformat(str(notice["occurred_at"])),
+                touchpoint=TOUCHPOINT,
+                data=dict(notice.get("data") or {}),
+            )
+            recorded = RecordedEvent(event, str(notice["customer_id"]), str(notice["dialogue_id"]))
+        except (KeyError, ValueError, TypeError):
+            log.warning("malformed screen-pop notice ignored")
+            return
+        self._enqueue(recorded, agent)
+
+    def _enqueue(self, recorded: RecordedEvent, agent: str) -> None:
         if len(self._calls) >= self.pending_calls:
             self._calls.popleft()
             self.dropped_calls += 1
@@ -268,4 +321,5 @@ class ScreenPops:
             "sent": self.sent,
             "dropped_calls": self.dropped_calls,
             "dropped_pops": self.dropped_pops,
+            "bus_dropped": self.bus.dropped if self.bus is not None else 0,
         }
