@@ -154,7 +154,14 @@ class MembershipRow(SQLModel, table=True):
 
 
 class MetricsRow(SQLModel, table=True):
-    """Per-customer aggregates kept current on ingest, never by rescanning history."""
+    """Per-customer aggregates kept current on ingest, never by rescanning history.
+
+    Purchases (see :func:`prm_core.merging.event_purchase`): ``order_count`` counts sales
+    less voids, ``return_count`` returns; ``lifetime_revenue`` is net of returns and voids,
+    all currencies added (kept for compatibility), ``revenue_by_currency`` the same per ISO
+    4217 code as decimal strings; ``categories`` how many sales bought each category (the
+    most bought 50); ``last_purchase_at`` the latest sale.
+    """
 
     __tablename__ = "customer_metrics"
 
@@ -165,6 +172,10 @@ class MetricsRow(SQLModel, table=True):
     first_seen_at: datetime | None = _ts(default=None)
     last_seen_at: datetime | None = _ts(default=None)
     touchpoints: list[str] = _json(default_factory=list)
+    return_count: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    revenue_by_currency: dict[str, str] = _json(default_factory=dict, sa_column_kwargs={"server_default": "{}"})
+    categories: dict[str, int] = _json(default_factory=dict, sa_column_kwargs={"server_default": "{}"})
+    last_purchase_at: datetime | None = _ts(default=None)
 
 
 class MergeRow(SQLModel, table=True):
