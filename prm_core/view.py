@@ -184,9 +184,9 @@ def build_view(conn: Connection, customer_id: str, *, cursor: str | None = None,
         lasts.append(r.last_seen_at)
     bought = purchases.columns()
     totals["return_count"] = bought["return_count"]
-    totals["revenue_by_currency"] = {
-        currency: str(Decimal(value).quantize(Decimal("0.01"))) for currency, value in bought["revenue_by_currency"].items()
-    }
+    cents = Decimal("0.01")
+    by_currency = bought["revenue_by_currency"]
+    totals["revenue_by_currency"] = {c: str(Decimal(v).quantize(cents)) for c, v in by_currency.items()}
     totals["categories"] = bought["categories"]
     totals["last_purchase_at"] = bought["last_purchase_at"]
     totals["average_sale"] = (
