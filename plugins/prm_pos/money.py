@@ -15,10 +15,12 @@ import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from babel.numbers import get_currency_precision, is_currency
+
 from prm_core.errors import InvalidInput
 from prm_core.server.errors import ApiError
 
-__all__ = ["MAX_PLACES", "amount", "currency", "loads", "quantity", "text"]
+__all__ = ["MAX_PLACES", "amount", "currency", "from_minor_units", "loads", "quantity", "text"]
 
 MAX_PLACES = 4
 MAX_AMOUNT = Decimal(10) ** 12
@@ -77,10 +79,18 @@ def quantity(raw: Any, field: str) -> Decimal:
 
 
 def currency(raw: Any, field: str) -> str:
-    """An ISO 4217 alphabetic code (``EUR``)."""
-    if not isinstance(raw, str) or not _CURRENCY.match(raw.strip().upper()):
+    """An ISO 4217 alphabetic code (``EUR``) that CLDR (through Babel) knows."""
+    if not isinstance(raw, str) or not _CURRENCY.match(raw.strip().upper()) or not is_currency(raw.strip().upper()):
         raise InvalidInput(f"{field} must be an ISO 4217 currency code such as USD", field)
     return raw.strip().upper()
+
+
+def from_minor_units(raw: Any, code: str, field: str) -> Decimal:
+    """An amount in the currency's smallest unit (Square's ``{"amount": 1999, "currency":
+    "USD"}``) as a Decimal: 19.99 USD, 1999 JPY, 1.999 KWD (ISO 4217 minor units)."""
+    if isinstance(raw, bool) or not isinstance(raw, int):
+        raise InvalidInput(f"{field} must be a whole number of the currency's smallest unit", field)
+    return amount(Decimal(raw).scaleb(-get_currency_precision(code)), field, negative=True)
 
 
 def text(value: Decimal) -> str:

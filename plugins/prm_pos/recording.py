@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -28,9 +28,9 @@ from prm_core.model import Event, Identity, Offer
 from prm_core.server.errors import ApiError
 from prm_core.store.tables import events, utcnow
 
-from .transaction import Transaction
+from .transaction import Transaction, TransactionKey
 
-__all__ = ["TOUCHPOINT", "offer_events", "transaction_event"]
+__all__ = ["TOUCHPOINT", "find_transaction", "offer_events", "transaction_event"]
 
 TOUCHPOINT = "pos"
 OUTCOMES = {"sale": "sold", "return": "returned"}
@@ -138,3 +138,31 @@ def offer_events(transaction: Event, dialogue_id: str, offers: tuple[Offer, ...]
         )
         for position, offer in enumerate(offers)
     ]
+
+
+async def find_transaction(hub: Hub, store_id: str, workstation_id: str, sequence_number: str) -> TransactionKey | None:
+    """The key of a recorded sale known by store, workstation and sequence number alone
+    (a vendor's refund names its order, not the order's business day)."""
+    prefix = f"pos/{store_id}/{workstation_id}/"
+
+    def escaped(text: str) -> str:
+        return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+    def read(conn: Connection) -> str | None:
+        e = events.c
+        q = (
+            sa.select(e.event_id)
+            .where(
+                e.touchpoint == TOUCHPOINT,
+                e.event_id.like(f"{escaped(prefix)}%/{escaped(sequence_number)}", escape="\\"),
+            )
+            .where(e.type == "pos.sale")
+            .limit(1)
+        )
+        return conn.execute(q).scalar_one_or_none()
+
+    found = await hub.store.read(read)
+    if found is None:
+        return None
+    day = found[len(prefix) :].split("/", 1)[0]
+    return TransactionKey(store_id, workstation_id, date.fromisoformat(day), sequence_number)

@@ -29,6 +29,7 @@ __all__ = [
     "MetricsRow",
     "SharedLinkRow",
     "UTCDateTime",
+    "WebhookReceiptRow",
     "metadata",
 ]
 
@@ -219,6 +220,17 @@ class ImportCheckpointRow(SQLModel, table=True):
     updated_at: datetime = _ts()
 
 
+class WebhookReceiptRow(SQLModel, table=True):
+    """A vendor webhook delivery already processed (Shopify's ``X-Shopify-Webhook-Id``,
+    Square's ``event_id``), so a redelivery is answered without being processed again."""
+
+    __tablename__ = "webhook_receipts"
+
+    source: str = Field(primary_key=True, max_length=32)
+    webhook_id: str = Field(primary_key=True, max_length=200)
+    received_at: datetime = _ts()
+
+
 def utcnow() -> datetime:
     """The hub's clock (see :mod:`prm_core.clock`)."""
     return clock.utcnow()
@@ -234,3 +246,4 @@ metrics: sa.Table = MetricsRow.__table__  # type: ignore[attr-defined]  # SQLMod
 merges: sa.Table = MergeRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
 api_keys: sa.Table = ApiKeyRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
 import_checkpoints: sa.Table = ImportCheckpointRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
+webhook_receipts: sa.Table = WebhookReceiptRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation

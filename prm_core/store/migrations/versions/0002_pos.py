@@ -1,4 +1,4 @@
-"""Purchase metrics from the point of sale: returns, revenue per currency, categories, last purchase.
+"""Point of sale: purchase metrics (returns, revenue per currency, categories, last purchase), webhook receipts.
 
 Revision ID: 0002_pos
 Revises: 0001
@@ -19,6 +19,13 @@ JSON = sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgres
 
 
 def upgrade() -> None:
+    op.create_table(
+        "webhook_receipts",
+        sa.Column("source", sa.String(length=32), nullable=False),
+        sa.Column("webhook_id", sa.String(length=200), nullable=False),
+        sa.Column("received_at", sa.DateTime(), nullable=False),
+        sa.PrimaryKeyConstraint("source", "webhook_id"),
+    )
     with op.batch_alter_table("customer_metrics") as batch:
         batch.add_column(sa.Column("return_count", sa.Integer(), server_default="0", nullable=False))
         batch.add_column(sa.Column("revenue_by_currency", JSON, server_default="{}", nullable=False))
@@ -32,3 +39,4 @@ def downgrade() -> None:
         batch.drop_column("categories")
         batch.drop_column("revenue_by_currency")
         batch.drop_column("return_count")
+    op.drop_table("webhook_receipts")
