@@ -4,7 +4,8 @@ Registers the ``pos`` touch point; its budget is ``[touchpoints.pos] budget_ms``
 (default 300 ms). ``POST /v1/touchpoints/pos/transactions`` takes the canonical
 transaction (ARTS POSLog names, see :mod:`prm_pos.transaction`); the answer's delivery is
 rendered as receipt lines (:mod:`prm_pos.receipt`). Also registers the ``household``
-identity namespace (:mod:`prm_pos.household`). See docs/pos.md.
+identity namespace (:mod:`prm_pos.household`) and the ARTS POSLog importer for
+``prm import --touchpoint pos FILE.xml`` (:mod:`prm_pos.poslog`). See docs/pos.md.
 """
 
 from __future__ import annotations
@@ -16,13 +17,15 @@ from aiohttp import web
 
 from prm_core import hookimpl
 from prm_core.config import Config
+from prm_core.formats import Importer
 from prm_core.model import Delivery, IdentityNamespace, TouchPoint
 
 from .household import namespace
+from .poslog import importer
 from .receipt import render_receipt
 from .routes import post_transaction
 
-__all__ = ["prm_identity_namespaces", "prm_render_delivery", "prm_touchpoints"]
+__all__ = ["prm_identity_namespaces", "prm_importers", "prm_render_delivery", "prm_touchpoints"]
 
 
 @hookimpl
@@ -42,6 +45,11 @@ def prm_touchpoints(config: Config) -> list[TouchPoint]:
 @hookimpl
 def prm_identity_namespaces(config: Config) -> list[IdentityNamespace]:
     return [namespace()]
+
+
+@hookimpl
+def prm_importers(config: Config) -> list[Importer]:
+    return [importer()]
 
 
 @hookimpl
