@@ -233,7 +233,8 @@ def import_(
     config_path: str | None,
     database_url: str | None,
 ) -> None:
-    """Bulk-load past contacts (JSON Lines of events) with a progress bar.
+    """Bulk-load past contacts (JSON Lines of events, or a format the touch point registers,
+    such as ARTS POSLog XML for pos) with a progress bar.
 
     Idempotent on event ids, and resumable: an interrupted import continues where its
     last committed batch ended.

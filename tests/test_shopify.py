@@ -16,6 +16,7 @@ from prm_shopify import PATH
 from prm_core.config import Config
 from prm_core.server.state import HUB
 from prm_core.store.tables import customers, events
+from prm_core.testing.conformance import TouchPointConformance
 
 SECRET = "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"
 SHOP = "appliance-demo.myshopify.com"
@@ -242,3 +243,50 @@ async def test_without_a_configured_secret_nothing_is_accepted(database_url, aio
     client = await aiohttp_client(create_app(Config(database_url=database_url)))
     raw, headers = signed(ORDER, "orders/create", "c4", secret="")
     assert (await client.post(PATH, data=raw, headers=headers)).status == 401
+
+
+class TestConformance(TouchPointConformance):
+    """The POS touch point: Shopify webhooks for events, the transaction route for requests."""
+
+    touchpoint = "pos"
+
+    @pytest.fixture
+    def hub_config(self, database_url: str) -> Config:
+        settings = {"touchpoints": {"pos": {"shopify_secret": SECRET}}}
+        return Config(database_url=database_url, public_url="http://hub.test", raw=settings)
+
+    @staticmethod
+    def _order(e: dict) -> dict:
+        order = copy.deepcopy(ORDER)
+        order["id"] = int(hashlib.sha256(e["id"].encode()).hexdigest()[:12], 16)
+        order["email"] = e["identities"]["email"]
+        order["created_at"] = order["processed_at"] = e["occurred_at"]
+        order["customer"].update(e.get("data", {}), email=e["identities"]["email"], phone=e["identities"]["phone"])
+        return order
+
+    async def send_events(self, client, key, batch):
+        response = None
+        for e in batch:
+            raw, headers = signed(self._order(e), "orders/create", e["id"])
+            if key is None:
+                del headers["X-Shopify-Hmac-Sha256"]
+            response = await client.post(PATH, data=raw, headers=headers)
+        return response
+
+    async def send_raw(self, client, key, body):
+        digest = base64.b64encode(hmac.new(SECRET.encode(), body, hashlib.sha256).digest()).decode()
+        headers = {"X-Shopify-Topic": "orders/create", "X-Shopify-Hmac-Sha256": digest, "X-Shopify-Shop-Domain": SHOP}
+        return await client.post(PATH, data=body, headers=headers)
+
+    async def forge(self, client, batch):
+        raw, headers = signed(self._order(batch[0]), "orders/create", batch[0]["id"], secret="forged")
+        return await client.post(PATH, data=raw, headers=headers)
+
+    async def send_request(self, client, key, event):
+        from test_pos import sale
+
+        body = sale(seq=int(hashlib.sha256(event["id"].encode()).hexdigest()[:8], 16))
+        body["customer_ref"] = {"email": event["identities"]["email"], "phone": event["identities"]["phone"]}
+        return await client.post(
+            "/v1/touchpoints/pos/transactions", json=body, headers={"Authorization": f"Bearer {key}"}
+        )
