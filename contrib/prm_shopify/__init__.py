@@ -95,7 +95,8 @@ def _discounts(item: Mapping[str, Any], where: str) -> Decimal:
 
 
 def _customer(order: Mapping[str, Any]) -> dict[str, Any] | None:
-    buyer = order.get("customer") if isinstance(order.get("customer"), Mapping) else {}
+    found = order.get("customer")
+    buyer: Mapping[str, Any] = found if isinstance(found, Mapping) else {}
     ref: dict[str, Any] = {}
     for ns in ("email", "phone"):
         value = order.get(ns) or buyer.get(ns)
@@ -173,7 +174,8 @@ async def refund_transaction(refund: Any, shop: str | None, hub: Hub, currency: 
     if not isinstance(refund, Mapping) or refund.get("id") is None or refund.get("order_id") is None:
         raise InvalidInput("a refund object with an id and an order_id is expected", "id")
     day, at = _day(refund.get("processed_at") or refund.get("created_at"), "created_at")
-    lines, tax = [], Decimal(0)
+    lines: list[dict[str, Any]] = []
+    tax = Decimal(0)
     for i, refunded in enumerate(refund.get("refund_line_items") or []):
         where = f"refund_line_items[{i}]"
         item = refunded.get("line_item") if isinstance(refunded.get("line_item"), Mapping) else {}
@@ -221,7 +223,7 @@ async def refund_transaction(refund: Any, shop: str | None, hub: Hub, currency: 
         "currency": currency,
         "line_items": lines,
         "tax": str(tax),
-        "total": str(sum((Decimal(li["extended_amount"]) for li in lines), Decimal(0)) + tax),
+        "total": str(sum((Decimal(str(li["extended_amount"])) for li in lines), Decimal(0)) + tax),
         "tenders": tenders,
     }
     if original is not None:

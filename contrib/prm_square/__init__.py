@@ -121,9 +121,9 @@ async def square_webhooks(request: web.Request) -> web.Response:
     kind = str(notification.get("type") or "")
     transactions: list[Transaction] = []
     if kind in PAYMENT_TYPES:
-        data = notification.get("data") if isinstance(notification.get("data"), Mapping) else {}
-        obj = data.get("object") if isinstance(data.get("object"), Mapping) else {}
-        found = payment_transaction(obj.get("payment"))
+        data = notification.get("data")
+        obj = data.get("object") if isinstance(data, Mapping) else None
+        found = payment_transaction(obj.get("payment") if isinstance(obj, Mapping) else None)
         transactions = [found] if found is not None else []
     elif kind not in ORDER_TYPES:
         log.info("square event type ignored", type=kind[:64])

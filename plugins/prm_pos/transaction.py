@@ -112,15 +112,16 @@ def parse_key(obj: Mapping[str, Any], where: str = "", *, defaults: TransactionK
         return _id(obj, key, where)
 
     raw_day = obj.get("business_day")
+    day: date | None = None
     if raw_day in (None, "") and defaults is not None:
         day = defaults.business_day
-    else:
+    elif isinstance(raw_day, str):
         try:
-            day = date.fromisoformat(raw_day) if isinstance(raw_day, str) else None
+            day = date.fromisoformat(raw_day)
         except ValueError:
             day = None
-        if day is None:
-            raise InvalidInput(f"{where}business_day must be a date (YYYY-MM-DD)", f"{where}business_day")
+    if day is None:
+        raise InvalidInput(f"{where}business_day must be a date (YYYY-MM-DD)", f"{where}business_day")
     return TransactionKey(part("store_id"), part("workstation_id"), day, part("sequence_number"))
 
 
@@ -227,7 +228,7 @@ def _line(obj: Any, where: str) -> LineItem:
     exponent = extended.as_tuple().exponent
     half_unit = Decimal(1).scaleb(exponent if isinstance(exponent, int) else 0) / 2
     # a till rounds an extended amount to the places it prints, and no further
-    if abs(extended - exact) > half_unit or (abs(extended - exact) == half_unit and exponent == 0):
+    if abs(extended - exact) > half_unit:
         raise InvalidInput(
             f"{where}.extended_amount {extended} is not quantity x unit_price - discount ({exact})",
             f"{where}.extended_amount",
