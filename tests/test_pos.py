@@ -344,3 +344,44 @@ async def test_revenue_is_kept_per_currency(hub_client, make_key):
     assert m["revenue_by_currency"] == {"EUR": "518.90", "USD": "518.90"}
     assert m["order_count"] == 2
     assert Decimal(m["average_sale"]) == Decimal("518.90")
+
+
+async def test_merge_adds_purchases_and_unmerge_gives_them_back(hub_client, make_key):
+    pos, read = await keys(make_key)
+    admin = {"Authorization": f"Bearer {await make_key('admin')}"}
+    web = {"Authorization": f"Bearer {await make_key('touchpoint:web')}"}
+    assert (await hub_client.post(PATH, json=sale(seq=1), headers=pos)).status == 200
+    # the same person ordered online before, without a currency (as Segment sends it)
+    order = {
+        "id": "web-order-1",
+        "type": "Order Completed",
+        "occurred_at": "2026-11-22T09:00:00Z",
+        "identities": {"email": "ann@example.com"},
+        "data": {"revenue": 20},
+    }
+    assert (await hub_client.post("/v1/touchpoints/web/events", json=order, headers=web)).status == 200
+    before_card = (await view(hub_client, read))["metrics"]
+    before_web = (await view(hub_client, read, "email:ann@example.com"))["metrics"]
+    assert before_web["revenue_by_currency"] == {"XXX": "20.00"}
+    # a sale with both the card and the email: one customer
+    both = sale(seq=2, currency="USD", customer_ref={"loyalty_card": "LC-1001", "email": "ann@example.com"})
+    assert (await hub_client.post(PATH, json=both, headers=pos)).status == 200
+    merged = (await view(hub_client, read))["metrics"]
+    assert merged["order_count"] == 3
+    assert merged["revenue_by_currency"] == {"EUR": "518.90", "USD": "518.90", "XXX": "20.00"}
+    assert merged["categories"] == {"accessories": 2, "washers": 2}
+    assert merged["last_purchase_at"] == "2026-11-23T10:15:00Z"
+    merges = (await (await hub_client.get("/v1/customers/loyalty_card:LC-1001/merges", headers=read)).json())["merges"]
+    (merge,) = merges
+    assert (await hub_client.post(f"/v1/merges/{merge['id']}/undo", headers=admin)).status == 200
+    # the merged-away customer (the web one, the younger) gets its own purchases back; the USD
+    # sale was recorded for the survivor after the merge and stays with it
+    card_id = (await view(hub_client, read))["id"]
+    assert merge["survivor_id"] == card_id
+    after_card = (await view(hub_client, read))["metrics"]
+    after_web = (await view(hub_client, read, "email:ann@example.com"))["metrics"]
+    assert after_web == {**before_web, "last_seen_at": after_web["last_seen_at"]}
+    assert after_card["order_count"] == 2
+    assert after_card["revenue_by_currency"] == {"EUR": "518.90", "USD": "518.90"}
+    assert after_card["categories"] == {"accessories": 2, "washers": 2}
+    assert before_card["last_purchase_at"] == after_card["last_purchase_at"]
