@@ -179,3 +179,48 @@ async def test_a_forged_notification_is_refused_and_writes_nothing(hub_client, f
     assert response.status == 401
     assert await count(hub_client) == 0
     assert await count(hub_client, customers) == 0
+
+
+REFUND_EVENT: dict[str, Any] = {
+    "merchant_id": "6SSW7HV8K2ST5",
+    "type": "refund.updated",
+    "event_id": "9f3c2a71-5d0e-4c3b-b8a4-63a1c2e0d111",
+    "created_at": "2026-11-24T09:12:40.000Z",
+    "data": {
+        "type": "refund",
+        "id": "hYy9pRFVxpDsO1FB05SunFWUe9JZY_KlWP8IC1557ddwc9QWTKrCVU6m0JXDz15R2Qym5eQfR",
+        "object": {
+            "refund": {
+                "id": "hYy9pRFVxpDsO1FB05SunFWUe9JZY_KlWP8IC1557ddwc9QWTKrCVU6m0JXDz15R2Qym5eQfR",
+                "amount_money": {"amount": 2999, "currency": "USD"},
+                "created_at": "2026-11-24T09:12:38.000Z",
+                "location_id": "S8GWD5R9QB376",
+                "order_id": "haOyDuHiqtAXMk0d8pDKXpL7Jg4F",
+                "payment_id": "hYy9pRFVxpDsO1FB05SunFWUe9JZY",
+                "reason": "Cable does not fit",
+                "status": "COMPLETED",
+                "updated_at": "2026-11-24T09:12:40.000Z",
+                "version": 10,
+            }
+        },
+    },
+}
+
+
+async def test_a_completed_refund_is_a_return_of_its_payment(hub_client, make_key):
+    read = {"Authorization": f"Bearer {await make_key('read')}"}
+    assert (await hub_client.post(PATH, data=signed(PAYMENT_EVENT)[0], headers=signed(PAYMENT_EVENT)[1])).status == 200
+    pending = copy.deepcopy(REFUND_EVENT)
+    pending["type"], pending["event_id"] = "refund.created", "refund-created-1"
+    pending["data"]["object"]["refund"]["status"] = "PENDING"
+    for notification in (pending, REFUND_EVENT):
+        raw, headers = signed(notification)
+        assert square_accepts(raw, headers)
+        response = await hub_client.post(PATH, data=raw, headers=headers)
+        assert response.status == 200, await response.text()
+    view = await (await hub_client.get("/v1/customers/email:ann@example.com", headers=read)).json()
+    m = view["metrics"]
+    assert (m["order_count"], m["return_count"]) == (1, 1)
+    assert m["revenue_by_currency"] == {"USD": "100.00"}
+    (returned,) = [t for t in view["timeline"] if t["type"] == "pos.return"]
+    assert returned["data"]["original_transaction"].endswith("/hYy9pRFVxpDsO1FB05SunFWUe9JZY")

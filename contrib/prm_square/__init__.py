@@ -19,6 +19,9 @@ Event types:
   ``source_type``. Money comes in the currency's smallest unit and is converted with ISO
   4217's minor units (cents, yen, fils). The buyer is ``buyer_email_address``. Payments
   that are not completed (``APPROVED``, ``CANCELED``, ``FAILED``) record nothing.
+- ``refund.created`` / ``refund.updated`` with ``status: COMPLETED``: a return (sequence
+  number ``refund-<id>``) of the sale its ``payment_id`` names, for ``amount_money``; it is
+  that sale's customer's. A refund of a payment the hub never saw is recorded without one.
 - ``order.created`` / ``order.updated``: Square's notification names the order and its
   ``state`` but carries neither lines nor money (those are fetched from the Orders API,
   which needs an access token the hub does not hold), so they are acknowledged and
@@ -36,20 +39,23 @@ from typing import Any
 import structlog
 from aiohttp import web
 from prm_pos import money
+from prm_pos.recording import find_transaction
 from prm_pos.transaction import Transaction, parse_transaction
 from prm_pos.webhooks import already_processed, mark_processed, record_transactions, signature_matches, unauthorized
 
 from prm_core import hookimpl
 from prm_core.config import Config
 from prm_core.errors import InvalidInput
+from prm_core.hub import Hub
 from prm_core.model import Adapter
 from prm_core.server.state import HUB
 
-__all__ = ["PATH", "payment_transaction", "prm_adapters"]
+__all__ = ["PATH", "payment_transaction", "prm_adapters", "refund_transaction"]
 
 PATH = "/v1/touchpoints/pos/square/webhooks"
 WORKSTATION = "square"
 PAYMENT_TYPES = ("payment.created", "payment.updated")
+REFUND_TYPES = ("refund.created", "refund.updated")
 ORDER_TYPES = ("order.created", "order.updated")
 log = structlog.get_logger(__name__)
 
@@ -69,10 +75,7 @@ def payment_transaction(payment: Any) -> Transaction | None:
     if payment.get("status") != "COMPLETED":
         return None
     code, amount = _money(payment.get("amount_money"), f"{where}.amount_money")
-    try:
-        created = datetime.fromisoformat(str(payment.get("created_at")))
-    except ValueError:
-        raise InvalidInput(f"{where}.created_at is not a timestamp", f"{where}.created_at") from None
+    created = _time(payment.get("created_at"), f"{where}.created_at")
     email = payment.get("buyer_email_address")
     body = {
         "transaction_type": "sale",
@@ -98,6 +101,52 @@ def payment_transaction(payment: Any) -> Transaction | None:
     return parse_transaction(body, source="square")
 
 
+async def refund_transaction(refund: Any, hub: Hub) -> Transaction | None:
+    """A Square Refund object as a canonical return; ``None`` unless it is completed."""
+    where = "data.object.refund"
+    if not isinstance(refund, Mapping) or not refund.get("id"):
+        raise InvalidInput(f"{where} with an id is expected", where)
+    if refund.get("status") != "COMPLETED":
+        return None
+    code, amount = _money(refund.get("amount_money"), f"{where}.amount_money")
+    created = _time(refund.get("created_at"), f"{where}.created_at")
+    store = str(refund.get("location_id") or "square")
+    original = await find_transaction(hub, store, WORKSTATION, str(refund.get("payment_id") or ""))
+    body: dict[str, Any] = {
+        "transaction_type": "return",
+        "store_id": store,
+        "workstation_id": WORKSTATION,
+        "sequence_number": f"refund-{refund['id']}"[:64],
+        "business_day": created.date().isoformat(),
+        "occurred_at": created.isoformat(),
+        "currency": code,
+        "line_items": [
+            {
+                "item_id": f"order-{refund['order_id']}"[:64] if refund.get("order_id") else "refund",
+                "description": "Square refund",
+                "quantity": 1,
+                "unit_price": str(amount),
+                "extended_amount": str(amount),
+            }
+        ],
+        "total": str(amount),
+        "tenders": [{"type": "square", "amount": str(amount)}],
+    }
+    if original is not None:
+        body["original_transaction"] = original.to_json()
+    return parse_transaction(body, source="square")
+
+
+def _time(raw: Any, field: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(str(raw))
+    except ValueError:
+        raise InvalidInput(f"{field} is not a timestamp", field) from None
+    if value.tzinfo is None:
+        raise InvalidInput(f"{field} needs a UTC offset", field)
+    return value
+
+
 def _notification_url(request: web.Request, config: Config) -> str:
     return f"{config.public_url}{PATH}" if config.public_url else str(request.url)
 
@@ -120,10 +169,15 @@ async def square_webhooks(request: web.Request) -> web.Response:
         return web.json_response({"accepted": 0, "duplicates": 1})
     kind = str(notification.get("type") or "")
     transactions: list[Transaction] = []
-    if kind in PAYMENT_TYPES:
-        data = notification.get("data")
-        obj = data.get("object") if isinstance(data, Mapping) else None
-        found = payment_transaction(obj.get("payment") if isinstance(obj, Mapping) else None)
+    data = notification.get("data")
+    obj = data.get("object") if isinstance(data, Mapping) else None
+    obj = obj if isinstance(obj, Mapping) else {}
+    if kind in PAYMENT_TYPES or kind in REFUND_TYPES:
+        found = (
+            payment_transaction(obj.get("payment"))
+            if kind in PAYMENT_TYPES
+            else await refund_transaction(obj.get("refund"), hub)
+        )
         transactions = [found] if found is not None else []
     elif kind not in ORDER_TYPES:
         log.info("square event type ignored", type=kind[:64])
@@ -140,6 +194,6 @@ def prm_adapters(config: Config) -> list[Adapter]:
             name="square",
             touchpoint="pos",
             routes=[web.post(PATH, square_webhooks)],
-            description="Square webhooks (payment.created, payment.updated, order.created, order.updated)",
+            description="Square webhooks (payment.*, refund.*, order.created, order.updated)",
         )
     ]

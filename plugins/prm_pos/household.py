@@ -10,8 +10,10 @@ A household is a group customer (``kind="group"``) owning one identity in the
 - ``household:addr-<digest>`` for ``customer_ref.address`` (``line1``, ``line2``, ``city``,
   ``postal_code``, ``country``), normalized (case, spacing, punctuation) before hashing.
 
-The identity values are digests, so a household's id says nothing about where it lives
-and is safe in logs. The address itself is not stored. The household's 360 view sums its
+The identity values are digests, so a household's identity does not spell out a phone
+number or where anyone lives, and the address itself is not stored. A digest is
+pseudonymous, not secret: whoever holds a candidate address or number can compute it and
+compare, so household identities are treated as personal data like any other identity. The household's 360 view sums its
 members' metrics (the core's group view): what the household buys together.
 """
 
