@@ -385,3 +385,18 @@ async def test_merge_adds_purchases_and_unmerge_gives_them_back(hub_client, make
     assert after_card["revenue_by_currency"] == {"EUR": "518.90", "USD": "518.90"}
     assert after_card["categories"] == {"accessories": 2, "washers": 2}
     assert before_card["last_purchase_at"] == after_card["last_purchase_at"]
+
+
+async def test_the_same_sale_by_another_way_is_a_duplicate(hub_client, make_key):
+    """Sent live by the till, then again (as in the night's POSLog) with other tender names,
+    descriptions and amounts spelt differently: one sale."""
+    pos, read = await keys(make_key)
+    assert (await hub_client.post(PATH, json=sale(), headers=pos)).status == 200
+    again = sale()
+    again["line_items"][0]["description"] = "WASHER WM300 8KG"
+    again["line_items"][0]["extended_amount"] = "499"
+    again["tenders"] = [{"type": "CreditDebit", "amount": "600"}, {"type": "Cash", "amount": "20", "change": "2.52"}]
+    response = await hub_client.post(PATH, json=again, headers=pos)
+    assert response.status == 200, await response.text()
+    assert (await response.json())["duplicate"] is True
+    assert (await view(hub_client, read))["metrics"]["order_count"] == 1

@@ -191,10 +191,20 @@ class Transaction:
         return -net if self.transaction_type != "sale" else net
 
     def digest(self) -> str:
-        """A digest of the content, to tell a retry from a different transaction under a reused key."""
-        body = {**self.data(), "customer": sorted((self.customer.identities if self.customer else {}).items())}
-        body.pop("revenue", None)
-        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+        """A digest of what makes the sale: its type, key, currency, amounts and items, and
+        what it undoes. A retry, or the same transaction arriving by another way (sent live by
+        the till, then in the night's POSLog, with other tender names or descriptions), has
+        the same digest; a different transaction under a reused key does not."""
+        body = {
+            "type": self.transaction_type,
+            "key": self.key.event_id,
+            "currency": self.currency,
+            "total": _canon(self.total),
+            "tax": _canon(self.tax),
+            "lines": [[li.item_id, _canon(li.quantity), _canon(li.extended_amount)] for li in self.line_items],
+            "original": self.original.event_id if self.original else None,
+        }
+        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
     def data(self) -> dict[str, Any]:
@@ -215,6 +225,11 @@ class Transaction:
         if self.original is not None:
             body["original_transaction"] = self.original.event_id
         return body
+
+
+def _canon(value: Decimal) -> str:
+    """One spelling per amount (1, 1.0 and 1.00 are one), for digests."""
+    return format(value.normalize(), "f")
 
 
 def _line(obj: Any, where: str) -> LineItem:
