@@ -142,8 +142,10 @@ class PurchaseTotals:
 
     def columns(self) -> dict[str, Any]:
         """The metrics row's purchase columns. Categories keep the ``MAX_CATEGORIES`` most
-        bought (ties by name, so the same history always keeps the same ones)."""
-        kept = sorted(((c, n) for c, n in self.categories.items() if n > 0), key=lambda cn: (-cn[1], cn[0]))
+        bought (ties by name, so the same history always keeps the same ones). A count that
+        went below zero (a void recorded before its sale) is kept too, so that the sale
+        arriving later brings it back to zero, as a recount would; views show positive ones."""
+        kept = sorted(((c, n) for c, n in self.categories.items() if n != 0), key=lambda cn: (-cn[1], cn[0]))
         return {
             "order_count": self.orders,
             "return_count": self.returns,

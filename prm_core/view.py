@@ -187,7 +187,7 @@ def build_view(conn: Connection, customer_id: str, *, cursor: str | None = None,
     cents = Decimal("0.01")
     by_currency = bought["revenue_by_currency"]
     totals["revenue_by_currency"] = {c: str(Decimal(v).quantize(cents)) for c, v in by_currency.items()}
-    totals["categories"] = bought["categories"]
+    totals["categories"] = {c: n for c, n in bought["categories"].items() if n > 0}
     totals["last_purchase_at"] = bought["last_purchase_at"]
     totals["average_sale"] = (
         (totals["lifetime_revenue"] / totals["order_count"]).quantize(Decimal("0.01"))
