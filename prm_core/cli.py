@@ -167,12 +167,16 @@ def plugins(config_path: str | None) -> None:
             ("partners", regs.partners),
             ("value providers", regs.value_providers),
             ("identity namespaces", regs.namespaces),
+            ("importers", regs.importers),
         ):
             mine = [n for n in registry.names() if registry.providers[n].split(" ")[0] == name]
             if mine:
                 details = (
                     [f"{n} ({regs.touchpoints[n].budget_ms} ms)" for n in mine] if kind == "touch points" else mine
                 )
+                if kind == "importers":
+                    found = [regs.importers[n] for n in mine]
+                    details = [f"{i.name} ({' '.join(i.suffixes)} into {i.touchpoint})" for i in found]
                 click.echo(f"  {kind}: {', '.join(details)}")
         click.echo(f"  hooks: {', '.join(hooks.get(name, [])) or '-'}")
 
@@ -233,7 +237,8 @@ def import_(
     config_path: str | None,
     database_url: str | None,
 ) -> None:
-    """Bulk-load past contacts (JSON Lines of events) with a progress bar.
+    """Bulk-load past contacts (JSON Lines of events, or a format the touch point registers,
+    such as ARTS POSLog XML for pos) with a progress bar.
 
     Idempotent on event ids, and resumable: an interrupted import continues where its
     last committed batch ended.

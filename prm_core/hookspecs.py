@@ -14,6 +14,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from .config import Config
+    from .formats import Importer
     from .model import (
         Adapter,
         Customer,
@@ -285,4 +286,25 @@ def prm_render_delivery(delivery: Delivery, touchpoint: TouchPoint) -> Mapping[s
         def prm_render_delivery(delivery, touchpoint):
             if touchpoint.name == "pos":
                 return {"receipt_lines": [o.title for o in delivery.offers[:3]]}
+    """
+
+
+# -------------------------------------------------------------------------------------
+# Registration (continued): file formats for ``prm import``
+# -------------------------------------------------------------------------------------
+
+
+@hookspec
+def prm_importers(config: Config) -> Iterable[Importer]:
+    """Register file formats ``prm import`` reads: yield one :class:`~prm_core.formats.Importer` each.
+
+    An importer claims file name suffixes (``.xml``) for one touch point; any other file is
+    read as JSON Lines of Events. Two importers claiming the same suffix for the same touch
+    point stop the import with an error naming both.
+
+    .. code-block:: python
+
+        @hookimpl
+        def prm_importers(config):
+            yield Importer(name="poslog", touchpoint="pos", suffixes=[".xml"], read=read_poslog)
     """

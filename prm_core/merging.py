@@ -7,12 +7,15 @@ unmerge moves back.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import sqlalchemy as sa
+from attrs import define, field, frozen
 from sqlalchemy.engine import Connection
 
 from .errors import InvalidInput, NotFound
@@ -22,8 +25,25 @@ from .store.engine import advisory_locks, customer_lock_key
 from .store.tables import customers, dialogues, events, identities, memberships, merges, metrics
 
 MAX_REVENUE = Decimal(10) ** 12
+# categories bought are kept per customer up to this many (the most often bought win), so a
+# customer's metrics row stays small whatever the catalog
+MAX_CATEGORIES = 50
+# revenue without a currency (a Segment ``Order Completed`` without one) is kept under ISO
+# 4217's code for "no currency"
+NO_CURRENCY = "XXX"
+_CURRENCY = re.compile(r"^[A-Z]{3}$")
 
-__all__ = ["event_revenue", "merge_customers", "merge_value", "recompute_metrics", "unmerge"]
+__all__ = [
+    "MAX_CATEGORIES",
+    "Purchase",
+    "PurchaseTotals",
+    "event_purchase",
+    "event_revenue",
+    "merge_customers",
+    "merge_value",
+    "recompute_metrics",
+    "unmerge",
+]
 
 
 def event_revenue(data: Any) -> Decimal | None:
@@ -37,6 +57,103 @@ def event_revenue(data: Any) -> Decimal | None:
         return None
     # beyond what the metrics column holds (and any plausible sale): not revenue
     return value if value.is_finite() and abs(value) < MAX_REVENUE else None
+
+
+@frozen
+class Purchase:
+    """What one event with revenue teaches the purchase metrics (the Purchases contract).
+
+    ``orders`` is +1 for a sale, 0 for a return (the order happened; its revenue shrinks)
+    and -1 for a void (the sale never happened). ``categories`` are counted once per sale
+    that bought them, and uncounted by a void.
+    """
+
+    revenue: Decimal
+    currency: str
+    orders: int
+    returned: bool
+    categories: tuple[str, ...]
+
+
+def event_purchase(data: Any) -> Purchase | None:
+    """The purchase an event records, when it carries revenue (see :class:`Purchase`).
+
+    ``data.transaction_type`` is ``sale`` (the default), ``return`` or ``void``;
+    ``data.currency`` an ISO 4217 code; ``data.line_items[*].category`` what was bought.
+    """
+    revenue = event_revenue(data)
+    if revenue is None:
+        return None
+    kind = data.get("transaction_type")
+    currency = data.get("currency")
+    currency = currency if isinstance(currency, str) and _CURRENCY.match(currency) else NO_CURRENCY
+    categories: set[str] = set()
+    items = data.get("line_items")
+    if isinstance(items, list) and kind != "return":
+        for item in items:
+            category = item.get("category") if isinstance(item, Mapping) else None
+            if isinstance(category, str) and category.strip():
+                categories.add(category.strip()[:64])
+    orders = {"return": 0, "void": -1}.get(kind, 1) if isinstance(kind, str) else 1
+    return Purchase(revenue, currency, orders, kind == "return", tuple(sorted(categories)))
+
+
+@define
+class PurchaseTotals:
+    """Purchase metrics being added up: from a batch's events, or from rows being merged."""
+
+    orders: int = 0
+    returns: int = 0
+    revenue: Decimal = Decimal(0)
+    by_currency: dict[str, Decimal] = field(factory=dict)
+    categories: Counter[str] = field(factory=Counter)
+    last_purchase: datetime | None = None
+
+    def add_purchase(self, purchase: Purchase, at: datetime) -> None:
+        self.revenue += purchase.revenue
+        self.orders += purchase.orders
+        self.returns += int(purchase.returned)
+        self.by_currency[purchase.currency] = self.by_currency.get(purchase.currency, Decimal(0)) + purchase.revenue
+        for category in purchase.categories:
+            self.categories[category] += purchase.orders
+        if purchase.orders > 0 and (self.last_purchase is None or at > self.last_purchase):
+            self.last_purchase = at
+
+    def add(self, other: PurchaseTotals) -> None:
+        self.orders += other.orders
+        self.returns += other.returns
+        self.revenue += other.revenue
+        for currency, value in other.by_currency.items():
+            self.by_currency[currency] = self.by_currency.get(currency, Decimal(0)) + value
+        self.categories.update(other.categories)
+        self.last_purchase = max(filter(None, (self.last_purchase, other.last_purchase)), default=None)
+
+    @classmethod
+    def from_row(cls, row: Any) -> PurchaseTotals:
+        """The totals a metrics row holds."""
+        return cls(
+            orders=row.order_count,
+            returns=row.return_count,
+            revenue=row.lifetime_revenue,
+            by_currency={k: Decimal(v) for k, v in (row.revenue_by_currency or {}).items()},
+            categories=Counter(row.categories or {}),
+            last_purchase=row.last_purchase_at,
+        )
+
+    def columns(self) -> dict[str, Any]:
+        """The metrics row's purchase columns. Categories keep the ``MAX_CATEGORIES`` most
+        bought (ties by name, so the same history always keeps the same ones). A count that
+        went below zero (a void recorded before its sale) is kept too, so that the sale
+        arriving later brings it back to zero, as a recount would; views show positive ones."""
+        kept = sorted(((c, n) for c, n in self.categories.items() if n != 0), key=lambda cn: (-cn[1], cn[0]))
+        return {
+            "order_count": self.orders,
+            "return_count": self.returns,
+            "lifetime_revenue": self.revenue,
+            "revenue_by_currency": {k: str(v) for k, v in sorted(self.by_currency.items())},
+            "categories": dict(kept[:MAX_CATEGORIES]),
+            "last_purchase_at": self.last_purchase,
+        }
 
 
 def merge_value(row: Any) -> Merge:
@@ -167,13 +284,14 @@ def _add_metrics(conn: Connection, survivor: str, merged: str) -> None:
     if kept is None:
         conn.execute(metrics.insert().values(**{**gone._mapping, "customer_id": survivor}))
         return
+    purchases = PurchaseTotals.from_row(kept)
+    purchases.add(PurchaseTotals.from_row(gone))
     conn.execute(
         metrics.update()
         .where(metrics.c.customer_id == survivor)
         .values(
             event_count=kept.event_count + gone.event_count,
-            order_count=kept.order_count + gone.order_count,
-            lifetime_revenue=kept.lifetime_revenue + gone.lifetime_revenue,
+            **purchases.columns(),
             first_seen_at=min(filter(None, (kept.first_seen_at, gone.first_seen_at)), default=None),
             last_seen_at=max(filter(None, (kept.last_seen_at, gone.last_seen_at)), default=None),
             touchpoints=sorted(set(kept.touchpoints) | set(gone.touchpoints)),
@@ -197,19 +315,19 @@ def recompute_metrics(conn: Connection, customer_ids: Iterable[str]) -> None:
         conn.execute(metrics.delete().where(metrics.c.customer_id == cid))
         if not count:
             continue
-        revenue, orders = Decimal(0), 0
-        for (data,) in conn.execute(sa.select(e.data).where(e.customer_id == cid)):
-            value = event_revenue(data)
-            if value is not None:
-                revenue += value
-                orders += 1
+        purchases = PurchaseTotals()
+        for data, at in conn.execute(
+            sa.select(e.data, e.occurred_at).where(e.customer_id == cid).order_by(e.occurred_at, e.seq)
+        ):
+            purchase = event_purchase(data)
+            if purchase is not None:
+                purchases.add_purchase(purchase, at)
         tps = sorted(r[0] for r in conn.execute(sa.select(e.touchpoint).where(e.customer_id == cid).distinct()))
         conn.execute(
             metrics.insert().values(
                 customer_id=cid,
                 event_count=count,
-                order_count=orders,
-                lifetime_revenue=revenue,
+                **purchases.columns(),
                 first_seen_at=first,
                 last_seen_at=last,
                 touchpoints=tps,

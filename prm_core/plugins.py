@@ -23,6 +23,7 @@ from attrs import define, field, frozen
 from . import hookspecs
 from .config import Config
 from .errors import ConflictingRegistration, PluginLoadError
+from .formats import Importer
 from .identity import builtin_namespaces
 from .model import Adapter, IdentityNamespace, Partner, TouchPoint, ValueProvider
 
@@ -156,6 +157,7 @@ class Registrations:
     partners: Registry[Partner]
     value_providers: Registry[ValueProvider]
     namespaces: Registry[IdentityNamespace]
+    importers: Registry[Importer] = field(factory=lambda: Registry("importer"))
 
 
 def _collect(
@@ -209,6 +211,7 @@ def collect_registrations(pm: pluggy.PluginManager, config: Config) -> Registrat
     _collect(pm, "prm_partners", "partner", Partner, config, regs.partners)
     _collect(pm, "prm_value_providers", "value provider", ValueProvider, config, regs.value_providers)
     _collect(pm, "prm_identity_namespaces", "identity namespace", IdentityNamespace, config, regs.namespaces)
+    _collect(pm, "prm_importers", "importer", Importer, config, regs.importers)
     return regs
 
 

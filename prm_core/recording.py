@@ -19,7 +19,6 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
@@ -29,7 +28,7 @@ from sqlalchemy.engine import Connection
 
 from .dialogue import DialogueState
 from .ids import new_id
-from .merging import event_revenue, merge_customers
+from .merging import PurchaseTotals, event_purchase, merge_customers
 from .model import Customer, Dialogue, Event, Identity, Merge, RecordedEvent, TouchPoint
 from .store.engine import advisory_locks, customer_lock_key, identity_lock_key
 from .store.tables import customers, dialogues, events, identities, metrics, shared_links, utcnow
@@ -61,18 +60,16 @@ class BatchOutcome:
 @define
 class _MetricsDelta:
     count: int = 0
-    orders: int = 0
-    revenue: Decimal = Decimal(0)
+    purchases: PurchaseTotals = field(factory=PurchaseTotals)
     first: datetime | None = None
     last: datetime | None = None
     touchpoints: set[str] = field(factory=set)
 
     def add(self, event: Event) -> None:
         self.count += 1
-        value = event_revenue(event.data)
-        if value is not None:
-            self.revenue += value
-            self.orders += 1
+        purchase = event_purchase(event.data)
+        if purchase is not None:
+            self.purchases.add_purchase(purchase, event.occurred_at)
         if self.first is None or event.occurred_at < self.first:
             self.first = event.occurred_at
         if self.last is None or event.occurred_at > self.last:
@@ -573,8 +570,7 @@ class _Batch:
             if target in deltas:
                 merged = deltas[target]
                 merged.count += delta.count
-                merged.orders += delta.orders
-                merged.revenue += delta.revenue
+                merged.purchases.add(delta.purchases)
                 merged.first = min(filter(None, (merged.first, delta.first)))
                 merged.last = max(filter(None, (merged.last, delta.last)))
                 merged.touchpoints |= delta.touchpoints
@@ -596,20 +592,20 @@ class _Batch:
                     {
                         "customer_id": cid,
                         "event_count": d.count,
-                        "order_count": d.orders,
-                        "lifetime_revenue": d.revenue,
+                        **d.purchases.columns(),
                         "first_seen_at": d.first,
                         "last_seen_at": d.last,
                         "touchpoints": sorted(d.touchpoints),
                     }
                 )
             else:
+                purchases = PurchaseTotals.from_row(current)
+                purchases.add(d.purchases)
                 updates.append(
                     {
                         "_cid": cid,
                         "event_count": current.event_count + d.count,
-                        "order_count": current.order_count + d.orders,
-                        "lifetime_revenue": current.lifetime_revenue + d.revenue,
+                        **purchases.columns(),
                         "first_seen_at": min(filter(None, (current.first_seen_at, d.first))),
                         "last_seen_at": max(filter(None, (current.last_seen_at, d.last))),
                         "touchpoints": sorted(set(current.touchpoints) | d.touchpoints),
@@ -626,6 +622,10 @@ class _Batch:
                     event_count=sa.bindparam("event_count"),
                     order_count=sa.bindparam("order_count"),
                     lifetime_revenue=sa.bindparam("lifetime_revenue"),
+                    return_count=sa.bindparam("return_count"),
+                    revenue_by_currency=sa.bindparam("revenue_by_currency"),
+                    categories=sa.bindparam("categories"),
+                    last_purchase_at=sa.bindparam("last_purchase_at"),
                     first_seen_at=sa.bindparam("first_seen_at"),
                     last_seen_at=sa.bindparam("last_seen_at"),
                     touchpoints=sa.bindparam("touchpoints"),

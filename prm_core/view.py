@@ -23,6 +23,7 @@ from sqlalchemy.engine import Connection
 
 from .errors import InvalidInput, NotFound
 from .identity import parse_ref
+from .merging import PurchaseTotals
 from .model import Customer, CustomerView, Dialogue, Identity
 from .store.tables import customers, dialogues, events, identities, memberships, metrics, shared_links
 
@@ -172,13 +173,22 @@ def build_view(conn: Connection, customer_id: str, *, cursor: str | None = None,
     totals: dict[str, Any] = {"event_count": 0, "order_count": 0, "lifetime_revenue": Decimal(0)}
     seen: set[str] = set()
     firsts, lasts = [], []
+    purchases = PurchaseTotals()
     for r in conn.execute(mq):
         totals["event_count"] += r.event_count
         totals["order_count"] += r.order_count
         totals["lifetime_revenue"] += r.lifetime_revenue
+        purchases.add(PurchaseTotals.from_row(r))
         seen.update(r.touchpoints)
         firsts.append(r.first_seen_at)
         lasts.append(r.last_seen_at)
+    bought = purchases.columns()
+    totals["return_count"] = bought["return_count"]
+    cents = Decimal("0.01")
+    by_currency = bought["revenue_by_currency"]
+    totals["revenue_by_currency"] = {c: str(Decimal(v).quantize(cents)) for c, v in by_currency.items()}
+    totals["categories"] = {c: n for c, n in bought["categories"].items() if n > 0}
+    totals["last_purchase_at"] = bought["last_purchase_at"]
     totals["average_sale"] = (
         (totals["lifetime_revenue"] / totals["order_count"]).quantize(Decimal("0.01"))
         if totals["order_count"]

@@ -42,6 +42,7 @@ REGISTRATION = {
     "prm_partners": "partners",
     "prm_value_providers": "value_providers",
     "prm_identity_namespaces": "namespaces",
+    "prm_importers": "importers",
 }
 
 

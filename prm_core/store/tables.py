@@ -29,6 +29,7 @@ __all__ = [
     "MetricsRow",
     "SharedLinkRow",
     "UTCDateTime",
+    "WebhookReceiptRow",
     "metadata",
 ]
 
@@ -154,7 +155,14 @@ class MembershipRow(SQLModel, table=True):
 
 
 class MetricsRow(SQLModel, table=True):
-    """Per-customer aggregates kept current on ingest, never by rescanning history."""
+    """Per-customer aggregates kept current on ingest, never by rescanning history.
+
+    Purchases (see :func:`prm_core.merging.event_purchase`): ``order_count`` counts sales
+    less voids, ``return_count`` returns; ``lifetime_revenue`` is net of returns and voids,
+    all currencies added (kept for compatibility), ``revenue_by_currency`` the same per ISO
+    4217 code as decimal strings; ``categories`` how many sales bought each category (the
+    most bought 50); ``last_purchase_at`` the latest sale.
+    """
 
     __tablename__ = "customer_metrics"
 
@@ -165,6 +173,10 @@ class MetricsRow(SQLModel, table=True):
     first_seen_at: datetime | None = _ts(default=None)
     last_seen_at: datetime | None = _ts(default=None)
     touchpoints: list[str] = _json(default_factory=list)
+    return_count: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    revenue_by_currency: dict[str, str] = _json(default_factory=dict, sa_column_kwargs={"server_default": "{}"})
+    categories: dict[str, int] = _json(default_factory=dict, sa_column_kwargs={"server_default": "{}"})
+    last_purchase_at: datetime | None = _ts(default=None)
 
 
 class MergeRow(SQLModel, table=True):
@@ -208,6 +220,17 @@ class ImportCheckpointRow(SQLModel, table=True):
     updated_at: datetime = _ts()
 
 
+class WebhookReceiptRow(SQLModel, table=True):
+    """A vendor webhook delivery already processed (Shopify's ``X-Shopify-Webhook-Id``,
+    Square's ``event_id``), so a redelivery is answered without being processed again."""
+
+    __tablename__ = "webhook_receipts"
+
+    source: str = Field(primary_key=True, max_length=32)
+    webhook_id: str = Field(primary_key=True, max_length=200)
+    received_at: datetime = _ts()
+
+
 def utcnow() -> datetime:
     """The hub's clock (see :mod:`prm_core.clock`)."""
     return clock.utcnow()
@@ -223,3 +246,4 @@ metrics: sa.Table = MetricsRow.__table__  # type: ignore[attr-defined]  # SQLMod
 merges: sa.Table = MergeRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
 api_keys: sa.Table = ApiKeyRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
 import_checkpoints: sa.Table = ImportCheckpointRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
+webhook_receipts: sa.Table = WebhookReceiptRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
