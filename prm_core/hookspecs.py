@@ -32,6 +32,7 @@ if TYPE_CHECKING:
         ValueProvider,
         ValueRequest,
     )
+    from .outbox import Fulfillment
 
 __all__ = ["hookimpl", "hookspec"]
 
@@ -285,4 +286,21 @@ def prm_render_delivery(delivery: Delivery, touchpoint: TouchPoint) -> Mapping[s
         def prm_render_delivery(delivery, touchpoint):
             if touchpoint.name == "pos":
                 return {"receipt_lines": [o.title for o in delivery.offers[:3]]}
+    """
+
+
+@hookspec
+def prm_fulfillment_updated(fulfillment: Fulfillment) -> None:
+    """Called after partner work changed status (answered, confirmed by a callback, given up),
+    once it is durable and recorded as a ``fulfillment.updated`` event in its dialogue.
+
+    A late answer arrives here after the customer's request was answered: a touch point whose
+    dialogue ``fulfillment.dialogue_id`` is still open pushes it to the customer (the portal
+    session, the agent's screen). Runs on the event loop: hand work to a queue.
+
+    .. code-block:: python
+
+        @hookimpl
+        def prm_fulfillment_updated(fulfillment):
+            sessions.push(fulfillment.dialogue_id, fulfillment.to_json())
     """
