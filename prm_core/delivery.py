@@ -90,8 +90,9 @@ async def _plan_fulfillments(hub: Hub, request: ValueRequest) -> list[tuple[str,
         direction="outbound",
         data={
             "in_reply_to": turn.id,
-            "fulfillments": [{"request_id": p.request.id, "partner": p.request.partner, "action": p.request.action}
-                             for p in items],
+            "fulfillments": [
+                {"request_id": p.request.id, "partner": p.request.partner, "action": p.request.action} for p in items
+            ],
         },
         planned=items,
         claimed_until=hub.outbox.lease_until(),
@@ -99,10 +100,7 @@ async def _plan_fulfillments(hub: Hub, request: ValueRequest) -> list[tuple[str,
     (stored,) = await hub.record([plan])
     if stored.duplicate:
         return []
-    return [
-        (f"partner:{p.request.partner}", hub.outbox.dispatch(Claim(p.outbox_id, 1, p.request)))
-        for p in items
-    ]
+    return [(f"partner:{p.request.partner}", hub.outbox.dispatch(Claim(p.outbox_id, 1, p.request))) for p in items]
 
 
 def _reserve_s(touchpoint: TouchPoint) -> float:

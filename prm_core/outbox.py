@@ -262,7 +262,7 @@ class Outbox:
             if task is not None:
                 try:
                     await task
-                except BaseException:  # noqa: S110 - cancelled or failed: already logged, and we are stopping
+                except BaseException:
                     pass
         self._task = None
         self._inflight.clear()
@@ -513,9 +513,7 @@ class Outbox:
 
         def write(conn: Connection) -> bool:
             k = partner_callbacks.c
-            if conn.execute(
-                sa.select(k.webhook_id).where(k.partner == partner, k.webhook_id == webhook_id)
-            ).first():
+            if conn.execute(sa.select(k.webhook_id).where(k.partner == partner, k.webhook_id == webhook_id)).first():
                 return False
             conn.execute(partner_callbacks.insert().values(partner=partner, webhook_id=webhook_id, received_at=now))
             c = outbox.c

@@ -18,9 +18,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from aiohttp import web
-from cloudevents.core.bindings.http import HTTPMessage, from_structured_event
-from prm_partner import directory
 from attrs import evolve
+from cloudevents.core.bindings.http import HTTPMessage, from_structured_event
 from prm_partner.playbook import add_business_days, visit_details
 from prm_tmf.simulators import AppointmentSimulator, StockSimulator, sign_headers
 from standardwebhooks import Webhook
@@ -39,9 +38,9 @@ def new_secret() -> str:
     return "whsec_" + base64.b64encode(os.urandom(24)).decode()
 
 
-async def eventually(check: Callable[[], Any], timeout: float = 15.0) -> Any:
+async def eventually(check: Callable[[], Any], within_s: float = 15.0) -> Any:
     """Poll ``check`` (sync or async) until it returns something truthy."""
-    deadline = asyncio.get_running_loop().time() + timeout
+    deadline = asyncio.get_running_loop().time() + within_s
     while True:
         value = check()
         if asyncio.iscoroutine(value):
@@ -130,7 +129,9 @@ def hub_plugins(pushes):
 
 
 async def platinum_ann(hub: Hub) -> str:
-    (rec,) = await hub.record(hub.parse_events({"id": "e0", "type": "identify", "occurred_at": T0, "identities": ANN}, "web"))
+    (rec,) = await hub.record(
+        hub.parse_events({"id": "e0", "type": "identify", "occurred_at": T0, "identities": ANN}, "web")
+    )
     await hub.update_customer(
         rec.customer_id,
         {"tier": "platinum", "traits": {"first_name": "Ann", "last_name": "Lee", "address": "1 Main St, Springfield"}},
@@ -196,7 +197,9 @@ async def test_a_service_request_books_a_technician_and_checks_parts_in_the_answ
     assert booking["relatedPlace"]["name"] == "1 Main St"
     assert "ann@example.com" not in json.dumps(booking)
     (check,) = stock.bodies
-    assert not {"Ann", "Lee", "+14155550100", "ann@example.com", "Main"} & set(json.dumps(check).replace('"', " ").split())
+    assert not {"Ann", "Lee", "+14155550100", "ann@example.com", "Main"} & set(
+        json.dumps(check).replace('"', " ").split()
+    )
     # signed, with an idempotency key that is also the Standard Webhooks message id
     for sim in (field, stock):
         (headers,) = sim.headers
@@ -288,7 +291,9 @@ async def test_a_late_partner_finishes_in_the_background_and_is_pushed(hub, fiel
     assert late.data["window_start"] and late.data["window_end"]
     view = await hub.view("email:ann@example.com")
     assert any(
-        t["type"] == "fulfillment.updated" and t["data"]["partner"] == "fieldservice" and t["dialogue"] == late.dialogue_id
+        t["type"] == "fulfillment.updated"
+        and t["data"]["partner"] == "fieldservice"
+        and t["dialogue"] == late.dialogue_id
         for t in view.timeline
     )
     assert field.delivered == 1 and field.duplicates == 0
@@ -302,7 +307,11 @@ async def test_the_plan_is_durable_with_its_event_and_a_replay_asks_nobody_again
     planned = await rows(hub)
     assert len(planned) == 2
     assert {r.cause_event_id for r in planned} == {
-        next(t["event_id"] for t in (await hub.view("email:ann@example.com")).timeline if t["type"] == "fulfillment.planned")
+        next(
+            t["event_id"]
+            for t in (await hub.view("email:ann@example.com")).timeline
+            if t["type"] == "fulfillment.planned"
+        )
     }
     assert {r.dialogue_id for r in planned} == {first.recorded.dialogue_id}
     assert field.calls == stock.calls == 1
@@ -321,7 +330,9 @@ async def test_a_row_left_by_a_dead_hub_is_sent_after_restart_and_an_acknowledge
         await eventually(lambda: stock.delivered == 1)
         await eventually(
             lambda: first.store.read(
-                lambda c: c.execute(sa.select(outbox.c.status).where(outbox.c.partner == "supplier")).scalar() == "confirmed"
+                lambda c: (
+                    c.execute(sa.select(outbox.c.status).where(outbox.c.partner == "supplier")).scalar() == "confirmed"
+                )
             )
         )
     (waiting,) = await _read_rows(database_url, outbox.c.partner == "fieldservice")
@@ -334,8 +345,10 @@ async def test_a_row_left_by_a_dead_hub_is_sent_after_restart_and_an_acknowledge
     async with Hub.open(config) as second:
         await eventually(
             lambda: second.store.read(
-                lambda c: c.execute(sa.select(outbox.c.status).where(outbox.c.partner == "fieldservice")).scalar()
-                == "confirmed"
+                lambda c: (
+                    c.execute(sa.select(outbox.c.status).where(outbox.c.partner == "fieldservice")).scalar()
+                    == "confirmed"
+                )
             )
         )
         await asyncio.sleep(0.3)  # a few more polls: nothing else is due
@@ -348,8 +361,10 @@ async def test_a_row_left_by_a_dead_hub_is_sent_after_restart_and_an_acknowledge
     async with Hub.open(config) as third:
         await eventually(
             lambda: third.store.read(
-                lambda c: c.execute(sa.select(outbox.c.status).where(outbox.c.partner == "fieldservice")).scalar()
-                == "confirmed"
+                lambda c: (
+                    c.execute(sa.select(outbox.c.status).where(outbox.c.partner == "fieldservice")).scalar()
+                    == "confirmed"
+                )
             )
         )
     assert field.delivered == 1 and field.duplicates == 1 and len(field.appointments) == 1
@@ -439,23 +454,34 @@ async def test_a_forged_or_stale_callback_is_refused_and_writes_nothing(hub_clie
     hub = hub_client.app[__import__("prm_core.server.state", fromlist=["HUB"]).HUB]
     await eventually(lambda: rows(hub, outbox.c.partner == "fieldservice", outbox.c.status == "confirmed"))
     note = json.dumps(
-        {"eventType": "AppointmentStateChangeEvent", "event": {"appointment": {"id": appt["appointment_id"], "status": "cancelled"}}}
+        {
+            "eventType": "AppointmentStateChangeEvent",
+            "event": {"appointment": {"id": appt["appointment_id"], "status": "cancelled"}},
+        }
     )
     url = "/v1/partners/fieldservice/callbacks"
     forged = await hub_client.post(url, data=note, headers=sign_headers(new_secret(), note))
     assert forged.status == 401
     stale = sign_headers(field.secret, note)
     old = datetime.now(tz=UTC) - timedelta(minutes=10)
-    stale |= {"webhook-timestamp": str(int(old.timestamp())), "webhook-signature": Webhook(field.secret).sign(stale["webhook-id"], old, note)}
+    stale |= {
+        "webhook-timestamp": str(int(old.timestamp())),
+        "webhook-signature": Webhook(field.secret).sign(stale["webhook-id"], old, note),
+    }
     assert (await hub_client.post(url, data=note, headers=stale)).status == 401
     unsigned = await hub_client.post(url, data=note, headers={"Content-Type": "application/json"})
     assert unsigned.status == 401
     # another partner, validly signed, cannot touch the field-service firm's booking
-    other = await hub_client.post("/v1/partners/supplier/callbacks", data=note, headers=sign_headers(stock.secret, note))
+    other = await hub_client.post(
+        "/v1/partners/supplier/callbacks", data=note, headers=sign_headers(stock.secret, note)
+    )
     assert other.status in (404, 422)
     (row,) = await rows(hub, outbox.c.partner == "fieldservice")
     assert row.status == "confirmed"
-    assert await hub.store.read(lambda c: c.execute(sa.select(sa.func.count()).select_from(partner_callbacks)).scalar()) == 0
+    assert (
+        await hub.store.read(lambda c: c.execute(sa.select(sa.func.count()).select_from(partner_callbacks)).scalar())
+        == 0
+    )
     # the real partner's cancellation applies once; a redelivery is recognized
     headers = sign_headers(field.secret, note)
     first = await (await hub_client.post(url, data=note, headers=headers)).json()
@@ -487,7 +513,12 @@ async def test_a_cloudevents_partner_gets_a_signed_cloudevent_and_completes_by_c
     config = partners_config(database_url, field, stock)
     raw = dict(config.raw)
     raw["partners"] = {
-        "notifier": {"role": "field_service", "protocol": "cloudevents", "url": str(notifier.make_url("/notify")), "secret": secret}
+        "notifier": {
+            "role": "field_service",
+            "protocol": "cloudevents",
+            "url": str(notifier.make_url("/notify")),
+            "secret": secret,
+        }
     }
     async with Hub.open(evolve(config, raw=raw), plugins=[pushes]) as hub:
         await platinum_ann(hub)

@@ -233,7 +233,10 @@ class AppointmentSimulator(PartnerSimulator):
             if start is None or end is None:
                 return 400, {"code": "400", "reason": "requestedTimeSlot.validFor is required"}
             free = [
-                {"id": f"slot-{int(s.timestamp())}", "validFor": {"startDateTime": _iso(s), "endDateTime": _iso(s + timedelta(hours=3))}}
+                {
+                    "id": f"slot-{int(s.timestamp())}",
+                    "validFor": {"startDateTime": _iso(s), "endDateTime": _iso(s + timedelta(hours=3))},
+                }
                 for s in self.slots(start, end)
             ]
             return 201, {"id": uuid.uuid4().hex[:12], "@type": "SearchTimeSlot", "status": "created",
@@ -306,7 +309,10 @@ class StockSimulator(PartnerSimulator):
         wanted = (item.get("requestedQuantity") or {}).get("amount") or 1
         held = self.stock.get(str(part), 0) - self.reserved[str(part)]
         result = "available" if held >= wanted else "partial" if held > 0 else "unavailable"
-        stock = {**(item.get("checkedProductStock") or {}), "productStockLevel": {"amount": max(held, 0), "units": "unit"}}
+        stock = {
+            **(item.get("checkedProductStock") or {}),
+            "productStockLevel": {"amount": max(held, 0), "units": "unit"},
+        }
         return {**item, "checkedProductStock": stock, "availabilityResult": result, "state": "done"}
 
     async def check_product_stock(self, request: web.Request) -> web.Response:

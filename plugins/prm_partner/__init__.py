@@ -50,7 +50,9 @@ class PartnerDirectory:
             clients[name] = (
                 current
                 if current is not None and current.settings == s
-                else PartnerClient(s, fail_max=int(breaker.get("fail_max", 5)), reset_s=float(breaker.get("reset_s", 30)))
+                else PartnerClient(
+                    s, fail_max=int(breaker.get("fail_max", 5)), reset_s=float(breaker.get("reset_s", 30))
+                )
             )
         self.clients = clients
 

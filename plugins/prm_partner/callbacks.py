@@ -18,12 +18,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import prm_tmf
 import structlog
 from aiohttp import web
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-import prm_tmf
 from prm_core.outbox import STATUSES
 from prm_core.server.errors import ApiError
 from prm_core.server.routes import api, parse_json_body
@@ -85,7 +85,11 @@ def callback_route(settings: Callable[[], Mapping[str, PartnerSettings]]) -> web
         ref, status, data = parsed
         hub = request.app[HUB]
         found, applied = await hub.outbox.apply_callback(
-            name, request.headers["webhook-id"], ref, status, data  # type: ignore[arg-type]
+            name,
+            request.headers["webhook-id"],
+            ref,
+            status,
+            data,  # type: ignore[arg-type]
         )
         if found is None:
             raise ApiError(404, "not_found", f"partner {name!r} has no request {ref!r}", "reference")

@@ -19,12 +19,12 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
+import prm_tmf
 from aiobreaker import CircuitBreaker, CircuitBreakerError
 from cloudevents.core.bindings.http import to_structured_event
 from cloudevents.core.v1.event import CloudEvent
 from standardwebhooks import Webhook
 
-import prm_tmf
 from prm_core.model import FulfillmentRequest, FulfillmentResult
 from prm_core.outbox import RetryLater
 
@@ -84,7 +84,9 @@ class PartnerClient:
 
     def __init__(self, settings: PartnerSettings, *, fail_max: int = 5, reset_s: float = 30.0) -> None:
         self.settings = settings
-        self.breaker = CircuitBreaker(fail_max=fail_max, timeout_duration=timedelta(seconds=reset_s), name=settings.name)
+        self.breaker = CircuitBreaker(
+            fail_max=fail_max, timeout_duration=timedelta(seconds=reset_s), name=settings.name
+        )
 
     async def fulfill(self, req: FulfillmentRequest) -> FulfillmentResult:
         try:
