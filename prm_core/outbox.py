@@ -46,6 +46,7 @@ __all__ = [
     "STATUSES",
     "Claim",
     "Fulfillment",
+    "FulfillmentStatus",
     "Outbox",
     "PlannedEvent",
     "PlannedFulfillment",

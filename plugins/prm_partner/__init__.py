@@ -7,7 +7,7 @@ The plugin plans the service-request playbook (:mod:`prm_partner.playbook`), car
 each request with one signed call (:mod:`prm_partner.client`; the core's outbox retries
 and keeps it), and receives partners' callbacks at ``POST /v1/partners/{partner}/callbacks``
 (:mod:`prm_partner.callbacks`), mounted on the ``partners`` touch point (channel
-``partner``). See docs/partners.md.
+``partner``, registered only when a partner is configured). See docs/partners.md.
 """
 
 from __future__ import annotations
@@ -69,11 +69,14 @@ def prm_partners(config: Config) -> Iterator[Partner]:
 
 @hookimpl
 def prm_touchpoints(config: Config) -> Iterator[TouchPoint]:
+    # only a hub with partners listens for their callbacks
+    if not partner_settings(config):
+        return
     yield TouchPoint(
         name="partners",
         channel="partner",
         budget_ms=int(config.touchpoint("partners").get("budget_ms", 2000)),
-        routes=[callback_route(lambda: directory.settings)],
+        routes=(callback_route(lambda: directory.settings),),  # type: ignore[arg-type]  # attrs converter=tuple confuses mypy
         description="partners' signed callbacks about the work the hub asked of them",
     )
 

@@ -16,7 +16,7 @@ partners a CloudEvent whose ``subject`` names the request and whose ``data`` is
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import prm_tmf
 import structlog
@@ -24,7 +24,7 @@ from aiohttp import web
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from prm_core.outbox import STATUSES
+from prm_core.outbox import STATUSES, FulfillmentStatus
 from prm_core.server.errors import ApiError
 from prm_core.server.routes import api, parse_json_body
 from prm_core.server.state import HUB
@@ -85,11 +85,7 @@ def callback_route(settings: Callable[[], Mapping[str, PartnerSettings]]) -> web
         ref, status, data = parsed
         hub = request.app[HUB]
         found, applied = await hub.outbox.apply_callback(
-            name,
-            request.headers["webhook-id"],
-            ref,
-            status,
-            data,  # type: ignore[arg-type]
+            name, request.headers["webhook-id"], ref, cast(FulfillmentStatus, status), data
         )
         if found is None:
             raise ApiError(404, "not_found", f"partner {name!r} has no request {ref!r}", "reference")

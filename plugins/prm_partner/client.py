@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Literal, cast
 
 import aiohttp
 import prm_tmf
@@ -33,6 +33,7 @@ from .settings import PartnerSettings
 __all__ = ["PartnerClient", "retry_after_s", "signed_headers"]
 
 RETRYABLE = frozenset({408, 425, 429, 500, 502, 503, 504})
+ResultStatus = Literal["pending", "confirmed", "rejected", "failed"]
 STATUSES = frozenset({"pending", "confirmed", "rejected", "failed"})
 
 
@@ -155,4 +156,4 @@ def _cloudevents_result(req: FulfillmentRequest, status: int, answer: Any) -> Fu
     if state not in STATUSES:
         state = "pending" if status == 202 else "confirmed"
     data = body.get("data") if isinstance(body.get("data"), dict) else {}
-    return FulfillmentResult(req.id, req.partner, state, dict(data or {}))
+    return FulfillmentResult(req.id, req.partner, cast(ResultStatus, state), dict(data or {}))
