@@ -194,17 +194,19 @@ def _parse(when: Any) -> datetime | None:
 class AppointmentSimulator(PartnerSimulator):
     """A field-service firm's TMF646 Appointment Management v4 API.
 
-    Technicians visit in three-hour slots, 09:00 and 13:00 UTC on working days. A booking
-    takes the first free slot inside the requested ``validFor`` (``failed`` if none fits);
+    Technicians visit in three-hour slots, 09:00 and 13:00 UTC on working days, ``technicians``
+    visits per slot. A booking takes the first free slot inside the requested ``validFor``
+    (``failed`` if none fits);
     with ``callback_url`` it is ``initialized`` at once and ``confirmed`` by notification.
     """
 
     prefix = "/tmf-api/appointmentManagement/v4"
 
-    def __init__(self, secret: str, **kw: Any) -> None:
+    def __init__(self, secret: str, *, technicians: int = 1, **kw: Any) -> None:
         super().__init__(secret, **kw)
+        self.technicians = technicians
         self.appointments: dict[str, dict[str, Any]] = {}
-        self.booked: set[datetime] = set()
+        self.booked: Counter[datetime] = Counter()
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -220,7 +222,7 @@ class AppointmentSimulator(PartnerSimulator):
             if day.weekday() < 5:
                 for hour in (9, 13):
                     slot = day.replace(hour=hour)
-                    if slot >= start and slot + timedelta(hours=3) <= end and slot not in self.booked:
+                    if slot >= start and slot + timedelta(hours=3) <= end and self.booked[slot] < self.technicians:
                         found.append(slot)
             day += timedelta(days=1)
         return found[:limit]
@@ -258,7 +260,7 @@ class AppointmentSimulator(PartnerSimulator):
             if not free:
                 appt["status"] = "failed"
             else:
-                self.booked.add(free[0])
+                self.booked[free[0]] += 1
                 appt["validFor"] = {"startDateTime": _iso(free[0]), "endDateTime": _iso(free[0] + timedelta(hours=3))}
                 appt["status"] = "initialized" if self.callback_url else "confirmed"
             self.appointments[appt_id] = appt
