@@ -100,7 +100,13 @@ async def _plan_fulfillments(hub: Hub, request: ValueRequest) -> list[tuple[str,
     (stored,) = await hub.record([plan])
     if stored.duplicate:
         return []
-    return [(f"partner:{p.request.partner}", hub.outbox.dispatch(Claim(p.outbox_id, 1, p.request))) for p in items]
+    return [
+        (
+            f"partner:{p.request.partner}",
+            hub.outbox.dispatch(Claim(p.outbox_id, 1, p.request, turn.touchpoint, recorded.dialogue_id, p.role)),
+        )
+        for p in items
+    ]
 
 
 def _reserve_s(touchpoint: TouchPoint) -> float:

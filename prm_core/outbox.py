@@ -98,6 +98,30 @@ class PlannedEvent(Event):
 
 
 @frozen
+class SettledEvent(Event):
+    """A ``fulfillment.updated`` event that also writes its outbox row's new state, in the same
+    transaction (and the same group commit as other events). ``fence``: the ``attempts`` the
+    row must still have (the claim that made the attempt), so a dispatcher whose lease was
+    taken over writes nothing to the row. Applied even when the event is a duplicate: the
+    status was told before, but the row may have been claimed again since."""
+
+    row_id: str = ""
+    fence: int | None = None
+    values: Mapping[str, Any] = field(factory=dict)
+
+
+def settle_row(conn: Connection, ev: Event) -> None:
+    """Inside the recording transaction: apply a :class:`SettledEvent`'s row update."""
+    if not isinstance(ev, SettledEvent) or not ev.row_id:
+        return
+    c = outbox.c
+    where = [c.id == ev.row_id, c.status == "pending"]
+    if ev.fence is not None:
+        where.append(c.attempts == ev.fence)
+    conn.execute(outbox.update().where(*where).values(**ev.values))
+
+
+@frozen
 class Fulfillment:
     """One fulfillment request as the hub knows it now: what the view lists and what
     ``prm_fulfillment_updated`` receives."""
@@ -138,6 +162,9 @@ class Claim:
     row_id: str
     attempt: int
     request: FulfillmentRequest
+    touchpoint: str = ""
+    dialogue_id: str = ""
+    role: str = ""
 
 
 def outbox_rows(ev: Event, customer_id: str, dialogue_id: str, now: datetime) -> list[dict[str, Any]]:
@@ -329,7 +356,7 @@ class Outbox:
             for row in conn.execute(q).all():
                 attempt = row.attempts + 1
                 conn.execute(outbox.update().where(c.id == row.id).values(attempts=attempt, next_attempt_at=until))
-                claims.append(Claim(row.id, attempt, _request(row)))
+                claims.append(Claim(row.id, attempt, _request(row), row.touchpoint, row.dialogue_id, row.role))
             return claims
 
         return await self.hub.store.write(write)
@@ -422,9 +449,40 @@ class Outbox:
             "updated_at": utcnow(),
             **({"partner_ref": str(ref)[:200]} if ref else {}),
         }
-        row = await self._update(claim, values)
-        if row is not None:
-            await self._announce(row)
+        if claim.touchpoint not in self.hub.registrations.touchpoints:
+            # its touch point is gone (config changed): keep the row right, tell no dialogue
+            row = await self._update(claim, values)
+            if row is not None:
+                self.hub.hooks.fulfillment_updated(_fulfillment(row))
+            return
+        # the row and the dialogue's event in one transaction, sharing the ingest's group commit
+        event = SettledEvent(
+            id=f"fulfillment:{claim.row_id}:{result.status}",
+            type="fulfillment.updated",
+            occurred_at=utcnow(),
+            touchpoint=claim.touchpoint,
+            dialogue_id=claim.dialogue_id,
+            direction="outbound",
+            data={
+                "fulfillment_id": claim.request.id,
+                "partner": claim.request.partner,
+                "role": claim.role,
+                "action": claim.request.action,
+                "status": result.status,
+                "data": data,
+            },
+            row_id=claim.row_id,
+            fence=claim.attempt,
+            values=values,
+        )
+        await self.hub.record([event])
+        row = await self.hub.store.read(
+            lambda conn: conn.execute(sa.select(outbox).where(outbox.c.id == claim.row_id)).one()
+        )
+        if row.attempts == claim.attempt and row.status == result.status:
+            self.hub.hooks.fulfillment_updated(_fulfillment(row))
+        else:
+            log.info("fulfillment claim was taken over", partner=claim.request.partner, attempt=claim.attempt)
 
     async def _update(self, claim: Claim, values: Mapping[str, Any]) -> Any:
         """Apply ``values`` if the claim is still current; returns the row after, or ``None``."""

@@ -30,7 +30,7 @@ from .dialogue import DialogueState
 from .ids import new_id
 from .merging import event_revenue, merge_customers
 from .model import Customer, Dialogue, Event, Identity, Merge, RecordedEvent, TouchPoint
-from .outbox import outbox_rows
+from .outbox import outbox_rows, settle_row
 from .store.engine import advisory_locks, customer_lock_key, identity_lock_key
 from .store.tables import customers, dialogues, events, identities, metrics, outbox, shared_links, utcnow
 
@@ -149,6 +149,8 @@ class _Batch:
             self.position = i
             results[i] = self._record(batch[i])
         self._flush()
+        for i in fresh:  # partner outcomes recorded with their events (prm_core.outbox), duplicates too
+            settle_row(self.conn, batch[i])
 
         for i, ev in enumerate(batch):
             key = (ev.touchpoint, ev.id)
