@@ -64,7 +64,9 @@ def partner_calls(tasks: Mapping[str, asyncio.Future[Any]]) -> set[asyncio.Futur
     return {t for name, t in tasks.items() if name.startswith("partner:")}
 
 
-async def _plan_fulfillments(hub: Hub, request: ValueRequest) -> list[tuple[str, Awaitable[Any]]]:
+async def _plan_fulfillments(
+    hub: Hub, request: ValueRequest, answered: asyncio.Event | None = None
+) -> list[tuple[str, Awaitable[Any]]]:
     """Plan this turn's partner work, make it durable, and start asking the partners.
 
     The plan is recorded as a ``fulfillment.planned`` event in the turn's dialogue, and the
@@ -103,7 +105,9 @@ async def _plan_fulfillments(hub: Hub, request: ValueRequest) -> list[tuple[str,
     return [
         (
             f"partner:{p.request.partner}",
-            hub.outbox.dispatch(Claim(p.outbox_id, 1, p.request, turn.touchpoint, recorded.dialogue_id, p.role)),
+            hub.outbox.dispatch(
+                Claim(p.outbox_id, 1, p.request, turn.touchpoint, recorded.dialogue_id, p.role), answered
+            ),
         )
         for p in items
     ]
@@ -114,8 +118,14 @@ def _reserve_s(touchpoint: TouchPoint) -> float:
     return min(0.02, touchpoint.budget_ms / 1000 * 0.1)
 
 
-async def deliver_value(hub: Hub, recorded: RecordedEvent, touchpoint: TouchPoint, started: float) -> Answer:
-    """Answer ``recorded`` (already durable) before ``started + budget``."""
+async def deliver_value(
+    hub: Hub, recorded: RecordedEvent, touchpoint: TouchPoint, started: float, answered: asyncio.Event | None = None
+) -> Answer:
+    """Answer ``recorded`` (already durable) before ``started + budget``.
+
+    ``answered``, set by the caller once the answer is recorded, holds back the recording of
+    partner outcomes until then (see :meth:`prm_core.outbox.Outbox.dispatch`).
+    """
     deadline = started + touchpoint.budget_ms / 1000
     # the view's enrichments get half the budget: the rest is for value, offers and partners
     view, degraded = await hub.view_until(recorded.customer_id, started + touchpoint.budget_ms / 2000, limit=10)
@@ -140,7 +150,7 @@ async def deliver_value(hub: Hub, recorded: RecordedEvent, touchpoint: TouchPoin
         start(f"value:{provider.name}", providing)
     for plugin, proposing in hub.hooks.propose_offers(request):
         start(f"offers:{plugin}", proposing)
-    for name, answering in await _plan_fulfillments(hub, request):
+    for name, answering in await _plan_fulfillments(hub, request, answered):
         start(name, answering)
     if tasks:
         timeout = max(0.0, deadline - _reserve_s(touchpoint) - time.monotonic())

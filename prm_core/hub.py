@@ -124,7 +124,16 @@ class Hub:
         started = time.monotonic()
         tp = self.touchpoint(event.touchpoint)
         (recorded,) = await self.record([event])
-        answer = await deliver_value(self, recorded, tp, started)
+        answered = asyncio.Event()  # partner outcomes are recorded after the answer (prm_core.outbox)
+        try:
+            answer = await deliver_value(self, recorded, tp, started, answered)
+            return await self._record_answer(event, tp, recorded, answer, started)
+        finally:
+            answered.set()
+
+    async def _record_answer(
+        self, event: Event, tp: TouchPoint, recorded: RecordedEvent, answer: Answer, started: float
+    ) -> Answer:
         outbound = Event(
             id=answer_id(event.id),
             type="delivery",

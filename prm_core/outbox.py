@@ -361,10 +361,15 @@ class Outbox:
 
         return await self.hub.store.write(write)
 
-    def dispatch(self, claim: Claim) -> asyncio.Future[FulfillmentResult]:
+    def dispatch(self, claim: Claim, hold: asyncio.Event | None = None) -> asyncio.Future[FulfillmentResult]:
         """Attempt ``claim`` now for a waiting customer: the future resolves as soon as the
         partner answers (or fails); recording the outcome, and a late answer, carry on in
-        the background, so a customer who could not wait still sees the result arrive."""
+        the background, so a customer who could not wait still sees the result arrive.
+
+        ``hold``: recording waits until it is set (the turn's answer is recorded), so the
+        answer never queues behind its own partners' bookkeeping, and both partners'
+        outcomes share one commit.
+        """
         answered: asyncio.Future[FulfillmentResult] = asyncio.get_running_loop().create_future()
         # whoever waited may have given up: a failure nobody looks at is still retrieved
         answered.add_done_callback(lambda f: f.cancelled() or f.exception())
@@ -380,6 +385,8 @@ class Outbox:
                 await self._reschedule(claim, exc)
                 return
             answered.set_result(result)
+            if hold is not None:
+                await hold.wait()
             await self._settle(claim, result)
 
         self.background(run())
