@@ -34,6 +34,10 @@ T0 = "2026-11-23T08:00:00Z"
 ANN = {"email": "ann@example.com", "phone": "+14155550100"}
 
 
+def headers_of(body: str) -> dict[str, str]:
+    return sign_headers(new_secret(), body)
+
+
 def new_secret() -> str:
     return "whsec_" + base64.b64encode(os.urandom(24)).decode()
 
@@ -471,11 +475,21 @@ async def test_a_forged_or_stale_callback_is_refused_and_writes_nothing(hub_clie
     assert (await hub_client.post(url, data=note, headers=stale)).status == 401
     unsigned = await hub_client.post(url, data=note, headers={"Content-Type": "application/json"})
     assert unsigned.status == 401
-    # another partner, validly signed, cannot touch the field-service firm's booking
-    other = await hub_client.post(
+    # another partner, validly signed, cannot touch the field-service firm's booking: not even
+    # by naming its appointment id or the hub's request id in a notification of its own
+    (booking,) = await rows(hub, outbox.c.partner == "fieldservice")
+    for ref in (appt["appointment_id"], booking.request_id, booking.idempotency_key):
+        task = {"checkProductStock": {"id": ref, "state": "terminatedWithError"}}
+        theirs = json.dumps({"eventType": "CheckProductStockStateChangeEvent", "event": task})
+        other = await hub_client.post(
+            "/v1/partners/supplier/callbacks", data=theirs, headers=sign_headers(stock.secret, theirs)
+        )
+        assert other.status == 404
+    wrong_kind = await hub_client.post(
         "/v1/partners/supplier/callbacks", data=note, headers=sign_headers(stock.secret, note)
     )
-    assert other.status in (404, 422)
+    assert wrong_kind.status == 422
+    assert (await hub_client.post("/v1/partners/nobody/callbacks", data=note, headers=headers_of(note))).status == 404
     (row,) = await rows(hub, outbox.c.partner == "fieldservice")
     assert row.status == "confirmed"
     assert (
