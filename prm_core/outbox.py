@@ -342,6 +342,15 @@ class Outbox:
         now = utcnow()
         until = now + timedelta(seconds=self.lease_s)
 
+        def due(conn: Connection) -> bool:
+            c = outbox.c
+            q = sa.select(c.id).where(c.next_attempt_at.is_not(None), c.next_attempt_at <= now).limit(1)
+            return conn.execute(q).first() is not None
+
+        # a read first: an idle hub polling must not take the write lock every second
+        if not await self.hub.store.read(due):
+            return []
+
         def write(conn: Connection) -> list[Claim]:
             c = outbox.c
             q = (
