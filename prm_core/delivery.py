@@ -100,8 +100,8 @@ async def _plan_fulfillments(
         claimed_until=hub.outbox.lease_until(),
     )
     (stored,) = await hub.record([plan])
-    if stored.duplicate:
-        return []
+    if stored.duplicate:  # asked before: answer with what the partners said so far
+        return [(f"partner:{r.partner}", _known(r)) for r in await hub.outbox.results_of(plan.id)]
     return [
         (
             f"partner:{p.request.partner}",
@@ -111,6 +111,10 @@ async def _plan_fulfillments(
         )
         for p in items
     ]
+
+
+async def _known(result: FulfillmentResult) -> FulfillmentResult:
+    return result
 
 
 def _reserve_s(touchpoint: TouchPoint) -> float:

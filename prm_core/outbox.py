@@ -519,6 +519,19 @@ class Outbox:
             log.info("fulfillment claim was taken over", partner=claim.request.partner, attempt=claim.attempt)
         return row
 
+    async def results_of(self, cause_event_id: str) -> list[FulfillmentResult]:
+        """What the partners said so far to the requests planned by event ``cause_event_id``."""
+
+        def read(conn: Connection) -> list[Any]:
+            c = outbox.c
+            return list(conn.execute(sa.select(outbox).where(c.cause_event_id == cause_event_id).order_by(c.id)))
+
+        return [
+            # a result has no "completed": work done is work confirmed, for an answer
+            FulfillmentResult(r.request_id, r.partner, "confirmed" if r.status == "completed" else r.status, r.result)
+            for r in await self.hub.store.read(read)
+        ]
+
     # ---- callbacks ---------------------------------------------------------------------
 
     async def find(self, partner: str, ref: str) -> Fulfillment | None:

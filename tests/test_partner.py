@@ -34,6 +34,13 @@ T0 = "2026-11-23T08:00:00Z"
 ANN = {"email": "ann@example.com", "phone": "+14155550100"}
 
 
+def async_len(read: Callable[[], Any], n: int) -> Callable[[], Any]:
+    async def check() -> bool:
+        return len(await read()) == n
+
+    return check
+
+
 def headers_of(body: str) -> dict[str, str]:
     return sign_headers(new_secret(), body)
 
@@ -307,7 +314,13 @@ async def test_the_plan_is_durable_with_its_event_and_a_replay_asks_nobody_again
     await platinum_ann(hub)
     (request,) = hub.parse_events(service_request(), "web")
     first = await hub.request(request)
-    await hub.request(request)
+    await eventually(async_len(lambda: rows(hub, outbox.c.status == "confirmed"), 2))
+    again = await hub.request(request)
+    # the replay's answer says what the partners said, without asking them again
+    assert {(f.partner, f.status) for f in again.delivery.fulfillments} == {
+        ("fieldservice", "confirmed"),
+        ("supplier", "confirmed"),
+    }
     planned = await rows(hub)
     assert len(planned) == 2
     assert {r.cause_event_id for r in planned} == {

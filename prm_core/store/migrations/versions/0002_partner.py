@@ -46,6 +46,7 @@ def upgrade() -> None:
     with op.batch_alter_table("outbox", schema=None) as batch_op:
         batch_op.create_index("ix_outbox_due", ["next_attempt_at"], unique=False)
         batch_op.create_index("ix_outbox_request", ["partner", "request_id"], unique=False)
+        batch_op.create_index("ix_outbox_cause", ["cause_event_id"], unique=False)
         batch_op.create_index(batch_op.f("ix_outbox_idempotency_key"), ["idempotency_key"], unique=False)
         batch_op.create_index("ix_outbox_customer", ["customer_id", "requested_at"], unique=False)
         batch_op.create_index("ix_outbox_partner_ref", ["partner", "partner_ref"], unique=False)
@@ -65,5 +66,6 @@ def downgrade() -> None:
         batch_op.drop_index("ix_outbox_customer")
         batch_op.drop_index("ix_outbox_due")
         batch_op.drop_index("ix_outbox_request")
+        batch_op.drop_index("ix_outbox_cause")
         batch_op.drop_index(batch_op.f("ix_outbox_idempotency_key"))
     op.drop_table("outbox")
