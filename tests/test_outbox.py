@@ -69,6 +69,8 @@ def test_partner_config_is_validated_naming_the_key():
     for key, bad in [("protocol", "soap"), ("url", "ftp://x"), ("secret", "hunter2"), ("timeout_ms", 0), ("role", "")]:
         with pytest.raises(ConfigError, match=rf"\[partners.supplier\].{key}"):
             partner_settings(Config(raw={"partners": {"supplier": {**good, key: bad}}}))
+    with pytest.raises(ConfigError, match=r"shorter than \[outbox\].lease_s"):
+        partner_settings(Config(raw={"partners": {"supplier": {**good, "timeout_ms": 5000}}, "outbox": {"lease_s": 5}}))
 
 
 # ---- giving up, and the hook -----------------------------------------------------------------------

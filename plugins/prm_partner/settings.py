@@ -60,4 +60,10 @@ def _one(name: str, table: Mapping[str, Any]) -> PartnerSettings:
 def partner_settings(config: Config) -> dict[str, PartnerSettings]:
     """Every ``[partners.<name>]`` table, validated (a bad one stops the hub, naming the key)."""
     tables = config.section("partners")
-    return {name: _one(name, table) for name, table in tables.items() if isinstance(table, Mapping)}
+    found = {name: _one(name, table) for name, table in tables.items() if isinstance(table, Mapping)}
+    lease_s = float(config.section("outbox").get("lease_s", 30))
+    for s in found.values():
+        # a call outliving its lease would be sent again by another dispatcher while it runs
+        if s.timeout_s >= lease_s:
+            raise ConfigError(f"[partners.{s.name}].timeout_ms must be shorter than [outbox].lease_s ({lease_s:g} s)")
+    return found
