@@ -53,6 +53,7 @@ __all__ = [
     "RetryLater",
     "backoff_s",
     "fulfillments_of",
+    "fulfillments_of_dialogue",
     "outbox_rows",
 ]
 
@@ -230,6 +231,13 @@ def fulfillments_of(conn: Connection, owners: Sequence[str], limit: int = MAX_VI
     """The newest fulfillment requests of these customers (for the view)."""
     c = outbox.c
     q = sa.select(outbox).where(c.customer_id.in_(list(owners))).order_by(c.requested_at.desc(), c.id).limit(limit)
+    return [_fulfillment(r) for r in conn.execute(q)]
+
+
+def fulfillments_of_dialogue(conn: Connection, dialogue_id: str, limit: int = 50) -> list[Fulfillment]:
+    """The fulfillment requests a dialogue made, newest first."""
+    c = outbox.c
+    q = sa.select(outbox).where(c.dialogue_id == dialogue_id).order_by(c.requested_at.desc(), c.id).limit(limit)
     return [_fulfillment(r) for r in conn.execute(q)]
 
 

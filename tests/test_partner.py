@@ -461,7 +461,7 @@ async def test_a_signed_callback_confirms_a_pending_booking(hub_client, make_key
     visit = next(f for f in answer["delivery"]["fulfillments"] if f["partner"] == "fieldservice")
     assert visit["status"] == "pending"  # initialized: the partner confirms later
     (confirmed,) = await eventually(lambda: pushes.of("fieldservice", "confirmed"))
-    assert async_field.callbacks_sent[0][0] == 200
+    assert async_field.callbacks_sent[-1][0] == 200
     assert confirmed.data["appointment_id"] == visit["data"]["appointment_id"]
 
 
@@ -565,3 +565,39 @@ async def test_a_cloudevents_partner_gets_a_signed_cloudevent_and_completes_by_c
         (listed,) = view.sections["fulfillments"]
         assert listed["status"] == "completed" and listed["data"]["technician"] == "T-9"
         assert pushes.of("notifier", "completed")
+
+
+# ---- pushing to the open session ---------------------------------------------------------------------
+
+
+async def _sse_events(resp: Any) -> Any:
+    """Yield the JSON of each ``fulfillment`` event of a Server-Sent Events stream."""
+    async for raw in resp.content:
+        line = raw.decode().strip()
+        if line.startswith("data: "):
+            yield json.loads(line[6:])
+
+
+@pytest.mark.parametrize("hub_config", ["tight"], indirect=True)
+async def test_the_portal_session_is_pushed_the_late_appointment(hub_client, make_key, field, stock):
+    field.latency_s = 1.0
+    key = await make_key("touchpoint:web")
+    auth = {"Authorization": f"Bearer {key}"}
+    answer = await (await hub_client.post("/v1/touchpoints/web/requests", json=service_request(), headers=auth)).json()
+    assert answer["degraded"] == ["partner:fieldservice"]
+    url = f"/v1/touchpoints/web/dialogues/{answer['dialogue_id']}/fulfillments"
+    assert (await hub_client.get(url)).status == 401
+    pos = await make_key("touchpoint:pos")
+    assert (await hub_client.get(url, headers={"Authorization": f"Bearer {pos}"})).status == 403
+    elsewhere = f"/v1/touchpoints/pos/dialogues/{answer['dialogue_id']}/fulfillments"
+    assert (await hub_client.get(elsewhere, headers={"Authorization": f"Bearer {pos}"})).status == 404
+    seen: list[tuple[str, str]] = []
+    async with hub_client.get(url, headers=auth) as resp:
+        assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/event-stream")
+        async for update in _sse_events(resp):
+            seen.append((update["partner"], update["status"]))
+            if update["partner"] == "fieldservice" and update["status"] == "confirmed":
+                assert update["data"]["window_start"] and update["dialogue_id"] == answer["dialogue_id"]
+                break
+    # first the state as it stood (the technician still pending), then the change
+    assert ("fieldservice", "pending") in seen and seen[-1] == ("fieldservice", "confirmed")

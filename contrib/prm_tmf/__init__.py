@@ -218,7 +218,9 @@ def appointment_callback(body: Mapping[str, Any]) -> tuple[str, str, dict[str, A
     status = APPOINTMENT_STATUS.get(str(appt.get("status")))
     if status is None:
         return None
-    return str(appt["id"]), status, {k: v for k, v in _appointment_data(appt).items() if v is not None}
+    # externalId is the hub's idempotency key, known before the partner's own id is
+    ref = appt.get("externalId") or appt["id"]
+    return str(ref), status, {k: v for k, v in _appointment_data(appt).items() if v is not None}
 
 
 def stock_callback(body: Mapping[str, Any]) -> tuple[str, str, dict[str, Any]] | None:

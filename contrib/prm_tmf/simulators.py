@@ -7,6 +7,7 @@ Used by the tests and by ``prm demo``. Each one:
 - honours ``Idempotency-Key``: a key seen before gets the first answer again, and is
   counted in ``duplicates`` (``delivered`` counts distinct keys that were served);
 - can be taken ``down`` (``503`` with ``Retry-After``) and brought back;
+- retries a callback the hub did not take (non-2xx), as Standard Webhooks senders do;
 - answers after a configurable ``latency_ms``; with ``callback_url`` set it answers at once
   with a pending resource and sends the final state later, signed, as a TM Forum
   notification (the "late result" path).
@@ -161,18 +162,27 @@ class PartnerSimulator:
         return web.json_response(result, status=status)
 
     def later(self, notification: dict[str, Any]) -> None:
-        """Send ``notification`` to ``callback_url`` after ``callback_delay_ms``, signed."""
+        """Send ``notification`` to ``callback_url`` after ``callback_delay_ms``, signed.
+
+        Like a Standard Webhooks sender, a non-2xx answer is retried (same ``webhook-id``,
+        a fresh signature) after 0.1, 0.2, 0.4 ... s, five times at most: the hub may not have
+        written down our synchronous answer yet when the notification arrives.
+        """
         if not self.callback_url:
             return
+        msg_id = f"msg_{uuid.uuid4().hex}"
 
         async def send() -> None:
             await asyncio.sleep(self.callback_delay_s)
             text = json.dumps(notification)
-            async with (
-                aiohttp.ClientSession() as session,
-                session.post(self.callback_url, data=text, headers=sign_headers(self.secret, text)) as resp,  # type: ignore[arg-type]
-            ):
-                self.callbacks_sent.append((resp.status, notification))
+            async with aiohttp.ClientSession() as session:
+                for attempt in range(6):
+                    headers = sign_headers(self.secret, text, msg_id)
+                    async with session.post(self.callback_url, data=text, headers=headers) as resp:  # type: ignore[arg-type]
+                        self.callbacks_sent.append((resp.status, notification))
+                        if resp.status < 300:
+                            return
+                    await asyncio.sleep(0.1 * 2**attempt)
 
         task = asyncio.ensure_future(send())
         self._tasks.add(task)

@@ -6,8 +6,10 @@ Partners come from ``[partners.<name>]`` (``role``, ``protocol`` tmf646|tmf687|c
 The plugin plans the service-request playbook (:mod:`prm_partner.playbook`), carries out
 each request with one signed call (:mod:`prm_partner.client`; the core's outbox retries
 and keeps it), and receives partners' callbacks at ``POST /v1/partners/{partner}/callbacks``
-(:mod:`prm_partner.callbacks`), mounted on the ``partners`` touch point (channel
-``partner``, registered only when a partner is configured). See docs/partners.md.
+(:mod:`prm_partner.callbacks`), and streams a dialogue's partner outcomes to an open session
+at ``GET /v1/touchpoints/{tp}/dialogues/{dialogue}/fulfillments`` (:mod:`prm_partner.push`),
+both mounted on the ``partners`` touch point (channel ``partner``, registered only when a
+partner is configured). See docs/partners.md.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ from collections.abc import Awaitable, Iterator
 from prm_core import hookimpl
 from prm_core.config import Config
 from prm_core.model import FulfillmentRequest, FulfillmentResult, Partner, TouchPoint, ValueRequest
+from prm_core.outbox import Fulfillment
 
 from .callbacks import callback_route
 from .client import PartnerClient
 from .playbook import plan_service_request
+from .push import sessions, stream_route
 from .settings import PartnerSettings, partner_settings
 
 __all__ = ["PartnerDirectory", "directory"]
@@ -76,7 +80,7 @@ def prm_touchpoints(config: Config) -> Iterator[TouchPoint]:
         name="partners",
         channel="partner",
         budget_ms=int(config.touchpoint("partners").get("budget_ms", 2000)),
-        routes=(callback_route(lambda: directory.settings),),  # type: ignore[arg-type]  # attrs converter=tuple confuses mypy
+        routes=(callback_route(lambda: directory.settings), stream_route()),  # type: ignore[arg-type]  # attrs converter=tuple confuses mypy
         description="partners' signed callbacks about the work the hub asked of them",
     )
 
@@ -90,3 +94,8 @@ def prm_plan_fulfillment(request: ValueRequest) -> list[FulfillmentRequest]:
 def prm_fulfill(request: FulfillmentRequest) -> Awaitable[FulfillmentResult] | None:
     client = directory.clients.get(request.partner)
     return client.fulfill(request) if client is not None else None
+
+
+@hookimpl
+def prm_fulfillment_updated(fulfillment: Fulfillment) -> None:
+    sessions.push(fulfillment)

@@ -223,6 +223,7 @@ class OutboxRow(SQLModel, table=True):
         sa.Index("ix_outbox_due", "next_attempt_at"),
         sa.Index("ix_outbox_request", "partner", "request_id"),
         sa.Index("ix_outbox_cause", "cause_event_id"),
+        sa.Index("ix_outbox_dialogue", "dialogue_id"),
         sa.Index("ix_outbox_customer", "customer_id", "requested_at"),
         sa.Index("ix_outbox_partner_ref", "partner", "partner_ref"),
     )
