@@ -601,3 +601,16 @@ async def test_the_portal_session_is_pushed_the_late_appointment(hub_client, mak
                 break
     # first the state as it stood (the technician still pending), then the change
     assert ("fieldservice", "pending") in seen and seen[-1] == ("fieldservice", "confirmed")
+
+
+@pytest.mark.parametrize("touchpoint", ["ivr", "callcenter"])
+async def test_the_same_playbook_runs_from_the_call_center_and_the_ivr(hub, field, stock, touchpoint):
+    await platinum_ann(hub)
+    body = {**service_request(f"sr-{touchpoint}"), "identities": {"phone": "+14155550100"}}
+    (request,) = hub.parse_events(body, touchpoint)
+    answer = await hub.request(request)
+    assert {(f.partner, f.status) for f in answer.delivery.fulfillments} == {
+        ("fieldservice", "confirmed"),
+        ("supplier", "confirmed"),
+    }
+    assert {r.touchpoint for r in await rows(hub)} == {touchpoint}
