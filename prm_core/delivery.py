@@ -3,12 +3,15 @@
 Value providers, offer hooks and partner fulfillment all start at once as separate
 tasks. At the deadline (less a small reserve for rendering and recording the answer)
 whatever has not finished is cancelled and named in ``degraded``; so is whatever failed.
+Partner calls are the exception: planned work is durable in the outbox before any
+partner is asked, and a late call is named in ``degraded`` but goes on in the background.
 The answer is then as good as the time allowed, and never much later than the budget.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -24,6 +27,8 @@ from .model import (
     TouchPoint,
     ValueRequest,
 )
+from .outbox import Claim, PlannedEvent, PlannedFulfillment
+from .store.tables import utcnow
 
 if TYPE_CHECKING:
     from .hub import Hub
@@ -55,13 +60,76 @@ class Answer:
         }
 
 
+def partner_calls(tasks: Mapping[str, asyncio.Future[Any]]) -> set[asyncio.Future[Any]]:
+    return {t for name, t in tasks.items() if name.startswith("partner:")}
+
+
+async def _plan_fulfillments(
+    hub: Hub, request: ValueRequest, answered: asyncio.Event | None = None
+) -> list[tuple[str, Awaitable[Any]]]:
+    """Plan this turn's partner work, make it durable, and start asking the partners.
+
+    The plan is recorded as a ``fulfillment.planned`` event in the turn's dialogue, and the
+    outbox rows in that same transaction (see :mod:`prm_core.outbox`). Its id is derived
+    from the request's, so a replayed request records nothing new and asks no partner
+    again, while a request whose plan was lost in a crash (recorded, but the hub died before
+    planning) gets it now.
+    """
+    recorded = request.event
+    planned = hub.hooks.plan_fulfillment(request)
+    if not planned:
+        return []
+    turn = recorded.event
+    items = tuple(
+        PlannedFulfillment(f, role=getattr(hub.registrations.partners.get(f.partner), "role", "")) for f in planned
+    )
+    plan = PlannedEvent(
+        id="plan:" + hashlib.sha256(f"{turn.touchpoint}\x1f{turn.id}".encode()).hexdigest()[:40],
+        type="fulfillment.planned",
+        occurred_at=utcnow(),
+        touchpoint=turn.touchpoint,
+        dialogue_id=recorded.dialogue_id,
+        direction="outbound",
+        data={
+            "in_reply_to": turn.id,
+            "fulfillments": [
+                {"request_id": p.request.id, "partner": p.request.partner, "action": p.request.action} for p in items
+            ],
+        },
+        planned=items,
+        claimed_until=hub.outbox.lease_until(),
+    )
+    (stored,) = await hub.record([plan])
+    if stored.duplicate:  # asked before: answer with what the partners said so far
+        return [(f"partner:{r.partner}", _known(r)) for r in await hub.outbox.results_of(plan.id)]
+    return [
+        (
+            f"partner:{p.request.partner}",
+            hub.outbox.dispatch(
+                Claim(p.outbox_id, 1, p.request, turn.touchpoint, recorded.dialogue_id, p.role), answered
+            ),
+        )
+        for p in items
+    ]
+
+
+async def _known(result: FulfillmentResult) -> FulfillmentResult:
+    return result
+
+
 def _reserve_s(touchpoint: TouchPoint) -> float:
     """Time kept back from the budget to render and record the answer."""
     return min(0.02, touchpoint.budget_ms / 1000 * 0.1)
 
 
-async def deliver_value(hub: Hub, recorded: RecordedEvent, touchpoint: TouchPoint, started: float) -> Answer:
-    """Answer ``recorded`` (already durable) before ``started + budget``."""
+async def deliver_value(
+    hub: Hub, recorded: RecordedEvent, touchpoint: TouchPoint, started: float, answered: asyncio.Event | None = None
+) -> Answer:
+    """Answer ``recorded`` (already durable) before ``started + budget``.
+
+    ``answered``, set by the caller once the answer is recorded, holds back the recording of
+    partner outcomes until then (see :meth:`prm_core.outbox.Outbox.dispatch`).
+    """
     deadline = started + touchpoint.budget_ms / 1000
     # the view's enrichments get half the budget: the rest is for value, offers and partners
     view, degraded = await hub.view_until(recorded.customer_id, started + touchpoint.budget_ms / 2000, limit=10)
@@ -86,20 +154,17 @@ async def deliver_value(hub: Hub, recorded: RecordedEvent, touchpoint: TouchPoin
         start(f"value:{provider.name}", providing)
     for plugin, proposing in hub.hooks.propose_offers(request):
         start(f"offers:{plugin}", proposing)
-    # a replayed request was answered before: its partner work was asked for then
-    planned = [] if recorded.duplicate else hub.hooks.plan_fulfillment(request)
-    for fulfillment in planned:
-        fulfilling_by = hub.hooks.fulfill(fulfillment)
-        if not fulfilling_by:
-            log.warning("no plugin fulfills this partner", partner=fulfillment.partner, action=fulfillment.action)
-            degraded.append(f"partner:{fulfillment.partner}")
-        for _plugin, fulfilling in fulfilling_by:
-            start(f"partner:{fulfillment.partner}", fulfilling)
+    for name, answering in await _plan_fulfillments(hub, request, answered):
+        start(name, answering)
     if tasks:
         timeout = max(0.0, deadline - _reserve_s(touchpoint) - time.monotonic())
         _done, late = await asyncio.wait(tasks.values(), timeout=timeout)
+        calls = partner_calls(tasks)
         for task in late:
-            task.cancel()
+            # a late partner call goes on in the background (see prm_core.outbox): its outcome
+            # reaches the dialogue, the view and the touch point when it comes
+            if task not in calls:
+                task.cancel()
     knowledge: dict[str, Any] = {}
     offers: list[Offer] = []
     fulfillments: list[FulfillmentResult] = []

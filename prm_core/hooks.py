@@ -31,6 +31,7 @@ from .model import (
     TouchPoint,
     ValueRequest,
 )
+from .outbox import Fulfillment
 from .recording import BatchOutcome
 
 __all__ = ["Hooks"]
@@ -143,6 +144,9 @@ class Hooks:
 
     def fulfill(self, request: FulfillmentRequest) -> list[tuple[str, Awaitable[FulfillmentResult]]]:
         return [(p, _awaitable(v)) for p, v in self._each("prm_fulfill", awaitable=True, request=request)]
+
+    def fulfillment_updated(self, fulfillment: Fulfillment) -> None:
+        self._notify("prm_fulfillment_updated", fulfillment=fulfillment)
 
     def render_delivery(self, delivery: Delivery, touchpoint: TouchPoint) -> Mapping[str, Any]:
         """The touch point's rendering; plain JSON when no plugin renders it or the renderer fails."""

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
         ValueProvider,
         ValueRequest,
     )
+    from .outbox import Fulfillment
 
 __all__ = ["hookimpl", "hookspec"]
 
@@ -307,4 +308,26 @@ def prm_importers(config: Config) -> Iterable[Importer]:
         @hookimpl
         def prm_importers(config):
             yield Importer(name="poslog", touchpoint="pos", suffixes=[".xml"], read=read_poslog)
+    """
+
+
+# -------------------------------------------------------------------------------------
+# Partners
+# -------------------------------------------------------------------------------------
+
+
+@hookspec
+def prm_fulfillment_updated(fulfillment: Fulfillment) -> None:
+    """Called after partner work changed status (answered, confirmed by a callback, given up),
+    once it is durable and recorded as a ``fulfillment.updated`` event in its dialogue.
+
+    A late answer arrives here after the customer's request was answered: a touch point whose
+    dialogue ``fulfillment.dialogue_id`` is still open pushes it to the customer (the portal
+    session, the agent's screen). Runs on the event loop: hand work to a queue.
+
+    .. code-block:: python
+
+        @hookimpl
+        def prm_fulfillment_updated(fulfillment):
+            sessions.push(fulfillment.dialogue_id, fulfillment.to_json())
     """

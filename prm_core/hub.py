@@ -31,6 +31,7 @@ from .identity import parse_ref
 from .ids import new_id
 from .ingest import Ingestor
 from .model import Customer, CustomerView, Event, Identity, Merge, RecordedEvent, TouchPoint
+from .outbox import Outbox
 from .plugins import PrmPluginManager, Registrations, collect_registrations, make_plugin_manager
 from .recording import IngestRules
 from .store import Store
@@ -54,6 +55,7 @@ class Hub:
     store: Store
     hooks: Hooks
     ingestor: Ingestor
+    outbox: Outbox = None  # type: ignore[assignment]  # set in open(): it needs the hub
 
     @classmethod
     @asynccontextmanager
@@ -94,9 +96,13 @@ class Hub:
             )
             ingestor.start()
             hub = cls(config, pm, registrations, store, hooks, ingestor)
+            # partner work left by a previous run (or another hub's crash) is dispatched from here
+            hub.outbox = Outbox.from_config(hub)
+            hub.outbox.start()
             try:
                 yield hub
             finally:
+                await hub.outbox.stop()
                 await ingestor.stop()
         finally:
             await store.dispose()
@@ -125,7 +131,16 @@ class Hub:
         started = time.monotonic()
         tp = self.touchpoint(event.touchpoint)
         (recorded,) = await self.record([event])
-        answer = await deliver_value(self, recorded, tp, started)
+        answered = asyncio.Event()  # partner outcomes are recorded after the answer (prm_core.outbox)
+        try:
+            answer = await deliver_value(self, recorded, tp, started, answered)
+            return await self._record_answer(event, tp, recorded, answer, started)
+        finally:
+            answered.set()
+
+    async def _record_answer(
+        self, event: Event, tp: TouchPoint, recorded: RecordedEvent, answer: Answer, started: float
+    ) -> Answer:
         outbound = Event(
             id=answer_id(event.id),
             type="delivery",
@@ -186,7 +201,8 @@ class Hub:
                 left_out.append(name)
             elif isinstance(task.result(), Mapping):
                 sections.update(task.result())
-        return (evolve(view, sections=sections) if sections else view), left_out
+        # the core's own sections (fulfillments) first: a plugin's section of that name wins
+        return (evolve(view, sections={**view.sections, **sections}) if sections else view), left_out
 
     async def create_customer(self, kind: str, traits: Mapping[str, Any] | None = None) -> Customer:
         """Create a customer by hand (an organization or household, typically)."""

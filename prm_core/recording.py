@@ -30,8 +30,9 @@ from .dialogue import DialogueState
 from .ids import new_id
 from .merging import PurchaseTotals, event_purchase, merge_customers
 from .model import Customer, Dialogue, Event, Identity, Merge, RecordedEvent, TouchPoint
+from .outbox import outbox_rows, settle_row
 from .store.engine import advisory_locks, customer_lock_key, identity_lock_key
-from .store.tables import customers, dialogues, events, identities, metrics, shared_links, utcnow
+from .store.tables import customers, dialogues, events, identities, metrics, outbox, shared_links, utcnow
 
 __all__ = ["BatchOutcome", "IngestRules", "record_batch"]
 
@@ -137,6 +138,7 @@ class _Batch:
         self.new_identities: list[dict[str, Any]] = []
         self.shared_seen: dict[tuple[str, str, str], datetime] = {}
         self.new_events: list[dict[str, Any]] = []
+        self.new_outbox: list[dict[str, Any]] = []  # partner work planned by these events (prm_core.outbox)
         self.deltas: dict[str, _MetricsDelta] = defaultdict(_MetricsDelta)
         self.out = BatchOutcome()
 
@@ -175,6 +177,8 @@ class _Batch:
             self.position = i
             results[i] = self._record(batch[i])
         self._flush()
+        for i in fresh:  # partner outcomes recorded with their events (prm_core.outbox), duplicates too
+            settle_row(self.conn, batch[i])
 
         for i, ev in enumerate(batch):
             key = (ev.touchpoint, ev.id)
@@ -424,6 +428,7 @@ class _Batch:
                 "data": dict(ev.data),
             }
         )
+        self.new_outbox.extend(outbox_rows(ev, cid, state.id, self.now))
         self.deltas[cid].add(ev)
         return RecordedEvent(ev, cid, state.id)
 
@@ -508,6 +513,11 @@ class _Batch:
                 row["customer_id"] = row["ingest_customer_id"] = self.find(row["customer_id"])
             conn.execute(events.insert(), self.new_events)
             self.new_events = []
+        if self.new_outbox:
+            for row in self.new_outbox:
+                row["customer_id"] = self.find(row["customer_id"])
+            conn.execute(outbox.insert(), self.new_outbox)
+            self.new_outbox = []
         if self.deltas:
             self._write_metrics()
 

@@ -25,6 +25,7 @@ from .errors import InvalidInput, NotFound
 from .identity import parse_ref
 from .merging import PurchaseTotals
 from .model import Customer, CustomerView, Dialogue, Identity
+from .outbox import fulfillments_of
 from .store.tables import customers, dialogues, events, identities, memberships, metrics, shared_links
 
 __all__ = ["build_view", "decode_cursor", "encode_cursor", "resolve_ref"]
@@ -220,7 +221,16 @@ def build_view(conn: Connection, customer_id: str, *, cursor: str | None = None,
         metrics=totals,
         memberships=groups,
         members=tuple(members),
+        sections={"fulfillments": [f.to_json() for f in fulfillments_of(conn, _with_merged(conn, owners))]},
     )
+
+
+def _with_merged(conn: Connection, owners: list[str]) -> list[str]:
+    """These customers and those merged into them: partner work is not moved by a merge."""
+    merged = conn.execute(
+        sa.select(customers.c.id).where(customers.c.merged_into.in_(owners)).limit(MAX_MEMBERS)
+    ).scalars()
+    return [*owners, *merged]
 
 
 def _name(traits: Mapping[str, Any]) -> str | None:

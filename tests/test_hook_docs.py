@@ -11,6 +11,7 @@ hook must be implemented by some plugin in a test module.
 from __future__ import annotations
 
 import ast
+import asyncio
 import inspect
 import re
 import types
@@ -306,6 +307,10 @@ class Spy:
     def prm_render_delivery(self, delivery, touchpoint):
         self._saw("prm_render_delivery", delivery=delivery, touchpoint=touchpoint)
 
+    @hookimpl
+    def prm_fulfillment_updated(self, fulfillment):
+        self._saw("prm_fulfillment_updated", fulfillment=fulfillment)
+
 
 @pytest.fixture
 def spy() -> Spy:
@@ -349,6 +354,10 @@ async def test_examples_run_in_a_hub(hub, spy, example_modules):
     answer = await hub.request(request)
     assert answer.delivery.degraded == (), "an example failed or was late in a request turn"
     await hub.view("email:ann@example.com")
+    for _ in range(200):  # the partner's answer is recorded after the request was answered
+        if "prm_fulfillment_updated" in spy.calls:
+            break
+        await asyncio.sleep(0.02)
 
     # the scenario gave every hook real arguments ...
     assert set(spy.calls) == set(HOOKS) - set(REGISTRATION)

@@ -27,6 +27,8 @@ __all__ = [
     "MembershipRow",
     "MergeRow",
     "MetricsRow",
+    "OutboxRow",
+    "PartnerCallbackRow",
     "SharedLinkRow",
     "UTCDateTime",
     "WebhookReceiptRow",
@@ -231,6 +233,55 @@ class WebhookReceiptRow(SQLModel, table=True):
     received_at: datetime = _ts()
 
 
+class OutboxRow(SQLModel, table=True):
+    """A fulfillment request to a partner, written in the transaction of the event that planned
+    it and dispatched from here until the partner has answered (see :mod:`prm_core.outbox`).
+
+    ``next_attempt_at`` is when a dispatcher may claim it (``None``: nothing left to send, it
+    waits for a callback or is final); ``attempts`` doubles as the fencing token of a claim.
+    """
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        sa.Index("ix_outbox_due", "next_attempt_at"),
+        sa.Index("ix_outbox_request", "partner", "request_id"),
+        sa.Index("ix_outbox_cause", "cause_event_id"),
+        sa.Index("ix_outbox_dialogue", "dialogue_id"),
+        sa.Index("ix_outbox_customer", "customer_id", "requested_at"),
+        sa.Index("ix_outbox_partner_ref", "partner", "partner_ref"),
+    )
+
+    id: str = Field(primary_key=True, max_length=40)
+    request_id: str = Field(max_length=200)
+    idempotency_key: str = Field(max_length=200, index=True)
+    partner: str = Field(max_length=64)
+    role: str = Field(default="", max_length=64)
+    action: str = Field(max_length=64)
+    customer_id: str = Field(max_length=40)
+    touchpoint: str = Field(max_length=64)
+    dialogue_id: str = Field(max_length=40)
+    cause_event_id: str = Field(max_length=200)
+    payload: dict[str, Any] = _json(default_factory=dict)
+    status: str = Field(default="pending", max_length=16)
+    result: dict[str, Any] = _json(default_factory=dict)
+    partner_ref: str | None = Field(default=None, max_length=200)
+    attempts: int = 0
+    last_error: str | None = Field(default=None, max_length=500)
+    next_attempt_at: datetime | None = _ts(default=None)
+    requested_at: datetime = _ts()
+    updated_at: datetime = _ts()
+
+
+class PartnerCallbackRow(SQLModel, table=True):
+    """A partner's callback seen, by its ``webhook-id``: a redelivery is answered, not applied twice."""
+
+    __tablename__ = "partner_callbacks"
+
+    partner: str = Field(primary_key=True, max_length=64)
+    webhook_id: str = Field(primary_key=True, max_length=200)
+    received_at: datetime = _ts()
+
+
 def utcnow() -> datetime:
     """The hub's clock (see :mod:`prm_core.clock`)."""
     return clock.utcnow()
@@ -247,3 +298,5 @@ merges: sa.Table = MergeRow.__table__  # type: ignore[attr-defined]  # SQLModel 
 api_keys: sa.Table = ApiKeyRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
 import_checkpoints: sa.Table = ImportCheckpointRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
 webhook_receipts: sa.Table = WebhookReceiptRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
+outbox: sa.Table = OutboxRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
+partner_callbacks: sa.Table = PartnerCallbackRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation

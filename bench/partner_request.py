@@ -1,0 +1,188 @@
+"""Service request with two partners: the hub's overhead over the slower partner.
+
+Two partner simulators on loopback (``prm_tmf.simulators``): a TMF687 supplier answering in
+100 ms and a TMF646 field-service firm answering in 150 ms. A platinum customer's
+``service.request`` goes to ``POST /v1/touchpoints/web/requests`` of a hub served by aiohttp
+(SQLite in a temporary directory, every installed plugin); the hub plans both calls, makes
+them durable in the outbox, calls both partners concurrently (signed), and answers.
+
+Figure: answer time minus the slower partner's time (150 ms), p50 and p99 over ``--requests``
+(500), target p99 <= 25 ms. Also printed: the answer time of a request turn that asks no
+partner (the hub's own floor: record the turn, build the view, record the answer). The
+**baseline**, measured in the same run with the same partners and client, is a bare aiohttp
+handler that calls both partners concurrently with one ``aiohttp`` session and answers: the
+floor of "call two partners and answer". The hub's figure is also printed as a ratio to it.
+
+    python bench/partner_request.py            # 500 requests, 8 in flight
+    python bench/partner_request.py --quick    # 100 requests
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import os
+import statistics
+import tempfile
+import time
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from prm_tmf.simulators import AppointmentSimulator, StockSimulator
+
+from prm_core.config import Config
+from prm_core.keys import create_key
+from prm_core.server.app import create_app
+from prm_core.server.state import HUB
+
+SLOWER_S = 0.150
+FASTER_S = 0.100
+
+
+def secret() -> str:
+    return "whsec_" + base64.b64encode(os.urandom(24)).decode()
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def serve(app: web.Application) -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, f"http://127.0.0.1:{port}"
+
+
+async def load(url: str, body: Any, headers: dict[str, str], n: int, concurrency: int) -> list[float]:
+    """Post ``n`` requests, ``concurrency`` at a time; the answer times in seconds."""
+    times: list[float] = []
+    counter = iter(range(n))
+    async with aiohttp.ClientSession() as session:
+
+        async def worker() -> None:
+            for i in counter:
+                started = time.perf_counter()
+                async with session.post(url, json=body(i), headers=headers) as resp:
+                    answer = await resp.json()
+                    assert resp.status == 200, answer
+                times.append(time.perf_counter() - started)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return times
+
+
+async def main(requests: int, concurrency: int) -> None:
+    stock = StockSimulator(secret(), stock={"pump-7": 10**9}, latency_ms=FASTER_S * 1000)
+    field = AppointmentSimulator(secret(), technicians=10**9, latency_ms=SLOWER_S * 1000)
+    await stock.serve()
+    await field.serve()
+
+    # ---- the baseline: call both partners concurrently and answer ----------------------------
+    async def bare(request: web.Request) -> web.Response:
+        from prm_partner.client import signed_headers
+
+        async with aiohttp.ClientSession() as s:
+
+            async def call(sim: Any, path: str, body: str) -> Any:
+                headers = {**signed_headers(sim.secret, key, body), "Idempotency-Key": key}
+                async with s.post(sim.url + path, data=body, headers=headers) as r:
+                    return await r.json()
+
+            key = os.urandom(8).hex()
+            stock_body = '{"@type": "CheckProductStock", "checkProductStockItem": []}'
+            now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            later = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 4 * 86400))
+            appt_body = (
+                f'{{"@type": "Appointment", "validFor": {{"startDateTime": "{now}", "endDateTime": "{later}"}}}}'
+            )
+            a, b = await asyncio.gather(
+                call(stock, "/checkProductStock", stock_body), call(field, "/appointment", appt_body)
+            )
+        return web.json_response({"stock": a.get("state"), "appointment": b.get("status")})
+
+    bare_app = web.Application()
+    bare_app.router.add_post("/bare", bare)
+    bare_runner, bare_url = await serve(bare_app)
+
+    # ---- the hub -----------------------------------------------------------------------------
+    tmp = tempfile.mkdtemp(prefix="prm-bench-partner-")
+    config = Config(
+        database_url=f"sqlite:///{tmp}/prm.db",
+        raw={
+            "partners": {
+                "supplier": {"role": "inventory", "protocol": "tmf687", "url": stock.url, "secret": stock.secret,
+                             "timeout_ms": 2000},
+                "fieldservice": {"role": "field_service", "protocol": "tmf646", "url": field.url,
+                                 "secret": field.secret, "timeout_ms": 2000},
+            },
+            "touchpoints": {"web": {"budget_ms": 1000}},
+        },
+    )  # fmt: skip
+    app = create_app(config)
+    hub_runner, hub_url = await serve(app)
+    hub = app[HUB]
+    key, _ = await create_key(hub.store, "touchpoint:web")
+    cid = (await hub.record(hub.parse_events(
+        {"id": "who", "type": "identify", "occurred_at": "2026-11-23T08:00:00Z",
+         "identities": {"email": "ann@example.com"}}, "web")))[0].customer_id  # fmt: skip
+    await hub.update_customer(cid, {"tier": "platinum", "traits": {"name": "Ann Lee", "address": "1 Main St"}})
+
+    def service_request(i: int) -> dict[str, Any]:
+        return {
+            "id": f"sr-{i}-{os.urandom(4).hex()}",
+            "type": "service.request",
+            "occurred_at": "2026-11-23T08:00:00Z",
+            "identities": {"email": "ann@example.com"},
+            "data": {"product_id": "wm-300", "issue": "noise", "parts": ["pump-7"]},
+        }
+
+    auth = {"Authorization": f"Bearer {key}"}
+    warm = max(10, requests // 10)
+    await load(bare_url + "/bare", lambda i: {}, {}, warm, concurrency)
+    await load(hub_url + "/v1/touchpoints/web/requests", service_request, auth, warm, concurrency)
+    bare_times = await load(bare_url + "/bare", lambda i: {}, {}, requests, concurrency)
+    hub_times = await load(hub_url + "/v1/touchpoints/web/requests", service_request, auth, requests, concurrency)
+
+    def plain_request(i: int) -> dict[str, Any]:  # a turn that asks no partner: the hub's own floor
+        return {**service_request(i), "type": "question", "data": {}}
+
+    floor_times = await load(hub_url + "/v1/touchpoints/web/requests", plain_request, auth, requests, concurrency)
+    await hub_runner.cleanup()
+    await bare_runner.cleanup()
+    await stock.stop()
+    await field.stop()
+
+    def over(times: list[float]) -> tuple[float, float, float]:
+        ms = [(t - SLOWER_S) * 1000 for t in times]
+        return statistics.median(ms), pct(ms, 0.99), max(ms)
+
+    b50, b99, bmax = over(bare_times)
+    h50, h99, hmax = over(hub_times)
+    f50, f99, fmax = (statistics.median(floor_times) * 1000, pct(floor_times, 0.99) * 1000, max(floor_times) * 1000)
+    print(f"requests: {requests}, {concurrency} in flight; partners answer in 100 ms and 150 ms")
+    row = "{:<40} over the slower partner p50 {:.1f} ms  p99 {:.1f} ms  max {:.1f} ms"
+    print(row.format("baseline (bare handler, both partners):", b50, b99, bmax))
+    print(row.format("hub service request:", h50, h99, hmax))
+    floor = "{:<40} answer time           p50 {:.1f} ms  p99 {:.1f} ms  max {:.1f} ms"
+    print(floor.format("hub request asking no partner:", f50, f99, fmax))
+    print(f"the partner part (service request over the slower partner, minus that floor): p50 {h50 - f50:.1f} ms")
+    print(f"hub p99 overhead minus baseline p99: {h99 - b99:.1f} ms; ratio hub/baseline p99: {h99 / max(b99, 0.1):.2f}")
+    print(f"target: hub p99 over the slower partner <= 25 ms -> {'met' if h99 <= 25 else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    import logging
+
+    logging.disable(logging.INFO)  # as in production, the access log goes to a file, not this terminal
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=500)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--quick", action="store_true", help="100 requests")
+    args = parser.parse_args()
+    asyncio.run(main(100 if args.quick else args.requests, args.concurrency))

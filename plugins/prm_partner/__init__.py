@@ -1,0 +1,101 @@
+"""Partner services: field-service firms, suppliers, notification services the hub asks for
+work on a customer's behalf.
+
+Partners come from ``[partners.<name>]`` (``role``, ``protocol`` tmf646|tmf687|cloudevents,
+``url``, ``secret`` ``whsec_...``, ``timeout_ms``) and are registered with ``prm_partners``.
+The plugin plans the service-request playbook (:mod:`prm_partner.playbook`), carries out
+each request with one signed call (:mod:`prm_partner.client`; the core's outbox retries
+and keeps it), and receives partners' callbacks at ``POST /v1/partners/{partner}/callbacks``
+(:mod:`prm_partner.callbacks`), and streams a dialogue's partner outcomes to an open session
+at ``GET /v1/touchpoints/{tp}/dialogues/{dialogue}/fulfillments`` (:mod:`prm_partner.push`),
+both mounted on the ``partners`` touch point (channel ``partner``, registered only when a
+partner is configured). See docs/partners.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Iterator
+
+from prm_core import hookimpl
+from prm_core.config import Config
+from prm_core.model import FulfillmentRequest, FulfillmentResult, Partner, TouchPoint, ValueRequest
+from prm_core.outbox import Fulfillment
+
+from .callbacks import callback_route
+from .client import PartnerClient
+from .playbook import plan_service_request
+from .push import sessions, stream_route
+from .settings import PartnerSettings, partner_settings
+
+__all__ = ["PartnerDirectory", "directory"]
+
+
+class PartnerDirectory:
+    """The configured partners and their clients (one circuit breaker each).
+
+    Hooks that receive no config (``prm_fulfill``, ``prm_plan_fulfillment``) read it here;
+    it is filled by ``prm_partners`` when a hub starts, so the last hub started in a
+    process decides (one hub per process is the deployment; tests start them in turn).
+    """
+
+    def __init__(self) -> None:
+        self.config = Config()
+        self.settings: dict[str, PartnerSettings] = {}
+        self.clients: dict[str, PartnerClient] = {}
+
+    def configure(self, config: Config) -> None:
+        self.config = config
+        self.settings = partner_settings(config)
+        breaker = config.section("partner_breaker")
+        clients = {}
+        for name, s in self.settings.items():
+            current = self.clients.get(name)
+            # a partner reconfigured identically keeps its breaker (and what it learnt)
+            clients[name] = (
+                current
+                if current is not None and current.settings == s
+                else PartnerClient(
+                    s, fail_max=int(breaker.get("fail_max", 5)), reset_s=float(breaker.get("reset_s", 30))
+                )
+            )
+        self.clients = clients
+
+
+directory = PartnerDirectory()
+
+
+@hookimpl
+def prm_partners(config: Config) -> Iterator[Partner]:
+    directory.configure(config)
+    for s in directory.settings.values():
+        yield Partner(name=s.name, role=s.role, description=f"{s.protocol} at {s.url}")
+
+
+@hookimpl
+def prm_touchpoints(config: Config) -> Iterator[TouchPoint]:
+    # only a hub with partners listens for their callbacks
+    if not partner_settings(config):
+        return
+    yield TouchPoint(
+        name="partners",
+        channel="partner",
+        budget_ms=int(config.touchpoint("partners").get("budget_ms", 2000)),
+        routes=(callback_route(lambda: directory.settings), stream_route()),  # type: ignore[arg-type]  # attrs converter=tuple confuses mypy
+        description="partners' signed callbacks about the work the hub asked of them",
+    )
+
+
+@hookimpl
+def prm_plan_fulfillment(request: ValueRequest) -> list[FulfillmentRequest]:
+    return plan_service_request(request, directory.settings.values(), directory.config)
+
+
+@hookimpl
+def prm_fulfill(request: FulfillmentRequest) -> Awaitable[FulfillmentResult] | None:
+    client = directory.clients.get(request.partner)
+    return client.fulfill(request) if client is not None else None
+
+
+@hookimpl
+def prm_fulfillment_updated(fulfillment: Fulfillment) -> None:
+    sessions.push(fulfillment)

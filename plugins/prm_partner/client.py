@@ -1,0 +1,159 @@
+"""Calling a partner: one signed HTTP request per attempt, behind the partner's circuit breaker.
+
+Every call carries Standard Webhooks headers (``webhook-id`` is the idempotency key, so a
+retry is the same message; ``webhook-timestamp``; ``webhook-signature`` by the
+``standardwebhooks`` library) and an ``Idempotency-Key`` header that stays the same on
+every retry. The body is a TM Forum resource for ``tmf646``/``tmf687`` partners and a
+structured CloudEvent (the ``cloudevents`` library) otherwise.
+
+What the outbox should retry (a timeout, a refused connection, 408/425/429/5xx, an open
+breaker) is raised as :class:`prm_core.outbox.RetryLater`, with the partner's
+``Retry-After``; any other 4xx is the partner's final no (``rejected``).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+from typing import Any, Literal, cast
+
+import aiohttp
+import prm_tmf
+from aiobreaker import CircuitBreaker, CircuitBreakerError
+from cloudevents.core.bindings.http import to_structured_event
+from cloudevents.core.v1.event import CloudEvent
+from standardwebhooks import Webhook
+
+from prm_core.model import FulfillmentRequest, FulfillmentResult
+from prm_core.outbox import RetryLater
+
+from .settings import PartnerSettings
+
+__all__ = ["PartnerClient", "retry_after_s", "signed_headers"]
+
+RETRYABLE = frozenset({408, 425, 429, 500, 502, 503, 504})
+ResultStatus = Literal["pending", "confirmed", "rejected", "failed"]
+STATUSES = frozenset({"pending", "confirmed", "rejected", "failed"})
+
+
+def retry_after_s(value: str | None) -> float | None:
+    """``Retry-After`` as seconds: a number of seconds or an HTTP date."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - datetime.now(tz=UTC)).total_seconds())
+
+
+def signed_headers(secret: str, msg_id: str, body: str) -> dict[str, str]:
+    """Standard Webhooks headers; the timestamp is the wall clock, which the partner checks."""
+    now = datetime.now(tz=UTC)
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": Webhook(secret).sign(msg_id, now, body),
+    }
+
+
+def cloud_event(req: FulfillmentRequest) -> tuple[dict[str, str], str]:
+    """The request as a structured-mode CloudEvent: ``(headers, body)``."""
+    event = CloudEvent(
+        {
+            "type": f"com.prm.fulfillment.{req.action}",
+            "source": "prm-hub",
+            "id": req.idempotency_key,
+            "subject": req.id,
+            "datacontenttype": "application/json",
+        },
+        dict(req.payload),
+    )
+    message = to_structured_event(event)
+    return dict(message.headers), message.body.decode()
+
+
+class PartnerClient:
+    """Calls one partner; owns its circuit breaker (opened after ``fail_max`` failures in a
+    row, half-open after ``reset_s``), so a partner that is down is not hammered and the
+    outbox keeps its requests until it is back."""
+
+    def __init__(self, settings: PartnerSettings, *, fail_max: int = 5, reset_s: float = 30.0) -> None:
+        self.settings = settings
+        self.breaker = CircuitBreaker(
+            fail_max=fail_max, timeout_duration=timedelta(seconds=reset_s), name=settings.name
+        )
+
+    async def fulfill(self, req: FulfillmentRequest) -> FulfillmentResult:
+        try:
+            result: FulfillmentResult = await self.breaker.call_async(self._call, req)
+        except CircuitBreakerError:
+            left = self.breaker.time_until_open
+            raise RetryLater(
+                f"circuit open for {self.settings.name}", left.total_seconds() if left is not None else None
+            ) from None
+        return result
+
+    def request(self, req: FulfillmentRequest) -> tuple[str, dict[str, str], str]:
+        """``(url, headers, body)`` of the call for ``req``."""
+        s = self.settings
+        if s.protocol in ("tmf646", "tmf687"):
+            call = prm_tmf.build_call(s.protocol, req)
+            url, headers, body = s.url + call.path, {"Content-Type": "application/json"}, json.dumps(dict(call.body))
+        else:
+            url = s.url
+            headers, body = cloud_event(req)
+        headers |= signed_headers(s.secret, req.idempotency_key, body)
+        headers["Idempotency-Key"] = req.idempotency_key
+        return url, headers, body
+
+    async def _call(self, req: FulfillmentRequest) -> FulfillmentResult:
+        s = self.settings
+        try:
+            url, headers, body = self.request(req)
+        except ValueError as exc:  # an action this protocol has not: no retry will help
+            return FulfillmentResult(req.id, req.partner, "rejected", {"error": str(exc)})
+        timeout = aiohttp.ClientTimeout(total=s.timeout_s)
+        try:
+            # one session per call: a partner call is rare next to its latency, and nothing
+            # outlives the call that a stopping hub would have to close
+            async with (
+                aiohttp.ClientSession(timeout=timeout) as session,
+                session.post(url, data=body.encode(), headers=headers) as resp,
+            ):
+                status = resp.status
+                text = await resp.text()
+                after = resp.headers.get("Retry-After")
+        except TimeoutError:
+            raise RetryLater(f"{s.name} did not answer within {s.timeout_ms} ms") from None
+        except aiohttp.ClientError as exc:
+            raise RetryLater(f"{s.name} unreachable ({type(exc).__name__})") from None
+        if status in RETRYABLE:
+            raise RetryLater(f"{s.name} answered HTTP {status}", retry_after_s(after))
+        if status >= 300:
+            return FulfillmentResult(req.id, req.partner, "rejected", {"http_status": status})
+        try:
+            answer: Any = json.loads(text) if text else {}
+        except ValueError:
+            answer = {}
+        if s.protocol in ("tmf646", "tmf687"):
+            return prm_tmf.parse_result(s.protocol, req, status, answer)
+        return _cloudevents_result(req, status, answer)
+
+
+def _cloudevents_result(req: FulfillmentRequest, status: int, answer: Any) -> FulfillmentResult:
+    """A CloudEvents partner answers ``{"status", "data"}`` (or a CloudEvent with that as its
+    ``data``); a ``202`` without a status is accepted for later (``pending``)."""
+    body = answer if isinstance(answer, dict) else {}
+    if "specversion" in body and isinstance(body.get("data"), dict):
+        body = body["data"]
+    state = body.get("status")
+    if state not in STATUSES:
+        state = "pending" if status == 202 else "confirmed"
+    data = body.get("data") if isinstance(body.get("data"), dict) else {}
+    return FulfillmentResult(req.id, req.partner, cast(ResultStatus, state), dict(data or {}))

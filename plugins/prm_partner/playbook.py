@@ -1,0 +1,129 @@
+"""The service-request playbook: what a ``service.request`` asks of partners.
+
+A ``service.request`` (``data: {"product_id", "issue", "parts": [...]}``) at any touch point
+plans, to run concurrently: a stock check of the parts with every ``inventory`` partner, and
+a technician visit with the ``field_service`` partner inside the customer's entitlement
+(by tier: platinum one business day, gold two, others five; ``[entitlements]`` may change
+them). Each partner gets what its role needs and no more: a stock check carries no
+personal data; a technician gets the name, phone and address for the visit, and only if the
+customer's consents allow ``partner_sharing`` with that partner.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from prm_core.config import Config
+from prm_core.consent import allows
+from prm_core.ids import new_id
+from prm_core.model import CustomerView, FulfillmentRequest, ValueRequest
+from prm_core.store.tables import utcnow
+
+from .settings import PartnerSettings
+
+__all__ = ["DEFAULT_ENTITLEMENTS", "add_business_days", "entitlement_days", "plan_service_request", "visit_details"]
+
+SERVICE_REQUEST = "service.request"
+DEFAULT_ENTITLEMENTS = {"platinum": 1, "gold": 2, "default": 5}
+
+
+def entitlement_days(config: Config, tier: str | None) -> int:
+    """Business days within which a technician must come, for a customer of ``tier``.
+
+    ``[entitlements]`` maps tier names to days, and ``default`` covers every other tier.
+    (Planning will own entitlements; this is the one place to replace then.)
+    """
+    table = {**DEFAULT_ENTITLEMENTS, **{k: v for k, v in config.section("entitlements").items() if isinstance(v, int)}}
+    return int(table.get(tier or "", table["default"]))
+
+
+def add_business_days(start: datetime, days: int) -> datetime:
+    """``start`` plus ``days`` working days (Saturdays and Sundays do not count)."""
+    when, left = start, days
+    while left > 0:
+        when += timedelta(days=1)
+        if when.weekday() < 5:
+            left -= 1
+    return when
+
+
+def _iso(when: datetime) -> str:
+    return when.isoformat().replace("+00:00", "Z")
+
+
+def _address(value: Any) -> str | None:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Mapping):
+        keys = ("street", "line1", "line2", "postal_code", "city", "state", "country")
+        parts = [str(value[k]) for k in keys if value.get(k)]
+        return ", ".join(parts) or None
+    return None
+
+
+def visit_details(view: CustomerView, partner: str) -> dict[str, str]:
+    """Name, phone and address for a technician's visit, if ``partner_sharing`` with
+    ``partner`` is allowed; otherwise nothing (the partner then calls through the hub)."""
+    if not allows(view.consents, "partner_sharing", partner):
+        return {}
+    traits = view.customer.traits
+    name = traits.get("name") or " ".join(str(traits[k]) for k in ("first_name", "last_name") if traits.get(k))
+    phone = next((i.value for i in view.identities if i.namespace == "phone"), None) or traits.get("phone")
+    details = {"name": name, "phone": phone, "address": _address(traits.get("address"))}
+    return {k: str(v) for k, v in details.items() if v}
+
+
+def _parts(raw: Any) -> list[Any]:
+    if not isinstance(raw, Sequence) or isinstance(raw, str):
+        return []
+    return [p for p in raw if isinstance(p, str) or (isinstance(p, Mapping) and p.get("id"))][:50]
+
+
+def plan_service_request(
+    request: ValueRequest, partners: Iterable[PartnerSettings], config: Config
+) -> list[FulfillmentRequest]:
+    """The fulfillment requests of one ``service.request`` turn (none for other events)."""
+    recorded = request.event
+    event = recorded.event
+    if event.type != SERVICE_REQUEST:
+        return []
+    data = event.data
+    product = str(data.get("product_id") or "")
+    parts = _parts(data.get("parts"))
+    planned = []
+    by_role: dict[str, list[PartnerSettings]] = {}
+    for p in partners:
+        by_role.setdefault(p.role, []).append(p)
+
+    def ask(partner: PartnerSettings, action: str, payload: Mapping[str, Any]) -> FulfillmentRequest:
+        return FulfillmentRequest(
+            id=new_id("ful"),
+            partner=partner.name,
+            action=action,
+            customer_id=recorded.customer_id,
+            dialogue_id=recorded.dialogue_id,
+            payload=payload,
+        )
+
+    if parts:
+        for supplier in by_role.get("inventory", []):
+            planned.append(ask(supplier, "check_stock", {"product_id": product, "parts": parts}))
+    field = by_role.get("field_service", [])
+    if field:
+        technician = field[0]
+        now = utcnow()
+        days = entitlement_days(config, request.view.customer.tier)
+        payload: dict[str, Any] = {
+            "product_id": product,
+            "issue": str(data.get("issue") or "")[:500],
+            "window_start": _iso(now),
+            "window_end": _iso(add_business_days(now, days)),
+            "entitlement_days": days,
+        }
+        visit = visit_details(request.view, technician.name)
+        if visit:
+            payload["visit"] = visit
+        planned.append(ask(technician, "schedule", payload))
+    return planned
