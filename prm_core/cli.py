@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Callable, Coroutine
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -53,7 +54,27 @@ async def _migrate(config: Config) -> list[str]:
         await store.dispose()
 
 
-@click.group()
+class _Commands(click.Group):
+    """``prm``'s own commands, plus those installed distributions add through the
+    ``prm.commands`` entry points (as Flask's ``flask.commands``): ``prm demo`` comes from the
+    ``prm_demo`` package this way. They are loaded only when listed or run."""
+
+    @staticmethod
+    def _installed() -> dict[str, Any]:
+        return {ep.name: ep for ep in entry_points(group="prm.commands")}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self._installed()})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        command = super().get_command(ctx, name)
+        if command is None and name in (installed := self._installed()):
+            loaded = installed[name].load()
+            command = loaded if isinstance(loaded, click.Command) else None
+        return command
+
+
+@click.group(cls=_Commands)
 @click.version_option(__version__, prog_name="prm")
 def main() -> None:
     """The PRM hub: every customer touch point plugged into one core."""

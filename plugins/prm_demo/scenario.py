@@ -1,0 +1,545 @@
+"""The demo's hub, partners, flagship scenario and day of traffic (see :mod:`prm_demo`)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import random
+import secrets
+import shutil
+import socket
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+import aiohttp
+from aiohttp import web
+from attrs import define, field
+from prm_tmf.simulators import AppointmentSimulator, StockSimulator
+from twilio.request_validator import RequestValidator
+
+from prm_core.config import Config
+from prm_core.keys import create_key
+from prm_core.server.app import create_app
+from prm_core.server.state import HUB
+
+__all__ = ["Demo", "Step", "run_demo"]
+
+BUDGETS = {"web": 250, "ivr": 1500, "callcenter": 1000, "pos": 300}
+FIELD_SERVICE_MS = 120  # a field-service firm's booking API: slower than a stock lookup
+SUPPLIER_MS = 60
+ANN = {"email": "ann.lee@example.com", "phone": "+14155550123", "loyalty_card": "LC-1001"}
+
+
+@define
+class Step:
+    """One narrated step: what happened, at which touch point, how long it took against its budget."""
+
+    title: str
+    touchpoint: str
+    elapsed_ms: float
+    budget_ms: int | None
+    ok: bool
+    detail: str = ""
+
+    @property
+    def in_budget(self) -> bool:
+        return self.budget_ms is None or self.elapsed_ms <= self.budget_ms
+
+
+@define
+class Tally:
+    """A touch point's answers during the day of traffic."""
+
+    budget_ms: int
+    times: list[float] = field(factory=list)
+    errors: int = 0
+
+    @property
+    def misses(self) -> int:
+        return sum(1 for t in self.times if t > self.budget_ms)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Demo:
+    """The in-process hub, its partner simulators, keys, and a client speaking the wire formats."""
+
+    def __init__(self, workdir: Path, echo: Callable[[str], None]) -> None:
+        self.workdir = workdir
+        self.echo = echo
+        self.twilio_token = secrets.token_hex(16)
+        self.partner_secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+        self.port = _free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.keys: dict[str, str] = {}
+        self.steps: list[Step] = []
+        self.field = AppointmentSimulator(self.partner_secret, latency_ms=FIELD_SERVICE_MS, technicians=50)
+        self.supplier = StockSimulator(
+            self.partner_secret, stock={"pump-7": 12, "belt-2": 40, "hose-1": 0}, latency_ms=SUPPLIER_MS
+        )
+        self._runners: list[web.AppRunner] = []
+        self.session: aiohttp.ClientSession | None = None
+
+    # ---- lifetime ---------------------------------------------------------------------------
+
+    def config(self) -> Config:
+        raw: dict[str, Any] = {
+            "server": {"public_url": self.base},
+            "touchpoints": {
+                "ivr": {"twilio_auth_token": self.twilio_token},
+                "callcenter": {"screenpop": {"bus": "local"}},
+            },
+            "partners": {
+                "fieldservice": {
+                    "role": "field_service",
+                    "protocol": "tmf646",
+                    "url": self.field.url,
+                    "secret": self.partner_secret,
+                    "timeout_ms": 800,
+                },
+                "supplier": {
+                    "role": "inventory",
+                    "protocol": "tmf687",
+                    "url": self.supplier.url,
+                    "secret": self.partner_secret,
+                    "timeout_ms": 600,
+                },
+            },
+            "tiers": {"rules": {"platinum": "lifetime_revenue >= 5000", "gold": "lifetime_revenue >= 1000"}},
+        }
+        return Config(database_url=f"sqlite:///{self.workdir}/prm.db", public_url=self.base, raw=raw)
+
+    async def start(self) -> None:
+        for sim in (self.field, self.supplier):
+            self._runners.append(await sim.serve())
+        app = create_app(self.config())
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", self.port).start()
+        self._runners.append(runner)
+        store = app[HUB].store
+        for scope in ("touchpoint:web", "touchpoint:pos", "touchpoint:callcenter", "read", "admin"):
+            self.keys[scope], _ = await create_key(store, scope, name="demo")
+        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+
+    async def stop(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+
+    # ---- the wire formats -------------------------------------------------------------------
+
+    def _auth(self, scope: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.keys[scope]}"}
+
+    async def post(self, path: str, body: Any, scope: str) -> tuple[int, Any, float]:
+        assert self.session is not None
+        started = time.perf_counter()
+        async with self.session.post(self.base + path, json=body, headers=self._auth(scope)) as resp:
+            text = await resp.text()
+            elapsed = (time.perf_counter() - started) * 1000
+            return (
+                resp.status,
+                (json.loads(text) if text and resp.content_type == "application/json" else text),
+                elapsed,
+            )
+
+    async def view(self, ref: str) -> dict[str, Any]:
+        assert self.session is not None
+        async with self.session.get(f"{self.base}/v1/customers/{ref}", headers=self._auth("read")) as resp:
+            resp.raise_for_status()
+            return dict(await resp.json())
+
+    async def twilio(self, path: str, params: Mapping[str, str]) -> tuple[int, str, float]:
+        """POST a Twilio webhook signed exactly as Twilio signs it."""
+        assert self.session is not None
+        url = path if path.startswith("http") else self.base + path
+        signature = RequestValidator(self.twilio_token).compute_signature(url, dict(params))
+        headers = {"X-Twilio-Signature": signature, "Content-Type": "application/x-www-form-urlencoded"}
+        started = time.perf_counter()
+        async with self.session.post(url, data=urlencode(params), headers=headers) as resp:
+            text = await resp.text()
+            return resp.status, text, (time.perf_counter() - started) * 1000
+
+    # ---- narration --------------------------------------------------------------------------
+
+    def step(self, step: Step) -> Step:
+        self.steps.append(step)
+        budget = f"/ {step.budget_ms:>4} ms" if step.budget_ms is not None else "         "
+        verdict = "ok" if step.ok and step.in_budget else ("LATE" if step.ok else "FAILED")
+        self.echo(f"  [{step.touchpoint:<10}] {step.elapsed_ms:7.1f} ms {budget}  {verdict:<6} {step.title}")
+        if step.detail:
+            for line in step.detail.splitlines():
+                self.echo(f"  {'':<12}{'':>26}  {line}")
+        return step
+
+
+def _pos_sale(seq: int, ref: Mapping[str, str], items: list[tuple[str, str, str, str]], day: str) -> dict[str, Any]:
+    """A canonical POS sale of ``items`` (item id, description, category, unit price), paid by card."""
+    lines = [
+        {"item_id": i, "description": d, "category": c, "quantity": 1, "unit_price": p, "extended_amount": p}
+        for i, d, c, p in items
+    ]
+    total = f"{sum(float(p) for *_, p in items):.2f}"
+    return {
+        "transaction_type": "sale",
+        "store_id": "S042",
+        "workstation_id": "POS3",
+        "sequence_number": seq,
+        "business_day": day,
+        "occurred_at": _now(),
+        "currency": "USD",
+        "line_items": lines,
+        "tax": "0.00",
+        "total": total,
+        "tenders": [{"type": "card", "amount": total}],
+        "customer_ref": dict(ref),
+    }
+
+
+def _says(twiml: str) -> list[str]:
+    root = ET.fromstring(twiml)
+    return [el.text or "" for el in root.iter("Say")]
+
+
+def _gather_action(twiml: str) -> str | None:
+    gather = next(ET.fromstring(twiml).iter("Gather"), None)
+    return gather.get("action") if gather is not None else None
+
+
+async def flagship(demo: Demo) -> None:
+    """The brief's scenario: a platinum service request at the portal, then the same customer calls."""
+    day = datetime.now(UTC).date().isoformat()
+    demo.echo("\nThe flagship scenario: a platinum customer's service request, then her call")
+
+    # 1. Ann's purchases at the store make her platinum (tier rules from the config)
+    status, answer, ms = await demo.post(
+        "/v1/touchpoints/pos/transactions",
+        _pos_sale(
+            1,
+            ANN,
+            [
+                ("WM-300", "Washer WM-300", "washers", "1899.00"),
+                ("DR-200", "Dryer DR-200", "dryers", "1499.00"),
+                ("FR-900", "Fridge FR-900", "fridges", "2399.00"),
+            ],
+            day,
+        ),
+        "touchpoint:pos",
+    )
+    view = await demo.view(f"email:{ANN['email']}") if status == 200 else {}
+    receipt = (answer.get("delivery") or {}).get("receipt_lines", []) if isinstance(answer, dict) else []
+    demo.step(
+        Step(
+            "Ann buys a washer, a dryer and a fridge at store S042 (5,797 USD)",
+            "pos",
+            ms,
+            BUDGETS["pos"],
+            status == 200 and view.get("tier") == "platinum",
+            f"tier now {view.get('tier')!r} ({view.get('tier_source')}); receipt prints {len(receipt)} offer lines",
+        )
+    )
+
+    # 2. She signs in at the web portal: the anonymous visit joins her profile
+    visit = {
+        "events": [
+            {"id": "ann-web-1", "type": "page", "occurred_at": _now(), "identities": {"anonymous_id": "browser-ann"}},
+            {
+                "id": "ann-web-2",
+                "type": "identify",
+                "occurred_at": _now(),
+                "identities": {"anonymous_id": "browser-ann", "email": ANN["email"]},
+            },
+        ]
+    }
+    status, answer, ms = await demo.post("/v1/touchpoints/web/events", visit, "touchpoint:web")
+    demo.step(Step("Ann signs in at the web portal", "web", ms, None, status == 200, f"answer {answer}"))
+
+    # 3. The service request: stock of the parts and a technician within her entitlement, in one answer
+    request = {
+        "id": "ann-sr-1",
+        "type": "service.request",
+        "occurred_at": _now(),
+        "identities": {"email": ANN["email"], "anonymous_id": "browser-ann"},
+        "data": {"product_id": "WM-300", "issue": "the washer leaks", "parts": ["pump-7", "belt-2"]},
+    }
+    status, answer, ms = await demo.post("/v1/touchpoints/web/requests", request, "touchpoint:web")
+    fulfillments = (answer.get("delivery") or {}).get("fulfillments", []) if isinstance(answer, dict) else []
+    visit_window = next((f["data"] for f in fulfillments if f.get("partner") == "fieldservice"), {})
+    parts = next((f["data"].get("parts", []) for f in fulfillments if f.get("partner") == "supplier"), [])
+    window_ok = bool(visit_window.get("window_start")) and datetime.fromisoformat(
+        str(visit_window.get("window_start", "1970-01-01T00:00:00+00:00")).replace("Z", "+00:00")
+    ) <= datetime.now(UTC) + timedelta(days=4)
+    demo.step(
+        Step(
+            "Ann reports a leaking washer at the portal: technician booked and parts checked, concurrently",
+            "web",
+            ms,
+            BUDGETS["web"],
+            status == 200 and window_ok and bool(parts) and not answer.get("degraded"),
+            f"technician {visit_window.get('window_start')} to {visit_window.get('window_end')}"
+            f" (platinum: within 1 business day)\n"
+            + "parts: "
+            + ", ".join(f"{p.get('id')} {p.get('availability')}" for p in parts)
+            + f"\ndegraded: {answer.get('degraded') if isinstance(answer, dict) else answer}",
+        )
+    )
+
+    # 4. Agent a-7 is at the desk, the screen-pop socket open
+    assert demo.session is not None
+    ws = await demo.session.ws_connect(
+        demo.base.replace("http", "ws") + "/v1/agents/a-7/screenpop", headers=demo._auth("touchpoint:callcenter")
+    )
+    await ws.receive_json(timeout=10)  # hello
+
+    # 5. Ann calls: the IVR greets her by name and offers the priority line first
+    call = {"CallSid": "CA" + secrets.token_hex(16), "From": ANN["phone"], "To": "+18005550199", "Direction": "inbound"}
+    status, twiml, ms = await demo.twilio("/v1/touchpoints/ivr/twilio/voice", {**call, "CallStatus": "ringing"})
+    said = _says(twiml) if status == 200 else []
+    joined = " ".join(said)
+    demo.step(
+        Step(
+            "Ann calls; the IVR greets her by name, offers the priority line first, tells the visit",
+            "ivr",
+            ms,
+            BUDGETS["ivr"],
+            status == 200 and "Ann" in joined and "priority" in joined.lower(),
+            "\n".join(f'says: "{s}"' for s in said[:4]),
+        )
+    )
+    action = _gather_action(twiml) if status == 200 else None
+    if action:
+        status, twiml, ms = await demo.twilio(action, {**call, "Digits": "9", "CallStatus": "in-progress"})
+        enqueued = [el.text for el in ET.fromstring(twiml).iter("Enqueue")] if status == 200 else []
+        demo.step(
+            Step(
+                "She presses 9: transferred to the priority queue",
+                "ivr",
+                ms,
+                BUDGETS["ivr"],
+                status == 200 and enqueued == ["priority"],
+                f"enqueue {enqueued}",
+            )
+        )
+
+    # 6. The call is offered to agent a-7: the screen pop shows the request and the IVR path
+    offered = {
+        "id": f"{call['CallSid']}-offered",
+        "type": "call.offered",
+        "occurred_at": _now(),
+        "data": {"call_id": call["CallSid"], "ani": ANN["phone"], "queue": "priority", "agent_id": "a-7"},
+    }
+    started = time.perf_counter()
+    status, _, _ = await demo.post("/v1/touchpoints/callcenter/events", offered, "touchpoint:callcenter")
+    pop: dict[str, Any] = {}
+    while status == 200:
+        msg = await ws.receive_json(timeout=10)
+        if msg.get("type") == "screen_pop":
+            pop = msg
+            break
+    ms = (time.perf_counter() - started) * 1000
+    text = json.dumps(pop)
+    demo.step(
+        Step(
+            "The call rings agent a-7: the screen pop shows the service request and the IVR path",
+            "callcenter",
+            ms,
+            BUDGETS["callcenter"],
+            bool(pop) and "service.request" in text and "ivr." in text and '"platinum"' in text,
+            f"pop for {pop.get('customer', {}).get('tier')} customer; recent contacts at"
+            f" {sorted({c.get('touchpoint') for c in pop.get('customer', {}).get('recent_contacts', [])})}",
+        )
+    )
+    await ws.close()
+
+    # 7. The agent writes a note and sets the outcome; both are dialogue events
+    notes = {
+        "events": [
+            {"id": f"{call['CallSid']}-answered", "type": "call.answered", "occurred_at": _now(),
+             "data": {"call_id": call["CallSid"], "agent_id": "a-7"}},
+            {"id": f"{call['CallSid']}-note", "type": "agent.note", "occurred_at": _now(),
+             "data": {"call_id": call["CallSid"], "text": "Confirmed tomorrow's visit; pump in stock."}},
+            {"id": f"{call['CallSid']}-outcome", "type": "call.outcome", "occurred_at": _now(),
+             "data": {"call_id": call["CallSid"], "outcome": "resolved"}},
+            {"id": f"{call['CallSid']}-ended", "type": "call.ended", "occurred_at": _now(),
+             "data": {"call_id": call["CallSid"]}},
+        ]
+    }  # fmt: skip
+    status, answer, ms = await demo.post("/v1/touchpoints/callcenter/events", notes, "touchpoint:callcenter")
+    demo.step(Step("The agent notes the call and sets the outcome", "callcenter", ms, None, status == 200))
+
+
+async def day_of_traffic(demo: Demo, customers: int, seed: int) -> dict[str, Tally]:
+    """A day of mixed traffic: each customer visits the web, calls, or buys, a few times."""
+    rng = random.Random(seed)
+    tallies = {tp: Tally(budget) for tp, budget in BUDGETS.items()}
+    day = datetime.now(UTC).date().isoformat()
+    catalog = [
+        ("WM-300", "Washer WM-300", "washers", "899.00"),
+        ("HOSE-1", "Inlet hose", "accessories", "19.90"),
+        ("DET-5", "Detergent 5 kg", "consumables", "24.50"),
+        ("DR-200", "Dryer DR-200", "dryers", "749.00"),
+    ]
+    sequence = iter(range(1000, 10**9))
+    assert demo.session is not None
+    ws = await demo.session.ws_connect(
+        demo.base.replace("http", "ws") + "/v1/agents/a-1/screenpop", headers=demo._auth("touchpoint:callcenter")
+    )
+    await ws.receive_json(timeout=10)
+    pops: dict[str, asyncio.Future[float]] = {}
+
+    async def read_pops() -> None:
+        async for msg in ws:
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                data = json.loads(msg.data)
+                waiting = pops.get(str(data.get("call_id")))
+                if data.get("type") == "screen_pop" and waiting is not None and not waiting.done():
+                    waiting.set_result(time.perf_counter())
+
+    reader = asyncio.create_task(read_pops())
+
+    async def web_visit(n: int, who: dict[str, str]) -> None:
+        body = {
+            "id": f"d-web-{n}",
+            "type": "product.viewed",
+            "occurred_at": _now(),
+            "identities": {"email": who["email"]},
+            "data": {"product_id": rng.choice(catalog)[0]},
+        }
+        status, _, ms = await demo.post("/v1/touchpoints/web/requests", body, "touchpoint:web")
+        _count(tallies["web"], status, ms)
+
+    async def store_visit(n: int, who: dict[str, str]) -> None:
+        items = rng.sample(catalog, rng.randint(1, 3))
+        status, _, ms = await demo.post(
+            "/v1/touchpoints/pos/transactions",
+            _pos_sale(next(sequence), {"loyalty_card": who["card"]}, items, day),
+            "touchpoint:pos",
+        )
+        _count(tallies["pos"], status, ms)
+
+    async def ivr_call(n: int, who: dict[str, str]) -> None:
+        params = {"CallSid": f"CAday{n:08d}", "From": who["phone"], "To": "+18005550199", "CallStatus": "ringing"}
+        status, twiml, ms = await demo.twilio("/v1/touchpoints/ivr/twilio/voice", params)
+        _count(tallies["ivr"], status, ms)
+        action = _gather_action(twiml) if status == 200 else None
+        if action:
+            status, _, ms = await demo.twilio(action, {**params, "Digits": "1", "CallStatus": "in-progress"})
+            _count(tallies["ivr"], status, ms)
+
+    async def agent_call(n: int, who: dict[str, str]) -> None:
+        call_id = f"day-call-{n}"
+        pops[call_id] = asyncio.get_running_loop().create_future()
+        event = {
+            "id": f"{call_id}-offered",
+            "type": "call.offered",
+            "occurred_at": _now(),
+            "data": {"call_id": call_id, "ani": who["phone"], "queue": "support", "agent_id": "a-1"},
+        }
+        started = time.perf_counter()
+        status, _, _ = await demo.post("/v1/touchpoints/callcenter/events", event, "touchpoint:callcenter")
+        if status != 200:
+            tallies["callcenter"].errors += 1
+            return
+        try:
+            popped = await asyncio.wait_for(pops[call_id], timeout=5)
+            tallies["callcenter"].times.append((popped - started) * 1000)
+        except TimeoutError:
+            tallies["callcenter"].errors += 1
+
+    people = [
+        {"email": f"customer{i}@example.com", "phone": f"+1212555{i:04d}", "card": f"LC-{20000 + i}"}
+        for i in range(customers)
+    ]
+    actions = [web_visit, web_visit, store_visit, ivr_call, agent_call]
+    plan = [(rng.choice(actions), who) for who in people for _ in range(rng.randint(1, 3))]
+    rng.shuffle(plan)
+    queue: asyncio.Queue[tuple[int, Any, dict[str, str]]] = asyncio.Queue()
+    for n, (action, who) in enumerate(plan):
+        queue.put_nowait((n, action, who))
+
+    async def worker() -> None:
+        while not queue.empty():
+            n, action, who = queue.get_nowait()
+            await action(n, who)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(8)))
+    reader.cancel()
+    await ws.close()
+    demo.echo(f"  {len(plan):,} contacts by {customers:,} customers in {time.perf_counter() - started:.1f} s")
+    return tallies
+
+
+def _count(tally: Tally, status: int, ms: float) -> None:
+    if status == 200:
+        tally.times.append(ms)
+    else:
+        tally.errors += 1
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))] if ordered else 0.0
+
+
+async def run_demo(*, customers: int, seed: int, keep: bool, echo: Callable[[str], None]) -> bool:
+    """Run everything; True when every step met its budget and nothing failed."""
+    workdir = Path(tempfile.mkdtemp(prefix="prm-demo-"))
+    demo = Demo(workdir, echo)
+    ok = False
+    try:
+        await demo.start()
+        echo(
+            f"PRM hub demo: an in-process hub on {demo.base} (SQLite in {workdir}), partners "
+            f"{urlsplit(demo.field.url).netloc} (field service, TMF646, ~{FIELD_SERVICE_MS} ms) and "
+            f"{urlsplit(demo.supplier.url).netloc} (supplier, TMF687, ~{SUPPLIER_MS} ms)"
+        )
+        await flagship(demo)
+        echo(f"\nA day of mixed traffic: {customers:,} customers at every touch point")
+        tallies = await day_of_traffic(demo, customers, seed)
+        echo(f"  {'touch point':<12} {'answers':>8} {'p50':>8} {'p99':>8} {'budget':>8} {'misses':>7} {'errors':>7}")
+        for tp, t in tallies.items():
+            label = "screen pop" if tp == "callcenter" else tp
+            echo(
+                f"  {label:<12} {len(t.times):>8,} {_pct(t.times, 50):>6.1f}ms {_pct(t.times, 99):>6.1f}ms"
+                f" {t.budget_ms:>6}ms {t.misses:>7} {t.errors:>7}"
+            )
+        assert demo.session is not None
+        async with demo.session.get(f"{demo.base}/v1/scorecard", headers=demo._auth("read")) as resp:
+            scorecard = await resp.json() if resp.status == 200 else None
+        echo("\nThe scorecard (GET /v1/scorecard):")
+        echo(json.dumps(scorecard, indent=2)[:3000] if scorecard is not None else f"  unavailable ({resp.status})")
+        failed = [s for s in demo.steps if not (s.ok and s.in_budget)]
+        missed = sum(t.misses + t.errors for t in tallies.values())
+        ok = not failed and not missed and scorecard is not None
+        if ok:
+            echo(f"\nEvery step within its budget: {len(demo.steps)} scenario steps, "
+                 f"{sum(len(t.times) for t in tallies.values()):,} answers during the day.")  # fmt: skip
+        else:
+            echo(
+                f"\nMISSED: {len(failed)} scenario step(s) failed or late, {missed} answer(s) late or failed in the day."
+            )
+    finally:
+        await demo.stop()
+        if keep:
+            echo(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return ok
