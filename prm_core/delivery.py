@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 __all__ = ["Answer", "deliver_value"]
 
 log = structlog.get_logger(__name__)
-MAX_OFFERS = 5
 
 
 @frozen
@@ -123,7 +122,14 @@ async def deliver_value(hub: Hub, recorded: RecordedEvent, touchpoint: TouchPoin
             offers.extend(o for o in (result or ()) if isinstance(o, Offer))
         elif isinstance(result, FulfillmentResult):
             fulfillments.append(result)
-    offers.sort(key=lambda o: -o.score)
+    # offers (planning): the built-in rules and campaigns join the plugins' offers; then consent,
+    # one per code, ranked by score, capped per touch point, each with a stable id to answer to
+    try:
+        offers.extend(hub.planner.propose(request))
+    except Exception as exc:  # a broken rule costs the built-in offers, never the answer
+        log.warning("built-in offers failed", error=type(exc).__name__)
+        degraded.append("offers:planning")
+    offers = hub.planner.offers.select(offers, request)
 
     summary = {
         "id": view.customer.id,
@@ -137,7 +143,7 @@ async def deliver_value(hub: Hub, recorded: RecordedEvent, touchpoint: TouchPoin
         touchpoint=touchpoint.name,
         customer=summary,
         knowledge=knowledge,
-        offers=tuple(offers[:MAX_OFFERS]),
+        offers=tuple(offers),
         fulfillments=tuple(fulfillments),
         degraded=tuple(sorted(degraded)),
     )

@@ -1,0 +1,429 @@
+"""The planner: relationship planning's part of the hub, built once from the config.
+
+It is the core's, not a plugin's: it keeps the value model, the tiers and the scorecard
+figures current **inside the recording transaction** (:meth:`Planner.after_write`, called
+by :mod:`prm_core.recording` after the metrics are written), and adds the ``value`` section
+to the 360 view. Doing it in the same transaction means a crash can never leave an event
+recorded but its customer's tier or value stale: both commit or neither does. The price is
+a few set-based queries per batch, not per event (see bench/planning.py).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from attrs import define, evolve, field
+from sqlalchemy.engine import Connection
+
+from ..config import Config
+from ..errors import ConfigError
+from ..merging import event_revenue
+from ..model import CustomerView, Merge, Offer, ValueRequest
+from ..recording import Written
+from ..store.tables import (
+    customer_value,
+    customers,
+    events,
+    metrics,
+    offers_made,
+    planning_models,
+    touchpoint_days,
+    utcnow,
+)
+from .clv import BgNbd, GammaGamma, models_from_params
+from .entitlements import parse_entitlements
+from .offers import Catalog, OfferSettings, builtin_offers
+from .rules import Rule, compile_rule
+from .value import DEFAULT_RFM, Rfm, customer_facts, rfm_from_config, rfm_from_params
+
+__all__ = ["Planner", "tier_rules"]
+
+_CHUNK = 400
+MODELS_TTL_S = 30.0
+RESPONSES = {"offer.accepted": "accepted", "offer.declined": "declined"}
+
+
+def tier_rules(config: Config) -> tuple[Rule, ...]:
+    """``[tiers.rules]`` compiled, in the order written (the first match wins)."""
+    section = config.section("tiers", "rules")
+    rules = []
+    for name, text in section.items():
+        if not isinstance(name, str) or not 0 < len(name) <= 64:
+            raise ConfigError(f"[tiers.rules]: a tier name must be 1-64 characters, got {name!r}")
+        rules.append(compile_rule(name, text, where=f"[tiers.rules].{name}"))
+    return tuple(rules)
+
+
+@define
+class _Models:
+    rfm: Rfm
+    bgnbd: BgNbd | None
+    gamma_gamma: GammaGamma | None
+    fitted_at: datetime | None
+    loaded: float
+
+
+@define
+class Planner:
+    """Tiers, the value model, offers and entitlements as configured."""
+
+    tiers: tuple[Rule, ...] = ()
+    fixed_rfm: Rfm | None = None
+    entitlements: dict[str, int] = field(factory=lambda: parse_entitlements(None))
+    catalog: Catalog = field(factory=Catalog)
+    offers: OfferSettings = field(factory=OfferSettings)
+    _models: _Models | None = None
+
+    @classmethod
+    def from_config(cls, config: Config) -> Planner:
+        """Build from ``[tiers.rules]``, ``[value.rfm]``, ``[entitlements]``, ``[catalog]``,
+        ``[offers]``; anything invalid raises :class:`ConfigError` naming it."""
+        return cls(
+            tiers=tier_rules(config),
+            fixed_rfm=rfm_from_config(config.section("value", "rfm")),
+            entitlements=parse_entitlements(config.section("entitlements")),
+            catalog=Catalog.from_config(config.section("catalog")),
+            offers=OfferSettings.from_config(config.section("offers")),
+        )
+
+    # ---- the fitted models -----------------------------------------------------------
+
+    def models(self, conn: Connection) -> _Models:
+        """The fitted parameters, read at most every 30 s (a fit elsewhere shows up soon)."""
+        if self._models is not None and time.monotonic() - self._models.loaded < MODELS_TTL_S:
+            return self._models
+        rows = {r.name: r for r in conn.execute(sa.select(planning_models))}
+        params = {name: r.params for name, r in rows.items()}
+        bg, gg = models_from_params(params)
+        rfm = self.fixed_rfm or (rfm_from_params(params["rfm"]) if "rfm" in params else DEFAULT_RFM)
+        fitted = rows["bgnbd"].fitted_at if "bgnbd" in rows else None
+        self._models = _Models(rfm, bg, gg, fitted, time.monotonic())
+        return self._models
+
+    def forget_models(self) -> None:
+        self._models = None
+
+    # ---- tiers -----------------------------------------------------------------------
+
+    def tier_for(self, facts: Mapping[str, Any]) -> Rule | None:
+        """The first tier rule the facts match, in the order written."""
+        return next((rule for rule in self.tiers if rule.matches(facts)), None)
+
+    def facts_of(self, conn: Connection, ids: Sequence[str], now: datetime) -> dict[str, dict[str, Any]]:
+        """Rule facts of existing (not merged-away) customers: three bounded queries per chunk."""
+        models = self.models(conn)
+        result: dict[str, dict[str, Any]] = {}
+        for chunk in _chunks(sorted(ids)):
+            rows = conn.execute(
+                sa.select(customers.c.id, customers.c.kind, customers.c.tier, customers.c.traits).where(
+                    customers.c.id.in_(chunk), customers.c.merged_into.is_(None)
+                )
+            ).all()
+            m: dict[str, Mapping[str, Any]] = {
+                r.customer_id: dict(r._mapping)
+                for r in conn.execute(sa.select(metrics).where(metrics.c.customer_id.in_(chunk)))
+            }
+            v: dict[str, Mapping[str, Any]] = {
+                r.customer_id: dict(r._mapping)
+                for r in conn.execute(sa.select(customer_value).where(customer_value.c.customer_id.in_(chunk)))
+            }
+            for r in rows:
+                result[r.id] = customer_facts(
+                    kind=r.kind,
+                    tier=r.tier,
+                    traits=r.traits,
+                    metrics=m.get(r.id, {}),
+                    value=v.get(r.id),
+                    rfm=models.rfm,
+                    bgnbd=models.bgnbd,
+                    gamma_gamma=models.gamma_gamma,
+                    now=now,
+                )
+        return result
+
+    def refresh_tiers(self, conn: Connection, ids: Iterable[str], now: datetime) -> int:
+        """Re-evaluate the rule tier of ``ids``; a tier set by hand is left alone. Returns
+        how many changed."""
+        if not self.tiers:
+            return 0
+        wanted = sorted(set(ids))
+        current = {}
+        for chunk in _chunks(wanted):
+            q = sa.select(customers.c.id, customers.c.tier, customers.c.tier_source).where(customers.c.id.in_(chunk))
+            current.update({r.id: r for r in conn.execute(q)})
+        candidates = [cid for cid, r in current.items() if r.tier_source != "manual"]
+        changes = []
+        for cid, facts in self.facts_of(conn, candidates, now).items():
+            rule = self.tier_for(facts)
+            tier = rule.name if rule else None
+            row = current[cid]
+            if tier != row.tier or (tier is None) != (row.tier_source is None):
+                changes.append({"_id": cid, "tier": tier, "tier_source": "rule" if tier else None})
+        if changes:
+            c = customers.c
+            conn.execute(
+                customers.update()
+                .where(c.id == sa.bindparam("_id"), sa.or_(c.tier_source.is_(None), c.tier_source != "manual"))
+                .values(tier=sa.bindparam("tier"), tier_source=sa.bindparam("tier_source")),
+                changes,
+            )
+        return len(changes)
+
+    # ---- on ingest -------------------------------------------------------------------
+
+    def after_write(self, conn: Connection, written: Sequence[Written], merges: Sequence[Merge], now: datetime) -> None:
+        """Keep the value model, offers made and touch-point days current, then the tiers of
+        every customer touched. Runs inside the recording transaction."""
+        for merge in merges:
+            self._fold_value(conn, merge.merged_id, merge.survivor_id)
+        buys: dict[str, list[Any]] = {}
+        days: dict[tuple[str, str], Counter[str]] = {}
+        revenue: dict[tuple[str, str], Decimal] = {}
+        made: list[dict[str, Any]] = []
+        responses: list[tuple[Written, tuple[str, str]]] = []
+        for w in written:
+            ev = w.event
+            key = (ev.touchpoint, ev.occurred_at.date().isoformat())
+            counts = days.setdefault(key, Counter())
+            counts["events"] += 1
+            counts["dialogues"] += int(w.opened_dialogue)
+            amount = event_revenue(ev.data) if ev.direction == "inbound" else None
+            if amount is not None:
+                revenue[key] = revenue.get(key, Decimal(0)) + amount
+                if amount > 0:
+                    b = buys.setdefault(w.customer_id, [0, Decimal(0), ev.occurred_at, ev.occurred_at])
+                    b[0] += 1
+                    b[1] += amount
+                    b[2] = min(b[2], ev.occurred_at)
+                    b[3] = max(b[3], ev.occurred_at)
+            if ev.direction == "outbound" and ev.type == "delivery":
+                counts["requests"] += 1
+                elapsed, budget = ev.data.get("elapsed_ms"), ev.data.get("budget_ms")
+                if isinstance(elapsed, int | float) and isinstance(budget, int | float):
+                    counts["in_budget"] += int(elapsed <= budget)
+                counts["degraded"] += int(bool(ev.data.get("degraded")))
+                for offer in ev.data.get("offers_made") or ():
+                    if isinstance(offer, Mapping) and isinstance(offer.get("id"), str):
+                        made.append(
+                            {
+                                "id": offer["id"][:64],
+                                "customer_id": w.customer_id,
+                                "touchpoint": ev.touchpoint,
+                                "dialogue_id": w.dialogue_id,
+                                "code": str(offer.get("code", ""))[:200],
+                                "source": str(offer.get("source", ""))[:200],
+                                "campaign": offer.get("campaign"),
+                                "made_at": ev.occurred_at,
+                                "response": None,
+                                "responded_at": None,
+                            }
+                        )
+                        counts["offers_made"] += 1
+            elif ev.type in RESPONSES:
+                responses.append((w, key))
+        if made:
+            self._insert_offers(conn, made)
+        for w, key in responses:
+            if self._record_response(conn, w) == "accepted":
+                days[key]["offers_accepted"] += 1
+        if buys:
+            self._add_purchases(conn, buys)
+        if days:
+            self._add_days(conn, days, revenue)
+        if self.tiers:
+            self.refresh_tiers(conn, {w.customer_id for w in written} | {m.survivor_id for m in merges}, now)
+
+    def _insert_offers(self, conn: Connection, made: list[dict[str, Any]]) -> None:
+        ids = [m["id"] for m in made]
+        known = set(conn.execute(sa.select(offers_made.c.id).where(offers_made.c.id.in_(ids))).scalars())
+        fresh = {m["id"]: m for m in made if m["id"] not in known}
+        if fresh:
+            conn.execute(offers_made.insert(), list(fresh.values()))
+
+    def _record_response(self, conn: Connection, w: Written) -> str | None:
+        """Mark the offer ``data.offer_id`` answered, if it is open and within the window."""
+        offer_id = w.event.data.get("offer_id")
+        if not isinstance(offer_id, str):
+            return None
+        response = RESPONSES[w.event.type]
+        at = w.event.occurred_at
+        o = offers_made.c
+        done = conn.execute(
+            offers_made.update()
+            .where(
+                o.id == offer_id,
+                o.response.is_(None),
+                o.made_at <= at,
+                o.made_at >= at - timedelta(hours=self.offers.response_window_hours),
+            )
+            .values(response=response, responded_at=at)
+        )
+        return response if done.rowcount else None
+
+    def _add_purchases(self, conn: Connection, buys: Mapping[str, list[Any]]) -> None:
+        v = customer_value.c
+        existing: dict[str, Any] = {}
+        for chunk in _chunks(sorted(buys)):
+            existing.update(
+                {r.customer_id: r for r in conn.execute(sa.select(customer_value).where(v.customer_id.in_(chunk)))}
+            )
+        inserts, updates = [], []
+        for cid, (count, total, first, last) in buys.items():
+            row = existing.get(cid)
+            if row is None:
+                inserts.append(
+                    {
+                        "customer_id": cid,
+                        "purchases": count,
+                        "purchase_total": total,
+                        "first_purchase_at": first,
+                        "last_purchase_at": last,
+                    }
+                )
+            else:
+                updates.append(
+                    {
+                        "_cid": cid,
+                        "purchases": row.purchases + count,
+                        "purchase_total": row.purchase_total + total,
+                        "first_purchase_at": min(filter(None, (row.first_purchase_at, first))),
+                        "last_purchase_at": max(filter(None, (row.last_purchase_at, last))),
+                    }
+                )
+        if inserts:
+            conn.execute(customer_value.insert(), inserts)
+        if updates:
+            conn.execute(
+                customer_value.update()
+                .where(v.customer_id == sa.bindparam("_cid"))
+                .values(
+                    purchases=sa.bindparam("purchases"),
+                    purchase_total=sa.bindparam("purchase_total"),
+                    first_purchase_at=sa.bindparam("first_purchase_at"),
+                    last_purchase_at=sa.bindparam("last_purchase_at"),
+                ),
+                updates,
+            )
+
+    def rebuild_value(self, conn: Connection, ids: Sequence[str]) -> None:
+        """Recompute the purchases of ``ids`` from their events: after an unmerge, which moves
+        events back and so cannot be undone by arithmetic. A scan of these customers only."""
+        v = customer_value.c
+        conn.execute(customer_value.delete().where(v.customer_id.in_(list(ids))))
+        e = events.c
+        q = sa.select(e.customer_id, e.occurred_at, e.data).where(
+            e.customer_id.in_(list(ids)), e.direction == "inbound"
+        )
+        buys: dict[str, list[Any]] = {}
+        for r in conn.execute(q):
+            amount = event_revenue(r.data)
+            if amount is not None and amount > 0:
+                b = buys.setdefault(r.customer_id, [0, Decimal(0), r.occurred_at, r.occurred_at])
+                b[0] += 1
+                b[1] += amount
+                b[2], b[3] = min(b[2], r.occurred_at), max(b[3], r.occurred_at)
+        if buys:
+            self._add_purchases(conn, buys)
+        self.refresh_tiers(conn, ids, utcnow())
+
+    def _fold_value(self, conn: Connection, merged: str, survivor: str) -> None:
+        """A merge: the merged customer's purchases become the survivor's."""
+        v = customer_value.c
+        row = conn.execute(sa.select(customer_value).where(v.customer_id == merged)).one_or_none()
+        if row is None:
+            return
+        conn.execute(customer_value.delete().where(v.customer_id == merged))
+        self._add_purchases(
+            conn, {survivor: [row.purchases, row.purchase_total, row.first_purchase_at, row.last_purchase_at]}
+        )
+
+    def _add_days(
+        self, conn: Connection, days: Mapping[tuple[str, str], Counter[str]], revenue: Mapping[tuple[str, str], Decimal]
+    ) -> None:
+        t = touchpoint_days.c
+        columns = ("events", "dialogues", "requests", "in_budget", "degraded", "offers_made", "offers_accepted")
+        for (tp, day), counts in sorted(days.items()):
+            values: dict[str, Any] = {c: getattr(t, c) + counts[c] for c in columns if counts[c]}
+            if (tp, day) in revenue:
+                values["revenue"] = t.revenue + revenue[(tp, day)]
+            if not values:
+                continue
+            done = conn.execute(touchpoint_days.update().where(t.touchpoint == tp, t.day == day).values(**values))
+            if not done.rowcount:
+                row: dict[str, Any] = {c: counts[c] for c in columns}
+                conn.execute(
+                    touchpoint_days.insert().values(
+                        touchpoint=tp, day=day, revenue=revenue.get((tp, day), Decimal(0)), **row
+                    )
+                )
+
+    # ---- offers ----------------------------------------------------------------------
+
+    def propose(self, request: ValueRequest) -> list[Offer]:
+        """The built-in offer rules for this turn (see :mod:`prm_core.planning.offers`)."""
+        return builtin_offers(request, self.catalog, self.entitlements)
+
+    # ---- the view --------------------------------------------------------------------
+
+    def annotate(self, conn: Connection, view: CustomerView, now: datetime) -> CustomerView:
+        """Add the ``value`` section (facts, scores, prediction, and how the tier was set).
+
+        Time-relative figures are as of the start of the hour (``as_of``), so two reads of
+        one customer agree unless something happened to them in between.
+        """
+        now = now.replace(minute=0, second=0, microsecond=0)
+        owners = [view.customer.id, *(m["id"] for m in view.members)]
+        value: dict[str, Any] | None = None
+        for r in conn.execute(sa.select(customer_value).where(customer_value.c.customer_id.in_(owners))):
+            if value is None:
+                value = dict(r._mapping)
+            else:
+                value["purchases"] += r.purchases
+                value["purchase_total"] += r.purchase_total
+                value["first_purchase_at"] = min(value["first_purchase_at"], r.first_purchase_at)
+                value["last_purchase_at"] = max(value["last_purchase_at"], r.last_purchase_at)
+        models = self.models(conn)
+        c = view.customer
+        facts = customer_facts(
+            kind=c.kind,
+            tier=c.tier,
+            traits=c.traits,
+            metrics=view.metrics,
+            value=value,
+            rfm=models.rfm,
+            bgnbd=models.bgnbd,
+            gamma_gamma=models.gamma_gamma,
+            now=now,
+        )
+        by_rules = self.tier_for(facts)
+        # what ``metrics`` already shows (revenue, counts, touch points) is not repeated here
+        keep = ("purchases", "days_since_last_purchase", "r_score", "f_score", "m_score", "rfm", "clv", "p_alive")
+        section: dict[str, Any] = {k: facts[k] for k in keep} | {"churn_risk": facts["churn_risk"]}
+        if section["days_since_last_purchase"] is not None:
+            section["days_since_last_purchase"] = int(section["days_since_last_purchase"])
+        section["as_of"] = now.isoformat().replace("+00:00", "Z")
+        section["purchase_total"] = str(value["purchase_total"].quantize(Decimal("0.01"))) if value else "0.00"
+        section["tier"] = {
+            "name": c.tier,
+            "source": c.tier_source,
+            "rule": by_rules.text if by_rules and c.tier_source == "rule" and by_rules.name == c.tier else None,
+            "by_rules": by_rules.name if by_rules else None,
+            "manual_wins": c.tier_source == "manual",
+        }
+        section["model"] = {
+            "rfm": models.rfm.to_json(),
+            "clv_horizon_days": 365,
+            "fitted_at": models.fitted_at.isoformat().replace("+00:00", "Z") if models.fitted_at else None,
+        }
+        return evolve(view, sections={**view.sections, "value": section})
+
+
+def _chunks(items: Sequence[str], size: int = _CHUNK) -> Iterable[Sequence[str]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
