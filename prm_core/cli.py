@@ -194,6 +194,65 @@ def db_upgrade(config_path: str | None, database_url: str | None) -> None:
     click.echo(f"applied {', '.join(applied)}" if applied else "the database is up to date")
 
 
+@main.group()
+def plan() -> None:
+    """Relationship planning: fit the value model, re-evaluate tiers (docs/planning.md)."""
+
+
+@plan.command("fit")
+@config_option
+@database_option
+def plan_fit(config_path: str | None, database_url: str | None) -> None:
+    """Fit BG/NBD, Gamma-Gamma and the RFM quintiles over the customers' value rows."""
+    from .planning.fit import fit_value_model
+    from .store import Store
+    from .store.tables import utcnow
+
+    config = _config(config_path, database_url)
+
+    async def fit() -> dict[str, Any]:
+        store = Store.open(config.database_url)
+        try:
+            await store.migrate()
+            return await fit_value_model(store, utcnow())
+        finally:
+            await store.dispose()
+
+    result = _run(fit)
+    click.echo(f"{result['customers']} customers with a purchase")
+    for name, params in result["stored"].items():
+        click.echo(f"  {name}: {', '.join(f'{k}={v}' for k, v in params.items())}")
+    for name, why in result["skipped"].items():
+        click.echo(f"  {name}: not fitted: {why}")
+
+
+@plan.command("tiers")
+@config_option
+@database_option
+def plan_tiers(config_path: str | None, database_url: str | None) -> None:
+    """Re-evaluate every customer's rule tier (after [tiers.rules] changed); hand-set tiers stay."""
+    from .planning import Planner
+    from .planning.planner import refresh_all_tiers
+    from .store import Store
+
+    config = _config(config_path, database_url)
+    try:
+        planner = Planner.from_config(config)
+    except PrmError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+    async def refresh() -> tuple[int, int]:
+        store = Store.open(config.database_url)
+        try:
+            await store.migrate()
+            return await refresh_all_tiers(store, planner)
+        finally:
+            await store.dispose()
+
+    seen, changed = _run(refresh)
+    click.echo(f"{seen} customers evaluated, {changed} tiers changed")
+
+
 @main.command("new-plugin")
 @click.argument("name")
 @click.option(

@@ -20,7 +20,6 @@ import pytest
 from prm_core import hookimpl
 from prm_core.config import Config
 from prm_core.errors import ConflictingRegistration, InvalidInput, PluginLoadError
-from prm_core.planning.offers import offer_id
 from prm_core.hub import Hub, answer_id
 from prm_core.model import (
     Customer,
@@ -40,6 +39,7 @@ from prm_core.model import (
     ValueProvider,
     ValueRequest,
 )
+from prm_core.planning.offers import offer_id
 from prm_core.server.state import HUB
 
 ANN = {"email": "ann@example.com"}

@@ -18,11 +18,12 @@ scipy is maintained, already a wheel everywhere, and fits 100,000 customers in s
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 from attrs import frozen
+from numpy.typing import ArrayLike
 from scipy.optimize import minimize
 from scipy.special import gammaln, hyp2f1
 
@@ -87,7 +88,7 @@ def _bgnbd_nll(log_params: np.ndarray, x: np.ndarray, t_x: np.ndarray, T: np.nda
     return float(-ll.sum())
 
 
-def fit_bgnbd(x: Sequence[float], t_x: Sequence[float], T: Sequence[float]) -> BgNbd:
+def fit_bgnbd(x: ArrayLike, t_x: ArrayLike, T: ArrayLike) -> BgNbd:
     """Maximum-likelihood BG/NBD parameters from per-customer (x, t_x, T) in days."""
     xs, txs, Ts = (np.asarray(v, dtype=float) for v in (x, t_x, T))
     if len(xs) < 10:
@@ -112,7 +113,7 @@ def _gg_nll(log_params: np.ndarray, x: np.ndarray, m: np.ndarray) -> float:
     return float(-ll.sum())
 
 
-def fit_gamma_gamma(x: Sequence[float], m: Sequence[float]) -> GammaGamma:
+def fit_gamma_gamma(x: ArrayLike, m: ArrayLike) -> GammaGamma:
     """Maximum-likelihood Gamma-Gamma parameters from customers with ``x >= 1`` purchases of mean ``m > 0``."""
     xs, ms = np.asarray(x, dtype=float), np.asarray(m, dtype=float)
     keep = (xs >= 1) & (ms > 0)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -26,6 +26,7 @@ from ..errors import ConfigError
 from ..merging import event_revenue
 from ..model import CustomerView, Merge, Offer, ValueRequest
 from ..recording import Written
+from ..store import Store
 from ..store.tables import (
     customer_value,
     customers,
@@ -42,7 +43,7 @@ from .offers import Catalog, OfferSettings, builtin_offers
 from .rules import Rule, compile_rule
 from .value import DEFAULT_RFM, Rfm, customer_facts, rfm_from_config, rfm_from_params
 
-__all__ = ["Planner", "tier_rules"]
+__all__ = ["Planner", "refresh_all_tiers", "tier_rules"]
 
 _CHUNK = 400
 MODELS_TTL_S = 30.0
@@ -422,6 +423,27 @@ class Planner:
             "fitted_at": models.fitted_at.isoformat().replace("+00:00", "Z") if models.fitted_at else None,
         }
         return evolve(view, sections={**view.sections, "value": section})
+
+
+async def refresh_all_tiers(store: Store, planner: Planner, *, chunk: int = 500) -> tuple[int, int]:
+    """Re-evaluate every current customer's rule tier, ``chunk`` customers per transaction.
+    Returns (customers evaluated, tiers changed)."""
+    seen, changed = 0, 0
+
+    def page(after: str) -> Callable[[Connection], list[str]]:
+        c = customers.c
+        q = sa.select(c.id).where(c.id > after, c.merged_into.is_(None)).order_by(c.id).limit(chunk)
+        return lambda conn: list(conn.execute(q).scalars())
+
+    def refresh(ids: list[str]) -> Callable[[Connection], int]:
+        return lambda conn: planner.refresh_tiers(conn, ids, utcnow())
+
+    ids = await store.read(page(""))
+    while ids:
+        changed += await store.write(refresh(ids))
+        seen += len(ids)
+        ids = await store.read(page(ids[-1]))
+    return seen, changed
 
 
 def _chunks(items: Sequence[str], size: int = _CHUNK) -> Iterable[Sequence[str]]:
