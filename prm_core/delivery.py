@@ -42,6 +42,8 @@ class Answer:
     rendered: Mapping[str, Any]
     elapsed_ms: float
     budget_ms: int
+    # campaign offers this customer's control group did not get: recorded, never shown
+    held_out: tuple[Offer, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -129,7 +131,7 @@ async def deliver_value(hub: Hub, recorded: RecordedEvent, touchpoint: TouchPoin
     except Exception as exc:  # a broken rule costs the built-in offers, never the answer
         log.warning("built-in offers failed", error=type(exc).__name__)
         degraded.append("offers:planning")
-    offers = hub.planner.offers.select(offers, request)
+    offers, held_out = hub.planner.offers.select(offers, request)
 
     summary = {
         "id": view.customer.id,
@@ -148,4 +150,5 @@ async def deliver_value(hub: Hub, recorded: RecordedEvent, touchpoint: TouchPoin
         degraded=tuple(sorted(degraded)),
     )
     rendered = hub.hooks.render_delivery(delivery, touchpoint)
-    return Answer(recorded, delivery, rendered, (time.monotonic() - started) * 1000, touchpoint.budget_ms)
+    elapsed = (time.monotonic() - started) * 1000
+    return Answer(recorded, delivery, rendered, elapsed, touchpoint.budget_ms, tuple(held_out))

@@ -17,7 +17,8 @@ from sqlalchemy.engine import Connection
 
 from ..store import Store
 from ..store.tables import customer_value, customers, planning_models
-from .clv import fit_bgnbd, fit_gamma_gamma
+from .clv import fit_bgnbd, fit_gamma_gamma, models_from_params
+from .value import CLV_HORIZON_DAYS
 
 __all__ = ["fit_value_model"]
 
@@ -65,6 +66,17 @@ async def fit_value_model(store: Store, now: datetime) -> dict[str, Any]:
         stored["gammagamma"] = fit_gamma_gamma(purchases[repeat], totals[repeat] / purchases[repeat]).to_json()
     except ValueError as exc:
         skipped["gammagamma"] = str(exc)
+
+    if "bgnbd" in stored:
+        # the average predicted value over every buyer, kept for the scorecard
+        bg, gg = models_from_params(stored)
+        assert bg is not None
+        values = []
+        for n, total, age, since in zip(purchases, totals, ages, np.maximum(last, 0), strict=True):
+            expected = bg.expected_purchases(CLV_HORIZON_DAYS, n - 1, age - since, age)
+            spend = gg.expected_spend(n, total / n) if gg is not None else total / n
+            values.append(expected * spend)
+        stored["bgnbd"]["average_clv"] = round(float(np.mean(values)), 2)
 
     def write(conn: Connection) -> None:
         for name, params in stored.items():

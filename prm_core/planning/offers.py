@@ -136,19 +136,30 @@ class OfferSettings:
     def cap(self, touchpoint: str) -> int:
         return self.caps.get(touchpoint, self.max_per_touchpoint)
 
-    def select(self, offers: Iterable[Offer], request: ValueRequest) -> list[Offer]:
-        """Consent, one per code (best score), ranked, capped, each with a stable ``data.offer_id``."""
+    def select(self, offers: Iterable[Offer], request: ValueRequest) -> tuple[list[Offer], list[Offer]]:
+        """Consent, one per code (best score), ranked, capped, each with a stable ``data.offer_id``.
+
+        Returns the offers to make and the campaign offers held out from this customer (the
+        campaign's control group), which are recorded but never shown.
+        """
         channel = request.touchpoint.name
         best: dict[str, Offer] = {}
+        held_out: list[Offer] = []
         for o in offers:
             purpose = o.data.get("purpose", "personalization")
             if purpose not in PURPOSES or not allows(request.view.consents, purpose, channel):
                 continue
-            if o.code not in best or o.score > best[o.code].score:
+            if o.data.get("control"):
+                held_out.append(o)
+            elif o.code not in best or o.score > best[o.code].score:
                 best[o.code] = o
         ranked = sorted(best.values(), key=lambda o: (-o.score, o.code))[: self.cap(channel)]
         turn = request.event.event
-        return [evolve(o, data={**o.data, "offer_id": offer_id(turn.touchpoint, turn.id, o.code)}) for o in ranked]
+
+        def with_id(o: Offer) -> Offer:
+            return evolve(o, data={**o.data, "offer_id": offer_id(turn.touchpoint, turn.id, o.code)})
+
+        return [with_id(o) for o in ranked], [with_id(o) for o in held_out]
 
 
 def offer_id(touchpoint: str, request_id: str, code: str) -> str:

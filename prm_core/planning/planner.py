@@ -22,7 +22,7 @@ from attrs import define, evolve, field
 from sqlalchemy.engine import Connection
 
 from ..config import Config
-from ..errors import ConfigError
+from ..errors import ConfigError, NotFound
 from ..merging import event_revenue
 from ..model import CustomerView, Merge, Offer, ValueRequest
 from ..recording import Written
@@ -37,16 +37,19 @@ from ..store.tables import (
     touchpoint_days,
     utcnow,
 )
+from .campaigns import Campaign, in_control, running_campaigns
 from .clv import BgNbd, GammaGamma, models_from_params
 from .entitlements import parse_entitlements
 from .offers import Catalog, OfferSettings, builtin_offers
 from .rules import Rule, compile_rule
+from .segments import get_segment
 from .value import DEFAULT_RFM, Rfm, customer_facts, rfm_from_config, rfm_from_params
 
 __all__ = ["Planner", "refresh_all_tiers", "tier_rules"]
 
 _CHUNK = 400
 MODELS_TTL_S = 30.0
+CAMPAIGNS_TTL_S = 10.0
 RESPONSES = {"offer.accepted": "accepted", "offer.declined": "declined"}
 
 
@@ -80,6 +83,8 @@ class Planner:
     catalog: Catalog = field(factory=Catalog)
     offers: OfferSettings = field(factory=OfferSettings)
     _models: _Models | None = None
+    _campaigns: list[tuple[Campaign, Rule]] = field(factory=list)
+    _campaigns_loaded: float = float("-inf")
 
     @classmethod
     def from_config(cls, config: Config) -> Planner:
@@ -209,7 +214,8 @@ class Planner:
                 if isinstance(elapsed, int | float) and isinstance(budget, int | float):
                     counts["in_budget"] += int(elapsed <= budget)
                 counts["degraded"] += int(bool(ev.data.get("degraded")))
-                for offer in ev.data.get("offers_made") or ():
+                shown = [(o, None) for o in ev.data.get("offers_made") or ()]
+                for offer, response in [*shown, *((o, "held_out") for o in ev.data.get("held_out") or ())]:
                     if isinstance(offer, Mapping) and isinstance(offer.get("id"), str):
                         made.append(
                             {
@@ -221,11 +227,11 @@ class Planner:
                                 "source": str(offer.get("source", ""))[:200],
                                 "campaign": offer.get("campaign"),
                                 "made_at": ev.occurred_at,
-                                "response": None,
+                                "response": response,
                                 "responded_at": None,
                             }
                         )
-                        counts["offers_made"] += 1
+                        counts["offers_made"] += response is None
             elif ev.type in RESPONSES:
                 responses.append((w, key))
         if made:
@@ -367,8 +373,57 @@ class Planner:
     # ---- offers ----------------------------------------------------------------------
 
     def propose(self, request: ValueRequest) -> list[Offer]:
-        """The built-in offer rules for this turn (see :mod:`prm_core.planning.offers`)."""
-        return builtin_offers(request, self.catalog, self.entitlements)
+        """The built-in offer rules and the running campaigns' offers for this turn."""
+        offers = builtin_offers(request, self.catalog, self.entitlements)
+        now = utcnow()
+        running = [(c, rule) for c, rule in self._campaigns if c.running(now, request.touchpoint.name)]
+        if running:
+            facts = self.facts_from_view(request.view, now)
+            cid = request.view.customer.id
+            for campaign, rule in running:
+                if rule.matches(facts):
+                    offers.append(campaign.make_offer(in_control(campaign.name, cid, campaign.control_percent)))
+        return offers
+
+    def facts_from_view(self, view: CustomerView, now: datetime) -> dict[str, Any]:
+        """The rule facts of a customer from their view (built with :meth:`annotate`)."""
+        section = view.sections.get("value") or {}
+        value = None
+        if section.get("purchases"):
+            value = {
+                "purchases": section["purchases"],
+                "purchase_total": Decimal(section["purchase_total"]),
+                "first_purchase_at": datetime.fromisoformat(section["first_purchase_at"].replace("Z", "+00:00")),
+                "last_purchase_at": datetime.fromisoformat(section["last_purchase_at"].replace("Z", "+00:00")),
+            }
+        models = self._models or _Models(self.fixed_rfm or DEFAULT_RFM, None, None, None, 0.0)
+        c = view.customer
+        return customer_facts(
+            kind=c.kind,
+            tier=c.tier,
+            traits=c.traits,
+            metrics=view.metrics,
+            value=value,
+            rfm=models.rfm,
+            bgnbd=models.bgnbd,
+            gamma_gamma=models.gamma_gamma,
+            now=now,
+        )
+
+    def load_campaigns(self, conn: Connection, now: datetime) -> None:
+        """The running campaigns with their segments' rules, read at most every 10 s."""
+        if time.monotonic() - self._campaigns_loaded < CAMPAIGNS_TTL_S:
+            return
+        loaded = []
+        for campaign in running_campaigns(conn, now):
+            try:
+                loaded.append((campaign, get_segment(conn, campaign.segment).rule))
+            except (NotFound, ConfigError):  # its segment was deleted or no longer compiles
+                continue
+        self._campaigns, self._campaigns_loaded = loaded, time.monotonic()
+
+    def forget_campaigns(self) -> None:
+        self._campaigns_loaded = float("-inf")
 
     # ---- the view --------------------------------------------------------------------
 
@@ -390,6 +445,7 @@ class Planner:
                 value["first_purchase_at"] = min(value["first_purchase_at"], r.first_purchase_at)
                 value["last_purchase_at"] = max(value["last_purchase_at"], r.last_purchase_at)
         models = self.models(conn)
+        self.load_campaigns(conn, now)
         c = view.customer
         facts = customer_facts(
             kind=c.kind,
@@ -410,6 +466,8 @@ class Planner:
             section["days_since_last_purchase"] = int(section["days_since_last_purchase"])
         section["as_of"] = now.isoformat().replace("+00:00", "Z")
         section["purchase_total"] = str(value["purchase_total"].quantize(Decimal("0.01"))) if value else "0.00"
+        section["first_purchase_at"] = _iso(value["first_purchase_at"]) if value else None
+        section["last_purchase_at"] = _iso(value["last_purchase_at"]) if value else None
         section["tier"] = {
             "name": c.tier,
             "source": c.tier_source,
@@ -444,6 +502,10 @@ async def refresh_all_tiers(store: Store, planner: Planner, *, chunk: int = 500)
         seen += len(ids)
         ids = await store.read(page(ids[-1]))
     return seen, changed
+
+
+def _iso(at: datetime) -> str:
+    return at.isoformat().replace("+00:00", "Z")
 
 
 def _chunks(items: Sequence[str], size: int = _CHUNK) -> Iterable[Sequence[str]]:
