@@ -27,7 +27,7 @@ from typing import Any
 
 from attrs import evolve, field, frozen
 
-from ..consent import PURPOSES, allows
+from ..consent import DEFAULTS, PURPOSES, allows
 from ..errors import ConfigError
 from ..model import Offer, ValueRequest
 from .entitlements import service_days
@@ -113,9 +113,12 @@ class OfferSettings:
     max_per_touchpoint: int = 5
     caps: Mapping[str, int] = field(factory=dict)
     response_window_hours: int = 72
+    consent_defaults: Mapping[str, bool] = field(factory=lambda: dict(DEFAULTS))
 
     @classmethod
-    def from_config(cls, section: Mapping[str, Any]) -> OfferSettings:
+    def from_config(
+        cls, section: Mapping[str, Any], privacy_defaults: Mapping[str, Any] | None = None
+    ) -> OfferSettings:
         def count(value: Any, where: str) -> int:
             if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 100:
                 raise ConfigError(f"{where} must be a whole number 0-100, got {value!r}")
@@ -127,10 +130,16 @@ class OfferSettings:
         window = section.get("response_window_hours", 72)
         if not isinstance(window, int) or isinstance(window, bool) or not 1 <= window <= 24 * 365:
             raise ConfigError("[offers].response_window_hours must be a whole number of hours (1-8760)")
+        defaults = dict(DEFAULTS)
+        for purpose, granted in (privacy_defaults or {}).items():
+            if purpose not in DEFAULTS or not isinstance(granted, bool):
+                raise ConfigError(f"[privacy.defaults].{purpose}: a purpose of {sorted(DEFAULTS)} = true or false")
+            defaults[purpose] = granted
         return cls(
             max_per_touchpoint=count(section.get("max_per_touchpoint", 5), "[offers].max_per_touchpoint"),
             caps={tp: count(n, f"[offers.caps].{tp}") for tp, n in caps.items()},
             response_window_hours=window,
+            consent_defaults=defaults,
         )
 
     def cap(self, touchpoint: str) -> int:
@@ -147,7 +156,9 @@ class OfferSettings:
         held_out: list[Offer] = []
         for o in offers:
             purpose = o.data.get("purpose", "personalization")
-            if purpose not in PURPOSES or not allows(request.view.consents, purpose, channel):
+            if purpose not in PURPOSES or not allows(
+                request.view.consents, purpose, channel, defaults=self.consent_defaults
+            ):
                 continue
             if o.data.get("control"):
                 held_out.append(o)

@@ -95,7 +95,7 @@ class Planner:
             fixed_rfm=rfm_from_config(config.section("value", "rfm")),
             entitlements=parse_entitlements(config.section("entitlements")),
             catalog=Catalog.from_config(config.section("catalog")),
-            offers=OfferSettings.from_config(config.section("offers")),
+            offers=OfferSettings.from_config(config.section("offers"), config.section("privacy", "defaults")),
         )
 
     # ---- the fitted models -----------------------------------------------------------
