@@ -30,7 +30,7 @@ from .hooks import Hooks
 from .identity import parse_ref
 from .ids import new_id
 from .ingest import Ingestor
-from .model import Customer, CustomerView, Event, Identity, Merge, RecordedEvent, TouchPoint, ValueProvider
+from .model import Customer, CustomerView, Event, Identity, Merge, Offer, RecordedEvent, TouchPoint, ValueProvider
 from .planning import Planner
 from .planning.knowledge import catalog_provider
 from .plugins import PrmPluginManager, Registrations, collect_registrations, make_plugin_manager
@@ -140,15 +140,8 @@ class Hub:
                 "fulfillments": [f.request_id for f in answer.delivery.fulfillments],
                 "degraded": list(answer.delivery.degraded),
                 # what planning keeps the scorecard and offer responses with (prm_core.planning)
-                "offers_made": [
-                    {
-                        "id": o.data.get("offer_id"),
-                        "code": o.code,
-                        "source": o.source,
-                        "campaign": o.data.get("campaign"),
-                    }
-                    for o in answer.delivery.offers
-                ],
+                "offers_made": [_offer_made(o) for o in answer.delivery.offers],
+                "held_out": [_offer_made(o) for o in answer.held_out],
                 "elapsed_ms": round(answer.elapsed_ms, 1),
                 "budget_ms": answer.budget_ms,
             },
@@ -446,7 +439,7 @@ class Hub:
         return await self.store.write(write)
 
 
-def _offer_made(o: Any) -> dict[str, Any]:
+def _offer_made(o: Offer) -> dict[str, Any]:
     return {"id": o.data.get("offer_id"), "code": o.code, "source": o.source, "campaign": o.data.get("campaign")}
 
 

@@ -157,7 +157,7 @@ def running_campaigns(conn: Connection, now: datetime) -> list[Campaign]:
 def campaign_results(conn: Connection, name: str) -> dict[str, Any]:
     """Offers made and held out, responses, conversions and lift: two aggregate queries."""
     o, v = offers_made.c, customer_value.c
-    held = o.response == "held_out"
+    held = sa.func.coalesce(o.response, "") == "held_out"  # NULL (no response yet) is not held out
     q = (
         sa.select(
             held.label("control"),
