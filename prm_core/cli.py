@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -251,6 +251,66 @@ def plan_tiers(config_path: str | None, database_url: str | None) -> None:
 
     seen, changed = _run(refresh)
     click.echo(f"{seen} customers evaluated, {changed} tiers changed")
+
+
+@main.command()
+@config_option
+@database_option
+@click.option("--days", default=30, show_default=True, type=click.IntRange(1, 366), help="the period, ending today")
+def scorecard(config_path: str | None, database_url: str | None, days: int) -> None:
+    """The touch point value scorecard and balanced-scorecard figures, as tables."""
+    from .planning.scorecard import scorecard as build
+    from .plugins import collect_registrations, make_plugin_manager
+    from .store import Store
+    from .store.tables import utcnow
+
+    config = _config(config_path, database_url)
+    try:
+        names = collect_registrations(make_plugin_manager(), config).touchpoints.names()
+    except PrmError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+    async def read() -> dict[str, Any]:
+        store = Store.open(config.database_url)
+        try:
+            await store.migrate()
+            return await store.read(lambda conn: build(conn, names, utcnow(), days=days))
+        finally:
+            await store.dispose()
+
+    card = _run(read)
+
+    def pct(value: float | None) -> str:
+        return "-" if value is None else f"{value * 100:.1f}%"
+
+    click.echo(f"touch points, last {days} days")
+    head = ("touch point", "requests", "in budget", "degraded", "offers", "accepted", "revenue")
+    rows = [
+        (t["touchpoint"], str(t["requests"]), pct(t["in_budget_rate"]), pct(t["degraded_rate"]),
+         str(t["offers_made"]), str(t["offers_accepted"]), t["revenue"])
+        for t in card["touchpoints"]
+    ]  # fmt: skip
+    _table(head, rows)
+    b = card["balanced"]
+    click.echo("")
+    click.echo(f"customers by tier ({b['customers']} customers)")
+    tiers = [
+        (t["tier"] or "(none)", str(t["customers"]), pct(t["customer_share"]), t["revenue"], pct(t["revenue_share"]))
+        for t in b["by_tier"]
+    ]
+    _table(("tier", "customers", "share", "revenue", "share"), tiers)
+    click.echo("")
+    click.echo(
+        f"buyers {b['buyers']}: retained {pct(b['retention_rate'])} (bought within {b['retention_days']} days), "
+        f"churned {pct(b['churn_rate'])}, repeat {pct(b['repeat_rate'])}; "
+        f"average predicted 12-month value {b['average_clv'] if b['average_clv'] is not None else '- (prm plan fit)'}"
+    )
+
+
+def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
+    for row in [head, *rows]:
+        click.echo("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
 
 
 @main.command("new-plugin")
