@@ -90,7 +90,7 @@ class Hub:
                 touchpoints=dict(registrations.touchpoints.items),
                 shared_namespaces=frozenset(ns.name for ns in registrations.namespaces if ns.shared)
                 | _configured_shared(config, registrations),
-                after_write=planner.after_write,
+                after_write=planner.after_write if planner.on_ingest else None,
             )
             ingestor = Ingestor(store, rules, hooks.batch_committed)
             ingestor.start()

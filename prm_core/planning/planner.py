@@ -41,7 +41,7 @@ from .campaigns import Campaign, in_control, running_campaigns
 from .clv import BgNbd, GammaGamma, models_from_params
 from .entitlements import parse_entitlements
 from .offers import Catalog, OfferSettings, builtin_offers
-from .rules import Rule, compile_rule
+from .rules import EVENT_NAMES, Rule, compile_rule
 from .segments import get_segment
 from .value import DEFAULT_RFM, Rfm, customer_facts, rfm_from_config, rfm_from_params
 
@@ -82,6 +82,8 @@ class Planner:
     entitlements: dict[str, int] = field(factory=lambda: parse_entitlements(None))
     catalog: Catalog = field(factory=Catalog)
     offers: OfferSettings = field(factory=OfferSettings)
+    on_ingest: bool = True
+    revenue_only: bool = field(init=False, default=True)
     _models: _Models | None = None
     _campaigns: list[tuple[Campaign, Rule]] = field(factory=list)
     _campaigns_loaded: float = float("-inf")
@@ -96,6 +98,7 @@ class Planner:
             entitlements=parse_entitlements(config.section("entitlements")),
             catalog=Catalog.from_config(config.section("catalog")),
             offers=OfferSettings.from_config(config.section("offers"), config.section("privacy", "defaults")),
+            on_ingest=_on_ingest(config.section("planning")),
         )
 
     # ---- the fitted models -----------------------------------------------------------
@@ -116,6 +119,10 @@ class Planner:
         self._models = None
 
     # ---- tiers -----------------------------------------------------------------------
+
+    def __attrs_post_init__(self) -> None:
+        # whether the tier rules read nothing any event changes (see EVENT_NAMES)
+        self.revenue_only = not any(rule.names & EVENT_NAMES for rule in self.tiers)
 
     def tier_for(self, facts: Mapping[str, Any]) -> Rule | None:
         """The first tier rule the facts match, in the order written."""
@@ -193,6 +200,7 @@ class Planner:
         revenue: dict[tuple[str, str], Decimal] = {}
         made: list[dict[str, Any]] = []
         responses: list[tuple[Written, tuple[str, str]]] = []
+        with_revenue: set[str] = set()
         for w in written:
             ev = w.event
             key = (ev.touchpoint, ev.occurred_at.date().isoformat())
@@ -201,6 +209,7 @@ class Planner:
             counts["dialogues"] += int(w.opened_dialogue)
             amount = event_revenue(ev.data) if ev.direction == "inbound" else None
             if amount is not None:
+                with_revenue.add(w.customer_id)
                 revenue[key] = revenue.get(key, Decimal(0)) + amount
                 if amount > 0:
                     b = buys.setdefault(w.customer_id, [0, Decimal(0), ev.occurred_at, ev.occurred_at])
@@ -244,7 +253,15 @@ class Planner:
         if days:
             self._add_days(conn, days, revenue)
         if self.tiers:
-            self.refresh_tiers(conn, {w.customer_id for w in written} | {m.survivor_id for m in merges}, now)
+            # only customers whose facts the rules read may have changed: unless the rules read
+            # what any event changes (event_count, ...), those with a sale or return in this batch
+            changed = set(buys) if self.revenue_only else {w.customer_id for w in written}
+            changed |= {
+                w.customer_id
+                for w in written
+                if w.event.direction == "inbound" and event_revenue(w.event.data) is not None
+            }
+            self.refresh_tiers(conn, changed | {m.survivor_id for m in merges}, now)
 
     def _insert_offers(self, conn: Connection, made: list[dict[str, Any]]) -> None:
         ids = [m["id"] for m in made]
@@ -502,6 +519,15 @@ async def refresh_all_tiers(store: Store, planner: Planner, *, chunk: int = 500)
         seen += len(ids)
         ids = await store.read(page(ids[-1]))
     return seen, changed
+
+
+def _on_ingest(section: Mapping[str, Any]) -> bool:
+    """``[planning].on_ingest`` (true): false stops keeping value, tiers and scorecard on ingest
+    (for measuring what they cost: bench/planning.py); they go stale until it is back on."""
+    value = section.get("on_ingest", True)
+    if not isinstance(value, bool):
+        raise ConfigError("[planning].on_ingest must be true or false")
+    return value
 
 
 def _iso(at: datetime) -> str:

@@ -13,6 +13,7 @@ is null; a rule that compares null with a number does not match.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,7 +22,7 @@ from attrs import frozen
 
 from ..errors import ConfigError, InvalidInput
 
-__all__ = ["NAMES", "Rule", "compile_rule"]
+__all__ = ["EVENT_NAMES", "NAMES", "Rule", "compile_rule"]
 
 _T = rule_engine.DataType
 
@@ -56,6 +57,14 @@ _CONTEXT = rule_engine.Context(
 )
 
 
+# names whose value any event changes; the others change only with a sale or a return (or
+# the clock), or outside ingest (traits, kind: the hub refreshes tiers when it writes those)
+EVENT_NAMES = frozenset(
+    {"event_count", "touchpoints", "touchpoint_count", "days_since_first_seen", "days_since_last_seen"}
+)
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
 @frozen
 class Rule:
     """A compiled rule with its name and text."""
@@ -63,6 +72,11 @@ class Rule:
     name: str
     text: str
     compiled: rule_engine.Rule
+
+    @property
+    def names(self) -> frozenset[str]:
+        """The names of :data:`NAMES` the rule mentions (a word in a string literal counts too)."""
+        return frozenset(w for w in _WORD.findall(self.text) if w in NAMES)
 
     def matches(self, facts: Mapping[str, Any]) -> bool:
         """Whether the facts of one customer match; a rule that cannot be evaluated on them
