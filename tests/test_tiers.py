@@ -169,3 +169,22 @@ async def test_tiers_are_written_in_the_recording_transaction(hub):
         ).one()
     )
     assert tuple(row) == ("platinum", "rule")
+
+
+async def test_rules_reading_per_event_figures_are_evaluated_on_every_event(database_url):
+    config = Config(database_url=database_url, raw={"tiers": {"rules": {"engaged": "event_count >= 3"}}})
+    async with Hub.open(config) as hub:
+        views = [
+            {
+                "id": f"page-{i}",
+                "type": "page",
+                "occurred_at": (T0 + timedelta(minutes=i)).isoformat(),
+                "identities": {"email": "gu@example.com"},
+            }
+            for i in range(3)
+        ]
+        await record(hub, *views[:2])
+        assert (await hub.view("email:gu@example.com")).customer.tier is None
+        await record(hub, views[2])
+        assert (await hub.view("email:gu@example.com")).customer.tier == "engaged"
+        assert hub.planner.revenue_only is False
