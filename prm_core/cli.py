@@ -175,6 +175,24 @@ def plugins(config_path: str | None) -> None:
                 )
                 click.echo(f"  {kind}: {', '.join(details)}")
         click.echo(f"  hooks: {', '.join(hooks.get(name, [])) or '-'}")
+    from .planning import Planner
+    from .planning.knowledge import catalog_provider, knowledge_registry
+
+    try:
+        planner = Planner.from_config(config)
+        if planner.catalog.items and "catalog" not in regs.value_providers:
+            regs.value_providers.add("catalog", catalog_provider(planner.catalog), "prm_core.planning")
+        knowledge = knowledge_registry(config, regs)
+    except PrmError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if knowledge:
+        click.echo("knowledge artifacts (value providers, and the touch points that use them):")
+        for k in knowledge:
+            click.echo(
+                f"  {k['name']}  about the {k['about']}, from {k['plugin']}: {', '.join(k['touchpoints']) or '-'}"
+            )
+            if k["description"]:
+                click.echo(f"    {k['description']}")
 
 
 @main.group()

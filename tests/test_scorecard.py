@@ -132,3 +132,11 @@ async def test_knowledge_lists_every_value_provider_and_who_uses_it(hub_client, 
     assert knowledge["catalog"]["touchpoints"] == ["pos", "web"]
     assert knowledge["warranty-costs"]["plugin"] == "warranties"
     assert "web" in knowledge["warranty-costs"]["touchpoints"]  # every touch point when not configured
+
+
+def test_prm_plugins_shows_the_knowledge_artifacts(tmp_path):
+    config = tmp_path / "prm.toml"
+    config.write_text('[catalog.items.a]\ntitle = "A"\n[knowledge.catalog]\ntouchpoints = ["web", "ivr"]\n')
+    result = CliRunner().invoke(main, ["plugins", "--config", str(config)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "  catalog  about the business, from prm_core.planning: ivr, web" in result.output
