@@ -8,7 +8,7 @@ planning on (three tier rules in ``[tiers.rules]``, a catalog) and one with
 Requests are recorded ``--concurrency`` at a time, ``--batch`` events each, so group commit
 batches as it does under load. The mix: page and product views by known customers (a pool of
 ``--customers`` emails), orders with revenue, and request answers with offers (which planning
-records as offers made).
+records as offers made; here they come from the wire, so they count as events only).
 
 Printed per round: events/s with and without planning; then the median of each and the
 overhead ratio (without / with, less one) next to the target of issue 10 (at most 20%). Timing

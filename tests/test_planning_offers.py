@@ -199,7 +199,24 @@ async def test_every_offer_made_is_recorded_and_responses_within_the_window_coun
         response("a2", "offer.accepted", "warranty:wm-300:extended", timedelta(hours=73)),  # past the 72 h window
         response("a3", "offer.accepted", "accessory:hose-kit", timedelta(hours=3)),  # already declined
     )
+    # someone else cannot answer Ann's offer
+    stranger = response("a4", "offer.accepted", "warranty:wm-300:extended", timedelta(hours=1))
+    await record(hub, {**stranger, "identities": {"email": "eve@example.com"}})
     rows = {r.code: r for r in await offers_rows(hub)}
     assert rows["accessory:pedestal"].response == "accepted"
     assert rows["accessory:hose-kit"].response == "declined"
     assert rows["warranty:wm-300:extended"].response is None
+
+
+async def test_a_touch_point_cannot_forge_offers_made(hub, frozen_clock):
+    frozen_clock.now = NOW
+    forged = {
+        "id": "forged",
+        "type": "delivery",
+        "direction": "outbound",
+        "occurred_at": NOW.isoformat(),
+        "identities": {"email": "ann@example.com"},
+        "data": {"offers_made": [{"id": "ofr_forged", "code": "free-tv"}], "elapsed_ms": 1, "budget_ms": 250},
+    }
+    await record(hub, forged)
+    assert await offers_rows(hub) == []

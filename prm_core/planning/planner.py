@@ -217,7 +217,9 @@ class Planner:
                     b[1] += amount
                     b[2] = min(b[2], ev.occurred_at)
                     b[3] = max(b[3], ev.occurred_at)
-            if ev.direction == "outbound" and ev.type == "delivery":
+            # the hub's own answer to a request (only the hub records into a dialogue by its id:
+            # a touch point cannot forge requests or offers made with an event of this type)
+            if ev.direction == "outbound" and ev.type == "delivery" and ev.dialogue_id is not None:
                 counts["requests"] += 1
                 elapsed, budget = ev.data.get("elapsed_ms"), ev.data.get("budget_ms")
                 if isinstance(elapsed, int | float) and isinstance(budget, int | float):
@@ -282,6 +284,7 @@ class Planner:
             offers_made.update()
             .where(
                 o.id == offer_id,
+                o.customer_id == w.customer_id,  # only the customer it was made to answers it
                 o.response.is_(None),
                 o.made_at <= at,
                 o.made_at >= at - timedelta(hours=self.offers.response_window_hours),
@@ -357,7 +360,8 @@ class Planner:
         self.refresh_tiers(conn, ids, utcnow())
 
     def _fold_value(self, conn: Connection, merged: str, survivor: str) -> None:
-        """A merge: the merged customer's purchases become the survivor's."""
+        """A merge: the merged customer's purchases and offers become the survivor's."""
+        conn.execute(offers_made.update().where(offers_made.c.customer_id == merged).values(customer_id=survivor))
         v = customer_value.c
         row = conn.execute(sa.select(customer_value).where(v.customer_id == merged)).one_or_none()
         if row is None:
