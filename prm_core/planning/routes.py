@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -176,6 +177,29 @@ async def get_scorecard(request: web.Request) -> web.Response:
     names = hub.registrations.touchpoints.names()
     card = await hub.store.read(lambda conn: scorecard(conn, names, utcnow(), days=days))
     return web.json_response(card)
+
+
+CONSOLE = Path(__file__).with_name("console.html")
+
+
+@routes.get("/console")
+@api(
+    "The console page: scorecards and a customer's 360 view; it asks for a read key and sends it as a Bearer header",
+    scope=None,
+    responses={200: "text/html"},
+)
+async def get_console(request: web.Request) -> web.Response:
+    # the page holds no data: everything it shows comes from the read-scoped API with the key typed in
+    return web.Response(
+        body=CONSOLE.read_bytes(),
+        content_type="text/html",
+        headers={
+            "Content-Security-Policy": "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+            "img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'",
+            "Cache-Control": "no-store",
+            "Referrer-Policy": "no-referrer",
+        },
+    )
 
 
 def planning_routes() -> web.RouteTableDef:

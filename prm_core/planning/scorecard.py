@@ -59,6 +59,24 @@ def scorecard(
             }
         )
 
+    # the daily series of the period, for charts: at most days x touch points rows
+    sq = (
+        sa.select(t.touchpoint, t.day, t.requests, t.in_budget, t.degraded, t.revenue)
+        .where(t.day >= since)
+        .order_by(t.day, t.touchpoint)
+    )
+    daily = [
+        {
+            "touchpoint": r.touchpoint,
+            "day": r.day,
+            "requests": r.requests,
+            "in_budget_rate": _rate(r.in_budget, r.requests),
+            "degraded_rate": _rate(r.degraded, r.requests),
+            "revenue": str(Decimal(r.revenue).quantize(Decimal("0.01"))),
+        }
+        for r in conn.execute(sq)
+    ]
+
     c, m = customers.c, metrics.c
     tq = (
         sa.select(c.tier, sa.func.count().label("customers"), sa.func.sum(m.lifetime_revenue).label("revenue"))
@@ -95,6 +113,7 @@ def scorecard(
         "as_of": now.isoformat().replace("+00:00", "Z"),
         "period_days": days,
         "touchpoints": per_touchpoint,
+        "daily": daily,
         "balanced": {
             "customers": all_customers,
             "by_tier": by_tier,
