@@ -14,6 +14,7 @@ from prm_core.cli import main
 from prm_core.config import Config
 from prm_core.hub import Hub
 from prm_core.planning.clv import BgNbd, fit_bgnbd, fit_gamma_gamma
+from prm_core.planning.scorecard import scorecard
 from prm_core.planning.value import DEFAULT_RFM, Rfm
 
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
@@ -130,6 +131,24 @@ async def test_plan_fit_then_the_view_shows_prediction_churn_risk_and_rfm(hub, d
     assert active["clv"] > lapsed["clv"] >= 0
     assert active["r_score"] > lapsed["r_score"]
     assert active["rfm"] == f"{active['r_score']:.0f}{active['f_score']:.0f}{active['m_score']:.0f}"
+
+    # a second fit a day later, after a round of big sales: the scorecard reads the growth
+    frozen_clock.now = NOW + timedelta(days=1)
+    big = [
+        {
+            "id": f"big-{c}",
+            "type": "order.completed",
+            "occurred_at": frozen_clock.now.isoformat(),
+            "identities": {"user_id": f"u{c}"},
+            "data": {"revenue": "900"},
+        }
+        for c in range(0, 40, 2)
+    ]
+    await record_all(hub, big)
+    assert (await asyncio.to_thread(cli, "plan", "fit", "--database", database_url)).exit_code == 0
+    card = await hub.store.read(lambda conn: scorecard(conn, ["web"], frozen_clock.now, days=30))
+    assert card["balanced"]["average_clv"] > 0
+    assert card["balanced"]["clv_growth"] > 0
 
 
 async def test_fit_with_too_few_customers_says_what_it_skipped(database_url):

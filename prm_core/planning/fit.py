@@ -79,6 +79,19 @@ async def fit_value_model(store: Store, now: datetime) -> dict[str, Any]:
         stored["bgnbd"]["average_clv"] = round(float(np.mean(values)), 2)
 
     def write(conn: Connection) -> None:
+        if "bgnbd" in stored:
+            # the average predicted value at each fit, for the scorecard's growth over a period
+            row = conn.execute(
+                sa.select(planning_models.c.params).where(planning_models.c.name == "clv_history")
+            ).first()
+            history = list(row.params.get("fits", [])) if row else []
+            history.append({"fitted_at": now.isoformat(), "average_clv": stored["bgnbd"]["average_clv"]})
+            conn.execute(planning_models.delete().where(planning_models.c.name == "clv_history"))
+            conn.execute(
+                planning_models.insert().values(
+                    name="clv_history", params={"fits": history[-400:]}, customers=len(rows), fitted_at=now
+                )
+            )
         for name, params in stored.items():
             conn.execute(planning_models.delete().where(planning_models.c.name == name))
             conn.execute(planning_models.insert().values(name=name, params=params, customers=len(rows), fitted_at=now))

@@ -109,6 +109,11 @@ def scorecard(
     r = conn.execute(rq).one()
     buyers, retained, repeat = int(r.buyers or 0), int(r.retained or 0), int(r.repeat or 0)
     model = conn.execute(sa.select(planning_models).where(planning_models.c.name == "bgnbd")).one_or_none()
+    history = conn.execute(sa.select(planning_models.c.params).where(planning_models.c.name == "clv_history")).first()
+    fits = [f for f in (history.params.get("fits", []) if history else []) if f["fitted_at"] >= since]
+    growth = None
+    if len(fits) >= 2 and fits[0]["average_clv"]:
+        growth = round(fits[-1]["average_clv"] / fits[0]["average_clv"] - 1, 4)
     return {
         "as_of": now.isoformat().replace("+00:00", "Z"),
         "period_days": days,
@@ -124,5 +129,7 @@ def scorecard(
             "repeat_rate": _rate(repeat, buyers),
             "average_clv": model.params.get("average_clv") if model else None,
             "clv_fitted_at": model.fitted_at.isoformat().replace("+00:00", "Z") if model else None,
+            # the average predicted value at the last fit of the period over that at its first
+            "clv_growth": growth,
         },
     }
