@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from prm_core.config import Config
 from prm_core.errors import ConfigError
 from prm_core.hub import Hub
+from prm_core.planning import Planner
 from prm_core.store.tables import customers
 
 RULES = {
@@ -188,3 +189,17 @@ async def test_rules_reading_per_event_figures_are_evaluated_on_every_event(data
         await record(hub, views[2])
         assert (await hub.view("email:gu@example.com")).customer.tier == "engaged"
         assert hub.planner.revenue_only is False
+
+
+async def test_a_planning_failure_never_loses_the_events(hub, log_capture, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug in planning")
+
+    monkeypatch.setattr(Planner, "_add_purchases", broken)
+    (recorded,) = await record(hub, sale(1, "ho@example.com", "9000"))
+    view = await hub.view(recorded.customer_id)
+    assert [t["event_id"] for t in view.timeline] == [recorded.event.id]
+    assert view.metrics["lifetime_revenue"] == Decimal("9000.00")  # the core's metrics committed
+    assert view.customer.tier is None  # planning's part was rolled back to its savepoint
+    failed = [e for e in log_capture.entries if e.get("event") == "planning on ingest failed; the events are recorded"]
+    assert failed and failed[0]["error"] == "RuntimeError"

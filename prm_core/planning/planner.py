@@ -18,6 +18,7 @@ from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
+import structlog
 from attrs import define, evolve, field
 from sqlalchemy.engine import Connection
 
@@ -27,6 +28,7 @@ from ..merging import event_revenue
 from ..model import CustomerView, Merge, Offer, ValueRequest
 from ..recording import Written
 from ..store import Store
+from ..store.engine import _retryable as retryable  # the store's own judgement of what a retry fixes
 from ..store.tables import (
     customer_value,
     customers,
@@ -47,6 +49,7 @@ from .value import DEFAULT_RFM, Rfm, customer_facts, rfm_from_config, rfm_from_p
 
 __all__ = ["Planner", "refresh_all_tiers", "tier_rules"]
 
+log = structlog.get_logger(__name__)
 _CHUNK = 400
 MODELS_TTL_S = 30.0
 CAMPAIGNS_TTL_S = 10.0
@@ -192,7 +195,21 @@ class Planner:
 
     def after_write(self, conn: Connection, written: Sequence[Written], merges: Sequence[Merge], now: datetime) -> None:
         """Keep the value model, offers made and touch-point days current, then the tiers of
-        every customer touched. Runs inside the recording transaction."""
+        every customer touched. Runs inside the recording transaction, in a savepoint: lock
+        contention and lost races fail the whole batch, which the store retries; any other
+        failure (a bug) is logged and rolled back to the savepoint, so the events are still
+        recorded and only their planning figures are missing (``prm plan tiers`` redoes tiers)."""
+        try:
+            with conn.begin_nested():
+                self._after_write(conn, written, merges, now)
+        except Exception as exc:
+            if retryable(exc):
+                raise
+            log.error("planning on ingest failed; the events are recorded", error=type(exc).__name__, exc_info=exc)
+
+    def _after_write(
+        self, conn: Connection, written: Sequence[Written], merges: Sequence[Merge], now: datetime
+    ) -> None:
         for merge in merges:
             self._fold_value(conn, merge.merged_id, merge.survivor_id)
         buys: dict[str, list[Any]] = {}

@@ -83,7 +83,7 @@ class Rule:
         (null compared with a number, a missing key) does not."""
         try:
             return bool(self.compiled.matches(facts))
-        except (rule_engine.EvaluationError, LookupError, TypeError):
+        except (rule_engine.EngineError, LookupError, TypeError, ValueError):
             return False
 
 
