@@ -56,6 +56,24 @@ CAMPAIGNS_TTL_S = 10.0
 RESPONSES = {"offer.accepted": "accepted", "offer.declined": "declined"}
 
 
+_IDS: sa.BindParameter[list[str]] = sa.bindparam(
+    "ids", expanding=True
+)  # prepared once: no per-call coercion of the id list
+_CUSTOMERS_Q = sa.select(
+    customers.c.id, customers.c.kind, customers.c.tier, customers.c.tier_source, customers.c.traits
+).where(customers.c.id.in_(_IDS), customers.c.merged_into.is_(None))
+_METRICS_Q = sa.select(metrics).where(metrics.c.customer_id.in_(_IDS))
+_VALUE_Q = sa.select(customer_value).where(customer_value.c.customer_id.in_(_IDS))
+_SET_TIER = (
+    customers.update()
+    .where(
+        customers.c.id == sa.bindparam("_id"),
+        sa.or_(customers.c.tier_source.is_(None), customers.c.tier_source != "manual"),
+    )
+    .values(tier=sa.bindparam("tier"), tier_source=sa.bindparam("tier_source"))
+)
+
+
 def tier_rules(config: Config) -> tuple[Rule, ...]:
     """``[tiers.rules]`` compiled, in the order written (the first match wins)."""
     section = config.section("tiers", "rules")
@@ -131,25 +149,27 @@ class Planner:
         """The first tier rule the facts match, in the order written."""
         return next((rule for rule in self.tiers if rule.matches(facts)), None)
 
-    def facts_of(self, conn: Connection, ids: Sequence[str], now: datetime) -> dict[str, dict[str, Any]]:
-        """Rule facts of existing (not merged-away) customers: three bounded queries per chunk."""
+    def facts_of(
+        self,
+        conn: Connection,
+        ids: Sequence[str],
+        now: datetime,
+        sources: dict[str, tuple[str | None, str | None]] | None = None,
+    ) -> dict[str, dict[str, Any]]:
+        """Rule facts of existing (not merged-away) customers: three bounded queries per chunk.
+        ``sources``, when given, receives each customer's (tier, tier_source)."""
         models = self.models(conn)
         result: dict[str, dict[str, Any]] = {}
         for chunk in _chunks(sorted(ids)):
-            rows = conn.execute(
-                sa.select(customers.c.id, customers.c.kind, customers.c.tier, customers.c.traits).where(
-                    customers.c.id.in_(chunk), customers.c.merged_into.is_(None)
-                )
-            ).all()
+            params = {"ids": list(chunk)}
+            rows = conn.execute(_CUSTOMERS_Q, params).all()
             m: dict[str, Mapping[str, Any]] = {
-                r.customer_id: dict(r._mapping)
-                for r in conn.execute(sa.select(metrics).where(metrics.c.customer_id.in_(chunk)))
+                r.customer_id: dict(r._mapping) for r in conn.execute(_METRICS_Q, params)
             }
-            v: dict[str, Mapping[str, Any]] = {
-                r.customer_id: dict(r._mapping)
-                for r in conn.execute(sa.select(customer_value).where(customer_value.c.customer_id.in_(chunk)))
-            }
+            v: dict[str, Mapping[str, Any]] = {r.customer_id: dict(r._mapping) for r in conn.execute(_VALUE_Q, params)}
             for r in rows:
+                if sources is not None:
+                    sources[r.id] = (r.tier, r.tier_source)
                 result[r.id] = customer_facts(
                     kind=r.kind,
                     tier=r.tier,
@@ -166,29 +186,21 @@ class Planner:
     def refresh_tiers(self, conn: Connection, ids: Iterable[str], now: datetime) -> int:
         """Re-evaluate the rule tier of ``ids``; a tier set by hand is left alone. Returns
         how many changed."""
-        if not self.tiers:
-            return 0
         wanted = sorted(set(ids))
-        current = {}
-        for chunk in _chunks(wanted):
-            q = sa.select(customers.c.id, customers.c.tier, customers.c.tier_source).where(customers.c.id.in_(chunk))
-            current.update({r.id: r for r in conn.execute(q)})
-        candidates = [cid for cid, r in current.items() if r.tier_source != "manual"]
+        if not self.tiers or not wanted:
+            return 0
+        current: dict[str, tuple[str | None, str | None]] = {}
         changes = []
-        for cid, facts in self.facts_of(conn, candidates, now).items():
+        for cid, facts in self.facts_of(conn, wanted, now, current).items():
+            tier_now, source = current[cid]
+            if source == "manual":
+                continue
             rule = self.tier_for(facts)
             tier = rule.name if rule else None
-            row = current[cid]
-            if tier != row.tier or (tier is None) != (row.tier_source is None):
+            if tier != tier_now or (tier is None) != (source is None):
                 changes.append({"_id": cid, "tier": tier, "tier_source": "rule" if tier else None})
         if changes:
-            c = customers.c
-            conn.execute(
-                customers.update()
-                .where(c.id == sa.bindparam("_id"), sa.or_(c.tier_source.is_(None), c.tier_source != "manual"))
-                .values(tier=sa.bindparam("tier"), tier_source=sa.bindparam("tier_source")),
-                changes,
-            )
+            conn.execute(_SET_TIER, changes)
         return len(changes)
 
     # ---- on ingest -------------------------------------------------------------------
