@@ -56,9 +56,8 @@ CAMPAIGNS_TTL_S = 10.0
 RESPONSES = {"offer.accepted": "accepted", "offer.declined": "declined"}
 
 
-_IDS: sa.BindParameter[list[str]] = sa.bindparam(
-    "ids", expanding=True
-)  # prepared once: no per-call coercion of the id list
+# prepared once: no per-call coercion of the id list
+_IDS: sa.BindParameter[list[str]] = sa.bindparam("ids", expanding=True)
 _CUSTOMERS_Q = sa.select(
     customers.c.id, customers.c.kind, customers.c.tier, customers.c.tier_source, customers.c.traits
 ).where(customers.c.id.in_(_IDS), customers.c.merged_into.is_(None))
