@@ -302,10 +302,20 @@ def scorecard(config_path: str | None, database_url: str | None, days: int) -> N
         return "-" if value is None else f"{value * 100:.1f}%"
 
     click.echo(f"touch points, last {days} days")
-    head = ("touch point", "requests", "in budget", "degraded", "offers", "accepted", "revenue")
+    head = (
+        "touch point",
+        "customers",
+        "conversion",
+        "requests",
+        "in budget",
+        "degraded",
+        "offers",
+        "accepted",
+        "revenue",
+    )
     rows = [
-        (t["touchpoint"], str(t["requests"]), pct(t["in_budget_rate"]), pct(t["degraded_rate"]),
-         str(t["offers_made"]), str(t["offers_accepted"]), t["revenue"])
+        (t["touchpoint"], str(t["customers"]), pct(t["conversion_rate"]), str(t["requests"]), pct(t["in_budget_rate"]),
+         pct(t["degraded_rate"]), str(t["offers_made"]), str(t["offers_accepted"]), t["revenue"])
         for t in card["touchpoints"]
     ]  # fmt: skip
     _table(head, rows)

@@ -82,7 +82,8 @@ async def test_the_console_shows_scorecards_and_a_customer_with_a_read_key(
     row = page.locator('#touchpoints tr[data-touchpoint="web"]')
     await row.wait_for()
     cells = await row.locator("td").all_inner_texts()
-    assert cells[:4] == ["web", "3", "100.0%", "0.0%"]
+    # three customers at the web in 30 days, all of whom bought there; three requests, all in budget
+    assert cells[:6] == ["web", "3", "100.0%", "3", "100.0%", "0.0%"]
     assert await page.locator("#budget-chart circle").count() >= 1  # one point per day answered
     assert await page.locator("#tier-chart rect").count() >= 3  # shares of customers and of revenue
     assert "3 customers" in await page.inner_text("#balanced")

@@ -85,6 +85,8 @@ async def test_the_scorecard_sums_what_ingest_kept(hub_client, make_key, frozen_
         "data": {"offer_id": offer_id},
     }
     assert (await hub_client.post("/v1/touchpoints/web/events", json=accepted, headers=tp)).status == 200
+    browsing = {"id": "look-9", "type": "page", "occurred_at": NOW.isoformat(), "identities": {"user_id": "u9"}}
+    assert (await hub_client.post("/v1/touchpoints/web/events", json=browsing, headers=tp)).status == 200
 
     card = await (await hub_client.get("/v1/scorecard?days=7", headers=read)).json()
     (web,) = [t for t in card["touchpoints"] if t["touchpoint"] == "web"]
@@ -94,6 +96,8 @@ async def test_the_scorecard_sums_what_ingest_kept(hub_client, make_key, frozen_
     assert web["offers_made"] == 2 and web["offers_accepted"] == 1 and web["acceptance_rate"] == 0.5
     assert web["revenue"] == "1800.00"  # the sale of 400 days ago is outside the 7 days
     assert web["dialogues"] >= 2
+    # u1, u2 (who bought in the period) and u9 (who only looked); u3 bought 400 days ago
+    assert (web["customers"], web["buyers"], web["conversion_rate"]) == (3, 2, 0.6667)
     idle = [t for t in card["touchpoints"] if t["touchpoint"] != "web"]
     assert all(t["requests"] == 0 and t["in_budget_rate"] is None for t in idle)
 
@@ -101,8 +105,9 @@ async def test_the_scorecard_sums_what_ingest_kept(hub_client, make_key, frozen_
     by_tier = {t["tier"]: t for t in balanced["by_tier"]}
     assert by_tier["gold"]["customers"] == 1 and by_tier["gold"]["revenue"] == "1500.00"
     assert by_tier["gold"]["revenue_share"] == 0.75
-    assert by_tier[None]["customers"] == 2
+    assert by_tier[None]["customers"] == 3
     assert balanced["buyers"] == 3
+    assert balanced["customers"] == 4
     assert balanced["retention_rate"] == pytest.approx(0.6667, abs=1e-4)
     assert balanced["churn_rate"] == pytest.approx(0.3333, abs=1e-4)
     assert balanced["average_clv"] is None  # no fit yet
@@ -112,7 +117,7 @@ async def test_the_scorecard_sums_what_ingest_kept(hub_client, make_key, frozen_
     )
     assert result.exit_code == 0, result.output
     line = next(x for x in result.output.splitlines() if x.startswith("web "))
-    assert line.split() == ["web", "2", "100.0%", "0.0%", "2", "1", "1800.00"]
+    assert line.split() == ["web", "3", "66.7%", "2", "100.0%", "0.0%", "2", "1", "1800.00"]
     assert "gold" in result.output and "75.0%" in result.output
 
 

@@ -20,6 +20,8 @@ from typing import Any
 import sqlalchemy as sa
 import structlog
 from attrs import define, evolve, field
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
 from ..config import Config
@@ -36,6 +38,7 @@ from ..store.tables import (
     metrics,
     offers_made,
     planning_models,
+    touchpoint_customers,
     touchpoint_days,
     utcnow,
 )
@@ -229,6 +232,7 @@ class Planner:
         made: list[dict[str, Any]] = []
         responses: list[tuple[Written, tuple[str, str]]] = []
         with_revenue: set[str] = set()
+        seen: dict[tuple[str, str, str], bool] = {}  # (touch point, day, customer) -> bought there
         for w in written:
             ev = w.event
             key = (ev.touchpoint, ev.occurred_at.date().isoformat())
@@ -236,6 +240,9 @@ class Planner:
             counts["events"] += 1
             counts["dialogues"] += int(w.opened_dialogue)
             amount = event_revenue(ev.data) if ev.direction == "inbound" else None
+            if ev.direction == "inbound":
+                visit = (*key, w.customer_id)
+                seen[visit] = seen.get(visit, False) or (amount is not None and amount > 0)
             if amount is not None:
                 with_revenue.add(w.customer_id)
                 revenue[key] = revenue.get(key, Decimal(0)) + amount
@@ -282,6 +289,8 @@ class Planner:
             self._add_purchases(conn, buys)
         if days:
             self._add_days(conn, days, revenue)
+        if seen:
+            self._add_visits(conn, seen)
         if self.tiers:
             # only customers whose facts the rules read may have changed: unless the rules read
             # what any event changes (event_count, ...), those with a sale or return in this batch
@@ -418,6 +427,28 @@ class Planner:
                         touchpoint=tp, day=day, revenue=revenue.get((tp, day), Decimal(0)), **row
                     )
                 )
+
+    def _add_visits(self, conn: Connection, seen: Mapping[tuple[str, str, str], bool]) -> None:
+        rows = [
+            {"touchpoint": tp, "day": day, "customer_id": cid, "bought": b}
+            for (tp, day, cid), b in sorted(seen.items())
+        ]
+        insert = (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(touchpoint_customers)
+        conn.execute(insert.on_conflict_do_nothing(), rows)
+        bought = [{"_tp": r["touchpoint"], "_day": r["day"], "_cid": r["customer_id"]} for r in rows if r["bought"]]
+        if bought:
+            t = touchpoint_customers.c
+            conn.execute(
+                touchpoint_customers.update()
+                .where(
+                    t.touchpoint == sa.bindparam("_tp"),
+                    t.day == sa.bindparam("_day"),
+                    t.customer_id == sa.bindparam("_cid"),
+                    t.bought.is_(False),
+                )
+                .values(bought=True),
+                bought,
+            )
 
     # ---- offers ----------------------------------------------------------------------
 

@@ -1,7 +1,9 @@
 """The scorecard: touch-point value figures and balanced-scorecard figures, from aggregates.
 
 Per touch point, over the last ``days`` days, from ``touchpoint_days`` (kept current on
-ingest, one row per touch point and day): events, dialogues opened, requests answered,
+ingest, one row per touch point and day) and ``touchpoint_customers`` (one row per customer
+seen there that day): distinct customers, buyers and conversion (buyers / customers),
+events, dialogues opened, requests answered,
 the share answered within budget and the share degraded, offers made and accepted, and
 revenue recorded there. Balanced-scorecard figures: customers and revenue by tier (share of
 customers and of revenue), retention (buyers whose latest sale is within ``retention_days``)
@@ -18,7 +20,14 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from ..store.tables import customer_value, customers, metrics, planning_models, touchpoint_days
+from ..store.tables import (
+    customer_value,
+    customers,
+    metrics,
+    planning_models,
+    touchpoint_customers,
+    touchpoint_days,
+)
 
 __all__ = ["scorecard"]
 
@@ -44,6 +53,17 @@ def scorecard(
         .group_by(t.touchpoint)
     )
     rows = {r.touchpoint: r for r in conn.execute(q)}
+    v_ = touchpoint_customers.c
+    cq = (
+        sa.select(
+            v_.touchpoint,
+            sa.func.count(sa.distinct(v_.customer_id)).label("customers"),
+            sa.func.count(sa.distinct(sa.case((v_.bought, v_.customer_id)))).label("buyers"),
+        )
+        .where(v_.day >= since)
+        .group_by(v_.touchpoint)
+    )
+    visitors = {r.touchpoint: (int(r.customers), int(r.buyers)) for r in conn.execute(cq)}
     per_touchpoint = []
     for name in sorted(set(touchpoints) | set(rows)):
         r = rows.get(name)
@@ -52,6 +72,9 @@ def scorecard(
             {
                 "touchpoint": name,
                 **n,
+                "customers": visitors.get(name, (0, 0))[0],
+                "buyers": visitors.get(name, (0, 0))[1],
+                "conversion_rate": _rate(visitors.get(name, (0, 0))[1], visitors.get(name, (0, 0))[0]),
                 "in_budget_rate": _rate(n["in_budget"], n["requests"]),
                 "degraded_rate": _rate(n["degraded"], n["requests"]),
                 "acceptance_rate": _rate(n["offers_accepted"], n["offers_made"]),

@@ -32,6 +32,7 @@ __all__ = [
     "OfferRow",
     "SegmentRow",
     "SharedLinkRow",
+    "TouchpointCustomerRow",
     "TouchpointDayRow",
     "UTCDateTime",
     "ValueRow",
@@ -306,6 +307,18 @@ class TouchpointDayRow(SQLModel, table=True):
     revenue: Decimal = Field(default=Decimal(0), sa_type=sa.Numeric(18, 4))
 
 
+class TouchpointCustomerRow(SQLModel, table=True):
+    """A customer seen at a touch point on a UTC day, and whether they bought there that day:
+    the scorecard's distinct customers and conversion, counted over a period's rows only."""
+
+    __tablename__ = "touchpoint_customers"
+
+    touchpoint: str = Field(primary_key=True, max_length=64)
+    day: str = Field(primary_key=True, max_length=10)
+    customer_id: str = Field(primary_key=True, max_length=40)
+    bought: bool = False
+
+
 def utcnow() -> datetime:
     """The hub's clock (see :mod:`prm_core.clock`)."""
     return clock.utcnow()
@@ -326,4 +339,5 @@ planning_models: sa.Table = ModelRow.__table__  # type: ignore[attr-defined]  # 
 segments: sa.Table = SegmentRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
 offers_made: sa.Table = OfferRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
 campaigns: sa.Table = CampaignRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
+touchpoint_customers: sa.Table = TouchpointCustomerRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
 touchpoint_days: sa.Table = TouchpointDayRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation

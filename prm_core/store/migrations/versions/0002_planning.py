@@ -1,4 +1,4 @@
-"""Relationship planning: customer value, models, segments, campaigns, offers made, touch point days
+"""Relationship planning: customer value, models, segments, campaigns, offers made, touch point days and customers
 
 Revision ID: 0002_planning
 Revises: 0001
@@ -69,6 +69,13 @@ def upgrade() -> None:
     sa.Column('updated_at', sa.DateTime(), nullable=False),
     sa.PrimaryKeyConstraint('name')
     )
+    op.create_table('touchpoint_customers',
+    sa.Column('touchpoint', sa.String(length=64), nullable=False),
+    sa.Column('day', sa.String(length=10), nullable=False),
+    sa.Column('customer_id', sa.String(length=40), nullable=False),
+    sa.Column('bought', sa.Boolean(), nullable=False),
+    sa.PrimaryKeyConstraint('touchpoint', 'day', 'customer_id')
+    )
     op.create_table('touchpoint_days',
     sa.Column('touchpoint', sa.String(length=64), nullable=False),
     sa.Column('day', sa.String(length=10), nullable=False),
@@ -86,6 +93,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table('touchpoint_days')
+    op.drop_table('touchpoint_customers')
     op.drop_table('segments')
     op.drop_table('planning_models')
     with op.batch_alter_table('offers_made', schema=None) as batch_op:
