@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, TypeVar
@@ -200,6 +200,24 @@ def plugins(config_path: str | None) -> None:
                     details = [f"{i.name} ({' '.join(i.suffixes)} into {i.touchpoint})" for i in found]
                 click.echo(f"  {kind}: {', '.join(details)}")
         click.echo(f"  hooks: {', '.join(hooks.get(name, [])) or '-'}")
+    from .planning import Planner
+    from .planning.knowledge import catalog_provider, knowledge_registry
+
+    try:
+        planner = Planner.from_config(config)
+        if planner.catalog.items and "catalog" not in regs.value_providers:
+            regs.value_providers.add("catalog", catalog_provider(planner.catalog), "prm_core.planning")
+        knowledge = knowledge_registry(config, regs)
+    except PrmError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if knowledge:
+        click.echo("knowledge artifacts (value providers, and the touch points that use them):")
+        for k in knowledge:
+            click.echo(
+                f"  {k['name']}  about the {k['about']}, from {k['plugin']}: {', '.join(k['touchpoints']) or '-'}"
+            )
+            if k["description"]:
+                click.echo(f"    {k['description']}")
 
 
 @main.group()
@@ -217,6 +235,135 @@ def db_upgrade(config_path: str | None, database_url: str | None) -> None:
 
     applied = _run(lambda: _migrate(config))
     click.echo(f"applied {', '.join(applied)}" if applied else "the database is up to date")
+
+
+@main.group()
+def plan() -> None:
+    """Relationship planning: fit the value model, re-evaluate tiers (docs/planning.md)."""
+
+
+@plan.command("fit")
+@config_option
+@database_option
+def plan_fit(config_path: str | None, database_url: str | None) -> None:
+    """Fit BG/NBD, Gamma-Gamma and the RFM quintiles over the customers' value rows."""
+    from .planning.fit import fit_value_model
+    from .store import Store
+    from .store.tables import utcnow
+
+    config = _config(config_path, database_url)
+
+    async def fit() -> dict[str, Any]:
+        store = Store.open(config.database_url)
+        try:
+            await store.migrate()
+            return await fit_value_model(store, utcnow())
+        finally:
+            await store.dispose()
+
+    result = _run(fit)
+    click.echo(f"{result['customers']} customers with a purchase")
+    for name, params in result["stored"].items():
+        click.echo(f"  {name}: {', '.join(f'{k}={v}' for k, v in params.items())}")
+    for name, why in result["skipped"].items():
+        click.echo(f"  {name}: not fitted: {why}")
+
+
+@plan.command("tiers")
+@config_option
+@database_option
+def plan_tiers(config_path: str | None, database_url: str | None) -> None:
+    """Re-evaluate every customer's rule tier (after [tiers.rules] changed); hand-set tiers stay."""
+    from .planning import Planner
+    from .planning.planner import refresh_all_tiers
+    from .store import Store
+
+    config = _config(config_path, database_url)
+    try:
+        planner = Planner.from_config(config)
+    except PrmError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+    async def refresh() -> tuple[int, int]:
+        store = Store.open(config.database_url)
+        try:
+            await store.migrate()
+            return await refresh_all_tiers(store, planner)
+        finally:
+            await store.dispose()
+
+    seen, changed = _run(refresh)
+    click.echo(f"{seen} customers evaluated, {changed} tiers changed")
+
+
+@main.command()
+@config_option
+@database_option
+@click.option("--days", default=30, show_default=True, type=click.IntRange(1, 366), help="the period, ending today")
+def scorecard(config_path: str | None, database_url: str | None, days: int) -> None:
+    """The touch point value scorecard and balanced-scorecard figures, as tables."""
+    from .planning.scorecard import scorecard as build
+    from .plugins import collect_registrations, make_plugin_manager
+    from .store import Store
+    from .store.tables import utcnow
+
+    config = _config(config_path, database_url)
+    try:
+        names = collect_registrations(make_plugin_manager(), config).touchpoints.names()
+    except PrmError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+    async def read() -> dict[str, Any]:
+        store = Store.open(config.database_url)
+        try:
+            await store.migrate()
+            return await store.read(lambda conn: build(conn, names, utcnow(), days=days))
+        finally:
+            await store.dispose()
+
+    card = _run(read)
+
+    def pct(value: float | None) -> str:
+        return "-" if value is None else f"{value * 100:.1f}%"
+
+    click.echo(f"touch points, last {days} days")
+    head = (
+        "touch point",
+        "customers",
+        "conversion",
+        "requests",
+        "in budget",
+        "degraded",
+        "offers",
+        "accepted",
+        "revenue",
+    )
+    rows = [
+        (t["touchpoint"], str(t["customers"]), pct(t["conversion_rate"]), str(t["requests"]), pct(t["in_budget_rate"]),
+         pct(t["degraded_rate"]), str(t["offers_made"]), str(t["offers_accepted"]), t["revenue"])
+        for t in card["touchpoints"]
+    ]  # fmt: skip
+    _table(head, rows)
+    b = card["balanced"]
+    click.echo("")
+    click.echo(f"customers by tier ({b['customers']} customers)")
+    tiers = [
+        (t["tier"] or "(none)", str(t["customers"]), pct(t["customer_share"]), t["revenue"], pct(t["revenue_share"]))
+        for t in b["by_tier"]
+    ]
+    _table(("tier", "customers", "share", "revenue", "share"), tiers)
+    click.echo("")
+    click.echo(
+        f"buyers {b['buyers']}: retained {pct(b['retention_rate'])} (bought within {b['retention_days']} days), "
+        f"churned {pct(b['churn_rate'])}, repeat {pct(b['repeat_rate'])}; "
+        f"average predicted 12-month value {b['average_clv'] if b['average_clv'] is not None else '- (prm plan fit)'}"
+    )
+
+
+def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
+    for row in [head, *rows]:
+        click.echo("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
 
 
 @main.command("new-plugin")

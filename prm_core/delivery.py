@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 __all__ = ["Answer", "deliver_value"]
 
 log = structlog.get_logger(__name__)
-MAX_OFFERS = 5
 
 
 @frozen
@@ -48,6 +47,8 @@ class Answer:
     rendered: Mapping[str, Any]
     elapsed_ms: float
     budget_ms: int
+    # campaign offers this customer's control group did not get: recorded, never shown
+    held_out: tuple[Offer, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -188,7 +189,14 @@ async def deliver_value(
             offers.extend(o for o in (result or ()) if isinstance(o, Offer))
         elif isinstance(result, FulfillmentResult):
             fulfillments.append(result)
-    offers.sort(key=lambda o: -o.score)
+    # offers (planning): the built-in rules and campaigns join the plugins' offers; then consent,
+    # one per code, ranked by score, capped per touch point, each with a stable id to answer to
+    try:
+        offers.extend(hub.planner.propose(request))
+    except Exception as exc:  # a broken rule costs the built-in offers, never the answer
+        log.warning("built-in offers failed", error=type(exc).__name__)
+        degraded.append("offers:planning")
+    offers, held_out = hub.planner.offers.select(offers, request)
 
     summary = {
         "id": view.customer.id,
@@ -202,9 +210,10 @@ async def deliver_value(
         touchpoint=touchpoint.name,
         customer=summary,
         knowledge=knowledge,
-        offers=tuple(offers[:MAX_OFFERS]),
+        offers=tuple(offers),
         fulfillments=tuple(fulfillments),
         degraded=tuple(sorted(degraded)),
     )
     rendered = hub.hooks.render_delivery(delivery, touchpoint)
-    return Answer(recorded, delivery, rendered, (time.monotonic() - started) * 1000, touchpoint.budget_ms)
+    elapsed = (time.monotonic() - started) * 1000
+    return Answer(recorded, delivery, rendered, elapsed, touchpoint.budget_ms, tuple(held_out))

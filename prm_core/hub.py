@@ -30,8 +30,10 @@ from .hooks import Hooks
 from .identity import parse_ref
 from .ids import new_id
 from .ingest import Ingestor
-from .model import Customer, CustomerView, Event, Identity, Merge, RecordedEvent, TouchPoint
+from .model import Customer, CustomerView, Event, Identity, Merge, Offer, RecordedEvent, TouchPoint, ValueProvider
 from .outbox import Outbox
+from .planning import Planner
+from .planning.knowledge import catalog_provider
 from .plugins import PrmPluginManager, Registrations, collect_registrations, make_plugin_manager
 from .recording import IngestRules
 from .store import Store
@@ -55,6 +57,7 @@ class Hub:
     store: Store
     hooks: Hooks
     ingestor: Ingestor
+    planner: Planner
     outbox: Outbox = None  # type: ignore[assignment]  # set in open(): it needs the hub
 
     @classmethod
@@ -76,6 +79,10 @@ class Hub:
         """
         pm = pm or make_plugin_manager(plugins, autoload=autoload)
         registrations = registrations or collect_registrations(pm, config)
+        planner = Planner.from_config(config)  # an invalid rule stops the hub here, named
+        if planner.catalog.items and "catalog" not in registrations.value_providers:
+            provider: ValueProvider = catalog_provider(planner.catalog)
+            registrations.value_providers.add(provider.name, provider, "prm_core.planning")
         store = Store.open(
             config.database_url, busy_timeout_ms=int(config.section("database").get("busy_timeout_ms", 5000))
         )
@@ -87,6 +94,7 @@ class Hub:
                 touchpoints=dict(registrations.touchpoints.items),
                 shared_namespaces=frozenset(ns.name for ns in registrations.namespaces if ns.shared)
                 | _configured_shared(config, registrations),
+                after_write=planner.after_write if planner.on_ingest else None,
             )
             ingestor = Ingestor(
                 store,
@@ -95,7 +103,7 @@ class Hub:
                 max_pending=int(config.section("server").get("max_pending_events", 50_000)),
             )
             ingestor.start()
-            hub = cls(config, pm, registrations, store, hooks, ingestor)
+            hub = cls(config, pm, registrations, store, hooks, ingestor, planner)
             # partner work left by a previous run (or another hub's crash) is dispatched from here
             hub.outbox = Outbox.from_config(hub)
             hub.outbox.start()
@@ -153,6 +161,11 @@ class Hub:
                 "offers": [o.code for o in answer.delivery.offers],
                 "fulfillments": [f.request_id for f in answer.delivery.fulfillments],
                 "degraded": list(answer.delivery.degraded),
+                # what planning keeps the scorecard and offer responses with (prm_core.planning)
+                "offers_made": [_offer_made(o) for o in answer.delivery.offers],
+                "held_out": [_offer_made(o) for o in answer.held_out],
+                "elapsed_ms": round(answer.elapsed_ms, 1),
+                "budget_ms": answer.budget_ms,
             },
         )
         await self.record([outbound])
@@ -182,7 +195,7 @@ class Hub:
 
         def read(conn: Connection) -> CustomerView:
             cid = resolve_ref(conn, ref, namespaces, self.config.default_region)
-            return build_view(conn, cid, cursor=cursor, limit=limit)
+            return self.planner.annotate(conn, build_view(conn, cid, cursor=cursor, limit=limit), utcnow())
 
         view = await self.store.read(read)
         enrichers = {f"view:{plugin}": asyncio.ensure_future(work) for plugin, work in self.hooks.enrich_view(view)}
@@ -201,7 +214,7 @@ class Hub:
                 left_out.append(name)
             elif isinstance(task.result(), Mapping):
                 sections.update(task.result())
-        # the core's own sections (fulfillments) first: a plugin's section of that name wins
+        # the core's own sections (fulfillments, value) first: a plugin's section of that name wins
         return (evolve(view, sections={**view.sections, **sections}) if sections else view), left_out
 
     async def create_customer(self, kind: str, traits: Mapping[str, Any] | None = None) -> Customer:
@@ -284,6 +297,9 @@ class Hub:
                 conn.execute(
                     memberships.delete().where(memberships.c.group_id == group, memberships.c.member_id == cid)
                 )
+            if changes.get("tier", "") is None or traits is not None or "kind" in changes:
+                # back to the rules, or facts the rules read changed: the rule tier is current at once
+                self.planner.refresh_tiers(conn, [cid], now)
             return cid
 
         cid = await self.store.write(write)
@@ -300,12 +316,15 @@ class Hub:
         now = utcnow()
 
         def write(conn: Connection) -> None:
+            changed = []
             for ref, traits in sorted(traits_by_customer.items()):
                 cid = _lock_customer(conn, ref)
                 current = conn.execute(sa.select(customers.c.traits).where(customers.c.id == cid)).scalar_one()
                 merged = {**current, **{k: v for k, v in traits.items() if v is not None}}
                 if merged != current:
                     conn.execute(customers.update().where(customers.c.id == cid).values(traits=merged, updated_at=now))
+                    changed.append(cid)
+            self.planner.refresh_tiers(conn, changed, now)  # tier rules may read traits
 
         await self.store.write(write)
 
@@ -387,7 +406,13 @@ class Hub:
     async def unmerge(self, merge_id: str) -> Merge:
         """Undo a merge; see :func:`prm_core.merging.unmerge`."""
         now = utcnow()
-        merge = await self.store.write(lambda conn: merging.unmerge(conn, merge_id, now=now))
+
+        def write(conn: Connection) -> Merge:
+            merge = merging.unmerge(conn, merge_id, now=now)
+            self.planner.rebuild_value(conn, [merge.survivor_id, merge.merged_id])
+            return merge
+
+        merge = await self.store.write(write)
         self.hooks.customers_unmerged(merge)
         return merge
 
@@ -435,6 +460,10 @@ class Hub:
             return {"namespace": ident.namespace, "value": value, "shared": shared, "customer_id": owner}
 
         return await self.store.write(write)
+
+
+def _offer_made(o: Offer) -> dict[str, Any]:
+    return {"id": o.data.get("offer_id"), "code": o.code, "source": o.source, "campaign": o.data.get("campaign")}
 
 
 def answer_id(request_id: str) -> str:

@@ -17,7 +17,7 @@ and two batches can reach one customer through different identities.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -34,17 +34,37 @@ from .outbox import outbox_rows, settle_row
 from .store.engine import advisory_locks, customer_lock_key, identity_lock_key
 from .store.tables import customers, dialogues, events, identities, metrics, outbox, shared_links, utcnow
 
-__all__ = ["BatchOutcome", "IngestRules", "record_batch"]
+__all__ = ["AfterWrite", "BatchOutcome", "IngestRules", "Written", "record_batch"]
 
 _CHUNK = 400  # bound the parameters of one IN (...)
 
 
 @frozen
+class Written:
+    """One event as written to the log, handed to :attr:`IngestRules.after_write`."""
+
+    event: Event
+    customer_id: str
+    dialogue_id: str
+    opened_dialogue: bool
+
+
+# (connection, events written since the last call, merges made since then, the batch's time)
+AfterWrite = Callable[[Connection, Sequence[Written], Sequence[Merge], datetime], None]
+
+
+@frozen
 class IngestRules:
-    """What recording needs to know about the registrations."""
+    """What recording needs to know about the registrations.
+
+    ``after_write`` runs inside the recording transaction each time the batch's rows are
+    written (after the metrics), so what it derives (planning's value model and tiers)
+    commits or rolls back with the events themselves.
+    """
 
     touchpoints: Mapping[str, TouchPoint]
     shared_namespaces: frozenset[str] = frozenset()
+    after_write: AfterWrite | None = None
 
 
 @define
@@ -140,6 +160,9 @@ class _Batch:
         self.new_events: list[dict[str, Any]] = []
         self.new_outbox: list[dict[str, Any]] = []  # partner work planned by these events (prm_core.outbox)
         self.deltas: dict[str, _MetricsDelta] = defaultdict(_MetricsDelta)
+        self.written: list[Written] = []
+        self.opened_ids: set[str] = set()
+        self.merges_told = 0
         self.out = BatchOutcome()
 
     # ---- helpers ---------------------------------------------------------------------
@@ -430,6 +453,8 @@ class _Batch:
         )
         self.new_outbox.extend(outbox_rows(ev, cid, state.id, self.now))
         self.deltas[cid].add(ev)
+        if self.rules.after_write is not None:
+            self.written.append(Written(ev, cid, state.id, state.id in self.opened_ids))
         return RecordedEvent(ev, cid, state.id)
 
     def _known_dialogue(self, ev: Event) -> DialogueState | None:
@@ -491,6 +516,7 @@ class _Batch:
             is_new=True,
         )
         self.opened.append((state, self.position))
+        self.opened_ids.add(did)
         return state
 
     # ---- writing ---------------------------------------------------------------------
@@ -520,6 +546,13 @@ class _Batch:
             self.new_outbox = []
         if self.deltas:
             self._write_metrics()
+        if self.rules.after_write is not None and (self.written or len(self.out.merges) > self.merges_told):
+            written = [
+                Written(w.event, self.find(w.customer_id), w.dialogue_id, w.opened_dialogue) for w in self.written
+            ]
+            merges = self.out.merges[self.merges_told :]
+            self.written, self.merges_told = [], len(self.out.merges)
+            self.rules.after_write(self.conn, written, merges, self.now)
 
     def _write_shared_links(self) -> None:
         c = shared_links.c

@@ -255,8 +255,8 @@ async def test_openapi_describes_every_mounted_route(hub_client):
     events_op = spec["paths"]["/v1/touchpoints/{tp}/events"]["post"]
     assert events_op["x-prm-scope"] == "touchpoint:{tp}"
     assert {"401", "403", "404", "413", "422"} <= set(events_op["responses"])
-    # nothing promised that is not mounted (export, erasure and scorecard come later)
-    assert "/v1/scorecard" not in spec["paths"]
+    # the scorecard is mounted (planning) and says the scope it needs
+    assert spec["paths"]["/v1/scorecard"]["get"]["x-prm-scope"] == "read"
 
 
 async def test_a_shared_household_phone_links_without_merging(hub_client, make_key):

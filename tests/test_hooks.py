@@ -39,6 +39,7 @@ from prm_core.model import (
     ValueProvider,
     ValueRequest,
 )
+from prm_core.planning.offers import offer_id
 from prm_core.server.state import HUB
 
 ANN = {"email": "ann@example.com"}
@@ -772,7 +773,8 @@ class TestOffers:
             "score": 0.5,
             "source": "",
             "description": "",
-            "data": {"price": "499.00"},
+            # planning gives every offer made a stable id, to match the customer's response to it
+            "data": {"price": "499.00", "offer_id": offer_id("kiosk", "r1", "dryer-200")},
         }
         ((request, remaining),) = sync_offers.requests
         assert async_offers.requests == [request]  # one ValueRequest for the whole turn

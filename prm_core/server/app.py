@@ -20,6 +20,7 @@ from aiohttp import WSCloseCode, web
 from ..config import Config
 from ..hub import Hub
 from ..keys import KeyRing
+from ..planning.routes import planning_routes
 from ..plugins import collect_registrations, make_plugin_manager
 from .errors import MAX_BODY_BYTES, error_middleware
 from .metrics import HubMetrics
@@ -86,6 +87,7 @@ def create_app(
     app[WEBSOCKETS] = weakref.WeakSet()
     app.on_shutdown.append(_close_websockets)
     app.add_routes(core_routes())
+    app.add_routes(planning_routes())
     owners: dict[str, str] = {}
     mounted = [(tp.name, tp.routes) for tp in registrations.touchpoints]
     mounted += [(f"{a.touchpoint} ({a.name})", a.routes) for a in registrations.adapters]

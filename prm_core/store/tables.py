@@ -19,6 +19,7 @@ from .. import clock
 
 __all__ = [
     "ApiKeyRow",
+    "CampaignRow",
     "CustomerRow",
     "DialogueRow",
     "EventRow",
@@ -27,10 +28,16 @@ __all__ = [
     "MembershipRow",
     "MergeRow",
     "MetricsRow",
+    "ModelRow",
+    "OfferRow",
     "OutboxRow",
     "PartnerCallbackRow",
+    "SegmentRow",
     "SharedLinkRow",
+    "TouchpointCustomerRow",
+    "TouchpointDayRow",
     "UTCDateTime",
+    "ValueRow",
     "WebhookReceiptRow",
     "metadata",
 ]
@@ -282,6 +289,110 @@ class PartnerCallbackRow(SQLModel, table=True):
     received_at: datetime = _ts()
 
 
+# ---- relationship planning (prm_core.planning) -------------------------------------------
+
+
+class ValueRow(SQLModel, table=True):
+    """A customer's purchase history in the few numbers the value model needs, kept
+    current on ingest in the recording transaction (returns are in ``customer_metrics``)."""
+
+    __tablename__ = "customer_value"
+
+    customer_id: str = Field(primary_key=True, max_length=40)
+    purchases: int = 0
+    purchase_total: Decimal = Field(default=Decimal(0), sa_type=sa.Numeric(18, 4))
+    first_purchase_at: datetime | None = _ts(default=None)
+    last_purchase_at: datetime | None = _ts(default=None)
+
+
+class ModelRow(SQLModel, table=True):
+    """Fitted value-model parameters (``bgnbd``, ``gammagamma``, ``rfm``) from ``prm plan fit``."""
+
+    __tablename__ = "planning_models"
+
+    name: str = Field(primary_key=True, max_length=64)
+    params: dict[str, Any] = _json(default_factory=dict)
+    customers: int = 0
+    fitted_at: datetime = _ts()
+
+
+class SegmentRow(SQLModel, table=True):
+    """A saved rule; its members are the customers it matches now."""
+
+    __tablename__ = "segments"
+
+    name: str = Field(primary_key=True, max_length=64)
+    rule: str = Field(max_length=2000)
+    description: str = Field(default="", max_length=500)
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+
+
+class CampaignRow(SQLModel, table=True):
+    """A campaign: an offer to a segment at some touch points for a while, with a control group."""
+
+    __tablename__ = "campaigns"
+
+    name: str = Field(primary_key=True, max_length=64)
+    segment: str = Field(max_length=64)
+    offer: dict[str, Any] = _json(default_factory=dict)
+    touchpoints: list[str] = _json(default_factory=list)
+    starts_at: datetime = _ts()
+    ends_at: datetime = _ts()
+    control_percent: int = 10
+    created_at: datetime = _ts()
+
+
+class OfferRow(SQLModel, table=True):
+    """An offer made to a customer at a touch point, and the customer's response to it."""
+
+    __tablename__ = "offers_made"
+    __table_args__ = (
+        sa.Index("ix_offers_made_customer", "customer_id", "made_at"),
+        sa.Index("ix_offers_made_campaign", "campaign", "made_at"),
+    )
+
+    id: str = Field(primary_key=True, max_length=64)
+    customer_id: str = Field(max_length=40)
+    touchpoint: str = Field(max_length=64)
+    dialogue_id: str = Field(max_length=40)
+    code: str = Field(max_length=200)
+    source: str = Field(default="", max_length=200)
+    campaign: str | None = Field(default=None, max_length=64)
+    made_at: datetime = _ts()
+    response: str | None = Field(default=None, max_length=16)
+    responded_at: datetime | None = _ts(default=None)
+
+
+class TouchpointDayRow(SQLModel, table=True):
+    """Per touch point and UTC day: what the scorecard sums, kept current on ingest."""
+
+    __tablename__ = "touchpoint_days"
+
+    touchpoint: str = Field(primary_key=True, max_length=64)
+    day: str = Field(primary_key=True, max_length=10)
+    events: int = 0
+    dialogues: int = 0
+    requests: int = 0
+    in_budget: int = 0
+    degraded: int = 0
+    offers_made: int = 0
+    offers_accepted: int = 0
+    revenue: Decimal = Field(default=Decimal(0), sa_type=sa.Numeric(18, 4))
+
+
+class TouchpointCustomerRow(SQLModel, table=True):
+    """A customer seen at a touch point on a UTC day, and whether they bought there that day:
+    the scorecard's distinct customers and conversion, counted over a period's rows only."""
+
+    __tablename__ = "touchpoint_customers"
+
+    touchpoint: str = Field(primary_key=True, max_length=64)
+    day: str = Field(primary_key=True, max_length=10)
+    customer_id: str = Field(primary_key=True, max_length=40)
+    bought: bool = False
+
+
 def utcnow() -> datetime:
     """The hub's clock (see :mod:`prm_core.clock`)."""
     return clock.utcnow()
@@ -300,3 +411,10 @@ import_checkpoints: sa.Table = ImportCheckpointRow.__table__  # type: ignore[att
 webhook_receipts: sa.Table = WebhookReceiptRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
 outbox: sa.Table = OutboxRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
 partner_callbacks: sa.Table = PartnerCallbackRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
+customer_value: sa.Table = ValueRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
+planning_models: sa.Table = ModelRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
+segments: sa.Table = SegmentRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
+offers_made: sa.Table = OfferRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
+campaigns: sa.Table = CampaignRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
+touchpoint_customers: sa.Table = TouchpointCustomerRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
+touchpoint_days: sa.Table = TouchpointDayRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation

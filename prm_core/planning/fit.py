@@ -1,0 +1,101 @@
+"""``prm plan fit``: fit the value model over the ``customer_value`` table and store it.
+
+Reads one row per customer who bought (no event is rescanned), fits BG/NBD and
+Gamma-Gamma (:mod:`prm_core.planning.clv`) and measures the RFM quintile cut points, then
+replaces the rows of ``planning_models`` in one transaction. Running hubs pick the new
+parameters up within 30 seconds; every customer's prediction is then computed on read.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from ..store import Store
+from ..store.tables import customer_value, customers, planning_models
+from .clv import fit_bgnbd, fit_gamma_gamma, models_from_params
+from .value import CLV_HORIZON_DAYS
+
+__all__ = ["fit_value_model"]
+
+_DAY = 86400.0
+
+
+def _quintile_cuts(values: np.ndarray) -> list[float]:
+    return [round(float(v), 2) for v in np.quantile(values, [0.2, 0.4, 0.6, 0.8])]
+
+
+async def fit_value_model(store: Store, now: datetime) -> dict[str, Any]:
+    """Fit and store the models; returns what was stored (and skipped, with why)."""
+
+    def read(conn: Connection) -> list[Any]:
+        v = customer_value.c
+        q = (
+            sa.select(v.purchases, v.purchase_total, v.first_purchase_at, v.last_purchase_at)
+            .select_from(customer_value.join(customers, customers.c.id == v.customer_id))
+            .where(customers.c.merged_into.is_(None), v.purchases > 0)
+        )
+        return list(conn.execute(q))
+
+    rows = await store.read(read)
+    purchases = np.array([r.purchases for r in rows], dtype=float)
+    totals = np.array([float(r.purchase_total) for r in rows], dtype=float)
+    first = np.array([(now - r.first_purchase_at).total_seconds() / _DAY for r in rows], dtype=float)
+    last = np.array([(now - r.last_purchase_at).total_seconds() / _DAY for r in rows], dtype=float)
+    stored: dict[str, dict[str, Any]] = {}
+    skipped: dict[str, str] = {}
+    if len(rows) >= 5:
+        stored["rfm"] = {
+            "recency_days": _quintile_cuts(np.maximum(last, 0)),
+            "frequency": _quintile_cuts(purchases),
+            "monetary": _quintile_cuts(totals),
+        }
+    else:
+        skipped["rfm"] = f"needs at least 5 customers with a purchase, has {len(rows)}"
+    ages = np.maximum(first, 0)
+    try:
+        stored["bgnbd"] = fit_bgnbd(purchases - 1, np.maximum(ages - np.maximum(last, 0), 0), ages).to_json()
+    except ValueError as exc:
+        skipped["bgnbd"] = str(exc)
+    repeat = purchases >= 2
+    try:
+        stored["gammagamma"] = fit_gamma_gamma(purchases[repeat], totals[repeat] / purchases[repeat]).to_json()
+    except ValueError as exc:
+        skipped["gammagamma"] = str(exc)
+
+    if "bgnbd" in stored:
+        # the average predicted value over every buyer, kept for the scorecard
+        bg, gg = models_from_params(stored)
+        assert bg is not None
+        values = []
+        for n, total, age, since in zip(purchases, totals, ages, np.maximum(last, 0), strict=True):
+            expected = bg.expected_purchases(CLV_HORIZON_DAYS, n - 1, age - since, age)
+            spend = gg.expected_spend(n, total / n) if gg is not None else total / n
+            values.append(expected * spend)
+        stored["bgnbd"]["average_clv"] = round(float(np.mean(values)), 2)
+
+    def write(conn: Connection) -> None:
+        if "bgnbd" in stored:
+            # the average predicted value at each fit, for the scorecard's growth over a period
+            row = conn.execute(
+                sa.select(planning_models.c.params).where(planning_models.c.name == "clv_history")
+            ).first()
+            history = list(row.params.get("fits", [])) if row else []
+            history.append({"fitted_at": now.isoformat(), "average_clv": stored["bgnbd"]["average_clv"]})
+            conn.execute(planning_models.delete().where(planning_models.c.name == "clv_history"))
+            conn.execute(
+                planning_models.insert().values(
+                    name="clv_history", params={"fits": history[-400:]}, customers=len(rows), fitted_at=now
+                )
+            )
+        for name, params in stored.items():
+            conn.execute(planning_models.delete().where(planning_models.c.name == name))
+            conn.execute(planning_models.insert().values(name=name, params=params, customers=len(rows), fitted_at=now))
+
+    if stored:
+        await store.write(write)
+    return {"customers": len(rows), "stored": stored, "skipped": skipped}

@@ -1,0 +1,602 @@
+"""The planner: relationship planning's part of the hub, built once from the config.
+
+It is the core's, not a plugin's: it keeps the value model, the tiers and the scorecard
+figures current **inside the recording transaction** (:meth:`Planner.after_write`, called
+by :mod:`prm_core.recording` after the metrics are written), and adds the ``value`` section
+to the 360 view. Doing it in the same transaction means a crash can never leave an event
+recorded but its customer's tier or value stale: both commit or neither does. The price is
+a few set-based queries per batch, not per event (see bench/planning.py).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+import structlog
+from attrs import define, evolve, field
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection
+
+from ..config import Config
+from ..errors import ConfigError, NotFound
+from ..merging import event_revenue
+from ..model import CustomerView, Merge, Offer, ValueRequest
+from ..recording import Written
+from ..store import Store
+from ..store.engine import _retryable as retryable  # the store's own judgement of what a retry fixes
+from ..store.tables import (
+    customer_value,
+    customers,
+    events,
+    metrics,
+    offers_made,
+    planning_models,
+    touchpoint_customers,
+    touchpoint_days,
+    utcnow,
+)
+from .campaigns import Campaign, in_control, running_campaigns
+from .clv import BgNbd, GammaGamma, models_from_params
+from .entitlements import parse_entitlements
+from .offers import Catalog, OfferSettings, builtin_offers
+from .rules import EVENT_NAMES, Rule, compile_rule
+from .segments import get_segment
+from .value import DEFAULT_RFM, Rfm, customer_facts, rfm_from_config, rfm_from_params
+
+__all__ = ["Planner", "refresh_all_tiers", "tier_rules"]
+
+log = structlog.get_logger(__name__)
+_CHUNK = 400
+MODELS_TTL_S = 30.0
+CAMPAIGNS_TTL_S = 10.0
+RESPONSES = {"offer.accepted": "accepted", "offer.declined": "declined"}
+
+
+# prepared once: no per-call coercion of the id list
+_IDS: sa.BindParameter[list[str]] = sa.bindparam("ids", expanding=True)
+_CUSTOMERS_Q = sa.select(
+    customers.c.id, customers.c.kind, customers.c.tier, customers.c.tier_source, customers.c.traits
+).where(customers.c.id.in_(_IDS), customers.c.merged_into.is_(None))
+_METRICS_Q = sa.select(metrics).where(metrics.c.customer_id.in_(_IDS))
+_VALUE_Q = sa.select(customer_value).where(customer_value.c.customer_id.in_(_IDS))
+_SET_TIER = (
+    customers.update()
+    .where(
+        customers.c.id == sa.bindparam("_id"),
+        sa.or_(customers.c.tier_source.is_(None), customers.c.tier_source != "manual"),
+    )
+    .values(tier=sa.bindparam("tier"), tier_source=sa.bindparam("tier_source"))
+)
+
+
+def tier_rules(config: Config) -> tuple[Rule, ...]:
+    """``[tiers.rules]`` compiled, in the order written (the first match wins)."""
+    section = config.section("tiers", "rules")
+    rules = []
+    for name, text in section.items():
+        if not isinstance(name, str) or not 0 < len(name) <= 64:
+            raise ConfigError(f"[tiers.rules]: a tier name must be 1-64 characters, got {name!r}")
+        rules.append(compile_rule(name, text, where=f"[tiers.rules].{name}"))
+    return tuple(rules)
+
+
+@define
+class _Models:
+    rfm: Rfm
+    bgnbd: BgNbd | None
+    gamma_gamma: GammaGamma | None
+    fitted_at: datetime | None
+    loaded: float
+
+
+@define
+class Planner:
+    """Tiers, the value model, offers and entitlements as configured."""
+
+    tiers: tuple[Rule, ...] = ()
+    fixed_rfm: Rfm | None = None
+    entitlements: dict[str, int] = field(factory=lambda: parse_entitlements(None))
+    catalog: Catalog = field(factory=Catalog)
+    offers: OfferSettings = field(factory=OfferSettings)
+    on_ingest: bool = True
+    revenue_only: bool = field(init=False, default=True)
+    _models: _Models | None = None
+    _campaigns: list[tuple[Campaign, Rule]] = field(factory=list)
+    _campaigns_loaded: float = float("-inf")
+
+    @classmethod
+    def from_config(cls, config: Config) -> Planner:
+        """Build from ``[tiers.rules]``, ``[value.rfm]``, ``[entitlements]``, ``[catalog]``,
+        ``[offers]``; anything invalid raises :class:`ConfigError` naming it."""
+        return cls(
+            tiers=tier_rules(config),
+            fixed_rfm=rfm_from_config(config.section("value", "rfm")),
+            entitlements=parse_entitlements(config.section("entitlements")),
+            catalog=Catalog.from_config(config.section("catalog")),
+            offers=OfferSettings.from_config(config.section("offers"), config.section("privacy", "defaults")),
+            on_ingest=_on_ingest(config.section("planning")),
+        )
+
+    # ---- the fitted models -----------------------------------------------------------
+
+    def models(self, conn: Connection) -> _Models:
+        """The fitted parameters, read at most every 30 s (a fit elsewhere shows up soon)."""
+        if self._models is not None and time.monotonic() - self._models.loaded < MODELS_TTL_S:
+            return self._models
+        rows = {r.name: r for r in conn.execute(sa.select(planning_models))}
+        params = {name: r.params for name, r in rows.items()}
+        bg, gg = models_from_params(params)
+        rfm = self.fixed_rfm or (rfm_from_params(params["rfm"]) if "rfm" in params else DEFAULT_RFM)
+        fitted = rows["bgnbd"].fitted_at if "bgnbd" in rows else None
+        self._models = _Models(rfm, bg, gg, fitted, time.monotonic())
+        return self._models
+
+    def forget_models(self) -> None:
+        self._models = None
+
+    # ---- tiers -----------------------------------------------------------------------
+
+    def __attrs_post_init__(self) -> None:
+        # whether the tier rules read nothing any event changes (see EVENT_NAMES)
+        self.revenue_only = not any(rule.names & EVENT_NAMES for rule in self.tiers)
+
+    def tier_for(self, facts: Mapping[str, Any]) -> Rule | None:
+        """The first tier rule the facts match, in the order written."""
+        return next((rule for rule in self.tiers if rule.matches(facts)), None)
+
+    def facts_of(
+        self,
+        conn: Connection,
+        ids: Sequence[str],
+        now: datetime,
+        sources: dict[str, tuple[str | None, str | None]] | None = None,
+    ) -> dict[str, dict[str, Any]]:
+        """Rule facts of existing (not merged-away) customers: three bounded queries per chunk.
+        ``sources``, when given, receives each customer's (tier, tier_source)."""
+        models = self.models(conn)
+        result: dict[str, dict[str, Any]] = {}
+        for chunk in _chunks(sorted(ids)):
+            params = {"ids": list(chunk)}
+            rows = conn.execute(_CUSTOMERS_Q, params).all()
+            m: dict[str, Mapping[str, Any]] = {
+                r.customer_id: dict(r._mapping) for r in conn.execute(_METRICS_Q, params)
+            }
+            v: dict[str, Mapping[str, Any]] = {r.customer_id: dict(r._mapping) for r in conn.execute(_VALUE_Q, params)}
+            for r in rows:
+                if sources is not None:
+                    sources[r.id] = (r.tier, r.tier_source)
+                result[r.id] = customer_facts(
+                    kind=r.kind,
+                    tier=r.tier,
+                    traits=r.traits,
+                    metrics=m.get(r.id, {}),
+                    value=v.get(r.id),
+                    rfm=models.rfm,
+                    bgnbd=models.bgnbd,
+                    gamma_gamma=models.gamma_gamma,
+                    now=now,
+                )
+        return result
+
+    def refresh_tiers(self, conn: Connection, ids: Iterable[str], now: datetime) -> int:
+        """Re-evaluate the rule tier of ``ids``; a tier set by hand is left alone. Returns
+        how many changed."""
+        wanted = sorted(set(ids))
+        if not self.tiers or not wanted:
+            return 0
+        current: dict[str, tuple[str | None, str | None]] = {}
+        changes = []
+        for cid, facts in self.facts_of(conn, wanted, now, current).items():
+            tier_now, source = current[cid]
+            if source == "manual":
+                continue
+            rule = self.tier_for(facts)
+            tier = rule.name if rule else None
+            if tier != tier_now or (tier is None) != (source is None):
+                changes.append({"_id": cid, "tier": tier, "tier_source": "rule" if tier else None})
+        if changes:
+            conn.execute(_SET_TIER, changes)
+        return len(changes)
+
+    # ---- on ingest -------------------------------------------------------------------
+
+    def after_write(self, conn: Connection, written: Sequence[Written], merges: Sequence[Merge], now: datetime) -> None:
+        """Keep the value model, offers made and touch-point days current, then the tiers of
+        every customer touched. Runs inside the recording transaction, in a savepoint: lock
+        contention and lost races fail the whole batch, which the store retries; any other
+        failure (a bug) is logged and rolled back to the savepoint, so the events are still
+        recorded and only their planning figures are missing (``prm plan tiers`` redoes tiers)."""
+        try:
+            with conn.begin_nested():
+                self._after_write(conn, written, merges, now)
+        except Exception as exc:
+            if retryable(exc):
+                raise
+            log.error("planning on ingest failed; the events are recorded", error=type(exc).__name__, exc_info=exc)
+
+    def _after_write(
+        self, conn: Connection, written: Sequence[Written], merges: Sequence[Merge], now: datetime
+    ) -> None:
+        for merge in merges:
+            self._fold_value(conn, merge.merged_id, merge.survivor_id)
+        buys: dict[str, list[Any]] = {}
+        days: dict[tuple[str, str], Counter[str]] = {}
+        revenue: dict[tuple[str, str], Decimal] = {}
+        made: list[dict[str, Any]] = []
+        responses: list[tuple[Written, tuple[str, str]]] = []
+        with_revenue: set[str] = set()
+        seen: dict[tuple[str, str, str], bool] = {}  # (touch point, day, customer) -> bought there
+        for w in written:
+            ev = w.event
+            key = (ev.touchpoint, ev.occurred_at.date().isoformat())
+            counts = days.setdefault(key, Counter())
+            counts["events"] += 1
+            counts["dialogues"] += int(w.opened_dialogue)
+            amount = event_revenue(ev.data) if ev.direction == "inbound" else None
+            if ev.direction == "inbound":
+                visit = (*key, w.customer_id)
+                seen[visit] = seen.get(visit, False) or (amount is not None and amount > 0)
+            if amount is not None:
+                with_revenue.add(w.customer_id)
+                revenue[key] = revenue.get(key, Decimal(0)) + amount
+                if amount > 0:
+                    b = buys.setdefault(w.customer_id, [0, Decimal(0), ev.occurred_at, ev.occurred_at])
+                    b[0] += 1
+                    b[1] += amount
+                    b[2] = min(b[2], ev.occurred_at)
+                    b[3] = max(b[3], ev.occurred_at)
+            # the hub's own answer to a request (only the hub records into a dialogue by its id:
+            # a touch point cannot forge requests or offers made with an event of this type)
+            if ev.direction == "outbound" and ev.type == "delivery" and ev.dialogue_id is not None:
+                counts["requests"] += 1
+                elapsed, budget = ev.data.get("elapsed_ms"), ev.data.get("budget_ms")
+                if isinstance(elapsed, int | float) and isinstance(budget, int | float):
+                    counts["in_budget"] += int(elapsed <= budget)
+                counts["degraded"] += int(bool(ev.data.get("degraded")))
+                shown = [(o, None) for o in ev.data.get("offers_made") or ()]
+                for offer, response in [*shown, *((o, "held_out") for o in ev.data.get("held_out") or ())]:
+                    if isinstance(offer, Mapping) and isinstance(offer.get("id"), str):
+                        made.append(
+                            {
+                                "id": offer["id"][:64],
+                                "customer_id": w.customer_id,
+                                "touchpoint": ev.touchpoint,
+                                "dialogue_id": w.dialogue_id,
+                                "code": str(offer.get("code", ""))[:200],
+                                "source": str(offer.get("source", ""))[:200],
+                                "campaign": offer.get("campaign"),
+                                "made_at": ev.occurred_at,
+                                "response": response,
+                                "responded_at": None,
+                            }
+                        )
+                        counts["offers_made"] += response is None
+            elif ev.type in RESPONSES:
+                responses.append((w, key))
+        if made:
+            self._insert_offers(conn, made)
+        for w, key in responses:
+            if self._record_response(conn, w) == "accepted":
+                days[key]["offers_accepted"] += 1
+        if buys:
+            self._add_purchases(conn, buys)
+        if days:
+            self._add_days(conn, days, revenue)
+        if seen:
+            self._add_visits(conn, seen)
+        if self.tiers:
+            # only customers whose facts the rules read may have changed: unless the rules read
+            # what any event changes (event_count, ...), those with a sale or return in this batch
+            changed = set(buys) if self.revenue_only else {w.customer_id for w in written}
+            changed |= {
+                w.customer_id
+                for w in written
+                if w.event.direction == "inbound" and event_revenue(w.event.data) is not None
+            }
+            self.refresh_tiers(conn, changed | {m.survivor_id for m in merges}, now)
+
+    def _insert_offers(self, conn: Connection, made: list[dict[str, Any]]) -> None:
+        ids = [m["id"] for m in made]
+        known = set(conn.execute(sa.select(offers_made.c.id).where(offers_made.c.id.in_(ids))).scalars())
+        fresh = {m["id"]: m for m in made if m["id"] not in known}
+        if fresh:
+            conn.execute(offers_made.insert(), list(fresh.values()))
+
+    def _record_response(self, conn: Connection, w: Written) -> str | None:
+        """Mark the offer ``data.offer_id`` answered, if it is open and within the window."""
+        offer_id = w.event.data.get("offer_id")
+        if not isinstance(offer_id, str):
+            return None
+        response = RESPONSES[w.event.type]
+        at = w.event.occurred_at
+        o = offers_made.c
+        done = conn.execute(
+            offers_made.update()
+            .where(
+                o.id == offer_id,
+                o.customer_id == w.customer_id,  # only the customer it was made to answers it
+                o.response.is_(None),
+                o.made_at <= at,
+                o.made_at >= at - timedelta(hours=self.offers.response_window_hours),
+            )
+            .values(response=response, responded_at=at)
+        )
+        return response if done.rowcount else None
+
+    def _add_purchases(self, conn: Connection, buys: Mapping[str, list[Any]]) -> None:
+        v = customer_value.c
+        existing: dict[str, Any] = {}
+        for chunk in _chunks(sorted(buys)):
+            existing.update(
+                {r.customer_id: r for r in conn.execute(sa.select(customer_value).where(v.customer_id.in_(chunk)))}
+            )
+        inserts, updates = [], []
+        for cid, (count, total, first, last) in buys.items():
+            row = existing.get(cid)
+            if row is None:
+                inserts.append(
+                    {
+                        "customer_id": cid,
+                        "purchases": count,
+                        "purchase_total": total,
+                        "first_purchase_at": first,
+                        "last_purchase_at": last,
+                    }
+                )
+            else:
+                updates.append(
+                    {
+                        "_cid": cid,
+                        "purchases": row.purchases + count,
+                        "purchase_total": row.purchase_total + total,
+                        "first_purchase_at": min(filter(None, (row.first_purchase_at, first))),
+                        "last_purchase_at": max(filter(None, (row.last_purchase_at, last))),
+                    }
+                )
+        if inserts:
+            conn.execute(customer_value.insert(), inserts)
+        if updates:
+            conn.execute(
+                customer_value.update()
+                .where(v.customer_id == sa.bindparam("_cid"))
+                .values(
+                    purchases=sa.bindparam("purchases"),
+                    purchase_total=sa.bindparam("purchase_total"),
+                    first_purchase_at=sa.bindparam("first_purchase_at"),
+                    last_purchase_at=sa.bindparam("last_purchase_at"),
+                ),
+                updates,
+            )
+
+    def rebuild_value(self, conn: Connection, ids: Sequence[str]) -> None:
+        """Recompute the purchases of ``ids`` from their events: after an unmerge, which moves
+        events back and so cannot be undone by arithmetic. A scan of these customers only."""
+        v = customer_value.c
+        conn.execute(customer_value.delete().where(v.customer_id.in_(list(ids))))
+        e = events.c
+        q = sa.select(e.customer_id, e.occurred_at, e.data).where(
+            e.customer_id.in_(list(ids)), e.direction == "inbound"
+        )
+        buys: dict[str, list[Any]] = {}
+        for r in conn.execute(q):
+            amount = event_revenue(r.data)
+            if amount is not None and amount > 0:
+                b = buys.setdefault(r.customer_id, [0, Decimal(0), r.occurred_at, r.occurred_at])
+                b[0] += 1
+                b[1] += amount
+                b[2], b[3] = min(b[2], r.occurred_at), max(b[3], r.occurred_at)
+        if buys:
+            self._add_purchases(conn, buys)
+        self.refresh_tiers(conn, ids, utcnow())
+
+    def _fold_value(self, conn: Connection, merged: str, survivor: str) -> None:
+        """A merge: the merged customer's purchases and offers become the survivor's."""
+        conn.execute(offers_made.update().where(offers_made.c.customer_id == merged).values(customer_id=survivor))
+        v = customer_value.c
+        row = conn.execute(sa.select(customer_value).where(v.customer_id == merged)).one_or_none()
+        if row is None:
+            return
+        conn.execute(customer_value.delete().where(v.customer_id == merged))
+        self._add_purchases(
+            conn, {survivor: [row.purchases, row.purchase_total, row.first_purchase_at, row.last_purchase_at]}
+        )
+
+    def _add_days(
+        self, conn: Connection, days: Mapping[tuple[str, str], Counter[str]], revenue: Mapping[tuple[str, str], Decimal]
+    ) -> None:
+        t = touchpoint_days.c
+        columns = ("events", "dialogues", "requests", "in_budget", "degraded", "offers_made", "offers_accepted")
+        for (tp, day), counts in sorted(days.items()):
+            values: dict[str, Any] = {c: getattr(t, c) + counts[c] for c in columns if counts[c]}
+            if (tp, day) in revenue:
+                values["revenue"] = t.revenue + revenue[(tp, day)]
+            if not values:
+                continue
+            done = conn.execute(touchpoint_days.update().where(t.touchpoint == tp, t.day == day).values(**values))
+            if not done.rowcount:
+                row: dict[str, Any] = {c: counts[c] for c in columns}
+                conn.execute(
+                    touchpoint_days.insert().values(
+                        touchpoint=tp, day=day, revenue=revenue.get((tp, day), Decimal(0)), **row
+                    )
+                )
+
+    def _add_visits(self, conn: Connection, seen: Mapping[tuple[str, str, str], bool]) -> None:
+        rows = [
+            {"touchpoint": tp, "day": day, "customer_id": cid, "bought": b}
+            for (tp, day, cid), b in sorted(seen.items())
+        ]
+        insert = (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(touchpoint_customers)
+        conn.execute(insert.on_conflict_do_nothing(), rows)
+        bought = [{"_tp": r["touchpoint"], "_day": r["day"], "_cid": r["customer_id"]} for r in rows if r["bought"]]
+        if bought:
+            t = touchpoint_customers.c
+            conn.execute(
+                touchpoint_customers.update()
+                .where(
+                    t.touchpoint == sa.bindparam("_tp"),
+                    t.day == sa.bindparam("_day"),
+                    t.customer_id == sa.bindparam("_cid"),
+                    t.bought.is_(False),
+                )
+                .values(bought=True),
+                bought,
+            )
+
+    # ---- offers ----------------------------------------------------------------------
+
+    def propose(self, request: ValueRequest) -> list[Offer]:
+        """The built-in offer rules and the running campaigns' offers for this turn."""
+        offers = builtin_offers(request, self.catalog, self.entitlements)
+        now = utcnow()
+        running = [(c, rule) for c, rule in self._campaigns if c.running(now, request.touchpoint.name)]
+        if running:
+            facts = self.facts_from_view(request.view, now)
+            cid = request.view.customer.id
+            for campaign, rule in running:
+                if rule.matches(facts):
+                    offers.append(campaign.make_offer(in_control(campaign.name, cid, campaign.control_percent)))
+        return offers
+
+    def facts_from_view(self, view: CustomerView, now: datetime) -> dict[str, Any]:
+        """The rule facts of a customer from their view (built with :meth:`annotate`)."""
+        section = view.sections.get("value") or {}
+        value = None
+        if section.get("purchases"):
+            value = {
+                "purchases": section["purchases"],
+                "purchase_total": Decimal(section["purchase_total"]),
+                "first_purchase_at": datetime.fromisoformat(section["first_purchase_at"].replace("Z", "+00:00")),
+                "last_purchase_at": datetime.fromisoformat(section["last_purchase_at"].replace("Z", "+00:00")),
+            }
+        models = self._models or _Models(self.fixed_rfm or DEFAULT_RFM, None, None, None, 0.0)
+        c = view.customer
+        return customer_facts(
+            kind=c.kind,
+            tier=c.tier,
+            traits=c.traits,
+            metrics=view.metrics,
+            value=value,
+            rfm=models.rfm,
+            bgnbd=models.bgnbd,
+            gamma_gamma=models.gamma_gamma,
+            now=now,
+        )
+
+    def load_campaigns(self, conn: Connection, now: datetime) -> None:
+        """The running campaigns with their segments' rules, read at most every 10 s."""
+        if time.monotonic() - self._campaigns_loaded < CAMPAIGNS_TTL_S:
+            return
+        loaded = []
+        for campaign in running_campaigns(conn, now):
+            try:
+                loaded.append((campaign, get_segment(conn, campaign.segment).rule))
+            except (NotFound, ConfigError):  # its segment was deleted or no longer compiles
+                continue
+        self._campaigns, self._campaigns_loaded = loaded, time.monotonic()
+
+    def forget_campaigns(self) -> None:
+        self._campaigns_loaded = float("-inf")
+
+    # ---- the view --------------------------------------------------------------------
+
+    def annotate(self, conn: Connection, view: CustomerView, now: datetime) -> CustomerView:
+        """Add the ``value`` section (facts, scores, prediction, and how the tier was set).
+
+        Time-relative figures are as of the start of the hour (``as_of``), so two reads of
+        one customer agree unless something happened to them in between.
+        """
+        now = now.replace(minute=0, second=0, microsecond=0)
+        owners = [view.customer.id, *(m["id"] for m in view.members)]
+        value: dict[str, Any] | None = None
+        for r in conn.execute(sa.select(customer_value).where(customer_value.c.customer_id.in_(owners))):
+            if value is None:
+                value = dict(r._mapping)
+            else:
+                value["purchases"] += r.purchases
+                value["purchase_total"] += r.purchase_total
+                value["first_purchase_at"] = min(value["first_purchase_at"], r.first_purchase_at)
+                value["last_purchase_at"] = max(value["last_purchase_at"], r.last_purchase_at)
+        models = self.models(conn)
+        self.load_campaigns(conn, now)
+        c = view.customer
+        facts = customer_facts(
+            kind=c.kind,
+            tier=c.tier,
+            traits=c.traits,
+            metrics=view.metrics,
+            value=value,
+            rfm=models.rfm,
+            bgnbd=models.bgnbd,
+            gamma_gamma=models.gamma_gamma,
+            now=now,
+        )
+        by_rules = self.tier_for(facts)
+        # what ``metrics`` already shows (revenue, counts, touch points) is not repeated here
+        keep = ("purchases", "days_since_last_purchase", "r_score", "f_score", "m_score", "rfm", "clv", "p_alive")
+        section: dict[str, Any] = {k: facts[k] for k in keep} | {"churn_risk": facts["churn_risk"]}
+        if section["days_since_last_purchase"] is not None:
+            section["days_since_last_purchase"] = int(section["days_since_last_purchase"])
+        section["as_of"] = now.isoformat().replace("+00:00", "Z")
+        section["purchase_total"] = str(value["purchase_total"].quantize(Decimal("0.01"))) if value else "0.00"
+        section["first_purchase_at"] = _iso(value["first_purchase_at"]) if value else None
+        section["last_purchase_at"] = _iso(value["last_purchase_at"]) if value else None
+        section["tier"] = {
+            "name": c.tier,
+            "source": c.tier_source,
+            "rule": by_rules.text if by_rules and c.tier_source == "rule" and by_rules.name == c.tier else None,
+            "by_rules": by_rules.name if by_rules else None,
+            "manual_wins": c.tier_source == "manual",
+        }
+        section["model"] = {
+            "rfm": models.rfm.to_json(),
+            "clv_horizon_days": 365,
+            "fitted_at": models.fitted_at.isoformat().replace("+00:00", "Z") if models.fitted_at else None,
+        }
+        return evolve(view, sections={**view.sections, "value": section})
+
+
+async def refresh_all_tiers(store: Store, planner: Planner, *, chunk: int = 500) -> tuple[int, int]:
+    """Re-evaluate every current customer's rule tier, ``chunk`` customers per transaction.
+    Returns (customers evaluated, tiers changed)."""
+    seen, changed = 0, 0
+
+    def page(after: str) -> Callable[[Connection], list[str]]:
+        c = customers.c
+        q = sa.select(c.id).where(c.id > after, c.merged_into.is_(None)).order_by(c.id).limit(chunk)
+        return lambda conn: list(conn.execute(q).scalars())
+
+    def refresh(ids: list[str]) -> Callable[[Connection], int]:
+        return lambda conn: planner.refresh_tiers(conn, ids, utcnow())
+
+    ids = await store.read(page(""))
+    while ids:
+        changed += await store.write(refresh(ids))
+        seen += len(ids)
+        ids = await store.read(page(ids[-1]))
+    return seen, changed
+
+
+def _on_ingest(section: Mapping[str, Any]) -> bool:
+    """``[planning].on_ingest`` (true): false stops keeping value, tiers and scorecard on ingest
+    (for measuring what they cost: bench/planning.py); they go stale until it is back on."""
+    value = section.get("on_ingest", True)
+    if not isinstance(value, bool):
+        raise ConfigError("[planning].on_ingest must be true or false")
+    return value
+
+
+def _iso(at: datetime) -> str:
+    return at.isoformat().replace("+00:00", "Z")
+
+
+def _chunks(items: Sequence[str], size: int = _CHUNK) -> Iterable[Sequence[str]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]

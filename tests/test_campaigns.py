@@ -1,0 +1,172 @@
+"""Campaigns: a segment's customers get the offer at the campaign's touch points while it runs,
+a stable control group is held out, offers and responses are measured and lift can be read."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from prm_core.config import Config
+from prm_core.planning.campaigns import in_control
+from prm_core.server.state import HUB
+
+NOW = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def hub_config(database_url: str) -> Config:
+    raw = {"privacy": {"defaults": {"marketing": True}}, "touchpoints": {"web": {"budget_ms": 5000}}}
+    return Config(database_url=database_url, public_url="http://hub.test", raw=raw)
+
+
+@pytest.fixture
+async def keys(make_key):
+    return {scope: await make_key(scope) for scope in ("admin", "read", "touchpoint:web")}
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def campaign(**changes) -> dict:
+    return {
+        "name": "spring",
+        "segment": "buyers",
+        "offer": {"code": "spring-10", "title": "10% off spring cleaning", "score": 0.8},
+        "touchpoints": ["web"],
+        "starts_at": (NOW - timedelta(days=1)).isoformat(),
+        "ends_at": (NOW + timedelta(days=14)).isoformat(),
+        "control_percent": 30,
+    } | changes
+
+
+def sale(i: int, n: int, at: datetime) -> dict:
+    return {
+        "id": f"sale-{i}-{n}",
+        "type": "order.completed",
+        "occurred_at": at.isoformat(),
+        "identities": {"user_id": f"u{i:02}"},
+        "data": {"revenue": "80"},
+    }
+
+
+async def test_a_campaign_offers_to_its_segment_holds_out_a_control_group_and_reads_lift(
+    hub_client, keys, frozen_clock
+):
+    frozen_clock.now = NOW
+    tp = auth(keys["touchpoint:web"])
+    r = await hub_client.post(
+        "/v1/segments", json={"name": "buyers", "rule": "purchases >= 1"}, headers=auth(keys["admin"])
+    )
+    assert r.status == 201
+    r = await hub_client.post("/v1/campaigns", json=campaign(), headers=auth(keys["admin"]))
+    assert r.status == 201, await r.text()
+
+    customers = 40
+    past = [sale(i, 0, NOW - timedelta(days=20)) for i in range(customers)]
+    assert (await hub_client.post("/v1/touchpoints/web/events", json={"events": past}, headers=tp)).status == 200
+    answers = {}
+    for i in range(customers):
+        body = {
+            "id": f"visit-{i}",
+            "type": "page",
+            "occurred_at": NOW.isoformat(),
+            "identities": {"user_id": f"u{i:02}"},
+        }
+        r = await hub_client.post("/v1/touchpoints/web/requests", json=body, headers=tp)
+        answers[i] = await r.json()
+    # a stranger outside the segment never gets it
+    stranger = {"id": "visit-x", "type": "page", "occurred_at": NOW.isoformat(), "identities": {"user_id": "nobody"}}
+    r = await hub_client.post("/v1/touchpoints/web/requests", json=stranger, headers=tp)
+    assert (await r.json())["delivery"]["offers"] == []
+
+    control = {i for i in answers if in_control("spring", answers[i]["customer_id"], 30)}
+    assert 0 < len(control) < customers
+    for i, answer in answers.items():
+        offered = [o for o in answer["delivery"]["offers"] if o["code"] == "spring-10"]
+        assert (not offered) == (i in control)
+
+    # responses and purchases after the offer: treated ones buy more
+    treated = sorted(set(answers) - control)
+    later = NOW + timedelta(hours=5)
+    responses = []
+    for i in treated[:4]:
+        offer_id = answers[i]["delivery"]["offers"][0]["data"]["offer_id"]
+        responses.append(
+            {
+                "id": f"acc-{i}",
+                "type": "offer.accepted",
+                "occurred_at": later.isoformat(),
+                "identities": {"user_id": f"u{i:02}"},
+                "data": {"offer_id": offer_id},
+            }
+        )
+    buys = [sale(i, 1, later) for i in treated[:6]] + [sale(i, 1, later) for i in sorted(control)[:1]]
+    r = await hub_client.post("/v1/touchpoints/web/events", json={"events": responses + buys}, headers=tp)
+    assert r.status == 200
+
+    body = await (await hub_client.get("/v1/campaigns/spring", headers=auth(keys["read"]))).json()
+    results = body["results"]
+    assert results["treated"] == {
+        "customers": len(treated),
+        "converted": 6,
+        "conversion_rate": round(6 / len(treated), 4),
+        "offers_made": len(treated),
+        "accepted": 4,
+        "declined": 0,
+    }
+    assert results["control"] == {
+        "customers": len(control),
+        "converted": 1,
+        "conversion_rate": round(1 / len(control), 4),
+    }
+    expected_lift = round(round(6 / len(treated), 4) / round(1 / len(control), 4) - 1, 4)
+    assert results["lift"] == expected_lift
+
+
+async def test_a_campaign_outside_its_dates_or_touch_points_offers_nothing(hub_client, keys, frozen_clock):
+    frozen_clock.now = NOW
+    await hub_client.post(
+        "/v1/segments", json={"name": "buyers", "rule": "event_count >= 0"}, headers=auth(keys["admin"])
+    )
+    future = campaign(starts_at=(NOW + timedelta(days=1)).isoformat(), control_percent=0)
+    assert (await hub_client.post("/v1/campaigns", json=future, headers=auth(keys["admin"]))).status == 201
+    body = {"id": "v1", "type": "page", "occurred_at": NOW.isoformat(), "identities": {"user_id": "u1"}}
+    r = await hub_client.post("/v1/touchpoints/web/requests", json=body, headers=auth(keys["touchpoint:web"]))
+    assert (await r.json())["delivery"]["offers"] == []
+    hub_client.app[HUB].planner.forget_campaigns()
+    frozen_clock.advance(days=2)
+    body["id"] = "v2"
+    body["occurred_at"] = frozen_clock.now.isoformat()
+    r = await hub_client.post("/v1/touchpoints/web/requests", json=body, headers=auth(keys["touchpoint:web"]))
+    assert [o["code"] for o in (await r.json())["delivery"]["offers"]] == ["spring-10"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "status", "field"),
+    [
+        ({"segment": "nope"}, 404, None),
+        ({"ends_at": (NOW - timedelta(days=3)).isoformat()}, 422, "ends_at"),
+        ({"control_percent": 95}, 422, "control_percent"),
+        ({"touchpoints": ["fax"]}, 422, "touchpoints"),
+        ({"offer": {"title": "no code"}}, 422, "offer.code"),
+        ({"starts_at": "yesterday"}, 422, "starts_at"),
+    ],
+)
+async def test_invalid_campaigns_are_refused(hub_client, keys, changes, status, field):
+    await hub_client.post(
+        "/v1/segments", json={"name": "buyers", "rule": "purchases >= 1"}, headers=auth(keys["admin"])
+    )
+    r = await hub_client.post("/v1/campaigns", json=campaign(**changes), headers=auth(keys["admin"]))
+    assert r.status == status
+    assert (await r.json())["error"]["field"] == field
+    assert (await hub_client.get("/v1/campaigns/spring", headers=auth(keys["read"]))).status == 404
+
+
+def test_the_control_group_is_stable_and_about_the_size_asked():
+    ids = [f"cus_{i}" for i in range(2000)]
+    held = [c for c in ids if in_control("spring", c, 20)]
+    assert held == [c for c in ids if in_control("spring", c, 20)]
+    assert 0.17 < len(held) / len(ids) < 0.23
+    assert held != [c for c in ids if in_control("autumn", c, 20)]
