@@ -534,7 +534,8 @@ async def run_demo(*, customers: int, seed: int, keep: bool, echo: Callable[[str
                  f"{sum(len(t.times) for t in tallies.values()):,} answers during the day.")  # fmt: skip
         else:
             echo(
-                f"\nMISSED: {len(failed)} scenario step(s) failed or late, {missed} answer(s) late or failed in the day."
+                f"\nMISSED: {len(failed)} scenario step(s) failed or late,"
+                f" {missed} answer(s) late or failed in the day."
             )
     finally:
         await demo.stop()
