@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from attrs import frozen
+from attrs import evolve, frozen
 
 from .model import (
     Delivery,
@@ -24,6 +24,7 @@ from .model import (
     TouchPoint,
     ValueRequest,
 )
+from .privacy.consents import impersonal_view, personalization_allowed
 
 if TYPE_CHECKING:
     from .hub import Hub
@@ -66,6 +67,11 @@ async def deliver_value(hub: Hub, recorded: RecordedEvent, touchpoint: TouchPoin
     # the view's enrichments get half the budget: the rest is for value, offers and partners
     view, degraded = await hub.view_until(recorded.customer_id, started + touchpoint.budget_ms / 2000, limit=10)
     request = ValueRequest(event=recorded, touchpoint=touchpoint, view=view, deadline=deadline)
+    # consent (privacy): without personalization consent, value providers and offers see an
+    # impersonal view, so nothing in the answer is about this customer; partner work the
+    # customer asked for still gets the full request
+    personalized = personalization_allowed(view, touchpoint)
+    advised = request if personalized else evolve(request, view=impersonal_view(view))
 
     tasks: dict[str, asyncio.Task[Any]] = {}
 
@@ -77,14 +83,16 @@ async def deliver_value(hub: Hub, recorded: RecordedEvent, touchpoint: TouchPoin
         tasks[key] = asyncio.ensure_future(work)
 
     for provider in hub.registrations.value_providers:
+        if not personalized and provider.about == "customer":
+            continue  # knowledge about the customer is personalization itself
         try:
-            providing = provider.provide(request)
+            providing = provider.provide(advised)
         except Exception as exc:  # a provider that fails before it even starts is late forever
             log.warning("value provider failed", part=f"value:{provider.name}", error=type(exc).__name__)
             degraded.append(f"value:{provider.name}")
             continue
         start(f"value:{provider.name}", providing)
-    for plugin, proposing in hub.hooks.propose_offers(request):
+    for plugin, proposing in hub.hooks.propose_offers(advised):
         start(f"offers:{plugin}", proposing)
     # a replayed request was answered before: its partner work was asked for then
     planned = [] if recorded.duplicate else hub.hooks.plan_fulfillment(request)
@@ -125,11 +133,12 @@ async def deliver_value(hub: Hub, recorded: RecordedEvent, touchpoint: TouchPoin
             fulfillments.append(result)
     offers.sort(key=lambda o: -o.score)
 
+    shown = advised.view.customer
     summary = {
-        "id": view.customer.id,
-        "kind": view.customer.kind,
-        "tier": view.customer.tier,
-        "name": view.customer.traits.get("first_name") or view.customer.traits.get("name"),
+        "id": shown.id,
+        "kind": shown.kind,
+        "tier": shown.tier,
+        "name": shown.traits.get("first_name") or shown.traits.get("name"),
     }
     delivery = Delivery(
         customer_id=recorded.customer_id,

@@ -32,6 +32,7 @@ from .ids import new_id
 from .ingest import Ingestor
 from .model import Customer, CustomerView, Event, Identity, Merge, RecordedEvent, TouchPoint
 from .plugins import PrmPluginManager, Registrations, collect_registrations, make_plugin_manager
+from .privacy.tombstones import load_tombstone_key
 from .recording import IngestRules
 from .store import Store
 from .store.engine import advisory_locks, customer_lock_key, identity_lock_key
@@ -79,10 +80,13 @@ class Hub:
             if migrate:
                 await store.migrate()
             hooks = Hooks(pm)
+            privacy = config.section("privacy")
+            tombstone_key = await store.read(lambda conn: load_tombstone_key(conn, privacy))
             rules = IngestRules(
                 touchpoints=dict(registrations.touchpoints.items),
                 shared_namespaces=frozenset(ns.name for ns in registrations.namespaces if ns.shared)
                 | _configured_shared(config, registrations),
+                tombstone_key=tombstone_key,
             )
             ingestor = Ingestor(store, rules, hooks.batch_committed)
             ingestor.start()

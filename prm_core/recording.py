@@ -30,6 +30,7 @@ from .dialogue import DialogueState
 from .ids import new_id
 from .merging import event_revenue, merge_customers
 from .model import Customer, Dialogue, Event, Identity, Merge, RecordedEvent, TouchPoint
+from .privacy import record_consents, scrub_tombstoned
 from .store.engine import advisory_locks, customer_lock_key, identity_lock_key
 from .store.tables import customers, dialogues, events, identities, metrics, shared_links, utcnow
 
@@ -44,6 +45,8 @@ class IngestRules:
 
     touchpoints: Mapping[str, TouchPoint]
     shared_namespaces: frozenset[str] = frozenset()
+    # the key of erased identities' tombstones (prm_core.privacy.tombstones); None: not checked
+    tombstone_key: bytes | None = None
 
 
 @define
@@ -136,6 +139,9 @@ class _Batch:
                 fresh.append(i)
         stored = self._load_stored(batch, fresh)
         todo = [i for i in fresh if (batch[i].touchpoint, batch[i].id) not in stored]
+        if self.rules.tombstone_key is not None and todo:
+            # an erased person's old events are acknowledged but never bring them back
+            batch = scrub_tombstoned(self.conn, self.rules.tombstone_key, batch, todo)
         pending = [batch[i] for i in todo]
         self._load_identities(pending)
         self._load_dialogues(pending)
@@ -160,6 +166,7 @@ class _Batch:
                 r = results[i]
                 results[i] = RecordedEvent(ev, self.find(r.customer_id), r.dialogue_id)
                 self.out.recorded.append(results[i])
+        record_consents(self.conn, self.out.recorded)
         self.out.dialogues_opened = [(s.value(), results[i]) for s, i in self.opened]
         self.out.dialogues_closed = [s.value() for s in self.closed]
         return self.out

@@ -24,6 +24,7 @@ from sqlalchemy.engine import Connection
 from .errors import InvalidInput, NotFound
 from .identity import parse_ref
 from .model import Customer, CustomerView, Dialogue, Identity
+from .privacy.consents import load_consents
 from .store.tables import customers, dialogues, events, identities, memberships, metrics, shared_links
 
 __all__ = ["build_view", "decode_cursor", "encode_cursor", "resolve_ref"]
@@ -210,6 +211,7 @@ def build_view(conn: Connection, customer_id: str, *, cursor: str | None = None,
         metrics=totals,
         memberships=groups,
         members=tuple(members),
+        consents=load_consents(conn, customer_id),
     )
 
 

@@ -20,6 +20,8 @@ from ..config import Config
 from ..hub import Hub
 from ..keys import KeyRing
 from ..plugins import collect_registrations, make_plugin_manager
+from ..privacy.http import privacy_routes
+from ..privacy.retention import retention_task
 from .errors import MAX_BODY_BYTES, error_middleware
 from .metrics import HubMetrics
 from .openapi import build_openapi
@@ -74,6 +76,7 @@ def create_app(
     app[HUB_CONFIG] = config
     app[HUB_METRICS] = HubMetrics()
     app.add_routes(core_routes())
+    app.add_routes(privacy_routes())
     owners: dict[str, str] = {}
     mounted = [(tp.name, tp.routes) for tp in registrations.touchpoints]
     mounted += [(f"{a.touchpoint} ({a.name})", a.routes) for a in registrations.adapters]
@@ -103,4 +106,11 @@ def create_app(
             yield
 
     app.cleanup_ctx.append(hub_context)
+
+    async def retention_context(app: web.Application) -> AsyncIterator[None]:
+        # [touchpoints.<tp>] retention_days, purged on a schedule (prm_core.privacy.retention)
+        async with retention_task(app[HUB]):
+            yield
+
+    app.cleanup_ctx.append(retention_context)
     return app
