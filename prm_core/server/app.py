@@ -42,6 +42,8 @@ async def request_context(request: web.Request, handler: Any) -> web.StreamRespo
     started = time.perf_counter()
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
     tp = request.match_info.get("tp")
+    if tp is not None and request.app[HUB].registrations.touchpoints.get(tp) is None:
+        tp = None  # an unknown name is whatever the caller typed (personal data, even): not logged
     with structlog.contextvars.bound_contextvars(request_id=request_id, **({"touchpoint": tp} if tp else {})):
         response = await handler(request)
         elapsed = time.perf_counter() - started
