@@ -302,7 +302,10 @@ class _Batch:
             if not self.shared(ident) and ident in self.owner:
                 candidates.add(self.find(self.owner[ident]))
         known = self._known_dialogue(ev)
-        if known is not None and (self._internal(ev) or _live(known, ev) or not ev.identities):
+        # an unverified event (public key, tracker) with identities of its own never follows a
+        # dialogue key to someone else: anyone can send someone's session id (privacy, issue 13)
+        trusted = ev.verified or not ev.identities
+        if known is not None and trusted and (self._internal(ev) or _live(known, ev) or not ev.identities):
             candidates.add(self.find(known.customer_id))
         if not candidates:
             shared = [i for i in ev.identities if self.shared(i)]

@@ -63,7 +63,10 @@ def as_claims(request: web.Request, events: Sequence[Event], *, verified: bool |
     """Under a public key (code in browsers, where anyone can read the key), an identity
     other than the browser's own anonymous id is only a claim: it is kept in the event's
     ``data.claimed_identities`` and does not link the visitor to that customer, so nobody
-    can reach someone else's profile by typing their email into a form."""
+    can reach someone else's profile by typing their email into a form. The events are
+    marked unverified, so their dialogue key does not reach another customer either; a
+    verified source (a secret key naming the same device id and the email, the customer
+    logging in) links them, by the ordinary merge."""
     if verified is None:
         key = request.get(API_KEY)
         verified = key is None or not key.public
@@ -73,8 +76,8 @@ def as_claims(request: web.Request, events: Sequence[Event], *, verified: bool |
     for ev in events:
         claimed = {i.namespace: i.value for i in ev.identities if i.namespace not in VERIFIABLE_FROM_BROWSERS}
         if not claimed:
-            result.append(ev)
+            result.append(evolve(ev, verified=False))
             continue
         kept = tuple(i for i in ev.identities if i.namespace in VERIFIABLE_FROM_BROWSERS)
-        result.append(evolve(ev, identities=kept, data={**ev.data, "claimed_identities": claimed}))
+        result.append(evolve(ev, identities=kept, data={**ev.data, "claimed_identities": claimed}, verified=False))
     return result

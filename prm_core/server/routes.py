@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from attrs import evolve
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..errors import InvalidInput
@@ -141,6 +142,10 @@ async def post_request(request: web.Request) -> web.Response:
     if isinstance(body, dict) and "events" in body:
         raise InvalidInput("a request is one Event, not a batch", "events")
     (event,) = as_claims(request, hub.parse_events(body, tp))
+    if not event.verified and not event.identities and event.dialogue:
+        # an answer is read by whoever asked: an unverified caller naming nobody gets a
+        # stranger's answer, not that of whoever owns the dialogue key it sent
+        event = evolve(event, dialogue=None)
     answer = await hub.request(event)
     metrics = request.app[HUB_METRICS]
     (metrics.duplicates if answer.recorded.duplicate else metrics.events).labels(tp).inc()
