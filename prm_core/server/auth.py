@@ -50,6 +50,8 @@ async def authenticate(request: web.Request, key: str | None = None) -> ApiKey:
 async def require(request: web.Request, scope: str, *, key: str | None = None) -> ApiKey:
     """Authenticate and check the key grants ``scope`` (403 naming the scope needed)."""
     record = await authenticate(request, key)
+    if record.public and not scope.startswith("touchpoint:"):
+        raise ApiError(403, "forbidden", f"a public key only sends events; {scope!r} needs a secret key")
     if not allows(record.scope, scope):
         raise ApiError(403, "forbidden", f"this key's scope {record.scope!r} does not grant {scope!r}")
     return record
