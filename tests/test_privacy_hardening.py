@@ -139,3 +139,40 @@ async def test_ordinary_nesting_is_fine(hub_client, make_key):
     assert (
         await hub_client.post("/v1/touchpoints/web/events", json={"events": [ev]}, headers=bearer(web))
     ).status == 200
+
+
+class TestRateLimits:
+    """Per-key limits: 429 with Retry-After, one key's flood does not stop another key."""
+
+    @pytest.fixture
+    def hub_config(self, database_url: str) -> Config:
+        return Config(database_url=database_url, raw={"server": {"rate_limit": "5/minute"}})
+
+    async def test_a_key_over_its_limit_gets_429_with_retry_after(self, hub_client, make_key):
+        flood, other = await make_key("read"), await make_key("read")
+        statuses = []
+        for _ in range(7):
+            resp = await hub_client.get("/v1/touchpoints", headers=bearer(flood))
+            statuses.append(resp.status)
+        assert statuses == [200] * 5 + [429] * 2
+        body = await resp.json()
+        assert body["error"]["code"] == "rate_limited"
+        assert 1 <= int(resp.headers["Retry-After"]) <= 60
+        assert (await hub_client.get("/v1/touchpoints", headers=bearer(other))).status == 200
+        # what needs no key is not counted against anyone
+        assert (await hub_client.get("/healthz")).status == 200
+
+    @pytest.mark.parametrize("limit", ["fast", "10/fortnight"])
+    def test_a_bad_limit_is_a_config_error(self, limit):
+        from prm_core.errors import ConfigError
+        from prm_core.server.app import create_app
+
+        with pytest.raises(ConfigError, match=r"\[server\].rate_limit"):
+            create_app(Config(raw={"server": {"rate_limit": limit}}))
+
+    def test_off_turns_it_off(self):
+        from prm_core.server.app import create_app
+        from prm_core.server.ratelimit import RATE_LIMITS
+
+        assert RATE_LIMITS not in create_app(Config(raw={"server": {"rate_limit": "off"}}))
+        assert RATE_LIMITS in create_app(Config())

@@ -25,6 +25,7 @@ from ..privacy.retention import retention_task
 from .errors import MAX_BODY_BYTES, error_middleware
 from .metrics import HubMetrics
 from .openapi import build_openapi
+from .ratelimit import RATE_LIMITS, KeyRateLimits
 from .routes import api, core_routes
 from .state import HUB, HUB_CONFIG, HUB_KEYS, HUB_METRICS
 
@@ -77,6 +78,9 @@ def create_app(
     )
     app[HUB_CONFIG] = config
     app[HUB_METRICS] = HubMetrics()
+    limits = KeyRateLimits.from_config(config)
+    if limits is not None:
+        app[RATE_LIMITS] = limits
     app.add_routes(core_routes())
     app.add_routes(privacy_routes())
     owners: dict[str, str] = {}

@@ -12,6 +12,7 @@ from attrs import evolve
 from ..keys import ApiKey, allows
 from ..model import Event
 from .errors import ApiError
+from .ratelimit import RATE_LIMITS
 from .state import API_KEY, HUB_KEYS
 
 __all__ = ["VERIFIABLE_FROM_BROWSERS", "as_claims", "authenticate", "presented_key", "require"]
@@ -43,6 +44,11 @@ async def authenticate(request: web.Request, key: str | None = None) -> ApiKey:
     record = await request.app[HUB_KEYS].verify(key)
     if record is None:
         raise ApiError(401, "unauthorized", "the API key is not valid or was revoked")
+    limits = request.app.get(RATE_LIMITS)
+    if limits is not None and (wait := limits.retry_after(record.id)) is not None:
+        raise ApiError(
+            429, "rate_limited", f"this key is over its rate limit; retry in {wait} s", **{"Retry-After": str(wait)}
+        )
     request[API_KEY] = record
     return record
 
