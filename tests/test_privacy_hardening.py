@@ -142,11 +142,12 @@ async def test_ordinary_nesting_is_fine(hub_client, make_key):
 
 
 class TestRateLimits:
-    """Per-key limits: 429 with Retry-After, one key's flood does not stop another key."""
+    """Per-key limits: 429 with Retry-After; one key's flood does not stop another key."""
 
     @pytest.fixture
     def hub_config(self, database_url: str) -> Config:
-        return Config(database_url=database_url, raw={"server": {"rate_limit": "5/minute"}})
+        raw = {"server": {"rate_limit": "5/minute", "rate_limit_public": "3/minute"}}
+        return Config(database_url=database_url, raw=raw)
 
     async def test_a_key_over_its_limit_gets_429_with_retry_after(self, hub_client, make_key):
         flood, other = await make_key("read"), await make_key("read")
@@ -162,17 +163,30 @@ class TestRateLimits:
         # what needs no key is not counted against anyone
         assert (await hub_client.get("/healthz")).status == 200
 
-    @pytest.mark.parametrize("limit", ["fast", "10/fortnight"])
-    def test_a_bad_limit_is_a_config_error(self, limit):
+    async def test_a_public_key_is_limited_per_client(self, hub_client, make_key):
+        public = await make_key("touchpoint:web", public=True)
+        ev = {"id": "p", "type": "page", "occurred_at": "2026-11-23T08:00:00Z", "identities": {"anonymous_id": "d"}}
+        statuses = []
+        for n in range(4):
+            body = {**ev, "id": f"p{n}"}
+            resp = await hub_client.post("/v1/touchpoints/web/events", json=body, headers=bearer(public))
+            statuses.append(resp.status)
+        assert statuses == [200, 200, 200, 429]
+        assert "Retry-After" in resp.headers
+
+    @pytest.mark.parametrize(("name", "limit"), [("rate_limit", "fast"), ("rate_limit_public", "10/fortnight")])
+    def test_a_bad_limit_is_a_config_error(self, name, limit):
         from prm_core.errors import ConfigError
         from prm_core.server.app import create_app
 
-        with pytest.raises(ConfigError, match=r"\[server\].rate_limit"):
-            create_app(Config(raw={"server": {"rate_limit": limit}}))
+        with pytest.raises(ConfigError, match=rf"\[server\].{name}"):
+            create_app(Config(raw={"server": {name: limit}}))
 
-    def test_off_turns_it_off(self):
+    def test_defaults_limit_public_keys_only_and_off_turns_it_off(self):
         from prm_core.server.app import create_app
         from prm_core.server.ratelimit import RATE_LIMITS
 
-        assert RATE_LIMITS not in create_app(Config(raw={"server": {"rate_limit": "off"}}))
-        assert RATE_LIMITS in create_app(Config())
+        off = {"server": {"rate_limit": "off", "rate_limit_public": "off"}}
+        assert RATE_LIMITS not in create_app(Config(raw=off))
+        limits = create_app(Config())[RATE_LIMITS]
+        assert limits.secret == [] and limits.public

@@ -45,7 +45,13 @@ async def authenticate(request: web.Request, key: str | None = None) -> ApiKey:
     if record is None:
         raise ApiError(401, "unauthorized", "the API key is not valid or was revoked")
     limits = request.app.get(RATE_LIMITS)
-    if limits is not None and (wait := limits.retry_after(record.id)) is not None:
+    # a handler may authenticate more than once (then check the scope): count the request once
+    counted = request.get(API_KEY) is not None and request[API_KEY].id == record.id
+    if limits is not None and not counted:
+        wait = limits.retry_after(record.id, public=record.public, client=request.remote)
+    else:
+        wait = None
+    if wait is not None:
         raise ApiError(
             429, "rate_limited", f"this key is over its rate limit; retry in {wait} s", **{"Retry-After": str(wait)}
         )
