@@ -80,6 +80,7 @@ async def dump(client: Any) -> str:
 @pytest.fixture
 async def ann(hub_client, make_key, purger) -> dict[str, Any]:
     web, admin, read = await make_key("touchpoint:web"), await make_key("admin"), await make_key("read")
+    public = await make_key("touchpoint:web", public=True)
     posts = [
         event("e1", 1, {"anonymous_id": "anon-quince-7"}, path="/shoes"),
         event("e2", 2, {"email": EMAIL}, address=STREET),
@@ -98,7 +99,7 @@ async def ann(hub_client, make_key, purger) -> dict[str, Any]:
     before = await dump(hub_client)
     assert all(p in before for p in PERSONAL)
     return {"id": view["id"], "merged_id": merges["merges"][0]["merged_id"], "web": web, "admin": admin, "read": read,
-            "group": group["id"]}  # fmt: skip
+            "group": group["id"], "public": public}  # fmt: skip
 
 
 async def test_erasure_removes_every_trace_of_personal_data(hub_client, ann, purger):
@@ -146,6 +147,15 @@ async def test_replayed_events_do_not_bring_the_person_back(hub_client, ann):
     assert resp.status == 200 and (await resp.json())["accepted"] == 2
     for ref in (f"email:{EMAIL}", f"phone:{PHONE}", "anonymous_id:anon-quince-7"):
         assert (await hub_client.get(f"/v1/customers/{ref}", headers=bearer(ann["read"]))).status == 404
+    after = await dump(hub_client)
+    for personal in PERSONAL:
+        assert personal not in after
+    # a browser claiming the erased email (a public key): recorded for the device, without the claim
+    claim = event("claim-1", 8, {"anonymous_id": "dev-other", "email": EMAIL}, street=STREET)
+    resp = await hub_client.post("/v1/touchpoints/web/events", json=claim, headers=bearer(ann["public"]))
+    assert resp.status == 200
+    device = await (await hub_client.get("/v1/customers/anonymous_id:dev-other", headers=bearer(ann["read"]))).json()
+    assert device["timeline"][0]["data"] == {"erased": True}
     after = await dump(hub_client)
     for personal in PERSONAL:
         assert personal not in after

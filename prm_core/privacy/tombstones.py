@@ -5,8 +5,9 @@ key is the hub's own (``[privacy] tombstone_secret`` in the config, else a rando
 migration stored in the database), so a tombstone cannot be reversed by hashing guessed
 emails or phone numbers without it.
 
-Recording checks every event's identities against the tombstones (one indexed query per
-batch). An event naming an erased identity is still acknowledged, so a replay does not
+Recording checks every event's identities, and the identities an unverified source only
+claimed, against the tombstones (one indexed query per batch). An event naming an erased
+identity is still acknowledged, so a replay does not
 retry forever, but it is stored scrubbed: without that identity and without its ``data``,
 which was the erased person's. A tombstoned identity is never linked or created again.
 """
@@ -58,17 +59,26 @@ def tombstoned(conn: Connection, key: bytes, idents: Iterable[Identity]) -> set[
     return found
 
 
+def _claims(ev: Event) -> set[Identity]:
+    """What an unverified source claimed (``data.claimed_identities``, already normalized)."""
+    claimed = ev.data.get("claimed_identities")
+    if not isinstance(claimed, Mapping):
+        return set()
+    return {Identity(str(ns), v) for ns, v in claimed.items() if isinstance(v, str)}
+
+
 def scrub_tombstoned(conn: Connection, key: bytes, batch: Sequence[Event], todo: Iterable[int]) -> list[Event]:
     """``batch`` with the events at ``todo`` (those about to be recorded) scrubbed where they
-    name an erased identity: that identity and the event's data are dropped."""
+    name an erased identity, as an identity or as a claim: that identity and the event's
+    data are dropped."""
     result = list(batch)
     todo = list(todo)
-    erased = tombstoned(conn, key, {i for n in todo for i in batch[n].identities})
+    erased = tombstoned(conn, key, {i for n in todo for i in (*batch[n].identities, *_claims(batch[n]))})
     if not erased:
         return result
     for n in todo:
         ev = batch[n]
-        if any(i in erased for i in ev.identities):
+        if any(i in erased for i in (*ev.identities, *_claims(ev))):
             kept = tuple(i for i in ev.identities if i not in erased)
             result[n] = evolve(ev, identities=kept, data=dict(SCRUBBED))
     return result
