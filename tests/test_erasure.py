@@ -81,6 +81,10 @@ async def dump(client: Any) -> str:
 async def ann(hub_client, make_key, purger) -> dict[str, Any]:
     web, admin, read = await make_key("touchpoint:web"), await make_key("admin"), await make_key("read")
     public = await make_key("touchpoint:web", public=True)
+    # on another device, never logged in: the email typed into a form, only a claim
+    typed = event("t1", 0, {"anonymous_id": "dev-other-7", "email": EMAIL}, street=STREET)
+    resp = await hub_client.post("/v1/touchpoints/web/events", json=typed, headers=bearer(public))
+    assert resp.status == 200
     posts = [
         event("e1", 1, {"anonymous_id": "anon-quince-7"}, path="/shoes"),
         event("e2", 2, {"email": EMAIL}, address=STREET),
@@ -108,7 +112,7 @@ async def test_erasure_removes_every_trace_of_personal_data(hub_client, ann, pur
     body = await resp.json()
     assert body["customer_id"] == ann["id"]
     assert set(body["erased_ids"]) == {ann["id"], ann["merged_id"]}
-    assert body["identities"] == 3 and body["events"] == 4 and body["incomplete"] == []
+    assert body["identities"] == 3 and body["events"] == 4 and body["claims"] == 1 and body["incomplete"] == []
 
     after = await dump(hub_client)
     for personal in PERSONAL:
@@ -151,10 +155,10 @@ async def test_replayed_events_do_not_bring_the_person_back(hub_client, ann):
     for personal in PERSONAL:
         assert personal not in after
     # a browser claiming the erased email (a public key): recorded for the device, without the claim
-    claim = event("claim-1", 8, {"anonymous_id": "dev-other", "email": EMAIL}, street=STREET)
+    claim = event("claim-1", 8, {"anonymous_id": "dev-other-8", "email": EMAIL}, street=STREET)
     resp = await hub_client.post("/v1/touchpoints/web/events", json=claim, headers=bearer(ann["public"]))
     assert resp.status == 200
-    device = await (await hub_client.get("/v1/customers/anonymous_id:dev-other", headers=bearer(ann["read"]))).json()
+    device = await (await hub_client.get("/v1/customers/anonymous_id:dev-other-8", headers=bearer(ann["read"]))).json()
     assert device["timeline"][0]["data"] == {"erased": True}
     after = await dump(hub_client)
     for personal in PERSONAL:

@@ -8,6 +8,8 @@ In one transaction, for the customer and every customer merged into it:
 - the profile keeps its id and kind only (traits and tier gone); memberships and consents go;
 - every event of the customer keeps what aggregates need (touch point, type, time, dialogue)
   and loses its payload (``data``) and identities; the metrics row stays, now anonymous;
+- other customers' events in which a public key or tracker only *claimed* one of its
+  identities lose their payload too;
 - merge audit records lose the identities they list;
 - an ``erasures`` row records which ids were erased, when, and by which key.
 
@@ -24,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 import structlog
-from attrs import frozen
+from attrs import evolve, frozen
 from sqlalchemy.engine import Connection
 
 from ..store.engine import advisory_locks, customer_lock_key
@@ -59,6 +61,7 @@ class Erasure:
     erased_ids: tuple[str, ...]
     identities: int
     events: int
+    claims: int = 0
     incomplete: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
@@ -67,6 +70,7 @@ class Erasure:
             "erased_ids": list(self.erased_ids),
             "identities": self.identities,
             "events": self.events,
+            "claims": self.claims,
             "incomplete": list(self.incomplete),
         }
 
@@ -104,11 +108,15 @@ def erase_in_transaction(
     conn.execute(shared_links.delete().where(shared_links.c.customer_id.in_(owners)))
 
     e = events.c
-    scrubbed = conn.execute(
-        events.update()
-        .where(sa.or_(e.customer_id.in_(owners), e.ingest_customer_id.in_(owners)))
-        .values(data=dict(SCRUBBED), identities=[])
-    ).rowcount
+    scrubbed = (
+        conn.execute(
+            events.update()
+            .where(sa.or_(e.customer_id.in_(owners), e.ingest_customer_id.in_(owners)))
+            .values(data=dict(SCRUBBED), identities=[])
+        ).rowcount
+        or 0
+    )
+    claims = _scrub_claims(conn, [(r.namespace, r.value) for r in own])
     blank: dict[str, Any] = {"traits": {}, "tier": None, "tier_source": None, "updated_at": now}
     conn.execute(customers.update().where(customers.c.id.in_(owners)).values(**blank))
     m = memberships.c
@@ -128,7 +136,24 @@ def erase_in_transaction(
         conn.execute(erasures.insert().values(customer_id=cid, **values))
     else:
         conn.execute(erasures.update().where(erasures.c.customer_id == cid).values(**values))
-    return Erasure(customer_id=cid, erased_ids=tuple(owners), identities=len(owned), events=int(scrubbed or 0))
+    return Erasure(
+        customer_id=cid, erased_ids=tuple(owners), identities=len(owned), events=int(scrubbed), claims=claims
+    )
+
+
+def _scrub_claims(conn: Connection, erased: list[tuple[str, str]]) -> int:
+    """Scrub other customers' events in which an unverified source claimed an erased identity
+    (``data.claimed_identities``): the person typing their email on a device they never
+    logged in from. One statement per namespace; the database scans the log's payloads for
+    it, which an erasure (rare, admin-paced) can afford."""
+    by_namespace: dict[str, list[str]] = {}
+    for namespace, value in erased:
+        by_namespace.setdefault(namespace, []).append(value)
+    count = 0
+    for namespace, values in sorted(by_namespace.items()):
+        claimed = events.c.data[("claimed_identities", namespace)].as_string()
+        count += conn.execute(events.update().where(claimed.in_(values)).values(data=dict(SCRUBBED))).rowcount or 0
+    return count
 
 
 async def erase_customer(hub: Hub, ref: str, *, erased_by: str | None = None) -> Erasure:
@@ -153,9 +178,7 @@ async def erase_customer(hub: Hub, ref: str, *, erased_by: str | None = None) ->
                 log.error("hook failed", hook="prm_customer_erased", plugin=plugin, error=type(result).__name__)
                 incomplete.append(plugin)
     log.info("customer erased", customer_id=erasure.customer_id, ids=len(erasure.erased_ids), events=erasure.events)
-    return Erasure(
-        erasure.customer_id, erasure.erased_ids, erasure.identities, erasure.events, tuple(sorted(incomplete))
-    )
+    return evolve(erasure, incomplete=tuple(sorted(incomplete)))
 
 
 def erased_ids(conn: Connection, customer_id: str) -> Sequence[str] | None:
