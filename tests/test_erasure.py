@@ -3,6 +3,7 @@ anonymous, and leaves tombstones so that replayed events never bring the person 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from typing import Any
@@ -193,3 +194,28 @@ async def test_erasure_needs_the_admin_scope(hub_client, ann):
     assert (await hub_client.get(url, headers=bearer(ann["read"]))).status == 200
     missing = await hub_client.delete("/v1/customers/email:nobody@example.com", headers=bearer(ann["admin"]))
     assert missing.status == 404
+
+
+async def test_erasure_racing_ingest_never_leaves_the_identity_behind(hub):
+    """Batches naming the person keep arriving while the erasure runs (on PostgreSQL, on other
+    connections): whatever order they commit in, the identity and its data end up gone."""
+    from prm_core.privacy.erasure import erase_customer
+
+    def batch(n: int) -> list[Any]:
+        body = {"events": [event(f"race-{n}-{k}", k % 60, {"email": EMAIL, "anonymous_id": f"dev-{n}"},
+                                 street=STREET) for k in range(5)]}  # fmt: skip
+        return hub.parse_events(body, "web")
+
+    await hub.record(batch(0))
+    writers = [asyncio.ensure_future(hub.record(batch(n))) for n in range(1, 30)]
+    await asyncio.sleep(0)
+    await erase_customer(hub, f"email:{EMAIL}")
+    await asyncio.gather(*writers)
+
+    def leftovers(conn: Any) -> list[Any]:
+        rows = conn.execute(sa.select(sa.text("namespace, value")).select_from(sa.text("identities"))).all()
+        datas = conn.execute(sa.select(sa.text("data")).select_from(sa.text("events"))).all()
+        return [r for r in rows if r.value == EMAIL] + [d for d in datas if STREET in str(d)]
+
+    # events that committed after the erasure met the tombstone; those before were scrubbed by it
+    assert await hub.store.read(leftovers) == []

@@ -29,7 +29,7 @@ import structlog
 from attrs import evolve, frozen
 from sqlalchemy.engine import Connection
 
-from ..store.engine import advisory_locks, customer_lock_key
+from ..store.engine import advisory_locks, customer_lock_key, identity_lock_key
 from ..store.tables import (
     consents,
     customers,
@@ -85,10 +85,33 @@ def lock_customer(conn: Connection, customer_id: str) -> str:
         customer_id = row.merged_into
 
 
+def _lock_identities(conn: Connection, customer_id: str) -> None:
+    """PostgreSQL: hold the identity locks ingest takes first, for every identity about to be
+    erased, so a batch naming one waits for the erasure and then meets its tombstone (else it
+    could have read the identity before the erasure and write it back after)."""
+    if conn.dialect.name != "postgresql":
+        return
+    held: set[str] = set()
+    while True:
+        row = conn.execute(sa.select(customers.c.merged_into).where(customers.c.id == customer_id)).one()
+        cid = row.merged_into or customer_id
+        owners = sa.select(customers.c.id).where(sa.or_(customers.c.id == cid, customers.c.merged_into == cid))
+        c = identities.c
+        keys = {
+            identity_lock_key(r.namespace, r.value)
+            for r in conn.execute(sa.select(c.namespace, c.value).where(c.customer_id.in_(owners)))
+        }
+        if keys <= held:
+            return
+        advisory_locks(conn, keys - held)
+        held |= keys
+
+
 def erase_in_transaction(
     conn: Connection, customer_id: str, *, key: bytes, now: datetime, erased_by: str | None = None
 ) -> Erasure:
     """Erase ``customer_id`` (resolved) inside the caller's write transaction."""
+    _lock_identities(conn, customer_id)
     cid = lock_customer(conn, customer_id)
     merged = sorted(r.id for r in conn.execute(sa.select(customers.c.id).where(customers.c.merged_into == cid)))
     owners = [cid, *merged]
