@@ -219,3 +219,20 @@ async def test_erasure_racing_ingest_never_leaves_the_identity_behind(hub):
 
     # events that committed after the erasure met the tombstone; those before were scrubbed by it
     assert await hub.store.read(leftovers) == []
+
+
+async def test_a_lifted_tombstone_lets_the_identity_be_recorded_again(hub_client, ann):
+    assert (await hub_client.delete(f"/v1/customers/email:{EMAIL}", headers=bearer(ann["admin"]))).status == 200
+    url = f"/v1/tombstones/email:{EMAIL.upper()}"  # normalized like any ref
+    assert (await hub_client.delete(url, headers=bearer(ann["read"]))).status == 403
+    assert (await hub_client.delete(url, headers=bearer(ann["admin"]))).status == 200
+    assert (await hub_client.delete(url, headers=bearer(ann["admin"]))).status == 404
+    back = event("back-1", 30, {"email": EMAIL})
+    assert (await hub_client.post("/v1/touchpoints/web/events", json=back, headers=bearer(ann["web"]))).status == 200
+    view = await (await hub_client.get(f"/v1/customers/email:{EMAIL}", headers=bearer(ann["read"]))).json()
+    assert view["id"] != ann["id"]  # a new customer: the erased history stays erased
+    # the phone was not lifted
+    again = event("back-2", 31, {"phone": PHONE})
+    assert (await hub_client.post("/v1/touchpoints/web/events", json=again, headers=bearer(ann["web"]))).status == 200
+    assert (await hub_client.get(f"/v1/customers/phone:{PHONE}", headers=bearer(ann["read"]))).status == 404
+    assert (await hub_client.delete("/v1/tombstones/nonsense", headers=bearer(ann["admin"]))).status == 422

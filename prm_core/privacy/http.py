@@ -5,6 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 from sqlalchemy.engine import Connection
 
+from ..errors import InvalidInput, NotFound
+from ..identity import parse_ref
 from ..server.auth import require
 from ..server.routes import AUTH_ERRORS, api, read_json
 from ..server.state import HUB
@@ -13,6 +15,7 @@ from ..view import resolve_ref
 from .consents import load_consents, parse_consent_changes, write_consents
 from .erasure import erase_customer, lock_customer
 from .export import export_chunks
+from .tombstones import lift_tombstone
 
 __all__ = ["privacy_routes"]
 
@@ -102,6 +105,26 @@ async def get_export(request: web.Request) -> web.StreamResponse:
         await response.write(chunk)
     await response.write_eof()
     return response
+
+
+@routes.delete("/v1/tombstones/{ref}")
+@api(
+    "Lift the tombstone of an erased identity (namespace:value), so it may be recorded again",
+    scope="admin",
+    responses={200: '{"lifted": true}', 404: "No tombstone for that identity", 422: "Bad ref", **AUTH_ERRORS},
+)
+async def delete_tombstone(request: web.Request) -> web.Response:
+    await require(request, "admin")
+    hub = request.app[HUB]
+    ref = request.match_info["ref"]
+    if ":" not in ref:
+        raise InvalidInput("ref must be namespace:value", "ref")
+    ident = parse_ref(ref, hub.registrations.namespaces.items, hub.config.default_region)
+    key = hub.ingestor.rules.tombstone_key or b""
+    found = await hub.store.write(lambda conn: lift_tombstone(conn, key, ident))
+    if not found:
+        raise NotFound("no tombstone for that identity")
+    return web.json_response({"lifted": True})
 
 
 def privacy_routes() -> web.RouteTableDef:

@@ -26,7 +26,7 @@ from sqlalchemy.engine import Connection
 from ..model import Event, Identity
 from ..store.tables import privacy_keys, tombstones
 
-__all__ = ["SCRUBBED", "digest", "load_tombstone_key", "scrub_tombstoned", "tombstoned"]
+__all__ = ["SCRUBBED", "digest", "lift_tombstone", "load_tombstone_key", "scrub_tombstoned", "tombstoned"]
 
 # what a scrubbed event's data says instead of what it carried
 SCRUBBED: Mapping[str, Any] = {"erased": True}
@@ -82,3 +82,10 @@ def scrub_tombstoned(conn: Connection, key: bytes, batch: Sequence[Event], todo:
             kept = tuple(i for i in ev.identities if i not in erased)
             result[n] = evolve(ev, identities=kept, data=dict(SCRUBBED))
     return result
+
+
+def lift_tombstone(conn: Connection, key: bytes, ident: Identity) -> bool:
+    """Forget the tombstone of ``ident`` (the person came back and asked to be known again);
+    whether there was one."""
+    gone = conn.execute(tombstones.delete().where(tombstones.c.digest == digest(key, ident.namespace, ident.value)))
+    return bool(gone.rowcount)
