@@ -10,10 +10,11 @@ import logging
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from prm_core import hookimpl
 from prm_core.config import Config
-from prm_core.model import ValueProvider
+from prm_core.model import TouchPoint, ValueProvider
 
 EMAIL, PHONE = "zelda.quartermaine@example.com", "+1 415 555 0199"
 NAME, LAST, STREET = "Zelda", "Quartermaine", "42 Wallaby Way"
@@ -29,6 +30,16 @@ class Clumsy:
     """A plugin that fails with personal data in its exception messages, as real code does."""
 
     __name__ = "clumsy"
+
+    @hookimpl
+    def prm_touchpoints(self, config):
+        routes = web.RouteTableDef()
+
+        @routes.get("/v1/clumsy/{ref}")
+        async def crash(request):
+            raise RuntimeError(f"no record of {request.match_info['ref']}")
+
+        yield TouchPoint(name="clumsy", channel="other", budget_ms=100, routes=routes)
 
     @hookimpl
     def prm_event_recorded(self, recorded):
@@ -153,6 +164,8 @@ async def test_no_personal_data_in_logs_or_error_responses(hub_client, make_key,
         resp = await send(method, path, headers=headers, names_a_field=names_a_field, **kw)
         # a vendor adapter may take what the core refuses (Segment coerces ids): never a 5xx
         assert resp.status < 500, f"{method} {path} {kw}: {resp.status}"
+    # a plugin's route crashing on a path that names someone: a 500, logged without the path
+    await send("GET", f"/v1/clumsy/{LAST}-{STREET.replace(' ', '-')}", 500)
     # credentials that are personal data themselves
     await send("GET", f"/v1/customers/email:{EMAIL}", 401, headers={"Authorization": f"Bearer {EMAIL}"})
     await send("GET", f"/v1/customers/email:{EMAIL}", 401, headers=basic(EMAIL))
@@ -160,6 +173,7 @@ async def test_no_personal_data_in_logs_or_error_responses(hub_client, make_key,
     logged = log_capture.text + "\n" + "\n".join(r.getMessage() + repr(r.__dict__) for r in caplog.records)
     assert '"route"' in log_capture.text, "the access log did not run"
     assert "hook failed" in log_capture.text, "the clumsy plugin's failures were not logged"
+    assert "unhandled error" in log_capture.text, "the crash was not logged"
     leaks = sorted({s for s in SECRETS if s.lower() in logged.lower()})
     lines = [line for line in logged.splitlines() if any(s.lower() in line.lower() for s in SECRETS)]
     assert not leaks, f"personal data in the logs: {leaks}\n" + "\n".join(lines)[:3000]
