@@ -83,3 +83,19 @@ def test_a_bad_policy_is_a_config_error(days):
     config = Config(raw={"touchpoints": {"web": {"retention_days": days}}})
     with pytest.raises(ConfigError, match=r"\[touchpoints.web\].retention_days"):
         retention_days(config, ["web"])
+
+
+def test_the_documented_privacy_config_is_valid(tmp_path):
+    import re
+    from pathlib import Path
+
+    from prm_core.config import load_config
+    from prm_core.server.app import create_app
+    from prm_core.server.ratelimit import RATE_LIMITS
+
+    doc = (Path(__file__).parent.parent / "docs" / "cli.md").read_text()
+    (tmp_path / "prm.toml").write_text(re.search(r"```toml\n(.*?)```", doc, flags=re.S).group(1))
+    config = load_config(tmp_path / "prm.toml")
+    assert retention_days(config, ["web", "pos"]) == {"web": 400}
+    app = create_app(config)
+    assert app[RATE_LIMITS].secret == [] and app[RATE_LIMITS].public
