@@ -90,6 +90,7 @@ async def ann(hub_client, make_key, purger) -> dict[str, Any]:
         event("e1", 1, {"anonymous_id": "anon-quince-7"}, path="/shoes"),
         event("e2", 2, {"email": EMAIL}, address=STREET),
         event("e3", 3, {"email": EMAIL, "anonymous_id": "anon-quince-7", "phone": PHONE}, note=f"hi {NAME}"),
+        {**event("k1", 3, {"email": EMAIL}), "dialogue": f"call-from-{PHONE}"},
         {**event("c1", 4, {"email": EMAIL}, purpose="marketing"), "type": "consent.granted"},
     ]
     resp = await hub_client.post("/v1/touchpoints/web/events", json={"events": posts}, headers=bearer(web))
@@ -113,7 +114,7 @@ async def test_erasure_removes_every_trace_of_personal_data(hub_client, ann, pur
     body = await resp.json()
     assert body["customer_id"] == ann["id"]
     assert set(body["erased_ids"]) == {ann["id"], ann["merged_id"]}
-    assert body["identities"] == 3 and body["events"] == 4 and body["claims"] == 1 and body["incomplete"] == []
+    assert body["identities"] == 3 and body["events"] == 5 and body["claims"] == 1 and body["incomplete"] == []
 
     after = await dump(hub_client)
     for personal in PERSONAL:
@@ -127,7 +128,7 @@ async def test_erasure_removes_every_trace_of_personal_data(hub_client, ann, pur
     assert shell["traits"] == {} and shell["tier"] is None and shell["identities"] == []
     assert shell["consents"] == [] and shell["memberships"] == []
     # aggregates stay, anonymous: the metrics row and the bare events (touch point, type, time)
-    assert shell["metrics"]["event_count"] == 4
+    assert shell["metrics"]["event_count"] == 5
     assert {t["type"] for t in shell["timeline"]} == {"page", "consent.granted"}
     assert all(t["data"] == {"erased": True} for t in shell["timeline"])
     group = await (await hub_client.get(f"/v1/customers/{ann['group']}", headers=bearer(ann["read"]))).json()

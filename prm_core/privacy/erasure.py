@@ -6,6 +6,7 @@ In one transaction, for the customer and every customer merged into it:
   replayed later are acknowledged but never link or create it again; a shared value (a
   household phone) is not the customer's alone: it loses its owner and its link to them;
 - the profile keeps its id and kind only (traits and tier gone); memberships and consents go;
+  its dialogues keep their own id as their key, not the touch point's (which may be anything);
 - every event of the customer keeps what aggregates need (touch point, type, time, dialogue)
   and loses its payload (``data``) and identities; the metrics row stays, now anonymous;
 - other customers' events in which a public key or tracker only *claimed* one of its
@@ -33,6 +34,7 @@ from ..store.engine import advisory_locks, customer_lock_key, identity_lock_key
 from ..store.tables import (
     consents,
     customers,
+    dialogues,
     erasures,
     events,
     identities,
@@ -140,6 +142,9 @@ def erase_in_transaction(
         or 0
     )
     claims = _scrub_claims(conn, [(r.namespace, r.value) for r in own])
+    # a touch point's dialogue key may be anything it chose (a phone number as a call id):
+    # the dialogue keeps its own id as its key
+    conn.execute(dialogues.update().where(dialogues.c.customer_id.in_(owners)).values(ref=dialogues.c.id))
     blank: dict[str, Any] = {"traits": {}, "tier": None, "tier_source": None, "updated_at": now}
     conn.execute(customers.update().where(customers.c.id.in_(owners)).values(**blank))
     m = memberships.c
