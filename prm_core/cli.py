@@ -428,5 +428,32 @@ def import_(
         sys.exit(1)
 
 
+@main.group()
+def retention() -> None:
+    """Retention of old events ([touchpoints.<tp>] retention_days)."""
+
+
+@retention.command("run")
+@config_option
+@database_option
+def retention_run(config_path: str | None, database_url: str | None) -> None:
+    """Purge every touch point's events older than its retention_days, now."""
+    from .hub import Hub
+    from .privacy.retention import run_retention
+
+    config = _config(config_path, database_url)
+    configure_logging("warning")
+
+    async def run() -> Any:
+        async with Hub.open(config) as hub:
+            return await run_retention(hub)
+
+    report = _run(run)
+    if not report:
+        click.echo("no touch point has a retention policy ([touchpoints.<tp>] retention_days)")
+    for tp, counts in report.items():
+        click.echo(f"{tp}: {counts['events']} events, {counts['dialogues']} dialogues purged")
+
+
 if __name__ == "__main__":
     main()

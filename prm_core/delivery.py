@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from attrs import frozen
+from attrs import evolve, frozen
 
 from .model import (
     Delivery,
@@ -29,6 +29,7 @@ from .model import (
 )
 from .outbox import Claim, PlannedEvent, PlannedFulfillment
 from .store.tables import utcnow
+from .privacy.consents import impersonal_view, personalization_allowed
 
 if TYPE_CHECKING:
     from .hub import Hub
@@ -135,6 +136,11 @@ async def deliver_value(
     # the view's enrichments get half the budget: the rest is for value, offers and partners
     view, degraded = await hub.view_until(recorded.customer_id, started + touchpoint.budget_ms / 2000, limit=10)
     request = ValueRequest(event=recorded, touchpoint=touchpoint, view=view, deadline=deadline)
+    # consent (privacy): without personalization consent, value providers and offers see an
+    # impersonal view, so nothing in the answer is about this customer; partner work the
+    # customer asked for still gets the full request
+    personalized = personalization_allowed(view, touchpoint)
+    advised = request if personalized else evolve(request, view=impersonal_view(view))
 
     tasks: dict[str, asyncio.Task[Any]] = {}
 
@@ -146,14 +152,16 @@ async def deliver_value(
         tasks[key] = asyncio.ensure_future(work)
 
     for provider in hub.registrations.value_providers:
+        if not personalized and provider.about == "customer":
+            continue  # knowledge about the customer is personalization itself
         try:
-            providing = provider.provide(request)
+            providing = provider.provide(advised)
         except Exception as exc:  # a provider that fails before it even starts is late forever
             log.warning("value provider failed", part=f"value:{provider.name}", error=type(exc).__name__)
             degraded.append(f"value:{provider.name}")
             continue
         start(f"value:{provider.name}", providing)
-    for plugin, proposing in hub.hooks.propose_offers(request):
+    for plugin, proposing in hub.hooks.propose_offers(advised):
         start(f"offers:{plugin}", proposing)
     for name, answering in await _plan_fulfillments(hub, request, answered):
         start(name, answering)
@@ -198,11 +206,12 @@ async def deliver_value(
         degraded.append("offers:planning")
     offers, held_out = hub.planner.offers.select(offers, request)
 
+    shown = advised.view.customer
     summary = {
-        "id": view.customer.id,
-        "kind": view.customer.kind,
-        "tier": view.customer.tier,
-        "name": view.customer.traits.get("first_name") or view.customer.traits.get("name"),
+        "id": shown.id,
+        "kind": shown.kind,
+        "tier": shown.tier,
+        "name": shown.traits.get("first_name") or shown.traits.get("name"),
     }
     delivery = Delivery(
         customer_id=recorded.customer_id,

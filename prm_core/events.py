@@ -14,6 +14,7 @@ from .clock import utcnow
 from .errors import InvalidInput, TooLarge
 from .identity import normalize_identities
 from .model import Event, IdentityNamespace
+from .privacy.consents import CONSENT_TYPES, check_consent_data
 
 __all__ = ["MAX_EVENTS_PER_CALL", "parse_event", "parse_events", "parse_time"]
 
@@ -83,6 +84,8 @@ def parse_event(
     data = obj.get("data") or {}
     if not isinstance(data, Mapping):
         raise InvalidInput(f"{where}data must be an object", f"{where}data")
+    if event_type in CONSENT_TYPES:
+        check_consent_data(data, f"{where}data.")
     identities = normalize_identities(obj.get("identities"), namespaces, region, field=f"{where}identities")
     return Event(
         id=event_id,  # type: ignore[arg-type]

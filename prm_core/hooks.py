@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-from collections.abc import Awaitable, Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from typing import Any
 
 import pluggy
@@ -115,6 +115,15 @@ class Hooks:
                     self.event_recorded(recorded)
         for dialogue in outcome.dialogues_closed:
             self.dialogue_closed(dialogue)
+
+    def customer_erased(self, customer_id: str, merged_ids: Sequence[str]) -> list[tuple[str, Awaitable[Any]]]:
+        """``[(plugin, awaitable)]``: each plugin purging its own rows about an erased customer."""
+        return [
+            (p, _awaitable(v))
+            for p, v in self._each(
+                "prm_customer_erased", awaitable=True, customer_id=customer_id, merged_ids=tuple(merged_ids)
+            )
+        ]
 
     # value delivery ---------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ deadline, so they are never ``firstresult``.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -330,4 +330,27 @@ def prm_fulfillment_updated(fulfillment: Fulfillment) -> None:
         @hookimpl
         def prm_fulfillment_updated(fulfillment):
             sessions.push(fulfillment.dialogue_id, fulfillment.to_json())
+    """
+
+
+# -------------------------------------------------------------------------------------
+# Customers: privacy
+# -------------------------------------------------------------------------------------
+
+
+@hookspec
+def prm_customer_erased(customer_id: str, merged_ids: Sequence[str]) -> Awaitable[None] | None:
+    """A customer was erased (``DELETE /v1/customers/{ref}``): purge your own rows about them.
+    *Awaitable.*
+
+    Called after the core's part of the erasure is durable, with the erased customer's id and
+    the ids merged into it (rows of yours may name any of them). Erasure may be run again for
+    the same customer, so a purge must be harmless to repeat; a failing implementation is
+    named in the erasure's ``incomplete`` list, and running the erasure again retries it.
+
+    .. code-block:: python
+
+        @hookimpl
+        def prm_customer_erased(customer_id, merged_ids):
+            return outbox.purge([customer_id, *merged_ids])
     """

@@ -35,6 +35,7 @@ from .outbox import Outbox
 from .planning import Planner
 from .planning.knowledge import catalog_provider
 from .plugins import PrmPluginManager, Registrations, collect_registrations, make_plugin_manager
+from .privacy.tombstones import load_tombstone_key
 from .recording import IngestRules
 from .store import Store
 from .store.engine import advisory_locks, customer_lock_key, identity_lock_key
@@ -90,11 +91,14 @@ class Hub:
             if migrate:
                 await store.migrate()
             hooks = Hooks(pm)
+            privacy = config.section("privacy")
+            tombstone_key = await store.read(lambda conn: load_tombstone_key(conn, privacy))
             rules = IngestRules(
                 touchpoints=dict(registrations.touchpoints.items),
                 shared_namespaces=frozenset(ns.name for ns in registrations.namespaces if ns.shared)
                 | _configured_shared(config, registrations),
                 after_write=planner.after_write if planner.on_ingest else None,
+                tombstone_key=tombstone_key,
             )
             ingestor = Ingestor(
                 store,

@@ -58,6 +58,9 @@ def _digest(secret: str) -> str:
 async def create_key(store: Store, scope: str, *, name: str = "", public: bool = False) -> tuple[str, ApiKey]:
     """Create a key; returns the full key (shown once, never stored) and its record."""
     validate_scope(scope)
+    if public and not scope.startswith("touchpoint:"):
+        # a public key is readable by anyone who opens the page: it may only send events
+        raise InvalidInput(f"only a touchpoint:<name> key can be public; {scope!r} must stay secret", "scope")
     key_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
     record = ApiKey(key_id, name, scope, public, utcnow())
 

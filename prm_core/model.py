@@ -188,7 +188,8 @@ class Event:
     ``identities`` are already normalized. ``dialogue`` is the touch point's own
     thread key (a call id, a transaction number) when it has one; ``dialogue_id`` is the
     hub's own dialogue id, for events the hub records into a known dialogue (the answer
-    to a request).
+    to a request). ``verified`` is false for events from a source that holds no secret
+    (see :func:`prm_core.server.auth.as_claims`).
     """
 
     id: str
@@ -201,6 +202,9 @@ class Event:
     data: Mapping[str, Any] = field(factory=dict, converter=_frozen_dict)
     received_at: datetime | None = None
     dialogue_id: str | None = None
+    # False for what a source without a secret sent (a public key, a Snowplow tracker): its
+    # identities are the browser's own, and its dialogue key never reaches another customer
+    verified: bool = True
 
 
 @frozen

@@ -31,6 +31,7 @@ from .ids import new_id
 from .merging import PurchaseTotals, event_purchase, merge_customers
 from .model import Customer, Dialogue, Event, Identity, Merge, RecordedEvent, TouchPoint
 from .outbox import outbox_rows, settle_row
+from .privacy import record_consents, scrub_tombstoned
 from .store.engine import advisory_locks, customer_lock_key, identity_lock_key
 from .store.tables import customers, dialogues, events, identities, metrics, outbox, shared_links, utcnow
 
@@ -65,6 +66,8 @@ class IngestRules:
     touchpoints: Mapping[str, TouchPoint]
     shared_namespaces: frozenset[str] = frozenset()
     after_write: AfterWrite | None = None
+    # the key of erased identities' tombstones (prm_core.privacy.tombstones); None: not checked
+    tombstone_key: bytes | None = None
 
 
 @define
@@ -189,6 +192,9 @@ class _Batch:
                 fresh.append(i)
         stored = self._load_stored(batch, fresh)
         todo = [i for i in fresh if (batch[i].touchpoint, batch[i].id) not in stored]
+        if self.rules.tombstone_key is not None and todo:
+            # an erased person's old events are acknowledged but never bring them back
+            batch = scrub_tombstoned(self.conn, self.rules.tombstone_key, batch, todo)
         pending = [batch[i] for i in todo]
         self._load_identities(pending)
         self._load_dialogues(pending)
@@ -215,6 +221,7 @@ class _Batch:
                 r = results[i]
                 results[i] = RecordedEvent(ev, self.find(r.customer_id), r.dialogue_id)
                 self.out.recorded.append(results[i])
+        record_consents(self.conn, self.out.recorded)
         self.out.dialogues_opened = [(s.value(), results[i]) for s, i in self.opened]
         self.out.dialogues_closed = [s.value() for s in self.closed]
         return self.out
@@ -353,7 +360,10 @@ class _Batch:
             if not self.shared(ident) and ident in self.owner:
                 candidates.add(self.find(self.owner[ident]))
         known = self._known_dialogue(ev)
-        if known is not None and (self._internal(ev) or _live(known, ev) or not ev.identities):
+        # an unverified event (public key, tracker) with identities of its own never follows a
+        # dialogue key to someone else: anyone can send someone's session id (privacy, issue 13)
+        trusted = ev.verified or not ev.identities
+        if known is not None and trusted and (self._internal(ev) or _live(known, ev) or not ev.identities):
             candidates.add(self.find(known.customer_id))
         if not candidates:
             shared = [i for i in ev.identities if self.shared(i)]

@@ -26,6 +26,7 @@ from .identity import parse_ref
 from .merging import PurchaseTotals
 from .model import Customer, CustomerView, Dialogue, Identity
 from .outbox import fulfillments_of
+from .privacy.consents import load_consents
 from .store.tables import customers, dialogues, events, identities, memberships, metrics, shared_links
 
 __all__ = ["build_view", "decode_cursor", "encode_cursor", "resolve_ref"]
@@ -222,6 +223,7 @@ def build_view(conn: Connection, customer_id: str, *, cursor: str | None = None,
         memberships=groups,
         members=tuple(members),
         sections={"fulfillments": [f.to_json() for f in fulfillments_of(conn, _with_merged(conn, owners))]},
+        consents=load_consents(conn, customer_id),
     )
 
 

@@ -25,6 +25,7 @@ from attrs import frozen
 from prm_core import hookimpl, hookspecs
 from prm_core.model import FulfillmentRequest, FulfillmentResult, TouchPoint
 from prm_core.plugins import make_plugin_manager
+from prm_core.privacy.erasure import erase_customer
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -271,6 +272,10 @@ class Spy:
         self._saw("prm_enrich_view", view=view)
 
     @hookimpl
+    def prm_customer_erased(self, customer_id, merged_ids):
+        self._saw("prm_customer_erased", customer_id=customer_id, merged_ids=merged_ids)
+
+    @hookimpl
     def prm_dialogue_opened(self, dialogue, event):
         self._saw("prm_dialogue_opened", dialogue=dialogue, event=event)
 
@@ -358,6 +363,7 @@ async def test_examples_run_in_a_hub(hub, spy, example_modules):
         if "prm_fulfillment_updated" in spy.calls:
             break
         await asyncio.sleep(0.02)
+    await erase_customer(hub, "email:ann@example.com")
 
     # the scenario gave every hook real arguments ...
     assert set(spy.calls) == set(HOOKS) - set(REGISTRATION)

@@ -61,7 +61,7 @@ from prm_core.hub import Hub
 from prm_core.model import Adapter, Event, Identity
 from prm_core.server.auth import presented_key, require
 from prm_core.server.errors import MAX_BODY_BYTES, ApiError
-from prm_core.server.routes import api, ingest, parse_json_body
+from prm_core.server.routes import MAX_DEPTH, api, ingest, parse_json_body, too_deep
 from prm_core.server.state import HUB
 
 __all__ = ["GET_PATH", "GIF", "KINDS", "POST_PATH", "app_ids", "decode_base64", "prm_adapters", "to_event"]
@@ -183,9 +183,12 @@ def _loads(text: str, field: str) -> Any:
     if "\x00" in text or "\\u0000" in text:
         raise _bad(f"{field} holds a NUL character", field)
     try:
-        return json.loads(text, parse_constant=_no_constants)
-    except ValueError:  # JSONDecodeError included
+        value = json.loads(text, parse_constant=_no_constants)
+    except (ValueError, RecursionError):  # JSONDecodeError included; RecursionError: absurdly deep
         raise _bad(f"{field} is not valid JSON", field) from None
+    if too_deep(value):
+        raise _bad(f"{field} is nested deeper than {MAX_DEPTH} levels", field)
+    return value
 
 
 def _self_describing(value: Any, field: str) -> dict[str, Any]:

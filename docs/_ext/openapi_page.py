@@ -37,7 +37,8 @@ def render(spec: dict[str, Any]) -> str:
         "",
         "Generated from the hub's `/openapi.json` (with every built-in plugin installed) when the",
         "documentation is built; a running hub serves the same description at `GET /openapi.json`.",
-        "Authentication, scopes and the error format are described in [the architecture](architecture.md).",
+        "Authentication, scopes and the error format are described in [the architecture](architecture.md);",
+        "rate limits, erasure and export in [privacy](privacy.md).",
         "",
     ]
     for path in sorted(spec.get("paths", {})):

@@ -22,9 +22,12 @@ from ..hub import Hub
 from ..keys import KeyRing
 from ..planning.routes import planning_routes
 from ..plugins import collect_registrations, make_plugin_manager
+from ..privacy.http import privacy_routes
+from ..privacy.retention import retention_task
 from .errors import MAX_BODY_BYTES, error_middleware
 from .metrics import HubMetrics
 from .openapi import build_openapi
+from .ratelimit import RATE_LIMITS, KeyRateLimits
 from .routes import api, core_routes
 from .state import HUB, HUB_CONFIG, HUB_KEYS, HUB_METRICS
 
@@ -45,6 +48,8 @@ async def request_context(request: web.Request, handler: Any) -> web.StreamRespo
     started = time.perf_counter()
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
     tp = request.match_info.get("tp")
+    if tp is not None and request.app[HUB].registrations.touchpoints.get(tp) is None:
+        tp = None  # an unknown name is whatever the caller typed (personal data, even): not logged
     with structlog.contextvars.bound_contextvars(request_id=request_id, **({"touchpoint": tp} if tp else {})):
         response = await handler(request)
         elapsed = time.perf_counter() - started
@@ -86,8 +91,12 @@ def create_app(
     app[HUB_METRICS] = HubMetrics()
     app[WEBSOCKETS] = weakref.WeakSet()
     app.on_shutdown.append(_close_websockets)
+    limits = KeyRateLimits.from_config(config)
+    if limits is not None:
+        app[RATE_LIMITS] = limits
     app.add_routes(core_routes())
     app.add_routes(planning_routes())
+    app.add_routes(privacy_routes())
     owners: dict[str, str] = {}
     mounted = [(tp.name, tp.routes) for tp in registrations.touchpoints]
     mounted += [(f"{a.touchpoint} ({a.name})", a.routes) for a in registrations.adapters]
@@ -120,4 +129,11 @@ def create_app(
     # adapters' non-HTTP servers (FastAGI) start once the hub has, and stop before it
     for adapter in registrations.adapters:
         app.cleanup_ctx.extend(adapter.services)
+
+    async def retention_context(app: web.Application) -> AsyncIterator[None]:
+        # [touchpoints.<tp>] retention_days, purged on a schedule (prm_core.privacy.retention)
+        async with retention_task(app[HUB]):
+            yield
+
+    app.cleanup_ctx.append(retention_context)
     return app

@@ -12,6 +12,7 @@ from attrs import evolve
 from ..keys import ApiKey, allows
 from ..model import Event
 from .errors import ApiError
+from .ratelimit import RATE_LIMITS
 from .state import API_KEY, HUB_KEYS
 
 __all__ = ["VERIFIABLE_FROM_BROWSERS", "as_claims", "authenticate", "presented_key", "require"]
@@ -43,6 +44,17 @@ async def authenticate(request: web.Request, key: str | None = None) -> ApiKey:
     record = await request.app[HUB_KEYS].verify(key)
     if record is None:
         raise ApiError(401, "unauthorized", "the API key is not valid or was revoked")
+    limits = request.app.get(RATE_LIMITS)
+    # a handler may authenticate more than once (then check the scope): count the request once
+    counted = request.get(API_KEY) is not None and request[API_KEY].id == record.id
+    if limits is not None and not counted:
+        wait = limits.retry_after(record.id, public=record.public, client=request.remote)
+    else:
+        wait = None
+    if wait is not None:
+        raise ApiError(
+            429, "rate_limited", f"this key is over its rate limit; retry in {wait} s", **{"Retry-After": str(wait)}
+        )
     request[API_KEY] = record
     return record
 
@@ -50,6 +62,8 @@ async def authenticate(request: web.Request, key: str | None = None) -> ApiKey:
 async def require(request: web.Request, scope: str, *, key: str | None = None) -> ApiKey:
     """Authenticate and check the key grants ``scope`` (403 naming the scope needed)."""
     record = await authenticate(request, key)
+    if record.public and not scope.startswith("touchpoint:"):
+        raise ApiError(403, "forbidden", f"a public key only sends events; {scope!r} needs a secret key")
     if not allows(record.scope, scope):
         raise ApiError(403, "forbidden", f"this key's scope {record.scope!r} does not grant {scope!r}")
     return record
@@ -63,7 +77,10 @@ def as_claims(request: web.Request, events: Sequence[Event], *, verified: bool |
     """Under a public key (code in browsers, where anyone can read the key), an identity
     other than the browser's own anonymous id is only a claim: it is kept in the event's
     ``data.claimed_identities`` and does not link the visitor to that customer, so nobody
-    can reach someone else's profile by typing their email into a form."""
+    can reach someone else's profile by typing their email into a form. The events are
+    marked unverified, so their dialogue key does not reach another customer either; a
+    verified source (a secret key naming the same device id and the email, the customer
+    logging in) links them, by the ordinary merge."""
     if verified is None:
         key = request.get(API_KEY)
         verified = key is None or not key.public
@@ -73,8 +90,8 @@ def as_claims(request: web.Request, events: Sequence[Event], *, verified: bool |
     for ev in events:
         claimed = {i.namespace: i.value for i in ev.identities if i.namespace not in VERIFIABLE_FROM_BROWSERS}
         if not claimed:
-            result.append(ev)
+            result.append(evolve(ev, verified=False))
             continue
         kept = tuple(i for i in ev.identities if i.namespace in VERIFIABLE_FROM_BROWSERS)
-        result.append(evolve(ev, identities=kept, data={**ev.data, "claimed_identities": claimed}))
+        result.append(evolve(ev, identities=kept, data={**ev.data, "claimed_identities": claimed}, verified=False))
     return result

@@ -69,5 +69,7 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
             raise
         return error_response(exc.status, _HTTP_CODES.get(exc.status, "http_error"), exc.reason)
     except Exception as exc:
-        log.error("unhandled error", path=request.path, error=type(exc).__name__, exc_info=exc)
+        # the route's template, not the path: a path can name a customer (/v1/customers/email:...)
+        route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+        log.error("unhandled error", route=route, error=type(exc).__name__, exc_info=exc)
         return error_response(500, "internal", "an internal error occurred; see the hub's log by X-Request-Id")

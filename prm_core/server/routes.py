@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from attrs import evolve
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..errors import InvalidInput
@@ -20,7 +21,7 @@ from .auth import as_claims, authenticate, require
 from .errors import ApiError
 from .state import HUB, HUB_METRICS
 
-__all__ = ["api", "core_routes", "ingest", "parse_json_body", "read_json"]
+__all__ = ["MAX_DEPTH", "api", "core_routes", "ingest", "parse_json_body", "read_json", "too_deep"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 routes = web.RouteTableDef()
@@ -60,16 +61,41 @@ def _no_constants(name: str) -> Any:
 
 def parse_json_body(raw: bytes) -> Any:
     """Parse a request body, refusing what JSON does not allow or the store cannot keep:
-    NaN and Infinity (400), and NUL characters (422), which PostgreSQL refuses in text."""
+    NaN and Infinity (400), NUL characters (422), which PostgreSQL refuses in text, and
+    nesting deeper than :data:`MAX_DEPTH` (422)."""
     if not raw:
         raise ApiError(400, "malformed_json", "the body is empty; a JSON object is expected")
     try:
         body = json.loads(raw, parse_constant=_no_constants)
     except UnicodeDecodeError:
         raise ApiError(400, "malformed_json", "the body is not UTF-8 text") from None
+    except RecursionError:
+        raise ApiError(422, "too_deep", f"the body is nested deeper than {MAX_DEPTH} levels") from None
     if b"\\u0000" in raw:
         raise ApiError(422, "invalid", "NUL characters (\\u0000) are not accepted")
+    # containers are few in most bodies: count them before walking (privacy/hardening, issue 13)
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and too_deep(body):
+        raise ApiError(422, "too_deep", f"the body is nested deeper than {MAX_DEPTH} levels")
     return body
+
+
+MAX_DEPTH = 32
+
+
+def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether parsed JSON nests lists and objects more than ``limit`` deep; iterative, so
+    the check itself cannot overflow the stack that deep data would overflow later
+    (rendering, logging, the database's own JSON functions)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
 
 
 EVENT_SCHEMA = {"$ref": "#/components/schemas/Event"}
@@ -141,6 +167,10 @@ async def post_request(request: web.Request) -> web.Response:
     if isinstance(body, dict) and "events" in body:
         raise InvalidInput("a request is one Event, not a batch", "events")
     (event,) = as_claims(request, hub.parse_events(body, tp))
+    if not event.verified and not event.identities and event.dialogue:
+        # an answer is read by whoever asked: an unverified caller naming nobody gets a
+        # stranger's answer, not that of whoever owns the dialogue key it sent
+        event = evolve(event, dialogue=None)
     answer = await hub.request(event)
     metrics = request.app[HUB_METRICS]
     (metrics.duplicates if answer.recorded.duplicate else metrics.events).labels(tp).inc()

@@ -20,8 +20,10 @@ from .. import clock
 __all__ = [
     "ApiKeyRow",
     "CampaignRow",
+    "ConsentRow",
     "CustomerRow",
     "DialogueRow",
+    "ErasureRow",
     "EventRow",
     "IdentityRow",
     "ImportCheckpointRow",
@@ -32,8 +34,10 @@ __all__ = [
     "OfferRow",
     "OutboxRow",
     "PartnerCallbackRow",
+    "PrivacyKeyRow",
     "SegmentRow",
     "SharedLinkRow",
+    "TombstoneRow",
     "TouchpointCustomerRow",
     "TouchpointDayRow",
     "UTCDateTime",
@@ -393,6 +397,58 @@ class TouchpointCustomerRow(SQLModel, table=True):
     bought: bool = False
 
 
+# ---- privacy (issue 13): consents, erasure tombstones ------------------------------------
+
+
+class ConsentRow(SQLModel, table=True):
+    """The latest consent decision per customer, purpose and channel (``*`` for every channel).
+
+    Bounded by purposes x channels per customer, so the view reads it in one indexed query.
+    Keyed on the customer the decision was recorded for (like ``events.ingest_customer_id``):
+    merges leave it in place and the view reads the rows of every customer merged into the
+    one shown, so an unmerge needs nothing.
+    """
+
+    __tablename__ = "consents"
+
+    customer_id: str = Field(primary_key=True, max_length=40)
+    purpose: str = Field(primary_key=True, max_length=32)
+    channel: str = Field(primary_key=True, max_length=64)
+    granted: bool = False
+    source: str = Field(max_length=64)
+    recorded_at: datetime = _ts()
+    event_id: str | None = Field(default=None, max_length=200)
+
+
+class TombstoneRow(SQLModel, table=True):
+    """A keyed hash (HMAC-SHA256) of an erased identity: recording never links it again."""
+
+    __tablename__ = "identity_tombstones"
+
+    digest: str = Field(primary_key=True, max_length=64)
+    erased_at: datetime = _ts()
+
+
+class ErasureRow(SQLModel, table=True):
+    """The audit of an erasure: which customer ids, when, by which key. No personal data."""
+
+    __tablename__ = "erasures"
+
+    customer_id: str = Field(primary_key=True, max_length=40)
+    erased_at: datetime = _ts()
+    erased_by: str | None = Field(default=None, max_length=40)
+    merged_ids: list[str] = _json(default_factory=list)
+
+
+class PrivacyKeyRow(SQLModel, table=True):
+    """Secrets the hub makes for itself (the tombstone key), made once by the migration."""
+
+    __tablename__ = "privacy_keys"
+
+    name: str = Field(primary_key=True, max_length=64)
+    value: str = Field(max_length=128)
+
+
 def utcnow() -> datetime:
     """The hub's clock (see :mod:`prm_core.clock`)."""
     return clock.utcnow()
@@ -418,3 +474,10 @@ offers_made: sa.Table = OfferRow.__table__  # type: ignore[attr-defined]  # SQLM
 campaigns: sa.Table = CampaignRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
 touchpoint_customers: sa.Table = TouchpointCustomerRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
 touchpoint_days: sa.Table = TouchpointDayRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
+consents: sa.Table = ConsentRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
+tombstones: sa.Table = TombstoneRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
+erasures: sa.Table = ErasureRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
+privacy_keys: sa.Table = PrivacyKeyRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
+
+# retention (prm_core.privacy.retention) finds a touch point's old events without a scan
+sa.Index("ix_events_touchpoint_time", events.c.touchpoint, events.c.occurred_at)

@@ -1,0 +1,215 @@
+"""Erasure (``DELETE /v1/customers/{ref}``): a customer's personal data removed for good.
+
+In one transaction, for the customer and every customer merged into it:
+
+- each identity is deleted and leaves a tombstone (see :mod:`.tombstones`), so events
+  replayed later are acknowledged but never link or create it again; a shared value (a
+  household phone) is not the customer's alone: it loses its owner and its link to them;
+- the profile keeps its id and kind only (traits and tier gone); memberships and consents go;
+  its dialogues keep their own id as their key, not the touch point's (which may be anything);
+- every event of the customer keeps what aggregates need (touch point, type, time, dialogue)
+  and loses its payload (``data``) and identities; the metrics row stays, now anonymous;
+- other customers' events in which a public key or tracker only *claimed* one of its
+  identities lose their payload too;
+- merge audit records lose the identities they list;
+- an ``erasures`` row records which ids were erased, when, and by which key.
+
+Then ``prm_customer_erased`` tells plugins to purge rows of their own (an outbox). Erasing
+again is harmless and calls them again, which is how a plugin that failed catches up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+import structlog
+from attrs import evolve, frozen
+from sqlalchemy.engine import Connection
+
+from ..store.engine import advisory_locks, customer_lock_key, identity_lock_key
+from ..store.tables import (
+    consents,
+    customers,
+    dialogues,
+    erasures,
+    events,
+    identities,
+    memberships,
+    merges,
+    shared_links,
+    tombstones,
+    utcnow,
+)
+from ..view import resolve_ref
+from .tombstones import SCRUBBED, digest
+
+if TYPE_CHECKING:
+    from ..hub import Hub
+
+__all__ = ["Erasure", "erase_customer", "erase_in_transaction", "erased_ids", "lock_customer"]
+
+log = structlog.get_logger(__name__)
+
+
+@frozen
+class Erasure:
+    """What an erasure did. ``incomplete`` names plugins that failed to purge their part."""
+
+    customer_id: str
+    erased_ids: tuple[str, ...]
+    identities: int
+    events: int
+    claims: int = 0
+    incomplete: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "customer_id": self.customer_id,
+            "erased_ids": list(self.erased_ids),
+            "identities": self.identities,
+            "events": self.events,
+            "claims": self.claims,
+            "incomplete": list(self.incomplete),
+        }
+
+
+def lock_customer(conn: Connection, customer_id: str) -> str:
+    """Take the customer's lock as ingest does (PostgreSQL), following merges."""
+    while True:
+        advisory_locks(conn, [customer_lock_key(customer_id)])
+        row = conn.execute(sa.select(customers.c.merged_into).where(customers.c.id == customer_id)).one()
+        if row.merged_into is None:
+            return customer_id
+        customer_id = row.merged_into
+
+
+def _lock_identities(conn: Connection, customer_id: str) -> None:
+    """PostgreSQL: hold the identity locks ingest takes first, for every identity about to be
+    erased, so a batch naming one waits for the erasure and then meets its tombstone (else it
+    could have read the identity before the erasure and write it back after)."""
+    if conn.dialect.name != "postgresql":
+        return
+    held: set[str] = set()
+    while True:
+        row = conn.execute(sa.select(customers.c.merged_into).where(customers.c.id == customer_id)).one()
+        cid = row.merged_into or customer_id
+        owners = sa.select(customers.c.id).where(sa.or_(customers.c.id == cid, customers.c.merged_into == cid))
+        c = identities.c
+        keys = {
+            identity_lock_key(r.namespace, r.value)
+            for r in conn.execute(sa.select(c.namespace, c.value).where(c.customer_id.in_(owners)))
+        }
+        if keys <= held:
+            return
+        advisory_locks(conn, keys - held)
+        held |= keys
+
+
+def erase_in_transaction(
+    conn: Connection, customer_id: str, *, key: bytes, now: datetime, erased_by: str | None = None
+) -> Erasure:
+    """Erase ``customer_id`` (resolved) inside the caller's write transaction."""
+    _lock_identities(conn, customer_id)
+    cid = lock_customer(conn, customer_id)
+    merged = sorted(r.id for r in conn.execute(sa.select(customers.c.id).where(customers.c.merged_into == cid)))
+    owners = [cid, *merged]
+    c = identities.c
+    owned = list(conn.execute(sa.select(c.namespace, c.value, c.shared).where(c.customer_id.in_(owners))))
+    own = [r for r in owned if not r.shared]
+    digests = sorted({digest(key, r.namespace, r.value) for r in own})
+    known = {
+        r.digest for r in conn.execute(sa.select(tombstones.c.digest).where(tombstones.c.digest.in_(digests or [""])))
+    }
+    fresh = [{"digest": d, "erased_at": now} for d in digests if d not in known]
+    if fresh:
+        conn.execute(tombstones.insert(), fresh)
+    conn.execute(identities.delete().where(c.customer_id.in_(owners), c.shared.is_(False)))
+    # a shared value stays a shared value for the others who use it, but is no longer anyone's
+    conn.execute(identities.update().where(c.customer_id.in_(owners)).values(customer_id=None))
+    conn.execute(shared_links.delete().where(shared_links.c.customer_id.in_(owners)))
+
+    e = events.c
+    scrubbed = (
+        conn.execute(
+            events.update()
+            .where(sa.or_(e.customer_id.in_(owners), e.ingest_customer_id.in_(owners)))
+            .values(data=dict(SCRUBBED), identities=[])
+        ).rowcount
+        or 0
+    )
+    claims = _scrub_claims(conn, [(r.namespace, r.value) for r in own])
+    # a touch point's dialogue key may be anything it chose (a phone number as a call id):
+    # the dialogue keeps its own id as its key
+    conn.execute(dialogues.update().where(dialogues.c.customer_id.in_(owners)).values(ref=dialogues.c.id))
+    blank: dict[str, Any] = {"traits": {}, "tier": None, "tier_source": None, "updated_at": now}
+    conn.execute(customers.update().where(customers.c.id.in_(owners)).values(**blank))
+    m = memberships.c
+    conn.execute(memberships.delete().where(sa.or_(m.member_id.in_(owners), m.group_id.in_(owners))))
+    conn.execute(consents.delete().where(consents.c.customer_id.in_(owners)))
+    for row in conn.execute(
+        sa.select(merges.c.id, merges.c.moved).where(
+            sa.or_(merges.c.survivor_id.in_(owners), merges.c.merged_id.in_(owners))
+        )
+    ).all():
+        if row.moved.get("identities"):
+            conn.execute(merges.update().where(merges.c.id == row.id).values(moved={**row.moved, "identities": []}))
+
+    done = conn.execute(sa.select(erasures.c.customer_id).where(erasures.c.customer_id == cid)).first()
+    values = {"erased_at": now, "erased_by": erased_by, "merged_ids": merged}
+    if done is None:
+        conn.execute(erasures.insert().values(customer_id=cid, **values))
+    else:
+        conn.execute(erasures.update().where(erasures.c.customer_id == cid).values(**values))
+    return Erasure(
+        customer_id=cid, erased_ids=tuple(owners), identities=len(owned), events=int(scrubbed), claims=claims
+    )
+
+
+def _scrub_claims(conn: Connection, erased: list[tuple[str, str]]) -> int:
+    """Scrub other customers' events in which an unverified source claimed an erased identity
+    (``data.claimed_identities``): the person typing their email on a device they never
+    logged in from. One statement per namespace; the database scans the log's payloads for
+    it, which an erasure (rare, admin-paced) can afford."""
+    by_namespace: dict[str, list[str]] = {}
+    for namespace, value in erased:
+        by_namespace.setdefault(namespace, []).append(value)
+    count = 0
+    for namespace, values in sorted(by_namespace.items()):
+        claimed = events.c.data[("claimed_identities", namespace)].as_string()
+        count += conn.execute(events.update().where(claimed.in_(values)).values(data=dict(SCRUBBED))).rowcount or 0
+    return count
+
+
+async def erase_customer(hub: Hub, ref: str, *, erased_by: str | None = None) -> Erasure:
+    """Erase the customer ``ref`` names, then let plugins purge their own rows."""
+    namespaces = hub.registrations.namespaces.items
+    key = hub.ingestor.rules.tombstone_key
+    if key is None:
+        raise RuntimeError("this hub records without tombstones: erasure would not last")
+    now = utcnow()
+
+    def write(conn: Connection) -> Erasure:
+        cid = resolve_ref(conn, ref, namespaces, hub.config.default_region)
+        return erase_in_transaction(conn, cid, key=key, now=now, erased_by=erased_by)
+
+    erasure = await hub.store.write(write)
+    incomplete: list[str] = []
+    purges = hub.hooks.customer_erased(erasure.customer_id, erasure.erased_ids[1:])
+    if purges:
+        results = await asyncio.gather(*(work for _, work in purges), return_exceptions=True)
+        for (plugin, _), result in zip(purges, results, strict=True):
+            if isinstance(result, BaseException):
+                log.error("hook failed", hook="prm_customer_erased", plugin=plugin, error=type(result).__name__)
+                incomplete.append(plugin)
+    log.info("customer erased", customer_id=erasure.customer_id, ids=len(erasure.erased_ids), events=erasure.events)
+    return evolve(erasure, incomplete=tuple(sorted(incomplete)))
+
+
+def erased_ids(conn: Connection, customer_id: str) -> Sequence[str] | None:
+    """The ids erased with ``customer_id``, or None when it was never erased."""
+    row = conn.execute(sa.select(erasures.c.merged_ids).where(erasures.c.customer_id == customer_id)).first()
+    return None if row is None else [customer_id, *row.merged_ids]

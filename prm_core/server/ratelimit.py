@@ -1,0 +1,74 @@
+"""Per-key rate limits: a caller past its limit gets 429 with ``Retry-After``.
+
+Two limits, each in the ``limits`` library's notation (several joined by ``;``, as in
+``"1000/second;20000/minute"``), or ``"off"``:
+
+- ``[server] rate_limit_public`` (default ``"20/second;600/minute"``) counts each *public*
+  key per client address: a public key is in every visitor's browser, so anyone can use it,
+  and one visitor's browser sends a handful of events a second at most.
+- ``[server] rate_limit`` (default off) counts each *secret* key: an integrator's server, a
+  store's point of sale, a partner. Set it so that one leaked or runaway key cannot take the
+  hub's whole capacity; the default leaves it off so bulk loads and benchmarks are not cut.
+
+Counting is in memory, per hub process (moving window): with several processes the
+effective limit is that many times higher, which serves the purpose. Behind a proxy the
+client address is the proxy's unless the proxy sets it (aiohttp's ``X-Forwarded-For``
+handling is the deployment's choice).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from aiohttp import web
+from attrs import define
+from limits import RateLimitItem, parse_many
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
+
+from ..config import Config
+from ..errors import ConfigError
+
+__all__ = ["DEFAULT_PUBLIC_RATE_LIMIT", "RATE_LIMITS", "KeyRateLimits"]
+
+DEFAULT_PUBLIC_RATE_LIMIT = "20/second;600/minute"
+
+
+def _items(config: Config, name: str, default: str) -> list[RateLimitItem]:
+    raw = config.section("server").get(name, default)
+    if raw in ("off", False):
+        return []
+    try:
+        return parse_many(str(raw))
+    except ValueError:
+        raise ConfigError(f"[server].{name} must look like '1000/second' or 'off', got {raw!r}") from None
+
+
+@define
+class KeyRateLimits:
+    """The limits of secret and of public keys, counted per key (and client, for public ones)."""
+
+    secret: list[RateLimitItem]
+    public: list[RateLimitItem]
+    limiter: MovingWindowRateLimiter
+
+    @classmethod
+    def from_config(cls, config: Config) -> KeyRateLimits | None:
+        secret = _items(config, "rate_limit", "off")
+        public = _items(config, "rate_limit_public", DEFAULT_PUBLIC_RATE_LIMIT)
+        if not secret and not public:
+            return None
+        return cls(secret, public, MovingWindowRateLimiter(MemoryStorage()))
+
+    def retry_after(self, key_id: str, *, public: bool, client: str | None) -> int | None:
+        """Count one call: None when it may go on, else the whole seconds to wait."""
+        items, who = (self.public, f"{key_id}|{client}") if public else (self.secret, key_id)
+        for item in items:
+            if not self.limiter.hit(item, who):
+                reset = self.limiter.get_window_stats(item, who).reset_time
+                return max(1, math.ceil(reset - time.time()))
+        return None
+
+
+RATE_LIMITS = web.AppKey("prm_rate_limits", KeyRateLimits)

@@ -1,0 +1,221 @@
+"""Hardening against bad input: hypothesis throws generated JSON at the public write endpoints
+(the core event and request routes, consent events among them, Segment, Snowplow, the admin
+consent and customer routes) and checks every answer is a success or a 4xx, never a 5xx,
+and that a refused call wrote nothing (no half-writes)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from prm_core.config import Config
+from prm_core.keys import create_key
+from prm_core.server.app import create_app
+from prm_core.server.state import HUB
+
+TABLES = ("events", "customers", "identities", "dialogues", "consents", "memberships", "merges")
+TP2 = "/com.snowplowanalytics.snowplow/tp2"
+
+scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=False), st.text(max_size=30)
+)
+json_values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    max_leaves=12,
+)
+times = st.one_of(
+    st.just("2026-11-23T08:00:00Z"), st.datetimes().map(lambda d: d.isoformat()), st.text(max_size=25), json_values
+)
+namespaces = st.sampled_from(["email", "phone", "user_id", "anonymous_id", "loyalty_card", "account_id", "shoe"])
+identity_values = st.one_of(
+    st.emails().map(str), st.from_regex(r"\+?[0-9 ()-]{3,18}", fullmatch=True), st.text(max_size=40), json_values
+)
+events = st.fixed_dictionaries(
+    {
+        "id": st.one_of(st.text(min_size=1, max_size=12), json_values),
+        "type": st.one_of(st.sampled_from(["page", "consent.granted", "consent.revoked", "service.request"]), scalars),
+        "occurred_at": times,
+    },
+    optional={
+        "identities": st.one_of(st.dictionaries(namespaces, identity_values, max_size=3), json_values),
+        "data": st.one_of(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "purpose": st.one_of(st.sampled_from(["personalization", "marketing", "partner_sharing"]), scalars),
+                    "channel": st.one_of(st.sampled_from(["*", "web", "email"]), scalars),
+                    "revenue": scalars,
+                },
+            ),
+            json_values,
+        ),
+        "dialogue": st.one_of(st.text(max_size=10), json_values),
+        "direction": st.one_of(st.sampled_from(["inbound", "outbound"]), scalars),
+        "sent_at": times,
+    },
+)
+bodies = st.one_of(events, st.fixed_dictionaries({"events": st.lists(events, max_size=4)}), json_values)
+segment = st.fixed_dictionaries(
+    {"type": st.sampled_from(["track", "identify", "page", "alias", "group"]) | scalars},
+    optional={
+        "userId": st.one_of(st.text(max_size=10), json_values),
+        "anonymousId": st.one_of(st.text(max_size=10), json_values),
+        "messageId": st.one_of(st.text(min_size=1, max_size=10), json_values),
+        "event": scalars,
+        "traits": json_values,
+        "properties": json_values,
+        "timestamp": times,
+        "previousId": scalars,
+        "groupId": scalars,
+    },
+)
+snowplow = st.fixed_dictionaries(
+    {"e": st.sampled_from(["pv", "ue", "se", "pp", "tr"]) | st.text(max_size=3), "aid": st.just("shop")},
+    optional={
+        "eid": st.text(max_size=10),
+        "duid": st.text(max_size=10),
+        "uid": st.text(max_size=20),
+        "sid": st.text(max_size=10),
+        "dtm": st.text(max_size=14),
+        "ue_pr": st.text(max_size=30),
+        "ue_px": st.text(max_size=30),
+        "co": st.text(max_size=30),
+        "tr_tt": st.text(max_size=8),
+    },
+)
+consent_bodies = st.one_of(
+    st.fixed_dictionaries(
+        {
+            "consents": st.lists(
+                st.fixed_dictionaries(
+                    {},
+                    optional={
+                        "purpose": st.sampled_from(["personalization", "marketing", "x"]) | scalars,
+                        "channel": st.sampled_from(["*", "sms"]) | scalars,
+                        "granted": st.booleans() | scalars,
+                        "source": scalars,
+                    },
+                ),
+                max_size=3,
+            )
+        }
+    ),
+    json_values,
+)
+
+
+class Probe:
+    """A real hub server on its own event loop, driven from hypothesis' synchronous examples."""
+
+    def __init__(self, database_url: str) -> None:
+        config = Config(
+            database_url=database_url,
+            public_url="http://hub.test",
+            raw={"touchpoints": {"web": {"snowplow_app_ids": ["shop"]}}},
+        )
+        self.loop = asyncio.new_event_loop()
+        self.client = TestClient(TestServer(create_app(config), loop=self.loop), loop=self.loop)
+        self.loop.run_until_complete(self.client.start_server())
+        hub = self.client.app[HUB]
+        self.keys = {
+            scope: self.loop.run_until_complete(create_key(hub.store, scope))[0]
+            for scope in ("touchpoint:web", "admin")
+        }
+        # one customer for the admin routes to change
+        seed = {"id": "seed", "type": "page", "occurred_at": "2026-11-23T08:00:00Z", "identities": {"user_id": "u-1"}}
+        self.call("POST", "/v1/touchpoints/web/events", seed, "touchpoint:web")
+
+    def counts(self) -> dict[str, int]:
+        def read(conn: Any) -> dict[str, int]:
+            return {t: conn.execute(sa.text(f"SELECT count(*) FROM {t}")).scalar_one() for t in TABLES}
+
+        return self.loop.run_until_complete(self.client.app[HUB].store.read(read))
+
+    def call(self, method: str, path: str, body: Any, scope: str | None, *, basic: bool = False) -> int:
+        headers = {}
+        if scope is not None:
+            key = self.keys[scope]
+            headers["Authorization"] = (
+                "Basic " + base64.b64encode(f"{key}:".encode()).decode() if basic else f"Bearer {key}"
+            )
+
+        async def go() -> int:
+            resp = await self.client.request(method, path, json=body, headers=headers)
+            await resp.read()
+            return resp.status
+
+        return self.loop.run_until_complete(go())
+
+    def check(self, method: str, path: str, body: Any, scope: str | None, *, basic: bool = False) -> None:
+        before = self.counts()
+        status = self.call(method, path, body, scope, basic=basic)
+        assert status < 500, f"{method} {path} answered {status} to {body!r}"
+        if status >= 400:
+            assert self.counts() == before, f"{method} {path} refused {body!r} ({status}) but wrote"
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.client.close())
+        self.loop.close()
+
+
+@pytest.fixture
+def probe(database_url: str) -> Iterator[Probe]:
+    p = Probe(database_url)
+    yield p
+    p.close()
+
+
+# PRM_FUZZ_EXAMPLES=1000 for a longer run than CI's
+FUZZ = settings(
+    max_examples=int(os.environ.get("PRM_FUZZ_EXAMPLES", "40")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+
+
+@FUZZ
+@given(body=bodies)
+def test_core_events(probe, body):
+    probe.check("POST", "/v1/touchpoints/web/events", body, "touchpoint:web")
+
+
+@FUZZ
+@given(body=bodies)
+def test_core_requests(probe, body):
+    probe.check("POST", "/v1/touchpoints/web/requests", body, "touchpoint:web")
+
+
+@FUZZ
+@given(body=st.one_of(segment, st.fixed_dictionaries({"batch": st.lists(segment, max_size=3)}), json_values))
+def test_segment_batch(probe, body):
+    path = "/v1/batch" if isinstance(body, dict) and "batch" in body else "/v1/track"
+    probe.check("POST", path, body, "touchpoint:web", basic=True)
+
+
+@FUZZ
+@given(events=st.lists(snowplow, max_size=3), schema=st.sampled_from(["ok", "bad"]))
+def test_snowplow(probe, events, schema):
+    iglu = "iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-4" if schema == "ok" else "x"
+    probe.check("POST", TP2, {"schema": iglu, "data": events}, None)
+
+
+@FUZZ
+@given(body=consent_bodies)
+def test_admin_consents(probe, body):
+    probe.check("PUT", "/v1/customers/user_id:u-1/consents", body, "admin")
+
+
+@FUZZ
+@given(body=json_values)
+def test_admin_patch(probe, body):
+    probe.check("PATCH", "/v1/customers/user_id:u-1", body, "admin")
