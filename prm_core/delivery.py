@@ -28,8 +28,8 @@ from .model import (
     ValueRequest,
 )
 from .outbox import Claim, PlannedEvent, PlannedFulfillment
-from .store.tables import utcnow
 from .privacy.consents import impersonal_view, personalization_allowed
+from .store.tables import utcnow
 
 if TYPE_CHECKING:
     from .hub import Hub
