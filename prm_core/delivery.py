@@ -28,6 +28,7 @@ from .model import (
     ValueRequest,
 )
 from .outbox import Claim, PlannedEvent, PlannedFulfillment
+from .planning.knowledge import used_at
 from .privacy.consents import impersonal_view, personalization_allowed
 from .store.tables import utcnow
 
@@ -154,6 +155,9 @@ async def deliver_value(
     for provider in hub.registrations.value_providers:
         if not personalized and provider.about == "customer":
             continue  # knowledge about the customer is personalization itself
+        serves = used_at(provider, hub.config)
+        if serves is not None and touchpoint.name not in serves:
+            continue  # a provider for other touch points' scenarios (the IVR's appointment window)
         try:
             providing = provider.provide(advised)
         except Exception as exc:  # a provider that fails before it even starts is late forever
