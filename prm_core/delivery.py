@@ -198,7 +198,12 @@ async def deliver_value(
                 continue
             knowledge[label] = dict(result)
         elif kind == "offers":
-            offers.extend(o for o in (result or ()) if isinstance(o, Offer))
+            made = [o for o in (result or ()) if isinstance(o, Offer)]
+            if not personalized:
+                # made from the impersonal view: nothing personal went into them, so they need
+                # no personalization consent (a purpose they name, marketing, still applies)
+                made = [evolve(o, data={**o.data, "impersonal": True}) for o in made]
+            offers.extend(made)
         elif isinstance(result, FulfillmentResult):
             fulfillments.append(result)
     # offers (planning): the built-in rules and campaigns join the plugins' offers; then consent,
