@@ -28,6 +28,7 @@ from .model import (
     ValueRequest,
 )
 from .outbox import Claim, PlannedEvent, PlannedFulfillment
+from .planning.knowledge import used_at
 from .privacy.consents import impersonal_view, personalization_allowed
 from .store.tables import utcnow
 
@@ -154,6 +155,9 @@ async def deliver_value(
     for provider in hub.registrations.value_providers:
         if not personalized and provider.about == "customer":
             continue  # knowledge about the customer is personalization itself
+        serves = used_at(provider, hub.config)
+        if serves is not None and touchpoint.name not in serves:
+            continue  # a provider for other touch points' scenarios (the IVR's appointment window)
         try:
             providing = provider.provide(advised)
         except Exception as exc:  # a provider that fails before it even starts is late forever
@@ -194,7 +198,12 @@ async def deliver_value(
                 continue
             knowledge[label] = dict(result)
         elif kind == "offers":
-            offers.extend(o for o in (result or ()) if isinstance(o, Offer))
+            made = [o for o in (result or ()) if isinstance(o, Offer)]
+            if not personalized:
+                # made from the impersonal view: nothing personal went into them, so they need
+                # no personalization consent (a purpose they name, marketing, still applies)
+                made = [evolve(o, data={**o.data, "impersonal": True}) for o in made]
+            offers.extend(made)
         elif isinstance(result, FulfillmentResult):
             fulfillments.append(result)
     # offers (planning): the built-in rules and campaigns join the plugins' offers; then consent,

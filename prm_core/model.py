@@ -172,13 +172,16 @@ class ValueProvider:
     ``about`` is ``"business"`` (catalog, warranties, campaigns) or ``"customer"``
     (purchases, claims, preferences). ``provide`` is awaited with the
     :class:`ValueRequest` and returns a JSON-able mapping; it is cancelled when the
-    touch point's budget runs out and then named in ``degraded``.
+    touch point's budget runs out and then named in ``degraded``. ``touchpoints`` are the touch
+    points whose requests it answers (empty: every one); ``[knowledge.<name>] touchpoints`` in
+    the config overrides it.
     """
 
     name: str = field(validator=_check_name)
     about: Literal["business", "customer"] = field(validator=validators.in_(("business", "customer")))
     provide: Callable[[ValueRequest], Awaitable[Mapping[str, Any]]]
     description: str = ""
+    touchpoints: frozenset[str] = field(default=frozenset(), converter=frozenset)
 
 
 @frozen

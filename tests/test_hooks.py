@@ -327,6 +327,28 @@ class TestValueProviders:
         assert api.hub.registrations.value_providers.providers == {"warranty": "knowledge"}
 
 
+class Scoped:
+    """Two providers, each for one touch point's scenarios."""
+
+    @hookimpl
+    def prm_value_providers(self, config):
+        async def answer(request: ValueRequest) -> dict[str, Any]:
+            return {"at": request.touchpoint.name}
+
+        yield ValueProvider(name="for-ivr", about="customer", provide=answer, touchpoints={"ivr"})
+        yield ValueProvider(name="for-kiosk", about="business", provide=answer, touchpoints={"kiosk"})
+
+
+class TestValueProvidersForSomeTouchPoints:
+    @pytest.fixture
+    def hub_plugins(self):
+        return [Kiosk(budget_ms=2000), Scoped()]
+
+    async def test_a_provider_answers_only_the_touch_points_it_serves(self, api):
+        answer = await api.request("kiosk", event("r1", identities=ANN))
+        assert answer["delivery"]["knowledge"] == {"for-kiosk": {"at": "kiosk"}}
+
+
 class TestSlowValueProviders:
     BUDGET_MS = 400
 

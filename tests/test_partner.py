@@ -615,3 +615,26 @@ async def test_the_same_playbook_runs_from_the_call_center_and_the_ivr(hub, fiel
         ("supplier", "confirmed"),
     }
     assert {r.touchpoint for r in await rows(hub)} == {touchpoint}
+
+
+async def test_erasure_calls_off_unsent_partner_work_and_scrubs_what_was_sent(hub, field, stock):
+    from prm_core.privacy.erasure import erase_customer
+    from prm_core.privacy.export import export_chunks
+
+    await platinum_ann(hub)
+    field.down, field.retry_after_s = True, 3600  # the technician booking cannot get through
+    (request,) = hub.parse_events(service_request("sr-erased"), "web")
+    await hub.request(request)
+    exported = json.loads(b"".join([chunk async for chunk in await export_chunks(hub, "email:ann@example.com")]))
+    sent = {r["partner"]: r for r in exported["partner_requests"]}
+    assert set(sent) == {"fieldservice", "supplier"}
+    assert "Ann" in json.dumps(sent["fieldservice"]["payload"])  # the export shows what partners get
+
+    await erase_customer(hub, "email:ann@example.com")
+    after = {r.partner: r for r in await rows(hub)}
+    assert all(r.payload == {} and r.result == {} for r in after.values())
+    assert after["fieldservice"].status == "failed" and after["fieldservice"].next_attempt_at is None
+    assert after["supplier"].status == "confirmed"  # what was done stays done, anonymously
+    field.down = False
+    await asyncio.sleep(0.5)  # several outbox polls: nothing more is sent for the erased customer
+    assert field.delivered == 0

@@ -88,5 +88,6 @@ def prm_value_providers(config: Config) -> list[ValueProvider]:
             about="customer",
             provide=_appointment,
             description="the caller's next technician window, for the IVR",
+            touchpoints=frozenset({TOUCHPOINT}),
         )
     ]

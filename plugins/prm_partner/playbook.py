@@ -12,41 +12,27 @@ customer's consents allow ``partner_sharing`` with that partner.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from prm_core.config import Config
 from prm_core.consent import allows
 from prm_core.ids import new_id
 from prm_core.model import CustomerView, FulfillmentRequest, ValueRequest
+from prm_core.planning.entitlements import add_business_days, parse_entitlements, service_days
 from prm_core.store.tables import utcnow
 
 from .settings import PartnerSettings
 
-__all__ = ["DEFAULT_ENTITLEMENTS", "add_business_days", "entitlement_days", "plan_service_request", "visit_details"]
+__all__ = ["add_business_days", "entitlement_days", "plan_service_request", "visit_details"]
 
 SERVICE_REQUEST = "service.request"
-DEFAULT_ENTITLEMENTS = {"platinum": 1, "gold": 2, "default": 5}
 
 
 def entitlement_days(config: Config, tier: str | None) -> int:
-    """Business days within which a technician must come, for a customer of ``tier``.
-
-    ``[entitlements]`` maps tier names to days, and ``default`` covers every other tier.
-    (Planning will own entitlements; this is the one place to replace then.)
-    """
-    table = {**DEFAULT_ENTITLEMENTS, **{k: v for k, v in config.section("entitlements").items() if isinstance(v, int)}}
-    return int(table.get(tier or "", table["default"]))
-
-
-def add_business_days(start: datetime, days: int) -> datetime:
-    """``start`` plus ``days`` working days (Saturdays and Sundays do not count)."""
-    when, left = start, days
-    while left > 0:
-        when += timedelta(days=1)
-        if when.weekday() < 5:
-            left -= 1
-    return when
+    """Business days within which a technician must come, for a customer of ``tier``: the
+    service level planning defines (:mod:`prm_core.planning.entitlements`, ``[entitlements]``)."""
+    return service_days(tier, parse_entitlements(config.section("entitlements")))
 
 
 def _iso(when: datetime) -> str:

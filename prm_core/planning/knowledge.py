@@ -17,7 +17,20 @@ from ..model import ValueProvider, ValueRequest
 from ..plugins import Registrations
 from .offers import Catalog, _products
 
-__all__ = ["catalog_provider", "knowledge_registry"]
+__all__ = ["catalog_provider", "knowledge_registry", "used_at"]
+
+
+def used_at(provider: ValueProvider, config: Config) -> frozenset[str] | None:
+    """The touch points whose requests ``provider`` answers; ``None``: every touch point.
+
+    ``[knowledge.<provider>].touchpoints`` in the config wins over what the provider registered.
+    """
+    configured = config.section("knowledge", provider.name).get("touchpoints")
+    if configured is not None:
+        if not isinstance(configured, list) or not all(isinstance(t, str) for t in configured):
+            raise ConfigError(f"[knowledge.{provider.name}].touchpoints must be a list of touch point names")
+        return frozenset(configured)
+    return provider.touchpoints or None
 
 
 def catalog_provider(catalog: Catalog) -> ValueProvider:
@@ -47,9 +60,7 @@ def knowledge_registry(config: Config, registrations: Registrations) -> list[dic
     all_touchpoints = registrations.touchpoints.names()
     result = []
     for provider in sorted(registrations.value_providers, key=lambda p: p.name):
-        used = config.section("knowledge", provider.name).get("touchpoints", all_touchpoints)
-        if not isinstance(used, list) or not all(isinstance(t, str) for t in used):
-            raise ConfigError(f"[knowledge.{provider.name}].touchpoints must be a list of touch point names")
+        used = used_at(provider, config) or all_touchpoints
         result.append(
             {
                 "name": provider.name,

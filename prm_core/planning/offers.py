@@ -14,7 +14,8 @@ event and the customer's view:
   (:mod:`prm_core.planning.entitlements`).
 
 Every offer then goes through :meth:`OfferSettings.select`: consent (``data.purpose``,
-personalization unless said otherwise), one offer per code, ranked by score, capped per
+personalization unless said otherwise; an offer a plugin made from the impersonal view, marked
+``data.impersonal``, needs no personalization consent), one offer per code, ranked by score, capped per
 touch point, and given a stable id so responses can be matched to it.
 """
 
@@ -156,7 +157,9 @@ class OfferSettings:
         held_out: list[Offer] = []
         for o in offers:
             purpose = o.data.get("purpose", "personalization")
-            if purpose not in PURPOSES or not allows(
+            if purpose == "personalization" and o.data.get("impersonal"):
+                pass  # made without personal data (prm_core.delivery): nothing to consent to
+            elif purpose not in PURPOSES or not allows(
                 request.view.consents, purpose, channel, defaults=self.consent_defaults
             ):
                 continue

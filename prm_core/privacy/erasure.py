@@ -12,6 +12,8 @@ In one transaction, for the customer and every customer merged into it:
 - other customers' events in which a public key or tracker only *claimed* one of its
   identities lose their payload too;
 - merge audit records lose the identities they list;
+- partner work not yet sent is called off, and every partner request loses what was sent and
+  answered (its partner, action and status stay, for the scorecard);
 - an ``erasures`` row records which ids were erased, when, and by which key.
 
 Then ``prm_customer_erased`` tells plugins to purge rows of their own (an outbox). Erasing
@@ -40,6 +42,7 @@ from ..store.tables import (
     identities,
     memberships,
     merges,
+    outbox,
     shared_links,
     tombstones,
     utcnow,
@@ -157,6 +160,17 @@ def erase_in_transaction(
     ).all():
         if row.moved.get("identities"):
             conn.execute(merges.update().where(merges.c.id == row.id).values(moved={**row.moved, "identities": []}))
+
+    # partner work (prm_core.outbox) names the person in what was sent and answered. Work not yet
+    # sent is called off: bumping ``attempts`` also fences a dispatcher holding it right now, so
+    # its partner's answer is not written back. Then every row loses its payload and result.
+    o = outbox.c
+    conn.execute(
+        outbox.update()
+        .where(o.customer_id.in_(owners), o.status == "pending")
+        .values(status="failed", next_attempt_at=None, attempts=o.attempts + 1, last_error="customer erased")
+    )
+    conn.execute(outbox.update().where(o.customer_id.in_(owners)).values(payload={}, result={}, updated_at=now))
 
     done = conn.execute(sa.select(erasures.c.customer_id).where(erasures.c.customer_id == cid)).first()
     values = {"erased_at": now, "erased_by": erased_by, "merged_ids": merged}

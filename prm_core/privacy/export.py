@@ -28,6 +28,7 @@ from ..store.tables import (
     memberships,
     merges,
     metrics,
+    outbox,
     shared_links,
     utcnow,
 )
@@ -110,6 +111,13 @@ def _head(conn: Connection, cid: str) -> dict[str, Any]:
             )
         ],
         "metrics": [_row(r) for r in conn.execute(sa.select(metrics).where(metrics.c.customer_id.in_(owners)))],
+        # what was asked of partners on the customer's behalf, with what was sent and answered
+        "partner_requests": [
+            _row(r)
+            for r in conn.execute(
+                sa.select(outbox).where(outbox.c.customer_id.in_(owners)).order_by(outbox.c.requested_at, outbox.c.id)
+            )
+        ],
         "erasure": _row(erased) if erased is not None else None,
     }
 
