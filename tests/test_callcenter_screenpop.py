@@ -169,6 +169,48 @@ async def test_only_the_agent_offered_the_call_gets_it_and_every_screen_of_that_
         assert (await next_of(other, "screen_pop"))["call_id"] == "c-3"
 
 
+async def test_a_partner_answering_after_the_pop_updates_the_screens_showing_that_caller(hub_client, keys):
+    from datetime import UTC, datetime
+
+    from prm_core.outbox import Fulfillment
+
+    path = "/v1/agents/{}/screenpop"
+    async with (
+        hub_client.ws_connect(path.format("a-1"), headers=bearer(keys["cti"])) as showing,
+        hub_client.ws_connect(path.format("a-2"), headers=bearer(keys["cti"])) as other,
+    ):
+        await next_of(showing, "hello")
+        await next_of(other, "hello")
+        await offer(hub_client, keys["cti"], offered("c-9", "a-1"))
+        pop = await next_of(showing, "screen_pop")
+        now = datetime(2026, 11, 23, 9, 12, tzinfo=UTC)
+        booked = Fulfillment(
+            id="ful_1", partner="fieldservice", role="field_service", action="schedule", status="confirmed",
+            customer_id=pop["customer_id"], dialogue_id="dlg_x", touchpoint="web", requested_at=now,
+            updated_at=now, data={"window_start": "2026-11-24T09:00:00Z", "window_end": "2026-11-24T12:00:00Z"},
+        )  # fmt: skip
+        # what the outbox does when a late partner answer is durable (PostgreSQL: through the bus)
+        hub_client.app[HUB].hooks.fulfillment_updated(booked)
+        update = await next_of(showing, "fulfillment_updated")
+        assert update["customer_id"] == pop["customer_id"]
+        assert update["fulfillment"]["status"] == "confirmed"
+        assert update["fulfillment"]["data"]["window_start"] == "2026-11-24T09:00:00Z"
+        assert update["seq"] > pop["seq"]  # kept for resume like a pop
+        await offer(hub_client, keys["cti"], offered("c-10", "a-2", ani="+14155550177"))
+        # a-2 never showed that caller: its next message is its own call's pop
+        assert (await next_of(other, "screen_pop"))["call_id"] == "c-10"
+        assert not [m for m in await _drain(other) if m["type"] == "fulfillment_updated"]
+
+
+async def _drain(ws: Any) -> list[dict[str, Any]]:
+    found = []
+    try:
+        while True:
+            found.append(await ws.receive_json(timeout=0.3))
+    except TimeoutError:
+        return found
+
+
 async def test_a_transfer_pops_the_call_on_the_receiving_agents_screen(hub_client, keys):
     async with hub_client.ws_connect("/v1/agents/a-9/screenpop", headers=bearer(keys["cti"])) as ws:
         await next_of(ws, "hello")

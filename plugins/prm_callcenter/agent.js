@@ -89,6 +89,9 @@
       } else if (message.type === "screen_pop") {
         store.setItem("prm.agent.seq", String(message.seq));
         showPop(message);
+      } else if (message.type === "fulfillment_updated") {
+        store.setItem("prm.agent.seq", String(message.seq));
+        updateFulfillment(message);
       }
     };
     socket.onclose = () => {
@@ -136,9 +139,26 @@
     if (!items.length) list.replaceChildren(el("li", "none", "none"));
   }
 
+  // a partner answered after the pop (a technician booked): update the caller's list in place
+  function updateFulfillment(message) {
+    const customer = state.call && state.call.customer;
+    if (!customer || ![customer.id, state.call.customerId].includes(message.customer_id)) return;
+    const others = (customer.fulfillments || []).filter((f) => f.id !== message.fulfillment.id);
+    customer.fulfillments = [message.fulfillment, ...others];
+    showFulfillments(customer);
+  }
+
+  function showFulfillments(customer) {
+    fill($("fulfillments"), customer.fulfillments || [], (f) => {
+      const d = f.data || {};
+      const when = d.window_start ? ` ${d.window_start} – ${d.window_end || ""}` : "";
+      return el("li", `${f.action} with ${f.partner}: ${f.status}${when}`);
+    });
+  }
+
   function showPop(pop) {
     const customer = pop.customer || {};
-    state.call = { id: pop.call_id, customer };
+    state.call = { id: pop.call_id, customerId: pop.customer_id, customer };
     $("waiting").hidden = true;
     $("pop").hidden = false;
     $("call-id").textContent = pop.call_id;
@@ -152,11 +172,7 @@
       const first = (r.events || [])[0];
       return el("li", `${r.touchpoint} · ${r.opened_at}${first ? ` · ${describe(first)}` : ""}`);
     });
-    fill($("fulfillments"), customer.fulfillments || [], (f) => {
-      const d = f.data || {};
-      const when = d.window_start ? ` ${d.window_start} – ${d.window_end || ""}` : "";
-      return el("li", `${f.action} with ${f.partner}: ${f.status}${when}`);
-    });
+    showFulfillments(customer);
     const recent = $("recent");
     recent.replaceChildren(
       ...(customer.recent_contacts || []).map((c) => {

@@ -29,7 +29,7 @@ import asyncio
 import json
 import secrets
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -40,6 +40,7 @@ from attrs import define, field
 from prm_core import hookimpl
 from prm_core.hub import Hub
 from prm_core.model import CustomerView, Event, RecordedEvent
+from prm_core.outbox import Fulfillment
 
 from .bus import PostgresBus
 from .cti import OFFERED, TOUCHPOINT
@@ -141,6 +142,9 @@ class ScreenPops:
     _tasks: list[asyncio.Task[None]] = field(factory=list)
     _tickets: dict[str, tuple[str, float]] = field(factory=dict)
     bus: PostgresBus | None = None
+    # which agents were shown which customer lately (bounded): where partner news goes
+    showing: OrderedDict[str, set[str]] = field(factory=OrderedDict)
+    showing_limit: int = 1000
 
     # ---- lifetime -----------------------------------------------------------------------
 
@@ -197,6 +201,11 @@ class ScreenPops:
 
     def _heard(self, notice: Mapping[str, Any]) -> None:
         """A notice from the bus (any process): pop it here if this agent has a channel here."""
+        if notice.get("kind") == "fulfillment":
+            customer, body = notice.get("customer_id"), notice.get("fulfillment")
+            if isinstance(customer, str) and isinstance(body, Mapping):
+                self._fulfillment(customer, body)
+            return
         agent = notice.get("agent")
         if not isinstance(agent, str) or agent not in self.agents:
             return
@@ -257,6 +266,39 @@ class ScreenPops:
             "customer": screen_pop_customer(view),
         }
         self.publish(agent, self._seq, json.dumps(message, default=str, separators=(",", ":")))
+        self._shown(recorded.customer_id, agent)
+
+    def _shown(self, customer_id: str, agent: str) -> None:
+        self.showing.setdefault(customer_id, set()).add(agent)
+        self.showing.move_to_end(customer_id)
+        while len(self.showing) > self.showing_limit:
+            self.showing.popitem(last=False)
+
+    # ---- partner news on the agent's screen -------------------------------------------
+
+    @hookimpl
+    def prm_fulfillment_updated(self, fulfillment: Fulfillment) -> None:
+        """A partner answered (a technician booked, parts found) after the pop: tell the agents
+        showing that customer. On PostgreSQL through the bus, since the answer may arrive at any
+        hub process."""
+        body = fulfillment.to_json()
+        if self.bus is not None:
+            notice: dict[str, Any] = {
+                "kind": "fulfillment",
+                "customer_id": fulfillment.customer_id,
+                "fulfillment": body,
+            }
+            if len(json.dumps(notice, default=str)) > 7000:  # NOTIFY's payload limit is 8000 bytes
+                notice["fulfillment"] = {k: body[k] for k in ("id", "partner", "role", "action", "status")}
+            self.bus.publish(notice)
+            return
+        self._fulfillment(fulfillment.customer_id, body)
+
+    def _fulfillment(self, customer_id: str, body: Mapping[str, Any]) -> None:
+        for agent in sorted(self.showing.get(customer_id, ())):
+            self._seq += 1
+            message = {"type": "fulfillment_updated", "seq": self._seq, "customer_id": customer_id, "fulfillment": body}
+            self.publish(agent, self._seq, json.dumps(message, default=str, separators=(",", ":")))
 
     def channel(self, agent: str) -> AgentChannel:
         channel = self.agents.get(agent)
