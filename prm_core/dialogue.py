@@ -99,10 +99,14 @@ class DialogueState:
             self.opened_at = event.occurred_at
         if self.intent is None:
             self.intent = infer_intent(event.type, event.data)
+        outcome = event.data.get("outcome")
         if self.status == "open" and closes(event, touchpoint):
-            outcome = event.data.get("outcome")
             self.outcome = outcome[:64] if isinstance(outcome, str) else self.outcome
             self.close(event.occurred_at)
+        elif self.status == "closed" and self.outcome is None and isinstance(outcome, str):
+            # the wrap-up after the hang-up (the agent sets the outcome once the call ended): a
+            # closed dialogue takes its first outcome, and stays closed as it was
+            self.outcome = outcome[:64]
 
     def close(self, at: datetime) -> None:
         self.status = "closed"

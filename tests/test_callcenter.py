@@ -72,6 +72,21 @@ async def test_the_outcome_the_agent_sets_closes_the_call_with_it(hub_client, ma
     assert (dialogue["status"], dialogue["outcome"]) == ("closed", "resolved")
 
 
+async def test_the_outcome_set_after_the_hang_up_is_the_calls(hub_client, make_key):
+    key, read = await make_key("touchpoint:callcenter"), await make_key("read")
+    resp = await post(
+        hub_client,
+        key,
+        cti("h1", "call.offered", 0, call_id="c-8", ani="+14155550118", agent_id="a-1"),
+        cti("h2", "call.ended", 3, call_id="c-8"),
+        cti("h3", "call.outcome", 5, call_id="c-8", agent_id="a-1", outcome="resolved"),
+    )
+    assert resp.status == 200, await resp.text()
+    _, body = await view(hub_client, read, "phone:+14155550118")
+    (dialogue,) = body["dialogues"]
+    assert (dialogue["status"], dialogue["outcome"]) == ("closed", "resolved")
+
+
 async def test_calls_are_idempotent_on_the_event_id(hub_client, make_key):
     key = await make_key("touchpoint:callcenter")
     event = cti("d1", "call.offered", 0, call_id="c-3", ani="+14155550112", agent_id="a-1")

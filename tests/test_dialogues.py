@@ -187,6 +187,19 @@ async def test_an_outcome_closes_the_dialogue_and_late_events_by_key_still_join_
     assert len(await dialogue_rows(hub)) == 1
 
 
+async def test_a_call_closed_without_an_outcome_takes_the_wrap_up_outcome_and_stays_closed(hub):
+    (start,) = await send(hub, "callcenter", event("w1", 0, "call.offered", dialogue="call-9"))
+    await send(hub, "callcenter", event("w2", 4, "dialogue.closed", dialogue="call-9"))
+    (wrap,) = await send(hub, "callcenter", event("w3", 6, "call.outcome", dialogue="call-9", data={"outcome": "sold"}))
+    await send(hub, "callcenter", event("w4", 9, "call.outcome", dialogue="call-9", data={"outcome": "other"}))
+    assert wrap.dialogue_id == start.dialogue_id
+    row = (await dialogue_rows(hub))[start.dialogue_id]
+    # the first outcome after the hang-up is the call's; the dialogue stays closed when it closed
+    assert (row.status, row.outcome) == ("closed", "sold")
+    assert row.closed_at == T0 + timedelta(minutes=4)
+    assert len(await dialogue_rows(hub)) == 1
+
+
 async def test_dialogue_closed_type_closes_without_an_outcome(hub):
     recorded = await send(
         hub, "ivr", event("i1", 0, "menu", dialogue="ivr-1"), event("i2", 1, "dialogue.closed", dialogue="ivr-1")
