@@ -210,7 +210,8 @@ _WINDOW = {"window_start": "startDateTime", "window_end": "endDateTime"}
 
 def appointment_callback(body: Mapping[str, Any]) -> tuple[str, str, dict[str, Any]] | None:
     """A TMF646 ``Appointment*Event`` notification as ``(partner_ref, status, data)``."""
-    appt = (body.get("event") or {}).get("appointment")
+    event = body.get("event")
+    appt = event.get("appointment") if isinstance(event, Mapping) else None
     if not str(body.get("eventType", "")).startswith("Appointment") or not isinstance(appt, Mapping):
         return None
     if not appt.get("id"):
@@ -225,7 +226,9 @@ def appointment_callback(body: Mapping[str, Any]) -> tuple[str, str, dict[str, A
 
 def stock_callback(body: Mapping[str, Any]) -> tuple[str, str, dict[str, Any]] | None:
     """A TMF687 ``CheckProductStockStateChangeEvent`` (or reserve) as ``(partner_ref, status, data)``."""
-    event = body.get("event") or {}
+    event = body.get("event")
+    if not isinstance(event, Mapping):
+        return None
     task = event.get("checkProductStock") or event.get("reserveProductStock")
     if not isinstance(task, Mapping) or not task.get("id"):
         return None

@@ -45,7 +45,11 @@ def parse_callback(protocol: str, body: Any) -> tuple[str, str, dict[str, Any]] 
     if "specversion" in body:
         ref, data = body.get("subject"), body.get("data")
     else:
-        ref, data = body.get("request_id"), {"status": body.get("status"), **(body.get("data") or {})}
+        extra = body.get("data")
+        ref, data = (
+            body.get("request_id"),
+            {"status": body.get("status"), **(extra if isinstance(extra, Mapping) else {})},
+        )
     if not isinstance(ref, str) or not isinstance(data, Mapping):
         return None
     status = data.get("status")

@@ -162,7 +162,18 @@ async def read_poslog(path: Path, context: ImportContext) -> AsyncIterator[Event
         raise ConfigError("[touchpoints.pos].poslog_timezone must be an IANA time zone such as Europe/Paris") from None
     currency = settings.get("currency")
     number = 0
-    for _, element in etree.iterparse(str(path), events=("end",), tag=f"{{{NS}}}Transaction", huge_tree=False):
+    elements = etree.iterparse(str(path), events=("end",), tag=f"{{{NS}}}Transaction", huge_tree=False)
+    while True:
+        try:
+            _, element = next(elements)
+        except StopIteration:
+            break
+        except etree.XMLSyntaxError as exc:
+            # the file itself is broken (cut short, not XML): what came before it is imported
+            raise InvalidInput(
+                f"{path.name} is not well-formed XML after transaction {number} (line {exc.lineno}): {exc.msg}",
+                "file",
+            ) from None
         number += 1
         where = f"transaction {number} ({_text(element, 'a:SequenceNumber') or 'no SequenceNumber'})"
         try:
