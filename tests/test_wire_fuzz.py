@@ -82,7 +82,7 @@ cti_events = st.fixed_dictionaries(
                     "call.outcome",
                     "other",
                 ]
-            ),  # fmt: skip
+            ),
             scalars,
         ),
         "occurred_at": times,
