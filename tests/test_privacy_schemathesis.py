@@ -1,5 +1,6 @@
 """schemathesis against /openapi.json: every operation the hub describes, with generated
-parameters and bodies, answered without a 5xx (a real server on a real SQLite database,
+parameters and bodies, answered without a 5xx and with a body that matches the schema the hub
+describes for that status (every JSON error, the events, requests and customer answers) (a real server on a real SQLite database,
 with an admin key, so requests get past authentication into the handlers)."""
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import schemathesis
 from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from prm_core.config import Config
 from prm_core.keys import create_key
@@ -78,7 +80,8 @@ def test_no_operation_answers_a_server_error(live: LiveHub) -> None:
         def check(case: Any) -> None:
             response = case.call(base_url=live.url, headers=headers)
             statuses.setdefault(case.operation.label, set()).add(response.status_code)
-            case.validate_response(response, checks=[not_a_server_error])
+            # no 5xx, and every answer (errors included) matches the schema the hub describes
+            case.validate_response(response, checks=[not_a_server_error, response_schema_conformance])
 
         check()
     # every operation was called, and generated input got into the handlers' own checks

@@ -110,7 +110,9 @@ def create_app(
 
     @api("This API description", scope=None, responses={200: "OpenAPI 3.1 document"})
     async def openapi(request: web.Request) -> web.Response:
-        return web.json_response(build_openapi(request.app, owners))
+        # {tp} is one of the registered touch points: say so, so clients and fuzzers need not guess
+        touchpoints = sorted(request.app[HUB].registrations.touchpoints.names())
+        return web.json_response(build_openapi(request.app, owners, enums={"tp": touchpoints}))
 
     app.router.add_get("/openapi.json", openapi)
 

@@ -30,14 +30,62 @@ EVENT = {
 }
 ERROR = {
     "type": "object",
+    "required": ["error"],
     "properties": {
         "error": {
             "type": "object",
             "required": ["code", "message"],
-            "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "field": {"type": "string"}},
+            "properties": {
+                "code": {"type": "string"},
+                "message": {"type": "string"},
+                "field": {"type": ["string", "null"], "description": "the field at fault, when there is one"},
+            },
         }
     },
 }
+ACCEPTED = {
+    "type": "object",
+    "required": ["accepted", "duplicates"],
+    "properties": {"accepted": {"type": "integer", "minimum": 0}, "duplicates": {"type": "integer", "minimum": 0}},
+}
+ANSWER = {
+    "type": "object",
+    "required": ["customer_id", "dialogue_id", "delivery", "elapsed_ms", "budget_ms", "degraded"],
+    "properties": {
+        "customer_id": {"type": "string"},
+        "dialogue_id": {"type": "string"},
+        "delivery": {"type": "object", "description": "rendered by the touch point (JSON by default)"},
+        "elapsed_ms": {"type": "number", "minimum": 0},
+        "budget_ms": {"type": "integer", "minimum": 1},
+        "degraded": {"type": "array", "items": {"type": "string"}},
+    },
+}
+CUSTOMER_VIEW = {
+    "type": "object",
+    "required": ["id", "kind", "tier", "traits", "identities", "timeline", "dialogues", "metrics", "memberships"],
+    "properties": {
+        "id": {"type": "string"},
+        "kind": {"enum": ["person", "organization", "group"]},
+        "tier": {"type": ["string", "null"]},
+        "traits": {"type": "object"},
+        "identities": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["namespace", "value"],
+                "properties": {"namespace": {"type": "string"}, "value": {"type": "string"}},
+            },
+        },
+        "timeline": {"type": "array", "items": {"type": "object"}},
+        "next_cursor": {"type": ["string", "null"]},
+        "dialogues": {"type": "array", "items": {"type": "object"}},
+        "metrics": {"type": "object"},
+        "memberships": {"type": "array"},
+        "consents": {"type": "array"},
+        "offers": {"type": "array"},
+    },
+}
+SCHEMAS = {"Event": EVENT, "Error": ERROR, "Accepted": ACCEPTED, "Answer": ANSWER, "CustomerView": CUSTOMER_VIEW}
 
 
 def _operation(route: web.AbstractRoute, owner: str | None) -> dict[str, Any]:
@@ -52,10 +100,13 @@ def _operation(route: web.AbstractRoute, owner: str | None) -> dict[str, Any]:
             op["description"] = handler.__doc__.strip().split("\n", 1)[1].strip()
         return op
     op = {"summary": meta["summary"], "responses": {}}
+    shapes: dict[int, str] = meta.get("shapes") or {}
     for status, text in meta["responses"].items():
         response: dict[str, Any] = {"description": text}
         if status >= 400:
             response["content"] = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+        elif status in shapes:
+            response["content"] = {"application/json": {"schema": {"$ref": f"#/components/schemas/{shapes[status]}"}}}
         op["responses"][str(status)] = response
     if meta["scope"]:
         op["security"] = [{"bearer": []}, {"basic": []}]
@@ -71,8 +122,16 @@ def _operation(route: web.AbstractRoute, owner: str | None) -> dict[str, Any]:
     return op
 
 
-def build_openapi(app: web.Application, owners: dict[str, str]) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of every route mounted on ``app``."""
+def _param_schema(values: list[str] | None) -> dict[str, Any]:
+    return {"type": "string", "enum": values} if values else {"type": "string"}
+
+
+def build_openapi(
+    app: web.Application, owners: dict[str, str], *, enums: dict[str, list[str]] | None = None
+) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of every route mounted on ``app``; ``enums`` lists the values a
+    path parameter may take (``tp``: the registered touch points)."""
+    enums = enums or {}
     paths: dict[str, dict[str, Any]] = {}
     for route in app.router.routes():
         if route.method == "HEAD" or route.resource is None:
@@ -83,7 +142,7 @@ def build_openapi(app: web.Application, owners: dict[str, str]) -> dict[str, Any
         if path_params:
             op.setdefault("parameters", [])
             op["parameters"] = [
-                {"name": p, "in": "path", "required": True, "schema": {"type": "string"}} for p in path_params
+                {"name": p, "in": "path", "required": True, "schema": _param_schema(enums.get(p))} for p in path_params
             ] + op["parameters"]
         paths.setdefault(path, {})[route.method.lower()] = op
     return {
@@ -91,7 +150,7 @@ def build_openapi(app: web.Application, owners: dict[str, str]) -> dict[str, Any
         "info": {"title": "PRM hub", "version": __version__},
         "paths": dict(sorted(paths.items())),
         "components": {
-            "schemas": {"Event": EVENT, "Error": ERROR},
+            "schemas": SCHEMAS,
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer"},
                 "basic": {"type": "http", "scheme": "basic", "description": "the key as user name, empty password"},

@@ -34,8 +34,13 @@ def api(
     body: dict[str, Any] | None = None,
     responses: dict[int, str] | None = None,
     params: dict[str, str] | None = None,
+    shapes: dict[int, str] | None = None,
 ) -> Callable[[Handler], Handler]:
-    """Attach the API description of a handler (read by :mod:`prm_core.server.openapi`)."""
+    """Attach the API description of a handler (read by :mod:`prm_core.server.openapi`).
+
+    ``shapes`` names, per success status, the schema of the JSON answered (a name from
+    ``prm_core.server.openapi.SCHEMAS``): what clients may rely on, and schemathesis checks.
+    """
 
     def mark(handler: Handler) -> Handler:
         handler.__prm_api__ = {  # type: ignore[attr-defined]
@@ -44,6 +49,7 @@ def api(
             "body": body,
             "responses": responses or {200: "OK"},
             "params": params or {},
+            "shapes": shapes or {},
         }
         return handler
 
@@ -141,6 +147,7 @@ async def _touchpoint_write(request: web.Request) -> str:
         "oneOf": [{"type": "object", "properties": {"events": {"type": "array", "items": EVENT_SCHEMA}}}, EVENT_SCHEMA]
     },
     responses={200: '{"accepted": n, "duplicates": m}', **WRITE_ERRORS},
+    shapes={200: "Accepted"},
 )
 async def post_events(request: web.Request) -> web.Response:
     tp = await _touchpoint_write(request)
@@ -159,6 +166,7 @@ async def post_events(request: web.Request) -> web.Response:
         200: '{"customer_id", "dialogue_id", "delivery", "elapsed_ms", "budget_ms", "degraded"}',
         **WRITE_ERRORS,
     },
+    shapes={200: "Answer"},
 )
 async def post_request(request: web.Request) -> web.Response:
     tp = await _touchpoint_write(request)
@@ -198,6 +206,7 @@ def _view_json(view: CustomerView) -> dict[str, Any]:
     scope="read",
     params={"cursor": "next page of the timeline (next_cursor)", "limit": "timeline page size, 1-200 (20)"},
     responses={200: "CustomerView", 404: "No such customer", 422: "Bad ref, cursor or limit", **AUTH_ERRORS},
+    shapes={200: "CustomerView"},
 )
 async def get_customer(request: web.Request) -> web.Response:
     await require(request, "read")
@@ -227,6 +236,7 @@ async def get_customer(request: web.Request) -> web.Response:
         422: "Invalid field",
         **AUTH_ERRORS,
     },
+    shapes={200: "CustomerView"},
 )
 async def patch_customer(request: web.Request) -> web.Response:
     await require(request, "admin")
