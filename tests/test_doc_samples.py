@@ -363,7 +363,8 @@ ROUTE = re.compile(r"^(GET|POST|PUT|PATCH|DELETE)\s+(/\S+)")
 
 
 def _template(path: str) -> str:
-    return re.sub(r"\{([^}:]+)(:[^}]*)?\}", r"{\1}", path)
+    """``/v1/customers/{ref}`` and ``/v1/customers/{namespace:value}`` alike: ``/v1/customers/{}``."""
+    return re.sub(r"\{[^}]*\}", "{}", path)
 
 
 def check_http(block: Block, openapi: dict[str, Any]) -> None:
