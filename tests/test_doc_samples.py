@@ -18,8 +18,9 @@ Kinds:
 - ``run [with=SCOPE] [live=SCOPE]``: executed as a module (top-level ``await`` allowed), with
   the names the ``SCOPES`` entry gives in scope; ``live=touchpoint:web`` rewrites
   ``https://hub.example.com`` to the test hub and ``prm_...`` to a key of that scope.
-- ``config``: written to a file, loaded with ``load_config`` (every ``env:`` secret set) and a
+- ``config [live]``: written to a file, loaded with ``load_config`` (every ``env:`` secret set) and a
   hub started with it on SQLite (``Hub.open``); a fragment is a whole config on its own.
+  ``live``: the test hub runs with it too (the samples after it on the page need it).
 - ``json [example]``: parsed (several values in a row are JSON Lines; a ``"key": value``
   fragment is read as an object member); ``example`` allows ``...`` placeholders.
 - ``post PATH scope=SCOPE [status=N]``: parsed and sent to the test hub; the status checked.
@@ -64,6 +65,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import tomli_w
 from attrs import frozen
 
 from prm_core.config import load_config
@@ -165,6 +167,13 @@ class LiveHub:
         assert done.returncode == 0, done.stderr
         return done.stdout.strip().splitlines()[-1]
 
+    def events_recorded(self) -> float:
+        """``prm_events_total`` from ``/metrics``, every touch point."""
+        status, body = self.request("GET", "/metrics")
+        assert status == 200
+        found = re.findall(r"^prm_events_total\{[^}]*\} ([0-9.e+]+)$", body.decode(), flags=re.M)
+        return sum(float(n) for n in found)
+
     def request(
         self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
     ) -> tuple[int, bytes]:
@@ -176,6 +185,14 @@ class LiveHub:
             return exc.code, exc.read()
 
 
+def _merge(into: dict[str, Any], more: dict[str, Any]) -> None:
+    for key, value in more.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+
+
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveHub]:
     home = tmp_path_factory.mktemp("live")
@@ -183,9 +200,14 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveHub]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PRM_")}
     env |= {"PRM_DATABASE_URL": f"sqlite:///{home}/prm.db", "PWD": str(ROOT)}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    config: dict[str, Any] = {}
+    for block in BLOCKS:
+        if block.kind == "config" and "live" in block.args:
+            _merge(config, tomllib.loads(block.code))
+    (home / "prm.toml").write_text(tomli_w.dumps(config), encoding="utf-8")
     log = (home / "serve.log").open("w")
     proc = subprocess.Popen(
-        [PRM, "serve", "--port", str(port), "--log-level", "warning"],
+        [PRM, "serve", "--config", str(home / "prm.toml"), "--port", str(port), "--log-level", "warning"],
         env=env,
         cwd=home,
         stdout=log,
@@ -288,9 +310,10 @@ def run_python(block: Block, live: Callable[[], LiveHub]) -> None:
     if "with" in opts:
         make, cleanup = SCOPES[opts["with"]]
         scope |= make()
-    if "live" in opts:
-        hub = live()
+    hub = live() if "live" in opts else None
+    if hub is not None:
         code = code.replace("https://hub.example.com", hub.base).replace("prm_...", hub.key(opts["live"]))
+        before = hub.events_recorded()
     compiled = compile(code, block.id, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
 
     async def main() -> None:
@@ -310,6 +333,8 @@ def run_python(block: Block, live: Callable[[], LiveHub]) -> None:
         exec(compiled, module.__dict__)  # noqa: S102  # the documentation's own sample
         if cleanup is not None:
             asyncio.run(cleanup(module.__dict__))
+    if hub is not None:
+        assert hub.events_recorded() > before, f"{block.id} ran, but the hub recorded no event"
 
 
 # ---- toml ---------------------------------------------------------------------------------
