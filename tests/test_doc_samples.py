@@ -32,6 +32,10 @@ Kinds:
   request to the test hub (``localhost:8700``, ``https://hub.example.com``) expecting a 2xx, and
   a ``# {...}`` comment line after it compared with the answer's keys; ``pip install -e .[x]``
   checks the extras exist; ``pytest ARGS`` that the named files exist; scripts are syntax-checked.
+- ``file PATH``: a python file of a plugin, written to PATH under a temporary directory (with
+  the page's other ``file`` blocks), imported and registered against the real hook specs.
+- ``pytest``: a test module, run by pytest (``asyncio_mode=auto``) beside the page's files.
+- ``pyproject``: packaging: its entry-point groups are the ones the plugin manager loads.
 - ``rules``: each line compiles as a planning rule.
 - ``tree``: every path named in a directory listing exists.
 - ``tested-by PATH[::TEST]``: another test module checks this block; it must exist, name the page,
@@ -65,7 +69,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import tomli_w
 from attrs import frozen
 
 from prm_core.config import load_config
@@ -185,6 +188,16 @@ class LiveHub:
             return exc.code, exc.read()
 
 
+def _toml(table: dict[str, Any], prefix: str = "") -> str:
+    """Tables of scalars and lists as TOML (JSON's strings, numbers and arrays are TOML's)."""
+    scalars = [f"{json.dumps(k)} = {json.dumps(v)}" for k, v in table.items() if not isinstance(v, dict)]
+    out = (f"[{prefix}]\n" if prefix and scalars else "") + "".join(line + "\n" for line in scalars)
+    for key, value in table.items():
+        if isinstance(value, dict):
+            out += _toml(value, f"{prefix}.{json.dumps(key)}" if prefix else json.dumps(key))
+    return out
+
+
 def _merge(into: dict[str, Any], more: dict[str, Any]) -> None:
     for key, value in more.items():
         if isinstance(value, dict) and isinstance(into.get(key), dict):
@@ -204,7 +217,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveHub]:
     for block in BLOCKS:
         if block.kind == "config" and "live" in block.args:
             _merge(config, tomllib.loads(block.code))
-    (home / "prm.toml").write_text(tomli_w.dumps(config), encoding="utf-8")
+    (home / "prm.toml").write_text(_toml(config), encoding="utf-8")
     log = (home / "serve.log").open("w")
     proc = subprocess.Popen(
         [PRM, "serve", "--config", str(home / "prm.toml"), "--port", str(port), "--log-level", "warning"],
@@ -634,6 +647,49 @@ def check_tested_by(block: Block) -> None:
 
 # ---- the test -----------------------------------------------------------------------------
 
+def _page_files(page: str, into: Path) -> list[str]:
+    """Write the page's ``file PATH`` blocks under ``into``; the module names they make."""
+    names = []
+    for block in BLOCKS:
+        if block.page == page and block.kind == "file":
+            target = into / block.args[0]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(block.code, encoding="utf-8")
+            if target.suffix == ".py":
+                names.append(".".join(target.relative_to(into).with_suffix("").parts).removesuffix(".__init__"))
+    return names
+
+
+def check_file(block: Block, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A python file of a plugin: it imports and registers against the real hook specs."""
+    from prm_core.plugins import make_plugin_manager
+
+    assert block.args, f"{block.id}: `file` names no path"
+    names = _page_files(block.page, tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in names:
+        module = __import__(name)
+        make_plugin_manager([module], autoload=False).check_pending()
+        sys.modules.pop(name, None)
+
+
+def check_pytest(block: Block, tmp_path: Path) -> None:
+    """A test module: run by pytest (asyncio auto mode, as the page says) beside the page's files."""
+    _page_files(block.page, tmp_path)
+    (tmp_path / "test_doc_sample.py").write_text(block.code, encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PRM_")}
+    env["PYTHONPATH"] = str(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "asyncio_mode=auto", "test_doc_sample.py"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+
+
 def check_pyproject(block: Block) -> None:
     """A plugin's packaging: an entry point in the group the plugin manager loads."""
     from prm_core import plugins
@@ -645,7 +701,7 @@ def check_pyproject(block: Block) -> None:
         assert f'"{group}"' in inspect.getsource(plugins), f"the plugin manager does not load the group {group!r}"
 
 
-KINDS = {"pyproject", "run", "config", "json", "post", "http", "shell", "rules", "tree", "tested-by", "not-run"}
+KINDS = {"file", "pytest", "pyproject", "run", "config", "json", "post", "http", "shell", "rules", "tree", "tested-by", "not-run"}
 
 
 def test_every_page_has_its_samples_found() -> None:
@@ -687,6 +743,10 @@ def test_doc_sample(block: Block, request: pytest.FixtureRequest, tmp_path: Path
         check_rules(block)
     elif block.kind == "tree":
         check_tree(block)
+    elif block.kind == "file":
+        check_file(block, tmp_path, monkeypatch)
+    elif block.kind == "pytest":
+        check_pytest(block, tmp_path)
     elif block.kind == "pyproject":
         check_pyproject(block)
     elif block.kind == "tested-by":
