@@ -331,7 +331,7 @@ def run_python(block: Block, live: Callable[[], LiveHub]) -> None:
 
     async def main() -> None:
         try:
-            result = eval(compiled, scope)  # noqa: S307  # the documentation's own sample
+            result = eval(compiled, scope)  # the documentation's own sample
             if inspect.iscoroutine(result):
                 await result
         finally:
@@ -343,7 +343,7 @@ def run_python(block: Block, live: Callable[[], LiveHub]) -> None:
     else:
         module = types.ModuleType(scope["__name__"])
         module.__dict__.update(scope)
-        exec(compiled, module.__dict__)  # noqa: S102  # the documentation's own sample
+        exec(compiled, module.__dict__)  # the documentation's own sample
         if cleanup is not None:
             asyncio.run(cleanup(module.__dict__))
     if hub is not None:
@@ -571,7 +571,9 @@ def curl(args: list[str], live: LiveHub, shown: str | None) -> str:
     if data is not None:
         headers.setdefault("Content-Type", "application/x-www-form-urlencoded")
         json.loads(data)  # the body is JSON (the hub reads it whatever curl's default type)
-    status, body = live.request(method or ("POST" if data is not None else "GET"), path, data.encode() if data else None, headers)
+    status, body = live.request(
+        method or ("POST" if data is not None else "GET"), path, data.encode() if data else None, headers
+    )
     assert 200 <= status < 300, f"curl {url}: {status} {body[:500]!r}"
     if shown is not None:
         expected = parse_json(shown.split("--")[0], placeholders=True)[0]
@@ -647,6 +649,7 @@ def check_tested_by(block: Block) -> None:
 
 # ---- the test -----------------------------------------------------------------------------
 
+
 def _page_files(page: str, into: Path) -> list[str]:
     """Write the page's ``file PATH`` blocks under ``into``; the module names they make."""
     names = []
@@ -680,7 +683,17 @@ def check_pytest(block: Block, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PRM_")}
     env["PYTHONPATH"] = str(tmp_path)
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "asyncio_mode=auto", "test_doc_sample.py"],
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-o",
+            "asyncio_mode=auto",
+            "test_doc_sample.py",
+        ],
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -701,7 +714,21 @@ def check_pyproject(block: Block) -> None:
         assert f'"{group}"' in inspect.getsource(plugins), f"the plugin manager does not load the group {group!r}"
 
 
-KINDS = {"file", "pytest", "pyproject", "run", "config", "json", "post", "http", "shell", "rules", "tree", "tested-by", "not-run"}
+KINDS = {
+    "file",
+    "pytest",
+    "pyproject",
+    "run",
+    "config",
+    "json",
+    "post",
+    "http",
+    "shell",
+    "rules",
+    "tree",
+    "tested-by",
+    "not-run",
+}
 
 
 def test_every_page_has_its_samples_found() -> None:
@@ -711,8 +738,12 @@ def test_every_page_has_its_samples_found() -> None:
 
 
 @pytest.mark.parametrize("block", BLOCKS, ids=[block.id for block in BLOCKS])
-def test_doc_sample(block: Block, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert block.kind, f"{block.id}: a ```{block.lang} block with no check: mark it <!-- sample: KIND --> or <!-- not run: why -->"
+def test_doc_sample(
+    block: Block, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert block.kind, (
+        f"{block.id}: a ```{block.lang} block with no check: mark it <!-- sample: KIND --> or <!-- not run: why -->"
+    )
     assert block.kind in KINDS, f"{block.id}: unknown kind {block.kind!r}"
 
     def live() -> LiveHub:
