@@ -21,8 +21,9 @@ Kinds:
 - ``config [live]``: written to a file, loaded with ``load_config`` (every ``env:`` secret set) and a
   hub started with it on SQLite (``Hub.open``); a fragment is a whole config on its own.
   ``live``: the test hub runs with it too (the samples after it on the page need it).
-- ``json [example]``: parsed (several values in a row are JSON Lines; a ``"key": value``
-  fragment is read as an object member); ``example`` allows ``...`` placeholders.
+- ``json [example] [answer]``: parsed (several values in a row are JSON Lines; a ``"key": value``
+  fragment is read as an object member); ``example`` allows ``...`` placeholders; ``answer``:
+  the page's ``post`` sample before it is sent again and the keys shown must be the answer's.
 - ``post PATH scope=SCOPE [status=N]``: parsed and sent to the test hub; the status checked.
 - ``http``: lines ``METHOD PATH (scope ...)``: the route is in the hub's ``/openapi.json``; an
   ``-> N`` after it or a JSON body under it is parsed (placeholders allowed).
@@ -279,6 +280,30 @@ def parse_json(text: str, *, placeholders: bool) -> list[Any]:
             pos += 1
     assert values, "an empty JSON block"
     return values
+
+
+def same_shape(shown: Any, got: Any, where: str) -> None:
+    """The keys an example answer shows are the answer's (at every depth where both have some):
+    at the top, exactly; inside, those shown exist (``...`` stands for the rest)."""
+    if isinstance(shown, dict):
+        assert isinstance(got, dict), f"{where}: shows an object, the hub answered {got!r}"
+        assert set(shown) <= set(got), f"{where}: shows {sorted(set(shown) - set(got))}, not in the answer {got}"
+        for key in shown:
+            same_shape(shown[key], got[key], f"{where} .{key}")
+    elif isinstance(shown, list) and shown and isinstance(got, list) and got:
+        same_shape(shown[0], got[0], f"{where}[0]")
+
+
+def post(block: Block, hub: LiveHub) -> Any:
+    """Send a request sample to the test hub; its status checked; the answer."""
+    path, *rest = block.args
+    opts = dict(arg.split("=", 1) for arg in rest)
+    body = parse_json(block.code, placeholders=False)
+    assert len(body) == 1
+    headers = {"Authorization": f"Bearer {hub.key(opts['scope'])}", "Content-Type": "application/json"}
+    status, answer = hub.request("POST", path, json.dumps(body[0]).encode(), headers)
+    assert status == int(opts.get("status", 200)), f"POST {path}: {status} {answer[:500]!r}"
+    return json.loads(answer)
 
 
 # ---- python -------------------------------------------------------------------------------
@@ -756,16 +781,13 @@ def test_doc_sample(
     elif block.kind == "config":
         check_config(block, tmp_path, monkeypatch)
     elif block.kind == "json":
-        parse_json(block.code, placeholders=block.args[:1] == ("example",))
+        shown = parse_json(block.code, placeholders=block.args[:1] == ("example",))
+        if "answer" in block.args:  # the answer to the page's request sample before it
+            request_block = [b for b in BLOCKS if b.page == block.page and b.kind == "post" and b.line < block.line][-1]
+            assert len(shown) == 1
+            same_shape(shown[0], post(request_block, live()), block.id)
     elif block.kind == "post":
-        path, *rest = block.args
-        opts = dict(arg.split("=", 1) for arg in rest)
-        body = parse_json(block.code, placeholders=False)
-        assert len(body) == 1
-        hub = live()
-        headers = {"Authorization": f"Bearer {hub.key(opts['scope'])}", "Content-Type": "application/json"}
-        status, answer = hub.request("POST", path, json.dumps(body[0]).encode(), headers)
-        assert status == int(opts.get("status", 200)), f"POST {path}: {status} {answer[:500]!r}"
+        post(block, live())
     elif block.kind == "http":
         check_http(block, request.getfixturevalue("openapi"))
     elif block.kind == "shell":
