@@ -25,8 +25,10 @@ Kinds:
   fragment is read as an object member); ``example`` allows ``...`` placeholders; ``answer``:
   the page's ``post`` sample before it is sent again and the keys shown must be the answer's.
 - ``post PATH scope=SCOPE [status=N]``: parsed and sent to the test hub; the status checked.
-- ``http``: lines ``METHOD PATH (scope ...)``: the route is in the hub's ``/openapi.json``; an
-  ``-> N`` after it or a JSON body under it is parsed (placeholders allowed).
+- ``http [send ref=REF [scope=S]]``: lines ``METHOD PATH (scope ...)``: the route is in the hub's
+  ``/openapi.json``; an ``-> N`` after it or a JSON body under it is parsed (placeholders
+  allowed); ``send``: sent too (``{...}`` in the path is REF, after the page's ``post``
+  samples), with a key of scope S (admin) and the status shown (200 when none is).
 - ``shell [keys NAME=SCOPE ...]``: every command run, in one shell session per page (variables
   carry over to later blocks): ``prm keys|db|plugins ...`` really, against the test hub's
   database; ``prm serve|demo`` and ``python bench/...`` with ``--help``; ``curl`` translated to a
@@ -430,7 +432,21 @@ def _template(path: str) -> str:
     return re.sub(r"\{[^}]*\}", "{}", path)
 
 
-def check_http(block: Block, openapi: dict[str, Any]) -> None:
+def sender(block: Block, hub: LiveHub) -> Callable[[str, str, str, set[int]], None]:
+    """What sends an ``http send`` block's requests to the test hub."""
+    opts = dict(arg.split("=", 1) for arg in block.args if "=" in arg)
+    key = hub.key(opts.get("scope", "admin"))
+
+    def send(method: str, path: str, body: str, statuses: set[int]) -> None:
+        path = re.sub(r"\{[^}]*\}", opts["ref"], path)
+        headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+        got, answer = hub.request(method, path, body.encode() or None, headers)
+        assert got in statuses, f"{block.id}: {method} {path}: {got} {answer[:500]!r}"
+
+    return send
+
+
+def check_http(block: Block, openapi: dict[str, Any], send: Callable[[str, str, str, set[int]], None] | None) -> None:
     routes = {(m.upper(), _template(p)) for p, ops in openapi["paths"].items() for m in ops}
     segments: list[list[str]] = []
     for raw in block.code.splitlines():
@@ -443,7 +459,7 @@ def check_http(block: Block, openapi: dict[str, Any]) -> None:
     for first, *more in segments:
         m = ROUTE.match(first)
         assert m
-        route = (m.group(1), _template(m.group(2)))
+        route = (m.group(1), _template(m.group(2).split("?")[0]))
         if route not in routes:
             alike = sorted(p for meth, p in routes if p.split("/")[:3] == route[1].split("/")[:3])
             pytest.fail(f"{block.id}: {route[0]} {route[1]} is not a route of the hub; alike: {alike}")
@@ -453,6 +469,11 @@ def check_http(block: Block, openapi: dict[str, Any]) -> None:
         body = text[: arrow.start()].strip() if arrow else text
         if body:
             parse_json(body, placeholders=True)
+        if send is not None:
+            statuses = (
+                {int(arrow.group(1)), *map(int, re.findall(r"\bor (\d{3})\b", arrow.group(2)))} if arrow else {200}
+            )
+            send(route[0], m.group(2), body, statuses)
         if arrow and arrow.group(2).strip().startswith("{"):
             answer = re.sub(r",?\s*or\s+\d{3}\s*$", "", arrow.group(2).strip())
             answer = re.sub(r'"(\w+)"(?=\s*[,}])', r'"\1": 0', answer)  # {"customer_id", ...}: names
@@ -789,7 +810,18 @@ def test_doc_sample(
     elif block.kind == "post":
         post(block, live())
     elif block.kind == "http":
-        check_http(block, request.getfixturevalue("openapi"))
+        openapi = request.getfixturevalue("openapi")
+        if "send" in block.args:
+            hub = live()
+            for earlier in BLOCKS:  # the page's requests before it made what it works on
+                if earlier.page == block.page and earlier.line < block.line:
+                    if earlier.kind == "post":
+                        post(earlier, hub)
+                    elif earlier.kind == "http" and "send" in earlier.args:
+                        check_http(earlier, openapi, sender(earlier, hub))
+            check_http(block, openapi, sender(block, hub))
+        else:
+            check_http(block, openapi, None)
     elif block.kind == "shell":
         run_shell(block, live())
     elif block.kind == "rules":
