@@ -73,7 +73,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from attrs import evolve, frozen
+from attrs import Factory, evolve, frozen
 
 from prm_core.config import load_config
 
@@ -158,6 +158,7 @@ def _free_port() -> int:
 class LiveHub:
     base: str
     env: dict[str, str]
+    keys: dict[str, str] = Factory(dict)
 
     def prm(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -170,9 +171,12 @@ class LiveHub:
         )
 
     def key(self, scope: str) -> str:
-        done = self.prm("keys", "create", "--scope", scope)
-        assert done.returncode == 0, done.stderr
-        return done.stdout.strip().splitlines()[-1]
+        """A key of ``scope`` (one per scope, made as the docs make them)."""
+        if scope not in self.keys:
+            done = self.prm("keys", "create", "--scope", scope)
+            assert done.returncode == 0, done.stderr
+            self.keys[scope] = done.stdout.strip().splitlines()[-1]
+        return self.keys[scope]
 
     def events_recorded(self) -> float:
         """``prm_events_total`` from ``/metrics``, every touch point."""
