@@ -39,7 +39,8 @@ Kinds:
 - ``file PATH``: a python file of a plugin, written to PATH under a temporary directory (with
   the page's other ``file`` blocks), imported and registered against the real hook specs.
 - ``pytest``: a test module, run by pytest (``asyncio_mode=auto``) beside the page's files.
-- ``pyproject``: packaging: its entry-point groups are the ones the plugin manager loads.
+- ``pyproject``: packaging: it depends on the hub's distribution, and its entry-point groups are
+  the ones the plugin manager loads.
 - ``rules``: each line compiles as a planning rule.
 - ``tree``: every path named in a directory listing exists.
 - ``tested-by PATH[::TEST]``: another test module checks this block; it must exist, name the page,
@@ -762,6 +763,9 @@ def check_pyproject(block: Block) -> None:
     from prm_core import plugins
 
     project = tomllib.loads(block.code)["project"]
+    hub = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["name"]
+    names = {re.split(r"[\s\[<>=!~;]", dep, maxsplit=1)[0] for dep in project.get("dependencies", [])}
+    assert hub in names, f"{block.id}: a plugin depends on the hub's distribution, {hub!r}, not {sorted(names)}"
     groups = project.get("entry-points", {})
     assert groups, f"{block.id}: no entry points"
     for group in groups:
