@@ -18,13 +18,14 @@ Kinds:
 - ``run [with=SCOPE] [live=SCOPE]``: executed as a module (top-level ``await`` allowed), with
   the names the ``SCOPES`` entry gives in scope; ``live=touchpoint:web`` rewrites
   ``https://hub.example.com`` to the test hub and ``prm_...`` to a key of that scope.
-- ``config [live]``: written to a file, loaded with ``load_config`` (every ``env:`` secret set) and
-  the hub's whole server started with it on SQLite (``create_app``: ``Hub.open`` and every
-  adapter; listening ports become 0, a PBX address a closed local port); a fragment is a whole config on its own.
-  ``live``: the test hub runs with it too (the samples after it on the page need it).
+- ``config [live]``: written to a file, loaded with ``load_config`` (every ``env:`` secret set)
+  and the hub's whole server started with it on SQLite (``create_app``: ``Hub.open`` and every
+  adapter; listening ports become 0, a PBX address a closed local port); a fragment is a whole
+  config on its own. ``live``: the test hub runs with it too (later samples on the page need it).
 - ``json [example] [answer]``: parsed (several values in a row are JSON Lines; a ``"key": value``
   fragment is read as an object member); ``example`` allows ``...`` placeholders; ``answer``:
-  the page's ``post`` sample before it is sent again and the keys shown must be the answer's.
+  the page's ``post`` sample before it is sent again: the answer has exactly the keys shown at
+  the top, and those shown inside (``...`` stands for the rest).
 - ``post PATH scope=SCOPE [status=N]``: parsed and sent to the test hub; the status checked.
 - ``http [send ref=REF [scope=S]]``: lines ``METHOD PATH (scope ...)``: the route is in the hub's
   ``/openapi.json``; an ``-> N`` after it or a JSON body under it is parsed (placeholders
@@ -290,16 +291,17 @@ def parse_json(text: str, *, placeholders: bool) -> list[Any]:
     return values
 
 
-def same_shape(shown: Any, got: Any, where: str) -> None:
+def same_shape(shown: Any, got: Any, where: str, *, top: bool = True) -> None:
     """The keys an example answer shows are the answer's (at every depth where both have some):
     at the top, exactly; inside, those shown exist (``...`` stands for the rest)."""
     if isinstance(shown, dict):
         assert isinstance(got, dict), f"{where}: shows an object, the hub answered {got!r}"
         assert set(shown) <= set(got), f"{where}: shows {sorted(set(shown) - set(got))}, not in the answer {got}"
+        assert not top or set(shown) == set(got), f"{where}: the answer also has {sorted(set(got) - set(shown))}"
         for key in shown:
-            same_shape(shown[key], got[key], f"{where} .{key}")
+            same_shape(shown[key], got[key], f"{where} .{key}", top=False)
     elif isinstance(shown, list) and shown and isinstance(got, list) and got:
-        same_shape(shown[0], got[0], f"{where}[0]")
+        same_shape(shown[0], got[0], f"{where}[0]", top=False)
 
 
 def post(block: Block, hub: LiveHub) -> Any:
