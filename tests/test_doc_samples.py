@@ -22,10 +22,11 @@ Kinds:
   and the hub's whole server started with it on SQLite (``create_app``: ``Hub.open`` and every
   adapter; listening ports become 0, a PBX address a closed local port); a fragment is a whole
   config on its own. ``live``: the test hub runs with it too (later samples on the page need it).
-- ``json [example] [answer]``: parsed (several values in a row are JSON Lines; a ``"key": value``
+- ``json [example] [answer] [pops=PATH]``: parsed (several values in a row are JSON Lines; a ``"key": value``
   fragment is read as an object member); ``example`` allows ``...`` placeholders; ``answer``:
   the page's ``post`` sample before it is sent again: the answer has exactly the keys shown at
-  the top, and those shown inside (``...`` stands for the rest).
+  the top, and those shown inside (``...`` stands for the rest); ``pops=PATH``: the messages an
+  agent's screen-pop socket at PATH receives when the page's ``post`` sample is sent again.
 - ``post PATH scope=SCOPE [status=N]``: parsed and sent to the test hub; the status checked.
 - ``http [send ref=REF [scope=S]]``: lines ``METHOD PATH (scope ...)``: the route is in the hub's
   ``/openapi.json``; an ``-> N`` after it or a JSON body under it is parsed (placeholders
@@ -314,6 +315,40 @@ def post(block: Block, hub: LiveHub) -> Any:
     status, answer = hub.request("POST", path, json.dumps(body[0]).encode(), headers)
     assert status == int(opts.get("status", 200)), f"POST {path}: {status} {answer[:500]!r}"
     return json.loads(answer)
+
+
+def screen_pops(block: Block, shown: list[Any], hub: LiveHub, path: str) -> None:
+    """The messages an agent's socket shows: connect, replay the page's CTI sample (its ids
+    made new, so that it is not a duplicate), and compare each message shown with the first
+    of its type received. Heartbeats come every ``heartbeat_s`` (20 s): not waited for."""
+    import aiohttp
+
+    request_block = [b for b in BLOCKS if b.page == block.page and b.kind == "post" and b.line < block.line][-1]
+    body = parse_json(request_block.code, placeholders=False)[0]
+    for event in body["events"]:
+        event["id"] = f"{event['id']}-{time.monotonic_ns()}"
+    post_path, *rest = request_block.args
+    scope = dict(arg.split("=", 1) for arg in rest)["scope"]
+    headers = {"Authorization": f"Bearer {hub.key(scope)}"}
+    wanted = {message["type"] for message in shown} - {"heartbeat"}
+
+    async def listen() -> dict[str, Any]:
+        got: dict[str, Any] = {}
+        async with aiohttp.ClientSession(headers=headers) as session:
+            async with session.ws_connect(hub.base + path, protocols=["prm.screenpop.v1"]) as ws:
+                first = await ws.receive_json(timeout=10)
+                got.setdefault(first["type"], first)
+                async with session.post(hub.base + post_path, json=body) as answer:
+                    assert answer.status == 200, await answer.text()
+                while not wanted <= set(got):
+                    message = await ws.receive_json(timeout=10)
+                    got.setdefault(message["type"], message)
+        return got
+
+    got = asyncio.run(listen())
+    for message in shown:
+        if message["type"] in got:
+            same_shape(message, got[message["type"]], f"{block.id} {message['type']}")
 
 
 # ---- python -------------------------------------------------------------------------------
@@ -817,6 +852,9 @@ def test_doc_sample(
         check_config(block, tmp_path, monkeypatch)
     elif block.kind == "json":
         shown = parse_json(block.code, placeholders=block.args[:1] == ("example",))
+        pops = [arg.split("=", 1)[1] for arg in block.args if arg.startswith("pops=")]
+        if pops:
+            screen_pops(block, shown, live(), pops[0])
         if "answer" in block.args:  # the answer to the page's request sample before it
             request_block = [b for b in BLOCKS if b.page == block.page and b.kind == "post" and b.line < block.line][-1]
             assert len(shown) == 1
