@@ -22,11 +22,14 @@ Kinds:
   and the hub's whole server started with it on SQLite (``create_app``: ``Hub.open`` and every
   adapter; listening ports become 0, a PBX address a closed local port); a fragment is a whole
   config on its own. ``live``: the test hub runs with it too (later samples on the page need it).
-- ``json [example] [answer] [pops=PATH]``: parsed (several values in a row are JSON Lines; a ``"key": value``
-  fragment is read as an object member); ``example`` allows ``...`` placeholders; ``answer``:
-  the page's ``post`` sample before it is sent again: the answer has exactly the keys shown at
-  the top, and those shown inside (``...`` stands for the rest); ``pops=PATH``: the messages an
-  agent's screen-pop socket at PATH receives when the page's ``post`` sample is sent again.
+- ``json [example] [answer] [pops=PATH] [view=REF] [get=PATH]``: parsed (several values in a
+  row are JSON Lines; a ``"key": value`` fragment is read as an object member); ``example``
+  allows ``...`` placeholders. What is shown is then compared with the hub's own answer: the
+  keys shown must be there (``...`` stands for the rest; exactly those at the top for
+  ``answer``). ``answer``: the page's ``post`` sample before it, sent again; ``pops=PATH``: the
+  messages an agent's screen-pop socket at PATH receives when that sample is sent again;
+  ``view=REF``: the customer view ``GET /v1/customers/REF``; ``get=PATH``: ``GET PATH`` (scope
+  read) after the page's requests are sent again.
 - ``post PATH scope=SCOPE [status=N]``: parsed and sent to the test hub; the status checked.
 - ``http [send ref=REF [scope=S]]``: lines ``METHOD PATH (scope ...)``: the route is in the hub's
   ``/openapi.json``; an ``-> N`` after it or a JSON body under it is parsed (placeholders
@@ -351,6 +354,19 @@ def screen_pops(block: Block, shown: list[Any], hub: LiveHub, path: str) -> None
             same_shape(message, got[message["type"]], f"{block.id} {message['type']}")
 
 
+def customer_view(hub: LiveHub, ref: str) -> Any:
+    """``GET /v1/customers/REF`` (a web event for that identity recorded first: it exists)."""
+    namespace, value = ref.split(":", 1)
+    event = {"id": f"doc-view-{time.monotonic_ns()}", "type": "page", "occurred_at": "2026-11-23T08:00:00Z"}
+    event["identities"] = {namespace: value}
+    web = {"Authorization": f"Bearer {hub.key('touchpoint:web')}", "Content-Type": "application/json"}
+    status, answer = hub.request("POST", "/v1/touchpoints/web/events", json.dumps(event).encode(), web)
+    assert status == 200, answer
+    status, answer = hub.request("GET", f"/v1/customers/{ref}", None, {"Authorization": f"Bearer {hub.key('read')}"})
+    assert status == 200, answer
+    return json.loads(answer)
+
+
 # ---- python -------------------------------------------------------------------------------
 
 
@@ -490,6 +506,16 @@ def sender(block: Block, hub: LiveHub) -> Callable[[str, str, str, set[int]], No
         assert got in statuses, f"{block.id}: {method} {path}: {got} {answer[:500]!r}"
 
     return send
+
+
+def replay(block: Block, hub: LiveHub, openapi: dict[str, Any]) -> None:
+    """Send the page's requests before ``block`` again: they made what it works on."""
+    for earlier in BLOCKS:
+        if earlier.page == block.page and earlier.line < block.line:
+            if earlier.kind == "post":
+                post(earlier, hub)
+            elif earlier.kind == "http" and "send" in earlier.args:
+                check_http(earlier, openapi, sender(earlier, hub))
 
 
 def check_http(block: Block, openapi: dict[str, Any], send: Callable[[str, str, str, set[int]], None] | None) -> None:
@@ -855,6 +881,18 @@ def test_doc_sample(
         pops = [arg.split("=", 1)[1] for arg in block.args if arg.startswith("pops=")]
         if pops:
             screen_pops(block, shown, live(), pops[0])
+        views = [arg.split("=", 1)[1] for arg in block.args if arg.startswith("view=")]
+        if views:
+            assert len(shown) == 1
+            same_shape(shown[0], customer_view(live(), views[0]), block.id, top=False)
+        gets = [arg.split("=", 1)[1] for arg in block.args if arg.startswith("get=")]
+        if gets:
+            assert len(shown) == 1
+            hub = live()
+            replay(block, hub, request.getfixturevalue("openapi"))
+            status, answer = hub.request("GET", gets[0], None, {"Authorization": f"Bearer {hub.key('read')}"})
+            assert status == 200, answer
+            same_shape(shown[0], json.loads(answer), block.id, top=False)
         if "answer" in block.args:  # the answer to the page's request sample before it
             request_block = [b for b in BLOCKS if b.page == block.page and b.kind == "post" and b.line < block.line][-1]
             assert len(shown) == 1
@@ -865,12 +903,7 @@ def test_doc_sample(
         openapi = request.getfixturevalue("openapi")
         if "send" in block.args:
             hub = live()
-            for earlier in BLOCKS:  # the page's requests before it made what it works on
-                if earlier.page == block.page and earlier.line < block.line:
-                    if earlier.kind == "post":
-                        post(earlier, hub)
-                    elif earlier.kind == "http" and "send" in earlier.args:
-                        check_http(earlier, openapi, sender(earlier, hub))
+            replay(block, hub, openapi)
             check_http(block, openapi, sender(block, hub))
         else:
             check_http(block, openapi, None)
