@@ -26,7 +26,7 @@ Kinds:
   row are JSON Lines; a ``"key": value`` fragment is read as an object member); ``example``
   allows ``...`` placeholders. What is shown is then compared with the hub's own answer: the
   keys shown must be there (``...`` stands for the rest; exactly those at the top for
-  ``answer``). ``answer``: the page's ``post`` sample before it, sent again; ``pops=PATH``: the
+  ``answer`` and ``pops``). ``answer``: the page's ``post`` sample before it, sent again; ``pops=PATH``: the
   messages an agent's screen-pop socket at PATH receives when that sample is sent again;
   ``view=REF``: the customer view ``GET /v1/customers/REF``; ``get=PATH``: ``GET PATH`` (scope
   read) after the page's requests are sent again.
@@ -41,6 +41,7 @@ Kinds:
   request to the test hub (``localhost:8700``, ``https://hub.example.com``) expecting a 2xx, and
   a ``# {...}`` comment line after it compared with the answer's keys; ``pip install -e .[x]``
   checks the extras exist; ``pytest ARGS`` that the named files exist; scripts are syntax-checked.
+  In a ``console`` block, the ``$ `` lines are the commands and the others their output.
 - ``file PATH``: a python file of a plugin, written to PATH under a temporary directory (with
   the page's other ``file`` blocks), imported and registered against the real hook specs.
 - ``pytest``: a test module, run by pytest (``asyncio_mode=auto``) beside the page's files.
@@ -574,9 +575,20 @@ def _expand(token: str, env: dict[str, str]) -> str:
     return re.sub(r"\$\{(\w+)\}|\$(\w+)", var, token)
 
 
-def commands(code: str) -> Iterator[tuple[str, str | None]]:
+def commands(code: str, *, console: bool = False) -> Iterator[tuple[str, str | None]]:
     """Each command of a block (continuation lines and quoted newlines joined), with the
-    comment line that follows it when that comment shows an answer (``# {...}``)."""
+    comment line that follows it when that comment shows an answer (``# {...}``). In a
+    ``console`` block only ``$ `` lines (and their continuations) are commands: the rest is output."""
+    if console:
+        kept, going = [], False
+        for line in code.splitlines():
+            if line.startswith("$ "):
+                kept.append(line[2:])
+                going = line.endswith("\\")
+            elif going:
+                kept.append(line)
+                going = line.endswith("\\")
+        code = "\n".join(kept)
     pending: list[str] = []
     out: list[tuple[str, str | None]] = []
     for line in code.splitlines():
@@ -710,7 +722,7 @@ def run_shell(block: Block, live: LiveHub) -> None:
         if earlier.page == block.page and earlier.kind == "shell" and earlier.line < block.line:
             if earlier.line not in session.done:
                 run_shell(earlier, live)
-    for text, shown in commands(block.code):
+    for text, shown in commands(block.code, console=block.lang == "console"):
         m = re.match(r"^(\w+)=\$\((.*)\)\s*(#.*)?$", text.strip(), flags=re.S)
         if m:  # NAME=$(command | tail -n 1)
             inner, _, tail = m.group(2).partition("|")
