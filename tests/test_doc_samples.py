@@ -92,8 +92,12 @@ PAGES = [
     # api.md is generated from /openapi.json by the site build (docs/_ext/openapi_page.py)
     *sorted(page for page in (ROOT / "docs").glob("*.md") if page.name != "api.md"),
 ]
-DEFAULTS = {"python": "run", "toml": "config", "json": "json", "sh": "shell", "bash": "shell", "console": "shell"}
-DEFAULTS["shell"] = "shell"
+DEFAULTS = {
+    "python": "run",
+    "toml": "config",
+    "json": "json",
+    **dict.fromkeys(["sh", "bash", "console", "shell"], "shell"),
+}
 FENCE = re.compile(r"^(```+|~~~+)\s*([^\s`]*)")
 MARK = re.compile(r"^<!--\s*(sample|samples|not run):\s*(.*?)\s*-->$")
 PRM = str(Path(sys.executable).parent / "prm")
@@ -868,6 +872,24 @@ def test_every_page_has_its_samples_found() -> None:
     pages = {block.page for block in BLOCKS}
     assert {"README.md", "docs/hooks.md", "docs/pos.md", "examples/README.md"} <= pages
     assert len(BLOCKS) > 60
+
+
+def test_every_marker_is_on_a_block() -> None:
+    """A ``sample``/``not run`` comment sits right above a fence (with only comments between):
+    one left behind when a block moved, or misspelled, would check nothing."""
+    for page in PAGES:
+        lines = page.read_text(encoding="utf-8").splitlines()
+        for n, line in enumerate(lines):
+            text = line.strip()
+            if not text.startswith("<!--") or not re.search(r"sample|not.?run", text):
+                continue
+            where = f"{page.relative_to(ROOT)}:{n + 1}"
+            mark = MARK.match(text)
+            assert mark, f"{where}: not a marker as this test reads them: {text}"
+            if mark.group(1) == "samples":
+                continue
+            after = next(x for x in lines[n + 1 :] if not x.strip().startswith("<!--"))
+            assert FENCE.match(after.strip()), f"{where}: the marker is not right above a code block"
 
 
 @pytest.mark.parametrize("block", BLOCKS, ids=[block.id for block in BLOCKS])
