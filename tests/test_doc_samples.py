@@ -36,12 +36,14 @@ Kinds:
   allowed); ``send``: sent too (``{...}`` in the path is REF, after the page's ``post``
   samples), with a key of scope S (admin) and the status shown (200 when none is).
 - ``shell [keys NAME=SCOPE ...]``: every command run, in one shell session per page (variables
-  carry over to later blocks): ``prm keys|db|plugins ...`` really, against the test hub's
-  database; ``prm serve|demo`` and ``python bench/...`` with ``--help``; ``curl`` translated to a
-  request to the test hub (``localhost:8700``, ``https://hub.example.com``) expecting a 2xx, and
-  a ``# {...}`` comment line after it compared with the answer's keys; ``pip install -e .[x]``
-  checks the extras exist; ``pytest ARGS`` that the named files exist; scripts are syntax-checked.
-  In a ``console`` block, the ``$ `` lines are the commands and the others their output.
+  carry over to later blocks; ``keys`` makes keys for names the page leaves to the reader):
+  ``prm keys|db|plugins ...`` really, against the test hub's database; ``prm serve|demo`` and
+  ``python bench/...`` with ``--help``; ``curl`` translated to a request to the test hub
+  (``localhost:8700``, ``https://hub.example.com``) expecting a 2xx, and a ``# {...}`` comment
+  line after it compared with the answer (only its keys when it has ``...``);
+  ``pip install -e .[x]`` checks the extras exist; ``pytest ARGS`` that the named files exist;
+  scripts are syntax-checked. In a ``console`` block, the ``$ `` lines are the commands and the
+  others their output.
 - ``file PATH``: a python file of a plugin, written to PATH under a temporary directory (with
   the page's other ``file`` blocks), imported and registered against the real hook specs.
 - ``pytest``: a test module, run by pytest (``asyncio_mode=auto``) beside the page's files.
@@ -710,9 +712,13 @@ def curl(args: list[str], live: LiveHub, shown: str | None) -> str:
     )
     assert 200 <= status < 300, f"curl {url}: {status} {body[:500]!r}"
     if shown is not None:
-        expected = parse_json(shown.split("--")[0], placeholders=True)[0]
+        example = shown.split("--")[0]
+        expected = parse_json(example, placeholders=True)[0]
         got = json.loads(body)
-        assert set(expected) == set(got), f"the page shows {expected}, the hub answered {got}"
+        if "..." in example:
+            assert set(expected) == set(got), f"the page shows {expected}, the hub answered {got}"
+        else:
+            assert expected == got, f"the page shows {expected}, the hub answered {got}"
     return body.decode()
 
 
