@@ -569,7 +569,7 @@ class Session:
     done: set[int]
 
 
-SESSIONS: dict[str, Session] = {}
+SESSIONS: dict[tuple[str, str], Session] = {}  # by test hub and page
 
 
 def _expand(token: str, env: dict[str, str]) -> str:
@@ -723,7 +723,7 @@ def curl(args: list[str], live: LiveHub, shown: str | None) -> str:
 
 
 def run_shell(block: Block, live: LiveHub) -> None:
-    session = SESSIONS.setdefault(block.page, Session(dict(live.env), set()))
+    session = SESSIONS.setdefault((live.base, block.page), Session(dict(live.env), set()))
     keys = dict(arg.split("=", 1) for arg in block.args[1:]) if block.args[:1] == ("keys",) else {}
     for name, scope in keys.items():
         session.env.setdefault(name, live.key(scope))
