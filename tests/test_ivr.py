@@ -223,7 +223,7 @@ def test_the_documented_configuration_builds_a_hub(tmp_path, monkeypatch):
     from prm_core.server.app import create_app
 
     text = DOCS.read_text(encoding="utf-8")
-    config_toml = re.search(r"## Configuration\s*```toml\n(.*?)```", text, re.S).group(1)
+    config_toml = re.search(r"## Configuration\s*(?:<!--.*?-->\s*)*```toml\n(.*?)```", text, re.S).group(1)
     (tmp_path / "prm.toml").write_text(config_toml, encoding="utf-8")
     (tmp_path / "ivr-menu.toml").write_text(docs_menu(), encoding="utf-8")
     monkeypatch.setenv("TWILIO_AUTH_TOKEN", "documented-token")
