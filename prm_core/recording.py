@@ -32,12 +32,50 @@ from .merging import PurchaseTotals, event_purchase, merge_customers
 from .model import Customer, Dialogue, Event, Identity, Merge, RecordedEvent, TouchPoint
 from .outbox import outbox_rows, settle_row
 from .privacy import record_consents, scrub_tombstoned
+from .store.bulk import execute_many
 from .store.engine import advisory_locks, customer_lock_key, identity_lock_key
 from .store.tables import customers, dialogues, events, identities, metrics, outbox, shared_links, utcnow
 
 __all__ = ["AfterWrite", "BatchOutcome", "IngestRules", "Written", "record_batch"]
 
 _CHUNK = 400  # bound the parameters of one IN (...)
+
+# built once: prm_core.store.bulk caches its plan per statement
+_INSERT_CUSTOMERS = customers.insert()
+_INSERT_IDENTITIES = identities.insert()
+_INSERT_EVENTS = events.insert()
+_INSERT_OUTBOX = outbox.insert()
+_INSERT_DIALOGUES = dialogues.insert()
+_INSERT_METRICS = metrics.insert()
+_UPDATE_DIALOGUES = (
+    dialogues.update()
+    .where(dialogues.c.id == sa.bindparam("_id"))
+    .values(
+        customer_id=sa.bindparam("customer_id"),
+        status=sa.bindparam("status"),
+        intent=sa.bindparam("intent"),
+        outcome=sa.bindparam("outcome"),
+        opened_at=sa.bindparam("opened_at"),
+        last_event_at=sa.bindparam("last_event_at"),
+        closed_at=sa.bindparam("closed_at"),
+    )
+)
+_UPDATE_METRICS = (
+    metrics.update()
+    .where(metrics.c.customer_id == sa.bindparam("_cid"))
+    .values(
+        event_count=sa.bindparam("event_count"),
+        order_count=sa.bindparam("order_count"),
+        lifetime_revenue=sa.bindparam("lifetime_revenue"),
+        return_count=sa.bindparam("return_count"),
+        revenue_by_currency=sa.bindparam("revenue_by_currency"),
+        categories=sa.bindparam("categories"),
+        last_purchase_at=sa.bindparam("last_purchase_at"),
+        first_seen_at=sa.bindparam("first_seen_at"),
+        last_seen_at=sa.bindparam("last_seen_at"),
+        touchpoints=sa.bindparam("touchpoints"),
+    )
+)
 
 
 @frozen
@@ -534,12 +572,12 @@ class _Batch:
     def _flush(self) -> None:
         conn = self.conn
         if self.new_customers:
-            conn.execute(customers.insert(), self.new_customers)
+            execute_many(conn, _INSERT_CUSTOMERS, self.new_customers)
             self.new_customers = []
         if self.new_identities:
             for row in self.new_identities:
                 row["customer_id"] = self.find(row["customer_id"])
-            conn.execute(identities.insert(), self.new_identities)
+            execute_many(conn, _INSERT_IDENTITIES, self.new_identities)
             self.new_identities = []
         if self.shared_seen:
             self._write_shared_links()
@@ -547,12 +585,12 @@ class _Batch:
         if self.new_events:
             for row in self.new_events:
                 row["customer_id"] = row["ingest_customer_id"] = self.find(row["customer_id"])
-            conn.execute(events.insert(), self.new_events)
+            execute_many(conn, _INSERT_EVENTS, self.new_events)
             self.new_events = []
         if self.new_outbox:
             for row in self.new_outbox:
                 row["customer_id"] = self.find(row["customer_id"])
-            conn.execute(outbox.insert(), self.new_outbox)
+            execute_many(conn, _INSERT_OUTBOX, self.new_outbox)
             self.new_outbox = []
         if self.deltas:
             self._write_metrics()
@@ -598,23 +636,13 @@ class _Batch:
                 updates.append({("_" + k if k == "id" else k): v for k, v in s.row().items()})
             s.dirty = False
         if inserts:
-            self.conn.execute(dialogues.insert(), inserts)
+            execute_many(self.conn, _INSERT_DIALOGUES, inserts)
         if updates:
-            d = dialogues.c
-            stmt = (
-                dialogues.update()
-                .where(d.id == sa.bindparam("_id"))
-                .values(
-                    customer_id=sa.bindparam("customer_id"),
-                    status=sa.bindparam("status"),
-                    intent=sa.bindparam("intent"),
-                    outcome=sa.bindparam("outcome"),
-                    opened_at=sa.bindparam("opened_at"),
-                    last_event_at=sa.bindparam("last_event_at"),
-                    closed_at=sa.bindparam("closed_at"),
-                )
+            execute_many(
+                self.conn,
+                _UPDATE_DIALOGUES,
+                [{k: v for k, v in u.items() if k not in ("touchpoint", "ref")} for u in updates],
             )
-            self.conn.execute(stmt, [{k: v for k, v in u.items() if k not in ("touchpoint", "ref")} for u in updates])
 
     def _write_metrics(self) -> None:
         deltas: dict[str, _MetricsDelta] = {}
@@ -665,26 +693,9 @@ class _Batch:
                     }
                 )
         if inserts:
-            self.conn.execute(metrics.insert(), inserts)
+            execute_many(self.conn, _INSERT_METRICS, inserts)
         if updates:
-            m = metrics.c
-            stmt = (
-                metrics.update()
-                .where(m.customer_id == sa.bindparam("_cid"))
-                .values(
-                    event_count=sa.bindparam("event_count"),
-                    order_count=sa.bindparam("order_count"),
-                    lifetime_revenue=sa.bindparam("lifetime_revenue"),
-                    return_count=sa.bindparam("return_count"),
-                    revenue_by_currency=sa.bindparam("revenue_by_currency"),
-                    categories=sa.bindparam("categories"),
-                    last_purchase_at=sa.bindparam("last_purchase_at"),
-                    first_seen_at=sa.bindparam("first_seen_at"),
-                    last_seen_at=sa.bindparam("last_seen_at"),
-                    touchpoints=sa.bindparam("touchpoints"),
-                )
-            )
-            self.conn.execute(stmt, updates)
+            execute_many(self.conn, _UPDATE_METRICS, updates)
 
 
 LIVE_WINDOW = timedelta(days=1)
