@@ -17,6 +17,7 @@ SQLAlchemy's ``insertmanyvalues`` batching, and its per-row cost is dwarfed by r
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -31,15 +32,18 @@ _Proc = Callable[[Any], Any] | None
 _cache: dict[tuple[Any, str, tuple[str, ...]], tuple[str, tuple[tuple[str, _Proc], ...]] | None] = {}
 
 
-def sqlite_utc_text(value: datetime | None) -> str | None:
-    """What ``UTCDateTime`` stores on SQLite: naive UTC as ``YYYY-MM-DD HH:MM:SS.ffffff``."""
-    if value is None:
-        return None
+@functools.lru_cache(maxsize=4096)  # a batch repeats its times (received_at, created_at, ...)
+def _utc_text(value: datetime) -> str:
     if value.tzinfo is None:
         raise ValueError("naive datetime given to the store; use an aware UTC datetime")
     if value.utcoffset():
         value = value.astimezone(UTC)
     return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def sqlite_utc_text(value: datetime | None) -> str | None:
+    """What ``UTCDateTime`` stores on SQLite: naive UTC as ``YYYY-MM-DD HH:MM:SS.ffffff``."""
+    return None if value is None else _utc_text(value)
 
 
 def _plan(conn: Connection, stmt: Any, keys: tuple[str, ...]) -> tuple[str, tuple[tuple[str, _Proc], ...]] | None:
@@ -83,8 +87,12 @@ def execute_many(conn: Connection, stmt: Any, rows: Sequence[Mapping[str, Any]])
         return
     sql, params = plan
     try:
-        values = [tuple(r[name] if proc is None else proc(r[name]) for name, proc in params) for r in rows]
+        # column by column: map() and zip() loop in C
+        columns = []
+        for name, proc in params:
+            column = [r[name] for r in rows]
+            columns.append(column if proc is None else list(map(proc, column)))
     except KeyError:  # rows with other keys than the first: SQLAlchemy's way
         conn.execute(stmt, list(rows))
         return
-    conn.exec_driver_sql(sql, values)
+    conn.exec_driver_sql(sql, list(zip(*columns, strict=True)))
