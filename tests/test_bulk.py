@@ -9,6 +9,7 @@ from decimal import Decimal
 import pytest
 import sqlalchemy as sa
 
+from prm_core.planning.planner import _INSERT_VISITS_SQLITE, _SET_BOUGHT
 from prm_core.recording import (
     _INSERT_CUSTOMERS,
     _INSERT_DIALOGUES,
@@ -71,7 +72,7 @@ def _dump(path: str) -> dict[str, list[tuple]]:
     raw = sqlite3.connect(path)
     try:
         out = {}
-        for table in ("customers", "identities", "events", "dialogues", "customer_metrics"):
+        for table in ("customers", "identities", "events", "dialogues", "customer_metrics", "touchpoint_customers"):
             cols = [r[1] for r in raw.execute(f"PRAGMA table_info({table})")]
             select = ", ".join(f"{c}, typeof({c})" for c in cols)
             out[table] = raw.execute(f"SELECT {select} FROM {table} ORDER BY rowid").fetchall()
@@ -104,7 +105,15 @@ def _write(path: str, bulk: bool) -> None:
     with engine.begin() as conn:
         for table, stmt in inserts.items():
             execute_many(conn, stmt, rows[table]) if bulk else conn.execute(stmt, rows[table])
-        for stmt, updates in ((_UPDATE_DIALOGUES, dialogue_updates), (_UPDATE_METRICS, metric_updates)):
+        visits = [{"touchpoint": "web", "day": f"2026-11-{i % 3 + 1:02d}", "customer_id": f"cus_{i % 4}",
+                   "bought": i % 5 == 0} for i in range(12)]  # fmt: skip
+        bought = [{"_tp": "web", "_day": "2026-11-02", "_cid": f"cus_{i}"} for i in range(4)]
+        for stmt, updates in (
+            (_UPDATE_DIALOGUES, dialogue_updates),
+            (_UPDATE_METRICS, metric_updates),
+            (_INSERT_VISITS_SQLITE, visits),  # ON CONFLICT DO NOTHING: repeated keys
+            (_SET_BOUGHT, bought),
+        ):
             execute_many(conn, stmt, updates) if bulk else conn.execute(stmt, updates)
     engine.dispose()
 
@@ -119,7 +128,7 @@ def test_bulk_writes_what_sqlalchemy_writes(tmp_path):
     from prm_core.store import bulk
 
     planned = [plan for (stmt, _, _), plan in bulk._cache.items()]
-    assert len(planned) >= 7 and all(plan is not None for plan in planned)
+    assert len(planned) >= 8 and all(plan is not None for plan in planned)
 
 
 def test_utc_text_matches_sqlalchemy():

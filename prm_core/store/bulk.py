@@ -29,7 +29,9 @@ from .tables import UTCDateTime
 __all__ = ["execute_many", "sqlite_utc_text"]
 
 _Proc = Callable[[Any], Any] | None
-_cache: dict[tuple[Any, str, tuple[str, ...]], tuple[str, tuple[tuple[str, _Proc], ...]] | None] = {}
+_PER_ROW = object()  # the parameter comes from each row; anything else is the statement's constant
+_Plan = tuple[str, tuple[tuple[str, _Proc, Any], ...]]
+_cache: dict[tuple[Any, str, tuple[str, ...]], _Plan | None] = {}
 
 
 @functools.lru_cache(maxsize=4096)  # a batch repeats its times (received_at, created_at, ...)
@@ -46,21 +48,27 @@ def sqlite_utc_text(value: datetime | None) -> str | None:
     return None if value is None else _utc_text(value)
 
 
-def _plan(conn: Connection, stmt: Any, keys: tuple[str, ...]) -> tuple[str, tuple[tuple[str, _Proc], ...]] | None:
+def _plan(conn: Connection, stmt: Any, keys: tuple[str, ...]) -> _Plan | None:
     dialect = conn.dialect
     compiled = stmt.compile(dialect=dialect, column_keys=list(keys))
     order = compiled.positiontup
-    if order is None or set(order) != set(keys) or compiled.literal_execute_params or compiled.post_compile_params:
-        return None  # a default the rows do not carry, an expanding IN: let SQLAlchemy do it
-    params: list[tuple[str, _Proc]] = []
+    if order is None or not set(keys) <= set(order) or compiled.literal_execute_params or compiled.post_compile_params:
+        return None  # an expanding IN, a key the statement does not take: let SQLAlchemy do it
+    params: list[tuple[str, _Proc, Any]] = []
     for name in order:
-        typ = compiled.binds[name].type
+        bind = compiled.binds[name]
+        typ = bind.type
         proc: _Proc
         if isinstance(typ, UTCDateTime):
             proc = sqlite_utc_text
         else:
             proc = typ._cached_bind_processor(dialect)
-        params.append((name, proc))
+        if name in keys:
+            params.append((name, proc, _PER_ROW))
+        elif bind.callable is None and not bind.required:
+            params.append((name, None, proc(bind.value) if proc else bind.value))  # .values(bought=True)
+        else:
+            return None  # a default the rows do not carry
     return compiled.string, tuple(params)
 
 
@@ -89,7 +97,10 @@ def execute_many(conn: Connection, stmt: Any, rows: Sequence[Mapping[str, Any]])
     try:
         # column by column: map() and zip() loop in C
         columns = []
-        for name, proc in params:
+        for name, proc, constant in params:
+            if constant is not _PER_ROW:
+                columns.append([constant] * len(rows))
+                continue
             column = [r[name] for r in rows]
             columns.append(column if proc is None else list(map(proc, column)))
     except KeyError:  # rows with other keys than the first: SQLAlchemy's way
