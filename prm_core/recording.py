@@ -32,12 +32,50 @@ from .merging import PurchaseTotals, event_purchase, merge_customers
 from .model import Customer, Dialogue, Event, Identity, Merge, RecordedEvent, TouchPoint
 from .outbox import outbox_rows, settle_row
 from .privacy import record_consents, scrub_tombstoned
+from .store.bulk import execute_many
 from .store.engine import advisory_locks, customer_lock_key, identity_lock_key
 from .store.tables import customers, dialogues, events, identities, metrics, outbox, shared_links, utcnow
 
 __all__ = ["AfterWrite", "BatchOutcome", "IngestRules", "Written", "record_batch"]
 
 _CHUNK = 400  # bound the parameters of one IN (...)
+
+# built once: prm_core.store.bulk caches its plan per statement
+_INSERT_CUSTOMERS = customers.insert()
+_INSERT_IDENTITIES = identities.insert()
+_INSERT_EVENTS = events.insert()
+_INSERT_OUTBOX = outbox.insert()
+_INSERT_DIALOGUES = dialogues.insert()
+_INSERT_METRICS = metrics.insert()
+_UPDATE_DIALOGUES = (
+    dialogues.update()
+    .where(dialogues.c.id == sa.bindparam("_id"))
+    .values(
+        customer_id=sa.bindparam("customer_id"),
+        status=sa.bindparam("status"),
+        intent=sa.bindparam("intent"),
+        outcome=sa.bindparam("outcome"),
+        opened_at=sa.bindparam("opened_at"),
+        last_event_at=sa.bindparam("last_event_at"),
+        closed_at=sa.bindparam("closed_at"),
+    )
+)
+_UPDATE_METRICS = (
+    metrics.update()
+    .where(metrics.c.customer_id == sa.bindparam("_cid"))
+    .values(
+        event_count=sa.bindparam("event_count"),
+        order_count=sa.bindparam("order_count"),
+        lifetime_revenue=sa.bindparam("lifetime_revenue"),
+        return_count=sa.bindparam("return_count"),
+        revenue_by_currency=sa.bindparam("revenue_by_currency"),
+        categories=sa.bindparam("categories"),
+        last_purchase_at=sa.bindparam("last_purchase_at"),
+        first_seen_at=sa.bindparam("first_seen_at"),
+        last_seen_at=sa.bindparam("last_seen_at"),
+        touchpoints=sa.bindparam("touchpoints"),
+    )
+)
 
 
 @frozen
@@ -101,34 +139,51 @@ class _MetricsDelta:
         self.touchpoints.add(event.touchpoint)
 
 
-def _member(conn: Connection, column: Any, values: Sequence[Any]) -> Any:
-    """``column IN values``; on PostgreSQL ``column = ANY(:array)``.
+_STATEMENTS: dict[tuple[str, bool], Any] = {}
+
+
+def _statement(conn: Connection, name: str, build: Callable[[bool], Any]) -> Any:
+    """The batch's SELECTs, built once per database kind: building a statement and its cache
+    key costs more than running it when a commit holds a few dozen events."""
+    pg = conn.dialect.name == "postgresql"
+    stmt = _STATEMENTS.get((name, pg))
+    if stmt is None:
+        stmt = _STATEMENTS[(name, pg)] = build(pg)
+    return stmt
+
+
+def _in(pg: bool, column: Any, name: str) -> Any:
+    """``column IN (:name)``; on PostgreSQL ``column = ANY(:name)``.
 
     An ``IN`` list of n parameters is a different statement for every n, which asyncpg
     prepares and PostgreSQL plans afresh each time (tens of milliseconds at a few hundred
     values); one array parameter is one statement, prepared once.
     """
-    if conn.dialect.name == "postgresql":
-        return column == sa.any_(sa.bindparam(None, list(values), type_=postgresql.ARRAY(sa.String())))
-    return column.in_(values)
+    if pg:
+        return column == sa.any_(sa.bindparam(name, type_=postgresql.ARRAY(sa.String())))
+    return column.in_(sa.bindparam(name, expanding=True))
 
 
-def _identities_in(conn: Connection, pairs: Sequence[tuple[str, str]]) -> Any:
-    """A SELECT of the identities rows for ``(namespace, value)`` pairs (see :func:`_member`)."""
+def _identities_by_pairs(pg: bool) -> Any:
+    """A SELECT of the identities rows for ``(namespace, value)`` pairs, bound as ``pairs``
+    (PostgreSQL: two arrays ``ns`` and ``v``, joined through ``unnest``; see :func:`_in`)."""
     c = identities.c
     cols = (c.namespace, c.value, c.customer_id, c.shared)
-    if conn.dialect.name != "postgresql":
-        return sa.select(*cols).where(sa.tuple_(c.namespace, c.value).in_(pairs))
+    if not pg:
+        return sa.select(*cols).where(sa.tuple_(c.namespace, c.value).in_(sa.bindparam("pairs", expanding=True)))
     text_array = postgresql.ARRAY(sa.String())
     wanted = (
-        sa.func.unnest(
-            sa.bindparam(None, [p[0] for p in pairs], type_=text_array),
-            sa.bindparam(None, [p[1] for p in pairs], type_=text_array),
-        )
+        sa.func.unnest(sa.bindparam("ns", type_=text_array), sa.bindparam("v", type_=text_array))
         .table_valued("ns", "v")
         .render_derived()
     )
     return sa.select(*cols).join_from(identities, wanted, sa.and_(c.namespace == wanted.c.ns, c.value == wanted.c.v))
+
+
+def _pairs_params(conn: Connection, pairs: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    if conn.dialect.name == "postgresql":
+        return {"ns": [p[0] for p in pairs], "v": [p[1] for p in pairs]}
+    return {"pairs": list(pairs)}
 
 
 def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]:
@@ -271,17 +326,22 @@ class _Batch:
         e = events.c
         for tp, ids in by_tp.items():
             for chunk in _chunks(ids):
-                q = sa.select(e.event_id, e.customer_id, e.dialogue_id).where(
-                    e.touchpoint == tp, _member(self.conn, e.event_id, chunk)
+                q = _statement(
+                    self.conn,
+                    "stored",
+                    lambda pg: sa.select(e.event_id, e.customer_id, e.dialogue_id).where(
+                        e.touchpoint == sa.bindparam("tp"), _in(pg, e.event_id, "ids")
+                    ),
                 )
-                for row in self.conn.execute(q):
+                for row in self.conn.execute(q, {"tp": tp, "ids": list(chunk)}):
                     stored[(tp, row.event_id)] = (row.customer_id, row.dialogue_id)
         return stored
 
     def _load_identities(self, batch: Sequence[Event]) -> None:
         wanted = sorted({(i.namespace, i.value) for ev in batch for i in ev.identities})
         for chunk in _chunks(wanted):
-            for row in self.conn.execute(_identities_in(self.conn, chunk)):
+            q = _statement(self.conn, "identities", _identities_by_pairs)
+            for row in self.conn.execute(q, _pairs_params(self.conn, chunk)):
                 ident = Identity(row.namespace, row.value)
                 if row.shared:
                     self.shared_values.add(ident)
@@ -292,10 +352,14 @@ class _Batch:
     def _load_customers(self, ids: set[str]) -> None:
         missing = sorted(ids - self.created_at.keys())
         for chunk in _chunks(missing):
-            q = sa.select(customers.c.id, customers.c.kind, customers.c.created_at).where(
-                _member(self.conn, customers.c.id, chunk)
+            q = _statement(
+                self.conn,
+                "customers",
+                lambda pg: sa.select(customers.c.id, customers.c.kind, customers.c.created_at).where(
+                    _in(pg, customers.c.id, "ids")
+                ),
             )
-            for row in self.conn.execute(q):
+            for row in self.conn.execute(q, {"ids": list(chunk)}):
                 self.created_at[row.id] = row.created_at
                 self.kind[row.id] = row.kind
 
@@ -307,12 +371,17 @@ class _Batch:
         d = dialogues.c
         for tp, wanted in refs.items():
             for chunk in _chunks(sorted(wanted)):
-                q = sa.select(dialogues).where(d.touchpoint == tp, _member(self.conn, d.ref, chunk))
-                for row in self.conn.execute(q):
+                q = _statement(
+                    self.conn,
+                    "dialogues by ref",
+                    lambda pg: sa.select(dialogues).where(d.touchpoint == sa.bindparam("tp"), _in(pg, d.ref, "refs")),
+                )
+                for row in self.conn.execute(q, {"tp": tp, "refs": list(chunk)}):
                     self.by_ref[(tp, row.ref)] = DialogueState.from_row(row)
         own = sorted({ev.dialogue_id for ev in batch if ev.dialogue_id})
         for chunk in _chunks(own):
-            for row in self.conn.execute(sa.select(dialogues).where(_member(self.conn, d.id, chunk))):
+            q = _statement(self.conn, "dialogues by id", lambda pg: sa.select(dialogues).where(_in(pg, d.id, "ids")))
+            for row in self.conn.execute(q, {"ids": list(chunk)}):
                 state = self.by_ref.get((row.touchpoint, row.ref)) or DialogueState.from_row(row)
                 self.by_ref[(row.touchpoint, row.ref)] = self.by_id[row.id] = state
         self._load_customers({s.customer_id for s in self.by_ref.values()})
@@ -322,10 +391,16 @@ class _Batch:
             return
         known = sorted(set(self.owner.values()))
         for chunk in _chunks(known):
-            q = sa.select(dialogues).where(
-                _member(self.conn, d.customer_id, chunk), d.touchpoint.in_(timed), d.status == "open"
+            q = _statement(
+                self.conn,
+                "open dialogues",
+                lambda pg: sa.select(dialogues).where(
+                    _in(pg, d.customer_id, "cids"),
+                    d.touchpoint.in_(sa.bindparam("tps", expanding=True)),
+                    d.status == "open",
+                ),
             )
-            for row in self.conn.execute(q):
+            for row in self.conn.execute(q, {"cids": list(chunk), "tps": timed}):
                 self._remember_open(DialogueState.from_row(row))
 
     def _remember_open(self, state: DialogueState) -> None:
@@ -534,12 +609,12 @@ class _Batch:
     def _flush(self) -> None:
         conn = self.conn
         if self.new_customers:
-            conn.execute(customers.insert(), self.new_customers)
+            execute_many(conn, _INSERT_CUSTOMERS, self.new_customers)
             self.new_customers = []
         if self.new_identities:
             for row in self.new_identities:
                 row["customer_id"] = self.find(row["customer_id"])
-            conn.execute(identities.insert(), self.new_identities)
+            execute_many(conn, _INSERT_IDENTITIES, self.new_identities)
             self.new_identities = []
         if self.shared_seen:
             self._write_shared_links()
@@ -547,12 +622,12 @@ class _Batch:
         if self.new_events:
             for row in self.new_events:
                 row["customer_id"] = row["ingest_customer_id"] = self.find(row["customer_id"])
-            conn.execute(events.insert(), self.new_events)
+            execute_many(conn, _INSERT_EVENTS, self.new_events)
             self.new_events = []
         if self.new_outbox:
             for row in self.new_outbox:
                 row["customer_id"] = self.find(row["customer_id"])
-            conn.execute(outbox.insert(), self.new_outbox)
+            execute_many(conn, _INSERT_OUTBOX, self.new_outbox)
             self.new_outbox = []
         if self.deltas:
             self._write_metrics()
@@ -598,23 +673,13 @@ class _Batch:
                 updates.append({("_" + k if k == "id" else k): v for k, v in s.row().items()})
             s.dirty = False
         if inserts:
-            self.conn.execute(dialogues.insert(), inserts)
+            execute_many(self.conn, _INSERT_DIALOGUES, inserts)
         if updates:
-            d = dialogues.c
-            stmt = (
-                dialogues.update()
-                .where(d.id == sa.bindparam("_id"))
-                .values(
-                    customer_id=sa.bindparam("customer_id"),
-                    status=sa.bindparam("status"),
-                    intent=sa.bindparam("intent"),
-                    outcome=sa.bindparam("outcome"),
-                    opened_at=sa.bindparam("opened_at"),
-                    last_event_at=sa.bindparam("last_event_at"),
-                    closed_at=sa.bindparam("closed_at"),
-                )
+            execute_many(
+                self.conn,
+                _UPDATE_DIALOGUES,
+                [{k: v for k, v in u.items() if k not in ("touchpoint", "ref")} for u in updates],
             )
-            self.conn.execute(stmt, [{k: v for k, v in u.items() if k not in ("touchpoint", "ref")} for u in updates])
 
     def _write_metrics(self) -> None:
         deltas: dict[str, _MetricsDelta] = {}
@@ -633,7 +698,10 @@ class _Batch:
         existing: dict[str, Any] = {}
         ids = sorted(deltas)
         for chunk in _chunks(ids):
-            for row in self.conn.execute(sa.select(metrics).where(_member(self.conn, metrics.c.customer_id, chunk))):
+            q = _statement(
+                self.conn, "metrics", lambda pg: sa.select(metrics).where(_in(pg, metrics.c.customer_id, "ids"))
+            )
+            for row in self.conn.execute(q, {"ids": list(chunk)}):
                 existing[row.customer_id] = row
         inserts: list[dict[str, Any]] = []
         updates: list[dict[str, Any]] = []
@@ -665,26 +733,9 @@ class _Batch:
                     }
                 )
         if inserts:
-            self.conn.execute(metrics.insert(), inserts)
+            execute_many(self.conn, _INSERT_METRICS, inserts)
         if updates:
-            m = metrics.c
-            stmt = (
-                metrics.update()
-                .where(m.customer_id == sa.bindparam("_cid"))
-                .values(
-                    event_count=sa.bindparam("event_count"),
-                    order_count=sa.bindparam("order_count"),
-                    lifetime_revenue=sa.bindparam("lifetime_revenue"),
-                    return_count=sa.bindparam("return_count"),
-                    revenue_by_currency=sa.bindparam("revenue_by_currency"),
-                    categories=sa.bindparam("categories"),
-                    last_purchase_at=sa.bindparam("last_purchase_at"),
-                    first_seen_at=sa.bindparam("first_seen_at"),
-                    last_seen_at=sa.bindparam("last_seen_at"),
-                    touchpoints=sa.bindparam("touchpoints"),
-                )
-            )
-            self.conn.execute(stmt, updates)
+            execute_many(self.conn, _UPDATE_METRICS, updates)
 
 
 LIVE_WINDOW = timedelta(days=1)

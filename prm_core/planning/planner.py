@@ -30,6 +30,7 @@ from ..merging import event_revenue
 from ..model import CustomerView, Merge, Offer, ValueRequest
 from ..recording import Written
 from ..store import Store
+from ..store.bulk import execute_many
 from ..store.engine import _retryable as retryable  # the store's own judgement of what a retry fixes
 from ..store.tables import (
     customer_value,
@@ -53,6 +54,20 @@ from .value import DEFAULT_RFM, Rfm, customer_facts, rfm_from_config, rfm_from_p
 __all__ = ["Planner", "refresh_all_tiers", "tier_rules"]
 
 log = structlog.get_logger(__name__)
+
+# built once: prm_core.store.bulk caches its plan per statement
+_INSERT_VISITS_PG = pg_insert(touchpoint_customers).on_conflict_do_nothing()
+_INSERT_VISITS_SQLITE = sqlite_insert(touchpoint_customers).on_conflict_do_nothing()
+_SET_BOUGHT = (
+    touchpoint_customers.update()
+    .where(
+        touchpoint_customers.c.touchpoint == sa.bindparam("_tp"),
+        touchpoint_customers.c.day == sa.bindparam("_day"),
+        touchpoint_customers.c.customer_id == sa.bindparam("_cid"),
+        touchpoint_customers.c.bought.is_(False),
+    )
+    .values(bought=True)
+)
 _CHUNK = 400
 MODELS_TTL_S = 30.0
 CAMPAIGNS_TTL_S = 10.0
@@ -433,22 +448,11 @@ class Planner:
             {"touchpoint": tp, "day": day, "customer_id": cid, "bought": b}
             for (tp, day, cid), b in sorted(seen.items())
         ]
-        insert = (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(touchpoint_customers)
-        conn.execute(insert.on_conflict_do_nothing(), rows)
+        insert = _INSERT_VISITS_PG if conn.dialect.name == "postgresql" else _INSERT_VISITS_SQLITE
+        execute_many(conn, insert, rows)
         bought = [{"_tp": r["touchpoint"], "_day": r["day"], "_cid": r["customer_id"]} for r in rows if r["bought"]]
         if bought:
-            t = touchpoint_customers.c
-            conn.execute(
-                touchpoint_customers.update()
-                .where(
-                    t.touchpoint == sa.bindparam("_tp"),
-                    t.day == sa.bindparam("_day"),
-                    t.customer_id == sa.bindparam("_cid"),
-                    t.bought.is_(False),
-                )
-                .values(bought=True),
-                bought,
-            )
+            execute_many(conn, _SET_BOUGHT, bought)
 
     # ---- offers ----------------------------------------------------------------------
 

@@ -1,0 +1,88 @@
+#!/usr/bin/env python
+"""The ingest writer alone, in process: ``Hub.record`` on batches of ``bench/ingest.py``'s events.
+
+No HTTP, no load generator, no second process: the recording transaction (``record_batch``
+and its commit) is what is timed, so figures move far less with a busy machine than
+``bench/ingest.py``'s, and a profiler sees only the writer::
+
+    python bench/record.py                          # SQLite, 2000-event batches (the writer's size at 100/request)
+    python bench/record.py --batch 32               # the size group commit reaches at 1 event per request
+    python bench/record.py --database postgresql://postgres@127.0.0.1:5432/bench   # an empty database
+    py-spy record -f raw -o writer.txt -- python bench/record.py
+
+Events are made by ``bench/ingest.py``'s ``EventFactory`` (web mix: merges included) and
+parsed by the hub before timing starts. Printed: events/s over the timed batches (the first
+is a warm-up), and the SQL statements that took the most time (SQLAlchemy cursor events).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event as sa_event
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from ingest import EventFactory
+
+from prm_core.config import Config
+from prm_core.hub import Hub
+
+
+async def run(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        url = args.database or f"sqlite:///{tmp}/prm.db"
+        factory = EventFactory("rec", args.customers, args.seed)
+        async with Hub.open(Config(database_url=url)) as hub:
+            sql: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
+            engine = hub.store.sync_writer or hub.store.writer.sync_engine
+
+            @sa_event.listens_for(engine, "before_cursor_execute")
+            def before(conn: Any, cursor: Any, statement: str, *rest: Any) -> None:
+                conn.info["bench_started"] = time.perf_counter()
+
+            @sa_event.listens_for(engine, "after_cursor_execute")
+            def after(conn: Any, cursor: Any, statement: str, *rest: Any) -> None:
+                figures = sql[" ".join(statement.split())[:60]]
+                figures[0] += 1
+                figures[1] += time.perf_counter() - conn.info["bench_started"]
+
+            rates = []
+            for n in range(args.batches + 1):
+                bodies = [json.loads(factory.body(min(100, args.batch))) for _ in range(max(1, args.batch // 100))]
+                batch = [ev for body in bodies for ev in hub.parse_events(body, "web")]
+                started = time.perf_counter()
+                await hub.record(batch)
+                if n:  # the first batch warms up
+                    rates.append(len(batch) / (time.perf_counter() - started))
+                if n == 0:
+                    sql.clear()
+            print(
+                f"{args.batches} batches of {args.batch} events: median {statistics.median(rates):,.0f} events/s"
+                f" (min {min(rates):,.0f}, max {max(rates):,.0f})"
+            )
+            for statement, (count, seconds) in sorted(sql.items(), key=lambda kv: -kv[1][1])[:10]:
+                print(f"  {seconds * 1000:8.1f} ms {int(count):6d}x  {statement}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--database", help="a database URL (default: a fresh SQLite file)")
+    parser.add_argument("--batch", type=int, default=2000, help="events per recording transaction")
+    parser.add_argument("--batches", type=int, default=10, help="timed batches (after one warm-up batch)")
+    parser.add_argument("--customers", type=int, default=10_000, help="size of the customer (email) pool")
+    parser.add_argument("--seed", type=int, default=1)
+    asyncio.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

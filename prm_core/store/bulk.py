@@ -1,0 +1,109 @@
+"""Many-row writes without SQLAlchemy's per-row bookkeeping.
+
+``conn.execute(table.insert(), rows)`` builds a dictionary of processed parameters per row
+(``DefaultExecutionContext._init_compiled``) and calls each column type's bind processor
+through several layers; at a few thousand rows per batch that is most of the ingest
+writer's time on SQLite. :func:`execute_many` compiles the statement once per set of keys,
+keeps each parameter's bind processor, and hands the driver a list of tuples through
+``Connection.exec_driver_sql``: the same SQL, the same stored values (the processors are
+SQLAlchemy's own, except :class:`~prm_core.store.tables.UTCDateTime` on SQLite, converted
+here to the exact text SQLAlchemy's ``DATETIME`` writes, which ``tests/test_bulk.py``
+checks), and the same engine events and exception wrapping (an ``IntegrityError`` is still
+SQLAlchemy's, so the store's retries see it).
+
+Only SQLite takes this path: PostgreSQL's asyncpg executemany already goes through
+SQLAlchemy's ``insertmanyvalues`` batching, and its per-row cost is dwarfed by round trips.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.engine import Connection
+
+from .tables import UTCDateTime
+
+__all__ = ["execute_many", "sqlite_utc_text"]
+
+_Proc = Callable[[Any], Any] | None
+_PER_ROW = object()  # the parameter comes from each row; anything else is the statement's constant
+_Plan = tuple[str, tuple[tuple[str, _Proc, Any], ...]]
+_cache: dict[tuple[Any, str, tuple[str, ...]], _Plan | None] = {}
+
+
+@functools.lru_cache(maxsize=4096)  # a batch repeats its times (received_at, created_at, ...)
+def _utc_text(value: datetime) -> str:
+    if value.tzinfo is None:
+        raise ValueError("naive datetime given to the store; use an aware UTC datetime")
+    if value.utcoffset():
+        value = value.astimezone(UTC)
+    return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def sqlite_utc_text(value: datetime | None) -> str | None:
+    """What ``UTCDateTime`` stores on SQLite: naive UTC as ``YYYY-MM-DD HH:MM:SS.ffffff``."""
+    return None if value is None else _utc_text(value)
+
+
+def _plan(conn: Connection, stmt: Any, keys: tuple[str, ...]) -> _Plan | None:
+    dialect = conn.dialect
+    compiled = stmt.compile(dialect=dialect, column_keys=list(keys))
+    order = compiled.positiontup
+    if order is None or not set(keys) <= set(order) or compiled.literal_execute_params or compiled.post_compile_params:
+        return None  # an expanding IN, a key the statement does not take: let SQLAlchemy do it
+    params: list[tuple[str, _Proc, Any]] = []
+    for name in order:
+        bind = compiled.binds[name]
+        typ = bind.type
+        proc: _Proc
+        if isinstance(typ, UTCDateTime):
+            proc = sqlite_utc_text
+        else:
+            proc = typ._cached_bind_processor(dialect)
+        if name in keys:
+            params.append((name, proc, _PER_ROW))
+        elif bind.callable is None and not bind.required:
+            params.append((name, None, proc(bind.value) if proc else bind.value))  # .values(bought=True)
+        else:
+            return None  # a default the rows do not carry
+    return compiled.string, tuple(params)
+
+
+def execute_many(conn: Connection, stmt: Any, rows: Sequence[Mapping[str, Any]]) -> None:
+    """``conn.execute(stmt, rows)`` for an INSERT or UPDATE whose rows all have the same keys.
+
+    ``stmt`` should be built once (a module constant): plans are cached by statement.
+    """
+    if not rows:
+        return
+    keys = tuple(rows[0])
+    if conn.dialect.name != "sqlite" or len(rows) < 2:
+        conn.execute(stmt, list(rows))
+        return
+    cache_key = (stmt, conn.dialect.name, keys)
+    if cache_key in _cache:
+        plan = _cache[cache_key]
+    else:
+        plan = _plan(conn, stmt, keys)
+        if len(_cache) < 256:
+            _cache[cache_key] = plan
+    if plan is None or any(len(r) != len(keys) for r in rows):
+        conn.execute(stmt, list(rows))
+        return
+    sql, params = plan
+    try:
+        # column by column: map() and zip() loop in C
+        columns = []
+        for name, proc, constant in params:
+            if constant is not _PER_ROW:
+                columns.append([constant] * len(rows))
+                continue
+            column = [r[name] for r in rows]
+            columns.append(column if proc is None else list(map(proc, column)))
+    except KeyError:  # rows with other keys than the first: SQLAlchemy's way
+        conn.execute(stmt, list(rows))
+        return
+    conn.exec_driver_sql(sql, list(zip(*columns, strict=True)))
