@@ -1,7 +1,8 @@
 """schemathesis against /openapi.json: every operation the hub describes, with generated
 parameters and bodies, answered without a 5xx and with a body that matches the schema the hub
-describes for that status (every JSON error, the events, requests and customer answers) (a real server on a real SQLite database,
-with an admin key, so requests get past authentication into the handlers)."""
+describes for that status (every JSON error, the events, requests and customer answers). A
+real server on a real SQLite database, with an admin key, so requests get past
+authentication into the handlers."""
 
 from __future__ import annotations
 
