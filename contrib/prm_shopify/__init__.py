@@ -114,13 +114,26 @@ def _customer(order: Mapping[str, Any]) -> dict[str, Any] | None:
     return ref or None
 
 
+def _objects(payload: Mapping[str, Any], field: str) -> list[Mapping[str, Any]]:
+    """``payload[field]``, a list of objects (missing or null: none); anything else is refused naming it."""
+    found = payload.get(field)
+    if found is None:
+        return []
+    if not isinstance(found, list):
+        raise InvalidInput(f"{field} must be a list", field)
+    for i, item in enumerate(found):
+        if not isinstance(item, Mapping):
+            raise InvalidInput(f"{field}[{i}] must be an object", f"{field}[{i}]")
+    return found
+
+
 def order_transaction(order: Any, shop: str | None) -> Transaction:
     """An ``orders/create`` / ``orders/paid`` payload as a canonical sale."""
     if not isinstance(order, Mapping) or order.get("id") is None:
         raise InvalidInput("an order object with an id is expected", "id")
     day, at = _day(order.get("processed_at") or order.get("created_at"), "created_at")
     lines = []
-    for i, item in enumerate(order.get("line_items") or []):
+    for i, item in enumerate(_objects(order, "line_items")):
         where = f"line_items[{i}]"
         quantity = money.quantity(item.get("quantity", 1), f"{where}.quantity")
         price = money.amount(item.get("price"), f"{where}.price")
@@ -136,7 +149,7 @@ def order_transaction(order: Any, shop: str | None) -> Transaction:
                 "extended_amount": str(quantity * price - discount),
             }
         )
-    for i, shipping in enumerate(order.get("shipping_lines") or []):
+    for i, shipping in enumerate(_objects(order, "shipping_lines")):
         where = f"shipping_lines[{i}]"
         price = money.amount(shipping.get("price"), f"{where}.price")
         discount = _discounts(shipping, where)
@@ -176,7 +189,7 @@ async def refund_transaction(refund: Any, shop: str | None, hub: Hub, currency: 
     day, at = _day(refund.get("processed_at") or refund.get("created_at"), "created_at")
     lines: list[dict[str, Any]] = []
     tax = Decimal(0)
-    for i, refunded in enumerate(refund.get("refund_line_items") or []):
+    for i, refunded in enumerate(_objects(refund, "refund_line_items")):
         where = f"refund_line_items[{i}]"
         item = refunded.get("line_item") if isinstance(refunded.get("line_item"), Mapping) else {}
         quantity = money.quantity(refunded.get("quantity", 1), f"{where}.quantity")
@@ -194,7 +207,7 @@ async def refund_transaction(refund: Any, shop: str | None, hub: Hub, currency: 
                 "extended_amount": str(subtotal),
             }
         )
-    for i, adjustment in enumerate(refund.get("order_adjustments") or []):
+    for i, adjustment in enumerate(_objects(refund, "order_adjustments")):
         # Shopify writes what a refund gives back as negative adjustments
         value = -_dec(adjustment.get("amount"), f"order_adjustments[{i}].amount")
         tax += -_dec(adjustment.get("tax_amount"), f"order_adjustments[{i}].tax_amount")
@@ -207,7 +220,7 @@ async def refund_transaction(refund: Any, shop: str | None, hub: Hub, currency: 
     if not lines:
         return None
     tenders = []
-    for t in refund.get("transactions") or []:
+    for t in _objects(refund, "transactions"):
         if t.get("kind") == "refund" and t.get("status", "success") == "success":
             tenders.append({"type": str(t.get("gateway") or "shopify")[:32], "amount": t.get("amount")})
             currency = currency or t.get("currency")
