@@ -174,3 +174,16 @@ class TestConformance(TouchPointConformance):
 
     async def send_events(self, client, key, batch):
         return await super().send_events(client, key, [self._cti(e) for e in batch])
+
+
+@pytest.mark.parametrize("bad", [{"heartbeat_s": "often"}, {"ring_size": 0}, {"workers": True}])
+def test_a_bad_screen_pop_setting_stops_the_hub_at_start_naming_it(bad):
+    from prm_core.config import Config
+    from prm_core.errors import ConfigError
+    from prm_core.plugins import collect_registrations, make_plugin_manager
+
+    raw = {"touchpoints": {"callcenter": {"screenpop": bad}}}
+    config = Config(database_url="sqlite:////tmp/unused.db", raw=raw)
+    (key,) = bad
+    with pytest.raises(ConfigError, match=rf"\[touchpoints.callcenter.screenpop\].{key} must be a positive number"):
+        collect_registrations(make_plugin_manager([]), config)

@@ -169,3 +169,14 @@ async def test_a_touch_point_registers_a_file_format(database_url, tmp_path):
 def test_an_importer_is_validated_on_registration():
     with pytest.raises(ValueError, match="suffixes"):
         Importer(name="bad", touchpoint="pos", suffixes=["xml"], read=read_visits)
+
+
+def test_a_bad_poslog_time_zone_stops_the_hub_at_start() -> None:
+    from prm_core.errors import ConfigError
+    from prm_core.plugins import collect_registrations, make_plugin_manager
+
+    config = Config(
+        database_url="sqlite:////tmp/unused.db", raw={"touchpoints": {"pos": {"poslog_timezone": "Europe/Nowhere"}}}
+    )
+    with pytest.raises(ConfigError, match="poslog_timezone must be an IANA time zone"):
+        collect_registrations(make_plugin_manager([]), config)

@@ -33,6 +33,7 @@ __all__ = ["CALL_TYPES", "TOUCHPOINT", "ScreenPops", "cti_event", "prm_adapters"
 @hookimpl
 def prm_touchpoints(config: Config) -> list[TouchPoint]:
     settings = config.touchpoint(TOUCHPOINT)
+    _screenpop_tuning(settings)  # a bad value stops the hub now, naming it
     return [
         TouchPoint(
             name=TOUCHPOINT,
@@ -78,6 +79,30 @@ async def screen_pop_service(app: web.Application) -> AsyncIterator[None]:
     finally:
         hub.pm.unregister(pops)
         await pops.stop()
+
+
+_TUNING = {
+    "ring_size": (int, 50),
+    "connection_queue": (int, 20),
+    "pending_calls": (int, 1000),
+    "workers": (int, 4),
+    "ticket_ttl_s": (float, 30.0),
+    "heartbeat_s": (float, 20.0),
+}
+
+
+def _screenpop_tuning(settings: Any) -> dict[str, Any]:
+    """``[touchpoints.callcenter.screenpop]``: each number positive, or a ConfigError naming it."""
+    tuning: Any = settings.get("screenpop", {})
+    if not isinstance(tuning, dict):
+        raise ConfigError("[touchpoints.callcenter.screenpop] must be a table")
+    values: dict[str, Any] = {}
+    for key, (kind, default) in _TUNING.items():
+        value = tuning.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise ConfigError(f"[touchpoints.callcenter.screenpop].{key} must be a positive number, got {value!r}")
+        values[key] = kind(value)
+    return values
 
 
 @hookimpl

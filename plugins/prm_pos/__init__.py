@@ -21,7 +21,7 @@ from prm_core.formats import Importer
 from prm_core.model import Delivery, IdentityNamespace, TouchPoint
 
 from .household import namespace
-from .poslog import importer
+from .poslog import importer, poslog_zone
 from .receipt import render_receipt
 from .routes import post_transaction
 
@@ -31,6 +31,7 @@ __all__ = ["prm_identity_namespaces", "prm_importers", "prm_render_delivery", "p
 @hookimpl
 def prm_touchpoints(config: Config) -> list[TouchPoint]:
     settings = config.touchpoint("pos")
+    poslog_zone(settings)  # a bad time zone stops the hub now, not the first import
     return [
         TouchPoint(
             name="pos",

@@ -27,7 +27,7 @@ transaction (:mod:`prm_pos.transaction`), checked like one sent by a till:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -152,14 +152,19 @@ def _decimal(raw: str) -> Decimal:
         raise InvalidInput(f"Tax/Amount {raw!r} is not a number", "Tax") from None
 
 
+def poslog_zone(settings: Mapping[str, Any]) -> ZoneInfo:
+    """``[touchpoints.pos] poslog_timezone`` (default UTC); checked when the hub starts."""
+    try:
+        return ZoneInfo(str(settings.get("poslog_timezone", "UTC")))
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError("[touchpoints.pos].poslog_timezone must be an IANA time zone such as Europe/Paris") from None
+
+
 async def read_poslog(path: Path, context: ImportContext) -> AsyncIterator[Event | InvalidInput]:
     """Stream the transactions of a POSLog file as POS events (see the module docstring)."""
     hub = context.hub
     settings = hub.config.touchpoint("pos")
-    try:
-        zone = ZoneInfo(str(settings.get("poslog_timezone", "UTC")))
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ConfigError("[touchpoints.pos].poslog_timezone must be an IANA time zone such as Europe/Paris") from None
+    zone = poslog_zone(settings)
     currency = settings.get("currency")
     number = 0
     elements = etree.iterparse(str(path), events=("end",), tag=f"{{{NS}}}Transaction", huge_tree=False)
