@@ -38,7 +38,7 @@ from aiohttp import web
 from prm_pos import money
 from prm_pos.recording import find_transaction
 from prm_pos.transaction import Transaction, parse_transaction
-from prm_pos.webhooks import already_processed, mark_processed, record_transactions, signature_matches, unauthorized
+from prm_pos.webhooks import already_processed, answer_delivery, mark_processed, signature_matches, unauthorized
 
 from prm_core import hookimpl
 from prm_core.config import Config
@@ -267,10 +267,7 @@ async def shopify_orders(request: web.Request) -> web.Response:
         currency = payload.get("currency") if isinstance(payload, Mapping) else None
         found = await refund_transaction(payload, shop, hub, currency)
         transactions = [found] if found is not None else []
-    recorded = await record_transactions(request, transactions)
-    await mark_processed(request, "shopify", webhook_id)
-    duplicates = sum(1 for r in recorded if r.duplicate)
-    return web.json_response({"accepted": len(recorded) - duplicates, "duplicates": duplicates})
+    return await answer_delivery(request, "shopify", webhook_id, transactions)
 
 
 @hookimpl

@@ -41,7 +41,7 @@ from aiohttp import web
 from prm_pos import money
 from prm_pos.recording import find_transaction
 from prm_pos.transaction import Transaction, parse_transaction
-from prm_pos.webhooks import already_processed, mark_processed, record_transactions, signature_matches, unauthorized
+from prm_pos.webhooks import already_processed, answer_delivery, signature_matches, unauthorized
 
 from prm_core import hookimpl
 from prm_core.config import Config
@@ -181,10 +181,7 @@ async def square_webhooks(request: web.Request) -> web.Response:
         transactions = [found] if found is not None else []
     elif kind not in ORDER_TYPES:
         log.info("square event type ignored", type=kind[:64])
-    recorded = await record_transactions(request, transactions)
-    await mark_processed(request, "square", event_id)
-    duplicates = sum(1 for r in recorded if r.duplicate)
-    return web.json_response({"accepted": len(recorded) - duplicates, "duplicates": duplicates})
+    return await answer_delivery(request, "square", event_id, transactions)
 
 
 @hookimpl

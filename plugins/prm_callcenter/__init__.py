@@ -25,7 +25,7 @@ from prm_core.server.state import HUB
 
 from .cti import CALL_TYPES, TOUCHPOINT, cti_event
 from .routes import agent_page_routes, cti_routes, screenpop_routes
-from .screenpop import PLUGIN_NAME, ScreenPops
+from .screenpop import PLUGIN_NAME, ScreenPops, screenpop_settings
 
 __all__ = ["CALL_TYPES", "TOUCHPOINT", "ScreenPops", "cti_event", "prm_adapters", "prm_touchpoints", "screen_pops"]
 
@@ -33,7 +33,7 @@ __all__ = ["CALL_TYPES", "TOUCHPOINT", "ScreenPops", "cti_event", "prm_adapters"
 @hookimpl
 def prm_touchpoints(config: Config) -> list[TouchPoint]:
     settings = config.touchpoint(TOUCHPOINT)
-    _screenpop_tuning(settings)  # a bad value stops the hub now, naming it
+    screenpop_settings(settings)  # a bad value stops the hub now, naming it
     return [
         TouchPoint(
             name=TOUCHPOINT,
@@ -58,14 +58,15 @@ async def screen_pop_service(app: web.Application) -> AsyncIterator[None]:
     hub = app[HUB]
     settings = hub.config.touchpoint(TOUCHPOINT)
     tuning: Any = settings.get("screenpop", {})
+    numbers = screenpop_settings(settings)
     pops = ScreenPops(
         hub,
         budget_ms=int(settings.get("budget_ms", 1000)),
-        ring_size=int(tuning.get("ring_size", 50)),
-        connection_queue=int(tuning.get("connection_queue", 20)),
-        pending_calls=int(tuning.get("pending_calls", 1000)),
-        workers=int(tuning.get("workers", 4)),
-        ticket_ttl_s=float(tuning.get("ticket_ttl_s", 30)),
+        ring_size=numbers["ring_size"],
+        connection_queue=numbers["connection_queue"],
+        pending_calls=numbers["pending_calls"],
+        workers=numbers["workers"],
+        ticket_ttl_s=numbers["ticket_ttl_s"],
     )
     hub.pm.register(pops, name=PLUGIN_NAME)
     bus = str(tuning.get("bus", "auto"))
@@ -79,30 +80,6 @@ async def screen_pop_service(app: web.Application) -> AsyncIterator[None]:
     finally:
         hub.pm.unregister(pops)
         await pops.stop()
-
-
-_TUNING = {
-    "ring_size": (int, 50),
-    "connection_queue": (int, 20),
-    "pending_calls": (int, 1000),
-    "workers": (int, 4),
-    "ticket_ttl_s": (float, 30.0),
-    "heartbeat_s": (float, 20.0),
-}
-
-
-def _screenpop_tuning(settings: Any) -> dict[str, Any]:
-    """``[touchpoints.callcenter.screenpop]``: each number positive, or a ConfigError naming it."""
-    tuning: Any = settings.get("screenpop", {})
-    if not isinstance(tuning, dict):
-        raise ConfigError("[touchpoints.callcenter.screenpop] must be a table")
-    values: dict[str, Any] = {}
-    for key, (kind, default) in _TUNING.items():
-        value = tuning.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-            raise ConfigError(f"[touchpoints.callcenter.screenpop].{key} must be a positive number, got {value!r}")
-        values[key] = kind(value)
-    return values
 
 
 @hookimpl

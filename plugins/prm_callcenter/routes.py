@@ -29,7 +29,7 @@ from prm_core.server.routes import EVENT_SCHEMA, api, ingest, read_json
 from prm_core.server.state import HUB
 
 from .cti import TOUCHPOINT, cti_event
-from .screenpop import PLUGIN_NAME, ScreenPops
+from .screenpop import PLUGIN_NAME, ScreenPops, screenpop_settings
 
 __all__ = ["agent_page_routes", "cti_routes", "screenpop_routes"]
 
@@ -140,8 +140,7 @@ async def screenpop_socket(request: web.Request) -> web.StreamResponse:
     else:
         await _require_agent_access(request)
     since = _since(request)
-    settings = request.app[HUB].config.touchpoint(TOUCHPOINT).get("screenpop", {})
-    heartbeat = float(settings.get("heartbeat_s", 20))
+    heartbeat = screenpop_settings(request.app[HUB].config.touchpoint(TOUCHPOINT))["heartbeat_s"]
     ws = web.WebSocketResponse(heartbeat=heartbeat, protocols=(SUBPROTOCOL,), max_msg_size=64 * 1024)
     await ws.prepare(request)
     if WEBSOCKETS in request.app:

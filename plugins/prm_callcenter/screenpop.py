@@ -38,6 +38,7 @@ import structlog
 from attrs import define, field
 
 from prm_core import hookimpl
+from prm_core.errors import ConfigError
 from prm_core.hub import Hub
 from prm_core.model import CustomerView, Event, RecordedEvent
 from prm_core.outbox import Fulfillment
@@ -45,7 +46,7 @@ from prm_core.outbox import Fulfillment
 from .bus import PostgresBus
 from .cti import OFFERED, TOUCHPOINT
 
-__all__ = ["PLUGIN_NAME", "Connection", "ScreenPops", "screen_pop_customer"]
+__all__ = ["PLUGIN_NAME", "Connection", "ScreenPops", "screen_pop_customer", "screenpop_settings"]
 
 PLUGIN_NAME = "prm_callcenter.screenpops"
 log = structlog.get_logger(__name__)
@@ -79,6 +80,30 @@ def screen_pop_customer(view: CustomerView) -> dict[str, Any]:
     ]
     body.setdefault("fulfillments", [])
     return body
+
+
+_TUNING = {
+    "ring_size": (int, 50),
+    "connection_queue": (int, 20),
+    "pending_calls": (int, 1000),
+    "workers": (int, 4),
+    "ticket_ttl_s": (float, 30.0),
+    "heartbeat_s": (float, 20.0),
+}
+
+
+def screenpop_settings(settings: Any) -> dict[str, Any]:
+    """``[touchpoints.callcenter.screenpop]``: each number positive, or a ConfigError naming it."""
+    tuning: Any = settings.get("screenpop", {})
+    if not isinstance(tuning, Mapping):
+        raise ConfigError("[touchpoints.callcenter.screenpop] must be a table")
+    values: dict[str, Any] = {}
+    for key, (kind, default) in _TUNING.items():
+        value = tuning.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise ConfigError(f"[touchpoints.callcenter.screenpop].{key} must be a positive number, got {value!r}")
+        values[key] = kind(value)
+    return values
 
 
 @define(eq=False)

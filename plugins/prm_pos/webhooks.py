@@ -36,7 +36,14 @@ from .household import join_households
 from .recording import transaction_event
 from .transaction import Transaction
 
-__all__ = ["already_processed", "mark_processed", "record_transactions", "signature_matches", "unauthorized"]
+__all__ = [
+    "already_processed",
+    "answer_delivery",
+    "mark_processed",
+    "record_transactions",
+    "signature_matches",
+    "unauthorized",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -97,3 +104,13 @@ async def record_transactions(request: web.Request, transactions: Sequence[Trans
         if not r.duplicate and txn.transaction_type == "sale" and (address or event.identities):
             await join_households(hub, r.customer_id, tuple(event.identities), address)
     return recorded
+
+
+async def answer_delivery(
+    request: web.Request, source: str, delivery_id: str | None, transactions: Sequence[Transaction]
+) -> web.Response:
+    """Record a vendor delivery's transactions, remember the delivery id, answer the counts."""
+    recorded = await record_transactions(request, transactions)
+    await mark_processed(request, source, delivery_id)
+    duplicates = sum(1 for r in recorded if r.duplicate)
+    return web.json_response({"accepted": len(recorded) - duplicates, "duplicates": duplicates})
