@@ -449,7 +449,7 @@ def serve_hub(database_url: str, port: int, log_level: str, profile: str | None,
     from prm_core.logs import configure_logging
     from prm_core.server.app import create_app
 
-    configure_logging(log_level)
+    configure_logging(log_level, cache=True)  # as prm serve does: loggers keep their configuration
     app = create_app(Config(database_url=database_url))
     if diagnostics:
         attach_diagnostics(app)

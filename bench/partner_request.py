@@ -13,6 +13,10 @@ partner (the hub's own floor: record the turn, build the view, record the answer
 handler that calls both partners concurrently with one ``aiohttp`` session and answers: the
 floor of "call two partners and answer". The hub's figure is also printed as a ratio to it.
 
+The client, the partners, the bare handler and the hub each run in a process of their own
+(as they would in production), so no figure includes another party's CPU: in one process,
+the client's and the simulators' work would queue behind the hub's on one interpreter lock.
+
     python bench/partner_request.py            # 500 requests, 8 in flight
     python bench/partner_request.py --quick    # 100 requests
 """
@@ -22,20 +26,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
-from prm_tmf.simulators import AppointmentSimulator, StockSimulator
-
-from prm_core.config import Config
-from prm_core.keys import create_key
-from prm_core.server.app import create_app
-from prm_core.server.state import HUB
 
 SLOWER_S = 0.150
 FASTER_S = 0.100
@@ -77,62 +79,152 @@ async def load(url: str, body: Any, headers: dict[str, str], n: int, concurrency
     return times
 
 
-async def main(requests: int, concurrency: int) -> None:
+# ---- the servers, each run as `python bench/partner_request.py --serve ROLE` ---------------------
+
+
+async def serve_partners() -> dict[str, Any]:
+    from prm_tmf.simulators import AppointmentSimulator, StockSimulator
+
     stock = StockSimulator(secret(), stock={"pump-7": 10**9}, latency_ms=FASTER_S * 1000)
     field = AppointmentSimulator(secret(), technicians=10**9, latency_ms=SLOWER_S * 1000)
     await stock.serve()
     await field.serve()
+    return {"stock": {"url": stock.url, "secret": stock.secret}, "field": {"url": field.url, "secret": field.secret}}
 
-    # ---- the baseline: call both partners concurrently and answer ----------------------------
+
+async def serve_bare(partners: dict[str, Any]) -> dict[str, Any]:
+    """The baseline: call both partners concurrently (signed, as the hub does) and answer."""
+    from prm_partner.client import signed_headers
+
+    session = aiohttp.ClientSession()
+
+    async def call(partner: dict[str, Any], path: str, body: str, key: str) -> Any:
+        headers = {**signed_headers(partner["secret"], key, body), "Idempotency-Key": key}
+        async with session.post(partner["url"] + path, data=body, headers=headers) as r:
+            return await r.json()
+
     async def bare(request: web.Request) -> web.Response:
-        from prm_partner.client import signed_headers
-
-        async with aiohttp.ClientSession() as s:
-
-            async def call(sim: Any, path: str, body: str) -> Any:
-                headers = {**signed_headers(sim.secret, key, body), "Idempotency-Key": key}
-                async with s.post(sim.url + path, data=body, headers=headers) as r:
-                    return await r.json()
-
-            key = os.urandom(8).hex()
-            stock_body = '{"@type": "CheckProductStock", "checkProductStockItem": []}'
-            now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            later = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 4 * 86400))
-            appt_body = (
-                f'{{"@type": "Appointment", "validFor": {{"startDateTime": "{now}", "endDateTime": "{later}"}}}}'
-            )
-            a, b = await asyncio.gather(
-                call(stock, "/checkProductStock", stock_body), call(field, "/appointment", appt_body)
-            )
+        key = os.urandom(8).hex()
+        stock_body = '{"@type": "CheckProductStock", "checkProductStockItem": []}'
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        later = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 4 * 86400))
+        appt_body = f'{{"@type": "Appointment", "validFor": {{"startDateTime": "{now}", "endDateTime": "{later}"}}}}'
+        a, b = await asyncio.gather(
+            call(partners["stock"], "/checkProductStock", stock_body, key),
+            call(partners["field"], "/appointment", appt_body, key),
+        )
         return web.json_response({"stock": a.get("state"), "appointment": b.get("status")})
 
-    bare_app = web.Application()
-    bare_app.router.add_post("/bare", bare)
-    bare_runner, bare_url = await serve(bare_app)
+    app = web.Application()
+    app.router.add_post("/bare", bare)
+    _runner, url = await serve(app)
+    return {"url": url}
 
-    # ---- the hub -----------------------------------------------------------------------------
-    tmp = tempfile.mkdtemp(prefix="prm-bench-partner-")
+
+async def serve_hub(given: dict[str, Any]) -> dict[str, Any]:
+    partners = given
+    from prm_core.config import Config
+    from prm_core.keys import create_key
+    from prm_core.server.app import create_app
+    from prm_core.server.state import HUB
+
     config = Config(
-        database_url=f"sqlite:///{tmp}/prm.db",
+        database_url=f"sqlite:///{given['workdir']}/prm.db",
         raw={
             "partners": {
-                "supplier": {"role": "inventory", "protocol": "tmf687", "url": stock.url, "secret": stock.secret,
-                             "timeout_ms": 2000},
-                "fieldservice": {"role": "field_service", "protocol": "tmf646", "url": field.url,
-                                 "secret": field.secret, "timeout_ms": 2000},
+                "supplier": {"role": "inventory", "protocol": "tmf687", "url": partners["stock"]["url"],
+                             "secret": partners["stock"]["secret"], "timeout_ms": 2000},
+                "fieldservice": {"role": "field_service", "protocol": "tmf646", "url": partners["field"]["url"],
+                                 "secret": partners["field"]["secret"], "timeout_ms": 2000},
             },
             "touchpoints": {"web": {"budget_ms": 1000}},
         },
     )  # fmt: skip
     app = create_app(config)
-    hub_runner, hub_url = await serve(app)
+    _runner, url = await serve(app)
     hub = app[HUB]
     key, _ = await create_key(hub.store, "touchpoint:web")
     cid = (await hub.record(hub.parse_events(
         {"id": "who", "type": "identify", "occurred_at": "2026-11-23T08:00:00Z",
          "identities": {"email": "ann@example.com"}}, "web")))[0].customer_id  # fmt: skip
     await hub.update_customer(cid, {"tier": "platinum", "traits": {"name": "Ann Lee", "address": "1 Main St"}})
+    return {"url": url, "key": key}
 
+
+def announce(info: dict[str, Any], ready: str) -> None:
+    tmp = Path(ready + ".tmp")
+    tmp.write_text(json.dumps(info))
+    tmp.replace(ready)  # the driver never reads half a file
+
+
+def serve_forever(role: str, given: dict[str, Any], ready: str) -> None:
+    """Start one server, write what the driver needs to ``ready`` (JSON), run until stdin closes."""
+    import logging
+
+    logging.disable(logging.INFO)  # as in production, the access log goes to a file, not this terminal
+
+    async def run() -> None:
+        started = {"partners": serve_partners, "bare": serve_bare, "hub": serve_hub}[role]
+        info = await (started() if role == "partners" else started(given))  # type: ignore[operator]
+        announce(info, ready)
+        # the driver closes our stdin when it is done
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+
+    asyncio.run(run())
+
+
+def start(role: str, workdir: str, given: dict[str, Any] | None = None) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    """Start a server process (its output to ``ROLE.log`` in ``workdir``) and wait until it serves."""
+    ready = os.path.join(workdir, f"{role}.json")
+    with open(os.path.join(workdir, f"{role}.log"), "w") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                os.path.abspath(__file__),
+                "--serve",
+                role,
+                "--ready",
+                ready,
+                "--given",
+                json.dumps(given or {}),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    deadline = time.monotonic() + 60
+    while not os.path.exists(ready):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise SystemExit(f"the {role} process did not start; see {workdir}/{role}.log")
+        time.sleep(0.05)
+    with open(ready) as f:
+        return proc, json.load(f)
+
+
+# ---- the driver -------------------------------------------------------------------------------
+
+
+async def main(requests: int, concurrency: int) -> None:
+    workdir = tempfile.mkdtemp(prefix="prm-bench-partner-")
+    partners_proc, partners = start("partners", workdir)
+    bare_proc, bare = start("bare", workdir, partners)
+    hub_proc, hub = start("hub", workdir, {**partners, "workdir": workdir})
+    try:
+        await drive(bare["url"], hub["url"], hub["key"], requests, concurrency)
+        print(f"logs and the hub's database: {workdir}")
+    finally:
+        for proc in (hub_proc, bare_proc, partners_proc):
+            assert proc.stdin is not None
+            proc.stdin.close()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+async def drive(bare_url: str, hub_url: str, key: str, requests: int, concurrency: int) -> None:
     def service_request(i: int) -> dict[str, Any]:
         return {
             "id": f"sr-{i}-{os.urandom(4).hex()}",
@@ -142,21 +234,17 @@ async def main(requests: int, concurrency: int) -> None:
             "data": {"product_id": "wm-300", "issue": "noise", "parts": ["pump-7"]},
         }
 
-    auth = {"Authorization": f"Bearer {key}"}
-    warm = max(10, requests // 10)
-    await load(bare_url + "/bare", lambda i: {}, {}, warm, concurrency)
-    await load(hub_url + "/v1/touchpoints/web/requests", service_request, auth, warm, concurrency)
-    bare_times = await load(bare_url + "/bare", lambda i: {}, {}, requests, concurrency)
-    hub_times = await load(hub_url + "/v1/touchpoints/web/requests", service_request, auth, requests, concurrency)
-
     def plain_request(i: int) -> dict[str, Any]:  # a turn that asks no partner: the hub's own floor
         return {**service_request(i), "type": "question", "data": {}}
 
-    floor_times = await load(hub_url + "/v1/touchpoints/web/requests", plain_request, auth, requests, concurrency)
-    await hub_runner.cleanup()
-    await bare_runner.cleanup()
-    await stock.stop()
-    await field.stop()
+    auth = {"Authorization": f"Bearer {key}"}
+    requests_url = hub_url + "/v1/touchpoints/web/requests"
+    warm = max(10, requests // 10)
+    await load(bare_url + "/bare", lambda i: {}, {}, warm, concurrency)
+    await load(requests_url, service_request, auth, warm, concurrency)
+    bare_times = await load(bare_url + "/bare", lambda i: {}, {}, requests, concurrency)
+    hub_times = await load(requests_url, service_request, auth, requests, concurrency)
+    floor_times = await load(requests_url, plain_request, auth, requests, concurrency)
 
     def over(times: list[float]) -> tuple[float, float, float]:
         ms = [(t - SLOWER_S) * 1000 for t in times]
@@ -177,12 +265,15 @@ async def main(requests: int, concurrency: int) -> None:
 
 
 if __name__ == "__main__":
-    import logging
-
-    logging.disable(logging.INFO)  # as in production, the access log goes to a file, not this terminal
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--quick", action="store_true", help="100 requests")
+    parser.add_argument("--serve", choices=("partners", "bare", "hub"), help=argparse.SUPPRESS)
+    parser.add_argument("--given", default="{}", help=argparse.SUPPRESS)
+    parser.add_argument("--ready", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    asyncio.run(main(100 if args.quick else args.requests, args.concurrency))
+    if args.serve:
+        serve_forever(args.serve, json.loads(args.given), args.ready)
+    else:
+        asyncio.run(main(100 if args.quick else args.requests, args.concurrency))

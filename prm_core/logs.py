@@ -29,6 +29,8 @@ _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 # a run of 7+ digits, optionally with +, spaces, dots, dashes or parentheses between them
 _PHONE = re.compile(r"\+?\(?\d[\d\s().-]{5,}\d")
 REDACTED = "[redacted]"
+# what the hub itself puts there (the access line's route is the route's pattern, not the path)
+_NOT_PERSONAL = frozenset({"timestamp", "level", "logger", "request_id", "elapsed_ms", "method", "route", "status"})
 WITHHELD = "(message withheld from the logs: it may quote personal data)"
 
 
@@ -50,7 +52,7 @@ def redact_personal_data(logger: Any, method: str, event_dict: MutableMapping[st
     for key, value in list(event_dict.items()):
         if key in PERSONAL_FIELDS:
             event_dict[key] = REDACTED
-        elif key not in ("timestamp", "level", "logger", "request_id", "elapsed_ms"):
+        elif key not in _NOT_PERSONAL:
             event_dict[key] = redact(value)
     return event_dict
 

@@ -109,6 +109,14 @@ class PurchaseTotals:
     categories: Counter[str] = field(factory=Counter)
     last_purchase: datetime | None = None
 
+    @property
+    def empty(self) -> bool:
+        """Nothing bought, returned or voided: adding these totals changes no purchase column."""
+        return (
+            not (self.orders or self.returns or self.revenue or self.by_currency or self.categories)
+            and self.last_purchase is None
+        )
+
     def add_purchase(self, purchase: Purchase, at: datetime) -> None:
         self.revenue += purchase.revenue
         self.orders += purchase.orders

@@ -227,18 +227,31 @@ def _fulfillment(row: Any) -> Fulfillment:
     )
 
 
+# built once with bind parameters: building a statement and its cache key cost more than
+# running it on its index, on every view
+_LIMIT: sa.BindParameter[int] = sa.bindparam("limit", type_=sa.Integer())
+_OF_CUSTOMERS_Q = (
+    sa.select(outbox)
+    .where(outbox.c.customer_id.in_(sa.bindparam("owners", expanding=True)))
+    .order_by(outbox.c.requested_at.desc(), outbox.c.id)
+    .limit(_LIMIT)
+)
+_OF_DIALOGUE_Q = (
+    sa.select(outbox)
+    .where(outbox.c.dialogue_id == sa.bindparam("dialogue_id"))
+    .order_by(outbox.c.requested_at.desc(), outbox.c.id)
+    .limit(_LIMIT)
+)
+
+
 def fulfillments_of(conn: Connection, owners: Sequence[str], limit: int = MAX_VIEW_FULFILLMENTS) -> list[Fulfillment]:
     """The newest fulfillment requests of these customers (for the view)."""
-    c = outbox.c
-    q = sa.select(outbox).where(c.customer_id.in_(list(owners))).order_by(c.requested_at.desc(), c.id).limit(limit)
-    return [_fulfillment(r) for r in conn.execute(q)]
+    return [_fulfillment(r) for r in conn.execute(_OF_CUSTOMERS_Q, {"owners": list(owners), "limit": limit})]
 
 
 def fulfillments_of_dialogue(conn: Connection, dialogue_id: str, limit: int = 50) -> list[Fulfillment]:
     """The fulfillment requests a dialogue made, newest first."""
-    c = outbox.c
-    q = sa.select(outbox).where(c.dialogue_id == dialogue_id).order_by(c.requested_at.desc(), c.id).limit(limit)
-    return [_fulfillment(r) for r in conn.execute(q)]
+    return [_fulfillment(r) for r in conn.execute(_OF_DIALOGUE_Q, {"dialogue_id": dialogue_id, "limit": limit})]
 
 
 def _request(row: Any) -> FulfillmentRequest:

@@ -60,22 +60,27 @@ _UPDATE_DIALOGUES = (
         closed_at=sa.bindparam("closed_at"),
     )
 )
-_UPDATE_METRICS = (
-    metrics.update()
-    .where(metrics.c.customer_id == sa.bindparam("_cid"))
-    .values(
-        event_count=sa.bindparam("event_count"),
-        order_count=sa.bindparam("order_count"),
-        lifetime_revenue=sa.bindparam("lifetime_revenue"),
-        return_count=sa.bindparam("return_count"),
-        revenue_by_currency=sa.bindparam("revenue_by_currency"),
-        categories=sa.bindparam("categories"),
-        last_purchase_at=sa.bindparam("last_purchase_at"),
-        first_seen_at=sa.bindparam("first_seen_at"),
-        last_seen_at=sa.bindparam("last_seen_at"),
-        touchpoints=sa.bindparam("touchpoints"),
-    )
+
+
+def _update_metrics(*columns: str) -> Any:
+    """An UPDATE of these ``customer_metrics`` columns, each from the bind parameter of its name."""
+    where = metrics.c.customer_id == sa.bindparam("_cid")
+    return metrics.update().where(where).values({c: sa.bindparam(c) for c in columns})
+
+
+_SEEN_COLUMNS = ("event_count", "first_seen_at", "last_seen_at", "touchpoints")
+_UPDATE_METRICS = _update_metrics(
+    *_SEEN_COLUMNS,
+    "order_count",
+    "lifetime_revenue",
+    "return_count",
+    "revenue_by_currency",
+    "categories",
+    "last_purchase_at",
 )
+# most events carry no purchase: their customers' rows change only in these columns, and
+# rewriting the purchase columns too would reparse and re-encode them for nothing
+_UPDATE_METRICS_SEEN = _update_metrics(*_SEEN_COLUMNS)
 
 
 @frozen
@@ -705,6 +710,7 @@ class _Batch:
                 existing[row.customer_id] = row
         inserts: list[dict[str, Any]] = []
         updates: list[dict[str, Any]] = []
+        seen_only: list[dict[str, Any]] = []
         for cid in ids:
             d = deltas[cid]
             current = existing.get(cid)
@@ -720,22 +726,25 @@ class _Batch:
                     }
                 )
             else:
+                seen = {
+                    "_cid": cid,
+                    "event_count": current.event_count + d.count,
+                    "first_seen_at": min(filter(None, (current.first_seen_at, d.first))),
+                    "last_seen_at": max(filter(None, (current.last_seen_at, d.last))),
+                    "touchpoints": sorted(set(current.touchpoints) | d.touchpoints),
+                }
+                if d.purchases.empty:
+                    seen_only.append(seen)
+                    continue
                 purchases = PurchaseTotals.from_row(current)
                 purchases.add(d.purchases)
-                updates.append(
-                    {
-                        "_cid": cid,
-                        "event_count": current.event_count + d.count,
-                        **purchases.columns(),
-                        "first_seen_at": min(filter(None, (current.first_seen_at, d.first))),
-                        "last_seen_at": max(filter(None, (current.last_seen_at, d.last))),
-                        "touchpoints": sorted(set(current.touchpoints) | d.touchpoints),
-                    }
-                )
+                updates.append({**seen, **purchases.columns()})
         if inserts:
             execute_many(self.conn, _INSERT_METRICS, inserts)
         if updates:
             execute_many(self.conn, _UPDATE_METRICS, updates)
+        if seen_only:
+            execute_many(self.conn, _UPDATE_METRICS_SEEN, seen_only)
 
 
 LIVE_WINDOW = timedelta(days=1)

@@ -37,6 +37,74 @@ MAX_GROUPS = 50
 MAX_MEMBERS = 100
 MAX_PAGE = 200
 
+# The view's statements are built once, here, with bind parameters: building a statement
+# (coercing every operand) and generating its cache key cost more than running it on an
+# index. One constant per shape (one owner or a group's several, with or without a cursor).
+_CID: sa.BindParameter[str] = sa.bindparam("customer_id")
+_OWNERS: sa.BindParameter[list[str]] = sa.bindparam("owners", expanding=True)
+_LIMIT: sa.BindParameter[int] = sa.bindparam("limit", type_=sa.Integer())
+
+_IDENTITY_Q = sa.select(identities.c.customer_id).where(
+    identities.c.namespace == sa.bindparam("namespace"), identities.c.value == sa.bindparam("value")
+)
+_CUSTOMER_REF_Q = sa.select(customers.c.id, customers.c.merged_into).where(customers.c.id == _CID)
+_CUSTOMER_Q = sa.select(customers).where(customers.c.id == _CID)
+
+
+def _memberships_q(listed: Any, of: Any, limit: int) -> sa.Select[Any]:
+    """The ``listed`` side of the memberships ``of`` a customer (a group's members, or a
+    member's groups), with each listed customer's kind and traits, in membership order."""
+    m = memberships.c
+    return (
+        sa.select(listed, m.role, customers.c.kind, customers.c.traits)
+        .join(customers, customers.c.id == listed)
+        .where(of == _CID)
+        .order_by(m.created_at, listed)
+        .limit(limit)
+    )
+
+
+_MEMBERS_Q = _memberships_q(memberships.c.member_id, memberships.c.group_id, MAX_MEMBERS)
+_IDENTITIES_Q = (
+    sa.select(identities.c.namespace, identities.c.value)
+    .where(identities.c.customer_id == _CID)
+    .order_by(identities.c.namespace, identities.c.value)
+    .limit(MAX_IDENTITIES)
+)
+_SHARED_Q = (
+    sa.select(shared_links.c.namespace, shared_links.c.value)
+    .where(shared_links.c.customer_id == _CID)
+    .order_by(shared_links.c.namespace, shared_links.c.value)
+    .limit(MAX_IDENTITIES)
+)
+
+
+def _timeline_q(*, group: bool, after_cursor: bool) -> sa.Select[Any]:
+    e = events.c
+    q = sa.select(e.seq, e.touchpoint, e.event_id, e.type, e.occurred_at, e.dialogue_id, e.direction, e.data)
+    q = q.where(e.customer_id.in_(_OWNERS)) if group else q.where(e.customer_id == _CID)
+    if after_cursor:
+        at: sa.BindParameter[datetime] = sa.bindparam("at")
+        seq: sa.BindParameter[int] = sa.bindparam("seq")
+        q = q.where(sa.or_(e.occurred_at < at, sa.and_(e.occurred_at == at, e.seq < seq)))
+    return q.order_by(e.occurred_at.desc(), e.seq.desc()).limit(_LIMIT)
+
+
+# keyed by (group, after_cursor)
+_TIMELINE_Q = {
+    (group, after): _timeline_q(group=group, after_cursor=after) for group in (False, True) for after in (False, True)
+}
+_DIALOGUES_Q = {
+    group: sa.select(dialogues)
+    .where(dialogues.c.customer_id.in_(_OWNERS) if group else dialogues.c.customer_id == _CID)
+    .order_by(dialogues.c.last_event_at.desc())
+    .limit(MAX_DIALOGUES)
+    for group in (False, True)
+}
+_METRICS_Q = sa.select(metrics).where(metrics.c.customer_id.in_(_OWNERS))
+_GROUPS_Q = _memberships_q(memberships.c.group_id, memberships.c.member_id, MAX_GROUPS)
+_MERGED_Q = sa.select(customers.c.id).where(customers.c.merged_into.in_(_OWNERS)).limit(MAX_MEMBERS)
+
 
 def encode_cursor(occurred_at: datetime, seq: int) -> str:
     return base64.urlsafe_b64encode(f"{occurred_at.isoformat()}|{seq}".encode()).decode().rstrip("=")
@@ -59,15 +127,11 @@ def resolve_ref(conn: Connection, ref: str, namespaces: Mapping[str, Any], regio
     if ":" in ref:
         ident = parse_ref(ref, namespaces, region)
         value = ident.value
-        cid = conn.execute(
-            sa.select(identities.c.customer_id).where(
-                identities.c.namespace == ident.namespace, identities.c.value == value
-            )
-        ).scalar_one_or_none()
+        cid = conn.execute(_IDENTITY_Q, {"namespace": ident.namespace, "value": value}).scalar_one_or_none()
         if cid is None:
             raise NotFound(f"no customer with that {ident.namespace}")
         return str(cid)
-    row = conn.execute(sa.select(customers.c.id, customers.c.merged_into).where(customers.c.id == ref)).one_or_none()
+    row = conn.execute(_CUSTOMER_REF_Q, {"customer_id": ref}).one_or_none()
     if row is None:
         raise NotFound(f"no customer {ref}")
     return str(row.merged_into or row.id)
@@ -103,55 +167,30 @@ def build_view(conn: Connection, customer_id: str, *, cursor: str | None = None,
     """Assemble the view of ``customer_id`` (already resolved, not merged away)."""
     if not 1 <= limit <= MAX_PAGE:
         raise InvalidInput(f"limit must be between 1 and {MAX_PAGE}", "limit")
-    row = conn.execute(sa.select(customers).where(customers.c.id == customer_id)).one_or_none()
+    one = {"customer_id": customer_id}
+    row = conn.execute(_CUSTOMER_Q, one).one_or_none()
     if row is None:
         raise NotFound(f"no customer {customer_id}")
     customer = _customer(row)
-    m = memberships.c
     members = []
     if customer.kind != "person":
-        member_q = (
-            sa.select(m.member_id, m.role, customers.c.kind, customers.c.traits)
-            .join(customers, customers.c.id == m.member_id)
-            .where(m.group_id == customer_id)
-            .order_by(m.created_at, m.member_id)
-            .limit(MAX_MEMBERS)
-        )
         members = [
-            {"id": r.member_id, "role": r.role, "kind": r.kind, "name": _name(r.traits)} for r in conn.execute(member_q)
+            {"id": r.member_id, "role": r.role, "kind": r.kind, "name": _name(r.traits)}
+            for r in conn.execute(_MEMBERS_Q, one)
         ]
     owners = [customer_id, *(x["id"] for x in members)]
+    group = len(owners) > 1
+    of_owners = {"customer_id": customer_id, "owners": owners}
 
-    idents = tuple(
-        Identity(r.namespace, r.value)
-        for r in conn.execute(
-            sa.select(identities.c.namespace, identities.c.value)
-            .where(identities.c.customer_id == customer_id)
-            .order_by(identities.c.namespace, identities.c.value)
-            .limit(MAX_IDENTITIES)
-        )
-    )
-
-    link = shared_links.c
+    idents = tuple(Identity(r.namespace, r.value) for r in conn.execute(_IDENTITIES_Q, one))
     shared_idents = tuple(
-        {"namespace": r.namespace, "value": r.value, "shared": True}
-        for r in conn.execute(
-            sa.select(link.namespace, link.value)
-            .where(link.customer_id == customer_id)
-            .order_by(link.namespace, link.value)
-            .limit(MAX_IDENTITIES)
-        )
+        {"namespace": r.namespace, "value": r.value, "shared": True} for r in conn.execute(_SHARED_Q, one)
     )
 
-    e = events.c
-    q: sa.Select[Any] = sa.select(
-        e.seq, e.touchpoint, e.event_id, e.type, e.occurred_at, e.dialogue_id, e.direction, e.data
-    )
-    q = q.where(e.customer_id == customer_id) if len(owners) == 1 else q.where(e.customer_id.in_(owners))
+    page: dict[str, Any] = {**of_owners, "limit": limit + 1}
     if cursor:
-        at, seq = decode_cursor(cursor)
-        q = q.where(sa.or_(e.occurred_at < at, sa.and_(e.occurred_at == at, e.seq < seq)))
-    rows = list(conn.execute(q.order_by(e.occurred_at.desc(), e.seq.desc()).limit(limit + 1)))
+        page["at"], page["seq"] = decode_cursor(cursor)
+    rows = conn.execute(_TIMELINE_Q[group, bool(cursor)], page).all()
     next_cursor = encode_cursor(rows[limit - 1].occurred_at, rows[limit - 1].seq) if len(rows) > limit else None
     timeline = tuple(
         {
@@ -166,17 +205,13 @@ def build_view(conn: Connection, customer_id: str, *, cursor: str | None = None,
         for r in rows[:limit]
     )
 
-    d = dialogues.c
-    dq = sa.select(dialogues)
-    dq = dq.where(d.customer_id == customer_id) if len(owners) == 1 else dq.where(d.customer_id.in_(owners))
-    dlgs = tuple(_dialogue(r) for r in conn.execute(dq.order_by(d.last_event_at.desc()).limit(MAX_DIALOGUES)))
+    dlgs = tuple(_dialogue(r) for r in conn.execute(_DIALOGUES_Q[group], of_owners))
 
-    mq = sa.select(metrics).where(metrics.c.customer_id.in_(owners))
     totals: dict[str, Any] = {"event_count": 0, "order_count": 0, "lifetime_revenue": Decimal(0)}
     seen: set[str] = set()
     firsts, lasts = [], []
     purchases = PurchaseTotals()
-    for r in conn.execute(mq):
+    for r in conn.execute(_METRICS_Q, of_owners):
         totals["event_count"] += r.event_count
         totals["order_count"] += r.order_count
         totals["lifetime_revenue"] += r.lifetime_revenue
@@ -201,15 +236,9 @@ def build_view(conn: Connection, customer_id: str, *, cursor: str | None = None,
     totals["last_seen_at"] = max(filter(None, lasts), default=None)
     totals["touchpoints"] = sorted(seen)
 
-    gq = (
-        sa.select(m.group_id, m.role, customers.c.kind, customers.c.traits)
-        .join(customers, customers.c.id == m.group_id)
-        .where(m.member_id == customer_id)
-        .order_by(m.created_at, m.group_id)
-        .limit(MAX_GROUPS)
-    )
     groups = tuple(
-        {"group_id": r.group_id, "role": r.role, "kind": r.kind, "name": _name(r.traits)} for r in conn.execute(gq)
+        {"group_id": r.group_id, "role": r.role, "kind": r.kind, "name": _name(r.traits)}
+        for r in conn.execute(_GROUPS_Q, one)
     )
 
     return CustomerView(
@@ -229,9 +258,7 @@ def build_view(conn: Connection, customer_id: str, *, cursor: str | None = None,
 
 def _with_merged(conn: Connection, owners: list[str]) -> list[str]:
     """These customers and those merged into them: partner work is not moved by a merge."""
-    merged = conn.execute(
-        sa.select(customers.c.id).where(customers.c.merged_into.in_(owners)).limit(MAX_MEMBERS)
-    ).scalars()
+    merged = conn.execute(_MERGED_Q, {"owners": owners}).scalars()
     return [*owners, *merged]
 
 

@@ -69,6 +69,16 @@ _SET_BOUGHT = (
     .values(bought=True)
 )
 _CHUNK = 400
+_DAY_COUNTS = ("events", "dialogues", "requests", "in_budget", "degraded", "offers_made", "offers_accepted")
+_ADD_DAY = (
+    touchpoint_days.update()
+    .where(touchpoint_days.c.touchpoint == sa.bindparam("_tp"), touchpoint_days.c.day == sa.bindparam("_day"))
+    .values(
+        revenue=touchpoint_days.c.revenue + sa.bindparam("_revenue", type_=touchpoint_days.c.revenue.type),
+        **{c: getattr(touchpoint_days.c, c) + sa.bindparam(f"_{c}", type_=sa.Integer()) for c in _DAY_COUNTS},
+    )
+)
+_INSERT_DAY = touchpoint_days.insert()
 MODELS_TTL_S = 30.0
 CAMPAIGNS_TTL_S = 10.0
 RESPONSES = {"offer.accepted": "accepted", "offer.declined": "declined"}
@@ -426,22 +436,18 @@ class Planner:
     def _add_days(
         self, conn: Connection, days: Mapping[tuple[str, str], Counter[str]], revenue: Mapping[tuple[str, str], Decimal]
     ) -> None:
-        t = touchpoint_days.c
-        columns = ("events", "dialogues", "requests", "in_budget", "degraded", "offers_made", "offers_accepted")
         for (tp, day), counts in sorted(days.items()):
-            values: dict[str, Any] = {c: getattr(t, c) + counts[c] for c in columns if counts[c]}
-            if (tp, day) in revenue:
-                values["revenue"] = t.revenue + revenue[(tp, day)]
-            if not values:
+            added = {c: counts[c] for c in _DAY_COUNTS}
+            money = revenue.get((tp, day), Decimal(0))
+            if not any(added.values()) and (tp, day) not in revenue:
                 continue
-            done = conn.execute(touchpoint_days.update().where(t.touchpoint == tp, t.day == day).values(**values))
+            # one prebuilt statement adding every counter (most add 0): building the UPDATE for
+            # the columns that changed cost more than running it, once per recording transaction
+            done = conn.execute(
+                _ADD_DAY, {"_tp": tp, "_day": day, **{f"_{c}": n for c, n in added.items()}, "_revenue": money}
+            )
             if not done.rowcount:
-                row: dict[str, Any] = {c: counts[c] for c in columns}
-                conn.execute(
-                    touchpoint_days.insert().values(
-                        touchpoint=tp, day=day, revenue=revenue.get((tp, day), Decimal(0)), **row
-                    )
-                )
+                conn.execute(_INSERT_DAY, {"touchpoint": tp, "day": day, "revenue": money, **added})
 
     def _add_visits(self, conn: Connection, seen: Mapping[tuple[str, str, str], bool]) -> None:
         rows = [
@@ -520,7 +526,7 @@ class Planner:
         now = now.replace(minute=0, second=0, microsecond=0)
         owners = [view.customer.id, *(m["id"] for m in view.members)]
         value: dict[str, Any] | None = None
-        for r in conn.execute(sa.select(customer_value).where(customer_value.c.customer_id.in_(owners))):
+        for r in conn.execute(_VALUE_Q, {"ids": owners}):  # prebuilt, as for facts_of
             if value is None:
                 value = dict(r._mapping)
             else:

@@ -147,16 +147,22 @@ def write_consents(conn: Connection, customer_id: str, changes: Sequence[Mapping
         )
 
 
+# built once with a bind parameter: building the statement and its cache key cost more than
+# running it, on every view
+_CID: sa.BindParameter[str] = sa.bindparam("customer_id")
+_LOAD_Q = sa.select(
+    consents.c.purpose, consents.c.channel, consents.c.granted, consents.c.source, consents.c.recorded_at
+).where(
+    consents.c.customer_id.in_(
+        sa.select(customers.c.id).where(sa.or_(customers.c.id == _CID, customers.c.merged_into == _CID))
+    )
+)
+
+
 def load_consents(conn: Connection, customer_id: str) -> tuple[dict[str, Any], ...]:
     """The view's ``consents``: the latest decision per purpose and channel of this customer
     and of every customer merged into it (merges keep redirects one hop long)."""
-    owners = sa.select(customers.c.id).where(
-        sa.or_(customers.c.id == customer_id, customers.c.merged_into == customer_id)
-    )
-    c = consents.c
-    rows = conn.execute(
-        sa.select(c.purpose, c.channel, c.granted, c.source, c.recorded_at).where(c.customer_id.in_(owners))
-    )
+    rows = conn.execute(_LOAD_Q, {"customer_id": customer_id})
     latest: dict[tuple[str, str], Any] = {}
     for row in rows:
         key = (row.purpose, row.channel)

@@ -38,6 +38,10 @@ def digest(key: bytes, namespace: str, value: str) -> str:
     return hmac.new(key, f"{namespace}:{value}".encode(), hashlib.sha256).hexdigest()
 
 
+# built once: building the statement cost more than running it, in every recording transaction
+_TOMBSTONED = sa.select(tombstones.c.digest).where(tombstones.c.digest.in_(sa.bindparam("digests", expanding=True)))
+
+
 def load_tombstone_key(conn: Connection, configured: Mapping[str, Any]) -> bytes:
     """``[privacy] tombstone_secret`` if the config sets one, else the database's own key."""
     secret = configured.get("tombstone_secret")
@@ -54,7 +58,7 @@ def tombstoned(conn: Connection, key: bytes, idents: Iterable[Identity]) -> set[
     wanted = sorted(by_digest)
     for start in range(0, len(wanted), _CHUNK):
         chunk = wanted[start : start + _CHUNK]
-        for (d,) in conn.execute(sa.select(tombstones.c.digest).where(tombstones.c.digest.in_(chunk))):
+        for (d,) in conn.execute(_TOMBSTONED, {"digests": chunk}):
             found.add(by_digest[d])
     return found
 

@@ -7,9 +7,9 @@ points can mount routes); the database, the ingest writer and the key ring start
 
 from __future__ import annotations
 
+import os
 import re
 import time
-import uuid
 import weakref
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -44,7 +44,8 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 async def request_context(request: web.Request, handler: Any) -> web.StreamResponse:
     """Request id, access log and HTTP metrics for every request."""
     incoming = request.headers.get("X-Request-Id", "")
-    request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    # as random as uuid4().hex, at a fraction of its cost
+    request_id = incoming if _REQUEST_ID.match(incoming) else os.urandom(16).hex()
     started = time.perf_counter()
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
     tp = request.match_info.get("tp")

@@ -80,7 +80,9 @@ def execute_many(conn: Connection, stmt: Any, rows: Sequence[Mapping[str, Any]])
     if not rows:
         return
     keys = tuple(rows[0])
-    if conn.dialect.name != "sqlite" or len(rows) < 2:
+    # one row too: SQLAlchemy's own path costs several times the plan's, and the writer's
+    # transactions at one event per request hold a row or two per table
+    if conn.dialect.name != "sqlite":
         conn.execute(stmt, list(rows))
         return
     cache_key = (stmt, conn.dialect.name, keys)
