@@ -115,7 +115,8 @@ def start_hub(database_url: str, port: int, env: dict[str, str], cwd: Path) -> s
 
 async def wait_up(port: int, proc: subprocess.Popen[bytes]) -> None:
     async with aiohttp.ClientSession() as session:
-        for _ in range(300):
+        # a minute: three hubs migrating and starting at once on a busy 2-core machine took over 15 s
+        for _ in range(1200):
             assert proc.poll() is None, "the hub exited on start"
             try:
                 async with session.get(f"http://127.0.0.1:{port}/healthz") as resp:
@@ -124,7 +125,7 @@ async def wait_up(port: int, proc: subprocess.Popen[bytes]) -> None:
             except aiohttp.ClientError:
                 pass
             await asyncio.sleep(0.05)
-    raise AssertionError("the hub did not come up")
+    raise AssertionError("the hub did not come up within a minute")
 
 
 async def assert_consistent(database_url: str, total: int) -> None:
