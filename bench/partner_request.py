@@ -4,7 +4,10 @@ Two partner simulators on loopback (``prm_tmf.simulators``): a TMF687 supplier a
 100 ms and a TMF646 field-service firm answering in 150 ms. A platinum customer's
 ``service.request`` goes to ``POST /v1/touchpoints/web/requests`` of a hub served by aiohttp
 (SQLite in a temporary directory, every installed plugin); the hub plans both calls, makes
-them durable in the outbox, calls both partners concurrently (signed), and answers.
+them durable in the outbox, calls both partners concurrently (signed), and answers. The
+requests come from ``--customers`` (100) platinum customers in turn, as a portal's would:
+with one (``--customers 1``), every request joins the same open dialogue and that
+customer's history grows by five events a request.
 
 Figure: answer time minus the slower partner's time (150 ms), p50 and p99 over ``--requests``
 (500), target p99 <= 25 ms. Also printed: the answer time of a request turn that asks no
@@ -19,6 +22,7 @@ the client's and the simulators' work would queue behind the hub's on one interp
 
     python bench/partner_request.py            # 500 requests, 8 in flight
     python bench/partner_request.py --quick    # 100 requests
+    python bench/partner_request.py --customers 1 --concurrency 1   # one customer, one request at a time
 """
 
 from __future__ import annotations
@@ -144,11 +148,16 @@ async def serve_hub(given: dict[str, Any]) -> dict[str, Any]:
     _runner, url = await serve(app)
     hub = app[HUB]
     key, _ = await create_key(hub.store, "touchpoint:web")
-    cid = (await hub.record(hub.parse_events(
-        {"id": "who", "type": "identify", "occurred_at": "2026-11-23T08:00:00Z",
-         "identities": {"email": "ann@example.com"}}, "web")))[0].customer_id  # fmt: skip
-    await hub.update_customer(cid, {"tier": "platinum", "traits": {"name": "Ann Lee", "address": "1 Main St"}})
+    for n in range(given["customers"]):  # platinum customers, each with a postal address
+        cid = (await hub.record(hub.parse_events(
+            {"id": f"who-{n}", "type": "identify", "occurred_at": "2026-11-23T08:00:00Z",
+             "identities": {"email": customer_email(n)}}, "web")))[0].customer_id  # fmt: skip
+        await hub.update_customer(cid, {"tier": "platinum", "traits": {"name": f"Ann Lee {n}", "address": "1 Main St"}})
     return {"url": url, "key": key}
+
+
+def customer_email(n: int) -> str:
+    return f"ann.{n}@example.com"
 
 
 def announce(info: dict[str, Any], ready: str) -> None:
@@ -206,13 +215,13 @@ def start(role: str, workdir: str, given: dict[str, Any] | None = None) -> tuple
 # ---- the driver -------------------------------------------------------------------------------
 
 
-async def main(requests: int, concurrency: int) -> None:
+async def main(requests: int, concurrency: int, customers: int) -> None:
     workdir = tempfile.mkdtemp(prefix="prm-bench-partner-")
     partners_proc, partners = start("partners", workdir)
     bare_proc, bare = start("bare", workdir, partners)
-    hub_proc, hub = start("hub", workdir, {**partners, "workdir": workdir})
+    hub_proc, hub = start("hub", workdir, {**partners, "workdir": workdir, "customers": customers})
     try:
-        await drive(bare["url"], hub["url"], hub["key"], requests, concurrency)
+        await drive(bare["url"], hub["url"], hub["key"], requests, concurrency, customers)
         print(f"logs and the hub's database: {workdir}")
     finally:
         for proc in (hub_proc, bare_proc, partners_proc):
@@ -224,13 +233,13 @@ async def main(requests: int, concurrency: int) -> None:
                 proc.kill()
 
 
-async def drive(bare_url: str, hub_url: str, key: str, requests: int, concurrency: int) -> None:
+async def drive(bare_url: str, hub_url: str, key: str, requests: int, concurrency: int, customers: int) -> None:
     def service_request(i: int) -> dict[str, Any]:
         return {
             "id": f"sr-{i}-{os.urandom(4).hex()}",
             "type": "service.request",
             "occurred_at": "2026-11-23T08:00:00Z",
-            "identities": {"email": "ann@example.com"},
+            "identities": {"email": customer_email(i % customers)},
             "data": {"product_id": "wm-300", "issue": "noise", "parts": ["pump-7"]},
         }
 
@@ -253,7 +262,10 @@ async def drive(bare_url: str, hub_url: str, key: str, requests: int, concurrenc
     b50, b99, bmax = over(bare_times)
     h50, h99, hmax = over(hub_times)
     f50, f99, fmax = (statistics.median(floor_times) * 1000, pct(floor_times, 0.99) * 1000, max(floor_times) * 1000)
-    print(f"requests: {requests}, {concurrency} in flight; partners answer in 100 ms and 150 ms")
+    print(
+        f"requests: {requests}, {concurrency} in flight, from {customers} customer(s) in turn;"
+        " partners answer in 100 ms and 150 ms"
+    )
     row = "{:<40} over the slower partner p50 {:.1f} ms  p99 {:.1f} ms  max {:.1f} ms"
     print(row.format("baseline (bare handler, both partners):", b50, b99, bmax))
     print(row.format("hub service request:", h50, h99, hmax))
@@ -268,6 +280,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument(
+        "--customers", type=int, default=100, help="platinum customers asking in turn (1: every request from one)"
+    )
     parser.add_argument("--quick", action="store_true", help="100 requests")
     parser.add_argument("--serve", choices=("partners", "bare", "hub"), help=argparse.SUPPRESS)
     parser.add_argument("--given", default="{}", help=argparse.SUPPRESS)
@@ -276,4 +291,4 @@ if __name__ == "__main__":
     if args.serve:
         serve_forever(args.serve, json.loads(args.given), args.ready)
     else:
-        asyncio.run(main(100 if args.quick else args.requests, args.concurrency))
+        asyncio.run(main(100 if args.quick else args.requests, args.concurrency, max(1, args.customers)))

@@ -17,6 +17,7 @@ import pluggy
 import structlog
 from attrs import define, evolve
 
+from .config import Config
 from .model import (
     Customer,
     CustomerView,
@@ -124,6 +125,10 @@ class Hooks:
                 "prm_customer_erased", awaitable=True, customer_id=customer_id, merged_ids=tuple(merged_ids)
             )
         ]
+
+    def hub_stopping(self, config: Config) -> list[tuple[str, Awaitable[Any]]]:
+        """``[(plugin, awaitable)]``: each plugin closing what it opened for a stopping hub."""
+        return [(p, _awaitable(v)) for p, v in self._each("prm_hub_stopping", awaitable=True, config=config)]
 
     # value delivery ---------------------------------------------------------------------
 

@@ -119,6 +119,24 @@ def prm_identity_namespaces(config: Config) -> Iterable[IdentityNamespace]:
     """
 
 
+@hookspec
+def prm_hub_stopping(config: Config) -> Awaitable[None] | None:
+    """The hub is stopping: close what your plugin opened for it (client sessions, pools).
+    *Awaitable.*
+
+    Called once for every hub that started (``Hub.open`` leaving, so also when ``prm serve``
+    stops), after its outbox has stopped, so no partner call is in flight, and before its
+    database closes. ``config`` is the stopping hub's configuration. A failing
+    implementation is logged with the plugin's name and the hub goes on stopping.
+
+    .. code-block:: python
+
+        @hookimpl
+        def prm_hub_stopping(config):
+            return client.close()
+    """
+
+
 # -------------------------------------------------------------------------------------
 # Customers
 # -------------------------------------------------------------------------------------

@@ -116,6 +116,12 @@ class Hub:
             finally:
                 await hub.outbox.stop()
                 await ingestor.stop()
+                for plugin, closing in hooks.hub_stopping(config):
+                    try:
+                        await closing
+                    except Exception as exc:  # one plugin's failure must not keep the others open
+                        failed = type(exc).__name__
+                        log.error("hook failed", hook="prm_hub_stopping", plugin=plugin, error=failed, exc_info=exc)
         finally:
             await store.dispose()
 

@@ -1110,3 +1110,39 @@ class TestFailingPlugins:
         with pytest.raises(ConflictingRegistration) as caught:
             await no_hub_starts_with(Kiosk("kiosk-one"), Kiosk("kiosk-two"), config=config)
         assert (caught.value.first, caught.value.second) == ("kiosk-one", "kiosk-two")
+
+
+# ---- prm_hub_stopping ---------------------------------------------------------------------------
+
+
+class Closer(Named):
+    """Opens something on the hub's loop when called, closes it when the hub stops."""
+
+    def __init__(self, name: str, *, fails: bool = False) -> None:
+        super().__init__(name)
+        self.fails = fails
+        self.stopped: list[Config] = []
+
+    @hookimpl
+    async def prm_hub_stopping(self, config):
+        await asyncio.sleep(0)  # awaited by the hub, on its loop
+        self.stopped.append(config)
+        if self.fails:
+            raise RuntimeError("cannot close")
+
+
+class TestHubStopping:
+    async def test_called_once_when_the_hub_stops_and_awaited(self, hub_config):
+        closer = Closer("closer")
+        async with Hub.open(hub_config, plugins=[Kiosk(), closer]) as hub:
+            await hub.record(hub.parse_events(event("e1", identities=ANN), "kiosk"))
+            assert closer.stopped == []
+        assert closer.stopped == [hub_config]
+
+    async def test_a_failing_plugin_is_logged_and_the_others_still_close(self, hub_config, log_capture):
+        failing, other = Closer("failing-closer", fails=True), Closer("other-closer")
+        async with Hub.open(hub_config, plugins=[failing, other]):
+            pass
+        assert failing.stopped == other.stopped == [hub_config]
+        (line,) = [e for e in log_capture.entries if e.get("hook") == "prm_hub_stopping"]
+        assert (line["plugin"], line["error"], line["level"]) == ("failing-closer", "RuntimeError", "error")

@@ -45,3 +45,45 @@ def test_ids_have_the_documented_shape_and_do_not_repeat():
     made = {new_id("dlg") for _ in range(1000)}
     assert len(made) == 1000
     assert all(re.fullmatch(r"dlg_[0-9a-hjkmnp-tv-z]{26}", i) for i in made)
+
+
+def test_random_bytes_are_never_handed_out_twice_across_threads():
+    import threading
+
+    from prm_core.ids import random_bytes
+
+    drawn: list[bytes] = []
+    lock = threading.Lock()
+
+    def draw() -> None:
+        mine = [random_bytes(10) for _ in range(2000)]  # several 4 KiB draws each
+        with lock:
+            drawn.extend(mine)
+
+    threads = [threading.Thread(target=draw) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(drawn) == len(set(drawn)) == 8000
+    assert all(len(b) == 10 for b in drawn)
+    assert len(random_bytes(10_000)) == 10_000  # more than one draw at once
+
+
+def test_a_forked_child_does_not_repeat_the_parents_bytes():
+    import os
+
+    from prm_core.ids import random_bytes
+
+    random_bytes(1)  # the parent's pool holds bytes not handed out yet
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next bytes, to the parent
+        os.write(write, random_bytes(32))
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 32)
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert len(child) == 32
+    assert child != random_bytes(32)  # the parent's next bytes are its own

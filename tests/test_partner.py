@@ -334,6 +334,25 @@ async def test_the_plan_is_durable_with_its_event_and_a_replay_asks_nobody_again
     assert field.calls == stock.calls == 1
 
 
+async def test_calls_to_a_partner_reuse_one_connection_which_the_stopping_hub_closes(database_url, field, stock):
+    from prm_partner import directory
+
+    async with Hub.open(partners_config(database_url, field, stock)) as hub:
+        await platinum_ann(hub)
+        for n in range(3):
+            (request,) = hub.parse_events(service_request(f"sr-{n}"), "web")
+            answer = await hub.request(request)
+            assert answer.delivery.degraded == ()
+        assert field.calls == stock.calls == 3
+        # one kept-alive connection per partner: every call came from the same client port
+        assert len(set(field.peers)) == len(set(stock.peers)) == 1
+        assert field.peers[0] != stock.peers[0]
+        sessions = [client.session() for client in directory.clients.values()]
+        assert sessions and not any(s.closed for s in sessions)
+    # prm_hub_stopping: the partners' sessions (and their connections) are closed with the hub
+    assert all(s.closed for s in sessions)
+
+
 async def test_a_row_left_by_a_dead_hub_is_sent_after_restart_and_an_acknowledged_one_is_not_resent(
     database_url, field, stock
 ):

@@ -72,6 +72,7 @@ class PartnerSimulator:
         self.down = False
         self.retry_after_s = 1
         self.calls = 0
+        self.peers: list[Any] = []
         self.refused_signatures = 0
         self.outage_answers = 0
         self.served: dict[str, tuple[int, dict[str, Any]]] = {}
@@ -133,6 +134,8 @@ class PartnerSimulator:
     async def handle(self, request: web.Request, answer: Any) -> web.Response:
         """Verify, apply outages and idempotency, wait the latency, then ``answer(body, key)``."""
         self.calls += 1
+        # the caller's address: calls over one kept-alive connection come from the same port
+        self.peers.append(request.transport.get_extra_info("peername") if request.transport else None)
         raw = await request.text()
         try:
             body = self.webhook.verify(raw, dict(request.headers))

@@ -60,6 +60,11 @@ class PartnerDirectory:
             )
         self.clients = clients
 
+    async def close(self) -> None:
+        """Close every partner client's connections."""
+        for client in self.clients.values():
+            await client.close()
+
 
 directory = PartnerDirectory()
 
@@ -99,3 +104,8 @@ def prm_fulfill(request: FulfillmentRequest) -> Awaitable[FulfillmentResult] | N
 @hookimpl
 def prm_fulfillment_updated(fulfillment: Fulfillment) -> None:
     sessions.push(fulfillment)
+
+
+@hookimpl
+def prm_hub_stopping(config: Config) -> Awaitable[None]:
+    return directory.close()

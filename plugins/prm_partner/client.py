@@ -13,6 +13,7 @@ breaker) is raised as :class:`prm_core.outbox.RetryLater`, with the partner's
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -81,13 +82,37 @@ def cloud_event(req: FulfillmentRequest) -> tuple[dict[str, str], str]:
 class PartnerClient:
     """Calls one partner; owns its circuit breaker (opened after ``fail_max`` failures in a
     row, half-open after ``reset_s``), so a partner that is down is not hammered and the
-    outbox keeps its requests until it is back."""
+    outbox keeps its requests until it is back.
+
+    Calls share one ``aiohttp`` session, so they reuse kept-alive connections: a new TCP (and
+    TLS) handshake on every call would sit on the waiting customer's critical path and leave
+    a socket in ``TIME_WAIT`` per call. The session belongs to the event loop that made it;
+    :meth:`close` (the plugin's ``prm_hub_stopping``) closes it.
+    """
 
     def __init__(self, settings: PartnerSettings, *, fail_max: int = 5, reset_s: float = 30.0) -> None:
         self.settings = settings
         self.breaker = CircuitBreaker(
             fail_max=fail_max, timeout_duration=timedelta(seconds=reset_s), name=settings.name
         )
+        self._session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def session(self) -> aiohttp.ClientSession:
+        """The session for calls from the running event loop (made on first use)."""
+        loop = asyncio.get_running_loop()
+        if self._session is None or self._session.closed or self._loop is not loop:
+            # a session is bound to its loop: a hub started again in this process (tests,
+            # an embedding service) on a new loop gets a new one
+            self._session = aiohttp.ClientSession()
+            self._loop = loop
+        return self._session
+
+    async def close(self) -> None:
+        """Close the session (and its kept-alive connections); the next call opens another."""
+        session, self._session, self._loop = self._session, None, None
+        if session is not None and not session.closed:
+            await session.close()
 
     async def fulfill(self, req: FulfillmentRequest) -> FulfillmentResult:
         try:
@@ -120,12 +145,7 @@ class PartnerClient:
             return FulfillmentResult(req.id, req.partner, "rejected", {"error": str(exc)})
         timeout = aiohttp.ClientTimeout(total=s.timeout_s)
         try:
-            # one session per call: a partner call is rare next to its latency, and nothing
-            # outlives the call that a stopping hub would have to close
-            async with (
-                aiohttp.ClientSession(timeout=timeout) as session,
-                session.post(url, data=body.encode(), headers=headers) as resp,
-            ):
+            async with self.session().post(url, data=body.encode(), headers=headers, timeout=timeout) as resp:
                 status = resp.status
                 text = await resp.text()
                 after = resp.headers.get("Retry-After")
