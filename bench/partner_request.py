@@ -22,7 +22,9 @@ the client's and the simulators' work would queue behind the hub's on one interp
 
     python bench/partner_request.py            # 500 requests, 8 in flight
     python bench/partner_request.py --quick    # 100 requests
-    python bench/partner_request.py --customers 1 --concurrency 1   # one customer, one request at a time
+    python bench/partner_request.py --concurrency 1    # one request at a time: the latency alone
+    python bench/partner_request.py --rate 20          # open loop: 20 requests a second at random moments
+    python bench/partner_request.py --customers 1      # every request from one customer
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import asyncio
 import base64
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -65,11 +68,34 @@ async def serve(app: web.Application) -> tuple[web.AppRunner, str]:
     return runner, f"http://127.0.0.1:{port}"
 
 
-async def load(url: str, body: Any, headers: dict[str, str], n: int, concurrency: int) -> list[float]:
-    """Post ``n`` requests, ``concurrency`` at a time; the answer times in seconds."""
+async def load(
+    url: str, body: Any, headers: dict[str, str], n: int, concurrency: int, rate: float | None = None
+) -> list[float]:
+    """Post ``n`` requests, ``concurrency`` at a time; the answer times in seconds.
+
+    With ``rate``, open loop instead: requests start at random (Poisson) moments, ``rate`` a
+    second on average, however many are in flight. A closed loop's clients start together and,
+    partners answering in constant time, stay in step: every turn's work arrives at once.
+    """
     times: list[float] = []
     counter = iter(range(n))
     async with aiohttp.ClientSession() as session:
+        if rate:
+            rng = random.Random(7)
+
+            async def one(i: int) -> None:
+                started = time.perf_counter()
+                async with session.post(url, json=body(i), headers=headers) as resp:
+                    answer = await resp.json()
+                    assert resp.status == 200, answer
+                times.append(time.perf_counter() - started)
+
+            tasks = []
+            for i in counter:
+                tasks.append(asyncio.ensure_future(one(i)))
+                await asyncio.sleep(rng.expovariate(rate))
+            await asyncio.gather(*tasks)
+            return times
 
         async def worker() -> None:
             for i in counter:
@@ -215,13 +241,13 @@ def start(role: str, workdir: str, given: dict[str, Any] | None = None) -> tuple
 # ---- the driver -------------------------------------------------------------------------------
 
 
-async def main(requests: int, concurrency: int, customers: int) -> None:
+async def main(requests: int, concurrency: int, customers: int, rate: float | None) -> None:
     workdir = tempfile.mkdtemp(prefix="prm-bench-partner-")
     partners_proc, partners = start("partners", workdir)
     bare_proc, bare = start("bare", workdir, partners)
     hub_proc, hub = start("hub", workdir, {**partners, "workdir": workdir, "customers": customers})
     try:
-        await drive(bare["url"], hub["url"], hub["key"], requests, concurrency, customers)
+        await drive(bare["url"], hub["url"], hub["key"], requests, concurrency, customers, rate)
         print(f"logs and the hub's database: {workdir}")
     finally:
         for proc in (hub_proc, bare_proc, partners_proc):
@@ -233,7 +259,9 @@ async def main(requests: int, concurrency: int, customers: int) -> None:
                 proc.kill()
 
 
-async def drive(bare_url: str, hub_url: str, key: str, requests: int, concurrency: int, customers: int) -> None:
+async def drive(
+    bare_url: str, hub_url: str, key: str, requests: int, concurrency: int, customers: int, rate: float | None
+) -> None:
     def service_request(i: int) -> dict[str, Any]:
         return {
             "id": f"sr-{i}-{os.urandom(4).hex()}",
@@ -251,9 +279,9 @@ async def drive(bare_url: str, hub_url: str, key: str, requests: int, concurrenc
     warm = max(10, requests // 10)
     await load(bare_url + "/bare", lambda i: {}, {}, warm, concurrency)
     await load(requests_url, service_request, auth, warm, concurrency)
-    bare_times = await load(bare_url + "/bare", lambda i: {}, {}, requests, concurrency)
-    hub_times = await load(requests_url, service_request, auth, requests, concurrency)
-    floor_times = await load(requests_url, plain_request, auth, requests, concurrency)
+    bare_times = await load(bare_url + "/bare", lambda i: {}, {}, requests, concurrency, rate)
+    hub_times = await load(requests_url, service_request, auth, requests, concurrency, rate)
+    floor_times = await load(requests_url, plain_request, auth, requests, concurrency, rate)
 
     def over(times: list[float]) -> tuple[float, float, float]:
         ms = [(t - SLOWER_S) * 1000 for t in times]
@@ -262,9 +290,9 @@ async def drive(bare_url: str, hub_url: str, key: str, requests: int, concurrenc
     b50, b99, bmax = over(bare_times)
     h50, h99, hmax = over(hub_times)
     f50, f99, fmax = (statistics.median(floor_times) * 1000, pct(floor_times, 0.99) * 1000, max(floor_times) * 1000)
+    arriving = f"arriving at random, {rate:g} a second" if rate else f"{concurrency} in flight"
     print(
-        f"requests: {requests}, {concurrency} in flight, from {customers} customer(s) in turn;"
-        " partners answer in 100 ms and 150 ms"
+        f"requests: {requests}, {arriving}, from {customers} customer(s) in turn; partners answer in 100 ms and 150 ms"
     )
     row = "{:<40} over the slower partner p50 {:.1f} ms  p99 {:.1f} ms  max {:.1f} ms"
     print(row.format("baseline (bare handler, both partners):", b50, b99, bmax))
@@ -283,6 +311,9 @@ if __name__ == "__main__":
     parser.add_argument(
         "--customers", type=int, default=100, help="platinum customers asking in turn (1: every request from one)"
     )
+    parser.add_argument(
+        "--rate", type=float, help="open loop: requests start at random, this many a second (not --concurrency)"
+    )
     parser.add_argument("--quick", action="store_true", help="100 requests")
     parser.add_argument("--serve", choices=("partners", "bare", "hub"), help=argparse.SUPPRESS)
     parser.add_argument("--given", default="{}", help=argparse.SUPPRESS)
@@ -291,4 +322,4 @@ if __name__ == "__main__":
     if args.serve:
         serve_forever(args.serve, json.loads(args.given), args.ready)
     else:
-        asyncio.run(main(100 if args.quick else args.requests, args.concurrency, max(1, args.customers)))
+        asyncio.run(main(100 if args.quick else args.requests, args.concurrency, max(1, args.customers), args.rate))

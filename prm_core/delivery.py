@@ -130,7 +130,7 @@ async def deliver_value(
 ) -> Answer:
     """Answer ``recorded`` (already durable) before ``started + budget``.
 
-    ``answered``, set by the caller once the answer is recorded, holds back the recording of
+    ``answered``, set by the caller as it queues the answer, holds back the recording of
     partner outcomes until then (see :meth:`prm_core.outbox.Outbox.dispatch`).
     """
     deadline = started + touchpoint.budget_ms / 1000

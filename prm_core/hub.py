@@ -149,9 +149,13 @@ class Hub:
         started = time.monotonic()
         tp = self.touchpoint(event.touchpoint)
         (recorded,) = await self.record([event])
-        answered = asyncio.Event()  # partner outcomes are recorded after the answer (prm_core.outbox)
+        answered = asyncio.Event()  # partner outcomes are recorded behind the answer (prm_core.outbox)
         try:
             answer = await deliver_value(self, recorded, tp, started, answered)
+            # set just before the answer is queued for the writer: the outcomes of the partners
+            # that answered in time are queued right behind it and share its transaction and
+            # commit, rather than taking one more of their own
+            answered.set()
             return await self._record_answer(event, tp, recorded, answer, started)
         finally:
             answered.set()

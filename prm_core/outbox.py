@@ -396,9 +396,9 @@ class Outbox:
         partner answers (or fails); recording the outcome, and a late answer, carry on in
         the background, so a customer who could not wait still sees the result arrive.
 
-        ``hold``: recording waits until it is set (the turn's answer is recorded), so the
-        answer never queues behind its own partners' bookkeeping, and both partners'
-        outcomes share one commit.
+        ``hold``: recording waits until it is set, which the turn does as it queues its
+        answer, so the answer is never queued behind its own partners' bookkeeping, and the
+        outcomes known by then join the answer's transaction and commit.
         """
         answered: asyncio.Future[FulfillmentResult] = asyncio.get_running_loop().create_future()
         # whoever waited may have given up: a failure nobody looks at is still retrieved
