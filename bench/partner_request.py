@@ -54,6 +54,21 @@ def secret() -> str:
     return "whsec_" + base64.b64encode(os.urandom(24)).decode()
 
 
+def positive(kind: type[int] | type[float]) -> Any:
+    """An ``argparse`` type: a number above zero, or a usage error naming the value."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r} is not above zero")
+        return value
+
+    return parse
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -78,34 +93,29 @@ async def load(
     partners answering in constant time, stay in step: every turn's work arrives at once.
     """
     times: list[float] = []
-    counter = iter(range(n))
     async with aiohttp.ClientSession() as session:
+
+        async def one(i: int) -> None:
+            started = time.perf_counter()
+            async with session.post(url, json=body(i), headers=headers) as resp:
+                answer = await resp.json()
+                assert resp.status == 200, answer
+            times.append(time.perf_counter() - started)
+
         if rate:
-            rng = random.Random(7)
-
-            async def one(i: int) -> None:
-                started = time.perf_counter()
-                async with session.post(url, json=body(i), headers=headers) as resp:
-                    answer = await resp.json()
-                    assert resp.status == 200, answer
-                times.append(time.perf_counter() - started)
-
-            tasks = []
-            for i in counter:
+            rng, tasks = random.Random(7), []
+            for i in range(n):
                 tasks.append(asyncio.ensure_future(one(i)))
                 await asyncio.sleep(rng.expovariate(rate))
             await asyncio.gather(*tasks)
-            return times
+        else:
+            counter = iter(range(n))
 
-        async def worker() -> None:
-            for i in counter:
-                started = time.perf_counter()
-                async with session.post(url, json=body(i), headers=headers) as resp:
-                    answer = await resp.json()
-                    assert resp.status == 200, answer
-                times.append(time.perf_counter() - started)
+            async def worker() -> None:
+                for i in counter:
+                    await one(i)
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
     return times
 
 
@@ -306,13 +316,13 @@ async def drive(
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=500)
-    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--requests", type=positive(int), default=500)
+    parser.add_argument("--concurrency", type=positive(int), default=8)
     parser.add_argument(
-        "--customers", type=int, default=100, help="platinum customers asking in turn (1: every request from one)"
+        "--customers", type=positive(int), default=100, help="platinum customers asking in turn (1: all from one)"
     )
     parser.add_argument(
-        "--rate", type=float, help="open loop: requests start at random, this many a second (not --concurrency)"
+        "--rate", type=positive(float), help="open loop: this many requests a second, at random moments"
     )
     parser.add_argument("--quick", action="store_true", help="100 requests")
     parser.add_argument("--serve", choices=("partners", "bare", "hub"), help=argparse.SUPPRESS)
@@ -322,4 +332,4 @@ if __name__ == "__main__":
     if args.serve:
         serve_forever(args.serve, json.loads(args.given), args.ready)
     else:
-        asyncio.run(main(100 if args.quick else args.requests, args.concurrency, max(1, args.customers), args.rate))
+        asyncio.run(main(100 if args.quick else args.requests, args.concurrency, args.customers, args.rate))

@@ -52,6 +52,14 @@ class Config:
             node = node.get(part, {}) if isinstance(node, Mapping) else {}
         return node if isinstance(node, Mapping) else {}
 
+    def flag(self, section: str, key: str, default: bool) -> bool:
+        """``[section].key`` as true or false (``default`` when unset); any other value stops
+        the hub with a :class:`~prm_core.errors.ConfigError` naming the key."""
+        value = self.section(section).get(key, default)
+        if not isinstance(value, bool):
+            raise ConfigError(f"[{section}].{key} must be true or false, not {value!r}")
+        return value
+
     def touchpoint(self, name: str) -> Mapping[str, Any]:
         """The ``[touchpoints.<name>]`` table."""
         return self.section("touchpoints", name)

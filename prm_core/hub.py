@@ -152,13 +152,12 @@ class Hub:
         answered = asyncio.Event()  # partner outcomes are recorded behind the answer (prm_core.outbox)
         try:
             answer = await deliver_value(self, recorded, tp, started, answered)
+        finally:
             # set just before the answer is queued for the writer: the outcomes of the partners
             # that answered in time are queued right behind it and share its transaction and
             # commit, rather than taking one more of their own
             answered.set()
-            return await self._record_answer(event, tp, recorded, answer, started)
-        finally:
-            answered.set()
+        return await self._record_answer(event, tp, recorded, answer, started)
 
     async def _record_answer(
         self, event: Event, tp: TouchPoint, recorded: RecordedEvent, answer: Answer, started: float

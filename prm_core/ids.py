@@ -26,23 +26,16 @@ _DRAW = 4096  # bytes per call to os.urandom
 
 
 class _Pool(threading.local):
-    """One thread's bytes from ``os.urandom`` not handed out yet."""
+    """One thread's bytes from ``os.urandom`` not handed out yet (empty until first drawn)."""
 
-    generation = -1
     data = b""
     at = 0
 
 
 _pool = _Pool()
-_generation = 0
-
-
-def _forked() -> None:
-    global _generation
-    _generation += 1  # a child process must not hand out the bytes its parent will
-
-
-os.register_at_fork(after_in_child=_forked)
+# a forked child (only the forking thread lives on in it) empties that thread's pool, looked
+# up in the child: it must not hand out the bytes its parent will
+os.register_at_fork(after_in_child=lambda: vars(_pool).clear())
 
 
 def random_bytes(n: int) -> bytes:
@@ -55,8 +48,8 @@ def random_bytes(n: int) -> bytes:
     Per thread and reset in a forked child, so no two callers ever get the same bytes.
     """
     pool = _pool
-    if pool.generation != _generation or pool.at + n > len(pool.data):
-        pool.data, pool.at, pool.generation = os.urandom(max(_DRAW, n)), 0, _generation
+    if pool.at + n > len(pool.data):
+        pool.data, pool.at = os.urandom(max(_DRAW, n)), 0
     start = pool.at
     pool.at = start + n
     return pool.data[start : start + n]

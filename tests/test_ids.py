@@ -87,3 +87,31 @@ def test_a_forked_child_does_not_repeat_the_parents_bytes():
     os.waitpid(pid, 0)
     assert len(child) == 32
     assert child != random_bytes(32)  # the parent's next bytes are its own
+
+
+def test_a_child_forked_from_another_thread_does_not_repeat_that_threads_bytes():
+    import os
+    import threading
+
+    from prm_core.ids import random_bytes
+
+    seen: dict[str, bytes] = {}
+
+    def fork_here() -> None:
+        random_bytes(1)  # this thread's pool holds bytes not handed out yet
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.write(write, random_bytes(32))
+            os._exit(0)
+        os.close(write)
+        seen["child"] = os.read(read, 32)
+        os.close(read)
+        os.waitpid(pid, 0)
+        seen["parent"] = random_bytes(32)
+
+    thread = threading.Thread(target=fork_here)
+    thread.start()
+    thread.join()
+    assert len(seen["child"]) == 32
+    assert seen["child"] != seen["parent"]

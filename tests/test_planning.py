@@ -36,3 +36,14 @@ def test_the_documented_names_are_the_languages():
     for cell in re.findall(r"^\| ([^|]+) \|", table, flags=re.M):
         documented |= set(re.findall(r"`(\w+)`", cell))
     assert documented == set(NAMES)
+
+
+def test_on_ingest_must_be_a_boolean():
+    import pytest
+
+    from prm_core.errors import ConfigError
+
+    assert Planner.from_config(Config(raw={"planning": {"on_ingest": False}})).on_ingest is False
+    assert Planner.from_config(Config()).on_ingest is True
+    with pytest.raises(ConfigError, match=r"^\[planning\]\.on_ingest must be true or false, not 'no'$"):
+        Planner.from_config(Config(raw={"planning": {"on_ingest": "no"}}))

@@ -146,7 +146,9 @@ class Planner:
             entitlements=parse_entitlements(config.section("entitlements")),
             catalog=Catalog.from_config(config.section("catalog")),
             offers=OfferSettings.from_config(config.section("offers"), config.section("privacy", "defaults")),
-            on_ingest=_on_ingest(config.section("planning")),
+            # [planning].on_ingest (true): false stops keeping value, tiers and scorecard on ingest
+            # (for measuring what they cost: bench/planning.py); they go stale until it is back on
+            on_ingest=config.flag("planning", "on_ingest", True),
         )
 
     # ---- the fitted models -----------------------------------------------------------
@@ -592,15 +594,6 @@ async def refresh_all_tiers(store: Store, planner: Planner, *, chunk: int = 500)
         seen += len(ids)
         ids = await store.read(page(ids[-1]))
     return seen, changed
-
-
-def _on_ingest(section: Mapping[str, Any]) -> bool:
-    """``[planning].on_ingest`` (true): false stops keeping value, tiers and scorecard on ingest
-    (for measuring what they cost: bench/planning.py); they go stale until it is back on."""
-    value = section.get("on_ingest", True)
-    if not isinstance(value, bool):
-        raise ConfigError("[planning].on_ingest must be true or false")
-    return value
 
 
 def _iso(at: datetime) -> str:

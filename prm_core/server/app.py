@@ -18,7 +18,6 @@ import structlog
 from aiohttp import WSCloseCode, web
 
 from ..config import Config
-from ..errors import ConfigError
 from ..hub import Hub
 from ..ids import random_bytes
 from ..keys import KeyRing
@@ -141,10 +140,7 @@ def create_app(
             yield
 
     app.cleanup_ctx.append(retention_context)
-    freeze = config.section("server").get("freeze_heap", True)
-    if not isinstance(freeze, bool):
-        raise ConfigError(f"[server].freeze_heap must be true or false, not {freeze!r}")
-    if freeze:
+    if config.flag("server", "freeze_heap", True):
         # on_startup handlers added now run after every cleanup_ctx has started (aiohttp runs
         # cleanup_ctx first), so the heap frozen is the started hub's
         app.on_startup.append(_freeze_heap)
