@@ -11,7 +11,8 @@ customer's history grows by five events a request.
 
 Figure: answer time minus the slower partner's time (150 ms), p50 and p99 over ``--requests``
 (500), target p99 <= 25 ms. Also printed: the answer time of a request turn that asks no
-partner (the hub's own floor: record the turn, build the view, record the answer). The
+partner (the hub's own floor: record the turn, build the view, record the answer), and the
+hub process's CPU time (user and system, ``/proc/<pid>/stat``) per request of each kind. The
 **baseline**, measured in the same run with the same partners and client, is a bare aiohttp
 handler that calls both partners concurrently with one ``aiohttp`` session and answers: the
 floor of "call two partners and answer". The hub's figure is also printed as a ratio to it.
@@ -67,6 +68,13 @@ def positive(kind: type[int] | type[float]) -> Any:
         return value
 
     return parse
+
+
+def cpu_ms(pid: int) -> float:
+    """CPU time (user and system) a process has used so far, from ``/proc/<pid>/stat``."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
 
 
 def pct(values: list[float], q: float) -> float:
@@ -257,7 +265,7 @@ async def main(requests: int, concurrency: int, customers: int, rate: float | No
     bare_proc, bare = start("bare", workdir, partners)
     hub_proc, hub = start("hub", workdir, {**partners, "workdir": workdir, "customers": customers})
     try:
-        await drive(bare["url"], hub["url"], hub["key"], requests, concurrency, customers, rate)
+        await drive(bare["url"], hub["url"], hub["key"], requests, concurrency, customers, rate, hub_proc.pid)
         print(f"logs and the hub's database: {workdir}")
     finally:
         for proc in (hub_proc, bare_proc, partners_proc):
@@ -270,7 +278,14 @@ async def main(requests: int, concurrency: int, customers: int, rate: float | No
 
 
 async def drive(
-    bare_url: str, hub_url: str, key: str, requests: int, concurrency: int, customers: int, rate: float | None
+    bare_url: str,
+    hub_url: str,
+    key: str,
+    requests: int,
+    concurrency: int,
+    customers: int,
+    rate: float | None,
+    hub_pid: int,
 ) -> None:
     def service_request(i: int) -> dict[str, Any]:
         return {
@@ -290,8 +305,12 @@ async def drive(
     await load(bare_url + "/bare", lambda i: {}, {}, warm, concurrency)
     await load(requests_url, service_request, auth, warm, concurrency)
     bare_times = await load(bare_url + "/bare", lambda i: {}, {}, requests, concurrency, rate)
+    before = cpu_ms(hub_pid)
     hub_times = await load(requests_url, service_request, auth, requests, concurrency, rate)
+    await asyncio.sleep(0.5)  # the last partner outcomes are recorded just after the last answer
+    service_cpu, before = (cpu_ms(hub_pid) - before) / requests, cpu_ms(hub_pid)
     floor_times = await load(requests_url, plain_request, auth, requests, concurrency, rate)
+    floor_cpu = (cpu_ms(hub_pid) - before) / requests
 
     def over(times: list[float]) -> tuple[float, float, float]:
         ms = [(t - SLOWER_S) * 1000 for t in times]
@@ -310,6 +329,7 @@ async def drive(
     floor = "{:<40} answer time           p50 {:.1f} ms  p99 {:.1f} ms  max {:.1f} ms"
     print(floor.format("hub request asking no partner:", f50, f99, fmax))
     print(f"the partner part (service request over the slower partner, minus that floor): p50 {h50 - f50:.1f} ms")
+    print(f"hub CPU per service request {service_cpu:.1f} ms, per turn asking no partner {floor_cpu:.1f} ms")
     print(f"hub p99 overhead minus baseline p99: {h99 - b99:.1f} ms; ratio hub/baseline p99: {h99 / max(b99, 0.1):.2f}")
     print(f"target: hub p99 over the slower partner <= 25 ms -> {'met' if h99 <= 25 else 'NOT met'}")
 

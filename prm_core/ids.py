@@ -42,9 +42,9 @@ def random_bytes(n: int) -> bytes:
     """``n`` bytes of ``os.urandom``, drawn 4 KiB at a time, each handed out once.
 
     ``os.urandom`` lets go of the interpreter lock for its system call, and getting it back
-    costs a thread switch whenever the writer or a reader thread is busy: 0.26 ms on average
-    on the event loop, measured with the partner benchmark (``bench/partner_request.py``),
-    several times a request. Drawn in bulk, that switch happens once per 400 ids.
+    costs a thread switch whenever the writer or a reader thread is busy (a quarter of a
+    millisecond on the event loop under the profiler, several times a request). Drawn in
+    bulk, that switch happens once per 400 ids.
     Per thread and reset in a forked child, so no two callers ever get the same bytes.
     """
     pool = _pool
