@@ -94,13 +94,16 @@ def serve(config_path: str | None, database_url: str | None, host: str, port: in
 
     config = _config(config_path, database_url)
     configure_logging(log_level, cache=True)
-    _run(lambda: _migrate(config))  # fail here, plainly, if the database is unusable
     try:
-        app = create_app(config)
+        app = create_app(config)  # a bad setting stops here, before anything is written
     except PrmError as exc:
         raise click.ClickException(str(exc)) from exc
+    _run(lambda: _migrate(config))  # fail here, plainly, if the database is unusable
     click.echo(f"prm hub on http://{host}:{port} (database {sa.make_url(config.database_url).render_as_string()})")
-    web.run_app(app, host=host, port=port, access_log=None, print=None)
+    try:
+        web.run_app(app, host=host, port=port, access_log=None, print=None)
+    except PrmError as exc:  # a setting checked as the hub starts ([tiers.rules], [planning]): no traceback
+        raise click.ClickException(str(exc)) from exc
 
 
 @main.group()

@@ -167,3 +167,28 @@ def test_the_documented_config_loads(tmp_path):
     config = load_config(tmp_path / "prm.toml")
     assert config.default_region == "US"
     assert config.touchpoint("web")["snowplow_app_ids"] == ["shop"]
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ('[server]\nfreeze_heap = "yes"\n', "Error: [server].freeze_heap must be true or false, not 'yes'"),
+        ('[planning]\non_ingest = "yes"\n', "Error: [planning].on_ingest must be true or false, not 'yes'"),
+    ],
+)
+def test_serve_with_a_bad_setting_stops_naming_it_without_a_traceback(tmp_path, setting, message):
+    (tmp_path / "prm.toml").write_text(setting)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PRM_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "prm_core.cli", "serve", "--port", str(_free_port())],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+    if "freeze_heap" in setting:  # refused before the database is touched
+        assert not (tmp_path / "prm-data").exists()
