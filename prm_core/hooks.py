@@ -116,6 +116,8 @@ class Hooks:
                     self.event_recorded(recorded)
         for dialogue in outcome.dialogues_closed:
             self.dialogue_closed(dialogue)
+        for fulfillment in outcome.fulfillments_updated:
+            self.fulfillment_updated(fulfillment)
 
     def customer_erased(self, customer_id: str, merged_ids: Sequence[str]) -> list[tuple[str, Awaitable[Any]]]:
         """``[(plugin, awaitable)]``: each plugin purging its own rows about an erased customer."""

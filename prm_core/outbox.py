@@ -111,15 +111,33 @@ class SettledEvent(Event):
     values: Mapping[str, Any] = field(factory=dict)
 
 
-def settle_row(conn: Connection, ev: Event) -> None:
-    """Inside the recording transaction: apply a :class:`SettledEvent`'s row update."""
+def settle_row(conn: Connection, ev: Event) -> Fulfillment | None:
+    """Inside the recording transaction: apply a :class:`SettledEvent`'s row update.
+
+    Returns the request as it now is, for ``prm_fulfillment_updated`` once the batch commits,
+    when the row has the event's outcome from the event's claim (just written, or written by
+    the same claim before: a replay); ``None`` when the event is not a settlement, or when the
+    claim was taken over (the newer claim's outcome stays, and is the one told).
+    """
     if not isinstance(ev, SettledEvent) or not ev.row_id:
-        return
+        return None
     c = outbox.c
     where = [c.id == ev.row_id, c.status == "pending"]
     if ev.fence is not None:
         where.append(c.attempts == ev.fence)
-    conn.execute(outbox.update().where(*where).values(**ev.values))
+    update = outbox.update().where(*where).values(**ev.values)
+    if conn.dialect.update_returning:  # PostgreSQL, SQLite 3.35+: the row for the hook, no second read
+        row = conn.execute(update.returning(outbox)).first()
+    else:
+        row = None
+        if conn.execute(update).rowcount:
+            row = conn.execute(sa.select(outbox).where(c.id == ev.row_id)).first()
+    if row is None:  # not pending any more: told before by this claim, or taken over
+        row = conn.execute(sa.select(outbox).where(c.id == ev.row_id)).first()
+        if row is None or (ev.fence is not None and row.attempts != ev.fence) or row.status != ev.values.get("status"):
+            log.info("fulfillment claim was taken over", partner=ev.data.get("partner"), attempt=ev.fence)
+            return None
+    return _fulfillment(row)
 
 
 @frozen
@@ -512,14 +530,9 @@ class Outbox:
             fence=claim.attempt,
             values=values,
         )
+        # the recording transaction applies the row's update and, once it commits, tells
+        # prm_fulfillment_updated (see settle_row)
         await self.hub.record([event])
-        row = await self.hub.store.read(
-            lambda conn: conn.execute(sa.select(outbox).where(outbox.c.id == claim.row_id)).one()
-        )
-        if row.attempts == claim.attempt and row.status == result.status:
-            self.hub.hooks.fulfillment_updated(_fulfillment(row))
-        else:
-            log.info("fulfillment claim was taken over", partner=claim.request.partner, attempt=claim.attempt)
 
     async def _update(self, claim: Claim, values: Mapping[str, Any]) -> Any:
         """Apply ``values`` if the claim is still current; returns the row after, or ``None``."""

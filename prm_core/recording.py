@@ -30,7 +30,7 @@ from .dialogue import DialogueState
 from .ids import new_id
 from .merging import PurchaseTotals, event_purchase, merge_customers
 from .model import Customer, Dialogue, Event, Identity, Merge, RecordedEvent, TouchPoint
-from .outbox import outbox_rows, settle_row
+from .outbox import Fulfillment, outbox_rows, settle_row
 from .privacy import record_consents, scrub_tombstoned
 from .store.bulk import execute_many
 from .store.engine import advisory_locks, customer_lock_key, identity_lock_key
@@ -122,6 +122,8 @@ class BatchOutcome:
     merges: list[Merge] = field(factory=list)
     dialogues_opened: list[tuple[Dialogue, RecordedEvent]] = field(factory=list)
     dialogues_closed: list[Dialogue] = field(factory=list)
+    # partner outcomes this batch settled (prm_core.outbox.settle_row), for prm_fulfillment_updated
+    fulfillments_updated: list[Fulfillment] = field(factory=list)
 
 
 @define
@@ -267,7 +269,9 @@ class _Batch:
             results[i] = self._record(batch[i])
         self._flush()
         for i in fresh:  # partner outcomes recorded with their events (prm_core.outbox), duplicates too
-            settle_row(self.conn, batch[i])
+            settled = settle_row(self.conn, batch[i])
+            if settled is not None:
+                self.out.fulfillments_updated.append(settled)
 
         for i, ev in enumerate(batch):
             key = (ev.touchpoint, ev.id)

@@ -97,23 +97,25 @@ async def test_sqlite_locked_by_another_process(sqlite_config: Config, aiohttp_c
 async def test_sqlite_full(sqlite_config: Config, aiohttp_client: Any) -> None:
     client, key = await _client(sqlite_config, aiohttp_client)
     auth = {"Authorization": f"Bearer {key}"}
-    writer = client.app[HUB].store.sync_writer
-    assert writer is not None
+    store = client.app[HUB].store
+    assert store.sync_writer is not None
 
-    def limit(pages: int | None) -> None:
-        # the writer's one pooled connection: max_page_count is per connection
-        with writer.connect() as conn:
+    async def limit(pages: int | None) -> None:
+        # max_page_count is per connection: set it on the writer's own (there is one)
+        def set_limit(conn: Any) -> None:
             raw = conn.connection.dbapi_connection
             assert raw is not None
             current = raw.execute("PRAGMA page_count").fetchone()[0]
             raw.execute(f"PRAGMA max_page_count={pages or current}")
 
-    await asyncio.to_thread(limit, None)  # the disk is full: not one more page
+        await store.write(set_limit)
+
+    await limit(None)  # the disk is full: not one more page
     try:
         resp = await client.post("/v1/touchpoints/web/events", json=_events("full", 200), headers=auth)
         await _assert_unavailable(resp)
     finally:
-        await asyncio.to_thread(limit, 1_073_741_823)
+        await limit(1_073_741_823)
     assert await _stored(client, "full") == 0
     resp = await client.post("/v1/touchpoints/web/events", json=_events("full", 200), headers=auth)
     assert resp.status == 200

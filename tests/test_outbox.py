@@ -198,7 +198,20 @@ async def test_a_claim_taken_over_cannot_overwrite_the_newer_attempt(hub, flaky)
     assert claim.attempt == 2
     stale = Claim(claim.row_id, 1, claim.request)
     assert await hub.outbox._update(stale, {"status": "failed"}) is None
+    told = len(flaky.updates)
     assert (await hub.outbox.attempt(claim)).status == "confirmed"
+    # the newer claim's outcome is told once, with the row as that claim left it
+    (update,) = flaky.updates[told:]
+    assert (update.status, update.outbox_id) == ("confirmed", claim.row_id)
+    # the stale claim's late outcome is recorded in the dialogue but neither changes the row
+    # nor reaches prm_fulfillment_updated
+    await hub.outbox._settle(Claim(claim.row_id, 1, claim.request, "web", answer.recorded.dialogue_id),
+                             FulfillmentResult(claim.request.id, claim.request.partner, "rejected"))  # fmt: skip
+    row = await hub.store.read(lambda c: c.execute(sa.select(outbox)).one())
+    assert (row.status, row.attempts) == ("confirmed", 2)
+    assert len(flaky.updates) == told + 1
+    stored = await hub.store.read(lambda c: c.execute(sa.select(events.c.event_id)).scalars().all())
+    assert f"fulfillment:{claim.row_id}:rejected" in stored
 
 
 # ---- the circuit breaker ---------------------------------------------------------------------------
