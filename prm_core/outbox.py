@@ -126,13 +126,12 @@ def settle_row(conn: Connection, ev: Event) -> Fulfillment | None:
     if ev.fence is not None:
         where.append(c.attempts == ev.fence)
     update = outbox.update().where(*where).values(**ev.values)
+    row = None
     if conn.dialect.update_returning:  # PostgreSQL, SQLite 3.35+: the row for the hook, no second read
         row = conn.execute(update.returning(outbox)).first()
     else:
-        row = None
-        if conn.execute(update).rowcount:
-            row = conn.execute(sa.select(outbox).where(c.id == ev.row_id)).first()
-    if row is None:  # not pending any more: told before by this claim, or taken over
+        conn.execute(update)
+    if row is None:  # read it: no RETURNING, or not pending any more (told before, or taken over)
         row = conn.execute(sa.select(outbox).where(c.id == ev.row_id)).first()
         if row is None or (ev.fence is not None and row.attempts != ev.fence) or row.status != ev.values.get("status"):
             log.info("fulfillment claim was taken over", partner=ev.data.get("partner"), attempt=ev.fence)
