@@ -37,6 +37,7 @@ from sqlalchemy.engine import Connection
 
 from .ids import new_id
 from .model import Event, FulfillmentRequest, FulfillmentResult, _iso
+from .store.lists import one_of
 from .store.tables import outbox, partner_callbacks, utcnow
 
 if TYPE_CHECKING:
@@ -247,12 +248,13 @@ def _fulfillment(row: Any) -> Fulfillment:
 # built once with bind parameters: building a statement and its cache key cost more than
 # running it on its index, on every view
 _LIMIT: sa.BindParameter[int] = sa.bindparam("limit", type_=sa.Integer())
-_OF_CUSTOMERS_Q = (
-    sa.select(outbox)
-    .where(outbox.c.customer_id.in_(sa.bindparam("owners", expanding=True)))
+_OF_CUSTOMERS_Q = {  # per database kind: the owners are one parameter (prm_core.store.lists)
+    pg: sa.select(outbox)
+    .where(one_of(outbox.c.customer_id, "owners", pg))
     .order_by(outbox.c.requested_at.desc(), outbox.c.id)
     .limit(_LIMIT)
-)
+    for pg in (False, True)
+}
 _OF_DIALOGUE_Q = (
     sa.select(outbox)
     .where(outbox.c.dialogue_id == sa.bindparam("dialogue_id"))
@@ -263,7 +265,8 @@ _OF_DIALOGUE_Q = (
 
 def fulfillments_of(conn: Connection, owners: Sequence[str], limit: int = MAX_VIEW_FULFILLMENTS) -> list[Fulfillment]:
     """The newest fulfillment requests of these customers (for the view)."""
-    return [_fulfillment(r) for r in conn.execute(_OF_CUSTOMERS_Q, {"owners": list(owners), "limit": limit})]
+    q = _OF_CUSTOMERS_Q[conn.dialect.name == "postgresql"]
+    return [_fulfillment(r) for r in conn.execute(q, {"owners": list(owners), "limit": limit})]
 
 
 def fulfillments_of_dialogue(conn: Connection, dialogue_id: str, limit: int = 50) -> list[Fulfillment]:

@@ -34,6 +34,7 @@ from .outbox import Fulfillment, outbox_rows, settle_row
 from .privacy import record_consents, scrub_tombstoned
 from .store.bulk import execute_many
 from .store.engine import advisory_locks, customer_lock_key, identity_lock_key
+from .store.lists import one_of, pairs_in
 from .store.tables import customers, dialogues, events, identities, metrics, outbox, shared_links, utcnow
 
 __all__ = ["AfterWrite", "BatchOutcome", "IngestRules", "Written", "record_batch"]
@@ -160,15 +161,9 @@ def _statement(conn: Connection, name: str, build: Callable[[bool], Any]) -> Any
 
 
 def _in(pg: bool, column: Any, name: str) -> Any:
-    """``column IN (:name)``; on PostgreSQL ``column = ANY(:name)``.
-
-    An ``IN`` list of n parameters is a different statement for every n, which asyncpg
-    prepares and PostgreSQL plans afresh each time (tens of milliseconds at a few hundred
-    values); one array parameter is one statement, prepared once.
-    """
-    if pg:
-        return column == sa.any_(sa.bindparam(name, type_=postgresql.ARRAY(sa.String())))
-    return column.in_(sa.bindparam(name, expanding=True))
+    """``column`` is one of the list bound as ``name``: one statement for any length of the
+    list (:func:`prm_core.store.lists.one_of`)."""
+    return one_of(column, name, pg)
 
 
 def _identities_by_pairs(pg: bool) -> Any:
@@ -177,7 +172,7 @@ def _identities_by_pairs(pg: bool) -> Any:
     c = identities.c
     cols = (c.namespace, c.value, c.customer_id, c.shared)
     if not pg:
-        return sa.select(*cols).where(sa.tuple_(c.namespace, c.value).in_(sa.bindparam("pairs", expanding=True)))
+        return sa.select(*cols).where(pairs_in(c.namespace, c.value, "pairs"))
     text_array = postgresql.ARRAY(sa.String())
     wanted = (
         sa.func.unnest(sa.bindparam("ns", type_=text_array), sa.bindparam("v", type_=text_array))
@@ -405,7 +400,7 @@ class _Batch:
                 "open dialogues",
                 lambda pg: sa.select(dialogues).where(
                     _in(pg, d.customer_id, "cids"),
-                    d.touchpoint.in_(sa.bindparam("tps", expanding=True)),
+                    _in(pg, d.touchpoint, "tps"),
                     d.status == "open",
                 ),
             )

@@ -27,6 +27,7 @@ from .merging import PurchaseTotals
 from .model import Customer, CustomerView, Dialogue, Identity
 from .outbox import fulfillments_of
 from .privacy.consents import load_consents
+from .store.lists import one_of
 from .store.tables import customers, dialogues, events, identities, memberships, metrics, shared_links
 
 __all__ = ["build_view", "decode_cursor", "encode_cursor", "resolve_ref"]
@@ -101,9 +102,13 @@ _DIALOGUES_Q = {
     .limit(MAX_DIALOGUES)
     for group in (False, True)
 }
-_METRICS_Q = sa.select(metrics).where(metrics.c.customer_id.in_(_OWNERS))
+# read on every view, the owners one parameter: per database kind (prm_core.store.lists)
+_METRICS_Q = {pg: sa.select(metrics).where(one_of(metrics.c.customer_id, "owners", pg)) for pg in (False, True)}
 _GROUPS_Q = _memberships_q(memberships.c.group_id, memberships.c.member_id, MAX_GROUPS)
-_MERGED_Q = sa.select(customers.c.id).where(customers.c.merged_into.in_(_OWNERS)).limit(MAX_MEMBERS)
+_MERGED_Q = {
+    pg: sa.select(customers.c.id).where(one_of(customers.c.merged_into, "owners", pg)).limit(MAX_MEMBERS)
+    for pg in (False, True)
+}
 
 
 def encode_cursor(occurred_at: datetime, seq: int) -> str:
@@ -211,7 +216,7 @@ def build_view(conn: Connection, customer_id: str, *, cursor: str | None = None,
     seen: set[str] = set()
     firsts, lasts = [], []
     purchases = PurchaseTotals()
-    for r in conn.execute(_METRICS_Q, of_owners):
+    for r in conn.execute(_METRICS_Q[conn.dialect.name == "postgresql"], of_owners):
         totals["event_count"] += r.event_count
         totals["order_count"] += r.order_count
         totals["lifetime_revenue"] += r.lifetime_revenue
@@ -258,7 +263,7 @@ def build_view(conn: Connection, customer_id: str, *, cursor: str | None = None,
 
 def _with_merged(conn: Connection, owners: list[str]) -> list[str]:
     """These customers and those merged into them: partner work is not moved by a merge."""
-    merged = conn.execute(_MERGED_Q, {"owners": owners}).scalars()
+    merged = conn.execute(_MERGED_Q[conn.dialect.name == "postgresql"], {"owners": owners}).scalars()
     return [*owners, *merged]
 
 

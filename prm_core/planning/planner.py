@@ -32,6 +32,7 @@ from ..recording import Written
 from ..store import Store
 from ..store.bulk import execute_many
 from ..store.engine import _retryable as retryable  # the store's own judgement of what a retry fixes
+from ..store.lists import one_of
 from ..store.tables import (
     customer_value,
     customers,
@@ -84,13 +85,21 @@ CAMPAIGNS_TTL_S = 10.0
 RESPONSES = {"offer.accepted": "accepted", "offer.declined": "declined"}
 
 
-# prepared once: no per-call coercion of the id list
-_IDS: sa.BindParameter[list[str]] = sa.bindparam("ids", expanding=True)
-_CUSTOMERS_Q = sa.select(
-    customers.c.id, customers.c.kind, customers.c.tier, customers.c.tier_source, customers.c.traits
-).where(customers.c.id.in_(_IDS), customers.c.merged_into.is_(None))
-_METRICS_Q = sa.select(metrics).where(metrics.c.customer_id.in_(_IDS))
-_VALUE_Q = sa.select(customer_value).where(customer_value.c.customer_id.in_(_IDS))
+# prepared once per database kind (the key: PostgreSQL or not), the id list one parameter
+# (prm_core.store.lists): no per-call coercion or rendering of the list
+_KINDS = (False, True)
+_CUSTOMER_COLUMNS = (customers.c.id, customers.c.kind, customers.c.tier, customers.c.tier_source, customers.c.traits)
+_UNMERGED = customers.c.merged_into.is_(None)
+_CUSTOMERS_Q = {
+    # SQLite cannot tell how long the bound list is, and would rather walk the index of every
+    # unmerged customer than look the ids up; likely() says that condition filters next to nothing
+    pg: sa.select(*_CUSTOMER_COLUMNS).where(
+        one_of(customers.c.id, "ids", pg), _UNMERGED if pg else sa.func.likely(_UNMERGED)
+    )
+    for pg in _KINDS
+}
+_METRICS_Q = {pg: sa.select(metrics).where(one_of(metrics.c.customer_id, "ids", pg)) for pg in _KINDS}
+_VALUE_Q = {pg: sa.select(customer_value).where(one_of(customer_value.c.customer_id, "ids", pg)) for pg in _KINDS}
 _SET_TIER = (
     customers.update()
     .where(
@@ -191,11 +200,14 @@ class Planner:
         result: dict[str, dict[str, Any]] = {}
         for chunk in _chunks(sorted(ids)):
             params = {"ids": list(chunk)}
-            rows = conn.execute(_CUSTOMERS_Q, params).all()
+            pg = conn.dialect.name == "postgresql"
+            rows = conn.execute(_CUSTOMERS_Q[pg], params).all()
             m: dict[str, Mapping[str, Any]] = {
-                r.customer_id: dict(r._mapping) for r in conn.execute(_METRICS_Q, params)
+                r.customer_id: dict(r._mapping) for r in conn.execute(_METRICS_Q[pg], params)
             }
-            v: dict[str, Mapping[str, Any]] = {r.customer_id: dict(r._mapping) for r in conn.execute(_VALUE_Q, params)}
+            v: dict[str, Mapping[str, Any]] = {
+                r.customer_id: dict(r._mapping) for r in conn.execute(_VALUE_Q[pg], params)
+            }
             for r in rows:
                 if sources is not None:
                     sources[r.id] = (r.tier, r.tier_source)
@@ -528,7 +540,7 @@ class Planner:
         now = now.replace(minute=0, second=0, microsecond=0)
         owners = [view.customer.id, *(m["id"] for m in view.members)]
         value: dict[str, Any] | None = None
-        for r in conn.execute(_VALUE_Q, {"ids": owners}):  # prebuilt, as for facts_of
+        for r in conn.execute(_VALUE_Q[conn.dialect.name == "postgresql"], {"ids": owners}):  # as for facts_of
             if value is None:
                 value = dict(r._mapping)
             else:

@@ -24,6 +24,7 @@ from attrs import evolve
 from sqlalchemy.engine import Connection
 
 from ..model import Event, Identity
+from ..store.lists import one_of
 from ..store.tables import privacy_keys, tombstones
 
 __all__ = ["SCRUBBED", "digest", "lift_tombstone", "load_tombstone_key", "scrub_tombstoned", "tombstoned"]
@@ -38,8 +39,11 @@ def digest(key: bytes, namespace: str, value: str) -> str:
     return hmac.new(key, f"{namespace}:{value}".encode(), hashlib.sha256).hexdigest()
 
 
-# built once: building the statement cost more than running it, in every recording transaction
-_TOMBSTONED = sa.select(tombstones.c.digest).where(tombstones.c.digest.in_(sa.bindparam("digests", expanding=True)))
+# built once per database kind: building the statement cost more than running it, in every
+# recording transaction; the digests are one parameter (prm_core.store.lists)
+_TOMBSTONED = {
+    pg: sa.select(tombstones.c.digest).where(one_of(tombstones.c.digest, "digests", pg)) for pg in (False, True)
+}
 
 
 def load_tombstone_key(conn: Connection, configured: Mapping[str, Any]) -> bytes:
@@ -58,7 +62,7 @@ def tombstoned(conn: Connection, key: bytes, idents: Iterable[Identity]) -> set[
     wanted = sorted(by_digest)
     for start in range(0, len(wanted), _CHUNK):
         chunk = wanted[start : start + _CHUNK]
-        for (d,) in conn.execute(_TOMBSTONED, {"digests": chunk}):
+        for (d,) in conn.execute(_TOMBSTONED[conn.dialect.name == "postgresql"], {"digests": chunk}):
             found.add(by_digest[d])
     return found
 
