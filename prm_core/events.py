@@ -46,6 +46,10 @@ def _string(obj: Mapping[str, Any], key: str, where: str, limit: int, *, require
         raise InvalidInput(f"{where}{key} must be a non-empty string", f"{where}{key}")
     if len(value) > limit:
         raise InvalidInput(f"{where}{key} is longer than {limit} characters", f"{where}{key}")
+    if "\x00" in value:
+        # PostgreSQL refuses NUL in text, and SQLite's JSON functions cut a string short at one
+        # (prm_core.store.lists): an id or key must be the same string in every lookup
+        raise InvalidInput(f"{where}{key} must not contain NUL characters", f"{where}{key}")
     return value
 
 

@@ -91,6 +91,8 @@ def normalize_identities(
             raise InvalidInput(f"{where} must be a string", where)
         if len(value) > MAX_VALUE_LENGTH:
             raise InvalidInput(f"{where} is longer than {MAX_VALUE_LENGTH} characters", where)
+        if "\x00" in value:  # see prm_core.events._string
+            raise InvalidInput(f"{where} must not contain NUL characters", where)
         try:
             result.add(Identity(namespace, ns.normalize(value, region)))
         except ValueError as exc:

@@ -137,6 +137,10 @@ async def import_events(
                 if not raw.strip():
                     continue
                 try:
+                    if b"\\u0000" in raw:
+                        # as the HTTP API refuses it (prm_core.server.routes.parse_json_body):
+                        # PostgreSQL cannot store NUL in text, nor SQLite's JSON functions read it
+                        raise InvalidInput(f"line {line_no}: NUL characters (\\u0000) are not accepted", None)
                     obj = json.loads(raw)
                     batch.append(
                         parse_event(

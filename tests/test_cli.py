@@ -109,6 +109,24 @@ def test_import_is_idempotent_and_resumes(database_url, tmp_path):
     assert total == 50
 
 
+def test_import_names_a_line_with_a_nul_character_and_imports_the_others_twice_as_duplicates(database_url, tmp_path):
+    # the HTTP API refuses NUL (422); an import must too, and a replay must still find every
+    # imported id (a NUL cut short in a lookup would turn the replay into a failed batch)
+    file = tmp_path / "nul.jsonl"
+    at = "2025-01-01T00:00:00Z"
+    nul_id = json.dumps({"id": "past-x\u0000y", "type": "order.completed", "occurred_at": at})
+    nul_data = json.dumps({"id": "past-y", "type": "page", "occurred_at": at, "data": {"q": "\u0000"}})
+    file.write_text(_lines(3) + nul_id + "\n" + nul_data + "\n" + _lines(2, start=3))
+    args = ["import", str(file), "--touchpoint", "pos", "--database", database_url, "--skip-invalid"]
+    first = CliRunner().invoke(main, args)
+    assert "line 4:" in first.output and "line 5:" in first.output
+    assert "NUL" in first.output
+    assert "5 imported" in first.output
+    again = CliRunner().invoke(main, [*args, "--restart"])
+    assert again.exit_code == first.exit_code
+    assert "0 imported, 5 already there" in again.output
+
+
 def test_import_refuses_an_unknown_touchpoint(database_url, tmp_path):
     file = tmp_path / "x.jsonl"
     file.write_text(_lines(1))

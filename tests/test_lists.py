@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from prm_core.errors import InvalidInput
 from prm_core.store.lists import one_of, pairs_in
 from prm_core.store.tables import identities, utcnow
 
@@ -119,3 +120,22 @@ async def test_sqlite_searches_the_index_of_the_listed_column_in_every_list_stat
             # looked up by the listed values, never by walking another index or the table
             assert any(f"({column}=?" in s or f" {column}=?" in s for s in searches), (name, plan)
             assert not any(step.startswith(f"SCAN {table}") for step in plan), (name, plan)
+
+
+@pytest.mark.parametrize(
+    ("event", "field"),
+    [
+        ({"id": "e1\x00x"}, "id"),
+        ({"dialogue": "call\x00-1"}, "dialogue"),
+        ({"identities": {"user_id": "u\x00x"}}, "identities.user_id"),
+    ],
+    ids=["id", "dialogue", "identity"],
+)
+async def test_a_nul_character_in_a_looked_up_string_is_refused_by_the_parser(hub, event, field):
+    # SQLite's json_each reads "u\u0000x" back as "u" (and PostgreSQL refuses NUL in text): a
+    # value holding one would miss its own row in every list lookup, so it is not accepted at all
+    body = {"id": "e1", "type": "page", "occurred_at": T0, "identities": {"user_id": "u1"}, **event}
+    with pytest.raises(InvalidInput) as info:
+        hub.parse_events(body, "web")
+    assert info.value.field == field
+    assert "NUL" in info.value.message
