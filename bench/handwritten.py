@@ -121,7 +121,8 @@ def make_app(database_url: str, key: str) -> FastAPI:
             dbapi_conn.execute("PRAGMA synchronous=FULL")
             dbapi_conn.execute("PRAGMA busy_timeout=5000")
 
-    SQLModel.metadata.create_all(engine, tables=[t.__table__ for t in (ApiKey, Customer, Identity, StoredEvent)])  # type: ignore[attr-defined]
+    tables = [getattr(t, "__table__") for t in (ApiKey, Customer, Identity, StoredEvent)]  # SQLModel sets it  # noqa: B009
+    SQLModel.metadata.create_all(engine, tables=tables)
     with Session(engine) as session:
         session.merge(ApiKey(hash=hashlib.sha256(key.encode()).hexdigest(), scope="touchpoint:web"))
         session.commit()

@@ -306,8 +306,9 @@ async def measure(args: argparse.Namespace, hub_base: str, bare_base: str, keys:
     print(f"agents={args.agents} calls={args.calls} concurrency={args.concurrency} callers={args.callers} SQLite")
     hub_p99 = pct(results["hub"][0], 99) if results["hub"][0] else float("inf")
     for q in (50, 99):
-        base, mine = pct(results["baseline"][1], q), pct(results["hub"][1], q) if results["hub"][1] else 0.0
-        print(f"POST sent -> pop p{q}: hub / bare aiohttp = {mine:.2f} / {base:.2f} ms = {mine / base:.1f}x")
+        bare_ms = pct(results["baseline"][1], q)
+        hub_ms = pct(results["hub"][1], q) if results["hub"][1] else 0.0
+        print(f"POST sent -> pop p{q}: hub / bare aiohttp = {hub_ms:.2f} / {bare_ms:.2f} ms = {hub_ms / bare_ms:.1f}x")
     verdict = "met" if hub_p99 <= 100 and not results["hub"][2] else "NOT met"
     print(f"target: hub p99 (200 -> pop) <= 100 ms: {verdict} ({hub_p99:.1f} ms); lost pops: {results['hub'][2]}")
     return {

@@ -65,6 +65,24 @@ def _identities(value: Iterable[Identity]) -> tuple[Identity, ...]:
     return tuple(value)
 
 
+# Typed converters rather than bare ``tuple``/``frozenset``: attrs' mypy plugin takes a
+# converter's parameter as the ``__init__`` parameter, and the builtins' is a bare
+# ``Iterable[_T_co]`` that no argument matches, so a plugin's ``Adapter(routes=[...])``
+# failed type-checking.
+def _routes(value: Iterable[Any]) -> tuple[Any, ...]:
+    return tuple(value)
+
+
+def _services(value: Iterable[Callable[[Any], Any]]) -> tuple[Callable[[Any], Any], ...]:
+    return tuple(value)
+
+
+def _names(value: Iterable[str]) -> frozenset[str]:
+    if isinstance(value, str):  # frozenset("call.ended") would be a set of its letters
+        raise TypeError(f"expected a collection of names, got the string {value!r}")
+    return frozenset(value)
+
+
 @frozen
 class Identity:
     """One normalized identifier of a customer, such as ``email:ann@example.com``.
@@ -119,8 +137,8 @@ class TouchPoint:
     channel: str = field()
     budget_ms: int = field(validator=validators.instance_of(int))
     dialogue_timeout: timedelta | None = None
-    closes_on: frozenset[str] = field(default=frozenset(), converter=frozenset)
-    routes: tuple[Any, ...] = field(default=(), converter=tuple)
+    closes_on: frozenset[str] = field(default=frozenset(), converter=_names)
+    routes: tuple[Any, ...] = field(default=(), converter=_routes)
     description: str = ""
 
     @channel.validator
@@ -147,9 +165,9 @@ class Adapter:
 
     name: str = field(validator=_check_name)
     touchpoint: str = field(validator=_check_name)
-    routes: tuple[Any, ...] = field(default=(), converter=tuple)
+    routes: tuple[Any, ...] = field(default=(), converter=_routes)
     description: str = ""
-    services: tuple[Callable[[Any], Any], ...] = field(default=(), converter=tuple)
+    services: tuple[Callable[[Any], Any], ...] = field(default=(), converter=_services)
 
     def __attrs_post_init__(self) -> None:
         if not self.routes and not self.services:
@@ -181,7 +199,7 @@ class ValueProvider:
     about: Literal["business", "customer"] = field(validator=validators.in_(("business", "customer")))
     provide: Callable[[ValueRequest], Awaitable[Mapping[str, Any]]]
     description: str = ""
-    touchpoints: frozenset[str] = field(default=frozenset(), converter=frozenset)
+    touchpoints: frozenset[str] = field(default=frozenset(), converter=_names)
 
 
 @frozen

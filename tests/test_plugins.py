@@ -65,6 +65,18 @@ def test_invalid_registration_names_the_plugin():
     assert "lower-case" in str(info.value)
 
 
+def test_a_string_where_names_belong_is_refused_not_split_into_letters():
+    class Closer:
+        @hookimpl
+        def prm_touchpoints(self, config):
+            yield TouchPoint(name="kiosk", channel="kiosk", budget_ms=10, closes_on="call.ended")
+
+    with pytest.raises(PluginLoadError) as info:
+        collect_registrations(make_plugin_manager([Closer()], autoload=False), Config())
+    assert "expected a collection of names, got the string 'call.ended'" in str(info.value)
+    assert TouchPoint(name="kiosk", channel="kiosk", budget_ms=10, closes_on=["call.ended"]).closes_on == {"call.ended"}
+
+
 def test_a_plugin_that_fails_to_import_is_named_with_its_distribution(monkeypatch):
     real = importlib.metadata.entry_points
 

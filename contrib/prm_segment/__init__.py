@@ -71,6 +71,13 @@ def _text(message: Mapping[str, Any], key: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _object(message: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    """``message[key]`` when it is an object, else an empty one (Segment's libraries omit
+    or null what they do not know)."""
+    value = message.get(key)
+    return value if isinstance(value, Mapping) else {}
+
+
 def _identities(message: Mapping[str, Any], hub: Hub) -> tuple[Identity, ...]:
     found: dict[str, str] = {}
     user_id, anonymous_id = _text(message, "userId"), _text(message, "anonymousId")
@@ -78,8 +85,9 @@ def _identities(message: Mapping[str, Any], hub: Hub) -> tuple[Identity, ...]:
         found["user_id"] = user_id
     if anonymous_id:
         found["anonymous_id"] = anonymous_id
-    if message.get("type") == "alias" and _text(message, "previousId"):
-        found["anonymous_id"] = _text(message, "previousId")  # type: ignore[assignment]
+    previous_id = _text(message, "previousId")
+    if message.get("type") == "alias" and previous_id:
+        found["anonymous_id"] = previous_id
     traits: dict[str, Any] = {}
     context = message.get("context")
     if isinstance(context, Mapping) and isinstance(context.get("traits"), Mapping):
@@ -95,10 +103,10 @@ def _identities(message: Mapping[str, Any], hub: Hub) -> tuple[Identity, ...]:
         except ValueError:
             raise _bad(f"{namespace} is not usable", namespace) from None
     for namespace in ("email", "phone"):
-        raw = traits.get(namespace)
-        if isinstance(raw, str) and raw.strip():
+        trait = traits.get(namespace)
+        if isinstance(trait, str) and trait.strip():
             try:
-                result.append(Identity(namespace, namespaces[namespace].normalize(raw, hub.config.default_region)))
+                result.append(Identity(namespace, namespaces[namespace].normalize(trait, hub.config.default_region)))
             except ValueError:
                 continue  # a bad trait costs the identity, never the event
     return tuple(sorted(set(result), key=lambda i: (i.namespace, i.value)))
@@ -141,7 +149,7 @@ def to_event(message: Any, hub: Hub, *, where: str, received_at: datetime, sent_
         if not name:
             raise _bad(f"{where}.event is required for a track call", f"{where}.event")
         event_type = name[:100]
-        properties = message.get("properties") if isinstance(message.get("properties"), Mapping) else {}
+        properties = _object(message, "properties")
         data["properties"] = properties
         if "revenue" in properties:
             data["revenue"] = properties["revenue"]
@@ -149,10 +157,10 @@ def to_event(message: Any, hub: Hub, *, where: str, received_at: datetime, sent_
         event_type = kind
         if kind in ("page", "screen"):
             data["name"] = _text(message, "name")
-            data["properties"] = message.get("properties") if isinstance(message.get("properties"), Mapping) else {}
+            data["properties"] = _object(message, "properties")
         elif kind == "identify":
             # RudderStack's SDKs send identify traits in context.traits only
-            context = message.get("context") if isinstance(message.get("context"), Mapping) else {}
+            context = _object(message, "context")
             traits = message.get("traits") if isinstance(message.get("traits"), Mapping) else context.get("traits")
             data["traits"] = dict(traits) if isinstance(traits, Mapping) else {}
         elif kind == "group":
@@ -160,7 +168,7 @@ def to_event(message: Any, hub: Hub, *, where: str, received_at: datetime, sent_
             if not group_id:
                 raise _bad(f"{where}.groupId is required for a group call", f"{where}.groupId")
             data["group_id"] = group_id
-            data["traits"] = message.get("traits") if isinstance(message.get("traits"), Mapping) else {}
+            data["traits"] = _object(message, "traits")
         elif kind == "alias":
             if not _text(message, "previousId"):
                 raise _bad(f"{where}.previousId is required for an alias call", f"{where}.previousId")
@@ -212,12 +220,12 @@ async def _handle(request: web.Request, single: str | None) -> web.Response:
         sent_at = parse_time(body["sentAt"], "sentAt") if body.get("sentAt") and single is None else None
     except InvalidInput as exc:
         raise _bad(exc.message, exc.field) from None
-    context = body.get("context") if isinstance(body.get("context"), Mapping) else {}
+    context = _object(body, "context")
 
     def with_context(m: Any) -> Any:
         if not context or not isinstance(m, Mapping):
             return m
-        own = m.get("context") if isinstance(m.get("context"), Mapping) else {}
+        own = _object(m, "context")
         return {**m, "context": {**context, **own}}
 
     events = [

@@ -191,7 +191,8 @@ async def refund_transaction(refund: Any, shop: str | None, hub: Hub, currency: 
     tax = Decimal(0)
     for i, refunded in enumerate(_objects(refund, "refund_line_items")):
         where = f"refund_line_items[{i}]"
-        item = refunded.get("line_item") if isinstance(refunded.get("line_item"), Mapping) else {}
+        line_item = refunded.get("line_item")
+        item: Mapping[str, Any] = line_item if isinstance(line_item, Mapping) else {}
         quantity = money.quantity(refunded.get("quantity", 1), f"{where}.quantity")
         subtotal = money.amount(refunded.get("subtotal"), f"{where}.subtotal")
         price = money.amount(item.get("price", subtotal / quantity), f"{where}.line_item.price")

@@ -270,12 +270,12 @@ def _kind_data(event: Mapping[str, Any], kind: str, where: str) -> tuple[str, di
             raise _bad(f"{where}se_ac (action) is required for a structured event", f"{where}se_ac")
         data.update(category=category, action=action)
         for key, name in (("se_la", "label"), ("se_pr", "property")):
-            value = _limited(event, key, where, 1000)
-            if value is not None:
-                data[name] = value
-        value = _number(event, "se_va", where)
-        if value is not None:
-            data["value"] = value
+            text = _limited(event, key, where, 1000)
+            if text is not None:
+                data[name] = text
+        amount = _number(event, "se_va", where)
+        if amount is not None:
+            data["value"] = amount
         return action[:_MAX_TYPE], data
     if kind == "ue":
         found = _json_field(event, "ue_px", "ue_pr", where)

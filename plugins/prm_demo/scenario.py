@@ -314,8 +314,8 @@ async def flagship(demo: Demo) -> None:
     }
     status, answer, ms = await demo.post("/v1/touchpoints/web/requests", request, "touchpoint:web")
     fulfillments = (answer.get("delivery") or {}).get("fulfillments", []) if isinstance(answer, dict) else []
-    visit_window = next((f["data"] for f in fulfillments if f.get("partner") == "fieldservice"), {})
-    parts = next((f["data"].get("parts", []) for f in fulfillments if f.get("partner") == "supplier"), [])
+    visit_window: Mapping[str, Any] = next((f["data"] for f in fulfillments if f.get("partner") == "fieldservice"), {})
+    parts: list[Any] = next((f["data"].get("parts", []) for f in fulfillments if f.get("partner") == "supplier"), [])
     window_ok = bool(visit_window.get("window_start")) and datetime.fromisoformat(
         str(visit_window.get("window_start", "1970-01-01T00:00:00+00:00")).replace("Z", "+00:00")
     ) <= datetime.now(UTC) + timedelta(days=4)

@@ -85,7 +85,7 @@ def prm_touchpoints(config: Config) -> Iterator[TouchPoint]:
         name="partners",
         channel="partner",
         budget_ms=int(config.touchpoint("partners").get("budget_ms", 2000)),
-        routes=(callback_route(lambda: directory.settings), stream_route()),  # type: ignore[arg-type]  # attrs converter=tuple confuses mypy
+        routes=(callback_route(lambda: directory.settings), stream_route()),
         description="partners' signed callbacks about the work the hub asked of them",
     )
 

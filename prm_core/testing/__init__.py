@@ -25,7 +25,7 @@ import io
 import json
 import os
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
 from typing import Any
 
 import pytest
@@ -69,7 +69,7 @@ def _admin(base_url: str, sql: str) -> None:
     asyncio.run(execute())
 
 
-def postgres_database(base_url: str) -> Iterator[str]:
+def postgres_database(base_url: str) -> Generator[str, None, None]:
     """Create a throw-away database on the server of ``base_url``; yield its URL; drop it."""
     name = f"prm_test_{uuid.uuid4().hex[:12]}"
     try:
