@@ -146,7 +146,7 @@ def test_serve_starts_migrates_and_stops_cleanly(database_url, tmp_path):
     port = _free_port()
     env = {**os.environ, "PRM_DATABASE_URL": database_url}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "prm_core.cli", "serve", "--port", str(port)],
+        [sys.executable, "-m", "prm_core.cli", "serve", "--port", str(port), "--log-level", "debug"],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,
@@ -172,6 +172,8 @@ def test_serve_starts_migrates_and_stops_cleanly(database_url, tmp_path):
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err.decode()
     assert not Path(tmp_path, "prm-data").exists()  # the database came from PRM_DATABASE_URL
+    # the process is the hub's own: it freezes the started heap ([server] freeze_heap unset)
+    assert '"event": "heap frozen"' in err.decode()
 
 
 def test_the_documented_config_loads(tmp_path):

@@ -1,4 +1,5 @@
-"""The started hub freezes its heap (``[server] freeze_heap``), and gives it back when it stops."""
+"""Freezing the started hub's heap (``[server] freeze_heap``): ``prm serve`` does it by default
+(tests/test_cli.py), an embedding caller only when asked; a stopped hub gives the heap back."""
 
 from __future__ import annotations
 
@@ -16,9 +17,24 @@ def sqlite_url(tmp_path):
     return f"sqlite:///{tmp_path}/prm.db"
 
 
-async def test_a_started_hub_freezes_the_heap_and_unfreezes_it_when_stopped(sqlite_url, aiohttp_client):
+@pytest.fixture(autouse=True)
+def unfrozen():
     gc.unfreeze()
-    client = await aiohttp_client(create_app(Config(database_url=sqlite_url)))
+    yield
+    gc.unfreeze()
+
+
+def _server(freeze: object) -> dict[str, dict[str, object]]:
+    return {"server": {"freeze_heap": freeze}}
+
+
+@pytest.mark.parametrize(
+    ("raw", "keyword"),
+    [(_server(True), None), ({}, True), (_server(True), True)],
+    ids=["setting", "keyword", "both"],
+)
+async def test_a_hub_asked_to_freezes_the_heap_and_unfreezes_it_when_stopped(sqlite_url, aiohttp_client, raw, keyword):
+    client = await aiohttp_client(create_app(Config(database_url=sqlite_url, raw=raw), freeze_heap=keyword))
     assert (await client.get("/healthz")).status == 200
     frozen = gc.get_freeze_count()
     # everything start-up left: modules, plugins, tables (well over 10,000 objects)
@@ -28,13 +44,17 @@ async def test_a_started_hub_freezes_the_heap_and_unfreezes_it_when_stopped(sqli
     assert gc.get_freeze_count() == 0
 
 
-async def test_freeze_heap_false_leaves_the_collector_alone(sqlite_url, aiohttp_client):
-    gc.unfreeze()
-    client = await aiohttp_client(create_app(Config(database_url=sqlite_url, raw={"server": {"freeze_heap": False}})))
+@pytest.mark.parametrize(
+    ("raw", "keyword"),
+    [({}, None), (_server(False), None), (_server(True), False)],
+    ids=["embedded-default", "setting-false", "keyword-false-wins"],
+)
+async def test_otherwise_the_collector_is_left_alone(sqlite_url, aiohttp_client, raw, keyword):
+    client = await aiohttp_client(create_app(Config(database_url=sqlite_url, raw=raw), freeze_heap=keyword))
     assert (await client.get("/healthz")).status == 200
     assert gc.get_freeze_count() == 0
 
 
 def test_freeze_heap_must_be_a_boolean(sqlite_url):
     with pytest.raises(ConfigError, match=r"\[server\]\.freeze_heap must be true or false"):
-        create_app(Config(database_url=sqlite_url, raw={"server": {"freeze_heap": "yes"}}))
+        create_app(Config(database_url=sqlite_url, raw=_server("yes")))
