@@ -82,6 +82,25 @@ def postgres_database(base_url: str) -> Generator[str, None, None]:
         _admin(base_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture(autouse=True)
+def _forget_stopped_apps() -> Iterator[None]:
+    """After each test, let the applications it stopped be collected.
+
+    aiohttp caches each route's middleware chain per (handler, application) in a module-level
+    ``lru_cache`` of 1,024 entries, which keeps stopped applications (a hub each, with its
+    plugins and tables) alive. A test run starting one hub per test then grows by a few
+    thousand objects a test, and the collector's full passes over that heap get slow enough
+    to break a test's latency budget. A server builds one application, so this is a test
+    run's problem only.
+    """
+    yield
+    from aiohttp import web_app
+
+    cache = getattr(web_app, "_cached_build_middleware", None)  # a private name: absent, nothing to do
+    if cache is not None and hasattr(cache, "cache_clear"):
+        cache.cache_clear()
+
+
 @pytest.fixture(params=_backends())
 def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
     """A fresh database: SQLite always, PostgreSQL when ``PRM_TEST_POSTGRES_URL`` is set."""

@@ -76,8 +76,10 @@ class TouchPointConformance:
     answers_requests: bool = True
     #: how late past the budget an answer may arrive. The slow provider sleeps 30 s, so this
     #: catches a touch point that waits for it, while a busy test machine's fsync and GC
-    #: pauses do not fail the check; exact latency is measured by benchmarks, not tests.
-    budget_slack_ms: int = 1000
+    #: pauses do not fail the check (a test run's full collections took up to 0.6 s, and the
+    #: first request of a fresh hub pays its own warm-up); exact latency is measured by
+    #: benchmarks, not tests.
+    budget_slack_ms: int = 3000
 
     # ---- what a vendor-format plugin overrides -------------------------------------------
 
