@@ -450,7 +450,7 @@ def serve_hub(database_url: str, port: int, log_level: str, profile: str | None,
     from prm_core.server.app import create_app
 
     configure_logging(log_level, cache=True)  # as prm serve does: loggers keep their configuration
-    app = create_app(Config(database_url=database_url), freeze_heap=True)  # as prm serve does
+    app = create_app(Config(database_url=database_url), owns_process=True)  # as prm serve does
     if diagnostics:
         attach_diagnostics(app)
     if profile is None:

@@ -43,7 +43,7 @@ async def main(calls: int) -> None:
             public_url=PUBLIC,
             raw={"touchpoints": {"ivr": {"twilio_auth_token": TOKEN}}},
         )
-        client = TestClient(TestServer(create_app(config, freeze_heap=True)))  # as prm serve does
+        client = TestClient(TestServer(create_app(config, owns_process=True)))  # as prm serve does
         await client.start_server()
         try:
             hub = client.app[HUB]

@@ -192,7 +192,7 @@ async def serve_hub(given: dict[str, Any]) -> dict[str, Any]:
             "touchpoints": {"web": {"budget_ms": 1000}},
         },
     )  # fmt: skip
-    app = create_app(config, freeze_heap=True)  # the hub owns this process, as under prm serve
+    app = create_app(config, owns_process=True)  # as under prm serve
     _runner, url = await serve(app)
     hub = app[HUB]
     key, _ = await create_key(hub.store, "touchpoint:web")

@@ -83,7 +83,7 @@ async def main(count: int) -> None:
     configure_logging("warning")
     with tempfile.TemporaryDirectory() as tmp:
         config = Config(database_url=f"sqlite:///{Path(tmp)}/prm.db")
-        app = create_app(config, plugins=[Accessories()], freeze_heap=True)  # as prm serve does
+        app = create_app(config, plugins=[Accessories()], owns_process=True)  # as prm serve does
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -95,9 +95,7 @@ def serve(config_path: str | None, database_url: str | None, host: str, port: in
     config = _config(config_path, database_url)
     configure_logging(log_level, cache=True)
     try:
-        # a bad setting stops here, before anything is written; this process is the hub's
-        # alone, so it freezes the started hub's heap unless told not to
-        app = create_app(config, freeze_heap=config.flag("server", "freeze_heap", True))
+        app = create_app(config, owns_process=True)  # a bad setting stops here, before anything is written
     except PrmError as exc:
         raise click.ClickException(str(exc)) from exc
     _run(lambda: _migrate(config))  # fail here, plainly, if the database is unusable

@@ -29,12 +29,14 @@ def _server(freeze: object) -> dict[str, dict[str, object]]:
 
 
 @pytest.mark.parametrize(
-    ("raw", "keyword"),
-    [(_server(True), None), ({}, True), (_server(True), True)],
-    ids=["setting", "keyword", "both"],
+    ("raw", "owns_process"),
+    [(_server(True), False), ({}, True), (_server(True), True)],
+    ids=["setting", "process-owner", "both"],
 )
-async def test_a_hub_asked_to_freezes_the_heap_and_unfreezes_it_when_stopped(sqlite_url, aiohttp_client, raw, keyword):
-    client = await aiohttp_client(create_app(Config(database_url=sqlite_url, raw=raw), freeze_heap=keyword))
+async def test_a_hub_asked_to_freezes_the_heap_and_unfreezes_it_when_stopped(
+    sqlite_url, aiohttp_client, raw, owns_process
+):
+    client = await aiohttp_client(create_app(Config(database_url=sqlite_url, raw=raw), owns_process=owns_process))
     assert (await client.get("/healthz")).status == 200
     frozen = gc.get_freeze_count()
     # everything start-up left: modules, plugins, tables (well over 10,000 objects)
@@ -45,12 +47,12 @@ async def test_a_hub_asked_to_freezes_the_heap_and_unfreezes_it_when_stopped(sql
 
 
 @pytest.mark.parametrize(
-    ("raw", "keyword"),
-    [({}, None), (_server(False), None), (_server(True), False)],
-    ids=["embedded-default", "setting-false", "keyword-false-wins"],
+    ("raw", "owns_process"),
+    [({}, False), (_server(False), False), (_server(False), True)],
+    ids=["embedded-default", "setting-false", "setting-false-wins-over-the-owner"],
 )
-async def test_otherwise_the_collector_is_left_alone(sqlite_url, aiohttp_client, raw, keyword):
-    client = await aiohttp_client(create_app(Config(database_url=sqlite_url, raw=raw), freeze_heap=keyword))
+async def test_otherwise_the_collector_is_left_alone(sqlite_url, aiohttp_client, raw, owns_process):
+    client = await aiohttp_client(create_app(Config(database_url=sqlite_url, raw=raw), owns_process=owns_process))
     assert (await client.get("/healthz")).status == 200
     assert gc.get_freeze_count() == 0
 

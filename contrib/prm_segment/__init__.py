@@ -88,12 +88,9 @@ def _identities(message: Mapping[str, Any], hub: Hub) -> tuple[Identity, ...]:
     previous_id = _text(message, "previousId")
     if message.get("type") == "alias" and previous_id:
         found["anonymous_id"] = previous_id
-    traits: dict[str, Any] = {}
-    context = message.get("context")
-    if isinstance(context, Mapping) and isinstance(context.get("traits"), Mapping):
-        traits.update(context["traits"])
-    if message.get("type") == "identify" and isinstance(message.get("traits"), Mapping):
-        traits.update(message["traits"])
+    traits = dict(_object(_object(message, "context"), "traits"))
+    if message.get("type") == "identify":
+        traits.update(_object(message, "traits"))
     namespaces = hub.registrations.namespaces
     result = []
     for namespace, raw in found.items():
@@ -160,9 +157,10 @@ def to_event(message: Any, hub: Hub, *, where: str, received_at: datetime, sent_
             data["properties"] = _object(message, "properties")
         elif kind == "identify":
             # RudderStack's SDKs send identify traits in context.traits only
-            context = _object(message, "context")
-            traits = message.get("traits") if isinstance(message.get("traits"), Mapping) else context.get("traits")
-            data["traits"] = dict(traits) if isinstance(traits, Mapping) else {}
+            traits = message.get("traits")
+            if not isinstance(traits, Mapping):
+                traits = _object(_object(message, "context"), "traits")
+            data["traits"] = dict(traits)
         elif kind == "group":
             group_id = _text(message, "groupId")
             if not group_id:

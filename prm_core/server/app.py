@@ -79,16 +79,15 @@ def create_app(
     plugins: Sequence[Any] = (),
     autoload: bool | None = None,
     migrate: bool = True,
-    freeze_heap: bool | None = None,
+    owns_process: bool = False,
 ) -> web.Application:
     """Build the hub's web application for ``config`` with every installed plugin.
 
-    ``freeze_heap``: whether the started hub calls ``gc.freeze()`` (see :func:`_freeze_heap`).
-    ``None`` takes ``[server] freeze_heap``, which is false by default here: freezing is a
-    decision for whoever owns the process, since it costs one full collection of the whole
-    heap and changes how the process collects its garbage from then on (a service embedding the
-    hub, a test run starting one hub per test). ``prm serve`` owns its process and turns it on
-    unless the setting says false.
+    ``owns_process``: the process runs this hub and nothing else (``prm serve``). Only then
+    does ``[server] freeze_heap`` default to true (see :func:`_freeze_heap`): freezing costs one
+    full collection of the whole heap and changes how the process collects its garbage from then
+    on, a decision for whoever owns the process (a service embedding the hub, a test run
+    starting one hub per test), which sets ``freeze_heap = true`` to have it.
     """
     pm = make_plugin_manager(plugins, autoload=autoload)
     registrations = collect_registrations(pm, config)
@@ -149,7 +148,7 @@ def create_app(
             yield
 
     app.cleanup_ctx.append(retention_context)
-    if config.flag("server", "freeze_heap", False) if freeze_heap is None else freeze_heap:
+    if config.flag("server", "freeze_heap", owns_process):
         # on_startup handlers added now run after every cleanup_ctx has started (aiohttp runs
         # cleanup_ctx first), so the heap frozen is the started hub's
         app.on_startup.append(_freeze_heap)
