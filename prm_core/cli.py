@@ -114,7 +114,11 @@ def keys() -> None:
 @keys.command("create")
 @click.option("--scope", required=True, help="admin, read, touchpoint:<name> or partner:<name>")
 @click.option("--name", default="", help="a label for the key")
-@click.option("--public", is_flag=True, help="a browser key: identity claims under it are unverified")
+@click.option(
+    "--public",
+    is_flag=True,
+    help="a browser key (only for a touch point browsers send to, e.g. touchpoint:web): it only sends events",
+)
 @config_option
 @database_option
 def keys_create(scope: str, name: str, public: bool, config_path: str | None, database_url: str | None) -> None:
@@ -128,11 +132,23 @@ def keys_create(scope: str, name: str, public: bool, config_path: str | None, da
         raise click.BadParameter(str(exc), param_hint="--scope") from exc
     config = _config(config_path, database_url)
 
+    browser_touchpoints = None
+    if public:
+        from .plugins import collect_registrations, make_plugin_manager
+
+        try:
+            registrations = collect_registrations(make_plugin_manager(), config)
+        except PrmError as exc:
+            raise click.ClickException(str(exc)) from exc
+        browser_touchpoints = {tp.name for tp in registrations.touchpoints if tp.public_keys}
+
     async def create() -> str:
         store = Store.open(config.database_url)
         try:
             await store.migrate()
-            key, record = await create_key(store, scope, name=name, public=public)
+            key, record = await create_key(
+                store, scope, name=name, public=public, public_touchpoints=browser_touchpoints
+            )
         finally:
             await store.dispose()
         click.echo(

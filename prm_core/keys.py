@@ -13,6 +13,7 @@ import hmac
 import re
 import secrets
 import time
+from collections.abc import Collection
 from datetime import datetime
 
 import sqlalchemy as sa
@@ -55,12 +56,28 @@ def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-async def create_key(store: Store, scope: str, *, name: str = "", public: bool = False) -> tuple[str, ApiKey]:
-    """Create a key; returns the full key (shown once, never stored) and its record."""
+async def create_key(
+    store: Store,
+    scope: str,
+    *,
+    name: str = "",
+    public: bool = False,
+    public_touchpoints: Collection[str] | None = None,
+) -> tuple[str, ApiKey]:
+    """Create a key; returns the full key (shown once, never stored) and its record.
+
+    ``public_touchpoints``, when given, names the touch points that declare browser use
+    (``TouchPoint.public_keys``): a public key of any other is refused here. The hub refuses
+    such a key at every request anyway (a key made before, or without this check)."""
     validate_scope(scope)
     if public and not scope.startswith("touchpoint:"):
         # a public key is readable by anyone who opens the page: it may only send events
         raise InvalidInput(f"only a touchpoint:<name> key can be public; {scope!r} must stay secret", "scope")
+    if public and public_touchpoints is not None and scope.removeprefix("touchpoint:") not in public_touchpoints:
+        takes = ", ".join(f"touchpoint:{tp}" for tp in sorted(public_touchpoints)) or "none here"
+        raise InvalidInput(
+            f"{scope} takes no public keys (browsers do not send to it); public keys are for {takes}", "scope"
+        )
     key_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
     record = ApiKey(key_id, name, scope, public, utcnow())
 

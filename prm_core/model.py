@@ -131,6 +131,8 @@ class TouchPoint:
     (the web's 30-minute session); ``None`` opens a dialogue per event. ``closes_on``
     names event types that close their dialogue (``call.ended``). ``routes`` are
     aiohttp route definitions the hub mounts for this touch point's own wire formats.
+    ``public_keys``: code anyone can read (a web page's script) sends to it, so it may have
+    public keys (``prm keys create --public``); every other touch point's keys stay secret.
     """
 
     name: str = field(validator=_check_name)
@@ -140,6 +142,7 @@ class TouchPoint:
     closes_on: frozenset[str] = field(default=frozenset(), converter=_names)
     routes: tuple[Any, ...] = field(default=(), converter=_routes)
     description: str = ""
+    public_keys: bool = False
 
     @channel.validator
     def _check_channel(self, attribute: Any, value: str) -> None:

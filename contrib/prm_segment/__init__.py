@@ -46,7 +46,7 @@ from prm_core.hub import Hub
 from prm_core.model import Adapter, Event, Identity
 from prm_core.server.auth import presented_key, require
 from prm_core.server.errors import ApiError
-from prm_core.server.routes import ingest, parse_json_body
+from prm_core.server.routes import api, ingest, parse_json_body
 from prm_core.server.state import HUB
 
 __all__ = ["MAX_BATCH_BYTES", "MAX_MESSAGE_BYTES", "prm_adapters", "to_event"]
@@ -282,7 +282,20 @@ def _route(single: str | None) -> Any:
         else f"Segment/RudderStack {single} call"
     )
     handler.__name__ = f"segment_{single or 'batch'}"
-    return handler
+    # the key is the Basic user name (what the SDKs send), a Bearer key, or writeKey in the body
+    described = api(
+        handler.__doc__ + "; the key as HTTP Basic user name, Bearer, or writeKey in the body",
+        scope=f"touchpoint:{TOUCHPOINT}",
+        responses={
+            200: '{"success": true}, once durable',
+            400: "Malformed JSON or an invalid message; `field` names it",
+            401: "No key, or an invalid one",
+            403: "The key's scope does not grant this",
+            413: "Body too large",
+        },
+        public=True,
+    )
+    return described(handler)
 
 
 @hookimpl

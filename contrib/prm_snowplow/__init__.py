@@ -455,6 +455,7 @@ def _handlers(allowed: frozenset[str]) -> tuple[Any, Any, Any]:
             401: "An app id (aid) missing or not listed",
             413: "Body too large",
         },
+        public=True,
     )
     async def snowplow_tp2(request: web.Request) -> web.Response:
         cors = _cors(request)
@@ -474,6 +475,7 @@ def _handlers(allowed: frozenset[str]) -> tuple[Any, Any, Any]:
             400: "An invalid event; `field` names it",
             401: "The app id (aid) missing or not listed",
         },
+        public=True,
     )
     async def snowplow_pixel(request: web.Request) -> web.Response:
         cors = _cors(request)

@@ -21,9 +21,8 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from prm_core.errors import InvalidInput
-from prm_core.keys import allows
 from prm_core.server.app import WEBSOCKETS
-from prm_core.server.auth import authenticate, require
+from prm_core.server.auth import require
 from prm_core.server.errors import ApiError
 from prm_core.server.routes import EVENT_SCHEMA, api, ingest, read_json
 from prm_core.server.state import HUB
@@ -58,11 +57,9 @@ def broker(request: web.Request) -> ScreenPops:
     return pops
 
 
-async def _require_agent_access(request: web.Request, key: str | None = None) -> None:
-    record = await authenticate(request, key)
-    if not any(allows(record.scope, scope) for scope in AGENT_SCOPES):
-        needed = " nor ".join(AGENT_SCOPES)
-        raise ApiError(403, "forbidden", f"this key's scope {record.scope!r} grants neither {needed}")
+async def _require_agent_access(request: web.Request) -> None:
+    # through require(), like every route: a public key reads no screen pops whatever its scope
+    await require(request, *AGENT_SCOPES)
 
 
 @api(

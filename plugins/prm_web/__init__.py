@@ -67,5 +67,6 @@ def prm_touchpoints(config: Config) -> list[TouchPoint]:
             dialogue_timeout=timedelta(minutes=minutes),
             routes=[snippet_route()],
             description=__doc__.split("\n", 1)[0],
+            public_keys=True,  # prm.js and browser trackers send with a key every visitor can read
         )
     ]

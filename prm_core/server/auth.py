@@ -13,9 +13,9 @@ from ..keys import ApiKey, allows
 from ..model import Event
 from .errors import ApiError
 from .ratelimit import RATE_LIMITS
-from .state import API_KEY, HUB_KEYS
+from .state import API_KEY, HUB, HUB_KEYS
 
-__all__ = ["VERIFIABLE_FROM_BROWSERS", "as_claims", "authenticate", "presented_key", "require"]
+__all__ = ["VERIFIABLE_FROM_BROWSERS", "as_claims", "authenticate", "presented_key", "public_refusal", "require"]
 
 
 def presented_key(request: web.Request) -> str | None:
@@ -59,14 +59,37 @@ async def authenticate(request: web.Request, key: str | None = None) -> ApiKey:
     return record
 
 
-async def require(request: web.Request, scope: str, *, key: str | None = None) -> ApiKey:
-    """Authenticate and check the key grants ``scope`` (403 naming the scope needed)."""
+async def require(request: web.Request, scope: str, *others: str, key: str | None = None) -> ApiKey:
+    """Authenticate and check the key grants ``scope`` (or one of ``others``): 403 naming
+    what is needed. A public key also needs a route that takes public keys (``@api(public=True)``)
+    and a touch point that declares them (``TouchPoint.public_keys``): see :func:`public_refusal`."""
     record = await authenticate(request, key)
-    if record.public and not scope.startswith("touchpoint:"):
-        raise ApiError(403, "forbidden", f"a public key only sends events; {scope!r} needs a secret key")
-    if not allows(record.scope, scope):
-        raise ApiError(403, "forbidden", f"this key's scope {record.scope!r} does not grant {scope!r}")
+    needed = (scope, *others)
+    if record.public and (refusal := public_refusal(request, record)):
+        raise ApiError(403, "forbidden", refusal)
+    if not any(allows(record.scope, s) for s in needed):
+        grants = "grants neither" if others else "does not grant"
+        wanted = " nor ".join(repr(s) for s in needed)
+        raise ApiError(403, "forbidden", f"this key's scope {record.scope!r} {grants} {wanted}")
     return record
+
+
+def public_refusal(request: web.Request, record: ApiKey) -> str | None:
+    """Why this request may not be made with the public key ``record``; ``None`` when it may.
+
+    A public key is in every visitor's browser, so anyone holds it: it is good only where a
+    route declares that it takes public keys (sending events, a stranger's answer) and only
+    for a touch point that declares browser use. Everything else, and a public key made
+    before that rule for any other touch point, is refused whatever its scope."""
+    meta = getattr(request.match_info.handler, "__prm_api__", None) or {}
+    if not meta.get("public"):
+        return "a public key only sends events; this route needs a secret key"
+    name = record.scope.removeprefix("touchpoint:")
+    hub = request.app.get(HUB)
+    touchpoint = hub.registrations.touchpoints.get(name) if hub is not None and name != record.scope else None
+    if touchpoint is None or not touchpoint.public_keys:
+        return f"{record.scope!r} takes no public keys: only a touch point browsers send to does"
+    return None
 
 
 # the identities a browser can be trusted with: its own device id, which it made up itself

@@ -111,6 +111,8 @@ def _operation(route: web.AbstractRoute, owner: str | None) -> dict[str, Any]:
     if meta["scope"]:
         op["security"] = [{"bearer": []}, {"basic": []}]
         op["x-prm-scope"] = meta["scope"]
+    if meta.get("public"):
+        op["x-prm-public-keys"] = True  # a public (browser) key of a touch point that has them will do
     if meta["body"]:
         op["requestBody"] = {"required": True, "content": {"application/json": {"schema": meta["body"]}}}
     params = [

@@ -35,11 +35,14 @@ def api(
     responses: dict[int, str] | None = None,
     params: dict[str, str] | None = None,
     shapes: dict[int, str] | None = None,
+    public: bool = False,
 ) -> Callable[[Handler], Handler]:
     """Attach the API description of a handler (read by :mod:`prm_core.server.openapi`).
 
     ``shapes`` names, per success status, the schema of the JSON answered (a name from
     ``prm_core.server.openapi.SCHEMAS``): what clients may rely on, and schemathesis checks.
+    ``public``: the route takes public (browser) keys of a touch point that has them; any
+    other route answers 403 to a public key (see :func:`prm_core.server.auth.require`).
     """
 
     def mark(handler: Handler) -> Handler:
@@ -50,6 +53,7 @@ def api(
             "responses": responses or {200: "OK"},
             "params": params or {},
             "shapes": shapes or {},
+            "public": public,
         }
         return handler
 
@@ -148,6 +152,7 @@ async def _touchpoint_write(request: web.Request) -> str:
     },
     responses={200: '{"accepted": n, "duplicates": m}', **WRITE_ERRORS},
     shapes={200: "Accepted"},
+    public=True,
 )
 async def post_events(request: web.Request) -> web.Response:
     tp = await _touchpoint_write(request)
@@ -167,6 +172,7 @@ async def post_events(request: web.Request) -> web.Response:
         **WRITE_ERRORS,
     },
     shapes={200: "Answer"},
+    public=True,
 )
 async def post_request(request: web.Request) -> web.Response:
     tp = await _touchpoint_write(request)

@@ -144,7 +144,9 @@ def make_key(hub_client: Any) -> Callable[..., Awaitable[str]]:
     from ..server.state import HUB
 
     async def make(scope: str, *, public: bool = False) -> str:
-        key, _ = await create_key(hub_client.app[HUB].store, scope, public=public)
+        hub = hub_client.app[HUB]
+        browsers = {tp.name for tp in hub.registrations.touchpoints if tp.public_keys}
+        key, _ = await create_key(hub.store, scope, public=public, public_touchpoints=browsers)
         return key
 
     return make

@@ -1,0 +1,88 @@
+"""Public (browser) keys: anyone can read them, so they send events to a touch point that
+declares browser use and do nothing else, whatever their scope says and however they were made."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from aiohttp import WSServerHandshakeError
+from click.testing import CliRunner
+
+from prm_core.cli import main
+from prm_core.errors import InvalidInput
+from prm_core.keys import create_key
+from prm_core.server.state import HUB
+
+CTI = "/v1/touchpoints/callcenter/events"
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def legacy_public_key(hub_client: Any, scope: str) -> str:
+    """A public key as ``prm keys create --public`` made it before browser use was checked."""
+    key, record = await create_key(hub_client.app[HUB].store, scope, public=True)
+    assert record.public
+    return key
+
+
+async def test_a_public_call_center_key_gets_no_ticket_and_no_screen_pops(hub_client, make_key):
+    public = await legacy_public_key(hub_client, "touchpoint:callcenter")
+    resp = await hub_client.post("/v1/agents/a-1/screenpop/tickets", headers=bearer(public))
+    assert resp.status == 403, await resp.text()
+    assert "public key" in (await resp.json())["error"]["message"]
+    with pytest.raises(WSServerHandshakeError) as refused:
+        await hub_client.ws_connect("/v1/agents/a-1/screenpop?since=0", headers=bearer(public))
+    assert refused.value.status == 403
+    # the secret key of the same scope still works
+    secret = await make_key("touchpoint:callcenter")
+    assert (await hub_client.post("/v1/agents/a-1/screenpop/tickets", headers=bearer(secret))).status == 200
+
+
+async def test_a_public_key_of_a_touch_point_without_browsers_sends_nothing(hub_client):
+    public = await legacy_public_key(hub_client, "touchpoint:callcenter")
+    call = {"id": "c1", "type": "call.offered", "occurred_at": "2026-11-23T09:00:00Z", "data": {"call_id": "c1"}}
+    resp = await hub_client.post(CTI, json=call, headers=bearer(public))
+    assert resp.status == 403, await resp.text()
+    # the generic route that takes public keys, with a touch point that declares no browser use
+    pos = await legacy_public_key(hub_client, "touchpoint:pos")
+    page = {"id": "p1", "type": "page", "occurred_at": "2026-11-23T09:00:00Z", "identities": {"anonymous_id": "d"}}
+    for tp, key in (("pos", pos), ("callcenter", public)):
+        resp = await hub_client.post(f"/v1/touchpoints/{tp}/requests", json=page, headers=bearer(key))
+        assert resp.status == 403 and "takes no public keys" in (await resp.json())["error"]["message"]
+
+
+async def test_a_web_public_key_sends_events_and_reads_nothing(hub_client, make_key):
+    public = await make_key("touchpoint:web", public=True)
+    page = {"id": "p1", "type": "page", "occurred_at": "2026-11-23T09:00:00Z", "identities": {"anonymous_id": "d"}}
+    assert (await hub_client.post("/v1/touchpoints/web/events", json=page, headers=bearer(public))).status == 200
+    answer = await hub_client.post("/v1/touchpoints/web/requests", json={**page, "id": "p2"}, headers=bearer(public))
+    assert answer.status == 200
+    dialogue = (await answer.json())["dialogue_id"]
+    # the portal's stream of partner work is for its backend's secret key
+    stream = await hub_client.get(f"/v1/touchpoints/web/dialogues/{dialogue}/fulfillments", headers=bearer(public))
+    assert stream.status in (403, 404)  # 404 where no partner is configured (the route is not mounted)
+
+
+async def test_public_keys_are_made_only_for_touch_points_browsers_send_to(hub_client, make_key):
+    for scope in ("touchpoint:callcenter", "touchpoint:pos", "touchpoint:ivr"):
+        with pytest.raises(InvalidInput, match="takes no public keys"):
+            await make_key(scope, public=True)
+    assert await make_key("touchpoint:web", public=True)
+
+
+def test_prm_keys_create_refuses_a_public_key_without_browser_use(database_url):
+    runner = CliRunner()
+    args = ["keys", "create", "--database", database_url, "--public", "--scope"]
+    refused = runner.invoke(main, [*args, "touchpoint:callcenter"])
+    assert refused.exit_code != 0
+    message = refused.output.strip().splitlines()
+    assert message == [
+        "Error: touchpoint:callcenter takes no public keys (browsers do not send to it); "
+        "public keys are for touchpoint:web"
+    ], refused.output
+    made = runner.invoke(main, [*args, "touchpoint:web"])
+    assert made.exit_code == 0, made.output
+    assert made.output.strip().splitlines()[-1].startswith("prm_")
