@@ -30,7 +30,13 @@ from urllib.parse import urlencode
 import structlog
 from aiohttp import web
 from prm_ivr import Call, Engine, IvrCalls, Turn, menu_for
-from twilio.request_validator import SIGNATURE_SETTINGS_HEADER, RequestValidator, get_signature_algorithm
+from twilio.request_validator import (
+    HMAC_SHA1,
+    HMAC_SHA256,
+    SIGNATURE_SETTINGS_HEADER,
+    RequestValidator,
+    get_signature_algorithm,
+)
 from twilio.twiml.voice_response import Gather, VoiceResponse
 
 from prm_core import hookimpl
@@ -45,6 +51,7 @@ __all__ = ["BASE", "prm_adapters", "render"]
 
 BASE = "/v1/touchpoints/ivr/twilio"
 TERMINAL = frozenset({"completed", "busy", "failed", "no-answer", "canceled"})
+SIGNATURE_ALGORITHMS = frozenset({HMAC_SHA1, HMAC_SHA256})  # what the twilio library can verify
 log = structlog.get_logger(__name__)
 
 
@@ -108,6 +115,12 @@ class TwilioVoice:
             raise ApiError(401, "unauthorized", "the X-Twilio-Signature header is missing", "X-Twilio-Signature")
         url = self.public_url + request.raw_path
         algorithm = get_signature_algorithm(request.headers.get(SIGNATURE_SETTINGS_HEADER))
+        if algorithm.upper() not in SIGNATURE_ALGORITHMS:
+            # refused here, before the library's validator would log the header's text as sent
+            raise ApiError(
+                401, "unauthorized", f"{SIGNATURE_SETTINGS_HEADER} names an unsupported algorithm",
+                SIGNATURE_SETTINGS_HEADER,
+            )  # fmt: skip
         raw = await request.read()
         if request.content_type == "application/json":
             # Twilio signs a JSON body through the bodySHA256 query parameter of the URL

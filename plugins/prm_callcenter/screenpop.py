@@ -18,6 +18,10 @@ not build the pop: it publishes a notice on :mod:`prm_callcenter.bus` (LISTEN/NO
 every process with that agent's channel builds and pushes it, so an agent connected to any
 process gets the pops of calls recorded by all of them.
 
+An erasure (``prm_customer_erased``) drops every pop, queued pop and waiting call about the
+person from memory, in every process (through the same bus): a reconnecting agent's
+``?since=`` replays nothing of them.
+
 Sequence numbers start at the broker's start time in microseconds and count up, so they keep
 increasing across restarts of the hub and a ``since`` from before a restart stays meaningful
 (the ring itself is in memory: pops made before a restart are not replayed).
@@ -30,7 +34,7 @@ import json
 import secrets
 import time
 from collections import OrderedDict, deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -106,6 +110,15 @@ def screenpop_settings(settings: Any) -> dict[str, Any]:
     return values
 
 
+def _customer_of(text: str) -> str | None:
+    """The customer a kept pop (or partner news) is about: every message names it."""
+    try:
+        found = json.loads(text).get("customer_id")
+    except (ValueError, AttributeError):
+        return None
+    return found if isinstance(found, str) else None
+
+
 @define(eq=False)
 class Connection:
     """One WebSocket of an agent: a bounded queue of pops waiting to be sent."""
@@ -170,6 +183,9 @@ class ScreenPops:
     # which agents were shown which customer lately (bounded): where partner news goes
     showing: OrderedDict[str, set[str]] = field(factory=OrderedDict)
     showing_limit: int = 1000
+    # customers erased lately (bounded, like showing): a pop whose view was read before the
+    # erasure committed is not sent
+    _erased: OrderedDict[str, None] = field(factory=OrderedDict)
 
     # ---- lifetime -----------------------------------------------------------------------
 
@@ -226,6 +242,11 @@ class ScreenPops:
 
     def _heard(self, notice: Mapping[str, Any]) -> None:
         """A notice from the bus (any process): pop it here if this agent has a channel here."""
+        if notice.get("kind") == "erased":
+            ids = notice.get("customer_ids")
+            if isinstance(ids, list):
+                self.forget([i for i in ids if isinstance(i, str)])
+            return
         if notice.get("kind") == "fulfillment":
             customer, body = notice.get("customer_id"), notice.get("fulfillment")
             if isinstance(customer, str) and isinstance(body, Mapping):
@@ -274,6 +295,8 @@ class ScreenPops:
     async def _pop(self, recorded: RecordedEvent, agent: str) -> None:
         deadline = time.monotonic() + self.budget_ms / 1000
         view, left_out = await self.hub.view_until(recorded.customer_id, deadline, limit=TIMELINE_PAGE)
+        if recorded.customer_id in self._erased:
+            return  # erased while the view was read: that view may predate the erasure
         data = recorded.event.data
         self._seq += 1
         message = {
@@ -298,6 +321,40 @@ class ScreenPops:
         self.showing.move_to_end(customer_id)
         while len(self.showing) > self.showing_limit:
             self.showing.popitem(last=False)
+
+    # ---- erasure: nothing about the person stays in memory ------------------------------
+
+    @hookimpl
+    def prm_customer_erased(self, customer_id: str, merged_ids: Sequence[str]) -> None:
+        """Forget the erased customer's pops here and, on PostgreSQL, in every hub process."""
+        ids = [customer_id, *merged_ids]
+        self.forget(ids)
+        if self.bus is not None:
+            self.bus.publish({"kind": "erased", "customer_ids": ids})
+
+    def forget(self, customer_ids: Sequence[str]) -> int:
+        """Drop every pop, queued call and "showing" entry about these customers (the replay
+        ring, each connection's queue, the calls waiting for a worker); the number of pops
+        dropped. Harmless to repeat."""
+        ids = set(customer_ids)
+        if not ids:
+            return 0
+        for cid in ids:
+            self._erased[cid] = None
+            self._erased.move_to_end(cid)
+            self.showing.pop(cid, None)
+        while len(self._erased) > self.showing_limit:
+            self._erased.popitem(last=False)
+        self._calls = deque((r, a) for r, a in self._calls if r.customer_id not in ids)
+        dropped = 0
+        for channel in self.agents.values():
+            kept = [(seq, text) for seq, text in channel.ring if _customer_of(text) not in ids]
+            dropped += len(channel.ring) - len(kept)
+            channel.ring = deque(kept, maxlen=channel.ring.maxlen)
+            for conn in channel.connections:
+                waiting = [text for text in conn.queue if _customer_of(text) not in ids]
+                conn.queue = deque(waiting)
+        return dropped
 
     # ---- partner news on the agent's screen -------------------------------------------
 

@@ -14,7 +14,7 @@ partner is configured). See docs/partners.md.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Iterator, Sequence
 
 from prm_core import hookimpl
 from prm_core.config import Config
@@ -104,6 +104,11 @@ def prm_fulfill(request: FulfillmentRequest) -> Awaitable[FulfillmentResult] | N
 @hookimpl
 def prm_fulfillment_updated(fulfillment: Fulfillment) -> None:
     sessions.push(fulfillment)
+
+
+@hookimpl
+def prm_customer_erased(customer_id: str, merged_ids: Sequence[str]) -> None:
+    sessions.forget([customer_id, *merged_ids])  # updates waiting for an open stream
 
 
 @hookimpl

@@ -8,7 +8,8 @@ the late partner confirms it. It ends after ``max_s`` (a client reconnects and g
 current state first, so nothing is missed in between).
 
 The stream is fed by the hub process that recorded the change; with several hub processes a
-client also sees every change when it reconnects.
+client also sees every change when it reconnects. An erasure drops the updates about the
+person not yet sent (``prm_customer_erased``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -32,14 +34,29 @@ __all__ = ["Sessions", "sessions", "stream_route"]
 
 
 class Sessions:
-    """Open streams by dialogue id."""
+    """Open streams by dialogue id; each stream's queue holds (customer id, update) until sent."""
 
     def __init__(self) -> None:
-        self.open: dict[str, set[asyncio.Queue[dict[str, Any]]]] = defaultdict(set)
+        self.open: dict[str, set[asyncio.Queue[tuple[str, dict[str, Any]]]]] = defaultdict(set)
 
     def push(self, fulfillment: Fulfillment) -> None:
         for queue in self.open.get(fulfillment.dialogue_id, ()):
-            queue.put_nowait(fulfillment.to_json())
+            queue.put_nowait((fulfillment.customer_id, fulfillment.to_json()))
+
+    def forget(self, customer_ids: Sequence[str]) -> int:
+        """Drop the updates about these customers not yet sent (an erasure); how many."""
+        ids, dropped = set(customer_ids), 0
+        for queues in self.open.values():
+            for queue in queues:
+                waiting = []
+                while not queue.empty():
+                    waiting.append(queue.get_nowait())
+                for item in waiting:
+                    if item[0] in ids:
+                        dropped += 1
+                    else:
+                        queue.put_nowait(item)
+        return dropped
 
 
 sessions = Sessions()
@@ -66,7 +83,7 @@ def stream_route(max_s: float = 300.0) -> web.RouteDef:
             found = conn.execute(sa.select(d.id).where(d.id == dialogue, d.touchpoint == tp)).first()
             return fulfillments_of_dialogue(conn, dialogue) if found else None
 
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
         sessions.open[dialogue].add(queue)  # before reading: a change in between is not lost
         try:
             now = await hub.store.read(read)
@@ -74,16 +91,19 @@ def stream_route(max_s: float = 300.0) -> web.RouteDef:
                 raise ApiError(404, "not_found", f"no dialogue {dialogue} at {tp}", "dialogue")
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
             await response.prepare(request)
-            for f in reversed(now):
-                await response.write(_sse(f.to_json()))
-            deadline = asyncio.get_running_loop().time() + max_s
-            while (left := deadline - asyncio.get_running_loop().time()) > 0:
-                try:
-                    update = await asyncio.wait_for(queue.get(), timeout=min(left, 15.0))
-                except TimeoutError:
-                    await response.write(b": keep-alive\n\n")
-                    continue
-                await response.write(_sse(update))
+            try:
+                for f in reversed(now):
+                    await response.write(_sse(f.to_json()))
+                deadline = asyncio.get_running_loop().time() + max_s
+                while (left := deadline - asyncio.get_running_loop().time()) > 0:
+                    try:
+                        _, update = await asyncio.wait_for(queue.get(), timeout=min(left, 15.0))
+                    except TimeoutError:
+                        await response.write(b": keep-alive\n\n")
+                        continue
+                    await response.write(_sse(update))
+            except ConnectionResetError:
+                pass  # the client closed the stream: its normal end, nothing to report
             return response
         finally:
             sessions.open[dialogue].discard(queue)

@@ -28,7 +28,7 @@ from ..privacy.retention import retention_task
 from .errors import MAX_BODY_BYTES, error_middleware
 from .metrics import HubMetrics
 from .openapi import build_openapi
-from .ratelimit import RATE_LIMITS, KeyRateLimits
+from .ratelimit import RATE_LIMITED, RATE_LIMITS, REFUSALS, KeyRateLimits, RefusalLog
 from .routes import api, core_routes
 from .state import HUB, HUB_CONFIG, HUB_KEYS, HUB_METRICS
 
@@ -57,6 +57,9 @@ async def request_context(request: web.Request, handler: Any) -> web.StreamRespo
         elapsed = time.perf_counter() - started
         response.headers["X-Request-Id"] = request_id
         request.app[HUB_METRICS].http.labels(request.method, route, str(response.status)).observe(elapsed)
+        if response.status == 429:
+            _refused(request, route)
+            return response
         log.info(
             "http",
             method=request.method,
@@ -65,6 +68,15 @@ async def request_context(request: web.Request, handler: Any) -> web.StreamRespo
             elapsed_ms=round(elapsed * 1000, 2),
         )
         return response
+
+
+def _refused(request: web.Request, route: str) -> None:
+    """A 429: counted always, logged once per key (or route) per ``[server] rate_limit_log_s``."""
+    request.app[HUB_METRICS].rate_limited.labels(route).inc()
+    key_id = request.get(RATE_LIMITED)
+    refused = request.app[REFUSALS].refused(key_id or f"route:{route}")
+    if refused is not None:
+        log.warning("rate limited", route=route, key_id=key_id, refused=refused)
 
 
 async def _close_websockets(app: web.Application) -> None:
@@ -101,6 +113,7 @@ def create_app(
     app[HUB_METRICS] = HubMetrics()
     app[WEBSOCKETS] = weakref.WeakSet()
     app.on_shutdown.append(_close_websockets)
+    app[REFUSALS] = RefusalLog.from_config(config)
     limits = KeyRateLimits.from_config(config)
     if limits is not None:
         app[RATE_LIMITS] = limits

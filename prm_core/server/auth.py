@@ -12,7 +12,7 @@ from attrs import evolve
 from ..keys import ApiKey, allows
 from ..model import Event
 from .errors import ApiError
-from .ratelimit import RATE_LIMITS
+from .ratelimit import RATE_LIMITED, RATE_LIMITS
 from .state import API_KEY, HUB, HUB_KEYS
 
 __all__ = ["VERIFIABLE_FROM_BROWSERS", "as_claims", "authenticate", "presented_key", "public_refusal", "require"]
@@ -52,6 +52,7 @@ async def authenticate(request: web.Request, key: str | None = None) -> ApiKey:
     else:
         wait = None
     if wait is not None:
+        request[RATE_LIMITED] = record.id
         raise ApiError(
             429, "rate_limited", f"this key is over its rate limit; retry in {wait} s", **{"Retry-After": str(wait)}
         )

@@ -44,6 +44,15 @@ _HTTP_CODES = {
 }
 
 
+# the status of an answer nobody reads because the client closed the connection first
+CLIENT_CLOSED = 499
+
+
+def _route(request: web.Request) -> str:
+    # the route's template, not the path: a path can name a customer (/v1/customers/email:...)
+    return request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     try:
@@ -68,8 +77,17 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         if exc.status < 400:
             raise
         return error_response(exc.status, _HTTP_CODES.get(exc.status, "http_error"), exc.reason)
+    except ConnectionResetError as exc:
+        if request.transport is not None and not request.transport.is_closing():
+            return _unhandled(request, exc)  # another connection reset (a database's): a fault
+        # the client hung up (a stream it stopped following): nothing went wrong here, and the
+        # answer reaches nobody; 499 as proxies write it ("client closed request")
+        log.debug("client closed the connection", route=_route(request))
+        return web.Response(status=CLIENT_CLOSED)
     except Exception as exc:
-        # the route's template, not the path: a path can name a customer (/v1/customers/email:...)
-        route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
-        log.error("unhandled error", route=route, error=type(exc).__name__, exc_info=exc)
-        return error_response(500, "internal", "an internal error occurred; see the hub's log by X-Request-Id")
+        return _unhandled(request, exc)
+
+
+def _unhandled(request: web.Request, exc: Exception) -> web.Response:
+    log.error("unhandled error", route=_route(request), error=type(exc).__name__, exc_info=exc)
+    return error_response(500, "internal", "an internal error occurred; see the hub's log by X-Request-Id")

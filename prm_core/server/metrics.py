@@ -34,4 +34,8 @@ class HubMetrics:
             "prm_http_request_seconds", "HTTP requests by route and status", ["method", "route", "status"],
             buckets=_LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
+        self.rate_limited = Counter(
+            "prm_rate_limited", "Requests refused with 429, by route (logged a line per key per interval)", ["route"],
+            registry=r,
+        )  # fmt: skip
         self.pending = Gauge("prm_ingest_pending_events", "Events waiting for the group commit", registry=r)

@@ -22,7 +22,7 @@ import math
 import time
 
 from aiohttp import web
-from attrs import define
+from attrs import define, field
 from limits import RateLimitItem, parse_many
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
@@ -30,7 +30,7 @@ from limits.strategies import MovingWindowRateLimiter
 from ..config import Config
 from ..errors import ConfigError
 
-__all__ = ["DEFAULT_PUBLIC_RATE_LIMIT", "RATE_LIMITS", "KeyRateLimits"]
+__all__ = ["DEFAULT_PUBLIC_RATE_LIMIT", "RATE_LIMITED", "RATE_LIMITS", "REFUSALS", "KeyRateLimits", "RefusalLog"]
 
 DEFAULT_PUBLIC_RATE_LIMIT = "20/second;600/minute"
 
@@ -71,4 +71,39 @@ class KeyRateLimits:
         return None
 
 
+@define
+class RefusalLog:
+    """Which 429s earn a log line: the first of each key (or route, for a 429 without a key)
+    in every ``interval_s`` seconds, carrying how many were refused since the line before.
+
+    A flood is refused thousands of times a second; a line for each would be the flood again,
+    in the logs. The metric ``prm_rate_limited`` counts every one.
+    """
+
+    interval_s: float = 10.0
+    _seen: dict[str, tuple[float, int]] = field(factory=dict)
+
+    @classmethod
+    def from_config(cls, config: Config) -> RefusalLog:
+        raw = config.section("server").get("rate_limit_log_s", 10)
+        if isinstance(raw, bool) or not isinstance(raw, int | float) or raw < 0:
+            raise ConfigError(f"[server].rate_limit_log_s must be a number of seconds, got {raw!r}")
+        return cls(float(raw))
+
+    def refused(self, who: str) -> int | None:
+        """Count one refusal of ``who``: the refusals a log line now stands for, or None (quiet)."""
+        now = time.monotonic()
+        last = self._seen.get(who)
+        if last is not None and now - last[0] < self.interval_s:
+            self._seen[who] = (last[0], last[1] + 1)
+            return None
+        if len(self._seen) > 10_000:  # bounded: made-up keys cannot grow it
+            self._seen.clear()
+        self._seen[who] = (now, 0)
+        return 1 + (last[1] if last is not None else 0)
+
+
 RATE_LIMITS = web.AppKey("prm_rate_limits", KeyRateLimits)
+REFUSALS = web.AppKey("prm_refusals", RefusalLog)
+# the id of the key a request was refused for (a 429's log line names it)
+RATE_LIMITED = web.RequestKey("prm_rate_limited", str)
