@@ -142,10 +142,16 @@ def build_openapi(
         op = _operation(route, owners.get(path))
         path_params = [seg[1:-1].split(":")[0] for seg in path.split("/") if seg.startswith("{")]
         if path_params:
-            op.setdefault("parameters", [])
+            # a handler's ``params`` may describe a path parameter too: one entry, in the path
+            described = {p["name"]: p["description"] for p in op.get("parameters", []) if p["name"] in path_params}
+            query = [p for p in op.get("parameters", []) if p["name"] not in path_params]
             op["parameters"] = [
-                {"name": p, "in": "path", "required": True, "schema": _param_schema(enums.get(p))} for p in path_params
-            ] + op["parameters"]
+                {
+                    "name": p, "in": "path", "required": True, "schema": _param_schema(enums.get(p)),
+                    **({"description": described[p]} if p in described else {}),
+                }
+                for p in path_params
+            ] + query  # fmt: skip
         paths.setdefault(path, {})[route.method.lower()] = op
     return {
         "openapi": "3.1.0",
