@@ -358,8 +358,12 @@ def prm_fulfillment_updated(fulfillment: Fulfillment) -> None:
 
 @hookspec
 def prm_customer_erased(customer_id: str, merged_ids: Sequence[str]) -> Awaitable[None] | None:
-    """A customer was erased (``DELETE /v1/customers/{ref}``): purge your own rows about them.
+    """A customer was erased (``DELETE /v1/customers/{ref}``): purge your own rows about them,
+    and every copy you hold in memory (buffers for reconnecting clients, queued work, caches).
     *Awaitable.*
+
+    Called in the hub process that ran the erasure only: a plugin holding data in several
+    processes tells the others itself.
 
     Called after the core's part of the erasure is durable, with the erased customer's id and
     the ids merged into it (rows of yours may name any of them). Erasure may be run again for
