@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
+from multidict import MultiDict
 from prm_ivr.engine import Appointment, speak_window
 from test_ivr_support import ANN_PHONE, FieldService, count_all_events, dialogue_of, ivr_events, known_on_the_web
 from twilio.request_validator import RequestValidator
@@ -416,6 +417,31 @@ class TestHostileRequests:
         # the call goes on: the next (clean) request is answered
         resp = await post(hub_client, gather_path(root), call_params("CA0101", Digits="1"))
         assert resp.status == 200, await resp.text()
+
+    async def test_a_parameter_repeated_with_other_values_is_refused(self, hub_client):
+        """The signature covers each name's values as a set, so their order is the sender's
+        choice: two values for one name would let a replay pick which one counts."""
+        hub = hub_client.app[HUB]
+        pairs = [*call_params("CA0105").items(), ("Digits", "1"), ("Digits", "2")]
+        signature = signer.compute_signature(PUBLIC + BASE + "/voice", MultiDict(pairs))
+        for order in (pairs, [*pairs[:-2], ("Digits", "2"), ("Digits", "1")]):
+            resp = await hub_client.post(
+                f"{BASE}/voice",
+                data=urlencode(order),
+                headers={"X-Twilio-Signature": signature, "Content-Type": "application/x-www-form-urlencoded"},
+            )
+            assert resp.status == 422
+            assert (await resp.json())["error"]["field"] == "Digits"
+        # the same value twice is one value
+        same = [*call_params("CA0105").items(), ("Digits", "1"), ("Digits", "1")]
+        signature = signer.compute_signature(PUBLIC + BASE + "/voice", MultiDict(same))
+        resp = await hub_client.post(
+            f"{BASE}/voice",
+            data=urlencode(same),
+            headers={"X-Twilio-Signature": signature, "Content-Type": "application/x-www-form-urlencoded"},
+        )
+        assert resp.status == 200
+        assert await count_all_events(hub) > 0
 
     @pytest.mark.parametrize("sid", ["CA\x00", "CA 1", "CA/../1", "x" * 65, ""])
     async def test_a_call_sid_twilio_never_issues_is_refused(self, hub_client, sid):

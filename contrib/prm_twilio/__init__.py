@@ -164,6 +164,11 @@ class TwilioVoice:
             if not self.validator.validate(url, form, signature, algorithm):
                 raise forged
             params = dict(pairs)
+            if len(set(pairs)) != len(params):
+                # the signature covers each name's set of values, not their order: with two
+                # values, which one counts would be the sender's choice
+                repeated = sorted(name for name in params if len({v for k, v in pairs if k == name}) > 1)
+                raise ApiError(422, "invalid", "a parameter is repeated with different values", repeated[0])
         for name in sorted(params):
             if _CONTROL.search(name) or _CONTROL.search(params[name]):
                 field = name if not _CONTROL.search(name) else None
