@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 
 import pytest
 
@@ -160,3 +161,103 @@ async def test_one_bad_request_does_not_fail_others_sharing_its_commit(hub_clien
         hub_client.post("/v1/touchpoints/web/events", data=json.dumps(bad), headers=bearer(web)),
     )
     assert [r.status for r in results[:-1]] == [200] * 20
+
+
+# ---- slow clients ------------------------------------------------------------------------------
+
+BODY_TIMEOUT_S = 0.5
+SNOWPLOW = "/com.snowplowanalytics.snowplow/tp2"
+# how long a test waits for the hub to close a stalled connection before failing: well past the
+# configured deadline, and short of aiohttp's own 10 s wait for the rest of an unread body
+CLOSE_GUARD_S = 8.0
+
+
+async def stalled(
+    client, method: str, path: str, headers: dict[str, str], *, sent: bytes = b'{"sche'
+) -> tuple[int, bytes]:
+    """Send a request whose body stops short of its Content-Length and stalls, over a real
+    socket; the status and body of the answer, once the hub has closed the connection."""
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    lines = [f"{method} {path} HTTP/1.1", "Host: hub.test", f"Content-Length: {len(sent) + 100}"]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + sent)
+    await writer.drain()
+    try:
+        answer = await asyncio.wait_for(reader.read(-1), CLOSE_GUARD_S)  # until the hub closes
+    except TimeoutError:
+        pytest.fail(f"{method} {path}: the connection with a stalled body was still open after {CLOSE_GUARD_S} s")
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+class TestSlowClients:
+    """A body that stalls is answered 408 and its connection closed within [server] body_timeout_s."""
+
+    @pytest.fixture
+    def hub_config(self, database_url):
+        from prm_core.config import Config
+
+        raw = {
+            "server": {"body_timeout_s": BODY_TIMEOUT_S},
+            "touchpoints": {
+                "web": {"snowplow_app_ids": ["shop"]},
+                "ivr": {"twilio_auth_token": "slow-token"},
+                "pos": {"shopify_secret": "slow-secret", "square_signature_key": "slow-key"},
+            },
+        }
+        return Config(database_url=database_url, public_url="http://hub.test", raw=raw)
+
+    async def test_a_stalled_body_on_the_keyless_snowplow_route_is_408_and_closed(self, hub_client):
+        status, body = await stalled(hub_client, "POST", "/com.snowplowanalytics.snowplow/tp2", {})
+        assert status == 408
+        error = json.loads(body)["error"]
+        assert error["code"] == "timeout"
+        assert "body_timeout_s" in error["message"]
+
+    async def test_every_route_closes_a_stalled_body(self, hub_client, make_key):
+        """Every route that takes a body, with a key that may call it: the answer is a 4xx (408
+        when the route reads the body) and the connection closes, whatever the route."""
+        admin = await make_key("admin")
+        routes = {
+            (r.method, r.resource.canonical)
+            for r in hub_client.app.router.routes()
+            if r.method in ("POST", "PUT", "PATCH", "DELETE") and r.resource is not None
+        }
+        assert ("POST", "/com.snowplowanalytics.snowplow/tp2") in routes
+
+        def concrete(path: str) -> str:
+            return re.sub(r"\{[^}]+\}", lambda m: "web" if m.group(0) == "{tp}" else "x", path)
+
+        headers = {"Authorization": f"Bearer {admin}", "Content-Type": "application/json"}
+        answers = await asyncio.gather(*(stalled(hub_client, m, concrete(p), headers) for m, p in sorted(routes)))
+        got = {f"{m} {p}": status for (m, p), (status, _) in zip(sorted(routes), answers, strict=True)}
+        assert all(s < 500 for s in got.values()), got  # and every connection was closed (stalled)
+        for reads_its_body in ("POST /v1/touchpoints/{tp}/events", "POST /v1/touchpoints/pos/shopify/orders"):
+            assert got[reads_its_body] == 408
+
+    async def test_a_body_sent_in_pieces_within_the_deadline_is_read(self, hub_client):
+        event = {"e": "pv", "eid": "slow-1", "aid": "shop", "duid": "d-1", "url": "https://shop.example.com/"}
+        body = json.dumps(
+            {"schema": "iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-4", "data": [event]}
+        )
+        reader, writer = await asyncio.open_connection(hub_client.server.host, hub_client.server.port)
+        head = f"POST {SNOWPLOW} HTTP/1.1\r\nHost: hub.test\r\nContent-Length: {len(body)}\r\n\r\n"
+        writer.write(head.encode() + body[:10].encode())
+        await writer.drain()
+        await asyncio.sleep(BODY_TIMEOUT_S / 5)
+        writer.write(body[10:].encode())
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), CLOSE_GUARD_S)
+        writer.close()
+        assert status_line.startswith(b"HTTP/1.1 200")
+
+    @pytest.mark.parametrize("value", [0, -1, "10", True, 86400])
+    def test_a_bad_body_timeout_is_a_config_error(self, value):
+        from prm_core.config import Config
+        from prm_core.errors import ConfigError
+        from prm_core.server.app import create_app
+
+        with pytest.raises(ConfigError, match=r"\[server\].body_timeout_s"):
+            create_app(Config(raw={"server": {"body_timeout_s": value}}))

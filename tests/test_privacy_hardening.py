@@ -163,7 +163,7 @@ class TestRateLimits:
         from prm_core.server.app import create_app
         from prm_core.server.ratelimit import RATE_LIMITS
 
-        off = {"server": {"rate_limit": "off", "rate_limit_public": "off"}}
+        off = {"server": {"rate_limit": "off", "rate_limit_public": "off", "rate_limit_keyless": "off"}}
         assert RATE_LIMITS not in create_app(Config(raw=off))
         limits = create_app(Config())[RATE_LIMITS]
         assert limits.secret == [] and limits.public

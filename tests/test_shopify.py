@@ -202,6 +202,50 @@ async def test_an_order_then_its_payment_then_a_refund(hub_client, make_key):
     assert await count(hub_client, customers) == 2  # Jon and his household
 
 
+def resent(headers: dict[str, str], n: int, topic: str) -> dict[str, str]:
+    """The headers of a captured delivery, with what the signature does not cover changed."""
+    return {
+        **headers,
+        "X-Shopify-Webhook-Id": f"replayed-{n}",
+        "X-Shopify-Shop-Domain": f"shop-{n}.myshopify.com",
+        "X-Shopify-Triggered-At": f"2026-12-0{n + 1}T00:00:00.000Z",
+        "X-Shopify-Topic": topic,
+    }
+
+
+async def test_a_replayed_order_with_new_unsigned_headers_is_a_duplicate(hub_client, make_key):
+    """Only the body is signed: the webhook id, the shop domain and the topic are not, so a
+    captured order resent with new ones is the same order, counted once."""
+    read = {"Authorization": f"Bearer {await make_key('read')}"}
+    raw, headers = signed(ORDER, "orders/create", "first-delivery")
+    assert await (await hub_client.post(PATH, data=raw, headers=headers)).json() == {"accepted": 1, "duplicates": 0}
+    paid_raw, paid_headers = signed({**ORDER, "financial_status": "paid"}, "orders/paid", "paid-delivery")
+    refund_raw, refund_headers = signed(REFUND, "refunds/create", "refund-delivery")
+    assert (await hub_client.post(PATH, data=refund_raw, headers=refund_headers)).status == 200
+    before = await count(hub_client)
+    for n in range(3):
+        for body, original, topic in (
+            (raw, headers, "orders/create"),
+            (raw, headers, "orders/paid"),
+            (paid_raw, paid_headers, "orders/paid"),
+            (refund_raw, refund_headers, "refunds/create"),
+        ):
+            response = await hub_client.post(PATH, data=body, headers=resent(original, n, topic))
+            assert response.status == 200, await response.text()
+            assert (await response.json())["accepted"] == 0
+    # a refund resent as if it were an order (or the reverse) is refused or a duplicate, never counted
+    for body, original, topic in ((refund_raw, refund_headers, "orders/create"), (raw, headers, "refunds/create")):
+        response = await hub_client.post(PATH, data=body, headers=resent(original, 9, topic))
+        assert response.status in (200, 422), await response.text()
+        if response.status == 200:
+            assert (await response.json())["accepted"] == 0
+    assert await count(hub_client) == before
+    view = await (await hub_client.get("/v1/customers/email:jon@example.com", headers=read)).json()
+    assert view["metrics"]["order_count"] == 1
+    assert view["metrics"]["return_count"] == 1
+    assert view["metrics"]["revenue_by_currency"] == {"USD": "199.00"}
+
+
 @pytest.mark.parametrize(
     "forge",
     [

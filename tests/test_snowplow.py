@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import requests
+from limits import parse_many
 from prm_snowplow import GIF, decode_base64
 from snowplow_tracker import Emitter, PageView, SelfDescribing, SelfDescribingJson, StructuredEvent, Subject, Tracker
 
@@ -484,3 +485,48 @@ async def test_what_the_store_cannot_keep_is_refused(hub_client, body, status, f
     assert nul.status == 400
     assert (await nul.json())["error"]["field"] == "page"
     assert await stored_count(hub_client) == 0
+
+
+class TestKeylessRateLimit:
+    """Trackers carry no secret: keyless calls are counted per client address, both routes together."""
+
+    @pytest.fixture
+    def hub_config(self, database_url):
+        config = _config(database_url)
+        return Config(
+            database_url=config.database_url,
+            public_url=config.public_url,
+            raw={**config.raw, "server": {"rate_limit_keyless": "3/minute", "rate_limit": "off"}},
+        )
+
+    async def test_a_flood_of_keyless_calls_gets_429_with_retry_after_and_cors(self, hub_client, make_key):
+        statuses = []
+        for n in range(2):
+            statuses.append((await hub_client.post(TP2, json=payload(sp_event(f"f-{n}")))).status)
+        statuses.append((await hub_client.get("/i", params=sp_event("f-2"))).status)
+        before = await stored_count(hub_client)
+        flood = [
+            await hub_client.post(TP2, json=payload(sp_event("f-3")), headers={"Origin": ORIGIN}),
+            await hub_client.get("/i", params=sp_event("f-4"), headers={"Origin": ORIGIN}),
+        ]
+        assert statuses == [200, 200, 200]
+        for resp in flood:
+            assert resp.status == 429
+            assert (await resp.json())["error"]["code"] == "rate_limited"
+            assert 1 <= int(resp.headers["Retry-After"]) <= 60
+            assert resp.headers["Access-Control-Allow-Origin"] == ORIGIN  # a browser tracker can read it
+        assert await stored_count(hub_client) == before
+        # a server-side tracker with its key is counted against its key, not the address
+        key = await make_key("touchpoint:web")
+        resp = await hub_client.post(TP2, json=payload(sp_event("f-5")), headers=bearer(key))
+        assert resp.status == 200
+
+    def test_the_default_limits_keyless_calls_and_off_turns_it_off(self):
+        from prm_core.server.app import create_app
+        from prm_core.server.ratelimit import DEFAULT_KEYLESS_RATE_LIMIT, RATE_LIMITS
+
+        assert RATE_LIMITS in create_app(Config(raw={"server": {"rate_limit_public": "off"}}))
+        limits = create_app(Config())[RATE_LIMITS]
+        assert [str(item) for item in limits.keyless] == [str(i) for i in parse_many(DEFAULT_KEYLESS_RATE_LIMIT)]
+        off = {"server": {"rate_limit_public": "off", "rate_limit_keyless": "off"}}
+        assert RATE_LIMITS not in create_app(Config(raw=off))

@@ -224,3 +224,29 @@ async def test_a_completed_refund_is_a_return_of_its_payment(hub_client, make_ke
     assert m["revenue_by_currency"] == {"USD": "100.00"}
     (returned,) = [t for t in view["timeline"] if t["type"] == "pos.return"]
     assert returned["data"]["original_transaction"].endswith("/hYy9pRFVxpDsO1FB05SunFWUe9JZY")
+
+
+async def test_a_replayed_notification_with_new_unsigned_headers_is_a_duplicate(hub_client, make_key):
+    """Square signs the URL and the body; everything that names a delivery or a transaction
+    (``event_id``, the payment and refund ids, ``location_id``) is read from the signed body,
+    so a captured notification resent with new headers is counted once."""
+    read = {"Authorization": f"Bearer {await make_key('read')}"}
+    deliveries = [signed(PAYMENT_EVENT), signed(REFUND_EVENT)]
+    for raw, headers in deliveries:
+        assert (await hub_client.post(PATH, data=raw, headers=headers)).status == 200
+    before = await count(hub_client)
+    for n in range(3):
+        for raw, headers in deliveries:
+            unsigned = {
+                "Square-Retry-Number": str(n + 1),
+                "Square-Retry-Reason": "http_timeout",
+                "Square-Initial-Delivery-Timestamp": f"2026-12-0{n + 1}T00:00:00Z",
+                "X-Forwarded-For": f"203.0.113.{n}",
+                "User-Agent": f"replayer/{n}",
+            }
+            response = await hub_client.post(PATH, data=raw, headers={**headers, **unsigned})
+            assert response.status == 200, await response.text()
+            assert await response.json() == {"accepted": 0, "duplicates": 1}
+    assert await count(hub_client) == before
+    view = await (await hub_client.get("/v1/customers/email:ann@example.com", headers=read)).json()
+    assert (view["metrics"]["order_count"], view["metrics"]["return_count"]) == (1, 1)

@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
+from multidict import MultiDict
 from prm_ivr.engine import Appointment, speak_window
 from test_ivr_support import ANN_PHONE, FieldService, count_all_events, dialogue_of, ivr_events, known_on_the_web
 from twilio.request_validator import RequestValidator
@@ -373,3 +374,133 @@ async def test_no_personal_data_reaches_the_logs(hub_client, log_capture):
     assert "http" in text  # the capture did see the requests
     for personal in ("4155550100", "555-0100", "Ann", "Lee", "ann@example.com"):
         assert personal not in text
+
+
+class TestHostileRequests:
+    """What reaches a Twilio route without being Twilio: nothing is parsed before the signature
+    is checked, nothing unstorable is stored, and a captured request replays as a duplicate."""
+
+    @pytest.mark.parametrize(
+        "content_type", ["multipart/form-data", "text/plain", "application/octet-stream", "application/xml"]
+    )
+    async def test_a_body_twilio_never_sends_is_a_4xx_json_error_and_writes_nothing(self, hub_client, content_type):
+        import aiohttp
+
+        hub = hub_client.app[HUB]
+        params = call_params("CA0100")
+        # signed as the form Twilio would have sent: the signature is right, the body's type is not
+        headers = {"X-Twilio-Signature": signer.compute_signature(PUBLIC + BASE + "/voice", params)}
+        for path in (f"{BASE}/voice", f"{BASE}/gather?node=main&attempt=1", f"{BASE}/status"):
+            if content_type == "multipart/form-data":
+                form = aiohttp.FormData(params)
+                form.add_field("file", b"\x00" * 64, filename="x.bin", content_type="application/octet-stream")
+                resp = await hub_client.post(path, data=form, headers=headers)
+            else:
+                body = urlencode(params).encode()
+                resp = await hub_client.post(path, data=body, headers={**headers, "Content-Type": content_type})
+            assert 400 <= resp.status < 500, (path, resp.status, await resp.text())
+            assert "error" in await resp.json()
+        assert await count_all_events(hub) == 0
+
+    @pytest.mark.parametrize("field", ["CallSid", "Digits", "SpeechResult", "From", "Direction", "CallStatus"])
+    async def test_a_nul_in_a_signed_parameter_is_a_422_naming_it_and_writes_nothing(self, hub_client, field):
+        hub = hub_client.app[HUB]
+        root = twiml(await (await post(hub_client, f"{BASE}/voice", call_params("CA0101"))).text())
+        before = await count_all_events(hub)
+        bad = call_params("CA0101", Digits="1")
+        bad[field] = bad.get(field, "x") + "\x00"
+        for path in (f"{BASE}/voice", gather_path(root), f"{BASE}/status"):
+            resp = await post(hub_client, path, bad)
+            assert resp.status == 422, (path, resp.status, await resp.text())
+            assert (await resp.json())["error"]["field"] == field
+        assert await count_all_events(hub) == before
+        # the call goes on: the next (clean) request is answered
+        resp = await post(hub_client, gather_path(root), call_params("CA0101", Digits="1"))
+        assert resp.status == 200, await resp.text()
+
+    async def test_a_parameter_repeated_with_other_values_is_refused(self, hub_client):
+        """The signature covers each name's values as a set, so their order is the sender's
+        choice: two values for one name would let a replay pick which one counts."""
+        hub = hub_client.app[HUB]
+        pairs = [*call_params("CA0105").items(), ("Digits", "1"), ("Digits", "2")]
+        signature = signer.compute_signature(PUBLIC + BASE + "/voice", MultiDict(pairs))
+        for order in (pairs, [*pairs[:-2], ("Digits", "2"), ("Digits", "1")]):
+            resp = await hub_client.post(
+                f"{BASE}/voice",
+                data=urlencode(order),
+                headers={"X-Twilio-Signature": signature, "Content-Type": "application/x-www-form-urlencoded"},
+            )
+            assert resp.status == 422
+            assert (await resp.json())["error"]["field"] == "Digits"
+        # the same value twice is one value
+        same = [*call_params("CA0105").items(), ("Digits", "1"), ("Digits", "1")]
+        signature = signer.compute_signature(PUBLIC + BASE + "/voice", MultiDict(same))
+        resp = await hub_client.post(
+            f"{BASE}/voice",
+            data=urlencode(same),
+            headers={"X-Twilio-Signature": signature, "Content-Type": "application/x-www-form-urlencoded"},
+        )
+        assert resp.status == 200
+        assert await count_all_events(hub) > 0
+
+    @pytest.mark.parametrize("sid", ["CA\x00", "CA 1", "CA/../1", "x" * 65, ""])
+    async def test_a_call_sid_twilio_never_issues_is_refused(self, hub_client, sid):
+        hub = hub_client.app[HUB]
+        resp = await post(hub_client, f"{BASE}/voice", call_params(sid))
+        assert resp.status == 422
+        assert (await resp.json())["error"]["field"] == "CallSid"
+        assert await count_all_events(hub) == 0
+
+    @pytest.mark.parametrize("token", ["new-token-", None])
+    async def test_a_replayed_request_is_a_duplicate_whatever_its_idempotency_token(self, hub_client, token):
+        """Twilio signs no time: what bounds a replay is that the event's id comes from what the
+        signature covers (the URL and every parameter), so a replay is the same event."""
+        hub = hub_client.app[HUB]
+        first = await post(hub_client, f"{BASE}/voice", call_params("CA0102"), token="tok-a")
+        root = twiml(await first.text())
+        gathered = await post(hub_client, gather_path(root), call_params("CA0102", Digits="1"), token="tok-b")
+        before = await count_all_events(hub)
+        for n in range(3):
+            new_token = f"{token}{n}" if token else None
+            again = await post(hub_client, f"{BASE}/voice", call_params("CA0102"), token=new_token)
+            assert again.status == 200
+            assert await again.text() == await first.text()
+            replay = await post(hub_client, gather_path(root), call_params("CA0102", Digits="1"), token=new_token)
+            assert replay.status == 200
+            assert await replay.text() == await gathered.text()
+        assert await count_all_events(hub) == before
+
+    async def test_a_caller_who_comes_back_to_a_menu_is_recorded_each_time(self, hub_client):
+        """Each menu hands out its own action URL (Twilio signs it with the rest), so the same
+        key pressed at the same menu twice in one call is two inputs, not a replay."""
+        hub = hub_client.app[HUB]
+        root = twiml(await (await post(hub_client, f"{BASE}/voice", call_params("CA0103"))).text())
+        paths = []
+        for digits in ("1", "*", "1", "*", "1"):  # repairs, back, repairs, back, repairs
+            paths.append(gather_path(root))
+            resp = await post(hub_client, paths[-1], call_params("CA0103", Digits=digits))
+            root = twiml(await resp.text())
+        assert len(set(paths)) == len(paths)
+        inputs = [d for _, t, d in await ivr_events(hub, "CA0103") if t == "ivr.input"]
+        assert [(i["node"], i["digits"]) for i in inputs] == [
+            ("main", "1"), ("repair", "*"), ("main", "1"), ("repair", "*"), ("main", "1"),
+        ]  # fmt: skip
+        menus = [d["node"] for _, t, d in await ivr_events(hub, "CA0103") if t == "ivr.menu"]
+        assert menus == ["main", "repair", "main", "repair", "main", "repair"]
+
+    async def test_a_call_that_ended_takes_no_more_menu_events(self, hub_client):
+        hub = hub_client.app[HUB]
+        root = twiml(await (await post(hub_client, f"{BASE}/voice", call_params("CA0104"))).text())
+        menu = gather_path(root)
+        resp = await post(hub_client, f"{BASE}/status", call_params("CA0104", CallStatus="completed"))
+        assert resp.status == 200
+        before = await count_all_events(hub)
+        # a signed Gather of this call never sent before (captured elsewhere, or forged by
+        # someone holding the token's old signatures): the call is over, nothing is recorded
+        resp = await post(hub_client, menu, call_params("CA0104", Digits="2"))
+        assert resp.status == 200
+        root = twiml(await resp.text())
+        assert [e.tag for e in root] == ["Hangup"]
+        resp = await post(hub_client, f"{BASE}/voice", call_params("CA0104", Direction="inbound", ForwardedFrom="x"))
+        assert [e.tag for e in twiml(await resp.text())] == ["Hangup"]
+        assert await count_all_events(hub) == before

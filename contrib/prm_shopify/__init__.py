@@ -3,8 +3,13 @@
 Authenticated by Shopify's own signature, not an API key: ``X-Shopify-Hmac-Sha256`` is the
 base64 HMAC-SHA256 of the raw body under the app's secret, ``[touchpoints.pos]
 shopify_secret``, compared in constant time. A missing or wrong signature (or no secret
-configured) is a 401 and nothing is written. ``X-Shopify-Webhook-Id`` de-duplicates
-redeliveries.
+configured) is a 401 and nothing is written.
+
+Redeliveries and replays are de-duplicated on what the signature covers, the body: an order
+is processed once per order id (``order:<id>``), a refund once per refund id
+(``refund:<id>``). The headers are not signed (``X-Shopify-Webhook-Id``,
+``X-Shopify-Shop-Domain``, ``X-Shopify-Topic``), so a captured body resent with new ones is
+still the same order: acknowledged as a duplicate, counted once.
 
 Topics (``X-Shopify-Topic``), mapped to canonical transactions (:mod:`prm_pos.transaction`):
 
@@ -38,7 +43,7 @@ from aiohttp import web
 from prm_pos import money
 from prm_pos.recording import find_transaction
 from prm_pos.transaction import Transaction, parse_transaction
-from prm_pos.webhooks import already_processed, answer_delivery, mark_processed, signature_matches, unauthorized
+from prm_pos.webhooks import already_processed, answer_delivery, signature_matches, unauthorized
 
 from prm_core import hookimpl
 from prm_core.config import Config
@@ -252,23 +257,32 @@ async def shopify_orders(request: web.Request) -> web.Response:
     secret = str(hub.config.touchpoint("pos").get("shopify_secret") or "")
     if not signature_matches(request.headers.get("X-Shopify-Hmac-Sha256"), secret, raw):
         raise unauthorized("Shopify")
-    webhook_id = request.headers.get("X-Shopify-Webhook-Id")
-    if await already_processed(request, "shopify", webhook_id):
-        return web.json_response({"accepted": 0, "duplicates": 1})
     topic = request.headers.get("X-Shopify-Topic", "")
     shop = request.headers.get("X-Shopify-Shop-Domain")
     if topic not in (*SALE_TOPICS, REFUND_TOPIC):
         log.info("shopify topic ignored", topic=topic[:64])
-        await mark_processed(request, "shopify", webhook_id)
         return web.json_response({"accepted": 0, "duplicates": 0, "ignored": topic[:64]})
     payload = money.loads(raw)
+    delivery = _delivery_key(payload, "order" if topic in SALE_TOPICS else "refund")
+    if await already_processed(request, "shopify", delivery):
+        return web.json_response({"accepted": 0, "duplicates": 1})
     if topic in SALE_TOPICS:
         transactions = [order_transaction(payload, shop)]
     else:
         currency = payload.get("currency") if isinstance(payload, Mapping) else None
         found = await refund_transaction(payload, shop, hub, currency)
         transactions = [found] if found is not None else []
-    return await answer_delivery(request, "shopify", webhook_id, transactions)
+    return await answer_delivery(request, "shopify", delivery, transactions)
+
+
+def _delivery_key(payload: Any, resource: str) -> str | None:
+    """What names a delivery, from the signed body: ``order:<id>`` or ``refund:<id>`` (``None``
+    without an id: the body is then refused naming it). orders/create and orders/paid name the
+    same order, so the second is a duplicate of the first."""
+    found = payload.get("id") if isinstance(payload, Mapping) else None
+    if found is None or isinstance(found, bool | dict | list):
+        return None
+    return f"{resource}:{found}"[:200]
 
 
 @hookimpl

@@ -15,7 +15,9 @@ is missing or not listed is refused whole with 401, and nothing is written. Sinc
 read an app id in a page's source, a tracker's ``uid`` is only a claim (kept in
 ``data.claimed_identities``, linking nobody) unless the call carries a ``touchpoint:web`` key
 that is not public (``Authorization: Bearer``, what a server-side tracker can send); a wrong
-key is refused (401/403).
+key is refused (401/403). A call without a key is counted per client address
+(``[server] rate_limit_keyless``, default ``"20/second;600/minute"``, both routes together):
+past it, 429 with ``Retry-After``.
 
 Mapping to the hub's Event:
 
@@ -59,7 +61,7 @@ from prm_core.config import Config
 from prm_core.events import MAX_EVENTS_PER_CALL
 from prm_core.hub import Hub
 from prm_core.model import Adapter, Event, Identity
-from prm_core.server.auth import presented_key, require
+from prm_core.server.auth import limit_keyless, presented_key, require
 from prm_core.server.errors import MAX_BODY_BYTES, ApiError
 from prm_core.server.routes import MAX_DEPTH, api, ingest, parse_json_body, too_deep
 from prm_core.server.state import HUB
@@ -444,6 +446,12 @@ async def _post_body(request: web.Request) -> list[Any]:
     return events
 
 
+def _admit(request: web.Request) -> None:
+    """Count a keyless call against its client address (a call with a key counts against its key)."""
+    if presented_key(request) is None:
+        limit_keyless(request, "snowplow")
+
+
 def _handlers(allowed: frozenset[str]) -> tuple[Any, Any, Any]:
     @api(
         "Snowplow tracker protocol: a payload_data batch of events (app id must be listed in config)",
@@ -454,12 +462,14 @@ def _handlers(allowed: frozenset[str]) -> tuple[Any, Any, Any]:
             400: "Malformed JSON or an invalid event; `field` names it",
             401: "An app id (aid) missing or not listed",
             413: "Body too large",
+            429: "Too many calls from this address ([server] rate_limit_keyless)",
         },
         public=True,
     )
     async def snowplow_tp2(request: web.Request) -> web.Response:
         cors = _cors(request)
         try:
+            _admit(request)
             events = await _post_body(request)
             await _record(request, events, "data", allowed)
         except ApiError as exc:
@@ -474,12 +484,14 @@ def _handlers(allowed: frozenset[str]) -> tuple[Any, Any, Any]:
             200: "a 1x1 transparent GIF, once durable",
             400: "An invalid event; `field` names it",
             401: "The app id (aid) missing or not listed",
+            429: "Too many calls from this address ([server] rate_limit_keyless)",
         },
         public=True,
     )
     async def snowplow_pixel(request: web.Request) -> web.Response:
         cors = _cors(request)
         try:
+            _admit(request)
             await _record(request, [dict(request.query)], "", allowed)
         except ApiError as exc:
             exc.headers.update(cors)

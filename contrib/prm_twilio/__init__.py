@@ -15,20 +15,32 @@ is then required, since Twilio signs the URL it called):
 Every request is checked with the ``twilio`` library's ``RequestValidator`` against
 ``public_url`` + the path and query Twilio called: form bodies by their parameters, JSON bodies
 by the ``bodySHA256`` query parameter. A missing or forged ``X-Twilio-Signature`` gets 401
-JSON and writes nothing. ``I-Twilio-Idempotency-Token`` is the request key: a retry gets the
-TwiML of the first answer and records nothing new.
+JSON and writes nothing; so does any other body (multipart, text: 415), which is not parsed.
+A signed parameter holding a control character (a NUL) is a 422 naming it, and so is a
+``CallSid`` that is not letters and digits: nothing is written.
+
+Replays: Twilio signs no time, so a captured request stays valid. The request key is a digest
+of exactly what the signature covers (the URL with its query, every parameter), so a retry or
+a replay, whatever its ``I-Twilio-Idempotency-Token`` (unsigned), is the same request: it gets
+the TwiML of the first answer and records nothing new. Each menu's action URL carries the key
+of the request that asked it (``step``), so a caller who comes back to a menu and presses the
+same key is a new request, and Twilio signs the step with the rest. A call that has ended
+(hung up, transferred, served) takes no more turns: a new request for it is answered with
+``<Hangup/>`` and records nothing.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 import structlog
 from aiohttp import web
+from multidict import MultiDict
 from prm_ivr import Call, Engine, IvrCalls, Turn, menu_for
 from twilio.request_validator import (
     HMAC_SHA1,
@@ -52,18 +64,30 @@ __all__ = ["BASE", "prm_adapters", "render"]
 BASE = "/v1/touchpoints/ivr/twilio"
 TERMINAL = frozenset({"completed", "busy", "failed", "no-answer", "canceled"})
 SIGNATURE_ALGORITHMS = frozenset({HMAC_SHA1, HMAC_SHA256})  # what the twilio library can verify
+FORM = "application/x-www-form-urlencoded"
+# Twilio's call SIDs are "CA" and 32 hex digits; letters and digits only keeps ids and logs clean
+_SID = re.compile(r"^[A-Za-z0-9]{1,64}$")
+# C0 controls but tab, newline and carriage return: nothing Twilio sends, and NUL is unstorable
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 log = structlog.get_logger(__name__)
 
 
-def render(turn: Turn, gather_url: str, *, dial: Mapping[str, str] | None = None, voice: str | None = None) -> str:
-    """The TwiML of one turn. ``gather_url`` is the action URL (without ``node``/``attempt``)."""
+def render(
+    turn: Turn, gather_url: str, *, dial: Mapping[str, str] | None = None, voice: str | None = None,
+    step: str | None = None,
+) -> str:  # fmt: skip
+    """The TwiML of one turn. ``gather_url`` is the action URL (without ``node``/``attempt``);
+    ``step``, when given, is added to its query: the key of the request this turn answers."""
     response = VoiceResponse()
     say_kw = {"voice": voice} if voice else {}
     for line in turn.say:
         response.say(line, **say_kw)
     if turn.gather is not None:
         g = turn.gather
-        action = f"{gather_url}?{urlencode({'node': g.node, 'attempt': g.attempt})}"
+        query: dict[str, str | int] = {"node": g.node, "attempt": g.attempt}
+        if step is not None:
+            query["step"] = step
+        action = f"{gather_url}?{urlencode(query)}"
         gather = Gather(
             input="dtmf speech", action=action, method="POST", num_digits=1, timeout=g.timeout_s,
             hints=", ".join(g.words) or None,
@@ -108,8 +132,13 @@ class TwilioVoice:
         self.dial = {str(k): str(v) for k, v in twilio.get("dial", {}).items()}
         self.say_voice = twilio.get("voice")
 
-    async def _verified(self, request: web.Request) -> Mapping[str, Any]:
-        """The webhook's parameters once its signature is checked; 401 otherwise."""
+    async def _verified(self, request: web.Request) -> Mapping[str, str]:
+        """The webhook's parameters once its signature is checked; 401 otherwise.
+
+        Only what Twilio sends is read: a form or a JSON body (anything else is a 415 and is
+        not parsed). A form's signature covers its decoded parameters, so the form is decoded
+        (as text, strictly) first; nothing else is looked at before the signature matches.
+        """
         signature = request.headers.get("X-Twilio-Signature")
         if not signature:
             raise ApiError(401, "unauthorized", "the X-Twilio-Signature header is missing", "X-Twilio-Signature")
@@ -121,51 +150,68 @@ class TwilioVoice:
                 401, "unauthorized", f"{SIGNATURE_SETTINGS_HEADER} names an unsupported algorithm",
                 SIGNATURE_SETTINGS_HEADER,
             )  # fmt: skip
+        if request.content_type not in (FORM, "application/json"):
+            raise ApiError(415, "unsupported_media_type", f"Twilio webhooks are {FORM} or application/json")
         raw = await request.read()
+        forged = ApiError(401, "unauthorized", "the X-Twilio-Signature does not match", "X-Twilio-Signature")
         if request.content_type == "application/json":
             # Twilio signs a JSON body through the bodySHA256 query parameter of the URL
             if "bodySHA256" not in request.query:
                 raise ApiError(401, "unauthorized", "a JSON webhook must carry bodySHA256", "bodySHA256")
             body_text = raw.decode("utf-8", errors="replace")
-            valid = self.validator.validate(url, body_text, signature, algorithm)
-            if not valid:
-                raise ApiError(401, "unauthorized", "the X-Twilio-Signature does not match", "X-Twilio-Signature")
+            if not self.validator.validate(url, body_text, signature, algorithm):
+                raise forged
             try:
-                params = json.loads(body_text)
+                parsed = json.loads(body_text)
             except json.JSONDecodeError:
                 raise ApiError(400, "malformed_json", "the body is not valid JSON") from None
-            if not isinstance(params, Mapping):
+            if not isinstance(parsed, Mapping):
                 raise ApiError(400, "malformed_json", "the body must be a JSON object")
-            return {str(k): v for k, v in params.items()}
-        form = await request.post()
-        if not self.validator.validate(url, form, signature, algorithm):
-            raise ApiError(401, "unauthorized", "the X-Twilio-Signature does not match", "X-Twilio-Signature")
-        return {k: v for k, v in form.items() if isinstance(v, str)}
+            params = {str(k): v for k, v in parsed.items() if isinstance(v, str)}
+        else:
+            try:
+                pairs = parse_qsl(raw.decode("ascii"), keep_blank_values=True, errors="strict", max_num_fields=500)
+            except (UnicodeDecodeError, ValueError):
+                raise ApiError(400, "bad_request", "the body is not a URL-encoded form of UTF-8 text") from None
+            form = MultiDict(pairs)
+            if not self.validator.validate(url, form, signature, algorithm):
+                raise forged
+            params = dict(pairs)
+            if len(set(pairs)) != len(params):
+                # the signature covers each name's set of values, not their order: with two
+                # values, which one counts would be the sender's choice
+                repeated = sorted(name for name in params if len({v for k, v in pairs if k == name}) > 1)
+                raise ApiError(422, "invalid", "a parameter is repeated with different values", repeated[0])
+        for name in sorted(params):
+            if _CONTROL.search(name) or _CONTROL.search(params[name]):
+                field = name if not _CONTROL.search(name) else None
+                raise ApiError(422, "invalid", "a parameter holds a control character", field)
+        return params
 
     def _call(self, params: Mapping[str, Any]) -> Call:
         sid = params.get("CallSid")
-        if not isinstance(sid, str) or not sid or len(sid) > 64:
-            raise ApiError(422, "invalid", "CallSid is required", "CallSid")
+        if not isinstance(sid, str) or not _SID.match(sid):
+            raise ApiError(422, "invalid", "CallSid is required: letters and digits, at most 64", "CallSid")
         caller = params.get("From") or params.get("Caller")
         return Call(id=sid, source="twilio", caller_number=caller if isinstance(caller, str) and caller else None)
 
-    @staticmethod
-    def _key(request: web.Request, params: Mapping[str, Any]) -> str:
-        """Twilio's idempotency token, else a digest of what was asked (a retry repeats both)."""
-        token = request.headers.get("I-Twilio-Idempotency-Token")
-        if token and len(token) <= 100:
-            return "t-" + hashlib.sha256(token.encode()).hexdigest()[:32]
-        canonical = json.dumps([request.path_qs, sorted(params.items())], default=str)
-        return "p-" + hashlib.sha256(canonical.encode()).hexdigest()[:32]
+    def _key(self, request: web.Request, params: Mapping[str, str]) -> str:
+        """A digest of what the signature covers, the URL and every parameter: a retry and a
+        replay repeat both (an unsigned header such as I-Twilio-Idempotency-Token cannot tell
+        them apart), a new turn of the call differs in its URL's ``step`` or its input."""
+        canonical = json.dumps([self.public_url + request.raw_path, sorted(params.items())])
+        return "s" + hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
-    def _respond(self, turn: Turn) -> web.Response:
-        return _twiml(render(turn, self.public_url + BASE + "/gather", dial=self.dial, voice=self.say_voice))
+    def _respond(self, turn: Turn, key: str) -> web.Response:
+        gather_url = self.public_url + BASE + "/gather"
+        return _twiml(render(turn, gather_url, dial=self.dial, voice=self.say_voice, step=key))
 
     async def voice(self, request: web.Request) -> web.Response:
         params = await self._verified(request)
+        call, key = self._call(params), self._key(request, params)
         calls = IvrCalls(request.app[HUB], self.engine)
-        turn = await calls.start(self._call(params), self._key(request, params), {"direction": params.get("Direction")})
-        return self._respond(turn)
+        turn = await calls.start(call, key, {"direction": params.get("Direction")})
+        return self._respond(turn, key)
 
     async def gather(self, request: web.Request) -> web.Response:
         params = await self._verified(request)
@@ -173,14 +219,13 @@ class TwilioVoice:
             attempt = max(1, min(int(request.query.get("attempt", "1")), 99))
         except ValueError:
             raise ApiError(422, "invalid", "attempt must be a whole number", "attempt") from None
-        digits, speech = params.get("Digits"), params.get("SpeechResult")
+        call, key = self._call(params), self._key(request, params)
         calls = IvrCalls(request.app[HUB], self.engine)
         turn = await calls.answer(
-            self._call(params), self._key(request, params), request.query.get("node"),
-            digits=digits if isinstance(digits, str) else None, speech=speech if isinstance(speech, str) else None,
-            attempt=attempt,
+            call, key, request.query.get("node"),
+            digits=params.get("Digits"), speech=params.get("SpeechResult"), attempt=attempt,
         )  # fmt: skip
-        return self._respond(turn)
+        return self._respond(turn, key)
 
     async def status(self, request: web.Request) -> web.Response:
         params = await self._verified(request)
@@ -193,7 +238,12 @@ class TwilioVoice:
         return _twiml(str(VoiceResponse()))
 
     def routes(self) -> tuple[web.RouteDef, ...]:
-        errors = {200: "TwiML", 401: "Missing or forged X-Twilio-Signature"}
+        errors = {
+            200: "TwiML",
+            401: "Missing or forged X-Twilio-Signature",
+            415: "A body Twilio does not send (not a form or JSON)",
+            422: "A bad CallSid, or a parameter holding a control character; `field` names it",
+        }
 
         @api("Twilio voice webhook: a call comes in; answers TwiML", scope=None, responses=errors)
         async def voice(request: web.Request) -> web.StreamResponse:

@@ -11,10 +11,11 @@ the IVR budget), lets the :class:`~prm_ivr.engine.Engine` decide the turn, and r
 - the dialogue key is the call id; every event carries the caller's phone (E.164), so a
   caller known from the web by the same number in another spelling is the same customer.
 
-Event ids come from the call id and the adapter's request key (Twilio's idempotency token,
-the AGI turn number), so a retried request records nothing new and gets the turn stored
-the first time. A call ends once: ``ivr.ended``'s id is the call's, and a later hang-up
-after a transfer is a duplicate.
+Event ids come from the call id and the adapter's request key (a digest of what Twilio
+signed, the AGI turn number), so a retried or replayed request records nothing new and gets
+the turn stored the first time. A call ends once: ``ivr.ended``'s id is the call's, and a
+later hang-up after a transfer is a duplicate. A call that ended takes no more turns: a new
+request for it is answered with :data:`ENDED` (hang up) and records nothing.
 """
 
 from __future__ import annotations
@@ -36,9 +37,11 @@ from prm_core.store.tables import events as events_table
 
 from .engine import Appointment, Caller, Engine, Outcome, Turn
 
-__all__ = ["TOUCHPOINT", "Call", "IvrCalls", "appointment_of", "caller_from"]
+__all__ = ["ENDED", "TOUCHPOINT", "Call", "IvrCalls", "appointment_of", "caller_from"]
 
 TOUCHPOINT = "ivr"
+# the answer to a request for a call that has ended: nothing to say, hang up
+ENDED = Turn(node="ended")
 log = structlog.get_logger(__name__)
 
 # hub.request runs on after a late answer (its events must become durable); keep a reference
@@ -205,13 +208,17 @@ class IvrCalls:
         return turn
 
     async def _stored_turn(self, call: Call, key: str) -> Turn | None:
-        """The turn recorded for this request key before (a retry), if any."""
+        """The turn recorded for this request key before (a retry or a replay), :data:`ENDED`
+        when the call has ended since, else ``None`` (a new turn)."""
         event_id = f"{call.source}:{call.id}:{key}:menu"[:200]
+        ended_id = self._ended(call, "abandoned").id
         c = events_table.c
 
-        def read(conn: Any) -> Any:
-            q = sa.select(c.data).where(c.touchpoint == TOUCHPOINT, c.event_id == event_id)
-            return conn.execute(q).scalar_one_or_none()
+        def read(conn: Any) -> dict[str, Any]:
+            q = sa.select(c.event_id, c.data).where(c.touchpoint == TOUCHPOINT, c.event_id.in_([event_id, ended_id]))
+            return {row.event_id: row.data for row in conn.execute(q)}
 
-        data = await self.hub.store.read(read)
-        return Turn.from_data(data) if data else None
+        found = await self.hub.store.read(read)
+        if found.get(event_id):
+            return Turn.from_data(found[event_id])
+        return ENDED if ended_id in found else None

@@ -25,6 +25,7 @@ from ..planning.routes import planning_routes
 from ..plugins import collect_registrations, make_plugin_manager
 from ..privacy.http import privacy_routes
 from ..privacy.retention import retention_task
+from .deadlines import body_deadline, body_timeout_s
 from .errors import MAX_BODY_BYTES, error_middleware
 from .metrics import HubMetrics
 from .openapi import build_openapi
@@ -104,7 +105,8 @@ def create_app(
     pm = make_plugin_manager(plugins, autoload=autoload)
     registrations = collect_registrations(pm, config)
     app = web.Application(
-        middlewares=[request_context, error_middleware],
+        # a stalled body is answered 408 within [server] body_timeout_s (prm_core.server.deadlines)
+        middlewares=[request_context, error_middleware, body_deadline(body_timeout_s(config))],
         client_max_size=MAX_BODY_BYTES,
         # a Snowplow GET carries its event in the query string: allow long request lines
         handler_args={"max_field_size": 16 * 1024, "max_line_size": 32 * 1024},

@@ -15,7 +15,15 @@ from .errors import ApiError
 from .ratelimit import RATE_LIMITED, RATE_LIMITS
 from .state import API_KEY, HUB, HUB_KEYS
 
-__all__ = ["VERIFIABLE_FROM_BROWSERS", "as_claims", "authenticate", "presented_key", "public_refusal", "require"]
+__all__ = [
+    "VERIFIABLE_FROM_BROWSERS",
+    "as_claims",
+    "authenticate",
+    "limit_keyless",
+    "presented_key",
+    "public_refusal",
+    "require",
+]
 
 
 def presented_key(request: web.Request) -> str | None:
@@ -58,6 +66,18 @@ async def authenticate(request: web.Request, key: str | None = None) -> ApiKey:
         )
     request[API_KEY] = record
     return record
+
+
+def limit_keyless(request: web.Request, route: str) -> None:
+    """Count a call of a route that takes no key (``[server] rate_limit_keyless``, per route and
+    client address); 429 with ``Retry-After`` past the limit. A call that presents a key is
+    counted against its key by :func:`authenticate` instead."""
+    limits = request.app.get(RATE_LIMITS)
+    wait = limits.retry_after_keyless(route, request.remote) if limits is not None else None
+    if wait is not None:
+        raise ApiError(
+            429, "rate_limited", f"too many calls from this address; retry in {wait} s", **{"Retry-After": str(wait)}
+        )
 
 
 async def require(request: web.Request, scope: str, *others: str, key: str | None = None) -> ApiKey:

@@ -9,6 +9,9 @@ Two limits, each in the ``limits`` library's notation (several joined by ``;``, 
 - ``[server] rate_limit`` (default off) counts each *secret* key: an integrator's server, a
   store's point of sale, a partner. Set it so that one leaked or runaway key cannot take the
   hub's whole capacity; the default leaves it off so bulk loads and benchmarks are not cut.
+- ``[server] rate_limit_keyless`` (default ``"20/second;600/minute"``) counts the calls of a
+  route that takes no key at all (the Snowplow collector's ``tp2`` and ``/i``: trackers carry
+  no secret) per route and client address, as for public keys and for the same reason.
 
 Counting is in memory, per hub process (moving window): with several processes the
 effective limit is that many times higher, which serves the purpose. Behind a proxy the
@@ -30,9 +33,19 @@ from limits.strategies import MovingWindowRateLimiter
 from ..config import Config
 from ..errors import ConfigError
 
-__all__ = ["DEFAULT_PUBLIC_RATE_LIMIT", "RATE_LIMITED", "RATE_LIMITS", "REFUSALS", "KeyRateLimits", "RefusalLog"]
+__all__ = [
+    "DEFAULT_KEYLESS_RATE_LIMIT",
+    "DEFAULT_PUBLIC_RATE_LIMIT",
+    "RATE_LIMITED",
+    "RATE_LIMITS",
+    "REFUSALS",
+    "KeyRateLimits",
+    "RefusalLog",
+]
 
 DEFAULT_PUBLIC_RATE_LIMIT = "20/second;600/minute"
+# what one browser's tracker sends, as for a public key
+DEFAULT_KEYLESS_RATE_LIMIT = DEFAULT_PUBLIC_RATE_LIMIT
 
 
 def _items(config: Config, name: str, default: str) -> list[RateLimitItem]:
@@ -47,23 +60,33 @@ def _items(config: Config, name: str, default: str) -> list[RateLimitItem]:
 
 @define
 class KeyRateLimits:
-    """The limits of secret and of public keys, counted per key (and client, for public ones)."""
+    """The limits of secret and of public keys, counted per key (and client, for public ones),
+    and of keyless routes, counted per route and client."""
 
     secret: list[RateLimitItem]
     public: list[RateLimitItem]
     limiter: MovingWindowRateLimiter
+    keyless: list[RateLimitItem] = field(factory=list)
 
     @classmethod
     def from_config(cls, config: Config) -> KeyRateLimits | None:
         secret = _items(config, "rate_limit", "off")
         public = _items(config, "rate_limit_public", DEFAULT_PUBLIC_RATE_LIMIT)
-        if not secret and not public:
+        keyless = _items(config, "rate_limit_keyless", DEFAULT_KEYLESS_RATE_LIMIT)
+        if not secret and not public and not keyless:
             return None
-        return cls(secret, public, MovingWindowRateLimiter(MemoryStorage()))
+        return cls(secret, public, MovingWindowRateLimiter(MemoryStorage()), keyless)
 
     def retry_after(self, key_id: str, *, public: bool, client: str | None) -> int | None:
         """Count one call: None when it may go on, else the whole seconds to wait."""
         items, who = (self.public, f"{key_id}|{client}") if public else (self.secret, key_id)
+        return self._hit(items, who)
+
+    def retry_after_keyless(self, route: str, client: str | None) -> int | None:
+        """Count one call of keyless ``route`` from ``client``, as :meth:`retry_after`."""
+        return self._hit(self.keyless, f"keyless:{route}|{client}")
+
+    def _hit(self, items: list[RateLimitItem], who: str) -> int | None:
         for item in items:
             if not self.limiter.hit(item, who):
                 reset = self.limiter.get_window_stats(item, who).reset_time
