@@ -48,7 +48,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     "keys": ("prm_core/keys.py", ["tests/test_keys.py"]),
     "auth": ("prm_core/server/auth.py", ["tests/test_auth.py", "tests/test_keys.py"]),
     "identity": ("prm_core/identity.py", ["tests/test_identity.py"]),
-    "merging": ("prm_core/merging.py", ["tests/test_merges.py", "tests/test_pos_metrics.py"]),
+    "merging": ("prm_core/merging.py", ["tests/test_purchases.py", "tests/test_merges.py"]),
     "dialogue": ("prm_core/dialogue.py", ["tests/test_dialogues.py"]),
     "rules": ("prm_core/planning/rules.py", ["tests/test_rules.py", "tests/test_tiers.py"]),
     "formats": ("prm_core/formats.py", ["tests/test_formats.py", "tests/test_hardening.py"]),
@@ -373,12 +373,16 @@ def _warm() -> None:
             importlib.import_module(name)
 
 
-def run(names: list[str], *, budget: float, timeout_factor: float, logs: Path) -> Iterator[Result]:
+def run(
+    names: list[str], *, budget: float, timeout_factor: float, logs: Path, only_keys: dict[str, set[str]] | None = None
+) -> Iterator[Result]:
     deadline = time.monotonic() + budget
     for name in names:
         path, tests = MODULES[name]
         tests = [t for t in tests if (ROOT / t.split("::")[0]).exists()]
         found = mutants(name)
+        if only_keys is not None:
+            found = [m for m in found if m.key in only_keys.get(name, set())]
         result = Result(name, total=len(found))
         equivalent = EQUIVALENT.get(name, {})
         status, result.baseline = _run_tests(tests, None, 3600, logs / f"{name}-baseline.log")
@@ -390,7 +394,9 @@ def run(names: list[str], *, budget: float, timeout_factor: float, logs: Path) -
             yield result
             continue
         timeout = max(10.0, timeout_factor * result.baseline + 5)
-        for mutant in found:
+        for n, mutant in enumerate(found, 1):
+            if n % 25 == 0:
+                print(f"  {name}: {n}/{len(found)}", flush=True)
             if mutant.key in equivalent:
                 result.equivalent += 1
                 continue
@@ -414,6 +420,7 @@ def main() -> None:
     parser.add_argument("--timeout-factor", type=float, default=3.0, help="a mutant's time limit / unmutated run")
     parser.add_argument("--logs", default="/tmp/prm-mutation", help="each run's pytest output (the last one kept)")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--rerun", metavar="JSON", help="run only the survivors listed in an earlier --json file")
     args = parser.parse_args()
     if args.list:
         for m in mutants(args.list):
@@ -421,6 +428,10 @@ def main() -> None:
             print(f"{MODULES[args.list][0]}:{m.line}  {m.key}{mark}")
         return
     names = [n.strip() for n in args.only.split(",") if n.strip()]
+    only_keys = None
+    if args.rerun:
+        only_keys = {r["module"]: set(r["survivors"]) for r in json.loads(Path(args.rerun).read_text())}
+        names = [n for n in names if n in only_keys]
     unknown = [n for n in names if n not in MODULES]
     if unknown:
         parser.error(f"unknown module(s) {', '.join(unknown)}; known: {', '.join(MODULES)}")
@@ -428,7 +439,7 @@ def main() -> None:
     logs.mkdir(parents=True, exist_ok=True)
     os.chdir(ROOT)
     _warm()
-    results = list(run(names, budget=args.budget, timeout_factor=args.timeout_factor, logs=logs))
+    results = list(run(names, budget=args.budget, timeout_factor=args.timeout_factor, logs=logs, only_keys=only_keys))
     print(f"\n{'module':<10} {'mutants':>7} {'killed':>6} {'equiv.':>6} {'survived':>8} {'not run':>7} {'score':>6}")
     for r in results:
         score = "-" if r.score is None else f"{r.score:.0f}%"

@@ -83,6 +83,15 @@ async def test_basic_credentials_that_are_not_base64_text_are_401(hub_client, cr
     assert body["error"]["message"] == "the Basic credentials are not valid base64"
 
 
+async def test_basic_credentials_with_characters_outside_base64_are_refused(hub_client, make_key):
+    key = await make_key("read")
+    encoded = base64.b64encode(f"{key}:".encode()).decode()
+    # a lenient decoder would skip the "!" and find the key
+    status, body = await answer(hub_client, {"Authorization": f"Basic {encoded[:8]}!{encoded[8:]}"})
+    assert status == 401
+    assert body["error"]["message"] == "the Basic credentials are not valid base64"
+
+
 async def test_an_invalid_key_is_401_saying_so(hub_client):
     status, body = await answer(hub_client, {"Authorization": "Bearer prm_0000000000000000_" + "x" * 43})
     assert status == 401

@@ -61,7 +61,8 @@ def test_a_rule_may_be_2000_characters_long_and_no_longer():
         ("   ", "the rule must be a non-empty string"),
         (5, "the rule must be a non-empty string"),
         ("shoe_size > 3", "unknown name 'shoe_size'; known: average_sale, churn_risk"),
-        ("event_count >=", "syntax error"),
+        ("event_count >=", "syntax error in 'event_count >='"),
+        ("event_count >= >= 3", "syntax error near '>=' in 'event_count >= >= 3'"),
         ("event_count > 'many'", "EvaluationError"),
     ],
 )
