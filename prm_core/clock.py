@@ -1,14 +1,16 @@
 """The hub's clock: one place to read the time, so tests can freeze it.
 
 Everything in the core that stamps a time (receipt of an event, a merge, a key's creation)
-reads :func:`utcnow`. ``prm_core.testing``'s ``frozen_clock`` fixture sets it.
+reads :func:`utcnow`; what measures an interval (the lifetime of a cached key) reads
+:func:`monotonic`. ``prm_core.testing``'s ``frozen_clock`` fixture sets both.
 """
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
-__all__ = ["FrozenClock", "utcnow"]
+__all__ = ["FrozenClock", "monotonic", "utcnow"]
 
 _frozen: FrozenClock | None = None
 
@@ -16,6 +18,11 @@ _frozen: FrozenClock | None = None
 def utcnow() -> datetime:
     """The current time, aware UTC (or the frozen time in tests)."""
     return _frozen.now if _frozen is not None else datetime.now(UTC)
+
+
+def monotonic() -> float:
+    """Seconds on a clock that never goes back, for intervals (or the frozen time in tests)."""
+    return _frozen.now.timestamp() if _frozen is not None else time.monotonic()
 
 
 class FrozenClock:

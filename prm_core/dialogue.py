@@ -73,7 +73,6 @@ class DialogueState:
     closed_at: datetime | None
     is_new: bool = False
     dirty: bool = False
-    just_closed: bool = False
 
     @classmethod
     def from_row(cls, row: Any) -> DialogueState:
@@ -112,7 +111,6 @@ class DialogueState:
         self.status = "closed"
         self.closed_at = at
         self.dirty = True
-        self.just_closed = True
 
     def row(self) -> dict[str, Any]:
         return {

@@ -2,8 +2,9 @@
 
 A key reads ``prm_<key id>_<secret>``. Only the SHA-256 of the secret is stored (the
 secret is 256 random bits, so a slow hash would add nothing), and it is compared in
-constant time. Verified keys are cached for a few seconds so a revocation takes effect
-quickly without a database read on every request.
+constant time. Verified keys are cached for a few seconds (``KeyRing.ttl``) so a revocation
+takes effect quickly without a database read on every request; a revocation through
+:meth:`KeyRing.revoke` takes effect at once in the process that made it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import hashlib
 import hmac
 import re
 import secrets
-import time
 from collections.abc import Collection
 from datetime import datetime
 
@@ -20,11 +20,12 @@ import sqlalchemy as sa
 from attrs import define, field, frozen
 from sqlalchemy.engine import Connection
 
+from .clock import monotonic
 from .errors import InvalidInput
 from .store import Store
 from .store.tables import api_keys, utcnow
 
-__all__ = ["ApiKey", "KeyRing", "allows", "create_key", "validate_scope"]
+__all__ = ["ApiKey", "KeyRing", "allows", "create_key", "revoke_key", "validate_scope"]
 
 _SCOPE = re.compile(r"^(admin|read|touchpoint:[a-z][a-z0-9_-]{0,62}|partner:[a-z][a-z0-9_-]{0,62})$")
 _KEY = re.compile(r"^prm_([0-9a-f]{16})_([A-Za-z0-9_-]{20,100})$")
@@ -94,6 +95,12 @@ async def create_key(
 
 
 async def revoke_key(store: Store, key_id: str) -> bool:
+    """Revoke a key by its id; ``False`` when there is no such key or it was already revoked.
+
+    A :class:`KeyRing` in another process keeps honouring the key until its cached entry is
+    ``ttl`` seconds old.
+    """
+
     def write(conn: Connection) -> bool:
         done = conn.execute(
             api_keys.update()
@@ -111,7 +118,9 @@ class KeyRing:
 
     store: Store
     ttl: float = 10.0
-    _cache: dict[str, tuple[float, str | None, ApiKey | None]] = field(factory=dict)
+    # made-up key ids remembered as misses, at most this many (then forgotten all at once)
+    max_misses: int = 10_000
+    _cache: dict[str, tuple[float, str, ApiKey]] = field(factory=dict)
     _misses: dict[str, float] = field(factory=dict)
 
     async def verify(self, presented: str) -> ApiKey | None:
@@ -120,31 +129,38 @@ class KeyRing:
         if not match:
             return None
         key_id, secret = match.groups()
-        now = time.monotonic()
-        if now - self._misses.get(key_id, -self.ttl - 1) <= self.ttl:
+        now = monotonic()
+        missed = self._misses.get(key_id)
+        if missed is not None and now - missed <= self.ttl:
             return None
         cached = self._cache.get(key_id)
         if cached is None or now - cached[0] > self.ttl:
-            stored_hash, record = await self._load(key_id)
-            if stored_hash is None or record is None:
+            loaded = await self._load(key_id)
+            if loaded is None:
                 # misses live apart, so made-up key ids cannot evict the real keys' entries
-                if len(self._misses) > 10_000:
+                if len(self._misses) >= self.max_misses:
                     self._misses.clear()
                 self._misses[key_id] = now
                 self._cache.pop(key_id, None)
                 return None
-            cached = (now, stored_hash, record)
+            cached = (now, *loaded)
             self._cache[key_id] = cached
         _, stored_hash, record = cached
-        if stored_hash is None or record is None:
-            return None
         return record if hmac.compare_digest(stored_hash, _digest(secret)) else None
 
-    async def _load(self, key_id: str) -> tuple[str | None, ApiKey | None]:
-        def read(conn: Connection) -> tuple[str | None, ApiKey | None]:
+    async def revoke(self, key_id: str) -> bool:
+        """:func:`revoke_key`, and forget the key here at once (other processes within ``ttl``)."""
+        revoked = await revoke_key(self.store, key_id)
+        self._cache.pop(key_id, None)
+        return revoked
+
+    async def _load(self, key_id: str) -> tuple[str, ApiKey] | None:
+        """The stored hash and record of an unrevoked key."""
+
+        def read(conn: Connection) -> tuple[str, ApiKey] | None:
             row = conn.execute(sa.select(api_keys).where(api_keys.c.id == key_id)).one_or_none()
             if row is None or row.revoked_at is not None:
-                return None, None
+                return None
             return row.secret_hash, ApiKey(row.id, row.name, row.scope, row.public, row.created_at)
 
         return await self.store.read(read)

@@ -5,8 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
+from prm_core.dialogue import infer_intent
 from prm_core.hub import Hub, answer_id
 from prm_core.model import Event, Identity
 from prm_core.store.tables import dialogues, events
@@ -340,3 +342,69 @@ async def test_a_recycled_dialogue_key_does_not_glue_strangers(hub):
     (call,) = await send(hub, "callcenter", event("c1", 0, identities={"phone": "+14155550100"}, dialogue="call-9"))
     (mid,) = await send(hub, "callcenter", event("c2", 1, identities={"account_id": "A-77"}, dialogue="call-9"))
     assert (mid.customer_id, mid.dialogue_id) == (call.customer_id, call.dialogue_id)
+
+
+# ---- out-of-order events, the window's early edge, long outcomes, intents ------------------
+
+
+async def test_an_event_older_than_the_dialogues_opening_moves_its_opening_back(hub):
+    recorded = await send(
+        hub, "callcenter", event("c1", 10, "call.offered", dialogue="call-3"), event("c2", 5, dialogue="call-3")
+    )
+    assert recorded[0].dialogue_id == recorded[1].dialogue_id
+    row = (await dialogue_rows(hub))[recorded[0].dialogue_id]
+    assert (row.opened_at, row.last_event_at) == (T0 + timedelta(minutes=5), T0 + timedelta(minutes=10))
+
+
+async def test_a_web_event_up_to_the_timeout_before_the_visit_opened_joins_it(hub):
+    bob = {"email": "bob@example.com"}
+    ann = await send(hub, "web", event("a1", 40), event("a2", 10))  # exactly 30 minutes earlier
+    assert ann[0].dialogue_id == ann[1].dialogue_id
+    row = (await dialogue_rows(hub))[ann[0].dialogue_id]
+    assert (row.opened_at, row.last_event_at) == (T0 + timedelta(minutes=10), T0 + timedelta(minutes=40))
+    bobs = await send(hub, "web", event("b1", 40, identities=bob), event("b2", 9.5, identities=bob))
+    assert bobs[0].dialogue_id != bobs[1].dialogue_id
+
+
+async def test_an_outcome_is_kept_to_64_characters(hub):
+    long = "resolved " + "x" * 100
+    (closed,) = await send(hub, "callcenter", event("c1", 0, dialogue="call-1", data={"outcome": long}))
+    await send(hub, "callcenter", event("w1", 0, "call.offered", dialogue="call-2"))
+    await send(hub, "callcenter", event("w2", 1, "dialogue.closed", dialogue="call-2"))
+    (wrapped,) = await send(hub, "callcenter", event("w3", 2, dialogue="call-2", data={"outcome": long}))
+    rows = await dialogue_rows(hub)
+    assert rows[closed.dialogue_id].outcome == long[:64]
+    assert rows[wrapped.dialogue_id].outcome == long[:64]
+    assert len(long[:64]) == 64
+
+
+@pytest.mark.parametrize(
+    ("type_", "intent"),
+    [
+        ("info.hours", "information"),
+        ("information.opening_hours", "information"),
+        ("INFORMATION.faq", "information"),
+        ("service.request", "service"),
+        ("quote.requested", "sale"),
+        ("order.placed", "sale"),
+        ("sale.completed", "sale"),
+        ("transaction", "sale"),
+        ("transaction.completed", "sale"),
+        ("purchase", "sale"),
+        ("purchases.listed", "sale"),
+        ("page", None),
+        ("informational", None),
+        ("services", None),
+        ("sales", None),
+        ("reorder.placed", None),
+    ],
+)
+def test_the_intent_of_an_event_type(type_, intent):
+    assert infer_intent(type_, {}) == intent
+
+
+@pytest.mark.parametrize(("explicit", "intent"), [("sale", "sale"), ("information", "information"), ("gossip", None)])
+def test_an_explicit_intent_wins_when_it_is_one_of_the_three(explicit, intent):
+    assert infer_intent("page", {"intent": explicit}) == intent
+    assert infer_intent("service.request", {"intent": explicit}) == (intent or "service")
+    assert infer_intent("service.request", {"intent": ["sale"]}) == "service"

@@ -10,7 +10,7 @@ from attrs import evolve
 
 from prm_core.errors import InvalidInput, NotFound
 from prm_core.hub import Hub
-from prm_core.identity import builtin_namespaces, normalize_email, normalize_identities, normalize_phone
+from prm_core.identity import builtin_namespaces, normalize_email, normalize_identities, normalize_phone, parse_ref
 from prm_core.model import Identity
 from prm_core.store.tables import customers, identities
 
@@ -245,3 +245,86 @@ async def test_unknown_customers_are_not_found(hub):
         with pytest.raises(NotFound) as info:
             await hub.view(ref)
         assert "nobody" not in str(info.value)
+
+
+# ---- the edges of normalize_identities and parse_ref ------------------------------------
+
+
+def test_a_null_identity_is_skipped_and_the_ones_after_it_are_kept():
+    got = normalize_identities(
+        {"anonymous_id": None, "email": "ann@example.com", "phone": None, "user_id": "u-1"}, namespaces(), "US"
+    )
+    assert got == (Identity("email", "ann@example.com"), Identity("user_id", "u-1"))
+    assert normalize_identities({"email": None}, namespaces(), "US") == ()
+    assert normalize_identities(None, namespaces(), "US") == ()
+
+
+@pytest.mark.parametrize(("raw", "expected"), [(12345, "12345"), (7.5, "7.5"), (0, "0")])
+def test_a_numeric_identity_is_taken_as_its_text(raw, expected):
+    assert normalize_identities({"loyalty_card": raw}, namespaces(), "US") == (Identity("loyalty_card", expected),)
+
+
+@pytest.mark.parametrize("raw", [True, False, {"n": 1}, b"u-1"])
+def test_a_boolean_or_an_object_is_not_an_identity(raw):
+    with pytest.raises(InvalidInput, match=r"identities\.user_id must be a string") as info:
+        normalize_identities({"user_id": raw}, namespaces(), "US")
+    assert info.value.field == "identities.user_id"
+
+
+def test_an_identity_may_be_256_characters_long_and_no_longer():
+    longest = "x" * 256
+    assert normalize_identities({"user_id": longest}, namespaces(), "US") == (Identity("user_id", longest),)
+    with pytest.raises(InvalidInput, match="longer than 256 characters") as info:
+        normalize_identities({"user_id": longest + "x"}, namespaces(), "US")
+    assert info.value.field == "identities.user_id"
+
+
+@pytest.mark.parametrize("raw", ["u\x001", "\x00", "ann\x00@example.com"])
+def test_an_identity_with_a_nul_character_is_refused(raw):
+    namespace = "email" if "@" in raw else "user_id"
+    with pytest.raises(InvalidInput, match="must not contain NUL characters") as info:
+        normalize_identities({namespace: raw}, namespaces(), "US")
+    assert info.value.field == f"identities.{namespace}"
+
+
+def test_identities_must_be_an_object_named_by_its_field():
+    for raw in (["email", "ann@example.com"], "ann@example.com", 5):
+        with pytest.raises(InvalidInput, match="must be an object of namespace: value") as info:
+            normalize_identities(raw, namespaces(), "US", field="data.identities")
+        assert info.value.field == "data.identities"
+    with pytest.raises(
+        InvalidInput, match="unknown identity namespace 'shoe'; known: account_id, anonymous_id"
+    ) as info:
+        normalize_identities({"email": "ann@example.com", "shoe": "42"}, namespaces(), "US", field="data.identities")
+    assert info.value.field == "data.identities.shoe"
+
+
+@pytest.mark.parametrize("raw", ["ann@b@example.com", "ann@.example.com", "ann@example.com extra"])
+def test_more_bad_emails_are_refused(raw):
+    with pytest.raises(ValueError, match="is not an email address"):
+        normalize_email(raw, "US")
+
+
+def test_a_ref_is_a_namespace_and_a_value_normalized():
+    assert parse_ref("email: Ann@Example.com", namespaces(), "US") == Identity("email", "ann@example.com")
+    assert parse_ref("phone:(415) 555-0100", namespaces(), "US") == Identity("phone", "+14155550100")
+    assert parse_ref("user_id:a:b", namespaces(), "US") == Identity("user_id", "a:b")
+
+
+@pytest.mark.parametrize(
+    ("ref", "message"),
+    [
+        ("ann@example.com", "who must be namespace:value"),
+        (":ann@example.com", "who must be namespace:value"),
+        ("email:", "who must be namespace:value"),
+        ("shoe:42", "unknown identity namespace 'shoe'; known: account_id"),
+        ("email:ann-at-example", "who: email is not an email address"),
+        ("user_id:   ", "who: user_id is empty"),
+    ],
+)
+def test_a_bad_ref_is_invalid_input_naming_its_field(ref, message):
+    with pytest.raises(InvalidInput) as info:
+        parse_ref(ref, namespaces(), "US", field="who")
+    assert info.value.field == "who"
+    assert str(info.value).startswith(message)
+    assert "ann-at-example" not in str(info.value)

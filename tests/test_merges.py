@@ -10,6 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from prm_core import hookimpl
+from prm_core.clock import FrozenClock
 from prm_core.errors import InvalidInput, NotFound
 from prm_core.hub import Hub
 from prm_core.model import Identity, IdentityNamespace
@@ -567,3 +568,74 @@ async def test_a_dialogue_begun_on_a_shared_identity_can_link_its_user_later_in_
     assert first.customer_id == second.customer_id == ann.customer_id  # the older survives
     (merge,) = await hub.merges(bob.customer_id)
     assert (merge.survivor_id, merge.merged_id, merge.cause_event_id) == (ann.customer_id, bob.customer_id, "c2")
+
+
+# ---- merging groups ----------------------------------------------------------------------
+
+
+async def two_groups(hub: Hub) -> dict[str, str]:
+    """A club (p1, p3; no events of its own) and a team (p2, p3; one sale of its own)."""
+    people = {}
+    for n in (1, 2, 3):
+        (rec,) = await send(hub, "web", event(f"g-w{n}", n, identities={"email": f"p{n}@example.com"}))
+        people[f"p{n}"] = rec.customer_id
+    club = Identity("account_id", "CLUB-1")
+    team = Identity("loyalty_card", "TEAM-1")
+    club_id = await hub.join_group(people["p1"], club, kind="group", traits={"name": "Club"})
+    await hub.join_group(people["p3"], club, kind="group")
+    team_id = await hub.join_group(people["p2"], team, kind="group", traits={"name": "Team"})
+    await hub.join_group(people["p3"], team, kind="group")
+    (sale,) = await send(
+        hub, "pos", event("g-p1", 5, "order.placed", identities={"loyalty_card": "TEAM-1"}, data={"revenue": 10})
+    )
+    assert sale.customer_id == team_id  # an event naming only the team's identity is the team's
+    return {**people, "club": club_id, "team": team_id}
+
+
+async def test_merging_two_groups_keeps_the_members_of_both(hub):
+    g = await two_groups(hub)
+    before = {cid: await state_of(hub, g[cid]) for cid in ("club", "team")}
+    assert before["team"]["members"] == {(g["p2"], None), (g["p3"], None)}
+
+    (linking,) = await send(hub, "pos", event("g-p2", 6, identities={"account_id": "CLUB-1", "loyalty_card": "TEAM-1"}))
+    assert linking.customer_id == g["club"]  # the older group survives
+    (merge,) = await hub.merges(g["club"])
+    assert (merge.survivor_id, merge.merged_id) == (g["club"], g["team"])
+    club = await state_of(hub, g["club"])
+    assert club["members"] == {(g["p1"], None), (g["p2"], None), (g["p3"], None)}
+    assert club["identities"] == {("account_id", "CLUB-1"), ("loyalty_card", "TEAM-1")}
+    (metrics_row,) = await rows(hub, sa.select(metrics).where(metrics.c.customer_id == g["club"]))
+    assert (metrics_row.event_count, metrics_row.order_count, metrics_row.lifetime_revenue) == (2, 1, Decimal(10))
+    for person in ("p2", "p3"):
+        groups = {gr["group_id"] for gr in (await full_view(hub, g[person]))["memberships"]}
+        assert groups == {g["club"]}, person
+    await assert_nothing_points_at(hub, g["team"])
+
+    await hub.unmerge(merge.id)
+    assert await state_of(hub, g["team"]) == before["team"]
+    after = await state_of(hub, g["club"])
+    assert {k: after[k] for k in ("members", "groups", "identities")} == {
+        k: before["club"][k] for k in ("members", "groups", "identities")
+    }
+
+
+async def test_undoing_a_merge_recorded_before_membership_times_were_kept(hub):
+    g = await two_groups(hub)
+    await send(hub, "pos", event("g-p2", 6, identities={"account_id": "CLUB-1", "loyalty_card": "TEAM-1"}))
+    (merge,) = await hub.merges(g["club"])
+
+    def as_an_old_record(conn: Any) -> None:
+        moved = conn.execute(sa.select(merges.c.moved).where(merges.c.id == merge.id)).scalar_one()
+        mem = moved["memberships"]
+        old = {**mem, "as_member": [e[:2] for e in mem["as_member"]], "as_group": [e[:2] for e in mem["as_group"]]}
+        conn.execute(merges.update().where(merges.c.id == merge.id).values(moved={**moved, "memberships": old}))
+
+    await hub.store.write(as_an_old_record)
+    with FrozenClock(utcnow() + timedelta(days=1)) as clock:
+        await hub.unmerge(merge.id)
+    m = memberships.c
+    restored = await rows(hub, sa.select(m.member_id, m.created_at).where(m.group_id == g["team"]))
+    assert {r.member_id for r in restored} == {g["p2"], g["p3"]}
+    # without the membership's own time, the undo's time
+    assert {r.created_at.replace(tzinfo=UTC) for r in restored} == {clock.now}
+    assert (await state_of(hub, g["club"]))["members"] == {(g["p1"], None), (g["p3"], None)}

@@ -1,0 +1,467 @@
+"""Mutation testing of the core's security- and correctness-critical modules (prints, never asserts).
+
+Each mutant is one small change to one module (a comparison swapped, ``and`` for ``or``, a
+``not`` dropped, an ``if`` negated, a constant off by one, a raise or a statement removed,
+``continue`` for ``break``, an element dropped from a literal table or from an ``except``
+tuple, a condition dropped from a query); the module's own tests
+run against it, and a mutant no test fails is a *survivor*: a change of behaviour the tests
+would not notice. The score is killed / (mutants - equivalent mutants)::
+
+    python bench/mutation.py                       # every module below, ~1 h on a quiet 2-core machine
+    python bench/mutation.py --only keys,auth      # some of them
+    python bench/mutation.py --list dialogue       # the mutants, not run
+    python bench/mutation.py --budget 1800         # stop starting mutants after 30 min (the rest: "not run")
+
+The driver parses the module with :mod:`ast`, so nothing is written to the source tree: a
+forked child installs an import hook that serves the mutated source under the module's own
+name and path, then runs ``pytest -x`` on the module's test selection (SQLite only). Heavy
+third-party imports happen once, in the parent, before the forks. A mutant whose tests run
+longer than ``--timeout-factor`` times the unmutated run counts as killed (an endless loop).
+
+Mutants judged equivalent (no input tells them from the original) are listed in
+:data:`EQUIVALENT` with the reason, by a key that survives edits elsewhere in the module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import contextlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import json
+import os
+import signal
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# name -> (module path, its tests: a narrow, fast selection that should notice any change)
+MODULES: dict[str, tuple[str, list[str]]] = {
+    "keys": ("prm_core/keys.py", ["tests/test_keys.py"]),
+    "auth": ("prm_core/server/auth.py", ["tests/test_auth.py", "tests/test_keys.py"]),
+    "identity": ("prm_core/identity.py", ["tests/test_identity.py"]),
+    "merging": ("prm_core/merging.py", ["tests/test_purchases.py", "tests/test_merges.py"]),
+    "dialogue": ("prm_core/dialogue.py", ["tests/test_dialogues.py"]),
+    "rules": ("prm_core/planning/rules.py", ["tests/test_rules.py", "tests/test_tiers.py"]),
+    "formats": ("prm_core/formats.py", ["tests/test_formats.py", "tests/test_hardening.py"]),
+    "events": ("prm_core/events.py", ["tests/test_api.py", "tests/test_hardening.py"]),
+    "erasure": ("prm_core/privacy/erasure.py", ["tests/test_erasure.py"]),
+    "outbox": ("prm_core/outbox.py", ["tests/test_outbox.py"]),
+}
+
+# module name -> {mutant key: why no test can tell it from the original}
+EQUIVALENT: dict[str, dict[str, str]] = {
+    "keys": {
+        "KeyRing: 10.0 -> 9.0 #1": "a shorter cache lifetime only makes a revocation take effect sooner",
+        "KeyRing: 10000 -> 10001 #1": "the bound on remembered misses, one more or less: memory only",
+        "KeyRing: 10000 -> 9999 #1": "the bound on remembered misses, one more or less: memory only",
+        "create_key: 32 -> 33 #1": "a longer secret (264 bits) than the documented 256",
+        "KeyRing.verify: self._cache.pop(key_id, None) -> pass #1": (
+            "drops a revoked key's stale entry; the miss recorded beside it answers first, and the "
+            "entry is stale (older than ttl) by the time that miss expires, so it is never used"
+        ),
+    },
+}
+
+_BOUNDARY: dict[type[ast.cmpop], list[type[ast.cmpop]]] = {
+    ast.Eq: [ast.NotEq],
+    ast.NotEq: [ast.Eq],
+    ast.Lt: [ast.LtE, ast.GtE],
+    ast.LtE: [ast.Lt, ast.Gt],
+    ast.Gt: [ast.GtE, ast.LtE],
+    ast.GtE: [ast.Gt, ast.Lt],
+    ast.Is: [ast.IsNot],
+    ast.IsNot: [ast.Is],
+    ast.In: [ast.NotIn],
+    ast.NotIn: [ast.In],
+}
+
+# SQL expressions (SQLAlchemy): a condition's opposite, and the calls that take conditions
+_CALL_SWAPS = {"and_": "or_", "or_": "and_", "is_": "is_not", "is_not": "is_", "in_": "not_in", "not_in": "in_"}
+_FILTERS = frozenset({"where", "filter", "and_", "or_"})
+
+
+@dataclass(frozen=True)
+class Mutant:
+    module: str
+    index: int
+    line: int
+    scope: str
+    description: str
+    key: str
+
+
+def _short(node: ast.AST) -> str:
+    text = ast.unparse(node).splitlines()[0] if not isinstance(node, ast.Pass) else "pass"
+    return text if len(text) <= 70 else text[:67] + "..."
+
+
+class _Mutator(ast.NodeTransformer):
+    """Walks a module; with ``target=None`` it lists the mutation sites, else it applies one."""
+
+    def __init__(self, target: int | None = None) -> None:
+        self.target = target
+        self.count = 0
+        self.sites: list[tuple[int, str, str]] = []  # (line, scope, description)
+        self.scope: list[str] = []
+
+    def _site(self, node: ast.AST, mutated: ast.AST) -> bool:
+        """Record a site; True when it is the one to apply."""
+        index = self.count
+        self.count += 1
+        if self.target is None:
+            self.sites.append(
+                (getattr(node, "lineno", 0), ".".join(self.scope) or "<module>", f"{_short(node)} -> {_short(mutated)}")
+            )
+            return False
+        return index == self.target
+
+    def _scoped(self, node: ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) -> ast.AST:
+        self.scope.append(node.name)
+        # decorators and annotations are not behaviour worth mutating: only the body
+        node.body = [self.visit(stmt) for stmt in node.body]
+        self.scope.pop()
+        return node
+
+    visit_FunctionDef = visit_AsyncFunctionDef = visit_ClassDef = _scoped  # type: ignore[assignment]
+
+    def visit_Module(self, node: ast.Module) -> ast.AST:
+        body = []
+        for stmt in node.body:
+            targets = stmt.targets if isinstance(stmt, ast.Assign) else []
+            if any(isinstance(t, ast.Name) and t.id == "__all__" for t in targets):
+                body.append(stmt)
+            elif isinstance(stmt, ast.If) and "TYPE_CHECKING" in ast.unparse(stmt.test):
+                body.append(stmt)
+            else:
+                body.append(self.visit(stmt))
+        node.body = body
+        return node
+
+    def visit_AnnAssign(self, node: ast.AnnAssign) -> ast.AST:
+        if node.value is not None:
+            node.value = self.visit(node.value)
+        return node
+
+    def visit_arguments(self, node: ast.arguments) -> ast.AST:
+        return node  # defaults of parameters: left alone, like annotations
+
+    def visit_Compare(self, node: ast.Compare) -> ast.AST:
+        self.generic_visit(node)
+        for i, op in enumerate(node.ops):
+            for other in _BOUNDARY.get(type(op), []):
+                mutated = ast.Compare(node.left, [*node.ops[:i], other(), *node.ops[i + 1 :]], node.comparators)
+                if self._site(node, mutated):
+                    return ast.copy_location(mutated, node)
+        return node
+
+    def visit_BoolOp(self, node: ast.BoolOp) -> ast.AST:
+        self.generic_visit(node)
+        mutated = ast.BoolOp(ast.Or() if isinstance(node.op, ast.And) else ast.And(), node.values)
+        if self._site(node, mutated):
+            return ast.copy_location(mutated, node)
+        return node
+
+    def visit_UnaryOp(self, node: ast.UnaryOp) -> ast.AST:
+        self.generic_visit(node)
+        if isinstance(node.op, ast.Not) and self._site(node, node.operand):
+            return node.operand
+        return node
+
+    def visit_If(self, node: ast.If) -> ast.AST:
+        self.generic_visit(node)
+        if isinstance(node.test, ast.UnaryOp) and isinstance(node.test.op, ast.Not):
+            return node  # dropping that ``not`` is already a mutant
+        negated = ast.UnaryOp(ast.Not(), node.test)
+        if self._site(node.test, negated):
+            node.test = ast.copy_location(negated, node.test)
+        return node
+
+    def visit_IfExp(self, node: ast.IfExp) -> ast.AST:
+        self.generic_visit(node)
+        for branch in (node.body, node.orelse):
+            if self._site(node, branch):
+                return branch
+        return node
+
+    def visit_Constant(self, node: ast.Constant) -> ast.AST:
+        value = node.value
+        if isinstance(value, bool):
+            variants: list[Any] = [not value]
+        elif isinstance(value, int | float):
+            variants = [value + 1, value - 1] if value != 0 else [1]
+        else:
+            return node
+        for variant in variants:
+            mutated = ast.Constant(variant)
+            if self._site(node, mutated):
+                return ast.copy_location(mutated, node)
+        return node
+
+    def _drop_elements(self, node: ast.Set | ast.List | ast.Tuple) -> ast.AST:
+        self.generic_visit(node)
+        if len(node.elts) < 2 or not isinstance(getattr(node, "ctx", ast.Load()), ast.Load):
+            return node
+        if isinstance(node, ast.Tuple) and not all(isinstance(e, ast.Constant | ast.Tuple) for e in node.elts):
+            return node  # a tuple of values (a return, an unpacking), not a table: dropping one only crashes
+        for i in range(len(node.elts)):
+            elts = [*node.elts[:i], *node.elts[i + 1 :]]
+            mutated = ast.Set(elts) if isinstance(node, ast.Set) else type(node)(elts, ast.Load())
+            if self._site(node, mutated):
+                return ast.copy_location(mutated, node)
+        return node
+
+    visit_Set = visit_List = visit_Tuple = _drop_elements  # type: ignore[assignment]
+
+    def _remove(self, node: ast.stmt) -> ast.AST:
+        self.generic_visit(node)
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+            return node  # a docstring
+        if isinstance(node, ast.Assign) and not all(isinstance(t, ast.Attribute | ast.Subscript) for t in node.targets):
+            return node  # a local name: removing it only raises NameError
+        if self._site(node, ast.Pass()):
+            return ast.copy_location(ast.Pass(), node)
+        return node
+
+    visit_Raise = visit_Expr = visit_AugAssign = visit_Assign = visit_Delete = _remove  # type: ignore[assignment]
+
+    def visit_Call(self, node: ast.Call) -> ast.AST:
+        self.generic_visit(node)
+        func = node.func
+        if not isinstance(func, ast.Attribute):
+            return node
+        swapped = _CALL_SWAPS.get(func.attr)
+        if swapped is not None:
+            mutated = ast.Call(ast.Attribute(func.value, swapped, ast.Load()), node.args, node.keywords)
+            if self._site(node, mutated):
+                return ast.copy_location(mutated, node)
+        if func.attr in _FILTERS and len(node.args) >= 2:
+            for i in range(len(node.args)):  # a query loses one of its conditions
+                mutated = ast.Call(func, [*node.args[:i], *node.args[i + 1 :]], node.keywords)
+                if self._site(node, mutated):
+                    return ast.copy_location(mutated, node)
+        return node
+
+    def visit_ExceptHandler(self, node: ast.ExceptHandler) -> ast.AST:
+        node.body = [self.visit(stmt) for stmt in node.body]
+        if isinstance(node.type, ast.Tuple) and len(node.type.elts) >= 2:
+            for i in range(len(node.type.elts)):  # the handler catches one kind of error less
+                narrowed = ast.Tuple([*node.type.elts[:i], *node.type.elts[i + 1 :]], ast.Load())
+                if self._site(node.type, narrowed):
+                    node.type = ast.copy_location(narrowed, node.type)
+                    break
+        return node
+
+    def visit_Continue(self, node: ast.Continue) -> ast.AST:
+        if self._site(node, ast.Break()):
+            return ast.copy_location(ast.Break(), node)
+        return node
+
+    def visit_Break(self, node: ast.Break) -> ast.AST:
+        if self._site(node, ast.Continue()):
+            return ast.copy_location(ast.Continue(), node)
+        return node
+
+
+def mutants(name: str) -> list[Mutant]:
+    path = MODULES[name][0]
+    mutator = _Mutator()
+    mutator.visit(ast.parse((ROOT / path).read_text(), path))
+    seen: Counter[tuple[str, str]] = Counter()
+    found = []
+    for index, (line, scope, description) in enumerate(mutator.sites):
+        seen[scope, description] += 1
+        key = f"{scope}: {description} #{seen[scope, description]}"
+        found.append(Mutant(name, index, line, scope, description, key))
+    return found
+
+
+def mutated_source(mutant: Mutant) -> str:
+    path = MODULES[mutant.module][0]
+    tree = _Mutator(target=mutant.index).visit(ast.parse((ROOT / path).read_text(), path))
+    return ast.unparse(ast.fix_missing_locations(tree))
+
+
+class _MutantFinder(importlib.abc.MetaPathFinder):
+    """Serves the mutated source under the module's name and file (tracebacks point there)."""
+
+    def __init__(self, fullname: str, path: str, source: str) -> None:
+        self.fullname, self.path, self.source = fullname, path, source
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> importlib.machinery.ModuleSpec | None:
+        if fullname != self.fullname:
+            return None
+        source, filename = self.source, self.path
+
+        class Loader(importlib.machinery.SourceFileLoader):
+            def get_code(self, fullname: str) -> Any:
+                return compile(source, filename, "exec", dont_inherit=True)
+
+        return importlib.util.spec_from_file_location(fullname, filename, loader=Loader(fullname, filename))
+
+
+def _run_tests(tests: list[str], mutant: Mutant | None, timeout: float, log: Path) -> tuple[str, float]:
+    """("killed" | "survived" | "timeout" | "error", seconds) of one test run in a forked child."""
+    started = time.monotonic()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        code = 3
+        try:
+            os.environ.pop("PRM_TEST_POSTGRES_URL", None)
+            fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            if mutant is not None:
+                path = MODULES[mutant.module][0]
+                fullname = path.removesuffix(".py").replace("/", ".")
+                sys.meta_path.insert(0, _MutantFinder(fullname, str(ROOT / path), mutated_source(mutant)))
+            import pytest
+
+            args = ["-x", "-q", "-p", "no:cacheprovider", "--no-header", "-o", "addopts=", *tests]
+            code = int(pytest.main(args))
+        finally:
+            os._exit(code)
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        took = time.monotonic() - started
+        if done:
+            code = os.waitstatus_to_exitcode(status)
+            if mutant is None:
+                return ("survived" if code == 0 else "error"), took
+            return ("survived" if code == 0 else "killed"), took
+        if took > timeout:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return "timeout", took
+        time.sleep(0.05)
+
+
+@dataclass
+class Result:
+    module: str
+    total: int = 0
+    killed: int = 0
+    equivalent: int = 0
+    not_run: int = 0
+    survivors: list[Mutant] = field(default_factory=list)
+    baseline: float = 0.0
+
+    @property
+    def score(self) -> float | None:
+        judged = self.total - self.equivalent - self.not_run
+        return None if judged <= 0 else 100.0 * self.killed / judged
+
+
+def _warm() -> None:
+    """Import the heavy third-party libraries once, before forking (never the hub's own code)."""
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # no threads in the parent: forks stay safe
+    for name in (
+        "aiohttp", "sqlalchemy", "sqlalchemy.ext.asyncio", "aiosqlite", "asyncpg", "alembic", "attrs", "structlog",
+        "pluggy", "phonenumbers", "rule_engine", "numpy", "scipy.optimize", "scipy.special", "babel", "lxml.etree",
+        "sqlmodel", "hypothesis", "pytest", "pytest_aiohttp", "pytest_asyncio", "click", "tenacity", "limits",
+        "prometheus_client", "twilio.request_validator", "standardwebhooks", "cloudevents", "aiobreaker",
+    ):  # fmt: skip
+        with contextlib.suppress(Exception):
+            importlib.import_module(name)
+
+
+def run(
+    names: list[str], *, budget: float, timeout_factor: float, logs: Path, only_keys: dict[str, set[str]] | None = None
+) -> Iterator[Result]:
+    deadline = time.monotonic() + budget
+    for name in names:
+        path, tests = MODULES[name]
+        tests = [t for t in tests if (ROOT / t.split("::")[0]).exists()]
+        found = mutants(name)
+        if only_keys is not None:
+            found = [m for m in found if m.key in only_keys.get(name, set())]
+        result = Result(name, total=len(found))
+        equivalent = EQUIVALENT.get(name, {})
+        status, result.baseline = _run_tests(tests, None, 3600, logs / f"{name}-baseline.log")
+        print(f"{name}: {len(found)} mutants of {path}; unmutated tests ({' '.join(tests)}) {status} "
+              f"in {result.baseline:.1f} s", flush=True)  # fmt: skip
+        if status != "survived":
+            print(f"{name}: the tests fail without a mutant, see {logs / f'{name}-baseline.log'}", flush=True)
+            result.not_run = len(found)
+            yield result
+            continue
+        timeout = max(10.0, timeout_factor * result.baseline + 5)
+        for n, mutant in enumerate(found, 1):
+            if n % 25 == 0:
+                print(f"  {name}: {n}/{len(found)}", flush=True)
+            if mutant.key in equivalent:
+                result.equivalent += 1
+                continue
+            if time.monotonic() > deadline:
+                result.not_run += 1
+                continue
+            outcome, _ = _run_tests(tests, mutant, timeout, logs / f"{name}-mutant.log")
+            if outcome == "survived":
+                result.survivors.append(mutant)
+                print(f"  survived  {path}:{mutant.line}  {mutant.key}", flush=True)
+            else:
+                result.killed += 1
+        yield result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", default=",".join(MODULES), help=f"comma-separated, of: {', '.join(MODULES)}")
+    parser.add_argument("--list", metavar="MODULE", help="print the mutants of one module and stop")
+    parser.add_argument("--budget", type=float, default=3 * 3600, help="seconds; no mutant starts after (default 3 h)")
+    parser.add_argument("--timeout-factor", type=float, default=3.0, help="a mutant's time limit / unmutated run")
+    parser.add_argument("--logs", default="/tmp/prm-mutation", help="each run's pytest output (the last one kept)")
+    parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--rerun", metavar="JSON", help="run only the survivors listed in an earlier --json file")
+    args = parser.parse_args()
+    if args.list:
+        for m in mutants(args.list):
+            mark = "  (equivalent)" if m.key in EQUIVALENT.get(args.list, {}) else ""
+            print(f"{MODULES[args.list][0]}:{m.line}  {m.key}{mark}")
+        return
+    names = [n.strip() for n in args.only.split(",") if n.strip()]
+    only_keys = None
+    if args.rerun:
+        only_keys = {r["module"]: set(r["survivors"]) for r in json.loads(Path(args.rerun).read_text())}
+        names = [n for n in names if n in only_keys]
+    unknown = [n for n in names if n not in MODULES]
+    if unknown:
+        parser.error(f"unknown module(s) {', '.join(unknown)}; known: {', '.join(MODULES)}")
+    logs = Path(args.logs)
+    logs.mkdir(parents=True, exist_ok=True)
+    os.chdir(ROOT)
+    _warm()
+    results = list(run(names, budget=args.budget, timeout_factor=args.timeout_factor, logs=logs, only_keys=only_keys))
+    print(f"\n{'module':<10} {'mutants':>7} {'killed':>6} {'equiv.':>6} {'survived':>8} {'not run':>7} {'score':>6}")
+    for r in results:
+        score = "-" if r.score is None else f"{r.score:.0f}%"
+        print(f"{r.module:<10} {r.total:>7} {r.killed:>6} {r.equivalent:>6} {len(r.survivors):>8} "
+              f"{r.not_run:>7} {score:>6}")  # fmt: skip
+    for r in results:
+        for m in r.survivors:
+            print(f"survivor  {MODULES[r.module][0]}:{m.line}  {m.key}")
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps(
+                [
+                    {
+                        "module": r.module, "total": r.total, "killed": r.killed, "equivalent": r.equivalent,
+                        "not_run": r.not_run, "score": r.score, "survivors": [m.key for m in r.survivors],
+                    }
+                    for r in results
+                ],
+                indent=2,
+            )
+        )  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
