@@ -14,7 +14,6 @@ is ever needed or read.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -70,7 +69,7 @@ class BrowserOrigins:
         where = "[touchpoints.web] allowed_origins"
         if value is None:
             value = ["*"]
-        if isinstance(value, str) or not isinstance(value, Iterable):
+        if not isinstance(value, list | tuple):
             raise ValueError(f'{where} must be a list of origins ("https://shop.example.com") or ["*"]')
         entries = list(value)
         if not all(isinstance(e, str) for e in entries):
