@@ -12,6 +12,7 @@ The page is served by an aiohttp app of its own on another loopback port, listed
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import socket
@@ -20,7 +21,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from browsing import customer, eventually
+from browsing import TIMEOUT, customer, eventually
 from sdk_bundles import build_bundles
 
 from prm_core.config import Config
@@ -80,7 +81,9 @@ class Site:
         return web.Response(text=(self.bundles / name).read_text(), content_type="application/javascript")
 
     async def page(self, request: web.Request) -> web.Response:
-        sdk = request.query["sdk"]
+        sdk = request.query.get("sdk")
+        if sdk is None:  # the browser's /favicon.ico
+            raise web.HTTPNotFound()
         html = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{TITLE}</title>
 <script src="/sdk/{sdk}.js"></script>
@@ -187,6 +190,28 @@ async def test_segment_sends_in_every_mode(hub_client, make_key, browser, site, 
     assert events["identify"]["claimed_identities"] == {"user_id": "u-1", "email": "ann@example.com"}
     assert await customer(hub_client, read, "user_id:u-1") is None  # a claim links nobody
     assert await customer(hub_client, read, "email:ann@example.com") is None
+
+
+async def test_segment_reads_a_413_and_drops_the_call(hub_client, make_key, browser, site):
+    """The answer carries the CORS grant, so the SDK sees the 413 (not a network error, which
+    it would retry) and reports the call as not delivered."""
+    key, read = await make_key("touchpoint:web", public=True), await make_key("read")
+    site.script = segment_script(site, key, {})
+    context = await browser.new_context()
+    page = await context.new_page()
+    await page.goto(site.url + "/washers?sdk=segment")
+    async with asyncio.timeout(TIMEOUT):  # a network error would be retried, and never reported
+        failure = await page.evaluate(
+            """new Promise((resolve) => {
+                analytics.on("error", (e) => resolve([e.code, e.reason.message]));
+                analytics.track("Huge", {pad: "x".repeat(600 * 1024)});
+            })"""
+        )
+    assert failure == ["delivery_failure", "Non-retryable error: 413"]
+    await page.evaluate('analytics.track("Small", {})')
+    aid = await page.evaluate("analytics.user().then((u) => u.anonymousId())")
+    await eventually(lambda: timeline(hub_client, read, f"anonymous_id:{aid}", ["Small"]), "the next call")
+    await context.close()
 
 
 # ---- RudderStack ----------------------------------------------------------------------------
