@@ -1,11 +1,10 @@
 """Snowplow's own browser tracker, from npm, in a real browser, sending to the hub.
 
-``tests/browser_sdk`` pins ``@snowplow/browser-tracker`` and ``esbuild`` (``package.json`` and
-its ``package-lock.json``); ``entry.js`` exposes the tracker's functions as ``window.snowplow``.
-The ``sdk_bundle`` fixture runs ``npm ci`` and ``npx esbuild --bundle --format=iife`` in a
-temp dir, once per lockfile: the bundle is cached under the system temp dir by the hash of
-those files, and ``node_modules`` is never written into the repository. Without npm the tests
-skip, except in CI (``CI`` set), where they fail.
+``tests/browser_sdk`` pins ``@snowplow/browser-tracker`` (``package.json`` and its
+``package-lock.json``); ``entry.js`` exposes the tracker's functions as ``window.snowplow``.
+The ``sdk_bundle`` fixture bundles it with ``tests/sdk_bundles.py`` (``npm ci`` and esbuild in
+a temp dir, cached by the hash of those files). Without npm the tests skip, except in CI
+(``CI`` set), where they fail.
 
 The test page is served by an aiohttp app of its own on another loopback port, so the page is
 cross-origin to the hub, whose address is the tracker's collector, as on a real site.
@@ -13,24 +12,16 @@ cross-origin to the hub, whose address is the tracker's collector, as on a real 
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
-import subprocess
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
-from browsing import customer, eventually, missing
+from browsing import customer, eventually
+from sdk_bundles import build_bundles
 
 from prm_core.config import Config
 
-SDK_DIR = Path(__file__).parent / "browser_sdk"
-SDK_INPUTS = ("package.json", "package-lock.json", "entry.js")
-BUILD_TIMEOUT = 300  # seconds for npm ci (a cold npm cache downloads the packages) and esbuild
 APP_ID = "shop"
 SIGNUP = "iglu:com.acme/signup/jsonschema/1-0-0"
 TITLE = "Washers | Example Appliances"
@@ -48,55 +39,9 @@ def hub_config(database_url: str) -> Config:
 # ---- the bundle ----------------------------------------------------------------------------
 
 
-def _run(args: list[str], cwd: Path) -> None:
-    env = {**os.environ, "npm_config_update_notifier": "false", "npm_config_fund": "false"}
-    try:
-        done = subprocess.run(
-            args, cwd=cwd, env=env, capture_output=True, text=True, timeout=BUILD_TIMEOUT, check=False
-        )
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"{' '.join(args)} took longer than {BUILD_TIMEOUT}s")
-    if done.returncode != 0:
-        pytest.fail(f"{' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
-
-
-def build_bundle() -> Path:
-    """The tracker bundled into one browser script, built once per content of ``SDK_INPUTS``."""
-    digest = hashlib.sha256()
-    for name in SDK_INPUTS:
-        digest.update(name.encode() + b"\0" + (SDK_DIR / name).read_bytes() + b"\0")
-    cache = Path(tempfile.gettempdir()) / f"prm-browser-sdk-{digest.hexdigest()[:16]}"
-    bundle = cache / "snowplow.js"
-    if bundle.is_file() and bundle.stat().st_size > 0:
-        return bundle
-    if shutil.which("npm") is None or shutil.which("npx") is None:
-        missing("npm is absent (apt-get install npm)")
-    work = Path(tempfile.mkdtemp(prefix="prm-browser-sdk-build-"))
-    try:
-        for name in SDK_INPUTS:
-            shutil.copyfile(SDK_DIR / name, work / name)
-        # exactly the locked versions; no install scripts: esbuild's binary is its locked
-        # optional dependency for this platform
-        _run(["npm", "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--prefer-offline"], work)
-        out = work / "out"
-        out.mkdir()
-        _run(
-            ["npx", "--no", "--", "esbuild", "entry.js", "--bundle", "--format=iife", f"--outfile={out / bundle.name}"],
-            work,
-        )
-        try:
-            out.rename(cache)  # atomic: a concurrent build's result is as good as this one
-        except OSError:
-            if not bundle.is_file():
-                raise
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return bundle
-
-
 @pytest.fixture(scope="session")
 def sdk_bundle() -> str:
-    return build_bundle().read_text()
+    return (build_bundles() / "snowplow.js").read_text()
 
 
 # ---- the browser and the site --------------------------------------------------------------

@@ -221,6 +221,30 @@ async def test_preflight_and_cors_headers_echo_the_origin(hub_client):
     assert "Access-Control-Allow-Origin" not in plain.headers
 
 
+async def test_allowed_origins_limit_which_pages_may_send(aiohttp_client, database_url):
+    from prm_core.server.app import create_app
+
+    web_settings = {"snowplow_app_ids": ["shop"], "allowed_origins": [ORIGIN]}
+    config = Config(database_url=database_url, raw={"touchpoints": {"web": web_settings}})
+    client = await aiohttp_client(create_app(config))
+    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"}
+    granted = await client.options(TP2, headers={"Origin": ORIGIN, **preflight})
+    assert granted.headers["Access-Control-Allow-Origin"] == ORIGIN
+    other = "https://evil.example.net"
+    refused = await client.options(TP2, headers={"Origin": other, **preflight})
+    assert "Access-Control-Allow-Origin" not in refused.headers
+    assert "Access-Control-Allow-Methods" not in refused.headers
+    # sent anyway (no-cors): refused, nothing written
+    resp = await client.post(TP2, json=payload(sp_event("o-1")), headers={"Origin": other})
+    assert resp.status == 403
+    assert (await resp.json())["error"]["code"] == "origin_not_allowed"
+    assert "Access-Control-Allow-Origin" not in resp.headers
+    assert await stored_count(client) == 0
+    ok = await client.post(TP2, json=payload(sp_event("o-2")), headers={"Origin": ORIGIN})
+    assert ok.status == 200
+    assert await stored_count(client) == 1
+
+
 async def test_base64_ue_px_and_plain_ue_pr_and_contexts(hub_client, read_view):
     unstruct = {"schema": UNSTRUCT, "data": {"schema": SIGNUP, "data": {"plan": "platinum", "note": "ü?>"}}}
     contexts = {"schema": CONTEXTS, "data": [{"schema": PRODUCT, "data": {"sku": "dr-100"}}]}

@@ -1,10 +1,19 @@
 """Segment / RudderStack tracking API on the web touch point.
 
-Speaks the HTTP tracking API their SDKs send to (``POST /v1/batch`` and the single-call
-paths ``/v1/track``, ``/v1/identify``, ``/v1/page``, ``/v1/screen``, ``/v1/group``,
-``/v1/alias``), so an existing instrumentation only changes its host. Authentication is the
-write key: HTTP Basic with a ``touchpoint:web`` key as user name, or ``writeKey`` in the
-body.
+Speaks the HTTP tracking API their SDKs send to, so an existing instrumentation only changes
+its host: ``POST /v1/batch`` and the single-call paths ``/v1/track``, ``/v1/identify``,
+``/v1/page``, ``/v1/screen``, ``/v1/group``, ``/v1/alias`` (the server SDKs and RudderStack's
+JavaScript SDK), their one-letter forms ``/v1/b``, ``/v1/t``, ``/v1/i``, ``/v1/p``, ``/v1/s``,
+``/v1/g``, ``/v1/a`` (Segment's analytics-next) and ``/beacon/v1/batch`` (RudderStack's
+beacon). Authentication is the write key: HTTP Basic with a ``touchpoint:web`` key as user
+name, ``?writeKey=`` (the beacon), or ``writeKey`` in the body; the body is read as JSON
+whatever its content type (the browser SDKs send ``text/plain``).
+
+For the browser SDKs it also serves what they load at start, Segment's settings
+(``GET /v1/projects/<writeKey>/settings``) and RudderStack's source configuration
+(``GET /sourceConfig/``), and answers their CORS preflights for the origins of
+``[touchpoints.web] allowed_origins`` (see :mod:`prm_web.cors`). A secret key sent from a web
+page (with an ``Origin`` header) is refused: browsers get public keys only.
 
 Mapping to the hub's Event:
 
@@ -23,19 +32,22 @@ Mapping to the hub's Event:
   clock with ``sentAt`` as Segment does.
 
 Answers: exactly 200 ``{"success": true}`` once durable; 400 for invalid JSON, a message
-without ``userId`` and ``anonymousId``, or one over 32 KB; 413 for a batch over 500 KB.
+without ``userId`` and ``anonymousId``, or one over 32 KB; 413 for a body over 512 KiB.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any
 
 import structlog
 from aiohttp import web
+from prm_web.cors import BrowserOrigins
+from yarl import URL
 
 from prm_core import hookimpl
 from prm_core.clock import utcnow
@@ -45,14 +57,15 @@ from prm_core.events import parse_time
 from prm_core.hub import Hub
 from prm_core.model import Adapter, Event, Identity
 from prm_core.server.auth import presented_key, require
-from prm_core.server.errors import ApiError
+from prm_core.server.errors import ApiError, error_middleware
 from prm_core.server.routes import api, ingest, parse_json_body
 from prm_core.server.state import HUB
 
 __all__ = ["MAX_BATCH_BYTES", "MAX_MESSAGE_BYTES", "prm_adapters", "to_event"]
 
 MAX_MESSAGE_BYTES = 32 * 1024
-MAX_BATCH_BYTES = 500 * 1024
+# RudderStack's JavaScript SDK fills a batch up to 512 KiB; Segment's stays under 450 KB
+MAX_BATCH_BYTES = 512 * 1024
 TYPES = ("track", "identify", "page", "screen", "group", "alias")
 TOUCHPOINT = "web"
 log = structlog.get_logger(__name__)
@@ -183,7 +196,10 @@ def to_event(message: Any, hub: Hub, *, where: str, received_at: datetime, sent_
 
 
 async def _read(request: web.Request) -> Any:
-    raw = await request.read()
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise ApiError(413, "too_large", f"a batch is at most {MAX_BATCH_BYTES} bytes") from None
     if len(raw) > MAX_BATCH_BYTES:
         raise ApiError(413, "too_large", f"a batch is at most {MAX_BATCH_BYTES} bytes")
     try:
@@ -192,18 +208,37 @@ async def _read(request: web.Request) -> Any:
         raise ApiError(400, "malformed_json", "the body is not valid JSON") from None
 
 
+async def _require_key(request: web.Request, key: str | None) -> None:
+    """The write key must be a ``touchpoint:web`` key; from a web page, a public one."""
+    record = await require(request, f"touchpoint:{TOUCHPOINT}", key=key)
+    if not record.public and "Origin" in request.headers:
+        # a secret key in a page is readable by every visitor: refuse it before it is relied on
+        raise ApiError(
+            403,
+            "secret_key_in_browser",
+            "a web page must send with a public key (prm keys create --scope touchpoint:web --public); "
+            "this key is secret and readable by every visitor of the page: revoke it",
+        )
+
+
+def _header_or_query_key(request: web.Request) -> str | None:
+    """The write key as the SDKs send it outside the body: the Basic user name (Segment,
+    RudderStack's XHR), or ``?writeKey=`` (RudderStack's beacon, which cannot set headers)."""
+    return presented_key(request) or request.query.get("writeKey") or None
+
+
 async def _handle(request: web.Request, single: str | None) -> web.Response:
-    # the write key: the Basic user name (what the SDKs send), checked before reading the
-    # body; else writeKey in the body
-    basic = presented_key(request)
-    if basic:
-        await require(request, f"touchpoint:{TOUCHPOINT}", key=basic)
+    # the write key in a header or the query string is checked before reading the body;
+    # else writeKey in the body
+    outside = _header_or_query_key(request)
+    if outside:
+        await _require_key(request, outside)
     body = await _read(request)
     if not isinstance(body, Mapping):
         raise _bad("the body must be a JSON object")
-    if not basic:
+    if not outside:
         key = body.get("writeKey") if isinstance(body.get("writeKey"), str) else None
-        await require(request, f"touchpoint:{TOUCHPOINT}", key=key)
+        await _require_key(request, key)
     hub = request.app[HUB]
     received_at = utcnow()
     if single is None:
@@ -261,41 +296,159 @@ async def _after(hub: Hub, recorded: list[Any]) -> None:
     await hub.add_traits(traits)
 
 
-# browsers (prm.js) post cross-origin with the key in the body: let them read the answer,
-# errors included, so a refused batch is not mistaken for a delivered one
-CORS = {"Access-Control-Allow-Origin": "*"}
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _route(single: str | None) -> Any:
-    async def handler(request: web.Request) -> web.Response:
+def _raising(exc: Exception) -> Handler:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        raise exc
+
+    return handler
+
+
+def _for_browsers(origins: BrowserOrigins, handler: Handler) -> Handler:
+    """``handler`` answering pages of allowed origins with CORS headers on every answer,
+    errors included (a page must tell a refusal from a delivery: without them a browser
+    reports a network error, which the SDKs retry), and refusing pages of other origins."""
+
+    @functools.wraps(handler)
+    async def wrapped(request: web.Request) -> web.StreamResponse:
         try:
-            response = await _handle(request, single)
-        except ApiError as exc:
-            exc.headers.update(CORS)
-            raise
-        response.headers.update(CORS)
+            if not origins.allows(request):
+                raise ApiError(
+                    403,
+                    "origin_not_allowed",
+                    "this page's origin is not in [touchpoints.web] allowed_origins; nothing was stored",
+                )
+            response = await handler(request)
+        except Exception as exc:
+            # the hub's own JSON error for it, so that it can carry the CORS headers
+            response = await error_middleware(request, _raising(exc))
+        response.headers.update(origins.answer_headers(request))
         return response
 
-    handler.__doc__ = (
-        'Segment/RudderStack batch: {"batch": [messages], "sentAt"?, "writeKey"?}'
-        if single is None
-        else f"Segment/RudderStack {single} call"
-    )
-    handler.__name__ = f"segment_{single or 'batch'}"
-    # the key is the Basic user name (what the SDKs send), a Bearer key, or writeKey in the body
-    described = api(
-        handler.__doc__ + "; the key as HTTP Basic user name, Bearer, or writeKey in the body",
+    return wrapped
+
+
+ANSWERS = {
+    200: '{"success": true}, once durable',
+    400: "Malformed JSON or an invalid message; `field` names it",
+    401: "No write key, or not a valid touchpoint:web key",
+    403: "A page of an origin not in allowed_origins, or a secret key sent from a web page",
+    413: "A body over 512 KiB",
+}
+
+
+def _tracking(single: str | None, path: str) -> Handler:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await _handle(request, single)
+
+    handler.__name__ = "segment_" + path.strip("/").replace("/", "_")
+    if single is None:
+        summary = 'Segment/RudderStack batch: {"batch": [messages], "sentAt"?, "writeKey"?}'
+    else:
+        summary = f"Segment/RudderStack {single} call"
+    return api(summary, scope=f"touchpoint:{TOUCHPOINT}", responses=ANSWERS, public=True)(handler)
+
+
+def _api_host(request: web.Request, config: Config) -> tuple[str, str]:
+    """Where the hub's tracking API is, as Segment's settings name it: ``(protocol, host/v1)``."""
+    base = URL(config.public_url) if config.public_url else request.url.origin()
+    host = base.raw_authority + base.raw_path.rstrip("/")
+    return base.scheme, f"{host}/v1"
+
+
+def _segment_settings(config: Config) -> Handler:
+    @api(
+        "Segment analytics.js settings (cdnURL = the hub)",
         scope=f"touchpoint:{TOUCHPOINT}",
-        responses={
-            200: '{"success": true}, once durable',
-            400: "Malformed JSON or an invalid message; `field` names it",
-            401: "No key, or an invalid one",
-            403: "The key's scope does not grant this",
-            413: "Body too large",
-        },
+        responses={200: '{"integrations": {"Segment.io": {...}}, ...}', 401: ANSWERS[401], 403: ANSWERS[403]},
         public=True,
     )
-    return described(handler)
+    async def segment_settings(request: web.Request) -> web.StreamResponse:
+        """Settings for Segment's analytics.js (analytics-next) loaded with ``cdnURL`` = the hub
+
+        The write key in the path must be a public touchpoint:web key. The settings send
+        every call to this hub (the Segment.io integration), with no other destination,
+        remote plugin or metrics.
+        """
+        write_key = request.match_info["write_key"]
+        await _require_key(request, write_key)
+        protocol, api_host = _api_host(request, config)
+        settings = {
+            "integrations": {"Segment.io": {"apiKey": write_key, "apiHost": api_host, "protocol": protocol}},
+            "plan": {},
+            "remotePlugins": [],
+            "enabledMiddleware": {},
+            "middlewareSettings": {},
+            "legacyVideoPluginsEnabled": False,
+            "metrics": {"sampleRate": 0},
+        }
+        return web.json_response(settings, headers={"Cache-Control": "private, max-age=300"})
+
+    return segment_settings
+
+
+@api(
+    "RudderStack JavaScript SDK source configuration (configUrl = the hub)",
+    scope=f"touchpoint:{TOUCHPOINT}",
+    responses={200: '{"source": {...}}', 401: ANSWERS[401], 403: ANSWERS[403]},
+    public=True,
+)
+async def rudderstack_source_config(request: web.Request) -> web.StreamResponse:
+    """The source configuration of RudderStack's JavaScript SDK loaded with ``configUrl`` = the hub
+
+    The write key (the Basic user name, or ``?writeKey=``) must be a public touchpoint:web
+    key. The source has no device-mode destination: events go to the data plane, the hub.
+    """
+    await _require_key(request, _header_or_query_key(request))
+    source = {
+        "id": "prm-hub",
+        "name": "PRM hub",
+        "workspaceId": "prm-hub",
+        "enabled": True,
+        "config": {},
+        "destinations": [],
+    }
+    return web.json_response({"isHosted": False, "source": source}, headers={"Cache-Control": "private, max-age=300"})
+
+
+def _preflight(origins: BrowserOrigins, methods: str) -> Handler:
+    async def preflight(request: web.Request) -> web.StreamResponse:
+        """CORS preflight of the browser SDKs: the grant for an allowed origin, none for another"""
+        return origins.preflight_answer(request, methods)
+
+    return preflight
+
+
+# the paths the SDKs post to: Segment's analytics-next sends single calls to the first letter
+# of their type (/v1/t, /v1/p, ...) and batches to /v1/b; RudderStack's JavaScript SDK sends
+# single calls to /v1/<type>, batches to /v1/batch, beacons to /beacon/v1/batch?writeKey=
+SHORT = {t[0]: t for t in TYPES}
+POST_PATHS: dict[str, str | None] = {
+    "/v1/batch": None,
+    "/v1/b": None,
+    "/beacon/v1/batch": None,
+    **{f"/v1/{t}": t for t in TYPES},
+    **{f"/v1/{letter}": t for letter, t in SHORT.items()},
+}
+SETTINGS_PATH = "/v1/projects/{write_key}/settings"
+SOURCE_CONFIG_PATHS = ("/sourceConfig", "/sourceConfig/")
+
+
+def routes(config: Config) -> list[web.RouteDef]:
+    """The tracking routes, their preflights, and the SDKs' configuration documents."""
+    origins = BrowserOrigins.from_setting(config.touchpoint(TOUCHPOINT).get("allowed_origins"), config.public_url)
+    posting = _preflight(origins, "POST, OPTIONS")
+    reading = _preflight(origins, "GET, HEAD, OPTIONS")
+    result = []
+    for path, single in POST_PATHS.items():
+        result += [web.post(path, _for_browsers(origins, _tracking(single, path))), web.options(path, posting)]
+    result.append(web.get(SETTINGS_PATH, _for_browsers(origins, _segment_settings(config))))
+    result.append(web.options(SETTINGS_PATH, reading))
+    for path in SOURCE_CONFIG_PATHS:
+        result += [web.get(path, _for_browsers(origins, rudderstack_source_config)), web.options(path, reading)]
+    return result
 
 
 @hookimpl
@@ -304,7 +457,7 @@ def prm_adapters(config: Config) -> list[Adapter]:
         Adapter(
             name="segment",
             touchpoint=TOUCHPOINT,
-            routes=[web.post("/v1/batch", _route(None))] + [web.post(f"/v1/{t}", _route(t)) for t in TYPES],
+            routes=routes(config),
             description="Segment / RudderStack tracking API",
         )
     ]

@@ -39,7 +39,9 @@ Mapping to the hub's Event:
 
 Bad input (malformed JSON, a missing ``eid``, bad base64) is answered 400 naming the field
 (``data[2].eid``, or ``eid`` for ``GET /i``), and nothing is written. Errors carry the CORS
-headers too, so a browser tracker can read them.
+headers too, so a browser tracker can read them. Pages of an origin not in
+``[touchpoints.web] allowed_origins`` (any, by default) get no CORS grant, and what they send
+anyway is refused with 403.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from typing import Any
 
 import structlog
 from aiohttp import web
+from prm_web.cors import BrowserOrigins
 
 from prm_core import hookimpl
 from prm_core.clock import utcnow
@@ -369,14 +372,20 @@ def to_event(event: Any, hub: Hub, *, where: str, received_at: datetime) -> Even
 # ---- HTTP ----------------------------------------------------------------------------------
 
 
-def _cors(request: web.Request) -> dict[str, str]:
-    """Browser trackers send credentials (cookies): echo the Origin, never ``*``."""
+def _cors(request: web.Request, origins: BrowserOrigins) -> dict[str, str]:
+    """Browser trackers send credentials (cookies): echo an allowed Origin, never ``*``."""
     headers = {"Vary": "Origin"}
     origin = request.headers.get("Origin")
-    if origin:
+    if origin and origins.allows(request):
         headers["Access-Control-Allow-Origin"] = origin
         headers["Access-Control-Allow-Credentials"] = "true"
     return headers
+
+
+def _check_origin(request: web.Request, origins: BrowserOrigins) -> None:
+    if not origins.allows(request):
+        message = "this page's origin is not in [touchpoints.web] allowed_origins; nothing was stored"
+        raise ApiError(403, "origin_not_allowed", message)
 
 
 def _check_app_ids(events: Sequence[Any], allowed: frozenset[str], where: str) -> None:
@@ -452,7 +461,7 @@ def _admit(request: web.Request) -> None:
         limit_keyless(request, "snowplow")
 
 
-def _handlers(allowed: frozenset[str]) -> tuple[Any, Any, Any]:
+def _handlers(allowed: frozenset[str], origins: BrowserOrigins) -> tuple[Any, Any, Any]:
     @api(
         "Snowplow tracker protocol: a payload_data batch of events (app id must be listed in config)",
         scope=None,
@@ -467,9 +476,10 @@ def _handlers(allowed: frozenset[str]) -> tuple[Any, Any, Any]:
         public=True,
     )
     async def snowplow_tp2(request: web.Request) -> web.Response:
-        cors = _cors(request)
+        cors = _cors(request, origins)
         try:
             _admit(request)
+            _check_origin(request, origins)
             events = await _post_body(request)
             await _record(request, events, "data", allowed)
         except ApiError as exc:
@@ -489,9 +499,10 @@ def _handlers(allowed: frozenset[str]) -> tuple[Any, Any, Any]:
         public=True,
     )
     async def snowplow_pixel(request: web.Request) -> web.Response:
-        cors = _cors(request)
+        cors = _cors(request, origins)
         try:
             _admit(request)
+            _check_origin(request, origins)
             await _record(request, [dict(request.query)], "", allowed)
         except ApiError as exc:
             exc.headers.update(cors)
@@ -504,12 +515,15 @@ def _handlers(allowed: frozenset[str]) -> tuple[Any, Any, Any]:
 
     @api("CORS preflight for browser trackers", scope=None, responses={204: "the allowed method and headers"})
     async def snowplow_preflight(request: web.Request) -> web.Response:
-        headers = {
-            **_cors(request),
-            "Access-Control-Allow-Methods": "POST, OPTIONS",
-            "Access-Control-Allow-Headers": "Content-Type, SP-Anonymous",
-            "Access-Control-Max-Age": "86400",
-        }
+        headers = _cors(request, origins)
+        if "Access-Control-Allow-Origin" in headers:  # no grant for a page of another origin
+            headers.update(
+                {
+                    "Access-Control-Allow-Methods": "POST, OPTIONS",
+                    "Access-Control-Allow-Headers": "Content-Type, SP-Anonymous",
+                    "Access-Control-Max-Age": "86400",
+                }
+            )
         return web.Response(status=204, headers=headers)
 
     return snowplow_tp2, snowplow_pixel, snowplow_preflight
@@ -526,7 +540,8 @@ def app_ids(config: Config) -> frozenset[str]:
 @hookimpl
 def prm_adapters(config: Config) -> list[Adapter]:
     # with no app id listed the routes are mounted but refuse every call (401)
-    post, pixel, preflight = _handlers(app_ids(config))
+    origins = BrowserOrigins.from_setting(config.touchpoint(TOUCHPOINT).get("allowed_origins"), config.public_url)
+    post, pixel, preflight = _handlers(app_ids(config), origins)
     return [
         Adapter(
             name="snowplow",
