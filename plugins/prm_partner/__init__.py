@@ -21,7 +21,7 @@ from prm_core.config import Config
 from prm_core.model import FulfillmentRequest, FulfillmentResult, Partner, TouchPoint, ValueRequest
 from prm_core.outbox import Fulfillment
 
-from .callbacks import callback_route
+from .callbacks import callback_route, listener_route
 from .client import PartnerClient
 from .playbook import plan_service_request
 from .push import sessions, stream_route
@@ -85,7 +85,11 @@ def prm_touchpoints(config: Config) -> Iterator[TouchPoint]:
         name="partners",
         channel="partner",
         budget_ms=int(config.touchpoint("partners").get("budget_ms", 2000)),
-        routes=(callback_route(lambda: directory.settings), stream_route()),
+        routes=(
+            callback_route(lambda: directory.settings),
+            listener_route(lambda: directory.settings),
+            stream_route(),
+        ),
         description="partners' signed callbacks about the work the hub asked of them",
     )
 

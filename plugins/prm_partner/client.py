@@ -21,6 +21,7 @@ from typing import Any, Literal, cast
 
 import aiohttp
 import prm_tmf
+import structlog
 from aiobreaker import CircuitBreaker, CircuitBreakerError
 from cloudevents.core.bindings.http import to_structured_event
 from cloudevents.core.v1.event import CloudEvent
@@ -31,7 +32,9 @@ from prm_core.outbox import RetryLater
 
 from .settings import PartnerSettings
 
-__all__ = ["PartnerClient", "retry_after_s", "signed_headers"]
+__all__ = ["PartnerClient", "attention", "retry_after_s", "signed_headers"]
+
+log = structlog.get_logger(__name__)
 
 RETRYABLE = frozenset({408, 425, 429, 500, 502, 503, 504})
 ResultStatus = Literal["pending", "confirmed", "rejected", "failed"]
@@ -162,8 +165,21 @@ class PartnerClient:
         except ValueError:
             answer = {}
         if s.protocol in ("tmf646", "tmf687"):
-            return prm_tmf.parse_result(s.protocol, req, status, answer)
+            try:
+                return prm_tmf.parse_result(s.protocol, req, status, answer)
+            except prm_tmf.InvalidMessage as exc:
+                # the partner said something, but not in its specification's terms: it may have
+                # booked or reserved, so a person looks rather than the hub retrying or waiting
+                log.warning("partner answer invalid", partner=s.name, field=exc.field)
+                return FulfillmentResult(req.id, req.partner, "failed", attention(exc))
         return _cloudevents_result(req, status, answer)
+
+
+def attention(exc: prm_tmf.InvalidMessage) -> dict[str, Any]:
+    """The result data of a request whose partner broke its specification: ``attention``
+    names the field, so an operator knows what to look at (no value is copied: it may hold
+    personal data)."""
+    return {"attention": {"code": "invalid_partner_message", "field": exc.field, "message": exc.message}}
 
 
 def _cloudevents_result(req: FulfillmentRequest, status: int, answer: Any) -> FulfillmentResult:
