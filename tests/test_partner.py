@@ -23,6 +23,7 @@ from cloudevents.core.bindings.http import HTTPMessage, from_structured_event
 from prm_partner.playbook import add_business_days, visit_details
 from prm_tmf.simulators import AppointmentSimulator, StockSimulator, sign_headers
 from standardwebhooks import Webhook
+from tmf_spec import assert_conforms
 
 from prm_core import hookimpl
 from prm_core.config import Config
@@ -104,6 +105,7 @@ def partners_config(database_url: str, field: Any, stock: Any, **extra: Any) -> 
                 "url": field.url,
                 "secret": field.secret,
                 "timeout_ms": 5000,
+                "register_listener": False,  # public_url names no server here
             },
             "supplier": {
                 "role": "inventory",
@@ -111,6 +113,7 @@ def partners_config(database_url: str, field: Any, stock: Any, **extra: Any) -> 
                 "url": stock.url,
                 "secret": stock.secret,
                 "timeout_ms": 5000,
+                "register_listener": False,
             },
         },
         "outbox": {"poll_ms": 50, "retry_base_ms": 50, "retry_cap_s": 0.3, "lease_s": 30},
@@ -658,3 +661,105 @@ async def test_erasure_calls_off_unsent_partner_work_and_scrubs_what_was_sent(hu
     field.down = False
     await asyncio.sleep(0.5)  # several outbox polls: nothing more is sent for the erased customer
     assert field.delivered == 0
+
+
+# ---- the TM Forum hub/listener pattern ------------------------------------------------------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_the_hub_registers_its_listener_and_tm_forum_notifications_reach_the_listener_paths(
+    database_url, aiohttp_client, field, stock
+):
+    from prm_core.server.app import create_app
+    from prm_core.server.state import HUB
+
+    port = _free_port()
+    field.answer_later = stock.answer_later = True
+    config = partners_config(database_url, field, stock)
+    raw = {**config.raw, "partners": {n: {**t, "register_listener": True} for n, t in config.raw["partners"].items()}}
+    config = evolve(config, public_url=f"http://127.0.0.1:{port}", raw=raw)
+    client = await aiohttp_client(create_app(config), server_kwargs={"port": port})
+    # at start: POST {url}/hub with the EventSubscriptionInput, signed like every call
+    await eventually(lambda: field.listeners and stock.listeners)
+    ((field_sub,),) = [list(field.listeners.values())]
+    assert field_sub["callback"] == f"http://127.0.0.1:{port}/v1/partners/fieldservice"
+    assert [s["callback"] for s in stock.listeners.values()] == [f"http://127.0.0.1:{port}/v1/partners/supplier"]
+    hub = client.app[HUB]
+    await platinum_ann(hub)
+    key = await create_key_for(hub, "touchpoint:web")
+    resp = await client.post(
+        "/v1/touchpoints/web/requests", json=service_request(), headers={"Authorization": f"Bearer {key}"}
+    )
+    answer = await resp.json()
+    by_partner = {f["partner"]: f for f in answer["delivery"]["fulfillments"]}
+    # someone listens: the partners answer pending and notify the listener paths later
+    assert by_partner["fieldservice"]["data"]["appointment_status"] == "initialized"
+    assert by_partner["supplier"]["data"]["state"] == "accepted"
+    await eventually(async_len(lambda: rows(hub, outbox.c.status == "confirmed"), 2))
+    assert all(status == 201 for status, _ in field.callbacks_sent + stock.callbacks_sent)
+    assert [n["eventType"] for _, n in stock.callbacks_sent] == ["CheckProductStockStateChangeEvent"] * 2
+
+    # the firm withdraws the booking: the view shows it withdrawn, not booked
+    appt_id = by_partner["fieldservice"]["data"]["appointment_id"]
+    field.delete(appt_id)
+    await eventually(async_len(lambda: rows(hub, outbox.c.status == "rejected"), 1))
+    view = await hub.view("email:ann@example.com")
+    visit = next(f for f in view.sections["fulfillments"] if f["partner"] == "fieldservice")
+    assert visit["status"] == "rejected" and visit["data"]["appointment_status"] == "deleted"
+    for sim, protocol in ((field, "tmf646"), (stock, "tmf687")):
+        for definition, message in sim.sent:
+            assert_conforms(protocol, definition, message)
+
+    # stopping the hub unregisters (DELETE {url}/hub/{id})
+    await client.close()
+    assert field.listeners == {} and stock.listeners == {}
+
+
+async def create_key_for(hub: Hub, scope: str) -> str:
+    from prm_core.keys import create_key
+
+    key, _ = await create_key(hub.store, scope)
+    return key
+
+
+async def test_spec_breaking_or_unknown_notifications_at_the_listener(hub_client, make_key, field, stock):
+    answer = await _ask(hub_client, make_key)
+    check = next(f for f in answer["delivery"]["fulfillments"] if f["partner"] == "supplier")
+    hub = hub_client.app[__import__("prm_core.server.state", fromlist=["HUB"]).HUB]
+    await eventually(async_len(lambda: rows(hub, outbox.c.status == "confirmed"), 2))
+    url = "/v1/partners/supplier/listener/checkProductStockStateChangeEvent"
+
+    async def post(path: str, body: dict[str, Any]) -> Any:
+        text = json.dumps(body)
+        return await hub_client.post(path, data=text, headers=sign_headers(stock.secret, text))
+
+    # the spec's accepted state, without the optional eventType: 201, as the spec's listener answers
+    accepted = {"event": {"checkProductStock": {"id": check["data"]["partner_ref"], "state": "inProgress"}}}
+    resp = await post(url, accepted)
+    assert resp.status == 201 and (await resp.json())["status"] == "pending"
+    # a state outside TaskStateType: 422 naming the field; the request is marked for attention
+    bad = {"event": {"checkProductStock": {"id": check["data"]["partner_ref"], "state": "finished"}}}
+    resp = await post(url, bad)
+    assert resp.status == 422
+    assert (await resp.json())["error"]["field"] == "event.checkProductStock.state"
+    (row,) = await rows(hub, outbox.c.partner == "supplier")
+    assert row.result["attention"]["field"] == "event.checkProductStock.state"
+    # an event type this hub does not act on: answered, logged, and the request unchanged
+    resp = await post("/v1/partners/supplier/listener/productStockCreateEvent", {"event": {"productStock": {}}})
+    assert resp.status == 201 and (await resp.json())["ignored"] is True
+    (after,) = await rows(hub, outbox.c.partner == "supplier")
+    assert after.status == row.status
+    # an eventType that is not the listener's is refused
+    resp = await post(url, {**accepted, "eventType": "ReserveProductStockStateChangeEvent"})
+    assert resp.status == 422 and (await resp.json())["error"]["field"] == "eventType"
+    # unsigned: 401, and the answer says why
+    resp = await hub_client.post(url, json=accepted)
+    assert resp.status == 401 and "signed" in (await resp.json())["error"]["message"]
+    assert (await post("/v1/partners/supplier/listener/not-an-event", accepted)).status == 404

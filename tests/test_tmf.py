@@ -1,14 +1,6 @@
 """TM Forum adapters (TMF646 Appointment, TMF687 Stock) and the partner simulators built on them.
 
-Every message is checked against the TM Forum v4.0.0 specifications: tests/data holds, for
-TMF646 Appointment Management v4.0.0 (TMF646-Appointment-v4.0.0.swagger.json) and TMF687 Stock
-Management v4.0.0 (TMF687-Stock-v4.0.0.swagger.json), the definitions the hub sends or reads
-(Appointment_Create, Appointment, SearchTimeSlot_Create, SearchTimeSlot, the Appointment and
-SearchTimeSlot Create/AttributeValueChange/StateChange/Delete events; CheckProductStock_Create,
-CheckProductStock, ReserveProductStock_Create, ReserveProductStock, their Create/
-AttributeValueChange/StateChange/Batch events; EventSubscriptionInput, EventSubscription,
-Error) and everything they refer to, copied as published (descriptions removed). They are
-checked with the ``jsonschema`` library: required fields, types and enums.
+Every message is checked against the TM Forum v4.0.0 definitions (tests/tmf_spec.py says which).
 """
 
 from __future__ import annotations
@@ -21,12 +13,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
-import jsonschema
 import prm_tmf
 import pytest
 from prm_partner.client import PartnerClient
 from prm_partner.settings import PartnerSettings
 from prm_tmf.simulators import AppointmentSimulator, StockSimulator
+from tmf_spec import SPECS, assert_conforms, spec, violations
 
 from prm_core.config import Config
 from prm_core.model import FulfillmentRequest
@@ -34,28 +26,6 @@ from prm_core.server.state import HUB
 from prm_core.store.tables import outbox
 
 T0 = "2026-11-23T08:00:00Z"
-DATA = os.path.join(os.path.dirname(__file__), "data")
-SPECS = {
-    "tmf646": "TMF646-Appointment-v4.0.0.schema.json",
-    "tmf687": "TMF687-Stock-v4.0.0.schema.json",
-}
-
-
-def spec(protocol: str) -> dict[str, Any]:
-    with open(os.path.join(DATA, SPECS[protocol])) as f:
-        return dict(json.load(f))
-
-
-def violations(protocol: str, definition: str, message: Any) -> list[str]:
-    """What ``message`` breaks of ``definition`` (a swagger 2.0 definition: JSON Schema draft 4)."""
-    doc = spec(protocol)
-    assert definition in doc["definitions"], definition
-    validator = jsonschema.Draft4Validator({"$ref": f"#/definitions/{definition}", "definitions": doc["definitions"]})
-    return [f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in validator.iter_errors(message)]
-
-
-def assert_conforms(protocol: str, definition: str, message: Any) -> None:
-    assert violations(protocol, definition, message) == [], (definition, message)
 
 
 def secret() -> str:

@@ -16,9 +16,9 @@ Used by the tests and by ``prm demo``. Each one:
 - with ``callback_url`` set, also sends every notification to that one URL (the hub's
   ``/v1/partners/{name}/callbacks``);
 - retries a notification the hub did not take (non-2xx), as Standard Webhooks senders do;
-- answers after a configurable ``latency_ms``; with a listener (or ``callback_url``) it answers
-  at once with a pending resource and sends the later states as notifications (the "late
-  result" path).
+- answers after a configurable ``latency_ms``; with ``answer_later`` (or ``callback_url``) set
+  it answers at once with a pending resource and sends the later states as notifications (the
+  "late result" path).
 
 .. code-block:: python
 
@@ -91,12 +91,14 @@ class PartnerSimulator:
         latency_ms: float = 0,
         callback_url: str | None = None,
         callback_delay_ms: float = 50,
+        answer_later: bool = False,
     ) -> None:
         self.secret = secret
         self.webhook = Webhook(secret)
         self.latency_s = latency_ms / 1000
         self.callback_url = callback_url
         self.callback_delay_s = callback_delay_ms / 1000
+        self.answer_later = answer_later
         self.down = False
         self.retry_after_s = 1
         self.calls = 0
@@ -133,8 +135,8 @@ class PartnerSimulator:
 
     @property
     def notifies(self) -> bool:
-        """Whether results may come later, by notification (someone listens)."""
-        return bool(self.callback_url or self.listeners)
+        """Whether results come later, by notification: ``answer_later``, or a ``callback_url``."""
+        return bool(self.answer_later or self.callback_url)
 
     # ---- serving -------------------------------------------------------------------------------
 
@@ -170,10 +172,15 @@ class PartnerSimulator:
             task.cancel()
 
     def _verified(self, raw: str, request: web.Request) -> Any:
+        """The JSON body of a correctly signed call (``{}`` when empty), else ``None``."""
         try:
-            return self.webhook.verify(raw, dict(request.headers))
+            self.webhook.verify(raw, dict(request.headers), json_parse=False)
         except WebhookVerificationError:
             self.refused_signatures += 1
+            return None
+        try:
+            return json.loads(raw) if raw else {}
+        except ValueError:
             return None
 
     def answer_json(self, definition: str, body: dict[str, Any], status: int) -> web.Response:
@@ -289,7 +296,7 @@ class AppointmentSimulator(PartnerSimulator):
 
     Technicians visit in three-hour slots, 09:00 and 13:00 UTC on working days, ``technicians``
     visits per slot. A booking takes the first free slot inside the requested ``validFor``
-    (``failed`` if none fits); when someone listens it is ``initialized`` at once and
+    (``failed`` if none fits); with ``answer_later`` it is ``initialized`` at once and
     ``confirmed`` by an ``AppointmentStateChangeEvent``. :meth:`delete` withdraws a booking
     (``AppointmentDeleteEvent``) and :meth:`set_status` changes its status
     (``AppointmentStateChangeEvent``).
@@ -400,8 +407,8 @@ class AppointmentSimulator(PartnerSimulator):
 class StockSimulator(PartnerSimulator):
     """A supplier's TMF687 Stock Management v4.0.0 API over ``stock`` (part id -> units held).
 
-    ``checkProductStock`` and ``reserveProductStock`` answer ``200`` ``done`` at once; when
-    someone listens, ``201`` ``accepted`` and then the task's later states by
+    ``checkProductStock`` and ``reserveProductStock`` answer ``200`` ``done`` at once, or
+    with ``answer_later``, ``201`` ``accepted`` and then the task's later states by
     ``*StateChangeEvent``: ``inProgress``, then ``done`` (or ``terminatedWithError`` while
     ``terminate`` is set).
     """

@@ -18,11 +18,12 @@ from collections.abc import Awaitable, Iterator
 
 from prm_core import hookimpl
 from prm_core.config import Config
-from prm_core.model import FulfillmentRequest, FulfillmentResult, Partner, TouchPoint, ValueRequest
+from prm_core.model import Adapter, FulfillmentRequest, FulfillmentResult, Partner, TouchPoint, ValueRequest
 from prm_core.outbox import Fulfillment
 
 from .callbacks import callback_route, listener_route
 from .client import PartnerClient
+from .listeners import registration_service
 from .playbook import plan_service_request
 from .push import sessions, stream_route
 from .settings import PartnerSettings, partner_settings
@@ -91,6 +92,19 @@ def prm_touchpoints(config: Config) -> Iterator[TouchPoint]:
             stream_route(),
         ),
         description="partners' signed callbacks about the work the hub asked of them",
+    )
+
+
+@hookimpl
+def prm_adapters(config: Config) -> Iterator[Adapter]:
+    # a hub serving HTTP registers its listener with the TM Forum partners that have /hub
+    if not partner_settings(config):
+        return
+    yield Adapter(
+        name="partner-listeners",
+        touchpoint="partners",
+        services=(registration_service(lambda: directory.settings, config.public_url),),
+        description="registers the hub's listener at TM Forum partners' /hub while the hub runs",
     )
 
 

@@ -20,8 +20,9 @@ _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 @frozen
 class PartnerSettings:
     """One partner: its role (``field_service``, ``inventory``, ...), the protocol it speaks,
-    its base ``url``, the Standard Webhooks ``secret`` used both ways, and the time one call
-    may take (``timeout_ms``)."""
+    its base ``url``, the Standard Webhooks ``secret`` used both ways, the time one call
+    may take (``timeout_ms``), and whether the hub registers its listener at the partner's
+    ``/hub`` (``register_listener``, TM Forum partners; true by default)."""
 
     name: str
     role: str
@@ -29,6 +30,7 @@ class PartnerSettings:
     url: str
     secret: str
     timeout_ms: int = 800
+    register_listener: bool = True
 
     @property
     def timeout_s(self) -> float:
@@ -54,7 +56,10 @@ def _one(name: str, table: Mapping[str, Any]) -> PartnerSettings:
     timeout = table.get("timeout_ms", 800)
     if not isinstance(timeout, int) or not 1 <= timeout <= 60_000:
         raise ConfigError(f"{where}.timeout_ms must be a whole number of milliseconds from 1 to 60000")
-    return PartnerSettings(name, role, protocol, url.rstrip("/"), secret, timeout)
+    register = table.get("register_listener", True)
+    if not isinstance(register, bool):
+        raise ConfigError(f"{where}.register_listener must be true or false")
+    return PartnerSettings(name, role, protocol, url.rstrip("/"), secret, timeout, register)
 
 
 def partner_settings(config: Config) -> dict[str, PartnerSettings]:
