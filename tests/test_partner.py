@@ -134,6 +134,8 @@ def pushes() -> Pushes:
 def hub_config(request, database_url, field, stock) -> Config:
     if getattr(request, "param", None) == "tight":  # the web's own budget, partners slower than it
         return partners_config(database_url, field, stock, touchpoints={"web": {"budget_ms": 300}})
+    if getattr(request, "param", None) == "failover":  # a second field-service firm
+        return request.getfixturevalue("failover_config")
     return partners_config(database_url, field, stock)
 
 
@@ -763,3 +765,146 @@ async def test_spec_breaking_or_unknown_notifications_at_the_listener(hub_client
     resp = await hub_client.post(url, json=accepted)
     assert resp.status == 401 and "signed" in (await resp.json())["error"]["message"]
     assert (await post("/v1/partners/supplier/listener/not-an-event", accepted)).status == 404
+
+
+# ---- several field-service firms ---------------------------------------------------------------------
+
+
+def test_firms_are_chosen_by_region_skill_and_tier_cheapest_first():
+    from prm_partner.failover import choose_firms
+    from prm_partner.settings import partner_settings
+
+    def firm(**terms: Any) -> dict[str, Any]:
+        return {"role": "field_service", "protocol": "tmf646", "url": "http://x", "secret": new_secret(), **terms}
+
+    config = Config(
+        raw={
+            "partners": {
+                "anyfix": firm(price=120),
+                "northfix": firm(regions=["north"], price=90),
+                "southfix": firm(regions=["south"], price=50),
+                "premium": firm(tiers=["platinum"], skills=["fridges"], price=10),
+                "unpriced": firm(),
+            }
+        }
+    )
+    firms = [s for s in partner_settings(config).values()]
+    names = lambda **k: [f.name for f in choose_firms(firms, **k)]  # noqa: E731
+    assert names(region="north", skill=None, tier="gold") == ["northfix", "anyfix", "unpriced"]
+    assert names(region="south", skill="fridges", tier="platinum") == ["premium", "southfix", "anyfix", "unpriced"]
+    assert names(region=None, skill="washers", tier=None) == ["anyfix", "unpriced"]
+    with pytest.raises(Exception, match=r"\[partners.bad\].price"):
+        partner_settings(Config(raw={"partners": {"bad": firm(price="cheap")}}))
+    with pytest.raises(Exception, match=r"\[partners.bad\].regions"):
+        partner_settings(Config(raw={"partners": {"bad": firm(regions="north")}}))
+
+
+@pytest.fixture
+async def backup() -> Any:
+    sim = AppointmentSimulator(new_secret(), latency_ms=20)
+    await sim.serve()
+    yield sim
+    await sim.stop()
+
+
+def two_firms(database_url: str, field: Any, stock: Any, backup: Any) -> Config:
+    config = partners_config(database_url, field, stock)
+    raw = dict(config.raw)
+    raw["partners"] = {
+        **raw["partners"],
+        "fieldservice": {**raw["partners"]["fieldservice"], "regions": ["north"], "price": 90, "timeout_ms": 400},
+        "backupfirm": {
+            "role": "field_service",
+            "protocol": "tmf646",
+            "url": backup.url,
+            "secret": backup.secret,
+            "timeout_ms": 400,
+            "price": 120,
+            "register_listener": False,
+        },
+    }
+    raw["touchpoints"] = {"web": {"budget_ms": 3000}}
+    return evolve(config, raw=raw)
+
+
+async def northern_ann(hub: Hub) -> None:
+    cid = await platinum_ann(hub)
+    await hub.update_customer(cid, {"traits": {"region": "north"}})
+
+
+@pytest.mark.parametrize("trouble", ["down", "slow", "no slot"])
+async def test_the_next_firm_takes_the_visit_when_the_first_cannot_within_the_budget(
+    database_url, field, stock, backup, trouble
+):
+    if trouble == "down":
+        field.down, field.retry_after_s = True, 3600
+    elif trouble == "slow":
+        field.latency_s = 2.0  # past its 400 ms timeout
+    else:
+        field.technicians = 0  # answers failed: no slot in the window
+    async with Hub.open(two_firms(database_url, field, stock, backup)) as hub:
+        await northern_ann(hub)
+        (request,) = hub.parse_events(service_request(), "web")
+        answer = await hub.request(request)
+        assert answer.delivery.degraded == ()
+        visit = next(f for f in answer.delivery.fulfillments if f.partner == "fieldservice")
+        # the answer says which firm took the job, and which was passed over
+        assert visit.status == "confirmed"
+        assert (visit.data["firm"], visit.data["tried"]) == ("backupfirm", ["fieldservice"])
+        assert backup.delivered == 1 and backup.bodies[0]["relatedParty"][0]["name"] == "Ann Lee"
+        assert "_failover" not in backup.bodies[0] and "backupfirm" not in json.dumps(backup.bodies[0])
+        view = await hub.view("email:ann@example.com")
+        listed = next(f for f in view.sections["fulfillments"] if f["role"] == "field_service")
+        assert listed["data"]["firm"] == "backupfirm" and listed["status"] == "confirmed"
+
+
+async def test_the_first_firm_keeps_the_job_when_it_can_and_only_the_firm_that_took_it_can_update_it(
+    database_url, field, stock, backup
+):
+    async with Hub.open(two_firms(database_url, field, stock, backup)) as hub:
+        await northern_ann(hub)
+        (request,) = hub.parse_events(service_request(), "web")
+        answer = await hub.request(request)
+        visit = next(f for f in answer.delivery.fulfillments if f.partner == "fieldservice")
+        assert visit.data["firm"] == "fieldservice" and "tried" not in visit.data
+        assert backup.calls == 0
+        # a customer in a region the first firm does not cover goes to the other one directly
+        await hub.update_customer("email:ann@example.com", {"traits": {"region": "south"}})
+        (south,) = hub.parse_events(service_request("sr-south"), "web")
+        answer = await hub.request(south)
+        visit = next(f for f in answer.delivery.fulfillments if f.partner != "supplier")
+        assert (visit.partner, visit.data["firm"]) == ("backupfirm", "backupfirm")
+    assert backup.delivered == 1
+
+
+@pytest.mark.parametrize("hub_config", ["failover"], indirect=True)
+async def test_a_notification_from_the_firm_that_took_over_applies_and_one_from_the_passed_over_firm_does_not(
+    hub_client, make_key, field, backup
+):
+    from prm_core.server.state import HUB
+
+    field.down, field.retry_after_s = True, 3600
+    hub = hub_client.app[HUB]
+    await northern_ann(hub)
+    answer = await _ask(hub_client, make_key)
+    visit = next(f for f in answer["delivery"]["fulfillments"] if f["partner"] == "fieldservice")
+    assert visit["data"]["firm"] == "backupfirm"
+    (booking,) = backup.bodies
+    appt = {"id": visit["data"]["appointment_id"], "externalId": booking["externalId"], "validFor": {}}
+
+    async def notify(sim: Any, partner: str, status: str) -> Any:
+        text = json.dumps({"event": {"appointment": {**appt, "status": status}}})
+        url = f"/v1/partners/{partner}/listener/appointmentStateChangeEvent"
+        return await hub_client.post(url, data=text, headers=sign_headers(sim.secret, text))
+
+    passed_over = await notify(field, "fieldservice", "cancelled")
+    assert passed_over.status == 201 and (await passed_over.json())["ignored"] is True
+    taken = await notify(backup, "backupfirm", "completed")
+    assert taken.status == 201 and (await taken.json())["status"] == "completed"
+    (row,) = await rows(hub, outbox.c.role == "field_service")
+    assert (row.partner, row.status, row.result["firm"]) == ("fieldservice", "completed", "backupfirm")
+
+
+@pytest.fixture
+def failover_config(database_url, field, stock, backup) -> Config:
+    return two_firms(database_url, field, stock, backup)

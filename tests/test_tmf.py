@@ -17,7 +17,7 @@ import prm_tmf
 import pytest
 from prm_partner.client import PartnerClient
 from prm_partner.settings import PartnerSettings
-from prm_tmf.simulators import AppointmentSimulator, StockSimulator
+from prm_tmf.simulators import AppointmentSimulator, StockSimulator, sign_headers
 from tmf_spec import SPECS, assert_conforms, spec, violations
 
 from prm_core.config import Config
@@ -325,3 +325,101 @@ async def test_an_accepted_stock_check_is_completed_by_the_partners_notification
     for definition, message in stock.sent:
         assert_conforms("tmf687", definition, message)
     assert datetime.now(tz=UTC) - row.updated_at < timedelta(minutes=1)
+
+
+async def test_every_message_the_simulators_send_follows_the_v4_0_0_definitions(aiohttp_server):
+    """Synchronous answers, errors, and the asynchronous paths (accepted, inProgress, done,
+    terminatedWithError, a state change, a delete), as received by a registered listener."""
+    from aiohttp import web
+
+    received: list[tuple[str, dict[str, Any]]] = []
+
+    async def listener(request: web.Request) -> web.Response:
+        received.append((request.match_info["event"], await request.json()))
+        return web.json_response({"id": "x", "callback": "/"}, status=201)
+
+    app = web.Application()
+    app.router.add_post("/hub/{partner}/listener/{event}", listener)
+    hub = await aiohttp_server(app)
+    field = AppointmentSimulator(secret(), callback_delay_ms=1)
+    stock = StockSimulator(secret(), stock={"pump-7": 1}, callback_delay_ms=1)
+    await field.serve()
+    await stock.serve()
+    try:
+        for sim, name, protocol in ((field, "field", "tmf646"), (stock, "stock", "tmf687")):
+            text = json.dumps({"callback": str(hub.make_url(f"/hub/{name}"))})
+            async with aiohttp.ClientSession() as session:
+                async with session.post(sim.url + "/hub", data=text, headers=sign_headers(sim.secret, text)) as resp:
+                    assert resp.status == 201
+                async with session.post(sim.url + "/hub", json={}) as resp:
+                    assert resp.status == 401
+                    assert_conforms(protocol, "Error", await resp.json())
+        f, s = client(field, "tmf646"), client(stock, "tmf687")
+        await f.fulfill(request("schedule", WINDOW, key="a1"))
+        await f.fulfill(request("schedule", {"window_start": "2026-11-28T00:00:00Z",
+                                             "window_end": "2026-11-29T00:00:00Z"}, key="a2"))  # fmt: skip
+        await f.fulfill(request("search_slots", WINDOW, key="a3"))
+        assert (await f.fulfill(request("schedule", {}, key="a4"))).status == "rejected"  # 400
+        field.answer_later = True
+        later = await f.fulfill(request("schedule", {**WINDOW, "window_end": "2026-11-27T00:00:00Z"}, key="a5"))
+        assert later.status == "pending"
+        await s.fulfill(request("check_stock", {"parts": ["pump-7", "belt"]}, key="s1"))
+        await s.fulfill(request("reserve", {"parts": ["pump-7"]}, key="s2"))
+        await s.fulfill(request("reserve", {"parts": ["pump-7"]}, key="s3"))  # none left
+        stock.answer_later = True
+        await s.fulfill(request("check_stock", {"parts": ["pump-7"]}, key="s4"))
+        stock.terminate = True
+        await s.fulfill(request("reserve", {"parts": ["pump-7"]}, key="s5"))
+        field.set_status(later.data["appointment_id"], "completed")
+        field.delete(later.data["appointment_id"])
+        want = {"appointmentStateChangeEvent": 2, "appointmentDeleteEvent": 1,
+                "checkProductStockStateChangeEvent": 2, "reserveProductStockStateChangeEvent": 2}  # fmt: skip
+
+        async def all_received() -> bool:
+            return sum(want.values()) == len(received)
+
+        deadline = asyncio.get_running_loop().time() + 10
+        while not await all_received():
+            assert asyncio.get_running_loop().time() < deadline, received
+            await asyncio.sleep(0.02)
+    finally:
+        await field.stop()
+        await stock.stop()
+    assert {e: sum(1 for n, _ in received if n == e) for e in want} == want
+    states = [m["event"]["reserveProductStock"]["reserveProductStockState"] for n, m in received if "reserve" in n]
+    assert states == ["inProgress", "terminatedWithError"]
+    definitions = {d for d, _ in field.sent + stock.sent}
+    assert definitions >= {"Appointment", "SearchTimeSlot", "Error", "EventSubscription", "CheckProductStock",
+                           "ReserveProductStock", "AppointmentDeleteEvent"}  # fmt: skip
+    for sim, protocol in ((field, "tmf646"), (stock, "tmf687")):
+        for definition, message in sim.sent:
+            assert_conforms(protocol, definition, message)
+    for name, message in received:
+        protocol = "tmf646" if name.startswith("appointment") else "tmf687"
+        assert message["eventType"] == name[0].upper() + name[1:]
+        assert_conforms(protocol, message["eventType"], message)
+
+
+async def test_an_answer_breaking_the_spec_is_marked_for_attention_not_left_pending(aiohttp_server):
+    from aiohttp import web
+
+    answers = {
+        "/checkProductStock": {"id": "t1", "state": "acknowledgedLater"},
+        "/searchTimeSlot": {"id": "s1", "status": "created", "availableTimeSlot": []},
+    }
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.json_response(answers[request.path], status=201)
+
+    app = web.Application()
+    app.router.add_post("/{action}", answer)
+    server = await aiohttp_server(app)
+    for protocol, action, field in [("tmf687", "check_stock", "body.state"), ("tmf646", "search_slots", "body.status")]:
+        settings = PartnerSettings("p", "x", protocol, str(server.make_url("")).rstrip("/"), secret(), 3000)
+        partner = PartnerClient(settings)
+        try:
+            result = await partner.fulfill(request(action, {**WINDOW, "parts": ["pump-7"]}))
+        finally:
+            await partner.close()
+        assert result.status == "failed"
+        assert result.data["attention"]["field"] == field

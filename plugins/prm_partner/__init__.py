@@ -23,6 +23,7 @@ from prm_core.outbox import Fulfillment
 
 from .callbacks import callback_route, listener_route
 from .client import PartnerClient
+from .failover import FAILOVER, fulfill_with_failover
 from .listeners import registration_service
 from .playbook import plan_service_request
 from .push import sessions, stream_route
@@ -116,7 +117,11 @@ def prm_plan_fulfillment(request: ValueRequest) -> list[FulfillmentRequest]:
 @hookimpl
 def prm_fulfill(request: FulfillmentRequest) -> Awaitable[FulfillmentResult] | None:
     client = directory.clients.get(request.partner)
-    return client.fulfill(request) if client is not None else None
+    if client is None:
+        return None
+    if FAILOVER in request.payload:  # several field-service firms: the next takes what one cannot
+        return fulfill_with_failover(request, directory.clients)
+    return client.fulfill(request)
 
 
 @hookimpl

@@ -35,7 +35,7 @@ from aiohttp import web
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from prm_core.outbox import STATUSES, FulfillmentStatus
+from prm_core.outbox import STATUSES, Fulfillment, FulfillmentStatus
 from prm_core.server.errors import ApiError
 from prm_core.server.routes import api, parse_json_body
 from prm_core.server.state import HUB
@@ -118,18 +118,36 @@ async def receive(
     if note.ignored or note.ref is None:
         log.info("partner notification ignored", partner=name, event_type=note.event_type[:100])
         return 200, {"id": webhook_id, "ignored": True, "event_type": note.event_type, "duplicate": False}
-    status = note.status
-    if status is None:  # an attribute change: the request keeps its status
-        current = await hub.outbox.find(name, note.ref)
-        if current is None:
-            raise ApiError(404, "not_found", f"partner {name!r} has no request {note.ref!r}", "reference")
-        status = current.status
+    owner, current = await _owner(hub, settings, partner, note.ref)
+    if current is None:
+        raise ApiError(404, "not_found", f"partner {name!r} has no request {note.ref!r}", "reference")
+    if current.data.get("firm") not in (None, name):  # passed over: another firm took the job
+        log.info("partner notification ignored", partner=name, reason="another firm took the job")
+        return 200, {"id": webhook_id, "ignored": True, "event_type": note.event_type, "duplicate": False}
+    # an attribute change without a status: the request keeps its own
+    status = note.status or current.status
     found, applied = await hub.outbox.apply_callback(
-        name, webhook_id, note.ref, cast(FulfillmentStatus, status), note.data
+        owner, webhook_id, note.ref, cast(FulfillmentStatus, status), note.data
     )
     if found is None:
         raise ApiError(404, "not_found", f"partner {name!r} has no request {note.ref!r}", "reference")
     return 200, {"id": found.id, "status": found.status, "duplicate": not applied}
+
+
+async def _owner(
+    hub: Any, settings: Mapping[str, PartnerSettings], partner: PartnerSettings, ref: str
+) -> tuple[str, Fulfillment | None]:
+    """The partner whose outbox row ``ref`` names, and the row: the notifying partner's own, or
+    a request first planned with another firm of its role that this partner took over."""
+    found = await hub.outbox.find(partner.name, ref)
+    if found is not None:
+        return partner.name, found
+    for other in settings.values():
+        if other.name != partner.name and other.role == partner.role:
+            taken = await hub.outbox.find(other.name, ref)
+            if taken is not None and taken.data.get("firm") == partner.name:
+                return other.name, taken
+    return partner.name, None
 
 
 def callback_route(settings: Callable[[], Mapping[str, PartnerSettings]]) -> web.RouteDef:

@@ -30,6 +30,7 @@ from standardwebhooks import Webhook
 from prm_core.model import FulfillmentRequest, FulfillmentResult
 from prm_core.outbox import RetryLater
 
+from .failover import partner_payload
 from .settings import PartnerSettings
 
 __all__ = ["PartnerClient", "attention", "retry_after_s", "signed_headers"]
@@ -76,7 +77,7 @@ def cloud_event(req: FulfillmentRequest) -> tuple[dict[str, str], str]:
             "subject": req.id,
             "datacontenttype": "application/json",
         },
-        dict(req.payload),
+        partner_payload(req.payload),
     )
     message = to_structured_event(event)
     return dict(message.headers), message.body.decode()
@@ -117,9 +118,10 @@ class PartnerClient:
         if session is not None and not session.closed:
             await session.close()
 
-    async def fulfill(self, req: FulfillmentRequest) -> FulfillmentResult:
+    async def fulfill(self, req: FulfillmentRequest, *, timeout_s: float | None = None) -> FulfillmentResult:
+        """One call for ``req``, within ``timeout_s`` if given (else the partner's ``timeout_ms``)."""
         try:
-            result: FulfillmentResult = await self.breaker.call_async(self._call, req)
+            result: FulfillmentResult = await self.breaker.call_async(self._call, req, timeout_s)
         except CircuitBreakerError:
             left = self.breaker.time_until_open
             raise RetryLater(
@@ -140,20 +142,20 @@ class PartnerClient:
         headers["Idempotency-Key"] = req.idempotency_key
         return url, headers, body
 
-    async def _call(self, req: FulfillmentRequest) -> FulfillmentResult:
+    async def _call(self, req: FulfillmentRequest, timeout_s: float | None = None) -> FulfillmentResult:
         s = self.settings
         try:
             url, headers, body = self.request(req)
         except ValueError as exc:  # an action this protocol has not: no retry will help
             return FulfillmentResult(req.id, req.partner, "rejected", {"error": str(exc)})
-        timeout = aiohttp.ClientTimeout(total=s.timeout_s)
+        timeout = aiohttp.ClientTimeout(total=s.timeout_s if timeout_s is None else timeout_s)
         try:
             async with self.session().post(url, data=body.encode(), headers=headers, timeout=timeout) as resp:
                 status = resp.status
                 text = await resp.text()
                 after = resp.headers.get("Retry-After")
         except TimeoutError:
-            raise RetryLater(f"{s.name} did not answer within {s.timeout_ms} ms") from None
+            raise RetryLater(f"{s.name} did not answer within {timeout.total:g} s") from None
         except aiohttp.ClientError as exc:
             raise RetryLater(f"{s.name} unreachable ({type(exc).__name__})") from None
         if status in RETRYABLE:
