@@ -232,8 +232,20 @@ async def stock():
     await sim.stop()
 
 
+OPEN_CLIENTS: list[PartnerClient] = []
+
+
+@pytest.fixture(autouse=True)
+async def _close_clients() -> Any:
+    yield
+    while OPEN_CLIENTS:
+        await OPEN_CLIENTS.pop().close()
+
+
 def client(sim: Any, protocol: str) -> PartnerClient:
-    return PartnerClient(PartnerSettings("p", "x", protocol, sim.url, sim.secret, 3000))
+    made = PartnerClient(PartnerSettings("p", "x", protocol, sim.url, sim.secret, 3000))
+    OPEN_CLIENTS.append(made)  # its session is closed after the test
+    return made
 
 
 async def test_the_simulator_refuses_unsigned_calls_and_answers_a_repeated_key_the_same(field):

@@ -78,7 +78,7 @@ def event_name(body: Mapping[str, Any], listener: str | None, resources: Mapping
     declared = text(body.get("eventType"), "eventType")
     from_path = listener[0].upper() + listener[1:] if listener else None
     if declared and from_path and declared != from_path:
-        raise InvalidMessage("eventType", f"eventType {declared!r} was posted to the listener of {from_path}")
+        raise InvalidMessage("eventType", f"eventType names another event than the listener of {from_path}")
     event = mapping(body.get("event"), "event")
     present = [key for key in resources if key in event]
     name = declared or from_path

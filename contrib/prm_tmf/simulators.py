@@ -172,7 +172,8 @@ class PartnerSimulator:
             task.cancel()
 
     def _verified(self, raw: str, request: web.Request) -> Any:
-        """The JSON body of a correctly signed call (``{}`` when empty), else ``None``."""
+        """The JSON body of a correctly signed call (``{}`` when empty), else ``None``; a signed
+        body that is not JSON is ``400``."""
         try:
             self.webhook.verify(raw, dict(request.headers), json_parse=False)
         except WebhookVerificationError:
@@ -181,7 +182,9 @@ class PartnerSimulator:
         try:
             return json.loads(raw) if raw else {}
         except ValueError:
-            return None
+            raise web.HTTPBadRequest(
+                text=json.dumps({"code": "400", "reason": "the body is not JSON"}), content_type="application/json"
+            ) from None
 
     def answer_json(self, definition: str, body: dict[str, Any], status: int) -> web.Response:
         self.sent.append((definition, body))

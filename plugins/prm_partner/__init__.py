@@ -2,13 +2,17 @@
 work on a customer's behalf.
 
 Partners come from ``[partners.<name>]`` (``role``, ``protocol`` tmf646|tmf687|cloudevents,
-``url``, ``secret`` ``whsec_...``, ``timeout_ms``) and are registered with ``prm_partners``.
-The plugin plans the service-request playbook (:mod:`prm_partner.playbook`), carries out
+``url``, ``secret`` ``whsec_...``, ``timeout_ms``, ``register_listener``; for field-service
+firms ``regions``, ``skills``, ``tiers``, ``price``) and are registered with ``prm_partners``.
+The plugin plans the service-request playbook (:mod:`prm_partner.playbook`), choosing among
+field-service firms and falling over to the next (:mod:`prm_partner.failover`), carries out
 each request with one signed call (:mod:`prm_partner.client`; the core's outbox retries
-and keeps it), and receives partners' callbacks at ``POST /v1/partners/{partner}/callbacks``
+and keeps it), registers its listener with TM Forum partners at their ``/hub``
+(:mod:`prm_partner.listeners`), and receives partners' notifications at
+``POST /v1/partners/{partner}/listener/{eventName}`` and ``POST /v1/partners/{partner}/callbacks``
 (:mod:`prm_partner.callbacks`), and streams a dialogue's partner outcomes to an open session
 at ``GET /v1/touchpoints/{tp}/dialogues/{dialogue}/fulfillments`` (:mod:`prm_partner.push`),
-both mounted on the ``partners`` touch point (channel ``partner``, registered only when a
+all mounted on the ``partners`` touch point (channel ``partner``, registered only when a
 partner is configured). See docs/partners.md.
 """
 
