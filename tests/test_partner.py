@@ -835,7 +835,7 @@ async def northern_ann(hub: Hub) -> None:
     await hub.update_customer(cid, {"traits": {"region": "north"}})
 
 
-@pytest.mark.parametrize("trouble", ["down", "slow", "no slot"])
+@pytest.mark.parametrize("trouble", ["down", "slow", "refuses", "no slot"])
 async def test_the_next_firm_takes_the_visit_when_the_first_cannot_within_the_budget(
     database_url, field, stock, backup, trouble
 ):
@@ -843,6 +843,8 @@ async def test_the_next_firm_takes_the_visit_when_the_first_cannot_within_the_bu
         field.down, field.retry_after_s = True, 3600
     elif trouble == "slow":
         field.latency_s = 2.0  # past its 400 ms timeout
+    elif trouble == "refuses":
+        field.refuse = True  # 409: its final no
     else:
         field.technicians = 0  # answers failed: no slot in the window
     async with Hub.open(two_firms(database_url, field, stock, backup)) as hub:
@@ -911,3 +913,27 @@ async def test_a_notification_from_the_firm_that_took_over_applies_and_one_from_
 @pytest.fixture
 def failover_config(database_url, field, stock, backup) -> Config:
     return two_firms(database_url, field, stock, backup)
+
+
+async def test_when_every_firm_says_no_the_visit_is_rejected_and_when_all_are_down_it_waits(
+    database_url, field, stock, backup
+):
+    field.refuse = backup.refuse = True
+    async with Hub.open(two_firms(database_url, field, stock, backup)) as hub:
+        await northern_ann(hub)
+        (request,) = hub.parse_events(service_request(), "web")
+        answer = await hub.request(request)
+        visit = next(f for f in answer.delivery.fulfillments if f.partner == "fieldservice")
+        assert visit.status == "rejected"
+        assert (visit.data["http_status"], visit.data["tried"]) == (409, ["fieldservice", "backupfirm"])
+        field.refuse = backup.refuse = False
+        field.down = backup.down = True
+        field.retry_after_s = backup.retry_after_s = 0
+        (again,) = hub.parse_events(service_request("sr-down"), "web")
+        answer = await hub.request(again)
+        # nobody took it, someone may later: the turn names the firm, the outbox asks the chain again
+        assert answer.delivery.degraded == ("partner:fieldservice",)
+        await eventually(lambda: field.outage_answers >= 2 and backup.outage_answers >= 2)
+        backup.down = False
+        (row,) = await eventually(lambda: rows(hub, outbox.c.status == "confirmed", outbox.c.role == "field_service"))
+        assert row.result["firm"] == "backupfirm"

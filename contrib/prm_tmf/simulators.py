@@ -302,7 +302,7 @@ class AppointmentSimulator(PartnerSimulator):
     (``failed`` if none fits); with ``answer_later`` it is ``initialized`` at once and
     ``confirmed`` by an ``AppointmentStateChangeEvent``. :meth:`delete` withdraws a booking
     (``AppointmentDeleteEvent``) and :meth:`set_status` changes its status
-    (``AppointmentStateChangeEvent``).
+    (``AppointmentStateChangeEvent``); with ``refuse`` set every booking is ``409``.
     """
 
     prefix = "/tmf-api/appointment/v4"
@@ -310,6 +310,7 @@ class AppointmentSimulator(PartnerSimulator):
     def __init__(self, secret: str, *, technicians: int = 1, **kw: Any) -> None:
         super().__init__(secret, **kw)
         self.technicians = technicians
+        self.refuse = False  # answer 409 Conflict to every booking: the firm takes no more work
         self.appointments: dict[str, dict[str, Any]] = {}
         self.booked: Counter[datetime] = Counter()
 
@@ -367,6 +368,8 @@ class AppointmentSimulator(PartnerSimulator):
         def answer(body: dict[str, Any], key: str) -> tuple[int, str, dict[str, Any]]:
             if body.get("@type") != "Appointment":
                 return 400, "Error", {"code": "400", "reason": "@type must be Appointment"}
+            if self.refuse:
+                return 409, "Error", {"code": "409", "reason": "no technician can take this visit"}
             period = body.get("validFor") or {}
             start, end = _parse(period.get("startDateTime")), _parse(period.get("endDateTime"))
             if start is None or end is None:
