@@ -48,6 +48,7 @@ class PartnerDirectory:
         self.config = Config()
         self.settings: dict[str, PartnerSettings] = {}
         self.clients: dict[str, PartnerClient] = {}
+        self.retired: list[PartnerClient] = []  # replaced by a new configuration: closed with the rest
 
     def configure(self, config: Config) -> None:
         self.config = config
@@ -64,11 +65,13 @@ class PartnerDirectory:
                     s, fail_max=int(breaker.get("fail_max", 5)), reset_s=float(breaker.get("reset_s", 30))
                 )
             )
+        self.retired += [c for name, c in self.clients.items() if clients.get(name) is not c]
         self.clients = clients
 
     async def close(self) -> None:
-        """Close every partner client's connections."""
-        for client in self.clients.values():
+        """Close every partner client's connections (those of replaced clients too)."""
+        retired, self.retired = self.retired, []
+        for client in [*retired, *self.clients.values()]:
             await client.close()
 
 
