@@ -18,6 +18,7 @@ partner is configured). See docs/partners.md.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Iterator
 
 from prm_core import hookimpl
@@ -71,7 +72,9 @@ class PartnerDirectory:
     async def close(self) -> None:
         """Close every partner client's connections (those of replaced clients too)."""
         retired, self.retired = self.retired, []
-        for client in [*retired, *self.clients.values()]:
+        loop = asyncio.get_running_loop()
+        # a replaced client of an earlier hub's event loop was closed when that hub stopped
+        for client in [*(c for c in retired if c.loop is loop), *self.clients.values()]:
             await client.close()
 
 

@@ -102,6 +102,11 @@ class PartnerClient:
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop of the open session, if one is open."""
+        return self._loop
+
     def session(self) -> aiohttp.ClientSession:
         """The session for calls from the running event loop (made on first use)."""
         loop = asyncio.get_running_loop()
