@@ -908,6 +908,11 @@ async def test_a_notification_from_the_firm_that_took_over_applies_and_one_from_
     assert taken.status == 201 and (await taken.json())["status"] == "completed"
     (row,) = await rows(hub, outbox.c.role == "field_service")
     assert (row.partner, row.status, row.result["firm"]) == ("fieldservice", "completed", "backupfirm")
+    # a status outside AppointmentStateType from the firm that took it: 422, and the request is marked
+    bad = await notify(backup, "backupfirm", "booked")
+    assert bad.status == 422 and (await bad.json())["error"]["field"] == "event.appointment.status"
+    (row,) = await rows(hub, outbox.c.role == "field_service")
+    assert (row.status, row.result["attention"]["field"]) == ("completed", "event.appointment.status")
 
 
 @pytest.fixture

@@ -109,9 +109,10 @@ async def receive(
     except prm_tmf.InvalidMessage as exc:
         log.warning("partner notification invalid", partner=name, field=exc.field)
         if exc.ref is not None:
-            found = await hub.outbox.find(name, exc.ref)
-            if found is not None:  # not silently left as it was: someone has to look
-                await hub.outbox.apply_callback(name, f"{webhook_id}:invalid", exc.ref, found.status, attention(exc))
+            owner, found = await _owner(hub, settings, partner, exc.ref)
+            if found is not None and found.data.get("firm") in (None, name):
+                # not silently left as it was: someone has to look
+                await hub.outbox.apply_callback(owner, f"{webhook_id}:invalid", exc.ref, found.status, attention(exc))
         raise ApiError(422, "invalid", exc.message, exc.field) from None
     if note is None:
         raise ApiError(422, "invalid", f"not a status update {partner.protocol} partners send", "body")
