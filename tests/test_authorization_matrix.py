@@ -101,6 +101,7 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("GET", "/sourceConfig"): SEGMENT,
     ("GET", "/sourceConfig/"): SEGMENT,
     ("POST", "/v1/partners/{partner}/callbacks"): SIGNED,
+    ("POST", "/v1/partners/{partner}/listener/{event}"): SIGNED,
     ("POST", "/v1/touchpoints/ivr/twilio/gather"): SIGNED,
     ("POST", "/v1/touchpoints/ivr/twilio/status"): SIGNED,
     ("POST", "/v1/touchpoints/ivr/twilio/voice"): SIGNED,

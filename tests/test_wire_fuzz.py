@@ -232,6 +232,7 @@ class Probe:
                     "url": "http://127.0.0.1:9/tmf-api/appointment/v4",  # never called here
                     "secret": PARTNER_SECRET,
                     "timeout_ms": 500,
+                    "register_listener": False,
                 }
             },
         }
@@ -353,6 +354,9 @@ def test_partner_callbacks(probe: Probe, body: Any, msg_id: str) -> None:
         "Content-Type": "application/json",
     }
     probe.check("/v1/partners/fieldservice/callbacks", raw.encode(), headers)
+    headers["webhook-id"] = f"msg_l{msg_id}"
+    headers["webhook-signature"] = Webhook(PARTNER_SECRET).sign(headers["webhook-id"], now, raw)
+    probe.check("/v1/partners/fieldservice/listener/appointmentStateChangeEvent", raw.encode(), headers)
 
 
 # ---- POSLog: mutations of a real day's file ---------------------------------------------------
