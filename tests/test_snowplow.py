@@ -469,11 +469,23 @@ async def test_a_bad_key_is_refused(hub_client, make_key):
     ("body", "status", "field"),
     [
         (b'{"schema": "%s", "data": [{"e": "pv", "eid": "n", "aid": "shop", "duid": "d", "se_va": NaN}]}', 400, None),
-        (json.dumps(payload(sp_event("n", page="a\x00b"))).encode(), 422, None),
+        (json.dumps(payload(sp_event("n", page="a\x00b"))).encode(), 422, "data[0].page"),
         (json.dumps(payload(sp_event("n", e="ue", ue_pr='{"schema": "iglu:a/b/c/1", "data": NaN}'))).encode(), 400,
          "data[0].ue_pr"),
         (json.dumps(payload(sp_event("n", e="ue", ue_px=b64({"schema": UNSTRUCT, "data": {"schema": SIGNUP,
-         "data": {"x": "a\x00"}}})))).encode(), 400, "data[0].ue_px"),
+         "data": {"x": "a\x00"}}})))).encode(), 422, "data[0].ue_px.data.data.x"),
+        # a number past a double: json.loads reads it as inf, which SQLite would store as Infinity
+        (json.dumps(payload(sp_event("n", e="ue", ue_pr=json.dumps({"schema": UNSTRUCT, "data": {"schema": SIGNUP,
+         "data": {"n": 1}}}).replace("1}", "1e400}")))).encode(), 422, "data[0].ue_pr.data.data.n"),
+        (json.dumps(payload(sp_event("n", e="ue", ue_px=base64.urlsafe_b64encode(json.dumps({"schema": UNSTRUCT,
+         "data": {"schema": SIGNUP, "data": {"n": 1}}}).replace("1}", "1" * 5000 + "}").encode()).decode()))).encode(),
+         422, "data[0].ue_px.data.data.n"),
+        (json.dumps(payload(sp_event("n", e="ue", ue_pr='{"schema": "iglu:a/b/c/1", "data": {"k": "\\ud800"}}'))
+         ).encode(), 422, "data[0].ue_pr.data.k"),
+        (b'{"schema": "%s", "data": [{"e": "pv", "eid": "\\udc00", "aid": "shop", "duid": "d"}]}', 422,
+         "data[0].eid"),
+        (b'{"schema": "%s", "data": [{"e": "pv", "eid": "n", "aid": "shop", "duid": "d\\ud800"}]}', 422,
+         "data[0].duid"),
     ],
 )  # fmt: skip
 async def test_what_the_store_cannot_keep_is_refused(hub_client, body, status, field):

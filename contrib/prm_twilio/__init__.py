@@ -38,7 +38,7 @@ from prm_core.config import Config
 from prm_core.errors import ConfigError
 from prm_core.model import Adapter
 from prm_core.server.errors import ApiError
-from prm_core.server.routes import api
+from prm_core.server.routes import api, parse_json_body
 from prm_core.server.state import HUB
 
 __all__ = ["BASE", "prm_adapters", "render"]
@@ -117,10 +117,7 @@ class TwilioVoice:
             valid = self.validator.validate(url, body_text, signature, algorithm)
             if not valid:
                 raise ApiError(401, "unauthorized", "the X-Twilio-Signature does not match", "X-Twilio-Signature")
-            try:
-                params = json.loads(body_text)
-            except json.JSONDecodeError:
-                raise ApiError(400, "malformed_json", "the body is not valid JSON") from None
+            params = parse_json_body(raw)
             if not isinstance(params, Mapping):
                 raise ApiError(400, "malformed_json", "the body must be a JSON object")
             return {str(k): v for k, v in params.items()}
