@@ -496,3 +496,26 @@ async def test_what_the_store_cannot_keep_is_refused(hub_client, body, status, f
     assert nul.status == 400
     assert (await nul.json())["error"]["field"] == "page"
     assert await stored_count(hub_client) == 0
+
+
+async def test_a_tracker_cannot_plant_a_value_that_blocks_every_erasure(hub_client, make_key):
+    """``1e400`` reads as inf, which SQLite stored as ``Infinity`` and its JSON functions then
+    refused, failing the erasure of every customer: refused at the door, erasure goes on."""
+    web, admin = await make_key("touchpoint:web"), await make_key("admin")
+    planted = json.dumps({"schema": UNSTRUCT, "data": {"schema": SIGNUP, "data": {"n": 1}}}).replace("1}", "1e400}")
+    resp = await hub_client.post(
+        TP2, json=payload(sp_event("plant", e="ue", ue_pr=planted)), headers={"Origin": ORIGIN}
+    )
+    assert resp.status == 422, await resp.text()
+    assert (await resp.json())["error"]["field"] == "data[0].ue_pr.data.data.n"
+    assert resp.headers["Access-Control-Allow-Origin"] == ORIGIN  # a browser tracker reads why
+    assert await stored_count(hub_client) == 0
+    ann = {
+        "id": "a1",
+        "type": "page",
+        "occurred_at": "2026-11-23T08:00:00Z",
+        "identities": {"email": "ann@example.com"},
+    }
+    assert (await hub_client.post("/v1/touchpoints/web/events", json=ann, headers=bearer(web))).status == 200
+    erased = await hub_client.delete("/v1/customers/email:ann@example.com", headers=bearer(admin))
+    assert erased.status == 200, await erased.text()
