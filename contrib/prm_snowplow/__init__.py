@@ -35,9 +35,11 @@ Mapping to the hub's Event:
   ``label``, ``property``, ``value`` for ``se``; ``schema`` and ``properties`` for ``ue``).
   Self-describing JSON (``ue_px`` / ``cx`` in base64url, ``ue_pr`` / ``co`` plain) is decoded.
 
-Bad input (malformed JSON, a missing ``eid``, bad base64) is answered 400 naming the field
-(``data[2].eid``, or ``eid`` for ``GET /i``), and nothing is written. Errors carry the CORS
-headers too, so a browser tracker can read them.
+Bad input (malformed JSON, a missing ``eid``, bad base64, a time before 1900 or more than a day
+ahead) is answered 400 naming the field (``data[2].eid``, or ``eid`` for ``GET /i``); what no
+store can keep (a number past a double, a lone surrogate, NUL, nesting past 32 levels), 422
+naming it, and nothing is written. Errors carry the CORS headers too, so a browser tracker can
+read them.
 """
 
 from __future__ import annotations
