@@ -48,39 +48,45 @@ def parse_rfc3339(raw: Any, field: str) -> datetime:
     if not isinstance(raw, str):
         raise InvalidInput(f"{field} must be an RFC 3339 timestamp string", field)
     text = raw.strip()
-    if not _RFC3339.fullmatch(text):
+    if _RFC3339.fullmatch(text) is None:
         raise InvalidInput(f"{field} is not an RFC 3339 timestamp such as 2026-11-23T08:00:00Z", field)
     try:
-        return datetime.fromisoformat(text.upper().replace(" ", "T"))
+        # fromisoformat takes any separator the pattern let through, but only an upper-case Z
+        return datetime.fromisoformat(text if text[-1] != "z" else text[:-1] + "Z")
     except ValueError:
         raise InvalidInput(f"{field} is not a valid date and time", field) from None
 
 
-def in_window(value: datetime) -> bool:
-    """Whether ``value`` lies between :data:`EARLIEST` and the hub's clock plus :data:`FUTURE_SKEW`."""
-    return EARLIEST <= value <= utcnow() + FUTURE_SKEW
+def in_window(value: datetime, now: datetime | None = None) -> bool:
+    """Whether ``value`` lies between :data:`EARLIEST` and the hub's clock (``now``, else
+    :func:`~prm_core.clock.utcnow`) plus :data:`FUTURE_SKEW`."""
+    return EARLIEST <= value <= (now or utcnow()) + FUTURE_SKEW
 
 
-def check_window(value: datetime, field: str) -> datetime:
-    """``value`` when it lies between :data:`EARLIEST` and the hub's clock plus
-    :data:`FUTURE_SKEW`; else a 422 naming ``field``. Keeps every time the hub stores far
-    enough from year 1 and year 9999 that arithmetic on it cannot overflow."""
+def check_window(value: datetime, field: str, now: datetime | None = None) -> datetime:
+    """``value`` when it lies between :data:`EARLIEST` and the hub's clock (``now``, else
+    :func:`~prm_core.clock.utcnow`) plus :data:`FUTURE_SKEW`; else a 422 naming ``field``.
+    Keeps every time the hub stores far enough from year 1 and year 9999 that arithmetic on
+    it cannot overflow."""
     if value < EARLIEST:
         raise InvalidInput(f"{field} is before {EARLIEST.year}", field)
-    if value > utcnow() + FUTURE_SKEW:
+    if value > (now or utcnow()) + FUTURE_SKEW:
         raise InvalidInput(f"{field} is more than a day ahead of the hub's clock", field)
     return value
 
 
-def parse_time(raw: Any, field: str) -> datetime:
+def parse_time(raw: Any, field: str, now: datetime | None = None) -> datetime:
     """An RFC 3339 timestamp with a UTC offset, inside the window :func:`check_window`
-    allows, as an aware UTC datetime."""
+    allows (``now``: the hub's clock, read once per batch by its callers), as an aware UTC
+    datetime."""
     value = parse_rfc3339(raw, field)
     try:
         value = value.astimezone(UTC)
     except OverflowError:  # 0001-01-01T00:00:00+01:00 is in year 0 in UTC
         raise InvalidInput(f"{field} is before {EARLIEST.year}", field) from None
-    return check_window(value, field)
+    if EARLIEST <= value <= (now or utcnow()) + FUTURE_SKEW:
+        return value
+    return check_window(value, field, now)  # raises, naming which end
 
 
 def _string(obj: Mapping[str, Any], key: str, where: str, limit: int, *, required: bool) -> str | None:
@@ -120,13 +126,13 @@ def parse_event(
     event_type = _string(obj, "type", where, _MAX_TYPE, required=True)
     if "occurred_at" not in obj:
         raise InvalidInput(f"{where}occurred_at is required", f"{where}occurred_at", code="missing")
-    occurred_at = parse_time(obj["occurred_at"], f"{where}occurred_at")
+    occurred_at = parse_time(obj["occurred_at"], f"{where}occurred_at", received_at)
     if obj.get("sent_at") is not None:
-        sent_at = parse_time(obj["sent_at"], f"{where}sent_at")
+        sent_at = parse_time(obj["sent_at"], f"{where}sent_at", received_at)
     if sent_at is not None:
         # both inside the window, so this cannot overflow; the result must be inside it too
         occurred_at += received_at - sent_at
-        if not in_window(occurred_at):
+        if not in_window(occurred_at, received_at):
             field = f"{where}sent_at" if obj.get("sent_at") is not None else "sent_at"
             raise InvalidInput(f"{field} moves occurred_at (corrected for clock skew) out of the accepted times", field)
     dialogue = _string(obj, "dialogue", where, _MAX_ID, required=False)
@@ -174,7 +180,7 @@ def parse_events(
         raise InvalidInput("events is empty", "events")
     if len(items) > max_events:
         raise TooLarge(f"at most {max_events} events per call, got {len(items)}", "events")
-    sent_at = parse_time(body["sent_at"], "sent_at") if body.get("sent_at") is not None else None
+    sent_at = parse_time(body["sent_at"], "sent_at", received_at) if body.get("sent_at") is not None else None
     return [
         parse_event(item, touchpoint, namespaces, region, received_at=received_at, sent_at=sent_at,
                     where=f"events[{i}].")

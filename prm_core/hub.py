@@ -143,9 +143,10 @@ class Hub:
 
         An event dated outside :func:`prm_core.events.in_window` is refused (422 naming
         ``occurred_at``), whichever plugin made it, and nothing of its batch is written."""
+        now = utcnow()
         for ev in events:
             self.touchpoint(ev.touchpoint)
-            check_window(ev.occurred_at, "occurred_at")
+            check_window(ev.occurred_at, "occurred_at", now)
         return await self.ingestor.record(events)
 
     async def request(self, event: Event) -> Answer:
