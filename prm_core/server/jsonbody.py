@@ -16,8 +16,9 @@ JSON allows what no store can keep, and the hub refuses it here, before a handle
 A field is named as the event formats name it: ``events[0].data.tags[2]``, after ``field``
 when the JSON sits inside another (``data[1].ue_pr.data.n``).
 
-The ordinary body pays one ``json.loads`` and a few byte scans: the walk over the parsed value
-that finds a field's name runs only when the raw text holds an escape it could concern, enough
+The ordinary body pays a strict UTF-8 decode, one parse by a decoder built once (a number
+hook checks each non-integer number) and two scans of the text: the walk over the parsed
+value that names a field runs only when the text holds an escape it could concern or enough
 containers to be that deep, or when the parser already refused a number.
 """
 
