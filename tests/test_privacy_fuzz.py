@@ -359,3 +359,53 @@ def test_segment_names_a_time_out_of_bounds(probe, when, key):
 def test_snowplow_names_a_time_out_of_bounds(probe, millis, key):
     body = {"schema": PAYLOAD, "data": [{**SP, key: str(millis)}]}
     probe.refuse("POST", TP2, json.dumps(body).encode(), None, f"data[0].{key}")
+
+
+# bodies that are not JSON at all, under any content type: a 4xx, nothing written
+
+
+def is_json(raw: bytes) -> bool:
+    try:
+        json.loads(raw)
+    except ValueError:
+        return False
+    return True
+
+
+not_json = st.one_of(
+    st.just(b'--b\r\nContent-Disposition: form-data; name="id"\r\n\r\nx\r\n--b--\r\n'),
+    st.dictionaries(st.text(max_size=8), st.text(max_size=8), min_size=1, max_size=3).map(
+        lambda d: "&".join(f"{k}={v}" for k, v in d.items()).encode()
+    ),
+    st.just(b"<?xml version='1.0'?><event/>"),
+    st.binary(max_size=40).filter(lambda b: not is_json(b)),
+)
+content_types = st.sampled_from(
+    ["multipart/form-data; boundary=b", "application/x-www-form-urlencoded", "text/plain", "application/json", ""]
+)
+routes = st.sampled_from(
+    [("POST", "/v1/touchpoints/web/events", "touchpoint:web"),
+     ("POST", "/v1/touchpoints/web/requests", "touchpoint:web"), ("POST", "/v1/batch", "segment"), ("POST", TP2, None),
+     ("PUT", "/v1/customers/user_id:u-1/consents", "admin"), ("PATCH", "/v1/customers/user_id:u-1", "admin")]
+)  # fmt: skip
+
+
+@FUZZ
+@given(raw=not_json, content_type=content_types, route=routes)
+def test_what_is_not_json_is_a_4xx_whatever_its_content_type(probe, raw, content_type, route):
+    method, path, scope = route
+    headers = {"Content-Type": content_type} if content_type else {}
+    if scope == "segment":
+        headers["Authorization"] = "Basic " + base64.b64encode(f"{probe.keys['touchpoint:web']}:".encode()).decode()
+    elif scope is not None:
+        headers["Authorization"] = f"Bearer {probe.keys[scope]}"
+
+    async def go() -> tuple[int, str]:
+        resp = await probe.client.request(method, path, data=raw, headers=headers)
+        return resp.status, await resp.text()
+
+    before = probe.counts()
+    status, text = probe.loop.run_until_complete(go())
+    assert 400 <= status < 500, f"{method} {path} answered {status} to {raw!r} ({content_type}): {text[:300]}"
+    assert json.loads(text)["error"]["code"]
+    assert probe.counts() == before
