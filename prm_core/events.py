@@ -82,8 +82,9 @@ def parse_time(raw: Any, field: str, now: datetime | None = None) -> datetime:
     value = parse_rfc3339(raw, field)
     try:
         value = value.astimezone(UTC)
-    except OverflowError:  # 0001-01-01T00:00:00+01:00 is in year 0 in UTC
-        raise InvalidInput(f"{field} is before {EARLIEST.year}", field) from None
+    except OverflowError:  # 0001-01-01T00:00:00+01:00 is in year 0 in UTC, 9999-12-31T23:00:00-01:00 in 10000
+        message = f"{field} is outside the times the hub takes ({EARLIEST.year} to a day ahead of its clock)"
+        raise InvalidInput(message, field) from None
     if EARLIEST <= value <= (now or utcnow()) + FUTURE_SKEW:
         return value
     return check_window(value, field, now)  # raises, naming which end
