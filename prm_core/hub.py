@@ -25,7 +25,7 @@ from . import merging
 from .config import Config
 from .delivery import Answer, deliver_value
 from .errors import ConfigError, InvalidInput, NotFound
-from .events import parse_events
+from .events import check_window, parse_events
 from .hooks import Hooks
 from .identity import parse_ref
 from .ids import new_id
@@ -139,9 +139,14 @@ class Hub:
         return parse_events(body, touchpoint, self.registrations.namespaces.items, self.config.default_region)
 
     async def record(self, events: Sequence[Event]) -> list[RecordedEvent]:
-        """Record events durably (group commit); duplicates come back flagged, unchanged."""
+        """Record events durably (group commit); duplicates come back flagged, unchanged.
+
+        An event dated outside :func:`prm_core.events.in_window` is refused (422 naming
+        ``occurred_at``), whichever plugin made it, and nothing of its batch is written."""
+        now = utcnow()
         for ev in events:
             self.touchpoint(ev.touchpoint)
+            check_window(ev.occurred_at, "occurred_at", now)
         return await self.ingestor.record(events)
 
     async def request(self, event: Event) -> Answer:

@@ -942,3 +942,36 @@ async def test_when_every_firm_says_no_the_visit_is_rejected_and_when_all_are_do
         backup.down = False
         (row,) = await eventually(lambda: rows(hub, outbox.c.status == "confirmed", outbox.c.role == "field_service"))
         assert row.result["firm"] == "backupfirm"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [b'{"status": "confirmed", "data": {"slot": 1e400}}', b'{"status": "confirmed", "data": {"slot": "\\ud800"}}',
+     b'{"status": "confirmed", "data": {"slot": "a\\u0000"}}', b'{"status": "confirmed", "data": {"n": 1' + b"0" * 5000
+     + b"}}"],
+    ids=["past_a_double", "lone_surrogate", "nul", "huge_int"],
+)  # fmt: skip
+async def test_an_answer_no_store_keeps_is_taken_as_no_body(database_url, aiohttp_client, pushes, field, stock, answer):
+    """What the hub's JSON loader refuses from a caller, it refuses from a partner's answer: else
+    it would be stored with the result (PostgreSQL refuses it; SQLite keeps what its readers fail on)."""
+
+    async def notify(request: web.Request) -> web.Response:
+        return web.Response(body=answer, status=200, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/notify", notify)
+    notifier = await aiohttp_client(app)
+    config = partners_config(database_url, field, stock)
+    raw = dict(config.raw)
+    raw["partners"] = {
+        "notifier": {"role": "field_service", "protocol": "cloudevents", "url": str(notifier.make_url("/notify")),
+                     "secret": new_secret()}
+    }  # fmt: skip
+    async with Hub.open(evolve(config, raw=raw), plugins=[pushes]) as hub:
+        await platinum_ann(hub)
+        (request,) = hub.parse_events(service_request(), "web")
+        (result,) = (await hub.request(request)).delivery.fulfillments
+        assert result.status == "confirmed" and result.data == {}
+        (row,) = await rows(hub, outbox.c.partner == "notifier")
+        assert (row.status, row.result) == ("confirmed", {})
+        assert (await hub.view("email:ann@example.com")).sections["fulfillments"]

@@ -204,8 +204,8 @@ async def _read(request: web.Request) -> Any:
         raise ApiError(413, "too_large", f"a batch is at most {MAX_BATCH_BYTES} bytes")
     try:
         return parse_json_body(raw)
-    except json.JSONDecodeError:
-        raise ApiError(400, "malformed_json", "the body is not valid JSON") from None
+    except InvalidInput as exc:  # as an ApiError, the answer carries the CORS headers
+        raise ApiError(422, exc.code, exc.message, exc.field) from None
 
 
 async def _require_key(request: web.Request, key: str | None) -> None:

@@ -27,8 +27,11 @@ from cloudevents.core.bindings.http import to_structured_event
 from cloudevents.core.v1.event import CloudEvent
 from standardwebhooks import Webhook
 
+from prm_core.errors import InvalidInput
 from prm_core.model import FulfillmentRequest, FulfillmentResult
 from prm_core.outbox import RetryLater
+from prm_core.server.errors import ApiError
+from prm_core.server.routes import parse_json_body
 
 from .failover import partner_payload
 from .settings import PartnerSettings
@@ -168,8 +171,11 @@ class PartnerClient:
         if status >= 300:
             return FulfillmentResult(req.id, req.partner, "rejected", {"http_status": status})
         try:
-            answer: Any = json.loads(text) if text else {}
-        except ValueError:
+            # the hub's own JSON loader: a number past a double, a lone surrogate or a NUL in an
+            # answer would otherwise be stored with the result and fail it (PostgreSQL) or later
+            # readers of it (SQLite); an answer that is not JSON the hub keeps counts as no body
+            answer: Any = parse_json_body(text) if text else {}
+        except (ApiError, InvalidInput):
             answer = {}
         if s.protocol in ("tmf646", "tmf687"):
             try:

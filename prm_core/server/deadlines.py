@@ -24,16 +24,11 @@ from aiohttp import web
 
 from ..config import Config
 from ..errors import ConfigError
-from .errors import error_response
+from .errors import BodyTimeout, error_response
 
 __all__ = ["DEFAULT_BODY_TIMEOUT_S", "BodyTimeout", "body_deadline", "body_timeout_s"]
 
 DEFAULT_BODY_TIMEOUT_S = 10.0
-
-
-class BodyTimeout(asyncio.TimeoutError):
-    """The body did not arrive in time. A ``TimeoutError``, so aiohttp's own read of what is
-    left of an unread body (after the answer) stops on it and closes the connection."""
 
 
 def body_timeout_s(config: Config) -> float:
