@@ -3,6 +3,7 @@ value on one customer, conflicts are kept for review and resolved, the preview w
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -326,3 +327,33 @@ async def test_the_routes_list_preview_and_resolve(hub_client, make_key):
     # an ingest key reads no conflicts
     resp = await hub_client.get("/v1/identity/conflicts", headers={"Authorization": f"Bearer {ingest}"})
     assert resp.status == 403
+
+
+def test_the_cli_lists_and_resolves_conflicts(database_url):
+    from click.testing import CliRunner
+
+    from prm_core.cli import main
+    from prm_core.config import Config
+
+    async def record() -> None:
+        async with Hub.open(Config(database_url=database_url)) as hub:
+            await send(hub, "e1", user_id="U-1", email="ann@example.com")
+            await send(hub, "e2", 1, user_id="U-2", email="ann@example.com")
+
+    asyncio.run(record())
+    runner = CliRunner()
+    listed = runner.invoke(main, ["identity", "conflicts", "--database", database_url])
+    assert listed.exit_code == 0, listed.output
+    head, row = listed.output.splitlines()
+    assert head.split()[:3] == ["id", "event", "customer"]
+    conflict_id = row.split()[0]
+    assert row.split()[1] == "web/e2" and "user_id" in row
+    done = runner.invoke(main, ["identity", "resolve", conflict_id, "merge", "--database", database_url])
+    assert done.exit_code == 0, done.output
+    assert done.output.startswith(f"{conflict_id}: merged")
+    assert (
+        runner.invoke(main, ["identity", "conflicts", "--database", database_url]).output
+        == "no open identity conflicts\n"
+    )
+    again = runner.invoke(main, ["identity", "resolve", conflict_id, "dismiss", "--database", database_url])
+    assert again.exit_code == 1 and "already merged" in again.output

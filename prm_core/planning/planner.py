@@ -128,6 +128,8 @@ class _Models:
     gamma_gamma: GammaGamma | None
     fitted_at: datetime | None
     loaded: float
+    # which model gives the lifetime value, from which fit, and the rule bounding it (the view shows it)
+    clv: dict[str, Any] = field(factory=lambda: {"model": None, "reason": "not fitted yet (prm plan fit)"})
 
 
 @define
@@ -171,7 +173,7 @@ class Planner:
         bg, gg = models_from_params(params)
         rfm = self.fixed_rfm or (rfm_from_params(params["rfm"]) if "rfm" in params else DEFAULT_RFM)
         fitted = rows["bgnbd"].fitted_at if "bgnbd" in rows else None
-        self._models = _Models(rfm, bg, gg, fitted, time.monotonic())
+        self._models = _Models(rfm, bg, gg, fitted, time.monotonic(), _clv_provenance(rows, gg is not None))
         return self._models
 
     def forget_models(self) -> None:
@@ -220,6 +222,7 @@ class Planner:
                     rfm=models.rfm,
                     bgnbd=models.bgnbd,
                     gamma_gamma=models.gamma_gamma,
+                    historic=models.clv["model"] == "historic",
                     now=now,
                 )
         return result
@@ -512,6 +515,7 @@ class Planner:
             bgnbd=models.bgnbd,
             gamma_gamma=models.gamma_gamma,
             now=now,
+            historic=models.clv["model"] == "historic",
         )
 
     def load_campaigns(self, conn: Connection, now: datetime) -> None:
@@ -561,6 +565,7 @@ class Planner:
             bgnbd=models.bgnbd,
             gamma_gamma=models.gamma_gamma,
             now=now,
+            historic=models.clv["model"] == "historic",
         )
         by_rules = self.tier_for(facts)
         # what ``metrics`` already shows (revenue, counts, touch points) is not repeated here
@@ -583,8 +588,42 @@ class Planner:
             "rfm": models.rfm.to_json(),
             "clv_horizon_days": 365,
             "fitted_at": models.fitted_at.isoformat().replace("+00:00", "Z") if models.fitted_at else None,
+            "clv": {
+                **models.clv,
+                "capped": bool(
+                    models.bgnbd is not None
+                    and models.bgnbd.cap is not None
+                    and section["clv"] is not None
+                    and section["clv"] >= round(models.bgnbd.cap, 2)
+                ),
+            },
         }
         return evolve(view, sections={**view.sections, "value": section})
+
+
+def _clv_provenance(rows: Mapping[str, Any], spend_model: bool) -> dict[str, Any]:
+    """What the view says about the lifetime value: its model, its fit, the rule bounding it."""
+    if "bgnbd" in rows:
+        row = rows["bgnbd"]
+        return {
+            "model": "bgnbd+gammagamma" if spend_model else "bgnbd",
+            "fitted_at": row.fitted_at.isoformat().replace("+00:00", "Z"),
+            "customers": row.customers,
+            "converged": bool(row.params.get("converged", False)),
+            "history_days": row.params.get("history_days"),
+            "cap": row.params.get("clv_p99"),
+            "rule": "at most the 99th percentile of the fit's own predictions (cap)",
+        }
+    if "clv_fallback" in rows:
+        row = rows["clv_fallback"]
+        return {
+            "model": "historic",
+            "fitted_at": row.fitted_at.isoformat().replace("+00:00", "Z"),
+            "customers": row.customers,
+            "reason": row.params.get("reason"),
+            "rule": "what the customer has spent: no prediction",
+        }
+    return {"model": None, "reason": "not fitted yet (prm plan fit)"}
 
 
 async def refresh_all_tiers(store: Store, planner: Planner, *, chunk: int = 500) -> tuple[int, int]:
