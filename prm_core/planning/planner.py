@@ -25,7 +25,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
 from ..config import Config
-from ..errors import ConfigError, NotFound
+from ..errors import ConfigError, InvalidInput, NotFound
 from ..merging import event_revenue
 from ..model import CustomerView, Merge, Offer, ValueRequest
 from ..recording import Written
@@ -252,14 +252,15 @@ class Planner:
     def after_write(self, conn: Connection, written: Sequence[Written], merges: Sequence[Merge], now: datetime) -> None:
         """Keep the value model, offers made and touch-point days current, then the tiers of
         every customer touched. Runs inside the recording transaction, in a savepoint: lock
-        contention and lost races fail the whole batch, which the store retries; any other
+        contention and lost races fail the whole batch, which the store retries; an event it
+        refuses (an offer's answer dated before the offer) fails its batch with a 4xx; any other
         failure (a bug) is logged and rolled back to the savepoint, so the events are still
         recorded and only their planning figures are missing (``prm plan tiers`` redoes tiers)."""
         try:
             with conn.begin_nested():
                 self._after_write(conn, written, merges, now)
         except Exception as exc:
-            if retryable(exc):
+            if retryable(exc) or isinstance(exc, InvalidInput):  # InvalidInput: an event refused (4xx)
                 raise
             log.error("planning on ingest failed; the events are recorded", error=type(exc).__name__, exc_info=exc)
 
@@ -370,7 +371,17 @@ class Planner:
             )
             .values(response=response, responded_at=at)
         )
-        return response if done.rowcount else None
+        if done.rowcount:
+            return response
+        early = conn.execute(
+            sa.select(o.made_at).where(o.id == offer_id, o.customer_id == w.customer_id, o.made_at > at)
+        ).first()
+        if early is not None:
+            # an answer before the question: a clock or a mix-up at the touch point, never a response
+            raise InvalidInput(
+                f"{w.event.type} {w.event.id} occurred before its offer was made", "occurred_at", code="before_offer"
+            )
+        return None
 
     def _add_purchases(self, conn: Connection, buys: Mapping[str, list[Any]]) -> None:
         v = customer_value.c
