@@ -17,14 +17,19 @@ routes = web.RouteTableDef()
 
 @routes.get("/v1/identity/conflicts")
 @api(
-    "Events that would have broken an identity limit, oldest first (?status=open|merged|split|dismissed)",
+    "Events that would have broken an identity limit, oldest first (?status=open|merged|split|dismissed,"
+    " ?limit=1..1000, default 100)",
     scope="admin",
-    responses={200: '{"conflicts": [...]}', 422: "Unknown status", **AUTH_ERRORS},
+    responses={200: '{"conflicts": [...]}', 422: "Unknown status or bad limit", **AUTH_ERRORS},
 )
 async def get_conflicts(request: web.Request) -> web.Response:
     await require(request, "admin")
     status = request.query.get("status", "open")
-    return web.json_response({"conflicts": await list_conflicts(request.app[HUB], status=status)})
+    raw = request.query.get("limit", "100")
+    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+        raise InvalidInput("limit must be a whole number from 1 to 1000", "limit")
+    conflicts = await list_conflicts(request.app[HUB], status=status, limit=int(raw))
+    return web.json_response({"conflicts": conflicts})
 
 
 @routes.post("/v1/identity/conflicts/{conflict_id}")
