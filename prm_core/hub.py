@@ -28,6 +28,7 @@ from .errors import ConfigError, InvalidInput, NotFound
 from .events import check_window, parse_events
 from .hooks import Hooks
 from .identity import parse_ref
+from .identity_rules import IdentityRules
 from .ids import new_id
 from .ingest import Ingestor
 from .model import Customer, CustomerView, Event, Identity, Merge, Offer, RecordedEvent, TouchPoint, ValueProvider
@@ -81,6 +82,9 @@ class Hub:
         pm = pm or make_plugin_manager(plugins, autoload=autoload)
         registrations = registrations or collect_registrations(pm, config)
         planner = Planner.from_config(config)  # an invalid rule stops the hub here, named
+        identity_rules = IdentityRules.from_config(
+            config.section("identity").get("rules", {}), registrations.namespaces.items, config.default_region
+        )
         if planner.catalog.items and "catalog" not in registrations.value_providers:
             provider: ValueProvider = catalog_provider(planner.catalog)
             registrations.value_providers.add(provider.name, provider, "prm_core.planning")
@@ -99,6 +103,7 @@ class Hub:
                 | _configured_shared(config, registrations),
                 after_write=planner.after_write if planner.on_ingest else None,
                 tombstone_key=tombstone_key,
+                identity=identity_rules,
             )
             ingestor = Ingestor(
                 store,
