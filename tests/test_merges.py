@@ -13,6 +13,7 @@ from prm_core import hookimpl
 from prm_core.clock import FrozenClock
 from prm_core.errors import InvalidInput, NotFound
 from prm_core.hub import Hub
+from prm_core.merging import merge_customers
 from prm_core.model import Identity, IdentityNamespace
 from prm_core.store.tables import (
     customers,
@@ -639,3 +640,48 @@ async def test_undoing_a_merge_recorded_before_membership_times_were_kept(hub):
     # without the membership's own time, the undo's time
     assert {r.created_at.replace(tzinfo=UTC) for r in restored} == {clock.now}
     assert (await state_of(hub, g["club"]))["members"] == {(g["p1"], None), (g["p3"], None)}
+
+
+async def test_a_merge_adds_up_purchases_by_currency_category_and_return(hub):
+    def sale(event_id: str, minutes: float, who: dict[str, str], revenue: str, currency: str, kind: str = "sale"):
+        data = {"revenue": revenue, "currency": currency, "transaction_type": kind, "line_items": [{"category": "Tea"}]}
+        return event(event_id, minutes, "order.placed", identities=who, data=data)
+
+    ann, bob = {"email": "ann@example.com"}, {"phone": "4155550100"}
+    await send(hub, "pos", sale("s1", 0, ann, "10.00", "EUR"), sale("s2", 1, ann, "-2.00", "EUR", "return"))
+    await send(hub, "pos", sale("s3", 2, bob, "5.00", "USD"), sale("s4", 3, bob, "-1.00", "USD", "return"))
+    await send(hub, "pos", sale("s5", 4, bob, "3.00", "EUR"))
+    await send(hub, "web", event("w1", 5, identities={**ann, **bob}))
+    m = (await full_view(hub, "email:ann@example.com"))["metrics"]
+    assert (m["order_count"], m["return_count"]) == (3, 2)
+    assert m["lifetime_revenue"] == "15.00"
+    assert m["revenue_by_currency"] == {"EUR": "11.00", "USD": "4.00"}
+    assert m["categories"] == {"Tea": 3}
+
+
+async def test_the_survivors_tier_wins_over_the_merged_customers(hub):
+    pairs = [("ann", "gold", "bob", "silver"), ("cat", "gold", "dan", None)]
+    for n, (older, tier, newer, other_tier) in enumerate(pairs):
+        (a,) = await send(hub, "web", event(f"o{n}", 0, identities={"email": f"{older}@example.com"}))
+        (b,) = await send(hub, "web", event(f"n{n}", 1, identities={"user_id": newer}))
+        await hub.update_customer(a.customer_id, {"tier": tier})
+        if other_tier is not None:
+            await hub.update_customer(b.customer_id, {"tier": other_tier})
+        await send(hub, "web", event(f"l{n}", 2, identities={"email": f"{older}@example.com", "user_id": newer}))
+        view = await full_view(hub, b.customer_id)
+        assert view["id"] == a.customer_id
+        assert (view["tier"], view["tier_source"]) == ("gold", "manual"), older
+
+
+async def test_a_merge_without_a_cause_and_with_a_long_reason(hub):
+    (a,) = await send(hub, "web", event("w1", 0, identities={"email": "a@example.com"}))
+    (b,) = await send(hub, "web", event("w2", 1, identities={"email": "b@example.com"}))
+    reason = "merged by hand: " + "x" * 600
+    merge = await hub.store.write(
+        lambda conn: merge_customers(conn, a.customer_id, b.customer_id, reason=reason, cause=None, now=utcnow())
+    )
+    assert (merge.cause_touchpoint, merge.cause_event_id) == (None, None)
+    (stored,) = await hub.merges(b.customer_id)
+    assert (stored.id, stored.cause_touchpoint, stored.cause_event_id) == (merge.id, None, None)
+    assert stored.reason == reason[:500]
+    assert (await hub.view("email:b@example.com")).customer.id == a.customer_id
