@@ -597,6 +597,9 @@ async def test_merging_two_groups_keeps_the_members_of_both(hub):
     g = await two_groups(hub)
     before = {cid: await state_of(hub, g[cid]) for cid in ("club", "team")}
     assert before["team"]["members"] == {(g["p2"], None), (g["p3"], None)}
+    m = memberships.c
+    team_members = sa.select(m.member_id, m.role, m.created_at).where(m.group_id == g["team"]).order_by(m.member_id)
+    members_before = await rows(hub, team_members)
 
     (linking,) = await send(hub, "pos", event("g-p2", 6, identities={"account_id": "CLUB-1", "loyalty_card": "TEAM-1"}))
     assert linking.customer_id == g["club"]  # the older group survives
@@ -614,6 +617,7 @@ async def test_merging_two_groups_keeps_the_members_of_both(hub):
 
     await hub.unmerge(merge.id)
     assert await state_of(hub, g["team"]) == before["team"]
+    assert await rows(hub, team_members) == members_before  # as they were, joining times included
     after = await state_of(hub, g["club"])
     assert {k: after[k] for k in ("members", "groups", "identities")} == {
         k: before["club"][k] for k in ("members", "groups", "identities")
@@ -674,14 +678,20 @@ async def test_the_survivors_tier_wins_over_the_merged_customers(hub):
 
 
 async def test_a_merge_without_a_cause_and_with_a_long_reason(hub):
-    (a,) = await send(hub, "web", event("w1", 0, identities={"email": "a@example.com"}))
+    """A merge made by hand (no event caused it) into a customer without events of its own."""
+    a = await hub.create_customer("person", {"name": "A"})
     (b,) = await send(hub, "web", event("w2", 1, identities={"email": "b@example.com"}))
     reason = "merged by hand: " + "x" * 600
     merge = await hub.store.write(
-        lambda conn: merge_customers(conn, a.customer_id, b.customer_id, reason=reason, cause=None, now=utcnow())
+        lambda conn: merge_customers(conn, a.id, b.customer_id, reason=reason, cause=None, now=utcnow())
     )
     assert (merge.cause_touchpoint, merge.cause_event_id) == (None, None)
     (stored,) = await hub.merges(b.customer_id)
     assert (stored.id, stored.cause_touchpoint, stored.cause_event_id) == (merge.id, None, None)
     assert stored.reason == reason[:500]
-    assert (await hub.view("email:b@example.com")).customer.id == a.customer_id
+    merged = await hub.view("email:b@example.com")
+    assert (merged.customer.id, merged.metrics["event_count"]) == (a.id, 1)
+
+    await hub.unmerge(merge.id)
+    assert (await hub.view(b.customer_id)).metrics["event_count"] == 1
+    assert (await hub.view(a.id)).metrics["event_count"] == 0
