@@ -695,3 +695,16 @@ async def test_a_merge_without_a_cause_and_with_a_long_reason(hub):
     await hub.unmerge(merge.id)
     assert (await hub.view(b.customer_id)).metrics["event_count"] == 1
     assert (await hub.view(a.id)).metrics["event_count"] == 0
+
+
+async def test_a_merge_whose_customer_was_split_off_by_hand_cannot_be_undone(hub):
+    (a,) = await send(hub, "web", event("w1", 0, identities={"email": "a@example.com"}))
+    (b,) = await send(hub, "web", event("w2", 1, identities={"phone": "4155550100"}))
+    await send(hub, "pos", event("p1", 2, identities={"email": "a@example.com", "phone": "4155550100"}))
+    (merge,) = await hub.merges(a.customer_id)
+    split = customers.update().where(customers.c.id == b.customer_id).values(merged_into=None)
+    await hub.store.write(lambda conn: conn.execute(split))
+    with pytest.raises(InvalidInput) as info:
+        await hub.unmerge(merge.id)
+    assert info.value.code == "not_merged"
+    assert (await hub.merges(a.customer_id))[0].undone_at is None
