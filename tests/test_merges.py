@@ -708,3 +708,23 @@ async def test_a_merge_whose_customer_was_split_off_by_hand_cannot_be_undone(hub
         await hub.unmerge(merge.id)
     assert info.value.code == "not_merged"
     assert (await hub.merges(a.customer_id))[0].undone_at is None
+
+
+async def test_undoing_an_earlier_merge_then_a_later_one_leaves_each_customer_its_own(hub):
+    """B merged into A, A into C (B's redirect now points at C); B's merge undone first, then A's."""
+    (c,) = await send(hub, "web", event("c1", 0, identities={"user_id": "c"}))
+    (a,) = await send(hub, "web", event("a1", 1, identities={"email": "a@example.com"}))
+    (b,) = await send(hub, "callcenter", event("b1", 2, identities={"phone": "4155550100"}, dialogue="call-b"))
+    before_b = await state_of(hub, b.customer_id)
+    await send(hub, "pos", event("l1", 3, identities={"email": "a@example.com", "phone": "4155550100"}))
+    await send(hub, "pos", event("l2", 4, identities={"user_id": "c", "email": "a@example.com"}))
+    made = {r.merged_id: r for r in await rows(hub, sa.select(merges))}
+    m1, m2 = made[b.customer_id], made[a.customer_id]
+    assert (m1.survivor_id, m2.survivor_id) == (a.customer_id, c.customer_id)
+
+    await hub.unmerge(m1.id)
+    assert await state_of(hub, b.customer_id) == before_b
+    await hub.unmerge(m2.id)
+    assert await state_of(hub, b.customer_id) == before_b  # B stays itself: its merge was undone
+    assert (await hub.view(b.customer_id)).customer.id == b.customer_id
+    assert (await hub.view("email:a@example.com")).customer.id == a.customer_id
