@@ -82,6 +82,18 @@ EQUIVALENT: dict[str, dict[str, str]] = {
             for n in (1, 2)
         },
     },
+    "dialogue": {
+        "DialogueState: False -> True #2": (
+            "dirty's default: every state the writer keeps in `touched` went through apply() or close(), "
+            "which set it, so a state that starts dirty is written exactly when one that does not is"
+        ),
+        "DialogueState.apply: event.occurred_at > self.last_event_at -> event.occurred_at >= self.last_event_at #1": (
+            "an event at the dialogue's latest time sets last_event_at to the time it already holds"
+        ),
+        "DialogueState.apply: event.occurred_at < self.opened_at -> event.occurred_at <= self.opened_at #1": (
+            "an event at the dialogue's opening time sets opened_at to the time it already holds"
+        ),
+    },
     "rules": {
         **{
             f"Rule.matches: (rule_engine.EngineError, LookupError, TypeError, ValueError) -> {narrowed} #1": (

@@ -711,8 +711,11 @@ async def test_a_merge_whose_customer_was_split_off_by_hand_cannot_be_undone(hub
 
 
 async def test_undoing_an_earlier_merge_then_a_later_one_leaves_each_customer_its_own(hub):
-    """B merged into A, A into C (B's redirect now points at C); B's merge undone first, then A's."""
+    """B merged into A, A into C (B's redirect now points at C); B's merge undone first, then A's.
+    D, merged into C on its own, stays C's throughout."""
     (c,) = await send(hub, "web", event("c1", 0, identities={"user_id": "c"}))
+    (d,) = await send(hub, "web", event("d1", 0.5, identities={"loyalty_card": "D-1"}))
+    await send(hub, "pos", event("l0", 0.6, identities={"user_id": "c", "loyalty_card": "D-1"}))
     (a,) = await send(hub, "web", event("a1", 1, identities={"email": "a@example.com"}))
     (b,) = await send(hub, "callcenter", event("b1", 2, identities={"phone": "4155550100"}, dialogue="call-b"))
     before_b = await state_of(hub, b.customer_id)
@@ -728,3 +731,4 @@ async def test_undoing_an_earlier_merge_then_a_later_one_leaves_each_customer_it
     assert await state_of(hub, b.customer_id) == before_b  # B stays itself: its merge was undone
     assert (await hub.view(b.customer_id)).customer.id == b.customer_id
     assert (await hub.view("email:a@example.com")).customer.id == a.customer_id
+    assert (await hub.view(d.customer_id)).customer.id == c.customer_id
