@@ -425,8 +425,10 @@ def test_the_intent_of_an_event_type(type_, intent):
     assert infer_intent(type_, {}) == intent
 
 
-@pytest.mark.parametrize(("explicit", "intent"), [("sale", "sale"), ("information", "information"), ("gossip", None)])
+@pytest.mark.parametrize(
+    ("explicit", "intent"), [("sale", "sale"), ("information", "information"), ("service", "service"), ("gossip", None)]
+)
 def test_an_explicit_intent_wins_when_it_is_one_of_the_three(explicit, intent):
     assert infer_intent("page", {"intent": explicit}) == intent
-    assert infer_intent("service.request", {"intent": explicit}) == (intent or "service")
+    assert infer_intent("quote.requested", {"intent": explicit}) == (intent or "sale")
     assert infer_intent("service.request", {"intent": ["sale"]}) == "service"
