@@ -291,3 +291,57 @@ async def test_nats_gets_each_change_on_its_subject_once(database_url):
             await js.delete_stream(stream)
         finally:
             await nc.close()
+
+
+# ---- prm destinations ---------------------------------------------------------------------------
+
+
+def test_prm_destinations_shows_position_lag_and_dead_letters_and_replays(database_url, tmp_path, collected):
+    from click.testing import CliRunner
+
+    from prm_core.cli import main
+
+    collected.refuse = {"dialogue.opened"}
+    tables = {"lake": {"kind": "collected", "retry_base_s": 0.01}}
+
+    async def run() -> list[str]:
+        async with Hub.open(config_with(database_url, tables), plugins=[collected]) as hub:
+            await send(hub, ev("e1", 0, email="ann@example.com"), ev("e2", 1, email="bob@example.com"))
+            everything = await positions_of(hub)
+            for _ in range(1000):
+                cursor = await hub.store.read(lambda conn: conn.execute(sa.select(destination_cursors)).one())
+                if str(cursor.position) == everything[-1]:
+                    break
+                await asyncio.sleep(0.01)
+            return everything
+
+    everything = asyncio.run(run())
+    config = tmp_path / "prm.toml"
+    config.write_text('[destinations.lake]\nkind = "collected"\n[destinations.crm]\nkind = "webhook"\n')
+    args = ["--config", str(config), "--database", database_url]
+    runner = CliRunner()
+    result = runner.invoke(main, ["destinations", "--json", *args])
+    assert result.exit_code == 0, result.output
+    found = {d["name"]: d for d in json.loads(result.output)["destinations"]}
+    lake, crm = found["lake"], found["crm"]
+    assert (lake["kind"], lake["position"], lake["lag"], lake["dead_letters"]) == (
+        "collected",
+        everything[-1],
+        {"changes": 0, "seconds": 0.0},
+        2,
+    )
+    assert lake["last_error"] is None
+    assert crm["position"] is None and crm["kind"] == "webhook"  # configured, never run
+
+    replayed = runner.invoke(main, ["destinations", "replay", "lake", "--from", everything[2], *args])
+    assert replayed.exit_code == 0, replayed.output
+    assert f"from position {everything[2]}" in replayed.output
+    table = runner.invoke(main, ["destinations", *args])
+    assert table.exit_code == 0, table.output
+    (line,) = [line for line in table.output.splitlines() if line.startswith("lake")]
+    assert line.split()[:4] == ["lake", "collected", str(int(everything[2]) - 1), str(len(everything) - 2)]
+
+    bad = runner.invoke(main, ["destinations", "replay", "lake", "--from", "abc", *args])
+    assert bad.exit_code != 0 and "from must be a position" in bad.output
+    unknown = runner.invoke(main, ["destinations", "replay", "nowhere", "--from", "1", *args])
+    assert unknown.exit_code != 0 and "no destination 'nowhere'" in unknown.output
