@@ -192,6 +192,7 @@ def plugins(config_path: str | None) -> None:
             ("value providers", regs.value_providers),
             ("identity namespaces", regs.namespaces),
             ("importers", regs.importers),
+            ("destination kinds", regs.destination_kinds),
         ):
             mine = [n for n in registry.names() if registry.providers[n].split(" ")[0] == name]
             if mine:
@@ -221,6 +222,9 @@ def plugins(config_path: str | None) -> None:
             )
             if k["description"]:
                 click.echo(f"    {k['description']}")
+    click.echo("destination kinds ([destinations.NAME] kind = ...):")
+    for kind in regs.destination_kinds:
+        click.echo(f"  {kind.name}  from {regs.destination_kinds.providers[kind.name]}: {kind.about or '-'}")
 
 
 @main.group()

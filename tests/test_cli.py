@@ -46,6 +46,8 @@ def test_plugins_lists_first_party_touchpoints():
     assert "web  prm-hub 0.1.0" in result.output
     assert "touch points: web (250 ms)" in result.output
     assert "hooks: prm_touchpoints" in result.output
+    assert "  webhook  from prm_core: POST batches signed with Standard Webhooks" in result.output
+    assert "  nats  from prm_core:" in result.output
 
 
 def test_config_errors_are_clear(tmp_path, monkeypatch):
