@@ -117,7 +117,7 @@ class Hub:
                 hooks.batch_committed,
                 max_pending=int(config.section("server").get("max_pending_events", 50_000)),
             )
-            feed.start()
+            await feed.start()
             ingestor.start()
             hub = cls(config, pm, registrations, store, hooks, ingestor, planner, feed)
             # delivery to destinations runs in its own tasks: a destination that is down never slows ingest

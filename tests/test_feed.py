@@ -4,6 +4,8 @@ through GET /v1/changes (long polls, filters, retention), scrubbed by erasure.""
 from __future__ import annotations
 
 import asyncio
+import os
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -18,6 +20,7 @@ from prm_core.hub import Hub
 from prm_core.privacy.erasure import erase_customer
 from prm_core.server.state import HUB
 from prm_core.store.tables import changes, customers, utcnow
+from prm_core.testing import POSTGRES_ENV, postgres_database
 
 
 def ev(event_id: str, minute: int, **identities: str) -> dict[str, Any]:
@@ -299,3 +302,25 @@ async def test_a_later_transaction_is_not_seen_before_an_earlier_one_commits(hub
         await first.commit()
     await second
     assert [c.data["n"] for c in (await hub.feed.read(0, 10)).changes] == [1, 2]
+
+
+@pytest.fixture
+def shared_postgres() -> Iterator[str]:
+    base = os.environ.get(POSTGRES_ENV)
+    if not base:
+        pytest.skip(f"{POSTGRES_ENV} is not set: two hubs share a PostgreSQL server")
+    yield from postgres_database(base)
+
+
+@pytest.mark.postgres
+async def test_another_hub_process_commit_wakes_a_waiting_reader(shared_postgres):
+    """On PostgreSQL a commit's NOTIFY wakes the waits of every hub on the database."""
+    from prm_core.config import Config
+
+    config = Config(database_url=shared_postgres)
+    async with Hub.open(config) as reader, Hub.open(config) as writer:
+        woken = asyncio.create_task(reader.feed.signal.wait(30))
+        await asyncio.sleep(0)  # the wait has begun
+        await send(writer, ev("e1", 0, email="ann@example.com"))
+        assert await woken, "the reader's hub never heard the other hub's commit"
+        assert [c.type for c in (await reader.feed.read(None, 10, {"event.recorded"})).changes] == ["event.recorded"]

@@ -17,8 +17,9 @@ import functools
 import time
 from collections.abc import Collection
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import asyncpg
 import structlog
 from attrs import define, field
 
@@ -26,6 +27,7 @@ from ..config import Config
 from ..errors import ConfigError
 from ..store.tables import utcnow
 from .reading import FeedSignal, Page, prune, read_changes
+from .writing import NOTIFY_CHANNEL
 
 if TYPE_CHECKING:
     from ..store import Store
@@ -47,6 +49,7 @@ class Feed:
     lease_s: float = 30.0  # how long a hub process holds a destination before another may take it
     signal: FeedSignal = field(factory=FeedSignal)
     _task: asyncio.Task[None] | None = field(init=False, default=None)
+    _listener: Any = field(init=False, default=None)  # asyncpg's connection, on PostgreSQL
 
     @classmethod
     def from_config(cls, config: Config, store: Store) -> Feed:
@@ -62,16 +65,34 @@ class Feed:
             raise ConfigError(f"[feed].destination_lease_s must be a number of seconds above 0, not {lease!r}")
         return cls(store, config.flag("feed", "enabled", True), float(retention), float(interval), float(lease))
 
-    def start(self) -> None:
-        """Wire the store's commits to waiting readers, and start pruning."""
+    async def start(self) -> None:
+        """Wire the store's commits to waiting readers, and start pruning. On PostgreSQL,
+        also listen for the commits of other hub processes on the database."""
         self.store.feed = self.enabled
         self.signal.bind(asyncio.get_running_loop())
         self.store.on_changes = self.signal.notify
+        if self.store.dialect == "postgresql":
+            try:
+                dsn = self.store.url.set(drivername="postgresql").render_as_string(hide_password=False)
+                self._listener = await asyncpg.connect(dsn)
+                await self._listener.add_listener(NOTIFY_CHANNEL, self._heard)
+            except (OSError, asyncpg.PostgresError) as exc:
+                # readers still wake on this process's commits, and look again when a wait runs out
+                log.warning("feed notices not heard", error=type(exc).__name__)
         if self._task is None:
             self._task = asyncio.create_task(self._prune_forever(), name="prm-feed-retention")
 
+    def _heard(self, *notice: Any) -> None:
+        self.signal.notify()
+
     async def stop(self) -> None:
         self.store.on_changes = None
+        listener, self._listener = self._listener, None
+        if listener is not None and not listener.is_closed():
+            try:
+                await listener.close(timeout=5)
+            except Exception as exc:
+                log.warning("feed listener not closed", error=type(exc).__name__)
         if self._task is not None:
             self._task.cancel()
             try:

@@ -13,7 +13,9 @@ transactions *ask*, not the order they commit: a reader could see position 7 com
 while 6 is still in flight, move past it, and never see 6. So the insert first takes one
 transaction-scoped advisory lock, held until commit: transactions with changes take their
 positions, and commit, one at a time. The lock is taken as the last statement, so it is
-held only for the INSERT and the commit itself.
+held only for the INSERT and the commit itself. The same statement sends a ``NOTIFY`` on
+``prm_changes``, delivered at commit, which wakes the long polls of other hub processes
+(:class:`prm_core.feed.feed.Feed` listens).
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ _PENDING = "prm.feed.pending"
 # any constant works; it only has to be the same in every hub process
 FEED_LOCK = 0x50524D_02
 _INSERT = changes.insert()
+NOTIFY_CHANNEL = "prm_changes"
+_LOCK_AND_NOTIFY = sa.text("SELECT pg_advisory_xact_lock(:k), pg_notify(:channel, '')")
 
 
 def begin(conn: Connection, enabled: bool = True) -> None:
@@ -87,7 +91,8 @@ def flush(conn: Connection) -> int:
     if not rows:
         return 0
     if conn.dialect.name == "postgresql":
-        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": FEED_LOCK})
+        # the notice reaches listeners (other hub processes' long polls) when this commits
+        conn.execute(_LOCK_AND_NOTIFY, {"k": FEED_LOCK, "channel": NOTIFY_CHANNEL})
     execute_many(conn, _INSERT, rows)
     return len(rows)
 
