@@ -91,11 +91,11 @@ class Hub:
         if planner.catalog.items and "catalog" not in registrations.value_providers:
             provider: ValueProvider = catalog_provider(planner.catalog)
             registrations.value_providers.add(provider.name, provider, "prm_core.planning")
-        # a bad [destinations.*] setting stops the hub here, named, before the database is touched
-        destinations = open_destinations(config, registrations.destination_kinds)
-        store = Store.open(
+        store = Store.open(  # connects lazily
             config.database_url, busy_timeout_ms=int(config.section("database").get("busy_timeout_ms", 5000))
         )
+        # a bad [destinations.*] setting stops the hub here, named, before the database is touched
+        destinations = open_destinations(config, registrations.destination_kinds, store.read)
         feed = Feed.from_config(config, store)
         try:
             if migrate:

@@ -21,7 +21,7 @@ from prm_core.errors import ConfigError
 from prm_core.feed import Change, DestinationKind, Refused
 from prm_core.feed.relay import replay
 from prm_core.hub import Hub
-from prm_core.store.tables import dead_letters, destination_cursors
+from prm_core.store.tables import customers, dead_letters, destination_cursors
 
 SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
@@ -159,6 +159,8 @@ class Collected:
 
     def open(self, settings: Any) -> Any:
         self.label = settings.text("label", default="collected")
+        self.settings = settings
+        self.customers_seen = 0
         return self
 
     async def deliver(self, changes: Sequence[Change]) -> None:
@@ -166,6 +168,9 @@ class Collected:
             self.fail_next -= 1
             raise ConnectionError("warehouse away")
         self.batches.append(list(changes))
+        # a sink may complete changes with current rows, in the hub's own read transactions
+        count = sa.select(sa.func.count()).select_from(customers)
+        self.customers_seen = await self.settings.read(lambda conn: conn.execute(count).scalar())
         refused = [c.position for c in changes if c.type in self.refuse]
         if refused:
             raise Refused(refused, "type not wanted")
@@ -192,6 +197,7 @@ async def test_a_plugins_kind_gets_batches_in_order_and_refuses_some(database_ur
         everything = await positions_of(hub)
         await until(lambda: [c.position for b in collected.batches for c in b] == everything, "every change")
         assert all(len(b) <= 4 for b in collected.batches)
+        assert collected.customers_seen == 5
         opened = await positions_of(hub, {"dialogue.opened"})
         for _ in range(1000):  # the cursor moves once the sink has returned
             cursor = await hub.store.read(lambda conn: conn.execute(sa.select(destination_cursors)).one())

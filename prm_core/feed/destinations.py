@@ -26,10 +26,11 @@ a time, on its own cursor.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from attrs import field, frozen
+from sqlalchemy.engine import Connection
 
 from ..config import Config
 from ..errors import ConfigError
@@ -90,6 +91,9 @@ class DestinationSettings:
     config: Config
     types: frozenset[str] | None = None  # None: every type
     batch_size: int = 100
+    # the hub's own read transactions (``await settings.read(lambda conn: ...)``), for a sink that
+    # completes changes with current rows; None while settings are only being checked
+    read: Callable[[Callable[[Connection], Any]], Awaitable[Any]] | None = None
 
     def where(self, key: str) -> str:
         return f"[destinations.{self.name}].{key}"

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -82,9 +82,14 @@ class Destination:
         return self.settings.name
 
 
-def open_destinations(config: Config, kinds: Registry[DestinationKind]) -> list[Destination]:
+def open_destinations(
+    config: Config,
+    kinds: Registry[DestinationKind],
+    read: Callable[[Callable[[Connection], Any]], Awaitable[Any]] | None = None,
+) -> list[Destination]:
     """Check every ``[destinations.NAME]`` and open its sink. A bad setting raises
-    :class:`~prm_core.errors.ConfigError` naming the key; nothing is connected yet."""
+    :class:`~prm_core.errors.ConfigError` naming the key; nothing is connected yet.
+    ``read``: the hub's ``store.read``, handed to the sinks in their settings."""
     tables = config.raw.get("destinations", {})
     if not isinstance(tables, Mapping):
         raise ConfigError("[destinations] must be a table of [destinations.NAME] tables")
@@ -109,7 +114,7 @@ def open_destinations(config: Config, kinds: Registry[DestinationKind]) -> list[
         if start not in ("earliest", "latest"):
             raise probe.invalid("start", 'must be "earliest" or "latest"')
         settings = DestinationSettings(
-            name=name, kind=kind_name, raw=raw, config=config, types=types, batch_size=batch_size
+            name=name, kind=kind_name, raw=raw, config=config, types=types, batch_size=batch_size, read=read
         )
         sink = kinds[kind_name].open(settings)
         if not isinstance(sink, Sink):

@@ -365,9 +365,9 @@ class Planner:
             emit(
                 conn,
                 *(
+                    # a control group's turn too (response "held_out"): campaign lift is measured against it
                     NewChange("offer.made", m["customer_id"], _offer_data(m, m["response"]))
                     for m in fresh.values()
-                    if m["response"] is None
                 ),
             )
 
