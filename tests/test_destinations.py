@@ -351,3 +351,30 @@ def test_prm_destinations_shows_position_lag_and_dead_letters_and_replays(databa
     assert bad.exit_code != 0 and "from must be a position" in bad.output
     unknown = runner.invoke(main, ["destinations", "replay", "nowhere", "--from", "1", *args])
     assert unknown.exit_code != 0 and "no destination 'nowhere'" in unknown.output
+
+
+async def test_a_destination_behind_retention_is_told_not_skipped(database_url, collected, frozen_clock):
+    collected.fail_next = 10**6
+    config = config_with(database_url, {"lake": {"kind": "collected", "retry_base_s": 0.01, "retry_cap_s": 0.05}})
+    async with Hub.open(config, plugins=[collected]) as hub:
+        await send(hub, ev("e1", 0, email="ann@example.com"))
+        frozen_clock.advance(days=40)
+        await send(hub, ev("e2", 1, email="bob@example.com"))
+        assert await hub.feed.prune_once() > 0
+        collected.fail_next = 0
+
+        def cursor(conn: Any) -> Any:
+            return conn.execute(sa.select(destination_cursors)).one()
+
+        for _ in range(1000):
+            row = await hub.store.read(cursor)
+            if row.last_error and "fell behind" in row.last_error:
+                break
+            await asyncio.sleep(0.01)
+        assert row.last_error.startswith("destination lake fell behind the feed's retention")
+        assert row.position == 0 and collected.batches == []  # nothing skipped silently
+        # its owner decides: replayed from the oldest change kept, it goes on
+        oldest = (await positions_of(hub))[0]
+        await replay(hub.store, "lake", oldest)
+        everything = await positions_of(hub)
+        await until(lambda: [c.position for b in collected.batches for c in b] == everything, "the kept changes")
