@@ -1,0 +1,64 @@
+"""The warehouse: Parquet files and a PostgreSQL schema of the hub's facts, kept by the feed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow.parquet as pq
+import pytest
+
+from prm_core.privacy.erasure import erase_customer
+from prm_core.warehouse.loading import Loader
+from prm_core.warehouse.parquet import MARK_FILE, ParquetWarehouse
+
+ANN = "ann@example.com"
+
+
+def event(i: int, day: int, **extra: Any) -> dict[str, Any]:
+    return {
+        "id": f"e{i}",
+        "type": "page",
+        "occurred_at": f"2026-12-{day:02d}T10:{i % 60:02d}:00Z",
+        "identities": {"email": f"user{i % 3}@example.com"},
+        "data": {"n": i},
+        **extra,
+    }
+
+
+async def record(hub: Any, events: list[dict[str, Any]], touchpoint: str = "web") -> None:
+    await hub.record(hub.parse_events({"events": events}, touchpoint))
+
+
+def duck(path: Path, table: str, sql: str = "SELECT * FROM t") -> list[tuple[Any, ...]]:
+    con = duckdb.connect()
+    con.execute(f"CREATE VIEW t AS SELECT * FROM read_parquet('{path}/{table}/**/*.parquet', hive_partitioning = true)")
+    return con.execute(sql).fetchall()
+
+
+async def test_history_lands_in_day_partitions_duckdb_reads(hub, tmp_path):
+    await record(hub, [event(i, 3 + i % 2) for i in range(10)])
+    loader = Loader(ParquetWarehouse(tmp_path), hub.store.read, page=4)
+    mark = await loader.history()
+    assert mark.history_done()
+
+    days = sorted(p.name for p in (tmp_path / "events").iterdir())
+    assert days == ["day=2026-12-03", "day=2026-12-04"]
+    rows = duck(tmp_path, "events", "SELECT event_id, type, customer_id, day, occurred_at FROM t ORDER BY event_id")
+    assert [r[0] for r in rows] == sorted(f"e{i}" for i in range(10))
+    assert {str(r[3]) for r in rows} == {"2026-12-03", "2026-12-04"}
+    assert all(r[2].startswith("cus_") for r in rows)
+    one = pq.read_table(next((tmp_path / "events").glob("day=2026-12-03/*.parquet")))
+    assert {"event_id", "customer_id", "touchpoint", "type", "occurred_at"} <= set(one.schema.names)
+    assert str(one.schema.field("occurred_at").type) == "timestamp[us, tz=UTC]"
+    assert json.loads(one.column("data")[0].as_py()).keys() == {"n"}
+
+    customers = duck(tmp_path, "customers", "SELECT customer_id, identities, event_count FROM t ORDER BY 1")
+    assert len(customers) == 3
+    assert sorted(c[1][0] for c in customers) == [f"email:user{i}@example.com" for i in range(3)]
+    assert sum(c[2] for c in customers) == 10
+    dialogues = duck(tmp_path, "dialogues", "SELECT count(*) FROM t")
+    assert dialogues[0][0] >= 3
+    assert json.loads((tmp_path / MARK_FILE).read_text())["history"]["events"]["done"] is True
