@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import pyarrow.parquet as pq
-import pytest
+from click.testing import CliRunner
 
-from prm_core.privacy.erasure import erase_customer
+from prm_core.cli import main
+from prm_core.warehouse.export import ExportResult, export
 from prm_core.warehouse.loading import Loader
 from prm_core.warehouse.parquet import MARK_FILE, ParquetWarehouse
 
@@ -30,6 +32,11 @@ def event(i: int, day: int, **extra: Any) -> dict[str, Any]:
 
 async def record(hub: Any, events: list[dict[str, Any]], touchpoint: str = "web") -> None:
     await hub.record(hub.parse_events({"events": events}, touchpoint))
+
+
+async def prm(*args: str) -> Any:
+    """The ``prm`` command, run as from a shell (in a thread: it runs its own event loop)."""
+    return await asyncio.to_thread(CliRunner().invoke, main, list(args))
 
 
 def duck(path: Path, table: str, sql: str = "SELECT * FROM t") -> list[tuple[Any, ...]]:
@@ -62,3 +69,36 @@ async def test_history_lands_in_day_partitions_duckdb_reads(hub, tmp_path):
     dialogues = duck(tmp_path, "dialogues", "SELECT count(*) FROM t")
     assert dialogues[0][0] >= 3
     assert json.loads((tmp_path / MARK_FILE).read_text())["history"]["events"]["done"] is True
+
+
+async def test_export_command_resumes_after_an_interruption(hub, database_url, tmp_path):
+    await record(hub, [event(i, 1 + i % 5) for i in range(40)])
+    wh = tmp_path / "wh"
+    target = f"parquet:{wh}"
+
+    # interrupted after its second page: what was written stays, and the mark says where
+    def second_page(result: ExportResult) -> bool:
+        return result.history_rows >= 20
+
+    first = await export(hub.config, target, page=10, progress=False, stop_after=second_page)
+    assert first.history_rows == 20
+    mark = json.loads((wh / MARK_FILE).read_text())
+    assert mark["history"]["events"] == {"done": False, "after": mark["history"]["events"]["after"]}
+
+    run = await prm("export", "--to", target, "--database", database_url)
+    assert run.exit_code == 0, run.output
+    assert "written, through position" in run.output
+    events = duck(wh, "events", "SELECT event_id, count(*) FROM t GROUP BY 1")
+    assert sorted(e[0] for e in events) == sorted(f"e{i}" for i in range(40))
+    assert {e[1] for e in events} == {1}  # the interrupted page was written once, not twice
+
+    again = await prm("export", "--to", target, "--database", database_url)
+    assert again.exit_code == 0, again.output
+    assert "0 history rows and 0 changes written" in again.output
+    assert duck(wh, "events", "SELECT count(*) FROM t") == [(40,)]
+
+
+def test_export_refuses_a_target_it_does_not_know(database_url):
+    run = CliRunner().invoke(main, ["export", "--to", "s3://bucket", "--database", database_url])
+    assert run.exit_code == 1
+    assert "--to must be parquet:DIR or a postgresql:// URL" in run.output

@@ -35,7 +35,17 @@ from ..store.tables import (
 )
 from .schema import JSON, TABLES, TIME
 
-__all__ = ["Columns", "Snapshot", "as_json", "as_money", "as_time", "current_rows", "history_page", "take_snapshot"]
+__all__ = [
+    "Columns",
+    "Snapshot",
+    "as_json",
+    "as_money",
+    "as_time",
+    "current_rows",
+    "history_page",
+    "history_size",
+    "take_snapshot",
+]
 
 Columns = dict[str, list[Any]]
 
@@ -235,6 +245,18 @@ def current_rows(conn: Connection, table: str, keys: Iterable[Any]) -> Columns:
     if table == "customers":
         cols = _with_identities(conn, cols)
     return cols
+
+
+def history_size(conn: Connection, snapshot: Snapshot | None) -> int:
+    """How many rows a history holds, about (for a progress bar)."""
+    total = 0
+    for table in TABLES:
+        _, source, order = _sources(table)
+        query = sa.select(sa.func.count()).select_from(source)
+        if table == "events" and snapshot is not None:
+            query = query.where(order <= snapshot.events_through)
+        total += int(conn.execute(query).scalar_one())
+    return total
 
 
 # ---- the columns as Python values (for the PostgreSQL writer) -----------------------------
