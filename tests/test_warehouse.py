@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import duckdb
 import pyarrow.parquet as pq
+import pytest
 from click.testing import CliRunner
 
 from prm_core.cli import main
+from prm_core.testing import POSTGRES_ENV, postgres_database
 from prm_core.warehouse.export import ExportResult, export
 from prm_core.warehouse.loading import Loader
-from prm_core.warehouse.parquet import MARK_FILE, ParquetWarehouse
+from prm_core.warehouse.parquet import MARK_FILE, ParquetWarehouse, arrow_schema
+from prm_core.warehouse.schema import BIGINT, FLAG, JSON, MONEY, TABLES, TEXT, TEXTS, TIME
 
 ANN = "ann@example.com"
 
@@ -102,3 +109,91 @@ def test_export_refuses_a_target_it_does_not_know(database_url):
     run = CliRunner().invoke(main, ["export", "--to", "s3://bucket", "--database", database_url])
     assert run.exit_code == 1
     assert "--to must be parquet:DIR or a postgresql:// URL" in run.output
+
+
+@pytest.fixture
+def warehouse_url() -> Iterator[str]:
+    """A throw-away PostgreSQL database for the warehouse (the hub's own may be SQLite)."""
+    base = os.environ.get(POSTGRES_ENV)
+    if not base:
+        pytest.skip(f"{POSTGRES_ENV} is not set: the postgresql destination needs a server")
+    yield from postgres_database(base)
+
+
+async def pg_rows(url: str, sql: str) -> list[Any]:
+    conn = await asyncpg.connect(url)
+    try:
+        return list(await conn.fetch(sql))
+    finally:
+        await conn.close()
+
+
+async def test_export_to_postgresql_builds_the_star_schema_and_upserts(hub, warehouse_url):
+    await record(hub, [event(i, 2) for i in range(12)])
+    run = await prm("export", "--to", warehouse_url, "--schema", "analytics", "--database", hub.config.database_url)
+    assert run.exit_code == 0, run.output
+
+    tables = await pg_rows(
+        warehouse_url, "SELECT table_name FROM information_schema.tables WHERE table_schema = 'analytics'"
+    )
+    assert {t["table_name"] for t in tables} == {
+        "events", "customers", "dialogues", "offers", "fulfillments", "merges", "_prm_warehouse"
+    }  # fmt: skip
+    events = await pg_rows(warehouse_url, "SELECT event_id, customer_id, occurred_at, data FROM analytics.events")
+    assert sorted(e["event_id"] for e in events) == sorted(f"e{i}" for i in range(12))
+    assert all(e["occurred_at"].tzinfo is not None for e in events)
+    per_customer = await pg_rows(
+        warehouse_url,
+        "SELECT c.identities, count(*) AS n FROM analytics.events e "
+        "JOIN analytics.customers c USING (customer_id) GROUP BY 1 ORDER BY 1",
+    )
+    assert [(r["identities"], r["n"]) for r in per_customer] == [([f"email:user{i}@example.com"], 4) for i in range(3)]
+
+    # more events, exported again: only what is new, nothing twice
+    await record(hub, [event(i, 3) for i in range(12, 15)])
+    again = await prm("export", "--to", warehouse_url, "--schema", "analytics", "--database", hub.config.database_url)
+    assert again.exit_code == 0, again.output
+    assert (await pg_rows(warehouse_url, "SELECT count(*) AS n FROM analytics.events"))[0]["n"] == 15
+
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "warehouse.md"
+
+
+def doc_block(test: str, lang: str) -> str:
+    marker = f"<!-- sample: tested-by tests/test_warehouse.py::{test} -->"
+    (block,) = re.findall(re.escape(marker) + rf"\n```{lang}\n(.*?)```", DOC.read_text(encoding="utf-8"), re.DOTALL)
+    return str(block)
+
+
+def test_the_documented_schema_is_the_written_one():
+    """docs/warehouse.md lists every table's columns and types as schema.py defines them."""
+    documented = {}
+    for entry in re.split(r"\n(?=\w+:)", doc_block("test_the_documented_schema_is_the_written_one", "text").strip()):
+        name, _, columns = entry.partition(":")
+        documented[name] = [tuple(c.split()) for c in " ".join(columns.split()).split(", ")]
+    shown = {
+        TEXT: "text",
+        BIGINT: "bigint",
+        TIME: "timestamp",
+        JSON: "json",
+        MONEY: "money",
+        FLAG: "bool",
+        TEXTS: "text[]",
+    }
+    assert documented == {t.name: [(c.name, shown[c.type]) for c in t.columns] for t in TABLES.values()}
+    for table in TABLES:
+        assert arrow_schema(table).names == TABLES[table].names
+
+
+async def test_the_documented_queries_run_in_duckdb(hub, tmp_path):
+    await record(hub, [event(i, 1 + i % 3) for i in range(9)])
+    await record(hub, [event(i, 1 + i % 3) for i in range(9, 12)], touchpoint="pos")
+    await export(hub.config, f"parquet:{tmp_path}", progress=False)
+    sql = doc_block("test_the_documented_queries_run_in_duckdb", "sql").replace("/srv/prm-warehouse", str(tmp_path))
+    per_day, current = (q for q in sql.split(";") if q.strip())
+    con = duckdb.connect()
+    rows = con.execute(per_day).fetchall()
+    assert sum(r[2] for r in rows) == 12
+    assert {(r[0], str(r[1])) for r in rows} >= {("web", "2026-12-01"), ("pos", "2026-12-01")}
+    customers = con.execute(current).fetchall()
+    assert len(customers) == 3 and len({c[1] for c in customers}) == 3
