@@ -29,7 +29,7 @@ from ..store.lists import one_of
 from ..store.tables import changes, utcnow
 from .changes import NewChange
 
-__all__ = ["FEED_LOCK", "begin", "emit", "emit_rows", "flush", "scrub_customers"]
+__all__ = ["FEED_LOCK", "begin", "discard", "emit", "emit_rows", "flush", "mark", "rollback_to", "scrub_customers"]
 
 _PENDING = "prm.feed.pending"
 # any constant works; it only has to be the same in every hub process
@@ -67,6 +67,18 @@ def emit_rows(conn: Connection, rows: Iterable[dict[str, Any]]) -> None:
     pending = conn.info.get(_PENDING)
     if pending is not None:
         pending.extend(rows)
+
+
+def mark(conn: Connection) -> int:
+    """How many changes the transaction has emitted so far (before a savepoint)."""
+    return len(conn.info.get(_PENDING) or ())
+
+
+def rollback_to(conn: Connection, marked: int) -> None:
+    """Forget the changes emitted since :func:`mark` (their savepoint rolled back)."""
+    pending = conn.info.get(_PENDING)
+    if pending is not None:
+        del pending[marked:]
 
 
 def flush(conn: Connection) -> int:
