@@ -17,6 +17,9 @@ import pytest
 from click.testing import CliRunner
 
 from prm_core.cli import main
+from prm_core.feed import Change
+from prm_core.feed.reading import read_changes
+from prm_core.privacy.erasure import erase_customer
 from prm_core.testing import POSTGRES_ENV, postgres_database
 from prm_core.warehouse.export import ExportResult, export
 from prm_core.warehouse.loading import Loader
@@ -197,3 +200,76 @@ async def test_the_documented_queries_run_in_duckdb(hub, tmp_path):
     assert {(r[0], str(r[1])) for r in rows} >= {("web", "2026-12-01"), ("pos", "2026-12-01")}
     customers = con.execute(current).fetchall()
     assert len(customers) == 3 and len({c[1] for c in customers}) == 3
+
+
+async def feed_after(hub: Any, after: int, limit: int = 1000) -> list[Change]:
+    return (await hub.store.read(lambda conn: read_changes(conn, after, limit, check=False))).changes
+
+
+async def test_redelivered_batches_write_each_row_once(hub, tmp_path):
+    loader = Loader(ParquetWarehouse(tmp_path), hub.store.read)
+    await loader.history()  # an empty hub: the warehouse starts at the feed's beginning
+    await record(hub, [event(i, 5) for i in range(10)])
+    changes = await feed_after(hub, 0)
+    assert {c.type for c in changes} >= {"event.recorded", "customer.created", "dialogue.opened"}
+    first, rest = changes[:8], changes[8:]
+
+    assert await loader.changes(first) == 8
+    files = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.parquet"))
+    assert await loader.changes(first) == 0  # delivered again: already there, skipped
+    # a fresh process whose mark was never moved past it (a crash before the mark) writes the
+    # same files again, not more
+    (tmp_path / MARK_FILE).write_text(json.dumps({**json.loads((tmp_path / MARK_FILE).read_text()), "position": 0}))
+    assert await Loader(ParquetWarehouse(tmp_path), hub.store.read).changes(first) == 8
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.parquet")) == files
+
+    # the rest written, then "lost" with the mark: the next process re-delivers it in other batches
+    before = (tmp_path / MARK_FILE).read_text()
+    await loader.changes(rest)
+    (tmp_path / MARK_FILE).write_text(before)
+    again = Loader(ParquetWarehouse(tmp_path), hub.store.read)
+    await again.changes(rest[:3])
+    await again.changes(rest[3:])
+    counts = duck(tmp_path, "events", "SELECT event_id, count(*) FROM t GROUP BY 1")
+    assert sorted(counts) == sorted((f"e{i}", 1) for i in range(10))
+    assert not list(tmp_path.rglob(".*.tmp"))
+    current = duck(
+        tmp_path,
+        "dialogues",
+        "SELECT dialogue_id FROM t QUALIFY row_number() OVER (PARTITION BY dialogue_id ORDER BY position DESC) = 1",
+    )
+    assert len(current) == len({c.data["dialogue_id"] for c in changes if c.type == "dialogue.opened"})
+
+
+def contains(folder: Path, text: str) -> list[Path]:
+    return [p for p in folder.rglob("*.parquet") if text.encode() in p.read_bytes()]
+
+
+async def test_an_erasure_rewrites_the_partitions_that_held_the_person(hub, tmp_path):
+    ann = {"email": ANN}
+    evs = [{**event(i, 1 + i), "identities": ann, "data": {"note": f"ann said {ANN}"}} for i in range(3)]
+    await record(hub, [*evs, event(7, 1)])
+    await hub.update_customer(f"email:{ANN}", {"traits": {"first_name": "Ann"}})
+    # history for what was there, the feed for what comes after
+    loader = Loader(ParquetWarehouse(tmp_path), hub.store.read)
+    await loader.history()
+    await record(hub, [{**event(4, 4), "identities": ann, "data": {"note": ANN}}])
+    mark = await loader.mark()
+    await loader.changes(await feed_after(hub, mark.through))
+    assert len(contains(tmp_path / "events", ANN)) == 4  # four days' partitions
+    assert contains(tmp_path / "customers", ANN)
+
+    erasure = await erase_customer(hub, f"email:{ANN}")
+    changes = await feed_after(hub, (await loader.mark()).through)
+    assert "customer.erased" in {c.type for c in changes}
+    await loader.changes(changes)
+
+    assert contains(tmp_path, ANN) == [] and contains(tmp_path, "Ann") == []
+    ann_events = duck(tmp_path, "events", f"SELECT data FROM t WHERE customer_id = '{erasure.customer_id}'")
+    assert [json.loads(d) for (d,) in ann_events] == [{"erased": True}] * 4
+    others = duck(tmp_path, "events", f"SELECT data FROM t WHERE customer_id <> '{erasure.customer_id}'")
+    assert [json.loads(d) for (d,) in others] == [{"n": 7}]
+    versions = duck(
+        tmp_path, "customers", f"SELECT erased, identities, traits FROM t WHERE customer_id = '{erasure.customer_id}'"
+    )
+    assert versions == [(True, [], "{}")]

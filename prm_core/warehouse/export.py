@@ -14,7 +14,6 @@ import functools
 from collections.abc import Callable
 from pathlib import Path
 
-import sqlalchemy as sa
 from attrs import define
 from sqlalchemy.engine import Connection
 from tqdm import tqdm
@@ -22,8 +21,8 @@ from tqdm import tqdm
 from ..config import Config
 from ..errors import ConfigError
 from ..feed import Change
+from ..feed.reading import bounds, read_changes
 from ..store.engine import Store
-from ..store.tables import changes
 from .kinds import PYARROW_MISSING, SCHEMA_NAME, pyarrow_installed
 from .loading import Loader, Warehouse
 from .reading import history_size
@@ -58,12 +57,10 @@ def open_target(target: str, schema: str = "prm") -> Warehouse:
     raise ConfigError("--to must be parquet:DIR or a postgresql:// URL")
 
 
-_PAGE = sa.select(changes).where(changes.c.position > sa.bindparam("after")).order_by(changes.c.position)
-
-
 def _changes_after(conn: Connection, after: int, limit: int) -> list[Change]:
-    rows = conn.execute(_PAGE.limit(limit), {"after": after}).all()
-    return [Change(seq=r.position, type=r.type, at=r.at, customer_id=r.customer_id, data=r.data or {}) for r in rows]
+    # check=False: a target's mark may come from another hub's feed; retention that passed it
+    # raises FellBehind, which names the problem
+    return read_changes(conn, after, limit, check=False).changes
 
 
 async def export(
@@ -107,7 +104,7 @@ async def export(
             if stopped:
                 result.position = (await loader.mark()).through
                 return result
-        head = await store.read(lambda conn: conn.execute(sa.select(sa.func.max(changes.c.position))).scalar() or 0)
+        _, head = await store.read(bounds)
         through = mark.through
         with tqdm(total=max(0, int(head) - through), unit=" changes", desc="changes", disable=not progress) as bar:
             while True:

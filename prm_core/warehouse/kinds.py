@@ -19,7 +19,6 @@ as it starts, saying so.
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -40,7 +39,11 @@ PYARROW_MISSING = "needs pyarrow, which is not installed: pip install 'prm-hub[w
 
 
 def pyarrow_installed() -> bool:
-    return importlib.util.find_spec("pyarrow") is not None
+    try:
+        import pyarrow  # noqa: F401  # only whether it imports
+    except ImportError:
+        return False
+    return True
 
 
 class WarehouseSink:
