@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,13 +18,17 @@ import pytest
 from click.testing import CliRunner
 
 from prm_core.cli import main
-from prm_core.feed import Change
+from prm_core.config import Config
+from prm_core.errors import ConfigError
+from prm_core.feed import Change, DestinationSettings
 from prm_core.feed.reading import read_changes
 from prm_core.privacy.erasure import erase_customer
 from prm_core.testing import POSTGRES_ENV, postgres_database
 from prm_core.warehouse.export import ExportResult, export
+from prm_core.warehouse.kinds import open_parquet, open_postgresql
 from prm_core.warehouse.loading import Loader
 from prm_core.warehouse.parquet import MARK_FILE, ParquetWarehouse, arrow_schema
+from prm_core.warehouse.postgres import PostgresWarehouse
 from prm_core.warehouse.schema import BIGINT, FLAG, JSON, MONEY, TABLES, TEXT, TEXTS, TIME
 
 ANN = "ann@example.com"
@@ -273,3 +278,64 @@ async def test_an_erasure_rewrites_the_partitions_that_held_the_person(hub, tmp_
         tmp_path, "customers", f"SELECT erased, identities, traits FROM t WHERE customer_id = '{erasure.customer_id}'"
     )
     assert versions == [(True, [], "{}")]
+
+
+async def test_the_postgresql_destination_upserts_once_and_obeys_erasure(hub, warehouse_url):
+    await record(hub, [{**event(i, 6), "identities": {"email": ANN}} for i in range(3)])
+    settings = DestinationSettings(
+        name="bi", kind="postgresql", raw={"url": warehouse_url, "schema": "bi"}, config=hub.config
+    )
+    sink = open_postgresql(settings)
+    try:
+        # the first delivery writes the history, then the batch; the second is a re-delivery
+        await record(hub, [event(3, 6), {**event(4, 6), "identities": {"email": ANN}}])
+        changes = await feed_after(hub, 0)
+        await sink.deliver(changes)
+        await sink.deliver(changes)
+        again = PostgresWarehouse(warehouse_url, "bi")  # a restarted hub writing the batch again
+        await Loader(again, hub.store.read).changes(changes)  # its mark says done: nothing to do
+        await again.close()
+        rows = await pg_rows(warehouse_url, "SELECT event_id, data FROM bi.events ORDER BY event_id")
+        assert [r["event_id"] for r in rows] == ["e0", "e1", "e2", "e3", "e4"]
+        (ann,) = await pg_rows(warehouse_url, f"SELECT * FROM bi.customers WHERE '{'email:' + ANN}' = ANY(identities)")
+        assert ann["event_count"] == 4 and ann["erased"] is False
+
+        erasure = await erase_customer(hub, f"email:{ANN}")
+        await sink.deliver(await feed_after(hub, changes[-1].seq))
+        erased = await pg_rows(warehouse_url, f"SELECT * FROM bi.customers WHERE customer_id = '{erasure.customer_id}'")
+        assert [(r["erased"], r["identities"], r["traits"]) for r in erased] == [(True, [], "{}")]
+        datas = await pg_rows(
+            warehouse_url, f"SELECT data FROM bi.events WHERE customer_id = '{erasure.customer_id}' ORDER BY event_id"
+        )
+        assert [json.loads(r["data"]) for r in datas] == [{"erased": True}] * 4
+        assert [
+            json.loads(r["data"])
+            for r in await pg_rows(warehouse_url, "SELECT data FROM bi.events WHERE event_id = 'e3'")
+        ] == [{"n": 3}]
+    finally:
+        await sink.close()
+
+
+def test_a_parquet_destination_without_pyarrow_stops_the_hub_saying_so(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # as if not installed: importing it fails
+    settings = DestinationSettings(name="lake", kind="parquet", raw={"path": str(tmp_path)}, config=Config())
+    with pytest.raises(ConfigError) as raised:
+        open_parquet(settings)
+    assert str(raised.value) == (
+        "[destinations.lake].kind needs pyarrow, which is not installed: pip install 'prm-hub[warehouse]'"
+    )
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({}, "[destinations.w].url is required"),
+        ({"url": "mysql://x"}, "[destinations.w].url must be a postgresql:// URL"),
+        ({"url": "postgresql://h/db", "schema": "Drop Table"}, "[destinations.w].schema must be a lower-case SQL name"),
+    ],
+)
+def test_postgresql_settings_are_checked_at_start(raw, message):
+    settings = DestinationSettings(name="w", kind="postgresql", raw=raw, config=Config())
+    with pytest.raises(ConfigError) as raised:
+        open_postgresql(settings)
+    assert str(raised.value).startswith(message)
