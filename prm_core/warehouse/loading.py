@@ -15,6 +15,8 @@ each batch writes whole rows, and a row written late is never older than its pos
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
@@ -158,23 +160,35 @@ class Loader:
         day = _day(snapshot.at)
         for table in TABLES:
             after = mark.history.get(table)
-            while after is not True:
+            if after is True:
+                continue
 
-                def page(conn: Connection, table: str = table, after: Any = after) -> tuple[Columns, Any, Any]:
-                    return history_page(conn, table, after, self.page, snapshot)
+            def page(after: Any, table: str = table) -> asyncio.Future[tuple[Columns, Any, Any]]:
+                read = functools.partial(history_page, table=table, after=after, limit=self.page, snapshot=snapshot)
+                return asyncio.ensure_future(self.read(read))
 
-                cols, first, following = await self.read(page)
-                count = len(cols[TABLES[table].key[-1]])
-                cols["position"] = [snapshot.position] * count
-                cols[DAY] = [day] * count
-                if isinstance(first, int):
-                    first = f"{first:020d}"
-                mark = evolve(mark, history={**mark.history, table: True if following is None else following})
-                name = f"history-{snapshot.position:020d}-{_name_part(first)}"
-                await self._write(Batch(name, {table: cols} if count else {}, (), mark))
-                if progress is not None:
-                    progress(table, count)
-                after = mark.history[table]
+            # the next page is read while this one is written: reading is the database's work
+            # and the driver's, writing Arrow's, and both let go of the interpreter lock
+            pending: asyncio.Future[tuple[Columns, Any, Any]] | None = page(after)
+            while pending is not None:
+                cols, first, following = await pending
+                pending = page(following) if following is not None else None
+                try:
+                    count = len(cols[TABLES[table].key[-1]])
+                    cols["position"] = [snapshot.position] * count
+                    cols[DAY] = [day] * count
+                    if isinstance(first, int):
+                        first = f"{first:020d}"
+                    mark = evolve(mark, history={**mark.history, table: True if following is None else following})
+                    name = f"history-{snapshot.position:020d}-{_name_part(first)}"
+                    await self._write(Batch(name, {table: cols} if count else {}, (), mark))
+                    if progress is not None:
+                        progress(table, count)
+                except BaseException:
+                    if pending is not None:
+                        pending.cancel()
+                        await asyncio.gather(pending, return_exceptions=True)
+                    raise
         return mark
 
     async def changes(self, changes: Sequence[Change]) -> int:

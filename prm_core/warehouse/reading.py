@@ -223,7 +223,9 @@ def _fetch(conn: Connection, query: Any) -> list[Sequence[Any]]:
         cursor.close()
 
 
-def history_page(conn: Connection, table: str, after: Any, limit: int, snapshot: Snapshot) -> tuple[Columns, Any, Any]:
+def history_page(
+    conn: Connection, *, table: str, after: Any, limit: int, snapshot: Snapshot
+) -> tuple[Columns, Any, Any]:
     """Up to ``limit`` rows of ``table`` after the key ``after`` (``None``: from the start), the
     page's first key (``None`` for no rows), and the key to continue after (``None`` when this
     was the last page). Events stop at the snapshot's last event; the feed delivers the rest.
