@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pytest
 
 from prm_core.config import Config
@@ -94,3 +95,15 @@ async def test_the_documented_knowledge_loop(hub_client, make_key, tmp_path):
         expected = score >= 0.5 and not in_control("first-order", customer_id, 10)
         assert offered[i] == expected, (i, score)
     assert any(offered.values())
+
+    # the offers made reach the warehouse through the feed on the next export
+    await export(hub.config, f"parquet:{warehouse}", progress=False)
+    offers = f"read_parquet('{warehouse}/offers/**/*.parquet', hive_partitioning = true)"
+    made = duckdb.sql(
+        f"SELECT customer_id, code, campaign FROM {offers} WHERE response IS DISTINCT FROM 'held_out'"
+        " QUALIFY row_number() OVER (PARTITION BY offer_id ORDER BY position DESC) = 1"
+    ).fetchall()
+    assert sorted(c for c, code, _ in made if code == "free-delivery") == sorted(
+        scores[i][0] for i, shown in offered.items() if shown
+    )
+    assert {campaign for _, code, campaign in made if code == "free-delivery"} == {"first-order"}
