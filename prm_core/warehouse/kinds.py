@@ -20,19 +20,14 @@ as it starts, saying so.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-import pluggy
-
-from ..config import Config
 from ..feed import Change, DestinationKind, DestinationSettings
 from ..store.engine import Store
 from .loading import Loader, Warehouse
 
-__all__ = ["SCHEMA_NAME", "WarehouseSink", "open_parquet", "open_postgresql", "prm_destination_kinds"]
-
-hookimpl = pluggy.HookimplMarker("prm")
+__all__ = ["SCHEMA_NAME", "WarehouseSink", "open_parquet", "open_postgresql", "warehouse_destination_kinds"]
 
 SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 PYARROW_MISSING = "needs pyarrow, which is not installed: pip install 'prm-hub[warehouse]'"
@@ -102,15 +97,17 @@ def open_postgresql(settings: DestinationSettings) -> WarehouseSink:
     return WarehouseSink(settings, PostgresWarehouse(url, schema))
 
 
-@hookimpl
-def prm_destination_kinds(config: Config) -> Iterable[DestinationKind]:
-    yield DestinationKind(
-        name="parquet",
-        open=open_parquet,
-        about="Parquet files per table, partitioned by day, for DuckDB, Spark, pandas and BI tools",
-    )
-    yield DestinationKind(
-        name="postgresql",
-        open=open_postgresql,
-        about="a star schema in PostgreSQL, upserted, for BI tools that speak SQL",
-    )
+def warehouse_destination_kinds() -> list[DestinationKind]:
+    """The kinds the core registers with its own (``prm_core.feed.builtin``)."""
+    return [
+        DestinationKind(
+            name="parquet",
+            open=open_parquet,
+            about="Parquet files per table, partitioned by day, for DuckDB, Spark, pandas and BI tools",
+        ),
+        DestinationKind(
+            name="postgresql",
+            open=open_postgresql,
+            about="a star schema in PostgreSQL, upserted, for BI tools that speak SQL",
+        ),
+    ]
