@@ -112,6 +112,16 @@ async def test_export_command_resumes_after_an_interruption(hub, database_url, t
     assert "0 history rows and 0 changes written" in again.output
     assert duck(wh, "events", "SELECT count(*) FROM t") == [(40,)]
 
+    # later events come through the feed; an export stopped after its first batch of changes
+    # continues from its mark
+    await record(hub, [event(i, 6) for i in range(40, 60)])
+    stopped = await export(hub.config, target, batch_size=5, progress=False, stop_after=lambda result: True)
+    assert stopped.history_rows == 0 and stopped.changes == 5
+    rest = await prm("export", "--to", target, "--database", database_url, "--batch-size", "7")
+    assert rest.exit_code == 0, rest.output
+    counts = duck(wh, "events", "SELECT event_id, count(*) FROM t GROUP BY 1")
+    assert sorted(counts) == sorted((f"e{i}", 1) for i in range(60))
+
 
 def test_export_refuses_a_target_it_does_not_know(database_url):
     run = CliRunner().invoke(main, ["export", "--to", "s3://bucket", "--database", database_url])
