@@ -349,3 +349,35 @@ def test_postgresql_settings_are_checked_at_start(raw, message):
     with pytest.raises(ConfigError) as raised:
         open_postgresql(settings)
     assert str(raised.value).startswith(message)
+
+
+async def test_small_files_are_folded_into_one_per_partition(hub, tmp_path):
+    loader = Loader(ParquetWarehouse(tmp_path, compact_files=3), hub.store.read)
+    await loader.history()
+    for n in range(7):
+        await record(hub, [event(10 * n + i, 8) for i in range(2)])
+    changes = await feed_after(hub, 0)
+    events = [c for c in changes if c.type == "event.recorded"]
+    # one batch per two events, as a destination with a small batch_size would get them
+    bounds = [c.seq for c in events[1::2]]
+    start = 0
+    kept = {}
+    for upto in bounds:
+        batch = [c for c in changes if start < c.seq <= upto]
+        await loader.changes(batch)
+        start = upto
+        for p in (tmp_path / "events" / "day=2026-12-08").glob("part-*.parquet"):
+            kept[p.name] = p.read_bytes()
+    names = sorted(p.name for p in (tmp_path / "events" / "day=2026-12-08").iterdir())
+    # batches 1-3 folded, then with 4-6 into one file; batch 7 waits for two more
+    assert [n.split("-")[0] for n in names] == ["compact", "part"], names
+    assert sorted(duck(tmp_path, "events", "SELECT event_id FROM t")) == sorted(
+        (f"e{10 * n + i}",) for n in range(7) for i in range(2)
+    )
+    # a compaction that stopped before removing what it folded: the next writer removes it
+    leftover = next(name for name in kept if name not in names)
+    (tmp_path / "events" / "day=2026-12-08" / leftover).write_bytes(kept[leftover])
+    await record(hub, [event(99, 8)])
+    await Loader(ParquetWarehouse(tmp_path, compact_files=3), hub.store.read).changes(await feed_after(hub, start))
+    counts = duck(tmp_path, "events", "SELECT event_id, count(*) FROM t GROUP BY 1")
+    assert len(counts) == 15 and {c for _, c in counts} == {1}

@@ -5,6 +5,7 @@
     [destinations.lake]
     kind = "parquet"
     path = "/srv/warehouse"          # one folder per table under it
+    compact_files = 50               # fold a day's small files into one past this many (0: never)
 
     [destinations.bi]
     kind = "postgresql"
@@ -82,7 +83,8 @@ def open_parquet(settings: DestinationSettings) -> WarehouseSink:
     path = Path(settings.text("path")).expanduser()
     if path.exists() and not path.is_dir():
         raise settings.invalid("path", "must be a folder")
-    return WarehouseSink(settings, ParquetWarehouse(path))
+    compact = settings.integer("compact_files", default=50, minimum=0)
+    return WarehouseSink(settings, ParquetWarehouse(path, compact_files=compact))
 
 
 def open_postgresql(settings: DestinationSettings) -> WarehouseSink:

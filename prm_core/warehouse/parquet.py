@@ -43,6 +43,9 @@ _TYPES: dict[str, pa.DataType] = {
     TEXTS: pa.list_(pa.string()),
 }
 _PART = re.compile(r"^part-(\d{20})-(\d{20})\.parquet$")
+_RANGE = re.compile(r"^(part|compact)-(\d{20})-(\d{20})\.parquet$")
+# compaction folds small files into one up to this many rows
+COMPACT_ROWS = 1_000_000
 ERASED_DATA = json.dumps({"erased": True}, separators=(",", ":"))
 
 
@@ -102,8 +105,10 @@ def _replace(dest: Path, write: Any) -> None:
 class ParquetWarehouse:
     """The warehouse tables as Parquet files under ``path`` (see the module's docstring)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, compact_files: int = 50) -> None:
         self.path = path
+        # a partition with this many files of changes has them folded into one (0: never)
+        self.compact_files = compact_files
         # files of a write whose mark was never kept may be there (a crash, a failed batch):
         # they are removed before the next write, which covers their changes again
         self._checked = False
@@ -129,22 +134,62 @@ class ParquetWarehouse:
             if not self._checked:
                 self._remove_unmarked(self.read_mark().position)
                 self._checked = True
+            written: set[Path] = set()
             for table, cols in batch.tables.items():
-                self._write_table(table, batch.name, to_arrow(table, cols))
+                written |= self._write_table(table, batch.name, to_arrow(table, cols))
             for position, ids in batch.erasures:
                 self.erase(ids, position)
             text = json.dumps(batch.mark.to_json(), indent=1)
             _replace(self.path / MARK_FILE, lambda f: f.write(text.encode()))
+            # only files the mark covers are folded: a crash never leaves a compacted file
+            # holding changes the next delivery writes again
+            for folder in sorted(written):
+                self._compact(folder)
         except BaseException:
             self._checked = False
             raise
 
-    def _write_table(self, table: str, name: str, rows: pa.Table) -> None:
+    def _write_table(self, table: str, name: str, rows: pa.Table) -> set[Path]:
         days = rows.column(DAY)
+        folders = set()
         for day in pc.unique(days).to_pylist():
             part = rows.filter(pc.equal(days, day)).drop_columns([DAY])
             dest = self.path / table / f"day={day}" / f"{name}.parquet"
             _replace(dest, lambda f, part=part: pq.write_table(part, f))
+            folders.add(dest.parent)
+        return folders
+
+    def _compact(self, folder: Path) -> None:
+        """Fold a partition's files of changes into one once there are ``compact_files`` of them
+        (with earlier compacted files still under :data:`COMPACT_ROWS` rows): each batch of
+        changes adds a small file per partition it touches, which readers pay for. The folded
+        file is named for the positions it spans; the files it replaces are removed after it is
+        in place (a reader listing the folder in between sees their rows twice, once)."""
+        parts = sorted(folder.glob("part-*.parquet"))
+        if not self.compact_files or len(parts) < self.compact_files:
+            return
+        earlier = [c for c in sorted(folder.glob("compact-*.parquet")) if pq.read_metadata(c).num_rows < COMPACT_ROWS]
+        sources = [*earlier, *parts]
+        ranges = [_RANGE.match(p.name) for p in sources]
+        first = min(int(m.group(2)) for m in ranges if m)
+        last = max(int(m.group(3)) for m in ranges if m)
+        schema = arrow_schema(folder.parent.name)
+        merged = pa.concat_tables([pq.read_table(p, schema=schema) for p in sources])
+        _replace(folder / f"compact-{first:020d}-{last:020d}.parquet", lambda f: pq.write_table(merged, f))
+        self._remove_covered(folder)
+
+    def _remove_covered(self, folder: Path) -> None:
+        """Remove files whose positions a compacted file of the same partition spans (left by a
+        compaction that stopped before removing them)."""
+        spans = [(int(m.group(2)), int(m.group(3)), p) for p in folder.glob("*.parquet") if (m := _RANGE.match(p.name))]
+        compacted = [(a, b, p) for a, b, p in spans if p.name.startswith("compact-")]
+        removed = False
+        for a, b, p in spans:
+            if any(p != c and ca <= a and b <= cb for ca, cb, c in compacted):
+                p.unlink()
+                removed = True
+        if removed:
+            _fsync_dir(folder)
 
     def files(self, table: str) -> Iterator[Path]:
         folder = self.path / table
@@ -153,10 +198,14 @@ class ParquetWarehouse:
 
     def _remove_unmarked(self, position: int) -> None:
         for table in TABLES:
-            for file in self.files(table):
+            for file in list(self.files(table)):
                 m = _PART.match(file.name)
                 if m and int(m.group(1)) > position:
                     file.unlink()
+            folder = self.path / table
+            if folder.is_dir():
+                for partition in sorted(folder.glob("day=*")):
+                    self._remove_covered(partition)
 
     def erase(self, customer_ids: Sequence[str], before: int) -> int:
         """Rewrite every file holding rows of these customers written before position
