@@ -17,11 +17,13 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
+from prm_core import hookimpl
 from prm_core.cli import main
 from prm_core.config import Config
 from prm_core.errors import ConfigError
-from prm_core.feed import Change, DestinationSettings
+from prm_core.feed import Change, DestinationSettings, NewChange
 from prm_core.feed.reading import read_changes
+from prm_core.hub import Hub
 from prm_core.privacy.erasure import erase_customer
 from prm_core.testing import POSTGRES_ENV, postgres_database
 from prm_core.warehouse.export import ExportResult, export
@@ -155,7 +157,7 @@ async def test_export_to_postgresql_builds_the_star_schema_and_upserts(hub, ware
         warehouse_url, "SELECT table_name FROM information_schema.tables WHERE table_schema = 'analytics'"
     )
     assert {t["table_name"] for t in tables} == {
-        "events", "customers", "dialogues", "offers", "fulfillments", "merges", "_prm_warehouse"
+        "events", "customers", "dialogues", "offers", "fulfillments", "merges", "changes", "_prm_warehouse"
     }  # fmt: skip
     events = await pg_rows(warehouse_url, "SELECT event_id, customer_id, occurred_at, data FROM analytics.events")
     assert sorted(e["event_id"] for e in events) == sorted(f"e{i}" for i in range(12))
@@ -381,3 +383,30 @@ async def test_small_files_are_folded_into_one_per_partition(hub, tmp_path):
     await Loader(ParquetWarehouse(tmp_path, compact_files=3), hub.store.read).changes(await feed_after(hub, start))
     counts = duck(tmp_path, "events", "SELECT event_id, count(*) FROM t GROUP BY 1")
     assert len(counts) == 15 and {c for _, c in counts} == {1}
+
+
+class Loyalty:
+    """A plugin adding a change type of its own: points earned for each purchase."""
+
+    @hookimpl
+    def prm_event_changes(self, recorded):
+        for r in recorded:
+            if r.event.type == "order.completed":
+                yield NewChange("loyalty.earned", r.customer_id, {"points": 10, "email": ANN})
+
+
+async def test_changes_of_plugin_types_are_kept_and_erased_with_the_person(hub_config, tmp_path):
+    purchase = {**event(1, 9), "type": "order.completed", "identities": {"email": ANN}}
+    async with Hub.open(hub_config, plugins=[Loyalty()]) as hub:
+        await record(hub, [purchase])  # before the warehouse: it comes with the history
+        loader = Loader(ParquetWarehouse(tmp_path), hub.store.read)
+        await loader.history()
+        await record(hub, [{**purchase, "id": "e2"}])  # after: it comes with the feed
+        await loader.changes(await feed_after(hub, (await loader.mark()).through))
+        rows = duck(tmp_path, "changes", "SELECT type, data FROM t ORDER BY position")
+        assert [(t, json.loads(d)) for t, d in rows] == [("loyalty.earned", {"points": 10, "email": ANN})] * 2
+
+        await erase_customer(hub, f"email:{ANN}")
+        await loader.changes(await feed_after(hub, (await loader.mark()).through))
+        assert [json.loads(d) for (d,) in duck(tmp_path, "changes", "SELECT data FROM t")] == [{}, {}]
+        assert contains(tmp_path, ANN) == []

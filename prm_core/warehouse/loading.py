@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
@@ -25,6 +26,7 @@ from attrs import evolve, field, frozen
 from sqlalchemy.engine import Connection
 
 from ..feed import Change
+from ..feed.changes import CORE_TYPES
 from .reading import Columns, Snapshot, current_rows, history_page, take_snapshot
 from .schema import TABLES
 
@@ -174,8 +176,8 @@ class Loader:
                 cols, first, following = await pending
                 pending = page(following) if following is not None else None
                 try:
-                    count = len(cols[TABLES[table].key[-1]])
-                    cols["position"] = [snapshot.position] * count
+                    count = len(cols[TABLES[table].names[1]])
+                    cols.setdefault("position", [snapshot.position] * count)
                     cols[DAY] = [day] * count
                     if isinstance(first, int):
                         first = f"{first:020d}"
@@ -198,13 +200,16 @@ class Loader:
         new = [c for c in changes if c.seq > mark.through]
         if not new:
             return 0
-        touched: dict[str, dict[Any, Change]] = {t: {} for t in TABLES}
+        touched: dict[str, dict[Any, Change]] = {t: {} for t in TABLES if t != "changes"}
         erasures: list[tuple[int, tuple[str, ...]]] = []
+        own: list[Change] = []  # changes of types plugins define: kept as they are
         for change in new:
             data = change.data
             if change.customer_id is not None:
                 touched["customers"][change.customer_id] = change
-            if change.type == "event.recorded" and data:
+            if change.type not in CORE_TYPES:
+                own.append(change)
+            elif change.type == "event.recorded" and data:
                 touched["events"][(data["touchpoint"], data["event_id"])] = change
             elif change.type in _ROWS_OF and data:
                 table, key = _ROWS_OF[change.type]
@@ -229,6 +234,15 @@ class Loader:
             cause = [by_key[k] for k in _keys(table, cols)]
             cols["position"] = [c.seq for c in cause]
             cols[DAY] = [_day(c.at) for c in cause]
+        if own:
+            tables["changes"] = {
+                "position": [c.seq for c in own],
+                "type": [c.type for c in own],
+                "at": [c.at for c in own],
+                "customer_id": [c.customer_id for c in own],
+                "data": [json.dumps(dict(c.data), separators=(",", ":")) for c in own],
+                DAY: [_day(c.at) for c in own],
+            }
         name = f"part-{new[0].seq:020d}-{new[-1].seq:020d}"
         await self._write(Batch(name, tables, erasures, evolve(mark, position=changes[-1].seq)))
         return len(new)

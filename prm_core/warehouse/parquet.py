@@ -212,7 +212,7 @@ class ParquetWarehouse:
         ``before``; returns how many files changed."""
         ids = pa.array(list(customer_ids), pa.string())
         changed = 0
-        for table in ("events", "customers"):
+        for table in ("events", "customers", "changes"):
             for file in list(self.files(table)):
                 probe = pq.read_table(file, columns=["position", "customer_id"])
                 theirs = pc.is_in(probe.column("customer_id"), value_set=ids)
@@ -223,7 +223,8 @@ class ParquetWarehouse:
                 if table == "customers":
                     rows = rows.filter(pc.invert(hit))
                 else:
-                    data = pc.if_else(hit, pa.scalar(ERASED_DATA), rows.column("data"))
+                    blank = ERASED_DATA if table == "events" else "{}"  # as the hub and the feed say
+                    data = pc.if_else(hit, pa.scalar(blank), rows.column("data"))
                     rows = rows.set_column(rows.schema.get_field_index("data"), "data", data)
                 if rows.num_rows == 0:
                     file.unlink()

@@ -131,6 +131,8 @@ class PostgresWarehouse:
             .where(events.c.customer_id.in_(ids), events.c.position < before)
             .values(data={"erased": True})
         )
+        own = self.tables["changes"]
+        conn.execute(own.update().where(own.c.customer_id.in_(ids), own.c.position < before).values(data={}))
         blank: Mapping[str, Any] = {"traits": {}, "identities": [], "tier": None, "tier_source": None, "erased": True}
         conn.execute(
             customers.update().where(customers.c.customer_id.in_(ids), customers.c.position < before).values(**blank)

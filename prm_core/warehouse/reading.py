@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from attrs import frozen
 from sqlalchemy.engine import Connection
 
+from ..feed.changes import CORE_TYPES
 from ..store.tables import (
     changes,
     customer_value,
@@ -182,6 +183,10 @@ def _sources(table: str) -> tuple[dict[str, Any], Any, Any]:
             "undone_at": g.undone_at,
         }
         return cols, merges, g.id
+    if table == "changes":
+        h = changes.c
+        cols = {"type": h.type, "at": h.at, "customer_id": h.customer_id, "data": h.data}
+        return cols, changes, h.position
     raise KeyError(table)
 
 
@@ -212,7 +217,7 @@ def _fetch(conn: Connection, query: Any) -> list[Sequence[Any]]:
     """All rows of ``query`` as the driver's own tuples: a history page is tens of thousands
     of rows, and building SQLAlchemy's row objects cost as much as reading them. The query's
     parameters are plain numbers and strings (no conversions to skip)."""
-    compiled = query.compile(dialect=conn.dialect)
+    compiled = query.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
     params = compiled.params
     names = compiled.positiontup or []
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]  # connected: not None
@@ -237,9 +242,14 @@ def history_page(
         query = query.where(order > after)
     if table == "events":
         query = query.where(order <= snapshot.events_through)
+    if table == "changes":
+        # the core's own changes are in the other tables already
+        query = query.where(order <= snapshot.position, changes.c.type.not_in(sorted(CORE_TYPES)))
     rows = _fetch(conn, query.limit(limit))
     cols = _columns(table, rows, [*sources, "_key"])
     keys = cols.pop("_key")
+    if table == "changes":  # each keeps its own position
+        cols["position"] = list(keys)
     if table == "customers":
         cols = _with_identities(conn, cols)
     return cols, (keys[0] if keys else None), (keys[-1] if len(keys) == limit else None)
@@ -273,6 +283,8 @@ def history_size(conn: Connection, snapshot: Snapshot | None) -> int:
         query = sa.select(sa.func.count()).select_from(source)
         if table == "events" and snapshot is not None:
             query = query.where(order <= snapshot.events_through)
+        if table == "changes":
+            query = query.where(changes.c.type.not_in(sorted(CORE_TYPES)))
         total += int(conn.execute(query).scalar_one())
     return total
 

@@ -1,11 +1,12 @@
 """The warehouse tables: their columns, keys and partitions, in one place.
 
 Both warehouse destinations (Parquet files and a PostgreSQL schema) and ``prm export`` write
-these six tables. Every row carries ``position``: the feed position of the change it
-reflects (for rows of a history snapshot, the snapshot's position), so a later version of a
-row always has a greater one. ``events`` are written once each; the other tables keep
-versions of a row (a dialogue opened, then closed): the newest ``position`` per key is the
-current one (``docs/warehouse.md`` gives the query).
+these tables: six of the hub's facts, and ``changes`` for the change types plugins add.
+Every row carries ``position``: the feed position of the change it reflects (for rows of a
+history snapshot, the snapshot's position), so a later version of a row always has a greater
+one. ``events`` and ``changes`` are written once each; the other tables keep versions of a
+row (a dialogue opened, then closed): the newest ``position`` per key is the current one
+(``docs/warehouse.md`` gives the query).
 """
 
 from __future__ import annotations
@@ -174,6 +175,20 @@ TABLES: Mapping[str, Table] = {
             customer=("survivor_id", "merged_id"),
             day_from=None,
             about="versions of each merge (an undo is a new version)",
+        ),
+        Table(
+            "changes",
+            (
+                _POSITION,
+                Column("type", TEXT, "the change's type, one a plugin defines (loyalty.earned, ...)"),
+                Column("at", TIME, "when it was made"),
+                Column("customer_id", TEXT, "whom it is about, if anyone"),
+                Column("data", JSON, "its fields as JSON; {} once the customer is erased"),
+            ),
+            key=("position",),
+            customer=("customer_id",),
+            day_from="at",
+            about="the feed's changes of types plugins define, once each",
         ),
     )
 }
