@@ -244,6 +244,8 @@ async def test_redelivered_batches_write_each_row_once(hub, tmp_path):
     before = (tmp_path / MARK_FILE).read_text()
     await loader.changes(rest)
     (tmp_path / MARK_FILE).write_text(before)
+    stray = tmp_path / "events" / "day=2026-12-05" / ".part-x.parquet.tmp"  # a write cut short
+    stray.write_bytes(b"PAR1")
     again = Loader(ParquetWarehouse(tmp_path), hub.store.read)
     await again.changes(rest[:3])
     await again.changes(rest[3:])

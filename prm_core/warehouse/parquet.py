@@ -206,6 +206,8 @@ class ParquetWarehouse:
             if folder.is_dir():
                 for partition in sorted(folder.glob("day=*")):
                     self._remove_covered(partition)
+                    for tmp in partition.glob(".*.tmp"):  # a write a crash cut short
+                        tmp.unlink()
 
     def erase(self, customer_ids: Sequence[str], before: int) -> int:
         """Rewrite every file holding rows of these customers written before position
