@@ -85,13 +85,13 @@ def fill(path: Path, events: int, customers: int) -> None:
     db.close()
 
 
-def child(url: str, target: str) -> None:
+def child(url: str, target: str, page: str) -> None:
     """The export itself (run as ``--child``): times ``prm export``'s work, imports excluded."""
     from prm_core.config import Config
     from prm_core.warehouse.export import export
 
     wall, cpu = time.perf_counter(), time.process_time()
-    result = asyncio.run(export(Config(database_url=url), f"parquet:{target}", progress=False))
+    result = asyncio.run(export(Config(database_url=url), f"parquet:{target}", page=int(page), progress=False))
     figures = {
         "seconds": time.perf_counter() - wall,
         "cpu_seconds": time.process_time() - cpu,
@@ -102,10 +102,10 @@ def child(url: str, target: str) -> None:
     print(json.dumps(figures))
 
 
-def export(url: str, target: Path) -> dict[str, float]:
+def export(url: str, target: Path, page: int) -> dict[str, float]:
     """One export in a process of its own, so its peak RSS is the export's alone."""
     done = subprocess.run(
-        [sys.executable, __file__, "--child", url, str(target)], capture_output=True, text=True, check=True
+        [sys.executable, __file__, "--child", url, str(target), str(page)], capture_output=True, text=True, check=True
     )
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
@@ -115,7 +115,8 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--full", action="store_true", help="1,000,000 events")
     parser.add_argument("--customers", type=int, default=0, help="default: one per 10 events")
-    parser.add_argument("--child", nargs=2, metavar=("URL", "DIR"), help=argparse.SUPPRESS)
+    parser.add_argument("--page", type=int, default=10_000, help="rows per history page (prm export's own)")
+    parser.add_argument("--child", nargs=3, metavar=("URL", "DIR", "PAGE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(*args.child)
@@ -130,14 +131,14 @@ def main() -> None:
         fill(db, events, customers)
         print(f"filled {events:,} events, {customers:,} customers in {time.perf_counter() - started:.1f} s")
         target = Path(tmp) / "warehouse"
-        f = export(url, target)
+        f = export(url, target, args.page)
         size = sum(p.stat().st_size for p in target.rglob("*.parquet")) / 1e6
         print(
             f"export: {events:,} events ({f['rows']:,.0f} rows in all) in {f['seconds']:.1f} s:"
             f" {events / f['seconds']:,.0f} events/s, {events / f['cpu_seconds']:,.0f} events per CPU-second"
         )
         print(f"peak RSS of the export process: {f['peak_rss_mb']:.0f} MB; Parquet files: {size:.0f} MB")
-        again = export(url, target)
+        again = export(url, target, args.page)
         print(f"again (nothing new): {again['seconds']:.2f} s, {again['rows']:.0f} rows")
 
 

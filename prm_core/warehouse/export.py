@@ -69,7 +69,7 @@ async def export(
     *,
     schema: str = "prm",
     batch_size: int = 1000,
-    page: int = 20_000,
+    page: int = 10_000,
     progress: bool = True,
     stop_after: Callable[[ExportResult], bool] | None = None,
 ) -> ExportResult:

@@ -135,7 +135,7 @@ class Loader:
     ``read`` runs a function on a read transaction of the hub's database (``Store.read``).
     """
 
-    def __init__(self, warehouse: Warehouse, read: Read[Any], *, page: int = 20_000) -> None:
+    def __init__(self, warehouse: Warehouse, read: Read[Any], *, page: int = 10_000) -> None:
         self.warehouse = warehouse
         self.read = read
         self.page = page
