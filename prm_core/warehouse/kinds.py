@@ -58,9 +58,11 @@ class WarehouseSink:
 
     async def _ready(self) -> Loader:
         if self._loader is None:
-            self._store = Store.open(self.settings.config.database_url, pool_size=2)
+            if self._store is None:
+                self._store = Store.open(self.settings.config.database_url, pool_size=2)
             loader = Loader(self.warehouse, self._store.read)
             if self.history:
+                # an interrupted history continues from the warehouse's mark on the next delivery
                 await loader.history()
             self._loader = loader
         return self._loader
