@@ -363,6 +363,74 @@ def scorecard(config_path: str | None, database_url: str | None, days: int) -> N
     )
 
 
+@main.group(invoke_without_command=True)
+@config_option
+@database_option
+@click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
+@click.pass_context
+def destinations(ctx: click.Context, config_path: str | None, database_url: str | None, as_json: bool) -> None:
+    """Where each destination of the change feed is: kind, position, lag, last error, dead letters."""
+    if ctx.invoked_subcommand is not None:
+        return
+    import json
+
+    from .feed.status import destination_status
+    from .store import Store
+
+    config = _config(config_path, database_url)
+    configured = config.section("destinations")
+
+    async def read() -> list[dict[str, Any]]:
+        store = Store.open(config.database_url)
+        try:
+            await store.migrate()
+            return await store.read(lambda conn: destination_status(conn, configured))
+        finally:
+            await store.dispose()
+
+    found = _run(read)
+    if as_json:
+        click.echo(json.dumps({"destinations": found}, indent=2))
+        return
+    if not found:
+        click.echo("no destinations: add a [destinations.NAME] table to the configuration")
+        return
+
+    def shown(value: Any) -> str:
+        return "-" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+    rows = [
+        (d["name"], shown(d["kind"]), shown(d["position"]), shown(d["lag"]["changes"]), shown(d["lag"]["seconds"]),
+         str(d["dead_letters"]), (d["last_error"] or "")[:80])
+        for d in found
+    ]  # fmt: skip
+    _table(("destination", "kind", "position", "lag", "lag s", "dead letters", "last error"), rows)
+
+
+@destinations.command("replay")
+@click.argument("name")
+@click.option("--from", "start", required=True, help="the first position to deliver again")
+@config_option
+@database_option
+def destinations_replay(name: str, start: str, config_path: str | None, database_url: str | None) -> None:
+    """Deliver a destination's changes again from a position on (a running hub picks it up)."""
+    from .feed.relay import replay
+    from .store import Store
+
+    config = _config(config_path, database_url)
+
+    async def run() -> int:
+        store = Store.open(config.database_url)
+        try:
+            await store.migrate()
+            return await replay(store, name, start)
+        finally:
+            await store.dispose()
+
+    cursor = _run(run)
+    click.echo(f"{name} delivers again from position {cursor + 1}")
+
+
 def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
     for row in [head, *rows]:

@@ -29,6 +29,7 @@ from .errors import ConfigError, InvalidInput, NotFound
 from .events import parse_events
 from .feed.changes import NewChange
 from .feed.feed import Feed
+from .feed.relay import Relay, open_destinations
 from .feed.writing import emit
 from .hooks import Hooks
 from .identity import parse_ref
@@ -64,6 +65,7 @@ class Hub:
     ingestor: Ingestor
     planner: Planner
     feed: Feed
+    relay: Relay = None  # type: ignore[assignment]  # set in open(), once the feed runs
     outbox: Outbox = None  # type: ignore[assignment]  # set in open(): it needs the hub
 
     @classmethod
@@ -89,6 +91,8 @@ class Hub:
         if planner.catalog.items and "catalog" not in registrations.value_providers:
             provider: ValueProvider = catalog_provider(planner.catalog)
             registrations.value_providers.add(provider.name, provider, "prm_core.planning")
+        # a bad [destinations.*] setting stops the hub here, named, before the database is touched
+        destinations = open_destinations(config, registrations.destination_kinds)
         store = Store.open(
             config.database_url, busy_timeout_ms=int(config.section("database").get("busy_timeout_ms", 5000))
         )
@@ -116,12 +120,16 @@ class Hub:
             feed.start()
             ingestor.start()
             hub = cls(config, pm, registrations, store, hooks, ingestor, planner, feed)
+            # delivery to destinations runs in its own tasks: a destination that is down never slows ingest
+            hub.relay = Relay(store, destinations, feed.signal, lease_s=feed.lease_s)
+            await hub.relay.start()
             # partner work left by a previous run (or another hub's crash) is dispatched from here
             hub.outbox = Outbox.from_config(hub)
             hub.outbox.start()
             try:
                 yield hub
             finally:
+                await hub.relay.stop()
                 await hub.outbox.stop()
                 await ingestor.stop()
                 await feed.stop()

@@ -291,7 +291,9 @@ async def test_a_later_transaction_is_not_seen_before_an_earlier_one_commits(hub
             writing.flush(conn)
 
         await first.run_sync(take_position)
-        second = asyncio.create_task(hub.store.write(lambda conn: emit(conn, NewChange("test.happened", None, {"n": 2}))))
+        second = asyncio.create_task(
+            hub.store.write(lambda conn: emit(conn, NewChange("test.happened", None, {"n": 2})))
+        )
         await asyncio.sleep(0.3)
         assert (await hub.feed.read(0, 10)).changes == []
         await first.commit()

@@ -5,7 +5,9 @@
 - ``enabled`` (true): write change records; false leaves the feed empty (a hub that
   needs none, and ``bench/ingest.py --no-feed``);
 - ``retention_days`` (30): how long changes are kept; a pruning task, started with the
-  hub, removes older ones every ``prune_interval_s`` (3600).
+  hub, removes older ones every ``prune_interval_s`` (3600);
+- ``destination_lease_s`` (30): how long a hub process holds a destination's delivery;
+  when it dies, another process (or this one, restarted) takes over once it runs out.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class Feed:
     enabled: bool = True
     retention_days: float = 30.0
     prune_interval_s: float = 3600.0
+    lease_s: float = 30.0  # how long a hub process holds a destination before another may take it
     signal: FeedSignal = field(factory=FeedSignal)
     _task: asyncio.Task[None] | None = field(init=False, default=None)
 
@@ -54,7 +57,10 @@ class Feed:
         interval = cfg.get("prune_interval_s", 3600)
         if isinstance(interval, bool) or not isinstance(interval, int | float) or interval <= 0:
             raise ConfigError(f"[feed].prune_interval_s must be a number of seconds above 0, not {interval!r}")
-        return cls(store, config.flag("feed", "enabled", True), float(retention), float(interval))
+        lease = cfg.get("destination_lease_s", 30)
+        if isinstance(lease, bool) or not isinstance(lease, int | float) or lease <= 0:
+            raise ConfigError(f"[feed].destination_lease_s must be a number of seconds above 0, not {lease!r}")
+        return cls(store, config.flag("feed", "enabled", True), float(retention), float(interval), float(lease))
 
     def start(self) -> None:
         """Wire the store's commits to waiting readers, and start pruning."""

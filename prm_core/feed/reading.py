@@ -153,7 +153,10 @@ class FeedSignal:
         """Until the next commit that adds changes, or ``seconds``: whether woken."""
         event = self._event
         try:
-            await asyncio.wait_for(event.wait(), seconds)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancellation
+            # that arrives as the event is set, and the waiting task would never stop
+            async with asyncio.timeout(seconds):
+                await event.wait()
             return True
         except TimeoutError:
             return False

@@ -130,6 +130,8 @@ def create_app(
         async with Hub.open(config, pm=pm, registrations=registrations, migrate=migrate) as hub:
             app[HUB] = hub
             app[HUB_KEYS] = KeyRing(hub.store)
+            # each destination's lag and counts, read from the relay as Prometheus scrapes
+            app[HUB_METRICS].registry.register(hub.relay.collector())
             log.info(
                 "hub started",
                 touchpoints=registrations.touchpoints.names(),

@@ -495,6 +495,8 @@ class DestinationCursorRow(SQLModel, table=True):
     name: str = Field(primary_key=True, max_length=64)
     kind: str = Field(max_length=64)
     position: int = Field(default=0, sa_type=sa.BigInteger)
+    # the batch being delivered ends here: after a crash or a failure the same batch is sent again
+    pending_through: int | None = Field(default=None, sa_type=sa.BigInteger)
     updated_at: datetime = _ts()
     delivered_at: datetime | None = _ts(default=None)
     last_error: str | None = Field(default=None, max_length=500)

@@ -48,6 +48,7 @@ def upgrade() -> None:
         sa.Column("name", sa.String(length=64), nullable=False),
         sa.Column("kind", sa.String(length=64), nullable=False),
         sa.Column("position", sa.BigInteger(), nullable=False),
+        sa.Column("pending_through", sa.BigInteger(), nullable=True),
         sa.Column("updated_at", sa.DateTime(), nullable=False),
         sa.Column("delivered_at", sa.DateTime(), nullable=True),
         sa.Column("last_error", sa.String(length=500), nullable=True),
