@@ -53,8 +53,9 @@ class Mark:
 
     @property
     def through(self) -> int:
-        """Changes up to here are in the warehouse."""
-        return max(self.position, self.snapshot.position if self.snapshot else 0)
+        """Changes up to here are in the warehouse (a snapshot's once its history is whole)."""
+        snapshot = self.snapshot.position if self.snapshot is not None and self.history_done() else 0
+        return max(self.position, snapshot)
 
     def to_json(self) -> dict[str, Any]:
         snap = self.snapshot
