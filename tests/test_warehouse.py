@@ -7,6 +7,7 @@ import json
 import os
 import re
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -412,3 +413,39 @@ async def test_changes_of_plugin_types_are_kept_and_erased_with_the_person(hub_c
         await loader.changes(await feed_after(hub, (await loader.mark()).through))
         assert [json.loads(d) for (d,) in duck(tmp_path, "changes", "SELECT data FROM t")] == [{}, {}]
         assert contains(tmp_path, ANN) == []
+
+
+class GatedWarehouse(ParquetWarehouse):
+    """Parquet files whose writes wait for a gate: a write still running when its caller gives up."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.gate = threading.Event()
+        self.writing = threading.Event()
+
+    def write_now(self, batch: Any) -> None:
+        self.writing.set()
+        self.gate.wait(30)
+        super().write_now(batch)
+
+
+async def test_a_delivery_cancelled_mid_write_leaves_one_writer_and_no_duplicates(hub, tmp_path):
+    warehouse = GatedWarehouse(tmp_path)
+    warehouse.gate.set()
+    loader = Loader(warehouse, hub.store.read)
+    await loader.history()
+    await record(hub, [event(i, 7) for i in range(6)])
+    changes = await feed_after(hub, 0)
+    warehouse.gate.clear()
+    warehouse.writing.clear()
+    first = asyncio.create_task(loader.changes(changes))
+    await asyncio.to_thread(warehouse.writing.wait, 30)
+    first.cancel()  # as a destination's delivery timeout does; the write goes on in its thread
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    retry = asyncio.create_task(loader.changes(changes))  # the relay delivers the batch again
+    await asyncio.sleep(0.05)
+    assert not retry.done()  # it waits for the write still running
+    warehouse.gate.set()
+    assert await retry == 0  # that write finished the batch: nothing left to write
+    assert sorted(duck(tmp_path, "events", "SELECT event_id FROM t")) == [(f"e{i}",) for i in range(6)]

@@ -141,14 +141,27 @@ class Loader:
         self.read = read
         self.page = page
         self._mark: Mark | None = None
+        # the write of a call that was cancelled (a destination's delivery timeout) goes on in
+        # its thread or transaction: the next call waits for it and rereads the mark, so two
+        # writes never overlap and nothing is written twice under different names
+        self._writing: asyncio.Future[None] | None = None
 
     async def mark(self) -> Mark:
+        if self._writing is not None:
+            left, self._writing = self._writing, None
+            await asyncio.wait([left])
+            if not left.cancelled():
+                left.exception()  # its caller is gone: a failure only means the mark is older
+            self._mark = None
         if self._mark is None:
             self._mark = await self.warehouse.mark()
         return self._mark
 
     async def _write(self, batch: Batch) -> None:
-        await self.warehouse.write(batch)
+        await self.mark()
+        self._writing = asyncio.ensure_future(self.warehouse.write(batch))
+        await asyncio.shield(self._writing)
+        self._writing = None
         self._mark = batch.mark
 
     async def history(self, progress: Callable[[str, int], None] | None = None) -> Mark:
