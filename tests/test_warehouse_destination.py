@@ -15,11 +15,14 @@ import asyncpg
 import duckdb
 import pytest
 
-from prm_core.config import Config
+from prm_core.config import Config, load_config
 from prm_core.feed.reading import bounds
+from prm_core.feed.relay import open_destinations
 from prm_core.hub import Hub
+from prm_core.plugins import collect_registrations, make_plugin_manager
 from prm_core.privacy.erasure import erase_customer
 from prm_core.testing import POSTGRES_ENV, postgres_database
+from prm_core.warehouse.kinds import WarehouseSink
 from prm_core.warehouse.loading import Warehouse
 from prm_core.warehouse.parquet import ParquetWarehouse
 from prm_core.warehouse.postgres import PostgresWarehouse
@@ -101,3 +104,24 @@ async def test_a_postgresql_destination_follows_the_hub(database_url, warehouse_
                 await conn.close()
         finally:
             await warehouse.close()
+
+
+def test_the_documented_destinations_are_accepted_at_start(monkeypatch, tmp_path):
+    """docs/warehouse.md's [destinations] as the hub checks them when it starts (the sample is
+    not started whole: it names a folder on the reader's machine and their database)."""
+    page = (Path(__file__).resolve().parent.parent / "docs" / "warehouse.md").read_text(encoding="utf-8")
+    marker = "test_the_documented_destinations_are_accepted_at_start -->\n```toml\n"
+    sample = page[page.index(marker) + len(marker) :].split("```", 1)[0]
+    monkeypatch.setenv("WAREHOUSE_URL", "postgresql://user:password@db.example.com/warehouse")
+    file = tmp_path / "prm.toml"
+    file.write_text(sample, encoding="utf-8")
+    config = load_config(file, database_url=f"sqlite:///{tmp_path}/prm.db")
+    registrations = collect_registrations(make_plugin_manager(autoload=False), config)
+    opened = open_destinations(config, registrations.destination_kinds)
+    assert [(d.settings.name, d.settings.kind) for d in opened] == [("bi", "postgresql"), ("lake", "parquet")]
+    lake = opened[1].sink
+    assert isinstance(lake, WarehouseSink) and isinstance(lake.warehouse, ParquetWarehouse)
+    assert str(lake.warehouse.path) == "/srv/prm-warehouse" and lake.warehouse.compact_files == 50
+    bi = opened[0].sink
+    assert isinstance(bi, WarehouseSink) and isinstance(bi.warehouse, PostgresWarehouse)
+    assert bi.warehouse.schema == "prm"
