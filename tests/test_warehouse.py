@@ -449,3 +449,9 @@ async def test_a_delivery_cancelled_mid_write_leaves_one_writer_and_no_duplicate
     warehouse.gate.set()
     assert await retry == 0  # that write finished the batch: nothing left to write
     assert sorted(duck(tmp_path, "events", "SELECT event_id FROM t")) == [(f"e{i}",) for i in range(6)]
+
+
+async def test_a_new_warehouse_folder_is_the_hub_users_alone(hub, tmp_path):
+    await record(hub, [event(1, 1)])
+    await export(hub.config, f"parquet:{tmp_path / 'new'}", progress=False)
+    assert (tmp_path / "new").stat().st_mode & 0o777 == 0o700

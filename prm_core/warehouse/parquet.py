@@ -131,6 +131,10 @@ class ParquetWarehouse:
 
     def write_now(self, batch: Batch) -> None:
         try:
+            if not self.path.exists():
+                # the tables hold personal data (identities, traits): the folder is the hub
+                # user's alone unless the operator made it otherwise
+                self.path.mkdir(mode=0o700, parents=True)
             if not self._checked:
                 self._remove_unmarked(self.read_mark().position)
                 self._checked = True
