@@ -18,6 +18,7 @@ import structlog
 from aiohttp import WSCloseCode, web
 
 from ..config import Config
+from ..feed.relay import open_destinations
 from ..hub import Hub
 from ..ids import random_bytes
 from ..keys import KeyRing
@@ -91,6 +92,9 @@ def create_app(
     """
     pm = make_plugin_manager(plugins, autoload=autoload)
     registrations = collect_registrations(pm, config)
+    # a bad [destinations.*] setting stops prm serve here, before the database is touched
+    # (the sinks opened to check them hold nothing: the hub opens its own as it starts)
+    open_destinations(config, registrations.destination_kinds)
     app = web.Application(
         middlewares=[request_context, error_middleware],
         client_max_size=MAX_BODY_BYTES,
