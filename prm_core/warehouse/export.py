@@ -58,8 +58,9 @@ def open_target(target: str, schema: str = "prm") -> Warehouse:
 
 
 def _changes_after(conn: Connection, after: int, limit: int) -> list[Change]:
-    # check=False: a target's mark may come from another hub's feed; retention that passed it
-    # raises FellBehind, which names the problem
+    # check=False: the target's mark is never past this feed's head unless it was written
+    # from another hub's, and then reading nothing is the answer; a mark that retention
+    # passed raises FellBehind, which names the problem
     return read_changes(conn, after, limit, check=False).changes
 
 
