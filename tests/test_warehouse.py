@@ -455,3 +455,20 @@ async def test_a_new_warehouse_folder_is_the_hub_users_alone(hub, tmp_path):
     await record(hub, [event(1, 1)])
     await export(hub.config, f"parquet:{tmp_path / 'new'}", progress=False)
     assert (tmp_path / "new").stat().st_mode & 0o777 == 0o700
+
+
+async def test_the_export_includes_what_was_recorded_before_the_feed(database_url, tmp_path):
+    """Events recorded with no change records (before the feed's migration, or with the feed
+    off) come with the history; those after it with the feed."""
+    quiet = Config(database_url=database_url, raw={"feed": {"enabled": False}})
+    async with Hub.open(quiet) as hub:
+        await record(hub, [event(i, 2) for i in range(5)])
+        assert await feed_after(hub, 0) == []
+    wh = tmp_path / "wh"
+    async with Hub.open(Config(database_url=database_url)) as hub:
+        await export(hub.config, f"parquet:{wh}", progress=False)
+        await record(hub, [event(i, 3) for i in range(5, 8)])
+        assert await feed_after(hub, 0) != []
+        await export(hub.config, f"parquet:{wh}", progress=False)
+    counts = duck(wh, "events", "SELECT event_id, count(*) FROM t GROUP BY 1")
+    assert sorted(counts) == sorted((f"e{i}", 1) for i in range(8))
