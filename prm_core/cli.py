@@ -519,6 +519,29 @@ def import_(
         sys.exit(1)
 
 
+@main.command("export")
+@click.option("--to", "target", required=True, help="parquet:DIR, or a postgresql:// URL")
+@click.option("--schema", default="prm", show_default=True, help="the PostgreSQL schema to write into")
+@click.option("--batch-size", default=1000, show_default=True, type=click.IntRange(1, 10_000), help="changes per batch")
+@config_option
+@database_option
+def export_(target: str, schema: str, batch_size: int, config_path: str | None, database_url: str | None) -> None:
+    """Export everything the hub holds into a warehouse (Parquet files or a PostgreSQL schema),
+    with a progress bar.
+
+    Resumable: the target keeps how far the export got, so running it again continues
+    an interrupted export, and later adds only what changed since.
+    """
+    from .warehouse.export import export
+
+    config = _config(config_path, database_url)
+    configure_logging("warning")
+    result = _run(lambda: export(config, target, schema=schema, batch_size=batch_size))
+    click.echo(
+        f"{result.history_rows} history rows and {result.changes} changes written, through position {result.position}"
+    )
+
+
 @main.group()
 def identity() -> None:
     """Identity conflicts: events that would have broken an [identity.rules] limit."""

@@ -226,7 +226,10 @@ async def test_a_failing_destination_never_holds_up_ingest(database_url, collect
 @pytest.mark.parametrize(
     ("table", "message"),
     [
-        ({"kind": "telegraph"}, "[destinations.crm].kind must name a destination kind (registered: nats, webhook)"),
+        (
+            {"kind": "telegraph"},
+            "[destinations.crm].kind must name a destination kind (registered: nats, parquet, postgresql, webhook)",
+        ),
         ({"kind": "webhook", "secret": SECRET}, "[destinations.crm].url is required"),
         ({"kind": "webhook", "url": "ftp://x", "secret": SECRET}, "[destinations.crm].url must start with http"),
         ({"kind": "webhook", "url": "http://x", "secret": "hunter2"}, "[destinations.crm].secret must be a Standard"),
