@@ -18,7 +18,7 @@ from typing import Any
 
 import sqlalchemy as sa
 import structlog
-from attrs import define, evolve
+from attrs import define, evolve, field
 from sqlalchemy.engine import Connection
 
 from . import merging
@@ -30,6 +30,7 @@ from .hooks import Hooks
 from .identity import parse_ref
 from .ids import new_id
 from .ingest import Ingestor
+from .labels import merge_labels
 from .model import Customer, CustomerView, Event, Identity, Merge, Offer, RecordedEvent, TouchPoint, ValueProvider
 from .outbox import Outbox
 from .planning import Planner
@@ -60,6 +61,8 @@ class Hub:
     ingestor: Ingestor
     planner: Planner
     outbox: Outbox = None  # type: ignore[assignment]  # set in open(): it needs the hub
+    # event type -> words for people (prm_core.labels), collected once at start
+    event_labels: Mapping[str, str] = field(factory=dict)
 
     @classmethod
     @asynccontextmanager
@@ -108,6 +111,7 @@ class Hub:
             )
             ingestor.start()
             hub = cls(config, pm, registrations, store, hooks, ingestor, planner)
+            hub.event_labels = merge_labels(reversed(pm.hook.prm_event_labels(config=config)))
             # partner work left by a previous run (or another hub's crash) is dispatched from here
             hub.outbox = Outbox.from_config(hub)
             hub.outbox.start()
