@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from axe_core import serious_violations
-from browsing import customer, eventually
+from browsing import customer, eventually, screenshot_path
 from playwright.async_api import expect
 
 from prm_core import hookimpl
@@ -195,8 +195,9 @@ async def test_an_agent_signs_in_by_link_reads_the_pop_in_words_and_saves_a_note
     await page.click("#outcome-form button")
     await expect(page.locator("#saved")).to_have_text("Outcome saved")
     if size == "desktop":
-        await page.screenshot(path=str(tmp_path / "agent-desktop.png"), full_page=True)
-        assert (tmp_path / "agent-desktop.png").stat().st_size > 0
+        shot = screenshot_path("agent-desktop.png", tmp_path)
+        await page.screenshot(path=str(shot), full_page=True)
+        assert shot.stat().st_size > 0
 
     async def recorded() -> dict[str, Any] | None:
         view = await customer(hub_client, read, f"phone:{CALLER}")
