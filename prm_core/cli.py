@@ -443,7 +443,13 @@ def scorecard(config_path: str | None, database_url: str | None, days: int, as_j
 
     card = _run(read)
     if as_json:
-        click.echo(json.dumps(card, indent=2, default=str))
+        from .planning.scorecard import reporting_currency
+
+        try:
+            currency = reporting_currency(config)
+        except PrmError as exc:
+            raise click.ClickException(str(exc)) from exc
+        click.echo(json.dumps({**card, "currency": currency}, indent=2, default=str))
         return
 
     def pct(value: float | None) -> str:

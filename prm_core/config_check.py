@@ -35,7 +35,7 @@ CORE_TABLES: Mapping[str, frozenset[str] | None] = {
     ),
     "identity": frozenset({"default_region", "shared_namespaces"}),
     "outbox": frozenset({"lease_s", "poll_ms", "retry_base_ms", "retry_cap_s", "max_attempts"}),
-    "planning": frozenset({"on_ingest"}),
+    "planning": frozenset({"on_ingest", "currency"}),
     "privacy": None,
     "tiers": None,
     "value": None,
