@@ -23,7 +23,8 @@ class Profile:
 
     @hookimpl
     def prm_event_labels(self, config: Any) -> dict[str, str]:
-        return {"service.request": "reported a problem", "kiosk.visit": "came by a kiosk"}
+        # a plugin's words replace the core's ("reported a problem")
+        return {"service.request": "asked for service", "kiosk.visit": "came by a kiosk"}
 
     @hookimpl
     def prm_enrich_view(self, view: Any) -> dict[str, Any]:
@@ -178,7 +179,7 @@ async def test_an_agent_signs_in_by_link_reads_the_pop_in_words_and_saves_a_note
     assert await page.text_content("#offers") == "CarePlus 3-year protection"
     recent = await page.text_content("#recent")
     assert "ivr: heard the menu: repairs" in recent
-    assert "web: reported a problem: washer leaks (wm-300)" in recent
+    assert "web: asked for service: washer leaks (wm-300)" in recent
     assert "10:00" in recent  # 09:00 UTC in Berlin
     for wire in ("ivr.menu", "service.request", "offer.made", "T09:0"):
         assert wire not in recent + requests
