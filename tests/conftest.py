@@ -19,7 +19,8 @@ def _restore_logging():
     root.setLevel(level)
 
 
-pytest_plugins = [*pytest_plugins, "pytester"]
+# skips summarised as one line per reason (pyproject's addopts list failures and errors only)
+pytest_plugins = [*pytest_plugins, "pytester", "prm_core.testing.skips"]
 
 
 @pytest.fixture
@@ -46,18 +47,3 @@ async def browser(chromium):
             yield launched
         finally:
             await launched.close()
-
-
-def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    """Skips as one line per reason with a count (``-rfE`` lists failures and errors only):
-    a machine without PostgreSQL skips hundreds of tests for one reason, said once."""
-    reasons: dict[str, int] = {}
-    for report in terminalreporter.stats.get("skipped", []):
-        longrepr = report.longrepr
-        reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
-        reason = str(reason).removeprefix("Skipped: ")
-        reasons[reason] = reasons.get(reason, 0) + 1
-    if reasons:
-        terminalreporter.section("skipped, by reason", sep="-")
-        for reason, count in sorted(reasons.items(), key=lambda item: (-item[1], item[0])):
-            terminalreporter.write_line(f"SKIPPED {count} x {reason}")

@@ -228,3 +228,28 @@ def test_plugins_and_scorecard_speak_json(tmp_path):
     parsed = json.loads(card.output)
     assert {t["touchpoint"] for t in parsed["touchpoints"]} >= {"web", "callcenter"}
     assert "balanced" in parsed
+
+
+def test_skips_are_summarised_one_line_per_reason(pytester):
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.parametrize("n", range(30))
+        def test_needs_a_server(n):
+            pytest.skip("PRM_TEST_POSTGRES_URL is not set: PostgreSQL tests need a server")
+
+        def test_needs_npm():
+            pytest.skip("npm is absent")
+
+        def test_runs():
+            assert True
+        """
+    )
+    result = pytester.runpytest("-p", "prm_core.testing.skips", "-rfE")
+    result.assert_outcomes(passed=1, skipped=31)
+    out = result.stdout.str()
+    assert "SKIPPED 30 x PRM_TEST_POSTGRES_URL is not set: PostgreSQL tests need a server" in out
+    assert "SKIPPED 1 x npm is absent" in out
+    assert out.count("SKIPPED") == 2  # not one line per skipped test

@@ -341,7 +341,7 @@ def _asset(name: str) -> Any:
     async def serve(request: web.Request) -> web.Response:
         return web.Response(body=body, content_type=content_type, charset="utf-8", headers=PAGE_HEADERS)
 
-    serve.__doc__ = f"The agent desktop ({name}); public: it holds no data and asks for a key"
+    serve.__doc__ = f"The agent desktop ({name}); public: it holds no data, and an agent signs in with a one-time code"
     return serve
 
 
