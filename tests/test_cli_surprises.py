@@ -115,6 +115,8 @@ def test_an_unset_secret_of_an_unused_setting_does_not_stop_keys_create(tmp_path
         assert result.exit_code == 0, result.output
     # the hub, which uses the token, still stops naming it
     config = load_config(cfg)
+    assert config == load_config(cfg)  # comparing configs reads no secret
+    assert "PRM_UNSET" not in repr(config.raw)  # nor does printing one
     with pytest.raises(ConfigError, match=r"config\.touchpoints\.ivr\.twilio_auth_token refers to"):
         config.touchpoint("ivr").get("twilio_auth_token")
 
