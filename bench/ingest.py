@@ -441,16 +441,28 @@ def attach_diagnostics(app: Any) -> None:
     app.cleanup_ctx.append(diagnostics)
 
 
-def serve_hub(database_url: str, port: int, log_level: str, profile: str | None, diagnostics: bool) -> None:
-    """Run the hub as ``prm serve`` does: logging set up, every installed plugin, until SIGTERM."""
+def serve_hub(
+    database_url: str, port: int, log_level: str, profile: str | None, diagnostics: bool, identity_rules: str = "on"
+) -> None:
+    """Run the hub as ``prm serve`` does: logging set up, every installed plugin, until SIGTERM.
+
+    ``identity_rules``: ``on`` (the defaults), ``limited`` (the defaults and ``[identity.rules.email]
+    limit = 1``, so that the mix's logins, which give an anonymous visitor an email, check the
+    limit) or ``off`` (no rule at all: what the hub costs without them)."""
     from aiohttp import web
 
     from prm_core.config import Config
+    from prm_core.identity_rules import IdentityRules
     from prm_core.logs import configure_logging
     from prm_core.server.app import create_app
 
     configure_logging(log_level, cache=True)  # as prm serve does: loggers keep their configuration
-    app = create_app(Config(database_url=database_url), owns_process=True)  # as prm serve does
+    raw: dict[str, Any] = {}
+    if identity_rules == "limited":
+        raw = {"identity": {"rules": {"email": {"limit": 1}}}}
+    elif identity_rules == "off":
+        IdentityRules.from_config = classmethod(lambda cls, *a, **k: None)  # type: ignore[method-assign,assignment]
+    app = create_app(Config(database_url=database_url, raw=raw), owns_process=True)  # as prm serve does
     if diagnostics:
         attach_diagnostics(app)
     if profile is None:
@@ -1005,6 +1017,8 @@ def _drive(args: argparse.Namespace, client: str, workdir: Path, database_url: s
     settings = LoadSettings(client, args.concurrency, args.customers, key, workdir, args.wrk_threads, args.mix)
     phases: list[Phase] = []
     hub_argv = ["--role", "hub", "--database-url", database_url, "--hub-log-level", args.hub_log_level]
+    if args.identity_rules == "both":
+        hub_argv += ["--hub-identity-rules", "limited"]
     if args.hub_profile:
         hub_argv += ["--hub-profile", str(Path(args.hub_profile).resolve())]
     if args.hub_diagnostics:
@@ -1016,6 +1030,15 @@ def _drive(args: argparse.Namespace, client: str, workdir: Path, database_url: s
                 start_server("hub", hub_argv, free_port(), workdir, diagnostics=args.hub_diagnostics)
             )
             servers = [bare, hub]
+            if args.identity_rules == "both":
+                # the same database, loaded in turn: the hub with rules (a limit the mix reaches) and without
+                argv = ["--role", "hub", "--database-url", database_url, "--hub-log-level", args.hub_log_level]
+                argv += ["--hub-identity-rules", "off", *(["--hub-diagnostics"] if args.hub_diagnostics else [])]
+                servers.append(
+                    stack.enter_context(
+                        start_server("hub-norules", argv, free_port(), workdir, diagnostics=args.hub_diagnostics)
+                    )
+                )
             if "handwritten" in args.servers:
                 hw_argv = ["--role", "handwritten", "--database-url", handwritten_url, "--key", key]
                 servers.append(stack.enter_context(start_server("handwritten", hw_argv, free_port(), workdir)))
@@ -1023,7 +1046,7 @@ def _drive(args: argparse.Namespace, client: str, workdir: Path, database_url: s
                 server.wait_ready()
             rss_idle_mb = proc_status_kb(hub.proc.pid, "VmRSS") / 1024
             print(f"hub pid {hub.proc.pid}, RSS after start {rss_idle_mb:.0f} MB\n", flush=True)
-            targets = [srv for srv in servers if srv.name in args.servers]
+            targets = [srv for srv in servers if srv.name in args.servers or srv.name == "hub-norules"]
             for rnd in range(1, args.rounds + 1):
                 for batch in args.batches:
                     for server in targets:
@@ -1048,6 +1071,8 @@ def _drive(args: argparse.Namespace, client: str, workdir: Path, database_url: s
     summary = summarize(phases)
     summary["hub_peak_rss_mb"] = peak_mb
     print(render_summary(summary, args.rounds, rss_idle_mb, rss_end_mb), flush=True)
+    if args.identity_rules == "both":
+        print(render_identity_rules(phases), flush=True)
     if args.json:
         report = {
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -1067,6 +1092,20 @@ def _drive(args: argparse.Namespace, client: str, workdir: Path, database_url: s
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     if args.keep:
         print(f"kept {workdir} (hub.log, bare.log, prm.db)")
+
+
+def render_identity_rules(phases: list[Phase]) -> str:
+    """The hub with identity rules next to the hub without, per batch size (medians over rounds)."""
+    lines = ["identity rules (the same database; with: defaults and an email limit the logins reach)"]
+    for batch in sorted({p.batch for p in phases if p.server == "hub-norules"}):
+        on = statistics.median(p.events_per_s for p in phases if p.server == "hub" and p.batch == batch)
+        off = statistics.median(p.events_per_s for p in phases if p.server == "hub-norules" and p.batch == batch)
+        overhead = (off - on) / off * 100 if off else 0.0
+        lines.append(
+            f"  {batch:>3} ev/req  with {on:>10,.0f} events/s   without {off:>10,.0f} events/s"
+            f"   overhead {overhead:>5.1f} %   target <= 5 %  {mark(overhead <= 5)}"
+        )
+    return "\n".join(lines)
 
 
 def _csv(kind: type) -> Any:
@@ -1138,6 +1177,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="count the hub writer's commits and statements and probe its event-loop lag (SQLAlchemy engine "
         "events and a 10 ms timer inside the hub; adds a 'writer:' line under each hub phase)",
     )
+    parser.add_argument(
+        "--identity-rules",
+        choices=["on", "both"],
+        default="on",
+        help="both: also load a second hub process on the same database without identity rules, right after the"
+        " hub at each batch size, and print the two side by side (the first with an email limit the logins reach)",
+    )
+    parser.add_argument("--hub-identity-rules", choices=["on", "limited", "off"], default="on", help=argparse.SUPPRESS)
     parser.add_argument("--json", metavar="PATH", help="also write every figure to this JSON file")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (database and logs)")
     # internal: the roles of the processes the driver starts
@@ -1161,7 +1208,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.role == "hub":
-        serve_hub(args.database_url, args.port, args.hub_log_level, args.hub_profile, args.hub_diagnostics)
+        serve_hub(
+            args.database_url,
+            args.port,
+            args.hub_log_level,
+            args.hub_profile,
+            args.hub_diagnostics,
+            args.hub_identity_rules,
+        )
     elif args.role == "bare":
         serve_bare(args.port)
     elif args.role == "handwritten":

@@ -9,6 +9,7 @@ and its commit) is what is timed, so figures move far less with a busy machine t
     python bench/record.py --batch 32               # the size group commit reaches at 1 event per request
     python bench/record.py --database postgresql://postgres@127.0.0.1:5432/bench   # an empty database
     py-spy record -f raw -o writer.txt -- python bench/record.py
+    python bench/record.py --identity-rules off     # no identity rule at all: what the rules cost
 
 Events are made by ``bench/ingest.py``'s ``EventFactory`` (web mix: merges included) and
 parsed by the hub before timing starts. Printed: events/s over the timed batches (the first
@@ -42,7 +43,14 @@ async def run(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         url = args.database or f"sqlite:///{tmp}/prm.db"
         factory = EventFactory("rec", args.customers, args.seed)
-        async with Hub.open(Config(database_url=url)) as hub:
+        raw: dict[str, Any] = {}
+        if args.identity_rules == "limited":  # a limit the mix's logins reach (an anonymous visitor's email)
+            raw = {"identity": {"rules": {"email": {"limit": 1}}}}
+        elif args.identity_rules == "off":
+            from prm_core.identity_rules import IdentityRules
+
+            IdentityRules.from_config = classmethod(lambda cls, *a, **k: None)  # type: ignore[method-assign,assignment]
+        async with Hub.open(Config(database_url=url, raw=raw)) as hub:
             sql: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
             engine = hub.store.sync_writer or hub.store.writer.sync_engine
 
@@ -83,6 +91,12 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=10, help="timed batches (after one warm-up batch)")
     parser.add_argument("--customers", type=int, default=10_000, help="size of the customer (email) pool")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--identity-rules",
+        choices=["on", "limited", "off"],
+        default="on",
+        help="on: the default rules; limited: and [identity.rules.email] limit = 1; off: none at all",
+    )
     asyncio.run(run(parser.parse_args()))
 
 

@@ -558,6 +558,68 @@ def import_(
 
 
 @main.group()
+def identity() -> None:
+    """Identity conflicts: events that would have broken an [identity.rules] limit."""
+
+
+@identity.command("conflicts")
+@click.option("--status", default="open", show_default=True, help="open, merged, split or dismissed")
+@config_option
+@database_option
+def identity_conflicts(status: str, config_path: str | None, database_url: str | None) -> None:
+    """List identity conflicts, oldest first."""
+    from .hub import Hub
+    from .identity_review import list_conflicts
+
+    config = _config(config_path, database_url)
+    configure_logging("warning")
+
+    async def run() -> list[dict[str, Any]]:
+        async with Hub.open(config) as hub:
+            return await list_conflicts(hub, status=status)
+
+    found = _run(run)
+    if not found:
+        click.echo(f"no {status} identity conflicts")
+        return
+    _table(
+        ["id", "event", "customer", "kept apart", "over the limit", "left out"],
+        [
+            [
+                c["id"],
+                f"{c['touchpoint']}/{c['event_id']}",
+                c["customer_id"],
+                ", ".join(c["apart"]) or "-",
+                ", ".join(c["namespaces"]),
+                ", ".join(c["left_out"]) or "-",
+            ]
+            for c in found
+        ],
+    )
+
+
+@identity.command("resolve")
+@click.argument("conflict_id")
+@click.argument("resolution", type=click.Choice(["merge", "split", "dismiss"]))
+@config_option
+@database_option
+def identity_resolve(conflict_id: str, resolution: str, config_path: str | None, database_url: str | None) -> None:
+    """Resolve a conflict: merge the customers, split the identities left out off, or dismiss it."""
+    from .hub import Hub
+    from .identity_review import resolve_conflict
+
+    config = _config(config_path, database_url)
+    configure_logging("warning")
+
+    async def run() -> dict[str, Any]:
+        async with Hub.open(config) as hub:
+            return await resolve_conflict(hub, conflict_id, resolution)
+
+    done = _run(run)
+    click.echo(f"{done['id']}: {done['status']} (customer {done['customer_id']})")
+
+
+@main.group()
 def retention() -> None:
     """Retention of old events ([touchpoints.<tp>] retention_days)."""
 

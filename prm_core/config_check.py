@@ -33,7 +33,7 @@ CORE_TABLES: Mapping[str, frozenset[str] | None] = {
             "rate_limit_log_s",
         }
     ),
-    "identity": frozenset({"default_region", "shared_namespaces"}),
+    "identity": frozenset({"default_region", "shared_namespaces", "rules"}),
     "outbox": frozenset({"lease_s", "poll_ms", "retry_base_ms", "retry_cap_s", "max_attempts"}),
     "planning": frozenset({"on_ingest", "currency"}),
     "privacy": None,

@@ -82,11 +82,16 @@ class DialogueState:
         )  # fmt: skip
 
     def is_recent(self, at: datetime, touchpoint: TouchPoint) -> bool:
+        """Whether ``at`` lies within the touch point's timeout of this open dialogue."""
         timeout = touchpoint.dialogue_timeout
+        # differences, not sums: a difference of two datetimes always fits a timedelta, while
+        # opened_at - timeout overflows for a dialogue opened in year 1 (stored before times
+        # were bounded) and would fail every later event of its customer there
         return (
             timeout is not None
             and self.status == "open"
-            and self.opened_at - timeout <= at <= self.last_event_at + timeout
+            and self.opened_at - at <= timeout
+            and at - self.last_event_at <= timeout
         )
 
     def apply(self, event: Event, touchpoint: TouchPoint) -> None:

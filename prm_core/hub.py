@@ -25,9 +25,10 @@ from . import merging
 from .config import Config
 from .delivery import Answer, deliver_value
 from .errors import ConfigError, InvalidInput, NotFound
-from .events import parse_events
+from .events import check_window, parse_events
 from .hooks import Hooks
 from .identity import parse_ref
+from .identity_rules import IdentityRules
 from .ids import new_id
 from .ingest import Ingestor
 from .labels import merge_labels
@@ -84,6 +85,9 @@ class Hub:
         pm = pm or make_plugin_manager(plugins, autoload=autoload)
         registrations = registrations or collect_registrations(pm, config)
         planner = Planner.from_config(config)  # an invalid rule stops the hub here, named
+        identity_rules = IdentityRules.from_config(
+            config.section("identity").get("rules", {}), registrations.namespaces.items, config.default_region
+        )
         if planner.catalog.items and "catalog" not in registrations.value_providers:
             provider: ValueProvider = catalog_provider(planner.catalog)
             registrations.value_providers.add(provider.name, provider, "prm_core.planning")
@@ -102,6 +106,7 @@ class Hub:
                 | _configured_shared(config, registrations),
                 after_write=planner.after_write if planner.on_ingest else None,
                 tombstone_key=tombstone_key,
+                identity=identity_rules,
             )
             ingestor = Ingestor(
                 store,
@@ -143,9 +148,14 @@ class Hub:
         return parse_events(body, touchpoint, self.registrations.namespaces.items, self.config.default_region)
 
     async def record(self, events: Sequence[Event]) -> list[RecordedEvent]:
-        """Record events durably (group commit); duplicates come back flagged, unchanged."""
+        """Record events durably (group commit); duplicates come back flagged, unchanged.
+
+        An event dated outside :func:`prm_core.events.in_window` is refused (422 naming
+        ``occurred_at``), whichever plugin made it, and nothing of its batch is written."""
+        now = utcnow()
         for ev in events:
             self.touchpoint(ev.touchpoint)
+            check_window(ev.occurred_at, "occurred_at", now)
         return await self.ingestor.record(events)
 
     async def request(self, event: Event) -> Answer:

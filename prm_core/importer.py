@@ -13,7 +13,6 @@ starts from the saved position; anything recorded twice is a duplicate and chang
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,8 @@ from .events import parse_event
 from .formats import ImportContext, Importer
 from .hub import Hub
 from .model import Event
+from .server.errors import ApiError
+from .server.jsonbody import loads
 from .store.tables import import_checkpoints, utcnow
 
 __all__ = ["ImportContext", "ImportResult", "Importer", "find_importer", "import_events"]
@@ -137,21 +138,23 @@ async def import_events(
                 if not raw.strip():
                     continue
                 try:
-                    if b"\\u0000" in raw:
-                        # as the HTTP API refuses it (prm_core.server.routes.parse_json_body):
-                        # PostgreSQL cannot store NUL in text, nor SQLite's JSON functions read it
-                        raise InvalidInput(f"line {line_no}: NUL characters (\\u0000) are not accepted", None)
-                    obj = json.loads(raw)
+                    # the HTTP API's own loader: what it refuses (NaN, a number past a double,
+                    # a lone surrogate, NUL, too deep) is refused here, naming the line and field
+                    try:
+                        obj = loads(raw)
+                    except ApiError:
+                        raise InvalidInput(f"line {line_no}: not valid JSON", None) from None
+                    except InvalidInput as exc:
+                        raise InvalidInput(f"line {line_no}: {exc.message}", exc.field, exc.code) from None
                     batch.append(
                         parse_event(
                             obj, touchpoint, namespaces, config.default_region,
                             received_at=utcnow(), where=f"line {line_no}: ",
                         )
                     )  # fmt: skip
-                except (json.JSONDecodeError, UnicodeDecodeError, InvalidInput) as exc:
+                except InvalidInput as exc:
                     result.invalid += 1
-                    message = exc.message if isinstance(exc, InvalidInput) else f"line {line_no}: not valid JSON"
-                    tqdm.write(f"invalid: {message}")
+                    tqdm.write(f"invalid: {exc.message}")
                     if not skip_invalid:
                         await flush(position - len(raw), line_no - 1)
                         return result

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 import structlog
 from attrs import define, field
 
-from .errors import Overloaded, StoreUnavailable
+from .errors import InvalidInput, Overloaded, StoreUnavailable
 from .model import Event, RecordedEvent
 from .recording import BatchOutcome, IngestRules, record_batch
 from .store import Store
@@ -113,7 +113,8 @@ class Ingestor:
                     self._pending += len(job.events)
                     await self._commit([job])
                 return
-            log.error("ingest batch failed", events=len(batch), error=type(exc).__name__)
+            if not isinstance(exc, InvalidInput):  # a refused event is its sender's 4xx, not a failure
+                log.error("ingest batch failed", events=len(batch), error=type(exc).__name__)
             self._fail(jobs, exc)
             return
         self._pending -= len(batch)

@@ -410,7 +410,12 @@ def unmerge(conn: Connection, merge_id: str, *, now: datetime) -> Merge:
     conn.execute(customers.update().where(customers.c.id == merged).values(merged_into=None, updated_at=now))
     absorbed = moved.get("absorbed", [])
     if absorbed:
-        conn.execute(customers.update().where(customers.c.id.in_(absorbed)).values(merged_into=merged))
+        # those still redirected to the target: one whose own merge was undone meanwhile stays itself
+        conn.execute(
+            customers.update()
+            .where(customers.c.id.in_(absorbed), customers.c.merged_into == target)
+            .values(merged_into=merged)
+        )
     t_row = conn.execute(sa.select(customers).where(customers.c.id == target)).one()
     traits = {k: v for k, v in t_row.traits.items() if k not in set(moved.get("traits_added", []))}
     values: dict[str, Any] = {"traits": traits, "updated_at": now}

@@ -22,11 +22,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from attrs import define, field, frozen
+from attrs import define, evolve, field, frozen
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 
 from .dialogue import DialogueState
+from .identity_limits import Limits
+from .identity_rules import IdentityRules
 from .ids import new_id
 from .merging import PurchaseTotals, event_purchase, merge_customers
 from .model import Customer, Dialogue, Event, Identity, Merge, RecordedEvent, TouchPoint
@@ -112,6 +114,8 @@ class IngestRules:
     after_write: AfterWrite | None = None
     # the key of erased identities' tombstones (prm_core.privacy.tombstones); None: not checked
     tombstone_key: bytes | None = None
+    # [identity.rules] (prm_core.identity_rules); None: no value is blocked, no namespace limited
+    identity: IdentityRules | None = None
 
 
 @define
@@ -224,6 +228,7 @@ class _Batch:
         self.opened_ids: set[str] = set()
         self.merges_told = 0
         self.out = BatchOutcome()
+        self.limits = Limits(self) if rules.identity is not None and rules.identity.limited else None
 
     # ---- helpers ---------------------------------------------------------------------
 
@@ -455,6 +460,8 @@ class _Batch:
         people = {c for c in candidates if self.kind.get(c, "person") == "person"}
         # an event never glues a person to an organization or group: those are memberships
         pool = people or candidates
+        if self.limits is not None:  # may keep customers apart, or start a new one (identity_limits)
+            pool = self.limits.within(ev, pool)
         if len(pool) == 1:
             return next(iter(pool))
         # customers created in this batch share created_at; ids made in the same millisecond are in
@@ -472,6 +479,8 @@ class _Batch:
             )
             self.out.merges.append(merge)
             self.redirect[other] = survivor
+            if self.limits is not None:
+                self.limits.merged(survivor, other)
             for state in [*self.open_at.values(), *self.by_ref.values(), *self.by_id.values(), *self.touched.values()]:
                 if state.customer_id == other:
                     state.customer_id = survivor
@@ -508,13 +517,24 @@ class _Batch:
 
     def _record(self, ev: Event) -> RecordedEvent:
         tp = self.rules.touchpoints[ev.touchpoint]
-        cid = self._resolve(ev, tp)
-        for ident in ev.identities:
+        links = ev.identities if self.rules.identity is None else self.rules.identity.screen(ev.identities)
+        left_out: frozenset[Identity] = frozenset()
+        if links is not ev.identities:  # a placeholder value (user_id "undefined") links no one
+            cid = self._resolve(evolve(ev, identities=links), tp)
+        else:
+            cid = self._resolve(ev, tp)
+        if self.limits is not None:
+            left_out = self.limits.taken_left_out()
+        for ident in links:
+            if ident in left_out:
+                continue
             if self.shared(ident):
                 key = (ident.namespace, ident.value, cid)
                 self.shared_seen[key] = max(self.shared_seen.get(key, ev.occurred_at), ev.occurred_at)
             elif ident not in self.owner:
                 self.owner[ident] = cid
+                if self.limits is not None:
+                    self.limits.attached(cid, ident)
                 self.new_identities.append(
                     {
                         "namespace": ident.namespace,
@@ -623,6 +643,8 @@ class _Batch:
         if self.shared_seen:
             self._write_shared_links()
         self._write_dialogues()
+        if self.limits is not None:
+            self.limits.flush()
         if self.new_events:
             for row in self.new_events:
                 row["customer_id"] = row["ingest_customer_id"] = self.find(row["customer_id"])

@@ -109,7 +109,7 @@ async def test_a_public_key_only_sends_events(hub_client, make_key):
     public = await make_key("touchpoint:web", public=True)
     status, body = await answer(hub_client, {"Authorization": f"Bearer {public}"})
     assert status == 403
-    assert body["error"]["message"] == "a public key only sends events; 'read' needs a secret key"
+    assert body["error"]["message"] == "a public key only sends events; this route needs a secret key"
 
 
 async def test_a_request_counts_once_against_its_keys_rate_limit(hub_client, make_key):

@@ -109,6 +109,23 @@ async def site(aiohttp_server: Any, hub_client: Any, bundles: Path, site_port: i
     return await serve_site(aiohttp_server, hub_client, bundles, site_port)
 
 
+async def open_page(browser: Any, site: Site, sdk: str) -> tuple[Any, Any, list[tuple[str, str]]]:
+    """A new visitor's page of the shop loading ``sdk``; the list filling with its requests
+    (method, URL without the query)."""
+    context = await browser.new_context()
+    page = await context.new_page()
+    requests: list[tuple[str, str]] = []
+    context.on("request", lambda r: requests.append((r.method, r.url.split("?")[0])))
+    await page.goto(f"{site.url}/washers?sdk={sdk}")
+    return context, page, requests
+
+
+def hub_posts(site: Site, requests: list[tuple[str, str]]) -> set[str]:
+    """The paths the page posted to on the hub; nothing went to a third host (a vendor's CDN)."""
+    assert {url.split("/")[2] for _, url in requests} <= {site.url.split("/")[2], site.hub.split("/")[2]}, requests
+    return {url.removeprefix(site.hub) for method, url in requests if method == "POST" and url.startswith(site.hub)}
+
+
 async def timeline(hub_client: Any, read: str, ref: str, expected: list[str]) -> dict[str, Any] | None:
     """The customer once its timeline's types are exactly ``expected``, else ``None``."""
     view = await customer(hub_client, read, ref)
@@ -162,9 +179,7 @@ SEGMENT_MODES = {
 async def test_segment_sends_in_every_mode(hub_client, make_key, browser, site, mode):
     key, read = await make_key("touchpoint:web", public=True), await make_key("read")
     site.script = segment_script(site, key, SEGMENT_MODES[mode])
-    context = await browser.new_context()
-    page = await context.new_page()
-    await page.goto(site.url + "/washers?sdk=segment")
+    context, page, requests = await open_page(browser, site, "segment")
     aid = await page.evaluate("analytics.user().then((u) => u.anonymousId())")
     assert aid
     await page.evaluate(
@@ -178,6 +193,7 @@ async def test_segment_sends_in_every_mode(hub_client, make_key, browser, site, 
     expected = ["page", "Product Viewed", "identify"]
     view = await eventually(lambda: timeline(hub_client, read, ref, expected), f"Segment's calls ({mode})")
     await context.close()
+    assert hub_posts(site, requests) == ({"/v1/b"} if mode == "batching" else {"/v1/p", "/v1/t", "/v1/i"})
 
     # one customer, found by the SDK's anonymous id only: the identify is a claim
     assert {(i["namespace"], i["value"]) for i in view["identities"]} == {("anonymous_id", aid)}
@@ -219,7 +235,7 @@ async def test_segment_reads_a_413_and_drops_the_call(hub_client, make_key, brow
 RUDDERSTACK_MODES = {
     "default": {},
     "batching": {"queueOptions": {"batch": {"enabled": True, "maxItems": 10, "flushInterval": 200}}},
-    "beacon": {"useBeacon": True},
+    "beacon": {"useBeacon": True, "beaconQueueOptions": {"flushQueueInterval": 200}},
 }
 
 
@@ -227,9 +243,7 @@ RUDDERSTACK_MODES = {
 async def test_rudderstack_sends_in_every_mode(hub_client, make_key, browser, site, mode):
     key, read = await make_key("touchpoint:web", public=True), await make_key("read")
     site.script = rudderstack_script(site, key, RUDDERSTACK_MODES[mode])
-    context = await browser.new_context()
-    page = await context.new_page()
-    await page.goto(site.url + "/washers?sdk=rudderstack")
+    context, page, requests = await open_page(browser, site, "rudderstack")
     await page.evaluate("new Promise((resolve) => rudderAnalytics.ready(resolve))")
     aid = await page.evaluate("rudderAnalytics.getAnonymousId()")
     assert aid
@@ -238,13 +252,12 @@ async def test_rudderstack_sends_in_every_mode(hub_client, make_key, browser, si
         rudderAnalytics.track("Product Viewed", {product_id: "wm-300", price: 499});
         rudderAnalytics.identify("u-1", {email: "ann@example.com", plan: "gold"});"""
     )
-    if mode == "beacon":
-        # the beacon queue sends every 10 minutes, at 10 calls, or as the page is left
-        await page.goto("about:blank")
     ref = f"anonymous_id:{aid}"
     expected = ["page", "Product Viewed", "identify"]
     view = await eventually(lambda: timeline(hub_client, read, ref, expected), f"RudderStack's calls ({mode})")
     await context.close()
+    paths = {"default": {"/v1/page", "/v1/track", "/v1/identify"}, "batching": {"/v1/batch"}}
+    assert hub_posts(site, requests) == paths.get(mode, {"/beacon/v1/batch"})
 
     assert {(i["namespace"], i["value"]) for i in view["identities"]} == {("anonymous_id", aid)}
     events = {t["type"]: t["data"] for t in view["timeline"]}
@@ -255,6 +268,22 @@ async def test_rudderstack_sends_in_every_mode(hub_client, make_key, browser, si
     assert events["identify"]["traits"]["plan"] == "gold"
     assert events["identify"]["claimed_identities"] == {"user_id": "u-1", "email": "ann@example.com"}
     assert await customer(hub_client, read, "user_id:u-1") is None  # a claim links nobody
+
+
+async def test_rudderstack_beacons_what_is_queued_as_the_page_is_left(hub_client, make_key, browser, site):
+    """With its default beacon options RudderStack sends every 10 minutes, at 10 calls, or as
+    the page is left (sendBeacon outlives the page)."""
+    key, read = await make_key("touchpoint:web", public=True), await make_key("read")
+    site.script = rudderstack_script(site, key, {"useBeacon": True})
+    context, page, requests = await open_page(browser, site, "rudderstack")
+    await page.evaluate("new Promise((resolve) => rudderAnalytics.ready(resolve))")
+    aid = await page.evaluate("rudderAnalytics.getAnonymousId()")
+    await page.evaluate('rudderAnalytics.track("Basket Left", {items: 2})')
+    assert hub_posts(site, requests) == set()  # queued
+    await page.goto("about:blank")
+    view = await eventually(lambda: timeline(hub_client, read, f"anonymous_id:{aid}", ["Basket Left"]), "the beacon")
+    await context.close()
+    assert view["timeline"][0]["data"]["properties"] == {"items": 2}
 
 
 # ---- a page of another origin ---------------------------------------------------------------

@@ -3,13 +3,17 @@ a stable control group is held out, offers and responses are measured and lift c
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import pytest
+import sqlalchemy as sa
 
 from prm_core.config import Config
 from prm_core.planning.campaigns import in_control
 from prm_core.server.state import HUB
+from prm_core.store.tables import events
 
 NOW = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 
@@ -47,7 +51,7 @@ def sale(i: int, n: int, at: datetime) -> dict:
         "type": "order.completed",
         "occurred_at": at.isoformat(),
         "identities": {"user_id": f"u{i:02}"},
-        "data": {"revenue": "80"},
+        "data": {"revenue": "80", "currency": "USD"},
     }
 
 
@@ -115,14 +119,57 @@ async def test_a_campaign_offers_to_its_segment_holds_out_a_control_group_and_re
         "offers_made": len(treated),
         "accepted": 4,
         "declined": 0,
+        # only the sales after the offer count: six of 80 over the treated customers
+        "revenue_per_customer": {"USD": f"{Decimal(480) / len(treated):.2f}"},
     }
     assert results["control"] == {
         "customers": len(control),
         "converted": 1,
         "conversion_rate": round(1 / len(control), 4),
+        "revenue_per_customer": {"USD": f"{Decimal(80) / len(control):.2f}"},
     }
     expected_lift = round(round(6 / len(treated), 4) / round(1 / len(control), 4) - 1, 4)
     assert results["lift"] == expected_lift
+    # Katz's interval of the relative risk, worked out by hand
+    nt, nc = len(treated), len(control)
+    log_rr = math.log((6 / nt) / (1 / nc))
+    se = math.sqrt(1 / 6 - 1 / nt + 1 / 1 - 1 / nc)
+    low, high = (math.exp(log_rr + z * se) - 1 for z in (-1.959964, 1.959964))
+    assert results["lift_ci95"] == [pytest.approx(low, abs=1e-4), pytest.approx(high, abs=1e-4)]
+    assert "roi" not in results
+
+    # with a cost: (extra revenue per treated customer x treated customers - cost) / cost
+    r = await hub_client.get("/v1/campaigns/spring?cost=100&currency=USD", headers=auth(keys["read"]))
+    results = (await r.json())["results"]
+    gained = (Decimal(480) / nt - Decimal(80) / nc) * nt
+    assert results["roi"] == pytest.approx(float((gained - 100) / 100), abs=1e-4)
+    assert results["cost"] == {"amount": "100", "currency": "USD"}
+    # a cost in another currency: none of the revenue is in it, none is converted
+    r = await hub_client.get("/v1/campaigns/spring?cost=100&currency=EUR", headers=auth(keys["read"]))
+    assert (await r.json())["results"]["roi"] == -1.0
+    for query, field in [("cost=-5&currency=USD", "cost"), ("cost=abc&currency=USD", "cost"), ("cost=5", "currency")]:
+        r = await hub_client.get(f"/v1/campaigns/spring?{query}", headers=auth(keys["read"]))
+        assert r.status == 422 and (await r.json())["error"]["field"] == field
+
+    # an answer dated before its offer was made is refused, naming the time, and nothing is written
+    i = treated[5]
+    early = {
+        "id": f"early-{i}",
+        "type": "offer.accepted",
+        "occurred_at": (NOW - timedelta(hours=1)).isoformat(),
+        "identities": {"user_id": f"u{i:02}"},
+        "data": {"offer_id": answers[i]["delivery"]["offers"][0]["data"]["offer_id"]},
+    }
+    r = await hub_client.post("/v1/touchpoints/web/events", json={"events": [early]}, headers=tp)
+    assert r.status == 422
+    error = (await r.json())["error"]
+    assert (error["code"], error["field"]) == ("before_offer", "occurred_at")
+    assert "before its offer was made" in error["message"]
+    hub = hub_client.server.app[HUB]
+    stored = await hub.store.read(
+        lambda conn: conn.execute(sa.select(events.c.event_id).where(events.c.event_id == f"early-{i}")).first()
+    )
+    assert stored is None
 
 
 async def test_a_campaign_outside_its_dates_or_touch_points_offers_nothing(hub_client, keys, frozen_clock):

@@ -255,3 +255,14 @@ def test_skips_are_summarised_one_line_per_reason(pytester):
     assert "SKIPPED 30 x PRM_TEST_POSTGRES_URL is not set: PostgreSQL tests need a server" in out
     assert "SKIPPED 1 x npm is absent" in out
     assert out.count("SKIPPED") == 2  # not one line per skipped test
+
+
+def test_the_documented_configs_draw_no_warning(tmp_path):
+    import re
+
+    root = Path(__file__).resolve().parent.parent
+    cli_doc = (root / "docs" / "cli.md").read_text()
+    (tmp_path / "cli.toml").write_text(re.search(r"```toml\n(.*?)```", cli_doc, flags=re.S).group(1))
+    for file in (root / "examples" / "prm.toml", tmp_path / "cli.toml"):
+        config = load_config(file)
+        assert config_warnings(config, TOUCHPOINTS) == [], file

@@ -143,7 +143,8 @@ async def test_identities_arriving_in_pairs_at_different_hubs_converge(hub_confi
                 "id": f"chain-{i}",
                 "type": "page",
                 "occurred_at": at(i),
-                "identities": {"email": chain[i], "user_id": f"chain-user-{i + 1}"},
+                # account_id: a namespace without a limit, so the whole chain is one customer
+                "identities": {"email": chain[i], "account_id": f"chain-user-{i + 1}"},
             }
             for i in range(len(chain) - 1)
         ] + [
@@ -151,7 +152,7 @@ async def test_identities_arriving_in_pairs_at_different_hubs_converge(hub_confi
                 "id": f"chain-u-{i}",
                 "type": "page",
                 "occurred_at": at(100 + i),
-                "identities": {"user_id": f"chain-user-{i}", "email": chain[i]},
+                "identities": {"account_id": f"chain-user-{i}", "email": chain[i]},
             }
             for i in range(1, len(chain))
         ]

@@ -35,6 +35,11 @@ def test_the_demo_plays_the_flagship_scenario_and_a_day_of_traffic() -> None:
     assert "tier now 'platinum' (rule)" in out
     assert "Welcome back, Ann." in out
     assert "The scorecard (GET /v1/scorecard):" in out and "customers by tier" in out
+    # customers use their identifiers across touch points (merges), two households share an email (conflicts)
+    identities = re.search(r"identities: ([\d,]+) merges .*?, (\d+) conflicts kept for review", out)
+    assert identities is not None, out
+    assert int(identities.group(1).replace(",", "")) > 0
+    assert int(identities.group(2)) >= 2, out  # a household's receipt by email may add one
     if done.returncode == 0:
         assert "Every step within its budget" in out
     else:  # only lateness is tolerated, never a failure

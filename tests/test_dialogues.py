@@ -110,6 +110,28 @@ async def test_web_threads_by_inactivity_and_opens_a_new_visit_after_thirty_minu
     assert [(d.id, d.status) for d in view.dialogues] == [(fresh.id, "open"), (stale.id, "closed")]
 
 
+@pytest.mark.parametrize(
+    ("opened", "last"),
+    [
+        (datetime(1, 1, 1, tzinfo=UTC), datetime(1, 1, 1, tzinfo=UTC)),
+        (datetime(9999, 12, 31, 23, 59, tzinfo=UTC), datetime(9999, 12, 31, 23, 59, tzinfo=UTC)),
+        (datetime(1, 1, 1, tzinfo=UTC), datetime(9999, 12, 31, 23, 59, tzinfo=UTC)),
+    ],
+)
+async def test_an_open_dialogue_at_the_edge_of_time_does_not_break_the_next_event(hub, opened, last):
+    """A dialogue stored with year 1 or 9999 (before event times were bounded): the next event
+    of its customer at that touch point is still recorded, in a visit of its own or in that one."""
+    (a,) = await send(hub, "web", event("w1", 0))
+    await hub.store.write(
+        lambda conn: conn.execute(
+            dialogues.update().where(dialogues.c.id == a.dialogue_id).values(opened_at=opened, last_event_at=last)
+        )
+    )
+    (b,) = await send(hub, "web", event("w2", 5))
+    assert (b.dialogue_id == a.dialogue_id) == (opened <= T0 <= last)
+    assert (await dialogue_rows(hub))[b.dialogue_id].status == "open"
+
+
 async def test_web_inactivity_inside_one_batch(hub):
     recorded = await send(hub, "web", event("w1", 0), event("w2", 29), event("w3", 60), event("w4", 61))
     ids = [r.dialogue_id for r in recorded]
@@ -403,8 +425,10 @@ def test_the_intent_of_an_event_type(type_, intent):
     assert infer_intent(type_, {}) == intent
 
 
-@pytest.mark.parametrize(("explicit", "intent"), [("sale", "sale"), ("information", "information"), ("gossip", None)])
+@pytest.mark.parametrize(
+    ("explicit", "intent"), [("sale", "sale"), ("information", "information"), ("service", "service"), ("gossip", None)]
+)
 def test_an_explicit_intent_wins_when_it_is_one_of_the_three(explicit, intent):
     assert infer_intent("page", {"intent": explicit}) == intent
-    assert infer_intent("service.request", {"intent": explicit}) == (intent or "service")
+    assert infer_intent("quote.requested", {"intent": explicit}) == (intent or "sale")
     assert infer_intent("service.request", {"intent": ["sale"]}) == "service"

@@ -6,10 +6,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.engine import make_url
 
 from prm_core import hookimpl
 from prm_core.server.state import HUB
@@ -237,3 +240,131 @@ async def test_a_lifted_tombstone_lets_the_identity_be_recorded_again(hub_client
     assert (await hub_client.post("/v1/touchpoints/web/events", json=again, headers=bearer(ann["web"]))).status == 200
     assert (await hub_client.get(f"/v1/customers/phone:{PHONE}", headers=bearer(ann["read"]))).status == 404
     assert (await hub_client.delete("/v1/tombstones/nonsense", headers=bearer(ann["admin"]))).status == 422
+
+
+# ---- a hostile database: whatever any row holds, erasure completes and leaves nothing behind ----
+
+DEEP = "[" * 3000 + "]" * 3000  # past SQLite's JSON depth limit (1000)
+CLAIM = f'"claimed_identities": {{"email": "{EMAIL}"}}'
+# (JSON text as stored, whose event it is): every odd value a parser could once let through,
+# with the erased person's email claimed in some of them. SQLite keeps any text; PostgreSQL's
+# jsonb only well-formed JSON (no Infinity, lone surrogate, NUL or malformed text)
+HOSTILE_ANY = [
+    ('{"n": 1' + "0" * 5000 + "}", "other"),
+    ("{" + CLAIM + ', "n": 1e400}', "other"),
+    ('{"n": -1e400, "note": "' + NAME + '"}', "ann"),
+    ('{"d": ' + "[" * 500 + "]" * 500 + ", " + CLAIM + "}", "other"),
+    ("[1, 2, 3]", "other"),
+    ('"' + EMAIL + '"', "other"),
+    ("null", "other"),
+    ('{"claimed_identities": "' + EMAIL + '"}', "other"),
+    ('{"claimed_identities": {"email": ["' + EMAIL + '"]}}', "other"),
+]
+HOSTILE_SQLITE = [
+    ('{"n": Infinity}', "other"),
+    ("{" + CLAIM + ', "n": NaN, "m": -Infinity}', "other"),
+    ('{"street": "' + STREET + '", "n": Infinity}', "ann"),
+    ('{"s": "\\ud800", ' + CLAIM + "}", "other"),
+    ('{"s": "\\udfff"}', "other"),
+    ('{"s": "x\\u0000y", ' + CLAIM + "}", "other"),
+    ('{"s": "x\x00y", ' + CLAIM + "}", "other"),  # a NUL character in the text itself
+    ('{"d": ' + DEEP + ", " + CLAIM + "}", "other"),
+    ("{" + CLAIM + ', "cut": ', "other"),  # malformed: cut short
+    ("not JSON, but it names " + EMAIL, "other"),
+    ("", "other"),
+    ('{"n": 1' + "0" * 5000 + ", " + CLAIM + "}", "other"),
+]
+EDGES = ["0001-01-01 00:00:00", "9999-12-31 23:59:59"]
+EARLIER = "correct-horse-7731"
+
+
+async def raw_dump(hub) -> str:
+    """Every row of every table as the database holds it: JSON as text, never parsed."""
+
+    def read(conn: Any) -> str:
+        out = []
+        for table in metadata.sorted_tables:
+            if conn.dialect.name == "postgresql":
+                rows = conn.exec_driver_sql(f"SELECT CAST(row_to_json(t) AS text) FROM {table.name} AS t").scalars()
+            else:
+                rows = (repr(tuple(r)) for r in conn.exec_driver_sql(f"SELECT * FROM {table.name}"))
+            out.extend(f"{table.name}: {r}" for r in rows)
+        return "\n".join(out)
+
+    return await hub.store.read(read)
+
+
+def traces(text: str | bytes) -> list[str]:
+    """The personal values found in ``text``, as written or JSON-escaped."""
+    found = []
+    for personal in PERSONAL:
+        forms = {personal, json.dumps(personal)[1:-1]}
+        if any((f.encode() if isinstance(text, bytes) else f) in text for f in forms):
+            found.append(personal)
+    return found
+
+
+async def test_erasure_completes_over_a_hostile_database_and_leaves_no_trace(hub_client, ann):
+    hub = hub_client.app[HUB]
+    sqlite = hub.store.dialect == "sqlite"
+    rows = HOSTILE_ANY + (HOSTILE_SQLITE if sqlite else [])
+
+    def plant(conn: Any) -> None:
+        other = conn.exec_driver_sql(
+            "SELECT customer_id FROM identities WHERE value = 'dev-other-7'"
+        ).scalar_one()  # the device on which Ann's email was only claimed
+        json_value = ":d" if sqlite else "CAST(:d AS jsonb)"
+        for i, (data, owner) in enumerate(rows):
+            cid = ann["id"] if owner == "ann" else other
+            conn.execute(
+                sa.text(
+                    "INSERT INTO events (touchpoint, event_id, type, occurred_at, received_at, customer_id,"
+                    " ingest_customer_id, dialogue_id, direction, identities, data) VALUES ('web', :e, 'page',"
+                    f" :at, :at, :c, :c, 'd-odd', 'inbound', '[]', {json_value})"
+                ).bindparams(sa.bindparam("at", type_=sa.DateTime())),
+                {"e": f"odd-{i}", "at": datetime.fromisoformat(EDGES[i % 2]), "c": cid, "d": data},
+            )
+        # Ann's own rows at the edges of time and with what no JSON reader takes
+        conn.exec_driver_sql(f"UPDATE dialogues SET opened_at = '{EDGES[0]}', last_event_at = '{EDGES[1]}'")
+        odd_traits = '{"first_name": "' + NAME + '", "n": ' + ("Infinity" if sqlite else "1e400") + "}"
+        # an earlier version of the row, longer: SQLite frees its space when the row changes
+        earlier = '{"first_name": "' + NAME + '", "pad": "' + "p" * 300 + '", "pin": "' + EARLIER + '"}'
+        conn.execute(
+            sa.text(f"UPDATE customers SET traits = {json_value} WHERE id = :c"), {"d": earlier, "c": ann["id"]}
+        )
+        conn.execute(
+            sa.text(f"UPDATE customers SET traits = {json_value} WHERE id = :c"), {"d": odd_traits, "c": ann["id"]}
+        )
+        if sqlite:  # a merge audit record that no longer parses, naming Ann's email
+            moved = '{"identities": [["email", "' + EMAIL + '"]], "events": ['
+            conn.execute(sa.text("UPDATE merges SET moved = :m"), {"m": moved})
+
+    await hub.store.write(plant)
+    assert traces(await raw_dump(hub)) == list(PERSONAL)
+    if sqlite:  # the rows in the database file itself, not only in its write-ahead log
+        assert await hub.store.checkpoint()
+        held = await asyncio.to_thread(Path(make_url(hub.config.database_url).database or "").read_bytes)
+        assert traces(held) == list(PERSONAL)
+        assert EARLIER.encode() not in held  # a freed old version is zeroed where it lay
+        assert await hub.store.write(lambda conn: conn.exec_driver_sql("PRAGMA secure_delete").scalar()) == 1
+    resp = await hub_client.delete(f"/v1/customers/email:{EMAIL}", headers=bearer(ann["admin"]))
+    assert resp.status == 200, await resp.text()
+    body = await resp.json()
+    assert body["customer_id"] == ann["id"]
+    assert traces(await raw_dump(hub)) == []
+    # the rows that named nobody erased keep what they held
+    odd = "SELECT count(*) FROM events WHERE event_id = 'odd-0' AND CAST(data AS TEXT) LIKE '%0000%'"
+    kept = await hub.store.read(lambda conn: conn.exec_driver_sql(odd).scalar_one())
+    assert kept == 1
+    if sqlite:
+        # nor in the files: freed space and the write-ahead log hold no old copy
+        database = Path(make_url(hub.config.database_url).database or "")
+        files = [p for p in database.parent.iterdir() if p.name.startswith(database.name)]
+        assert database in files
+        for path in files:
+            assert traces(await asyncio.to_thread(path.read_bytes)) == [], f"{path.name} still holds personal data"
+    # and the hub goes on: another customer's events and the erased shell read back fine
+    resp = await hub_client.post("/v1/touchpoints/web/events", json=event("after", 9, {"email": "zed@example.com"}),
+                                 headers=bearer(ann["web"]))  # fmt: skip
+    assert resp.status == 200, await resp.text()
+    assert (await hub_client.get(f"/v1/customers/{ann['id']}", headers=bearer(ann["read"]))).status == 200

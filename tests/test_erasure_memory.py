@@ -185,6 +185,36 @@ async def test_an_erasure_empties_every_holder_of_the_broker(hub_client, keys):
     pops.disconnect("a-2", waiting)
 
 
+async def test_no_plugin_holds_the_person_after_an_erasure(hub_client, keys, make_key):
+    """The person goes through every touch point (events, answered requests, a screen pop to
+    an agent who never reads it); after the erasure, no registered plugin holds any of it."""
+    hub = hub_client.app[HUB]
+    cid = await known_caller(hub_client, keys)
+    who = {"email": EMAIL, "phone": PHONE}
+    for tp in sorted(hub.registrations.touchpoints.names()):
+        tp_key = await make_key(f"touchpoint:{tp}")
+        turn = {"id": f"{tp}-1", "type": "page", "occurred_at": "2026-11-23T09:40:00Z", "identities": who}
+        for route in ("events", "requests"):
+            resp = await hub_client.post(f"/v1/touchpoints/{tp}/{route}", json=turn, headers=bearer(tp_key))
+            assert resp.status == 200, (tp, route, await resp.text())
+            turn = {**turn, "id": f"{tp}-2", "data": {"street": STREET}}
+    pops = screen_pops(hub)
+    assert pops is not None
+    unread = pops.connect("a-4", None)
+    assert (await hub_client.post(CTI, json=offered("c-4", "a-4"), headers=bearer(keys["cti"]))).status == 200
+    await eventually(lambda: _true(bool(unread.queue)), "the pop to wait for the agent")
+    assert personal_data_held(hub)
+
+    resp = await hub_client.delete(f"/v1/customers/{cid}", headers=bearer(keys["admin"]))
+    assert resp.status == 200 and (await resp.json())["incomplete"] == []
+    assert personal_data_held(hub) == []
+    pops.disconnect("a-4", unread)
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
 async def test_an_erasure_drops_partner_news_waiting_for_an_open_stream(hub_client, keys):
     hub = hub_client.app[HUB]
     cid = await known_caller(hub_client, keys)

@@ -261,3 +261,183 @@ class TestSlowClients:
 
         with pytest.raises(ConfigError, match=r"\[server\].body_timeout_s"):
             create_app(Config(raw={"server": {"body_timeout_s": value}}))
+
+
+# ---- pathological input: every JSON route, every class, a 422 naming the field ----------------
+
+# raw JSON fragments no serializer writes: a number past a double (json.loads makes it inf), an
+# integer past Python's 4,300-digit conversion limit, a lone UTF-16 surrogate, a NUL character
+NON_FINITE, HUGE_INT = b"1e400", b"1" + b"0" * 5000
+SURROGATE, NUL = b'"x\\ud800"', b'"x\\u0000"'
+HOSTILE = {"non_finite": NON_FINITE, "negative_non_finite": b"-1e400", "huge_int": HUGE_INT,
+           "surrogate": SURROGATE, "low_surrogate": b'"\\udc00x"', "nul": NUL}  # fmt: skip
+OCCURRED = b'"occurred_at": "2026-11-23T08:00:00Z"'
+CORE_EVENT = b'{"id": "h1", "type": "page", ' + OCCURRED + b', "identities": {"email": "ann@example.com"}, '
+SALE = (
+    b'{"transaction_type": "sale", "store_id": "S1", "workstation_id": "W1", "sequence_number": 1, '
+    b'"business_day": "2026-11-23", ' + OCCURRED + b', "currency": "EUR", "line_items": [{"item_id": "A", '
+    b'"description": @@, "quantity": 1, "unit_price": "5.00", "extended_amount": "5.00"}], "tax": "0", '
+    b'"total": "5.00", "tenders": [{"type": "cash", "amount": "5.00"}], "customer_ref": {"loyalty_card": "L1"}}'
+)
+# (method, path, scope, body with @@ where the hostile value goes, the field the answer names)
+ROUTES = [
+    ("POST", "/v1/touchpoints/web/events", "touchpoint:web", CORE_EVENT + b'"data": {"n": @@}}', "data.n"),
+    ("POST", "/v1/touchpoints/web/events", "touchpoint:web",
+     b'{"events": [' + CORE_EVENT + b'"data": {"a": [1, @@]}}]}', "events[0].data.a[1]"),
+    ("POST", "/v1/touchpoints/web/requests", "touchpoint:web", CORE_EVENT + b'"data": {"n": @@}}', "data.n"),
+    ("POST", "/v1/touchpoints/callcenter/events", "touchpoint:callcenter",
+     b'{"id": "c1", "type": "call.started", ' + OCCURRED + b', "data": {"call_id": "k", "queue": @@}}', "data.queue"),
+    ("POST", "/v1/touchpoints/pos/transactions", "touchpoint:pos", SALE, "line_items[0].description"),
+    ("PATCH", "/v1/customers/email:ann@example.com", "admin", b'{"traits": {"nick": @@}}', "traits.nick"),
+    ("POST", "/v1/customers", "admin", b'{"kind": "group", "traits": {"name": @@}}', "traits.name"),
+    ("PUT", "/v1/identities/email:ann@example.com", "admin", b'{"shared": true, "note": @@}', "note"),
+    ("PUT", "/v1/customers/email:ann@example.com/consents", "admin",
+     b'{"consents": [{"purpose": "marketing", "channel": "*", "granted": true, "source": @@}]}', "consents[0].source"),
+    ("POST", "/v1/track", "segment", b'{"userId": "u1", "event": "Clicked", "properties": {"n": @@}}', "properties.n"),
+]  # fmt: skip
+
+
+async def _row_counts(client) -> dict[str, int]:
+    import sqlalchemy as sa
+
+    from prm_core.server.state import HUB
+
+    tables = ("events", "customers", "identities", "dialogues", "consents", "memberships")
+
+    def read(conn):
+        return {t: conn.execute(sa.text(f"SELECT count(*) FROM {t}")).scalar_one() for t in tables}
+
+    return await client.app[HUB].store.read(read)
+
+
+@pytest.fixture
+async def route_keys(hub_client, make_key):
+    keys = {s: await make_key(s) for s in ("touchpoint:web", "touchpoint:callcenter", "touchpoint:pos", "admin")}
+    keys["segment"] = keys["touchpoint:web"]
+    resp = await hub_client.post("/v1/touchpoints/web/events", json=EVENT, headers=bearer(keys["touchpoint:web"]))
+    assert resp.status == 200
+    return keys
+
+
+def _auth(keys, scope):
+    if scope == "segment":  # as the Segment SDKs send the write key: the Basic user name
+        return {"Authorization": "Basic " + base64.b64encode(f"{keys[scope]}:".encode()).decode()}
+    return bearer(keys[scope])
+
+
+# one test per route, each class in turn: on PostgreSQL every test pays for a database of its own
+@pytest.mark.parametrize(("method", "path", "scope", "body", "field"), ROUTES, ids=[f"{r[0]} {r[1]}" for r in ROUTES])
+async def test_unstorable_values_anywhere_are_a_422_naming_the_field(
+    hub_client, route_keys, method, path, scope, body, field
+):
+    before = await _row_counts(hub_client)
+    headers = {**_auth(route_keys, scope), "Content-Type": "application/json"}
+    for name, value in HOSTILE.items():
+        resp = await hub_client.request(method, path, data=body.replace(b"@@", value), headers=headers)
+        assert resp.status == 422, f"{name}: {await resp.text()}"
+        error = (await resp.json())["error"]
+        assert error["field"] == field, name
+        assert "ann@example.com" not in error["message"]
+        assert await _row_counts(hub_client) == before, name
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (b'{"id": "x\\ud800", "type": "page", ' + OCCURRED + b"}", "id"),
+        (b'{"id": "x", "type": "\\udfff", ' + OCCURRED + b"}", "type"),
+        (b'{"id": "x", "type": "p", ' + OCCURRED + b', "identities": {"email": "a\\ud800@example.com"}}',
+         "identities.email"),
+        (b'{"id": "x", "type": "p", ' + OCCURRED + b', "data": {"k\\ud800": 1}}', "data"),
+        (b'{"id": "x", "type": "p", ' + OCCURRED + b', "dialogue": "\\ud83d"}', "dialogue"),
+    ],
+)  # fmt: skip
+async def test_a_lone_surrogate_in_any_string_is_a_422_naming_the_field(hub_client, make_key, body, field):
+    web = await make_key("touchpoint:web")
+    resp = await hub_client.post("/v1/touchpoints/web/events", data=body, headers=bearer(web))
+    assert resp.status == 422, await resp.text()
+    assert (await resp.json())["error"]["field"] == field
+    assert await _row_counts(hub_client) == dict.fromkeys(await _row_counts(hub_client), 0)
+
+
+async def test_an_escaped_surrogate_pair_is_one_character_and_accepted(hub_client, make_key):
+    web, read = await make_key("touchpoint:web"), await make_key("read")
+    body = CORE_EVENT + b'"data": {"mood": "\\ud83d\\ude00"}}'
+    assert (await hub_client.post("/v1/touchpoints/web/events", data=body, headers=bearer(web))).status == 200
+    view = await (await hub_client.get("/v1/customers/email:ann@example.com", headers=bearer(read))).json()
+    assert view["timeline"][0]["data"]["mood"] == "\U0001f600"
+
+
+BAD_TIMES = [
+    "0001-01-01T00:00:00+01:00",  # before year 1 in UTC
+    "9999-12-31T23:59:59-01:00",  # after year 9999 in UTC
+    "0001-01-02T00:00:00Z",
+    "1899-12-31T23:59:59Z",
+    "9999-12-30T00:00:00Z",
+    "2999-01-01T00:00:00Z",
+    "20261123T080000Z",  # ISO 8601 basic format: not RFC 3339
+    "2026-W48-1T08:00Z",  # ISO week date
+    "2026-327T08:00:00Z",  # ISO ordinal date
+    "2026-11-23T08:00Z",  # no seconds
+    "2026-11-23T08:00:00",  # no offset
+    "2026-11-23",
+]
+
+
+@pytest.mark.parametrize("key", ["occurred_at", "sent_at"])
+async def test_a_time_outside_the_window_or_not_rfc3339_is_a_422_naming_it(hub_client, make_key, key):
+    web = await make_key("touchpoint:web")
+    for when in BAD_TIMES:
+        body = {**EVENT, key: when}
+        resp = await hub_client.post("/v1/touchpoints/web/events", json=body, headers=bearer(web))
+        assert resp.status == 422, f"{when}: {await resp.text()}"
+        assert (await resp.json())["error"]["field"] == key
+        batch = {"events": [EVENT], key: when} if key == "sent_at" else {"events": [body]}
+        resp = await hub_client.post("/v1/touchpoints/web/events", json=batch, headers=bearer(web))
+        assert resp.status == 422, f"{when}: {await resp.text()}"
+        assert (await resp.json())["error"]["field"] == (key if key == "sent_at" else f"events[0].{key}")
+    assert await _row_counts(hub_client) == dict.fromkeys(await _row_counts(hub_client), 0)
+
+
+async def test_rfc3339_times_inside_the_window_are_accepted(hub_client, make_key):
+    web = await make_key("touchpoint:web")
+    for i, when in enumerate(["1900-01-01T00:00:00Z", "2026-11-23T08:00:00.123456789Z", "2026-11-23t08:00:00z",
+                              "2026-11-23 08:00:00+05:30", "2026-11-23T08:00:00-00:00"]):  # fmt: skip
+        body = {**EVENT, "id": f"t{i}", "occurred_at": when}
+        resp = await hub_client.post("/v1/touchpoints/web/events", json=body, headers=bearer(web))
+        assert resp.status == 200, f"{when}: {await resp.text()}"
+
+
+async def test_a_skew_correction_landing_outside_the_window_names_sent_at(hub_client, make_key):
+    web = await make_key("touchpoint:web")
+    body = {**EVENT, "occurred_at": "1900-01-01T00:00:00Z", "sent_at": "2026-12-06T00:00:00Z"}
+    resp = await hub_client.post("/v1/touchpoints/web/events", json=body, headers=bearer(web))
+    assert resp.status == 422, await resp.text()
+    assert (await resp.json())["error"]["field"] == "sent_at"
+
+
+async def test_an_event_at_the_start_of_the_window_does_not_break_the_next_one(hub_client, make_key):
+    web = await make_key("touchpoint:web")
+    first = {**EVENT, "occurred_at": "1900-01-01T00:00:00Z"}
+    assert (await hub_client.post("/v1/touchpoints/web/events", json=first, headers=bearer(web))).status == 200
+    for i in range(2):
+        resp = await hub_client.post("/v1/touchpoints/web/events", json={**EVENT, "id": f"n{i}"}, headers=bearer(web))
+        assert resp.status == 200, await resp.text()
+
+
+@pytest.mark.parametrize("depth", [33, 40, 100_000])
+@pytest.mark.parametrize(
+    ("path", "scope", "body"),
+    [
+        ("/v1/touchpoints/pos/transactions", "touchpoint:pos", SALE.replace(b"@@", b'"x"')[:-1] + b', "extra": @@}'),
+        ("/v1/touchpoints/web/events", "touchpoint:web", CORE_EVENT + b'"data": {"n": @@}}'),
+    ],
+    ids=["pos", "core"],
+)
+async def test_nesting_past_the_limit_is_a_422_on_every_route(hub_client, route_keys, path, scope, body, depth):
+    value = b"[" * (depth - 1) + b"]" * (depth - 1)  # the body itself is one more level
+    before = await _row_counts(hub_client)
+    resp = await hub_client.post(path, data=body.replace(b"@@", value), headers=bearer(route_keys[scope]))
+    assert resp.status == 422, await resp.text()
+    assert (await resp.json())["error"]["code"] == "too_deep"
+    assert await _row_counts(hub_client) == before

@@ -18,11 +18,13 @@ from twilio.request_validator import RequestValidator
 
 from prm_core import hookimpl
 from prm_core.config import Config
+from prm_core.errors import ConfigError
 from prm_core.keys import create_key
 from prm_core.model import TouchPoint
 from prm_core.outbox import Fulfillment
 from prm_core.server.app import create_app
 from prm_core.server.auth import require
+from prm_core.server.ratelimit import RefusalLog
 from prm_core.server.state import HUB, HUB_METRICS
 
 TOKEN = "twilio-auth-token-for-tests"
@@ -180,3 +182,9 @@ async def test_the_twilio_signature_settings_header_is_not_logged(hub_client, lo
     assert error["field"] == "X-Twilio-Webhooks-Signature-Settings" and "FORGED" not in error["message"]
     logged = log_capture.text + "\n".join(r.getMessage() for r in caplog.records)
     assert "FORGED-LOG-LINE" not in logged and "HMAC_MD5" not in logged
+
+
+@pytest.mark.parametrize("value", ["soon", -1, True])
+def test_a_bad_rate_limit_log_interval_is_a_config_error(value):
+    with pytest.raises(ConfigError, match=r"\[server\]\.rate_limit_log_s"):
+        RefusalLog.from_config(Config(raw={"server": {"rate_limit_log_s": value}}))

@@ -13,6 +13,7 @@ from prm_core import hookimpl
 from prm_core.clock import FrozenClock
 from prm_core.errors import InvalidInput, NotFound
 from prm_core.hub import Hub
+from prm_core.merging import merge_customers
 from prm_core.model import Identity, IdentityNamespace
 from prm_core.store.tables import (
     customers,
@@ -596,6 +597,9 @@ async def test_merging_two_groups_keeps_the_members_of_both(hub):
     g = await two_groups(hub)
     before = {cid: await state_of(hub, g[cid]) for cid in ("club", "team")}
     assert before["team"]["members"] == {(g["p2"], None), (g["p3"], None)}
+    m = memberships.c
+    team_members = sa.select(m.member_id, m.role, m.created_at).where(m.group_id == g["team"]).order_by(m.member_id)
+    members_before = await rows(hub, team_members)
 
     (linking,) = await send(hub, "pos", event("g-p2", 6, identities={"account_id": "CLUB-1", "loyalty_card": "TEAM-1"}))
     assert linking.customer_id == g["club"]  # the older group survives
@@ -613,6 +617,7 @@ async def test_merging_two_groups_keeps_the_members_of_both(hub):
 
     await hub.unmerge(merge.id)
     assert await state_of(hub, g["team"]) == before["team"]
+    assert await rows(hub, team_members) == members_before  # as they were, joining times included
     after = await state_of(hub, g["club"])
     assert {k: after[k] for k in ("members", "groups", "identities")} == {
         k: before["club"][k] for k in ("members", "groups", "identities")
@@ -639,3 +644,91 @@ async def test_undoing_a_merge_recorded_before_membership_times_were_kept(hub):
     # without the membership's own time, the undo's time
     assert {r.created_at.replace(tzinfo=UTC) for r in restored} == {clock.now}
     assert (await state_of(hub, g["club"]))["members"] == {(g["p1"], None), (g["p3"], None)}
+
+
+async def test_a_merge_adds_up_purchases_by_currency_category_and_return(hub):
+    def sale(event_id: str, minutes: float, who: dict[str, str], revenue: str, currency: str, kind: str = "sale"):
+        data = {"revenue": revenue, "currency": currency, "transaction_type": kind, "line_items": [{"category": "Tea"}]}
+        return event(event_id, minutes, "order.placed", identities=who, data=data)
+
+    ann, bob = {"email": "ann@example.com"}, {"phone": "4155550100"}
+    await send(hub, "pos", sale("s1", 0, ann, "10.00", "EUR"), sale("s2", 1, ann, "-2.00", "EUR", "return"))
+    await send(hub, "pos", sale("s3", 2, bob, "5.00", "USD"), sale("s4", 3, bob, "-1.00", "USD", "return"))
+    await send(hub, "pos", sale("s5", 4, bob, "3.00", "EUR"))
+    await send(hub, "web", event("w1", 5, identities={**ann, **bob}))
+    m = (await full_view(hub, "email:ann@example.com"))["metrics"]
+    assert (m["order_count"], m["return_count"]) == (3, 2)
+    assert m["lifetime_revenue"] == "15.00"
+    assert m["revenue_by_currency"] == {"EUR": "11.00", "USD": "4.00"}
+    assert m["categories"] == {"Tea": 3}
+
+
+async def test_the_survivors_tier_wins_over_the_merged_customers(hub):
+    pairs = [("ann", "gold", "bob", "silver"), ("cat", "gold", "dan", None)]
+    for n, (older, tier, newer, other_tier) in enumerate(pairs):
+        (a,) = await send(hub, "web", event(f"o{n}", 0, identities={"email": f"{older}@example.com"}))
+        (b,) = await send(hub, "web", event(f"n{n}", 1, identities={"user_id": newer}))
+        await hub.update_customer(a.customer_id, {"tier": tier})
+        if other_tier is not None:
+            await hub.update_customer(b.customer_id, {"tier": other_tier})
+        await send(hub, "web", event(f"l{n}", 2, identities={"email": f"{older}@example.com", "user_id": newer}))
+        view = await full_view(hub, b.customer_id)
+        assert view["id"] == a.customer_id
+        assert (view["tier"], view["tier_source"]) == ("gold", "manual"), older
+
+
+async def test_a_merge_without_a_cause_and_with_a_long_reason(hub):
+    """A merge made by hand (no event caused it) into a customer without events of its own."""
+    a = await hub.create_customer("person", {"name": "A"})
+    (b,) = await send(hub, "web", event("w2", 1, identities={"email": "b@example.com"}))
+    reason = "merged by hand: " + "x" * 600
+    merge = await hub.store.write(
+        lambda conn: merge_customers(conn, a.id, b.customer_id, reason=reason, cause=None, now=utcnow())
+    )
+    assert (merge.cause_touchpoint, merge.cause_event_id) == (None, None)
+    (stored,) = await hub.merges(b.customer_id)
+    assert (stored.id, stored.cause_touchpoint, stored.cause_event_id) == (merge.id, None, None)
+    assert stored.reason == reason[:500]
+    merged = await hub.view("email:b@example.com")
+    assert (merged.customer.id, merged.metrics["event_count"]) == (a.id, 1)
+
+    await hub.unmerge(merge.id)
+    assert (await hub.view(b.customer_id)).metrics["event_count"] == 1
+    assert (await hub.view(a.id)).metrics["event_count"] == 0
+
+
+async def test_a_merge_whose_customer_was_split_off_by_hand_cannot_be_undone(hub):
+    (a,) = await send(hub, "web", event("w1", 0, identities={"email": "a@example.com"}))
+    (b,) = await send(hub, "web", event("w2", 1, identities={"phone": "4155550100"}))
+    await send(hub, "pos", event("p1", 2, identities={"email": "a@example.com", "phone": "4155550100"}))
+    (merge,) = await hub.merges(a.customer_id)
+    split = customers.update().where(customers.c.id == b.customer_id).values(merged_into=None)
+    await hub.store.write(lambda conn: conn.execute(split))
+    with pytest.raises(InvalidInput) as info:
+        await hub.unmerge(merge.id)
+    assert info.value.code == "not_merged"
+    assert (await hub.merges(a.customer_id))[0].undone_at is None
+
+
+async def test_undoing_an_earlier_merge_then_a_later_one_leaves_each_customer_its_own(hub):
+    """B merged into A, A into C (B's redirect now points at C); B's merge undone first, then A's.
+    D, merged into C on its own, stays C's throughout."""
+    (c,) = await send(hub, "web", event("c1", 0, identities={"user_id": "c"}))
+    (d,) = await send(hub, "web", event("d1", 0.5, identities={"loyalty_card": "D-1"}))
+    await send(hub, "pos", event("l0", 0.6, identities={"user_id": "c", "loyalty_card": "D-1"}))
+    (a,) = await send(hub, "web", event("a1", 1, identities={"email": "a@example.com"}))
+    (b,) = await send(hub, "callcenter", event("b1", 2, identities={"phone": "4155550100"}, dialogue="call-b"))
+    before_b = await state_of(hub, b.customer_id)
+    await send(hub, "pos", event("l1", 3, identities={"email": "a@example.com", "phone": "4155550100"}))
+    await send(hub, "pos", event("l2", 4, identities={"user_id": "c", "email": "a@example.com"}))
+    made = {r.merged_id: r for r in await rows(hub, sa.select(merges))}
+    m1, m2 = made[b.customer_id], made[a.customer_id]
+    assert (m1.survivor_id, m2.survivor_id) == (a.customer_id, c.customer_id)
+
+    await hub.unmerge(m1.id)
+    assert await state_of(hub, b.customer_id) == before_b
+    await hub.unmerge(m2.id)
+    assert await state_of(hub, b.customer_id) == before_b  # B stays itself: its merge was undone
+    assert (await hub.view(b.customer_id)).customer.id == b.customer_id
+    assert (await hub.view("email:a@example.com")).customer.id == a.customer_id
+    assert (await hub.view(d.customer_id)).customer.id == c.customer_id

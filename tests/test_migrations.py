@@ -12,7 +12,14 @@ from prm_core.store.tables import metadata
 async def test_migrations_match_the_models(database_url):
     store = Store.open(database_url)
     try:
-        assert await store.migrate() == ["0001", "0002_pos", "0003_partner", "0004_planning", "0005_privacy"]
+        assert await store.migrate() == [
+            "0001",
+            "0002_pos",
+            "0003_partner",
+            "0004_planning",
+            "0005_privacy",
+            "0007_identity_conflicts",
+        ]
         assert await store.migrate() == []
 
         def diff(conn):

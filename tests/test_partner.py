@@ -23,6 +23,7 @@ from cloudevents.core.bindings.http import HTTPMessage, from_structured_event
 from prm_partner.playbook import add_business_days, visit_details
 from prm_tmf.simulators import AppointmentSimulator, StockSimulator, sign_headers
 from standardwebhooks import Webhook
+from tmf_spec import assert_conforms
 
 from prm_core import hookimpl
 from prm_core.config import Config
@@ -104,6 +105,7 @@ def partners_config(database_url: str, field: Any, stock: Any, **extra: Any) -> 
                 "url": field.url,
                 "secret": field.secret,
                 "timeout_ms": 5000,
+                "register_listener": False,  # public_url names no server here
             },
             "supplier": {
                 "role": "inventory",
@@ -111,6 +113,7 @@ def partners_config(database_url: str, field: Any, stock: Any, **extra: Any) -> 
                 "url": stock.url,
                 "secret": stock.secret,
                 "timeout_ms": 5000,
+                "register_listener": False,
             },
         },
         "outbox": {"poll_ms": 50, "retry_base_ms": 50, "retry_cap_s": 0.3, "lease_s": 30},
@@ -131,6 +134,8 @@ def pushes() -> Pushes:
 def hub_config(request, database_url, field, stock) -> Config:
     if getattr(request, "param", None) == "tight":  # the web's own budget, partners slower than it
         return partners_config(database_url, field, stock, touchpoints={"web": {"budget_ms": 300}})
+    if getattr(request, "param", None) == "failover":  # a second field-service firm
+        return request.getfixturevalue("failover_config")
     return partners_config(database_url, field, stock)
 
 
@@ -518,10 +523,11 @@ async def test_a_forged_or_stale_callback_is_refused_and_writes_nothing(hub_clie
             "/v1/partners/supplier/callbacks", data=theirs, headers=sign_headers(stock.secret, theirs)
         )
         assert other.status == 404
+    # an appointment event from a stock partner is not one it sends: logged, answered, ignored
     wrong_kind = await hub_client.post(
         "/v1/partners/supplier/callbacks", data=note, headers=sign_headers(stock.secret, note)
     )
-    assert wrong_kind.status == 422
+    assert wrong_kind.status == 200 and (await wrong_kind.json())["ignored"] is True
     assert (await hub_client.post("/v1/partners/nobody/callbacks", data=note, headers=headers_of(note))).status == 404
     (row,) = await rows(hub, outbox.c.partner == "fieldservice")
     assert row.status == "confirmed"
@@ -657,3 +663,315 @@ async def test_erasure_calls_off_unsent_partner_work_and_scrubs_what_was_sent(hu
     field.down = False
     await asyncio.sleep(0.5)  # several outbox polls: nothing more is sent for the erased customer
     assert field.delivered == 0
+
+
+# ---- the TM Forum hub/listener pattern ------------------------------------------------------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_the_hub_registers_its_listener_and_tm_forum_notifications_reach_the_listener_paths(
+    database_url, aiohttp_client, field, stock
+):
+    from prm_core.server.app import create_app
+    from prm_core.server.state import HUB
+
+    port = _free_port()
+    field.answer_later = stock.answer_later = True
+    config = partners_config(database_url, field, stock)
+    raw = {**config.raw, "partners": {n: {**t, "register_listener": True} for n, t in config.raw["partners"].items()}}
+    config = evolve(config, public_url=f"http://127.0.0.1:{port}", raw=raw)
+    client = await aiohttp_client(create_app(config), server_kwargs={"port": port})
+    # at start: POST {url}/hub with the EventSubscriptionInput, signed like every call
+    await eventually(lambda: field.listeners and stock.listeners)
+    ((field_sub,),) = [list(field.listeners.values())]
+    assert field_sub["callback"] == f"http://127.0.0.1:{port}/v1/partners/fieldservice"
+    assert [s["callback"] for s in stock.listeners.values()] == [f"http://127.0.0.1:{port}/v1/partners/supplier"]
+    hub = client.app[HUB]
+    await platinum_ann(hub)
+    key = await create_key_for(hub, "touchpoint:web")
+    resp = await client.post(
+        "/v1/touchpoints/web/requests", json=service_request(), headers={"Authorization": f"Bearer {key}"}
+    )
+    answer = await resp.json()
+    by_partner = {f["partner"]: f for f in answer["delivery"]["fulfillments"]}
+    # someone listens: the partners answer pending and notify the listener paths later
+    assert by_partner["fieldservice"]["data"]["appointment_status"] == "initialized"
+    assert by_partner["supplier"]["data"]["state"] == "accepted"
+    await eventually(async_len(lambda: rows(hub, outbox.c.status == "confirmed"), 2))
+    # each notification taken, with the listener's 201 (after a 404 when it came before the hub
+    # had written down the answer that named the request: the partner retries)
+    last = {n["eventId"]: status for status, n in field.callbacks_sent + stock.callbacks_sent}
+    assert set(last.values()) == {201}
+    assert {n["eventType"] for _, n in stock.callbacks_sent} == {"CheckProductStockStateChangeEvent"}
+
+    # the firm withdraws the booking: the view shows it withdrawn, not booked
+    appt_id = by_partner["fieldservice"]["data"]["appointment_id"]
+    field.delete(appt_id)
+    await eventually(async_len(lambda: rows(hub, outbox.c.status == "rejected"), 1))
+    view = await hub.view("email:ann@example.com")
+    visit = next(f for f in view.sections["fulfillments"] if f["partner"] == "fieldservice")
+    assert visit["status"] == "rejected" and visit["data"]["appointment_status"] == "deleted"
+    for sim, protocol in ((field, "tmf646"), (stock, "tmf687")):
+        for definition, message in sim.sent:
+            assert_conforms(protocol, definition, message)
+
+    # stopping the hub unregisters (DELETE {url}/hub/{id})
+    await client.close()
+    assert field.listeners == {} and stock.listeners == {}
+
+
+async def create_key_for(hub: Hub, scope: str) -> str:
+    from prm_core.keys import create_key
+
+    key, _ = await create_key(hub.store, scope)
+    return key
+
+
+async def test_spec_breaking_or_unknown_notifications_at_the_listener(hub_client, make_key, field, stock):
+    answer = await _ask(hub_client, make_key)
+    check = next(f for f in answer["delivery"]["fulfillments"] if f["partner"] == "supplier")
+    hub = hub_client.app[__import__("prm_core.server.state", fromlist=["HUB"]).HUB]
+    await eventually(async_len(lambda: rows(hub, outbox.c.status == "confirmed"), 2))
+    url = "/v1/partners/supplier/listener/checkProductStockStateChangeEvent"
+
+    async def post(path: str, body: dict[str, Any]) -> Any:
+        text = json.dumps(body)
+        return await hub_client.post(path, data=text, headers=sign_headers(stock.secret, text))
+
+    # the spec's accepted state, without the optional eventType: 201, as the spec's listener answers
+    accepted = {"event": {"checkProductStock": {"id": check["data"]["partner_ref"], "state": "inProgress"}}}
+    resp = await post(url, accepted)
+    assert resp.status == 201 and (await resp.json())["status"] == "pending"
+    # a state outside TaskStateType: 422 naming the field; the request is marked for attention
+    bad = {"event": {"checkProductStock": {"id": check["data"]["partner_ref"], "state": "finished"}}}
+    resp = await post(url, bad)
+    assert resp.status == 422
+    assert (await resp.json())["error"]["field"] == "event.checkProductStock.state"
+    (row,) = await rows(hub, outbox.c.partner == "supplier")
+    assert row.result["attention"]["field"] == "event.checkProductStock.state"
+    # an event type this hub does not act on: answered, logged, and the request unchanged
+    resp = await post("/v1/partners/supplier/listener/productStockCreateEvent", {"event": {"productStock": {}}})
+    assert resp.status == 201 and (await resp.json())["ignored"] is True
+    (after,) = await rows(hub, outbox.c.partner == "supplier")
+    assert after.status == row.status
+    # an eventType that is not the listener's is refused
+    resp = await post(url, {**accepted, "eventType": "ReserveProductStockStateChangeEvent"})
+    assert resp.status == 422 and (await resp.json())["error"]["field"] == "eventType"
+    # unsigned: 401, and the answer says why
+    resp = await hub_client.post(url, json=accepted)
+    assert resp.status == 401 and "signed" in (await resp.json())["error"]["message"]
+    assert (await post("/v1/partners/supplier/listener/not-an-event", accepted)).status == 404
+
+
+# ---- several field-service firms ---------------------------------------------------------------------
+
+
+def test_firms_are_chosen_by_region_skill_and_tier_cheapest_first():
+    from prm_partner.failover import choose_firms
+    from prm_partner.settings import partner_settings
+
+    def firm(**terms: Any) -> dict[str, Any]:
+        return {"role": "field_service", "protocol": "tmf646", "url": "http://x", "secret": new_secret(), **terms}
+
+    config = Config(
+        raw={
+            "partners": {
+                "anyfix": firm(price=120),
+                "northfix": firm(regions=["north"], price=90),
+                "southfix": firm(regions=["south"], price=50),
+                "premium": firm(tiers=["platinum"], skills=["fridges"], price=10),
+                "unpriced": firm(),
+            }
+        }
+    )
+    firms = [s for s in partner_settings(config).values()]
+    names = lambda **k: [f.name for f in choose_firms(firms, **k)]  # noqa: E731
+    assert names(region="north", skill=None, tier="gold") == ["northfix", "anyfix", "unpriced"]
+    assert names(region="south", skill="fridges", tier="platinum") == ["premium", "southfix", "anyfix", "unpriced"]
+    assert names(region=None, skill="washers", tier=None) == ["anyfix", "unpriced"]
+    with pytest.raises(Exception, match=r"\[partners.bad\].price"):
+        partner_settings(Config(raw={"partners": {"bad": firm(price="cheap")}}))
+    with pytest.raises(Exception, match=r"\[partners.bad\].regions"):
+        partner_settings(Config(raw={"partners": {"bad": firm(regions="north")}}))
+
+
+@pytest.fixture
+async def backup() -> Any:
+    sim = AppointmentSimulator(new_secret(), latency_ms=20)
+    await sim.serve()
+    yield sim
+    await sim.stop()
+
+
+def two_firms(database_url: str, field: Any, stock: Any, backup: Any) -> Config:
+    config = partners_config(database_url, field, stock)
+    raw = dict(config.raw)
+    raw["partners"] = {
+        **raw["partners"],
+        "fieldservice": {**raw["partners"]["fieldservice"], "regions": ["north"], "price": 90, "timeout_ms": 400},
+        "backupfirm": {
+            "role": "field_service",
+            "protocol": "tmf646",
+            "url": backup.url,
+            "secret": backup.secret,
+            "timeout_ms": 400,
+            "price": 120,
+            "register_listener": False,
+        },
+    }
+    raw["touchpoints"] = {"web": {"budget_ms": 3000}}
+    return evolve(config, raw=raw)
+
+
+async def northern_ann(hub: Hub) -> None:
+    cid = await platinum_ann(hub)
+    await hub.update_customer(cid, {"traits": {"region": "north"}})
+
+
+@pytest.mark.parametrize("trouble", ["down", "slow", "refuses", "no slot"])
+async def test_the_next_firm_takes_the_visit_when_the_first_cannot_within_the_budget(
+    database_url, field, stock, backup, trouble
+):
+    if trouble == "down":
+        field.down, field.retry_after_s = True, 3600
+    elif trouble == "slow":
+        field.latency_s = 2.0  # past its 400 ms timeout
+    elif trouble == "refuses":
+        field.refuse = True  # 409: its final no
+    else:
+        field.technicians = 0  # answers failed: no slot in the window
+    async with Hub.open(two_firms(database_url, field, stock, backup)) as hub:
+        await northern_ann(hub)
+        (request,) = hub.parse_events(service_request(), "web")
+        answer = await hub.request(request)
+        assert answer.delivery.degraded == ()
+        visit = next(f for f in answer.delivery.fulfillments if f.partner == "fieldservice")
+        # the answer says which firm took the job, and which was passed over
+        assert visit.status == "confirmed"
+        assert (visit.data["firm"], visit.data["tried"]) == ("backupfirm", ["fieldservice"])
+        assert backup.delivered == 1 and backup.bodies[0]["relatedParty"][0]["name"] == "Ann Lee"
+        assert "_failover" not in backup.bodies[0] and "backupfirm" not in json.dumps(backup.bodies[0])
+        view = await hub.view("email:ann@example.com")
+        listed = next(f for f in view.sections["fulfillments"] if f["role"] == "field_service")
+        assert listed["data"]["firm"] == "backupfirm" and listed["status"] == "confirmed"
+
+
+async def test_the_first_firm_keeps_the_job_when_it_can_and_only_the_firm_that_took_it_can_update_it(
+    database_url, field, stock, backup
+):
+    async with Hub.open(two_firms(database_url, field, stock, backup)) as hub:
+        await northern_ann(hub)
+        (request,) = hub.parse_events(service_request(), "web")
+        answer = await hub.request(request)
+        visit = next(f for f in answer.delivery.fulfillments if f.partner == "fieldservice")
+        assert visit.data["firm"] == "fieldservice" and "tried" not in visit.data
+        assert backup.calls == 0
+        # a customer in a region the first firm does not cover goes to the other one directly
+        await hub.update_customer("email:ann@example.com", {"traits": {"region": "south"}})
+        (south,) = hub.parse_events(service_request("sr-south"), "web")
+        answer = await hub.request(south)
+        visit = next(f for f in answer.delivery.fulfillments if f.partner != "supplier")
+        assert (visit.partner, visit.data["firm"]) == ("backupfirm", "backupfirm")
+    assert backup.delivered == 1
+
+
+@pytest.mark.parametrize("hub_config", ["failover"], indirect=True)
+async def test_a_notification_from_the_firm_that_took_over_applies_and_one_from_the_passed_over_firm_does_not(
+    hub_client, make_key, field, backup
+):
+    from prm_core.server.state import HUB
+
+    field.down, field.retry_after_s = True, 3600
+    hub = hub_client.app[HUB]
+    await northern_ann(hub)
+    answer = await _ask(hub_client, make_key)
+    visit = next(f for f in answer["delivery"]["fulfillments"] if f["partner"] == "fieldservice")
+    assert visit["data"]["firm"] == "backupfirm"
+    (booking,) = backup.bodies
+    appt = {"id": visit["data"]["appointment_id"], "externalId": booking["externalId"], "validFor": {}}
+
+    async def notify(sim: Any, partner: str, status: str) -> Any:
+        text = json.dumps({"event": {"appointment": {**appt, "status": status}}})
+        url = f"/v1/partners/{partner}/listener/appointmentStateChangeEvent"
+        return await hub_client.post(url, data=text, headers=sign_headers(sim.secret, text))
+
+    passed_over = await notify(field, "fieldservice", "cancelled")
+    assert passed_over.status == 201 and (await passed_over.json())["ignored"] is True
+    taken = await notify(backup, "backupfirm", "completed")
+    assert taken.status == 201 and (await taken.json())["status"] == "completed"
+    (row,) = await rows(hub, outbox.c.role == "field_service")
+    assert (row.partner, row.status, row.result["firm"]) == ("fieldservice", "completed", "backupfirm")
+    # a status outside AppointmentStateType from the firm that took it: 422, and the request is marked
+    bad = await notify(backup, "backupfirm", "booked")
+    assert bad.status == 422 and (await bad.json())["error"]["field"] == "event.appointment.status"
+    (row,) = await rows(hub, outbox.c.role == "field_service")
+    assert (row.status, row.result["attention"]["field"]) == ("completed", "event.appointment.status")
+
+
+@pytest.fixture
+def failover_config(database_url, field, stock, backup) -> Config:
+    return two_firms(database_url, field, stock, backup)
+
+
+async def test_when_every_firm_says_no_the_visit_is_rejected_and_when_all_are_down_it_waits(
+    database_url, field, stock, backup
+):
+    field.refuse = backup.refuse = True
+    async with Hub.open(two_firms(database_url, field, stock, backup)) as hub:
+        await northern_ann(hub)
+        (request,) = hub.parse_events(service_request(), "web")
+        answer = await hub.request(request)
+        visit = next(f for f in answer.delivery.fulfillments if f.partner == "fieldservice")
+        assert visit.status == "rejected"
+        assert (visit.data["http_status"], visit.data["tried"]) == (409, ["fieldservice", "backupfirm"])
+        field.refuse = backup.refuse = False
+        field.down = backup.down = True
+        field.retry_after_s = backup.retry_after_s = 0
+        (again,) = hub.parse_events(service_request("sr-down"), "web")
+        answer = await hub.request(again)
+        # nobody took it, someone may later: the turn names the firm, the outbox asks the chain again
+        assert answer.delivery.degraded == ("partner:fieldservice",)
+        await eventually(lambda: field.outage_answers >= 2 and backup.outage_answers >= 2)
+        backup.down = False
+        (row,) = await eventually(lambda: rows(hub, outbox.c.status == "confirmed", outbox.c.role == "field_service"))
+        assert row.result["firm"] == "backupfirm"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [b'{"status": "confirmed", "data": {"slot": 1e400}}', b'{"status": "confirmed", "data": {"slot": "\\ud800"}}',
+     b'{"status": "confirmed", "data": {"slot": "a\\u0000"}}', b'{"status": "confirmed", "data": {"n": 1' + b"0" * 5000
+     + b"}}"],
+    ids=["past_a_double", "lone_surrogate", "nul", "huge_int"],
+)  # fmt: skip
+async def test_an_answer_no_store_keeps_is_taken_as_no_body(database_url, aiohttp_client, pushes, field, stock, answer):
+    """What the hub's JSON loader refuses from a caller, it refuses from a partner's answer: else
+    it would be stored with the result (PostgreSQL refuses it; SQLite keeps what its readers fail on)."""
+
+    async def notify(request: web.Request) -> web.Response:
+        return web.Response(body=answer, status=200, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/notify", notify)
+    notifier = await aiohttp_client(app)
+    config = partners_config(database_url, field, stock)
+    raw = dict(config.raw)
+    raw["partners"] = {
+        "notifier": {"role": "field_service", "protocol": "cloudevents", "url": str(notifier.make_url("/notify")),
+                     "secret": new_secret()}
+    }  # fmt: skip
+    async with Hub.open(evolve(config, raw=raw), plugins=[pushes]) as hub:
+        await platinum_ann(hub)
+        (request,) = hub.parse_events(service_request(), "web")
+        (result,) = (await hub.request(request)).delivery.fulfillments
+        assert result.status == "confirmed" and result.data == {}
+        (row,) = await rows(hub, outbox.c.partner == "notifier")
+        assert (row.status, row.result) == ("confirmed", {})
+        assert (await hub.view("email:ann@example.com")).sections["fulfillments"]

@@ -1,14 +1,18 @@
 """Hardening against bad input: hypothesis throws generated JSON at the public write endpoints
 (the core event and request routes, consent events among them, Segment, Snowplow, the admin
 consent and customer routes) and checks every answer is a success or a 4xx, never a 5xx,
-and that a refused call wrote nothing (no half-writes)."""
+and that a refused call wrote nothing (no half-writes). Then what no store can keep (a lone
+surrogate, a NUL, a number past a double or 4,300 digits, a time out of bounds), planted
+anywhere: a 4xx naming the field, and nothing written."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -164,6 +168,25 @@ class Probe:
         if status >= 400:
             assert self.counts() == before, f"{method} {path} refused {body!r} ({status}) but wrote"
 
+    def refuse(self, method: str, path: str, raw: bytes, scope: str | None, field: str, *, basic: bool = False) -> None:
+        """``raw`` is refused with a 4xx JSON error naming ``field``, and nothing is written."""
+        headers = {"Content-Type": "application/json"}
+        if scope is not None:
+            key = self.keys[scope]
+            headers["Authorization"] = (
+                "Basic " + base64.b64encode(f"{key}:".encode()).decode() if basic else f"Bearer {key}"
+            )
+
+        async def go() -> tuple[int, str]:
+            resp = await self.client.request(method, path, data=raw, headers=headers)
+            return resp.status, await resp.text()
+
+        before = self.counts()
+        status, text = self.loop.run_until_complete(go())
+        assert 400 <= status < 500, f"{method} {path} answered {status} to {raw[:200]!r}: {text[:300]}"
+        assert json.loads(text)["error"]["field"] == field, text
+        assert self.counts() == before, f"{method} {path} refused {raw[:200]!r} ({status}) but wrote"
+
     def close(self) -> None:
         self.loop.run_until_complete(self.client.close())
         self.loop.close()
@@ -220,3 +243,170 @@ def test_admin_consents(probe, body):
 @given(body=json_values)
 def test_admin_patch(probe, body):
     probe.check("PATCH", "/v1/customers/user_id:u-1", body, "admin")
+
+
+# ---- what no store can keep, anywhere a string or number goes: a 4xx naming the field ----------
+
+# a lone surrogate or a NUL somewhere in otherwise ordinary text
+poison_text = st.builds(
+    lambda head, bad, tail: head + bad + tail,
+    st.text(max_size=6),
+    st.one_of(st.characters(categories=["Cs"]), st.just("\x00")),
+    st.text(max_size=6),
+)
+# numbers Python reads as inf, or past its 4,300-digit conversion limit
+poison_numbers = st.sampled_from([b"1e400", b"-1E+309", b"12.5e9999", b"1" + b"0" * 4301, b"-" + b"9" * 5000])
+core_fields = st.sampled_from(["id", "type", "dialogue", "identities.email", "identities.user_id", "data.note", "data"])
+
+
+def place(body: dict[str, Any], field: str, value: Any) -> dict[str, Any]:
+    """``body`` with ``value`` at the dotted ``field`` (``data`` alone: as a key of data)."""
+    body = json.loads(json.dumps(body))
+    if field == "data":
+        body["data"] = {value: 1}
+        return body
+    *parents, last = field.split(".")
+    target = body
+    for name in parents:
+        target = target.setdefault(name, {})
+    target[last] = value
+    return body
+
+
+def raw_with(body: dict[str, Any], field: str, number: bytes) -> bytes:
+    return json.dumps(place(body, field, "@@")).encode().replace(b'"@@"', number)
+
+
+BASE = {"id": "p1", "type": "page", "occurred_at": "2026-11-23T08:00:00Z", "identities": {"user_id": "u-p"}}
+TRACK = {"userId": "u-p", "event": "Clicked", "messageId": "m-p", "properties": {"a": 1}}
+SP = {"e": "pv", "eid": "sp-p", "aid": "shop", "duid": "dev-p", "url": "https://shop.example.com/"}
+PAYLOAD = "iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-4"
+
+
+@FUZZ
+@given(field=core_fields, text=poison_text, batch=st.booleans())
+def test_core_names_a_surrogate_or_nul_wherever_it_is(probe, field, text, batch):
+    body = place(BASE, field, text)
+    expected = "data" if field == "data" else field
+    if batch:
+        body, expected = {"events": [body]}, f"events[0].{expected}"
+    probe.refuse("POST", "/v1/touchpoints/web/events", json.dumps(body).encode(), "touchpoint:web", expected)
+
+
+@FUZZ
+@given(field=st.sampled_from(["data.n", "data.list", "identities.x", "n"]), number=poison_numbers)
+def test_core_names_a_number_past_a_double_or_too_long(probe, field, number):
+    probe.refuse("POST", "/v1/touchpoints/web/requests", raw_with(BASE, field, number), "touchpoint:web", field)
+
+
+@FUZZ
+@given(field=st.sampled_from(["userId", "anonymousId", "messageId", "event", "properties.a", "context.ip"]),
+       text=poison_text, number=poison_numbers, as_number=st.booleans())  # fmt: skip
+def test_segment_names_what_no_store_keeps(probe, field, text, number, as_number):
+    raw = raw_with(TRACK, field, number) if as_number else json.dumps(place(TRACK, field, text)).encode()
+    probe.refuse("POST", "/v1/track", raw, "touchpoint:web", field, basic=True)
+
+
+@FUZZ
+@given(field=st.sampled_from(["eid", "duid", "uid", "sid", "url", "se_la"]), text=poison_text)
+def test_snowplow_names_what_no_store_keeps(probe, field, text):
+    body = {"schema": PAYLOAD, "data": [{**SP, field: text}]}
+    probe.refuse("POST", TP2, json.dumps(body).encode(), None, f"data[0].{field}")
+
+
+@FUZZ
+@given(number=poison_numbers, encoded=st.booleans())
+def test_snowplow_names_a_number_inside_a_self_describing_event(probe, number, encoded):
+    inner = json.dumps({"schema": "iglu:com.snowplowanalytics.snowplow/unstruct_event/jsonschema/1-0-0",
+                        "data": {"schema": "iglu:com.acme/signup/jsonschema/1-0-0", "data": {"n": "@@"}}})  # fmt: skip
+    inner = inner.replace('"@@"', number.decode())
+    key = "ue_px" if encoded else "ue_pr"
+    value = base64.urlsafe_b64encode(inner.encode()).decode().rstrip("=") if encoded else inner
+    body = {"schema": PAYLOAD, "data": [{**SP, "e": "ue", key: value}]}
+    probe.refuse("POST", TP2, json.dumps(body).encode(), None, f"data[0].{key}.data.data.n")
+
+
+bad_times = st.one_of(
+    st.datetimes(max_value=datetime(1899, 12, 31), timezones=st.just(UTC)).map(lambda d: d.isoformat()),
+    st.datetimes(min_value=datetime(2100, 1, 1), timezones=st.just(UTC)).map(lambda d: d.isoformat()),
+    st.sampled_from(["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00", "20261123T080000Z",
+                     "2026-W48-1T08:00Z", "2026-11-23T08:00:00"]),
+)  # fmt: skip
+
+
+@FUZZ
+@given(when=bad_times, key=st.sampled_from(["occurred_at", "sent_at"]), route=st.sampled_from(["events", "requests"]))
+def test_core_names_a_time_out_of_bounds(probe, when, key, route):
+    raw = json.dumps({**BASE, key: when}).encode()
+    probe.refuse("POST", f"/v1/touchpoints/web/{route}", raw, "touchpoint:web", key)
+
+
+@FUZZ
+@given(when=bad_times, key=st.sampled_from(["timestamp", "sentAt"]))
+def test_segment_names_a_time_out_of_bounds(probe, when, key):
+    body = {"batch": [{**TRACK, "type": "track", "timestamp": "2026-11-23T08:00:00Z"}]}
+    if key == "sentAt":
+        body["sentAt"], field = when, "sentAt"
+    else:
+        body["batch"][0]["timestamp"], field = when, "batch[0].timestamp"
+    probe.refuse("POST", "/v1/batch", json.dumps(body).encode(), "touchpoint:web", field, basic=True)
+
+
+@FUZZ
+@given(
+    millis=st.one_of(st.integers(-(2**62), -2208988800001), st.integers(int(datetime(2100, 1, 1).timestamp() * 1000))),
+    key=st.sampled_from(["ttm", "dtm"]),
+)
+def test_snowplow_names_a_time_out_of_bounds(probe, millis, key):
+    body = {"schema": PAYLOAD, "data": [{**SP, key: str(millis)}]}
+    probe.refuse("POST", TP2, json.dumps(body).encode(), None, f"data[0].{key}")
+
+
+# bodies that are not JSON at all, under any content type: a 4xx, nothing written
+
+
+def is_json(raw: bytes) -> bool:
+    try:
+        json.loads(raw)
+    except ValueError:
+        return False
+    return True
+
+
+not_json = st.one_of(
+    st.just(b'--b\r\nContent-Disposition: form-data; name="id"\r\n\r\nx\r\n--b--\r\n'),
+    st.dictionaries(st.text(max_size=8), st.text(max_size=8), min_size=1, max_size=3).map(
+        lambda d: "&".join(f"{k}={v}" for k, v in d.items()).encode()
+    ),
+    st.just(b"<?xml version='1.0'?><event/>"),
+    st.binary(max_size=40).filter(lambda b: not is_json(b)),
+)
+content_types = st.sampled_from(
+    ["multipart/form-data; boundary=b", "application/x-www-form-urlencoded", "text/plain", "application/json", ""]
+)
+routes = st.sampled_from(
+    [("POST", "/v1/touchpoints/web/events", "touchpoint:web"),
+     ("POST", "/v1/touchpoints/web/requests", "touchpoint:web"), ("POST", "/v1/batch", "segment"), ("POST", TP2, None),
+     ("PUT", "/v1/customers/user_id:u-1/consents", "admin"), ("PATCH", "/v1/customers/user_id:u-1", "admin")]
+)  # fmt: skip
+
+
+@FUZZ
+@given(raw=not_json, content_type=content_types, route=routes)
+def test_what_is_not_json_is_a_4xx_whatever_its_content_type(probe, raw, content_type, route):
+    method, path, scope = route
+    headers = {"Content-Type": content_type} if content_type else {}
+    if scope == "segment":
+        headers["Authorization"] = "Basic " + base64.b64encode(f"{probe.keys['touchpoint:web']}:".encode()).decode()
+    elif scope is not None:
+        headers["Authorization"] = f"Bearer {probe.keys[scope]}"
+
+    async def go() -> tuple[int, str]:
+        resp = await probe.client.request(method, path, data=raw, headers=headers)
+        return resp.status, await resp.text()
+
+    before = probe.counts()
+    status, text = probe.loop.run_until_complete(go())
+    assert 400 <= status < 500, f"{method} {path} answered {status} to {raw!r} ({content_type}): {text[:300]}"
+    assert json.loads(text)["error"]["code"]
+    assert probe.counts() == before

@@ -43,7 +43,9 @@ def with_hub(fn: Callable[[Hub], Awaitable[T]]) -> T:
     """Run ``fn`` against a hub on a database of its own, in an event loop of its own."""
 
     async def main(directory: str) -> T:
-        config = Config(database_url=f"sqlite:///{Path(directory) / 'prm.db'}")
+        # these properties are about linking itself: no namespace is limited (identity_rules)
+        rules = {"user_id": {"limit": 0}}
+        config = Config(database_url=f"sqlite:///{Path(directory) / 'prm.db'}", raw={"identity": {"rules": rules}})
         async with Hub.open(config, plugins=[KioskPlugin()], autoload=True) as hub:
             return await fn(hub)
 

@@ -114,10 +114,10 @@ def test_totals_add_up_sales_returns_and_voids():
 
 def test_totals_of_two_customers_add():
     a = PurchaseTotals(2, 1, Decimal("50"), {"EUR": Decimal("50")}, Counter({"Shoes": 2}), T0)
-    b = PurchaseTotals(1, 0, Decimal("5"), {"EUR": Decimal("2"), "USD": Decimal("3")}, Counter({"Hats": 1}), None)
+    b = PurchaseTotals(1, 2, Decimal("5"), {"EUR": Decimal("2"), "USD": Decimal("3")}, Counter({"Hats": 1}), None)
     a.add(b)
     assert a == PurchaseTotals(
-        3, 1, Decimal("55"), {"EUR": Decimal("52"), "USD": Decimal("3")}, Counter({"Shoes": 2, "Hats": 1}), T0
+        3, 3, Decimal("55"), {"EUR": Decimal("52"), "USD": Decimal("3")}, Counter({"Shoes": 2, "Hats": 1}), T0
     )
     later = PurchaseTotals(last_purchase=T0 + timedelta(days=1))
     b.add(later)

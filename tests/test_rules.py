@@ -64,6 +64,8 @@ def test_a_rule_may_be_2000_characters_long_and_no_longer():
         ("event_count >=", "syntax error in 'event_count >='"),
         ("event_count >= >= 3", "syntax error near '>=' in 'event_count >= >= 3'"),
         ("event_count > 'many'", "EvaluationError"),
+        # one spelling for a trait, the one rule-engine keeps: traits['vip']
+        ("traits.vip == true", "use mapping['vip'] instead"),
     ],
 )
 def test_a_bad_rule_is_refused_naming_where_it_is(text, message):
@@ -95,10 +97,11 @@ PER_EVENT = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(EVENT_NAMES))
+@pytest.mark.parametrize("name", sorted(PER_EVENT))
 async def test_a_tier_rule_over_a_per_event_figure_is_evaluated_on_every_event(database_url, frozen_clock, name):
     text, steps = PER_EVENT[name]
     assert name in rule(text).names
+    assert name in EVENT_NAMES
     config = Config(database_url=database_url, raw={"tiers": {"rules": {"t": text}}})
     async with Hub.open(config) as hub:
         for n, (touchpoint, days) in enumerate(steps):

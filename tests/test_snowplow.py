@@ -494,11 +494,23 @@ async def test_a_bad_key_is_refused(hub_client, make_key):
     ("body", "status", "field"),
     [
         (b'{"schema": "%s", "data": [{"e": "pv", "eid": "n", "aid": "shop", "duid": "d", "se_va": NaN}]}', 400, None),
-        (json.dumps(payload(sp_event("n", page="a\x00b"))).encode(), 422, None),
+        (json.dumps(payload(sp_event("n", page="a\x00b"))).encode(), 422, "data[0].page"),
         (json.dumps(payload(sp_event("n", e="ue", ue_pr='{"schema": "iglu:a/b/c/1", "data": NaN}'))).encode(), 400,
          "data[0].ue_pr"),
         (json.dumps(payload(sp_event("n", e="ue", ue_px=b64({"schema": UNSTRUCT, "data": {"schema": SIGNUP,
-         "data": {"x": "a\x00"}}})))).encode(), 400, "data[0].ue_px"),
+         "data": {"x": "a\x00"}}})))).encode(), 422, "data[0].ue_px.data.data.x"),
+        # a number past a double: json.loads reads it as inf, which SQLite would store as Infinity
+        (json.dumps(payload(sp_event("n", e="ue", ue_pr=json.dumps({"schema": UNSTRUCT, "data": {"schema": SIGNUP,
+         "data": {"n": 1}}}).replace("1}", "1e400}")))).encode(), 422, "data[0].ue_pr.data.data.n"),
+        (json.dumps(payload(sp_event("n", e="ue", ue_px=base64.urlsafe_b64encode(json.dumps({"schema": UNSTRUCT,
+         "data": {"schema": SIGNUP, "data": {"n": 1}}}).replace("1}", "1" * 5000 + "}").encode()).decode()))).encode(),
+         422, "data[0].ue_px.data.data.n"),
+        (json.dumps(payload(sp_event("n", e="ue", ue_pr='{"schema": "iglu:a/b/c/1", "data": {"k": "\\ud800"}}'))
+         ).encode(), 422, "data[0].ue_pr.data.k"),
+        (b'{"schema": "%s", "data": [{"e": "pv", "eid": "\\udc00", "aid": "shop", "duid": "d"}]}', 422,
+         "data[0].eid"),
+        (b'{"schema": "%s", "data": [{"e": "pv", "eid": "n", "aid": "shop", "duid": "d\\ud800"}]}', 422,
+         "data[0].duid"),
     ],
 )  # fmt: skip
 async def test_what_the_store_cannot_keep_is_refused(hub_client, body, status, field):
@@ -554,3 +566,26 @@ class TestKeylessRateLimit:
         assert [str(item) for item in limits.keyless] == [str(i) for i in parse_many(DEFAULT_KEYLESS_RATE_LIMIT)]
         off = {"server": {"rate_limit_public": "off", "rate_limit_keyless": "off"}}
         assert RATE_LIMITS not in create_app(Config(raw=off))
+
+
+async def test_a_tracker_cannot_plant_a_value_that_blocks_every_erasure(hub_client, make_key):
+    """``1e400`` reads as inf, which SQLite stored as ``Infinity`` and its JSON functions then
+    refused, failing the erasure of every customer: refused at the door, erasure goes on."""
+    web, admin = await make_key("touchpoint:web"), await make_key("admin")
+    planted = json.dumps({"schema": UNSTRUCT, "data": {"schema": SIGNUP, "data": {"n": 1}}}).replace("1}", "1e400}")
+    resp = await hub_client.post(
+        TP2, json=payload(sp_event("plant", e="ue", ue_pr=planted)), headers={"Origin": ORIGIN}
+    )
+    assert resp.status == 422, await resp.text()
+    assert (await resp.json())["error"]["field"] == "data[0].ue_pr.data.data.n"
+    assert resp.headers["Access-Control-Allow-Origin"] == ORIGIN  # a browser tracker reads why
+    assert await stored_count(hub_client) == 0
+    ann = {
+        "id": "a1",
+        "type": "page",
+        "occurred_at": "2026-11-23T08:00:00Z",
+        "identities": {"email": "ann@example.com"},
+    }
+    assert (await hub_client.post("/v1/touchpoints/web/events", json=ann, headers=bearer(web))).status == 200
+    erased = await hub_client.delete("/v1/customers/email:ann@example.com", headers=bearer(admin))
+    assert erased.status == 200, await erased.text()

@@ -232,6 +232,7 @@ class Probe:
                     "url": "http://127.0.0.1:9/tmf-api/appointment/v4",  # never called here
                     "secret": PARTNER_SECRET,
                     "timeout_ms": 500,
+                    "register_listener": False,
                 }
             },
         }
@@ -353,6 +354,9 @@ def test_partner_callbacks(probe: Probe, body: Any, msg_id: str) -> None:
         "Content-Type": "application/json",
     }
     probe.check("/v1/partners/fieldservice/callbacks", raw.encode(), headers)
+    headers["webhook-id"] = f"msg_l{msg_id}"
+    headers["webhook-signature"] = Webhook(PARTNER_SECRET).sign(headers["webhook-id"], now, raw)
+    probe.check("/v1/partners/fieldservice/listener/appointmentStateChangeEvent", raw.encode(), headers)
 
 
 # ---- POSLog: mutations of a real day's file ---------------------------------------------------
@@ -382,3 +386,216 @@ def test_poslog_import_imports_or_names_what_is_wrong(database_url: str, tmp_pat
         asyncio.run(import_events(config, path, "pos"))
     except InvalidInput as exc:
         assert str(exc)  # refused, naming the record or the problem
+
+
+# ---- what no store can keep: every parser refuses it with a 4xx naming it, and writes nothing ---
+
+# the raw JSON no serializer writes: numbers past a double or 4,300 digits, lone surrogates, NUL,
+# NaN, nesting past the limit (40 levels) and far past the parser's recursion (100,000)
+hostile_fragments = st.sampled_from(
+    [b"1e400", b"-2.5E+308", b"1" + b"0" * 4301, b'"x\\ud800"', b'"\\udfffx"', b'"a\\u0000b"', b"NaN",
+     b"[" * 40 + b"]" * 40, b'{"a":' * 100_000 + b"1" + b"}" * 100_000]
+)  # fmt: skip
+SENTINEL = "\x00planted"
+
+
+def plant(body: Any, key: str, fragment: bytes) -> bytes:
+    """``body`` with ``fragment`` as the value of ``key`` (of the body, or of its first list's object)."""
+    if isinstance(body, dict):
+        target = body
+        for value in body.values():
+            if key.startswith("[]") and isinstance(value, list) and value and isinstance(value[0], dict):
+                target = value[0]
+                break
+        target[key.removeprefix("[]")] = SENTINEL
+    else:
+        body = [body, SENTINEL]
+    raw = _json(body)
+    assert raw.count(json.dumps(SENTINEL).encode()) == 1
+    return raw.replace(json.dumps(SENTINEL).encode(), fragment)
+
+
+def refused(probe: Probe, path: str, raw: bytes, headers: dict[str, str]) -> None:
+    before = probe.counts()
+    status, text = probe.send(path, raw, headers)
+    assert status in (400, 422), f"POST {path} answered {status} to {raw[:200]!r}: {text[:300]}"
+    assert json.loads(text)["error"]["code"] in ("malformed_json", "invalid", "too_deep")
+    assert probe.counts() == before
+
+
+keys = st.sampled_from(["id", "type", "occurred_at", "data", "identities", "x", "[]description", "[]amount"])
+
+
+@FUZZ
+@given(body=st.one_of(cti_events, json_values), key=keys, fragment=hostile_fragments)
+def test_cti_refuses_what_no_store_keeps(probe: Probe, body: Any, key: str, fragment: bytes) -> None:
+    headers = {"Authorization": f"Bearer {probe.keys['touchpoint:callcenter']}", "Content-Type": "application/json"}
+    refused(probe, "/v1/touchpoints/callcenter/events", plant(body, key, fragment), headers)
+
+
+@FUZZ
+@given(body=st.one_of(pos_transactions, json_values), key=keys, fragment=hostile_fragments)
+def test_pos_refuses_what_no_store_keeps(probe: Probe, body: Any, key: str, fragment: bytes) -> None:
+    headers = {"Authorization": f"Bearer {probe.keys['touchpoint:pos']}", "Content-Type": "application/json"}
+    refused(probe, "/v1/touchpoints/pos/transactions", plant(body, key, fragment), headers)
+
+
+@FUZZ
+@given(
+    body=st.one_of(shopify_orders, json_values),
+    key=keys,
+    fragment=hostile_fragments,
+    topic=st.sampled_from(["orders/create", "orders/paid", "refunds/create"]),
+    delivery=st.uuids().map(str),
+)
+def test_shopify_refuses_what_no_store_keeps(
+    probe: Probe, body: Any, key: str, fragment: bytes, topic: str, delivery: str
+) -> None:
+    raw = plant(body, key, fragment)
+    digest = base64.b64encode(hmac.new(SHOPIFY_SECRET.encode(), raw, hashlib.sha256).digest()).decode()
+    headers = {"X-Shopify-Hmac-Sha256": digest, "X-Shopify-Topic": topic, "X-Shopify-Webhook-Id": delivery}
+    refused(probe, "/v1/touchpoints/pos/shopify/orders", raw, headers)
+
+
+@FUZZ
+@given(body=st.one_of(square_events, json_values), key=keys, fragment=hostile_fragments)
+def test_square_refuses_what_no_store_keeps(probe: Probe, body: Any, key: str, fragment: bytes) -> None:
+    path = "/v1/touchpoints/pos/square/webhooks"
+    raw = plant(body, key, fragment)
+    digest = base64.b64encode(hmac.new(SQUARE_KEY.encode(), (PUBLIC + path).encode() + raw, hashlib.sha256).digest())
+    refused(probe, path, raw, {"x-square-hmacsha256-signature": digest.decode()})
+
+
+@FUZZ
+@given(body=partner_callbacks, key=keys, fragment=hostile_fragments, msg_id=st.uuids().map(str))
+def test_partner_callbacks_refuse_what_no_store_keeps(
+    probe: Probe, body: Any, key: str, fragment: bytes, msg_id: str
+) -> None:
+    raw = plant(body, key, fragment)
+    now = datetime.now(UTC)
+    headers = {
+        "webhook-id": f"msg_{msg_id}",
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": Webhook(PARTNER_SECRET).sign(f"msg_{msg_id}", now, raw.decode()),
+    }
+    refused(probe, "/v1/partners/fieldservice/callbacks", raw, headers)
+
+
+@FUZZ
+@given(params=twilio_params, key=st.sampled_from(["CallSid", "From", "Digits", "x"]), fragment=hostile_fragments)
+def test_twilio_json_refuses_what_no_store_keeps(
+    probe: Probe, params: dict[str, str], key: str, fragment: bytes
+) -> None:
+    # Twilio signs a JSON body through the bodySHA256 parameter of the URL it calls
+    raw = plant(dict(params), key, fragment)
+    path = f"/v1/touchpoints/ivr/twilio/voice?bodySHA256={hashlib.sha256(raw).hexdigest()}"
+    signature = RequestValidator(TWILIO_TOKEN).compute_signature(PUBLIC + path, {})
+    refused(probe, path, raw, {"X-Twilio-Signature": signature, "Content-Type": "application/json"})
+
+
+# times no store keeps, or not RFC 3339: before 1900, over a day ahead, past year 1-9999 in UTC
+bad_times = st.one_of(
+    st.datetimes(max_value=datetime(1899, 12, 31), timezones=st.just(UTC)).map(lambda d: d.isoformat()),
+    st.datetimes(min_value=datetime(2100, 1, 1), timezones=st.just(UTC)).map(lambda d: d.isoformat()),
+    st.sampled_from(["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00", "20261123T080000Z",
+                     "2026-W48-1T08:00Z", "2026-11-23T08:00Z", "2026-11-23"]),
+)  # fmt: skip
+
+
+@FUZZ
+@given(when=bad_times, route=st.sampled_from(["cti", "pos", "shopify", "square"]), delivery=st.uuids().map(str))
+def test_times_out_of_bounds_are_a_422_naming_the_field(probe: Probe, when: str, route: str, delivery: str) -> None:
+    if route == "cti":
+        body = {"id": "c1", "type": "call.started", "occurred_at": when, "data": {"call_id": "k1"}}
+        path, field = "/v1/touchpoints/callcenter/events", "occurred_at"
+        headers = {"Authorization": f"Bearer {probe.keys['touchpoint:callcenter']}"}
+        raw = _json(body)
+    elif route == "pos":
+        body = {"transaction_type": "sale", "store_id": "S1", "workstation_id": "W1", "sequence_number": 1,
+                "business_day": "2026-11-23", "occurred_at": when, "currency": "EUR",
+                "line_items": [{"item_id": "A", "quantity": 1, "unit_price": "5.00", "extended_amount": "5.00"}],
+                "tax": "0", "total": "5.00", "tenders": [{"type": "cash", "amount": "5.00"}]}  # fmt: skip
+        path, field = "/v1/touchpoints/pos/transactions", "occurred_at"
+        headers = {"Authorization": f"Bearer {probe.keys['touchpoint:pos']}"}
+        raw = _json(body)
+    elif route == "shopify":
+        body = {"id": 1, "created_at": when, "currency": "USD", "total_price": "5.00", "email": "jo@example.com",
+                "line_items": [{"id": 2, "sku": "A", "title": "A", "quantity": 1, "price": "5.00"}]}  # fmt: skip
+        path, field, raw = "/v1/touchpoints/pos/shopify/orders", "created_at", _json(body)
+        digest = base64.b64encode(hmac.new(SHOPIFY_SECRET.encode(), raw, hashlib.sha256).digest()).decode()
+        headers = {
+            "X-Shopify-Hmac-Sha256": digest,
+            "X-Shopify-Topic": "orders/create",
+            "X-Shopify-Webhook-Id": delivery,
+        }
+    else:
+        money = {"amount": 500, "currency": "USD"}
+        payment = {"id": "p1", "created_at": when, "status": "COMPLETED", "amount_money": money,
+                   "total_money": money, "buyer_email_address": "jo@example.com"}  # fmt: skip
+        body = {"type": "payment.updated", "event_id": delivery, "created_at": "2026-11-23T14:31:11Z",
+                "data": {"type": "payment", "id": "p1", "object": {"payment": payment}}}  # fmt: skip
+        path, field, raw = "/v1/touchpoints/pos/square/webhooks", "payment.created_at", _json(body)
+        digest = base64.b64encode(
+            hmac.new(SQUARE_KEY.encode(), (PUBLIC + path).encode() + raw, hashlib.sha256).digest()
+        )
+        headers = {"x-square-hmacsha256-signature": digest.decode()}
+    before = probe.counts()
+    status, text = probe.send(path, raw, {**headers, "Content-Type": "application/json"})
+    assert status == 422, f"{route}: {status} {text[:300]}"
+    assert json.loads(text)["error"]["field"].endswith(field), text
+    assert probe.counts() == before
+
+
+# ---- bodies that are not JSON at all: multipart forms, form encoding, XML, under any content type --
+
+
+def is_json(raw: bytes) -> bool:
+    try:
+        json.loads(raw)
+    except ValueError:
+        return False
+    return True
+
+
+not_json = st.one_of(
+    st.just(b'--b\r\nContent-Disposition: form-data; name="id"\r\n\r\nx\r\n--b--\r\n'),
+    st.dictionaries(st.text(max_size=8), st.text(max_size=8), max_size=3).map(lambda d: urlencode(d).encode()),
+    st.just(b"<?xml version='1.0'?><order/>"),
+    st.binary(max_size=40).filter(lambda b: not is_json(b)),
+)
+content_types = st.sampled_from(
+    ["multipart/form-data; boundary=b", "application/x-www-form-urlencoded", "text/plain", "application/xml",
+     "application/json", ""]
+)  # fmt: skip
+
+
+@FUZZ
+@given(raw=not_json, content_type=content_types, route=st.sampled_from(["cti", "pos", "shopify", "square", "partner"]))
+def test_what_is_not_json_is_a_4xx_whatever_its_content_type(
+    probe: Probe, raw: bytes, content_type: str, route: str
+) -> None:
+    headers = {"Content-Type": content_type} if content_type else {}
+    if route in ("cti", "pos"):
+        scope = "touchpoint:callcenter" if route == "cti" else "touchpoint:pos"
+        path = "/v1/touchpoints/callcenter/events" if route == "cti" else "/v1/touchpoints/pos/transactions"
+        headers["Authorization"] = f"Bearer {probe.keys[scope]}"
+    elif route == "shopify":
+        path = "/v1/touchpoints/pos/shopify/orders"
+        digest = base64.b64encode(hmac.new(SHOPIFY_SECRET.encode(), raw, hashlib.sha256).digest()).decode()
+        headers.update({"X-Shopify-Hmac-Sha256": digest, "X-Shopify-Topic": "orders/create"})
+    elif route == "square":
+        path = "/v1/touchpoints/pos/square/webhooks"
+        digest = base64.b64encode(
+            hmac.new(SQUARE_KEY.encode(), (PUBLIC + path).encode() + raw, hashlib.sha256).digest()
+        )
+        headers["x-square-hmacsha256-signature"] = digest.decode()
+    else:
+        path, now = "/v1/partners/fieldservice/callbacks", datetime.now(UTC)
+        signature = Webhook(PARTNER_SECRET).sign("msg_nj", now, raw.decode("utf-8", "replace"))
+        headers.update({"webhook-id": "msg_nj", "webhook-timestamp": str(int(now.timestamp())),
+                        "webhook-signature": signature})  # fmt: skip
+    before = probe.counts()
+    status, text = probe.send(path, raw, headers)
+    assert 400 <= status < 500, f"{route} answered {status} to {raw!r} ({content_type}): {text[:300]}"
+    assert json.loads(text)["error"]["code"]
+    assert probe.counts() == before

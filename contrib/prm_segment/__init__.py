@@ -204,8 +204,8 @@ async def _read(request: web.Request) -> Any:
         raise ApiError(413, "too_large", f"a batch is at most {MAX_BATCH_BYTES} bytes")
     try:
         return parse_json_body(raw)
-    except json.JSONDecodeError:
-        raise ApiError(400, "malformed_json", "the body is not valid JSON") from None
+    except InvalidInput as exc:  # as an ApiError, the answer carries the CORS headers
+        raise ApiError(422, exc.code, exc.message, exc.field) from None
 
 
 async def _require_key(request: web.Request, key: str | None) -> None:
@@ -368,9 +368,9 @@ def _segment_settings(config: Config) -> Handler:
     async def segment_settings(request: web.Request) -> web.StreamResponse:
         """Settings for Segment's analytics.js (analytics-next) loaded with ``cdnURL`` = the hub
 
-        The write key in the path must be a public touchpoint:web key. The settings send
-        every call to this hub (the Segment.io integration), with no other destination,
-        remote plugin or metrics.
+        The write key in the path must be a touchpoint:web key (a public one, from a page).
+        The settings send every call to this hub (the Segment.io integration), with no other
+        destination, remote plugin or metrics.
         """
         write_key = request.match_info["write_key"]
         await _require_key(request, write_key)
@@ -398,8 +398,9 @@ def _segment_settings(config: Config) -> Handler:
 async def rudderstack_source_config(request: web.Request) -> web.StreamResponse:
     """The source configuration of RudderStack's JavaScript SDK loaded with ``configUrl`` = the hub
 
-    The write key (the Basic user name, or ``?writeKey=``) must be a public touchpoint:web
-    key. The source has no device-mode destination: events go to the data plane, the hub.
+    The write key (the Basic user name, or ``?writeKey=``) must be a touchpoint:web key (a
+    public one, from a page). The source has no device-mode destination: events go to the
+    data plane, the hub.
     """
     await _require_key(request, _header_or_query_key(request))
     source = {

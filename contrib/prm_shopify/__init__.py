@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -48,6 +47,7 @@ from prm_pos.webhooks import already_processed, answer_delivery, signature_match
 from prm_core import hookimpl
 from prm_core.config import Config
 from prm_core.errors import InvalidInput
+from prm_core.events import parse_rfc3339, parse_time
 from prm_core.hub import Hub
 from prm_core.model import Adapter
 from prm_core.server.state import HUB
@@ -68,12 +68,8 @@ def _shop(domain: str | None) -> str:
 
 def _day(raw: Any, field: str) -> tuple[str, str]:
     """The business day (the date where the shop is) and the timestamp of a Shopify time."""
-    try:
-        when = datetime.fromisoformat(str(raw))
-    except ValueError:
-        raise InvalidInput(f"{field} is not a timestamp", field) from None
-    if when.tzinfo is None:
-        raise InvalidInput(f"{field} needs a UTC offset", field)
+    when = parse_rfc3339(raw, field)
+    parse_time(raw, field)  # inside the hub's window of event times
     return when.date().isoformat(), when.isoformat()
 
 

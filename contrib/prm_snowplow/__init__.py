@@ -37,18 +37,19 @@ Mapping to the hub's Event:
   ``label``, ``property``, ``value`` for ``se``; ``schema`` and ``properties`` for ``ue``).
   Self-describing JSON (``ue_px`` / ``cx`` in base64url, ``ue_pr`` / ``co`` plain) is decoded.
 
-Bad input (malformed JSON, a missing ``eid``, bad base64) is answered 400 naming the field
-(``data[2].eid``, or ``eid`` for ``GET /i``), and nothing is written. Errors carry the CORS
-headers too, so a browser tracker can read them. Pages of an origin not in
-``[touchpoints.web] allowed_origins`` (any, by default) get no CORS grant, and what they send
-anyway is refused with 403.
+Bad input (malformed JSON, a missing ``eid``, bad base64, a time before 1900 or more than a day
+ahead) is answered 400 naming the field (``data[2].eid``, or ``eid`` for ``GET /i``); what no
+store can keep (a number past a double, a lone surrogate, NUL, nesting past 32 levels), 422
+naming it, and nothing is written. Errors carry the CORS headers too, so a browser tracker can
+read them.
+Pages of an origin not in ``[touchpoints.web] allowed_origins`` (any, by default) get no
+CORS grant, and what they send anyway is refused with 403.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import json
 import math
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -61,12 +62,13 @@ from prm_web.cors import BrowserOrigins
 from prm_core import hookimpl
 from prm_core.clock import utcnow
 from prm_core.config import Config
-from prm_core.events import MAX_EVENTS_PER_CALL
+from prm_core.errors import InvalidInput
+from prm_core.events import MAX_EVENTS_PER_CALL, in_window
 from prm_core.hub import Hub
 from prm_core.model import Adapter, Event, Identity
 from prm_core.server.auth import limit_keyless, presented_key, require
 from prm_core.server.errors import MAX_BODY_BYTES, ApiError
-from prm_core.server.routes import MAX_DEPTH, api, ingest, parse_json_body, too_deep
+from prm_core.server.routes import api, ingest, parse_json_body
 from prm_core.server.state import HUB
 
 __all__ = ["GET_PATH", "GIF", "KINDS", "POST_PATH", "app_ids", "decode_base64", "prm_adapters", "to_event"]
@@ -179,21 +181,14 @@ def _json_field(event: Mapping[str, Any], encoded: str, plain: str, where: str) 
     return None
 
 
-def _no_constants(name: str) -> Any:
-    raise ValueError(name)
-
-
 def _loads(text: str, field: str) -> Any:
-    """JSON as the store can keep it: no NaN or Infinity, no NUL characters."""
-    if "\x00" in text or "\\u0000" in text:
-        raise _bad(f"{field} holds a NUL character", field)
+    """JSON as the store can keep it, through the hub's JSON loader: malformed is 400; a
+    number past a double, a lone surrogate, NUL or nesting past the limit is 422 naming the
+    field inside (``data[0].ue_pr.data.n``)."""
     try:
-        value = json.loads(text, parse_constant=_no_constants)
-    except (ValueError, RecursionError):  # JSONDecodeError included; RecursionError: absurdly deep
-        raise _bad(f"{field} is not valid JSON", field) from None
-    if too_deep(value):
-        raise _bad(f"{field} is nested deeper than {MAX_DEPTH} levels", field)
-    return value
+        return parse_json_body(text, field=field)
+    except InvalidInput as exc:
+        raise ApiError(422, exc.code, exc.message, exc.field) from None
 
 
 def _self_describing(value: Any, field: str) -> dict[str, Any]:
@@ -245,14 +240,19 @@ def _identities(event: Mapping[str, Any], hub: Hub, where: str) -> tuple[Identit
 
 
 def _occurred_at(event: Mapping[str, Any], where: str, received_at: datetime) -> datetime:
+    """When it happened, inside the hub's window of event times (``prm_core.events.in_window``)."""
     true_time = _millis(event, "ttm", where, received_at)
     if true_time is not None:
-        return true_time
-    device = _millis(event, "dtm", where, received_at)
-    sent = _millis(event, "stm", where, received_at)
-    if device is None:
-        return received_at
-    return device + (received_at - sent) if sent is not None else device
+        at, key = true_time, "ttm"
+    else:
+        device = _millis(event, "dtm", where, received_at)
+        sent = _millis(event, "stm", where, received_at)
+        if device is None:
+            return received_at
+        at, key = (device + (received_at - sent), "stm") if sent is not None else (device, "dtm")
+    if not in_window(at):
+        raise _bad(f"{where}{key} dates the event before 1900 or more than a day ahead of the hub", f"{where}{key}")
+    return at
 
 
 def _kind_data(event: Mapping[str, Any], kind: str, where: str) -> tuple[str, dict[str, Any]]:
@@ -439,9 +439,9 @@ async def _post_body(request: web.Request) -> list[Any]:
     except web.HTTPRequestEntityTooLarge:
         raise ApiError(413, "too_large", f"the body is larger than the limit of {MAX_BODY_BYTES} bytes") from None
     try:
-        body = parse_json_body(raw)  # NaN, Infinity: 400; NUL characters: 422
-    except ValueError:  # JSONDecodeError
-        raise ApiError(400, "malformed_json", "the body is not valid JSON") from None
+        body = parse_json_body(raw)  # malformed, NaN, Infinity: 400; what the store cannot keep: 422
+    except InvalidInput as exc:
+        raise ApiError(422, exc.code, exc.message, exc.field) from None  # an ApiError carries the CORS headers
     if not isinstance(body, Mapping):
         raise _bad("the body must be a payload_data object: {'schema': 'iglu:...', 'data': [events]}", None)
     schema = body.get("schema")

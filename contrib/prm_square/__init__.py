@@ -46,6 +46,7 @@ from prm_pos.webhooks import already_processed, answer_delivery, signature_match
 from prm_core import hookimpl
 from prm_core.config import Config
 from prm_core.errors import InvalidInput
+from prm_core.events import parse_rfc3339, parse_time
 from prm_core.hub import Hub
 from prm_core.model import Adapter
 from prm_core.server.state import HUB
@@ -138,12 +139,9 @@ async def refund_transaction(refund: Any, hub: Hub) -> Transaction | None:
 
 
 def _time(raw: Any, field: str) -> datetime:
-    try:
-        value = datetime.fromisoformat(str(raw))
-    except ValueError:
-        raise InvalidInput(f"{field} is not a timestamp", field) from None
-    if value.tzinfo is None:
-        raise InvalidInput(f"{field} needs a UTC offset", field)
+    """An RFC 3339 time inside the hub's window of event times, with Square's own offset."""
+    value = parse_rfc3339(raw, field)
+    parse_time(raw, field)
     return value
 
 

@@ -56,7 +56,7 @@ from prm_core.config import Config
 from prm_core.errors import ConfigError
 from prm_core.model import Adapter
 from prm_core.server.errors import ApiError
-from prm_core.server.routes import api
+from prm_core.server.routes import api, parse_json_body
 from prm_core.server.state import HUB
 
 __all__ = ["BASE", "prm_adapters", "render"]
@@ -161,10 +161,7 @@ class TwilioVoice:
             body_text = raw.decode("utf-8", errors="replace")
             if not self.validator.validate(url, body_text, signature, algorithm):
                 raise forged
-            try:
-                parsed = json.loads(body_text)
-            except json.JSONDecodeError:
-                raise ApiError(400, "malformed_json", "the body is not valid JSON") from None
+            parsed = parse_json_body(raw)
             if not isinstance(parsed, Mapping):
                 raise ApiError(400, "malformed_json", "the body must be a JSON object")
             params = {str(k): v for k, v in parsed.items() if isinstance(v, str)}

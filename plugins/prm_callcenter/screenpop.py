@@ -427,6 +427,7 @@ class ScreenPops:
             channel.ring = deque(kept, maxlen=channel.ring.maxlen)
             for conn in channel.connections:
                 waiting = [text for text in conn.queue if _customer_of(text) not in ids]
+                dropped += len(conn.queue) - len(waiting)
                 conn.queue = deque(waiting)
         return dropped
 

@@ -24,6 +24,7 @@ from attrs import define, field
 from prm_tmf.simulators import AppointmentSimulator, StockSimulator
 from twilio.request_validator import RequestValidator
 
+from prm_core import hookimpl
 from prm_core.config import Config
 from prm_core.keys import create_key
 from prm_core.server.app import create_app
@@ -66,6 +67,17 @@ class Tally:
         return sum(1 for t in self.times if t > self.budget_ms)
 
 
+class MergeCounter:
+    """Counts the merges the hub makes (its ``prm_customers_merged`` hook)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    @hookimpl
+    def prm_customers_merged(self, merge: Any) -> None:
+        self.count += 1
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -80,6 +92,7 @@ class Demo:
     """The in-process hub, its partner simulators, keys, and a client speaking the wire formats."""
 
     def __init__(self, workdir: Path, echo: Callable[[str], None]) -> None:
+        self.merges = MergeCounter()
         self.workdir = workdir
         self.echo = echo
         self.twilio_token = secrets.token_hex(16)
@@ -145,7 +158,7 @@ class Demo:
     async def start(self) -> None:
         for sim in (self.field, self.supplier):
             self._runners.append(await sim.serve())
-        app = create_app(self.config())
+        app = create_app(self.config(), plugins=[self.merges])
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", self.port).start()
@@ -446,12 +459,21 @@ async def day_of_traffic(demo: Demo, customers: int, seed: int) -> dict[str, Tal
 
     reader = asyncio.create_task(read_pops())
 
-    async def web_visit(n: int, who: dict[str, str]) -> None:
+    async def web_visit(n: int, who: dict[str, str], login: bool | None = None) -> None:
+        # the browser's own id on every visit; logged in, the account's user id, email and, from
+        # the profile, sometimes the phone; not logged in, the tracker's placeholder user id
+        identities = {"anonymous_id": who["browser"]}
+        if login if login is not None else rng.random() < 0.7:
+            identities |= {"user_id": who["user_id"], "email": who["email"]}
+            if rng.random() < 0.5:
+                identities["phone"] = who["phone"]
+        else:
+            identities["user_id"] = "undefined"
         body = {
             "id": f"d-web-{n}",
             "type": "product.viewed",
             "occurred_at": _now(),
-            "identities": {"email": who["email"]},
+            "identities": identities,
             "data": {"product_id": rng.choice(catalog)[0]},
         }
         status, _, ms = await demo.post("/v1/touchpoints/web/requests", body, "touchpoint:web")
@@ -459,9 +481,11 @@ async def day_of_traffic(demo: Demo, customers: int, seed: int) -> dict[str, Tal
 
     async def store_visit(n: int, who: dict[str, str]) -> None:
         items = rng.sample(catalog, rng.randint(1, 3))
+        # half the buyers ask for the receipt by email: the card meets the web account
+        ref = {"loyalty_card": who["card"]} | ({"email": who["email"]} if rng.random() < 0.5 else {})
         status, _, ms = await demo.post(
             "/v1/touchpoints/pos/transactions",
-            _pos_sale(next(sequence), {"loyalty_card": who["card"]}, items, day),
+            _pos_sale(next(sequence), ref, items, day),
             "touchpoint:pos",
         )
         _count(tallies["pos"], status, ms)
@@ -496,11 +520,28 @@ async def day_of_traffic(demo: Demo, customers: int, seed: int) -> dict[str, Tal
             tallies["callcenter"].errors += 1
 
     people = [
-        {"email": f"customer{i}@example.com", "phone": f"+1212555{i:04d}", "card": f"LC-{20000 + i}"}
+        {
+            "email": f"customer{i}@example.com",
+            "phone": f"+1212555{i:04d}",
+            "card": f"LC-{20000 + i}",
+            "user_id": f"U-{i}",
+            "browser": f"browser-{i}",
+        }
         for i in range(customers)
     ]
+    # one in twenty shares the household's email with the person before: two accounts, one address
+    households = [who for i, who in enumerate(people) if i % 20 == 1]
+    for i, who in enumerate(people):
+        if i % 20 == 1:
+            who["email"] = people[i - 1]["email"]
+
+    async def web_login(n: int, who: dict[str, str]) -> None:
+        await web_visit(n, who, login=True)
+
     actions = [web_visit, web_visit, store_visit, ivr_call, agent_call]
     plan = [(rng.choice(actions), who) for who in people for _ in range(rng.randint(1, 3))]
+    plan += [(web_login, who) for i, who in enumerate(people) if i % 20 == 0 and i + 1 < customers]
+    plan += [(web_login, who) for who in households]
     rng.shuffle(plan)
     queue: asyncio.Queue[tuple[int, Any, dict[str, str]]] = asyncio.Queue()
     for n, (action, who) in enumerate(plan):
@@ -516,6 +557,13 @@ async def day_of_traffic(demo: Demo, customers: int, seed: int) -> dict[str, Tal
     reader.cancel()
     await ws.close()
     demo.echo(f"  {len(plan):,} contacts by {customers:,} customers in {time.perf_counter() - started:.1f} s")
+    async with demo.session.get(f"{demo.base}/v1/identity/conflicts?limit=1000", headers=demo._auth("admin")) as resp:
+        conflicts = len((await resp.json())["conflicts"]) if resp.status == 200 else None
+    demo.echo(
+        f"  identities: {demo.merges.count:,} merges (touch points sharing identifiers), "
+        f"{conflicts if conflicts is not None else 'unknown'} conflicts kept for review "
+        "(households sharing an email: GET /v1/identity/conflicts)"
+    )
     return tallies
 
 

@@ -21,17 +21,24 @@ from typing import Any, Literal, cast
 
 import aiohttp
 import prm_tmf
+import structlog
 from aiobreaker import CircuitBreaker, CircuitBreakerError
 from cloudevents.core.bindings.http import to_structured_event
 from cloudevents.core.v1.event import CloudEvent
 from standardwebhooks import Webhook
 
+from prm_core.errors import InvalidInput
 from prm_core.model import FulfillmentRequest, FulfillmentResult
 from prm_core.outbox import RetryLater
+from prm_core.server.errors import ApiError
+from prm_core.server.routes import parse_json_body
 
+from .failover import partner_payload
 from .settings import PartnerSettings
 
-__all__ = ["PartnerClient", "retry_after_s", "signed_headers"]
+__all__ = ["PartnerClient", "attention", "retry_after_s", "signed_headers"]
+
+log = structlog.get_logger(__name__)
 
 RETRYABLE = frozenset({408, 425, 429, 500, 502, 503, 504})
 ResultStatus = Literal["pending", "confirmed", "rejected", "failed"]
@@ -73,7 +80,7 @@ def cloud_event(req: FulfillmentRequest) -> tuple[dict[str, str], str]:
             "subject": req.id,
             "datacontenttype": "application/json",
         },
-        dict(req.payload),
+        partner_payload(req.payload),
     )
     message = to_structured_event(event)
     return dict(message.headers), message.body.decode()
@@ -98,6 +105,11 @@ class PartnerClient:
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop of the open session, if one is open."""
+        return self._loop
+
     def session(self) -> aiohttp.ClientSession:
         """The session for calls from the running event loop (made on first use)."""
         loop = asyncio.get_running_loop()
@@ -114,9 +126,10 @@ class PartnerClient:
         if session is not None and not session.closed:
             await session.close()
 
-    async def fulfill(self, req: FulfillmentRequest) -> FulfillmentResult:
+    async def fulfill(self, req: FulfillmentRequest, *, timeout_s: float | None = None) -> FulfillmentResult:
+        """One call for ``req``, within ``timeout_s`` if given (else the partner's ``timeout_ms``)."""
         try:
-            result: FulfillmentResult = await self.breaker.call_async(self._call, req)
+            result: FulfillmentResult = await self.breaker.call_async(self._call, req, timeout_s)
         except CircuitBreakerError:
             left = self.breaker.time_until_open
             raise RetryLater(
@@ -137,20 +150,20 @@ class PartnerClient:
         headers["Idempotency-Key"] = req.idempotency_key
         return url, headers, body
 
-    async def _call(self, req: FulfillmentRequest) -> FulfillmentResult:
+    async def _call(self, req: FulfillmentRequest, timeout_s: float | None = None) -> FulfillmentResult:
         s = self.settings
         try:
             url, headers, body = self.request(req)
         except ValueError as exc:  # an action this protocol has not: no retry will help
             return FulfillmentResult(req.id, req.partner, "rejected", {"error": str(exc)})
-        timeout = aiohttp.ClientTimeout(total=s.timeout_s)
+        timeout = aiohttp.ClientTimeout(total=s.timeout_s if timeout_s is None else timeout_s)
         try:
             async with self.session().post(url, data=body.encode(), headers=headers, timeout=timeout) as resp:
                 status = resp.status
                 text = await resp.text()
                 after = resp.headers.get("Retry-After")
         except TimeoutError:
-            raise RetryLater(f"{s.name} did not answer within {s.timeout_ms} ms") from None
+            raise RetryLater(f"{s.name} did not answer within {timeout.total:g} s") from None
         except aiohttp.ClientError as exc:
             raise RetryLater(f"{s.name} unreachable ({type(exc).__name__})") from None
         if status in RETRYABLE:
@@ -158,12 +171,28 @@ class PartnerClient:
         if status >= 300:
             return FulfillmentResult(req.id, req.partner, "rejected", {"http_status": status})
         try:
-            answer: Any = json.loads(text) if text else {}
-        except ValueError:
+            # the hub's own JSON loader: a number past a double, a lone surrogate or a NUL in an
+            # answer would otherwise be stored with the result and fail it (PostgreSQL) or later
+            # readers of it (SQLite); an answer that is not JSON the hub keeps counts as no body
+            answer: Any = parse_json_body(text) if text else {}
+        except (ApiError, InvalidInput):
             answer = {}
         if s.protocol in ("tmf646", "tmf687"):
-            return prm_tmf.parse_result(s.protocol, req, status, answer)
+            try:
+                return prm_tmf.parse_result(s.protocol, req, status, answer)
+            except prm_tmf.InvalidMessage as exc:
+                # the partner said something, but not in its specification's terms: it may have
+                # booked or reserved, so a person looks rather than the hub retrying or waiting
+                log.warning("partner answer invalid", partner=s.name, field=exc.field)
+                return FulfillmentResult(req.id, req.partner, "failed", attention(exc))
         return _cloudevents_result(req, status, answer)
+
+
+def attention(exc: prm_tmf.InvalidMessage) -> dict[str, Any]:
+    """The result data of a request whose partner broke its specification: ``attention``
+    names the field, so an operator knows what to look at (no value is copied: it may hold
+    personal data)."""
+    return {"attention": {"code": "invalid_partner_message", "field": exc.field, "message": exc.message}}
 
 
 def _cloudevents_result(req: FulfillmentRequest, status: int, answer: Any) -> FulfillmentResult:

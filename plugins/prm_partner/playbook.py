@@ -2,7 +2,8 @@
 
 A ``service.request`` (``data: {"product_id", "issue", "parts": [...]}``) at any touch point
 plans, to run concurrently: a stock check of the parts with every ``inventory`` partner, and
-a technician visit with the ``field_service`` partner inside the customer's entitlement
+a technician visit with a ``field_service`` firm chosen by region, skill, tier and price, with
+the next firms to fall over to (:mod:`prm_partner.failover`), inside the customer's entitlement
 (by tier: platinum one business day, gold two, others five; ``[entitlements]`` may change
 them). Each partner gets what its role needs and no more: a stock check carries no
 personal data; a technician gets the name, phone and address for the visit, and only if the
@@ -12,8 +13,10 @@ customer's consents allow ``partner_sharing`` with that partner.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
+
+import structlog
 
 from prm_core.config import Config
 from prm_core.consent import allows
@@ -22,11 +25,14 @@ from prm_core.model import CustomerView, FulfillmentRequest, ValueRequest
 from prm_core.planning.entitlements import add_business_days, parse_entitlements, service_days
 from prm_core.store.tables import utcnow
 
+from .failover import FAILOVER, choose_firms
 from .settings import PartnerSettings
 
 __all__ = ["add_business_days", "entitlement_days", "plan_service_request", "visit_details"]
 
 SERVICE_REQUEST = "service.request"
+
+log = structlog.get_logger(__name__)
 
 
 def entitlement_days(config: Config, tier: str | None) -> int:
@@ -96,7 +102,16 @@ def plan_service_request(
     if parts:
         for supplier in by_role.get("inventory", []):
             planned.append(ask(supplier, "check_stock", {"product_id": product, "parts": parts}))
-    field = by_role.get("field_service", [])
+    traits = request.view.customer.traits
+    region = data.get("region") or traits.get("region")
+    field = choose_firms(
+        by_role.get("field_service", []),
+        region=str(region) if region else None,
+        skill=str(data["skill"]) if data.get("skill") else None,
+        tier=request.view.customer.tier,
+    )
+    if by_role.get("field_service") and not field:
+        log.warning("no field-service firm takes this visit", region=region, skill=data.get("skill"))
     if field:
         technician = field[0]
         now = utcnow()
@@ -111,5 +126,10 @@ def plan_service_request(
         visit = visit_details(request.view, technician.name)
         if visit:
             payload["visit"] = visit
+        if len(by_role["field_service"]) > 1:  # several firms: the result names the one that took it
+            # the next firms, each with what its own consent allows, within this turn's budget
+            others = [{"name": f.name, "visit": visit_details(request.view, f.name)} for f in field[1:]]
+            deadline = now + timedelta(milliseconds=request.remaining_ms())
+            payload[FAILOVER] = {"firms": others, "deadline": _iso(deadline)}
         planned.append(ask(technician, "schedule", payload))
     return planned

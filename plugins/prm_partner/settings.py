@@ -20,8 +20,13 @@ _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 @frozen
 class PartnerSettings:
     """One partner: its role (``field_service``, ``inventory``, ...), the protocol it speaks,
-    its base ``url``, the Standard Webhooks ``secret`` used both ways, and the time one call
-    may take (``timeout_ms``)."""
+    its base ``url``, the Standard Webhooks ``secret`` used both ways, the time one call
+    may take (``timeout_ms``), and whether the hub registers its listener at the partner's
+    ``/hub`` (``register_listener``, TM Forum partners; true by default).
+
+    A ``field_service`` firm may say what it takes (:mod:`prm_partner.failover`): the
+    ``regions`` it covers, the ``skills`` it has, the customer ``tiers`` it serves (each empty:
+    any), and its ``price`` per visit."""
 
     name: str
     role: str
@@ -29,6 +34,11 @@ class PartnerSettings:
     url: str
     secret: str
     timeout_ms: int = 800
+    register_listener: bool = True
+    regions: tuple[str, ...] = ()
+    skills: tuple[str, ...] = ()
+    tiers: tuple[str, ...] = ()
+    price: float | None = None
 
     @property
     def timeout_s(self) -> float:
@@ -54,7 +64,32 @@ def _one(name: str, table: Mapping[str, Any]) -> PartnerSettings:
     timeout = table.get("timeout_ms", 800)
     if not isinstance(timeout, int) or not 1 <= timeout <= 60_000:
         raise ConfigError(f"{where}.timeout_ms must be a whole number of milliseconds from 1 to 60000")
-    return PartnerSettings(name, role, protocol, url.rstrip("/"), secret, timeout)
+    register = table.get("register_listener", True)
+    if not isinstance(register, bool):
+        raise ConfigError(f"{where}.register_listener must be true or false")
+    terms = {key: _names(where, key, table.get(key)) for key in ("regions", "skills", "tiers")}
+    price = table.get("price")
+    if price is not None and (isinstance(price, bool) or not isinstance(price, int | float) or price < 0):
+        raise ConfigError(f"{where}.price must be a number, zero or more")
+    return PartnerSettings(
+        name,
+        role,
+        protocol,
+        url.rstrip("/"),
+        secret,
+        timeout,
+        register,
+        **terms,
+        price=None if price is None else float(price),
+    )
+
+
+def _names(where: str, key: str, value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{where}.{key} must be a list of names")
+    return tuple(value)
 
 
 def partner_settings(config: Config) -> dict[str, PartnerSettings]:

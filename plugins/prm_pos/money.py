@@ -10,7 +10,6 @@ places (what the metrics hold).
 
 from __future__ import annotations
 
-import json
 import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 from babel.numbers import get_currency_precision, is_currency
 
 from prm_core.errors import InvalidInput
-from prm_core.server.errors import ApiError
+from prm_core.server.routes import parse_json_body
 
 __all__ = ["MAX_PLACES", "amount", "currency", "from_minor_units", "loads", "quantity", "text"]
 
@@ -27,22 +26,11 @@ MAX_AMOUNT = Decimal(10) ** 12
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 
 
-def _no_constants(name: str) -> Any:
-    raise ApiError(400, "malformed_json", f"{name} is not valid JSON")
-
-
 def loads(raw: bytes) -> Any:
-    """Parse a JSON body with every non-integer number as a Decimal (400 when malformed)."""
-    if not raw:
-        raise ApiError(400, "malformed_json", "the body is empty; a JSON object is expected")
-    if b"\\u0000" in raw:
-        raise ApiError(422, "invalid", "NUL characters (\\u0000) are not accepted")
-    try:
-        return json.loads(raw, parse_float=Decimal, parse_constant=_no_constants)
-    except UnicodeDecodeError:
-        raise ApiError(400, "malformed_json", "the body is not UTF-8 text") from None
-    except json.JSONDecodeError as exc:
-        raise ApiError(400, "malformed_json", f"the body is not valid JSON: {exc.msg} at position {exc.pos}") from None
+    """Parse a JSON body with every non-integer number as a Decimal, through the hub's JSON
+    loader (:func:`prm_core.server.routes.parse_json_body`'s rules: 400 when malformed, 422
+    naming the field for a number past a double, a lone surrogate, NUL or too deep a body)."""
+    return parse_json_body(raw, decimals=True)
 
 
 def _decimal(raw: Any, field: str) -> Decimal:

@@ -4,6 +4,8 @@ Registers the ``web`` touch point; its budget is ``[touchpoints.web] budget_ms``
 (default 250 ms). A visit ends after ``session_timeout_minutes`` (default 30) of
 inactivity; each visit is one dialogue. ``GET /prm.js`` serves the browser tracking
 snippet (see docs/web.md), which sends to the Segment tracking API at ``/v1/batch``.
+``[touchpoints.web] allowed_origins`` names the sites whose pages may send to the tracking
+routes (see :mod:`prm_web.cors`).
 """
 
 from __future__ import annotations

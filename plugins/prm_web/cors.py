@@ -100,8 +100,12 @@ class BrowserOrigins:
             normal = origin_of(origin)
         except ValueError:
             return False  # "null" (a sandboxed frame, a file: page) and the like
-        same = f"{request.scheme}://{request.host}".lower()
-        return normal in self.listed or normal == self.own or normal == same
+        if normal in self.listed or normal == self.own:
+            return True
+        try:  # a page of the hub itself, however it was reached
+            return normal == origin_of(f"{request.scheme}://{request.host}")
+        except ValueError:
+            return False
 
     def answer_headers(self, request: web.Request) -> dict[str, str]:
         """CORS headers for an answer (errors included, so a page can tell a refusal from

@@ -6,14 +6,21 @@ gets its offer, unless the customer falls in the control group: a deterministic 
 whole campaign. The control group's turns are recorded as ``held_out`` offers (never shown).
 Both sides are then measured the same way: the share of customers who bought after the
 offer was made (or held out), and, for those shown it, who accepted or declined. Lift is
-the treated conversion rate over the control's, less one.
+the treated conversion rate over the control's, less one, with its 95% confidence interval
+(the relative risk's, from scipy). Revenue per customer on each side counts the sales after
+the customer's first offer of the campaign, kept per currency; with a cost, the return on it
+is the treated side's extra revenue per customer over the control's, times the treated
+customers, less the cost, over the cost, in the cost's currency only.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
+import re
 from collections.abc import Mapping
 from datetime import datetime
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import sqlalchemy as sa
@@ -21,16 +28,19 @@ from attrs import frozen
 from sqlalchemy.engine import Connection
 
 from ..errors import InvalidInput, NotFound
+from ..merging import event_purchase
 from ..model import Offer
-from ..store.tables import campaigns, customer_value, offers_made
+from ..store.tables import campaigns, customer_value, events, offers_made
 from .segments import check_name
 
 __all__ = [
     "Campaign",
+    "CampaignCost",
     "campaign_results",
     "get_campaign",
     "in_control",
     "parse_campaign",
+    "parse_cost",
     "running_campaigns",
     "save_campaign",
 ]
@@ -154,8 +164,71 @@ def running_campaigns(conn: Connection, now: datetime) -> list[Campaign]:
     return [_campaign(r) for r in conn.execute(q)]
 
 
-def campaign_results(conn: Connection, name: str) -> dict[str, Any]:
-    """Offers made and held out, responses, conversions and lift: two aggregate queries."""
+@frozen
+class CampaignCost:
+    """What a campaign cost, in one currency."""
+
+    amount: Decimal
+    currency: str
+
+
+def parse_cost(amount: str | None, currency: str | None) -> CampaignCost | None:
+    """``?cost=&currency=`` of ``GET /v1/campaigns/{name}``; :class:`InvalidInput` naming the field."""
+    if amount is None:
+        if currency is not None:
+            raise InvalidInput("currency is given without a cost", "cost")
+        return None
+    try:
+        value = Decimal(amount)
+    except InvalidOperation:
+        raise InvalidInput("cost must be a positive amount", "cost") from None
+    if not value.is_finite() or value <= 0:
+        raise InvalidInput("cost must be a positive amount", "cost")
+    if currency is None or not re.fullmatch(r"[A-Z]{3}", currency):
+        raise InvalidInput("currency must be the cost's ISO 4217 code (USD, EUR, ...)", "currency")
+    return CampaignCost(value, currency)
+
+
+def _lift_interval(treated: dict[str, Any], control: dict[str, Any]) -> list[float] | None:
+    """The 95% confidence interval of the lift (relative risk less one), when both sides converted."""
+    from scipy.stats.contingency import relative_risk
+
+    if not (treated["converted"] and control["converted"]):
+        return None
+    result = relative_risk(treated["converted"], treated["customers"], control["converted"], control["customers"])
+    ci = result.confidence_interval(0.95)
+    if not (math.isfinite(ci.low) and math.isfinite(ci.high)):
+        return None
+    return [round(ci.low - 1, 4), round(ci.high - 1, 4)]
+
+
+def _revenue_after_offer(conn: Connection, name: str) -> dict[bool, dict[str, Decimal]]:
+    """Per side, the revenue of sales after each customer's first offer of the campaign, per currency."""
+    o, e = offers_made.c, events.c
+    held = sa.func.coalesce(o.response, "") == "held_out"
+    first = (
+        sa.select(o.customer_id, held.label("control"), sa.func.min(o.made_at).label("since"))
+        .where(o.campaign == name)
+        .group_by(o.customer_id, held)
+        .subquery()
+    )
+    q = (
+        sa.select(first.c.control, e.data)
+        .select_from(events.join(first, e.customer_id == first.c.customer_id))
+        .where(e.occurred_at >= first.c.since, e.direction == "inbound")
+    )
+    revenue: dict[bool, dict[str, Decimal]] = {False: {}, True: {}}
+    for control, data in conn.execute(q):
+        purchase = event_purchase(data)
+        if purchase is not None:
+            side = revenue[bool(control)]
+            side[purchase.currency] = side.get(purchase.currency, Decimal(0)) + purchase.revenue
+    return revenue
+
+
+def campaign_results(conn: Connection, name: str, cost: CampaignCost | None = None) -> dict[str, Any]:
+    """Offers made and held out, responses, conversions and lift with its confidence interval,
+    revenue per customer on each side, and the return on ``cost`` when given."""
     o, v = offers_made.c, customer_value.c
     held = sa.func.coalesce(o.response, "") == "held_out"  # NULL (no response yet) is not held out
     q = (
@@ -178,6 +251,11 @@ def campaign_results(conn: Connection, name: str) -> dict[str, Any]:
         .group_by(held)
     )
     converted = {bool(r.control): int(r.converted) for r in conn.execute(cq)}
+    revenue = _revenue_after_offer(conn, name)
+
+    def per_customer(control: bool, customers: int) -> dict[str, str]:
+        cents = Decimal("0.01")
+        return {c: str((v / customers).quantize(cents)) for c, v in sorted(revenue[control].items()) if customers}
 
     def side(control: bool) -> dict[str, Any]:
         r = groups.get(control)
@@ -186,6 +264,8 @@ def campaign_results(conn: Connection, name: str) -> dict[str, Any]:
             "customers": customers,
             "converted": converted.get(control, 0),
             "conversion_rate": round(converted.get(control, 0) / customers, 4) if customers else None,
+            # per currency, never added across them
+            "revenue_per_customer": per_customer(control, customers),
         }
         if not control:
             out |= {
@@ -199,4 +279,26 @@ def campaign_results(conn: Connection, name: str) -> dict[str, Any]:
     lift = None
     if treated["conversion_rate"] is not None and control["conversion_rate"]:
         lift = round(treated["conversion_rate"] / control["conversion_rate"] - 1, 4)
-    return {"treated": treated, "control": control, "lift": lift}
+    out: dict[str, Any] = {
+        "treated": treated,
+        "control": control,
+        "lift": lift,
+        "lift_ci95": _lift_interval(treated, control),
+    }
+    if cost is not None:
+        out["cost"] = {"amount": str(cost.amount), "currency": cost.currency}
+        out["roi"] = _roi(treated, control, revenue, cost)
+    return out
+
+
+def _roi(
+    treated: dict[str, Any], control: dict[str, Any], revenue: dict[bool, dict[str, Decimal]], cost: CampaignCost
+) -> float | None:
+    """(extra revenue per treated customer over the control's, times the treated customers, less the cost) / cost,
+    in the cost's currency; None without customers on both sides."""
+    if not treated["customers"] or not control["customers"]:
+        return None
+    t = revenue[False].get(cost.currency, Decimal(0)) / treated["customers"]
+    c = revenue[True].get(cost.currency, Decimal(0)) / control["customers"]
+    gained = (t - c) * treated["customers"]
+    return round(float((gained - cost.amount) / cost.amount), 4)

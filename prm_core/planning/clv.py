@@ -38,6 +38,9 @@ class BgNbd:
     alpha: float
     a: float
     b: float
+    # the largest lifetime value the fit supports (the 99th percentile of its own predictions
+    # over the customers it was fitted on; prm_core.planning.fit): predictions stop there
+    cap: float | None = None
 
     def p_alive(self, x: float, t_x: float, T: float) -> float:
         """P(the customer is still active | x repeat purchases, last at t_x, age T)."""
@@ -95,8 +98,16 @@ def fit_bgnbd(x: ArrayLike, t_x: ArrayLike, T: ArrayLike) -> BgNbd:
         raise ValueError(f"BG/NBD needs at least 10 customers with a purchase, got {len(xs)}")
     start = np.log([1.0, max(float(Ts.mean()), 1.0), 1.0, 1.0])
     result = minimize(_bgnbd_nll, start, args=(xs, txs, Ts), method="Nelder-Mead", options={"maxiter": 4000})
+    _converged("BG/NBD", result)
     r, alpha, a, b = (float(v) for v in np.exp(result.x))
     return BgNbd(r, alpha, a, b)
+
+
+def _converged(name: str, result: Any) -> None:
+    """Refuse a fit the optimizer did not finish, or that lands on no finite parameters: its
+    predictions would be whatever the last step happened to be."""
+    if not result.success or not np.all(np.isfinite(result.x)) or not np.isfinite(result.fun):
+        raise ValueError(f"{name} did not converge after {result.nit} iterations ({result.message})")
 
 
 def _gg_nll(log_params: np.ndarray, x: np.ndarray, m: np.ndarray) -> float:
@@ -122,6 +133,7 @@ def fit_gamma_gamma(x: ArrayLike, m: ArrayLike) -> GammaGamma:
         raise ValueError(f"Gamma-Gamma needs at least 10 repeat customers, got {len(xs)}")
     start = np.log([1.0, 2.0, max(float(ms.mean()), 1.0)])
     result = minimize(_gg_nll, start, args=(xs, ms), method="Nelder-Mead", options={"maxiter": 4000})
+    _converged("Gamma-Gamma", result)
     p, q, v = (float(val) for val in np.exp(result.x))
     return GammaGamma(p, q, v)
 
@@ -131,6 +143,11 @@ def models_from_params(params: Mapping[str, Mapping[str, Any]]) -> tuple[BgNbd |
     bg = params.get("bgnbd")
     gg = params.get("gammagamma")
     return (
-        BgNbd(**{k: float(bg[k]) for k in ("r", "alpha", "a", "b")}) if bg else None,
+        BgNbd(
+            **{k: float(bg[k]) for k in ("r", "alpha", "a", "b")},
+            cap=float(bg["clv_p99"]) if bg.get("clv_p99") is not None else None,
+        )
+        if bg
+        else None,
         GammaGamma(**{k: float(gg[k]) for k in ("p", "q", "v")}) if gg else None,
     )

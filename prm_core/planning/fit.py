@@ -20,9 +20,15 @@ from ..store.tables import customer_value, customers, planning_models
 from .clv import fit_bgnbd, fit_gamma_gamma, models_from_params
 from .value import CLV_HORIZON_DAYS
 
-__all__ = ["fit_value_model"]
+__all__ = ["MIN_HISTORY_DAYS", "MIN_REPEAT_CUSTOMERS", "fit_value_model"]
 
 _DAY = 86400.0
+# BG/NBD learns how often customers come back and when they stop: below this much history
+# (oldest first purchase to now), or with fewer customers who came back, it has seen neither,
+# and its predictions are extrapolations of noise (one day of sales gave a one-time buyer
+# a lifetime value of thousands). The value model then falls back to what was spent.
+MIN_HISTORY_DAYS = 90
+MIN_REPEAT_CUSTOMERS = 5
 
 
 def _quintile_cuts(values: np.ndarray) -> list[float]:
@@ -57,8 +63,15 @@ async def fit_value_model(store: Store, now: datetime) -> dict[str, Any]:
     else:
         skipped["rfm"] = f"needs at least 5 customers with a purchase, has {len(rows)}"
     ages = np.maximum(first, 0)
+    history = float(ages.max()) if len(rows) else 0.0
+    repeaters = int((purchases >= 2).sum())
     try:
+        if len(rows) >= 10 and history < MIN_HISTORY_DAYS:
+            raise ValueError(f"BG/NBD needs {MIN_HISTORY_DAYS} days of purchase history, has {history:.1f}")
+        if len(rows) >= 10 and repeaters < MIN_REPEAT_CUSTOMERS:
+            raise ValueError(f"BG/NBD needs {MIN_REPEAT_CUSTOMERS} customers who bought twice, has {repeaters}")
         stored["bgnbd"] = fit_bgnbd(purchases - 1, np.maximum(ages - np.maximum(last, 0), 0), ages).to_json()
+        stored["bgnbd"].update(converged=True, history_days=round(history, 1))
     except ValueError as exc:
         skipped["bgnbd"] = str(exc)
     repeat = purchases >= 2
@@ -76,7 +89,21 @@ async def fit_value_model(store: Store, now: datetime) -> dict[str, Any]:
             expected = bg.expected_purchases(CLV_HORIZON_DAYS, n - 1, age - since, age)
             spend = gg.expected_spend(n, total / n) if gg is not None else total / n
             values.append(expected * spend)
-        stored["bgnbd"]["average_clv"] = round(float(np.mean(values)), 2)
+        broken = int((~np.isfinite(values)).sum())
+        if broken:
+            # parameters at the edge of their range (too regular a history): the model predicts
+            # nothing for these customers, so it predicts for no one
+            skipped["bgnbd"] = f"BG/NBD's prediction is not a number for {broken} of {len(values)} customers"
+            del stored["bgnbd"]
+        else:
+            # predictions stop at what the fit itself supports for nearly everyone (see BgNbd.cap)
+            # (method "lower": one of the predictions, so a single outlier never sets its own bound)
+            cap = float(np.percentile(values, 99, method="lower"))
+            stored["bgnbd"]["clv_p99"] = round(cap, 2)
+            stored["bgnbd"]["average_clv"] = round(float(np.mean(np.minimum(values, cap))), 2)
+    if "bgnbd" not in stored:
+        # no prediction the data supports: a customer's value is what they spent (the view says so)
+        stored["clv_fallback"] = {"model": "historic", "reason": skipped["bgnbd"]}
 
     def write(conn: Connection) -> None:
         if "bgnbd" in stored:
@@ -92,6 +119,9 @@ async def fit_value_model(store: Store, now: datetime) -> dict[str, Any]:
                     name="clv_history", params={"fits": history[-400:]}, customers=len(rows), fitted_at=now
                 )
             )
+        # a fit replaces the other: an earlier BG/NBD the data no longer supports goes
+        gone = "clv_fallback" if "bgnbd" in stored else "bgnbd"
+        conn.execute(planning_models.delete().where(planning_models.c.name == gone))
         for name, params in stored.items():
             conn.execute(planning_models.delete().where(planning_models.c.name == name))
             conn.execute(planning_models.insert().values(name=name, params=params, customers=len(rows), fitted_at=now))

@@ -25,7 +25,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
 from ..config import Config
-from ..errors import ConfigError, NotFound
+from ..errors import ConfigError, InvalidInput, NotFound
 from ..merging import event_revenue
 from ..model import CustomerView, Merge, Offer, ValueRequest
 from ..recording import Written
@@ -128,6 +128,8 @@ class _Models:
     gamma_gamma: GammaGamma | None
     fitted_at: datetime | None
     loaded: float
+    # which model gives the lifetime value, from which fit, and the rule bounding it (the view shows it)
+    clv: dict[str, Any] = field(factory=lambda: {"model": None, "reason": "not fitted yet (prm plan fit)"})
 
 
 @define
@@ -174,7 +176,7 @@ class Planner:
         bg, gg = models_from_params(params)
         rfm = self.fixed_rfm or (rfm_from_params(params["rfm"]) if "rfm" in params else DEFAULT_RFM)
         fitted = rows["bgnbd"].fitted_at if "bgnbd" in rows else None
-        self._models = _Models(rfm, bg, gg, fitted, time.monotonic())
+        self._models = _Models(rfm, bg, gg, fitted, time.monotonic(), _clv_provenance(rows, gg is not None))
         return self._models
 
     def forget_models(self) -> None:
@@ -223,6 +225,7 @@ class Planner:
                     rfm=models.rfm,
                     bgnbd=models.bgnbd,
                     gamma_gamma=models.gamma_gamma,
+                    historic=models.clv["model"] == "historic",
                     now=now,
                 )
         return result
@@ -252,14 +255,15 @@ class Planner:
     def after_write(self, conn: Connection, written: Sequence[Written], merges: Sequence[Merge], now: datetime) -> None:
         """Keep the value model, offers made and touch-point days current, then the tiers of
         every customer touched. Runs inside the recording transaction, in a savepoint: lock
-        contention and lost races fail the whole batch, which the store retries; any other
+        contention and lost races fail the whole batch, which the store retries; an event it
+        refuses (an offer's answer dated before the offer) fails its batch with a 4xx; any other
         failure (a bug) is logged and rolled back to the savepoint, so the events are still
         recorded and only their planning figures are missing (``prm plan tiers`` redoes tiers)."""
         try:
             with conn.begin_nested():
                 self._after_write(conn, written, merges, now)
         except Exception as exc:
-            if retryable(exc):
+            if retryable(exc) or isinstance(exc, InvalidInput):  # InvalidInput: an event refused (4xx)
                 raise
             log.error("planning on ingest failed; the events are recorded", error=type(exc).__name__, exc_info=exc)
 
@@ -370,7 +374,17 @@ class Planner:
             )
             .values(response=response, responded_at=at)
         )
-        return response if done.rowcount else None
+        if done.rowcount:
+            return response
+        early = conn.execute(
+            sa.select(o.made_at).where(o.id == offer_id, o.customer_id == w.customer_id, o.made_at > at)
+        ).first()
+        if early is not None:
+            # an answer before the question: a clock or a mix-up at the touch point, never a response
+            raise InvalidInput(
+                f"{w.event.type} {w.event.id} occurred before its offer was made", "occurred_at", code="before_offer"
+            )
+        return None
 
     def _add_purchases(self, conn: Connection, buys: Mapping[str, list[Any]]) -> None:
         v = customer_value.c
@@ -515,6 +529,7 @@ class Planner:
             bgnbd=models.bgnbd,
             gamma_gamma=models.gamma_gamma,
             now=now,
+            historic=models.clv["model"] == "historic",
         )
 
     def load_campaigns(self, conn: Connection, now: datetime) -> None:
@@ -564,6 +579,7 @@ class Planner:
             bgnbd=models.bgnbd,
             gamma_gamma=models.gamma_gamma,
             now=now,
+            historic=models.clv["model"] == "historic",
         )
         by_rules = self.tier_for(facts)
         # what ``metrics`` already shows (revenue, counts, touch points) is not repeated here
@@ -586,8 +602,42 @@ class Planner:
             "rfm": models.rfm.to_json(),
             "clv_horizon_days": 365,
             "fitted_at": models.fitted_at.isoformat().replace("+00:00", "Z") if models.fitted_at else None,
+            "clv": {
+                **models.clv,
+                "capped": bool(
+                    models.bgnbd is not None
+                    and models.bgnbd.cap is not None
+                    and section["clv"] is not None
+                    and section["clv"] >= round(models.bgnbd.cap, 2)
+                ),
+            },
         }
         return evolve(view, sections={**view.sections, "value": section})
+
+
+def _clv_provenance(rows: Mapping[str, Any], spend_model: bool) -> dict[str, Any]:
+    """What the view says about the lifetime value: its model, its fit, the rule bounding it."""
+    if "bgnbd" in rows:
+        row = rows["bgnbd"]
+        return {
+            "model": "bgnbd+gammagamma" if spend_model else "bgnbd",
+            "fitted_at": row.fitted_at.isoformat().replace("+00:00", "Z"),
+            "customers": row.customers,
+            "converged": bool(row.params.get("converged", False)),
+            "history_days": row.params.get("history_days"),
+            "cap": row.params.get("clv_p99"),
+            "rule": "at most the 99th percentile of the fit's own predictions (cap)",
+        }
+    if "clv_fallback" in rows:
+        row = rows["clv_fallback"]
+        return {
+            "model": "historic",
+            "fitted_at": row.fitted_at.isoformat().replace("+00:00", "Z"),
+            "customers": row.customers,
+            "reason": row.params.get("reason"),
+            "rule": "what the customer has spent: no prediction",
+        }
+    return {"model": None, "reason": "not fitted yet (prm plan fit)"}
 
 
 async def refresh_all_tiers(store: Store, planner: Planner, *, chunk: int = 500) -> tuple[int, int]:

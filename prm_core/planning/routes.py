@@ -13,7 +13,7 @@ from ..server.auth import require
 from ..server.routes import AUTH_ERRORS, api, read_json
 from ..server.state import HUB
 from ..store.tables import utcnow
-from .campaigns import campaign_results, get_campaign, parse_campaign, save_campaign
+from .campaigns import campaign_results, get_campaign, parse_campaign, parse_cost, save_campaign
 from .knowledge import knowledge_registry
 from .scorecard import reporting_currency, scorecard
 from .segments import delete_segment, get_segment, list_segments, members, parse_segment, save_segment
@@ -137,16 +137,18 @@ async def post_campaign(request: web.Request) -> web.Response:
 
 @routes.get("/v1/campaigns/{name}")
 @api(
-    "A campaign with its results: offers made, responses, conversions of treated and control, lift",
+    "A campaign with its results: offers made, responses, conversions of treated and control, lift with its"
+    " 95% interval, revenue per customer; ?cost=&currency= adds the return on that cost",
     scope="read",
-    responses={200: "Campaign with results", 404: "No such campaign", **AUTH_ERRORS},
+    responses={200: "Campaign with results", 404: "No such campaign", 422: "Bad cost or currency", **AUTH_ERRORS},
 )
 async def get_one_campaign(request: web.Request) -> web.Response:
     await require(request, "read")
     name = request.match_info["name"]
+    cost = parse_cost(request.query.get("cost"), request.query.get("currency"))
 
     def read(conn: Connection) -> dict[str, Any]:
-        return get_campaign(conn, name).to_json() | {"results": campaign_results(conn, name)}
+        return get_campaign(conn, name).to_json() | {"results": campaign_results(conn, name, cost)}
 
     return web.json_response(await request.app[HUB].store.read(read))
 

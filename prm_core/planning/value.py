@@ -107,11 +107,15 @@ def customer_facts(
     bgnbd: BgNbd | None,
     gamma_gamma: GammaGamma | None,
     now: datetime,
+    historic: bool = False,
 ) -> dict[str, Any]:
     """Every name of :data:`prm_core.planning.rules.NAMES` for one customer.
 
     ``metrics`` has the columns of ``customer_metrics``; ``value`` those of
-    ``customer_value`` (``None`` when the customer never bought).
+    ``customer_value`` (``None`` when the customer never bought). The lifetime value is
+    BG/NBD's expected purchases over the horizon times the expected spend, at most the fit's
+    cap (:attr:`BgNbd.cap`); with ``historic`` (the last fit refused BG/NBD: too little
+    history, or no convergence) it is what the customer has spent, predicting nothing.
     """
     revenue = _num(metrics.get("lifetime_revenue"))
     orders = _num(metrics.get("order_count"))
@@ -152,11 +156,16 @@ def customer_facts(
             alive = bgnbd.p_alive(x, t_x, age)
             expected = bgnbd.expected_purchases(CLV_HORIZON_DAYS, x, t_x, age)
             spend = gamma_gamma.expected_spend(purchases, total / purchases) if gamma_gamma else total / purchases
+            clv = expected * spend
+            if bgnbd.cap is not None:
+                clv = min(clv, bgnbd.cap)
             facts.update(
                 p_alive=round(alive, 4),
                 churn_risk=round(1 - alive, 4),
-                clv=round(expected * spend, 2),
+                clv=round(clv, 2),
             )
+        elif historic:
+            facts["clv"] = round(total, 2)
     return facts
 
 

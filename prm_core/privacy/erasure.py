@@ -23,6 +23,7 @@ again is harmless and calls them again, which is how a plugin that failed catche
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -115,7 +116,11 @@ def _lock_identities(conn: Connection, customer_id: str) -> None:
 def erase_in_transaction(
     conn: Connection, customer_id: str, *, key: bytes, now: datetime, erased_by: str | None = None
 ) -> Erasure:
-    """Erase ``customer_id`` (resolved) inside the caller's write transaction."""
+    """Erase ``customer_id`` (resolved) inside the caller's write transaction.
+
+    On SQLite what the erasure frees is overwritten with zeros (``secure_delete``, set on every
+    connection by :mod:`prm_core.store.engine`); :func:`erase_customer` then checkpoints the
+    write-ahead log, so no old copy of a row stays in either file."""
     _lock_identities(conn, customer_id)
     cid = lock_customer(conn, customer_id)
     merged = sorted(r.id for r in conn.execute(sa.select(customers.c.id).where(customers.c.merged_into == cid)))
@@ -153,13 +158,18 @@ def erase_in_transaction(
     m = memberships.c
     conn.execute(memberships.delete().where(sa.or_(m.member_id.in_(owners), m.group_id.in_(owners))))
     conn.execute(consents.delete().where(consents.c.customer_id.in_(owners)))
+    # read as text: an audit record no JSON reader takes still names identities; it keeps none
+    moved_text = sa.cast(merges.c.moved, sa.LargeBinary if conn.dialect.name == "sqlite" else sa.Text)
     for row in conn.execute(
-        sa.select(merges.c.id, merges.c.moved).where(
+        sa.select(merges.c.id, moved_text.label("moved")).where(
             sa.or_(merges.c.survivor_id.in_(owners), merges.c.merged_id.in_(owners))
         )
     ).all():
-        if row.moved.get("identities"):
-            conn.execute(merges.update().where(merges.c.id == row.id).values(moved={**row.moved, "identities": []}))
+        moved = _lenient_json(row.moved)
+        if not isinstance(moved, dict):
+            conn.execute(merges.update().where(merges.c.id == row.id).values(moved={"identities": []}))
+        elif moved.get("identities"):
+            conn.execute(merges.update().where(merges.c.id == row.id).values(moved={**moved, "identities": []}))
 
     # partner work (prm_core.outbox) names the person in what was sent and answered. Work not yet
     # sent is called off: bumping ``attempts`` also fences a dispatcher holding it right now, so
@@ -186,16 +196,71 @@ def erase_in_transaction(
 def _scrub_claims(conn: Connection, erased: list[tuple[str, str]]) -> int:
     """Scrub other customers' events in which an unverified source claimed an erased identity
     (``data.claimed_identities``): the person typing their email on a device they never
-    logged in from. One statement per namespace; the database scans the log's payloads for
-    it, which an erasure (rare, admin-paced) can afford."""
-    by_namespace: dict[str, list[str]] = {}
-    for namespace, value in erased:
-        by_namespace.setdefault(namespace, []).append(value)
+    logged in from.
+
+    Whatever any one row holds (``Infinity`` or a lone surrogate stored before the loader
+    refused them, a NUL, nesting past a JSON reader's limit, text that is not JSON at all),
+    the scan reads it: the database only looks for the erased values in the payload's bytes
+    (``instr`` over a BLOB on SQLite, ``strpos`` over jsonb's text on PostgreSQL), never with
+    its JSON functions, and the few rows found are read here. A row whose payload no reader
+    takes, or is not an object, and that holds an erased value is scrubbed whole. The scan
+    goes over the whole log, which an erasure (rare, admin-paced) can afford."""
+    values = sorted({value for _, value in erased})
+    if not values:
+        return 0
+    sqlite = conn.dialect.name == "sqlite"
+    # as the store writes a value into JSON (ASCII-escaped), as jsonb renders it, as it is
+    needles = sorted(
+        {form for v in values for form in (v, json.dumps(v)[1:-1], json.dumps(v, ensure_ascii=False)[1:-1])}
+    )
+    payload = sa.cast(events.c.data, sa.LargeBinary if sqlite else sa.Text)
+    found = (
+        [sa.func.instr(payload, sa.literal(n.encode(), sa.LargeBinary)) > 0 for n in needles]
+        if sqlite
+        else [sa.func.strpos(payload, n) > 0 for n in needles]
+    )
+    wanted = set(values)
+    scrub = [
+        row.seq
+        for row in conn.execute(sa.select(events.c.seq, payload.label("data")).where(sa.or_(*found)))
+        if _claims_any(_lenient_json(row.data), wanted)
+    ]
     count = 0
-    for namespace, values in sorted(by_namespace.items()):
-        claimed = events.c.data[("claimed_identities", namespace)].as_string()
-        count += conn.execute(events.update().where(claimed.in_(values)).values(data=dict(SCRUBBED))).rowcount or 0
+    for start in range(0, len(scrub), 500):
+        chunk = scrub[start : start + 500]
+        count += conn.execute(events.update().where(events.c.seq.in_(chunk)).values(data=dict(SCRUBBED))).rowcount or 0
     return count
+
+
+_UNREADABLE = object()
+
+
+def _lenient_json(raw: str | bytes | None) -> Any:
+    """Stored JSON as Python's reader takes it (NaN and Infinity included), or ``_UNREADABLE``."""
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):  # malformed, not UTF-8, a huge integer, too deep
+        return _UNREADABLE
+
+
+def _claims_any(data: Any, erased: set[str]) -> bool:
+    """Whether an event payload claims one of ``erased`` (a string anywhere in its
+    ``claimed_identities``); a payload that is unreadable or not an object counts as one."""
+    if not isinstance(data, dict):
+        return True
+    stack = [data.get("claimed_identities")]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str) and node in erased:
+            return True
+        if isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return False
 
 
 async def erase_customer(hub: Hub, ref: str, *, erased_by: str | None = None) -> Erasure:
@@ -211,6 +276,8 @@ async def erase_customer(hub: Hub, ref: str, *, erased_by: str | None = None) ->
         return erase_in_transaction(conn, cid, key=key, now=now, erased_by=erased_by)
 
     erasure = await hub.store.write(write)
+    if not await hub.store.checkpoint():
+        log.warning("write-ahead log not truncated after an erasure; a later checkpoint clears it")
     incomplete: list[str] = []
     purges = hub.hooks.customer_erased(erasure.customer_id, erasure.erased_ids[1:])
     if purges:

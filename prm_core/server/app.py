@@ -19,6 +19,7 @@ from aiohttp import WSCloseCode, web
 
 from ..config import Config
 from ..hub import Hub
+from ..identity_rules import IdentityRules
 from ..ids import random_bytes
 from ..keys import KeyRing
 from ..planning.routes import planning_routes
@@ -27,6 +28,7 @@ from ..privacy.http import privacy_routes
 from ..privacy.retention import retention_task
 from .deadlines import body_deadline, body_timeout_s
 from .errors import MAX_BODY_BYTES, error_middleware
+from .identity_routes import identity_routes
 from .metrics import HubMetrics
 from .openapi import build_openapi
 from .ratelimit import RATE_LIMITED, RATE_LIMITS, REFUSALS, KeyRateLimits, RefusalLog
@@ -104,6 +106,10 @@ def create_app(
     """
     pm = make_plugin_manager(plugins, autoload=autoload)
     registrations = collect_registrations(pm, config)
+    # a bad [identity.rules] stops the hub here, before the database is touched
+    IdentityRules.from_config(
+        config.section("identity").get("rules", {}), registrations.namespaces.items, config.default_region
+    )
     app = web.Application(
         # a stalled body is answered 408 within [server] body_timeout_s (prm_core.server.deadlines)
         middlewares=[request_context, error_middleware, body_deadline(body_timeout_s(config))],
@@ -122,6 +128,7 @@ def create_app(
     app.add_routes(core_routes())
     app.add_routes(planning_routes())
     app.add_routes(privacy_routes())
+    app.add_routes(identity_routes())
     owners: dict[str, str] = {}
     mounted = [(tp.name, tp.routes) for tp in registrations.touchpoints]
     mounted += [(f"{a.touchpoint} ({a.name})", a.routes) for a in registrations.adapters]

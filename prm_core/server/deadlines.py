@@ -8,6 +8,11 @@ request is answered ``408`` JSON (``{"error": {"code": "timeout", ...}}``) with
 ``Connection: close``, and the connection is closed. A handler that answers without reading
 the body (a missing key, a 404) is bounded by the same deadline: the rest of the body is
 awaited no longer than that before the connection closes.
+
+aiohttp stops reading the socket once a buffer's worth of an unread body is in, until the
+handler reads it; a handler that waited longer than the deadline before reading a large body
+would answer 408 too. Handlers read their body first thing (after the key check), so the
+deadline is the client's time to send it.
 """
 
 from __future__ import annotations
@@ -19,16 +24,11 @@ from aiohttp import web
 
 from ..config import Config
 from ..errors import ConfigError
-from .errors import error_response
+from .errors import BodyTimeout, error_response
 
 __all__ = ["DEFAULT_BODY_TIMEOUT_S", "BodyTimeout", "body_deadline", "body_timeout_s"]
 
 DEFAULT_BODY_TIMEOUT_S = 10.0
-
-
-class BodyTimeout(asyncio.TimeoutError):
-    """The body did not arrive in time. A ``TimeoutError``, so aiohttp's own read of what is
-    left of an unread body (after the answer) stops on it and closes the connection."""
 
 
 def body_timeout_s(config: Config) -> float:

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from ..errors import InvalidInput, NotFound, Overloaded, StoreUnavailable, TooLarge
 
-__all__ = ["MAX_BODY_BYTES", "ApiError", "error_middleware", "error_response"]
+__all__ = ["MAX_BODY_BYTES", "ApiError", "BodyTimeout", "error_middleware", "error_response"]
 
 # the largest request body the hub reads (a batch of 1000 small events fits)
 MAX_BODY_BYTES = 1024 * 1024
@@ -53,10 +53,22 @@ def _route(request: web.Request) -> str:
     return request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
 
 
+class BodyTimeout(TimeoutError):
+    """The request body did not arrive within ``[server] body_timeout_s`` (see
+    :mod:`prm_core.server.deadlines`). A ``TimeoutError``, so aiohttp's own read of what is
+    left of an unread body (after the answer) stops on it and closes the connection."""
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     try:
         return await handler(request)
+    except BodyTimeout:
+        # answered here, not only by the deadline's middleware, so that a handler turning its
+        # errors into answers itself (a browser route adding CORS headers) answers it alike
+        response = error_response(408, "timeout", "the request body did not arrive in time ([server] body_timeout_s)")
+        response.force_close()
+        return response
     except ApiError as exc:
         return error_response(exc.status, exc.code, exc.message, exc.field, **exc.headers)
     except json.JSONDecodeError as exc:

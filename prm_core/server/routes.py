@@ -6,7 +6,6 @@ built, so the description cannot drift from what is mounted.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -19,7 +18,7 @@ from ..errors import InvalidInput
 from ..labels import summarize
 from ..model import CustomerView, Event, Merge, RecordedEvent
 from .auth import as_claims, authenticate, require
-from .errors import ApiError
+from .jsonbody import MAX_DEPTH, loads, too_deep
 from .state import HUB, HUB_METRICS
 
 __all__ = ["MAX_DEPTH", "api", "core_routes", "ingest", "parse_json_body", "read_json", "too_deep"]
@@ -62,51 +61,18 @@ def api(
 
 
 async def read_json(request: web.Request) -> Any:
-    """The body as JSON: 413 past the size limit, 400 when malformed."""
+    """The body as JSON: 413 past the size limit, 400 when malformed, 422 naming the field
+    for what the hub cannot keep (see :mod:`prm_core.server.jsonbody`)."""
     return parse_json_body(await request.read())
 
 
-def _no_constants(name: str) -> Any:
-    raise ApiError(400, "malformed_json", f"{name} is not valid JSON")
-
-
-def parse_json_body(raw: bytes) -> Any:
-    """Parse a request body, refusing what JSON does not allow or the store cannot keep:
-    NaN and Infinity (400), NUL characters (422), which PostgreSQL refuses in text, and
-    nesting deeper than :data:`MAX_DEPTH` (422)."""
-    if not raw:
-        raise ApiError(400, "malformed_json", "the body is empty; a JSON object is expected")
-    try:
-        body = json.loads(raw, parse_constant=_no_constants)
-    except UnicodeDecodeError:
-        raise ApiError(400, "malformed_json", "the body is not UTF-8 text") from None
-    except RecursionError:
-        raise ApiError(422, "too_deep", f"the body is nested deeper than {MAX_DEPTH} levels") from None
-    if b"\\u0000" in raw:
-        raise ApiError(422, "invalid", "NUL characters (\\u0000) are not accepted")
-    # containers are few in most bodies: count them before walking (privacy/hardening, issue 13)
-    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and too_deep(body):
-        raise ApiError(422, "too_deep", f"the body is nested deeper than {MAX_DEPTH} levels")
-    return body
-
-
-MAX_DEPTH = 32
-
-
-def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
-    """Whether parsed JSON nests lists and objects more than ``limit`` deep; iterative, so
-    the check itself cannot overflow the stack that deep data would overflow later
-    (rendering, logging, the database's own JSON functions)."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
-        if children is None:
-            continue
-        if depth > limit:
-            return True
-        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
-    return False
+def parse_json_body(raw: bytes | str, *, field: str | None = None, decimals: bool = False) -> Any:
+    """Parse a request body, or JSON text inside one named ``field``, with the hub's one JSON
+    loader (:func:`prm_core.server.jsonbody.loads`): malformed JSON, NaN and Infinity are 400;
+    numbers past a double or past 4,300 digits, lone surrogates, NUL characters and nesting
+    deeper than :data:`MAX_DEPTH` are 422 naming the field. ``decimals`` reads every
+    non-integer number as a :class:`~decimal.Decimal` (money)."""
+    return loads(raw, field=field, decimals=decimals)
 
 
 EVENT_SCHEMA = {"$ref": "#/components/schemas/Event"}

@@ -224,6 +224,27 @@ class Store:
             conn.close()
             raise
 
+    async def checkpoint(self) -> bool:
+        """SQLite: copy the write-ahead log into the database file and truncate it, so no page
+        image written before (an erased person's rows) stays in the log. Whether it completed
+        (a reader in a long transaction can hold it back until a later checkpoint). PostgreSQL:
+        nothing to do, ``True``."""
+        if self.sync_writer is None:
+            return True
+        if self._writer_thread is None:
+            self._writer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prm-writer")
+        return await asyncio.get_running_loop().run_in_executor(self._writer_thread, self._checkpoint)
+
+    def _checkpoint(self) -> bool:
+        assert self.sync_writer is not None
+        conn = self._writer_conn
+        if conn is None or conn.closed or conn.invalidated:
+            conn = self._writer_conn = self.sync_writer.connect()
+        # on the driver's connection, outside any transaction (SQLAlchemy would begin one)
+        raw: Any = conn.connection.driver_connection
+        busy, _, _ = raw.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        return not busy
+
     def _release_writer(self) -> None:
         if self._writer_conn is not None:
             self._writer_conn.close()
@@ -286,6 +307,9 @@ def _sqlite_setup(engine: sa.Engine, *, immediate: bool, busy_timeout_ms: int) -
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=FULL")
         cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        # what a delete or an update frees is overwritten with zeros (Debian's build does so by
+        # default, others do not): no old copy of an erased person's rows stays in free space
+        cur.execute("PRAGMA secure_delete=ON")
         cur.close()
 
     @event.listens_for(engine, "begin")

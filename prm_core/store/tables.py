@@ -25,6 +25,7 @@ __all__ = [
     "DialogueRow",
     "ErasureRow",
     "EventRow",
+    "IdentityConflictRow",
     "IdentityRow",
     "ImportCheckpointRow",
     "MembershipRow",
@@ -206,6 +207,28 @@ class MergeRow(SQLModel, table=True):
     merged_at: datetime = _ts()
     undone_at: datetime | None = _ts(default=None)
     moved: dict[str, Any] = _json(default_factory=dict)
+
+
+class IdentityConflictRow(SQLModel, table=True):
+    """An event that would have broken an identity limit (:mod:`prm_core.identity_rules`).
+
+    The identity values stay in the event's row (erasure scrubs them there); this keeps only
+    customers and namespace names. ``status`` is ``open`` until resolved by ``merge``,
+    ``split`` or ``dismiss``.
+    """
+
+    __tablename__ = "identity_conflicts"
+
+    id: str = Field(primary_key=True, max_length=40)
+    touchpoint: str = Field(max_length=64)
+    event_id: str = Field(max_length=200)
+    customer_id: str = Field(max_length=40, index=True)
+    apart: list[str] = _json(default_factory=list)
+    namespaces: list[str] = _json(default_factory=list)
+    left_out: list[str] = _json(default_factory=list)
+    status: str = Field(default="open", max_length=16, index=True)
+    created_at: datetime = _ts()
+    resolved_at: datetime | None = _ts(default=None)
 
 
 class ApiKeyRow(SQLModel, table=True):
@@ -462,6 +485,7 @@ dialogues: sa.Table = DialogueRow.__table__  # type: ignore[attr-defined]  # SQL
 memberships: sa.Table = MembershipRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
 metrics: sa.Table = MetricsRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
 merges: sa.Table = MergeRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
+identity_conflicts: sa.Table = IdentityConflictRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
 api_keys: sa.Table = ApiKeyRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
 import_checkpoints: sa.Table = ImportCheckpointRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
 webhook_receipts: sa.Table = WebhookReceiptRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
