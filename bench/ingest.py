@@ -442,13 +442,20 @@ def attach_diagnostics(app: Any) -> None:
 
 
 def serve_hub(
-    database_url: str, port: int, log_level: str, profile: str | None, diagnostics: bool, identity_rules: str = "on"
+    database_url: str,
+    port: int,
+    log_level: str,
+    profile: str | None,
+    diagnostics: bool,
+    identity_rules: str = "on",
+    feed: bool = True,
 ) -> None:
     """Run the hub as ``prm serve`` does: logging set up, every installed plugin, until SIGTERM.
 
     ``identity_rules``: ``on`` (the defaults), ``limited`` (the defaults and ``[identity.rules.email]
     limit = 1``, so that the mix's logins, which give an anonymous visitor an email, check the
-    limit) or ``off`` (no rule at all: what the hub costs without them)."""
+    limit) or ``off`` (no rule at all: what the hub costs without them).
+    ``feed=False``: with ``[feed] enabled = false``, no change records (the ``hub-nofeed`` server)."""
     from aiohttp import web
 
     from prm_core.config import Config
@@ -457,9 +464,9 @@ def serve_hub(
     from prm_core.server.app import create_app
 
     configure_logging(log_level, cache=True)  # as prm serve does: loggers keep their configuration
-    raw: dict[str, Any] = {}
+    raw: dict[str, Any] = {} if feed else {"feed": {"enabled": False}}
     if identity_rules == "limited":
-        raw = {"identity": {"rules": {"email": {"limit": 1}}}}
+        raw["identity"] = {"rules": {"email": {"limit": 1}}}
     elif identity_rules == "off":
         IdentityRules.from_config = classmethod(lambda cls, *a, **k: None)  # type: ignore[method-assign,assignment]
     app = create_app(Config(database_url=database_url, raw=raw), owns_process=True)  # as prm serve does
@@ -865,7 +872,7 @@ def summarize(phases: list[Phase]) -> dict[str, Any]:
     """Medians over rounds per (server, batch), the per-round hub/bare ratios at 1 event/request, the
     per-round Segment/hub ratios at 100 events/request, errors."""
     out: dict[str, Any] = {}
-    for server in ("bare", "hub", "segment", "handwritten"):
+    for server in ("bare", "hub", "segment", "handwritten", "hub-nofeed"):
         for batch in BATCH_SIZES:
             rates = [p.events_per_s for p in phases if p.server == server and p.batch == batch]
             out[f"{server}_{batch}"] = statistics.median(rates) if rates else None
@@ -898,6 +905,14 @@ def summarize(phases: list[Phase]) -> dict[str, Any]:
             h.events_per_s / hw[h.round].events_per_s for h in hub_rates if h.round in hw and hw[h.round].events_per_s
         ]
         out[f"ratio_handwritten_{batch}"] = statistics.median(hw_ratios) if hw_ratios else None
+    for batch in BATCH_SIZES:  # the change feed's cost: the hub with it over the hub without, per round
+        nofeed = {p.round: p for p in phases if p.server == "hub-nofeed" and p.batch == batch}
+        feed_ratios = [
+            h.events_per_s / nofeed[h.round].events_per_s
+            for h in phases
+            if h.server == "hub" and h.batch == batch and h.round in nofeed and nofeed[h.round].events_per_s
+        ]
+        out[f"ratio_feed_{batch}"] = statistics.median(feed_ratios) if feed_ratios else None
     out["errors"] = sum(p.errors for p in phases)
     return out
 
@@ -953,6 +968,12 @@ def render_summary(summary: dict[str, Any], rounds: int, rss_idle_mb: float, rss
         else "",
         f"  hub peak RSS (VmHWM)              {peak:>10.0f} MB        target <= {TARGET_RSS_MB:.0f} MB  "
         f"{mark(peak <= TARGET_RSS_MB)}   (after start {rss_idle_mb:.0f} MB, at end {rss_end_mb:.0f} MB)",
+        *(
+            f"  hub with the feed / without, {batch:>3} events/request {summary[f'ratio_feed_{batch}']:>5.2f}"
+            f"   target >= 0.90  {mark(summary[f'ratio_feed_{batch}'] >= 0.9)}"
+            for batch in BATCH_SIZES
+            if summary.get(f"ratio_feed_{batch}") is not None
+        ),
         f"  errors                            {summary['errors']:>10,}",
     ]
     return "\n".join(line for line in lines if line)
@@ -972,18 +993,19 @@ def driver(args: argparse.Namespace) -> None:
 
 @contextmanager
 def databases(args: argparse.Namespace, workdir: Path) -> Iterator[tuple[str, str]]:
-    """Fresh databases for the hub and the hand-written endpoint; PostgreSQL ones are dropped after."""
+    """Fresh databases for the hub and the hand-written endpoint; PostgreSQL ones are dropped after.
+    (The ``hub-nofeed`` server's is made from the hub's by :func:`copy_database`.)"""
     if args.database == "sqlite":
         yield f"sqlite:///{workdir}/prm.db", f"sqlite:///{workdir}/handwritten.db"
         return
     import sqlalchemy as sa
 
     base = sa.make_url(args.postgres_url)
-    names = [f"prm_bench_{os.getpid()}_{which}" for which in ("hub", "hw")]
+    names = [f"prm_bench_{os.getpid()}_{which}" for which in ("hub", "hw", "nofeed")]
     admin = sa.create_engine(base.set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as conn:
-            for name in names:
+            for name in names[:2]:
                 conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
                 conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
         urls = [base.set(database=n, drivername="postgresql").render_as_string(hide_password=False) for n in names]
@@ -993,6 +1015,25 @@ def databases(args: argparse.Namespace, workdir: Path) -> Iterator[tuple[str, st
             for name in names:
                 conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.dispose()
+
+
+def copy_database(args: argparse.Namespace, database_url: str) -> str:
+    """A copy of the hub's migrated database, key included, for the ``hub-nofeed`` server."""
+    import sqlalchemy as sa
+
+    url = sa.make_url(database_url)
+    if url.get_backend_name() == "sqlite":
+        copy = Path(url.database or "").with_name("nofeed.db")
+        shutil.copyfile(url.database or "", copy)
+        return f"sqlite:///{copy}"
+    name = f"prm_bench_{os.getpid()}_nofeed"
+    admin = sa.create_engine(sa.make_url(args.postgres_url).set(drivername="postgresql+psycopg"))
+    try:
+        with admin.execution_options(isolation_level="AUTOCOMMIT").connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}" TEMPLATE "{url.database}"')
+    finally:
+        admin.dispose()
+    return url.set(database=name).render_as_string(hide_password=False)
 
 
 def _drive(args: argparse.Namespace, client: str, workdir: Path, database_url: str, handwritten_url: str) -> None:
@@ -1023,6 +1064,10 @@ def _drive(args: argparse.Namespace, client: str, workdir: Path, database_url: s
         hub_argv += ["--hub-profile", str(Path(args.hub_profile).resolve())]
     if args.hub_diagnostics:
         hub_argv.append("--hub-diagnostics")
+    nofeed_argv: list[str] = []
+    if "hub-nofeed" in args.servers:  # copied before any hub opens the database
+        nofeed_argv = [*hub_argv, "--no-feed"]
+        nofeed_argv[nofeed_argv.index("--database-url") + 1] = copy_database(args, database_url)
     try:
         with ExitStack() as stack:
             bare = stack.enter_context(start_server("bare", ["--role", "bare"], free_port(), workdir))
@@ -1037,6 +1082,12 @@ def _drive(args: argparse.Namespace, client: str, workdir: Path, database_url: s
                 servers.append(
                     stack.enter_context(
                         start_server("hub-norules", argv, free_port(), workdir, diagnostics=args.hub_diagnostics)
+                    )
+                )
+            if nofeed_argv:
+                servers.append(
+                    stack.enter_context(
+                        start_server("hub-nofeed", nofeed_argv, free_port(), workdir, diagnostics=args.hub_diagnostics)
                     )
                 )
             if "handwritten" in args.servers:
@@ -1143,7 +1194,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--servers",
         type=_csv(str),
         default="bare,hub",
-        help="which servers to load, comma-separated: bare, hub, handwritten (bench/handwritten.py)",
+        help="which servers to load, comma-separated: bare, hub, handwritten (bench/handwritten.py), hub-nofeed"
+        " (a second hub, on a copy of the hub's database, with [feed] enabled = false: the change feed's cost)",
     )
     parser.add_argument(
         "--database",
@@ -1193,6 +1245,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--database-url", help=argparse.SUPPRESS)
+    parser.add_argument("--no-feed", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--key", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
@@ -1215,6 +1268,7 @@ def main(argv: list[str] | None = None) -> None:
             args.hub_profile,
             args.hub_diagnostics,
             args.hub_identity_rules,
+            not args.no_feed,
         )
     elif args.role == "bare":
         serve_bare(args.port)

@@ -303,6 +303,7 @@ def plugins(config_path: str | None, as_json: bool) -> None:
             ("value providers", regs.value_providers),
             ("identity namespaces", regs.namespaces),
             ("importers", regs.importers),
+            ("destination kinds", regs.destination_kinds),
         ):
             mine = [n for n in registry.names() if registry.providers[n].split(" ")[0] == name]
             entry[kind.replace(" ", "_")] = mine
@@ -337,6 +338,9 @@ def plugins(config_path: str | None, as_json: bool) -> None:
             )
             if k["description"]:
                 click.echo(f"    {k['description']}")
+    click.echo("destination kinds ([destinations.NAME] kind = ...):")
+    for kind in regs.destination_kinds:
+        click.echo(f"  {kind.name}  from {regs.destination_kinds.providers[kind.name]}: {kind.about or '-'}")
 
 
 @main.group()
@@ -487,6 +491,74 @@ def scorecard(config_path: str | None, database_url: str | None, days: int, as_j
         f"churned {pct(b['churn_rate'])}, repeat {pct(b['repeat_rate'])}; "
         f"average predicted 12-month value {b['average_clv'] if b['average_clv'] is not None else '- (prm plan fit)'}"
     )
+
+
+@main.group(invoke_without_command=True)
+@config_option
+@database_option
+@click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
+@click.pass_context
+def destinations(ctx: click.Context, config_path: str | None, database_url: str | None, as_json: bool) -> None:
+    """Where each destination of the change feed is: kind, position, lag, last error, dead letters."""
+    if ctx.invoked_subcommand is not None:
+        return
+    import json
+
+    from .feed.status import destination_status
+    from .store import Store
+
+    config = _config(config_path, database_url)
+    configured = config.section("destinations")
+
+    async def read() -> list[dict[str, Any]]:
+        store = Store.open(config.database_url)
+        try:
+            await store.migrate()
+            return await store.read(lambda conn: destination_status(conn, configured))
+        finally:
+            await store.dispose()
+
+    found = _run(read)
+    if as_json:
+        click.echo(json.dumps({"destinations": found}, indent=2))
+        return
+    if not found:
+        click.echo("no destinations: add a [destinations.NAME] table to the configuration")
+        return
+
+    def shown(value: Any) -> str:
+        return "-" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+    rows = [
+        (d["name"], shown(d["kind"]), shown(d["position"]), shown(d["lag"]["changes"]), shown(d["lag"]["seconds"]),
+         str(d["dead_letters"]), (d["last_error"] or "")[:80])
+        for d in found
+    ]  # fmt: skip
+    _table(("destination", "kind", "position", "lag", "lag s", "dead letters", "last error"), rows)
+
+
+@destinations.command("replay")
+@click.argument("name")
+@click.option("--from", "start", required=True, help="the first position to deliver again")
+@config_option
+@database_option
+def destinations_replay(name: str, start: str, config_path: str | None, database_url: str | None) -> None:
+    """Deliver a destination's changes again from a position on (a running hub picks it up)."""
+    from .feed.relay import replay
+    from .store import Store
+
+    config = _config(config_path, database_url)
+
+    async def run() -> int:
+        store = Store.open(config.database_url)
+        try:
+            await store.migrate()
+            return await replay(store, name, start)
+        finally:
+            await store.dispose()
+
+    cursor = _run(run)
+    click.echo(f"{name} delivers again from position {cursor + 1}")
 
 
 def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> None:

@@ -18,6 +18,7 @@ import structlog
 from attrs import define, evolve
 
 from .config import Config
+from .feed.changes import NewChange, check_plugin_type
 from .model import (
     Customer,
     CustomerView,
@@ -45,6 +46,36 @@ class Hooks:
     """Calls into plugins, one method per hook."""
 
     pm: pluggy.PluginManager
+
+    def has(self, name: str) -> bool:
+        """Whether any plugin implements hook ``name``."""
+        return bool(self._impls(name))
+
+    def event_changes(self, recorded: Sequence[RecordedEvent]) -> list[NewChange]:
+        """``prm_event_changes``: plugins' own changes for events just recorded (inside the
+        recording transaction). A failing implementation, or a change of a type that is not
+        a plugin's to emit, is logged with the plugin's name and left out: a plugin's bug
+        never stops ingest."""
+        found: list[NewChange] = []
+        for impl in self._impls("prm_event_changes"):
+            try:
+                result: Any = impl.function(recorded)
+                produced: list[Any] = list(result or ())
+                for change in produced:
+                    if not isinstance(change, NewChange):
+                        raise TypeError(f"yielded {type(change).__name__}, expected NewChange")
+                    check_plugin_type(change.type)
+            except Exception as exc:
+                log.error(
+                    "hook failed",
+                    hook="prm_event_changes",
+                    plugin=impl.plugin_name,
+                    error=type(exc).__name__,
+                    exc_info=exc,
+                )
+                continue
+            found.extend(produced)
+        return found
 
     def _impls(self, name: str) -> list[pluggy.HookImpl]:
         """Implementations in pluggy's call order; wrappers are for pluggy calls only."""

@@ -14,6 +14,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from .config import Config
+    from .feed import DestinationKind, NewChange
     from .formats import Importer
     from .model import (
         Adapter,
@@ -390,4 +391,47 @@ def prm_customer_erased(customer_id: str, merged_ids: Sequence[str]) -> Awaitabl
         @hookimpl
         def prm_customer_erased(customer_id, merged_ids):
             return outbox.purge([customer_id, *merged_ids])
+    """
+
+
+# -------------------------------------------------------------------------------------
+# The change feed
+# -------------------------------------------------------------------------------------
+
+
+@hookspec
+def prm_destination_kinds(config: Config) -> Iterable[DestinationKind]:
+    """Register kinds of destination the change feed can flow to: yield one
+    :class:`~prm_core.feed.DestinationKind` each.
+
+    An operator configures a destination as ``[destinations.NAME]`` with ``kind`` naming
+    yours; the hub opens its sink with the table's settings as it starts (a bad setting
+    stops the hub there, naming the key) and delivers the feed to it in order. Two plugins
+    registering the same kind stop the hub with an error naming both.
+
+    .. code-block:: python
+
+        @hookimpl
+        def prm_destination_kinds(config):
+            yield DestinationKind(name="printer", open=Printer)
+    """
+
+
+@hookspec
+def prm_event_changes(recorded: Sequence[RecordedEvent]) -> Iterable[NewChange] | None:
+    """Changes of your own to add to the feed for events just recorded: yield
+    :class:`~prm_core.feed.NewChange` values.
+
+    Called inside the recording transaction, once per batch with the batch's new events
+    (never duplicates), so what you yield commits with the events or not at all. The type
+    is yours: dotted lower-case words that are not one of the core's (``loyalty.earned``).
+    Runs on the ingest writer: derive from the events only, no I/O.
+
+    .. code-block:: python
+
+        @hookimpl
+        def prm_event_changes(recorded):
+            for r in recorded:
+                if r.event.type == "purchase":
+                    yield NewChange("loyalty.earned", r.customer_id, {"points": 10})
     """

@@ -14,6 +14,7 @@ import hashlib
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -26,6 +27,10 @@ from .config import Config
 from .delivery import Answer, deliver_value
 from .errors import ConfigError, InvalidInput, NotFound
 from .events import check_window, parse_events
+from .feed.changes import NewChange
+from .feed.feed import Feed
+from .feed.relay import Relay, open_destinations
+from .feed.writing import emit
 from .hooks import Hooks
 from .identity import parse_ref
 from .identity_rules import IdentityRules
@@ -61,6 +66,8 @@ class Hub:
     hooks: Hooks
     ingestor: Ingestor
     planner: Planner
+    feed: Feed
+    relay: Relay = None  # type: ignore[assignment]  # set in open(), once the feed runs
     outbox: Outbox = None  # type: ignore[assignment]  # set in open(): it needs the hub
     # event type -> words for people (prm_core.labels), collected once at start
     event_labels: Mapping[str, str] = field(factory=dict)
@@ -91,9 +98,12 @@ class Hub:
         if planner.catalog.items and "catalog" not in registrations.value_providers:
             provider: ValueProvider = catalog_provider(planner.catalog)
             registrations.value_providers.add(provider.name, provider, "prm_core.planning")
-        store = Store.open(
+        store = Store.open(  # connects lazily
             config.database_url, busy_timeout_ms=int(config.section("database").get("busy_timeout_ms", 5000))
         )
+        # a bad [destinations.*] setting stops the hub here, named, before the database is touched
+        destinations = open_destinations(config, registrations.destination_kinds, store.read)
+        feed = Feed.from_config(config, store)
         try:
             if migrate:
                 await store.migrate()
@@ -107,6 +117,7 @@ class Hub:
                 after_write=planner.after_write if planner.on_ingest else None,
                 tombstone_key=tombstone_key,
                 identity=identity_rules,
+                event_changes=hooks.event_changes if hooks.has("prm_event_changes") else None,
             )
             ingestor = Ingestor(
                 store,
@@ -114,17 +125,23 @@ class Hub:
                 hooks.batch_committed,
                 max_pending=int(config.section("server").get("max_pending_events", 50_000)),
             )
+            await feed.start()
             ingestor.start()
-            hub = cls(config, pm, registrations, store, hooks, ingestor, planner)
+            hub = cls(config, pm, registrations, store, hooks, ingestor, planner, feed)
             hub.event_labels = merge_labels(reversed(pm.hook.prm_event_labels(config=config)))
+            # delivery to destinations runs in its own tasks: a destination that is down never slows ingest
+            hub.relay = Relay(store, destinations, feed.signal, lease_s=feed.lease_s)
+            await hub.relay.start()
             # partner work left by a previous run (or another hub's crash) is dispatched from here
             hub.outbox = Outbox.from_config(hub)
             hub.outbox.start()
             try:
                 yield hub
             finally:
+                await hub.relay.stop()
                 await hub.outbox.stop()
                 await ingestor.stop()
+                await feed.stop()
                 for plugin, closing in hooks.hub_stopping(config):
                     try:
                         await closing
@@ -257,6 +274,7 @@ class Hub:
                     id=customer.id, kind=kind, traits=dict(customer.traits), created_at=now, updated_at=now
                 )
             )
+            emit(conn, _created(customer.id, kind, customer.traits, now))
 
         await self.store.write(write)
         self.hooks.customer_created(customer, None)
@@ -296,6 +314,9 @@ class Hub:
             if "kind" in changes:
                 values["kind"] = changes["kind"]
             conn.execute(customers.update().where(customers.c.id == cid).values(**values))
+            told = {k: v for k, v in values.items() if k != "updated_at"}
+            if told:
+                emit(conn, NewChange("customer.updated", cid, told, at=now))
             for item in adds:
                 try:
                     group = resolve_ref(conn, item["group"], namespaces, self.config.default_region)
@@ -350,6 +371,7 @@ class Hub:
                 merged = {**current, **{k: v for k, v in traits.items() if v is not None}}
                 if merged != current:
                     conn.execute(customers.update().where(customers.c.id == cid).values(traits=merged, updated_at=now))
+                    emit(conn, NewChange("customer.updated", cid, {"traits": merged}, at=now))
                     changed.append(cid)
             self.planner.refresh_tiers(conn, changed, now)  # tier rules may read traits
 
@@ -386,6 +408,7 @@ class Hub:
                         id=owner, kind=kind, traits=dict(traits or {}), created_at=now, updated_at=now
                     )
                 )
+                emit(conn, _created(owner, kind, traits or {}, now))
                 conn.execute(
                     identities.insert().values(
                         namespace=group.namespace, value=group.value, customer_id=owner, shared=False, first_seen_at=now
@@ -396,12 +419,13 @@ class Hub:
                 row = conn.execute(sa.select(customers.c.kind, customers.c.traits).where(customers.c.id == owner)).one()
                 if row.kind == "person":
                     raise InvalidInput(f"{group.namespace} names a person, not a group", "group")
-                if traits:
+                if traits and {**row.traits, **traits} != row.traits:
                     conn.execute(
                         customers.update()
                         .where(customers.c.id == owner)
                         .values(traits={**row.traits, **traits}, updated_at=now)
                     )
+                    emit(conn, NewChange("customer.updated", owner, {"traits": {**row.traits, **traits}}, at=now))
             if owner != member:
                 exists = conn.execute(
                     sa.select(memberships.c.group_id).where(
@@ -487,6 +511,12 @@ class Hub:
             return {"namespace": ident.namespace, "value": value, "shared": shared, "customer_id": owner}
 
         return await self.store.write(write)
+
+
+def _created(customer_id: str, kind: str, traits: Mapping[str, Any], now: datetime) -> NewChange:
+    """A ``customer.created`` change for a customer made through the API (no event introduced it)."""
+    data = {"kind": kind, "traits": dict(traits), "touchpoint": None, "event_id": None}
+    return NewChange("customer.created", customer_id, data, at=now)
 
 
 def _offer_made(o: Offer) -> dict[str, Any]:

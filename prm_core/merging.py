@@ -19,6 +19,8 @@ from attrs import define, field, frozen
 from sqlalchemy.engine import Connection
 
 from .errors import InvalidInput, NotFound
+from .feed.changes import NewChange
+from .feed.writing import emit
 from .ids import new_id
 from .model import Merge
 from .store.engine import advisory_locks, customer_lock_key
@@ -247,7 +249,20 @@ def merge_customers(
             },
         )
     )
+    emit(conn, NewChange("customers.merged", survivor, merge_change_data(merge), at=now))
     return merge
+
+
+def merge_change_data(merge: Merge) -> dict[str, Any]:
+    """The ``data`` of a ``customers.merged`` change (prm_core.feed)."""
+    return {
+        "merge_id": merge.id,
+        "survivor_id": merge.survivor_id,
+        "merged_id": merge.merged_id,
+        "reason": merge.reason,
+        "touchpoint": merge.cause_touchpoint,
+        "event_id": merge.cause_event_id,
+    }
 
 
 def _move_memberships(conn: Connection, src: str, dst: str, now: datetime) -> dict[str, Any]:
@@ -424,6 +439,8 @@ def unmerge(conn: Connection, merge_id: str, *, now: datetime) -> Merge:
     conn.execute(customers.update().where(customers.c.id == target).values(**values))
     recompute_metrics(conn, [target, merged])
     conn.execute(merges.update().where(merges.c.id == merge_id).values(undone_at=now))
+    data = {"merge_id": merge_id, "survivor_id": target, "merged_id": merged}
+    emit(conn, NewChange("customers.unmerged", target, data, at=now))
     return merge_value(conn.execute(sa.select(merges).where(merges.c.id == merge_id)).one())
 
 

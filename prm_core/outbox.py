@@ -35,6 +35,8 @@ import structlog
 from attrs import define, field, frozen
 from sqlalchemy.engine import Connection
 
+from .feed.changes import NewChange
+from .feed.writing import emit
 from .ids import new_id
 from .model import Event, FulfillmentRequest, FulfillmentResult, _iso
 from .store.lists import one_of
@@ -130,14 +132,32 @@ def settle_row(conn: Connection, ev: Event) -> Fulfillment | None:
     row = None
     if conn.dialect.update_returning:  # PostgreSQL, SQLite 3.35+: the row for the hook, no second read
         row = conn.execute(update.returning(outbox)).first()
+        updated = row is not None
     else:
-        conn.execute(update)
+        updated = bool(conn.execute(update).rowcount)
     if row is None:  # read it: no RETURNING, or not pending any more (told before, or taken over)
         row = conn.execute(sa.select(outbox).where(c.id == ev.row_id)).first()
         if row is None or (ev.fence is not None and row.attempts != ev.fence) or row.status != ev.values.get("status"):
             log.info("fulfillment claim was taken over", partner=ev.data.get("partner"), attempt=ev.fence)
             return None
-    return _fulfillment(row)
+    fulfillment = _fulfillment(row)
+    if updated:
+        emit(conn, fulfillment_change(fulfillment))
+    return fulfillment
+
+
+def fulfillment_change(f: Fulfillment) -> NewChange:
+    """The ``fulfillment.updated`` change (prm_core.feed) of a request's new status."""
+    data = {
+        "fulfillment_id": f.id,
+        "partner": f.partner,
+        "role": f.role,
+        "action": f.action,
+        "status": f.status,
+        "dialogue_id": f.dialogue_id,
+        "data": dict(f.data),
+    }
+    return NewChange("fulfillment.updated", f.customer_id, data, at=f.updated_at)
 
 
 @frozen
@@ -548,7 +568,10 @@ class Outbox:
             )
             if done.rowcount == 0:
                 return None
-            return conn.execute(sa.select(outbox).where(c.id == claim.row_id)).one()
+            row = conn.execute(sa.select(outbox).where(c.id == claim.row_id)).one()
+            if "status" in values:  # given up (a retry planned is no change of status)
+                emit(conn, fulfillment_change(_fulfillment(row)))
+            return row
 
         row = await self.hub.store.write(write)
         if row is None:
@@ -647,6 +670,7 @@ class Outbox:
                 # a callback is the partner's word: nothing left to send, whatever a retry had planned
                 .values(status=status, result=merged, next_attempt_at=None, updated_at=now)
             )
+            emit(conn, fulfillment_change(updated))
             return True
 
         applied = await self.hub.store.write(write)

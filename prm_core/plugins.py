@@ -23,6 +23,8 @@ from attrs import define, field, frozen
 from . import hookspecs
 from .config import Config
 from .errors import ConflictingRegistration, PluginLoadError
+from .feed.builtin import builtin_destination_kinds
+from .feed.destinations import DestinationKind
 from .formats import Importer
 from .identity import builtin_namespaces
 from .model import Adapter, IdentityNamespace, Partner, TouchPoint, ValueProvider
@@ -158,6 +160,7 @@ class Registrations:
     value_providers: Registry[ValueProvider]
     namespaces: Registry[IdentityNamespace]
     importers: Registry[Importer] = field(factory=lambda: Registry("importer"))
+    destination_kinds: Registry[DestinationKind] = field(factory=lambda: Registry("destination kind"))
 
 
 def _collect(
@@ -212,6 +215,9 @@ def collect_registrations(pm: pluggy.PluginManager, config: Config) -> Registrat
     _collect(pm, "prm_value_providers", "value provider", ValueProvider, config, regs.value_providers)
     _collect(pm, "prm_identity_namespaces", "identity namespace", IdentityNamespace, config, regs.namespaces)
     _collect(pm, "prm_importers", "importer", Importer, config, regs.importers)
+    for kind in builtin_destination_kinds():
+        regs.destination_kinds.add(kind.name, kind, "prm_core")
+    _collect(pm, "prm_destination_kinds", "destination kind", DestinationKind, config, regs.destination_kinds)
     return regs
 
 

@@ -27,11 +27,13 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 
 from .dialogue import DialogueState
+from .feed.changes import NewChange
+from .feed.writing import emit, emit_rows
 from .identity_limits import Limits
 from .identity_rules import IdentityRules
 from .ids import new_id
 from .merging import PurchaseTotals, event_purchase, merge_customers
-from .model import Customer, Dialogue, Event, Identity, Merge, RecordedEvent, TouchPoint
+from .model import Customer, Dialogue, Event, Identity, Merge, RecordedEvent, TouchPoint, _iso
 from .outbox import Fulfillment, outbox_rows, settle_row
 from .privacy import record_consents, scrub_tombstoned
 from .store.bulk import execute_many
@@ -116,6 +118,8 @@ class IngestRules:
     tombstone_key: bytes | None = None
     # [identity.rules] (prm_core.identity_rules); None: no value is blocked, no namespace limited
     identity: IdentityRules | None = None
+    # plugins' own changes for the batch's new events (the prm_event_changes hook); None: no plugin
+    event_changes: Callable[[Sequence[RecordedEvent]], Iterable[NewChange]] | None = None
 
 
 @define
@@ -229,6 +233,12 @@ class _Batch:
         self.merges_told = 0
         self.out = BatchOutcome()
         self.limits = Limits(self) if rules.identity is not None and rules.identity.limited else None
+        # the change feed (prm_core.feed): what introduced each new customer, which event
+        # opened each new dialogue, how many closings were told so far
+        self.introduced: dict[str, tuple[str, str]] = {}
+        self.opened_by: dict[str, str] = {}
+        self.closed_told = 0
+        self.changes: list[dict[str, Any]] = []
 
     # ---- helpers ---------------------------------------------------------------------
 
@@ -286,6 +296,10 @@ class _Batch:
                 results[i] = RecordedEvent(ev, self.find(r.customer_id), r.dialogue_id)
                 self.out.recorded.append(results[i])
         record_consents(self.conn, self.out.recorded)
+        if self.rules.event_changes is not None:
+            new = [r for r in self.out.recorded if not r.duplicate]
+            if new:
+                emit(self.conn, *self.rules.event_changes(new))
         self.out.dialogues_opened = [(s.value(), results[i]) for s, i in self.opened]
         self.out.dialogues_closed = [s.value() for s in self.closed]
         return self.out
@@ -436,6 +450,7 @@ class _Batch:
             }
         )
         self.out.customers_created.append((Customer(id=cid, kind="person", created_at=self.now), ev))
+        self.introduced[cid] = (ev.touchpoint, ev.id)
         return cid
 
     def _resolve(self, ev: Event, tp: TouchPoint) -> str:
@@ -626,14 +641,20 @@ class _Batch:
         )
         self.opened.append((state, self.position))
         self.opened_ids.add(did)
+        self.opened_by[did] = ev.id
         return state
 
     # ---- writing ---------------------------------------------------------------------
 
     def _flush(self) -> None:
         conn = self.conn
+        changes = self.changes
         if self.new_customers:
             execute_many(conn, _INSERT_CUSTOMERS, self.new_customers)
+            for row in self.new_customers:
+                tp, eid = self.introduced.get(row["id"], (None, None))
+                data = {"kind": row["kind"], "traits": {}, "touchpoint": tp, "event_id": eid}
+                changes.append({"type": "customer.created", "at": self.now, "customer_id": row["id"], "data": data})
             self.new_customers = []
         if self.new_identities:
             for row in self.new_identities:
@@ -649,7 +670,44 @@ class _Batch:
             for row in self.new_events:
                 row["customer_id"] = row["ingest_customer_id"] = self.find(row["customer_id"])
             execute_many(conn, _INSERT_EVENTS, self.new_events)
+            now = self.now
+            changes.extend(
+                {
+                    "type": "event.recorded",
+                    "at": now,
+                    "customer_id": row["customer_id"],
+                    "data": {
+                        "event_id": row["event_id"],
+                        "touchpoint": row["touchpoint"],
+                        "type": row["type"],
+                        "occurred_at": _iso(row["occurred_at"]),
+                        "dialogue_id": row["dialogue_id"],
+                    },
+                }
+                for row in self.new_events
+            )
             self.new_events = []
+        if len(self.closed) > self.closed_told:
+            for state in self.closed[self.closed_told :]:
+                data = {
+                    "dialogue_id": state.id,
+                    "touchpoint": state.touchpoint,
+                    "intent": state.intent,
+                    "outcome": state.outcome,
+                    "closed_at": _iso(state.closed_at),
+                }
+                changes.append(
+                    {
+                        "type": "dialogue.closed",
+                        "at": self.now,
+                        "customer_id": self.find(state.customer_id),
+                        "data": data,
+                    }
+                )
+            self.closed_told = len(self.closed)
+        if changes:
+            emit_rows(conn, changes)
+            self.changes = []
         if self.new_outbox:
             for row in self.new_outbox:
                 row["customer_id"] = self.find(row["customer_id"])
@@ -700,6 +758,20 @@ class _Batch:
             s.dirty = False
         if inserts:
             execute_many(self.conn, _INSERT_DIALOGUES, inserts)
+            self.changes.extend(
+                {
+                    "type": "dialogue.opened",
+                    "at": self.now,
+                    "customer_id": row["customer_id"],
+                    "data": {
+                        "dialogue_id": row["id"],
+                        "touchpoint": row["touchpoint"],
+                        "opened_at": _iso(row["opened_at"]),
+                        "event_id": self.opened_by.get(row["id"]),
+                    },
+                }
+                for row in inserts
+            )
         if updates:
             execute_many(
                 self.conn,

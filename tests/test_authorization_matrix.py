@@ -126,6 +126,7 @@ ROUTES: dict[tuple[str, str], Access] = {
     # reading
     ("GET", "/v1/customers/{ref}"): key("read"),
     ("GET", "/v1/customers/{ref}/merges"): key("read"),
+    ("GET", "/v1/changes"): key("read"),
     ("GET", "/v1/campaigns/{name}"): key("read"),
     ("GET", "/v1/knowledge"): key("read"),
     ("GET", "/v1/scorecard"): key("read"),

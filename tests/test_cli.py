@@ -46,6 +46,8 @@ def test_plugins_lists_first_party_touchpoints():
     assert "web  prm-hub 0.1.0" in result.output
     assert "touch points: web (250 ms)" in result.output
     assert "hooks: prm_touchpoints" in result.output
+    assert "  webhook  from prm_core: POST batches signed with Standard Webhooks" in result.output
+    assert "  nats  from prm_core:" in result.output
 
 
 def test_config_errors_are_clear(tmp_path, monkeypatch):
@@ -192,6 +194,11 @@ def test_the_documented_config_loads(tmp_path):
     [
         ('[server]\nfreeze_heap = "yes"\n', "Error: [server].freeze_heap must be true or false, not 'yes'"),
         ('[planning]\non_ingest = "yes"\n', "Error: [planning].on_ingest must be true or false, not 'yes'"),
+        (
+            '[destinations.crm]\nkind = "webhook"\nurl = "https://crm.example.com/"\nsecret = "hunter2"\n',
+            "Error: [destinations.crm].secret must be a Standard Webhooks secret (whsec_...), or env:VARIABLE",
+        ),
+        ("[feed]\nretention_days = 0\n", "Error: [feed].retention_days must be a number of days above 0, not 0"),
     ],
 )
 def test_serve_with_a_bad_setting_stops_naming_it_without_a_traceback(tmp_path, setting, message):
@@ -208,5 +215,5 @@ def test_serve_with_a_bad_setting_stops_naming_it_without_a_traceback(tmp_path, 
     assert done.returncode == 1
     assert message in done.stderr
     assert "Traceback" not in done.stderr
-    if "freeze_heap" in setting:  # refused before the database is touched
+    if "freeze_heap" in setting or "destinations" in setting:  # refused before the database is touched
         assert not (tmp_path / "prm-data").exists()

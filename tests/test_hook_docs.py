@@ -45,6 +45,7 @@ REGISTRATION = {
     "prm_value_providers": "value_providers",
     "prm_identity_namespaces": "namespaces",
     "prm_importers": "importers",
+    "prm_destination_kinds": "destination_kinds",
 }
 
 
@@ -282,6 +283,10 @@ class Spy:
     @hookimpl
     def prm_event_recorded(self, recorded):
         self._saw("prm_event_recorded", recorded=recorded)
+
+    @hookimpl
+    def prm_event_changes(self, recorded):
+        self._saw("prm_event_changes", recorded=recorded)
 
     @hookimpl
     def prm_dialogue_closed(self, dialogue):

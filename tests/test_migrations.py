@@ -18,6 +18,7 @@ async def test_migrations_match_the_models(database_url):
             "0003_partner",
             "0004_planning",
             "0005_privacy",
+            "0006_change_feed",
             "0007_identity_conflicts",
         ]
         assert await store.migrate() == []

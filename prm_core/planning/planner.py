@@ -26,6 +26,10 @@ from sqlalchemy.engine import Connection
 
 from ..config import Config
 from ..errors import ConfigError, InvalidInput, NotFound
+from ..feed.changes import NewChange
+from ..feed.writing import emit
+from ..feed.writing import mark as feed_mark
+from ..feed.writing import rollback_to as feed_rollback
 from ..merging import event_revenue
 from ..model import CustomerView, Merge, Offer, ValueRequest
 from ..recording import Written
@@ -248,6 +252,15 @@ class Planner:
                 changes.append({"_id": cid, "tier": tier, "tier_source": "rule" if tier else None})
         if changes:
             conn.execute(_SET_TIER, changes)
+            emit(
+                conn,
+                *(
+                    NewChange(
+                        "customer.updated", c["_id"], {"tier": c["tier"], "tier_source": c["tier_source"]}, at=now
+                    )
+                    for c in changes
+                ),
+            )
         return len(changes)
 
     # ---- on ingest -------------------------------------------------------------------
@@ -259,10 +272,12 @@ class Planner:
         refuses (an offer's answer dated before the offer) fails its batch with a 4xx; any other
         failure (a bug) is logged and rolled back to the savepoint, so the events are still
         recorded and only their planning figures are missing (``prm plan tiers`` redoes tiers)."""
+        emitted = feed_mark(conn)
         try:
             with conn.begin_nested():
                 self._after_write(conn, written, merges, now)
         except Exception as exc:
+            feed_rollback(conn, emitted)  # the changes of what the savepoint undid
             if retryable(exc) or isinstance(exc, InvalidInput):  # InvalidInput: an event refused (4xx)
                 raise
             log.error("planning on ingest failed; the events are recorded", error=type(exc).__name__, exc_info=exc)
@@ -354,6 +369,14 @@ class Planner:
         fresh = {m["id"]: m for m in made if m["id"] not in known}
         if fresh:
             conn.execute(offers_made.insert(), list(fresh.values()))
+            emit(
+                conn,
+                *(
+                    # a control group's turn too (response "held_out"): campaign lift is measured against it
+                    NewChange("offer.made", m["customer_id"], _offer_data(m, m["response"]))
+                    for m in fresh.values()
+                ),
+            )
 
     def _record_response(self, conn: Connection, w: Written) -> str | None:
         """Mark the offer ``data.offer_id`` answered, if it is open and within the window."""
@@ -375,6 +398,8 @@ class Planner:
             .values(response=response, responded_at=at)
         )
         if done.rowcount:
+            row = conn.execute(sa.select(offers_made).where(o.id == offer_id)).one()
+            emit(conn, NewChange("offer.responded", w.customer_id, _offer_data(dict(row._mapping), response)))
             return response
         early = conn.execute(
             sa.select(o.made_at).where(o.id == offer_id, o.customer_id == w.customer_id, o.made_at > at)
@@ -416,6 +441,8 @@ class Planner:
                         "last_purchase_at": max(filter(None, (row.last_purchase_at, last))),
                     }
                 )
+        emit(conn, *(NewChange("customer.updated", r["customer_id"], {"value": _value_data(r)}) for r in inserts))
+        emit(conn, *(NewChange("customer.updated", r["_cid"], {"value": _value_data(r)}) for r in updates))
         if inserts:
             conn.execute(customer_value.insert(), inserts)
         if updates:
@@ -668,3 +695,22 @@ def _iso(at: datetime) -> str:
 def _chunks(items: Sequence[str], size: int = _CHUNK) -> Iterable[Sequence[str]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
+
+
+def _offer_data(offer: Mapping[str, Any], response: str | None) -> dict[str, Any]:
+    """The ``data`` of an ``offer.made`` or ``offer.responded`` change (prm_core.feed)."""
+    data = {k: offer[k] for k in ("code", "source", "campaign", "touchpoint", "dialogue_id")}
+    data["offer_id"] = offer["id"]
+    if response is not None:
+        data["response"] = response
+    return data
+
+
+def _value_data(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The value model's stored figures of one customer, as a ``customer.updated`` change's ``value``."""
+    return {
+        "purchases": row["purchases"],
+        "purchase_total": str(row["purchase_total"]),
+        "first_purchase_at": _iso(row["first_purchase_at"]) if row["first_purchase_at"] else None,
+        "last_purchase_at": _iso(row["last_purchase_at"]) if row["last_purchase_at"] else None,
+    }

@@ -26,6 +26,8 @@ from sqlalchemy.engine import Connection
 
 from ..consent import PERSONALIZATION, PURPOSES, allows
 from ..errors import InvalidInput
+from ..feed.changes import NewChange
+from ..feed.writing import emit
 from ..model import Customer, CustomerView, RecordedEvent, TouchPoint
 from ..store.tables import consents, customers
 
@@ -104,6 +106,10 @@ def _upsert(
         conn.execute(consents.insert().values(customer_id=customer_id, purpose=purpose, channel=channel, **values))
     elif current <= at:
         conn.execute(consents.update().where(*key).values(**values))
+    else:
+        return
+    decision = {"purpose": purpose, "channel": channel, "granted": granted, "source": values["source"]}
+    emit(conn, NewChange("customer.updated", customer_id, {"consents": [decision]}))
 
 
 def parse_consent_changes(body: Any) -> list[dict[str, Any]]:

@@ -33,6 +33,8 @@ import structlog
 from attrs import evolve, frozen
 from sqlalchemy.engine import Connection
 
+from ..feed.changes import NewChange
+from ..feed.writing import emit, scrub_customers
 from ..store.engine import advisory_locks, customer_lock_key, identity_lock_key
 from ..store.tables import (
     consents,
@@ -181,6 +183,11 @@ def erase_in_transaction(
         .values(status="failed", next_attempt_at=None, attempts=o.attempts + 1, last_error="customer erased")
     )
     conn.execute(outbox.update().where(o.customer_id.in_(owners)).values(payload={}, result={}, updated_at=now))
+
+    # the change feed (prm_core.feed) keeps the person's earlier changes in order, without their data;
+    # the erasure itself is a change, so destinations purge their copies too
+    scrub_customers(conn, owners)
+    emit(conn, NewChange("customer.erased", cid, {"merged_ids": merged}, at=now))
 
     done = conn.execute(sa.select(erasures.c.customer_id).where(erasures.c.customer_id == cid)).first()
     values = {"erased_at": now, "erased_by": erased_by, "merged_ids": merged}

@@ -18,6 +18,7 @@ import structlog
 from aiohttp import WSCloseCode, web
 
 from ..config import Config
+from ..feed.relay import open_destinations
 from ..hub import Hub
 from ..identity_rules import IdentityRules
 from ..ids import random_bytes
@@ -110,6 +111,9 @@ def create_app(
     IdentityRules.from_config(
         config.section("identity").get("rules", {}), registrations.namespaces.items, config.default_region
     )
+    # a bad [destinations.*] setting stops prm serve here, before the database is touched
+    # (the sinks opened to check them hold nothing: the hub opens its own as it starts)
+    open_destinations(config, registrations.destination_kinds)
     app = web.Application(
         # a stalled body is answered 408 within [server] body_timeout_s (prm_core.server.deadlines)
         middlewares=[request_context, error_middleware, body_deadline(body_timeout_s(config))],
@@ -152,6 +156,8 @@ def create_app(
         async with Hub.open(config, pm=pm, registrations=registrations, migrate=migrate) as hub:
             app[HUB] = hub
             app[HUB_KEYS] = KeyRing(hub.store)
+            # each destination's lag and counts, read from the relay as Prometheus scrapes
+            app[HUB_METRICS].registry.register(hub.relay.collector())
             log.info(
                 "hub started",
                 touchpoints=registrations.touchpoints.names(),

@@ -15,9 +15,13 @@ from attrs import evolve
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..errors import InvalidInput
+from ..feed.changes import parse_position
+from ..feed.feed import MAX_WAIT_S
+from ..feed.reading import FellBehind
 from ..labels import summarize
 from ..model import CustomerView, Event, Merge, RecordedEvent
 from .auth import as_claims, authenticate, require
+from .errors import ApiError
 from .jsonbody import MAX_DEPTH, loads, too_deep
 from .state import HUB, HUB_METRICS
 
@@ -344,6 +348,48 @@ async def metrics(request: web.Request) -> web.Response:
     m.pending.set(request.app[HUB].ingestor.pending)
     body = generate_latest(m.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+@routes.get("/v1/changes")
+@api(
+    "The change feed: every change the hub made after a position, oldest first",
+    scope="read",
+    params={
+        "after": "the position to read after (a change's position, or next); absent: from the oldest kept",
+        "limit": "changes per page, 1-1000 (100)",
+        "types": "comma-separated change types to keep (all when absent)",
+        "wait": "seconds to wait for a first change when there is none yet, 0-30 (0)",
+    },
+    responses={
+        200: '{"changes": [...], "next": "<position>"}',
+        410: "The position is older than the oldest change kept (retention)",
+        422: "Bad after, limit, types or wait",
+        **AUTH_ERRORS,
+    },
+)
+async def get_changes(request: web.Request) -> web.Response:
+    await require(request, "read")
+    q = request.query
+    after = parse_position(q["after"]) if "after" in q else None
+    raw_limit = q.get("limit", "100")
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 1000:
+        raise InvalidInput("limit must be a whole number from 1 to 1000", "limit")
+    types = None
+    if "types" in q:
+        types = {t.strip() for t in q["types"].split(",") if t.strip()}
+        if not types or any(len(t) > 64 for t in types):
+            raise InvalidInput("types must be a comma-separated list of change types", "types")
+    try:
+        wait = float(q.get("wait", "0"))
+    except ValueError:
+        wait = -1.0
+    if not 0 <= wait <= MAX_WAIT_S:  # also refuses NaN
+        raise InvalidInput(f"wait must be a number of seconds from 0 to {MAX_WAIT_S:g}", "wait")
+    try:
+        page = await request.app[HUB].feed.read(after, int(raw_limit), types, wait)
+    except FellBehind as exc:
+        raise ApiError(410, "fell_behind", str(exc), "after") from None
+    return web.json_response({"changes": [c.to_json() for c in page.changes], "next": str(page.next)})
 
 
 def core_routes() -> web.RouteTableDef:

@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from ..errors import ConfigError, StoreUnavailable
+from ..feed import writing as feed_writing
 
 __all__ = ["Store", "advisory_locks", "async_url", "customer_lock_key", "identity_lock_key"]
 
@@ -118,6 +119,10 @@ class Store:
     # a check-out and check-in per transaction (with the pool's reset, a ROLLBACK) cost more
     # CPU than a one-event transaction's own statements
     _writer_conn: Connection | None = field(init=False, default=None)
+    # the change feed (prm_core.feed.writing): whether changes are written, and who to tell
+    # (on the event loop) when a commit added some
+    feed: bool = field(init=False, default=True)
+    on_changes: Callable[[], None] | None = field(init=False, default=None)
 
     @property
     def dialect(self) -> str:
@@ -204,11 +209,25 @@ class Store:
                 self._writer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prm-writer")
             # as asyncio.to_thread does: the caller's context (structlog's bound request id) goes along
             run = functools.partial(contextvars.copy_context().run, self._in_writer_thread, fn)
-            return await asyncio.get_running_loop().run_in_executor(self._writer_thread, run)
-        async with self.writer.begin() as conn:
-            return await conn.run_sync(fn)
+            result, added = await asyncio.get_running_loop().run_in_executor(self._writer_thread, run)
+        else:
+            async with self.writer.begin() as conn:
+                result, added = await conn.run_sync(self._with_changes, fn)
+        if added and self.on_changes is not None:
+            self.on_changes()
+        return result
 
-    def _in_writer_thread(self, fn: Callable[[Connection], T]) -> T:
+    def _with_changes(self, conn: Connection, fn: Callable[[Connection], T]) -> tuple[T, int]:
+        """``fn`` then, as the transaction's last statement, the changes it emitted
+        (:mod:`prm_core.feed.writing`): they commit with it or not at all."""
+        feed_writing.begin(conn, self.feed)
+        try:
+            result = fn(conn)
+            return result, feed_writing.flush(conn)
+        finally:
+            feed_writing.discard(conn)
+
+    def _in_writer_thread(self, fn: Callable[[Connection], T]) -> tuple[T, int]:
         """One write transaction on the writer connection (SQLite; in the writer thread only)."""
         assert self.sync_writer is not None
         conn = self._writer_conn
@@ -216,7 +235,7 @@ class Store:
             conn = self._writer_conn = self.sync_writer.connect()
         try:
             with conn.begin():
-                return fn(conn)
+                return self._with_changes(conn, fn)
         except BaseException:
             # after a failure the connection goes back to the pool, which resets it (or discards
             # it if broken); the next transaction checks out a clean one

@@ -20,11 +20,15 @@ from .. import clock
 __all__ = [
     "ApiKeyRow",
     "CampaignRow",
+    "ChangeRow",
     "ConsentRow",
     "CustomerRow",
+    "DeadLetterRow",
+    "DestinationCursorRow",
     "DialogueRow",
     "ErasureRow",
     "EventRow",
+    "FeedStateRow",
     "IdentityConflictRow",
     "IdentityRow",
     "ImportCheckpointRow",
@@ -472,6 +476,70 @@ class PrivacyKeyRow(SQLModel, table=True):
     value: str = Field(max_length=128)
 
 
+# ---- the change feed (prm_core.feed) ------------------------------------------------------
+
+
+class ChangeRow(SQLModel, table=True):
+    """One change the hub made, written in the same transaction as the change.
+
+    ``position`` only grows in commit order (assigned under the feed's lock on PostgreSQL,
+    see prm_core.feed.writing) and is never reused after pruning (SQLite's AUTOINCREMENT,
+    PostgreSQL's sequence).
+    """
+
+    __tablename__ = "changes"
+    __table_args__ = (sa.Index("ix_changes_customer", "customer_id"), {"sqlite_autoincrement": True})
+
+    position: int | None = Field(
+        default=None,
+        sa_column=sa.Column(sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    )
+    type: str = Field(max_length=64)
+    at: datetime = _ts()
+    customer_id: str | None = Field(default=None, max_length=40)
+    data: dict[str, Any] = _json(default_factory=dict)
+
+
+class FeedStateRow(SQLModel, table=True):
+    """The feed's own marks: ``pruned_through``, the last position retention removed."""
+
+    __tablename__ = "feed_state"
+
+    name: str = Field(primary_key=True, max_length=64)
+    position: int = Field(default=0, sa_type=sa.BigInteger)
+
+
+class DestinationCursorRow(SQLModel, table=True):
+    """A destination's place in the feed: every change up to ``position`` is delivered
+    (or dead-lettered). ``lease_owner`` and ``lease_until``: the hub process delivering it."""
+
+    __tablename__ = "destination_cursors"
+
+    name: str = Field(primary_key=True, max_length=64)
+    kind: str = Field(max_length=64)
+    position: int = Field(default=0, sa_type=sa.BigInteger)
+    # the batch being delivered ends here: after a crash or a failure the same batch is sent again
+    pending_through: int | None = Field(default=None, sa_type=sa.BigInteger)
+    updated_at: datetime = _ts()
+    delivered_at: datetime | None = _ts(default=None)
+    last_error: str | None = Field(default=None, max_length=500)
+    last_error_at: datetime | None = _ts(default=None)
+    lease_owner: str | None = Field(default=None, max_length=40)
+    lease_until: datetime | None = _ts(default=None)
+
+
+class DeadLetterRow(SQLModel, table=True):
+    """A change a destination refused for good: its position, never its data."""
+
+    __tablename__ = "destination_dead_letters"
+
+    destination: str = Field(primary_key=True, max_length=64)
+    position: int = Field(primary_key=True, sa_type=sa.BigInteger)
+    type: str = Field(max_length=64)
+    reason: str = Field(max_length=500)
+    at: datetime = _ts()
+
+
 def utcnow() -> datetime:
     """The hub's clock (see :mod:`prm_core.clock`)."""
     return clock.utcnow()
@@ -502,6 +570,10 @@ consents: sa.Table = ConsentRow.__table__  # type: ignore[attr-defined]  # SQLMo
 tombstones: sa.Table = TombstoneRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
 erasures: sa.Table = ErasureRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
 privacy_keys: sa.Table = PrivacyKeyRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
+changes: sa.Table = ChangeRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
+feed_state: sa.Table = FeedStateRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
+destination_cursors: sa.Table = DestinationCursorRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
+dead_letters: sa.Table = DeadLetterRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
 
 # retention (prm_core.privacy.retention) finds a touch point's old events without a scan
 sa.Index("ix_events_touchpoint_time", events.c.touchpoint, events.c.occurred_at)

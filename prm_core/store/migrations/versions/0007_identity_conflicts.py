@@ -12,7 +12,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision = "0007_identity_conflicts"
-down_revision = "0005_privacy"
+down_revision = "0006_change_feed"
 branch_labels = None
 depends_on = None
 

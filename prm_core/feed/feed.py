@@ -1,0 +1,143 @@
+"""The feed as the hub runs it: its settings, long-polling readers, and retention.
+
+``[feed]`` settings:
+
+- ``enabled`` (true): write change records; false leaves the feed empty (a hub that
+  needs none, and ``bench/ingest.py --no-feed``);
+- ``retention_days`` (30): how long changes are kept; a pruning task, started with the
+  hub, removes older ones every ``prune_interval_s`` (3600);
+- ``destination_lease_s`` (30): how long a hub process holds a destination's delivery;
+  when it dies, another process (or this one, restarted) takes over once it runs out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import Collection
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+import structlog
+from attrs import define, field
+
+from ..config import Config
+from ..errors import ConfigError
+from ..store.tables import utcnow
+from .reading import FeedSignal, Page, prune, read_changes
+from .writing import NOTIFY_CHANNEL
+
+if TYPE_CHECKING:
+    from ..store import Store
+
+__all__ = ["MAX_WAIT_S", "Feed"]
+
+log = structlog.get_logger(__name__)
+MAX_WAIT_S = 30.0
+
+
+@define
+class Feed:
+    """Reading the feed with long polls, and pruning it past retention."""
+
+    store: Store
+    enabled: bool = True
+    retention_days: float = 30.0
+    prune_interval_s: float = 3600.0
+    lease_s: float = 30.0  # how long a hub process holds a destination before another may take it
+    signal: FeedSignal = field(factory=FeedSignal)
+    _task: asyncio.Task[None] | None = field(init=False, default=None)
+    _listener: Any = field(init=False, default=None)  # asyncpg's connection, on PostgreSQL
+
+    @classmethod
+    def from_config(cls, config: Config, store: Store) -> Feed:
+        cfg = config.section("feed")
+        retention = cfg.get("retention_days", 30)
+        if isinstance(retention, bool) or not isinstance(retention, int | float) or retention <= 0:
+            raise ConfigError(f"[feed].retention_days must be a number of days above 0, not {retention!r}")
+        interval = cfg.get("prune_interval_s", 3600)
+        if isinstance(interval, bool) or not isinstance(interval, int | float) or interval <= 0:
+            raise ConfigError(f"[feed].prune_interval_s must be a number of seconds above 0, not {interval!r}")
+        lease = cfg.get("destination_lease_s", 30)
+        if isinstance(lease, bool) or not isinstance(lease, int | float) or lease <= 0:
+            raise ConfigError(f"[feed].destination_lease_s must be a number of seconds above 0, not {lease!r}")
+        return cls(store, config.flag("feed", "enabled", True), float(retention), float(interval), float(lease))
+
+    async def start(self) -> None:
+        """Wire the store's commits to waiting readers, and start pruning. On PostgreSQL,
+        also listen for the commits of other hub processes on the database."""
+        self.store.feed = self.enabled
+        self.signal.bind(asyncio.get_running_loop())
+        self.store.on_changes = self.signal.notify
+        if self.store.dialect == "postgresql":
+            try:
+                dsn = self.store.url.set(drivername="postgresql").render_as_string(hide_password=False)
+                self._listener = await asyncpg.connect(dsn)
+                await self._listener.add_listener(NOTIFY_CHANNEL, self._heard)
+            except (OSError, asyncpg.PostgresError) as exc:
+                # readers still wake on this process's commits, and look again when a wait runs out
+                log.warning("feed notices not heard", error=type(exc).__name__)
+        if self._task is None:
+            self._task = asyncio.create_task(self._prune_forever(), name="prm-feed-retention")
+
+    def _heard(self, *notice: Any) -> None:
+        self.signal.notify()
+
+    async def stop(self) -> None:
+        self.store.on_changes = None
+        listener, self._listener = self._listener, None
+        if listener is not None and not listener.is_closed():
+            try:
+                await listener.close(timeout=5)
+            except Exception as exc:
+                log.warning("feed listener not closed", error=type(exc).__name__)
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except BaseException:
+                pass
+            self._task = None
+
+    async def read(
+        self, after: int | None, limit: int, types: Collection[str] | None = None, wait_s: float = 0.0
+    ) -> Page:
+        """Up to ``limit`` changes after ``after`` (``None``: from the oldest kept); with
+        ``wait_s``, wait up to that long for the first one (woken by commits, not by
+        polling the database)."""
+        deadline = time.monotonic() + min(max(wait_s, 0.0), MAX_WAIT_S)
+        page = await self.store.read(functools.partial(read_changes, after=after, limit=limit, types=types))
+        while not page.changes:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return page
+            # what a filtered read skipped need not be read again; ``after`` was valid once
+            read = functools.partial(read_changes, after=page.next, limit=limit, types=types, check=False)
+            woke = await self.signal.wait(left)
+            page = await self.store.read(read)
+            if not woke:
+                # the wait ran out; that last look catches another process's commit (several hubs)
+                return page
+        return page
+
+    async def prune_once(self) -> int:
+        """Remove changes older than the retention; returns how many."""
+        before = utcnow() - timedelta(days=self.retention_days)
+        total = 0
+        while True:
+            removed = await self.store.write(lambda conn: prune(conn, before))
+            total += removed
+            if removed == 0:
+                return total
+
+    async def _prune_forever(self) -> None:
+        while True:
+            try:
+                removed = await self.prune_once()
+                if removed:
+                    log.info("feed pruned", removed=removed, retention_days=self.retention_days)
+            except Exception as exc:  # the database may be away for a while: try again later
+                log.warning("feed pruning failed", error=type(exc).__name__)
+            await asyncio.sleep(self.prune_interval_s)

@@ -1,0 +1,162 @@
+"""Reading the feed: a page of changes after a position, and waiting for the next commit.
+
+Every read is one indexed range scan on the primary key (``position > after ORDER BY
+position LIMIT n``), so reading from the start of a feed months long holds one page in
+memory at a time. Retention (:func:`prune`) removes changes older than
+``[feed] retention_days``; the last position it removed is kept (``feed_state``), so a
+reader asking for what follows an older position is told it fell behind
+(:class:`FellBehind`) instead of silently missing the pruned changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Collection
+from datetime import datetime
+
+import sqlalchemy as sa
+from attrs import define, field, frozen
+from sqlalchemy.engine import Connection
+
+from ..errors import InvalidInput, PrmError
+from ..store.lists import one_of
+from ..store.tables import changes, feed_state
+from .changes import Change
+
+__all__ = ["FeedSignal", "FellBehind", "Page", "bounds", "prune", "read_changes"]
+
+PRUNED_THROUGH = "pruned_through"
+
+
+class FellBehind(PrmError):
+    """The changes after ``after`` up to ``pruned_through`` were removed by retention."""
+
+    def __init__(self, after: int, pruned_through: int) -> None:
+        super().__init__(
+            f"position {after} is older than the oldest change kept: changes up to {pruned_through} were pruned"
+            " by retention; start again from the oldest kept change"
+        )
+        self.after = after
+        self.pruned_through = pruned_through
+
+
+@frozen
+class Page:
+    """Changes after a position, oldest first, and the position to ask after next."""
+
+    changes: list[Change]
+    next: int
+
+
+def _change(row: sa.Row) -> Change:  # type: ignore[type-arg]
+    return Change(seq=row.position, type=row.type, at=row.at, customer_id=row.customer_id, data=row.data or {})
+
+
+def bounds(conn: Connection) -> tuple[int, int]:
+    """``(pruned_through, head)``: the last position retention removed (0: none) and the
+    newest position there is (0: none yet)."""
+    pruned = conn.execute(sa.select(feed_state.c.position).where(feed_state.c.name == PRUNED_THROUGH)).scalar()
+    head = conn.execute(sa.select(sa.func.max(changes.c.position))).scalar()
+    return int(pruned or 0), max(int(head or 0), int(pruned or 0))
+
+
+_PAGE = sa.select(changes).where(changes.c.position > sa.bindparam("after")).order_by(changes.c.position)
+_PAGE_OF_TYPES = {
+    pg: sa.select(changes)
+    .where(changes.c.position > sa.bindparam("after"), one_of(changes.c.type, "types", pg))
+    .order_by(changes.c.position)
+    for pg in (False, True)
+}
+
+
+def read_changes(
+    conn: Connection, after: int | None, limit: int, types: Collection[str] | None = None, *, check: bool = True
+) -> Page:
+    """Up to ``limit`` changes after position ``after`` (of ``types``, when given);
+    ``after=None`` reads from the oldest change kept.
+
+    ``check``: refuse a position past the newest (:class:`~prm_core.errors.InvalidInput`).
+    A position retention has passed raises :class:`FellBehind`.
+    """
+    pruned, head = bounds(conn)
+    if after is None:
+        after = pruned
+    if check and after > head:
+        raise InvalidInput(f"after is past the newest position of this feed ({head})", "after", code="bad_position")
+    if after < pruned:
+        raise FellBehind(after, pruned)
+    if types:
+        q = _PAGE_OF_TYPES[conn.dialect.name == "postgresql"].limit(limit)
+        rows = conn.execute(q, {"after": after, "types": sorted(types)}).all()
+    else:
+        rows = conn.execute(_PAGE.limit(limit), {"after": after}).all()
+    found = [_change(r) for r in rows]
+    if len(found) == limit:
+        return Page(found, found[-1].seq)
+    # fewer than asked for: everything up to the head read above was looked at (positions
+    # are final once visible, see prm_core.feed.writing), so a filtered reader skips it all
+    newest = max(head, found[-1].seq if found else 0)
+    return Page(found, max(after, newest))
+
+
+def prune(conn: Connection, before: datetime, *, batch: int = 10_000) -> int:
+    """Remove up to ``batch`` changes older than ``before``, oldest first; returns how many.
+
+    The last position removed is remembered, so readers behind it are told."""
+    c = changes.c
+    upto = conn.execute(
+        sa.select(sa.func.max(c.position)).where(
+            c.position.in_(sa.select(c.position).where(c.at < before).order_by(c.position).limit(batch))
+        )
+    ).scalar()
+    if upto is None:
+        return 0
+    removed = conn.execute(changes.delete().where(c.position <= upto)).rowcount
+    mark = feed_state.c.name == PRUNED_THROUGH
+    updated = conn.execute(feed_state.update().where(mark).values(position=upto)).rowcount
+    if not updated:
+        conn.execute(feed_state.insert().values(name=PRUNED_THROUGH, position=upto))
+    return int(removed or 0)
+
+
+@define
+class FeedSignal:
+    """Wakes readers waiting for changes when a commit of this process adds some.
+
+    ``notify`` may be called from any thread; waiters are woken on their event loop.
+    """
+
+    _loop: asyncio.AbstractEventLoop | None = field(init=False, default=None)
+    _event: asyncio.Event = field(init=False, factory=asyncio.Event)
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def notify(self) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._fire()
+        else:
+            loop.call_soon_threadsafe(self._fire)
+
+    def _fire(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+    async def wait(self, seconds: float) -> bool:
+        """Until the next commit that adds changes, or ``seconds``: whether woken."""
+        event = self._event
+        try:
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancellation
+            # that arrives as the event is set, and the waiting task would never stop
+            async with asyncio.timeout(seconds):
+                await event.wait()
+            return True
+        except TimeoutError:
+            return False
