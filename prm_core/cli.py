@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from importlib.metadata import entry_points
@@ -74,7 +76,7 @@ class _Commands(click.Group):
         return command
 
 
-@click.group(cls=_Commands)
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="prm")
 def main() -> None:
     """The PRM hub: every customer touch point plugged into one core."""
@@ -86,7 +88,10 @@ def main() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8700, show_default=True, type=int)
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning"]))
-def serve(config_path: str | None, database_url: str | None, host: str, port: int, log_level: str) -> None:
+@click.option("--strict", is_flag=True, help="refuse to start when the config has an unknown table or key")
+def serve(
+    config_path: str | None, database_url: str | None, host: str, port: int, log_level: str, strict: bool
+) -> None:
     """Run the hub with every installed plugin (migrates an empty database on start)."""
     from aiohttp import web
 
@@ -98,12 +103,55 @@ def serve(config_path: str | None, database_url: str | None, host: str, port: in
         app = create_app(config, owns_process=True)  # a bad setting stops here, before anything is written
     except PrmError as exc:
         raise click.ClickException(str(exc)) from exc
+    _check_config(config, strict=strict)
+    # the port is taken before the hub starts: a port in use is one line, not a started hub's traceback
+    sock = _listen(host, port)
     _run(lambda: _migrate(config))  # fail here, plainly, if the database is unusable
     click.echo(f"prm hub on http://{host}:{port} (database {sa.make_url(config.database_url).render_as_string()})")
     try:
-        web.run_app(app, host=host, port=port, access_log=None, print=None)
+        web.run_app(app, sock=sock, access_log=None, print=None)
     except PrmError as exc:  # a setting checked as the hub starts ([tiers.rules], [planning]): no traceback
         raise click.ClickException(str(exc)) from exc
+    except (OSError, sa.exc.DBAPIError) as exc:
+        raise click.ClickException(f"the hub could not start: {type(exc).__name__}: {exc}") from exc
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port``, or a one-line error saying why not."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family = infos[0][0]
+        return socket.create_server((host, port), family=family, backlog=128)
+    except socket.gaierror as exc:
+        raise click.ClickException(f"--host {host}: not an address this machine has ({exc.strerror})") from exc
+    except OSError as exc:
+        import errno
+
+        if exc.errno == errno.EADDRINUSE:
+            raise click.ClickException(
+                f"port {port} on {host} is in use by another program; stop it or choose another --port"
+            ) from exc
+        if exc.errno == errno.EACCES:
+            raise click.ClickException(f"port {port} on {host} needs privileges; choose a port above 1023") from exc
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+
+
+def _check_config(config: Config, *, strict: bool) -> None:
+    """Warn about each table or key nothing reads (a typo), with the nearest known name;
+    with ``strict``, stop instead."""
+    from .config_check import config_warnings
+    from .plugins import collect_registrations, make_plugin_manager
+
+    try:
+        touchpoints = collect_registrations(make_plugin_manager(), config).touchpoints.names()
+    except PrmError as exc:
+        raise click.ClickException(str(exc)) from exc
+    found = config_warnings(config, touchpoints)
+    where = f"{config.source}: " if config.source else ""
+    if found and strict:
+        raise click.ClickException(f"{where}{found[0]}" + (f" (and {len(found) - 1} more)" if len(found) > 1 else ""))
+    for line in found:
+        click.echo(f"Warning: {where}{line}", err=True)
 
 
 @main.group()
@@ -133,14 +181,20 @@ def keys_create(scope: str, name: str, public: bool, config_path: str | None, da
     config = _config(config_path, database_url)
 
     browser_touchpoints = None
-    if public:
-        from .plugins import collect_registrations, make_plugin_manager
+    if scope.startswith(("touchpoint:", "partner:")):
+        from .keys import check_scope_target
+        from .plugins import make_plugin_manager
 
         try:
-            registrations = collect_registrations(make_plugin_manager(), config)
+            # only the touch points: adapters and partners read settings (secrets) a key does not need
+            registered = [tp for found in make_plugin_manager().hook.prm_touchpoints(config=config) for tp in found]
         except PrmError as exc:
             raise click.ClickException(str(exc)) from exc
-        browser_touchpoints = {tp.name for tp in registrations.touchpoints if tp.public_keys}
+        try:
+            check_scope_target(scope, [tp.name for tp in registered], list(config.section("partners")))
+        except InvalidInput as exc:
+            raise click.BadParameter(str(exc), param_hint="--scope") from exc
+        browser_touchpoints = {tp.name for tp in registered if tp.public_keys}
 
     async def create() -> str:
         store = Store.open(config.database_url)
@@ -157,6 +211,42 @@ def keys_create(scope: str, name: str, public: bool, config_path: str | None, da
         return key
 
     click.echo(_run(create))
+
+
+@keys.command("list")
+@click.option("--active", is_flag=True, help="only keys that are not revoked")
+@click.option("--json", "as_json", is_flag=True, help="one JSON array instead of a table")
+@config_option
+@database_option
+def keys_list(active: bool, as_json: bool, config_path: str | None, database_url: str | None) -> None:
+    """List keys: id, scope, name, public, created, revoked. Never a secret or its hash."""
+    from .keys import list_keys
+    from .store import Store
+
+    config = _config(config_path, database_url)
+
+    async def read() -> list[Any]:
+        store = Store.open(config.database_url)
+        try:
+            await store.migrate()
+            return await list_keys(store, include_revoked=not active)
+        finally:
+            await store.dispose()
+
+    found = _run(read)
+    if as_json:
+        click.echo(json.dumps([k.to_json() for k in found], indent=2))
+        return
+    if not found:
+        click.echo("no keys yet; create one with: prm keys create --scope admin")
+        return
+
+    def when(value: Any) -> str:
+        return value.strftime("%Y-%m-%d %H:%M") if value else "-"
+
+    rows = [(k.id, k.scope, k.name or "-", "yes" if k.public else "no", when(k.created_at), when(k.revoked_at))
+            for k in found]  # fmt: skip
+    _table(("id", "scope", "name", "public", "created", "revoked"), rows)
 
 
 @keys.command("revoke")
@@ -185,7 +275,8 @@ def keys_revoke(key_id: str, config_path: str | None, database_url: str | None) 
 
 @main.command()
 @config_option
-def plugins(config_path: str | None) -> None:
+@click.option("--json", "as_json", is_flag=True, help="one JSON document instead of text")
+def plugins(config_path: str | None, as_json: bool) -> None:
     """List installed plugins, what each registers and the hooks each implements."""
     from .plugins import collect_registrations, hook_implementations, make_plugin_manager
 
@@ -196,11 +287,15 @@ def plugins(config_path: str | None) -> None:
     except PrmError as exc:
         raise click.ClickException(str(exc)) from exc
     hooks = hook_implementations(pm)
+    listed: list[dict[str, Any]] = []
     for name, plugin in sorted(pm.list_name_plugin(), key=lambda p: p[0]):
         if plugin is None:
             continue
         dist = pm.distributions.get(name, "(registered in code)")
-        click.echo(f"{name}  {dist}")
+        entry: dict[str, Any] = {"name": name, "distribution": str(dist), "hooks": hooks.get(name, [])}
+        listed.append(entry)
+        if not as_json:
+            click.echo(f"{name}  {dist}")
         for kind, registry in (
             ("touch points", regs.touchpoints),
             ("adapters", regs.adapters),
@@ -211,7 +306,8 @@ def plugins(config_path: str | None) -> None:
             ("destination kinds", regs.destination_kinds),
         ):
             mine = [n for n in registry.names() if registry.providers[n].split(" ")[0] == name]
-            if mine:
+            entry[kind.replace(" ", "_")] = mine
+            if mine and not as_json:
                 details = (
                     [f"{n} ({regs.touchpoints[n].budget_ms} ms)" for n in mine] if kind == "touch points" else mine
                 )
@@ -219,7 +315,8 @@ def plugins(config_path: str | None) -> None:
                     found = [regs.importers[n] for n in mine]
                     details = [f"{i.name} ({' '.join(i.suffixes)} into {i.touchpoint})" for i in found]
                 click.echo(f"  {kind}: {', '.join(details)}")
-        click.echo(f"  hooks: {', '.join(hooks.get(name, [])) or '-'}")
+        if not as_json:
+            click.echo(f"  hooks: {', '.join(hooks.get(name, [])) or '-'}")
     from .planning import Planner
     from .planning.knowledge import catalog_provider, knowledge_registry
 
@@ -230,6 +327,9 @@ def plugins(config_path: str | None) -> None:
         knowledge = knowledge_registry(config, regs)
     except PrmError as exc:
         raise click.ClickException(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps({"plugins": listed, "knowledge": knowledge}, indent=2, default=str))
+        return
     if knowledge:
         click.echo("knowledge artifacts (value providers, and the touch points that use them):")
         for k in knowledge:
@@ -323,7 +423,8 @@ def plan_tiers(config_path: str | None, database_url: str | None) -> None:
 @config_option
 @database_option
 @click.option("--days", default=30, show_default=True, type=click.IntRange(1, 366), help="the period, ending today")
-def scorecard(config_path: str | None, database_url: str | None, days: int) -> None:
+@click.option("--json", "as_json", is_flag=True, help="the scorecard as JSON (as GET /v1/scorecard answers)")
+def scorecard(config_path: str | None, database_url: str | None, days: int, as_json: bool) -> None:
     """The touch point value scorecard and balanced-scorecard figures, as tables."""
     from .planning.scorecard import scorecard as build
     from .plugins import collect_registrations, make_plugin_manager
@@ -345,6 +446,15 @@ def scorecard(config_path: str | None, database_url: str | None, days: int) -> N
             await store.dispose()
 
     card = _run(read)
+    if as_json:
+        from .planning.scorecard import reporting_currency
+
+        try:
+            currency = reporting_currency(config)
+        except PrmError as exc:
+            raise click.ClickException(str(exc)) from exc
+        click.echo(json.dumps({**card, "currency": currency}, indent=2, default=str))
+        return
 
     def pct(value: float | None) -> str:
         return "-" if value is None else f"{value * 100:.1f}%"
@@ -612,7 +722,8 @@ def retention() -> None:
 @retention.command("run")
 @config_option
 @database_option
-def retention_run(config_path: str | None, database_url: str | None) -> None:
+@click.option("--dry-run", is_flag=True, help="count what would be purged; delete nothing")
+def retention_run(config_path: str | None, database_url: str | None, dry_run: bool) -> None:
     """Purge every touch point's events older than its retention_days, now."""
     from .hub import Hub
     from .privacy.retention import run_retention
@@ -622,13 +733,14 @@ def retention_run(config_path: str | None, database_url: str | None) -> None:
 
     async def run() -> Any:
         async with Hub.open(config) as hub:
-            return await run_retention(hub)
+            return await run_retention(hub, dry_run=dry_run)
 
     report = _run(run)
     if not report:
         click.echo("no touch point has a retention policy ([touchpoints.<tp>] retention_days)")
     for tp, counts in report.items():
-        click.echo(f"{tp}: {counts['events']} events, {counts['dialogues']} dialogues purged")
+        verb = "would be purged (dry run)" if dry_run else "purged"
+        click.echo(f"{tp}: {counts['events']} events, {counts['dialogues']} dialogues {verb}")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,28 +16,62 @@ from attrs import evolve, field, frozen
 
 from .errors import ConfigError
 
-__all__ = ["DEFAULT_DATABASE_URL", "Config", "load_config"]
+__all__ = ["DEFAULT_DATABASE_URL", "Config", "Table", "load_config"]
 
 DEFAULT_DATABASE_URL = "sqlite:///prm-data/prm.db"
 
 
-def _resolve_secrets(value: Any, where: str) -> Any:
-    """Replace every ``"env:NAME"`` string with that environment variable's value."""
+def _resolve(value: Any, where: str) -> Any:
+    """``value`` with an ``"env:NAME"`` string replaced by that environment variable's value;
+    a table is wrapped so its own values resolve as they are read."""
     if isinstance(value, str) and value.startswith("env:"):
         name = value[4:]
         if name not in os.environ:
             raise ConfigError(f"{where} refers to environment variable {name}, which is not set")
         return os.environ[name]
     if isinstance(value, Mapping):
-        return {k: _resolve_secrets(v, f"{where}.{k}") for k, v in value.items()}
+        return value if isinstance(value, Table) else Table(value, where)
     if isinstance(value, list):
-        return [_resolve_secrets(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [_resolve(v, f"{where}[{i}]") for i, v in enumerate(value)]
     return value
+
+
+class Table(Mapping[str, Any]):
+    """A TOML table whose ``"env:NAME"`` secrets are read from the environment when they are
+    used, not when the file is loaded: a secret of a plugin the running command never touches
+    (``prm keys create`` and the IVR's Twilio token) need not be set."""
+
+    __slots__ = ("_data", "_where")
+
+    def __init__(self, data: Mapping[str, Any], where: str = "config") -> None:
+        self._data = data
+        self._where = where
+
+    def __getitem__(self, key: str) -> Any:
+        return _resolve(self._data[key], f"{self._where}.{key}")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __eq__(self, other: object) -> bool:
+        # compares what the file says: reading the secrets just to compare could fail
+        if isinstance(other, Table):
+            return bool(self._data == other._data)
+        return super().__eq__(other)
+
+    __hash__ = None  # type: ignore[assignment]  # a table is mutable underneath, as a dict is
+
+    def __repr__(self) -> str:
+        return f"Table({list(self._data)!r})"  # keys only: values may be secrets
 
 
 @frozen
 class Config:
-    """Resolved configuration. ``raw`` keeps every table for plugins to read."""
+    """Resolved configuration. ``raw`` keeps every table for plugins to read (a :class:`Table`:
+    its ``env:`` secrets are read from the environment as they are used)."""
 
     database_url: str = DEFAULT_DATABASE_URL
     public_url: str | None = None
@@ -90,11 +124,10 @@ def load_config(path: str | os.PathLike[str] | None = None, *, database_url: str
         source = file
     elif explicit:
         raise ConfigError(f"config file {file} does not exist")
-    raw = _resolve_secrets(raw, "config")
-
-    db = raw.get("database", {})
-    server = raw.get("server", {})
-    identity = raw.get("identity", {})
+    table = Table(raw)
+    db = table.get("database", {})
+    server = table.get("server", {})
+    identity = table.get("identity", {})
     url = database_url or os.environ.get("PRM_DATABASE_URL") or db.get("url") or DEFAULT_DATABASE_URL
     region = identity.get("default_region", "US")
     if not isinstance(region, str) or len(region) != 2:
@@ -107,5 +140,5 @@ def load_config(path: str | os.PathLike[str] | None = None, *, database_url: str
         public_url=public_url.rstrip("/") if public_url else None,
         default_region=region.upper(),
         source=source,
-        raw=raw,
+        raw=table,
     )

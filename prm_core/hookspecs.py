@@ -121,6 +121,21 @@ def prm_identity_namespaces(config: Config) -> Iterable[IdentityNamespace]:
 
 
 @hookspec
+def prm_event_labels(config: Config) -> Mapping[str, str] | None:
+    """Words for the event types this plugin records, shown to people instead of the wire name.
+
+    Return ``{"ivr.menu": "chose from the phone menu", ...}``. Collected once when the hub
+    starts; the core labels its own types, and a plugin's label replaces one of those.
+
+    .. code-block:: python
+
+        @hookimpl
+        def prm_event_labels(config):
+            return {"kiosk.checkin": "checked in at a kiosk"}
+    """
+
+
+@hookspec
 def prm_hub_stopping(config: Config) -> Awaitable[None] | None:
     """The hub is stopping: close what your plugin opened for it (client sessions, pools).
     *Awaitable.*

@@ -19,7 +19,7 @@ from typing import Any
 
 import sqlalchemy as sa
 import structlog
-from attrs import define, evolve
+from attrs import define, evolve, field
 from sqlalchemy.engine import Connection
 
 from . import merging
@@ -36,6 +36,7 @@ from .identity import parse_ref
 from .identity_rules import IdentityRules
 from .ids import new_id
 from .ingest import Ingestor
+from .labels import merge_labels
 from .model import Customer, CustomerView, Event, Identity, Merge, Offer, RecordedEvent, TouchPoint, ValueProvider
 from .outbox import Outbox
 from .planning import Planner
@@ -68,6 +69,8 @@ class Hub:
     feed: Feed
     relay: Relay = None  # type: ignore[assignment]  # set in open(), once the feed runs
     outbox: Outbox = None  # type: ignore[assignment]  # set in open(): it needs the hub
+    # event type -> words for people (prm_core.labels), collected once at start
+    event_labels: Mapping[str, str] = field(factory=dict)
 
     @classmethod
     @asynccontextmanager
@@ -125,6 +128,7 @@ class Hub:
             await feed.start()
             ingestor.start()
             hub = cls(config, pm, registrations, store, hooks, ingestor, planner, feed)
+            hub.event_labels = merge_labels(reversed(pm.hook.prm_event_labels(config=config)))
             # delivery to destinations runs in its own tasks: a destination that is down never slows ingest
             hub.relay = Relay(store, destinations, feed.signal, lease_s=feed.lease_s)
             await hub.relay.start()

@@ -25,7 +25,17 @@ from .errors import InvalidInput
 from .store import Store
 from .store.tables import api_keys, utcnow
 
-__all__ = ["ApiKey", "KeyRing", "allows", "create_key", "revoke_key", "validate_scope"]
+__all__ = [
+    "ApiKey",
+    "KeyListing",
+    "KeyRing",
+    "allows",
+    "check_scope_target",
+    "create_key",
+    "list_keys",
+    "revoke_key",
+    "validate_scope",
+]
 
 _SCOPE = re.compile(r"^(admin|read|touchpoint:[a-z][a-z0-9_-]{0,62}|partner:[a-z][a-z0-9_-]{0,62})$")
 _KEY = re.compile(r"^prm_([0-9a-f]{16})_([A-Za-z0-9_-]{20,100})$")
@@ -110,6 +120,55 @@ async def revoke_key(store: Store, key_id: str) -> bool:
         return bool(done.rowcount)
 
     return await store.write(write)
+
+
+@frozen
+class KeyListing:
+    """What ``prm keys list`` shows of a key: never its secret or the secret's hash."""
+
+    id: str
+    scope: str
+    name: str
+    public: bool
+    created_at: datetime
+    revoked_at: datetime | None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "scope": self.scope,
+            "name": self.name,
+            "public": self.public,
+            "created_at": self.created_at.isoformat(),
+            "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
+        }
+
+
+async def list_keys(store: Store, *, include_revoked: bool = True) -> list[KeyListing]:
+    """Every key, oldest first (only the columns that are safe to show)."""
+    c = api_keys.c
+    query = sa.select(c.id, c.scope, c.name, c.public, c.created_at, c.revoked_at).order_by(c.created_at, c.id)
+    if not include_revoked:
+        query = query.where(c.revoked_at.is_(None))
+
+    def read(conn: Connection) -> list[KeyListing]:
+        return [
+            KeyListing(r.id, r.scope, r.name, bool(r.public), r.created_at, r.revoked_at) for r in conn.execute(query)
+        ]
+
+    return await store.read(read)
+
+
+def check_scope_target(scope: str, touchpoints: Collection[str], partners: Collection[str]) -> None:
+    """A ``touchpoint:<name>`` scope must name a registered touch point and ``partner:<name>`` a
+    configured partner: a key for a misspelled name would be refused at every request."""
+    kind, _, name = validate_scope(scope).partition(":")
+    known = {"touchpoint": touchpoints, "partner": partners}.get(kind)
+    if known is None or name in known:
+        return
+    listed = ", ".join(f"{kind}:{n}" for n in sorted(known)) or "none"
+    where = "registered touch point" if kind == "touchpoint" else "configured partner ([partners.<name>])"
+    raise InvalidInput(f"{scope}: {name!r} is not a {where}; known: {listed}", "scope")
 
 
 @define

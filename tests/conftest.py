@@ -19,7 +19,8 @@ def _restore_logging():
     root.setLevel(level)
 
 
-pytest_plugins = [*pytest_plugins, "pytester"]
+# skips summarised as one line per reason (pyproject's addopts list failures and errors only)
+pytest_plugins = [*pytest_plugins, "pytester", "prm_core.testing.skips"]
 
 
 @pytest.fixture

@@ -30,6 +30,7 @@ PARTNER_SECRET = "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo="
 class Access:
     """Who may call a route. ``kind``: ``key`` (one of ``scopes``, or admin), ``open`` (takes
     no key: it holds no data), ``signed`` (a vendor's or partner's signature, never our keys),
+    ``session`` (an agent's session token, never a key),
     ``tracker`` (a Snowplow tracker: no key needed, app ids gate it; a key sent must grant
     ``touchpoint:web``). ``public``: a public key of a browser touch point will do."""
 
@@ -44,6 +45,7 @@ def key(*scopes: str, public: bool = False, websocket: bool = False) -> Access:
 
 
 OPEN, SIGNED = Access("open"), Access("signed")
+SESSION = Access("session")  # an agent's session token only: every key is refused (401)
 TRACKER = Access("tracker", ("touchpoint:web",), public=True)
 SEGMENT = key("touchpoint:web", public=True)
 
@@ -116,6 +118,11 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("POST", "/v1/touchpoints/pos/transactions"): key("touchpoint:pos"),
     ("POST", "/v1/agents/{agent_id}/screenpop/tickets"): key("touchpoint:callcenter", "read"),
     ("GET", "/v1/agents/{agent_id}/screenpop"): key("touchpoint:callcenter", "read", websocket=True),
+    # an agent signs in with a one-time code a callcenter key asks for, never with a key
+    ("POST", "/v1/agents/{agent_id}/signin"): key("touchpoint:callcenter"),
+    ("POST", "/v1/agents/session"): OPEN,
+    ("DELETE", "/v1/agents/session"): SESSION,
+    ("POST", "/v1/agents/{agent_id}/events"): SESSION,
     # reading
     ("GET", "/v1/customers/{ref}"): key("read"),
     ("GET", "/v1/customers/{ref}/merges"): key("read"),
@@ -196,6 +203,8 @@ def answer(access: Access, caller: Caller) -> str:
         return "ok"
     if access.kind == "signed":
         return "4xx"
+    if access.kind == "session":
+        return "401"
     if caller.key is None:
         return "ok" if access.kind == "tracker" else "401"  # a tracker's listed app id is enough
     if not caller.valid:

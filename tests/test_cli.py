@@ -53,12 +53,10 @@ def test_plugins_lists_first_party_touchpoints():
 def test_config_errors_are_clear(tmp_path, monkeypatch):
     monkeypatch.delenv("PRM_SECRET_THAT_IS_NOT_SET", raising=False)
     cfg = tmp_path / "prm.toml"
-    cfg.write_text('[touchpoints.ivr]\ntwilio_auth_token = "env:PRM_SECRET_THAT_IS_NOT_SET"\n')
+    cfg.write_text('[database]\nurl = "env:PRM_SECRET_THAT_IS_NOT_SET"\n')
     result = CliRunner().invoke(main, ["db", "upgrade", "--config", str(cfg)])
     assert result.exit_code == 1
-    assert "config.touchpoints.ivr.twilio_auth_token refers to environment variable PRM_SECRET_THAT_IS_NOT_SET" in (
-        result.output
-    )
+    assert "config.database.url refers to environment variable PRM_SECRET_THAT_IS_NOT_SET" in result.output
     missing = CliRunner().invoke(main, ["db", "upgrade", "--config", str(tmp_path / "nope.toml")])
     assert "does not exist" in missing.output
 

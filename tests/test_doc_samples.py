@@ -77,7 +77,7 @@ import tomllib
 import types
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -459,7 +459,7 @@ def _env_names(value: Any) -> Iterator[str]:
 
 def _free_ports(value: Any) -> Any:
     """Listening ports in a documented config become 0: the OS chooses (the test may run twice)."""
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):  # the config's tables are read-only Mappings (prm_core.config.Table)
         return {k: 0 if k == "port" else _free_ports(v) for k, v in value.items()}
     return value
 

@@ -322,6 +322,11 @@ class Spy:
         self._saw("prm_fulfillment_updated", fulfillment=fulfillment)
 
     @hookimpl
+    def prm_event_labels(self, config):
+        self._saw("prm_event_labels", config=config)
+        return {"hookspy.visit": "visited the spy"}
+
+    @hookimpl
     def prm_hub_stopping(self, config):
         self._saw("prm_hub_stopping", config=config)
 

@@ -7,8 +7,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from axe_core import serious_violations
+from browsing import screenshot_path
+from playwright.async_api import expect
 
 from prm_core.config import Config
+from prm_core.server.state import HUB
+from prm_core.store.tables import touchpoint_days
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 
@@ -65,38 +70,100 @@ async def fill_the_hub(hub_client, make_key) -> None:
         assert (await hub_client.post("/v1/touchpoints/web/requests", json=body, headers=tp)).status == 200
 
 
+SIZES = {"desktop": {"width": 1280, "height": 900}, "narrow": {"width": 420, "height": 860}}
+
+
+@pytest.mark.parametrize("size", sorted(SIZES))
 async def test_the_console_shows_scorecards_and_a_customer_with_a_read_key(
-    hub_client, make_key, browser, tmp_path: Path
+    hub_client, make_key, browser, tmp_path: Path, size
 ):
     await fill_the_hub(hub_client, make_key)
     read = await make_key("read")
     url = str(hub_client.make_url("/console"))
-    page = await (await browser.new_context(viewport={"width": 1100, "height": 900})).new_page()
+    context = await browser.new_context(viewport=SIZES[size], locale="en-US", timezone_id="America/New_York")
+    page = await context.new_page()
     response = await page.goto(url)
     assert response.status == 200
     assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
     assert await page.locator("#content").is_hidden()
+    # never a blank page: what to do, in words, and no command to type
+    empty = await page.inner_text("#empty")
+    assert "key with the read scope" in empty and "Connect" in empty
+    assert await serious_violations(page) == []
 
     await page.fill("#key", read)
-    await page.click("#login button")
+    await page.keyboard.press("Enter")
     row = page.locator('#touchpoints tr[data-touchpoint="web"]')
     await row.wait_for()
-    cells = await row.locator("td").all_inner_texts()
+    cells = await row.locator("th, td").all_inner_texts()
     # three customers at the web in 30 days, all of whom bought there; three requests, all in budget
-    assert cells[:6] == ["web", "3", "100.0%", "3", "100.0%", "0.0%"]
-    assert await page.locator("#budget-chart circle").count() >= 1  # one point per day answered
+    assert cells[:6] == ["web", "3", "100%", "3", "100%", "0%"]
+    assert cells[8] == "$7,790.00"  # the currency ([planning] currency, USD) and grouping, in the browser's locale
+    assert await page.locator("#budget-chart rect.bar").count() == 1  # a bar per day: all answered today
     assert await page.locator("#tier-chart rect").count() >= 3  # shares of customers and of revenue
+    assert "platinum" in await page.inner_text("#tier-legend")  # names in the legend, never cut in a bar
     assert "3 customers" in await page.inner_text("#balanced")
     assert read not in page.url
+    assert await serious_violations(page) == []
 
     await page.fill("#ref", "email:ann@example.com")
     await page.click("#lookup button")
     await page.locator("#customer-name").wait_for()
     assert await page.inner_text("#customer-tier") == "platinum"
     assert "Ann Lee" in await page.inner_text("#customer-name")
-    assert "6200.00" in await page.inner_text("#customer")
-    await page.screenshot(path=str(tmp_path / "console.png"), full_page=True)
-    assert (tmp_path / "console.png").stat().st_size > 10_000
+    panel = await page.inner_text("#customer")
+    assert "$6,200.00" in panel
+    assert "RFM" not in panel and "T0" not in panel  # scores in words, times formatted
+    assert "recency" in panel or "Customer value" not in panel
+    assert "placed an order" in panel and "order.completed" not in panel  # events in words
+    text = await page.inner_text("body")
+    assert "prm " not in text  # no command names in the UI
+    assert await serious_violations(page) == []
+    if size == "desktop":
+        shot = screenshot_path("console.png", tmp_path)
+        await page.screenshot(path=str(shot), full_page=True)
+        assert shot.stat().st_size > 10_000
+    await context.close()
+
+
+async def test_the_budget_chart_reads_with_one_day_and_with_a_year(hub_client, make_key, browser):
+    tp = {"Authorization": f"Bearer {await make_key('touchpoint:web')}"}
+    read = await make_key("read")
+
+    async def request(i: int, days_ago: int) -> None:
+        body = {
+            "id": f"visit-{i}",
+            "type": "product.viewed",
+            "occurred_at": (NOW - timedelta(days=days_ago)).isoformat(),
+            "identities": {"email": "dee@example.com"},
+        }
+        assert (await hub_client.post("/v1/touchpoints/web/requests", json=body, headers=tp)).status == 200
+
+    await request(0, 0)
+    page = await (await browser.new_context(viewport={"width": 1000, "height": 800})).new_page()
+    await page.goto(str(hub_client.make_url("/console")))
+    await page.fill("#key", read)
+    await page.click("#login button")
+    await page.locator('#touchpoints tr[data-touchpoint="web"]').wait_for()
+    # one day: one readable bar of full height, its legend above the plot, not over it
+    bar = page.locator("#budget-chart rect.bar")
+    assert await bar.count() == 1
+    assert float(await bar.get_attribute("height")) > 100
+    assert await page.inner_text("#budget-legend") == "web"
+
+    # a year of the aggregates the hub keeps per touch point and day (requests count on the day answered)
+    rows = [
+        {"touchpoint": "web", "day": (NOW - timedelta(days=d)).date().isoformat(), "requests": 10, "in_budget": 9}
+        for d in range(1, 365)
+    ]
+    await hub_client.app[HUB].store.write(lambda conn: conn.execute(touchpoint_days.insert(), rows))
+    await page.select_option("#days-select", "365")
+    await expect(page.locator("#period-name")).to_have_text("last year")
+    await page.locator("#budget-chart polyline").wait_for()
+    assert await page.locator("#budget-chart rect.bar").count() == 0  # a year is a line
+    labels = await page.locator("#budget-chart text[text-anchor=middle]").all_inner_texts()
+    assert 2 <= len(labels) <= 7  # date labels thinned so they never overlap
+    assert await serious_violations(page) == []
 
 
 async def test_the_console_without_a_valid_key_shows_only_the_refusal(hub_client, make_key, browser):

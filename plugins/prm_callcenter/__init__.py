@@ -27,7 +27,16 @@ from .cti import CALL_TYPES, TOUCHPOINT, cti_event
 from .routes import agent_page_routes, cti_routes, screenpop_routes
 from .screenpop import PLUGIN_NAME, ScreenPops, screenpop_settings
 
-__all__ = ["CALL_TYPES", "TOUCHPOINT", "ScreenPops", "cti_event", "prm_adapters", "prm_touchpoints", "screen_pops"]
+__all__ = [
+    "CALL_TYPES",
+    "TOUCHPOINT",
+    "ScreenPops",
+    "cti_event",
+    "prm_adapters",
+    "prm_event_labels",
+    "prm_touchpoints",
+    "screen_pops",
+]
 
 
 @hookimpl
@@ -80,6 +89,19 @@ async def screen_pop_service(app: web.Application) -> AsyncIterator[None]:
     finally:
         hub.pm.unregister(pops)
         await pops.stop()
+
+
+@hookimpl
+def prm_event_labels(config: Config) -> dict[str, str]:
+    """The call center's events in words, for the agent desktop and the console."""
+    return {
+        "call.offered": "called",
+        "call.answered": "spoke with an agent",
+        "call.transferred": "was transferred",
+        "call.ended": "call ended",
+        "agent.note": "agent's note",
+        "call.outcome": "call outcome",
+    }
 
 
 @hookimpl

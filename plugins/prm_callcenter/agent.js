@@ -1,13 +1,16 @@
-// The agent desktop: sign in with a touchpoint:callcenter key (kept in this tab's
-// sessionStorage only), receive screen pops on a WebSocket opened with a one-time ticket,
-// record notes and the call's outcome as CTI events. Everything from the hub is shown with
-// textContent, never as HTML.
+// The agent desktop. An agent signs in with a one-time code (from the link a supervisor's
+// tool or the CTI issued: agent#code=...), traded for a session token of that agent only,
+// kept in this tab's sessionStorage. Screen pops come on a WebSocket opened with a one-time
+// ticket; notes and outcomes go to the agent's own endpoint. Every URL is relative to the
+// page, so the desktop works wherever the hub is mounted. Everything from the hub is shown
+// with textContent, never as HTML.
 "use strict";
 
 (() => {
   const $ = (id) => document.getElementById(id);
   const store = window.sessionStorage;
   const state = { socket: null, call: null, retry: 0, watchdog: null, heartbeatMs: 20000, timer: null };
+  const url = (path) => new URL(path, document.baseURI);
 
   function el(tag, text, cls) {
     const node = document.createElement(tag);
@@ -16,10 +19,10 @@
     return node;
   }
 
-  function credentials() {
-    const key = store.getItem("prm.agent.key");
+  function session() {
+    const token = store.getItem("prm.agent.token");
     const agent = store.getItem("prm.agent.id");
-    return key && agent ? { key, agent } : null;
+    return token && agent ? { token, agent } : null;
   }
 
   function setStatus(text, cls) {
@@ -33,33 +36,56 @@
     return `${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}`;
   }
 
-  async function api(method, path, body) {
-    const { key } = credentials();
-    const resp = await fetch(path, {
+  async function api(method, path, body, token) {
+    const headers = { "Content-Type": "application/json" };
+    const bearer = token === undefined ? (session() || {}).token : token;
+    if (bearer) headers.Authorization = `Bearer ${bearer}`;
+    const resp = await fetch(url(path), {
       method,
-      headers: { Authorization: `Bearer ${key}`, "Content-Type": "application/json" },
+      headers,
       body: body === undefined ? undefined : JSON.stringify(body),
       cache: "no-store",
     });
     const answer = await resp.json().catch(() => ({}));
     if (!resp.ok) {
-      const error = new Error((answer.error && answer.error.message) || `HTTP ${resp.status}`);
+      const error = new Error((answer.error && answer.error.message) || `the hub answered ${resp.status}`);
       error.status = resp.status;
       throw error;
     }
     return answer;
   }
 
+  // ---- times in the agent's own words and time zone -------------------------------------
+
+  const clock = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" });
+  const day = new Intl.DateTimeFormat(undefined, { weekday: "short", day: "numeric", month: "short" });
+  const relative = new Intl.RelativeTimeFormat(undefined, { numeric: "auto" });
+
+  function when(iso) {
+    if (!iso) return "";
+    const at = new Date(iso);
+    if (Number.isNaN(at.getTime())) return "";
+    const midnight = (d) => new Date(d.getFullYear(), d.getMonth(), d.getDate()).getTime();
+    const days = Math.round((midnight(at) - midnight(new Date())) / 86400000);
+    const date = Math.abs(days) <= 1 ? relative.format(days, "day") : day.format(at);
+    return `${date.charAt(0).toUpperCase()}${date.slice(1)} ${clock.format(at)}`;
+  }
+
+  function windowText(start, end) {
+    if (!start) return "";
+    return end ? `${when(start)}–${clock.format(new Date(end))}` : when(start);
+  }
+
   // ---- the screen-pop socket ------------------------------------------------------------
 
   async function connect() {
-    const creds = credentials();
-    if (!creds) return;
+    const s = session();
+    if (!s) return;
     clearTimeout(state.timer);
     setStatus("connecting…");
     let ticket;
     try {
-      ticket = (await api("POST", `/v1/agents/${encodeURIComponent(creds.agent)}/screenpop/tickets`)).ticket;
+      ticket = (await api("POST", `v1/agents/${encodeURIComponent(s.agent)}/screenpop/tickets`)).ticket;
     } catch (error) {
       if (error.status === 401 || error.status === 403) return signOut(error.message);
       return retryLater();
@@ -68,10 +94,11 @@
     // on a reconnect of a page that is showing it, only for what came after
     const seen = store.getItem("prm.agent.seq");
     const since = seen && !state.call ? String(BigInt(seen) - 1n) : seen;
-    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    let url = `${scheme}//${location.host}/v1/agents/${encodeURIComponent(creds.agent)}/screenpop?ticket=${encodeURIComponent(ticket)}`;
-    if (since) url += `&since=${encodeURIComponent(since)}`;
-    const socket = new WebSocket(url, ["prm.screenpop.v1"]);
+    const address = url(`v1/agents/${encodeURIComponent(s.agent)}/screenpop`);
+    address.protocol = address.protocol === "https:" ? "wss:" : "ws:";
+    address.searchParams.set("ticket", ticket);
+    if (since) address.searchParams.set("since", since);
+    const socket = new WebSocket(address, ["prm.screenpop.v1"]);
     state.socket = socket;
     socket.onmessage = (msg) => {
       let message;
@@ -109,7 +136,7 @@
   }
 
   function retryLater() {
-    if (!credentials()) return;
+    if (!session()) return;
     clearTimeout(state.watchdog);
     setStatus("reconnecting…", "down");
     const delay = Math.min(15000, 500 * 2 ** state.retry++) * (0.5 + Math.random() / 2);
@@ -126,17 +153,29 @@
     return phone ? phone.value : "Unknown caller";
   }
 
-  function describe(event) {
-    const data = event.data || {};
-    const bits = ["menu", "digits", "queue", "text", "outcome", "issue", "product_id"]
-      .filter((k) => data[k] !== undefined && data[k] !== null && typeof data[k] !== "object")
-      .map((k) => `${k}: ${data[k]}`);
-    return bits.length ? `${event.type} (${bits.join(", ")})` : event.type;
+  function languageName(code) {
+    if (!code) return "";
+    try {
+      return new Intl.DisplayNames(undefined, { type: "language" }).of(code) || code;
+    } catch (_) {
+      return code;
+    }
   }
 
-  function fill(list, items, render) {
+  // a summary the hub made (prm_core.labels), else the wire name as a last resort
+  const said = (event) => event.summary || String(event.type || "").replace(/[._]/g, " ");
+
+  function fill(list, items, render, empty) {
     list.replaceChildren(...items.map(render));
-    if (!items.length) list.replaceChildren(el("li", "none", "none"));
+    if (!items.length) list.replaceChildren(el("li", empty || "None", "none"));
+  }
+
+  function line(whenIso, text) {
+    const item = el("li");
+    const at = when(whenIso);
+    if (at) item.append(el("span", `${at}, `, "when"));
+    item.append(document.createTextNode(text));
+    return item;
   }
 
   // a partner answered after the pop (a technician booked): update the caller's list in place
@@ -149,11 +188,17 @@
   }
 
   function showFulfillments(customer) {
-    fill($("fulfillments"), customer.fulfillments || [], (f) => {
-      const d = f.data || {};
-      const when = d.window_start ? ` ${d.window_start} – ${d.window_end || ""}` : "";
-      return el("li", `${f.action} with ${f.partner}: ${f.status}${when}`);
-    });
+    fill(
+      $("fulfillments"),
+      customer.fulfillments || [],
+      (f) => {
+        const d = f.data || {};
+        const booked = windowText(d.window_start, d.window_end);
+        const what = String(f.action || "work").replace(/_/g, " ");
+        return el("li", `${what} with ${f.partner}: ${f.status}${booked ? `, ${booked}` : ""}`);
+      },
+      "No service work booked",
+    );
   }
 
   function showPop(pop) {
@@ -161,62 +206,67 @@
     state.call = { id: pop.call_id, customerId: pop.customer_id, customer };
     $("waiting").hidden = true;
     $("pop").hidden = false;
-    $("call-id").textContent = pop.call_id;
     $("caller-name").textContent = callerName(customer);
     const tier = $("caller-tier");
     tier.textContent = customer.tier || "no tier";
     tier.className = `tier ${customer.tier || ""}`;
-    $("caller-ids").textContent = (customer.identities || []).map((i) => `${i.namespace}: ${i.value}`).join(" · ");
-    $("call-queue").textContent = `Queue ${pop.queue || "-"} · offered ${pop.offered_at}`;
-    fill($("requests"), customer.open_service_requests || [], (r) => {
-      const first = (r.events || [])[0];
-      return el("li", `${r.touchpoint} · ${r.opened_at}${first ? ` · ${describe(first)}` : ""}`);
-    });
-    showFulfillments(customer);
-    const recent = $("recent");
-    recent.replaceChildren(
-      ...(customer.recent_contacts || []).map((c) => {
-        const box = el("div", null, "contact");
-        box.append(el("strong", `${c.touchpoint} · ${c.opened_at}`), el("small", c.outcome ? ` ${c.outcome}` : ""));
-        const steps = el("ol");
-        steps.append(...(c.events || []).map((e) => el("li", describe(e))));
-        box.append(steps);
-        return box;
-      }),
+    const traits = customer.traits || {};
+    $("caller-language").textContent = languageName(traits.language || traits.locale);
+    $("caller-ids").textContent = (customer.identities || []).map((i) => i.value).join(" · ");
+    $("call-queue").textContent = `Call ${pop.call_id} · queue ${pop.queue || "-"} · ${when(pop.offered_at)}`;
+    fill(
+      $("requests"),
+      customer.open_service_requests || [],
+      (r) => {
+        const booked = windowText(r.window_start, r.window_end);
+        const item = el("li", r.summary || "service request");
+        const bits = [`opened ${when(r.opened_at)} at ${r.touchpoint}`];
+        if (booked) bits.push(`technician booked ${booked}`);
+        item.append(el("div", bits.join("; "), "muted"));
+        return item;
+      },
+      "No open request",
     );
-    if (!recent.children.length) recent.append(el("p", "No other contact recently."));
-    fill($("offers"), customer.offers || [], (o) => el("li", o.title));
-    fill($("timeline"), (customer.timeline || []).slice(0, 15), (e) =>
-      el("li", `${e.occurred_at} ${e.touchpoint}: ${describe(e)}`),
+    fill($("offers"), customer.offers || [], (o) => el("li", o.title || o.code), "Nothing to offer");
+    fill(
+      $("recent"),
+      customer.recent_contacts || [],
+      (c) => line(c.opened_at, `${c.touchpoint}: ${c.headline || c.intent || "contact"}`),
+      "No other contact lately",
+    );
+    showFulfillments(customer);
+    fill(
+      $("timeline"),
+      (customer.timeline || []).slice(0, 20),
+      (e) => line(e.occurred_at, `${e.touchpoint}: ${said(e)}`),
     );
     $("saved").textContent = "";
+    $("save-error").textContent = "";
     $("note").value = "";
     $("outcome").value = "";
   }
 
   // ---- recording notes and outcomes -----------------------------------------------------
 
-  async function record(type, data) {
-    const { agent } = credentials();
-    const event = {
-      id: `agent-${newId()}`,
-      type,
-      occurred_at: new Date().toISOString(),
-      data: { call_id: state.call.id, agent_id: agent, ...data },
-    };
-    await api("POST", "/v1/touchpoints/callcenter/events", { events: [event] });
-    $("timeline").prepend(el("li", `${event.occurred_at} callcenter: ${describe(event)}`));
+  async function record(type, fields) {
+    const { agent } = session();
+    const event = { id: `agent-${newId()}`, type, call_id: state.call.id, ...fields };
+    await api("POST", `v1/agents/${encodeURIComponent(agent)}/events`, event);
+    const words = type === "agent.note" ? `agent's note: ${fields.text}` : `call outcome: ${fields.outcome}`;
+    $("timeline").prepend(line(new Date().toISOString(), `callcenter: ${words}`));
   }
 
-  async function submitted(form, type, data, done) {
+  async function submitted(form, type, fields, done) {
     const button = form.querySelector("button");
     button.disabled = true;
+    $("saved").textContent = "";
+    $("save-error").textContent = "";
     try {
-      await record(type, data);
+      await record(type, fields);
       $("saved").textContent = done;
       form.reset();
     } catch (error) {
-      $("saved").textContent = `Not saved: ${error.message}`;
+      $("save-error").textContent = `Not saved: ${error.message}`;
     } finally {
       button.disabled = false;
     }
@@ -225,34 +275,53 @@
   // ---- signing in and out ---------------------------------------------------------------
 
   function signedIn() {
-    const creds = credentials();
-    $("login").hidden = Boolean(creds);
-    $("desk").hidden = !creds;
-    $("who").hidden = !creds;
-    if (creds) {
-      $("agent-name").textContent = creds.agent;
+    const s = session();
+    $("login").hidden = Boolean(s);
+    $("desk").hidden = !s;
+    $("who").hidden = !s;
+    if (s) {
+      $("agent-name").textContent = s.agent;
       connect();
+    } else {
+      $("login-code").focus();
     }
   }
 
+  async function signIn(code) {
+    $("login-error").textContent = "";
+    try {
+      const answer = await api("POST", "v1/agents/session", { code }, null);
+      store.setItem("prm.agent.token", answer.token);
+      store.setItem("prm.agent.id", answer.agent_id);
+      store.removeItem("prm.agent.seq");
+    } catch (error) {
+      $("login-error").textContent = `Not signed in: ${error.message}`;
+    }
+    signedIn();
+  }
+
   function signOut(reason) {
-    for (const item of ["prm.agent.key", "prm.agent.id", "prm.agent.seq"]) store.removeItem(item);
+    const s = session();
+    if (s) api("DELETE", "v1/agents/session", undefined, s.token).catch(() => {});
+    for (const item of ["prm.agent.token", "prm.agent.id", "prm.agent.seq"]) store.removeItem(item);
     const socket = state.socket;
     state.socket = null;
+    state.call = null;
     if (socket) socket.close();
     clearTimeout(state.timer);
     clearTimeout(state.watchdog);
-    $("login-error").textContent = reason || "";
+    $("pop").hidden = true;
+    $("waiting").hidden = false;
+    $("login-error").textContent = reason ? `Signed out: ${reason}` : "";
     signedIn();
   }
 
   document.addEventListener("DOMContentLoaded", () => {
     $("login").addEventListener("submit", (ev) => {
       ev.preventDefault();
-      store.setItem("prm.agent.key", $("login-key").value.trim());
-      store.setItem("prm.agent.id", $("login-agent").value.trim());
-      $("login-key").value = "";
-      signedIn();
+      const code = $("login-code").value.trim();
+      $("login-code").value = "";
+      signIn(code);
     });
     $("logout").addEventListener("click", () => signOut());
     $("note-form").addEventListener("submit", (ev) => {
@@ -263,6 +332,13 @@
       ev.preventDefault();
       submitted(ev.target, "call.outcome", { outcome: $("outcome").value }, "Outcome saved");
     });
-    signedIn();
+    // a sign-in link: agent#code=...; the code leaves the address bar (and history) at once
+    const code = new URLSearchParams(location.hash.slice(1)).get("code");
+    if (code) {
+      history.replaceState(null, "", location.pathname + location.search);
+      signIn(code);
+    } else {
+      signedIn();
+    }
   });
 })();

@@ -4,6 +4,10 @@
   scope ``touchpoint:callcenter``. This exact path is more specific than the core's
   ``/v1/touchpoints/{tp}/events``, so aiohttp routes calls here (its router looks a path up
   from the most specific prefix).
+- ``POST /v1/agents/{agent_id}/signin``: a one-time sign-in code and link for an agent
+  (scope ``touchpoint:callcenter``); ``POST /v1/agents/session`` trades it for the agent's
+  session token (:mod:`prm_callcenter.signin`), ``DELETE`` ends it.
+- ``POST /v1/agents/{agent_id}/events``: the signed-in agent's notes and call outcomes.
 - ``POST /v1/agents/{agent_id}/screenpop/tickets``: a one-time ticket for the WebSocket.
 - ``GET /v1/agents/{agent_id}/screenpop``: the WebSocket of screen pops.
 - ``GET /v1/screenpops/stats``: the broker's counters (scope ``read``).
@@ -15,11 +19,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 from importlib import resources
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from prm_core.clock import utcnow
 from prm_core.errors import InvalidInput
 from prm_core.server.app import WEBSOCKETS
 from prm_core.server.auth import require
@@ -57,9 +63,154 @@ def broker(request: web.Request) -> ScreenPops:
     return pops
 
 
+def _session_token(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    token = header[7:].strip() if header[:7].lower() == "bearer " else ""
+    return token if token.startswith("agent_") else None
+
+
+def _signed_in_agent(request: web.Request) -> str:
+    """The agent of the request's session token; 401 when it is unknown or ended, 403 when it
+    is another agent's."""
+    token = _session_token(request)
+    agent = broker(request).sessions.agent_of(token) if token else None
+    if agent is None:
+        raise ApiError(401, "unauthorized", "the sign-in has ended; ask for a new sign-in link")
+    if agent != request.match_info["agent_id"]:
+        raise ApiError(403, "forbidden", "this session is another agent's")
+    return agent
+
+
 async def _require_agent_access(request: web.Request) -> None:
-    # through require(), like every route: a public key reads no screen pops whatever its scope
+    # an agent's own session, or a key through require(), like every route: a public key reads
+    # no screen pops whatever its scope
+    if _session_token(request) is not None:
+        _signed_in_agent(request)
+        return
     await require(request, *AGENT_SCOPES)
+
+
+AGENT_ID = re.compile(r"^[A-Za-z0-9._:@-]{1,100}$")
+
+
+@api(
+    "A one-time sign-in code (10 minutes) for an agent, and the desktop link that carries it; "
+    "issued by a supervisor's tool or the CTI",
+    scope=SCOPE,
+    responses={
+        200: '{"agent_id", "code", "link", "expires_in"}',
+        401: "No key, or an invalid one",
+        403: "The key's scope does not grant this (a read key signs no agent in)",
+        422: "agent_id is not 1 to 100 letters, digits or ._:@-",
+    },
+)
+async def post_signin_code(request: web.Request) -> web.Response:
+    await require(request, SCOPE)
+    agent = request.match_info["agent_id"]
+    if not AGENT_ID.match(agent):
+        raise InvalidInput("agent_id must be 1 to 100 letters, digits or . _ : @ -", "agent_id")
+    sessions = broker(request).sessions
+    try:
+        code = sessions.issue_code(agent)
+    except OverflowError:
+        raise ApiError(429, "too_many_requests", "too many sign-ins waiting", **{"Retry-After": "5"}) from None
+    body = {"agent_id": agent, "code": code, "link": f"agent#code={code}", "expires_in": sessions.code_ttl_s}
+    return web.json_response(body, headers={"Cache-Control": "no-store"})
+
+
+@api(
+    "Trade a sign-in code (once) for the agent's session token; DELETE with the token signs out",
+    scope=None,
+    body={"type": "object", "required": ["code"], "properties": {"code": {"type": "string", "maxLength": 200}}},
+    responses={
+        200: '{"agent_id", "token", "expires_in"}',
+        401: "The code is unknown, used or expired",
+        422: "No code",
+    },
+)
+async def post_session(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    code = body.get("code") if isinstance(body, dict) else None
+    if not isinstance(code, str) or not code or len(code) > 200:
+        raise InvalidInput("code must be the sign-in code from the link", "code")
+    sessions = broker(request).sessions
+    try:
+        found = sessions.redeem(code)
+    except OverflowError:
+        raise ApiError(429, "too_many_requests", "too many agents signed in", **{"Retry-After": "5"}) from None
+    if found is None:
+        raise ApiError(401, "unauthorized", "this sign-in code is unknown, used or expired; ask for a new link")
+    token, agent = found
+    body = {"agent_id": agent, "token": token, "expires_in": sessions.session_ttl_s}
+    return web.json_response(body, headers={"Cache-Control": "no-store"})
+
+
+@api(
+    "Sign out: the agent's session token (Bearer agent_...) stops working at once; "
+    "answers 204 whether or not the session was still open",
+    scope=None,
+    responses={204: "Signed out", 401: "No agent session token"},
+)
+async def delete_session(request: web.Request) -> web.Response:
+    token = _session_token(request)
+    if token is None:
+        raise ApiError(401, "unauthorized", "no agent session token (Bearer agent_...) to end")
+    broker(request).sessions.end(token)
+    return web.Response(status=204)
+
+
+AGENT_EVENTS = {"agent.note": "text", "call.outcome": "outcome"}
+
+
+@api(
+    "The signed-in agent's note or call outcome: {id, type: agent.note|call.outcome, call_id, text|outcome}; "
+    "recorded as a CTI event with the session's agent_id. Takes the agent's session token "
+    "(Bearer agent_...) from POST /v1/agents/session, never an API key",
+    scope=None,
+    body={
+        "type": "object",
+        "required": ["id", "type", "call_id"],
+        "properties": {
+            "id": {"type": "string"},
+            "type": {"enum": list(AGENT_EVENTS)},
+            "call_id": {"type": "string"},
+            "text": {"type": "string", "maxLength": 4000},
+            "outcome": {"type": "string"},
+        },
+    },
+    responses={
+        200: '{"accepted": n, "duplicates": m}',
+        401: "No session, or it ended",
+        403: "Another agent's session",
+        422: "Invalid; `field` names it",
+    },
+)
+async def post_agent_event(request: web.Request) -> web.Response:
+    agent = _signed_in_agent(request)
+    hub = request.app[HUB]
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise InvalidInput("the body must be a JSON object", "")
+    kind = body.get("type")
+    if kind not in AGENT_EVENTS:
+        raise InvalidInput(f"type must be one of {', '.join(AGENT_EVENTS)}", "type")
+    field_name = AGENT_EVENTS[kind]
+    value = body.get(field_name)
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidInput(f"{field_name} is required", field_name)
+    call_id = body.get("call_id")
+    if not isinstance(call_id, str) or not call_id:
+        raise InvalidInput("call_id is required", "call_id")
+    event = {
+        "id": body.get("id"),
+        "type": kind,
+        "occurred_at": utcnow().isoformat().replace("+00:00", "Z"),
+        "data": {"call_id": call_id, "agent_id": agent, field_name: value},
+    }
+    events = [cti_event(ev, hub.config.default_region) for ev in hub.parse_events(event, TOUCHPOINT)]
+    recorded = await ingest(request, events)
+    duplicates = sum(1 for r in recorded if r.duplicate)
+    return web.json_response({"accepted": len(recorded) - duplicates, "duplicates": duplicates})
 
 
 @api(
@@ -190,7 +341,7 @@ def _asset(name: str) -> Any:
     async def serve(request: web.Request) -> web.Response:
         return web.Response(body=body, content_type=content_type, charset="utf-8", headers=PAGE_HEADERS)
 
-    serve.__doc__ = f"The agent desktop ({name}); public: it holds no data and asks for a key"
+    serve.__doc__ = f"The agent desktop ({name}); public: it holds no data, and an agent signs in with a one-time code"
     return serve
 
 
@@ -200,6 +351,10 @@ def cti_routes() -> list[Any]:
 
 def screenpop_routes() -> list[Any]:
     return [
+        web.post("/v1/agents/session", post_session),
+        web.delete("/v1/agents/session", delete_session),
+        web.post("/v1/agents/{agent_id}/signin", post_signin_code),
+        web.post("/v1/agents/{agent_id}/events", post_agent_event),
         web.post("/v1/agents/{agent_id}/screenpop/tickets", post_ticket),
         web.get("/v1/agents/{agent_id}/screenpop", screenpop_socket),
         web.get("/v1/screenpops/stats", screenpop_stats),

@@ -44,11 +44,13 @@ from attrs import define, field
 from prm_core import hookimpl
 from prm_core.errors import ConfigError
 from prm_core.hub import Hub
+from prm_core.labels import CORE_LABELS, summarize
 from prm_core.model import CustomerView, Event, RecordedEvent
 from prm_core.outbox import Fulfillment
 
 from .bus import PostgresBus
 from .cti import OFFERED, TOUCHPOINT
+from .signin import AgentSessions
 
 __all__ = ["PLUGIN_NAME", "Connection", "ScreenPops", "screen_pop_customer", "screenpop_settings"]
 
@@ -59,31 +61,101 @@ TIMELINE_PAGE = 50
 MAX_TICKETS = 10_000
 
 
-def screen_pop_customer(view: CustomerView) -> dict[str, Any]:
-    """The view JSON of CONTRACT.md plus ``recent_contacts``: the caller's latest dialogues at
-    other touch points (the IVR path before the transfer, a web request), each with its
-    events oldest first, and ``open_service_requests``: its open dialogues of intent ``service``
-    at other touch points. ``fulfillments`` is ``[]`` unless a plugin enriches the view with it."""
+def screen_pop_customer(view: CustomerView, labels: Mapping[str, str] = CORE_LABELS) -> dict[str, Any]:
+    """The view JSON plus what an agent reads in the first seconds of a call.
+
+    - ``recent_contacts``: the caller's latest dialogues at other touch points (the IVR path
+      before the transfer, a web request), each with its events oldest first and a
+      ``headline``: the most telling event in words (``reported a problem: washer leaks``);
+    - ``open_service_requests``: open dialogues of intent ``service`` at other touch points,
+      each with ``issue``, ``product`` and the booked window (``window_start``/``window_end``)
+      of a partner's work on it, and a ``summary`` in words;
+    - every timeline and contact event gets a ``summary`` (:func:`prm_core.labels.summarize`);
+    - ``offers``: the view's, else the offers made lately and not answered yet;
+    - ``fulfillments``: ``[]`` unless a plugin enriches the view with it.
+    """
     body = view.to_json()
+    body.setdefault("fulfillments", [])
+    for item in body["timeline"]:
+        item["summary"] = summarize(item, labels)
     events_by_dialogue: dict[str, list[Mapping[str, Any]]] = {}
-    for item in view.timeline:
+    for item in body["timeline"]:
         events_by_dialogue.setdefault(str(item.get("dialogue")), []).append(item)
     recent = []
     for dialogue in body["dialogues"]:
         if dialogue["touchpoint"] == TOUCHPOINT:
             continue
-        recent.append({**dialogue, "events": list(reversed(events_by_dialogue.get(dialogue["id"], [])))})
+        steps = list(reversed(events_by_dialogue.get(dialogue["id"], [])))
+        recent.append({**dialogue, "events": steps, "headline": _headline(steps, labels)})
         if len(recent) == RECENT_CONTACTS:
             break
     body["recent_contacts"] = recent
     # service requests still open anywhere (a web portal request waiting for a technician)
     body["open_service_requests"] = [
-        {**d, "events": list(reversed(events_by_dialogue.get(d["id"], [])))}
+        _service_request(d, list(reversed(events_by_dialogue.get(d["id"], []))), body["fulfillments"])
         for d in body["dialogues"]
         if d["intent"] == "service" and d["status"] == "open" and d["touchpoint"] != TOUCHPOINT
     ]
-    body.setdefault("fulfillments", [])
+    if not body.get("offers"):
+        body["offers"] = _open_offers(body["timeline"])
     return body
+
+
+def _headline(steps: Sequence[Mapping[str, Any]], labels: Mapping[str, str]) -> str:
+    """The contact in one line: its first event that carries a detail, else its first event."""
+    for step in steps:
+        line = summarize(step, labels)
+        if ":" in line:
+            return line
+    return summarize(steps[0], labels) if steps else ""
+
+
+def _service_request(
+    dialogue: Mapping[str, Any], steps: Sequence[Mapping[str, Any]], fulfillments: Sequence[Any]
+) -> dict[str, Any]:
+    """A request as an agent says it: the product, the issue, the booked window."""
+    data: dict[str, Any] = {}
+    for step in steps:  # oldest first: a later event (a photo, an update) fills what is missing
+        for key, value in (step.get("data") or {}).items():
+            if isinstance(value, str | int | float) and not isinstance(value, bool):
+                data.setdefault(key, value)
+    issue = data.get("issue") or data.get("text") or data.get("reason")
+    product = data.get("product_title") or data.get("product_name") or data.get("product_id")
+    window: Mapping[str, Any] = {}
+    for f in fulfillments:
+        fd = f.get("data") if isinstance(f, Mapping) else None
+        if isinstance(fd, Mapping) and fd.get("window_start") and f.get("dialogue_id") in (dialogue["id"], None):
+            window = fd
+            break
+    words = str(issue) if issue else "service request"
+    if product:
+        words += f" ({product})"
+    return {
+        **dialogue,
+        "events": list(steps),
+        "issue": issue,
+        "product": product,
+        "window_start": window.get("window_start"),
+        "window_end": window.get("window_end"),
+        "summary": words,
+    }
+
+
+def _open_offers(timeline: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Offers made to the caller lately (newest first, one per code) that were not accepted or
+    declined: what the agent can bring up."""
+    answered: set[str] = set()
+    found: dict[str, dict[str, Any]] = {}
+    for item in timeline:  # newest first
+        data = item.get("data") or {}
+        code = data.get("offer") or data.get("offer_id") or data.get("code")
+        if not isinstance(code, str):
+            continue
+        if item.get("type") in ("offer.accepted", "offer.declined"):
+            answered.add(code)
+        elif item.get("type") == "offer.made" and code not in answered and code not in found:
+            found[code] = {"code": code, "title": str(data.get("title") or code), "made_at": item.get("occurred_at")}
+    return list(found.values())[:3]
 
 
 _TUNING = {
@@ -177,6 +249,8 @@ class ScreenPops:
     _calls: deque[tuple[RecordedEvent, str]] = field(factory=deque)
     _wake: asyncio.Event = field(factory=asyncio.Event)
     ticket_ttl_s: float = 30.0
+    # agents' sign-in codes and sessions (prm_callcenter.signin)
+    sessions: AgentSessions = field(factory=AgentSessions)
     _tasks: list[asyncio.Task[None]] = field(factory=list)
     _tickets: dict[str, tuple[str, float]] = field(factory=dict)
     bus: PostgresBus | None = None
@@ -311,7 +385,7 @@ class ScreenPops:
             "customer_id": recorded.customer_id,
             "dialogue_id": recorded.dialogue_id,
             "degraded": left_out,
-            "customer": screen_pop_customer(view),
+            "customer": screen_pop_customer(view, self.hub.event_labels),
         }
         self.publish(agent, self._seq, json.dumps(message, default=str, separators=(",", ":")))
         self._shown(recorded.customer_id, agent)

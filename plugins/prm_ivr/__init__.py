@@ -91,3 +91,15 @@ def prm_value_providers(config: Config) -> list[ValueProvider]:
             touchpoints=frozenset({TOUCHPOINT}),
         )
     ]
+
+
+@hookimpl
+def prm_event_labels(config: Config) -> dict[str, str]:
+    """The phone menu's events in words, for the agent who takes the call after it."""
+    return {
+        "ivr.call.started": "called the phone menu",
+        "ivr.menu": "heard the menu",
+        "ivr.input": "pressed",
+        "ivr.transferred": "asked for an agent",
+        "ivr.ended": "hung up in the phone menu",
+    }

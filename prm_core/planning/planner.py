@@ -155,6 +155,9 @@ class Planner:
     def from_config(cls, config: Config) -> Planner:
         """Build from ``[tiers.rules]``, ``[value.rfm]``, ``[entitlements]``, ``[catalog]``,
         ``[offers]``; anything invalid raises :class:`ConfigError` naming it."""
+        from .scorecard import reporting_currency
+
+        reporting_currency(config)  # [planning].currency: a typo stops the hub, not a page later
         return cls(
             tiers=tier_rules(config),
             fixed_rfm=rfm_from_config(config.section("value", "rfm")),

@@ -15,7 +15,7 @@ from ..server.state import HUB
 from ..store.tables import utcnow
 from .campaigns import campaign_results, get_campaign, parse_campaign, parse_cost, save_campaign
 from .knowledge import knowledge_registry
-from .scorecard import scorecard
+from .scorecard import reporting_currency, scorecard
 from .segments import delete_segment, get_segment, list_segments, members, parse_segment, save_segment
 
 __all__ = ["planning_routes"]
@@ -170,7 +170,7 @@ async def get_knowledge(request: web.Request) -> web.Response:
     "Touch point value scorecard and balanced-scorecard figures",
     scope="read",
     params={"days": "period in days ending today, 1-366 (30)"},
-    responses={200: "Scorecard", **AUTH_ERRORS},
+    responses={200: "Scorecard; revenue figures are in `currency` ([planning] currency)", **AUTH_ERRORS},
 )
 async def get_scorecard(request: web.Request) -> web.Response:
     await require(request, "read")
@@ -178,7 +178,7 @@ async def get_scorecard(request: web.Request) -> web.Response:
     hub = request.app[HUB]
     names = hub.registrations.touchpoints.names()
     card = await hub.store.read(lambda conn: scorecard(conn, names, utcnow(), days=days))
-    return web.json_response(card)
+    return web.json_response({**card, "currency": reporting_currency(hub.config)})
 
 
 CONSOLE = Path(__file__).with_name("console.html")

@@ -13,6 +13,7 @@ Each figure is one grouped query; none reads the event log.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -20,6 +21,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from ..config import Config
+from ..errors import ConfigError
 from ..store.tables import (
     customer_value,
     customers,
@@ -29,7 +32,18 @@ from ..store.tables import (
     touchpoint_days,
 )
 
-__all__ = ["scorecard"]
+__all__ = ["reporting_currency", "scorecard"]
+
+_CURRENCY = re.compile(r"^[A-Z]{3}$")
+
+
+def reporting_currency(config: Config) -> str:
+    """``[planning] currency``: the ISO 4217 code the scorecard's revenue is reported in
+    (``USD`` when unset); pages format money with it."""
+    value = config.section("planning").get("currency", "USD")
+    if not isinstance(value, str) or not _CURRENCY.match(value):
+        raise ConfigError(f"[planning].currency must be an ISO 4217 code such as USD or EUR, not {value!r}")
+    return value
 
 
 def _rate(part: int, whole: int) -> float | None:

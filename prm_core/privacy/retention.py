@@ -67,13 +67,32 @@ def _purge_dialogues(conn: Connection, touchpoint: str, horizon: datetime) -> in
     return len(ids)
 
 
-async def run_retention(hub: Hub, *, now: datetime | None = None) -> Mapping[str, dict[str, int]]:
-    """Purge what every touch point's policy says is too old; returns what went, per touch point."""
+def _count_doomed(conn: Connection, touchpoint: str, horizon: datetime) -> dict[str, int]:
+    e, d = events.c, dialogues.c
+    return {
+        "events": conn.scalar(sa.select(sa.func.count()).where(e.touchpoint == touchpoint, e.occurred_at < horizon))
+        or 0,
+        "dialogues": conn.scalar(
+            sa.select(sa.func.count()).where(d.touchpoint == touchpoint, d.last_event_at < horizon)
+        )
+        or 0,
+    }
+
+
+async def run_retention(
+    hub: Hub, *, now: datetime | None = None, dry_run: bool = False
+) -> Mapping[str, dict[str, int]]:
+    """Purge what every touch point's policy says is too old; returns what went, per touch point.
+
+    With ``dry_run`` nothing is deleted: the counts are what a run now would purge."""
     now = now or utcnow()
     policy = retention_days(hub.config, hub.registrations.touchpoints.names())
     report: dict[str, dict[str, int]] = {}
     for tp, days in sorted(policy.items()):
         horizon = now - timedelta(days=days)
+        if dry_run:
+            report[tp] = await hub.store.read(partial(_count_doomed, touchpoint=tp, horizon=horizon))
+            continue
         counts = {"events": 0, "dialogues": 0}
         for kind, purge in (("events", _purge_events), ("dialogues", _purge_dialogues)):
             while True:

@@ -18,6 +18,7 @@ from ..errors import InvalidInput
 from ..feed.changes import parse_position
 from ..feed.feed import MAX_WAIT_S
 from ..feed.reading import FellBehind
+from ..labels import summarize
 from ..model import CustomerView, Event, Merge, RecordedEvent
 from .auth import as_claims, authenticate, require
 from .errors import ApiError
@@ -186,10 +187,12 @@ def _view_json(view: CustomerView) -> dict[str, Any]:
 )
 async def get_customer(request: web.Request) -> web.Response:
     await require(request, "read")
-    view = await request.app[HUB].view(
-        request.match_info["ref"], cursor=request.query.get("cursor"), limit=_limit(request)
-    )
-    return web.json_response(_view_json(view))
+    hub = request.app[HUB]
+    view = await hub.view(request.match_info["ref"], cursor=request.query.get("cursor"), limit=_limit(request))
+    body = _view_json(view)
+    for item in body["timeline"]:  # each event in words, for the pages people read (prm_core.labels)
+        item["summary"] = summarize(item, hub.event_labels)
+    return web.json_response(body)
 
 
 @routes.patch("/v1/customers/{ref}")
