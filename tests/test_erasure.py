@@ -368,3 +368,31 @@ async def test_erasure_completes_over_a_hostile_database_and_leaves_no_trace(hub
                                  headers=bearer(ann["web"]))  # fmt: skip
     assert resp.status == 200, await resp.text()
     assert (await hub_client.get(f"/v1/customers/{ann['id']}", headers=bearer(ann["read"]))).status == 200
+
+
+async def test_erasing_one_customer_leaves_everyone_else_as_they_were(hub):
+    from prm_core.privacy.erasure import erase_customer
+
+    def batch(who: str, phone: str) -> list[Any]:
+        ids = {"email": f"{who}@example.com", "phone": phone}
+        body = {"events": [event(f"{who}-{k}", k, ids, street=f"{k} {who} Street") for k in range(3)]}
+        return hub.parse_events(body, "web")
+
+    (ann, *_), (bob, *_) = await hub.record(batch("ann", "4155550100")), await hub.record(batch("bob", "4155550199"))
+    club = await hub.create_customer("group", {"name": "Club"})
+    for member in (ann.customer_id, bob.customer_id):
+        await hub.update_customer(member, {"memberships": {"add": [club.id]}})
+
+    def everything(conn: Any) -> dict[str, Any]:
+        tables = ("identities", "events", "memberships", "customers", "dialogues", "customer_metrics")
+        return {t: sorted(map(str, conn.execute(sa.select(metadata.tables[t])).all())) for t in tables}
+
+    def others(state: dict[str, Any]) -> dict[str, Any]:
+        return {t: [r for r in rows if ann.customer_id not in r] for t, rows in state.items()}
+
+    before = await hub.store.read(everything)
+    await erase_customer(hub, "email:ann@example.com")
+    after = await hub.store.read(everything)
+    assert others(after) == others(before)
+    assert any("bob@example.com" in r for r in after["identities"])
+    assert not any("ann@example.com" in r or "ann Street" in r for t in after.values() for r in t)
