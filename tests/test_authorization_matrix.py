@@ -175,7 +175,7 @@ def hub_config(database_url: str) -> Config:
             }
         },
         # thousands of calls with one public key: no per-client limit in the way
-        "server": {"rate_limit_public": "off"},
+        "server": {"rate_limit_public": "off", "rate_limit_keyless": "off"},
     }
     return Config(database_url=database_url, public_url="https://hub.example.com", raw=raw)
 

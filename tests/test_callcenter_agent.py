@@ -142,6 +142,9 @@ async def test_a_read_key_signs_no_agent_in(hub_client, make_key):
     note = {"id": "n-1", "type": "agent.note", "call_id": "c-1", "text": "hello"}
     other = await hub_client.post("/v1/agents/a-8/events", json=note, headers=bearer(token))
     assert other.status == 403
+    # nor a call that was never offered to this agent (another customer's call)
+    own = await hub_client.post("/v1/agents/a-7/events", json=note, headers=bearer(token))
+    assert own.status == 403 and (await own.json())["error"]["field"] == "call_id"
     assert (await hub_client.post("/v1/agents/a-8/screenpop/tickets", headers=bearer(token))).status == 403
     assert (await hub_client.post("/v1/agents/a-7/screenpop/tickets", headers=bearer(token))).status == 200
     assert (await hub_client.delete("/v1/agents/session", headers=bearer(token))).status == 204

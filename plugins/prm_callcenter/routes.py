@@ -28,7 +28,7 @@ from aiohttp import WSMsgType, web
 from prm_core.clock import utcnow
 from prm_core.errors import InvalidInput
 from prm_core.server.app import WEBSOCKETS
-from prm_core.server.auth import require
+from prm_core.server.auth import limit_keyless, require
 from prm_core.server.errors import ApiError
 from prm_core.server.routes import EVENT_SCHEMA, api, ingest, read_json
 from prm_core.server.state import HUB
@@ -129,6 +129,7 @@ async def post_signin_code(request: web.Request) -> web.Response:
     },
 )
 async def post_session(request: web.Request) -> web.Response:
+    limit_keyless(request, "agent-session")
     body = await read_json(request)
     code = body.get("code") if isinstance(body, dict) else None
     if not isinstance(code, str) or not code or len(code) > 200:
@@ -152,6 +153,7 @@ async def post_session(request: web.Request) -> web.Response:
     responses={204: "Signed out", 401: "No agent session token"},
 )
 async def delete_session(request: web.Request) -> web.Response:
+    limit_keyless(request, "agent-session")
     token = _session_token(request)
     if token is None:
         raise ApiError(401, "unauthorized", "no agent session token (Bearer agent_...) to end")
@@ -201,8 +203,15 @@ async def post_agent_event(request: web.Request) -> web.Response:
     call_id = body.get("call_id")
     if not isinstance(call_id, str) or not call_id:
         raise InvalidInput("call_id is required", "call_id")
+    if not broker(request).was_offered(agent, call_id):
+        # a session writes into the agent's own calls only, never another customer's
+        raise ApiError(403, "forbidden", "this call was not offered to this agent", "call_id")
+    event_id = body.get("id")
+    if not isinstance(event_id, str) or not event_id:
+        raise InvalidInput("id is required", "id")
     event = {
-        "id": body.get("id"),
+        # the agent's own namespace of ids: never one the CTI system sends later
+        "id": f"agent:{agent}:{event_id}",
         "type": kind,
         "occurred_at": utcnow().isoformat().replace("+00:00", "Z"),
         "data": {"call_id": call_id, "agent_id": agent, field_name: value},

@@ -257,6 +257,9 @@ class ScreenPops:
     # which agents were shown which customer lately (bounded): where partner news goes
     showing: OrderedDict[str, set[str]] = field(factory=OrderedDict)
     showing_limit: int = 1000
+    # which calls were offered or transferred to which agent lately (bounded): the calls an
+    # agent's session may write notes and outcomes for
+    offered: OrderedDict[tuple[str, str], None] = field(factory=OrderedDict)
     # customers erased lately (bounded, like showing): a pop whose view was read before the
     # erasure committed is not sent
     _erased: OrderedDict[str, None] = field(factory=OrderedDict)
@@ -389,6 +392,15 @@ class ScreenPops:
         }
         self.publish(agent, self._seq, json.dumps(message, default=str, separators=(",", ":")))
         self._shown(recorded.customer_id, agent)
+        if isinstance(data.get("call_id"), str):
+            self.offered[(agent, data["call_id"])] = None
+            while len(self.offered) > self.pending_calls:
+                self.offered.popitem(last=False)
+
+    def was_offered(self, agent: str, call_id: str) -> bool:
+        """Whether ``call_id`` was offered or transferred to ``agent`` lately (in this process's
+        memory, as sign-in sessions are)."""
+        return (agent, call_id) in self.offered
 
     def _shown(self, customer_id: str, agent: str) -> None:
         self.showing.setdefault(customer_id, set()).add(agent)
