@@ -55,8 +55,10 @@ PLACEHOLDERS = frozenset(
         "0000000000",
     }
 )
-# all zeros, with or without a country code once normalized (``+10000000000``)
-_ZEROS = r"\+?\d{0,3}0{6,}"
+# zeros alone; a phone number of zeros after its country code once normalized (``+10000000000``),
+# for phones only: elsewhere such a pattern would block real ids such as ``1000000``
+_ZEROS = r"0+"
+_PHONE_ZEROS = r"\+\d{1,3}0{6,}"
 
 DEFAULT_LIMITS: Mapping[str, int] = {"user_id": 1}
 DEFAULT_PRIORITIES: Mapping[str, int] = {
@@ -152,7 +154,7 @@ def _compile(name: str, raw: Any, ns: IdentityNamespace, region: str) -> Namespa
     if not isinstance(blocked_raw, list) or not all(isinstance(b, str) for b in blocked_raw):
         raise ConfigError(f"{where}.blocked must be a list of values or /patterns/")
     values = set(PLACEHOLDERS)
-    patterns = [_ZEROS]
+    patterns = [_ZEROS, _PHONE_ZEROS] if name == "phone" else [_ZEROS]
     for i, item in enumerate(blocked_raw):
         if len(item) >= 2 and item.startswith("/") and item.endswith("/"):
             try:

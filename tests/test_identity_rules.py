@@ -64,6 +64,15 @@ async def test_placeholder_emails_and_phones_are_blocked_once_normalized(hub):
     assert await rows(hub, sa.select(identities)) == []
 
 
+@pytest.mark.parametrize("value", ["1000000", "25000000", "4400000000"])
+async def test_a_real_id_ending_in_zeros_still_links(hub, value):
+    first = await send(hub, "e1", email="ann@example.com", loyalty_card=value)
+    second = await send(hub, "e2", 1, email="ann.other@example.com", loyalty_card=value)
+    # not a placeholder: the card links both events to one customer, who holds it
+    assert second.customer_id == first.customer_id
+    assert await holders(hub, "loyalty_card", value) == [first.customer_id]
+
+
 async def test_an_event_of_placeholders_alone_is_a_customer_of_its_own(hub):
     first = await send(hub, "e1", user_id="undefined")
     second = await send(hub, "e2", 1, user_id="undefined")
