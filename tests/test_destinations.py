@@ -111,14 +111,15 @@ async def test_types_filter_and_start_latest(database_url, receiver):
 
 
 async def test_webhook_retries_5xx_with_the_same_batch_and_dead_letters_4xx(database_url, receiver):
-    receiver.answers = [503, 500, 400]
+    # a rotated secret (401) or a receiver being redeployed (404) is its state: retried too
+    receiver.answers = [503, 401, 404, 400]
     table = {"kind": "webhook", "url": receiver.url, "secret": SECRET, "batch_size": 2, "retry_base_s": 0.01}
     async with Hub.open(config_with(database_url, {"crm": table})) as hub:
         await send(hub, ev("e1", 0, email="ann@example.com"), ev("e2", 1, email="bob@example.com"))
         everything = await positions_of(hub)
         await until(lambda: receiver.positions() == everything[2:], "the rest after the refused batch")
-        # two failures, then the same batch refused: three sends with one id
-        assert receiver.ids[:3] == [f"prm-changes-{everything[0]}-{everything[1]}"] * 3
+        # three failures, then the same batch refused: four sends with one id
+        assert receiver.ids[:4] == [f"prm-changes-{everything[0]}-{everything[1]}"] * 4
 
         def read(conn: Any) -> Any:
             return (

@@ -32,6 +32,11 @@ from .destinations import DestinationSettings, Refused
 
 __all__ = ["WebhookSink", "batch_id"]
 
+# what a receiver answers to a batch it will never take: its content is refused. Any other
+# 4xx (401/403 after a secret's rotation, 404/410 while a receiver is redeployed, 408, 429)
+# is its state, not the changes': the batch is retried behind the breaker, never dropped.
+REFUSING = frozenset({400, 413, 415, 422})
+
 
 class DeliveryFailed(Exception):
     """A transient failure, with what may be shown (a status code, an error's type)."""
@@ -85,7 +90,7 @@ class WebhookSink:
             raise DeliveryFailed(f"{type(exc).__name__} from the receiver") from exc
         if 200 <= status < 300:
             return
-        if 400 <= status < 500 and status not in (408, 429):
+        if status in REFUSING:
             raise Refused([c.position for c in changes], f"the receiver answered {status}")
         raise DeliveryFailed(f"the receiver answered {status}")
 
