@@ -384,3 +384,35 @@ async def test_a_destination_behind_retention_is_told_not_skipped(database_url, 
         await replay(hub.store, "lake", oldest)
         everything = await positions_of(hub)
         await until(lambda: [c.position for b in collected.batches for c in b] == everything, "the kept changes")
+
+
+class Slow(Collected):
+    """A destination whose deliveries take longer than a lease."""
+
+    delay_s = 1.0
+
+    async def deliver(self, changes: Sequence[Change]) -> None:
+        self.started = True
+        await asyncio.sleep(self.delay_s)
+        await super().deliver(changes)
+
+
+async def test_a_delivery_longer_than_the_lease_keeps_the_lease(database_url):
+    slow = Slow()
+    slow.started = False
+    raw = {
+        "destinations": {"lake": {"kind": "collected", "deliver_timeout_s": 10}},
+        "feed": {"destination_lease_s": 0.3},
+    }
+    async with Hub.open(Config(database_url=database_url, raw=raw), plugins=[slow]) as hub:
+        await send(hub, ev("e1", 0, email="ann@example.com"))
+        await until(lambda: slow.started, "a delivery")
+        c = destination_cursors.c
+        for _ in range(3):  # three lease lengths into one delivery: still this process's, and ahead
+            await asyncio.sleep(0.3)
+            row = await hub.store.read(
+                lambda conn: conn.execute(sa.select(c.lease_owner, c.lease_until).where(c.name == "lake")).one()
+            )
+            until_at = row.lease_until if row.lease_until.tzinfo else row.lease_until.replace(tzinfo=UTC)
+            assert row.lease_owner is not None and until_at > datetime.now(UTC), "the lease ran out mid-delivery"
+        await until(lambda: slow.batches, "the slow delivery")

@@ -233,6 +233,9 @@ class Relay:
                 await self.signal.wait(self.poll_s)
                 continue
             dest.oldest_pending_at = page.changes[0].at
+            # a delivery may outlast the lease (a slow receiver, a warehouse writing its
+            # history): renewed while it runs, so no other process delivers the destination meanwhile
+            renewing = asyncio.create_task(self._keep_lease(dest), name=f"lease-{dest.name}")
             try:
                 await asyncio.wait_for(
                     dest.breaker.call_async(dest.sink.deliver, page.changes), timeout=dest.deliver_timeout_s
@@ -260,12 +263,34 @@ class Relay:
                 await self._note_error(dest, error)
                 await asyncio.sleep(delay)
                 continue
+            finally:
+                renewing.cancel()
             attempt = 0
             await self._advance(
                 dest, cursor, page.next, [c for c in page.changes if c.position in set(refused)], reason
             )
             dest.delivered += len(page.changes) - len(refused)
             dest.refused += len(refused)
+
+    async def _keep_lease(self, dest: Destination) -> None:
+        """Renew this process's lease of ``dest`` every third of its time, until cancelled."""
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            try:
+                await self.store.write(functools.partial(self._renew, dest))
+            except Exception as exc:  # the lease runs out by itself; the delivery goes on
+                log.warning("destination lease not renewed", destination=dest.name, error=type(exc).__name__)
+
+    def _renew(self, dest: Destination, conn: Connection) -> None:
+        c = destination_cursors.c
+        until = utcnow() + timedelta(seconds=self.lease_s)
+        renewed = conn.execute(
+            destination_cursors.update()
+            .where(c.name == dest.name, c.lease_owner == self.owner)
+            .values(lease_until=until)
+        )
+        if renewed.rowcount:
+            dest.lease_until = until
 
     async def _cursor(self, dest: Destination) -> int | None:
         """The cursor to read after: read while this process's lease has more than half its
