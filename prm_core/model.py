@@ -358,7 +358,7 @@ class CustomerView:
     sections: Mapping[str, Any] = field(factory=dict, converter=_frozen_dict)
 
     def to_json(self) -> dict[str, Any]:
-        """The JSON shape of CONTRACT.md."""
+        """The JSON shape the HTTP API answers (the 360-degree view's public shape)."""
         c = self.customer
         body: dict[str, Any] = {
             "id": c.id,

@@ -180,7 +180,7 @@ class Fulfillment:
     outbox_id: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        """The shape of the view's ``fulfillments`` section (CONTRACT.md)."""
+        """The shape of the view's ``fulfillments`` section (the public view's shape)."""
         return {
             "id": self.id,
             "partner": self.partner,

@@ -222,7 +222,7 @@ async def test_a_service_request_books_a_technician_and_checks_parts_in_the_answ
         assert headers["Idempotency-Key"] == headers["webhook-id"]
         assert sim.refused_signatures == 0
 
-    # the view lists both, newest first, in the shape of CONTRACT.md
+    # the view lists both, newest first, in the public view's shape
     read = {"Authorization": f"Bearer {await make_key('read')}"}
 
     async def settled() -> list[dict[str, Any]] | None:

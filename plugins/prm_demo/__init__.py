@@ -2,7 +2,7 @@
 
 A hub (every installed plugin, a throw-away SQLite file) and two TM Forum partner simulators
 (a field-service firm and a parts supplier, with realistic latencies) run in this process; the
-demo talks to them only through the public wire formats of CONTRACT.md: POS transactions, the
+demo talks to them only through the public wire formats: POS transactions, the
 web API, signed Twilio webhooks, CTI events and the agent's screen-pop WebSocket. It plays the
 flagship scenario, then a day of mixed traffic for a few hundred customers, narrating each
 step with its time against the touch point's budget, and ends with the scorecard. It exits

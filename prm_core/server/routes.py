@@ -1,4 +1,4 @@
-"""The core HTTP routes of CONTRACT.md.
+"""The core HTTP routes of the public API.
 
 Each handler carries its API description (``@api``), from which ``/openapi.json`` is
 built, so the description cannot drift from what is mounted.
