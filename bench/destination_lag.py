@@ -50,7 +50,17 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ingest import EVENTS_PATH, EventFactory, Server, create_web_key, free_port, percentile, python_load
+from ingest import (
+    EVENTS_PATH,
+    EventFactory,
+    Server,
+    cpu_seconds,
+    create_web_key,
+    free_port,
+    machine_busy,
+    percentile,
+    python_load,
+)
 
 NATS_URL = "nats://127.0.0.1:4222"
 TARGET_P99_S = 2.0  # a change reaches each destination within this, at half capacity
@@ -79,22 +89,31 @@ def epoch(value: str | datetime) -> float:
 
 @dataclass
 class Lags:
-    """Each delivered change's lag (seconds), by position: a repeat delivery keeps the first."""
+    """Each delivered change's ``at`` and lag (seconds), by position: a repeat keeps the first."""
 
     name: str
-    seconds: dict[int, float] = field(default_factory=dict)
+    seen: dict[int, tuple[float, float]] = field(default_factory=dict)
 
-    def add(self, position: int, lag: float) -> None:
-        self.seconds.setdefault(position, lag)
+    def add(self, position: int, at: float, lag: float) -> None:
+        self.seen.setdefault(position, (at, lag))
 
     def row(self) -> str:
-        values = sorted(self.seconds.values())
+        """Delivered, p50, p99, max, p99 over the target."""
+        values = sorted(lag for _at, lag in self.seen.values())
         p50, p99 = percentile(values, 50), percentile(values, 99)
         high = values[-1] if values else 0.0
         return (
             f"{self.name:<8} {len(values):>9,} {p50:>8.3f} {p99:>8.3f} {high:>8.3f}"
             f"   {p99 / TARGET_P99_S:>5.2f} {'ok' if values and p99 <= TARGET_P99_S else 'MISSED'}"
         )
+
+    def trend(self, started: float, step: float) -> str:
+        """p99 of the changes made in each ``step`` seconds of the driven phase: a lag that
+        grows from one to the next is a destination falling behind."""
+        windows: dict[int, list[float]] = {}
+        for at, lag in self.seen.values():
+            windows.setdefault(int((at - started) // step), []).append(lag)
+        return " ".join(f"{percentile(sorted(windows[w]), 99):.2f}" for w in sorted(windows))
 
 
 class Feed:
@@ -133,7 +152,7 @@ async def follow_cursor(feed: Feed, name: str, start: int, lags: Lags, stop: asy
         moved = feed.cursor(name)
         if moved > seen:
             for position, at in feed.ats(seen, moved):
-                lags.add(position, now - at)
+                lags.add(position, at, now - at)
             seen = moved
         await asyncio.sleep(POLL_S)
 
@@ -194,16 +213,19 @@ async def measure(args: argparse.Namespace, workdir: Path) -> None:
     db_path = workdir / "prm.db"
     database_url = f"sqlite:///{db_path}"
     key = await create_web_key(database_url)
-    raw = {
-        "destinations": {
-            "stream": {"kind": "nats", "servers": [NATS_URL], "stream": stream, "subject": subject},
-            "lake": {"kind": "parquet", "path": str(workdir / "lake")},
-        }
+    destinations: dict[str, dict[str, Any]] = {
+        "stream": {"kind": "nats", "servers": [NATS_URL], "stream": stream, "subject": subject},
+        "lake": {"kind": "parquet", "path": str(workdir / "lake")},
     }
+    if args.batch_size:
+        for table in destinations.values():
+            table["batch_size"] = args.batch_size
+    raw = {"destinations": destinations}
     nc = await nats.connect(NATS_URL, connect_timeout=5, max_reconnect_attempts=2)
     js = nc.jetstream()
     await js.add_stream(name=stream, subjects=[f"{subject}.>"])
     hub = start_hub(database_url, raw, workdir / "hub.log")
+    proc = hub.proc
     log = hub.log
     names = ["stream", "lake"]
     try:
@@ -229,7 +251,8 @@ async def measure(args: argparse.Namespace, workdir: Path) -> None:
             received = time.time()
             position = int(msg.headers["Nats-Msg-Id"])
             if position > start:
-                lags["stream"].add(position, received - epoch(json.loads(msg.data)["at"]))
+                at = epoch(json.loads(msg.data)["at"])
+                lags["stream"].add(position, at, received - at)
 
         sub = await js.subscribe(
             f"{subject}.>",
@@ -240,7 +263,9 @@ async def measure(args: argparse.Namespace, workdir: Path) -> None:
         )
         stop = asyncio.Event()
         follower = asyncio.create_task(follow_cursor(feed, "lake", start, lags["lake"], stop))
+        driven_at, hub_cpu, busy = time.time(), cpu_seconds(proc.pid), machine_busy()
         counts = await drive(url, key, rate, args.duration, "lag", args.customers)
+        wall = time.time() - driven_at
         end = feed.head()
         drained = await feed.caught_up(names, end, within_s=60)
         await asyncio.sleep(1.0)  # the last NATS messages and cursor poll
@@ -253,9 +278,16 @@ async def measure(args: argparse.Namespace, workdir: Path) -> None:
             f" {end - start:,} changes ({(end - start) / args.duration:,.0f}/s)"
             + ("" if drained else "; NOT drained within 60 s")
         )
+        print(
+            f"hub: {(cpu_seconds(proc.pid) - hub_cpu) / wall:.2f} cores busy;"
+            f" the whole machine (every process, every core): {(machine_busy() - busy) / wall:.2f} cores busy"
+        )
         print(f"{'dest':<8} {'delivered':>9} {'p50 s':>8} {'p99 s':>8} {'max s':>8}   p99/{TARGET_P99_S:.0f}s")
         for name in names:
             print(lags[name].row())
+        step = args.duration / 5
+        for name in names:
+            print(f"{lags[name].name} p99 by {step:.0f} s of driven load: {lags[name].trend(driven_at, step)}")
     finally:
         hub.stop()
         try:
@@ -274,6 +306,7 @@ def main() -> None:
     parser.add_argument("--capacity-s", type=float, default=6.0, help="seconds of the capacity run")
     parser.add_argument("--load", type=float, default=0.5, help="driven rate, as a share of capacity")
     parser.add_argument("--clients", type=int, default=4, help="requests in flight in the capacity run")
+    parser.add_argument("--batch-size", type=int, help="both destinations' batch_size (default: the hub's, 100)")
     parser.add_argument("--customers", type=int, default=10_000, help="size of the customer (email) pool")
     args = parser.parse_args()
     if args.quick:
