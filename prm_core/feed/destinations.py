@@ -90,7 +90,7 @@ class DestinationSettings:
     raw: Mapping[str, Any]
     config: Config
     types: frozenset[str] | None = None  # None: every type
-    batch_size: int = 100
+    batch_size: int = 1000
     # the hub's own read transactions (``await settings.read(lambda conn: ...)``), for a sink that
     # completes changes with current rows; None while settings are only being checked
     read: Callable[[Callable[[Connection], Any]], Awaitable[Any]] | None = None

@@ -109,7 +109,7 @@ def open_destinations(
             types = frozenset(probe.texts("types"))
             if any(len(t) > 64 for t in types):
                 raise probe.invalid("types", "must list change types")
-        batch_size = probe.integer("batch_size", default=100, minimum=1, maximum=1000)
+        batch_size = probe.integer("batch_size", default=1000, minimum=1, maximum=1000)
         start = raw.get("start", "earliest")
         if start not in ("earliest", "latest"):
             raise probe.invalid("start", 'must be "earliest" or "latest"')
