@@ -139,5 +139,10 @@ class Feed:
                 if removed:
                     log.info("feed pruned", removed=removed, retention_days=self.retention_days)
             except Exception as exc:  # the database may be away for a while: try again later
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # stopped in the middle of a write, which failed of it: the stop wins (else
+                    # the cancellation is spent and stop() waits for the next sleep to end)
+                    raise asyncio.CancelledError from exc
                 log.warning("feed pruning failed", error=type(exc).__name__)
             await asyncio.sleep(self.prune_interval_s)

@@ -279,6 +279,9 @@ class Relay:
             try:
                 await self.store.write(functools.partial(self._renew, dest))
             except Exception as exc:  # the lease runs out by itself; the delivery goes on
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError from exc  # cancelled mid-write: the delivery ended
                 log.warning("destination lease not renewed", destination=dest.name, error=type(exc).__name__)
 
     def _renew(self, dest: Destination, conn: Connection) -> None:
