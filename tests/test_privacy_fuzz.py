@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from not_json import CONTENT_TYPES, NOT_JSON
 
 from prm_core.config import Config
 from prm_core.keys import create_key
@@ -365,25 +366,6 @@ def test_snowplow_names_a_time_out_of_bounds(probe, millis, key):
 # bodies that are not JSON at all, under any content type: a 4xx, nothing written
 
 
-def is_json(raw: bytes) -> bool:
-    try:
-        json.loads(raw)
-    except ValueError:
-        return False
-    return True
-
-
-not_json = st.one_of(
-    st.just(b'--b\r\nContent-Disposition: form-data; name="id"\r\n\r\nx\r\n--b--\r\n'),
-    st.dictionaries(st.text(max_size=8), st.text(max_size=8), min_size=1, max_size=3).map(
-        lambda d: "&".join(f"{k}={v}" for k, v in d.items()).encode()
-    ),
-    st.just(b"<?xml version='1.0'?><event/>"),
-    st.binary(max_size=40).filter(lambda b: not is_json(b)),
-)
-content_types = st.sampled_from(
-    ["multipart/form-data; boundary=b", "application/x-www-form-urlencoded", "text/plain", "application/json", ""]
-)
 routes = st.sampled_from(
     [("POST", "/v1/touchpoints/web/events", "touchpoint:web"),
      ("POST", "/v1/touchpoints/web/requests", "touchpoint:web"), ("POST", "/v1/batch", "segment"), ("POST", TP2, None),
@@ -392,7 +374,7 @@ routes = st.sampled_from(
 
 
 @FUZZ
-@given(raw=not_json, content_type=content_types, route=routes)
+@given(raw=NOT_JSON, content_type=CONTENT_TYPES, route=routes)
 def test_what_is_not_json_is_a_4xx_whatever_its_content_type(probe, raw, content_type, route):
     method, path, scope = route
     headers = {"Content-Type": content_type} if content_type else {}

@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from not_json import CONTENT_TYPES, NOT_JSON
 from standardwebhooks import Webhook
 from twilio.request_validator import RequestValidator
 
@@ -549,28 +550,8 @@ def test_times_out_of_bounds_are_a_422_naming_the_field(probe: Probe, when: str,
 # ---- bodies that are not JSON at all: multipart forms, form encoding, XML, under any content type --
 
 
-def is_json(raw: bytes) -> bool:
-    try:
-        json.loads(raw)
-    except ValueError:
-        return False
-    return True
-
-
-not_json = st.one_of(
-    st.just(b'--b\r\nContent-Disposition: form-data; name="id"\r\n\r\nx\r\n--b--\r\n'),
-    st.dictionaries(st.text(max_size=8), st.text(max_size=8), max_size=3).map(lambda d: urlencode(d).encode()),
-    st.just(b"<?xml version='1.0'?><order/>"),
-    st.binary(max_size=40).filter(lambda b: not is_json(b)),
-)
-content_types = st.sampled_from(
-    ["multipart/form-data; boundary=b", "application/x-www-form-urlencoded", "text/plain", "application/xml",
-     "application/json", ""]
-)  # fmt: skip
-
-
 @FUZZ
-@given(raw=not_json, content_type=content_types, route=st.sampled_from(["cti", "pos", "shopify", "square", "partner"]))
+@given(raw=NOT_JSON, content_type=CONTENT_TYPES, route=st.sampled_from(["cti", "pos", "shopify", "square", "partner"]))
 def test_what_is_not_json_is_a_4xx_whatever_its_content_type(
     probe: Probe, raw: bytes, content_type: str, route: str
 ) -> None:
