@@ -266,9 +266,8 @@ class Relay:
             finally:
                 renewing.cancel()
             attempt = 0
-            await self._advance(
-                dest, cursor, page.next, [c for c in page.changes if c.position in set(refused)], reason
-            )
+            refusing = set(refused)
+            await self._advance(dest, cursor, page.next, [c for c in page.changes if c.position in refusing], reason)
             dest.delivered += len(page.changes) - len(refused)
             dest.refused += len(refused)
 

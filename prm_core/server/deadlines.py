@@ -24,7 +24,7 @@ from aiohttp import web
 
 from ..config import Config
 from ..errors import ConfigError
-from .errors import BodyTimeout, error_response
+from .errors import BodyTimeout
 
 __all__ = ["DEFAULT_BODY_TIMEOUT_S", "BodyTimeout", "body_deadline", "body_timeout_s"]
 
@@ -50,17 +50,13 @@ def body_deadline(timeout_s: float) -> Any:
 
         def expire() -> None:
             if not payload.is_eof():
-                payload.set_exception(BodyTimeout())
+                payload.set_exception(BodyTimeout(timeout_s))
 
         timer = asyncio.get_running_loop().call_later(timeout_s, expire)
         try:
+            # a read past the deadline raises BodyTimeout, which error_middleware (outside this
+            # one) answers 408, closing the connection
             return await handler(request)
-        except BodyTimeout:
-            response = error_response(
-                408, "timeout", f"the request body did not arrive within {timeout_s:g} s ([server] body_timeout_s)"
-            )
-            response.force_close()
-            return response
         finally:
             # an answer sent before the whole body arrived leaves the timer running: aiohttp
             # then waits for the rest of the body (to keep the connection) only until it fires

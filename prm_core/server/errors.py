@@ -54,20 +54,25 @@ def _route(request: web.Request) -> str:
 
 
 class BodyTimeout(TimeoutError):
-    """The request body did not arrive within ``[server] body_timeout_s`` (see
+    """The request body did not arrive within ``timeout_s`` (``[server] body_timeout_s``, see
     :mod:`prm_core.server.deadlines`). A ``TimeoutError``, so aiohttp's own read of what is
     left of an unread body (after the answer) stops on it and closes the connection."""
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(timeout_s)
+        self.timeout_s = timeout_s
 
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     try:
         return await handler(request)
-    except BodyTimeout:
-        # answered here, not only by the deadline's middleware, so that a handler turning its
-        # errors into answers itself (a browser route adding CORS headers) answers it alike
-        response = error_response(408, "timeout", "the request body did not arrive in time ([server] body_timeout_s)")
-        response.force_close()
+    except BodyTimeout as exc:
+        # here, so that a handler turning its errors into answers itself (a browser route
+        # adding CORS headers, through this middleware) answers it alike
+        message = f"the request body did not arrive within {exc.timeout_s:g} s ([server] body_timeout_s)"
+        response = error_response(408, "timeout", message)
+        response.force_close()  # the rest of the body may still come: nothing more is read
         return response
     except ApiError as exc:
         return error_response(exc.status, exc.code, exc.message, exc.field, **exc.headers)
