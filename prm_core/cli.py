@@ -576,14 +576,25 @@ def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="where to create prm-NAME/",
 )
-def new_plugin(name: str, directory: Path) -> None:
+@click.option(
+    "--channel",
+    help="the touch point's channel: web, voice, ivr, store, kiosk, email, sms, chat, partner or other"
+    " (default: NAME, when it is one)",
+)
+def new_plugin(name: str, directory: Path, channel: str | None) -> None:
     """Generate a touch-point plugin distribution whose tests pass as generated."""
-    from .scaffold import write_plugin
+    from .scaffold import channel_for, check_name, write_plugin
 
     try:
-        root = write_plugin(name, directory)
+        check_name(name)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="NAME") from exc
+    try:
+        channel = channel_for(name, channel)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--channel") from exc
+    try:
+        root = write_plugin(name, directory, channel)
     except FileExistsError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"created {root}; next: cd {root} && pip install -e '.[test]' && pytest")

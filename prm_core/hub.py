@@ -20,6 +20,8 @@ from typing import Any
 import sqlalchemy as sa
 import structlog
 from attrs import define, evolve, field
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
 from . import merging
@@ -38,7 +40,7 @@ from .ids import new_id
 from .ingest import Ingestor
 from .labels import merge_labels
 from .model import Customer, CustomerView, Event, Identity, Merge, Offer, RecordedEvent, TouchPoint, ValueProvider
-from .outbox import Outbox
+from .outbox import Fulfillment, Outbox, fulfillments_of_dialogue
 from .planning import Planner
 from .planning.knowledge import catalog_provider
 from .plugins import PrmPluginManager, Registrations, collect_registrations, make_plugin_manager
@@ -46,7 +48,17 @@ from .privacy.tombstones import load_tombstone_key
 from .recording import IngestRules
 from .store import Store
 from .store.engine import advisory_locks, customer_lock_key, identity_lock_key
-from .store.tables import customers, identities, memberships, merges, shared_links, utcnow
+from .store.tables import (
+    customers,
+    dialogues,
+    events,
+    identities,
+    memberships,
+    merges,
+    shared_links,
+    utcnow,
+    webhook_receipts,
+)
 from .view import build_view, resolve_ref
 
 __all__ = ["Hub", "answer_id"]
@@ -511,6 +523,116 @@ class Hub:
             return {"namespace": ident.namespace, "value": value, "shared": shared, "customer_id": owner}
 
         return await self.store.write(write)
+
+    # -- what plugins read back and remember (the core's tables stay the core's) --
+
+    async def recorded(self, touchpoint: str, event_ids: Sequence[str]) -> dict[str, RecordedEvent]:
+        """The events recorded at ``touchpoint`` under these ids, by id; an id never recorded
+        is absent. A touch point reads back what it recorded before: the turn a retried call
+        already got, the sale a void names. ``customer_id`` is the customer's current id
+        (after merges); ``duplicate`` is false."""
+        wanted = list(dict.fromkeys(event_ids))
+        if not wanted:
+            return {}
+
+        def read(conn: Connection) -> dict[str, RecordedEvent]:
+            e = events.c
+            q = sa.select(events).where(e.touchpoint == touchpoint, e.event_id.in_(wanted))
+            return {row.event_id: _recorded(row) for row in conn.execute(q)}
+
+        return await self.store.read(read)
+
+    async def find_event_id(self, touchpoint: str, *, type: str, prefix: str = "", suffix: str = "") -> str | None:
+        """The id of one event of ``type`` recorded at ``touchpoint`` whose id starts with
+        ``prefix`` and ends with ``suffix`` (matched literally: ``%`` and ``_`` are plain
+        characters), or ``None``. For ids built from keys, when a caller knows only some of
+        them (a vendor's refund names its order, not the order's business day)."""
+
+        def escaped(text: str) -> str:
+            return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+        def read(conn: Connection) -> str | None:
+            e = events.c
+            q = (
+                sa.select(e.event_id)
+                .where(e.touchpoint == touchpoint, e.type == type)
+                .where(e.event_id.like(f"{escaped(prefix)}%{escaped(suffix)}", escape="\\"))
+                .limit(1)
+            )
+            found: str | None = conn.execute(q).scalar_one_or_none()
+            return found
+
+        return await self.store.read(read)
+
+    async def shared_identities(self, seen: Sequence[Identity]) -> list[Identity]:
+        """Those of ``seen`` that are shared (a household phone): marked so with
+        :meth:`set_shared`, or in a namespace that is shared (declared by its plugin or in
+        ``[identity] shared_namespaces``). A shared value links customers without merging them."""
+        shared_ns = self.ingestor.rules.shared_namespaces
+        found = [i for i in seen if i.namespace in shared_ns]
+        rest = [i for i in seen if i.namespace not in shared_ns]
+        if not rest:
+            return found
+
+        def read(conn: Connection) -> set[tuple[str, str]]:
+            c = identities.c
+            q = sa.select(c.namespace, c.value).where(
+                c.value.in_({i.value for i in rest}), c.namespace.in_({i.namespace for i in rest}), c.shared.is_(True)
+            )
+            return {(r.namespace, r.value) for r in conn.execute(q)}
+
+        marked = await self.store.read(read)
+        return found + [i for i in rest if (i.namespace, i.value) in marked]
+
+    async def delivery_processed(self, source: str, delivery_id: str) -> bool:
+        """Whether a vendor's webhook delivery (``source`` names the vendor) was marked
+        processed with :meth:`mark_delivery_processed`: a redelivery is then acknowledged
+        without being processed again."""
+        c = webhook_receipts.c
+
+        def read(conn: Connection) -> bool:
+            q = sa.select(c.webhook_id).where(c.source == source, c.webhook_id == delivery_id[:200])
+            return conn.execute(q).first() is not None
+
+        return await self.store.read(read)
+
+    async def mark_delivery_processed(self, source: str, delivery_id: str) -> None:
+        """Remember a webhook delivery as processed (idempotent). Mark it once its events are
+        durable: a crash in between means one more processing, whose events are duplicates."""
+        now = utcnow()
+
+        def write(conn: Connection) -> None:
+            insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+            stmt = insert(webhook_receipts).values(source=source, webhook_id=delivery_id[:200], received_at=now)
+            conn.execute(stmt.on_conflict_do_nothing())
+
+        await self.store.write(write)
+
+    async def dialogue_fulfillments(self, touchpoint: str, dialogue_id: str) -> list[Fulfillment] | None:
+        """The partner work a dialogue of ``touchpoint`` requested, newest first; ``None``
+        when the hub has no such dialogue at that touch point."""
+
+        def read(conn: Connection) -> list[Fulfillment] | None:
+            d = dialogues.c
+            found = conn.execute(sa.select(d.id).where(d.id == dialogue_id, d.touchpoint == touchpoint)).first()
+            return fulfillments_of_dialogue(conn, dialogue_id) if found else None
+
+        return await self.store.read(read)
+
+
+def _recorded(row: Any) -> RecordedEvent:
+    event = Event(
+        id=row.event_id,
+        type=row.type,
+        occurred_at=row.occurred_at,
+        touchpoint=row.touchpoint,
+        identities=tuple(Identity.parse(ref) for ref in row.identities),
+        direction=row.direction,
+        data=row.data,
+        received_at=row.received_at,
+        dialogue_id=row.dialogue_id,
+    )
+    return RecordedEvent(event, row.customer_id, row.dialogue_id, seq=row.seq)
 
 
 def _created(customer_id: str, kind: str, traits: Mapping[str, Any], now: datetime) -> NewChange:

@@ -1,5 +1,9 @@
-"""``prm new-plugin NAME``: a touch-point plugin distribution that passes its tests as generated.
+"""``prm new-plugin NAME [--channel C]``: a touch-point plugin distribution that passes its
+tests as generated.
 
+The touch point's channel is ``--channel``, or the name itself when it names a channel
+(``prm new-plugin kiosk``); it must be one of :data:`prm_core.model.CHANNELS`, because consent
+is recorded per purpose and channel and a touch point is held to the consents of its channel.
 The files written here are the code of ``docs/plugins.md``; a test keeps the two the same.
 """
 
@@ -9,7 +13,9 @@ import re
 from pathlib import Path
 from string import Template
 
-__all__ = ["TEMPLATES", "render", "write_plugin"]
+from .model import CHANNELS
+
+__all__ = ["TEMPLATES", "channel_for", "check_name", "render", "write_plugin"]
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
 
@@ -49,13 +55,7 @@ from typing import Any
 
 from aiohttp import web
 
-from prm_core import hookimpl
-from prm_core.config import Config
-from prm_core.errors import InvalidInput
-from prm_core.model import TouchPoint
-from prm_core.server.auth import require
-from prm_core.server.routes import read_json
-from prm_core.server.state import HUB
+from prm_core.plugin import HUB, Config, InvalidInput, TouchPoint, hookimpl, ingest, read_json, require
 
 NAME = "$name"
 
@@ -80,7 +80,7 @@ async def post_visits(request: web.Request) -> web.Response:
         raise InvalidInput('the body must be {"visits": [...]}', "visits")
     hub = request.app[HUB]
     events = hub.parse_events({"events": [to_event(v) for v in body["visits"]]}, NAME)
-    recorded = await hub.record(events)
+    recorded = await ingest(request, events)
     duplicates = sum(1 for r in recorded if r.duplicate)
     return web.json_response({"accepted": len(recorded) - duplicates, "duplicates": duplicates})
 
@@ -91,7 +91,7 @@ def prm_touchpoints(config: Config) -> list[TouchPoint]:
     return [
         TouchPoint(
             name=NAME,
-            channel="kiosk",
+            channel="$channel",
             budget_ms=int(settings.get("budget_ms", 400)),
             description="Visits reported by the $name",
             routes=[web.post(f"/v1/touchpoints/{NAME}/visits", post_visits)],
@@ -144,17 +144,35 @@ The $name touch point for the PRM hub.
 }
 
 
-def render(name: str) -> dict[str, str]:
-    """The files of plugin ``name``: relative path -> content."""
+def check_name(name: str) -> str:
+    """``name`` when it can name a plugin (its package is ``prm_<name>``), else a :class:`ValueError`."""
     if not _NAME.match(name):
         raise ValueError("a plugin name is lower-case letters, digits and '_', starting with a letter")
-    values = {"name": name, "package": f"prm_{name}"}
+    return name
+
+
+def channel_for(name: str, channel: str | None = None) -> str:
+    """The channel of plugin ``name``: ``channel`` when given, else the name when it is a
+    channel; a :class:`ValueError` listing the channels otherwise."""
+    allowed = ", ".join(sorted(CHANNELS))
+    if channel is None:
+        if name in CHANNELS:
+            return name
+        raise ValueError(f"{name!r} is not a channel: choose the touch point's channel with --channel ({allowed})")
+    if channel not in CHANNELS:
+        raise ValueError(f"the channel must be one of {allowed}, not {channel!r}")
+    return channel
+
+
+def render(name: str, channel: str | None = None) -> dict[str, str]:
+    """The files of plugin ``name`` on ``channel`` (see :func:`channel_for`): relative path -> content."""
+    values = {"name": check_name(name), "package": f"prm_{name}", "channel": channel_for(name, channel)}
     return {Template(path).substitute(values): Template(text).substitute(values) for path, text in TEMPLATES.items()}
 
 
-def write_plugin(name: str, directory: Path) -> Path:
+def write_plugin(name: str, directory: Path, channel: str | None = None) -> Path:
     """Write plugin ``name`` into ``directory/prm-<name>``; refuses to overwrite anything."""
-    files = render(name)
+    files = render(name, channel)
     root = directory / f"prm-{name}"
     if root.exists():
         raise FileExistsError(f"{root} already exists")

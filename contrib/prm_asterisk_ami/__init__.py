@@ -27,12 +27,7 @@ from typing import Any
 
 from aiohttp import web
 
-from prm_core import hookimpl
-from prm_core.config import Config
-from prm_core.errors import ConfigError
-from prm_core.hub import Hub
-from prm_core.model import Adapter
-from prm_core.server.state import HUB
+from prm_core.plugin import HUB, Adapter, Config, ConfigError, Hub, hookimpl
 
 from .client import AmiClient, AmiSettings
 from .mapping import to_cti

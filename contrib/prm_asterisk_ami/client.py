@@ -30,9 +30,7 @@ from panoramisk.message import Message
 from prm_callcenter.cti import cti_event
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_random_exponential
 
-from prm_core.clock import utcnow
-from prm_core.errors import InvalidInput, Overloaded, StoreUnavailable
-from prm_core.hub import Hub
+from prm_core.plugin import Hub, InvalidInput, Overloaded, StoreUnavailable, utcnow
 
 from .mapping import HANDLED, to_cti
 

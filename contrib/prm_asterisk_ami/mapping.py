@@ -27,7 +27,7 @@ from typing import Any
 
 from prm_callcenter.cti import TOUCHPOINT
 
-from prm_core.model import Event
+from prm_core.plugin import Event
 
 __all__ = ["HANDLED", "to_cti"]
 

@@ -38,15 +38,20 @@ from typing import Any
 from aiohttp import web
 from prm_callcenter.cti import TOUCHPOINT, cti_event
 
-from prm_core import hookimpl
-from prm_core.clock import utcnow
-from prm_core.config import Config
-from prm_core.errors import InvalidInput
-from prm_core.events import parse_time
-from prm_core.model import Adapter, Event
-from prm_core.server.auth import require
-from prm_core.server.routes import api, ingest, read_json
-from prm_core.server.state import HUB
+from prm_core.plugin import (
+    HUB,
+    Adapter,
+    Config,
+    Event,
+    InvalidInput,
+    api,
+    hookimpl,
+    ingest,
+    parse_time,
+    read_json,
+    require,
+    utcnow,
+)
 
 __all__ = ["DETAIL_TYPE", "PATH", "prm_adapters", "to_cti"]
 

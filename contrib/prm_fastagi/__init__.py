@@ -28,12 +28,7 @@ import structlog
 from aiohttp import web
 from prm_ivr import Call, Engine, IvrCalls, Turn, menu_for
 
-from prm_core import hookimpl
-from prm_core.config import Config
-from prm_core.errors import ConfigError
-from prm_core.hub import Hub
-from prm_core.model import Adapter
-from prm_core.server.state import HUB
+from prm_core.plugin import HUB, Adapter, Config, ConfigError, Hub, hookimpl
 
 __all__ = ["FASTAGI", "FastAgiServer", "prm_adapters", "quote"]
 

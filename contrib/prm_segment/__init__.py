@@ -49,17 +49,25 @@ from aiohttp import web
 from prm_web.cors import BrowserOrigins
 from yarl import URL
 
-from prm_core import hookimpl
-from prm_core.clock import utcnow
-from prm_core.config import Config
-from prm_core.errors import InvalidInput
-from prm_core.events import parse_time
-from prm_core.hub import Hub
-from prm_core.model import Adapter, Event, Identity
-from prm_core.server.auth import presented_key, require
-from prm_core.server.errors import ApiError, error_middleware
-from prm_core.server.routes import api, ingest, parse_json_body
-from prm_core.server.state import HUB
+from prm_core.plugin import (
+    HUB,
+    Adapter,
+    ApiError,
+    Config,
+    Event,
+    Hub,
+    Identity,
+    InvalidInput,
+    api,
+    error_middleware,
+    hookimpl,
+    ingest,
+    parse_json_body,
+    parse_time,
+    presented_key,
+    require,
+    utcnow,
+)
 
 __all__ = ["MAX_BATCH_BYTES", "MAX_MESSAGE_BYTES", "prm_adapters", "to_event"]
 

@@ -39,18 +39,18 @@ from typing import Any
 
 import structlog
 from aiohttp import web
-from prm_pos import money
-from prm_pos.recording import find_transaction
-from prm_pos.transaction import Transaction, parse_transaction
-from prm_pos.webhooks import already_processed, answer_delivery, signature_matches, unauthorized
+from prm_pos.vendors import (
+    Transaction,
+    already_processed,
+    answer_delivery,
+    find_transaction,
+    money,
+    parse_transaction,
+    signature_matches,
+    unauthorized,
+)
 
-from prm_core import hookimpl
-from prm_core.config import Config
-from prm_core.errors import InvalidInput
-from prm_core.events import parse_rfc3339, parse_time
-from prm_core.hub import Hub
-from prm_core.model import Adapter
-from prm_core.server.state import HUB
+from prm_core.plugin import HUB, Adapter, Config, Hub, InvalidInput, hookimpl, parse_rfc3339, parse_time
 
 __all__ = ["PATH", "order_transaction", "prm_adapters", "refund_transaction"]
 

@@ -59,17 +59,27 @@ import structlog
 from aiohttp import web
 from prm_web.cors import BrowserOrigins
 
-from prm_core import hookimpl
-from prm_core.clock import utcnow
-from prm_core.config import Config
-from prm_core.errors import InvalidInput
-from prm_core.events import MAX_EVENTS_PER_CALL, in_window
-from prm_core.hub import Hub
-from prm_core.model import Adapter, Event, Identity
-from prm_core.server.auth import limit_keyless, presented_key, require
-from prm_core.server.errors import MAX_BODY_BYTES, ApiError
-from prm_core.server.routes import api, ingest, parse_json_body
-from prm_core.server.state import HUB
+from prm_core.plugin import (
+    HUB,
+    MAX_BODY_BYTES,
+    MAX_EVENTS_PER_CALL,
+    Adapter,
+    ApiError,
+    Config,
+    Event,
+    Hub,
+    Identity,
+    InvalidInput,
+    api,
+    hookimpl,
+    in_window,
+    ingest,
+    limit_keyless,
+    parse_json_body,
+    presented_key,
+    require,
+    utcnow,
+)
 
 __all__ = ["GET_PATH", "GIF", "KINDS", "POST_PATH", "app_ids", "decode_base64", "prm_adapters", "to_event"]
 

@@ -51,13 +51,7 @@ from twilio.request_validator import (
 )
 from twilio.twiml.voice_response import Gather, VoiceResponse
 
-from prm_core import hookimpl
-from prm_core.config import Config
-from prm_core.errors import ConfigError
-from prm_core.model import Adapter
-from prm_core.server.errors import ApiError
-from prm_core.server.routes import api, parse_json_body
-from prm_core.server.state import HUB
+from prm_core.plugin import HUB, Adapter, ApiError, Config, ConfigError, api, hookimpl, parse_json_body
 
 __all__ = ["BASE", "prm_adapters", "render"]
 

@@ -16,12 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from prm_core import hookimpl
-from prm_core.config import Config
-from prm_core.errors import ConfigError
-from prm_core.hub import Hub
-from prm_core.model import Adapter, TouchPoint
-from prm_core.server.state import HUB
+from prm_core.plugin import HUB, Adapter, Config, ConfigError, Hub, TouchPoint, hookimpl
 
 from .cti import CALL_TYPES, TOUCHPOINT, cti_event
 from .routes import agent_page_routes, cti_routes, screenpop_routes

@@ -22,9 +22,7 @@ from typing import Any
 
 from attrs import evolve
 
-from prm_core.errors import InvalidInput
-from prm_core.identity import normalize_phone
-from prm_core.model import Event, Identity
+from prm_core.plugin import Event, Identity, InvalidInput, normalize_phone
 
 __all__ = ["CALL_TYPES", "OFFERED", "TOUCHPOINT", "WITHHELD", "cti_event"]
 

@@ -25,13 +25,19 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from prm_core.clock import utcnow
-from prm_core.errors import InvalidInput
-from prm_core.server.app import WEBSOCKETS
-from prm_core.server.auth import limit_keyless, require
-from prm_core.server.errors import ApiError
-from prm_core.server.routes import EVENT_SCHEMA, api, ingest, read_json
-from prm_core.server.state import HUB
+from prm_core.plugin import (
+    EVENT_SCHEMA,
+    HUB,
+    ApiError,
+    InvalidInput,
+    api,
+    close_on_stop,
+    ingest,
+    limit_keyless,
+    read_json,
+    require,
+    utcnow,
+)
 
 from .cti import TOUCHPOINT, cti_event
 from .screenpop import PLUGIN_NAME, ScreenPops, screenpop_settings
@@ -300,8 +306,7 @@ async def screenpop_socket(request: web.Request) -> web.StreamResponse:
     heartbeat = screenpop_settings(request.app[HUB].config.touchpoint(TOUCHPOINT))["heartbeat_s"]
     ws = web.WebSocketResponse(heartbeat=heartbeat, protocols=(SUBPROTOCOL,), max_msg_size=64 * 1024)
     await ws.prepare(request)
-    if WEBSOCKETS in request.app:
-        request.app[WEBSOCKETS].add(ws)  # closed on a graceful stop
+    close_on_stop(request, ws)
     conn = pops.connect(agent, since)
     try:
         await ws.send_json({"type": "hello", "agent_id": agent, "seq": pops.last_seq, "heartbeat_s": heartbeat})

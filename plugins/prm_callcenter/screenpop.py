@@ -41,12 +41,17 @@ from typing import Any
 import structlog
 from attrs import define, field
 
-from prm_core import hookimpl
-from prm_core.errors import ConfigError
-from prm_core.hub import Hub
-from prm_core.labels import CORE_LABELS, summarize
-from prm_core.model import CustomerView, Event, RecordedEvent
-from prm_core.outbox import Fulfillment
+from prm_core.plugin import (
+    CORE_LABELS,
+    ConfigError,
+    CustomerView,
+    Event,
+    Fulfillment,
+    Hub,
+    RecordedEvent,
+    hookimpl,
+    summarize,
+)
 
 from .bus import PostgresBus
 from .cti import OFFERED, TOUCHPOINT

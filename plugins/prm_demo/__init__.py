@@ -29,7 +29,7 @@ __all__ = ["demo", "run_demo"]
 @click.option("--keep", is_flag=True, help="keep the demo's database directory and print where it is")
 def demo(customers: int, seed: int, keep: bool) -> None:
     """Play the flagship scenario and a day of traffic against an in-process hub; exit 1 on a miss."""
-    from prm_core.logs import configure_logging
+    from prm_core.plugin import configure_logging
 
     configure_logging("warning")
     ok = asyncio.run(run_demo(customers=customers, seed=seed, keep=keep, echo=click.echo))

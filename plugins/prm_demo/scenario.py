@@ -24,11 +24,7 @@ from attrs import define, field
 from prm_tmf.simulators import AppointmentSimulator, StockSimulator
 from twilio.request_validator import RequestValidator
 
-from prm_core import hookimpl
-from prm_core.config import Config
-from prm_core.keys import create_key
-from prm_core.server.app import create_app
-from prm_core.server.state import HUB
+from prm_core.plugin import HUB, Config, create_app, create_key, hookimpl
 
 __all__ = ["Demo", "Step", "run_demo"]
 

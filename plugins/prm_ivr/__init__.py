@@ -17,10 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from prm_core import hookimpl
-from prm_core.clock import utcnow
-from prm_core.config import Config
-from prm_core.model import TouchPoint, ValueProvider, ValueRequest
+from prm_core.plugin import Config, TouchPoint, ValueProvider, ValueRequest, hookimpl, utcnow
 
 from .calls import TOUCHPOINT, Call, IvrCalls, appointment_of
 from .engine import STANDARD, Appointment, Caller, Engine, Gather, Turn

@@ -25,15 +25,10 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-import sqlalchemy as sa
 import structlog
 from attrs import frozen
 
-from prm_core.clock import utcnow
-from prm_core.delivery import Answer
-from prm_core.hub import Hub
-from prm_core.model import Event, Identity
-from prm_core.store.tables import events as events_table
+from prm_core.plugin import Answer, Event, Hub, Identity, utcnow
 
 from .engine import Appointment, Caller, Engine, Outcome, Turn
 
@@ -212,13 +207,7 @@ class IvrCalls:
         when the call has ended since, else ``None`` (a new turn)."""
         event_id = f"{call.source}:{call.id}:{key}:menu"[:200]
         ended_id = self._ended(call, "abandoned").id
-        c = events_table.c
-
-        def read(conn: Any) -> dict[str, Any]:
-            q = sa.select(c.event_id, c.data).where(c.touchpoint == TOUCHPOINT, c.event_id.in_([event_id, ended_id]))
-            return {row.event_id: row.data for row in conn.execute(q)}
-
-        found = await self.hub.store.read(read)
-        if found.get(event_id):
-            return Turn.from_data(found[event_id])
+        found = await self.hub.recorded(TOUCHPOINT, [event_id, ended_id])
+        if event_id in found:
+            return Turn.from_data(found[event_id].event.data)
         return ENDED if ended_id in found else None

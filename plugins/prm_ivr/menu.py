@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from attrs import field, frozen
 
-from prm_core.errors import ConfigError
+from prm_core.plugin import ConfigError
 
 __all__ = ["DEFAULT_MENU", "Menu", "MenuError", "Node", "Option", "Priority", "load_menu", "parse_menu"]
 

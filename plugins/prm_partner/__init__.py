@@ -21,10 +21,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Iterator, Sequence
 
-from prm_core import hookimpl
-from prm_core.config import Config
-from prm_core.model import Adapter, FulfillmentRequest, FulfillmentResult, Partner, TouchPoint, ValueRequest
-from prm_core.outbox import Fulfillment
+from prm_core.plugin import (
+    Adapter,
+    Config,
+    Fulfillment,
+    FulfillmentRequest,
+    FulfillmentResult,
+    Partner,
+    TouchPoint,
+    ValueRequest,
+    hookimpl,
+)
 
 from .callbacks import callback_route, listener_route
 from .client import PartnerClient

@@ -35,10 +35,7 @@ from aiohttp import web
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from prm_core.outbox import STATUSES, Fulfillment, FulfillmentStatus
-from prm_core.server.errors import ApiError
-from prm_core.server.routes import api, parse_json_body
-from prm_core.server.state import HUB
+from prm_core.plugin import HUB, STATUSES, ApiError, Fulfillment, FulfillmentStatus, api, parse_json_body
 
 from .client import attention
 from .settings import PartnerSettings

@@ -27,11 +27,7 @@ from cloudevents.core.bindings.http import to_structured_event
 from cloudevents.core.v1.event import CloudEvent
 from standardwebhooks import Webhook
 
-from prm_core.errors import InvalidInput
-from prm_core.model import FulfillmentRequest, FulfillmentResult
-from prm_core.outbox import RetryLater
-from prm_core.server.errors import ApiError
-from prm_core.server.routes import parse_json_body
+from prm_core.plugin import ApiError, FulfillmentRequest, FulfillmentResult, InvalidInput, RetryLater, parse_json_body
 
 from .failover import partner_payload
 from .settings import PartnerSettings

@@ -33,9 +33,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from attrs import evolve
 
-from prm_core.model import FulfillmentRequest, FulfillmentResult
-from prm_core.outbox import RetryLater
-from prm_core.store.tables import utcnow
+from prm_core.plugin import FulfillmentRequest, FulfillmentResult, RetryLater, utcnow
 
 from .settings import PartnerSettings
 

@@ -18,12 +18,18 @@ from typing import Any
 
 import structlog
 
-from prm_core.config import Config
-from prm_core.consent import allows
-from prm_core.ids import new_id
-from prm_core.model import CustomerView, FulfillmentRequest, ValueRequest
-from prm_core.planning.entitlements import add_business_days, parse_entitlements, service_days
-from prm_core.store.tables import utcnow
+from prm_core.plugin import (
+    Config,
+    CustomerView,
+    FulfillmentRequest,
+    ValueRequest,
+    add_business_days,
+    allows,
+    new_id,
+    parse_entitlements,
+    service_days,
+    utcnow,
+)
 
 from .failover import FAILOVER, choose_firms
 from .settings import PartnerSettings

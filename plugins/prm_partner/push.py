@@ -20,15 +20,9 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-import sqlalchemy as sa
 from aiohttp import web
 
-from prm_core.outbox import Fulfillment, fulfillments_of_dialogue
-from prm_core.server.auth import require
-from prm_core.server.errors import ApiError
-from prm_core.server.routes import api
-from prm_core.server.state import HUB
-from prm_core.store.tables import dialogues
+from prm_core.plugin import HUB, ApiError, Fulfillment, api, require
 
 __all__ = ["Sessions", "sessions", "stream_route"]
 
@@ -78,15 +72,10 @@ def stream_route(max_s: float = 300.0) -> web.RouteDef:
         await require(request, f"touchpoint:{tp}")
         hub = request.app[HUB]
 
-        def read(conn: Any) -> list[Fulfillment] | None:
-            d = dialogues.c
-            found = conn.execute(sa.select(d.id).where(d.id == dialogue, d.touchpoint == tp)).first()
-            return fulfillments_of_dialogue(conn, dialogue) if found else None
-
         queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
         sessions.open[dialogue].add(queue)  # before reading: a change in between is not lost
         try:
-            now = await hub.store.read(read)
+            now = await hub.dialogue_fulfillments(tp, dialogue)
             if now is None:
                 raise ApiError(404, "not_found", f"no dialogue {dialogue} at {tp}", "dialogue")
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})

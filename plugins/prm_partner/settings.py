@@ -8,8 +8,7 @@ from typing import Any
 
 from attrs import frozen
 
-from prm_core.config import Config
-from prm_core.errors import ConfigError
+from prm_core.plugin import Config, ConfigError
 
 __all__ = ["PROTOCOLS", "PartnerSettings", "partner_settings"]
 

@@ -15,10 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from prm_core import hookimpl
-from prm_core.config import Config
-from prm_core.formats import Importer
-from prm_core.model import Delivery, IdentityNamespace, TouchPoint
+from prm_core.plugin import Config, Delivery, IdentityNamespace, Importer, TouchPoint, hookimpl
 
 from .household import namespace
 from .poslog import importer, poslog_zone

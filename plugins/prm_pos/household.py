@@ -23,12 +23,7 @@ import hashlib
 import re
 from collections.abc import Mapping, Sequence
 
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection
-
-from prm_core.hub import Hub
-from prm_core.model import Identity, IdentityNamespace
-from prm_core.store.tables import identities
+from prm_core.plugin import Hub, Identity, IdentityNamespace
 
 __all__ = ["NAMESPACE", "address_key", "join_households", "namespace"]
 
@@ -62,28 +57,15 @@ def address_key(address: Mapping[str, str]) -> str | None:
     return "addr-" + _digest("|".join(parts))
 
 
-async def _shared_phones(hub: Hub, phones: Sequence[str]) -> list[str]:
-    configured = hub.config.section("identity").get("shared_namespaces", [])
-    if isinstance(configured, list) and "phone" in configured:
-        return list(phones)
-
-    def read(conn: Connection) -> list[str]:
-        c = identities.c
-        q = sa.select(c.value).where(c.namespace == "phone", c.value.in_(phones), c.shared.is_(True))
-        return [r.value for r in conn.execute(q)]
-
-    return await hub.store.read(read)
-
-
 async def join_households(
     hub: Hub, customer_id: str, seen: Sequence[Identity], address: Mapping[str, str] | None
 ) -> list[str]:
     """Make the customer a member of the households its shared phone and address name;
     returns the households' customer ids."""
     keys = []
-    phones = [i.value for i in seen if i.namespace == "phone"]
+    phones = [i for i in seen if i.namespace == "phone"]
     if phones:
-        keys += ["phone-" + _digest(p) for p in await _shared_phones(hub, phones)]
+        keys += ["phone-" + _digest(p.value) for p in await hub.shared_identities(phones)]
     if address:
         key = address_key(address)
         if key:

@@ -16,8 +16,7 @@ from typing import Any
 
 from babel.numbers import get_currency_precision, is_currency
 
-from prm_core.errors import InvalidInput
-from prm_core.server.routes import parse_json_body
+from prm_core.plugin import InvalidInput, parse_json_body
 
 __all__ = ["MAX_PLACES", "amount", "currency", "from_minor_units", "loads", "quantity", "text"]
 

@@ -36,10 +36,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from lxml import etree
 
-from prm_core.errors import ConfigError, InvalidInput
-from prm_core.formats import ImportContext, Importer
-from prm_core.model import Event
-from prm_core.server.errors import ApiError
+from prm_core.plugin import ApiError, ConfigError, Event, ImportContext, Importer, InvalidInput
 
 from .recording import transaction_event
 from .transaction import parse_transaction

@@ -5,7 +5,7 @@ from __future__ import annotations
 import textwrap
 from typing import Any
 
-from prm_core.model import Delivery, offer_json
+from prm_core.plugin import Delivery, offer_json
 
 __all__ = ["RECEIPT_WIDTH", "render_receipt"]
 

@@ -17,16 +17,8 @@ from __future__ import annotations
 import hashlib
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection
-
-from prm_core.errors import InvalidInput
-from prm_core.hub import Hub
-from prm_core.model import Event, Identity, Offer
-from prm_core.server.errors import ApiError
-from prm_core.store.tables import events, utcnow
+from prm_core.plugin import ApiError, Event, Hub, Identity, InvalidInput, Offer, utcnow
 
 from .transaction import Transaction, TransactionKey
 
@@ -49,17 +41,6 @@ def _identities(hub: Hub, txn: Transaction) -> tuple[Identity, ...]:
     return tuple(found)
 
 
-def _stored(hub: Hub, ids: list[str]) -> Any:
-    def read(conn: Connection) -> dict[str, Any]:
-        e = events.c
-        q = sa.select(e.event_id, e.data, e.dialogue_id, e.identities).where(
-            e.touchpoint == TOUCHPOINT, e.event_id.in_(ids)
-        )
-        return {r.event_id: r for r in conn.execute(q)}
-
-    return hub.store.read(read)
-
-
 async def transaction_event(hub: Hub, txn: Transaction, *, received_at: datetime | None = None) -> Event:
     """The Event recording ``txn``; raises 409/422 (see the module docstring)."""
     received_at = received_at or utcnow()
@@ -69,12 +50,13 @@ async def transaction_event(hub: Hub, txn: Transaction, *, received_at: datetime
     own_id = txn.key.event_id
     event_id = f"{txn.original.event_id}/void" if txn.transaction_type == "void" and txn.original else own_id
     wanted = [event_id] + ([txn.original.event_id] if txn.original else [])
-    stored = await _stored(hub, wanted)
+    stored = await hub.recorded(TOUCHPOINT, wanted)
     previous = stored.get(event_id)
-    if previous is not None and previous.data.get("digest") != data["digest"]:
+    if previous is not None and previous.event.data.get("digest") != data["digest"]:
         what = "voided by another transaction" if event_id != own_id else "recorded with different content"
         raise ApiError(409, "conflict", f"transaction {own_id} conflicts: {event_id} was {what}", "sequence_number")
-    original = stored.get(txn.original.event_id) if txn.original else None
+    found = stored.get(txn.original.event_id) if txn.original else None
+    original = found.event if found else None
     dialogue_id = None
     if txn.transaction_type == "void":
         if original is None:
@@ -97,7 +79,7 @@ async def transaction_event(hub: Hub, txn: Transaction, *, received_at: datetime
         dialogue_id = original.dialogue_id
         identities = ()  # the voided sale's customer, by its dialogue
     elif txn.transaction_type == "return" and original is not None and not identities:
-        identities = tuple(Identity.parse(ref) for ref in original.identities)
+        identities = original.identities
     if txn.transaction_type in OUTCOMES:
         data["outcome"] = OUTCOMES[txn.transaction_type]
     return Event(
@@ -144,24 +126,7 @@ async def find_transaction(hub: Hub, store_id: str, workstation_id: str, sequenc
     """The key of a recorded sale known by store, workstation and sequence number alone
     (a vendor's refund names its order, not the order's business day)."""
     prefix = f"pos/{store_id}/{workstation_id}/"
-
-    def escaped(text: str) -> str:
-        return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-    def read(conn: Connection) -> str | None:
-        e = events.c
-        q = (
-            sa.select(e.event_id)
-            .where(
-                e.touchpoint == TOUCHPOINT,
-                e.event_id.like(f"{escaped(prefix)}%/{escaped(sequence_number)}", escape="\\"),
-            )
-            .where(e.type == "pos.sale")
-            .limit(1)
-        )
-        return conn.execute(q).scalar_one_or_none()
-
-    found = await hub.store.read(read)
+    found = await hub.find_event_id(TOUCHPOINT, type="pos.sale", prefix=prefix, suffix=f"/{sequence_number}")
     if found is None:
         return None
     day = found[len(prefix) :].split("/", 1)[0]

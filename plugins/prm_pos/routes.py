@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from prm_core.clock import utcnow
-from prm_core.server.auth import as_claims, require
-from prm_core.server.routes import WRITE_ERRORS, api
-from prm_core.server.state import HUB, HUB_METRICS
+from prm_core.plugin import HUB, WRITE_ERRORS, answer_request, api, as_claims, require, utcnow
 
 from . import money
 from .household import join_households
@@ -57,17 +54,11 @@ async def post_transaction(request: web.Request) -> web.Response:
     hub = request.app[HUB]
     txn = parse_transaction(money.loads(await request.read()))
     (event,) = as_claims(request, [await transaction_event(hub, txn, received_at=utcnow())])
-    answer = await hub.request(event)
+    answer = await answer_request(request, event)
     recorded = answer.recorded
     if not recorded.duplicate:
         await hub.record(offer_events(event, recorded.dialogue_id, answer.delivery.offers[:3]))
         address = txn.customer.address if txn.customer else None
         if txn.transaction_type == "sale" and (address or any(i.namespace == "phone" for i in event.identities)):
             await join_households(hub, recorded.customer_id, tuple(event.identities), address)
-    metrics = request.app[HUB_METRICS]
-    (metrics.duplicates if recorded.duplicate else metrics.events).labels(TOUCHPOINT).inc()
-    metrics.request_seconds.labels(TOUCHPOINT).observe(answer.elapsed_ms / 1000)
-    metrics.budget_ratio.labels(TOUCHPOINT).observe(answer.elapsed_ms / answer.budget_ms)
-    for part in answer.delivery.degraded:
-        metrics.degraded.labels(TOUCHPOINT, part.split("#")[0]).inc()
     return web.json_response({"transaction_id": event.id, "duplicate": recorded.duplicate, **answer.to_json()})

@@ -27,8 +27,7 @@ from typing import Any, Literal
 
 from attrs import frozen
 
-from prm_core.errors import InvalidInput
-from prm_core.events import parse_time
+from prm_core.plugin import InvalidInput, parse_time
 
 from . import money
 

@@ -17,9 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from prm_core import hookimpl
-from prm_core.config import Config
-from prm_core.model import TouchPoint
+from prm_core.plugin import Config, TouchPoint, hookimpl
 
 __all__ = ["prm_touchpoints", "snippet_route"]
 

@@ -14,6 +14,7 @@ from aiohttp import web
 from attrs import evolve
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from ..delivery import Answer
 from ..errors import InvalidInput
 from ..feed.changes import parse_position
 from ..feed.feed import MAX_WAIT_S
@@ -25,7 +26,7 @@ from .errors import ApiError
 from .jsonbody import MAX_DEPTH, loads, too_deep
 from .state import HUB, HUB_METRICS
 
-__all__ = ["MAX_DEPTH", "api", "core_routes", "ingest", "parse_json_body", "read_json", "too_deep"]
+__all__ = ["MAX_DEPTH", "answer_request", "api", "core_routes", "ingest", "parse_json_body", "read_json", "too_deep"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 routes = web.RouteTableDef()
@@ -106,6 +107,21 @@ async def ingest(request: web.Request, events: list[Event], *, verified: bool | 
     return recorded
 
 
+async def answer_request(request: web.Request, event: Event) -> Answer:
+    """Record a request event and deliver value in answer (:meth:`prm_core.hub.Hub.request`)
+    for a route of the hub or of a plugin, and count it in the metrics: recorded or duplicate,
+    time taken against the touch point's budget, degraded parts."""
+    answer = await request.app[HUB].request(event)
+    tp = event.touchpoint
+    metrics = request.app[HUB_METRICS]
+    (metrics.duplicates if answer.recorded.duplicate else metrics.events).labels(tp).inc()
+    metrics.request_seconds.labels(tp).observe(answer.elapsed_ms / 1000)
+    metrics.budget_ratio.labels(tp).observe(answer.elapsed_ms / answer.budget_ms)
+    for part in answer.delivery.degraded:
+        metrics.degraded.labels(tp, part.split("#")[0]).inc()
+    return answer
+
+
 async def _touchpoint_write(request: web.Request) -> str:
     await authenticate(request)
     name = request.match_info["tp"]
@@ -156,13 +172,7 @@ async def post_request(request: web.Request) -> web.Response:
         # an answer is read by whoever asked: an unverified caller naming nobody gets a
         # stranger's answer, not that of whoever owns the dialogue key it sent
         event = evolve(event, dialogue=None)
-    answer = await hub.request(event)
-    metrics = request.app[HUB_METRICS]
-    (metrics.duplicates if answer.recorded.duplicate else metrics.events).labels(tp).inc()
-    metrics.request_seconds.labels(tp).observe(answer.elapsed_ms / 1000)
-    metrics.budget_ratio.labels(tp).observe(answer.elapsed_ms / answer.budget_ms)
-    for part in answer.delivery.degraded:
-        metrics.degraded.labels(tp, part.split("#")[0]).inc()
+    answer = await answer_request(request, event)
     return web.json_response(answer.to_json())
 
 

@@ -180,11 +180,11 @@ class TouchPointConformance:
             resp = await hub_client.request(method, path, json={"events": [self.event(1)]})
             assert resp.status >= 400, (
                 f"{method} {route.path} answered {resp.status} without credentials: every route that writes must "
-                "check a scoped key (prm_core.server.auth.require) or the vendor's signature, and answer 401"
+                "check a scoped key (prm_core.plugin.require) or the vendor's signature, and answer 401"
             )
             assert _error_body(await resp.json(content_type=None)), (
                 f"{method} {route.path} must answer errors as JSON "
-                '{"error": {"code", "message"}} (raise prm_core.server.errors.ApiError)'
+                '{"error": {"code", "message"}} (raise prm_core.plugin.ApiError)'
             )
         assert await self._stored(hub_client) == before, "a refused request wrote events: check before writing"
 

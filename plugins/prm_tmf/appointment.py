@@ -13,7 +13,7 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
-from prm_core.model import FulfillmentRequest
+from prm_core.plugin import FulfillmentRequest
 
 from .messages import InvalidMessage, Notification, event_name, mapping, text
 

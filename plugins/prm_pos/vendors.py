@@ -1,14 +1,21 @@
-"""What the vendor adapters (Shopify, Square) share: signatures, redelivery, recording.
+"""The POS touch point's API for vendor adapters (``prm_shopify``, ``prm_square``): what
+they import from ``prm_pos``, here and nowhere else.
 
-- :func:`signature_matches`: a base64 HMAC-SHA256 compared in constant time.
+- :class:`Transaction`, :func:`parse_transaction`: a vendor's sale, return or void as the
+  canonical transaction; :mod:`money <prm_pos.money>` reads amounts, quantities and currencies.
+- :func:`find_transaction`: a recorded sale known by store, workstation and sequence number.
+- :func:`signature_matches` / :func:`unauthorized`: a base64 HMAC-SHA256 compared in
+  constant time, and the 401 when it does not match.
 - :func:`already_processed` / :func:`mark_processed`: a delivery's id (``X-Shopify-Webhook-Id``,
-  Square's ``event_id``) is remembered once processed, so a redelivery is acknowledged
-  without being processed again. It is marked after the events are durable: a crash in
-  between means one more processing, whose events are duplicates of the first.
-- :func:`record_transactions`: canonical transactions recorded as POS events (without
-  waiting for offers: nobody prints a receipt for a webhook). A transaction whose key
-  was already recorded with other content keeps the first recording and is only logged:
-  a vendor retries any non-2xx for days, and a retry cannot change what was recorded.
+  Square's ``event_id``) is remembered once processed (:meth:`prm_core.plugin.Hub.mark_delivery_processed`),
+  so a redelivery is acknowledged without being processed again. It is marked after the
+  events are durable: a crash in between means one more processing, whose events are
+  duplicates of the first.
+- :func:`record_transactions` / :func:`answer_delivery`: canonical transactions recorded as
+  POS events (without waiting for offers: nobody prints a receipt for a webhook). A
+  transaction whose key was already recorded with other content keeps the first recording
+  and is only logged: a vendor retries any non-2xx for days, and a retry cannot change what
+  was recorded.
 """
 
 from __future__ import annotations
@@ -18,28 +25,24 @@ import hashlib
 import hmac
 from collections.abc import Sequence
 
-import sqlalchemy as sa
 import structlog
 from aiohttp import web
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Connection
 
-from prm_core.clock import utcnow
-from prm_core.model import RecordedEvent
-from prm_core.server.errors import ApiError
-from prm_core.server.routes import ingest
-from prm_core.server.state import HUB
-from prm_core.store.tables import webhook_receipts
+from prm_core.plugin import HUB, ApiError, RecordedEvent, ingest, utcnow
 
+from . import money
 from .household import join_households
-from .recording import transaction_event
-from .transaction import Transaction
+from .recording import find_transaction, transaction_event
+from .transaction import Transaction, parse_transaction
 
 __all__ = [
+    "Transaction",
     "already_processed",
     "answer_delivery",
+    "find_transaction",
     "mark_processed",
+    "money",
+    "parse_transaction",
     "record_transactions",
     "signature_matches",
     "unauthorized",
@@ -57,31 +60,21 @@ def signature_matches(given: str | None, key: str, message: bytes) -> bool:
 
 
 def unauthorized(vendor: str) -> ApiError:
+    """The 401 for a body whose ``vendor`` signature does not match."""
     return ApiError(401, "unauthorized", f"the {vendor} signature does not match this body")
 
 
 async def already_processed(request: web.Request, source: str, delivery_id: str | None) -> bool:
+    """Whether the delivery ``delivery_id`` from ``source`` was processed before."""
     if not delivery_id:
         return False
-    c = webhook_receipts.c
-
-    def read(conn: Connection) -> bool:
-        q = sa.select(c.webhook_id).where(c.source == source, c.webhook_id == delivery_id[:200])
-        return conn.execute(q).first() is not None
-
-    return await request.app[HUB].store.read(read)
+    return await request.app[HUB].delivery_processed(source, delivery_id)
 
 
 async def mark_processed(request: web.Request, source: str, delivery_id: str | None) -> None:
-    if not delivery_id:
-        return
-
-    def write(conn: Connection) -> None:
-        insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-        stmt = insert(webhook_receipts).values(source=source, webhook_id=delivery_id[:200], received_at=utcnow())
-        conn.execute(stmt.on_conflict_do_nothing())
-
-    await request.app[HUB].store.write(write)
+    """Remember the delivery as processed, once its events are durable."""
+    if delivery_id:
+        await request.app[HUB].mark_delivery_processed(source, delivery_id)
 
 
 async def record_transactions(request: web.Request, transactions: Sequence[Transaction]) -> list[RecordedEvent]:

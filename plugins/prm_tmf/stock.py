@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from prm_core.model import FulfillmentRequest
+from prm_core.plugin import FulfillmentRequest
 
 from .messages import InvalidMessage, Notification, event_name, mapping, text
 

@@ -15,8 +15,8 @@ back to a :class:`~prm_core.model.FulfillmentResult` whose ``data`` is small and
 (``window_start``/``window_end`` for a visit, ``parts`` with their availability). An answer or
 notification that breaks its definition (a state outside the enum, no id to name the request)
 raises :class:`InvalidMessage` naming the field. ``prm_partner`` uses these for partners whose
-``protocol`` is ``tmf646`` or ``tmf687``; :mod:`prm_tmf.simulators` serves both APIs for tests
-and ``prm demo``.
+``protocol`` is ``tmf646`` or ``tmf687``, which is why this package ships beside it among the
+first-party plugins; :mod:`prm_tmf.simulators` serves both APIs for tests and ``prm demo``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any, cast
 
 from attrs import frozen
 
-from prm_core.model import FulfillmentRequest, FulfillmentResult
+from prm_core.plugin import FulfillmentRequest, FulfillmentResult
 
 from .appointment import APPOINTMENT_STATUS, SEARCH_STATUS, appointment_notification, read_appointment, read_search
 from .appointment import appointment as _appointment
