@@ -1,0 +1,119 @@
+"""The plugin API (prm_core.plugin): what plugins import, the import contracts that keep them
+to it, and the Hub methods that replace reading the core's tables."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+import prm_core.plugin
+from prm_core.model import Event, Identity
+
+ROOT = Path(__file__).parent.parent
+AT = datetime(2026, 11, 23, 9, tzinfo=UTC)
+
+
+def test_every_name_of_the_plugin_api_is_there():
+    missing = [name for name in prm_core.plugin.__all__ if not hasattr(prm_core.plugin, name)]
+    assert not missing
+    assert prm_core.plugin.Hub.recorded.__doc__ and prm_core.plugin.Hub.find_event_id.__doc__
+
+
+def _lint_imports(*args: str, cwd: Path = ROOT, pythonpath: str = "") -> subprocess.CompletedProcess[str]:
+    pytest.importorskip("importlinter")
+    code = "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())"
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": pythonpath}
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_the_plugins_keep_the_import_contracts():
+    run = _lint_imports()
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "2 kept, 0 broken" in run.stdout
+
+
+def test_a_plugin_reaching_into_the_core_or_contrib_breaks_the_contracts(tmp_path):
+    """The project's own contracts, with one more plugin that imports the server's state and
+    a contrib adapter, and one that keeps to prm_core.plugin."""
+    settings = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    for name, body in {
+        "prm_rogue": "from prm_core.server.state import HUB\nimport prm_segment\n",
+        "prm_polite": "from prm_core.plugin import HUB\n",
+    }.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text(body)
+        settings["root_packages"].append(name)
+        for contract in settings["contracts"]:
+            contract["source_modules"].append(name)
+
+    def toml(value: object) -> str:
+        if isinstance(value, str):
+            return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        return "[" + ", ".join(toml(v) for v in value) + "]"  # type: ignore[attr-defined]
+
+    lines = ["[tool.importlinter]", f"root_packages = {toml(settings['root_packages'])}"]
+    for contract in settings["contracts"]:
+        lines.append("[[tool.importlinter.contracts]]")
+        lines += [f"{key} = {toml(value)}" for key, value in contract.items()]
+    config = tmp_path / "contracts.toml"
+    config.write_text("\n".join(lines) + "\n")
+
+    run = _lint_imports("--config", str(config), pythonpath=str(tmp_path))
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "0 kept, 2 broken" in run.stdout
+    assert "prm_rogue -> prm_core.server.state" in run.stdout
+    assert "prm_rogue -> prm_segment" in run.stdout
+    assert "prm_polite" not in run.stdout.split("Broken contracts")[1]
+
+
+def _event(touchpoint: str, event_id: str, type: str = "visit", **kw: object) -> Event:
+    return Event(id=event_id, type=type, occurred_at=AT, touchpoint=touchpoint, **kw)  # type: ignore[arg-type]
+
+
+async def test_a_touch_point_reads_back_what_it_recorded(hub):
+    ann = (Identity("email", "ann@example.com"),)
+    (first,) = await hub.record([_event("web", "p/1", identities=ann, data={"n": 1})])
+    found = await hub.recorded("web", ["p/1", "p/2", "p/1"])
+    assert list(found) == ["p/1"]
+    got = found["p/1"]
+    assert (got.customer_id, got.dialogue_id, got.duplicate) == (first.customer_id, first.dialogue_id, False)
+    assert got.event.identities == ann and got.event.data == {"n": 1} and got.event.occurred_at == AT
+    assert await hub.recorded("pos", ["p/1"]) == {} and await hub.recorded("web", []) == {}
+
+
+async def test_an_event_id_is_found_by_its_ends_matched_literally(hub):
+    await hub.record([_event("web", "s_1/w%1/2026-11-23/7", "sale"), _event("web", "sx1/w1/2026-11-22/7", "sale")])
+    assert await hub.find_event_id("web", type="sale", prefix="s_1/w%1/", suffix="/7") == "s_1/w%1/2026-11-23/7"
+    # _ and % are characters, not LIKE's wildcards
+    assert await hub.find_event_id("web", type="sale", prefix="s_1/w_1/", suffix="/7") is None
+    assert await hub.find_event_id("web", type="sale", prefix="sx1/", suffix="/7") == "sx1/w1/2026-11-22/7"
+    assert await hub.find_event_id("web", type="visit", prefix="sx1/") is None
+    assert await hub.find_event_id("pos", type="sale", prefix="sx1/") is None
+
+
+async def test_shared_identities_and_processed_deliveries(hub):
+    home, own = Identity("phone", "+14155550100"), Identity("phone", "+14155550111")
+    await hub.set_shared("phone:+14155550100", True)
+    assert await hub.shared_identities([home, own]) == [home]
+    assert await hub.shared_identities([]) == []
+    assert not await hub.delivery_processed("shopify", "d-1")
+    await hub.mark_delivery_processed("shopify", "d-1")
+    await hub.mark_delivery_processed("shopify", "d-1")  # again: idempotent
+    assert await hub.delivery_processed("shopify", "d-1")
+    assert not await hub.delivery_processed("square", "d-1")
+
+
+async def test_a_dialogues_partner_work_is_none_for_another_touch_point(hub):
+    (recorded,) = await hub.record([_event("web", "v1", identities=(Identity("email", "ann@example.com"),))])
+    assert await hub.dialogue_fulfillments("web", recorded.dialogue_id) == []
+    assert await hub.dialogue_fulfillments("pos", recorded.dialogue_id) is None
+    assert await hub.dialogue_fulfillments("web", "dlg_unknown") is None
