@@ -115,6 +115,9 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]
 
 @pytest.fixture
 def hub_config(database_url: str) -> Config:
+    """The ``Config`` every test hub opens with (``hub``, ``hub_client``, the conformance
+    suite's): the test database and nothing else. Override it to give a plugin its settings,
+    a vendor's webhook secret for one (``docs/plugins.md``)."""
     return Config(database_url=database_url, public_url="http://hub.test")
 
 
