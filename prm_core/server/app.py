@@ -23,6 +23,7 @@ from ..hub import Hub
 from ..identity_rules import IdentityRules
 from ..ids import random_bytes
 from ..keys import KeyRing
+from ..logs import protect_logs
 from ..planning.routes import planning_routes
 from ..plugins import collect_registrations, make_plugin_manager
 from ..privacy.http import privacy_routes
@@ -105,6 +106,7 @@ def create_app(
     on, a decision for whoever owns the process (a service embedding the hub, a test run
     starting one hub per test), which sets ``freeze_heap = true`` to have it.
     """
+    protect_logs()
     pm = make_plugin_manager(plugins, autoload=autoload)
     registrations = collect_registrations(pm, config)
     # a bad [identity.rules] stops the hub here, before the database is touched
