@@ -169,7 +169,8 @@ def create_app(
     async def openapi(request: web.Request) -> web.Response:
         # {tp} is one of the registered touch points: say so, so clients and fuzzers need not guess
         touchpoints = sorted(request.app[HUB].registrations.touchpoints.names())
-        paths = {r.resource.canonical: owners[id(r.resource)] for r in app.router.routes() if id(r.resource) in owners}
+        resources = [r.resource for r in app.router.routes() if r.resource is not None]
+        paths = {r.canonical: owners[id(r)] for r in resources if id(r) in owners}
         return web.json_response(build_openapi(request.app, paths, enums={"tp": touchpoints}))
 
     app.router.add_get("/openapi.json", openapi)
