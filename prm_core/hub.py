@@ -89,12 +89,13 @@ class Hub:
 
         The hub runs the ``plugins`` given and no other: a library loads what its caller
         names. ``autoload=True`` loads every installed plugin first (entry points of group
-        ``prm``), as ``prm serve`` does. A caller that already built the plugin manager
+        ``prm``), as ``prm serve`` does, unless ``PRM_DISABLE_PLUGIN_AUTOLOAD`` is set. A caller that already built the plugin manager
         passes it as ``pm``. What the hub logs is redacted whatever logging the caller set
         up (:func:`prm_core.logs.protect_logs`).
         """
         protect_logs()
-        pm = pm or make_plugin_manager(plugins, autoload=autoload)
+        # autoloading stays subject to the environment's switches (PRM_DISABLE_PLUGIN_AUTOLOAD)
+        pm = pm or make_plugin_manager(plugins, autoload=None if autoload else False)
         registrations = registrations or collect_registrations(pm, config)
         planner = Planner.from_config(config)  # an invalid rule stops the hub here, named
         identity_rules = IdentityRules.from_config(
