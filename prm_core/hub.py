@@ -89,9 +89,9 @@ class Hub:
 
         The hub runs the ``plugins`` given and no other: a library loads what its caller
         names. ``autoload=True`` loads every installed plugin first (entry points of group
-        ``prm``), as ``prm serve`` does, unless ``PRM_DISABLE_PLUGIN_AUTOLOAD`` is set. A caller that already built the plugin manager
-        passes it as ``pm``. What the hub logs is redacted whatever logging the caller set
-        up (:func:`prm_core.logs.protect_logs`).
+        ``prm``), as ``prm serve`` does, unless ``PRM_DISABLE_PLUGIN_AUTOLOAD`` is set. A
+        caller that already built the plugin manager passes it as ``pm``. What the hub logs
+        is redacted whatever logging the caller set up (:func:`prm_core.logs.protect_logs`).
         """
         protect_logs()
         # autoloading stays subject to the environment's switches (PRM_DISABLE_PLUGIN_AUTOLOAD)
