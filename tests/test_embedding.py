@@ -243,3 +243,31 @@ def test_the_fastapi_sample_runs_the_hub_in_its_lifespan():
             return [entry.event_id for entry in (await hub.view("email:ann@example.com")).timeline]
 
     assert asyncio.run(recorded()) == ["signup:ann@example.com"]
+
+
+# ---- the view's types -------------------------------------------------------------------------
+
+
+async def test_the_view_holds_typed_values_and_answers_the_same_json(hub):
+    from prm_core.model import Dialogue, TimelineEntry
+
+    page = {
+        "id": "p-1",
+        "type": "page",
+        "occurred_at": "2026-11-23T08:00:00Z",
+        "identities": {"email": "ann@example.com"},
+        "dialogue": "session-1",
+        "data": {"url": "/washers"},
+    }
+    await hub.record(hub.parse_events(page, "web"))
+    view = await hub.view("email:ann@example.com")
+    (entry,) = view.timeline
+    (dialogue,) = view.dialogues
+    assert isinstance(entry, TimelineEntry) and isinstance(dialogue, Dialogue)
+    assert entry.occurred_at == datetime(2026, 11, 23, 8, tzinfo=UTC) and entry.dialogue == dialogue.id
+    # read as a mapping, an entry is its JSON shape, as plugins written against dicts read it
+    assert entry["occurred_at"] == "2026-11-23T08:00:00Z" and entry.get("data") == {"url": "/washers"}
+    assert dict(entry) == entry.to_json() == view.to_json()["timeline"][0]
+    assert set(entry) == {"event_id", "touchpoint", "type", "occurred_at", "dialogue", "direction", "data"}
+    with pytest.raises(KeyError):
+        entry["summary"]
