@@ -75,7 +75,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             data={"product_id": f"p{who % 50}"},
         )
 
-    async with Hub.open(config, plugins=[Instant()]) as hub:
+    async with Hub.open(config, plugins=[Instant()], autoload=True) as hub:
         for _ in range(args.warmup):
             await hub.request(event("warm"))
         for _ in range(max(1, args.requests // args.block)):

@@ -11,7 +11,7 @@ batches as it does under load. The mix: page and product views by known customer
 records as offers made; here they come from the wire, so they count as events only).
 
 Printed per round: events/s with and without planning; then the median of each and the
-overhead ratio (without / with, less one) next to the target of issue 10 (at most 20%). Timing
+overhead ratio (without / with, less one) next to the target (at most 20%). Timing
 is never asserted. In-process, with no HTTP in front, is the strictest place to measure: the
 HTTP work planning does not touch would only dilute the ratio.
 

@@ -61,7 +61,7 @@ async def compare(args: argparse.Namespace) -> None:
         async with contextlib.AsyncExitStack() as stack:
             for name, url in urls.items():
                 raw = {} if name == "feed" else {"feed": {"enabled": False}}
-                hubs[name] = await stack.enter_async_context(Hub.open(Config(database_url=url, raw=raw)))
+                hubs[name] = await stack.enter_async_context(Hub.open(Config(database_url=url, raw=raw), autoload=True))
             rates: dict[str, list[float]] = {name: [] for name in hubs}
             cpu_rates: dict[str, list[float]] = {name: [] for name in hubs}
             for n in range(args.batches + 1):
@@ -102,7 +102,7 @@ async def run(args: argparse.Namespace) -> None:
             from prm_core.identity_rules import IdentityRules
 
             IdentityRules.from_config = classmethod(lambda cls, *a, **k: None)  # type: ignore[method-assign,assignment]
-        async with Hub.open(Config(database_url=url, raw=raw)) as hub:
+        async with Hub.open(Config(database_url=url, raw=raw), autoload=True) as hub:
             sql: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
             engine = hub.store.sync_writer or hub.store.writer.sync_engine
 

@@ -464,7 +464,7 @@ async def measure(paths: dict[int, Path], args: argparse.Namespace) -> tuple[lis
     opened: list[Any] = []
     try:
         for size, path in paths.items():
-            cm = Hub.open(Config(database_url=f"sqlite:///{path}"))
+            cm = Hub.open(Config(database_url=f"sqlite:///{path}"), autoload=True)
             hub = await cm.__aenter__()
             opened.append(cm)
             ids = await hub.store.read(lambda conn: [r[0] for r in conn.execute(sa.select(customers.c.id))])

@@ -681,7 +681,7 @@ def identity_conflicts(status: str, config_path: str | None, database_url: str |
     configure_logging("warning")
 
     async def run() -> list[dict[str, Any]]:
-        async with Hub.open(config) as hub:
+        async with Hub.open(config, autoload=True) as hub:
             return await list_conflicts(hub, status=status)
 
     found = _run(run)
@@ -718,7 +718,7 @@ def identity_resolve(conflict_id: str, resolution: str, config_path: str | None,
     configure_logging("warning")
 
     async def run() -> dict[str, Any]:
-        async with Hub.open(config) as hub:
+        async with Hub.open(config, autoload=True) as hub:
             return await resolve_conflict(hub, conflict_id, resolution)
 
     done = _run(run)
@@ -743,7 +743,7 @@ def retention_run(config_path: str | None, database_url: str | None, dry_run: bo
     configure_logging("warning")
 
     async def run() -> Any:
-        async with Hub.open(config) as hub:
+        async with Hub.open(config, autoload=True) as hub:
             return await run_retention(hub, dry_run=dry_run)
 
     report = _run(run)

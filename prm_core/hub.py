@@ -2,7 +2,7 @@
 
 .. code-block:: python
 
-    async with Hub.open(load_config()) as hub:
+    async with Hub.open(load_config(), plugins=[my_touchpoint]) as hub:
         recorded = await hub.record(hub.parse_events(body, "web"))
         view = await hub.view("email:ann@example.com")
 """
@@ -39,6 +39,7 @@ from .identity_rules import IdentityRules
 from .ids import new_id
 from .ingest import Ingestor
 from .labels import merge_labels
+from .logs import protect_logs
 from .model import Customer, CustomerView, Event, Identity, Merge, Offer, RecordedEvent, TouchPoint, ValueProvider
 from .outbox import Fulfillment, Outbox, fulfillments_of_dialogue
 from .planning import Planner
@@ -91,17 +92,22 @@ class Hub:
         config: Config,
         *,
         plugins: Sequence[Any] = (),
-        autoload: bool | None = None,
+        autoload: bool = False,
         migrate: bool = True,
         pm: PrmPluginManager | None = None,
         registrations: Registrations | None = None,
     ) -> AsyncIterator[Hub]:
         """Start a hub (migrating the database unless told not to) and stop it on exit.
 
-        ``plugins`` are registered after the entry-point plugins (unless ``autoload`` is
-        false). A caller that already built the plugin manager passes it as ``pm``.
+        The hub runs the ``plugins`` given and no other: a library loads what its caller
+        names. ``autoload=True`` loads every installed plugin first (entry points of group
+        ``prm``), as ``prm serve`` does, unless ``PRM_DISABLE_PLUGIN_AUTOLOAD`` is set. A
+        caller that already built the plugin manager passes it as ``pm``. What the hub logs
+        is redacted whatever logging the caller set up (:func:`prm_core.logs.protect_logs`).
         """
-        pm = pm or make_plugin_manager(plugins, autoload=autoload)
+        protect_logs()
+        # autoloading stays subject to the environment's switches (PRM_DISABLE_PLUGIN_AUTOLOAD)
+        pm = pm or make_plugin_manager(plugins, autoload=None if autoload else False)
         registrations = registrations or collect_registrations(pm, config)
         planner = Planner.from_config(config)  # an invalid rule stops the hub here, named
         identity_rules = IdentityRules.from_config(

@@ -78,7 +78,7 @@ async def import_events(
     result = ImportResult()
     source = _source_key(path, touchpoint)
     size = path.stat().st_size  # noqa: ASYNC240  # a command-line run: nothing else shares the loop
-    async with Hub.open(config, plugins=plugins) as hub:
+    async with Hub.open(config, plugins=plugins, autoload=True) as hub:
         hub.touchpoint(touchpoint)
         namespaces = hub.registrations.namespaces.items
 

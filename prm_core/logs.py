@@ -2,6 +2,10 @@
 
 :func:`configure_logging` is called once, by the entry point (``prm serve``); library
 code only calls ``structlog.get_logger()``. Output is JSON unless on a terminal.
+
+A service embedding the hub calls nothing: :func:`protect_logs` runs as the hub is built
+(``Hub.open``, ``create_app``) and puts the redaction processors into whatever structlog
+configuration is in force, or sets up the hub's own when there is none.
 """
 
 from __future__ import annotations
@@ -15,7 +19,15 @@ from typing import Any, TextIO
 
 import structlog
 
-__all__ = ["PERSONAL_FIELDS", "configure_logging", "format_exception", "redact", "redact_personal_data"]
+__all__ = [
+    "PERSONAL_FIELDS",
+    "configure_logging",
+    "format_exception",
+    "protect_logs",
+    "redact",
+    "redact_personal_data",
+    "redaction_processors",
+]
 
 # keys whose values are personal data whatever they look like
 PERSONAL_FIELDS = frozenset(
@@ -95,16 +107,42 @@ def _redact_exception(logger: Any, method: str, event_dict: MutableMapping[str, 
     return event_dict
 
 
-def configure_logging(
-    level: str = "info", *, json: bool | None = None, cache: bool = False, stream: TextIO | None = None
-) -> None:
-    """Configure structlog (and the standard library's logging through it) once.
+def redaction_processors() -> list[Any]:
+    """The processors that keep personal data out of a log line, in order: personal fields
+    and values masked, an exception rendered as its frames without its message (and without
+    the frames' local variables, which hold the input being processed), and what is left of
+    it masked too. Place them before any processor that renders an exception."""
+    return [redact_personal_data, _format_exc_info, _redact_exception]
 
-    ``cache=True`` (for long-running servers) lets each logger keep the configuration it
-    first saw; leave it off where logging is configured more than once in a process.
-    ``stream`` defaults to standard error.
+
+def protect_logs() -> None:
+    """Make what the hub logs redacted, whoever configured logging; the hub calls it as it starts.
+
+    - structlog not configured (a script, a service that logs with the standard library
+      only): structlog gets the hub's set-up, as :func:`configure_logging` makes it, to
+      standard error at level ``info``; the standard library's logging is left as it is.
+    - configured without the redaction processors (a service with structlog of its own):
+      :func:`redaction_processors` go in first, so that none of the service's processors
+      sees a personal field or an exception (whose locals and message quote the input a
+      renderer such as ``dict_tracebacks`` would print). The service's own lines pass
+      through them too.
+    - configured with them (``prm serve``, or a service that placed them itself): nothing.
+
+    A service that configures structlog after the hub started places
+    :func:`redaction_processors` in its chain itself.
     """
-    out = stream or sys.stderr
+    if not structlog.is_configured():
+        _configure_structlog("info", json=None, cache=False, out=sys.stderr)
+        return
+    processors = list(structlog.get_config()["processors"])
+    if redact_personal_data in processors:
+        return
+    structlog.configure(processors=[*redaction_processors(), *processors])
+
+
+def _configure_structlog(level: str, *, json: bool | None, cache: bool, out: TextIO) -> list[Any]:
+    """structlog's half of :func:`configure_logging`; returns the processors shared with the
+    standard library's records, and the renderer last."""
     if json is None:
         json = not out.isatty()
     shared: list[Any] = [
@@ -115,16 +153,25 @@ def configure_logging(
     ]
     renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=out.isatty())
     structlog.configure(
-        processors=[
-            *shared,
-            _format_exc_info,
-            _redact_exception,
-            renderer,
-        ],
+        processors=[*shared, _format_exc_info, _redact_exception, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=cache,
     )
+    return [*shared, renderer]
+
+
+def configure_logging(
+    level: str = "info", *, json: bool | None = None, cache: bool = False, stream: TextIO | None = None
+) -> None:
+    """Configure structlog (and the standard library's logging through it) once.
+
+    ``cache=True`` (for long-running servers) lets each logger keep the configuration it
+    first saw; leave it off where logging is configured more than once in a process.
+    ``stream`` defaults to standard error.
+    """
+    out = stream or sys.stderr
+    *shared, renderer = _configure_structlog(level, json=json, cache=cache, out=out)
     # the standard library's records (aiohttp, asyncio, drivers) go through the same
     # processors, redaction included
     handler = logging.StreamHandler(out)

@@ -9,7 +9,7 @@ plugin fails at start, naming what is wrong.
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
@@ -36,6 +36,7 @@ __all__ = [
     "Offer",
     "Partner",
     "RecordedEvent",
+    "TimelineEntry",
     "TouchPoint",
     "ValueProvider",
     "ValueRequest",
@@ -268,6 +269,50 @@ class Membership:
 
 
 @frozen
+class TimelineEntry(Mapping[str, Any]):
+    """One event on a customer's timeline, as :attr:`CustomerView.timeline` holds it.
+
+    Read it by attribute (``entry.type``, ``entry.occurred_at`` a datetime). It also reads
+    as a mapping of its JSON shape (``entry["occurred_at"]`` the ISO string), the form
+    plugins written before it was a type use.
+    """
+
+    event_id: str
+    touchpoint: str
+    type: str
+    occurred_at: datetime
+    dialogue: str | None = None
+    direction: Direction = "inbound"
+    data: Mapping[str, Any] = field(factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The entry as ``GET /v1/customers/{ref}`` shows it (without its ``summary``)."""
+        return {
+            "event_id": self.event_id,
+            "touchpoint": self.touchpoint,
+            "type": self.type,
+            "occurred_at": _iso(self.occurred_at),
+            "dialogue": self.dialogue,
+            "direction": self.direction,
+            "data": self.data,
+        }
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in _TIMELINE_KEYS:
+            raise KeyError(key)
+        return _iso(self.occurred_at) if key == "occurred_at" else getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_TIMELINE_KEYS)
+
+    def __len__(self) -> int:
+        return len(_TIMELINE_KEYS)
+
+
+_TIMELINE_KEYS = ("event_id", "touchpoint", "type", "occurred_at", "dialogue", "direction", "data")
+
+
+@frozen
 class Dialogue:
     """A thread of events at one touch point: a web session, a call, a POS transaction."""
 
@@ -347,7 +392,7 @@ class CustomerView:
     customer: Customer
     identities: tuple[Identity, ...] = ()
     shared_identities: tuple[Mapping[str, Any], ...] = ()
-    timeline: tuple[Mapping[str, Any], ...] = ()
+    timeline: tuple[TimelineEntry, ...] = ()
     next_cursor: str | None = None
     dialogues: tuple[Dialogue, ...] = ()
     metrics: Mapping[str, Any] = field(factory=dict, converter=_frozen_dict)
@@ -369,7 +414,7 @@ class CustomerView:
             "created_at": _iso(c.created_at),
             "identities": [{"namespace": i.namespace, "value": i.value} for i in self.identities]
             + [dict(s) for s in self.shared_identities if Identity(s["namespace"], s["value"]) not in self.identities],
-            "timeline": [dict(t) for t in self.timeline],
+            "timeline": [t.to_json() for t in self.timeline],
             "next_cursor": self.next_cursor,
             "dialogues": [dialogue_json(d) for d in self.dialogues],
             "metrics": {k: _jsonable(v) for k, v in self.metrics.items()},

@@ -460,7 +460,7 @@ class _Batch:
                 candidates.add(self.find(self.owner[ident]))
         known = self._known_dialogue(ev)
         # an unverified event (public key, tracker) with identities of its own never follows a
-        # dialogue key to someone else: anyone can send someone's session id (privacy, issue 13)
+        # dialogue key to someone else: anyone can send someone's session id (privacy)
         trusted = ev.verified or not ev.identities
         if known is not None and trusted and (self._internal(ev) or _live(known, ev) or not ev.identities):
             candidates.add(self.find(known.customer_id))

@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection
 from .errors import InvalidInput, NotFound
 from .identity import parse_ref
 from .merging import PurchaseTotals
-from .model import Customer, CustomerView, Dialogue, Identity
+from .model import Customer, CustomerView, Dialogue, Identity, TimelineEntry
 from .outbox import fulfillments_of
 from .privacy.consents import load_consents
 from .store.lists import one_of
@@ -198,15 +198,15 @@ def build_view(conn: Connection, customer_id: str, *, cursor: str | None = None,
     rows = conn.execute(_TIMELINE_Q[group, bool(cursor)], page).all()
     next_cursor = encode_cursor(rows[limit - 1].occurred_at, rows[limit - 1].seq) if len(rows) > limit else None
     timeline = tuple(
-        {
-            "event_id": r.event_id,
-            "touchpoint": r.touchpoint,
-            "type": r.type,
-            "occurred_at": r.occurred_at.isoformat().replace("+00:00", "Z"),
-            "dialogue": r.dialogue_id,
-            "direction": r.direction,
-            "data": r.data,
-        }
+        TimelineEntry(
+            event_id=r.event_id,
+            touchpoint=r.touchpoint,
+            type=r.type,
+            occurred_at=r.occurred_at,
+            dialogue=r.dialogue_id,
+            direction=r.direction,
+            data=r.data,
+        )
         for r in rows[:limit]
     )
 

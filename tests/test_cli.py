@@ -78,7 +78,7 @@ def _lines(n: int, start: int = 0) -> str:
 
 
 async def _metrics(database_url: str) -> tuple[int, int]:
-    async with Hub.open(Config(database_url=database_url)) as hub:
+    async with Hub.open(Config(database_url=database_url), autoload=True) as hub:
         total = 0
         for i in range(7):
             view = await hub.view(f"email:c{i}@example.com")

@@ -205,7 +205,7 @@ def test_retention_run_dry_run_counts_and_deletes_nothing(tmp_path):
     ]
 
     async def seed() -> None:
-        async with Hub.open(Config(database_url=db)) as hub:
+        async with Hub.open(Config(database_url=db), autoload=True) as hub:
             await hub.record(hub.parse_events({"events": old}, "web"))
 
     asyncio.run(seed())

@@ -50,7 +50,7 @@ class Hubs:
 
 async def open_hubs(stack: AsyncExitStack, config: Any) -> Hubs:
     # opened one after another: the first migrates, the others find the schema in place
-    return Hubs([await stack.enter_async_context(Hub.open(config)) for _ in range(HUBS)])
+    return Hubs([await stack.enter_async_context(Hub.open(config, autoload=True)) for _ in range(HUBS)])
 
 
 def linking_events(people: range, rng: random.Random, prefix: str) -> list[tuple[int, str, dict[str, Any], int]]:

@@ -1,5 +1,5 @@
 """Consent per purpose and channel: recorded as events or by an admin, shown in the 360 view,
-honoured by value delivery (issue 13)."""
+honoured by value delivery."""
 
 from __future__ import annotations
 

@@ -84,7 +84,7 @@ def config_with(database_url: str, destinations: dict[str, Any]) -> Config:
 
 async def test_webhook_receives_every_change_in_order_signed(database_url, receiver):
     table = {"kind": "webhook", "url": receiver.url, "secret": SECRET, "batch_size": 3}
-    async with Hub.open(config_with(database_url, {"crm": table})) as hub:
+    async with Hub.open(config_with(database_url, {"crm": table}), autoload=True) as hub:
         await send(hub, ev("e1", 0, email="ann@example.com"), ev("e2", 1, email="bob@example.com"))
         await send(hub, ev("e3", 2, email="ann@example.com"))
         expected = await positions_of(hub)
@@ -94,7 +94,7 @@ async def test_webhook_receives_every_change_in_order_signed(database_url, recei
 
 
 async def test_types_filter_and_start_latest(database_url, receiver):
-    async with Hub.open(Config(database_url=database_url)) as hub:
+    async with Hub.open(Config(database_url=database_url), autoload=True) as hub:
         await send(hub, ev("e1", 0, email="ann@example.com"))
     table = {
         "kind": "webhook",
@@ -103,7 +103,7 @@ async def test_types_filter_and_start_latest(database_url, receiver):
         "types": ["event.recorded"],
         "start": "latest",
     }
-    async with Hub.open(config_with(database_url, {"crm": table})) as hub:
+    async with Hub.open(config_with(database_url, {"crm": table}), autoload=True) as hub:
         await send(hub, ev("e2", 1, email="ann@example.com"), ev("e3", 2, email="bob@example.com"))
         await until(lambda: len(receiver.changes) == 2, "the new events")
         assert [c["data"]["event_id"] for c in receiver.changes] == ["e2", "e3"]
@@ -114,7 +114,7 @@ async def test_webhook_retries_5xx_with_the_same_batch_and_dead_letters_4xx(data
     # a rotated secret (401) or a receiver being redeployed (404) is its state: retried too
     receiver.answers = [503, 401, 404, 400]
     table = {"kind": "webhook", "url": receiver.url, "secret": SECRET, "batch_size": 2, "retry_base_s": 0.01}
-    async with Hub.open(config_with(database_url, {"crm": table})) as hub:
+    async with Hub.open(config_with(database_url, {"crm": table}), autoload=True) as hub:
         await send(hub, ev("e1", 0, email="ann@example.com"), ev("e2", 1, email="bob@example.com"))
         everything = await positions_of(hub)
         await until(lambda: receiver.positions() == everything[2:], "the rest after the refused batch")
@@ -194,7 +194,7 @@ async def test_a_plugins_kind_gets_batches_in_order_and_refuses_some(database_ur
     collected.fail_next = 2
     collected.refuse = {"dialogue.opened"}
     config = config_with(database_url, {"lake": {"kind": "collected", "batch_size": 4, "retry_base_s": 0.01}})
-    async with Hub.open(config, plugins=[collected]) as hub:
+    async with Hub.open(config, plugins=[collected], autoload=True) as hub:
         await send(hub, *(ev(f"e{i}", i, email=f"p{i}@example.com") for i in range(5)))
         everything = await positions_of(hub)
         await until(lambda: [c.position for b in collected.batches for c in b] == everything, "every change")
@@ -215,7 +215,7 @@ async def test_a_plugins_kind_gets_batches_in_order_and_refuses_some(database_ur
 async def test_a_failing_destination_never_holds_up_ingest(database_url, collected):
     collected.fail_next = 10**6
     config = config_with(database_url, {"lake": {"kind": "collected", "retry_base_s": 0.01, "retry_cap_s": 0.05}})
-    async with Hub.open(config, plugins=[collected]) as hub:
+    async with Hub.open(config, plugins=[collected], autoload=True) as hub:
         for i in range(20):
             await send(hub, ev(f"e{i}", i, email="ann@example.com"))
         await until(lambda: hub.relay.destinations[0].failures >= 3, "a few failures")
@@ -243,7 +243,7 @@ async def test_a_failing_destination_never_holds_up_ingest(database_url, collect
 )
 async def test_a_bad_setting_stops_the_hub_naming_the_key(database_url, table, message):
     with pytest.raises(ConfigError) as raised:
-        async with Hub.open(config_with(database_url, {"crm": table})):
+        async with Hub.open(config_with(database_url, {"crm": table}), autoload=True):
             pass
     assert str(raised.value).startswith(message)
     assert "hunter2" not in str(raised.value) and "\n" not in str(raised.value)
@@ -272,7 +272,7 @@ async def test_nats_gets_each_change_on_its_subject_once(database_url):
     nc = await nats.connect("nats://127.0.0.1:4222")
     js = nc.jetstream()
     try:
-        async with Hub.open(config_with(database_url, {"bus": table})) as hub:
+        async with Hub.open(config_with(database_url, {"bus": table}), autoload=True) as hub:
             await send(hub, ev("e1", 0, email="ann@example.com"), ev("e2", 1, email="bob@example.com"))
             everything = await positions_of(hub)
 
@@ -316,7 +316,7 @@ def test_prm_destinations_shows_position_lag_and_dead_letters_and_replays(databa
     tables = {"lake": {"kind": "collected", "retry_base_s": 0.01}}
 
     async def run() -> list[str]:
-        async with Hub.open(config_with(database_url, tables), plugins=[collected]) as hub:
+        async with Hub.open(config_with(database_url, tables), plugins=[collected], autoload=True) as hub:
             await send(hub, ev("e1", 0, email="ann@example.com"), ev("e2", 1, email="bob@example.com"))
             everything = await positions_of(hub)
             for _ in range(1000):
@@ -362,7 +362,7 @@ async def test_a_destination_behind_retention_is_told_not_skipped(database_url, 
     collected.fail_next = 10**6
     config = config_with(database_url, {"lake": {"kind": "collected", "retry_base_s": 0.01, "retry_cap_s": 0.05}})
     frozen_clock.now = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)  # the events' morning: not ahead of the clock
-    async with Hub.open(config, plugins=[collected]) as hub:
+    async with Hub.open(config, plugins=[collected], autoload=True) as hub:
         await send(hub, ev("e1", 0, email="ann@example.com"))
         frozen_clock.advance(days=40)
         await send(hub, ev("e2", 1, email="bob@example.com"))
@@ -404,7 +404,7 @@ async def test_a_delivery_longer_than_the_lease_keeps_the_lease(database_url):
         "destinations": {"lake": {"kind": "collected", "deliver_timeout_s": 10}},
         "feed": {"destination_lease_s": 0.3},
     }
-    async with Hub.open(Config(database_url=database_url, raw=raw), plugins=[slow]) as hub:
+    async with Hub.open(Config(database_url=database_url, raw=raw), plugins=[slow], autoload=True) as hub:
         await send(hub, ev("e1", 0, email="ann@example.com"))
         await until(lambda: slow.started, "a delivery")
         c = destination_cursors.c

@@ -163,7 +163,7 @@ async def test_web_session_timeout_is_configurable(hub_config):
     from attrs import evolve
 
     config = evolve(hub_config, raw={"touchpoints": {"web": {"session_timeout_minutes": 5}}})
-    async with Hub.open(config) as hub:
+    async with Hub.open(config, autoload=True) as hub:
         recorded = await send(hub, "web", event("w1", 0), event("w2", 4), event("w3", 10))
         ids = [r.dialogue_id for r in recorded]
         assert ids[0] == ids[1] != ids[2]

@@ -262,7 +262,7 @@ def shared_postgres() -> Iterator[str]:
 async def test_an_erasure_reaches_the_screen_pops_of_every_hub_process(shared_postgres):
     """Two brokers on their own connections to one database, as two ``prm serve`` processes:
     the one where the erasure ran tells the other through the bus."""
-    async with Hub.open(Config(database_url=shared_postgres)) as hub:
+    async with Hub.open(Config(database_url=shared_postgres), autoload=True) as hub:
         here, there = ScreenPops(hub), ScreenPops(hub)
         await here.start(shared=True)
         await there.start(shared=True)

@@ -33,6 +33,6 @@ def test_every_secret_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch
 async def test_a_hub_starts_with_the_example_config(secrets: None, database_url: str) -> None:
     config = load_config(EXAMPLES / "prm.toml", database_url=database_url)
     assert config.public_url == "https://hub.example.com"
-    async with Hub.open(config) as hub:
+    async with Hub.open(config, autoload=True) as hub:
         budgets = {tp.name: tp.budget_ms for tp in hub.registrations.touchpoints.items.values()}
         assert {"web": 250, "callcenter": 1000, "ivr": 1500, "pos": 300}.items() <= budgets.items()

@@ -158,7 +158,7 @@ async def test_plugins_add_changes_in_the_recording_transaction(hub, log_capture
 async def test_the_feed_can_be_switched_off(database_url):
     from prm_core.config import Config
 
-    async with Hub.open(Config(database_url=database_url, raw={"feed": {"enabled": False}})) as hub:
+    async with Hub.open(Config(database_url=database_url, raw={"feed": {"enabled": False}}), autoload=True) as hub:
         await send(hub, ev("e1", 0, email="ann@example.com"))
         assert await everything(hub) == []
 
@@ -322,7 +322,7 @@ async def test_another_hub_process_commit_wakes_a_waiting_reader(shared_postgres
     from prm_core.config import Config
 
     config = Config(database_url=shared_postgres)
-    async with Hub.open(config) as reader, Hub.open(config) as writer:
+    async with Hub.open(config, autoload=True) as reader, Hub.open(config, autoload=True) as writer:
         woken = asyncio.create_task(reader.feed.signal.wait(30))
         await asyncio.sleep(0)  # the wait has begun
         await send(writer, ev("e1", 0, email="ann@example.com"))

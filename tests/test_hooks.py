@@ -102,7 +102,7 @@ def no_hub_starts_with(*plugins: Any, config: Config) -> Any:
     """Starting a hub with ``plugins``, to await inside ``pytest.raises``: it must not start."""
 
     async def start() -> None:
-        async with Hub.open(config, plugins=plugins):
+        async with Hub.open(config, plugins=plugins, autoload=True):
             pytest.fail("the hub started")
 
     return start()
@@ -1134,14 +1134,14 @@ class Closer(Named):
 class TestHubStopping:
     async def test_called_once_when_the_hub_stops_and_awaited(self, hub_config):
         closer = Closer("closer")
-        async with Hub.open(hub_config, plugins=[Kiosk(), closer]) as hub:
+        async with Hub.open(hub_config, plugins=[Kiosk(), closer], autoload=True) as hub:
             await hub.record(hub.parse_events(event("e1", identities=ANN), "kiosk"))
             assert closer.stopped == []
         assert closer.stopped == [hub_config]
 
     async def test_a_failing_plugin_is_logged_and_the_others_still_close(self, hub_config, log_capture):
         failing, other = Closer("failing-closer", fails=True), Closer("other-closer")
-        async with Hub.open(hub_config, plugins=[failing, other]):
+        async with Hub.open(hub_config, plugins=[failing, other], autoload=True):
             pass
         assert failing.stopped == other.stopped == [hub_config]
         (line,) = [e for e in log_capture.entries if e.get("hook") == "prm_hub_stopping"]

@@ -108,7 +108,7 @@ def test_identities_are_normalized_sorted_and_deduplicated():
 
 async def test_parse_events_normalizes_with_the_configured_region(hub_config):
     gb = evolve(hub_config, default_region="GB")
-    async with Hub.open(gb) as hub:
+    async with Hub.open(gb, autoload=True) as hub:
         (ev,) = hub.parse_events(event("e1", phone="020 7946 0958", email=" Ann@Example.COM "), "web")
         assert set(ev.identities) == {Identity("phone", "+442079460958"), Identity("email", "ann@example.com")}
         await hub.record([ev])

@@ -113,7 +113,7 @@ def test_limits_and_placeholders_hold_for_any_stream(stream, cuts, resend):
 
     async def main(directory: str) -> None:
         config = Config(database_url=f"sqlite:///{Path(directory) / 'prm.db'}", raw={"identity": {"rules": RULES}})
-        async with Hub.open(config) as hub:
+        async with Hub.open(config, autoload=True) as hub:
             for batch in filter(None, batches):
                 await hub.record(hub.parse_events({"events": batch}, "web"))
 
@@ -132,7 +132,7 @@ async def test_limits_and_placeholders_hold_through_several_hubs_at_once(hub_con
     stream = [{ns: rng.choice(VALUES[ns]) for ns in rng.sample(sorted(VALUES), rng.randint(1, 3))} for _ in range(150)]
     async with AsyncExitStack() as stack:
         # opened one after another: the first migrates, the others find the schema in place
-        hubs = [await stack.enter_async_context(Hub.open(config)) for _ in range(3)]
+        hubs = [await stack.enter_async_context(Hub.open(config, autoload=True)) for _ in range(3)]
 
         async def send(n: int, idents: dict[str, str]) -> None:
             hub = hubs[rng.randrange(len(hubs))]

@@ -182,7 +182,7 @@ async def test_resolving_by_split_gives_left_out_identities_a_customer_of_their_
 
 async def test_a_split_hands_out_an_identity_no_one_holds(hub_config, hub_plugins):
     config = evolve(hub_config, raw={"identity": {"rules": {"loyalty_card": {"limit": 1, "priority": 9}}}})
-    async with Hub.open(config, plugins=hub_plugins) as hub:
+    async with Hub.open(config, plugins=hub_plugins, autoload=True) as hub:
         ann = await send(hub, "e1", user_id="U-1", loyalty_card="L-1")
         same = await send(hub, "e2", 1, user_id="U-1", loyalty_card="L-2")
         assert same.customer_id == ann.customer_id
@@ -242,7 +242,7 @@ async def test_the_preview_answers_and_writes_nothing(hub):
 async def test_configured_blocked_values_and_patterns(hub_config, hub_plugins):
     rules = {"user_id": {"blocked": ["guest", "/^test-\\d+$/"]}, "email": {"blocked": ["noreply@shop.example"]}}
     config = evolve(hub_config, raw={"identity": {"rules": rules}})
-    async with Hub.open(config, plugins=hub_plugins) as hub:
+    async with Hub.open(config, plugins=hub_plugins, autoload=True) as hub:
         a = await send(hub, "e1", user_id="Guest", email="a@example.com")
         b = await send(hub, "e2", 1, user_id="guest", email="b@example.com")
         c = await send(hub, "e3", 2, user_id="TEST-17", email="c@example.com")
@@ -257,7 +257,7 @@ async def test_configured_blocked_values_and_patterns(hub_config, hub_plugins):
 
 async def test_a_raised_limit_lets_a_customer_hold_more(hub_config, hub_plugins):
     config = evolve(hub_config, raw={"identity": {"rules": {"user_id": {"limit": 2}}}})
-    async with Hub.open(config, plugins=hub_plugins) as hub:
+    async with Hub.open(config, plugins=hub_plugins, autoload=True) as hub:
         one = await send(hub, "e1", user_id="U-1", email="ann@example.com")
         two = await send(hub, "e2", 1, user_id="U-2", email="ann@example.com")
         three = await send(hub, "e3", 2, user_id="U-3", email="ann@example.com")
@@ -279,7 +279,7 @@ async def test_a_raised_limit_lets_a_customer_hold_more(hub_config, hub_plugins)
 async def test_a_bad_rule_stops_the_hub_naming_the_key(hub_config, hub_plugins, rules, message):
     config = evolve(hub_config, raw={"identity": {"rules": rules}})
     with pytest.raises(ConfigError) as stopped:
-        async with Hub.open(config, plugins=hub_plugins):
+        async with Hub.open(config, plugins=hub_plugins, autoload=True):
             pass
     assert message in str(stopped.value)
 
@@ -345,7 +345,7 @@ def test_the_cli_lists_and_resolves_conflicts(database_url):
     from prm_core.config import Config
 
     async def record() -> None:
-        async with Hub.open(Config(database_url=database_url)) as hub:
+        async with Hub.open(Config(database_url=database_url), autoload=True) as hub:
             await send(hub, "e1", user_id="U-1", email="ann@example.com")
             await send(hub, "e2", 1, user_id="U-2", email="ann@example.com")
 

@@ -135,7 +135,7 @@ async def test_the_hub_does_not_start_with_a_bad_menu(tmp_path, database_url):
     )
     config = Config(database_url=database_url, raw={"touchpoints": {"ivr": {"menu": str(file)}}})
     with pytest.raises(MenuError, match=r"node 'main': 'options' must be a non-empty list"):
-        async with Hub.open(config):
+        async with Hub.open(config, autoload=True):
             pass
 
 

@@ -29,7 +29,7 @@ _PST = datetime.fromisoformat("2026-01-01T00:00:00-08:00").tzinfo
 
 
 class FieldService:
-    """``prm_enrich_view``: Ann has a confirmed technician visit (the contract's shape)."""
+    """``prm_enrich_view``: Ann has a confirmed technician visit (the shape of the view's fulfillments section)."""
 
     __name__ = "test-field-service"
 

@@ -153,7 +153,7 @@ async def test_after_max_attempts_the_request_fails_and_says_so_in_the_dialogue(
     from prm_core.hub import Hub
 
     flaky = Flaky(failures=100)
-    async with Hub.open(config_for(database_url, max_attempts=3), plugins=[flaky]) as hub:
+    async with Hub.open(config_for(database_url, max_attempts=3), plugins=[flaky], autoload=True) as hub:
         (request,) = hub.parse_events(notice(), "web")
         answer = await hub.request(request)
         (failed,) = await eventually(lambda: [u for u in flaky.updates if u.status == "failed"])
@@ -172,7 +172,7 @@ async def test_retry_after_is_honoured(database_url):
     from prm_core.hub import Hub
 
     flaky = Flaky(failures=1, retry_after_s=3600)
-    async with Hub.open(config_for(database_url), plugins=[flaky]) as hub:
+    async with Hub.open(config_for(database_url), plugins=[flaky], autoload=True) as hub:
         (request,) = hub.parse_events(notice(), "web")
         await hub.request(request)
         (row,) = await eventually(lambda: hub.store.read(lambda c: list(c.execute(sa.select(outbox)))))

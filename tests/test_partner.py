@@ -342,7 +342,7 @@ async def test_the_plan_is_durable_with_its_event_and_a_replay_asks_nobody_again
 async def test_calls_to_a_partner_reuse_one_connection_which_the_stopping_hub_closes(database_url, field, stock):
     from prm_partner import directory
 
-    async with Hub.open(partners_config(database_url, field, stock)) as hub:
+    async with Hub.open(partners_config(database_url, field, stock), autoload=True) as hub:
         await platinum_ann(hub)
         for n in range(3):
             (request,) = hub.parse_events(service_request(f"sr-{n}"), "web")
@@ -363,7 +363,7 @@ async def test_a_row_left_by_a_dead_hub_is_sent_after_restart_and_an_acknowledge
 ):
     config = partners_config(database_url, field, stock)
     field.down, field.retry_after_s = True, 3600  # the first hub never gets it through
-    async with Hub.open(config) as first:
+    async with Hub.open(config, autoload=True) as first:
         await platinum_ann(first)
         (request,) = first.parse_events(service_request(), "web")
         answer = await first.request(request)
@@ -383,7 +383,7 @@ async def test_a_row_left_by_a_dead_hub_is_sent_after_restart_and_an_acknowledge
     await _write(database_url, outbox.update().values(next_attempt_at=datetime.now(tz=UTC) - timedelta(seconds=1))
                  .where(outbox.c.partner == "fieldservice"))  # fmt: skip
     stock_calls = stock.calls
-    async with Hub.open(config) as second:
+    async with Hub.open(config, autoload=True) as second:
         await eventually(
             lambda: second.store.read(
                 lambda c: (
@@ -399,7 +399,7 @@ async def test_a_row_left_by_a_dead_hub_is_sent_after_restart_and_an_acknowledge
     # the same Idempotency-Key: the partner recognizes it, and books nothing twice
     await _write(database_url, outbox.update().values(status="pending", next_attempt_at=datetime.now(tz=UTC))
                  .where(outbox.c.partner == "fieldservice"))  # fmt: skip
-    async with Hub.open(config) as third:
+    async with Hub.open(config, autoload=True) as third:
         await eventually(
             lambda: third.store.read(
                 lambda c: (
@@ -433,7 +433,7 @@ async def _write(database_url: str, statement: Any) -> None:
 
 async def test_two_hubs_claim_each_due_row_once(database_url, field, stock):
     config = partners_config(database_url, field, stock, outbox={"poll_ms": 60_000})
-    async with Hub.open(config) as a, Hub.open(config, migrate=False) as b:
+    async with Hub.open(config, autoload=True) as a, Hub.open(config, migrate=False, autoload=True) as b:
         await a.outbox.stop()
         await b.outbox.stop()
         now = datetime.now(tz=UTC) - timedelta(seconds=1)
@@ -573,7 +573,7 @@ async def test_a_cloudevents_partner_gets_a_signed_cloudevent_and_completes_by_c
             "secret": secret,
         }
     }
-    async with Hub.open(evolve(config, raw=raw), plugins=[pushes]) as hub:
+    async with Hub.open(evolve(config, raw=raw), plugins=[pushes], autoload=True) as hub:
         await platinum_ann(hub)
         (request,) = hub.parse_events(service_request(), "web")
         answer = await hub.request(request)
@@ -847,7 +847,7 @@ async def test_the_next_firm_takes_the_visit_when_the_first_cannot_within_the_bu
         field.refuse = True  # 409: its final no
     else:
         field.technicians = 0  # answers failed: no slot in the window
-    async with Hub.open(two_firms(database_url, field, stock, backup)) as hub:
+    async with Hub.open(two_firms(database_url, field, stock, backup), autoload=True) as hub:
         await northern_ann(hub)
         (request,) = hub.parse_events(service_request(), "web")
         answer = await hub.request(request)
@@ -866,7 +866,7 @@ async def test_the_next_firm_takes_the_visit_when_the_first_cannot_within_the_bu
 async def test_the_first_firm_keeps_the_job_when_it_can_and_only_the_firm_that_took_it_can_update_it(
     database_url, field, stock, backup
 ):
-    async with Hub.open(two_firms(database_url, field, stock, backup)) as hub:
+    async with Hub.open(two_firms(database_url, field, stock, backup), autoload=True) as hub:
         await northern_ann(hub)
         (request,) = hub.parse_events(service_request(), "web")
         answer = await hub.request(request)
@@ -924,7 +924,7 @@ async def test_when_every_firm_says_no_the_visit_is_rejected_and_when_all_are_do
     database_url, field, stock, backup
 ):
     field.refuse = backup.refuse = True
-    async with Hub.open(two_firms(database_url, field, stock, backup)) as hub:
+    async with Hub.open(two_firms(database_url, field, stock, backup), autoload=True) as hub:
         await northern_ann(hub)
         (request,) = hub.parse_events(service_request(), "web")
         answer = await hub.request(request)
@@ -967,7 +967,7 @@ async def test_an_answer_no_store_keeps_is_taken_as_no_body(database_url, aiohtt
         "notifier": {"role": "field_service", "protocol": "cloudevents", "url": str(notifier.make_url("/notify")),
                      "secret": new_secret()}
     }  # fmt: skip
-    async with Hub.open(evolve(config, raw=raw), plugins=[pushes]) as hub:
+    async with Hub.open(evolve(config, raw=raw), plugins=[pushes], autoload=True) as hub:
         await platinum_ann(hub)
         (request,) = hub.parse_events(service_request(), "web")
         (result,) = (await hub.request(request)).delivery.fulfillments

@@ -131,7 +131,7 @@ def test_entitlements_count_business_days_and_follow_config():
 async def test_offers_are_capped_per_touchpoint(database_url, frozen_clock):
     frozen_clock.now = NOW
     raw = {"catalog": CATALOG, "offers": {"caps": {"web": 2}}, "touchpoints": {"web": {"budget_ms": 5000}}}
-    async with Hub.open(Config(database_url=database_url, raw=raw)) as hub:
+    async with Hub.open(Config(database_url=database_url, raw=raw), autoload=True) as hub:
         answer = await request(hub, "r1", product_id="wm-300")
     assert codes(answer) == ["accessory:hose-kit", "accessory:pedestal"]
 

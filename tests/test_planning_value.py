@@ -160,7 +160,7 @@ async def test_fit_with_too_few_customers_says_what_it_skipped(database_url):
 async def test_fixed_rfm_cut_points_from_config_win(database_url, frozen_clock):
     frozen_clock.now = NOW
     config = Config(database_url=database_url, raw={"value": {"rfm": {"monetary": [10, 20, 30, 40]}}})
-    async with Hub.open(config) as hub:
+    async with Hub.open(config, autoload=True) as hub:
         await record_all(hub, histories(2))
         value = (await hub.view("user_id:u0")).sections["value"]
     assert value["model"]["rfm"] == {
@@ -174,7 +174,7 @@ async def test_fixed_rfm_cut_points_from_config_win(database_url, frozen_clock):
 
 async def test_plan_tiers_applies_changed_rules_to_everyone_but_hand_set_tiers(database_url, tmp_path, frozen_clock):
     frozen_clock.now = NOW
-    async with Hub.open(Config(database_url=database_url)) as hub:
+    async with Hub.open(Config(database_url=database_url), autoload=True) as hub:
         await record_all(hub, histories(4))
         await hub.update_customer("user_id:u2", {"tier": "staff"})
     config = tmp_path / "prm.toml"
@@ -183,7 +183,7 @@ async def test_plan_tiers_applies_changed_rules_to_everyone_but_hand_set_tiers(d
     result = await asyncio.to_thread(cli, "plan", "tiers", "--config", str(config), "--database", database_url)
     assert result.exit_code == 0, result.output
     assert "4 customers evaluated, 3 tiers changed" in result.output
-    async with Hub.open(Config(database_url=database_url)) as hub:
+    async with Hub.open(Config(database_url=database_url), autoload=True) as hub:
         tiers = {c: (await hub.view(f"user_id:u{c}")).customer for c in range(4)}
     assert (tiers[0].tier, tiers[0].tier_source) == ("loyal", "rule")
     assert tiers[1].tier == "lapsed"  # about five purchases, the last 300 days ago

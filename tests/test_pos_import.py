@@ -30,12 +30,12 @@ def run_import(database_url: str, file: Path, *extra: str):
 
 
 async def views(database_url: str, *refs: str) -> list[dict]:
-    async with Hub.open(Config(database_url=database_url)) as hub:
+    async with Hub.open(Config(database_url=database_url), autoload=True) as hub:
         return [(await hub.view(ref, limit=50)).to_json() for ref in refs]
 
 
 async def stored(database_url: str) -> dict[str, tuple[str, str]]:
-    async with Hub.open(Config(database_url=database_url)) as hub:
+    async with Hub.open(Config(database_url=database_url), autoload=True) as hub:
         rows = await hub.store.read(
             lambda conn: list(conn.execute(sa.select(events.c.event_id, events.c.type, events.c.customer_id)))
         )

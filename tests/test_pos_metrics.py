@@ -71,7 +71,7 @@ def test_metrics_on_ingest_equal_a_recount(purchases, cuts):
     batches.append(events[start:])
 
     async def main(directory: str) -> tuple[Any, Any]:
-        async with Hub.open(Config(database_url=f"sqlite:///{Path(directory) / 'prm.db'}")) as hub:
+        async with Hub.open(Config(database_url=f"sqlite:///{Path(directory) / 'prm.db'}"), autoload=True) as hub:
             for batch in batches:
                 await hub.record(batch)
             kept = await row(hub)

@@ -69,7 +69,7 @@ def test_prm_retention_run(tmp_path):
     config.write_text("[touchpoints.web]\nretention_days = 1\n")
 
     async def seed() -> None:
-        async with Hub.open(Config(database_url=db)) as hub:
+        async with Hub.open(Config(database_url=db), autoload=True) as hub:
             await hub.record(hub.parse_events({"events": events({"email": "ann@example.com"})}, "web"))
 
     asyncio.run(seed())

@@ -103,7 +103,7 @@ async def test_a_tier_rule_over_a_per_event_figure_is_evaluated_on_every_event(d
     assert name in rule(text).names
     assert name in EVENT_NAMES
     config = Config(database_url=database_url, raw={"tiers": {"rules": {"t": text}}})
-    async with Hub.open(config) as hub:
+    async with Hub.open(config, autoload=True) as hub:
         for n, (touchpoint, days) in enumerate(steps):
             event = page(n, "gu@example.com", frozen_clock.now + timedelta(days=days))
             await hub.record(hub.parse_events(event, touchpoint))

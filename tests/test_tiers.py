@@ -174,7 +174,7 @@ async def test_tiers_are_written_in_the_recording_transaction(hub):
 
 async def test_rules_reading_per_event_figures_are_evaluated_on_every_event(database_url):
     config = Config(database_url=database_url, raw={"tiers": {"rules": {"engaged": "event_count >= 3"}}})
-    async with Hub.open(config) as hub:
+    async with Hub.open(config, autoload=True) as hub:
         views = [
             {
                 "id": f"page-{i}",

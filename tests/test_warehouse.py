@@ -400,7 +400,7 @@ class Loyalty:
 
 async def test_changes_of_plugin_types_are_kept_and_erased_with_the_person(hub_config, tmp_path):
     purchase = {**event(1, 9), "type": "order.completed", "identities": {"email": ANN}}
-    async with Hub.open(hub_config, plugins=[Loyalty()]) as hub:
+    async with Hub.open(hub_config, plugins=[Loyalty()], autoload=True) as hub:
         await record(hub, [purchase])  # before the warehouse: it comes with the history
         loader = Loader(ParquetWarehouse(tmp_path), hub.store.read)
         await loader.history()
@@ -461,11 +461,11 @@ async def test_the_export_includes_what_was_recorded_before_the_feed(database_ur
     """Events recorded with no change records (before the feed's migration, or with the feed
     off) come with the history; those after it with the feed."""
     quiet = Config(database_url=database_url, raw={"feed": {"enabled": False}})
-    async with Hub.open(quiet) as hub:
+    async with Hub.open(quiet, autoload=True) as hub:
         await record(hub, [event(i, 2) for i in range(5)])
         assert await feed_after(hub, 0) == []
     wh = tmp_path / "wh"
-    async with Hub.open(Config(database_url=database_url)) as hub:
+    async with Hub.open(Config(database_url=database_url), autoload=True) as hub:
         await export(hub.config, f"parquet:{wh}", progress=False)
         await record(hub, [event(i, 3) for i in range(5, 8)])
         assert await feed_after(hub, 0) != []

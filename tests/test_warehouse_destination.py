@@ -60,7 +60,7 @@ async def test_a_parquet_destination_follows_the_hub(database_url, tmp_path):
     lake = tmp_path / "lake"
     raw = {"destinations": {"lake": {"kind": "parquet", "path": str(lake), "batch_size": 5}}}
     config = Config(database_url=database_url, public_url="http://hub.test", raw=raw)
-    async with Hub.open(config) as hub:
+    async with Hub.open(config, autoload=True) as hub:
         await hub.record(hub.parse_events({"events": [visit(i, f"u{i % 4}@example.com") for i in range(12)]}, "web"))
         await hub.record(hub.parse_events({"events": [visit(i, ANN) for i in range(12, 15)]}, "web"))
         warehouse = ParquetWarehouse(lake)
@@ -86,7 +86,7 @@ def warehouse_url() -> Iterator[str]:
 async def test_a_postgresql_destination_follows_the_hub(database_url, warehouse_url):
     raw = {"destinations": {"bi": {"kind": "postgresql", "url": warehouse_url, "schema": "bi"}}}
     config = Config(database_url=database_url, public_url="http://hub.test", raw=raw)
-    async with Hub.open(config) as hub:
+    async with Hub.open(config, autoload=True) as hub:
         people = [visit(i, ANN if i < 2 else "bo@example.com") for i in range(5)]
         await hub.record(hub.parse_events({"events": people}, "web"))
         warehouse = PostgresWarehouse(warehouse_url, "bi")

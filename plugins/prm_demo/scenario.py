@@ -251,7 +251,7 @@ def _gather_action(twiml: str) -> str | None:
 
 
 async def flagship(demo: Demo) -> None:
-    """The brief's scenario: a platinum service request at the portal, then the same customer calls."""
+    """The flagship scenario: a platinum service request at the portal, then the same customer calls."""
     day = datetime.now(UTC).date().isoformat()
     demo.echo("\nThe flagship scenario: a platinum customer's service request, then her call")
 

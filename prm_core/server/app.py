@@ -23,6 +23,7 @@ from ..hub import Hub
 from ..identity_rules import IdentityRules
 from ..ids import random_bytes
 from ..keys import KeyRing
+from ..logs import protect_logs
 from ..planning.routes import planning_routes
 from ..plugins import collect_registrations, make_plugin_manager
 from ..privacy.http import privacy_routes
@@ -36,7 +37,7 @@ from .ratelimit import RATE_LIMITED, RATE_LIMITS, REFUSALS, KeyRateLimits, Refus
 from .routes import api, core_routes
 from .state import HUB, HUB_CONFIG, HUB_KEYS, HUB_METRICS
 
-__all__ = ["MAX_BODY_BYTES", "WEBSOCKETS", "create_app"]
+__all__ = ["MAX_BODY_BYTES", "WEBSOCKETS", "app_options", "create_app"]
 
 log = structlog.get_logger(__name__)
 # WebSockets open on the hub (the call center's screen pops): a handler adds its socket here so
@@ -83,6 +84,20 @@ def _refused(request: web.Request, route: str) -> None:
         log.warning("rate limited", route=route, key_id=key_id, refused=refused)
 
 
+def app_options() -> dict[str, Any]:
+    """What the application serving the hub's requests is built with.
+
+    aiohttp reads these from the outermost application only: a service mounting the hub
+    (``add_subapp``) builds its own with them, ``web.Application(**app_options())``, for the
+    hub's routes to accept what they accept when the hub serves alone.
+    """
+    return {
+        "client_max_size": MAX_BODY_BYTES,
+        # a Snowplow GET carries its event in the query string: allow long request lines
+        "handler_args": {"max_field_size": 16 * 1024, "max_line_size": 32 * 1024},
+    }
+
+
 async def _close_websockets(app: web.Application) -> None:
     sockets = app[WEBSOCKETS]
     for ws in list(sockets):
@@ -97,7 +112,13 @@ def create_app(
     migrate: bool = True,
     owns_process: bool = False,
 ) -> web.Application:
-    """Build the hub's web application for ``config`` with every installed plugin.
+    """Build the hub's web application for ``config`` with every installed plugin (the
+    ``plugins`` given alone with ``autoload=False``).
+
+    It serves on its own (``prm serve``) or mounted in a service's application under a
+    prefix (``app.add_subapp("/prm", create_app(...))``, the service's application built with
+    :func:`app_options`): every path it answers and every URL its pages use is relative to
+    where it is mounted.
 
     ``owns_process``: the process runs this hub and nothing else (``prm serve``). Only then
     does ``[server] freeze_heap`` default to true (see :func:`_freeze_heap`): freezing costs one
@@ -105,6 +126,7 @@ def create_app(
     on, a decision for whoever owns the process (a service embedding the hub, a test run
     starting one hub per test), which sets ``freeze_heap = true`` to have it.
     """
+    protect_logs()
     pm = make_plugin_manager(plugins, autoload=autoload)
     registrations = collect_registrations(pm, config)
     # a bad [identity.rules] stops the hub here, before the database is touched
@@ -117,9 +139,7 @@ def create_app(
     app = web.Application(
         # a stalled body is answered 408 within [server] body_timeout_s (prm_core.server.deadlines)
         middlewares=[request_context, error_middleware, body_deadline(body_timeout_s(config))],
-        client_max_size=MAX_BODY_BYTES,
-        # a Snowplow GET carries its event in the query string: allow long request lines
-        handler_args={"max_field_size": 16 * 1024, "max_line_size": 32 * 1024},
+        **app_options(),
     )
     app[HUB_CONFIG] = config
     app[HUB_METRICS] = HubMetrics()
@@ -133,22 +153,25 @@ def create_app(
     app.add_routes(planning_routes())
     app.add_routes(privacy_routes())
     app.add_routes(identity_routes())
-    owners: dict[str, str] = {}
+    # by resource: a resource's path gains the prefix the app is mounted under, later
+    owners: dict[int, str] = {}
     mounted = [(tp.name, tp.routes) for tp in registrations.touchpoints]
     mounted += [(f"{a.touchpoint} ({a.name})", a.routes) for a in registrations.adapters]
     for owner, route_defs in mounted:
         if route_defs:
-            before = {r.resource.canonical for r in app.router.routes() if r.resource}
+            before = {id(r.resource) for r in app.router.routes() if r.resource}
             app.add_routes(route_defs)
             for r in app.router.routes():
-                if r.resource and r.resource.canonical not in before:
-                    owners[r.resource.canonical] = owner
+                if r.resource and id(r.resource) not in before:
+                    owners[id(r.resource)] = owner
 
     @api("This API description", scope=None, responses={200: "OpenAPI 3.1 document"})
     async def openapi(request: web.Request) -> web.Response:
         # {tp} is one of the registered touch points: say so, so clients and fuzzers need not guess
         touchpoints = sorted(request.app[HUB].registrations.touchpoints.names())
-        return web.json_response(build_openapi(request.app, owners, enums={"tp": touchpoints}))
+        resources = [r.resource for r in app.router.routes() if r.resource is not None]
+        paths = {r.canonical: owners[id(r)] for r in resources if id(r) in owners}
+        return web.json_response(build_openapi(request.app, paths, enums={"tp": touchpoints}))
 
     app.router.add_get("/openapi.json", openapi)
 

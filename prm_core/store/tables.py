@@ -424,7 +424,7 @@ class TouchpointCustomerRow(SQLModel, table=True):
     bought: bool = False
 
 
-# ---- privacy (issue 13): consents, erasure tombstones ------------------------------------
+# ---- privacy: consents, erasure tombstones ------------------------------------
 
 
 class ConsentRow(SQLModel, table=True):

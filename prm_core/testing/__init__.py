@@ -129,7 +129,7 @@ def hub_plugins() -> list[Any]:
 
 @pytest.fixture
 async def hub(hub_config: Config, hub_plugins: list[Any]) -> AsyncIterator[Hub]:
-    async with Hub.open(hub_config, plugins=hub_plugins) as started:
+    async with Hub.open(hub_config, plugins=hub_plugins, autoload=True) as started:
         yield started
 
 
