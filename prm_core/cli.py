@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-from click.utils import make_default_short_help
 
 from . import __version__
 from .config import Config, load_config
@@ -89,7 +88,8 @@ class _Commands(click.Group):
                 if not own.hidden:
                     rows.append((name, own.get_short_help_str(limit)))
             else:
-                rows.append((name, make_default_short_help(_summary(installed[name]), limit)))
+                # shortened as click shortens its own commands' help, without loading the command
+                rows.append((name, click.Command(name, help=_summary(installed[name])).get_short_help_str(limit)))
         if rows:
             with formatter.section("Commands"):
                 formatter.write_dl(rows)
