@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 import sys
@@ -16,7 +15,6 @@ import click
 from . import __version__
 from .config import Config, load_config
 from .errors import ConfigError, InvalidInput, PrmError
-from .logs import configure_logging
 
 __all__ = ["main"]
 
@@ -35,8 +33,18 @@ def _config(config_path: str | None, database_url: str | None) -> Config:
         raise click.ClickException(str(exc)) from exc
 
 
+def configure_logging(level: str = "info", **options: Any) -> None:
+    """:func:`prm_core.logs.configure_logging`, imported when a command runs: ``prm --help``
+    does not need structlog (nor asyncio, nor the database layer, imported where used)."""
+    from .logs import configure_logging as configure
+
+    configure(level, **options)
+
+
 def _run(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    import sqlalchemy as sa  # here, not at the top: `prm --help` does not need the database layer
+    import asyncio
+
+    import sqlalchemy as sa
 
     try:
         return asyncio.run(factory())
