@@ -123,13 +123,8 @@ def test_without_the_vendor_sdks_and_scipy_the_core_runs_and_the_plugins_needing
         f"""
         import runpy, sys
 
-        class Absent:
-            def find_spec(self, name, path=None, target=None):
-                if name.partition(".")[0] in {sorted(absent)!r}:
-                    raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
-                return None
-
-        sys.meta_path.insert(0, Absent())
+        for name in {sorted(absent)!r}:
+            sys.modules[name] = None  # what Python does with a package that is not installed
         runpy.run_path({str(ROOT / "tests" / "core_alone.py")!r}, run_name="__main__")
         """
     )
@@ -156,13 +151,7 @@ def test_prm_plan_fit_without_numpy_says_what_to_install(tmp_path):
         f"""
         import sys
 
-        class Absent:
-            def find_spec(self, name, path=None, target=None):
-                if name.partition(".")[0] in ("numpy", "scipy"):
-                    raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
-                return None
-
-        sys.meta_path.insert(0, Absent())
+        sys.modules["numpy"] = sys.modules["scipy"] = None  # not installed, as Python sees it
         from prm_core.cli import main
         main(["plan", "fit", "--database", "sqlite:///{tmp_path}/fit.db"])
         """
@@ -238,3 +227,33 @@ def test_the_readme_installs_the_core_alone_as_tox_checks_it():
     assert "deps = -r requirements/core.txt" in tox
     assert "pip install -q --no-deps {tox_root}" in tox
     assert "tests/core_alone.py" in tox
+
+
+def test_science_installed_sees_numpy_and_scipy_missing_without_importing_them(monkeypatch):
+    from prm_core.planning.clv import science_installed
+
+    assert science_installed()
+    monkeypatch.setitem(sys.modules, "scipy", None)  # what Python does with a package that is not installed
+    assert not science_installed()
+
+
+async def test_a_hub_without_numpy_and_scipy_says_so_where_the_fitted_lifetime_value_would_be(
+    hub, frozen_clock, monkeypatch
+):
+    from test_planning_honesty import NOW, long_history, record
+
+    from prm_core.planning import planner
+    from prm_core.planning.clv import PLANNING_MISSING
+    from prm_core.planning.fit import fit_value_model
+
+    frozen_clock.now = NOW
+    await record(hub, long_history())
+    await fit_value_model(hub.store, NOW)  # fitted where numpy and scipy are installed
+    hub.planner.forget_models()
+    assert (await hub.view("user_id:u0")).sections["value"]["model"]["clv"]["model"] == "bgnbd+gammagamma"
+
+    monkeypatch.setattr(planner, "science_installed", lambda: False)  # this hub has neither
+    hub.planner.forget_models()
+    value = (await hub.view("user_id:u0")).sections["value"]
+    assert value["model"]["clv"] == {"model": None, "reason": PLANNING_MISSING, "capped": False}
+    assert value["clv"] is None and value["rfm"]  # the rest of the value section stands
