@@ -5,8 +5,9 @@ Build it strictly, as tox's ``docs`` environment does::
     sphinx-build -W --keep-going -b html docs docs/_build/html
 
 ``api.md`` is not written by hand: the ``openapi_page`` extension (``docs/_ext``) starts the hub
-in-process with every installed plugin, reads its ``/openapi.json`` and renders the HTTP API
-page from it before the build reads the sources, so the page describes what is mounted.
+in-process with the built-in plugins only (whatever else is installed), reads its ``/openapi.json``
+and renders the HTTP API page from it before the build reads the sources, so the page describes
+what is mounted.
 """
 
 from __future__ import annotations

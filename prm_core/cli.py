@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 import sys
@@ -12,12 +11,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-import sqlalchemy as sa
 
 from . import __version__
 from .config import Config, load_config
 from .errors import ConfigError, InvalidInput, PrmError
-from .logs import configure_logging
 
 __all__ = ["main"]
 
@@ -36,7 +33,19 @@ def _config(config_path: str | None, database_url: str | None) -> Config:
         raise click.ClickException(str(exc)) from exc
 
 
+def configure_logging(level: str = "info", **options: Any) -> None:
+    """:func:`prm_core.logs.configure_logging`, imported when a command runs: ``prm --help``
+    does not need structlog (nor asyncio, nor the database layer, imported where used)."""
+    from .logs import configure_logging as configure
+
+    configure(level, **options)
+
+
 def _run(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    import asyncio
+
+    import sqlalchemy as sa
+
     try:
         return asyncio.run(factory())
     except PrmError as exc:
@@ -59,7 +68,9 @@ async def _migrate(config: Config) -> list[str]:
 class _Commands(click.Group):
     """``prm``'s own commands, plus those installed distributions add through the
     ``prm.commands`` entry points (as Flask's ``flask.commands``): ``prm demo`` comes from the
-    ``prm_demo`` package this way. They are loaded only when listed or run."""
+    ``prm_demo`` package this way. They are imported only when run: ``prm --help`` lists them
+    with the first line of their docstring read from the source, so listing commands does not
+    import the demo and everything it uses."""
 
     @staticmethod
     def _installed() -> dict[str, Any]:
@@ -71,9 +82,61 @@ class _Commands(click.Group):
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         command = super().get_command(ctx, name)
         if command is None and name in (installed := self._installed()):
-            loaded = installed[name].load()
+            loaded = _load_command(installed[name])
             command = loaded if isinstance(loaded, click.Command) else None
         return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        installed = self._installed()  # read once: scanning every distribution's metadata is the slow part
+        rows = []
+        for name in sorted({*super().list_commands(ctx), *installed}):
+            own = super().get_command(ctx, name)
+            limit = formatter.width - 6 - len(name)
+            if own is not None:
+                if not own.hidden:
+                    rows.append((name, own.get_short_help_str(limit)))
+            else:
+                # shortened as click shortens its own commands' help, without loading the command
+                rows.append((name, click.Command(name, help=_summary(installed[name])).get_short_help_str(limit)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+def _load_command(ep: Any) -> Any:
+    """The command an entry point names; a package it needs that is not installed is one line."""
+    try:
+        return ep.load()
+    except ModuleNotFoundError as exc:
+        missing = (exc.name or "").partition(".")[0]
+        if not missing or missing in {ep.module.partition(".")[0], "prm_core"}:
+            raise
+        from .plugins import _install_hint
+
+        raise click.ClickException(
+            f"prm {ep.name} needs the package {missing!r}, which is not installed: {_install_hint(missing, ep.dist)}"
+        ) from exc
+
+
+def _summary(ep: Any) -> str:
+    """The first line of the docstring of the function an entry point names, read from its
+    module's source without importing it (``prm --help`` stays fast); else where it comes from."""
+    import ast
+    import importlib.util
+
+    fallback = f"(from {ep.dist.name})" if ep.dist is not None else ""
+    try:
+        spec = importlib.util.find_spec(ep.module)
+        if spec is None or spec.origin is None or not spec.origin.endswith(".py"):
+            return fallback
+        tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+    except (ImportError, OSError, SyntaxError, ValueError):
+        return fallback
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name == ep.attr:
+            doc = ast.get_docstring(node)
+            return doc.strip().splitlines()[0] if doc else fallback
+    return fallback
 
 
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
@@ -93,6 +156,7 @@ def serve(
     config_path: str | None, database_url: str | None, host: str, port: int, log_level: str, strict: bool
 ) -> None:
     """Run the hub with every installed plugin (migrates an empty database on start)."""
+    import sqlalchemy as sa
     from aiohttp import web
 
     from .server.app import create_app
@@ -281,6 +345,7 @@ def plugins(config_path: str | None, as_json: bool) -> None:
     from .plugins import collect_registrations, hook_implementations, make_plugin_manager
 
     config = _config(config_path, None)
+    configure_logging("warning")  # a skipped plugin's line goes to standard error, not into --json
     try:
         pm = make_plugin_manager()
         regs = collect_registrations(pm, config)
@@ -328,8 +393,11 @@ def plugins(config_path: str | None, as_json: bool) -> None:
     except PrmError as exc:
         raise click.ClickException(str(exc)) from exc
     if as_json:
-        click.echo(json.dumps({"plugins": listed, "knowledge": knowledge}, indent=2, default=str))
+        document = {"plugins": listed, "skipped": pm.skipped, "knowledge": knowledge}
+        click.echo(json.dumps(document, indent=2, default=str))
         return
+    for name, why in sorted(pm.skipped.items()):
+        click.echo(f"{name}  skipped: {why}")
     if knowledge:
         click.echo("knowledge artifacts (value providers, and the touch points that use them):")
         for k in knowledge:
@@ -370,7 +438,14 @@ def plan() -> None:
 @database_option
 def plan_fit(config_path: str | None, database_url: str | None) -> None:
     """Fit BG/NBD, Gamma-Gamma and the RFM quintiles over the customers' value rows."""
-    from .planning.fit import fit_value_model
+    try:
+        from .planning.fit import fit_value_model
+    except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name.partition(".")[0] not in {"numpy", "scipy"}:
+            raise
+        from .planning.clv import PLANNING_MISSING
+
+        raise click.ClickException(f"prm plan fit needs the value model's libraries: {PLANNING_MISSING}") from exc
     from .store import Store
     from .store.tables import utcnow
 

@@ -32,7 +32,7 @@ What is here, by use:
   :class:`ApiError` answers a JSON error.
 - **Commands** a plugin adds to ``prm`` (the ``prm.commands`` entry point) that run a hub
   in-process, as ``prm demo`` does: :func:`create_app`, :func:`create_key`,
-  :func:`configure_logging`.
+  :func:`configure_logging`, and :func:`builtin_plugins` (the plugins that ship with the hub).
 """
 
 from __future__ import annotations
@@ -75,6 +75,7 @@ from .model import (
     ValueRequest,
     offer_json,
 )
+from .plugins import builtin_plugins
 from .outbox import STATUSES, Fulfillment, FulfillmentStatus, RetryLater
 from .planning.entitlements import add_business_days, parse_entitlements, service_days
 from .server.app import WEBSOCKETS, create_app
@@ -144,6 +145,7 @@ __all__ = [
     "close_on_stop",
     "configure_logging",
     "create_app",
+    "builtin_plugins",
     "create_key",
     "error_middleware",
     "hookimpl",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
@@ -34,12 +35,15 @@ __all__ = [
     "PrmPluginManager",
     "Registrations",
     "Registry",
+    "builtin_plugins",
     "collect_registrations",
     "make_plugin_manager",
     "plugin_label",
 ]
 
 ENTRY_POINT_GROUP = "prm"
+# the distribution this project ships as: its entry points are the built-in plugins
+BUILTIN_DISTRIBUTION = "prm-hub"
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
@@ -54,13 +58,18 @@ class PrmPluginManager(pluggy.PluginManager):
     def __init__(self) -> None:
         super().__init__("prm")
         self.distributions: dict[str, str] = {}
+        # entry-point plugins not loaded because a package they import is not installed:
+        # name -> the missing package and how to install it (``prm plugins`` lists them)
+        self.skipped: dict[str, str] = {}
 
 
 def make_plugin_manager(plugins: Sequence[Any] = (), *, autoload: bool | None = None) -> PrmPluginManager:
     """Build the plugin manager: hookspecs, entry-point plugins of group ``prm``, then ``plugins``.
 
     A plugin that fails to import raises :class:`PluginLoadError` naming it and its
-    distribution. Ends with ``check_pending()`` so a misspelled hook fails at start.
+    distribution, except one that imports a package that is not installed (a vendor SDK its
+    extra brings): it is skipped with one warning naming it, the package and the install
+    command, and listed in ``pm.skipped``. Ends with ``check_pending()`` so a misspelled hook fails at start.
     """
     pm = PrmPluginManager()
     pm.add_hookspecs(hookspecs)
@@ -75,6 +84,21 @@ def make_plugin_manager(plugins: Sequence[Any] = (), *, autoload: bool | None = 
             try:
                 plugin = ep.load()
                 pm.register(plugin, name=ep.name)
+            except ModuleNotFoundError as exc:
+                missing = _missing_dependency(exc, ep)
+                if missing is None:  # the plugin's own code (or the core's) is missing: a broken install
+                    raise PluginLoadError(ep.name, dist, f"{type(exc).__name__}: {exc}") from exc
+                install = _install_hint(missing, ep.dist)
+                pm.skipped[ep.name] = f"needs {missing!r}, not installed ({install})"
+                # one line, no traceback: an optional part the install left out, not an error
+                log.warning(
+                    "plugin skipped: a package it imports is not installed",
+                    plugin=ep.name,
+                    distribution=dist,
+                    missing=missing,
+                    install=install,
+                )
+                continue
             except Exception as exc:
                 raise PluginLoadError(ep.name, dist, f"{type(exc).__name__}: {exc}") from exc
             pm.distributions[ep.name] = dist
@@ -86,6 +110,51 @@ def make_plugin_manager(plugins: Sequence[Any] = (), *, autoload: bool | None = 
     if _truthy("PRM_TRACE_PLUGINS"):
         _trace(pm)
     return pm
+
+
+def builtin_plugins() -> list[Any]:
+    """The built-in plugins, loaded: the ``prm`` entry points of the prm-hub distribution only.
+
+    For what must not change with whatever else is installed in the environment (the
+    project's documentation build, ``prm demo``): they pass these with ``autoload=False``,
+    so a third-party plugin installed alongside does not appear in them.
+    """
+    return [
+        ep.load()
+        for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)
+        if ep.dist is not None and _normalized(ep.dist.name) == BUILTIN_DISTRIBUTION
+    ]
+
+
+def _missing_dependency(exc: ModuleNotFoundError, ep: importlib.metadata.EntryPoint) -> str | None:
+    """The top-level package a plugin imports that is not installed, or None when what is
+    missing is the plugin's own package or the core (a broken install, not an optional part)."""
+    if not exc.name:
+        return None
+    top = exc.name.partition(".")[0]
+    if top in {ep.module.partition(".")[0], "prm_core"}:
+        return None
+    return top
+
+
+def _normalized(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _install_hint(package: str, dist: importlib.metadata.Distribution | None) -> str:
+    """``pip install 'prm-hub[pos]'`` when the plugin's distribution has an extra for the
+    package, else ``pip install`` of the requirement it declares, else of the package's name."""
+    plain = None
+    for requirement in (dist.requires or []) if dist is not None else []:
+        spec, _, marker = requirement.partition(";")
+        name = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", spec)
+        if name is None or _normalized(name.group(1)) != _normalized(package):
+            continue
+        extra = re.search(r"extra\s*==\s*[\"']([^\"']+)[\"']", marker)
+        if extra is not None and dist is not None:
+            return f"pip install '{dist.name}[{extra.group(1)}]'"
+        plain = spec.strip().replace(" ", "")
+    return f"pip install '{plain or package}'"
 
 
 def _trace(pm: pluggy.PluginManager) -> None:

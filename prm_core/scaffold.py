@@ -33,7 +33,7 @@ requires-python = ">=3.11"
 dependencies = ["prm-hub"]
 
 [project.optional-dependencies]
-test = ["prm-hub[test]"]
+test = ["prm-hub[plugin-test]"]
 
 # the hub finds the plugin through this entry point, as it finds its own
 [project.entry-points.prm]

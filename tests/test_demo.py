@@ -46,3 +46,31 @@ def test_the_demo_plays_the_flagship_scenario_and_a_day_of_traffic() -> None:
         summary = re.search(r"MISSED: (\d+) step\(s\) failed, \d+ step\(s\) late; during the day (\d+) answer", out)
         assert summary is not None, out
         assert summary.groups() == ("0", "0"), out
+
+
+async def test_the_demo_runs_the_built_in_plugins_whatever_else_is_installed(tmp_path, monkeypatch, aiohttp_client):
+    from prm_demo.scenario import Demo
+    from third_party import installed
+
+    from prm_core.plugins import make_plugin_manager
+    from prm_core.server.state import HUB
+
+    (tmp_path / "site").mkdir()
+    with installed(
+        tmp_path / "site",
+        monkeypatch,
+        name="prm-elsewhere",
+        modules={"prm_elsewhere.py": "from prm_core import hookimpl\n"},
+        entry_points={"prm": {"elsewhere": "prm_elsewhere"}},
+    ):
+        assert make_plugin_manager().has_plugin("elsewhere")  # installed: a hub autoloading takes it
+        demo = Demo(tmp_path, print)
+        partners = [await partner.serve() for partner in (demo.field, demo.supplier)]  # the config names them
+        try:
+            client = await aiohttp_client(demo.app())
+            names = {name for name, _ in client.app[HUB].pm.list_name_plugin()}
+        finally:
+            for runner in partners:
+                await runner.cleanup()
+    assert "elsewhere" not in names and "prm_elsewhere" not in names
+    assert {"prm_web", "prm_pos", "prm_callcenter", "prm_ivr", "prm_partner", "MergeCounter"} <= names

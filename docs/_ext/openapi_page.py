@@ -1,8 +1,9 @@
 """Render ``docs/api.md`` from the hub's own ``/openapi.json`` when the docs are built.
 
-The hub is started in-process (``create_app`` on a throw-away SQLite file, every installed
-plugin) and asked for its API description, exactly what a client would fetch, so the page
-cannot drift from the routes actually mounted.
+The hub is started in-process (``create_app`` on a throw-away SQLite file, the built-in
+plugins only: a plugin installed alongside must not enter the project's own reference) and
+asked for its API description, exactly what a client would fetch, so the page cannot drift
+from the routes actually mounted.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ async def fetch_spec() -> dict[str, Any]:
     from aiohttp.test_utils import TestClient, TestServer
 
     from prm_core.config import Config
+    from prm_core.plugins import builtin_plugins
     from prm_core.server.app import create_app
 
     with tempfile.TemporaryDirectory() as tmp:
-        app = create_app(Config(database_url=f"sqlite:///{tmp}/docs.db", public_url="https://hub.example.com"))
+        config = Config(database_url=f"sqlite:///{tmp}/docs.db", public_url="https://hub.example.com")
+        app = create_app(config, plugins=builtin_plugins(), autoload=False)
         async with TestClient(TestServer(app)) as client:
             resp = await client.get("/openapi.json")
             return dict(await resp.json())

@@ -24,7 +24,7 @@ from attrs import define, field
 from prm_tmf.simulators import AppointmentSimulator, StockSimulator
 from twilio.request_validator import RequestValidator
 
-from prm_core.plugin import HUB, Config, create_app, create_key, hookimpl
+from prm_core.plugin import HUB, Config, builtin_plugins, create_app, create_key, hookimpl
 
 __all__ = ["Demo", "Step", "run_demo"]
 
@@ -151,10 +151,15 @@ class Demo:
         }  # fmt: skip
         return Config(database_url=f"sqlite:///{self.workdir}/prm.db", public_url=self.base, raw=raw)
 
+    def app(self) -> web.Application:
+        """The demo's hub: the built-in plugins only, whatever else is installed, so the
+        scenario and its scorecard are the same on every machine."""
+        return create_app(self.config(), plugins=[*builtin_plugins(), self.merges], autoload=False)
+
     async def start(self) -> None:
         for sim in (self.field, self.supplier):
             self._runners.append(await sim.serve())
-        app = create_app(self.config(), plugins=[self.merges])
+        app = self.app()
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", self.port).start()

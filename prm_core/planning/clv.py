@@ -18,16 +18,26 @@ scipy is maintained, already a wheel everywhere, and fits 100,000 customers in s
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from attrs import frozen
-from numpy.typing import ArrayLike
-from scipy.optimize import minimize
-from scipy.special import gammaln, hyp2f1
 
-__all__ = ["BgNbd", "GammaGamma", "fit_bgnbd", "fit_gamma_gamma"]
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import ArrayLike
+
+__all__ = ["PLANNING_MISSING", "BgNbd", "GammaGamma", "fit_bgnbd", "fit_gamma_gamma", "science_installed"]
+
+# numpy and scipy come with the `planning` extra (prm-hub installs them): the core imports
+# them only where a model is fitted or used, so a hub without them runs, without predictions
+PLANNING_MISSING = "numpy and scipy are not installed (pip install 'prm-hub[planning]')"
+
+
+def science_installed() -> bool:
+    """Whether numpy and scipy can be imported (without importing them)."""
+    return all(importlib.util.find_spec(name) is not None for name in ("numpy", "scipy"))
 
 
 @frozen
@@ -46,11 +56,15 @@ class BgNbd:
         """P(the customer is still active | x repeat purchases, last at t_x, age T)."""
         if x == 0:
             return 1.0
+        import numpy as np
+
         ratio = np.exp((self.r + x) * (np.log(self.alpha + T) - np.log(self.alpha + t_x)))
         return float(1.0 / (1.0 + self.a / (self.b + x - 1) * ratio))
 
     def expected_purchases(self, t: float, x: float, t_x: float, T: float) -> float:
         """Expected purchases in the next ``t`` days (FHL 2005, equation 10)."""
+        from scipy.special import hyp2f1
+
         r, alpha, a, b = self.r, self.alpha, self.a, self.b
         z = t / (alpha + T + t)
         head = (a + b + x - 1) / (a - 1)
@@ -81,6 +95,9 @@ class GammaGamma:
 
 
 def _bgnbd_nll(log_params: np.ndarray, x: np.ndarray, t_x: np.ndarray, T: np.ndarray) -> float:
+    import numpy as np
+    from scipy.special import gammaln
+
     r, alpha, a, b = np.exp(log_params)
     a1 = gammaln(r + x) - gammaln(r) + r * np.log(alpha)
     a2 = gammaln(a + b) + gammaln(b + x) - gammaln(b) - gammaln(a + b + x)
@@ -93,6 +110,9 @@ def _bgnbd_nll(log_params: np.ndarray, x: np.ndarray, t_x: np.ndarray, T: np.nda
 
 def fit_bgnbd(x: ArrayLike, t_x: ArrayLike, T: ArrayLike) -> BgNbd:
     """Maximum-likelihood BG/NBD parameters from per-customer (x, t_x, T) in days."""
+    import numpy as np
+    from scipy.optimize import minimize
+
     xs, txs, Ts = (np.asarray(v, dtype=float) for v in (x, t_x, T))
     if len(xs) < 10:
         raise ValueError(f"BG/NBD needs at least 10 customers with a purchase, got {len(xs)}")
@@ -106,11 +126,16 @@ def fit_bgnbd(x: ArrayLike, t_x: ArrayLike, T: ArrayLike) -> BgNbd:
 def _converged(name: str, result: Any) -> None:
     """Refuse a fit the optimizer did not finish, or that lands on no finite parameters: its
     predictions would be whatever the last step happened to be."""
+    import numpy as np
+
     if not result.success or not np.all(np.isfinite(result.x)) or not np.isfinite(result.fun):
         raise ValueError(f"{name} did not converge after {result.nit} iterations ({result.message})")
 
 
 def _gg_nll(log_params: np.ndarray, x: np.ndarray, m: np.ndarray) -> float:
+    import numpy as np
+    from scipy.special import gammaln
+
     p, q, v = np.exp(log_params)
     ll = (
         gammaln(p * x + q)
@@ -126,6 +151,9 @@ def _gg_nll(log_params: np.ndarray, x: np.ndarray, m: np.ndarray) -> float:
 
 def fit_gamma_gamma(x: ArrayLike, m: ArrayLike) -> GammaGamma:
     """Maximum-likelihood Gamma-Gamma parameters from customers with ``x >= 1`` purchases of mean ``m > 0``."""
+    import numpy as np
+    from scipy.optimize import minimize
+
     xs, ms = np.asarray(x, dtype=float), np.asarray(m, dtype=float)
     keep = (xs >= 1) & (ms > 0)
     xs, ms = xs[keep], ms[keep]

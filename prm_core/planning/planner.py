@@ -49,7 +49,7 @@ from ..store.tables import (
     utcnow,
 )
 from .campaigns import Campaign, in_control, running_campaigns
-from .clv import BgNbd, GammaGamma, models_from_params
+from .clv import PLANNING_MISSING, BgNbd, GammaGamma, models_from_params, science_installed
 from .entitlements import parse_entitlements
 from .offers import Catalog, OfferSettings, builtin_offers
 from .rules import EVENT_NAMES, Rule, compile_rule
@@ -178,9 +178,12 @@ class Planner:
         rows = {r.name: r for r in conn.execute(sa.select(planning_models))}
         params = {name: r.params for name, r in rows.items()}
         bg, gg = models_from_params(params)
+        provenance = _clv_provenance(rows, gg is not None)
+        if bg is not None and not science_installed():  # fitted elsewhere: this hub cannot use it
+            bg, gg, provenance = None, None, {"model": None, "reason": PLANNING_MISSING}
         rfm = self.fixed_rfm or (rfm_from_params(params["rfm"]) if "rfm" in params else DEFAULT_RFM)
         fitted = rows["bgnbd"].fitted_at if "bgnbd" in rows else None
-        self._models = _Models(rfm, bg, gg, fitted, time.monotonic(), _clv_provenance(rows, gg is not None))
+        self._models = _Models(rfm, bg, gg, fitted, time.monotonic(), provenance)
         return self._models
 
     def forget_models(self) -> None:
