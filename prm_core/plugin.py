@@ -75,9 +75,9 @@ from .model import (
     ValueRequest,
     offer_json,
 )
-from .plugins import builtin_plugins
 from .outbox import STATUSES, Fulfillment, FulfillmentStatus, RetryLater
 from .planning.entitlements import add_business_days, parse_entitlements, service_days
+from .plugins import builtin_plugins
 from .server.app import WEBSOCKETS, create_app
 from .server.auth import as_claims, limit_keyless, presented_key, require
 from .server.errors import MAX_BODY_BYTES, ApiError, error_middleware
@@ -142,10 +142,10 @@ __all__ = [
     "answer_request",
     "api",
     "as_claims",
+    "builtin_plugins",
     "close_on_stop",
     "configure_logging",
     "create_app",
-    "builtin_plugins",
     "create_key",
     "error_middleware",
     "hookimpl",
