@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Iterator, Sequence
 
 from prm_core import hookimpl
 from prm_core.config import Config
+from prm_core.hub import Hub
 from prm_core.model import Adapter, FulfillmentRequest, FulfillmentResult, Partner, TouchPoint, ValueRequest
 from prm_core.outbox import Fulfillment
 
@@ -145,5 +146,5 @@ def prm_customer_erased(customer_id: str, merged_ids: Sequence[str]) -> None:
 
 
 @hookimpl
-def prm_hub_stopping(config: Config) -> Awaitable[None]:
+def prm_hub_stopping(hub: Hub) -> Awaitable[None]:
     return directory.close()
