@@ -128,7 +128,9 @@ async def opened(url: str, name: str, plugins: list[Any]) -> Any:
         async with Hub.open(Config(database_url=url), plugins=plugins) as hub:
             hub_module.Hooks = hooks  # type: ignore[misc]
             if name == "no broker":  # as the call center's prm_hub_stopping does
-                await hub.pm.unregister(name="prm_callcenter.screenpops").stop()
+                broker = hub.pm.unregister(name="prm_callcenter.screenpops")
+                assert broker is not None, "the call center's broker is not running"
+                await broker.stop()
             yield hub
     finally:
         hub_module.Hooks = hooks  # type: ignore[misc]
