@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     )
     from .outbox import Fulfillment
 
-__all__ = ["hookimpl", "hookspec"]
+__all__ = ["DEPRECATED_PARAMETERS", "hookimpl", "hookspec"]
 
 hookspec = pluggy.HookspecMarker("prm")
 hookimpl = pluggy.HookimplMarker("prm")
