@@ -1,5 +1,10 @@
 """The typed facade through which the core calls plugins.
 
+Every call goes through pluggy, one plugin at a time (:meth:`PrmPluginManager.callers
+<prm_core.plugins.PrmPluginManager.callers>`): pluggy's hook call monitoring (and so
+``PRM_TRACE_PLUGINS`` and :class:`~prm_core.testing.HookRecorder`) sees each call, and one
+plugin's failure is caught and named without keeping the others from being called.
+
 Notification hooks (``prm_event_recorded`` and friends) run after the data is durable;
 a failing implementation is logged with its plugin's name and never undoes or blocks the
 write. Awaitable hooks are called one implementation at a time so that each becomes its
@@ -11,13 +16,11 @@ from __future__ import annotations
 import hashlib
 import inspect
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pluggy
 import structlog
 from attrs import define, evolve
 
-from .config import Config
 from .feed.changes import NewChange, check_plugin_type
 from .model import (
     Customer,
@@ -34,7 +37,11 @@ from .model import (
     ValueRequest,
 )
 from .outbox import Fulfillment
+from .plugins import PrmPluginManager
 from .recording import BatchOutcome
+
+if TYPE_CHECKING:
+    from .hub import Hub
 
 __all__ = ["Hooks"]
 
@@ -45,11 +52,11 @@ log = structlog.get_logger(__name__)
 class Hooks:
     """Calls into plugins, one method per hook."""
 
-    pm: pluggy.PluginManager
+    pm: PrmPluginManager
 
     def has(self, name: str) -> bool:
         """Whether any plugin implements hook ``name``."""
-        return bool(self._impls(name))
+        return bool(self.pm.callers(name))
 
     def event_changes(self, recorded: Sequence[RecordedEvent]) -> list[NewChange]:
         """``prm_event_changes``: plugins' own changes for events just recorded (inside the
@@ -57,38 +64,28 @@ class Hooks:
         a plugin's to emit, is logged with the plugin's name and left out: a plugin's bug
         never stops ingest."""
         found: list[NewChange] = []
-        for impl in self._impls("prm_event_changes"):
+        for plugin, caller in self.pm.callers("prm_event_changes"):
             try:
-                result: Any = impl.function(recorded)
-                produced: list[Any] = list(result or ())
+                produced: list[Any] = [change for result in caller(recorded=recorded) for change in (result or ())]
                 for change in produced:
                     if not isinstance(change, NewChange):
                         raise TypeError(f"yielded {type(change).__name__}, expected NewChange")
                     check_plugin_type(change.type)
             except Exception as exc:
                 log.error(
-                    "hook failed",
-                    hook="prm_event_changes",
-                    plugin=impl.plugin_name,
-                    error=type(exc).__name__,
-                    exc_info=exc,
+                    "hook failed", hook="prm_event_changes", plugin=plugin, error=type(exc).__name__, exc_info=exc
                 )
                 continue
             found.extend(produced)
         return found
 
-    def _impls(self, name: str) -> list[pluggy.HookImpl]:
-        """Implementations in pluggy's call order; wrappers are for pluggy calls only."""
-        impls = getattr(self.pm.hook, name).get_hookimpls()
-        return [i for i in reversed(impls) if not (i.wrapper or i.hookwrapper)]
-
     def _notify(self, name: str, **kwargs: Any) -> None:
         """Tell every plugin; one plugin failing neither stops the others nor goes unnamed."""
-        for impl in self._impls(name):
+        for plugin, caller in self.pm.callers(name):
             try:
-                impl.function(*(kwargs[arg] for arg in impl.argnames))
+                caller(**kwargs)
             except Exception as exc:
-                log.error("hook failed", hook=name, plugin=impl.plugin_name, error=type(exc).__name__, exc_info=exc)
+                log.error("hook failed", hook=name, plugin=plugin, error=type(exc).__name__, exc_info=exc)
 
     def _each(self, name: str, *, awaitable: bool = False, **kwargs: Any) -> list[tuple[str, Any]]:
         """Call every implementation separately: ``[(plugin name, result), ...]``, None left out.
@@ -98,20 +95,40 @@ class Hooks:
         so the failure is named in ``degraded`` like a late one.
         """
         results: list[tuple[str, Any]] = []
-        for impl in self._impls(name):
-            plugin = impl.plugin_name
+        for plugin, caller in self.pm.callers(name):
             try:
-                value = impl.function(*(kwargs[arg] for arg in impl.argnames))
-                if inspect.isgenerator(value):
-                    value = list(value)
+                values = [list(v) if inspect.isgenerator(v) else v for v in caller(**kwargs)]
             except Exception as exc:
                 log.error("hook failed", hook=name, plugin=plugin, error=type(exc).__name__, exc_info=exc)
                 if awaitable:
                     results.append((plugin, _raise(exc)))
                 continue
-            if value is not None:
-                results.append((plugin, value))
+            results.extend((plugin, value) for value in values)
         return results
+
+    # the hub's lifetime -------------------------------------------------------------------
+
+    async def hub_started(self, hub: Hub) -> None:
+        """``prm_hub_started``: each plugin in turn, its coroutine awaited before the next.
+        A failure stops the hub's start: it is raised, with a note naming the plugin."""
+        for plugin, caller in self.pm.callers("prm_hub_started"):
+            try:
+                for value in caller(hub=hub):
+                    await _as_coroutine(value)
+            except Exception as exc:
+                exc.add_note(f"raised by plugin {plugin!r} in prm_hub_started")
+                raise
+
+    async def hub_stopping(self, hub: Hub) -> None:
+        """``prm_hub_stopping``: each plugin in turn, its coroutine awaited before the next; a
+        failure is logged naming the plugin, and the others are still called. ``config`` is
+        passed too, for implementations written when the hook received only that."""
+        for plugin, caller in self.pm.callers("prm_hub_stopping"):
+            try:
+                for value in caller(hub=hub, config=hub.config):
+                    await _as_coroutine(value)
+            except Exception as exc:  # one plugin's failure must not keep the others open
+                log.error("hook failed", hook="prm_hub_stopping", plugin=plugin, error=type(exc).__name__, exc_info=exc)
 
     # customers and dialogues -----------------------------------------------------------
 
@@ -141,7 +158,7 @@ class Hooks:
             self.customers_merged(merge)
         for dialogue, recorded in outcome.dialogues_opened:
             self.dialogue_opened(dialogue, recorded)
-        if self.pm.hook.prm_event_recorded.get_hookimpls():
+        if self.pm.callers("prm_event_recorded"):
             for recorded in outcome.recorded:
                 if not recorded.duplicate:
                     self.event_recorded(recorded)
@@ -158,10 +175,6 @@ class Hooks:
                 "prm_customer_erased", awaitable=True, customer_id=customer_id, merged_ids=tuple(merged_ids)
             )
         ]
-
-    def hub_stopping(self, config: Config) -> list[tuple[str, Awaitable[Any]]]:
-        """``[(plugin, awaitable)]``: each plugin closing what it opened for a stopping hub."""
-        return [(p, _awaitable(v)) for p, v in self._each("prm_hub_stopping", awaitable=True, config=config)]
 
     # value delivery ---------------------------------------------------------------------
 

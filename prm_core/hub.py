@@ -154,18 +154,14 @@ class Hub:
             hub.outbox = Outbox.from_config(hub)
             hub.outbox.start()
             try:
+                await hooks.hub_started(hub)
                 yield hub
             finally:
                 await hub.relay.stop()
                 await hub.outbox.stop()
                 await ingestor.stop()
                 await feed.stop()
-                for plugin, closing in hooks.hub_stopping(config):
-                    try:
-                        await closing
-                    except Exception as exc:  # one plugin's failure must not keep the others open
-                        failed = type(exc).__name__
-                        log.error("hook failed", hook="prm_hub_stopping", plugin=plugin, error=failed, exc_info=exc)
+                await hooks.hub_stopping(hub)
         finally:
             await store.dispose()
 

@@ -6,15 +6,23 @@ Environment switches:
 - ``PRM_DISABLE_PLUGIN_AUTOLOAD=1``: load no entry-point plugin (only those passed in);
 - ``PRM_DISABLED_PLUGINS=a,b``: skip these entry-point names;
 - ``PRM_TRACE_PLUGINS=1``: log every hook call with its plugin and duration.
+
+Every hook call goes through pluggy: the core calls each plugin's implementation through
+:meth:`PrmPluginManager.callers` (a pluggy caller per plugin, so pluggy's monitoring, and
+with it ``PRM_TRACE_PLUGINS``, sees every call), which lets one plugin's failure be caught
+and named without keeping the others from being called.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import inspect
 import os
 import re
 import time
-from collections.abc import Iterable, Mapping, Sequence
+import types
+import warnings
+from collections.abc import Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 import pluggy
@@ -53,7 +61,8 @@ def _truthy(name: str) -> bool:
 
 
 class PrmPluginManager(pluggy.PluginManager):
-    """A pluggy manager that remembers which distribution each entry-point plugin came from."""
+    """A pluggy manager that remembers which distribution each entry-point plugin came from,
+    and calls each plugin's implementation of a hook on its own (:meth:`callers`)."""
 
     def __init__(self) -> None:
         super().__init__("prm")
@@ -61,6 +70,64 @@ class PrmPluginManager(pluggy.PluginManager):
         # entry-point plugins not loaded because a package they import is not installed:
         # name -> the missing package and how to install it (``prm plugins`` lists them)
         self.skipped: dict[str, str] = {}
+        # hook name -> (plugin name, caller) in call order; rebuilt after any (un)registration
+        self._callers: dict[str, tuple[tuple[str, pluggy.HookCaller], ...]] = {}
+
+    def register(self, plugin: object, name: str | None = None) -> str | None:
+        """Register ``plugin`` (pluggy's ``register``), refusing wrapper implementations.
+
+        A wrapper (``hookwrapper=True`` or ``wrapper=True``) wraps one pluggy call of every
+        implementation, but the hub makes one call per plugin: refused with
+        :class:`pluggy.PluginValidationError` naming the plugin rather than silently run
+        around a single plugin's implementation. An implementation of ``prm_hub_stopping``
+        taking ``config`` draws a :class:`DeprecationWarning` naming the plugin.
+        """
+        label = name or self.get_canonical_name(plugin)
+        for attr in dir(plugin):
+            opts = self.parse_hookimpl_opts(plugin, attr)
+            if opts is not None and (opts.get("wrapper") or opts.get("hookwrapper")):
+                hook = opts.get("specname") or attr
+                raise pluggy.PluginValidationError(
+                    plugin,
+                    f"plugin {label!r}: its {hook} is a wrapper implementation, which the hub does not support "
+                    "(the hub calls each plugin's implementation on its own, so that one plugin's failure is "
+                    "caught and named without stopping the others); implement the hook without wrapper=True",
+                )
+        registered = super().register(plugin, name)
+        self._callers.clear()
+        if registered is not None:
+            _warn_deprecated(self, plugin, registered)
+        return registered
+
+    def unregister(self, plugin: object | None = None, name: str | None = None) -> Any | None:
+        removed = super().unregister(plugin, name)
+        self._callers.clear()
+        return removed
+
+    def add_hookspecs(self, module_or_class: types.ModuleType | type) -> None:
+        super().add_hookspecs(module_or_class)
+        self._callers.clear()
+
+    def callers(self, name: str) -> tuple[tuple[str, pluggy.HookCaller], ...]:
+        """``(plugin name, caller)`` for each plugin implementing hook ``name``, in pluggy's
+        call order (``tryfirst`` first, then the most recently registered first).
+
+        Calling ``caller(**kwargs)`` runs that plugin's implementation through pluggy (its
+        hook call monitoring included) and returns pluggy's list of its non-``None`` results.
+        """
+        found = self._callers.get(name)
+        if found is None:
+            impls = list(reversed(getattr(self.hook, name).get_hookimpls()))
+            plugins = list(dict.fromkeys(impl.plugin for impl in impls))  # one caller per plugin
+            found = tuple(
+                (
+                    self.get_name(plugin) or repr(plugin),
+                    self.subset_hook_caller(name, [other for other in plugins if other is not plugin]),
+                )
+                for plugin in plugins
+            )
+            self._callers[name] = found
+        return found
 
 
 def make_plugin_manager(plugins: Sequence[Any] = (), *, autoload: bool | None = None) -> PrmPluginManager:
@@ -233,33 +300,48 @@ class Registrations:
 
 
 def _collect(
-    pm: pluggy.PluginManager,
+    pm: PrmPluginManager,
     hook_name: str,
     kind: str,
     expected: type[T],
     config: Config,
     registry: Registry[T],
 ) -> None:
-    hook = getattr(pm.hook, hook_name)
-    for impl in hook.get_hookimpls():  # registration order: the first registered is named first
-        provider = plugin_label(pm, impl.plugin)
-        kwargs = {"config": config} if "config" in impl.argnames else {}
+    # registration order: the first registered is named first
+    for name, caller in reversed(pm.callers(hook_name)):
+        provider = plugin_label(pm, pm.get_plugin(name))
         try:
-            produced: Iterable[Any] | None = impl.function(**kwargs)
-            items = list(produced or ())
+            items = [item for produced in caller(config=config) for item in (produced or ())]
         except (ValueError, TypeError) as exc:
-            raise PluginLoadError(pm.get_name(impl.plugin) or "?", provider, f"{hook_name}: {exc}") from exc
+            raise PluginLoadError(name, provider, f"{hook_name}: {exc}") from exc
         for item in items:
             if not isinstance(item, expected):
                 raise PluginLoadError(
-                    pm.get_name(impl.plugin) or "?",
-                    provider,
-                    f"{hook_name} yielded {type(item).__name__}, expected {expected.__name__}",
+                    name, provider, f"{hook_name} yielded {type(item).__name__}, expected {expected.__name__}"
                 )
             registry.add(item.name, item, provider)  # type: ignore[attr-defined]
 
 
-def collect_registrations(pm: pluggy.PluginManager, config: Config) -> Registrations:
+def _warn_deprecated(pm: PrmPluginManager, plugin: object, name: str) -> None:
+    """A :class:`DeprecationWarning` naming the plugin, pointing at its code, for each of its
+    implementations taking a parameter of ``hookspecs.DEPRECATED_PARAMETERS``."""
+    for hook_name, parameters in hookspecs.DEPRECATED_PARAMETERS.items():
+        hook = getattr(pm.hook, hook_name, None)
+        for impl in hook.get_hookimpls() if hook is not None else ():
+            if impl.plugin is not plugin:
+                continue
+            for parameter in sorted(set(parameters) & set(impl.argnames)):
+                code = getattr(inspect.unwrap(impl.function), "__code__", None)
+                warnings.warn_explicit(
+                    f"plugin {name!r}: the {parameter!r} parameter of {hook_name} is {parameters[parameter]}",
+                    DeprecationWarning,
+                    filename=code.co_filename if code else "<unknown>",
+                    lineno=code.co_firstlineno if code else 0,
+                    module=getattr(impl.function, "__module__", None) or name,
+                )
+
+
+def collect_registrations(pm: PrmPluginManager, config: Config) -> Registrations:
     """Call every registration hook once, refusing duplicate names (naming both providers)."""
     namespaces: Registry[IdentityNamespace] = Registry("identity namespace")
     for ns in builtin_namespaces():

@@ -1,17 +1,19 @@
 """docs/hooks.md against prm_core.hookspecs, and every hook against the tests.
 
-In the style of datasette's documentation tests: the reference has one heading per hook,
-written as the hook's signature exactly as the source declares it (so a renamed parameter
-or a changed return type fails here until the page is updated), and no heading for a hook
-that does not exist. Every example on the page is run: it must implement its hook, register
-against the real specifications, and run in a real hub without raising. Finally, every
-hook must be implemented by some plugin in a test module.
+The hookspecs' docstrings are the one source of the reference: the page's part under its
+groups is what ``docs/_ext/hook_reference.py`` writes from them, or this fails. In the style
+of datasette's documentation tests, the reference has one heading per hook, written as the
+hook's signature exactly as the source declares it, and no heading for a hook that does not
+exist. Every example on the page is run: it must implement its hook, register against the
+real specifications, and run in a real hub without raising. Finally, every hook must be
+implemented by some plugin in a test module.
 """
 
 from __future__ import annotations
 
 import ast
 import asyncio
+import importlib.util
 import inspect
 import re
 import types
@@ -49,27 +51,18 @@ REGISTRATION = {
 }
 
 
-class _AsWritten(str):
-    """An annotation string that ``inspect`` prints as it is, not quoted."""
+def _reference_writer() -> types.ModuleType:
+    path = TESTS.parent / "docs" / "_ext" / "hook_reference.py"
+    spec = importlib.util.spec_from_file_location("hook_reference", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
-    def __repr__(self) -> str:
-        return str(self)
 
-
-def spec_signature(fn: Callable[..., Any]) -> str:
-    """``name(param: Annotation, ...) -> Return`` with the annotations as written in the source.
-
-    ``from __future__ import annotations`` keeps them as strings, which ``str(signature)``
-    would quote; they are printed as they are instead (markers and defaults as inspect does).
-    """
-    sig = inspect.signature(fn)
-    params = [
-        p if p.annotation is p.empty else p.replace(annotation=_AsWritten(p.annotation))
-        for p in sig.parameters.values()
-    ]
-    returns = sig.return_annotation
-    sig = sig.replace(parameters=params, return_annotation=returns if returns is sig.empty else _AsWritten(returns))
-    return f"{fn.__name__}{sig}"
+WRITER = _reference_writer()
+spec_signature = WRITER.spec_signature
+GROUPS = ["Registration", "The hub's lifetime", "Customers", "Dialogues", "Value delivery"]
 
 
 # ---- reading the page ---------------------------------------------------------------------
@@ -195,16 +188,24 @@ def test_no_heading_for_a_hook_that_does_not_exist():
     assert not unknown, f"headings for hooks that do not exist: {sorted(unknown)}"
 
 
-def test_hook_headings_are_grouped():
-    groups = [s.title for s in read_sections() if s.level == 2]
-    for group in ("Registration", "Customers", "Dialogues", "Value delivery"):
-        assert group in groups
-    current = None
-    for section in read_sections():
-        if section.level == 2:
-            current = section.title
-        elif section.hook is not None:
-            assert current in ("Registration", "Customers", "Dialogues", "Value delivery"), section.title
+def test_the_reference_is_written_from_the_hookspecs_docstrings():
+    page = DOCS.read_text(encoding="utf-8")
+    assert page == WRITER.written(page), f"{DOCS.name} is out of date: run python docs/_ext/hook_reference.py"
+
+
+def test_hooks_are_grouped_by_theme_in_the_source_and_on_the_page():
+    assert [title for title, _ in WRITER.groups()] == GROUPS
+    assert sum(len(specs) for _, specs in WRITER.groups()) == len(HOOKS)
+    reference = DOCS.read_text(encoding="utf-8").partition(WRITER.MARKER)[2]
+    assert [line[3:] for line in reference.splitlines() if line.startswith("## ")] == GROUPS
+
+
+def test_version_notes_become_directives_of_the_site():
+    page = DOCS.read_text(encoding="utf-8")
+    (section,) = hook_sections()["prm_hub_started"]
+    assert "```{versionadded} 0.2.0" in section.body
+    assert ".. versionadded::" not in page
+    assert ".. versionadded:: 0.2.0" in (hookspecs.prm_hub_started.__doc__ or "")
 
 
 def _flag(section: Section, label: str) -> str:
@@ -327,8 +328,12 @@ class Spy:
         return {"hookspy.visit": "visited the spy"}
 
     @hookimpl
-    def prm_hub_stopping(self, config):
-        self._saw("prm_hub_stopping", config=config)
+    def prm_hub_started(self, hub):
+        self._saw("prm_hub_started", hub=hub)
+
+    @hookimpl
+    def prm_hub_stopping(self, hub):
+        self._saw("prm_hub_stopping", hub=hub)
 
 
 @pytest.fixture
@@ -381,7 +386,7 @@ async def test_examples_run_in_a_hub(hub, spy, example_modules):
 
     # the scenario gave every hook real arguments (the hub's stop is the fixture's, after this test) ...
     assert set(spy.calls) == set(HOOKS) - set(REGISTRATION) - {"prm_hub_stopping"}
-    spy.calls["prm_hub_stopping"] = [{"config": hub.config}]
+    spy.calls["prm_hub_stopping"] = [{"hub": hub, "config": hub.config}]
     for example, module in example_modules:
         (hook,) = implemented(module)
         fn = getattr(module, hook)

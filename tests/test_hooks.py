@@ -1112,37 +1112,124 @@ class TestFailingPlugins:
         assert (caught.value.first, caught.value.second) == ("kiosk-one", "kiosk-two")
 
 
-# ---- prm_hub_stopping ---------------------------------------------------------------------------
+# ---- the hub's lifetime: prm_hub_started and prm_hub_stopping -----------------------------------
+
+
+class Listener(Named):
+    """A plugin object a lifetime plugin registers on its hub: hears that hub's events."""
+
+    def __init__(self) -> None:
+        super().__init__("listener")
+        self.heard: list[str] = []
+
+    @hookimpl
+    def prm_event_recorded(self, recorded):
+        self.heard.append(recorded.event.id)
+
+
+class Lifetime(Named):
+    """Starts a listener of its own for each hub and stops it with the hub, as the call center does."""
+
+    def __init__(self, name: str = "lifetime", *, fails: bool = False) -> None:
+        super().__init__(name)
+        self.fails = fails
+        self.listeners: dict[int, Listener] = {}
+        self.started: list[Hub] = []
+        self.stopped: list[Hub] = []
+
+    @hookimpl
+    async def prm_hub_started(self, hub):
+        await asyncio.sleep(0)  # awaited by the hub, on its loop
+        if self.fails:
+            raise RuntimeError("cannot start")
+        listener = Listener()
+        hub.pm.register(listener)
+        self.listeners[id(hub)] = listener
+        # the hub is whole by now: it records
+        await hub.record(hub.parse_events(event("started", identities=ANN), "kiosk"))
+        self.started.append(hub)
+
+    @hookimpl
+    async def prm_hub_stopping(self, hub):
+        await asyncio.sleep(0)
+        listener = self.listeners.pop(id(hub), None)
+        if listener is not None:
+            hub.pm.unregister(listener)
+        self.stopped.append(hub)
 
 
 class Closer(Named):
-    """Opens something on the hub's loop when called, closes it when the hub stops."""
+    """Closes what it opened when the hub stops; ``fails``: raises instead."""
 
     def __init__(self, name: str, *, fails: bool = False) -> None:
         super().__init__(name)
         self.fails = fails
-        self.stopped: list[Config] = []
+        self.stopped: list[Hub] = []
 
     @hookimpl
-    async def prm_hub_stopping(self, config):
+    async def prm_hub_stopping(self, hub):
         await asyncio.sleep(0)  # awaited by the hub, on its loop
-        self.stopped.append(config)
+        self.stopped.append(hub)
         if self.fails:
             raise RuntimeError("cannot close")
 
 
-class TestHubStopping:
-    async def test_called_once_when_the_hub_stops_and_awaited(self, hub_config):
+class OldCloser(Named):
+    """Written when the hook received the configuration only."""
+
+    def __init__(self, name: str = "old-closer") -> None:
+        super().__init__(name)
+        self.stopped: list[Config] = []
+
+    @hookimpl
+    def prm_hub_stopping(self, config):
+        self.stopped.append(config)
+
+
+class TestHubLifetime:
+    async def test_started_once_with_the_whole_hub_before_the_caller_gets_it(self, hub_config):
+        lifetime = Lifetime()
+        async with Hub.open(hub_config, plugins=[Kiosk(), lifetime]) as hub:
+            assert lifetime.started == [hub] and lifetime.stopped == []
+            listener = lifetime.listeners[id(hub)]
+            assert listener.heard == ["started"]
+            # the object it registered hears this hub's events from then on
+            await hub.record(hub.parse_events(event("e1", 1, identities=ANN), "kiosk"))
+            assert listener.heard == ["started", "e1"]
+        assert lifetime.stopped == [hub]
+        assert hub.pm.get_plugin("listener") is None  # unregistered by prm_hub_stopping
+
+    async def test_stopping_is_called_once_with_the_hub_and_awaited(self, hub_config):
         closer = Closer("closer")
         async with Hub.open(hub_config, plugins=[Kiosk(), closer], autoload=True) as hub:
             await hub.record(hub.parse_events(event("e1", identities=ANN), "kiosk"))
             assert closer.stopped == []
-        assert closer.stopped == [hub_config]
+        assert closer.stopped == [hub]
+
+    async def test_a_failing_start_stops_the_hub_naming_the_plugin(self, hub_config):
+        failing, other = Lifetime("failing-start", fails=True), Closer("closer")
+        with pytest.raises(RuntimeError, match="cannot start") as caught:
+            await no_hub_starts_with(Kiosk(), other, failing, config=hub_config)
+        assert "raised by plugin 'failing-start' in prm_hub_started" in caught.value.__notes__
+        # what had started was stopped: the stopping hooks ran
+        assert len(other.stopped) == 1 and len(failing.stopped) == 1
 
     async def test_a_failing_plugin_is_logged_and_the_others_still_close(self, hub_config, log_capture):
         failing, other = Closer("failing-closer", fails=True), Closer("other-closer")
-        async with Hub.open(hub_config, plugins=[failing, other], autoload=True):
+        async with Hub.open(hub_config, plugins=[failing, other], autoload=True) as hub:
             pass
-        assert failing.stopped == other.stopped == [hub_config]
+        assert failing.stopped == other.stopped == [hub]
         (line,) = [e for e in log_capture.entries if e.get("hook") == "prm_hub_stopping"]
         assert (line["plugin"], line["error"], line["level"]) == ("failing-closer", "RuntimeError", "error")
+
+    async def test_the_old_signature_still_works_with_a_warning_naming_the_plugin(self, hub_config):
+        old = OldCloser()
+        with pytest.warns(DeprecationWarning, match="plugin 'old-closer': the 'config' parameter of prm_hub_stopping"):
+            async with Hub.open(hub_config, plugins=[old]):
+                pass
+        assert old.stopped == [hub_config]
+
+    async def test_the_new_signature_draws_no_warning(self, hub_config, recwarn):
+        async with Hub.open(hub_config, plugins=[Closer("closer"), Lifetime(), Kiosk()]):
+            pass
+        assert not [w for w in recwarn if issubclass(w.category, DeprecationWarning) and "prm_" in str(w.message)]

@@ -1,9 +1,8 @@
-"""Plugin loading: entry points, switches, conflicts, load errors, tracing."""
+"""Plugin loading: entry points, switches, conflicts, load errors, wrappers, each plugin's caller, tracing."""
 
 from __future__ import annotations
 
 import importlib.metadata
-import logging
 
 import pytest
 import structlog
@@ -114,15 +113,134 @@ def test_a_misspelled_hook_fails_at_start():
         make_plugin_manager([Typo()], autoload=False)
 
 
-def test_trace_switch_logs_every_hook_call(monkeypatch):
+class Watcher:
+    """Hears an event's path through the hub: the customer, the dialogue, the event, the answer."""
+
+    __name__ = "watcher"
+
+    @hookimpl
+    def prm_customer_created(self, customer, event):
+        pass
+
+    @hookimpl
+    def prm_dialogue_opened(self, dialogue, event):
+        pass
+
+    @hookimpl
+    def prm_event_recorded(self, recorded):
+        pass
+
+    @hookimpl
+    def prm_propose_offers(self, request):
+        raise RuntimeError("no offers today")  # traced as failed, named in degraded
+
+    @hookimpl(tryfirst=True)
+    def prm_render_delivery(self, delivery, touchpoint):
+        return None
+
+
+async def test_trace_follows_an_event_through_a_running_hub(monkeypatch, aiohttp_client, tmp_path):
+    """``PRM_TRACE_PLUGINS=1`` on a served hub with the installed plugins: one ``hook call`` line
+    for every call into a plugin along a request's path, run-time registered plugins included."""
+    from prm_core.keys import create_key
+    from prm_core.server.app import create_app
+    from prm_core.server.state import HUB
+    from prm_core.testing import HookRecorder
+
     monkeypatch.setenv("PRM_TRACE_PLUGINS", "1")
+    recorder = HookRecorder()
+    recorder.__name__ = "recorder"  # type: ignore[attr-defined]
     with structlog.testing.capture_logs() as logs:
-        pm = make_plugin_manager([Kiosk()], autoload=False)
-        pm.hook.prm_touchpoints(config=Config())
-    calls = [entry for entry in logs if entry["event"] == "hook call"]
-    assert calls and calls[0]["hook"] == "prm_touchpoints"
-    assert calls[0]["log_level"] == "debug"
-    logging.getLogger().handlers  # noqa: B018  # the capture leaves global logging untouched
+        app = create_app(Config(database_url=f"sqlite:///{tmp_path}/trace.db"), plugins=[Watcher(), recorder])
+        client = await aiohttp_client(app)
+        hub = client.app[HUB]
+        key, _ = await create_key(hub.store, "touchpoint:web")
+        body = {
+            "id": "r1",
+            "type": "service.request",
+            "occurred_at": "2026-12-05T08:00:00Z",
+            "identities": {"email": "ann@example.com"},
+        }
+        resp = await client.post("/v1/touchpoints/web/requests", json=body, headers={"Authorization": f"Bearer {key}"})
+        assert resp.status == 200, await resp.text()
+        assert (await resp.json())["degraded"] == ["offers:watcher"]
+    traced = [entry for entry in logs if entry["event"] == "hook call"]
+    assert {entry["log_level"] for entry in traced} == {"debug"}
+    calls = [(entry["hook"], tuple(entry["plugins"]), entry["failed"]) for entry in traced]
+    # the event's path: the request and its answer recorded, the value hooks in between
+    assert calls.count(("prm_event_recorded", ("watcher",), False)) == 2
+    for hook in ("prm_customer_created", "prm_dialogue_opened"):
+        assert (hook, ("watcher",), False) in calls
+    assert ("prm_propose_offers", ("watcher",), True) in calls
+    # the one firstresult hook is one pluggy call of every implementation, until one answers
+    (rendered,) = [plugins for hook, plugins, _ in calls if hook == "prm_render_delivery"]
+    assert {"watcher", "pos"} <= set(rendered)
+    # installed plugins are traced too: the call center's start, and its broker, registered then
+    assert ("prm_hub_started", ("callcenter",), False) in calls
+    assert ("prm_event_recorded", ("prm_callcenter.screenpops",), False) in calls
+    assert ("prm_plan_fulfillment", ("partner",), False) in calls
+    # every hook the recorder heard (it was registered before the hub started) was traced for it
+    heard = {call.name for call in recorder.calls}
+    assert {"prm_touchpoints", "prm_hub_started", "prm_event_recorded", "prm_render_delivery"} <= heard
+    assert heard == {hook for hook, plugins, _ in calls if "recorder" in plugins}
+
+
+class Wrapping:
+    __name__ = "wrapping"
+
+    @hookimpl(wrapper=True)
+    def prm_event_recorded(self, recorded):
+        return (yield)
+
+
+class OldWrapping:
+    __name__ = "old-wrapping"
+
+    @hookimpl(hookwrapper=True)
+    def prm_render_delivery(self, delivery, touchpoint):
+        yield
+
+
+@pytest.mark.parametrize("plugin", [Wrapping(), OldWrapping()], ids=["wrapper", "hookwrapper"])
+def test_a_wrapper_implementation_is_refused_naming_the_plugin(plugin):
+    from pluggy import PluginValidationError
+
+    with pytest.raises(PluginValidationError) as info:
+        make_plugin_manager([plugin], autoload=False)
+    hook = "prm_event_recorded" if isinstance(plugin, Wrapping) else "prm_render_delivery"
+    assert f"plugin {plugin.__name__!r}: its {hook} is a wrapper implementation" in str(info.value)
+
+
+def test_each_plugin_has_a_caller_of_its_own_in_pluggys_order():
+    class First:
+        __name__ = "first"
+
+        @hookimpl(tryfirst=True)
+        def prm_event_recorded(self, recorded):
+            return "first"
+
+    class Plain:
+        def __init__(self, name):
+            self.__name__ = name
+
+        @hookimpl
+        def prm_event_recorded(self, recorded):
+            return self.__name__
+
+    pm = make_plugin_manager([First(), Plain("early"), Plain("late")], autoload=False)
+    callers = pm.callers("prm_event_recorded")
+    assert [name for name, _ in callers] == ["first", "late", "early"]  # as pluggy calls them
+    assert [caller(recorded=None) for _, caller in callers] == [["first"], ["late"], ["early"]]
+    # a plugin registered later has a caller too, and no other caller calls it
+    pm.register(Plain("later"))
+    assert [caller(recorded=None) for _, caller in pm.callers("prm_event_recorded")] == [
+        ["first"],
+        ["later"],
+        ["late"],
+        ["early"],
+    ]
+    pm.unregister(name="first")
+    assert [name for name, _ in pm.callers("prm_event_recorded")] == ["later", "late", "early"]
 
 
 class Tracker:

@@ -5,18 +5,15 @@ default 1000 ms; it is also the time a screen pop may take to gather the view). 
 come in at ``POST /v1/touchpoints/callcenter/events`` (:mod:`prm_callcenter.cti`) and ``GET
 /agent`` is the agent desktop. The ``screenpop`` adapter on the same touch point speaks the
 screen-pop WebSocket: each ``call.offered`` to an agent pushes the caller's view to that
-agent's sockets (:mod:`prm_callcenter.screenpop`); its broker runs as the adapter's service,
-as long as the server. See docs/callcenter.md.
+agent's sockets (:mod:`prm_callcenter.screenpop`); its broker runs as long as the hub, from
+``prm_hub_started`` to ``prm_hub_stopping``. See docs/callcenter.md.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
-from aiohttp import web
-
-from prm_core.plugin import HUB, Adapter, Config, ConfigError, Hub, TouchPoint, hookimpl
+from prm_core.plugin import Adapter, Config, ConfigError, Hub, TouchPoint, hookimpl
 
 from .cti import CALL_TYPES, TOUCHPOINT, cti_event
 from .routes import agent_page_routes, cti_routes, screenpop_routes
@@ -29,6 +26,8 @@ __all__ = [
     "cti_event",
     "prm_adapters",
     "prm_event_labels",
+    "prm_hub_started",
+    "prm_hub_stopping",
     "prm_touchpoints",
     "screen_pops",
 ]
@@ -51,18 +50,23 @@ def prm_touchpoints(config: Config) -> list[TouchPoint]:
 
 
 def screen_pops(hub: Hub) -> ScreenPops | None:
-    """The hub's screen-pop broker (registered on its plugin manager while the server runs)."""
+    """The hub's screen-pop broker (registered on its plugin manager while the hub runs)."""
     found = hub.pm.get_plugin(PLUGIN_NAME)
     return found if isinstance(found, ScreenPops) else None
 
 
-async def screen_pop_service(app: web.Application) -> AsyncIterator[None]:
-    """The broker, for as long as the server: registered on the hub's plugin manager, where it
-    hears ``prm_event_recorded`` for this hub only."""
-    hub = app[HUB]
+@hookimpl
+async def prm_hub_started(hub: Hub) -> None:
+    """Start the hub's screen-pop broker and register it on the hub's plugin manager, where
+    it hears ``prm_event_recorded`` for this hub only. A bad ``bus`` stops the hub's start."""
     settings = hub.config.touchpoint(TOUCHPOINT)
     tuning: Any = settings.get("screenpop", {})
     numbers = screenpop_settings(settings)
+    bus = str(tuning.get("bus", "auto"))
+    if bus not in ("auto", "local", "postgresql"):
+        raise ConfigError(f"[touchpoints.callcenter.screenpop] bus must be auto, local or postgresql, not {bus!r}")
+    if bus == "postgresql" and hub.store.dialect != "postgresql":
+        raise ConfigError("[touchpoints.callcenter.screenpop] bus = 'postgresql' needs the hub on PostgreSQL")
     pops = ScreenPops(
         hub,
         budget_ms=int(settings.get("budget_ms", 1000)),
@@ -73,15 +77,18 @@ async def screen_pop_service(app: web.Application) -> AsyncIterator[None]:
         ticket_ttl_s=numbers["ticket_ttl_s"],
     )
     hub.pm.register(pops, name=PLUGIN_NAME)
-    bus = str(tuning.get("bus", "auto"))
-    if bus not in ("auto", "local", "postgresql"):
-        raise ConfigError(f"[touchpoints.callcenter.screenpop] bus must be auto, local or postgresql, not {bus!r}")
-    if bus == "postgresql" and hub.store.dialect != "postgresql":
-        raise ConfigError("[touchpoints.callcenter.screenpop] bus = 'postgresql' needs the hub on PostgreSQL")
-    await pops.start(shared=None if bus == "auto" else bus == "postgresql")
     try:
-        yield
-    finally:
+        await pops.start(shared=None if bus == "auto" else bus == "postgresql")
+    except BaseException:
+        hub.pm.unregister(pops)
+        raise
+
+
+@hookimpl
+async def prm_hub_stopping(hub: Hub) -> None:
+    """Stop the hub's broker (the server has closed the agents' sockets by now)."""
+    pops = screen_pops(hub)
+    if pops is not None:
         hub.pm.unregister(pops)
         await pops.stop()
 
@@ -106,7 +113,6 @@ def prm_adapters(config: Config) -> list[Adapter]:
             name="screenpop",
             touchpoint=TOUCHPOINT,
             routes=screenpop_routes(),
-            services=(screen_pop_service,),
             description="Screen pops: the caller's view on the agent's WebSocket when a call is offered",
         )
     ]

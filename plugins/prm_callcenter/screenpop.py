@@ -1,8 +1,8 @@
 """Screen pops: the caller's 360 view pushed to the agent a call is offered to.
 
-One :class:`ScreenPops` broker lives as long as the server (the ``screenpop`` adapter's
-service) and is registered on its hub's plugin manager, where it hears ``prm_event_recorded``. Ingest never
-waits for it:
+One :class:`ScreenPops` broker lives as long as its hub (the call center's ``prm_hub_started``
+starts it) and is registered on the hub's plugin manager, where it hears ``prm_event_recorded``.
+Ingest never waits for it:
 
 - the hook only puts the call on a bounded queue (when it is full the oldest call waiting is
   dropped and counted in ``dropped_calls``);

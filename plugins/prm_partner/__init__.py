@@ -27,6 +27,7 @@ from prm_core.plugin import (
     Fulfillment,
     FulfillmentRequest,
     FulfillmentResult,
+    Hub,
     Partner,
     TouchPoint,
     ValueRequest,
@@ -152,5 +153,5 @@ def prm_customer_erased(customer_id: str, merged_ids: Sequence[str]) -> None:
 
 
 @hookimpl
-def prm_hub_stopping(config: Config) -> Awaitable[None]:
+def prm_hub_stopping(hub: Hub) -> Awaitable[None]:
     return directory.close()

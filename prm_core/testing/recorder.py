@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -28,21 +29,19 @@ class HookCall:
             raise AttributeError(arg) from None
 
 
-def _spec_names() -> dict[str, list[str]]:
-    return {
-        name: list(inspect.signature(fn).parameters)
-        for name, fn in vars(hookspecs).items()
-        if name.startswith("prm_") and callable(fn)
-    }
+def _implementation(spec: Callable[..., Any], record: Callable[[str, dict[str, Any]], None]) -> Any:
+    """A ``tryfirst`` implementation of hook ``spec`` that records its arguments by name.
 
+    pluggy passes an implementation the arguments its signature names, read through
+    ``__wrapped__``: wrapping the spec gives this one the spec's parameters."""
+    name = spec.__name__
+    argnames = tuple(inspect.signature(spec).parameters)
 
-def _implementation(name: str, args: list[str], record: Callable[[str, dict[str, Any]], None]) -> Any:
-    # pluggy matches implementations to specs by their parameter names (from the code
-    # object), so each recording function is written out with the spec's own names
-    source = f"def {name}({', '.join(args)}):\n    record({name!r}, {{{', '.join(f'{a!r}: {a}' for a in args)}}})\n"
-    namespace: dict[str, Any] = {"record": record}
-    exec(source, namespace)  # generated from hookspec names only
-    return hookimpl(tryfirst=True)(namespace[name])
+    def implementation(*args: Any) -> None:
+        record(name, dict(zip(argnames, args, strict=True)))
+
+    functools.update_wrapper(implementation, spec, assigned=("__name__", "__qualname__", "__doc__"), updated=())
+    return hookimpl(tryfirst=True)(implementation)
 
 
 class HookRecorder:
@@ -59,8 +58,15 @@ class HookRecorder:
 
     def __init__(self) -> None:
         self.calls: list[HookCall] = []
-        for name, args in _spec_names().items():
-            setattr(self, name, _implementation(name, args, self._record))
+        for name, spec in inspect.getmembers(hookspecs, inspect.isfunction):
+            if name.startswith("prm_") and not hasattr(type(self), name):
+                setattr(self, name, _implementation(spec, self._record))
+
+    # written out: the spec's own parameters include one kept only for older plugins
+    # (hookspecs.DEPRECATED_PARAMETERS), which would draw a DeprecationWarning
+    @hookimpl(tryfirst=True)
+    def prm_hub_stopping(self, hub: Any) -> None:
+        self._record("prm_hub_stopping", {"hub": hub})
 
     def _record(self, name: str, kwargs: dict[str, Any]) -> None:
         self.calls.append(HookCall(name, kwargs))
