@@ -33,7 +33,7 @@ def offered(call: str, agent: str) -> Event:
 
 
 async def test_the_broker_runs_with_a_hub_used_as_a_library(database_url):
-    async with Hub.open(with_screenpop(database_url, bus="local")) as hub:
+    async with Hub.open(with_screenpop(database_url, bus="local"), autoload=True) as hub:
         pops = screen_pops(hub)
         assert pops is not None and hub.pm.get_plugin(PLUGIN_NAME) is pops
         agent = pops.connect("a-1", None)
@@ -51,7 +51,7 @@ async def test_the_broker_runs_with_a_hub_used_as_a_library(database_url):
 
 async def test_a_bad_bus_stops_the_hubs_start_naming_the_key_and_the_plugin(database_url):
     with pytest.raises(ConfigError, match=r"\[touchpoints.callcenter.screenpop\] bus must be") as caught:
-        async with Hub.open(with_screenpop(database_url, bus="carrier-pigeon")):
+        async with Hub.open(with_screenpop(database_url, bus="carrier-pigeon"), autoload=True):
             pytest.fail("the hub started")
     assert "raised by plugin 'callcenter' in prm_hub_started" in caught.value.__notes__
 
@@ -59,5 +59,5 @@ async def test_a_bad_bus_stops_the_hubs_start_naming_the_key_and_the_plugin(data
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_a_postgresql_bus_needs_the_hub_on_postgresql(database_url):
     with pytest.raises(ConfigError, match="bus = 'postgresql' needs the hub on PostgreSQL"):
-        async with Hub.open(with_screenpop(database_url, bus="postgresql")):
+        async with Hub.open(with_screenpop(database_url, bus="postgresql"), autoload=True):
             pytest.fail("the hub started")
