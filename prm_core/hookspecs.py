@@ -83,9 +83,7 @@ def prm_touchpoints(config: Config) -> Iterable[TouchPoint]:
     from collections.abc import Iterator
     from datetime import timedelta
 
-    from prm_core import hookimpl
-    from prm_core.config import Config
-    from prm_core.model import TouchPoint
+    from prm_core.plugin import Config, TouchPoint, hookimpl
 
 
     @hookimpl
@@ -124,10 +122,7 @@ def prm_adapters(config: Config) -> Iterable[Adapter]:
 
     from aiohttp import web
 
-    from prm_core import hookimpl
-    from prm_core.config import Config
-    from prm_core.model import Adapter
-    from prm_core.server.auth import require
+    from prm_core.plugin import Adapter, Config, hookimpl, require
 
 
     async def ping(request: web.Request) -> web.Response:
@@ -162,9 +157,7 @@ def prm_partners(config: Config) -> Iterable[Partner]:
     ```python
     from collections.abc import Iterator
 
-    from prm_core import hookimpl
-    from prm_core.config import Config
-    from prm_core.model import Partner
+    from prm_core.plugin import Config, Partner, hookimpl
 
 
     @hookimpl
@@ -199,9 +192,7 @@ def prm_value_providers(config: Config) -> Iterable[ValueProvider]:
     from collections.abc import Iterator, Mapping
     from typing import Any
 
-    from prm_core import hookimpl
-    from prm_core.config import Config
-    from prm_core.model import ValueProvider, ValueRequest
+    from prm_core.plugin import Config, ValueProvider, ValueRequest, hookimpl
 
     PLANS = {"wm-300": ["basic", "extended"]}
 
@@ -239,9 +230,7 @@ def prm_identity_namespaces(config: Config) -> Iterable[IdentityNamespace]:
     ```python
     from collections.abc import Iterator
 
-    from prm_core import hookimpl
-    from prm_core.config import Config
-    from prm_core.model import IdentityNamespace
+    from prm_core.plugin import Config, IdentityNamespace, hookimpl
 
 
     def normalize_device(raw: str, region: str) -> str:
@@ -290,11 +279,7 @@ def prm_importers(config: Config) -> Iterable[Importer]:
     from datetime import datetime
     from pathlib import Path
 
-    from prm_core import hookimpl
-    from prm_core.config import Config
-    from prm_core.errors import InvalidInput
-    from prm_core.formats import ImportContext, Importer
-    from prm_core.model import Event, Identity
+    from prm_core.plugin import Config, Event, Identity, ImportContext, Importer, InvalidInput, hookimpl
 
 
     async def read_visits(path: Path, context: ImportContext) -> AsyncIterator[Event | InvalidInput]:
@@ -347,9 +332,7 @@ def prm_destination_kinds(config: Config) -> Iterable[DestinationKind]:
     ```python
     from collections.abc import Iterator, Sequence
 
-    from prm_core import hookimpl
-    from prm_core.config import Config
-    from prm_core.feed import Change, DestinationKind, DestinationSettings
+    from prm_core.plugin import Change, Config, DestinationKind, DestinationSettings, hookimpl
 
 
     class LogFile:
@@ -391,8 +374,7 @@ def prm_event_labels(config: Config) -> Mapping[str, str] | None:
     ```python
     from collections.abc import Mapping
 
-    from prm_core import hookimpl
-    from prm_core.config import Config
+    from prm_core.plugin import Config, hookimpl
 
 
     @hookimpl
@@ -430,8 +412,7 @@ def prm_hub_started(hub: Hub) -> Awaitable[None] | None:
     .. versionadded:: 0.2.0
 
     ```python
-    from prm_core import hookimpl
-    from prm_core.hub import Hub
+    from prm_core.plugin import Hub, hookimpl
 
     # what this plugin keeps for each running hub
     greetings: dict[int, str] = {}
@@ -469,8 +450,7 @@ def prm_hub_stopping(hub: Hub, config: Config) -> Awaitable[None] | None:
     ```python
     import aiohttp
 
-    from prm_core import hookimpl
-    from prm_core.hub import Hub
+    from prm_core.plugin import Hub, hookimpl
 
     # each hub's session, opened on first use on the hub's event loop
     sessions: dict[int, aiohttp.ClientSession] = {}
@@ -507,8 +487,7 @@ def prm_customer_created(customer: Customer, event: Event | None) -> None:
     ```python
     import asyncio
 
-    from prm_core import hookimpl
-    from prm_core.model import Customer, Event
+    from prm_core.plugin import Customer, Event, hookimpl
 
     # a worker task elsewhere drains the queue and sends the welcome message
     welcome: asyncio.Queue[str] = asyncio.Queue()
@@ -539,8 +518,7 @@ def prm_customers_merged(merge: Merge) -> None:
     ```python
     import asyncio
 
-    from prm_core import hookimpl
-    from prm_core.model import Merge
+    from prm_core.plugin import Merge, hookimpl
 
     # drained by a task that keeps the external CRM in step
     crm_updates: asyncio.Queue[tuple[str, str, str]] = asyncio.Queue()
@@ -569,8 +547,7 @@ def prm_customers_unmerged(merge: Merge) -> None:
     ```python
     import asyncio
 
-    from prm_core import hookimpl
-    from prm_core.model import Merge
+    from prm_core.plugin import Merge, hookimpl
 
     crm_updates: asyncio.Queue[tuple[str, str, str]] = asyncio.Queue()
 
@@ -605,8 +582,7 @@ def prm_enrich_view(view: CustomerView) -> Mapping[str, Any] | Awaitable[Mapping
     from decimal import Decimal
     from typing import Any
 
-    from prm_core import hookimpl
-    from prm_core.model import CustomerView
+    from prm_core.plugin import CustomerView, hookimpl
 
 
     @hookimpl
@@ -651,7 +627,7 @@ def prm_customer_erased(customer_id: str, merged_ids: Sequence[str]) -> Awaitabl
     ```python
     from collections.abc import Sequence
 
-    from prm_core import hookimpl
+    from prm_core.plugin import hookimpl
 
     # what this plugin keeps per customer: messages waiting for a partner
     pending_messages: dict[str, list[dict[str, str]]] = {}
@@ -686,8 +662,7 @@ def prm_dialogue_opened(dialogue: Dialogue, event: RecordedEvent) -> None:
     - **First result wins:** no.
 
     ```python
-    from prm_core import hookimpl
-    from prm_core.model import Dialogue, RecordedEvent
+    from prm_core.plugin import Dialogue, RecordedEvent, hookimpl
 
     kiosk_sessions: set[str] = set()
 
@@ -719,8 +694,7 @@ def prm_event_recorded(recorded: RecordedEvent) -> None:
     import asyncio
     import contextlib
 
-    from prm_core import hookimpl
-    from prm_core.model import RecordedEvent
+    from prm_core.plugin import RecordedEvent, hookimpl
 
     screen_pops: asyncio.Queue[tuple[str, str]] = asyncio.Queue(maxsize=10_000)
 
@@ -754,9 +728,7 @@ def prm_event_changes(recorded: Sequence[RecordedEvent]) -> Iterable[NewChange] 
     ```python
     from collections.abc import Iterator, Sequence
 
-    from prm_core import hookimpl
-    from prm_core.feed import NewChange
-    from prm_core.model import RecordedEvent
+    from prm_core.plugin import NewChange, RecordedEvent, hookimpl
 
 
     @hookimpl
@@ -786,8 +758,7 @@ def prm_dialogue_closed(dialogue: Dialogue) -> None:
     ```python
     import asyncio
 
-    from prm_core import hookimpl
-    from prm_core.model import Dialogue
+    from prm_core.plugin import Dialogue, hookimpl
 
     surveys: asyncio.Queue[str] = asyncio.Queue()
 
@@ -825,8 +796,7 @@ def prm_propose_offers(request: ValueRequest) -> Iterable[Offer] | Awaitable[Ite
     ```python
     from collections.abc import Iterator
 
-    from prm_core import hookimpl
-    from prm_core.model import Offer, ValueRequest
+    from prm_core.plugin import Offer, ValueRequest, hookimpl
 
 
     @hookimpl
@@ -840,8 +810,7 @@ def prm_propose_offers(request: ValueRequest) -> Iterable[Offer] | Awaitable[Ite
     ```python
     import asyncio
 
-    from prm_core import hookimpl
-    from prm_core.model import Offer, ValueRequest
+    from prm_core.plugin import Offer, ValueRequest, hookimpl
 
 
     async def recommend(customer_id: str, limit_ms: float) -> list[str]:
@@ -874,8 +843,7 @@ def prm_plan_fulfillment(request: ValueRequest) -> Iterable[FulfillmentRequest] 
     ```python
     from collections.abc import Iterator
 
-    from prm_core import hookimpl
-    from prm_core.model import FulfillmentRequest, ValueRequest
+    from prm_core.plugin import FulfillmentRequest, ValueRequest, hookimpl
 
 
     @hookimpl
@@ -916,8 +884,7 @@ def prm_fulfill(request: FulfillmentRequest) -> Awaitable[FulfillmentResult] | N
     ```python
     from collections.abc import Awaitable
 
-    from prm_core import hookimpl
-    from prm_core.model import FulfillmentRequest, FulfillmentResult
+    from prm_core.plugin import FulfillmentRequest, FulfillmentResult, hookimpl
 
 
     async def schedule(request: FulfillmentRequest) -> FulfillmentResult:
@@ -964,8 +931,7 @@ def prm_render_delivery(delivery: Delivery, touchpoint: TouchPoint) -> Mapping[s
     from collections.abc import Mapping
     from typing import Any
 
-    from prm_core import hookimpl
-    from prm_core.model import Delivery, TouchPoint
+    from prm_core.plugin import Delivery, TouchPoint, hookimpl
 
 
     @hookimpl
@@ -1000,8 +966,7 @@ def prm_fulfillment_updated(fulfillment: Fulfillment) -> None:
     - **First result wins:** no; every implementation is called.
 
     ```python
-    from prm_core import hookimpl
-    from prm_core.outbox import Fulfillment
+    from prm_core.plugin import Fulfillment, hookimpl
 
     open_sessions: dict[str, list[dict]] = {}
 

@@ -30,6 +30,9 @@ What is here, by use:
   :func:`read_json` / :func:`parse_json_body` read a body with the hub's JSON rules;
   :func:`ingest` records events and counts them; :func:`answer_request` asks for value;
   :class:`ApiError` answers a JSON error.
+- **The change feed**: :class:`Change` and :class:`NewChange` for the change types a plugin
+  adds (``prm_event_changes``), and :class:`DestinationKind`, :class:`DestinationSettings`,
+  :class:`Sink` and :class:`Refused` for a destination kind (``prm_destination_kinds``).
 - **Commands** a plugin adds to ``prm`` (the ``prm.commands`` entry point) that run a hub
   in-process, as ``prm demo`` does: :func:`create_app`, :func:`create_key`,
   :func:`configure_logging`, and :func:`builtin_plugins` (the plugins that ship with the hub).
@@ -45,6 +48,7 @@ from .consent import allows
 from .delivery import Answer
 from .errors import ConfigError, InvalidInput, NotFound, Overloaded, PrmError, StoreUnavailable, TooLarge
 from .events import MAX_EVENTS_PER_CALL, in_window, parse_rfc3339, parse_time
+from .feed import Change, DestinationKind, DestinationSettings, NewChange, Refused, Sink
 from .formats import ImportContext, Importer
 from .hookspecs import hookimpl
 from .hub import Hub
@@ -106,11 +110,14 @@ __all__ = [
     "Adapter",
     "Answer",
     "ApiError",
+    "Change",
     "Config",
     "ConfigError",
     "Customer",
     "CustomerView",
     "Delivery",
+    "DestinationKind",
+    "DestinationSettings",
     "Dialogue",
     "Direction",
     "Event",
@@ -125,13 +132,16 @@ __all__ = [
     "Importer",
     "InvalidInput",
     "Merge",
+    "NewChange",
     "NotFound",
     "Offer",
     "Overloaded",
     "Partner",
     "PrmError",
     "RecordedEvent",
+    "Refused",
     "RetryLater",
+    "Sink",
     "StoreUnavailable",
     "TooLarge",
     "TouchPoint",
