@@ -470,7 +470,7 @@ def scorecard(config_path: str | None, database_url: str | None, days: int, as_j
         # one amount in the reporting currency, or the amounts per currency, never added
         if figure["revenue"] is not None:
             return f"{figure['revenue']} {card['currency']}"
-        return " + ".join(f"{a} {c}" for c, a in figure["revenue_by_currency"].items())
+        return " and ".join(f"{a} {c}" for c, a in figure["revenue_by_currency"].items())
 
     click.echo(f"touch points, last {days} days; money in {card['currency']}")
     head = (

@@ -37,7 +37,7 @@ NAMES: Mapping[str, tuple[Any, str]] = {
         " a currency without a rate)",
     ),
     "revenue_by_currency": (
-        _T.MAPPING(_T.FLOAT),
+        _T.MAPPING(_T.STRING, _T.FLOAT),
         "the same per ISO 4217 code, unconverted: revenue_by_currency['USD'] (XXX: revenue without a currency)",
     ),
     "mixed_currencies": (
