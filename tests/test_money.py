@@ -11,6 +11,7 @@ import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,7 @@ from prm_core.planning.money import Money
 from prm_core.planning.scorecard import scorecard
 
 NOW = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
+DOC = (Path(__file__).parents[1] / "docs" / "planning.md").read_text(encoding="utf-8")
 RULES = {"gold": "lifetime_revenue >= 1000"}
 EUR = {"reporting_currency": "EUR"}
 EUR_WITH_RATES = {"reporting_currency": "EUR", "rates": {"USD": 0.92, "GBP": 1.17}}
@@ -146,6 +148,7 @@ def test_a_bad_money_setting_is_one_line_naming_the_key(tmp_path, toml, line):
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1] == f"Error: {line}"
     assert "Traceback" not in done.stderr
+    assert f"\n{line}\n" in DOC  # docs/planning.md shows the line as it is
 
 
 async def test_a_cost_in_an_unknown_currency_is_a_422_naming_the_field(hub_client, make_key):
@@ -191,6 +194,19 @@ async def test_without_a_rate_revenue_is_kept_apart_flagged_and_matches_no_reven
     assert bob.sections["value"]["lifetime_revenue"]["mixed_currencies"] == []
     # revenue without a currency counts in the reporting currency; GBP has no rate
     assert cy.metrics["mixed_currencies"] == ["GBP", "XXX"]
+    assert cy.metrics["lifetime_revenue"] is None
+
+
+async def test_revenue_in_one_currency_is_shown_as_recorded_in_the_view(database_url, frozen_clock):
+    frozen_clock.now = NOW
+    async with Hub.open(config(database_url, EUR_WITH_RATES)) as hub:
+        await record(hub, sale("d1", "dan@example.com", "1000", "USD"), sale("d2", "dan@example.com", "200", "USD"))
+        dan = await hub.view("email:dan@example.com")
+    # dollars only: the view shows dollars; rules and figures across customers see euros
+    assert (dan.metrics["lifetime_revenue"], dan.metrics["currency"]) == (Decimal("1200.00"), "USD")
+    assert dan.metrics["average_sale"] == Decimal("600.00")
+    assert dan.sections["value"]["lifetime_revenue"]["amount"] == "1104.00"
+    assert dan.customer.tier == "gold"  # 1104 EUR >= 1000
 
 
 async def test_with_rates_revenue_is_converted_into_the_reporting_currency(database_url, frozen_clock):

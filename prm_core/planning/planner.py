@@ -30,7 +30,7 @@ from ..feed.changes import NewChange
 from ..feed.writing import emit
 from ..feed.writing import mark as feed_mark
 from ..feed.writing import rollback_to as feed_rollback
-from ..merging import event_revenue
+from ..merging import NO_CURRENCY, event_revenue
 from ..model import CustomerView, Merge, Offer, ValueRequest
 from ..recording import Written
 from ..store import Store
@@ -702,14 +702,20 @@ class Planner:
                 ),
             },
         }
-        # the core's metrics add every currency up; the view shows that sum only when it means
-        # something: in the reporting currency, converted, or null with the currencies kept apart
+        # the core's metrics add every currency up; the view shows revenue in its currency: as
+        # recorded when it is in one, converted into the reporting currency when it is in
+        # several, or null with the currencies kept apart when one of them has no rate
         shown = dict(view.metrics)
-        total, orders = money.total(revenue), view.metrics.get("order_count") or 0
+        (only,) = revenue if len(revenue) == 1 else (None,)
+        if only is not None and only != NO_CURRENCY:
+            currency, total = only, revenue[only]
+        else:
+            currency, total = money.currency, money.total(revenue)
+        orders = view.metrics.get("order_count") or 0
         cent = Decimal("0.01")
         shown["lifetime_revenue"] = None if total is None else total.quantize(cent)
         shown["average_sale"] = (total / orders).quantize(cent) if total is not None and orders else None
-        shown["currency"] = money.currency
+        shown["currency"] = currency
         shown["mixed_currencies"] = money.mixed(revenue)
         return evolve(view, metrics=shown, sections={**view.sections, "value": section})
 
