@@ -707,6 +707,7 @@ class Planner:
         # several, or null with the currencies kept apart when one of them has no rate
         shown = dict(view.metrics)
         (only,) = revenue if len(revenue) == 1 else (None,)
+        total: Decimal | None
         if only is not None and only != NO_CURRENCY:
             currency, total = only, revenue[only]
         else:
