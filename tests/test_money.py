@@ -458,3 +458,64 @@ def test_prm_plan_fit_says_the_currency_and_who_was_left_out(tmp_path):
     # bob bought in euros; ann's dollars and cy's pounds have no rate
     assert "1 customers with a purchase, spend in EUR" in result.output
     assert "left out: 2 customers who bought in GBP, USD (no rate into EUR in [money.rates])" in result.output
+
+
+# ---- the migration -----------------------------------------------------------------------------
+
+
+async def test_the_migration_fills_the_amounts_per_currency_as_ingest_keeps_them(database_url, frozen_clock):
+    """Recorded before amounts were kept per currency: the migration reads them from what was
+    recorded, and gets what ingest itself keeps now."""
+    import sqlalchemy as sa
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+
+    from prm_core.store.engine import MIGRATIONS
+    from prm_core.store.tables import customer_value, touchpoint_day_revenue
+
+    frozen_clock.now = NOW
+    returned = sale("r1", "bob@example.com", "-200", "EUR")
+    returned["data"]["transaction_type"] = "return"
+    async with Hub.open(config(database_url, EUR)) as hub:
+        await record(hub, *SALES, returned)
+        await record(hub, sale("p1", "bob@example.com", "30", "EUR"), touchpoint="pos")
+
+        def kept(conn: Any) -> tuple[dict[str, dict[str, Decimal]], set[tuple[str, str, str, Decimal]]]:
+            v, d = customer_value.c, touchpoint_day_revenue.c
+            values = {
+                r.customer_id: {c: Decimal(a) for c, a in r.purchase_total_by_currency.items()}
+                for r in conn.execute(sa.select(v.customer_id, v.purchase_total_by_currency))
+            }
+            days = {(r.touchpoint, r.day, r.currency, Decimal(r.revenue)) for r in conn.execute(sa.select(d))}
+            return values, days
+
+        by_ingest = await hub.store.read(kept)
+
+        def downgrade(conn: Any) -> None:
+            cfg = AlembicConfig()
+            cfg.set_main_option("script_location", str(MIGRATIONS))
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "0007_identity_conflicts")
+
+        async with hub.store.writer.begin() as conn:
+            await conn.run_sync(downgrade)
+        assert await hub.store.migrate() == ["0008_money"]
+        by_migration = await hub.store.read(kept)
+    assert by_migration == by_ingest
+    values, days = by_migration
+    assert sorted(values.values(), key=sorted) == sorted(
+        [{"EUR": 600, "USD": 600}, {"EUR": 1230}, {"GBP": 50, "XXX": 20}], key=sorted
+    )
+
+    def day(n: int) -> str:
+        return (NOW - timedelta(days=n)).date().isoformat()
+
+    assert days == {
+        ("web", day(3), "EUR", Decimal(600)),
+        ("web", day(2), "EUR", Decimal(1200)),
+        ("web", day(2), "USD", Decimal(600)),
+        ("web", day(1), "GBP", Decimal(50)),
+        ("web", day(1), "XXX", Decimal(20)),
+        ("web", day(1), "EUR", Decimal(-200)),  # the return: revenue recorded there, less
+        ("pos", day(1), "EUR", Decimal(30)),
+    }
