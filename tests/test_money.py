@@ -255,6 +255,9 @@ async def _members(hub: Hub, name: str) -> list[str]:
         return members(conn, hub.planner, get_segment(conn, name), after="", limit=50, now=NOW)[0]
 
     found = await hub.store.read(read)
+    # a member's revenue says its currency, and what it keeps apart
+    assert all(m["currency"] == hub.planner.money.currency and "mixed_currencies" in m for m in found)
+    assert all(m["lifetime_revenue"] is None for m in found if m["mixed_currencies"])
     emails = []
     for m in found:
         view = await hub.view(m["id"])
