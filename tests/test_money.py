@@ -522,3 +522,22 @@ async def test_the_migration_fills_the_amounts_per_currency_as_ingest_keeps_them
         ("web", day(1), "EUR", Decimal(-200)),  # the return: revenue recorded there, less
         ("pos", day(1), "EUR", Decimal(30)),
     }
+
+
+# ---- campaigns -----------------------------------------------------------------------------------
+
+
+def test_the_return_on_a_cost_converts_with_rates_and_says_what_it_left_out():
+    from prm_core.planning.campaigns import CampaignCost, _roi
+
+    sides = {"customers": 10}
+    revenue = {False: {"EUR": Decimal(1000), "USD": Decimal(500)}, True: {"EUR": Decimal(100)}}
+    in_euros = CampaignCost(Decimal(100), "EUR")
+    rates = Money.from_config(Config(raw={"money": EUR_WITH_RATES}))
+    # treated 1000 + 500 x 0.92 = 1460 EUR, 146 per customer, control 10: (136 x 10 - 100) / 100
+    assert _roi(sides, sides, revenue, in_euros, rates) == (12.6, [])
+    # without a rate the dollars are not counted as euros: left out, and named
+    assert _roi(sides, sides, revenue, in_euros, Money.from_config(Config(raw={"money": EUR}))) == (8.0, ["USD"])
+    # a cost in dollars: every amount through euros into dollars
+    roi, left_out = _roi(sides, sides, revenue, CampaignCost(Decimal(100), "USD"), rates)
+    assert roi == pytest.approx(((1460 - 100) / 0.92 - 100) / 100, abs=1e-4) and left_out == []
