@@ -106,6 +106,9 @@ def test_the_older_key_is_the_reporting_currency():
         ({"money": {"rates": {"USD": 2}}}, "[money.rates].USD is the reporting currency itself: its rate is 1"),
         ({"money": {"rates": 0.9}}, "[money].rates must be a table"),
         ({"money": {"currency": "EUR"}}, "[money].currency is not a money setting"),
+        ({"money": "EUR"}, "[money] must be a table"),
+        ({"money": {"reporting_currency": "XXX"}}, "[money].reporting_currency must be an ISO 4217 code"),
+        ({"money": {"rates": {"XXX": 1}}}, "[money.rates].XXX: 'XXX' is not an ISO 4217 currency code"),
         ({"planning": {"currency": "EURO"}}, "[planning].currency must be an ISO 4217 code"),
         (
             {"planning": {"currency": "USD"}, "money": {"reporting_currency": "EUR"}},

@@ -53,7 +53,8 @@ _CENTS = Decimal("0.01")
 def _iso_codes() -> frozenset[str]:
     from babel.numbers import list_currencies
 
-    return frozenset(list_currencies())
+    # XXX (no currency) and XTS (for testing) are codes, not currencies one reports or converts
+    return frozenset(list_currencies()) - {NO_CURRENCY, "XTS"}
 
 
 def is_iso_currency(code: Any) -> bool:
@@ -98,6 +99,8 @@ class Money:
     def from_config(cls, config: Config) -> Money:
         """``[money]`` (and ``[planning] currency``, its older name); anything invalid raises
         :class:`ConfigError` naming the key."""
+        if not isinstance(config.raw.get("money", {}), Mapping):
+            raise ConfigError("[money] must be a table (reporting_currency, and rates in [money.rates])")
         section = config.section("money")
         unknown = set(section) - {"reporting_currency", "rates"}
         if unknown:
