@@ -544,3 +544,13 @@ def test_the_return_on_a_cost_converts_with_rates_and_says_what_it_left_out():
     # a cost in dollars: every amount through euros into dollars
     roi, left_out = _roi(sides, sides, revenue, CampaignCost(Decimal(100), "USD"), rates)
     assert roi == pytest.approx(((1460 - 100) / 0.92 - 100) / 100, abs=1e-4) and left_out == []
+
+
+def test_a_misspelled_money_setting_is_named_with_the_nearest_name():
+    from prm_core.config_check import config_warnings
+
+    raw = {"mony": {"reporting_currency": "EUR"}, "money": {"reporting_curency": "EUR", "rates": {"USD": 0.92}}}
+    assert config_warnings(Config(raw=raw), ["web"]) == [
+        "[mony] is not a table the hub reads; did you mean money?",
+        "[money].reporting_curency is not a setting the hub reads; did you mean reporting_currency?",
+    ]
