@@ -554,3 +554,43 @@ def test_a_misspelled_money_setting_is_named_with_the_nearest_name():
         "[mony] is not a table the hub reads; did you mean money?",
         "[money].reporting_curency is not a setting the hub reads; did you mean reporting_currency?",
     ]
+
+
+# ---- a rates table as a file -------------------------------------------------------------------
+
+
+def _money_from(tmp_path: Path, toml: str, csv_text: str | None) -> Money:
+    from prm_core.config import load_config
+
+    (tmp_path / "prm.toml").write_text(toml)
+    if csv_text is not None:
+        (tmp_path / "rates.csv").write_text(csv_text)
+    return Money.from_config(load_config(tmp_path / "prm.toml"))
+
+
+def test_rates_can_come_from_a_csv_file_beside_the_config(tmp_path):
+    shown = "currency,rate\nUSD,0.92\nGBP,1.17\n"
+    assert shown in DOC and 'rates_file = "rates.csv"' in DOC  # as docs/planning.md shows it
+    toml = '[money]\nreporting_currency = "EUR"\nrates_file = "rates.csv"\n[money.rates]\nJPY = 0.0061\n'
+    money = _money_from(tmp_path, toml, "currency,rate\nUSD,0.92\n\nGBP, 1.17\n")
+    assert money.rates == {"JPY": Decimal("0.0061"), "USD": Decimal("0.92"), "GBP": Decimal("1.17")}
+    assert money.total({"USD": Decimal(100), "GBP": Decimal(10), "EUR": Decimal(1)}) == Decimal("104.70")
+
+
+@pytest.mark.parametrize(
+    ("csv_text", "message"),
+    [
+        (None, "[money].rates_file: cannot read"),
+        ("code,value\nUSD,0.92\n", "the first line must be the header currency,rate"),
+        ("currency,rate\nUSD,0\n", "rates.csv line 2 must be a positive number, not '0'"),
+        ("currency,rate\nUSD,0.92\nXYZ,1.2\n", "rates.csv line 3: 'XYZ' is not an ISO 4217 currency code"),
+        ("currency,rate\nUSD,0.92,x\n", "rates.csv line 2: two columns, currency and rate, not 3"),
+        ("currency,rate\nJPY,0.0061\n", "rates.csv line 2: JPY has a rate already; give each currency one"),
+    ],
+)
+def test_a_bad_rates_file_is_one_line_naming_the_file_and_line(tmp_path, csv_text, message):
+    toml = '[money]\nreporting_currency = "EUR"\nrates_file = "rates.csv"\n[money.rates]\nJPY = 0.0061\n'
+    with pytest.raises(ConfigError) as stopped:
+        _money_from(tmp_path, toml, csv_text)
+    assert message in str(stopped.value) and "\n" not in str(stopped.value)
+    assert str(stopped.value).startswith("[money].rates_file")

@@ -10,6 +10,9 @@ and converted only when it is read, with the rates of ``[money.rates]``::
     USD = 0.92                   # 1 USD = 0.92 EUR
     GBP = 1.17                   # 1 GBP = 1.17 EUR
 
+or, as a finance system exports them, ``rates_file = "rates.csv"`` (beside the config file):
+a ``currency,rate`` header, then one currency a line.
+
 A figure whose amounts are all in the reporting currency, or in currencies with a rate, is
 one amount in the reporting currency. A figure with an amount in a currency without a rate is
 never added up: its amount is null, its amounts stay apart per currency, and its
@@ -20,11 +23,14 @@ the older name of ``reporting_currency`` and is still read.
 
 from __future__ import annotations
 
+import csv
 import functools
+import io
 import math
 import re
 from collections.abc import Iterable, Mapping
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from typing import Any
 
 from attrs import field, frozen
@@ -102,9 +108,11 @@ class Money:
         if not isinstance(config.raw.get("money", {}), Mapping):
             raise ConfigError("[money] must be a table (reporting_currency, and rates in [money.rates])")
         section = config.section("money")
-        unknown = set(section) - {"reporting_currency", "rates"}
+        unknown = set(section) - {"reporting_currency", "rates", "rates_file"}
         if unknown:
-            raise ConfigError(f"[money].{sorted(unknown)[0]} is not a money setting (reporting_currency, rates)")
+            raise ConfigError(
+                f"[money].{sorted(unknown)[0]} is not a money setting (reporting_currency, rates, rates_file)"
+            )
         older = config.section("planning").get("currency")
         if older is not None and not is_iso_currency(older):
             raise ConfigError(f"[planning].currency must be an ISO 4217 code such as USD or EUR, not {older!r}")
@@ -120,11 +128,15 @@ class Money:
         raw_rates = section.get("rates", {})
         if not isinstance(raw_rates, Mapping):
             raise ConfigError("[money].rates must be a table ([money.rates]) of currency = rate")
+        listed = [(f"[money.rates].{code}", code, raw) for code, raw in raw_rates.items()]
+        if "rates_file" in section:
+            listed += _rates_file(section["rates_file"], config.source)
         rates: dict[str, Decimal] = {}
-        for code, raw in raw_rates.items():
-            where = f"[money.rates].{code}"
+        for where, code, raw in listed:
             if not is_iso_currency(code):
                 raise ConfigError(f"{where}: {code!r} is not an ISO 4217 currency code")
+            if code in rates:
+                raise ConfigError(f"{where}: {code} has a rate already; give each currency one")
             rate = _rate(raw, where)
             if code == currency and rate != 1:
                 raise ConfigError(f"{where} is the reporting currency itself: its rate is 1")
@@ -173,6 +185,31 @@ class Money:
 
     def to_json(self) -> dict[str, Any]:
         return {"reporting_currency": self.currency, "rates": {c: str(r) for c, r in sorted(self.rates.items())}}
+
+
+def _rates_file(name: Any, source: Path | None) -> list[tuple[str, str, str]]:
+    """``[money].rates_file``: a CSV table with a ``currency,rate`` header (as a finance system
+    exports one), relative to the config file; each row as (where, code, rate)."""
+    if not isinstance(name, str) or not name:
+        raise ConfigError("[money].rates_file must be the path of a CSV file (currency,rate)")
+    path = Path(name) if source is None else source.parent / name
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise ConfigError(f"[money].rates_file: cannot read {path} ({exc.strerror or exc})") from None
+    rows = csv.reader(io.StringIO(text))
+    header = [h.strip().lower() for h in next(rows, [])]
+    if header != ["currency", "rate"]:
+        raise ConfigError(f"[money].rates_file {path}: the first line must be the header currency,rate")
+    found = []
+    for n, row in enumerate(rows, start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        where = f"[money].rates_file {path} line {n}"
+        if len(row) != 2:
+            raise ConfigError(f"{where}: two columns, currency and rate, not {len(row)}")
+        found.append((where, row[0].strip(), row[1].strip()))
+    return found
 
 
 def cents(amount: Decimal | None) -> str | None:
