@@ -446,21 +446,32 @@ def plan_fit(config_path: str | None, database_url: str | None) -> None:
         from .planning.clv import PLANNING_MISSING
 
         raise click.ClickException(f"prm plan fit needs the value model's libraries: {PLANNING_MISSING}") from exc
+    from .planning.money import Money
     from .store import Store
     from .store.tables import utcnow
 
     config = _config(config_path, database_url)
+    try:
+        money = Money.from_config(config)
+    except PrmError as exc:
+        raise click.ClickException(str(exc)) from exc
 
     async def fit() -> dict[str, Any]:
         store = Store.open(config.database_url)
         try:
             await store.migrate()
-            return await fit_value_model(store, utcnow())
+            return await fit_value_model(store, utcnow(), money)
         finally:
             await store.dispose()
 
     result = _run(fit)
-    click.echo(f"{result['customers']} customers with a purchase")
+    click.echo(f"{result['customers']} customers with a purchase, spend in {money.currency}")
+    if result["left_out"]["customers"]:
+        left = result["left_out"]
+        click.echo(
+            f"  left out: {left['customers']} customers who bought in {', '.join(left['currencies'])}"
+            f" (no rate into {money.currency} in [money.rates])"
+        )
     for name, params in result["stored"].items():
         click.echo(f"  {name}: {', '.join(f'{k}={v}' for k, v in params.items())}")
     for name, why in result["skipped"].items():
@@ -501,6 +512,7 @@ def plan_tiers(config_path: str | None, database_url: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="the scorecard as JSON (as GET /v1/scorecard answers)")
 def scorecard(config_path: str | None, database_url: str | None, days: int, as_json: bool) -> None:
     """The touch point value scorecard and balanced-scorecard figures, as tables."""
+    from .planning.money import Money
     from .planning.scorecard import scorecard as build
     from .plugins import collect_registrations, make_plugin_manager
     from .store import Store
@@ -508,6 +520,7 @@ def scorecard(config_path: str | None, database_url: str | None, days: int, as_j
 
     config = _config(config_path, database_url)
     try:
+        money = Money.from_config(config)
         names = collect_registrations(make_plugin_manager(), config).touchpoints.names()
     except PrmError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -516,25 +529,25 @@ def scorecard(config_path: str | None, database_url: str | None, days: int, as_j
         store = Store.open(config.database_url)
         try:
             await store.migrate()
-            return await store.read(lambda conn: build(conn, names, utcnow(), days=days))
+            return await store.read(lambda conn: build(conn, names, utcnow(), days=days, money=money))
         finally:
             await store.dispose()
 
     card = _run(read)
     if as_json:
-        from .planning.scorecard import reporting_currency
-
-        try:
-            currency = reporting_currency(config)
-        except PrmError as exc:
-            raise click.ClickException(str(exc)) from exc
-        click.echo(json.dumps({**card, "currency": currency}, indent=2, default=str))
+        click.echo(json.dumps(card, indent=2, default=str))
         return
 
     def pct(value: float | None) -> str:
         return "-" if value is None else f"{value * 100:.1f}%"
 
-    click.echo(f"touch points, last {days} days")
+    def money_of(figure: dict[str, Any]) -> str:
+        # one amount in the reporting currency, or the amounts per currency, never added
+        if figure["revenue"] is not None:
+            return f"{figure['revenue']} {card['currency']}"
+        return " and ".join(f"{a} {c}" for c, a in figure["revenue_by_currency"].items())
+
+    click.echo(f"touch points, last {days} days; money in {card['currency']}")
     head = (
         "touch point",
         "customers",
@@ -548,7 +561,7 @@ def scorecard(config_path: str | None, database_url: str | None, days: int, as_j
     )
     rows = [
         (t["touchpoint"], str(t["customers"]), pct(t["conversion_rate"]), str(t["requests"]), pct(t["in_budget_rate"]),
-         pct(t["degraded_rate"]), str(t["offers_made"]), str(t["offers_accepted"]), t["revenue"])
+         pct(t["degraded_rate"]), str(t["offers_made"]), str(t["offers_accepted"]), money_of(t))
         for t in card["touchpoints"]
     ]  # fmt: skip
     _table(head, rows)
@@ -556,7 +569,7 @@ def scorecard(config_path: str | None, database_url: str | None, days: int, as_j
     click.echo("")
     click.echo(f"customers by tier ({b['customers']} customers)")
     tiers = [
-        (t["tier"] or "(none)", str(t["customers"]), pct(t["customer_share"]), t["revenue"], pct(t["revenue_share"]))
+        (t["tier"] or "(none)", str(t["customers"]), pct(t["customer_share"]), money_of(t), pct(t["revenue_share"]))
         for t in b["by_tier"]
     ]
     _table(("tier", "customers", "share", "revenue", "share"), tiers)
@@ -564,8 +577,14 @@ def scorecard(config_path: str | None, database_url: str | None, days: int, as_j
     click.echo(
         f"buyers {b['buyers']}: retained {pct(b['retention_rate'])} (bought within {b['retention_days']} days), "
         f"churned {pct(b['churn_rate'])}, repeat {pct(b['repeat_rate'])}; "
-        f"average predicted 12-month value {b['average_clv'] if b['average_clv'] is not None else '- (prm plan fit)'}"
+        "average predicted 12-month value "
+        + (f"{b['average_clv']} {card['currency']}" if b["average_clv"] is not None else "- (prm plan fit)")
     )
+    if card["mixed_currencies"]:
+        click.echo(
+            f"\nrevenue in {', '.join(card['mixed_currencies'])} is shown per currency, not added:"
+            f" [money.rates] has no rate into {card['currency']} for some of them"
+        )
 
 
 @main.group(invoke_without_command=True)

@@ -36,6 +36,7 @@ CORE_TABLES: Mapping[str, frozenset[str] | None] = {
     "identity": frozenset({"default_region", "shared_namespaces", "rules"}),
     "outbox": frozenset({"lease_s", "poll_ms", "retry_base_ms", "retry_cap_s", "max_attempts"}),
     "planning": frozenset({"on_ingest", "currency"}),
+    "money": frozenset({"reporting_currency", "rates", "rates_file"}),
     "feed": frozenset({"enabled", "retention_days", "prune_interval_s", "destination_lease_s"}),
     "privacy": None,
     "tiers": None,

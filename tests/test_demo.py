@@ -35,6 +35,10 @@ def test_the_demo_plays_the_flagship_scenario_and_a_day_of_traffic() -> None:
     assert "tier now 'platinum' (rule)" in out
     assert "Welcome back, Ann." in out
     assert "The scorecard (GET /v1/scorecard):" in out and "customers by tier" in out
+    pos = next(
+        ln for ln in out.split("The scorecard (GET /v1/scorecard):")[1].splitlines() if ln.strip().startswith("pos")
+    )
+    assert pos.endswith(" USD"), pos  # revenue with its currency
     # customers use their identifiers across touch points (merges), two households share an email (conflicts)
     identities = re.search(r"identities: ([\d,]+) merges .*?, (\d+) conflicts kept for review", out)
     assert identities is not None, out

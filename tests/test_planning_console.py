@@ -98,7 +98,7 @@ async def test_the_console_shows_scorecards_and_a_customer_with_a_read_key(
     cells = await row.locator("th, td").all_inner_texts()
     # three customers at the web in 30 days, all of whom bought there; three requests, all in budget
     assert cells[:6] == ["web", "3", "100%", "3", "100%", "0%"]
-    assert cells[8] == "$7,790.00"  # the currency ([planning] currency, USD) and grouping, in the browser's locale
+    assert cells[8] == "$7,790.00"  # the reporting currency ([money], USD unset) and grouping, in the browser's locale
     assert await page.locator("#budget-chart rect.bar").count() == 1  # a bar per day: all answered today
     assert await page.locator("#tier-chart rect").count() >= 3  # shares of customers and of revenue
     assert "platinum" in await page.inner_text("#tier-legend")  # names in the legend, never cut in a bar
@@ -180,3 +180,62 @@ async def test_the_console_without_a_valid_key_shows_only_the_refusal(hub_client
     await page.click("#login button")
     await page.locator("#error:has-text('does not grant')").wait_for()
     assert await page.locator("#content").is_hidden()
+
+
+@pytest.mark.parametrize("rates", [False, True], ids=["no-rates", "rates"])
+async def test_the_console_shows_money_in_its_currency(database_url, aiohttp_client, browser, rates):
+    from prm_core.keys import create_key
+    from prm_core.server.app import create_app
+
+    money: dict = {"reporting_currency": "EUR"}
+    if rates:
+        money["rates"] = {"USD": 0.92}
+    config = Config(database_url=database_url, public_url="http://hub.test", raw={"money": money})
+    client = await aiohttp_client(create_app(config))
+    hub = client.app[HUB]
+    tp = {"Authorization": f"Bearer {(await create_key(hub.store, 'touchpoint:web'))[0]}"}
+    sales = [("ann@example.com", "600", "EUR"), ("ann@example.com", "600", "USD"), ("dan@example.com", "1000", "USD")]
+    events = [
+        {
+            "id": f"sale-{n}",
+            "type": "order.completed",
+            "occurred_at": (NOW - timedelta(days=1)).isoformat(),
+            "identities": {"email": who},
+            "data": {"revenue": revenue, "currency": currency},
+        }
+        for n, (who, revenue, currency) in enumerate(sales)
+    ]
+    assert (await client.post("/v1/touchpoints/web/events", json={"events": events}, headers=tp)).status == 200
+    read, _ = await create_key(hub.store, "read")
+
+    page = await (await browser.new_context(locale="en-US")).new_page()
+    await page.goto(str(client.make_url("/console")))
+    await page.fill("#key", read)
+    await page.keyboard.press("Enter")
+    row = page.locator('#touchpoints tr[data-touchpoint="web"]')
+    await row.wait_for()
+    assert "Revenue (EUR)" in await page.inner_text("#touchpoints thead")
+    cells = await row.locator("th, td").all_inner_texts()
+    if rates:
+        assert cells[8] == "€2,072.00"  # 600 EUR + 1600 USD x 0.92
+        assert await page.locator("#mixed").is_hidden()
+    else:
+        # side by side, each in its currency, never a sum
+        assert cells[8] == "€600.00 and $1,600.00"
+        note = await page.inner_text("#mixed")
+        assert "EUR, USD" in note and "not added" in note
+    assert await serious_violations(page) == []
+
+    await page.fill("#ref", "email:ann@example.com")
+    await page.click("#lookup button")
+    await page.locator("#customer-name").wait_for()
+    panel = await page.inner_text("#customer")
+    if rates:
+        assert "Lifetime revenue €1,152.00 (recorded as €600.00 and $600.00)" in panel
+    else:
+        assert "Lifetime revenue €600.00 and $600.00 (not added: no rate for EUR, USD)" in panel
+    await page.fill("#ref", "email:dan@example.com")
+    await page.click("#lookup button")
+    # one currency: shown as recorded
+    await expect(page.locator("#customer")).to_contain_text("Lifetime revenue $1,000.00 from 1 order")
+    assert await serious_violations(page) == []

@@ -117,7 +117,8 @@ async def test_the_scorecard_sums_what_ingest_kept(hub_client, make_key, frozen_
     )
     assert result.exit_code == 0, result.output
     line = next(x for x in result.output.splitlines() if x.startswith("web "))
-    assert line.split() == ["web", "3", "66.7%", "2", "100.0%", "0.0%", "2", "1", "1800.00"]
+    # every amount with its currency (revenue without one counts in the reporting currency, USD unset)
+    assert line.split() == ["web", "3", "66.7%", "2", "100.0%", "0.0%", "2", "1", "1800.00", "USD"]
     assert "gold" in result.output and "75.0%" in result.output
 
 

@@ -581,20 +581,32 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def _print_scorecard(card: Mapping[str, Any], echo: Callable[[str], None]) -> None:
+    currency = card.get("currency", "")
+
+    def revenue(figure: Mapping[str, Any]) -> str:
+        # in the reporting currency, or per currency side by side when one has no rate
+        if figure.get("revenue") is not None:
+            return f"{figure['revenue']} {currency}"
+        return " and ".join(f"{a} {c}" for c, a in figure.get("revenue_by_currency", {}).items()) or "-"
+
     echo(
         f"  {'touch point':<12} {'customers':>9} {'dialogues':>9} {'in budget':>9} {'offers':>7}"
-        f" {'accepted':>8} {'revenue':>12}"
+        f" {'accepted':>8} {'revenue':>16}"
     )
     for tp in card.get("touchpoints", []):
         in_budget = tp.get("in_budget_rate")
         echo(
             f"  {tp.get('touchpoint', ''):<12} {tp.get('customers', 0):>9,} {tp.get('dialogues', 0):>9,}"
             f" {'-' if in_budget is None else f'{in_budget:.0%}':>9} {tp.get('offers_made', 0):>7,}"
-            f" {tp.get('offers_accepted', 0):>8,} {tp.get('revenue', '0'):>12}"
+            f" {tp.get('offers_accepted', 0):>8,} {revenue(tp):>16}"
         )
     balanced = card.get("balanced", {})
+
+    def share(value: float | None) -> str:
+        return "-" if value is None else f"{value:.0%}"
+
     tiers = ", ".join(
-        f"{t.get('tier') or 'no tier'} {t.get('customers')} ({t.get('revenue_share', 0):.0%} of revenue)"
+        f"{t.get('tier') or 'no tier'} {t.get('customers')} ({share(t.get('revenue_share'))} of revenue)"
         for t in balanced.get("by_tier", [])
     )
     echo(f"  {balanced.get('customers', 0):,} customers by tier: {tiers}")

@@ -10,14 +10,16 @@ the treated conversion rate over the control's, less one, with its 95% confidenc
 (the relative risk's, from scipy). Revenue per customer on each side counts the sales after
 the customer's first offer of the campaign, kept per currency; with a cost, the return on it
 is the treated side's extra revenue per customer over the control's, times the treated
-customers, less the cost, over the cost, in the cost's currency only.
+customers, less the cost, over the cost: with the rates of ``[money.rates]``
+(:mod:`prm_core.planning.money`), every currency converted into the cost's; without a rate
+for some currency, only the revenue in the cost's currency, and ``roi_currencies_left_out``
+names the others.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-import re
 from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -31,6 +33,7 @@ from ..errors import InvalidInput, NotFound
 from ..merging import event_purchase
 from ..model import Offer
 from ..store.tables import campaigns, customer_value, events, offers_made
+from .money import Money, check_currency
 from .segments import check_name
 
 __all__ = [
@@ -184,9 +187,9 @@ def parse_cost(amount: str | None, currency: str | None) -> CampaignCost | None:
         raise InvalidInput("cost must be a positive amount", "cost") from None
     if not value.is_finite() or value <= 0:
         raise InvalidInput("cost must be a positive amount", "cost")
-    if currency is None or not re.fullmatch(r"[A-Z]{3}", currency):
+    if currency is None:
         raise InvalidInput("currency must be the cost's ISO 4217 code (USD, EUR, ...)", "currency")
-    return CampaignCost(value, currency)
+    return CampaignCost(value, check_currency(currency, "currency"))
 
 
 def _lift_interval(treated: dict[str, Any], control: dict[str, Any]) -> list[float] | None:
@@ -226,9 +229,13 @@ def _revenue_after_offer(conn: Connection, name: str) -> dict[bool, dict[str, De
     return revenue
 
 
-def campaign_results(conn: Connection, name: str, cost: CampaignCost | None = None) -> dict[str, Any]:
+def campaign_results(
+    conn: Connection, name: str, cost: CampaignCost | None = None, money: Money | None = None
+) -> dict[str, Any]:
     """Offers made and held out, responses, conversions and lift with its confidence interval,
-    revenue per customer on each side, and the return on ``cost`` when given."""
+    revenue per customer on each side, and the return on ``cost`` when given (converted with
+    ``money``'s rates)."""
+    money = money or Money()
     o, v = offers_made.c, customer_value.c
     held = sa.func.coalesce(o.response, "") == "held_out"  # NULL (no response yet) is not held out
     q = (
@@ -287,18 +294,36 @@ def campaign_results(conn: Connection, name: str, cost: CampaignCost | None = No
     }
     if cost is not None:
         out["cost"] = {"amount": str(cost.amount), "currency": cost.currency}
-        out["roi"] = _roi(treated, control, revenue, cost)
+        out["roi"], left_out = _roi(treated, control, revenue, cost, money)
+        out["roi_currencies_left_out"] = left_out
     return out
 
 
+def _in_cost_currency(amounts: Mapping[str, Decimal], cost: CampaignCost, money: Money) -> tuple[Decimal, list[str]]:
+    """``amounts`` in the cost's currency: through the reporting currency when every one has a
+    rate (the cost's too), else only the amount already in it, with the currencies left out."""
+    to_cost = money.rate(cost.currency)
+    total = money.total(amounts)
+    if to_cost is not None and total is not None:
+        return total / to_cost, []
+    return amounts.get(cost.currency, Decimal(0)), sorted(c for c, a in amounts.items() if c != cost.currency and a)
+
+
 def _roi(
-    treated: dict[str, Any], control: dict[str, Any], revenue: dict[bool, dict[str, Decimal]], cost: CampaignCost
-) -> float | None:
+    treated: dict[str, Any],
+    control: dict[str, Any],
+    revenue: dict[bool, dict[str, Decimal]],
+    cost: CampaignCost,
+    money: Money,
+) -> tuple[float | None, list[str]]:
     """(extra revenue per treated customer over the control's, times the treated customers, less the cost) / cost,
-    in the cost's currency; None without customers on both sides."""
+    in the cost's currency; None without customers on both sides. Also the currencies left out."""
+    t_total, t_out = _in_cost_currency(revenue[False], cost, money)
+    c_total, c_out = _in_cost_currency(revenue[True], cost, money)
+    left_out = sorted(set(t_out) | set(c_out))
     if not treated["customers"] or not control["customers"]:
-        return None
-    t = revenue[False].get(cost.currency, Decimal(0)) / treated["customers"]
-    c = revenue[True].get(cost.currency, Decimal(0)) / control["customers"]
+        return None, left_out
+    t = t_total / treated["customers"]
+    c = c_total / control["customers"]
     gained = (t - c) * treated["customers"]
-    return round(float((gained - cost.amount) / cost.amount), 4)
+    return round(float((gained - cost.amount) / cost.amount), 4), left_out

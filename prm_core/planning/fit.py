@@ -18,7 +18,8 @@ from sqlalchemy.engine import Connection
 from ..store import Store
 from ..store.tables import customer_value, customers, planning_models
 from .clv import fit_bgnbd, fit_gamma_gamma, models_from_params
-from .value import CLV_HORIZON_DAYS
+from .money import Money
+from .value import CLV_HORIZON_DAYS, amounts_of
 
 __all__ = ["MIN_HISTORY_DAYS", "MIN_REPEAT_CUSTOMERS", "fit_value_model"]
 
@@ -35,21 +36,40 @@ def _quintile_cuts(values: np.ndarray) -> list[float]:
     return [round(float(v), 2) for v in np.quantile(values, [0.2, 0.4, 0.6, 0.8])]
 
 
-async def fit_value_model(store: Store, now: datetime) -> dict[str, Any]:
-    """Fit and store the models; returns what was stored (and skipped, with why)."""
+async def fit_value_model(store: Store, now: datetime, money: Money | None = None) -> dict[str, Any]:
+    """Fit and store the models; returns what was stored (and skipped, with why).
+
+    Spend is measured in ``money``'s reporting currency (``USD`` by default); a customer who
+    bought in a currency without a rate is left out (``left_out`` counts them, with the
+    currencies), never added at face value. Every stored model says its ``currency``: the
+    planner does not use a fit made in another one."""
+    money = money or Money()
 
     def read(conn: Connection) -> list[Any]:
         v = customer_value.c
         q = (
-            sa.select(v.purchases, v.purchase_total, v.first_purchase_at, v.last_purchase_at)
+            sa.select(
+                v.purchases, v.purchase_total, v.purchase_total_by_currency, v.first_purchase_at, v.last_purchase_at
+            )
             .select_from(customer_value.join(customers, customers.c.id == v.customer_id))
             .where(customers.c.merged_into.is_(None), v.purchases > 0)
         )
         return list(conn.execute(q))
 
-    rows = await store.read(read)
+    read_rows = await store.read(read)
+    rows: list[Any] = []
+    spent: list[float] = []
+    apart: set[str] = set()
+    for r in read_rows:
+        amounts = amounts_of(r.purchase_total_by_currency, r.purchase_total)
+        total = money.total(amounts)
+        if total is None:
+            apart.update(money.unconverted(amounts))
+            continue
+        rows.append(r)
+        spent.append(float(total))
     purchases = np.array([r.purchases for r in rows], dtype=float)
-    totals = np.array([float(r.purchase_total) for r in rows], dtype=float)
+    totals = np.array(spent, dtype=float)
     first = np.array([(now - r.first_purchase_at).total_seconds() / _DAY for r in rows], dtype=float)
     last = np.array([(now - r.last_purchase_at).total_seconds() / _DAY for r in rows], dtype=float)
     stored: dict[str, dict[str, Any]] = {}
@@ -112,7 +132,13 @@ async def fit_value_model(store: Store, now: datetime) -> dict[str, Any]:
                 sa.select(planning_models.c.params).where(planning_models.c.name == "clv_history")
             ).first()
             history = list(row.params.get("fits", [])) if row else []
-            history.append({"fitted_at": now.isoformat(), "average_clv": stored["bgnbd"]["average_clv"]})
+            history.append(
+                {
+                    "fitted_at": now.isoformat(),
+                    "average_clv": stored["bgnbd"]["average_clv"],
+                    "currency": money.currency,
+                }
+            )
             conn.execute(planning_models.delete().where(planning_models.c.name == "clv_history"))
             conn.execute(
                 planning_models.insert().values(
@@ -126,6 +152,9 @@ async def fit_value_model(store: Store, now: datetime) -> dict[str, Any]:
             conn.execute(planning_models.delete().where(planning_models.c.name == name))
             conn.execute(planning_models.insert().values(name=name, params=params, customers=len(rows), fitted_at=now))
 
+    for params in stored.values():
+        params["currency"] = money.currency
     if stored:
         await store.write(write)
-    return {"customers": len(rows), "stored": stored, "skipped": skipped}
+    left_out = {"customers": len(read_rows) - len(rows), "currencies": sorted(apart)}
+    return {"customers": len(rows), "stored": stored, "skipped": skipped, "left_out": left_out}

@@ -30,7 +30,7 @@ from ..feed.changes import NewChange
 from ..feed.writing import emit
 from ..feed.writing import mark as feed_mark
 from ..feed.writing import rollback_to as feed_rollback
-from ..merging import event_revenue
+from ..merging import NO_CURRENCY, event_revenue
 from ..model import CustomerView, Merge, Offer, ValueRequest
 from ..recording import Written
 from ..store import Store
@@ -45,16 +45,18 @@ from ..store.tables import (
     offers_made,
     planning_models,
     touchpoint_customers,
+    touchpoint_day_revenue,
     touchpoint_days,
     utcnow,
 )
 from .campaigns import Campaign, in_control, running_campaigns
 from .clv import PLANNING_MISSING, BgNbd, GammaGamma, models_from_params, science_installed
 from .entitlements import parse_entitlements
+from .money import Money, add_amounts, cents, event_currency
 from .offers import Catalog, OfferSettings, builtin_offers
 from .rules import EVENT_NAMES, Rule, compile_rule
 from .segments import get_segment
-from .value import DEFAULT_RFM, Rfm, customer_facts, rfm_from_config, rfm_from_params
+from .value import DEFAULT_RFM, Rfm, amounts_of, customer_facts, rfm_from_config, rfm_from_params
 
 __all__ = ["Planner", "refresh_all_tiers", "tier_rules"]
 
@@ -84,6 +86,19 @@ _ADD_DAY = (
     )
 )
 _INSERT_DAY = touchpoint_days.insert()
+
+
+def _add_revenue(insert: Any) -> Any:
+    """Add to a (touch point, day, currency)'s revenue, creating its row: one statement, atomic
+    under concurrent hubs."""
+    stmt = insert(touchpoint_day_revenue)
+    r = touchpoint_day_revenue.c
+    return stmt.on_conflict_do_update(
+        index_elements=[r.touchpoint, r.day, r.currency], set_={"revenue": r.revenue + stmt.excluded.revenue}
+    )
+
+
+_ADD_REVENUE = {True: _add_revenue(pg_insert), False: _add_revenue(sqlite_insert)}
 MODELS_TTL_S = 30.0
 CAMPAIGNS_TTL_S = 10.0
 RESPONSES = {"offer.accepted": "accepted", "offer.declined": "declined"}
@@ -146,6 +161,7 @@ class Planner:
     catalog: Catalog = field(factory=Catalog)
     offers: OfferSettings = field(factory=OfferSettings)
     on_ingest: bool = True
+    money: Money = field(factory=Money)
     revenue_only: bool = field(init=False, default=True)
     _models: _Models | None = None
     _campaigns: list[tuple[Campaign, Rule]] = field(factory=list)
@@ -155,9 +171,6 @@ class Planner:
     def from_config(cls, config: Config) -> Planner:
         """Build from ``[tiers.rules]``, ``[value.rfm]``, ``[entitlements]``, ``[catalog]``,
         ``[offers]``; anything invalid raises :class:`ConfigError` naming it."""
-        from .scorecard import reporting_currency
-
-        reporting_currency(config)  # [planning].currency: a typo stops the hub, not a page later
         return cls(
             tiers=tier_rules(config),
             fixed_rfm=rfm_from_config(config.section("value", "rfm")),
@@ -167,6 +180,8 @@ class Planner:
             # [planning].on_ingest (true): false stops keeping value, tiers and scorecard on ingest
             # (for measuring what they cost: bench/planning.py); they go stale until it is back on
             on_ingest=config.flag("planning", "on_ingest", True),
+            # [money]: the reporting currency and the rates into it (a typo stops the hub)
+            money=Money.from_config(config),
         )
 
     # ---- the fitted models -----------------------------------------------------------
@@ -176,14 +191,24 @@ class Planner:
         if self._models is not None and time.monotonic() - self._models.loaded < MODELS_TTL_S:
             return self._models
         rows = {r.name: r for r in conn.execute(sa.select(planning_models))}
+        # a fit in another currency than the one reported now measured other numbers: unused
+        other = {
+            name: r.params["currency"]
+            for name, r in rows.items()
+            if r.params.get("currency") not in (None, self.money.currency)
+        }
+        rows = {name: r for name, r in rows.items() if name not in other}
         params = {name: r.params for name, r in rows.items()}
         bg, gg = models_from_params(params)
-        provenance = _clv_provenance(rows, gg is not None)
+        clv = _clv_provenance(rows, gg is not None)
         if bg is not None and not science_installed():  # fitted elsewhere: this hub cannot use it
-            bg, gg, provenance = None, None, {"model": None, "reason": PLANNING_MISSING}
+            bg, gg, clv = None, None, {"model": None, "reason": PLANNING_MISSING}
         rfm = self.fixed_rfm or (rfm_from_params(params["rfm"]) if "rfm" in params else DEFAULT_RFM)
         fitted = rows["bgnbd"].fitted_at if "bgnbd" in rows else None
-        self._models = _Models(rfm, bg, gg, fitted, time.monotonic(), provenance)
+        if clv["model"] is None and other:
+            was = sorted(set(other.values()))[0]
+            clv = {"model": None, "reason": f"fitted in {was}, reported in {self.money.currency}: run prm plan fit"}
+        self._models = _Models(rfm, bg, gg, fitted, time.monotonic(), clv)
         return self._models
 
     def forget_models(self) -> None:
@@ -234,6 +259,7 @@ class Planner:
                     gamma_gamma=models.gamma_gamma,
                     historic=models.clv["model"] == "historic",
                     now=now,
+                    money=self.money,
                 )
         return result
 
@@ -293,6 +319,7 @@ class Planner:
         buys: dict[str, list[Any]] = {}
         days: dict[tuple[str, str], Counter[str]] = {}
         revenue: dict[tuple[str, str], Decimal] = {}
+        by_currency: dict[tuple[str, str, str], Decimal] = {}
         made: list[dict[str, Any]] = []
         responses: list[tuple[Written, tuple[str, str]]] = []
         with_revenue: set[str] = set()
@@ -310,12 +337,16 @@ class Planner:
             if amount is not None:
                 with_revenue.add(w.customer_id)
                 revenue[key] = revenue.get(key, Decimal(0)) + amount
+                currency = event_currency(ev.data)
+                money_key = (*key, currency)
+                by_currency[money_key] = by_currency.get(money_key, Decimal(0)) + amount
                 if amount > 0:
-                    b = buys.setdefault(w.customer_id, [0, Decimal(0), ev.occurred_at, ev.occurred_at])
+                    b = buys.setdefault(w.customer_id, [0, Decimal(0), ev.occurred_at, ev.occurred_at, {}])
                     b[0] += 1
                     b[1] += amount
                     b[2] = min(b[2], ev.occurred_at)
                     b[3] = max(b[3], ev.occurred_at)
+                    b[4][currency] = b[4].get(currency, Decimal(0)) + amount
             # the hub's own answer to a request (only the hub records into a dialogue by its id:
             # a touch point cannot forge requests or offers made with an event of this type)
             if ev.direction == "outbound" and ev.type == "delivery" and ev.dialogue_id is not None:
@@ -353,6 +384,14 @@ class Planner:
             self._add_purchases(conn, buys)
         if days:
             self._add_days(conn, days, revenue)
+        if by_currency:
+            conn.execute(
+                _ADD_REVENUE[conn.dialect.name == "postgresql"],
+                [
+                    {"touchpoint": tp, "day": day, "currency": c, "revenue": amount}
+                    for (tp, day, c), amount in sorted(by_currency.items())
+                ],
+            )
         if seen:
             self._add_visits(conn, seen)
         if self.tiers:
@@ -422,7 +461,7 @@ class Planner:
                 {r.customer_id: r for r in conn.execute(sa.select(customer_value).where(v.customer_id.in_(chunk)))}
             )
         inserts, updates = [], []
-        for cid, (count, total, first, last) in buys.items():
+        for cid, (count, total, first, last, amounts) in buys.items():
             row = existing.get(cid)
             if row is None:
                 inserts.append(
@@ -430,6 +469,7 @@ class Planner:
                         "customer_id": cid,
                         "purchases": count,
                         "purchase_total": total,
+                        "purchase_total_by_currency": _amounts(amounts),
                         "first_purchase_at": first,
                         "last_purchase_at": last,
                     }
@@ -440,6 +480,9 @@ class Planner:
                         "_cid": cid,
                         "purchases": row.purchases + count,
                         "purchase_total": row.purchase_total + total,
+                        "purchase_total_by_currency": _amounts(
+                            add_amounts(add_amounts({}, row.purchase_total_by_currency or {}), amounts)
+                        ),
                         "first_purchase_at": min(filter(None, (row.first_purchase_at, first))),
                         "last_purchase_at": max(filter(None, (row.last_purchase_at, last))),
                     }
@@ -455,6 +498,7 @@ class Planner:
                 .values(
                     purchases=sa.bindparam("purchases"),
                     purchase_total=sa.bindparam("purchase_total"),
+                    purchase_total_by_currency=sa.bindparam("purchase_total_by_currency"),
                     first_purchase_at=sa.bindparam("first_purchase_at"),
                     last_purchase_at=sa.bindparam("last_purchase_at"),
                 ),
@@ -474,10 +518,12 @@ class Planner:
         for r in conn.execute(q):
             amount = event_revenue(r.data)
             if amount is not None and amount > 0:
-                b = buys.setdefault(r.customer_id, [0, Decimal(0), r.occurred_at, r.occurred_at])
+                b = buys.setdefault(r.customer_id, [0, Decimal(0), r.occurred_at, r.occurred_at, {}])
                 b[0] += 1
                 b[1] += amount
                 b[2], b[3] = min(b[2], r.occurred_at), max(b[3], r.occurred_at)
+                currency = event_currency(r.data)
+                b[4][currency] = b[4].get(currency, Decimal(0)) + amount
         if buys:
             self._add_purchases(conn, buys)
         self.refresh_tiers(conn, ids, utcnow())
@@ -490,8 +536,9 @@ class Planner:
         if row is None:
             return
         conn.execute(customer_value.delete().where(v.customer_id == merged))
+        amounts = add_amounts({}, row.purchase_total_by_currency or {})
         self._add_purchases(
-            conn, {survivor: [row.purchases, row.purchase_total, row.first_purchase_at, row.last_purchase_at]}
+            conn, {survivor: [row.purchases, row.purchase_total, row.first_purchase_at, row.last_purchase_at, amounts]}
         )
 
     def _add_days(
@@ -543,7 +590,8 @@ class Planner:
         if section.get("purchases"):
             value = {
                 "purchases": section["purchases"],
-                "purchase_total": Decimal(section["purchase_total"]),
+                "purchase_total": Decimal(section["purchase_total"] or 0),
+                "purchase_total_by_currency": section.get("purchase_total_by_currency") or {},
                 "first_purchase_at": datetime.fromisoformat(section["first_purchase_at"].replace("Z", "+00:00")),
                 "last_purchase_at": datetime.fromisoformat(section["last_purchase_at"].replace("Z", "+00:00")),
             }
@@ -560,6 +608,7 @@ class Planner:
             gamma_gamma=models.gamma_gamma,
             now=now,
             historic=models.clv["model"] == "historic",
+            money=self.money,
         )
 
     def load_campaigns(self, conn: Connection, now: datetime) -> None:
@@ -594,6 +643,9 @@ class Planner:
             else:
                 value["purchases"] += r.purchases
                 value["purchase_total"] += r.purchase_total
+                value["purchase_total_by_currency"] = _amounts(
+                    add_amounts(add_amounts({}, value["purchase_total_by_currency"]), r.purchase_total_by_currency)
+                )
                 value["first_purchase_at"] = min(value["first_purchase_at"], r.first_purchase_at)
                 value["last_purchase_at"] = max(value["last_purchase_at"], r.last_purchase_at)
         models = self.models(conn)
@@ -610,6 +662,7 @@ class Planner:
             gamma_gamma=models.gamma_gamma,
             now=now,
             historic=models.clv["model"] == "historic",
+            money=self.money,
         )
         by_rules = self.tier_for(facts)
         # what ``metrics`` already shows (revenue, counts, touch points) is not repeated here
@@ -618,7 +671,15 @@ class Planner:
         if section["days_since_last_purchase"] is not None:
             section["days_since_last_purchase"] = int(section["days_since_last_purchase"])
         section["as_of"] = now.isoformat().replace("+00:00", "Z")
-        section["purchase_total"] = str(value["purchase_total"].quantize(Decimal("0.01"))) if value else "0.00"
+        # money in the reporting currency, or kept apart per currency when one has no rate
+        money = self.money
+        spent = value["purchase_total_by_currency"] if value else {}
+        section["currency"] = money.currency
+        section["purchase_total"] = cents(money.total(spent))
+        section["purchase_total_by_currency"] = {c: cents(Decimal(a)) for c, a in sorted(spent.items())}
+        revenue = amounts_of(view.metrics.get("revenue_by_currency"), view.metrics.get("lifetime_revenue"))
+        section["lifetime_revenue"] = money.figure(revenue)
+        section["mixed_currencies"] = facts["mixed_currencies"]
         section["first_purchase_at"] = _iso(value["first_purchase_at"]) if value else None
         section["last_purchase_at"] = _iso(value["last_purchase_at"]) if value else None
         section["tier"] = {
@@ -634,6 +695,7 @@ class Planner:
             "fitted_at": models.fitted_at.isoformat().replace("+00:00", "Z") if models.fitted_at else None,
             "clv": {
                 **models.clv,
+                "currency": money.currency,
                 "capped": bool(
                     models.bgnbd is not None
                     and models.bgnbd.cap is not None
@@ -642,7 +704,23 @@ class Planner:
                 ),
             },
         }
-        return evolve(view, sections={**view.sections, "value": section})
+        # the core's metrics add every currency up; the view shows revenue in its currency: as
+        # recorded when it is in one, converted into the reporting currency when it is in
+        # several, or null with the currencies kept apart when one of them has no rate
+        shown = dict(view.metrics)
+        (only,) = revenue if len(revenue) == 1 else (None,)
+        total: Decimal | None
+        if only is not None and only != NO_CURRENCY:
+            currency, total = only, revenue[only]
+        else:
+            currency, total = money.currency, money.total(revenue)
+        orders = view.metrics.get("order_count") or 0
+        cent = Decimal("0.01")
+        shown["lifetime_revenue"] = None if total is None else total.quantize(cent)
+        shown["average_sale"] = (total / orders).quantize(cent) if total is not None and orders else None
+        shown["currency"] = currency
+        shown["mixed_currencies"] = money.mixed(revenue)
+        return evolve(view, metrics=shown, sections={**view.sections, "value": section})
 
 
 def _clv_provenance(rows: Mapping[str, Any], spend_model: bool) -> dict[str, Any]:
@@ -691,6 +769,11 @@ async def refresh_all_tiers(store: Store, planner: Planner, *, chunk: int = 500)
     return seen, changed
 
 
+def _amounts(amounts: Mapping[str, Decimal]) -> dict[str, str]:
+    """Amounts per currency as stored: decimal strings, in code order."""
+    return {c: str(a) for c, a in sorted(amounts.items())}
+
+
 def _iso(at: datetime) -> str:
     return at.isoformat().replace("+00:00", "Z")
 
@@ -714,6 +797,7 @@ def _value_data(row: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "purchases": row["purchases"],
         "purchase_total": str(row["purchase_total"]),
+        "purchase_total_by_currency": dict(row["purchase_total_by_currency"]),
         "first_purchase_at": _iso(row["first_purchase_at"]) if row["first_purchase_at"] else None,
         "last_purchase_at": _iso(row["last_purchase_at"]) if row["last_purchase_at"] else None,
     }

@@ -15,7 +15,7 @@ from ..server.state import HUB
 from ..store.tables import utcnow
 from .campaigns import campaign_results, get_campaign, parse_campaign, parse_cost, save_campaign
 from .knowledge import knowledge_registry
-from .scorecard import reporting_currency, scorecard
+from .scorecard import scorecard
 from .segments import delete_segment, get_segment, list_segments, members, parse_segment, save_segment
 
 __all__ = ["planning_routes"]
@@ -148,9 +148,10 @@ async def get_one_campaign(request: web.Request) -> web.Response:
     cost = parse_cost(request.query.get("cost"), request.query.get("currency"))
 
     def read(conn: Connection) -> dict[str, Any]:
-        return get_campaign(conn, name).to_json() | {"results": campaign_results(conn, name, cost)}
+        return get_campaign(conn, name).to_json() | {"results": campaign_results(conn, name, cost, hub.planner.money)}
 
-    return web.json_response(await request.app[HUB].store.read(read))
+    hub = request.app[HUB]
+    return web.json_response(await hub.store.read(read))
 
 
 @routes.get("/v1/knowledge")
@@ -170,15 +171,20 @@ async def get_knowledge(request: web.Request) -> web.Response:
     "Touch point value scorecard and balanced-scorecard figures",
     scope="read",
     params={"days": "period in days ending today, 1-366 (30)"},
-    responses={200: "Scorecard; revenue figures are in `currency` ([planning] currency)", **AUTH_ERRORS},
+    responses={
+        200: "Scorecard; revenue figures are in `currency` ([money] reporting_currency), null with their"
+        " amounts per currency when some are in a currency without a rate (listed in `mixed_currencies`)",
+        **AUTH_ERRORS,
+    },
 )
 async def get_scorecard(request: web.Request) -> web.Response:
     await require(request, "read")
     days = _int(request, "days", 30, 1, 366)
     hub = request.app[HUB]
     names = hub.registrations.touchpoints.names()
-    card = await hub.store.read(lambda conn: scorecard(conn, names, utcnow(), days=days))
-    return web.json_response({**card, "currency": reporting_currency(hub.config)})
+    money = hub.planner.money
+    card = await hub.store.read(lambda conn: scorecard(conn, names, utcnow(), days=days, money=money))
+    return web.json_response(card)
 
 
 CONSOLE = Path(__file__).with_name("console.html")

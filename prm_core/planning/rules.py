@@ -31,10 +31,22 @@ NAMES: Mapping[str, tuple[Any, str]] = {
     "kind": (_T.STRING, "person, organization or group"),
     "tier": (_T.STRING, "the customer's tier now (null without one); segments and campaigns only"),
     "traits": (_T.MAPPING(_T.STRING), "the customer's traits: traits['vip'], traits['city']"),
-    "lifetime_revenue": (_T.FLOAT, "sum of revenue, returns subtracted"),
+    "lifetime_revenue": (
+        _T.FLOAT,
+        "sum of revenue, returns subtracted, in the reporting currency ([money]; null when some of it is in"
+        " a currency without a rate)",
+    ),
+    "revenue_by_currency": (
+        _T.MAPPING(_T.STRING, _T.FLOAT),
+        "the same per ISO 4217 code, unconverted: revenue_by_currency['USD'] (XXX: revenue without a currency)",
+    ),
+    "mixed_currencies": (
+        _T.ARRAY(_T.STRING),
+        "the currencies of the customer's revenue kept apart for want of a rate (empty when all convert)",
+    ),
     "order_count": (_T.FLOAT, "events that carried revenue (sales and returns)"),
     "event_count": (_T.FLOAT, "every event recorded for the customer"),
-    "average_sale": (_T.FLOAT, "lifetime_revenue / order_count (null without orders)"),
+    "average_sale": (_T.FLOAT, "lifetime_revenue / order_count, in the reporting currency (null without orders)"),
     "purchases": (_T.FLOAT, "sales (positive revenue)"),
     "touchpoints": (_T.ARRAY(_T.STRING), "touch points the customer used"),
     "touchpoint_count": (_T.FLOAT, "how many touch points the customer used"),
@@ -43,9 +55,12 @@ NAMES: Mapping[str, tuple[Any, str]] = {
     "days_since_last_purchase": (_T.FLOAT, "days since the latest sale (null without one)"),
     "r_score": (_T.FLOAT, "recency quintile 1-5 (5 = bought most recently; null without a sale)"),
     "f_score": (_T.FLOAT, "frequency quintile 1-5 (null without a sale)"),
-    "m_score": (_T.FLOAT, "monetary quintile 1-5 (null without a sale)"),
+    "m_score": (_T.FLOAT, "monetary quintile 1-5 (null without a sale, or spent in a currency without a rate)"),
     "rfm": (_T.STRING, "the three scores as a string, e.g. '545' (null without a sale)"),
-    "clv": (_T.FLOAT, "predicted value of the next 12 months (null before `prm plan fit`)"),
+    "clv": (
+        _T.FLOAT,
+        "predicted value of the next 12 months in the reporting currency (null before `prm plan fit`)",
+    ),
     "p_alive": (_T.FLOAT, "probability the customer is still active (null before `prm plan fit`)"),
     "churn_risk": (_T.FLOAT, "1 - p_alive"),
 }

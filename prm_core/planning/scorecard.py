@@ -5,15 +5,21 @@ ingest, one row per touch point and day) and ``touchpoint_customers`` (one row p
 seen there that day): distinct customers, buyers and conversion (buyers / customers),
 events, dialogues opened, requests answered,
 the share answered within budget and the share degraded, offers made and accepted, and
-revenue recorded there. Balanced-scorecard figures: customers and revenue by tier (share of
-customers and of revenue), retention (buyers whose latest sale is within ``retention_days``)
-and churn, repeat rate, and the average predicted lifetime value as of the last fit.
+revenue recorded there (from ``touchpoint_day_revenue``, per currency). Balanced-scorecard
+figures: customers and revenue by tier (share of customers and of revenue), retention
+(buyers whose latest sale is within ``retention_days``) and churn, repeat rate, and the
+average predicted lifetime value as of the last fit.
 Each figure is one grouped query; none reads the event log.
+
+Revenue is in the reporting currency (:mod:`prm_core.planning.money`): each revenue figure
+is its ``revenue`` (converted; null when part of it is in a currency without a rate), its
+``revenue_by_currency`` and its ``mixed_currencies``; the scorecard's ``mixed_currencies``
+lists every currency kept apart anywhere in it.
 """
 
 from __future__ import annotations
 
-import re
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -22,28 +28,62 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ..config import Config
-from ..errors import ConfigError
 from ..store.tables import (
     customer_value,
     customers,
     metrics,
     planning_models,
     touchpoint_customers,
+    touchpoint_day_revenue,
     touchpoint_days,
 )
+from .money import Money, add_amounts, mixed_of
 
 __all__ = ["reporting_currency", "scorecard"]
 
-_CURRENCY = re.compile(r"^[A-Z]{3}$")
-
 
 def reporting_currency(config: Config) -> str:
-    """``[planning] currency``: the ISO 4217 code the scorecard's revenue is reported in
-    (``USD`` when unset); pages format money with it."""
-    value = config.section("planning").get("currency", "USD")
-    if not isinstance(value, str) or not _CURRENCY.match(value):
-        raise ConfigError(f"[planning].currency must be an ISO 4217 code such as USD or EUR, not {value!r}")
-    return value
+    """The ISO 4217 code the figures are reported in: ``[money] reporting_currency`` (or its
+    older name ``[planning] currency``), ``USD`` when unset; a bad one raises :class:`ConfigError`."""
+    return Money.from_config(config).currency
+
+
+def _revenue(money: Money, amounts: Mapping[str, Decimal]) -> dict[str, Any]:
+    """A revenue figure: converted ``revenue`` (or null), ``revenue_by_currency``, ``mixed_currencies``."""
+    figure = money.figure(amounts)
+    return {
+        "revenue": figure["amount"],
+        "revenue_by_currency": figure["by_currency"],
+        "mixed_currencies": figure["mixed_currencies"],
+    }
+
+
+def _tier_revenue(conn: Connection) -> dict[str | None, dict[str, Decimal]]:
+    """Each tier's revenue per currency: the customers' ``revenue_by_currency`` expanded by the
+    database (one grouped query, no customer read into Python)."""
+    c, m = customers.c, metrics.c
+    if conn.dialect.name == "postgresql":
+        each = sa.func.jsonb_each_text(m.revenue_by_currency).table_valued("key", "value")
+    else:
+        each = sa.func.json_each(m.revenue_by_currency).table_valued("key", "value")
+    q = (
+        sa.select(c.tier, each.c.key, sa.func.sum(sa.cast(each.c.value, sa.Numeric(18, 4))).label("revenue"))
+        .select_from(customers.join(metrics, m.customer_id == c.id).join(each, sa.true()))
+        .where(c.merged_into.is_(None))
+        .group_by(c.tier, each.c.key)
+    )
+    found: dict[str | None, dict[str, Decimal]] = {}
+    for r in conn.execute(q):
+        add_amounts(found.setdefault(r.tier, {}), {r.key: r.revenue or 0})
+    return found
+
+
+def _amounts_by(rows: Iterable[Any], *key: str) -> dict[Any, dict[str, Decimal]]:
+    found: dict[Any, dict[str, Decimal]] = {}
+    for r in rows:
+        k = tuple(getattr(r, name) for name in key)
+        add_amounts(found.setdefault(k if len(k) > 1 else k[0], {}), {r.currency: r.revenue or 0})
+    return found
 
 
 def _rate(part: int, whole: int) -> float | None:
@@ -51,22 +91,33 @@ def _rate(part: int, whole: int) -> float | None:
 
 
 def scorecard(
-    conn: Connection, touchpoints: list[str], now: datetime, *, days: int = 30, retention_days: int = 365
+    conn: Connection,
+    touchpoints: list[str],
+    now: datetime,
+    *,
+    days: int = 30,
+    retention_days: int = 365,
+    money: Money | None = None,
 ) -> dict[str, Any]:
-    """The scorecard as of ``now`` (``touchpoints``: the registered ones, shown even when idle)."""
+    """The scorecard as of ``now`` (``touchpoints``: the registered ones, shown even when idle),
+    revenue in ``money``'s reporting currency (``USD`` by default)."""
+    money = money or Money()
     since = (now - timedelta(days=days - 1)).date().isoformat()
     t = touchpoint_days.c
     columns = ("events", "dialogues", "requests", "in_budget", "degraded", "offers_made", "offers_accepted")
     q = (
-        sa.select(
-            t.touchpoint,
-            *(sa.func.sum(getattr(t, col)).label(col) for col in columns),
-            sa.func.sum(t.revenue).label("revenue"),
-        )
+        sa.select(t.touchpoint, *(sa.func.sum(getattr(t, col)).label(col) for col in columns))
         .where(t.day >= since)
         .group_by(t.touchpoint)
     )
     rows = {r.touchpoint: r for r in conn.execute(q)}
+    d = touchpoint_day_revenue.c
+    money_q = (
+        sa.select(d.touchpoint, d.currency, sa.func.sum(d.revenue).label("revenue"))
+        .where(d.day >= since)
+        .group_by(d.touchpoint, d.currency)
+    )
+    revenue = _amounts_by(conn.execute(money_q), "touchpoint")
     v_ = touchpoint_customers.c
     cq = (
         sa.select(
@@ -79,7 +130,7 @@ def scorecard(
     )
     visitors = {r.touchpoint: (int(r.customers), int(r.buyers)) for r in conn.execute(cq)}
     per_touchpoint = []
-    for name in sorted(set(touchpoints) | set(rows)):
+    for name in sorted(set(touchpoints) | set(rows) | set(revenue)):
         r = rows.get(name)
         n = {c: int(getattr(r, c) or 0) if r else 0 for c in columns}
         per_touchpoint.append(
@@ -92,16 +143,18 @@ def scorecard(
                 "in_budget_rate": _rate(n["in_budget"], n["requests"]),
                 "degraded_rate": _rate(n["degraded"], n["requests"]),
                 "acceptance_rate": _rate(n["offers_accepted"], n["offers_made"]),
-                "revenue": str(Decimal(r.revenue or 0).quantize(Decimal("0.01"))) if r else "0.00",
+                **_revenue(money, revenue.get(name, {})),
             }
         )
 
     # the daily series of the period, for charts: at most days x touch points rows
     sq = (
-        sa.select(t.touchpoint, t.day, t.requests, t.in_budget, t.degraded, t.revenue)
+        sa.select(t.touchpoint, t.day, t.requests, t.in_budget, t.degraded)
         .where(t.day >= since)
         .order_by(t.day, t.touchpoint)
     )
+    daily_q = sa.select(d.touchpoint, d.day, d.currency, d.revenue).where(d.day >= since)
+    daily_revenue = _amounts_by(conn.execute(daily_q), "touchpoint", "day")
     daily = [
         {
             "touchpoint": r.touchpoint,
@@ -109,30 +162,29 @@ def scorecard(
             "requests": r.requests,
             "in_budget_rate": _rate(r.in_budget, r.requests),
             "degraded_rate": _rate(r.degraded, r.requests),
-            "revenue": str(Decimal(r.revenue).quantize(Decimal("0.01"))),
+            **_revenue(money, daily_revenue.get((r.touchpoint, r.day), {})),
         }
         for r in conn.execute(sq)
     ]
 
-    c, m = customers.c, metrics.c
-    tq = (
-        sa.select(c.tier, sa.func.count().label("customers"), sa.func.sum(m.lifetime_revenue).label("revenue"))
-        .select_from(customers.outerjoin(metrics, m.customer_id == c.id))
-        .where(c.merged_into.is_(None))
-        .group_by(c.tier)
-    )
-    tiers = [(r.tier, int(r.customers), Decimal(r.revenue or 0)) for r in conn.execute(tq)]
-    all_customers = sum(n for _, n, _ in tiers)
-    all_revenue = sum((rev for _, _, rev in tiers), Decimal(0))
+    c = customers.c
+    tq = sa.select(c.tier, sa.func.count().label("customers")).where(c.merged_into.is_(None)).group_by(c.tier)
+    counts = {r.tier: int(r.customers) for r in conn.execute(tq)}
+    tier_amounts = _tier_revenue(conn)
+    tiers = [(tier, n, money.total(tier_amounts.get(tier, {}))) for tier, n in counts.items()]
+    all_customers = sum(counts.values())
+    # shares of revenue only when every tier's revenue is one amount in the reporting currency
+    converted = [rev for _, _, rev in tiers if rev is not None]
+    all_revenue = sum(converted, Decimal(0)) if len(converted) == len(tiers) else None
     by_tier = [
         {
             "tier": tier,
             "customers": n,
             "customer_share": _rate(n, all_customers),
-            "revenue": str(rev.quantize(Decimal("0.01"))),
-            "revenue_share": round(float(rev / all_revenue), 4) if all_revenue else None,
+            **_revenue(money, tier_amounts.get(tier, {})),
+            "revenue_share": round(float(rev / all_revenue), 4) if all_revenue and rev is not None else None,
         }
-        for tier, n, rev in sorted(tiers, key=lambda x: -x[2])
+        for tier, n, rev in sorted(tiers, key=lambda x: (-(x[2] or 0), -x[1], x[0] or ""))
     ]
 
     v = customer_value.c
@@ -146,14 +198,24 @@ def scorecard(
     r = conn.execute(rq).one()
     buyers, retained, repeat = int(r.buyers or 0), int(r.retained or 0), int(r.repeat or 0)
     model = conn.execute(sa.select(planning_models).where(planning_models.c.name == "bgnbd")).one_or_none()
+    if model is not None and model.params.get("currency") not in (None, money.currency):
+        model = None  # fitted in another currency: its figures are not in this one (prm plan fit)
     history = conn.execute(sa.select(planning_models.c.params).where(planning_models.c.name == "clv_history")).first()
-    fits = [f for f in (history.params.get("fits", []) if history else []) if f["fitted_at"] >= since]
+    fits = [
+        f
+        for f in (history.params.get("fits", []) if history else [])
+        if f["fitted_at"] >= since and f.get("currency") in (None, money.currency)
+    ]
     growth = None
     if len(fits) >= 2 and fits[0]["average_clv"]:
         growth = round(fits[-1]["average_clv"] / fits[0]["average_clv"] - 1, 4)
     return {
         "as_of": now.isoformat().replace("+00:00", "Z"),
         "period_days": days,
+        "currency": money.currency,
+        "rates": money.to_json()["rates"],
+        # every currency kept apart in some figure for want of a rate (empty: all converted)
+        "mixed_currencies": mixed_of([*per_touchpoint, *by_tier]),
         "touchpoints": per_touchpoint,
         "daily": daily,
         "balanced": {

@@ -142,7 +142,10 @@ def members(
                         "id": cid,
                         "kind": f["kind"],
                         "tier": f["tier"],
+                        # in the reporting currency; null, with the currencies, when one has no rate
                         "lifetime_revenue": f["lifetime_revenue"],
+                        "currency": planner.money.currency,
+                        "mixed_currencies": f["mixed_currencies"],
                         "purchases": f["purchases"],
                     }
                 )

@@ -22,9 +22,11 @@ from typing import Any
 from attrs import frozen
 
 from ..errors import ConfigError
+from ..merging import NO_CURRENCY
 from .clv import BgNbd, GammaGamma
+from .money import Money
 
-__all__ = ["DEFAULT_RFM", "Rfm", "customer_facts", "rfm_from_config"]
+__all__ = ["DEFAULT_RFM", "Rfm", "amounts_of", "customer_facts", "rfm_from_config"]
 
 CLV_HORIZON_DAYS = 365
 _DAY = 86400.0
@@ -108,6 +110,7 @@ def customer_facts(
     gamma_gamma: GammaGamma | None,
     now: datetime,
     historic: bool = False,
+    money: Money | None = None,
 ) -> dict[str, Any]:
     """Every name of :data:`prm_core.planning.rules.NAMES` for one customer.
 
@@ -116,22 +119,35 @@ def customer_facts(
     BG/NBD's expected purchases over the horizon times the expected spend, at most the fit's
     cap (:attr:`BgNbd.cap`); with ``historic`` (the last fit refused BG/NBD: too little
     history, or no convergence) it is what the customer has spent, predicting nothing.
+
+    Money figures (``lifetime_revenue``, ``average_sale``, the monetary score and ``clv``) are
+    in ``money``'s reporting currency; with an amount in a currency without a rate they are
+    null (the amounts stay apart in ``revenue_by_currency``, the currencies in ``mixed_currencies``).
     """
-    revenue = _num(metrics.get("lifetime_revenue"))
+    money = money or Money()
+    by_currency = amounts_of(metrics.get("revenue_by_currency"), metrics.get("lifetime_revenue"))
+    converted = money.total(by_currency)
+    revenue = None if converted is None else float(converted)
     orders = _num(metrics.get("order_count"))
     touchpoints: Sequence[str] = list(metrics.get("touchpoints") or [])
     purchases = int(value["purchases"]) if value else 0
-    total = _num(value["purchase_total"]) if value else 0.0
+    spent_by_currency = (
+        amounts_of(value.get("purchase_total_by_currency"), value.get("purchase_total")) if value else {}
+    )
+    spent = money.total(spent_by_currency)
+    total = None if spent is None else float(spent)
     first_buy = value.get("first_purchase_at") if value else None
     last_buy = value.get("last_purchase_at") if value else None
     facts: dict[str, Any] = {
         "kind": kind,
         "tier": tier,
         "traits": dict(traits),
-        "lifetime_revenue": round(revenue, 2),
+        "lifetime_revenue": None if revenue is None else round(revenue, 2),
+        "revenue_by_currency": {c: float(a) for c, a in by_currency.items()},
+        "mixed_currencies": sorted(set(money.mixed(by_currency)) | set(money.mixed(spent_by_currency))),
         "order_count": orders,
         "event_count": _num(metrics.get("event_count")),
-        "average_sale": round(revenue / orders, 2) if orders else None,
+        "average_sale": round(revenue / orders, 2) if orders and revenue is not None else None,
         "purchases": float(purchases),
         "touchpoints": sorted(touchpoints),
         "touchpoint_count": float(len(touchpoints)),
@@ -147,26 +163,37 @@ def customer_facts(
         "churn_risk": None,
     }
     if purchases and last_buy is not None and first_buy is not None:
-        r, f, m = rfm.scores(facts["days_since_last_purchase"], purchases, total)
-        facts.update(r_score=float(r), f_score=float(f), m_score=float(m), rfm=f"{r}{f}{m}")
+        r, f, m = rfm.scores(facts["days_since_last_purchase"], purchases, total if total is not None else 0.0)
+        facts.update(r_score=float(r), f_score=float(f))
+        if total is not None:
+            # spent in a currency without a rate: no monetary score and no value, rather than wrong ones
+            facts.update(m_score=float(m), rfm=f"{r}{f}{m}")
         if bgnbd is not None:
             x = purchases - 1
             t_x = (last_buy - first_buy).total_seconds() / _DAY
             age = max((now - first_buy).total_seconds() / _DAY, t_x)
             alive = bgnbd.p_alive(x, t_x, age)
-            expected = bgnbd.expected_purchases(CLV_HORIZON_DAYS, x, t_x, age)
-            spend = gamma_gamma.expected_spend(purchases, total / purchases) if gamma_gamma else total / purchases
-            clv = expected * spend
-            if bgnbd.cap is not None:
-                clv = min(clv, bgnbd.cap)
-            facts.update(
-                p_alive=round(alive, 4),
-                churn_risk=round(1 - alive, 4),
-                clv=round(clv, 2),
-            )
-        elif historic:
+            facts.update(p_alive=round(alive, 4), churn_risk=round(1 - alive, 4))
+            if total is not None:
+                expected = bgnbd.expected_purchases(CLV_HORIZON_DAYS, x, t_x, age)
+                spend = gamma_gamma.expected_spend(purchases, total / purchases) if gamma_gamma else total / purchases
+                clv = expected * spend
+                if bgnbd.cap is not None:
+                    clv = min(clv, bgnbd.cap)
+                facts["clv"] = round(clv, 2)
+        elif historic and total is not None:
             facts["clv"] = round(total, 2)
     return facts
+
+
+def amounts_of(amounts: Any, total: Any) -> dict[str, Decimal]:
+    """Amounts per currency (non-zero) from a stored row; a row from before currencies were kept (its
+    total but no amounts) counts as revenue without a currency."""
+    if amounts:
+        return {c: Decimal(str(a)) for c, a in amounts.items() if Decimal(str(a)) != 0}
+    if total is not None and Decimal(str(total)) != 0:
+        return {NO_CURRENCY: Decimal(str(total))}
+    return {}
 
 
 def decimal_or_none(value: Any) -> Decimal | None:

@@ -44,6 +44,7 @@ __all__ = [
     "SharedLinkRow",
     "TombstoneRow",
     "TouchpointCustomerRow",
+    "TouchpointDayRevenueRow",
     "TouchpointDayRow",
     "UTCDateTime",
     "ValueRow",
@@ -332,6 +333,8 @@ class ValueRow(SQLModel, table=True):
     customer_id: str = Field(primary_key=True, max_length=40)
     purchases: int = 0
     purchase_total: Decimal = Field(default=Decimal(0), sa_type=sa.Numeric(18, 4))
+    # the same per ISO 4217 code as decimal strings: what planning converts or keeps apart
+    purchase_total_by_currency: dict[str, str] = _json(default_factory=dict, sa_column_kwargs={"server_default": "{}"})
     first_purchase_at: datetime | None = _ts(default=None)
     last_purchase_at: datetime | None = _ts(default=None)
 
@@ -409,6 +412,18 @@ class TouchpointDayRow(SQLModel, table=True):
     degraded: int = 0
     offers_made: int = 0
     offers_accepted: int = 0
+    revenue: Decimal = Field(default=Decimal(0), sa_type=sa.Numeric(18, 4))
+
+
+class TouchpointDayRevenueRow(SQLModel, table=True):
+    """Per touch point, UTC day and ISO 4217 currency: the revenue recorded there, kept
+    current on ingest, so the scorecard converts or keeps currencies apart."""
+
+    __tablename__ = "touchpoint_day_revenue"
+
+    touchpoint: str = Field(primary_key=True, max_length=64)
+    day: str = Field(primary_key=True, max_length=10)
+    currency: str = Field(primary_key=True, max_length=3)
     revenue: Decimal = Field(default=Decimal(0), sa_type=sa.Numeric(18, 4))
 
 
@@ -566,6 +581,7 @@ offers_made: sa.Table = OfferRow.__table__  # type: ignore[attr-defined]  # SQLM
 campaigns: sa.Table = CampaignRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
 touchpoint_customers: sa.Table = TouchpointCustomerRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
 touchpoint_days: sa.Table = TouchpointDayRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
+touchpoint_day_revenue: sa.Table = TouchpointDayRevenueRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
 consents: sa.Table = ConsentRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
 tombstones: sa.Table = TombstoneRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
 erasures: sa.Table = ErasureRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
