@@ -118,7 +118,7 @@ def test_the_older_key_is_the_reporting_currency():
 )
 async def test_a_bad_money_setting_stops_the_hub_naming_the_key(database_url, raw, message):
     with pytest.raises(ConfigError) as stopped:
-        async with Hub.open(Config(database_url=database_url, raw=raw)):
+        async with Hub.open(Config(database_url=database_url, raw=raw), autoload=True):
             pass
     assert str(stopped.value).startswith(message)
     assert "\n" not in str(stopped.value)
@@ -167,7 +167,7 @@ async def test_a_cost_in_an_unknown_currency_is_a_422_naming_the_field(hub_clien
 
 async def test_without_a_rate_revenue_is_kept_apart_flagged_and_matches_no_revenue_rule(database_url, frozen_clock):
     frozen_clock.now = NOW
-    async with Hub.open(config(database_url, EUR)) as hub:
+    async with Hub.open(config(database_url, EUR), autoload=True) as hub:
         await record(hub, *SALES)
         ann = await hub.view("email:ann@example.com")
         bob = await hub.view("email:bob@example.com")
@@ -202,7 +202,7 @@ async def test_without_a_rate_revenue_is_kept_apart_flagged_and_matches_no_reven
 
 async def test_revenue_in_one_currency_is_shown_as_recorded_in_the_view(database_url, frozen_clock):
     frozen_clock.now = NOW
-    async with Hub.open(config(database_url, EUR_WITH_RATES)) as hub:
+    async with Hub.open(config(database_url, EUR_WITH_RATES), autoload=True) as hub:
         await record(hub, sale("d1", "dan@example.com", "1000", "USD"), sale("d2", "dan@example.com", "200", "USD"))
         dan = await hub.view("email:dan@example.com")
     # dollars only: the view shows dollars; rules and figures across customers see euros
@@ -214,7 +214,7 @@ async def test_revenue_in_one_currency_is_shown_as_recorded_in_the_view(database
 
 async def test_with_rates_revenue_is_converted_into_the_reporting_currency(database_url, frozen_clock):
     frozen_clock.now = NOW
-    async with Hub.open(config(database_url, EUR_WITH_RATES)) as hub:
+    async with Hub.open(config(database_url, EUR_WITH_RATES), autoload=True) as hub:
         await record(hub, *SALES)
         ann = await hub.view("email:ann@example.com")
         cy = await hub.view("email:cy@example.com")
@@ -236,7 +236,7 @@ async def test_with_rates_revenue_is_converted_into_the_reporting_currency(datab
 async def test_a_rule_can_name_the_currency_it_means(database_url, frozen_clock):
     frozen_clock.now = NOW
     rules = {"usd-buyers": "revenue_by_currency['USD'] >= 500", "apart": "'USD' in mixed_currencies"}
-    async with Hub.open(config(database_url, EUR)) as hub:
+    async with Hub.open(config(database_url, EUR), autoload=True) as hub:
         await record(hub, *SALES)
         for name, rule in rules.items():
             await hub.store.write(lambda conn, n=name, r=rule: _save_segment(conn, n, r))
@@ -270,7 +270,7 @@ async def _members(hub: Hub, name: str) -> list[str]:
 
 async def test_a_merge_keeps_each_currency_of_both_customers(database_url, frozen_clock):
     frozen_clock.now = NOW
-    async with Hub.open(config(database_url, EUR_WITH_RATES)) as hub:
+    async with Hub.open(config(database_url, EUR_WITH_RATES), autoload=True) as hub:
         await record(hub, sale("m1", "dee@example.com", "100", "EUR", days=3))
         phone = sale("m2", "unused", "100", "USD", days=2)
         phone["identities"] = {"phone": "+14155550100"}
@@ -299,7 +299,7 @@ async def _card(hub: Hub) -> dict[str, Any]:
 
 async def test_the_scorecard_keeps_currencies_without_a_rate_apart_and_flags_them(database_url, frozen_clock):
     frozen_clock.now = NOW
-    async with Hub.open(config(database_url, EUR)) as hub:
+    async with Hub.open(config(database_url, EUR), autoload=True) as hub:
         await record(hub, *SALES)
         await record(hub, sale("p1", "bob@example.com", "30", "EUR"), touchpoint="pos")
         card = await _card(hub)
@@ -324,7 +324,7 @@ async def test_the_scorecard_keeps_currencies_without_a_rate_apart_and_flags_the
 
 async def test_the_scorecard_converts_with_rates(database_url, frozen_clock):
     frozen_clock.now = NOW
-    async with Hub.open(config(database_url, EUR_WITH_RATES)) as hub:
+    async with Hub.open(config(database_url, EUR_WITH_RATES), autoload=True) as hub:
         await record(hub, *SALES)
         card = await _card(hub)
     assert card["mixed_currencies"] == [] and card["rates"] == {"GBP": "1.17", "USD": "0.92"}
@@ -393,7 +393,7 @@ async def test_the_fit_measures_spend_in_the_reporting_currency_and_leaves_out_w
 ):
     frozen_clock.now = NOW
     events = history()
-    async with Hub.open(config(database_url, EUR)) as hub:
+    async with Hub.open(config(database_url, EUR), autoload=True) as hub:
         await record(hub, *events)
         result = await fit_value_model(hub.store, NOW, hub.planner.money)
         assert result["left_out"] == {"customers": 40, "currencies": ["USD"]}
@@ -408,7 +408,7 @@ async def test_the_fit_measures_spend_in_the_reporting_currency_and_leaves_out_w
         assert dollars.sections["value"]["clv"] is None and dollars.sections["value"]["m_score"] is None
         assert dollars.sections["value"]["p_alive"] is not None  # when is not a matter of currency
 
-    async with Hub.open(config(database_url, EUR_WITH_RATES)) as hub:
+    async with Hub.open(config(database_url, EUR_WITH_RATES), autoload=True) as hub:
         result = await fit_value_model(hub.store, NOW, hub.planner.money)
         assert result["left_out"] == {"customers": 0, "currencies": []}
         assert result["customers"] == 80
@@ -419,11 +419,11 @@ async def test_the_fit_measures_spend_in_the_reporting_currency_and_leaves_out_w
 
 async def test_a_fit_in_another_currency_is_not_used(database_url, frozen_clock):
     frozen_clock.now = NOW
-    async with Hub.open(config(database_url, EUR)) as hub:
+    async with Hub.open(config(database_url, EUR), autoload=True) as hub:
         await record(hub, *history())
         assert "bgnbd" in (await fit_value_model(hub.store, NOW, hub.planner.money))["stored"]
         assert (await _card(hub))["balanced"]["average_clv"] is not None
-    async with Hub.open(config(database_url)) as hub:  # reported in USD now
+    async with Hub.open(config(database_url), autoload=True) as hub:  # reported in USD now
         view = await hub.view("email:c0@example.com")
         clv = view.sections["value"]["model"]["clv"]
         assert view.sections["value"]["clv"] is None
@@ -436,14 +436,14 @@ async def test_the_historic_value_is_what_was_spent_converted_or_nothing(databas
     # a day of sales: BG/NBD is refused and the value is what each customer spent
     day = [sale(f"d{c}", f"d{c}@example.com", "40", "EUR", days=0.5) for c in range(12)]
     day += [sale("x1", "d0@example.com", "10", "USD", days=0.4)]
-    async with Hub.open(config(database_url, EUR)) as hub:
+    async with Hub.open(config(database_url, EUR), autoload=True) as hub:
         await record(hub, *day)
         result = await fit_value_model(hub.store, NOW, hub.planner.money)
         assert "clv_fallback" in result["stored"]
         hub.planner.forget_models()
         assert (await hub.view("email:d0@example.com")).sections["value"]["clv"] is None
         assert (await hub.view("email:d1@example.com")).sections["value"]["clv"] == 40.0
-    async with Hub.open(config(database_url, EUR_WITH_RATES)) as hub:
+    async with Hub.open(config(database_url, EUR_WITH_RATES), autoload=True) as hub:
         await fit_value_model(hub.store, NOW, hub.planner.money)
         assert (await hub.view("email:d0@example.com")).sections["value"]["clv"] == 49.2
 
@@ -452,7 +452,7 @@ def test_prm_plan_fit_says_the_currency_and_who_was_left_out(tmp_path):
     db = f"sqlite:///{tmp_path}/prm.db"
 
     async def fill() -> None:
-        async with Hub.open(config(db, EUR)) as hub:
+        async with Hub.open(config(db, EUR), autoload=True) as hub:
             await record(hub, *SALES)
 
     with FrozenClock() as clock:
@@ -482,7 +482,7 @@ async def test_the_migration_fills_the_amounts_per_currency_as_ingest_keeps_them
     frozen_clock.now = NOW
     returned = sale("r1", "bob@example.com", "-200", "EUR")
     returned["data"]["transaction_type"] = "return"
-    async with Hub.open(config(database_url, EUR)) as hub:
+    async with Hub.open(config(database_url, EUR), autoload=True) as hub:
         await record(hub, *SALES, returned)
         await record(hub, sale("p1", "bob@example.com", "30", "EUR"), touchpoint="pos")
 

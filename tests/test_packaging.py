@@ -257,5 +257,5 @@ async def test_a_hub_without_numpy_and_scipy_says_so_where_the_fitted_lifetime_v
     monkeypatch.setattr(planner, "science_installed", lambda: False)  # this hub has neither
     hub.planner.forget_models()
     value = (await hub.view("user_id:u0")).sections["value"]
-    assert value["model"]["clv"] == {"model": None, "reason": PLANNING_MISSING, "capped": False}
+    assert value["model"]["clv"] == {"model": None, "reason": PLANNING_MISSING, "currency": "USD", "capped": False}
     assert value["clv"] is None and value["rfm"]  # the rest of the value section stands
