@@ -35,6 +35,7 @@ if TYPE_CHECKING:
         ValueRequest,
     )
     from .outbox import Fulfillment
+    from .triggers.messages import Message, MessageResult
 
 __all__ = ["hookimpl", "hookspec"]
 
@@ -434,4 +435,34 @@ def prm_event_changes(recorded: Sequence[RecordedEvent]) -> Iterable[NewChange] 
             for r in recorded:
                 if r.event.type == "purchase":
                     yield NewChange("loyalty.earned", r.customer_id, {"points": 10})
+    """
+
+
+# -------------------------------------------------------------------------------------
+# Triggers: messages the hub sends on its own initiative
+# -------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def prm_send_message(message: Message) -> MessageResult | Awaitable[MessageResult] | None:
+    """Send a trigger's message on your channel: return a
+    :class:`~prm_core.triggers.MessageResult` (or a coroutine giving one) when
+    ``message.channel`` is yours, else ``None``. The first answer wins.
+
+    ``message.id`` is the same on every hand-over of the same message (a retry, a restart
+    after a crash): use it as the idempotency key or Message-ID, so a message is never sent
+    twice. Return ``MessageResult("failed", reason)`` for a refusal that retrying cannot
+    fix (a bad address: the run is recorded ``failed`` with the reason); raise for one that
+    it can (the server is down: the act is tried again with backoff). With no implementation
+    answering, the run is recorded ``failed`` as undeliverable on that channel. The hub
+    records the outbound ``message.sent`` event and change itself once you answer ``sent``.
+
+    .. versionadded:: 0.2.0
+
+    .. code-block:: python
+
+        @hookimpl
+        def prm_send_message(message):
+            if message.channel == "email":
+                return smtp.send(message.to, message.subject, message.text, message_id=message.id)
     """

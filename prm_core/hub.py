@@ -47,6 +47,7 @@ from .recording import IngestRules
 from .store import Store
 from .store.engine import advisory_locks, customer_lock_key, identity_lock_key
 from .store.tables import customers, identities, memberships, merges, shared_links, utcnow
+from .triggers.engine import TriggerEngine, open_triggers
 from .view import build_view, resolve_ref
 
 __all__ = ["Hub", "answer_id"]
@@ -69,6 +70,7 @@ class Hub:
     feed: Feed
     relay: Relay = None  # type: ignore[assignment]  # set in open(), once the feed runs
     outbox: Outbox = None  # type: ignore[assignment]  # set in open(): it needs the hub
+    triggers: TriggerEngine = None  # type: ignore[assignment]  # set in open(): it needs the hub
     # event type -> words for people (prm_core.labels), collected once at start
     event_labels: Mapping[str, str] = field(factory=dict)
 
@@ -103,6 +105,7 @@ class Hub:
         )
         # a bad [destinations.*] setting stops the hub here, named, before the database is touched
         destinations = open_destinations(config, registrations.destination_kinds, store.read)
+        triggers = open_triggers(config, registrations)  # likewise a broken [triggers.NAME]
         feed = Feed.from_config(config, store)
         try:
             if migrate:
@@ -135,9 +138,12 @@ class Hub:
             # partner work left by a previous run (or another hub's crash) is dispatched from here
             hub.outbox = Outbox.from_config(hub)
             hub.outbox.start()
+            hub.triggers = TriggerEngine(hub, *triggers, lease_s=feed.lease_s)
+            await hub.triggers.start()
             try:
                 yield hub
             finally:
+                await hub.triggers.stop()
                 await hub.relay.stop()
                 await hub.outbox.stop()
                 await ingestor.stop()
