@@ -23,9 +23,11 @@ import pytest
 from attrs import frozen
 
 from prm_core import hookimpl, hookspecs
+from prm_core.config import Config
 from prm_core.model import FulfillmentRequest, FulfillmentResult, TouchPoint
 from prm_core.plugins import make_plugin_manager
 from prm_core.privacy.erasure import erase_customer
+from prm_core.triggers import MessageResult
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -330,10 +332,30 @@ class Spy:
     def prm_hub_stopping(self, config):
         self._saw("prm_hub_stopping", config=config)
 
+    @hookimpl
+    def prm_send_message(self, message):
+        self._saw("prm_send_message", message=message)
+        if message.channel == "hookspy":
+            return MessageResult("sent", ref="spy-1")
+        return None
+
 
 @pytest.fixture
 def spy() -> Spy:
     return Spy()
+
+
+@pytest.fixture
+def hub_config(database_url: str) -> Config:
+    # a trigger, so that the scenario sends a message (prm_send_message) through the spy's touch point
+    hello = {
+        "on": "event.recorded",
+        "when": "change['type'] == 'hookspy.hello'",
+        "purpose": "transactional",
+        "action": {"kind": "message", "channel": "hookspy", "template": "Hello"},
+    }
+    triggers = {"quiet_hours": "none", "poll_s": 0.02, "hello": hello}
+    return Config(database_url=database_url, public_url="http://hub.test", raw={"triggers": triggers})
 
 
 @pytest.fixture
@@ -373,8 +395,9 @@ async def test_examples_run_in_a_hub(hub, spy, example_modules):
     answer = await hub.request(request)
     assert answer.delivery.degraded == (), "an example failed or was late in a request turn"
     await hub.view("email:ann@example.com")
-    for _ in range(200):  # the partner's answer is recorded after the request was answered
-        if "prm_fulfillment_updated" in spy.calls:
+    await hub.record(parse(_event("e4", 4, "hookspy.hello", identities=ann)))
+    for _ in range(500):  # the partner's answer and the trigger's message come after the request
+        if "prm_fulfillment_updated" in spy.calls and "prm_send_message" in spy.calls:
             break
         await asyncio.sleep(0.02)
     await erase_customer(hub, "email:ann@example.com")

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+import tomllib
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -574,3 +576,62 @@ async def test_a_broken_configured_trigger_stops_the_hub_naming_the_key(database
         async with opened(database_url, triggers, [Outbox()]):
             pass
     assert str(caught.value).startswith(named) and "\n" not in str(caught.value)
+
+
+# ---- the page's examples -------------------------------------------------------------
+
+
+def documented_examples() -> dict[str, Any]:
+    page = (Path(__file__).resolve().parent.parent / "docs" / "triggers.md").read_text(encoding="utf-8")
+    marker = "test_the_documented_examples_fire -->\n```toml\n"
+    return tomllib.loads(page[page.index(marker) + len(marker) :].split("```", 1)[0])
+
+
+async def test_the_documented_examples_fire(database_url, clock):
+    """docs/triggers.md's four examples, as written, each on what it listens for."""
+    raw = documented_examples()
+    raw["triggers"] |= {"quiet_hours": "none", "poll_s": 0.02}
+    outbox = Outbox()
+    config = Config(database_url=database_url, public_url="http://hub.test", raw=raw)
+    async with Hub.open(config, plugins=[outbox]) as hub:
+        params = {"r": 0.25, "alpha": 4.0, "a": 1.5, "b": 2.5}
+        await hub.store.write(
+            lambda conn: conn.execute(planning_models.insert().values(name="bgnbd", params=params, fitted_at=T0))
+        )
+        hub.planner.forget_models()
+        # platinum: a customer whose purchases pass 5000
+        (ann,) = await send(hub, ev("s1", "order.completed", "ann@example.com", revenue="6000", currency="USD"))
+        # a cart left, by a customer who agreed to marketing email
+        (bob,) = await send(hub, ev("b0", "page", "bob@example.com"))
+        await grant_marketing(hub, bob.customer_id, "email")
+        await send(hub, ev("b1", "cart", "bob@example.com"))
+        # a technician's visit completed
+        (cid,) = await send(hub, ev("v1", "service.request", "cid@example.com"))
+        visit = {"fulfillment_id": "f1", "partner": "fieldco", "role": "field_service", "action": "schedule",
+                 "status": "completed", "dialogue_id": cid.dialogue_id, "data": {}}  # fmt: skip
+        await hub.store.write(lambda conn: emit(conn, NewChange("fulfillment.updated", cid.customer_id, visit)))
+        # a customer drifting away, who agreed to marketing
+        long_ago = T0 - timedelta(days=300)
+        (dan,) = await send(
+            hub, ev("d1", "order.completed", "dan@example.com", at=long_ago, revenue="50", currency="USD")
+        )
+        await grant_marketing(hub, dan.customer_id)
+        await send(hub, ev("d2", "order.completed", "dan@example.com", at=long_ago + timedelta(days=1), revenue="50",
+                           currency="USD"))  # fmt: skip
+        (welcome,) = await settled(hub, "platinum_welcome")
+        assert (welcome.status, welcome.customer_id) == ("fired", ann.customer_id)
+        retention = await settled(hub, "retention")
+        held = in_control("trigger:retention", dan.customer_id, 10)
+        assert retention[0].status == ("held_out" if held else "fired")
+        await until(lambda: _count(hub, "abandoned_cart", 1))
+        await until(lambda: _count(hub, "visit_survey", 1))
+        clock.advance(hours=2, minutes=1)
+        (cart,) = await settled(hub, "abandoned_cart")
+        (survey,) = await settled(hub, "visit_survey")
+        assert (cart.status, cart.customer_id) == ("fired", bob.customer_id)
+        assert (survey.status, survey.customer_id) == ("fired", cid.customer_id)
+        assert sorted((m.trigger, m.channel) for m in outbox.sent) == [
+            ("abandoned_cart", "email"),
+            ("platinum_welcome", "email"),
+            ("visit_survey", "sms"),
+        ]

@@ -315,8 +315,19 @@ def _parse(name: str, raw: Any) -> Trigger:
         holdout_percent=holdout,
         cooldown_s=cooldown,
         description=description,
-        definition=dict(raw),
+        definition=_plain(raw),
     )
+
+
+def _plain(value: Any) -> Any:
+    """The definition as plain JSON values (a TOML reader's own table types are not)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, bool | int | float | str) or value is None:
+        return value
+    return str(value)
 
 
 def parse_trigger(name: str, raw: Any, *, config: bool) -> Trigger:
