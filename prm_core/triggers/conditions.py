@@ -17,6 +17,7 @@ Like every rule, a condition is parsed and type-checked once; it is only evaluat
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -24,7 +25,7 @@ import rule_engine
 
 from ..planning.rules import NAMES, Rule
 
-__all__ = ["TRIGGER_NAMES", "compile_condition", "granted"]
+__all__ = ["TRIGGER_NAMES", "compile_condition", "granted", "prefilter", "reads_facts"]
 
 _T = rule_engine.DataType
 
@@ -36,6 +37,7 @@ TRIGGER_NAMES: Mapping[str, tuple[Any, str]] = {
     "days_since_last_contact": (_T.FLOAT, "days since the hub's latest outbound event to the customer"),
 }
 
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _CONTEXT = rule_engine.Context(
     type_resolver=rule_engine.type_resolver_from_dict({k: t for k, (t, _) in TRIGGER_NAMES.items()}),
     default_value=None,
@@ -64,3 +66,42 @@ def compile_condition(text: Any, where: str) -> Rule:
 def granted(consents: Iterable[Mapping[str, Any]]) -> list[str]:
     """The view's consents as ``consents`` reads them: only those granted."""
     return sorted(f"{c['purpose']}:{c.get('channel') or '*'}" for c in consents if c.get("granted"))
+
+
+def prefilter(rule: Rule) -> tuple[tuple[str, str | bool], ...]:
+    """The ``change['key'] == 'literal'`` terms the condition requires (those joined to the rest
+    by ``and`` at its top): a change whose data lacks one cannot match, so the engine skips
+    it before reading any fact or evaluating the rule (a rule evaluation costs far more than
+    a dictionary lookup, and most changes of a type are not the ones a trigger is after)."""
+    found: list[tuple[str, str | bool]] = []
+    pending = [rule.compiled.statement.expression]
+    while pending:
+        node = pending.pop()
+        kind = type(node).__name__
+        if kind == "LogicExpression" and node.type == "and":
+            pending += [node.left, node.right]
+        elif kind == "ComparisonExpression" and node.type == "eq":
+            for got, want in ((node.left, node.right), (node.right, node.left)):
+                term = _change_item(got)
+                if term is not None and type(want).__name__ in ("StringExpression", "BooleanExpression"):
+                    found.append((term, want.value))
+                    break
+    return tuple(found)
+
+
+def _change_item(node: Any) -> str | None:
+    if type(node).__name__ != "GetItemExpression":
+        return None
+    container, item = getattr(node, "container", None), getattr(node, "item", None)
+    if type(container).__name__ == "SymbolExpression" and getattr(container, "name", None) == "change":
+        if type(item).__name__ == "StringExpression" and isinstance(item.value, str):
+            return item.value
+    return None
+
+
+_CHANGE_ONLY = frozenset({"change", "change_type"})
+
+
+def reads_facts(rule: Rule) -> bool:
+    """Whether the condition reads anything of the customer (else no fact is read for it)."""
+    return bool(set(_WORD.findall(rule.text)) & (set(TRIGGER_NAMES) - _CHANGE_ONLY))

@@ -31,7 +31,7 @@ from attrs import field, frozen
 from ..errors import ConfigError, InvalidInput
 from ..feed.changes import CORE_TYPES, check_plugin_type
 from ..planning.rules import Rule
-from .conditions import compile_condition
+from .conditions import compile_condition, prefilter, reads_facts
 
 __all__ = [
     "ACTION_KINDS",
@@ -125,6 +125,17 @@ class Trigger:
     cooldown_s: float | None = None
     description: str = ""
     definition: Mapping[str, Any] = field(factory=dict)
+    # what the engine checks before the condition itself (conditions.prefilter, reads_facts)
+    requires: tuple[tuple[str, str | bool], ...] = field(init=False)
+    needs_facts: bool = field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "requires", prefilter(self.when) if self.when is not None else ())
+        object.__setattr__(self, "needs_facts", self.when is not None and reads_facts(self.when))
+
+    def may_match(self, data: Mapping[str, Any]) -> bool:
+        """False when the change lacks a term the condition requires: it cannot match."""
+        return all(data.get(key) == value for key, value in self.requires)
 
     @property
     def acts(self) -> tuple[Act, ...]:

@@ -300,23 +300,27 @@ class TriggerEngine:
                 continue  # about no one, or scrubbed by an erasure
             if change.type == "event.recorded" and str(change.data.get("event_id", "")).startswith(OUTBOUND_PREFIX):
                 continue  # a trigger's own act is never the cause of another
-            matches += [(change, t) for t in by_type.get(change.type, ())]
+            matches += [(change, t) for t in by_type.get(change.type, ()) if t.may_match(change.data)]
         if not matches:
             return [], made, erased
         now = utcnow()
         current = _current(conn, {c.customer_id for c, _ in matches if c.customer_id})
-        ids = sorted(set(current.values()))
-        facts = self.hub.planner.facts_of(conn, ids, now)
-        extra: dict[str, dict[str, Any]] = {}
+        wanted = sorted({current[c.customer_id] for c, t in matches if t.needs_facts and c.customer_id in current})
+        facts = self.hub.planner.facts_of(conn, wanted, now) if wanted else {}
+        extra: dict[tuple[str, bool, bool], dict[str, Any]] = {}
         started: list[dict[str, Any]] = []
         for change, trigger in matches:
             cid = current.get(change.customer_id or "")
-            if cid is None or cid not in facts:
+            if cid is None:
                 continue
             if trigger.when is not None:
-                if cid not in extra:
-                    extra[cid] = _contact_facts(conn, cid, now, trigger.when.text)
-                seen = {**facts[cid], **extra[cid], "change": dict(change.data), "change_type": change.type}
+                if trigger.needs_facts and cid not in facts:
+                    continue  # merged away or gone since
+                text = trigger.when.text
+                needs = (cid, "consents" in text, "days_since_last_contact" in text)
+                if needs not in extra:
+                    extra[needs] = _contact_facts(conn, cid, now, text)
+                seen = {**facts.get(cid, {}), **extra[needs], "change": dict(change.data), "change_type": change.type}
                 if not trigger.when.matches(seen):
                     continue
             started.append(self._new_run(trigger, change, cid, now))
@@ -367,8 +371,8 @@ class TriggerEngine:
                 raise
             except Exception as exc:
                 log.warning("trigger runs not claimed", error=type(exc).__name__)
-            for run in claimed:
-                await self._advance_run(run)
+            # together: each run mostly waits on the database, and one slow act holds up no other
+            await asyncio.gather(*(self._advance_run(run) for run in claimed))
             if len(claimed) >= 32:
                 continue
             self._wake.clear()
