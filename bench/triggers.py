@@ -70,7 +70,7 @@ class Sender:
 
 def triggers(n: int) -> dict[str, Any]:
     """``n`` triggers like an operator's: a few kinds, each matching a part of the changes."""
-    kinds = [
+    kinds: list[dict[str, Any]] = [
         {
             "on": "event.recorded",
             "when": "change['type'] == 'cart' and lifetime_revenue >= {x}",
@@ -99,7 +99,7 @@ def triggers(n: int) -> dict[str, Any]:
     found: dict[str, Any] = {}
     for i in range(n):
         kind = dict(kinds[i % len(kinds)])
-        kind["when"] = kind["when"].format(x=i)
+        kind["when"] = str(kind["when"]).format(x=i)
         found[f"t{i}"] = kind
     return found
 
@@ -135,7 +135,8 @@ class Mix:
             self.n += 1
             email = f"c{self.rng.randrange(self.customers)}@example.com"
             roll = self.rng.random()
-            kind, data = "page", {"url": "/"}
+            kind = "page"
+            data: dict[str, Any] = {"url": "/"}
             if roll < 0.2:
                 kind, data = "product", {"product_id": f"p{self.rng.randrange(50)}"}
             elif roll < 0.3:

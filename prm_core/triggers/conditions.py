@@ -93,9 +93,10 @@ def _change_item(node: Any) -> str | None:
     if type(node).__name__ != "GetItemExpression":
         return None
     container, item = getattr(node, "container", None), getattr(node, "item", None)
+    value = getattr(item, "value", None)
     if type(container).__name__ == "SymbolExpression" and getattr(container, "name", None) == "change":
-        if type(item).__name__ == "StringExpression" and isinstance(item.value, str):
-            return item.value
+        if type(item).__name__ == "StringExpression" and isinstance(value, str):
+            return value
     return None
 
 
