@@ -91,9 +91,15 @@ def triggers(n: int) -> dict[str, Any]:
             "action": {"kind": "offer", "code": "winback", "touchpoint": "web"},
         },
         {
+            # not a plain conjunction: the rules engine itself evaluates it, for every cart
             "on": "event.recorded",
-            "when": "change['type'] == 'product' and traits['vip'] == true and {x} >= 0",
+            "when": "change['type'] == 'cart' and (traits['vip'] == true or lifetime_revenue >= {x}00)",
             "action": {"kind": "offer", "code": "vip", "touchpoint": "web"},
+        },
+        {
+            "on": "event.recorded",
+            "when": "change['type'] == 'product' and traits['vip'] == true and purchases >= {x}",
+            "action": {"kind": "offer", "code": "vip-product", "touchpoint": "web"},
         },
     ]
     found: dict[str, Any] = {}

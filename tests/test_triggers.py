@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from prm_core import hookimpl
 from prm_core.clock import FrozenClock
@@ -28,6 +30,7 @@ from prm_core.privacy.erasure import erase_customer
 from prm_core.server.state import HUB
 from prm_core.store.tables import planning_models, trigger_cursor, trigger_offers, trigger_runs, utcnow
 from prm_core.triggers import MessageResult
+from prm_core.triggers.conditions import compile_condition, shortcut
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)  # noon UTC: outside the default quiet hours
 TIERS = {"platinum": "lifetime_revenue >= 5000", "gold": "lifetime_revenue >= 1000"}
@@ -228,6 +231,14 @@ async def test_an_abandoned_cart_is_reminded_after_the_wait_unless_a_purchase_ca
     assert [m.to for m in outbox.sent] == ["ann@example.com"]
 
 
+async def test_history_loaded_late_starts_no_run(hub, outbox, clock):
+    await send(hub, ev("old", "cart", "ann@example.com", at=T0 - timedelta(days=3)))
+    await send(hub, ev("new", "cart", "ann@example.com"))
+    await until(lambda: runs_of(hub, "cart"))
+    await asyncio.sleep(0.2)
+    assert [r.change["event_id"] for r in await runs_of(hub, "cart")] == ["new"]
+
+
 async def test_marketing_needs_consent_for_the_channel(hub, outbox, clock):
     await send(hub, ev("c1", "cart", "ann@example.com"))
     await until(lambda: _count(hub, "cart", 1))
@@ -273,9 +284,10 @@ async def test_a_customer_at_risk_gets_the_retention_offer_at_the_next_contact(h
         ev("o3", "order.completed", "bob@example.com", at=T0 - timedelta(days=3), revenue="50", currency="USD"),
         ev("o4", "order.completed", "bob@example.com", at=T0 - timedelta(days=1), revenue="50", currency="USD"),
     )
-    await send(hub, ev("visit-bob", "page", "bob@example.com"))
+    # her old orders, loaded now, are history: they start no run; her visit today does
+    await send(hub, ev("visit-bob", "page", "bob@example.com"), ev("visit", "page", "ann@example.com"))
     (run,) = await settled(hub, "retention")  # only ann is at risk, once she bought twice long ago
-    assert (run.status, run.customer_id, run.change["event_id"]) == ("fired", ann.customer_id, "o2")
+    assert (run.status, run.customer_id, run.change["event_id"]) == ("fired", ann.customer_id, "visit")
     # the next request at any touch point says it, and then it is done
     answer = await hub.request(hub.parse_events(ev("ask", "page", "ann@example.com"), "web")[0])
     offers = [o for o in answer.delivery.offers if o.code == "winback-20"]
@@ -618,6 +630,7 @@ async def test_the_documented_examples_fire(database_url, clock):
         await grant_marketing(hub, dan.customer_id)
         await send(hub, ev("d2", "order.completed", "dan@example.com", at=long_ago + timedelta(days=1), revenue="50",
                            currency="USD"))  # fmt: skip
+        await send(hub, ev("d3", "page", "dan@example.com"))
         (welcome,) = await settled(hub, "platinum_welcome")
         assert (welcome.status, welcome.customer_id) == ("fired", ann.customer_id)
         retention = await settled(hub, "retention")
@@ -635,3 +648,50 @@ async def test_the_documented_examples_fire(database_url, clock):
             ("platinum_welcome", "email"),
             ("visit_survey", "sms"),
         ]
+
+
+# ---- conditions --------------------------------------------------------------------------
+
+SHORTCUT_RULES = [
+    "lifetime_revenue >= 3",
+    "3 <= purchases",
+    "churn_risk > 0.6 and days_since_last_purchase < 30",
+    "tier == 'gold'",
+    "tier != 'gold'",
+    "traits['vip'] == true",
+    "traits['vip'] != false",
+    "traits['n'] < 100",
+    "change['type'] == 'cart' and lifetime_revenue >= 100",
+    "change['tier'] == 'platinum' and purchases >= 2",
+    "change['n'] == 1",
+    "change['n'] != 1",
+    "change['n'] >= 2.5",
+    "change['type'] != 'cart'",
+]
+ANY = st.one_of(
+    st.none(), st.booleans(), st.integers(-5, 6000), st.floats(-1, 6000), st.sampled_from(["gold", "cart", "x"])
+)
+NUMBER = st.one_of(st.none(), st.integers(0, 6000), st.floats(0, 6000))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    text=st.sampled_from(SHORTCUT_RULES),
+    numbers=st.fixed_dictionaries(
+        {k: NUMBER for k in ("lifetime_revenue", "purchases", "churn_risk", "days_since_last_purchase")}
+    ),
+    tier=st.one_of(st.none(), st.sampled_from(["gold", "platinum", "x"])),
+    traits=st.dictionaries(st.sampled_from(["vip", "n"]), ANY),
+    change=st.dictionaries(st.sampled_from(["type", "tier", "n"]), ANY),
+)
+def test_a_plain_condition_is_decided_as_the_rules_engine_decides_it(text, numbers, tier, traits, change):
+    rule = compile_condition(text, "when")
+    fast = shortcut(rule)
+    assert fast is not None, text
+    facts = {**numbers, "tier": tier, "traits": traits, "change": change}
+    assert fast.matches(facts) == rule.matches(facts)
+
+
+def test_a_condition_beyond_plain_comparisons_is_left_to_the_rules_engine():
+    for text in ("tier == 'gold' or purchases > 2", "traits['city'] =~ 'Par.*'", "'x' in touchpoints"):
+        assert shortcut(compile_condition(text, "when")) is None, text

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from decimal import Decimal
 from typing import Any
 
 import rule_engine
 
 from ..planning.rules import NAMES, Rule
 
-__all__ = ["TRIGGER_NAMES", "compile_condition", "granted", "prefilter", "reads_facts"]
+__all__ = ["TRIGGER_NAMES", "Shortcut", "compile_condition", "granted", "prefilter", "reads_facts", "shortcut"]
 
 _T = rule_engine.DataType
 
@@ -106,3 +107,90 @@ _CHANGE_ONLY = frozenset({"change", "change_type"})
 def reads_facts(rule: Rule) -> bool:
     """Whether the condition reads anything of the customer (else no fact is read for it)."""
     return bool(set(_WORD.findall(rule.text)) & (set(TRIGGER_NAMES) - _CHANGE_ONLY))
+
+
+_ORDER = {
+    "eq": lambda a, b: a == b,
+    "ne": lambda a, b: a != b,
+    "gt": lambda a, b: a > b,
+    "ge": lambda a, b: a >= b,
+    "lt": lambda a, b: a < b,
+    "le": lambda a, b: a <= b,
+}
+_FLIP = {"gt": "lt", "ge": "le", "lt": "gt", "le": "ge", "eq": "eq", "ne": "ne"}
+
+
+class Shortcut:
+    """A condition made only of ``and``-joined comparisons of a name (``tier``,
+    ``lifetime_revenue``, ``traits['vip']``, ``change['type']``) with a literal, decided in
+    plain Python: the same answer as the rules engine, at a fraction of its cost per change.
+    A term that cannot be evaluated (null compared with a number, a missing key) is false, as
+    it makes the rule not match."""
+
+    def __init__(self, terms: list[tuple[str, str | None, str, Any]]) -> None:
+        self.terms = terms
+
+    def matches(self, facts: Mapping[str, Any]) -> bool:
+        for name, key, op, literal in self.terms:
+            value = facts.get(name)
+            if key is not None:
+                if not isinstance(value, Mapping) or key not in value:
+                    return False  # a missing key: the rules engine's lookup fails, the rule does not match
+                value = value[key]
+            elif value is not None and isinstance(literal, str) != isinstance(value, str):
+                return False  # a fact not of its declared type: the rules engine refuses to compare
+            if op in ("eq", "ne"):
+                if isinstance(literal, bool) != isinstance(value, bool) and value is not None:
+                    value = object()  # true == 1 in Python, never in the rules
+                if not _ORDER[op](value, literal):
+                    return False
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+                return False
+            if not _ORDER[op](value, literal):
+                return False
+        return True
+
+
+def shortcut(rule: Rule) -> Shortcut | None:
+    """The condition as a :class:`Shortcut`, when every term of it is one (else ``None``)."""
+    terms: list[tuple[str, str | None, str, Any]] = []
+    pending = [rule.compiled.statement.expression]
+    while pending:
+        node = pending.pop()
+        kind = type(node).__name__
+        if kind == "LogicExpression" and node.type == "and":
+            pending += [node.left, node.right]
+            continue
+        if kind not in ("ComparisonExpression", "ArithmeticComparisonExpression") or node.type not in _ORDER:
+            return None
+        term = _term(node.left, node.right, node.type) or _term(node.right, node.left, _FLIP[node.type])
+        if term is None:
+            return None
+        terms.append(term)
+    return Shortcut(terms)
+
+
+def _term(name: Any, literal: Any, op: str) -> tuple[str, str | None, str, Any] | None:
+    kinds = {"StringExpression", "BooleanExpression", "FloatExpression"}
+    if type(literal).__name__ not in kinds:
+        return None
+    value = literal.value
+    if op not in ("eq", "ne") and not isinstance(value, Decimal):
+        return None
+    if type(name).__name__ == "SymbolExpression" and name.name in TRIGGER_NAMES:
+        if name.name in ("change", "traits", "touchpoints", "consents"):
+            return None  # containers: compared whole, the rules engine has its own ways
+        return (name.name, None, op, value)
+    if type(name).__name__ == "GetItemExpression":
+        container, item = getattr(name, "container", None), getattr(name, "item", None)
+        key = getattr(item, "value", None)
+        holder = getattr(container, "name", None)
+        if (
+            type(container).__name__ == "SymbolExpression"
+            and holder in ("change", "traits")
+            and type(item).__name__ == "StringExpression"
+            and isinstance(key, str)
+        ):
+            return (str(holder), key, op, value)
+    return None

@@ -31,7 +31,7 @@ from attrs import field, frozen
 from ..errors import ConfigError, InvalidInput
 from ..feed.changes import CORE_TYPES, check_plugin_type
 from ..planning.rules import Rule
-from .conditions import compile_condition, prefilter, reads_facts
+from .conditions import Shortcut, compile_condition, prefilter, reads_facts, shortcut
 
 __all__ = [
     "ACTION_KINDS",
@@ -128,10 +128,18 @@ class Trigger:
     # what the engine checks before the condition itself (conditions.prefilter, reads_facts)
     requires: tuple[tuple[str, str | bool], ...] = field(init=False)
     needs_facts: bool = field(init=False)
+    fast: Shortcut | None = field(init=False)
 
     def __attrs_post_init__(self) -> None:
         object.__setattr__(self, "requires", prefilter(self.when) if self.when is not None else ())
         object.__setattr__(self, "needs_facts", self.when is not None and reads_facts(self.when))
+        object.__setattr__(self, "fast", shortcut(self.when) if self.when is not None else None)
+
+    def matches(self, facts: Mapping[str, Any]) -> bool:
+        """Whether the condition matches these facts (the change's among them)."""
+        if self.when is None:
+            return True
+        return self.fast.matches(facts) if self.fast is not None else self.when.matches(facts)
 
     def may_match(self, data: Mapping[str, Any]) -> bool:
         """False when the change lacks a term the condition requires: it cannot match."""

@@ -298,8 +298,12 @@ class TriggerEngine:
                 erased += [change.customer_id, *[str(i) for i in change.data.get("merged_ids") or ()]]
             if not change.customer_id or not change.data:
                 continue  # about no one, or scrubbed by an erasure
-            if change.type == "event.recorded" and str(change.data.get("event_id", "")).startswith(OUTBOUND_PREFIX):
-                continue  # a trigger's own act is never the cause of another
+            if change.type == "event.recorded":
+                if str(change.data.get("event_id", "")).startswith(OUTBOUND_PREFIX):
+                    continue  # a trigger's own act is never the cause of another
+                occurred = _occurred(change)
+                if occurred is not None and change.at - occurred > self.settings.max_event_age:
+                    continue  # history loaded late (an import): triggers act on what happens now
             matches += [(change, t) for t in by_type.get(change.type, ()) if t.may_match(change.data)]
         if not matches:
             return [], made, erased
@@ -321,14 +325,15 @@ class TriggerEngine:
                 if needs not in extra:
                     extra[needs] = _contact_facts(conn, cid, now, text)
                 seen = {**facts.get(cid, {}), **extra[needs], "change": dict(change.data), "change_type": change.type}
-                if not trigger.when.matches(seen):
+                if not trigger.matches(seen):
                     continue
             started.append(self._new_run(trigger, change, cid, now))
         return started, made, erased
 
     def _new_run(self, trigger: Trigger, change: Change, customer_id: str, now: datetime) -> dict[str, Any]:
         first = trigger.steps[0]
-        since = min(change.at, now)
+        # a wait counts from when the event happened (the cart), else from the change
+        since = min(_occurred(change) or change.at, change.at, now)
         due = since + timedelta(seconds=first.seconds) if isinstance(first, Wait) else now
         return {
             "key": runs.run_key(trigger.name, change.seq),
@@ -722,6 +727,18 @@ class TriggerEngine:
 
 
 # ---- reads ---------------------------------------------------------------------------
+
+
+def _occurred(change: Change) -> datetime | None:
+    """When an ``event.recorded`` change's event happened (``None`` for other changes)."""
+    raw = change.data.get("occurred_at") if change.type == "event.recorded" else None
+    if not isinstance(raw, str):
+        return None
+    try:
+        at = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 def _due(conn: Connection, *, now: datetime, paused: set[str]) -> bool:

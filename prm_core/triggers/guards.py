@@ -35,7 +35,7 @@ from .definitions import parse_duration
 __all__ = ["GuardSettings", "QuietHours", "suppressed", "zone_of"]
 
 _CLOCK = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
-SETTINGS = ("quiet_hours", "time_zone", "frequency_cap", "frequency_window", "touchpoint", "poll_s")
+SETTINGS = ("quiet_hours", "time_zone", "frequency_cap", "frequency_window", "touchpoint", "max_event_age", "poll_s")
 
 
 @frozen
@@ -85,6 +85,8 @@ class GuardSettings:
     frequency_cap: int = 3
     frequency_window_s: float = 7 * 86400
     touchpoint: str | None = None  # where offers and notifications are recorded, unless a trigger says
+    # an event recorded longer than this after it happened (an import of history) starts no run
+    max_event_age: timedelta = timedelta(days=1)
     poll_s: float = 1.0
 
     @classmethod
@@ -100,6 +102,10 @@ class GuardSettings:
             window = parse_duration(section.get("frequency_window", "7d"), "frequency_window")
         except Exception:
             raise ConfigError("[triggers].frequency_window must be a duration like '7d'") from None
+        try:
+            age = parse_duration(section.get("max_event_age", "1d"), "max_event_age")
+        except Exception:
+            raise ConfigError("[triggers].max_event_age must be a duration like '1d'") from None
         touchpoint = section.get("touchpoint")
         if touchpoint is not None and not isinstance(touchpoint, str):
             raise ConfigError("[triggers].touchpoint must name a touch point")
@@ -112,6 +118,7 @@ class GuardSettings:
             frequency_cap=cap,
             frequency_window_s=window,
             touchpoint=touchpoint,
+            max_event_age=timedelta(seconds=age),
             poll_s=float(poll),
         )
 
