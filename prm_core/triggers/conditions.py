@@ -26,7 +26,16 @@ import rule_engine
 
 from ..planning.rules import NAMES, Rule
 
-__all__ = ["TRIGGER_NAMES", "Shortcut", "compile_condition", "granted", "prefilter", "reads_facts", "shortcut"]
+__all__ = [
+    "TRIGGER_NAMES",
+    "Shortcut",
+    "compile_condition",
+    "granted",
+    "items_read",
+    "prefilter",
+    "reads_facts",
+    "shortcut",
+]
 
 _T = rule_engine.DataType
 
@@ -194,3 +203,19 @@ def _term(name: Any, literal: Any, op: str) -> tuple[str, str | None, str, Any] 
         ):
             return (str(holder), key, op, value)
     return None
+
+
+_ITEM = re.compile(r"""\[\s*(?:'([^'\\]*)'|"([^"\\]*)")\s*\]""")
+
+
+def items_read(rule: Rule, name: str) -> frozenset[str] | None:
+    """The keys the condition reads of the mapping ``name`` (``change['type']``: ``type``),
+    when it reads it only that way; else ``None``. The engine then hands the rules engine only
+    those keys, which it would otherwise check the type of, one by one, at every evaluation."""
+    keys: set[str] = set()
+    for found in re.finditer(rf"\b{name}\b", rule.text):
+        item = _ITEM.match(rule.text, found.end())
+        if item is None:
+            return None
+        keys.add(item.group(1) if item.group(1) is not None else item.group(2))
+    return frozenset(keys)

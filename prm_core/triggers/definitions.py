@@ -31,7 +31,7 @@ from attrs import field, frozen
 from ..errors import ConfigError, InvalidInput
 from ..feed.changes import CORE_TYPES, check_plugin_type
 from ..planning.rules import Rule
-from .conditions import Shortcut, compile_condition, prefilter, reads_facts, shortcut
+from .conditions import Shortcut, compile_condition, items_read, prefilter, reads_facts, shortcut
 
 __all__ = [
     "ACTION_KINDS",
@@ -129,17 +129,33 @@ class Trigger:
     requires: tuple[tuple[str, str | bool], ...] = field(init=False)
     needs_facts: bool = field(init=False)
     fast: Shortcut | None = field(init=False)
+    thin: Mapping[str, frozenset[str]] = field(init=False)  # mappings the condition reads by key only
+    contact: tuple[bool, bool] = field(init=False)  # whether it reads consents, days_since_last_contact
 
     def __attrs_post_init__(self) -> None:
-        object.__setattr__(self, "requires", prefilter(self.when) if self.when is not None else ())
-        object.__setattr__(self, "needs_facts", self.when is not None and reads_facts(self.when))
-        object.__setattr__(self, "fast", shortcut(self.when) if self.when is not None else None)
+        when = self.when
+        set_ = object.__setattr__
+        set_(self, "requires", prefilter(when) if when is not None else ())
+        set_(self, "needs_facts", when is not None and reads_facts(when))
+        set_(self, "fast", shortcut(when) if when is not None else None)
+        thin = {n: items_read(when, n) for n in ("change", "traits")} if when is not None else {}
+        set_(self, "thin", {n: keys for n, keys in thin.items() if keys is not None})
+        text = when.text if when is not None else ""
+        set_(self, "contact", ("consents" in text, "days_since_last_contact" in text))
 
     def matches(self, facts: Mapping[str, Any]) -> bool:
         """Whether the condition matches these facts (the change's among them)."""
         if self.when is None:
             return True
-        return self.fast.matches(facts) if self.fast is not None else self.when.matches(facts)
+        if self.fast is not None:
+            return self.fast.matches(facts)
+        if self.thin:
+            facts = {**facts}
+            for name, keys in self.thin.items():
+                whole = facts.get(name)
+                if isinstance(whole, Mapping):
+                    facts[name] = {k: whole[k] for k in keys if k in whole}
+        return self.when.matches(facts)
 
     def may_match(self, data: Mapping[str, Any]) -> bool:
         """False when the change lacks a term the condition requires: it cannot match."""

@@ -69,6 +69,7 @@ MAX_ATTEMPTS = 10
 OUTBOUND_PREFIX = "trigger:"  # the ids of the events triggers record: never a trigger's own cause
 RELOAD_S = 10.0  # how stale another process's pause or new trigger may be here
 _ALWAYS = frozenset({"offer.made", "customer.erased"})
+_NO_CONTACT: Mapping[str, Any] = {"consents": [], "days_since_last_contact": None}
 _CARRIED = ("fired_at", "channel", "event_id", "offer", "expires_at", "customer_id")
 # the identity a message goes to, by channel
 ADDRESS = {"email": "email", "sms": "phone", "voice": "phone"}
@@ -320,11 +321,14 @@ class TriggerEngine:
             if trigger.when is not None:
                 if trigger.needs_facts and cid not in facts:
                     continue  # merged away or gone since
-                text = trigger.when.text
-                needs = (cid, "consents" in text, "days_since_last_contact" in text)
-                if needs not in extra:
-                    extra[needs] = _contact_facts(conn, cid, now, text)
-                seen = {**facts.get(cid, {}), **extra[needs], "change": dict(change.data), "change_type": change.type}
+                seen = {**facts.get(cid, {}), "change": change.data, "change_type": change.type}
+                if any(trigger.contact):
+                    needs = (cid, *trigger.contact)
+                    if needs not in extra:
+                        extra[needs] = _contact_facts(conn, cid, now, trigger.when.text)
+                    seen |= extra[needs]
+                else:
+                    seen |= _NO_CONTACT
                 if not trigger.matches(seen):
                     continue
             started.append(self._new_run(trigger, change, cid, now))
