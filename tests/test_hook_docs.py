@@ -354,7 +354,8 @@ def hub_config(database_url: str) -> Config:
         "purpose": "transactional",
         "action": {"kind": "message", "channel": "hookspy", "template": "Hello"},
     }
-    triggers = {"quiet_hours": "none", "poll_s": 0.02, "hello": hello}
+    # the scenario's events are dated on a fixed day: not history to a trigger
+    triggers = {"quiet_hours": "none", "poll_s": 0.02, "max_event_age": "366d", "hello": hello}
     return Config(database_url=database_url, public_url="http://hub.test", raw={"triggers": triggers})
 
 
