@@ -369,6 +369,8 @@ class TriggerEngine:
     async def _work(self) -> None:
         poll = self.settings.poll_s
         while not self._stopping:
+            # cleared before looking, not after: a run started while these are acted on wakes the next look
+            self._wake.clear()
             claimed: list[dict[str, Any]] = []
             try:
                 now = utcnow()
@@ -382,9 +384,8 @@ class TriggerEngine:
                 log.warning("trigger runs not claimed", error=type(exc).__name__)
             # together: each run mostly waits on the database, and one slow act holds up no other
             await asyncio.gather(*(self._advance_run(run) for run in claimed))
-            if len(claimed) >= 32:
+            if len(claimed) >= 32 or self._wake.is_set():
                 continue
-            self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=poll)
             except TimeoutError:
