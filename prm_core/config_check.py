@@ -50,6 +50,8 @@ CORE_TABLES: Mapping[str, frozenset[str] | None] = {
     "touchpoints": None,
     "partners": None,
     "destinations": None,
+    # [triggers.NAME] tables and [triggers]'s own settings: prm_core.triggers checks both at start
+    "triggers": None,
 }
 
 

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
         ValueRequest,
     )
     from .outbox import Fulfillment
+    from .triggers.messages import Message, MessageResult
 
 __all__ = ["DEPRECATED_PARAMETERS", "hookimpl", "hookspec"]
 
@@ -975,5 +976,53 @@ def prm_fulfillment_updated(fulfillment: Fulfillment) -> None:
     def prm_fulfillment_updated(fulfillment: Fulfillment) -> None:
         if fulfillment.dialogue_id in open_sessions:
             open_sessions[fulfillment.dialogue_id].append(fulfillment.to_json())
+    ```
+    """
+
+
+# -------------------------------------------------------------------------------------
+# Messages the hub sends on its own initiative
+# -------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def prm_send_message(message: Message) -> MessageResult | Awaitable[MessageResult] | None:
+    """Sends a message a trigger wrote on the channel of a touch point (email, SMS): the hub
+    decides when and to whom, the touch point's plugin delivers.
+
+    - **Called:** by the trigger engine in the background, when a `message` action of a
+      trigger passed its guards (consent, quiet hours, frequency cap). Never on a request's
+      path.
+    - **Receives:** `message`, a `Message`: `id` (the same on every hand-over of this message,
+      after a retry or a restart: use it as the idempotency key or Message-ID, so a message is
+      never sent twice), `channel`, `customer_id`, `to` (the customer's address on the
+      channel, or `None`), `subject`, `text`, `purpose` (`marketing` or `transactional`) and
+      `trigger`.
+    - **Returns:** `None` when the channel is not yours; else a `MessageResult`, or a coroutine
+      giving one: `sent` (with the provider's `ref`) or `failed` with a `reason` that retrying
+      cannot fix (a bad address: the run is recorded `failed` with the reason). Raise for a
+      failure a retry can fix (the server is down): the act is tried again with backoff. With
+      no implementation answering, the run is recorded `failed`, undeliverable on that
+      channel. The hub records the outbound `message.sent` event and change once you answer
+      `sent`.
+    - **Awaitable:** yes.
+    - **First result wins:** yes; the first implementation answering for the channel sends.
+
+    .. versionadded:: 0.2.0
+
+    ```python
+    from prm_core.plugin import Message, MessageResult, hookimpl
+
+    sent_ids: dict[str, str] = {}  # message id -> provider's id: a message handed over again is not sent twice
+
+
+    @hookimpl
+    def prm_send_message(message: Message) -> MessageResult | None:
+        if message.channel != "sms":
+            return None
+        if message.to is None:
+            return MessageResult("failed", "no phone number")
+        sent_ids.setdefault(message.id, f"sms-{len(sent_ids) + 1}")  # the provider's API call goes here
+        return MessageResult("sent", ref=sent_ids[message.id])
     ```
     """

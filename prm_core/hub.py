@@ -60,6 +60,7 @@ from .store.tables import (
     utcnow,
     webhook_receipts,
 )
+from .triggers.engine import TriggerEngine, open_triggers
 from .view import build_view, resolve_ref
 
 __all__ = ["Hub", "answer_id"]
@@ -82,6 +83,7 @@ class Hub:
     feed: Feed
     relay: Relay = None  # type: ignore[assignment]  # set in open(), once the feed runs
     outbox: Outbox = None  # type: ignore[assignment]  # set in open(): it needs the hub
+    triggers: TriggerEngine = None  # type: ignore[assignment]  # set in open(): it needs the hub
     # event type -> words for people (prm_core.labels), collected once at start
     event_labels: Mapping[str, str] = field(factory=dict)
 
@@ -121,6 +123,7 @@ class Hub:
         )
         # a bad [destinations.*] setting stops the hub here, named, before the database is touched
         destinations = open_destinations(config, registrations.destination_kinds, store.read)
+        triggers = open_triggers(config, registrations)  # likewise a broken [triggers.NAME]
         feed = Feed.from_config(config, store)
         try:
             if migrate:
@@ -153,10 +156,13 @@ class Hub:
             # partner work left by a previous run (or another hub's crash) is dispatched from here
             hub.outbox = Outbox.from_config(hub)
             hub.outbox.start()
+            hub.triggers = TriggerEngine(hub, *triggers, lease_s=feed.lease_s)
+            await hub.triggers.start()
             try:
                 await hooks.hub_started(hub)
                 yield hub
             finally:
+                await hub.triggers.stop()
                 await hub.relay.stop()
                 await hub.outbox.stop()
                 await ingestor.stop()

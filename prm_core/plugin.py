@@ -33,6 +33,8 @@ What is here, by use:
 - **The change feed**: :class:`Change` and :class:`NewChange` for the change types a plugin
   adds (``prm_event_changes``), and :class:`DestinationKind`, :class:`DestinationSettings`,
   :class:`Sink` and :class:`Refused` for a destination kind (``prm_destination_kinds``).
+- **Messages** a trigger sends through a touch point (``prm_send_message``): :class:`Message`
+  and :class:`MessageResult`.
 - **Commands** a plugin adds to ``prm`` (the ``prm.commands`` entry point) that run a hub
   in-process, as ``prm demo`` does: :func:`create_app`, :func:`create_key`,
   :func:`configure_logging`, and :func:`builtin_plugins` (the plugins that ship with the hub).
@@ -96,6 +98,7 @@ from .server.routes import (
     read_json,
 )
 from .server.state import HUB
+from .triggers.messages import Message, MessageResult
 
 __all__ = [
     "AUTH_ERRORS",
@@ -132,6 +135,8 @@ __all__ = [
     "Importer",
     "InvalidInput",
     "Merge",
+    "Message",
+    "MessageResult",
     "NewChange",
     "NotFound",
     "Offer",

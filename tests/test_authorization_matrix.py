@@ -148,6 +148,11 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("POST", "/v1/identity/conflicts/{conflict_id}"): key("admin"),
     ("POST", "/v1/identity/preview"): key("admin"),
     ("POST", "/v1/segments"): key("admin"),
+    ("GET", "/v1/triggers"): key("admin"),
+    ("GET", "/v1/triggers/{name}"): key("admin"),
+    ("POST", "/v1/triggers"): key("admin"),
+    ("POST", "/v1/triggers/{name}/pause"): key("admin"),
+    ("POST", "/v1/triggers/{name}/resume"): key("admin"),
     ("DELETE", "/v1/segments/{name}"): key("admin"),
     ("DELETE", "/v1/tombstones/{ref}"): key("admin"),
 }

@@ -25,9 +25,11 @@ import pytest
 from attrs import frozen
 
 from prm_core import hookimpl, hookspecs
+from prm_core.config import Config
 from prm_core.model import FulfillmentRequest, FulfillmentResult, TouchPoint
 from prm_core.plugins import make_plugin_manager
 from prm_core.privacy.erasure import erase_customer
+from prm_core.triggers import MessageResult
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -62,7 +64,14 @@ def _reference_writer() -> types.ModuleType:
 
 WRITER = _reference_writer()
 spec_signature = WRITER.spec_signature
-GROUPS = ["Registration", "The hub's lifetime", "Customers", "Dialogues", "Value delivery"]
+GROUPS = [
+    "Registration",
+    "The hub's lifetime",
+    "Customers",
+    "Dialogues",
+    "Value delivery",
+    "Messages the hub sends on its own initiative",
+]
 
 
 # ---- reading the page ---------------------------------------------------------------------
@@ -335,10 +344,31 @@ class Spy:
     def prm_hub_stopping(self, hub):
         self._saw("prm_hub_stopping", hub=hub)
 
+    @hookimpl
+    def prm_send_message(self, message):
+        self._saw("prm_send_message", message=message)
+        if message.channel == "hookspy":
+            return MessageResult("sent", ref="spy-1")
+        return None
+
 
 @pytest.fixture
 def spy() -> Spy:
     return Spy()
+
+
+@pytest.fixture
+def hub_config(database_url: str) -> Config:
+    # a trigger, so that the scenario sends a message (prm_send_message) through the spy's touch point
+    hello = {
+        "on": "event.recorded",
+        "when": "change['type'] == 'hookspy.hello'",
+        "purpose": "transactional",
+        "action": {"kind": "message", "channel": "hookspy", "template": "Hello"},
+    }
+    # the scenario's events are dated on a fixed day: not history to a trigger
+    triggers = {"quiet_hours": "none", "poll_s": 0.02, "max_event_age": "366d", "hello": hello}
+    return Config(database_url=database_url, public_url="http://hub.test", raw={"triggers": triggers})
 
 
 @pytest.fixture
@@ -378,8 +408,9 @@ async def test_examples_run_in_a_hub(hub, spy, example_modules):
     answer = await hub.request(request)
     assert answer.delivery.degraded == (), "an example failed or was late in a request turn"
     await hub.view("email:ann@example.com")
-    for _ in range(200):  # the partner's answer is recorded after the request was answered
-        if "prm_fulfillment_updated" in spy.calls:
+    await hub.record(parse(_event("e4", 4, "hookspy.hello", identities=ann)))
+    for _ in range(500):  # the partner's answer and the trigger's message come after the request
+        if "prm_fulfillment_updated" in spy.calls and "prm_send_message" in spy.calls:
             break
         await asyncio.sleep(0.02)
     await erase_customer(hub, "email:ann@example.com")

@@ -21,6 +21,7 @@ async def test_migrations_match_the_models(database_url):
             "0006_change_feed",
             "0007_identity_conflicts",
             "0008_money",
+            "0009_triggers",
         ]
         assert await store.migrate() == []
 

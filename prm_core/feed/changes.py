@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 # The change types the core emits, with the fields of their ``data`` (docs/feed.md lists
-# what each means). ``message.sent`` is reserved for the email and SMS touch points.
+# what each means). ``message.sent`` is a trigger's message, sent by a touch point (prm_core.triggers).
 CORE_TYPES: Mapping[str, tuple[str, ...]] = {
     "event.recorded": ("event_id", "touchpoint", "type", "occurred_at", "dialogue_id"),
     "customer.created": ("kind", "traits", "touchpoint", "event_id"),

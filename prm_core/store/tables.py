@@ -46,6 +46,10 @@ __all__ = [
     "TouchpointCustomerRow",
     "TouchpointDayRevenueRow",
     "TouchpointDayRow",
+    "TriggerCursorRow",
+    "TriggerOfferRow",
+    "TriggerRow",
+    "TriggerRunRow",
     "UTCDateTime",
     "ValueRow",
     "WebhookReceiptRow",
@@ -555,6 +559,89 @@ class DeadLetterRow(SQLModel, table=True):
     at: datetime = _ts()
 
 
+class TriggerRow(SQLModel, table=True):
+    """A trigger (:mod:`prm_core.triggers`): its definition as written, where it came from
+    (``config`` or ``api``), and whether it is paused (kept for configured ones too)."""
+
+    __tablename__ = "triggers"
+
+    name: str = Field(primary_key=True, max_length=64)
+    source: str = Field(max_length=16)
+    definition: dict[str, Any] = _json(default_factory=dict)
+    paused: bool = False
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+
+
+class TriggerRunRow(SQLModel, table=True):
+    """One trigger run: a change that matched a trigger, for one customer, and where its
+    journey stands (``step``, ``status``, ``due_at``). ``key`` is derived from the trigger and
+    the change's position, so a change fires a trigger once, however often it is read."""
+
+    __tablename__ = "trigger_runs"
+    __table_args__ = (
+        sa.Index("ix_trigger_runs_due", "status", "due_at"),
+        sa.Index("ix_trigger_runs_customer", "customer_id", "status"),
+        sa.Index("ix_trigger_runs_trigger", "trigger", "customer_id", "fired_at"),
+        sa.Index("ix_trigger_runs_channel", "customer_id", "channel", "fired_at"),
+    )
+
+    key: str = Field(primary_key=True, max_length=64)
+    trigger: str = Field(max_length=64)
+    customer_id: str = Field(max_length=40)
+    position: int = Field(sa_type=sa.BigInteger)
+    change_type: str = Field(max_length=64)
+    change: dict[str, Any] = _json(default_factory=dict)
+    step: int = 0
+    status: str = Field(max_length=16)
+    due_at: datetime | None = _ts(default=None)
+    since: datetime = _ts()
+    control: bool = False
+    channel: str | None = Field(default=None, max_length=64)
+    fired_at: datetime | None = _ts(default=None)
+    reason: str | None = Field(default=None, max_length=500)
+    offer: dict[str, Any] | None = _json(default=None)
+    expires_at: datetime | None = _ts(default=None)
+    event_id: str | None = Field(default=None, max_length=200)
+    attempts: int = 0
+    lease_owner: str | None = Field(default=None, max_length=40)
+    lease_until: datetime | None = _ts(default=None)
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+
+
+class TriggerOfferRow(SQLModel, table=True):
+    """An offer a trigger queued for the customer's next contact, at any touch point, until
+    it is made (``made_at``) or ``expires_at`` passes."""
+
+    __tablename__ = "trigger_offers"
+    __table_args__ = (sa.Index("ix_trigger_offers_customer", "customer_id", "made_at"),)
+
+    key: str = Field(primary_key=True, max_length=64)
+    trigger: str = Field(max_length=64)
+    customer_id: str = Field(max_length=40)
+    code: str = Field(max_length=200)
+    title: str = Field(max_length=200)
+    description: str = Field(default="", max_length=500)
+    score: float = 0.7
+    purpose: str = Field(max_length=32)
+    queued_at: datetime = _ts()
+    expires_at: datetime = _ts()
+    made_at: datetime | None = _ts(default=None)
+
+
+class TriggerCursorRow(SQLModel, table=True):
+    """Where the trigger engine is in the feed, and the hub process reading it (its lease)."""
+
+    __tablename__ = "trigger_cursor"
+
+    name: str = Field(primary_key=True, max_length=64)
+    position: int = Field(default=0, sa_type=sa.BigInteger)
+    updated_at: datetime = _ts()
+    lease_owner: str | None = Field(default=None, max_length=40)
+    lease_until: datetime | None = _ts(default=None)
+
+
 def utcnow() -> datetime:
     """The hub's clock (see :mod:`prm_core.clock`)."""
     return clock.utcnow()
@@ -590,6 +677,10 @@ changes: sa.Table = ChangeRow.__table__  # type: ignore[attr-defined]  # SQLMode
 feed_state: sa.Table = FeedStateRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
 destination_cursors: sa.Table = DestinationCursorRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
 dead_letters: sa.Table = DeadLetterRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
+triggers: sa.Table = TriggerRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
+trigger_runs: sa.Table = TriggerRunRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
+trigger_offers: sa.Table = TriggerOfferRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
+trigger_cursor: sa.Table = TriggerCursorRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
 
 # retention (prm_core.privacy.retention) finds a touch point's old events without a scan
 sa.Index("ix_events_touchpoint_time", events.c.touchpoint, events.c.occurred_at)
