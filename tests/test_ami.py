@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestServer
 from browsing import eventually
-from prm_asterisk_ami import ami_client, to_cti
+from prm_asterisk_ami import PLUGIN_NAME, ami_client, to_cti
 from prm_callcenter import screen_pops
 
 from prm_core.clock import utcnow
@@ -337,6 +337,42 @@ async def test_bad_settings_stop_the_start_naming_the_table(database_url):
     with pytest.raises(ConfigError, match=r"\[touchpoints.callcenter.ami\] has unknown keys: colour"):
         async with served(config):
             pass
+
+
+async def test_the_client_runs_with_a_hub_used_as_a_library_and_stops_on_exit(database_url, fake_ami):
+    async with Hub.open(ami_config(database_url, fake_ami.port), autoload=True) as hub:
+        client = ami_client(hub)
+        assert client is not None and hub.pm.get_plugin(PLUGIN_NAME) is not None
+
+        async def ended() -> bool:
+            return client.recorded >= 5  # as served: started, offered twice (one duplicate), answered, ended
+
+        await eventually(ended, "the call's AMI events to be recorded through a library hub")
+        assert client.logins == 2
+        task = hub.pm.get_plugin(PLUGIN_NAME).task
+        view = await call_view(hub)
+        types = [e["type"] for e in reversed(view.timeline)]
+        assert types == ["call.started", "call.offered", "call.answered", "call.ended"]
+    assert hub.pm.get_plugin(PLUGIN_NAME) is None and ami_client(hub) is None
+    assert task.done()
+
+    async def hung_up() -> bool:  # the client left the switch: the fake server saw its socket close
+        return all(writer.is_closing() for writer in fake_ami.writers)
+
+    await eventually(hung_up, "the client's connection to close")
+
+
+async def test_without_the_table_a_hub_starts_no_client(database_url):
+    async with Hub.open(Config(database_url=database_url), autoload=True) as hub:
+        assert ami_client(hub) is None and hub.pm.get_plugin(PLUGIN_NAME) is None
+
+
+async def test_bad_settings_stop_a_library_hubs_start_naming_the_key_and_the_plugin(database_url):
+    config = ami_config(database_url, 5038, colour="blue")
+    with pytest.raises(ConfigError, match=r"\[touchpoints.callcenter.ami\] has unknown keys: colour") as caught:
+        async with Hub.open(config, autoload=True):
+            pytest.fail("the hub started")
+    assert "raised by plugin 'asterisk_ami' in prm_hub_started" in caught.value.__notes__
 
 
 def test_only_the_calls_first_channel_starts_and_ends_it():

@@ -13,26 +13,25 @@ agent's desktop with no CTI middleware in between. Configure it in the hub's TOM
     secret = "env:AMI_SECRET"
     agent_field = "MemberName"   # or "Interface": which queue-member header is the agent id
 
-Without that table the plugin registers nothing. With it, the ``asterisk-ami`` adapter's
-service (an aiohttp ``cleanup_ctx`` run once the hub has started) keeps the client running as
-long as the server; it reconnects with backoff (:mod:`prm_asterisk_ami.client`).
+Without that table the plugin starts nothing. With it, the client runs as long as the hub,
+from ``prm_hub_started`` to ``prm_hub_stopping`` (under ``prm serve`` and in a hub used as a
+library alike), registered on the hub's plugin manager where :func:`ami_client` finds it; it
+reconnects with backoff (:mod:`prm_asterisk_ami.client`). Bad settings stop the hub's start,
+naming the key.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from aiohttp import web
-
-from prm_core.plugin import HUB, Adapter, Config, ConfigError, Hub, hookimpl
+from prm_core.plugin import ConfigError, Hub, hookimpl
 
 from .client import AmiClient, AmiSettings
 from .mapping import to_cti
 
-__all__ = ["AmiClient", "AmiSettings", "ami_client", "prm_adapters", "to_cti"]
+__all__ = ["AmiClient", "AmiSettings", "ami_client", "prm_hub_started", "prm_hub_stopping", "to_cti"]
 
 PLUGIN_NAME = "prm_asterisk_ami.client"
 
@@ -40,50 +39,46 @@ PLUGIN_NAME = "prm_asterisk_ami.client"
 def ami_client(hub: Hub) -> AmiClient | None:
     """The hub's running AMI client, if AMI is configured."""
     holder = hub.pm.get_plugin(PLUGIN_NAME)
-    return getattr(holder, "client", None)
+    return holder.client if isinstance(holder, _Holder) else None
 
 
 class _Holder:
-    """Keeps the client findable on the hub's plugin manager while it runs (no hooks)."""
+    """Keeps the client and its task findable on the hub's plugin manager while it runs (no hooks)."""
 
-    def __init__(self, client: AmiClient) -> None:
+    def __init__(self, client: AmiClient, task: asyncio.Task[None]) -> None:
         self.client = client
+        self.task = task
 
 
-def ami_service(settings: AmiSettings) -> Callable[[web.Application], AsyncIterator[None]]:
-    """The adapter's service (an aiohttp ``cleanup_ctx``): the client task, for as long as the server."""
-
-    async def service(app: web.Application) -> AsyncIterator[None]:
-        hub = app[HUB]
-        client = AmiClient(hub, settings)
-        holder = _Holder(client)
-        hub.pm.register(holder, name=PLUGIN_NAME)
-        task = asyncio.create_task(client.run(), name="prm-asterisk-ami")
-        try:
-            yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            hub.pm.unregister(holder)
-
-    return service
+def ami_settings(hub: Hub) -> AmiSettings | None:
+    """The hub's ``[touchpoints.callcenter.ami]`` settings, or ``None`` without that table."""
+    table: Any = hub.config.section("touchpoints", "callcenter", "ami")
+    if not table:
+        return None
+    try:
+        return AmiSettings.from_config(table)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
 
 
 @hookimpl
-def prm_adapters(config: Config) -> list[Adapter]:
-    table: Any = config.section("touchpoints", "callcenter", "ami")
-    if not table:
-        return []
-    try:
-        settings = AmiSettings.from_config(table)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(str(exc)) from None
-    return [
-        Adapter(
-            name="asterisk-ami",
-            touchpoint="callcenter",
-            services=(ami_service(settings),),
-            description="Asterisk Manager Interface client: queue calls as CTI events",
-        )
-    ]
+def prm_hub_started(hub: Hub) -> None:
+    """Start the hub's AMI client (if configured) and register it on the hub's plugin manager.
+    The hub starts and serves even while the switch is unreachable: the client keeps trying."""
+    settings = ami_settings(hub)
+    if settings is None:
+        return
+    client = AmiClient(hub, settings)
+    task = asyncio.create_task(client.run(), name="prm-asterisk-ami")
+    hub.pm.register(_Holder(client, task), name=PLUGIN_NAME)
+
+
+@hookimpl
+async def prm_hub_stopping(hub: Hub) -> None:
+    """Stop the hub's AMI client and unregister it."""
+    holder = hub.pm.get_plugin(PLUGIN_NAME)
+    if isinstance(holder, _Holder):
+        hub.pm.unregister(holder)
+        holder.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await holder.task

@@ -96,7 +96,7 @@ class AmiClient:
                 await self._session()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # a bug or a long store outage must not end the adapter
+            except Exception as exc:  # a bug or a long store outage must not end the client
                 log.error("ami client failed", error=type(exc).__name__, exc_info=exc)
                 await asyncio.sleep(self.settings.max_backoff_s)
 
