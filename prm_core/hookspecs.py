@@ -433,8 +433,10 @@ def prm_hub_stopping(hub: Hub, config: Config) -> Awaitable[None] | None:
     `prm_partner` closes its partners' sessions here.
 
     - **Called:** once for every hub that started, when it stops (`Hub.open` leaving; so also
-      when `prm serve` stops or a test's hub fixture ends): after the outbox has stopped, so no
-      partner call is in flight, and before the database closes. Also when a `prm_hub_started`
+      when `prm serve` stops or a test's hub fixture ends): after the outbox, the trigger engine
+      and the destinations' relay have stopped, so no partner call or message is in flight;
+      before the ingest writer stops, so events a plugin records while it closes are still
+      written; then the database closes. Also when a `prm_hub_started`
       implementation failed, so close only what you find open. One implementation at a time,
       each one's coroutine awaited before the next is called.
     - **Receives:** `hub`, the stopping `Hub`; `config`, its configuration (deprecated: read

@@ -165,9 +165,11 @@ class Hub:
                 await hub.triggers.stop()
                 await hub.relay.stop()
                 await hub.outbox.stop()
+                # before the ingest writer stops: what a plugin records while it closes (a call
+                # event the switch sent a moment ago) is still written
+                await hooks.hub_stopping(hub)
                 await ingestor.stop()
                 await feed.stop()
-                await hooks.hub_stopping(hub)
         finally:
             await store.dispose()
 
