@@ -38,8 +38,10 @@ PERSONAL_FIELDS = frozenset(
     }
 )  # fmt: skip
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
-# a run of 7+ digits, optionally with +, spaces, dots, dashes or parentheses between them
-_PHONE = re.compile(r"\+?\(?\d[\d\s().-]{5,}\d")
+# a run of 7+ digits, optionally with +, spaces, dots, dashes or parentheses between them, that
+# stands on its own: digits inside a token of letters and digits (a key id, a hash, a request
+# id) are part of an identifier, not a phone number
+_PHONE = re.compile(r"(?<![A-Za-z0-9])\+?\(?\d[\d\s().-]{5,}\d(?![A-Za-z0-9])")
 REDACTED = "[redacted]"
 # what the hub itself puts there (the access line's route is the route's pattern, not the path)
 _NOT_PERSONAL = frozenset({"timestamp", "level", "logger", "request_id", "elapsed_ms", "method", "route", "status"})

@@ -4,16 +4,29 @@
 devices log in now and then (so identities link and customers merge); ``drive`` sends such
 events in batches until told to stop, each batch again until it is acknowledged;
 ``assert_consistent`` checks, straight in the database, what must hold after any of it.
+
+``start_hub`` and ``cli`` run ``prm`` commands as processes of their own, forked from a
+launcher process that imported the hub once (see :class:`Launcher`): a crash test starts the
+hub a dozen times, and each start would otherwise spend seconds importing the same modules.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
+import os
+import queue
+import select
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
+import traceback
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import aiohttp
 import sqlalchemy as sa
@@ -31,11 +44,17 @@ def free_port() -> int:
 
 
 def cli(*args: str, env: dict[str, str], cwd: Path) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "prm_core.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip().splitlines()[-1]
+    """Run ``prm ARGS`` in a process of its own; the last line it printed."""
+    with tempfile.TemporaryDirectory(prefix="prm-cli-") as out:
+        stdout, stderr = Path(out, "stdout"), Path(out, "stderr")
+        proc = launch(list(args), env=env, cwd=cwd, stdout=stdout, stderr=stderr)
+        try:
+            code = proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert code == 0, stderr.read_text()
+        return stdout.read_text().strip().splitlines()[-1]
 
 
 def linking_event(n: int) -> dict[str, Any]:
@@ -92,28 +111,12 @@ async def drive(
     return next_batch * PER_BATCH
 
 
-def start_hub(database_url: str, port: int, env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "prm_core.cli",
-            "serve",
-            "--port",
-            str(port),
-            "--database",
-            database_url,
-            "--log-level",
-            "warning",
-        ],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+def start_hub(database_url: str, port: int, env: dict[str, str], cwd: Path) -> HubProcess:
+    args = ["serve", "--port", str(port), "--database", database_url, "--log-level", "warning"]
+    return launch(args, env=env, cwd=cwd)
 
 
-async def wait_up(port: int, proc: subprocess.Popen[bytes]) -> None:
+async def wait_up(port: int, proc: HubProcess) -> None:
     async with aiohttp.ClientSession() as session:
         # a minute: three hubs migrating and starting at once on a busy 2-core machine took over 15 s
         for _ in range(1200):
@@ -188,3 +191,214 @@ def _consistent(conn: sa.Connection, total: int) -> None:
         )
     ).scalar_one()
     assert float(revenue) == 10.0 * len([n for n in range(total) if n % 5 == 0])
+
+
+# ---- the launcher: `prm` processes forked from one that imported the hub once -------------
+
+
+class HubProcess:
+    """A ``prm`` process the launcher forked: what the tests use of :class:`subprocess.Popen`."""
+
+    def __init__(self, pid: int, args: list[str]) -> None:
+        self.pid = pid
+        self.args = args
+        self.returncode: int | None = None
+        self._exited = threading.Event()
+
+    def _exit(self, returncode: int) -> None:
+        self.returncode = returncode
+        self._exited.set()
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if not self._exited.wait(timeout):
+            raise subprocess.TimeoutExpired(self.args, timeout or 0)
+        assert self.returncode is not None
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is None:  # not a pid some other process may have by now
+            os.kill(self.pid, sig)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+class Launcher:
+    """A process that imports the hub once, then forks one ``prm`` command per request.
+
+    Each child is a process of its own running ``prm_core.cli.main`` (killed by SIGKILL like
+    any other, its database connections and sockets its own); only the imports were done
+    before the fork. The launcher reports each child's pid, and its exit status when it
+    exits (it is their parent: the test process cannot wait for them itself). When the test
+    process goes away, the launcher kills what it started and exits.
+    """
+
+    def __init__(self) -> None:
+        # the hub's modules are imported with no PRM_* setting in the environment, as they are
+        # by a fresh `prm` process of a crash test; each command then gets the env it asked for
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PRM_")}
+        env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")])
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", "import hubprocs; hubprocs.serve_launches()"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+        )
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        self._stdin: IO[bytes] = self._proc.stdin
+        self._started: queue.Queue[HubProcess | BaseException] = queue.Queue()
+        self._children: dict[int, HubProcess] = {}
+        self._lock = threading.Lock()
+        self._pending: list[list[str]] = []
+        self._reader = threading.Thread(target=self._read, args=(self._proc.stdout,), daemon=True)
+        self._reader.start()
+
+    def _read(self, stdout: IO[bytes]) -> None:
+        try:
+            for line in stdout:
+                message = json.loads(line)
+                if "started" in message:
+                    child = self._children[message["started"]] = HubProcess(message["started"], self._pending.pop(0))
+                    self._started.put(child)
+                elif "exited" in message:
+                    self._children.pop(message["exited"])._exit(message["returncode"])
+        except BaseException as exc:  # a broken launcher fails the test that waits on it
+            self._started.put(exc)
+            raise
+        self._started.put(RuntimeError("the hub launcher exited"))
+
+    def launch(
+        self, args: list[str], *, env: dict[str, str], cwd: Path, stdout: Path | None, stderr: Path | None
+    ) -> HubProcess:
+        request = {"args": args, "env": env, "cwd": str(cwd), "stdout": stdout, "stderr": stderr}
+        with self._lock:
+            self._pending.append(args)
+            self._stdin.write(json.dumps(request, default=str).encode() + b"\n")
+            self._stdin.flush()
+            started = self._started.get(timeout=60)
+        if isinstance(started, BaseException):
+            raise started
+        return started
+
+    def close(self) -> None:
+        self._stdin.close()  # the launcher kills its children and exits
+        self._proc.wait(timeout=30)
+
+
+_launcher: Launcher | None = None
+_launcher_lock = threading.Lock()
+
+
+def launch(
+    args: list[str], *, env: dict[str, str], cwd: Path, stdout: Path | None = None, stderr: Path | None = None
+) -> HubProcess:
+    """Start ``prm ARGS`` as a process of its own (output to the given files, else discarded)."""
+    global _launcher
+    with _launcher_lock:
+        if _launcher is None:
+            import atexit
+
+            _launcher = Launcher()
+            atexit.register(_launcher.close)
+    return _launcher.launch(args, env=env, cwd=cwd, stdout=stdout, stderr=stderr)
+
+
+def serve_launches() -> None:
+    """The launcher's side: import the hub, then fork a ``prm`` command per line of stdin."""
+    import importlib.metadata
+
+    import prm_core.cli
+    import prm_core.server.app  # what `prm serve` imports on start
+
+    for group in ("prm", "prm.commands"):
+        for ep in importlib.metadata.entry_points(group=group):
+            ep.load()
+    # a fork copies only the thread calling it: a thread an import started would be lost
+    assert threading.active_count() == 1, threading.enumerate()
+
+    report = sys.stdout.buffer
+    wakeup_r, wakeup_w = os.pipe()
+    os.set_blocking(wakeup_w, False)
+    signal.set_wakeup_fd(wakeup_w)
+    signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+    children: set[int] = set()
+    buffered = b""
+
+    def reap() -> None:
+        while children:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                return
+            children.discard(pid)
+            report.write(json.dumps({"exited": pid, "returncode": os.waitstatus_to_exitcode(status)}).encode() + b"\n")
+            report.flush()
+
+    while True:
+        try:
+            ready, _, _ = select.select([0, wakeup_r], [], [])
+        except InterruptedError:
+            continue
+        if wakeup_r in ready:
+            os.read(wakeup_r, 4096)
+            reap()
+        if 0 not in ready:
+            continue
+        chunk = os.read(0, 65536)
+        if not chunk:  # the test process is gone: so is everything it started
+            for pid in children:
+                os.kill(pid, signal.SIGKILL)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            for _ in itertools.repeat(None, len(children)):
+                os.wait()
+            return
+        buffered += chunk
+        while b"\n" in buffered:
+            line, buffered = buffered.split(b"\n", 1)
+            request = json.loads(line)
+            report.flush()
+            pid = os.fork()
+            if pid == 0:
+                _run_child(request, prm_core.cli.main, (wakeup_r, wakeup_w))
+            children.add(pid)
+            report.write(json.dumps({"started": pid}).encode() + b"\n")
+            report.flush()
+        reap()
+
+
+def _run_child(request: dict[str, Any], main: Any, launcher_fds: tuple[int, int]) -> None:
+    code: Any = 1
+    try:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        for fd in launcher_fds:
+            os.close(fd)
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        null = os.open(os.devnull, os.O_RDWR)
+        os.dup2(null, 0)
+        for fd, path in ((1, request["stdout"]), (2, request["stderr"])):
+            target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600) if path else null
+            os.dup2(target, fd)
+        sys.argv = ["prm", *request["args"]]
+        main(args=request["args"], prog_name="prm")
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        os._exit(code)

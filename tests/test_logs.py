@@ -14,6 +14,18 @@ def test_redact_masks_emails_phones_and_personal_fields():
     assert out == {"msg": "[redacted] called from [redacted]", "first_name": "[redacted]", "n": 3}
 
 
+def test_digits_inside_an_identifier_are_not_a_phone_number():
+    # key ids and hashes are hex: a long run of digits inside one is part of the identifier
+    for identifier in ["1f441228915a7af0", "key 0123456789abcdef", "req-9e8d7c6b5a41234567f"]:
+        assert redact(identifier) == identifier
+    for phone, shown in [
+        ("tel:+14155550100", "tel:[redacted]"),
+        ("call (415) 555-0100, then", "call [redacted], then"),
+        ("phone=0033612345678", "phone=[redacted]"),
+    ]:
+        assert redact(phone) == shown
+
+
 def test_configured_logging_redacts_every_logger(capsys):
     configure_logging("info", json=True, cache=False)
     structlog.get_logger("anything").info(

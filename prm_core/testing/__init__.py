@@ -4,7 +4,9 @@ Fixtures:
 
 - ``database_url``: a fresh SQLite file; parametrized over PostgreSQL too when
   ``PRM_TEST_POSTGRES_URL`` is set (each test gets a database of its own there).
-- ``hub_config``: a :class:`~prm_core.config.Config` on that database.
+- ``hub_config``: a :class:`~prm_core.config.Config` on that database, which then already has
+  the hub's schema: a copy of a template migrated once per test run
+  (:mod:`prm_core.testing.databases`), so starting the hub migrates nothing.
 - ``hub``: a started :class:`~prm_core.hub.Hub` with every installed plugin.
 - ``hub_client``: an aiohttp test client on the full server; ``make_key(scope)`` gives keys.
 - ``register_plugin``: register a plugin object for one test (unregistered after).
@@ -20,27 +22,23 @@ that also name it in ``pytest_plugins``.
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import os
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 
 from ..clock import FrozenClock
 from ..config import Config
 from ..hub import Hub
 from ..keys import create_key
 from ..logs import configure_logging
+from .databases import POSTGRES_ENV, Databases, postgres_database
 from .recorder import HookCall, HookRecorder
 
 __all__ = ["POSTGRES_ENV", "FrozenClock", "HookCall", "HookRecorder", "LogCapture", "postgres_database"]
-
-POSTGRES_ENV = "PRM_TEST_POSTGRES_URL"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -52,34 +50,6 @@ def _backends() -> list[Any]:
         "sqlite",
         pytest.param("postgresql", marks=pytest.mark.postgres),
     ]
-
-
-def _admin(base_url: str, sql: str) -> None:
-    import asyncpg
-
-    dsn = sa.make_url(base_url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-    async def execute() -> None:
-        conn = await asyncpg.connect(dsn, timeout=10)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(execute())
-
-
-def postgres_database(base_url: str) -> Generator[str, None, None]:
-    """Create a throw-away database on the server of ``base_url``; yield its URL; drop it."""
-    name = f"prm_test_{uuid.uuid4().hex[:12]}"
-    try:
-        _admin(base_url, f'CREATE DATABASE "{name}"')
-    except Exception as exc:  # set but unreachable: a failure, never a silent skip
-        pytest.fail(f"{POSTGRES_ENV} is set but PostgreSQL is unreachable: {type(exc).__name__}: {exc}")
-    try:
-        yield sa.make_url(base_url).set(database=name, drivername="postgresql").render_as_string(hide_password=False)
-    finally:
-        _admin(base_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(autouse=True)
@@ -101,23 +71,38 @@ def _forget_stopped_apps() -> Iterator[None]:
         cache.cache_clear()
 
 
+@pytest.fixture(scope="session")
+def _databases(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Databases]:
+    databases = Databases(tmp_path_factory.mktemp("schema-template"))
+    yield databases
+    databases.close()
+
+
 @pytest.fixture(params=_backends())
-def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
-    """A fresh database: SQLite always, PostgreSQL when ``PRM_TEST_POSTGRES_URL`` is set."""
+def database_url(request: pytest.FixtureRequest, tmp_path: Any, _databases: Databases) -> Iterator[str]:
+    """A fresh database: SQLite always, PostgreSQL when ``PRM_TEST_POSTGRES_URL`` is set.
+
+    Empty, unless the test uses ``hub_config``: then it already has the hub's schema at the
+    newest revision (a copy of a template migrated once per test run), and the hub's start
+    has nothing to migrate.
+    """
+    migrated = "hub_config" in request.fixturenames
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/prm.db"
+        path = tmp_path / "prm.db"
+        yield _databases.sqlite_copy(path) if migrated else f"sqlite:///{path}"
         return
     base = os.environ.get(POSTGRES_ENV)
     if not base:
         pytest.skip(f"{POSTGRES_ENV} is not set: PostgreSQL tests need a server")
-    yield from postgres_database(base)
+    yield from _databases.postgres(base, migrated=migrated)
 
 
 @pytest.fixture
 def hub_config(database_url: str) -> Config:
     """The ``Config`` every test hub opens with (``hub``, ``hub_client``, the conformance
-    suite's): the test database and nothing else. Override it to give a plugin its settings,
-    a vendor's webhook secret for one (``docs/plugins.md``)."""
+    suite's): ``database_url`` (a fresh database with the hub's schema) and nothing else.
+    Override it to give a plugin its settings, a vendor's webhook secret for one
+    (``docs/plugins.md``)."""
     return Config(database_url=database_url, public_url="http://hub.test")
 
 
