@@ -220,9 +220,9 @@ def test_builtin_plugins_are_the_prm_hub_distributions_own(tmp_path, monkeypatch
     assert set(names) == expected
 
 
-def test_the_readme_installs_the_core_alone_as_tox_checks_it():
-    readme = (ROOT / "README.md").read_text()
-    marker = "tests/test_packaging.py::test_the_readme_installs_the_core_alone_as_tox_checks_it -->\n```sh\n"
+def test_the_embedding_guide_installs_the_core_alone_as_tox_checks_it():
+    readme = (ROOT / "docs" / "embedding.md").read_text()
+    marker = "tests/test_packaging.py::test_the_embedding_guide_installs_the_core_alone_as_tox_checks_it -->\n```sh\n"
     command = readme.split(marker, 1)[1].split("\n```", 1)[0]
     assert command == "pip install -r requirements/core.txt && pip install --no-deps -e ."
     tox = (ROOT / "tox.ini").read_text().split("[testenv:core]", 1)[1]
