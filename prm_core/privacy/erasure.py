@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -56,7 +55,7 @@ from .tombstones import SCRUBBED, digest
 if TYPE_CHECKING:
     from ..hub import Hub
 
-__all__ = ["Erasure", "erase_customer", "erase_in_transaction", "erased_ids", "lock_customer"]
+__all__ = ["Erasure", "erase_customer", "erase_in_transaction", "lock_customer"]
 
 log = structlog.get_logger(__name__)
 
@@ -69,7 +68,7 @@ class Erasure:
     erased_ids: tuple[str, ...]
     identities: int
     events: int
-    claims: int = 0
+    claims: int
     incomplete: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
@@ -295,9 +294,3 @@ async def erase_customer(hub: Hub, ref: str, *, erased_by: str | None = None) ->
                 incomplete.append(plugin)
     log.info("customer erased", customer_id=erasure.customer_id, ids=len(erasure.erased_ids), events=erasure.events)
     return evolve(erasure, incomplete=tuple(sorted(incomplete)))
-
-
-def erased_ids(conn: Connection, customer_id: str) -> Sequence[str] | None:
-    """The ids erased with ``customer_id``, or None when it was never erased."""
-    row = conn.execute(sa.select(erasures.c.merged_ids).where(erasures.c.customer_id == customer_id)).first()
-    return None if row is None else [customer_id, *row.merged_ids]

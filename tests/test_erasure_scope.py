@@ -1,0 +1,127 @@
+"""What an erasure reaches and what it leaves: a household phone the person shared, a group
+and its members, other customers' events that merely mention the person, a second erasure."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from prm_core.hub import Hub
+from prm_core.privacy.erasure import erase_customer
+from prm_core.store.tables import erasures, identities, tombstones
+
+PHONE = "+14155550100"
+
+
+def ev(event_id: str, minute: int, data: dict[str, Any] | None = None, **identities: str) -> dict[str, Any]:
+    return {
+        "id": event_id,
+        "type": "page",
+        "occurred_at": f"2026-11-23T08:{minute:02d}:00Z",
+        "identities": identities,
+        "data": data or {},
+    }
+
+
+async def send(hub: Hub, *bodies: dict[str, Any]) -> list[Any]:
+    return await hub.record(hub.parse_events({"events": list(bodies)}, "web"))
+
+
+async def rows(hub: Hub, query: Any) -> list[Any]:
+    return await hub.store.read(lambda conn: conn.execute(query).all())
+
+
+async def test_a_shared_household_phone_outlives_the_person_who_first_used_it(hub):
+    (ann,) = await send(hub, ev("a1", 0, email="ann@example.com", phone=PHONE))
+    await hub.set_shared(f"phone:{PHONE}", True)
+    (bob,) = await send(hub, ev("b1", 1, email="bob@example.com", phone=PHONE))
+    assert ann.customer_id != bob.customer_id
+
+    erasure = await erase_customer(hub, "email:ann@example.com")
+    assert (erasure.customer_id, erasure.identities) == (ann.customer_id, 2)  # her email and the phone she held
+
+    # the phone stays a shared value for the household, no longer anyone's; only her email is tombstoned
+    c = identities.c
+    kept = await rows(hub, sa.select(c.namespace, c.value, c.customer_id, c.shared).order_by(c.namespace))
+    assert [tuple(r) for r in kept] == [
+        ("email", "bob@example.com", bob.customer_id, False),
+        ("phone", PHONE, None, True),
+    ]
+    assert len(await rows(hub, sa.select(tombstones.c.digest))) == 1
+    shell = await hub.view(ann.customer_id)
+    assert shell.identities == () and shell.shared_identities == ()
+    assert (await hub.view(bob.customer_id)).shared_identities == (
+        {"namespace": "phone", "value": PHONE, "shared": True},
+    )
+
+    # a call from the household phone alone goes to Bob, the one seen with it, payload and all
+    await send(hub, ev("call-1", 5, {"reason": "billing"}, phone=PHONE))
+    bob_view = await hub.view(bob.customer_id)
+    assert next((t["event_id"], t["data"]) for t in bob_view.timeline) == ("call-1", {"reason": "billing"})
+
+
+async def test_erasing_a_group_removes_its_memberships_and_leaves_its_members(hub):
+    (ann,) = await send(hub, ev("a1", 0, {"page": "/shoes"}, email="ann@example.com"))
+    club = await hub.create_customer("group", {"name": "The Quince Club"})
+    await hub.update_customer(ann.customer_id, {"memberships": {"add": [club.id]}})
+    assert [m["group_id"] for m in (await hub.view(ann.customer_id)).memberships] == [club.id]
+
+    erasure = await erase_customer(hub, club.id)
+    # a group holds no identity and no event of its own, and nobody claimed one
+    assert (erasure.customer_id, erasure.erased_ids, erasure.identities, erasure.events, erasure.claims) == (
+        club.id, (club.id,), 0, 0, 0,
+    )  # fmt: skip
+    group = await hub.view(club.id)
+    assert group.customer.traits == {} and group.members == ()
+    member = await hub.view(ann.customer_id)
+    assert member.memberships == ()
+    assert [i.value for i in member.identities] == ["ann@example.com"]
+    assert [t["data"] for t in member.timeline] == [{"page": "/shoes"}]
+
+
+async def test_other_customers_events_lose_their_payload_only_where_they_claim_the_person(hub):
+    (ann,) = await send(hub, ev("a1", 0, email="ann@example.com"))
+    (bob,) = await send(hub, ev("b1", 1, email="bob@example.com"))
+    payloads = {
+        # the person's email claimed, in any shape a source could send it
+        "as-key": '{"claimed_identities": {"email": {"ann@example.com": true}}, "street": "12 Quince Lane"}',
+        "in-list": '{"claimed_identities": [["email", "ann@example.com"]], "street": "12 Quince Lane"}',
+        # named in the payload, but not as a claim: Bob's own data, kept
+        "referral": '{"claimed_identities": {"email": "bob@example.com"}, "referred_by": "ann@example.com"}',
+        "no-claims": '{"note": "met ann@example.com at the fair"}',
+    }
+
+    def plant(conn: Any) -> None:
+        for event_id, data in payloads.items():
+            conn.execute(
+                sa.text(
+                    "INSERT INTO events (touchpoint, event_id, type, occurred_at, received_at, customer_id,"
+                    " ingest_customer_id, dialogue_id, direction, identities, data) VALUES ('web', :e, 'page',"
+                    " :at, :at, :c, :c, 'd-planted', 'inbound', '[]', :d)"
+                ).bindparams(sa.bindparam("at", type_=sa.DateTime())),
+                {"e": event_id, "at": datetime(2026, 11, 23, 8, 30), "c": bob.customer_id, "d": data},
+            )
+
+    await hub.store.write(plant)
+    erasure = await erase_customer(hub, ann.customer_id)
+    assert erasure.claims == 2
+    timeline = {t["event_id"]: t["data"] for t in (await hub.view(bob.customer_id)).timeline}
+    assert timeline["as-key"] == timeline["in-list"] == {"erased": True}
+    assert timeline["referral"]["referred_by"] == "ann@example.com"
+    assert timeline["no-claims"] == {"note": "met ann@example.com at the fair"}
+    assert timeline["b1"] == {}
+
+
+async def test_a_second_erasure_records_who_erased_last(hub):
+    (ann,) = await send(hub, ev("a1", 0, email="ann@example.com"))
+    (other,) = await send(hub, ev("x1", 1, email="other@example.com"))
+    first = await erase_customer(hub, ann.customer_id, erased_by="key-one")
+    await erase_customer(hub, other.customer_id, erased_by="key-other")
+    again = await erase_customer(hub, ann.customer_id, erased_by="key-two")
+    assert again.erased_ids == first.erased_ids == (ann.customer_id,)
+    assert (again.identities, again.events) == (0, 1)  # nothing left to delete; the bare event is scrubbed again
+    e = erasures.c
+    audit = await rows(hub, sa.select(e.customer_id, e.erased_by, e.merged_ids).order_by(e.erased_by))
+    assert [tuple(r) for r in audit] == [(other.customer_id, "key-other", []), (ann.customer_id, "key-two", [])]
