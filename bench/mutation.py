@@ -53,7 +53,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     "merging": ("prm_core/merging.py", ["tests/test_purchases.py", "tests/test_merges.py"]),
     "dialogue": ("prm_core/dialogue.py", ["tests/test_dialogues.py"]),
     "rules": ("prm_core/planning/rules.py", ["tests/test_rules.py", "tests/test_tiers.py"]),
-    "formats": ("prm_core/formats.py", ["tests/test_pos_import.py"]),
+    "formats": ("prm_core/formats.py", ["tests/test_formats.py", "tests/test_pos_import.py"]),
     "events": ("prm_core/events.py", ["tests/test_parsing.py", "tests/test_api.py", "tests/test_hardening.py"]),
     "jsonbody": ("prm_core/server/jsonbody.py", ["tests/test_parsing.py", "tests/test_hardening.py"]),
     "erasure": (
@@ -67,7 +67,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
             "tests/test_partner.py::test_erasure_calls_off_unsent_partner_work_and_scrubs_what_was_sent",
         ],
     ),
-    "outbox": ("prm_core/outbox.py", ["tests/test_outbox.py"]),
+    "outbox": ("prm_core/outbox.py", ["tests/test_outbox_schedule.py", "tests/test_outbox.py"]),
     "changes": ("prm_core/feed/changes.py", _FEED_TESTS),
     "writing": ("prm_core/feed/writing.py", _FEED_TESTS),
     "reading": ("prm_core/feed/reading.py", _FEED_TESTS),

@@ -8,6 +8,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from prm_core import hookimpl
 from prm_core.hub import Hub
 from prm_core.privacy.erasure import erase_customer
 from prm_core.store.tables import erasures, identities, tombstones
@@ -125,3 +126,53 @@ async def test_a_second_erasure_records_who_erased_last(hub):
     e = erasures.c
     audit = await rows(hub, sa.select(e.customer_id, e.erased_by, e.merged_ids).order_by(e.erased_by))
     assert [tuple(r) for r in audit] == [(other.customer_id, "key-other", []), (ann.customer_id, "key-two", [])]
+
+
+class Outage:
+    """A plugin whose own purge fails, and one whose purge works."""
+
+    __name__ = "outage"
+
+    def __init__(self) -> None:
+        self.purged: list[str] = []
+
+    @hookimpl
+    def prm_customer_erased(self, customer_id, merged_ids):
+        return self._fail()
+
+    async def _fail(self) -> None:
+        raise ConnectionError("the plugin's store is down")
+
+
+class Tidy:
+    __name__ = "tidy"
+
+    def __init__(self) -> None:
+        self.purged: list[tuple[str, tuple[str, ...]]] = []
+
+    @hookimpl
+    def prm_customer_erased(self, customer_id, merged_ids):
+        self.purged.append((customer_id, tuple(merged_ids)))
+
+
+async def test_the_erasure_is_logged_by_id_never_by_what_it_erased(hub, register_plugin, log_capture):
+    tidy = register_plugin(Tidy())
+    register_plugin(Outage())
+    await send(hub, ev("a1", 0, {"street": "12 Quince Lane"}, email="ann@example.com"))
+    (merged,) = await send(hub, ev("a2", 1, phone=PHONE))
+    await send(hub, ev("a3", 2, email="ann@example.com", phone=PHONE))  # merges the two
+
+    erasure = await erase_customer(hub, "email:ann@example.com")
+    assert erasure.incomplete == ("outage",)  # the failing plugin named; the others purged
+    assert tidy.purged == [(erasure.customer_id, erasure.erased_ids[1:])]
+    assert merged.customer_id in erasure.erased_ids
+    entries = log_capture.entries
+    done = [e for e in entries if e["event"] == "customer erased"]
+    assert [(e["customer_id"], e["ids"], e["events"]) for e in done] == [(erasure.customer_id, 2, 3)]
+    failed = [e for e in entries if e["event"] == "hook failed"]
+    assert [(e["plugin"], e["hook"], e["error"], e["level"]) for e in failed] == [
+        ("outage", "prm_customer_erased", "ConnectionError", "error")
+    ]
+    assert not [e for e in entries if "write-ahead log" in e["event"]]  # it was truncated
+    for personal in ("ann@example.com", PHONE, "Quince"):
+        assert personal not in log_capture.text
