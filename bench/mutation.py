@@ -141,6 +141,47 @@ EQUIVALENT: dict[str, dict[str, str]] = {
             )
         },
     },
+    "events": {
+        **{
+            f"parse_time: EARLIEST <= value <= (now or utcnow()) + FUTURE_SKEW -> {narrowed} #1": (
+                "the in-window shortcut's edge: a time exactly at an end goes on to check_window, "
+                "which returns it as well"
+            )
+            for narrowed in (
+                "EARLIEST < value <= (now or utcnow()) + FUTURE_SKEW",
+                "EARLIEST <= value < (now or utcnow()) + FUTURE_SKEW",
+            )
+        },
+    },
+    "erasure": {
+        "<module>: 500 -> 501 #1": "the number of rows updated per statement: the same rows are scrubbed",
+        "<module>: 500 -> 499 #1": "the number of rows updated per statement: the same rows are scrubbed",
+        "_scrub_claims: 0 -> 1 #6": (
+            "`rowcount or 0`: every row of a chunk was read in the same write transaction (SQLite's "
+            "single writer), so the count is never 0 or None"
+        ),
+        "erase_customer: True -> False #2": "zip's strict: gather returns exactly one result per purge",
+    },
+    "jsonbody": {
+        # without an escape that can make one (``strings`` false), no string or key holds a NUL
+        # or a surrogate: the parser refuses raw control characters, strict UTF-8 has no surrogates
+        "_problem: _unkeepable(node) if strings else None -> _unkeepable(node) #1": (
+            "with `strings` false no string can hold what _unkeepable looks for: the test is a shortcut"
+        ),
+        "loads: '\\\\u' in text and _ESCAPES.search(text) is not None -> "
+        "'\\\\u' in text or _ESCAPES.search(text) is not None #1": (
+            "every body with an escape gets the whole walk: it finds nothing more, and its depth "
+            "limit is too_deep's (same edge, same error)"
+        ),
+        "loads: text.count('[') + text.count('{') > max_depth -> text.count('[') + text.count('{') >= max_depth #1": (
+            "the count only skips too_deep when there are too few containers to be too deep; "
+            "one more call of too_deep decides the same"
+        ),
+        "too_deep: continue -> break #1": (
+            "only the value itself can be neither list nor object (children are stacked only when "
+            "they are), and then the stack is empty: breaking and continuing both end the loop"
+        ),
+    },
 }
 
 # module name -> {scope: words}: mutants in that function whose description has one of the

@@ -11,7 +11,8 @@ import sqlalchemy as sa
 from prm_core import hookimpl
 from prm_core.hub import Hub
 from prm_core.privacy.erasure import erase_customer
-from prm_core.store.tables import erasures, identities, tombstones
+from prm_core.privacy.tombstones import digest
+from prm_core.store.tables import erasures, events, identities, tombstones, utcnow
 
 PHONE = "+14155550100"
 
@@ -176,3 +177,54 @@ async def test_the_erasure_is_logged_by_id_never_by_what_it_erased(hub, register
     assert not [e for e in entries if "write-ahead log" in e["event"]]  # it was truncated
     for personal in ("ann@example.com", PHONE, "Quince"):
         assert personal not in log_capture.text
+
+
+async def test_an_erasure_completes_when_a_value_it_erases_is_already_tombstoned(hub):
+    # a tombstone and a live identity of the same value: a database put together by hand (a
+    # partial restore); the erasure keeps the one tombstone and deletes the identity
+    (ann,) = await send(hub, ev("a1", 0, email="ann@example.com", phone=PHONE))
+    key = hub.ingestor.rules.tombstone_key
+    early = digest(key, "email", "ann@example.com")
+    await hub.store.write(lambda conn: conn.execute(tombstones.insert().values(digest=early, erased_at=utcnow())))
+
+    erasure = await erase_customer(hub, ann.customer_id)
+    assert erasure.identities == 2
+    held = {r.digest for r in await rows(hub, sa.select(tombstones.c.digest))}
+    assert held == {early, digest(key, "phone", PHONE)}
+    assert await rows(hub, sa.select(identities.c.value)) == []
+
+
+async def test_an_event_is_scrubbed_whichever_of_its_customers_is_the_person(hub):
+    # an event names two customers: the one it was recorded for (ingest_customer_id) and the one
+    # it belongs to now (customer_id); either being the erased person is enough
+    (ann,) = await send(hub, ev("a1", 0, email="ann@example.com"))
+    (bob,) = await send(hub, ev("b1", 1, {"page": "/bob"}, email="bob@example.com"))
+
+    def plant(conn: Any) -> None:
+        for event_id, owner, recorded_for in (("now-ann", ann, bob), ("was-ann", bob, ann)):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO events (touchpoint, event_id, type, occurred_at, received_at, customer_id,"
+                    " ingest_customer_id, dialogue_id, direction, identities, data) VALUES ('web', :e, 'page',"
+                    " :at, :at, :c, :i, 'd-planted', 'inbound', '[]', :d)"
+                ).bindparams(sa.bindparam("at", type_=sa.DateTime())),
+                {
+                    "e": event_id,
+                    "at": datetime(2026, 11, 23, 8, 30),
+                    "c": owner.customer_id,
+                    "i": recorded_for.customer_id,
+                    "d": '{"street": "12 Quince Lane"}',
+                },
+            )
+
+    await hub.store.write(plant)
+    erasure = await erase_customer(hub, ann.customer_id)
+    assert erasure.events == 3
+    e = events.c
+    datas = {r.event_id: r.data for r in await rows(hub, sa.select(e.event_id, e.data))}
+    assert datas == {
+        "a1": {"erased": True},
+        "now-ann": {"erased": True},
+        "was-ann": {"erased": True},
+        "b1": {"page": "/bob"},
+    }

@@ -394,6 +394,13 @@ def test_a_bad_event_is_a_422_naming_the_field(body: Any, field: str | None, cod
     assert error.message.startswith(field or "the body")
 
 
+@pytest.mark.parametrize("body", [None, 7, "text", [event()], True])
+def test_a_body_that_is_not_an_object_is_a_422_saying_what_is_taken(body: Any) -> None:
+    error = refusal(body)
+    assert (error.field, error.code) == (None, "invalid")
+    assert error.message == 'the body must be a JSON object: {"events": [...]} or one Event'
+
+
 def test_the_messages_say_what_is_wrong() -> None:
     assert refusal({"events": ["e"]}).message == "events[0] must be an Event object"
     assert refusal({"events": []}).message == "events is empty"

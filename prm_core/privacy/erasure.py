@@ -232,19 +232,19 @@ def _scrub_claims(conn: Connection, erased: list[tuple[str, str]]) -> int:
         if _claims_any(_lenient_json(row.data), wanted)
     ]
     count = 0
-    for start in range(0, len(scrub), 500):
-        chunk = scrub[start : start + 500]
+    for start in range(0, len(scrub), _CHUNK):
+        chunk = scrub[start : start + _CHUNK]
         count += conn.execute(events.update().where(events.c.seq.in_(chunk)).values(data=dict(SCRUBBED))).rowcount or 0
     return count
 
 
 _UNREADABLE = object()
+_CHUNK = 500  # rows updated per statement: an IN list of bound parameters stays small
 
 
-def _lenient_json(raw: str | bytes | None) -> Any:
-    """Stored JSON as Python's reader takes it (NaN and Infinity included), or ``_UNREADABLE``."""
-    if raw is None:
-        return None
+def _lenient_json(raw: str | bytes) -> Any:
+    """Stored JSON as Python's reader takes it (NaN and Infinity included), or ``_UNREADABLE``
+    (the columns read are never NULL)."""
     try:
         return json.loads(raw)
     except (ValueError, RecursionError):  # malformed, not UTF-8, a huge integer, too deep
