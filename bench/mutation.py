@@ -67,7 +67,10 @@ MODULES: dict[str, tuple[str, list[str]]] = {
             "tests/test_partner.py::test_erasure_calls_off_unsent_partner_work_and_scrubs_what_was_sent",
         ],
     ),
-    "outbox": ("prm_core/outbox.py", ["tests/test_outbox_schedule.py", "tests/test_outbox.py"]),
+    "outbox": (
+        "prm_core/outbox.py",
+        ["tests/test_outbox_schedule.py", "tests/test_outbox.py", "tests/test_partner.py"],
+    ),
     "changes": ("prm_core/feed/changes.py", _FEED_TESTS),
     "writing": ("prm_core/feed/writing.py", _FEED_TESTS),
     "reading": ("prm_core/feed/reading.py", _FEED_TESTS),

@@ -6,13 +6,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
 from prm_core import hookimpl
 from prm_core.hub import Hub
 from prm_core.privacy.erasure import erase_customer
 from prm_core.privacy.tombstones import digest
-from prm_core.store.tables import erasures, events, identities, tombstones, utcnow
+from prm_core.store.tables import erasures, events, identities, merges, tombstones, utcnow
 
 PHONE = "+14155550100"
 
@@ -228,3 +229,46 @@ async def test_an_event_is_scrubbed_whichever_of_its_customers_is_the_person(hub
         "was-ann": {"erased": True},
         "b1": {"page": "/bob"},
     }
+
+
+@pytest.mark.parametrize("side", ["survivor", "merged"])
+async def test_an_undone_merge_keeps_no_identity_of_the_erased_side(hub, side):
+    await send(hub, ev("a1", 0, email="ann@example.com"), ev("a2", 1, phone=PHONE))
+    (linking,) = await send(hub, ev("a3", 2, email="ann@example.com", phone=PHONE))
+    (merge,) = await hub.merges(linking.customer_id)
+    await hub.unmerge(merge.id)  # two customers again; the audit record stays, naming what moved
+    m = merges.c
+    (before,) = await rows(hub, sa.select(m.moved))
+    assert before.moved["identities"]
+
+    erased = merge.survivor_id if side == "survivor" else merge.merged_id
+    kept = merge.merged_id if side == "survivor" else merge.survivor_id
+    erasure = await erase_customer(hub, erased)
+    assert erasure.erased_ids == (erased,)  # undone: the other is no longer part of it
+    (after,) = await rows(hub, sa.select(m.survivor_id, m.merged_id, m.moved))
+    assert (after.survivor_id, after.merged_id) == (merge.survivor_id, merge.merged_id)
+    assert after.moved["identities"] == []
+    assert {k: v for k, v in after.moved.items() if k != "identities"} == {
+        k: v for k, v in before.moved.items() if k != "identities"
+    }
+    assert (await hub.view(kept)).identities  # the other customer keeps its own
+
+
+async def test_a_merge_record_that_is_not_text_is_emptied_too(hub):
+    await send(hub, ev("a1", 0, email="ann@example.com"), ev("a2", 1, phone=PHONE))
+    await send(hub, ev("a3", 2, email="ann@example.com", phone=PHONE))
+    if hub.store.dialect != "sqlite":
+        pytest.skip("PostgreSQL's jsonb holds only valid JSON")
+    # bytes that are not UTF-8 around the erased email: no text reader takes the record
+    moved = b'{"identities": [["email", "ann@example.com"]], "note": "\xff\xfe"}'
+    await hub.store.write(
+        lambda conn: conn.execute(sa.text("UPDATE merges SET moved = CAST(:m AS TEXT)"), {"m": moved})
+    )
+
+    await erase_customer(hub, "email:ann@example.com")
+
+    def raw(conn: Any) -> list[Any]:
+        return [r[0] for r in conn.exec_driver_sql("SELECT CAST(moved AS BLOB) FROM merges")]
+
+    (held,) = await hub.store.read(raw)
+    assert b"ann@example.com" not in held
