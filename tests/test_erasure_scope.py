@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from attrs import evolve
 
 from prm_core import hookimpl
 from prm_core.hub import Hub
@@ -272,3 +273,12 @@ async def test_a_merge_record_that_is_not_text_is_emptied_too(hub):
 
     (held,) = await hub.store.read(raw)
     assert b"ann@example.com" not in held
+
+
+async def test_a_hub_recording_without_tombstones_refuses_to_erase(hub, monkeypatch):
+    # without tombstones, the next event naming the person would bring them back: refuse, write nothing
+    (ann,) = await send(hub, ev("a1", 0, {"street": "12 Quince Lane"}, email="ann@example.com"))
+    monkeypatch.setattr(hub.ingestor, "rules", evolve(hub.ingestor.rules, tombstone_key=None))
+    with pytest.raises(RuntimeError, match="without tombstones"):
+        await erase_customer(hub, ann.customer_id)
+    assert [t["data"] for t in (await hub.view(ann.customer_id)).timeline] == [{"street": "12 Quince Lane"}]
