@@ -3,7 +3,7 @@ and its members, other customers' events that merely mention the person, a secon
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -12,9 +12,11 @@ from attrs import evolve
 
 from prm_core import hookimpl
 from prm_core.hub import Hub
+from prm_core.model import FulfillmentRequest, FulfillmentResult
+from prm_core.outbox import Claim, PlannedEvent, PlannedFulfillment, outbox_rows
 from prm_core.privacy.erasure import erase_customer
 from prm_core.privacy.tombstones import digest
-from prm_core.store.tables import erasures, events, identities, merges, tombstones, utcnow
+from prm_core.store.tables import erasures, events, identities, merges, outbox, tombstones, utcnow
 
 PHONE = "+14155550100"
 
@@ -282,3 +284,39 @@ async def test_a_hub_recording_without_tombstones_refuses_to_erase(hub, monkeypa
     with pytest.raises(RuntimeError, match="without tombstones"):
         await erase_customer(hub, ann.customer_id)
     assert [t["data"] for t in (await hub.view(ann.customer_id)).timeline] == [{"street": "12 Quince Lane"}]
+
+
+async def test_partner_work_is_called_off_for_the_person_only_and_a_late_answer_is_not_told(hub, hook_recorder):
+    (ann,) = await send(hub, ev("a1", 0, email="ann@example.com"))
+    (bob,) = await send(hub, ev("b1", 1, email="bob@example.com"))
+    now = utcnow()
+
+    def work(who: Any, request_id: str) -> dict[str, Any]:
+        request = FulfillmentRequest(request_id, "fieldservice", "book", "", payload={"address": f"{request_id} Lane"})
+        turn = PlannedEvent(
+            id=f"turn-{request_id}", type="service.requested", occurred_at=now, touchpoint="web",
+            planned=(PlannedFulfillment(request),), claimed_until=now + timedelta(seconds=30),
+        )  # fmt: skip
+        (row,) = outbox_rows(turn, who.customer_id, who.dialogue_id, now)
+        return row
+
+    ann_row, bob_row = work(ann, "r-ann"), work(bob, "r-bob")
+    await hub.store.write(lambda conn: conn.execute(outbox.insert(), [ann_row, bob_row]))
+    # a dispatcher holds Ann's request (attempt 1) when she is erased
+    held = Claim(ann_row["id"], 1, FulfillmentRequest("r-ann", "fieldservice", "book", ann.customer_id), "web",
+                 ann.dialogue_id)  # fmt: skip
+    await erase_customer(hub, ann.customer_id)
+
+    o = outbox.c
+    after = {r.request_id: r for r in await rows(hub, sa.select(outbox))}
+    assert (after["r-ann"].status, after["r-ann"].payload, after["r-ann"].next_attempt_at) == ("failed", {}, None)
+    assert (after["r-bob"].status, after["r-bob"].payload) == ("pending", {"address": "r-bob Lane"})
+    assert after["r-bob"].attempts == 1 and after["r-bob"].last_error is None
+
+    # the partner's answer arrives for the held claim: Ann's row stays as the erasure left it, and
+    # plugins are not told of it
+    hook_recorder.clear()
+    await hub.outbox._settle(held, FulfillmentResult("r-ann", "fieldservice", "failed", {"reason": "no slot"}))
+    (row,) = await rows(hub, sa.select(o.status, o.result).where(o.request_id == "r-ann"))
+    assert (row.status, row.result) == ("failed", {})
+    assert hook_recorder.getcalls("prm_fulfillment_updated") == []
