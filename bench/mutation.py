@@ -164,6 +164,17 @@ EQUIVALENT: dict[str, dict[str, str]] = {
             "single writer), so the count is never 0 or None"
         ),
         "erase_customer: True -> False #2": "zip's strict: gather returns exactly one result per purge",
+        **{
+            f"_scrub_claims: {mutated} #{n}": (
+                "a needle only picks the rows whose payload is then read and judged (_claims_any): "
+                "a needle cut short or with its quote is still part of the stored value, so the "
+                "same rows are found, perhaps with others the reading leaves alone"
+            )
+            for mutated, n in (("1 -> 2", 1), ("1 -> 0", 1), ("1 -> 2", 2), ("1 -> 2", 3), ("1 -> 0", 3), ("1 -> 2", 4))
+        },
+        "erase_in_transaction: 1 -> 2 #1": (
+            "the bump of a called-off request's attempts: by 2 fences a held claim as well as by 1"
+        ),
     },
     "jsonbody": {
         # without an escape that can make one (``strings`` false), no string or key holds a NUL
@@ -206,7 +217,8 @@ POSTGRES_ONLY: dict[str, dict[str, tuple[str, ...]]] = {
 }
 # the same, by key, where the description alone is ambiguous (a constant in PostgreSQL's branch)
 POSTGRES_ONLY_KEYS: dict[str, frozenset[str]] = {
-    "erasure": frozenset({"_scrub_claims: 0 -> 1 #3"}),
+    # the value as jsonb renders it (not ASCII-escaped): on SQLite it is the value, already a needle
+    "erasure": frozenset({"_scrub_claims: 0 -> 1 #3", "_scrub_claims: False -> True #1"}),
 }
 
 

@@ -320,3 +320,45 @@ async def test_partner_work_is_called_off_for_the_person_only_and_a_late_answer_
     (row,) = await rows(hub, sa.select(o.status, o.result).where(o.request_id == "r-ann"))
     assert (row.status, row.result) == ("failed", {})
     assert hook_recorder.getcalls("prm_fulfillment_updated") == []
+
+
+async def test_claims_are_found_in_any_bytes_a_payload_holds(hub):
+    (ann,) = await send(hub, ev("a1", 0, email="ann@example.com", user_id="jöhn-7"))
+    (bob,) = await send(hub, ev("b1", 1, email="bob@example.com"))
+    if hub.store.dialect != "sqlite":
+        pytest.skip("PostgreSQL's jsonb holds only valid JSON")
+    payloads = {
+        # the store writes JSON ASCII-escaped: the claim of a value that is not ASCII
+        "escaped": b'{"claimed_identities": {"user_id": "j\\u00f6hn-7"}}',
+        # not JSON, starting with the erased value itself
+        "bare": b"ann@example.com typed at the kiosk",
+        # not UTF-8: no text reader takes it
+        "not-utf8": b'{"claimed_identities": {"email": "ann@example.com"}, "n": "\xff"}',
+        # names neither erased value
+        "other": b'{"claimed_identities": {"user_id": "john-7"}}',
+    }
+
+    def plant(conn: Any) -> None:
+        for event_id, data in payloads.items():
+            conn.execute(
+                sa.text(
+                    "INSERT INTO events (touchpoint, event_id, type, occurred_at, received_at, customer_id,"
+                    " ingest_customer_id, dialogue_id, direction, identities, data) VALUES ('web', :e, 'page',"
+                    " :at, :at, :c, :c, 'd-planted', 'inbound', '[]', CAST(:d AS TEXT))"
+                ).bindparams(sa.bindparam("at", type_=sa.DateTime())),
+                {"e": event_id, "at": datetime(2026, 11, 23, 8, 30), "c": bob.customer_id, "d": data},
+            )
+
+    await hub.store.write(plant)
+    erasure = await erase_customer(hub, ann.customer_id)
+    assert erasure.claims == 3
+
+    def raw(conn: Any) -> dict[str, bytes]:
+        query = "SELECT event_id, CAST(data AS BLOB) FROM events WHERE customer_id = ?"
+        return dict(conn.exec_driver_sql(query, (bob.customer_id,)).all())
+
+    held = await hub.store.read(raw)
+    assert {k: v for k, v in held.items() if k in payloads} == {
+        "escaped": b'{"erased": true}', "bare": b'{"erased": true}', "not-utf8": b'{"erased": true}',
+        "other": payloads["other"],
+    }  # fmt: skip
