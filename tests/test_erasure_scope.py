@@ -330,12 +330,15 @@ async def test_claims_are_found_in_any_bytes_a_payload_holds(hub):
     payloads = {
         # the store writes JSON ASCII-escaped: the claim of a value that is not ASCII
         "escaped": b'{"claimed_identities": {"user_id": "j\\u00f6hn-7"}}',
-        # not JSON, starting with the erased value itself
+        # not JSON: starting with the erased value itself, or holding it escaped
         "bare": b"ann@example.com typed at the kiosk",
+        "bare-escaped": b"j\\u00f6hn-7 at the kiosk",
         # not UTF-8: no text reader takes it
         "not-utf8": b'{"claimed_identities": {"email": "ann@example.com"}, "n": "\xff"}',
-        # names neither erased value
+        # names neither erased value; text that is not JSON is scrubbed only when it holds one whole
         "other": b'{"claimed_identities": {"user_id": "john-7"}}',
+        "near-start": b"nn@example.com",
+        "near-end": b"mail to ann@example.co",
     }
 
     def plant(conn: Any) -> None:
@@ -351,7 +354,7 @@ async def test_claims_are_found_in_any_bytes_a_payload_holds(hub):
 
     await hub.store.write(plant)
     erasure = await erase_customer(hub, ann.customer_id)
-    assert erasure.claims == 3
+    assert erasure.claims == 4
 
     def raw(conn: Any) -> dict[str, bytes]:
         query = "SELECT event_id, CAST(data AS BLOB) FROM events WHERE customer_id = ?"
@@ -360,5 +363,6 @@ async def test_claims_are_found_in_any_bytes_a_payload_holds(hub):
     held = await hub.store.read(raw)
     assert {k: v for k, v in held.items() if k in payloads} == {
         "escaped": b'{"erased": true}', "bare": b'{"erased": true}', "not-utf8": b'{"erased": true}',
-        "other": payloads["other"],
+        "bare-escaped": b'{"erased": true}',
+        "other": payloads["other"], "near-start": b"nn@example.com", "near-end": b"mail to ann@example.co",
     }  # fmt: skip
