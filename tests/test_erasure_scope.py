@@ -3,14 +3,17 @@ and its members, other customers' events that merely mention the person, a secon
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from attrs import evolve
+from sqlalchemy.engine import make_url
 
 from prm_core import hookimpl
+from prm_core.config import Config
 from prm_core.hub import Hub
 from prm_core.model import FulfillmentRequest, FulfillmentResult
 from prm_core.outbox import Claim, PlannedEvent, PlannedFulfillment, outbox_rows
@@ -366,3 +369,24 @@ async def test_claims_are_found_in_any_bytes_a_payload_holds(hub):
         "bare-escaped": b'{"erased": true}',
         "other": payloads["other"], "near-start": b"nn@example.com", "near-end": b"mail to ann@example.co",
     }  # fmt: skip
+
+
+async def test_an_erasure_says_when_the_write_ahead_log_may_still_hold_the_person(database_url, log_capture):
+    if not database_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL keeps no write-ahead log in the hub's files")
+    config = Config(database_url=database_url, raw={"database": {"busy_timeout_ms": 200}})
+    async with Hub.open(config) as hub:
+        (ann,) = await send(hub, ev("a1", 0, {"street": "12 Quince Lane"}, email="ann@example.com"))
+        # another process reading in a long transaction holds the log's older pages
+        reader = sqlite3.connect(make_url(database_url).database or "")
+        try:
+            reader.execute("BEGIN")
+            assert reader.execute("SELECT count(*) FROM events").fetchone() == (1,)
+            erasure = await erase_customer(hub, ann.customer_id)
+        finally:
+            reader.rollback()
+            reader.close()
+        assert erasure.events == 1
+        (warning,) = [e for e in log_capture.entries if "write-ahead log" in e["event"]]
+        assert warning["level"] == "warning" and "later checkpoint" in warning["event"]
+        assert await hub.store.checkpoint()  # the reader gone, the next checkpoint clears it
