@@ -7,7 +7,7 @@ tuple, a condition dropped from a query); the module's own tests
 run against it, and a mutant no test fails is a *survivor*: a change of behaviour the tests
 would not notice. The score is killed / (mutants - equivalent mutants)::
 
-    python bench/mutation.py                       # every module below: ~1,000 mutants, hours on 2 busy cores
+    python bench/mutation.py                       # every module below: ~1,900 mutants, hours on 2 busy cores
     python bench/mutation.py --only keys,auth      # some of them
     python bench/mutation.py --list dialogue       # the mutants, not run
     python bench/mutation.py --budget 1800         # stop starting mutants after 30 min (the rest: "not run")

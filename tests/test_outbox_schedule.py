@@ -1,5 +1,5 @@
-"""When the outbox tries again, by its configuration, and the rows a planned event adds:
-the arithmetic, without partners or a database."""
+"""The outbox's rules without partners or a database: when it tries again, by its
+configuration; the rows a planned event adds; the statuses a request can have."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from prm_partner.callbacks import parse_callback
 
 from prm_core.config import Config
 from prm_core.model import Event, FulfillmentRequest
@@ -116,3 +117,15 @@ def test_rows_born_claimed_by_the_caller_count_its_attempt_and_wait_out_its_leas
 def test_an_ordinary_event_adds_no_row() -> None:
     assert outbox_rows(Event(id="e1", type="page", occurred_at=NOW, touchpoint="web"), "cus_1", "dlg_1", NOW) == []
     assert outbox_rows(planned(None), "cus_1", "dlg_1", NOW) == []
+
+
+@pytest.mark.parametrize("status", ["pending", "confirmed", "rejected", "failed", "completed"])
+def test_a_partner_may_call_back_with_each_status_a_request_can_have(status: str) -> None:
+    # a CloudEvents partner's callback is read against the outbox's statuses
+    note = parse_callback("cloudevents", {"request_id": "r-1", "status": status, "data": {"technician": "T-9"}})
+    assert note is not None
+    assert (note.ref, note.status, dict(note.data)) == ("r-1", status, {"technician": "T-9"})
+
+
+def test_a_callback_with_a_status_no_request_can_have_names_no_update() -> None:
+    assert parse_callback("cloudevents", {"request_id": "r-1", "status": "done"}) is None
