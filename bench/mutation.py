@@ -308,6 +308,12 @@ class _Mutator(ast.NodeTransformer):
     def visit_arguments(self, node: ast.arguments) -> ast.AST:
         return node  # defaults of parameters: left alone, like annotations
 
+    def visit_Subscript(self, node: ast.Subscript) -> ast.AST:
+        name = node.value.attr if isinstance(node.value, ast.Attribute) else getattr(node.value, "id", "")
+        if name == "Literal":
+            return node  # a type (an alias such as ``Status = Literal[...]``): nothing runs it
+        return self.generic_visit(node)
+
     def visit_Compare(self, node: ast.Compare) -> ast.AST:
         self.generic_visit(node)
         for i, op in enumerate(node.ops):
