@@ -69,7 +69,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     ),
     "outbox": (
         "prm_core/outbox.py",
-        ["tests/test_outbox_schedule.py", "tests/test_outbox.py", "tests/test_partner.py"],
+        ["tests/test_outbox_schedule.py", "tests/test_outbox_rows.py", "tests/test_outbox.py", "tests/test_partner.py"],
     ),
     "changes": ("prm_core/feed/changes.py", _FEED_TESTS),
     "writing": ("prm_core/feed/writing.py", _FEED_TESTS),

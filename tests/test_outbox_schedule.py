@@ -12,7 +12,7 @@ from prm_partner.callbacks import parse_callback
 
 from prm_core.config import Config
 from prm_core.model import Event, FulfillmentRequest
-from prm_core.outbox import Outbox, PlannedEvent, PlannedFulfillment, backoff_s, outbox_rows
+from prm_core.outbox import Outbox, PlannedEvent, PlannedFulfillment, RetryLater, backoff_s, outbox_rows
 
 NOW = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
 
@@ -129,3 +129,9 @@ def test_a_partner_may_call_back_with_each_status_a_request_can_have(status: str
 
 def test_a_callback_with_a_status_no_request_can_have_names_no_update() -> None:
     assert parse_callback("cloudevents", {"request_id": "r-1", "status": "done"}) is None
+
+
+def test_a_retry_later_reads_as_its_reason() -> None:
+    busy = RetryLater("partner busy (503)", 30.0)
+    assert (str(busy), busy.reason, busy.retry_after_s) == ("partner busy (503)", "partner busy (503)", 30.0)
+    assert RetryLater("timeout").retry_after_s is None
