@@ -6,9 +6,12 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import sqlalchemy as sa
+
+from prm_core import hookimpl
 from prm_core.hub import Hub
-from prm_core.model import FulfillmentRequest
-from prm_core.outbox import MAX_VIEW_FULFILLMENTS, PlannedEvent, PlannedFulfillment, outbox_rows
+from prm_core.model import FulfillmentRequest, FulfillmentResult
+from prm_core.outbox import MAX_VIEW_FULFILLMENTS, Claim, PlannedEvent, PlannedFulfillment, outbox_rows
 from prm_core.store.tables import outbox, utcnow
 
 
@@ -79,3 +82,56 @@ async def test_a_request_is_found_by_its_id_its_key_or_the_partners_reference(hu
         assert found is not None and (found.id, found.outbox_id, found.partner_ref) == ("r-0", row["id"], "FS-77")
     assert await hub.outbox.find("supplier", "r-0") is None  # only this partner's requests
     assert await hub.outbox.find("fieldservice", "r-9") is None
+
+
+class Answers:
+    """Answers every request to partner ``fieldservice`` with ``status``."""
+
+    __name__ = "answers"
+
+    def __init__(self, status: str) -> None:
+        self.status = status
+
+    @hookimpl
+    def prm_fulfill(self, request):
+        if request.partner == "fieldservice":
+            return self.answer(request)
+        return None
+
+    async def answer(self, request: FulfillmentRequest) -> FulfillmentResult:
+        return FulfillmentResult(request.id, "fieldservice", self.status, {"technician": "T-9"})  # type: ignore[arg-type]
+
+
+async def state(hub: Hub, row_id: str) -> tuple[Any, ...]:
+    o = outbox.c
+    query = sa.select(o.status, o.result, o.attempts).where(o.id == row_id)
+    return tuple(await hub.store.read(lambda conn: conn.execute(query).one()))
+
+
+def claim_of(row: dict[str, Any], who: Any, attempt: int) -> Claim:
+    request = FulfillmentRequest(row["request_id"], "fieldservice", "book", who.customer_id, idempotency_key="k")
+    return Claim(row["id"], attempt, request, "web", who.dialogue_id, "technician")
+
+
+async def test_an_answer_to_a_claim_taken_over_changes_nothing_and_the_newer_claim_settles(
+    hub, register_plugin, hook_recorder
+):
+    register_plugin(Answers("confirmed"))
+    who = await ann(hub)
+    (row,) = await plant(hub, who, 1, attempts=2)  # the worker took it over: attempt 2 is current
+    await hub.outbox.attempt(claim_of(row, who, 1))
+    assert await state(hub, row["id"]) == ("pending", {}, 2)
+    assert hook_recorder.getcalls("prm_fulfillment_updated") == []
+    await hub.outbox.attempt(claim_of(row, who, 2))
+    assert await state(hub, row["id"]) == ("confirmed", {"technician": "T-9"}, 2)
+    (told,) = hook_recorder.getcalls("prm_fulfillment_updated")
+    assert (told.fulfillment.id, told.fulfillment.status) == (row["request_id"], "confirmed")
+
+
+async def test_a_late_answer_does_not_overwrite_a_request_already_settled(hub, register_plugin, hook_recorder):
+    register_plugin(Answers("rejected"))
+    who = await ann(hub)
+    (row,) = await plant(hub, who, 1, attempts=1, status="completed", result={"by": "callback"})
+    await hub.outbox.attempt(claim_of(row, who, 1))
+    assert await state(hub, row["id"]) == ("completed", {"by": "callback"}, 1)
+    assert hook_recorder.getcalls("prm_fulfillment_updated") == []
