@@ -172,6 +172,12 @@ EQUIVALENT: dict[str, dict[str, str]] = {
             "the bump of a called-off request's attempts: by 2 fences a held claim as well as by 1"
         ),
     },
+    "outbox": {
+        "settle_row: conn.dialect.update_returning -> not conn.dialect.update_returning #1": (
+            "the path for a database without RETURNING reaches the same row and the same `updated` "
+            "with one more read"
+        ),
+    },
     "jsonbody": {
         # without an escape that can make one (``strings`` false), no string or key holds a NUL
         # or a surrogate: the parser refuses raw control characters, strict UTF-8 has no surrogates

@@ -126,6 +126,23 @@ async def test_an_answer_to_a_claim_taken_over_changes_nothing_and_the_newer_cla
     assert await state(hub, row["id"]) == ("confirmed", {"technician": "T-9"}, 2)
     (told,) = hook_recorder.getcalls("prm_fulfillment_updated")
     assert (told.fulfillment.id, told.fulfillment.status) == (row["request_id"], "confirmed")
+    # the old claim's partner answers the same, late: nothing more is told
+    await hub.outbox.attempt(claim_of(row, who, 1))
+    assert await state(hub, row["id"]) == ("confirmed", {"technician": "T-9"}, 2)
+    assert len(hook_recorder.getcalls("prm_fulfillment_updated")) == 1
+
+
+async def test_a_replayed_answer_of_the_same_claim_is_told_again(hub, register_plugin, hook_recorder):
+    # the same claim's outcome recorded twice (a retry of the recording): the row is as the first
+    # left it, and the outcome is told again, so a plugin that missed it catches up
+    register_plugin(Answers("confirmed"))
+    who = await ann(hub)
+    (row,) = await plant(hub, who, 1, attempts=1)
+    for _ in range(2):
+        await hub.outbox.attempt(claim_of(row, who, 1))
+    assert await state(hub, row["id"]) == ("confirmed", {"technician": "T-9"}, 1)
+    told = hook_recorder.getcalls("prm_fulfillment_updated")
+    assert [(t.fulfillment.outbox_id, t.fulfillment.status) for t in told] == [(row["id"], "confirmed")] * 2
 
 
 async def test_a_late_answer_does_not_overwrite_a_request_already_settled(hub, register_plugin, hook_recorder):
