@@ -113,8 +113,13 @@ def claim_of(row: dict[str, Any], who: Any, attempt: int) -> Claim:
     return Claim(row["id"], attempt, request, "web", who.dialogue_id, "technician")
 
 
+async def fulfillment_changes(hub: Hub) -> list[dict[str, Any]]:
+    page = await hub.feed.read(None, 1000)
+    return [c.to_json()["data"] for c in page.changes if c.type == "fulfillment.updated"]
+
+
 async def test_an_answer_to_a_claim_taken_over_changes_nothing_and_the_newer_claim_settles(
-    hub, register_plugin, hook_recorder
+    hub, register_plugin, hook_recorder, log_capture
 ):
     register_plugin(Answers("confirmed"))
     who = await ann(hub)
@@ -122,6 +127,9 @@ async def test_an_answer_to_a_claim_taken_over_changes_nothing_and_the_newer_cla
     await hub.outbox.attempt(claim_of(row, who, 1))
     assert await state(hub, row["id"]) == ("pending", {}, 2)
     assert hook_recorder.getcalls("prm_fulfillment_updated") == []
+    assert await fulfillment_changes(hub) == []
+    (taken,) = [e for e in log_capture.entries if e["event"] == "fulfillment claim was taken over"]
+    assert (taken["partner"], taken["attempt"]) == ("fieldservice", 1)
     await hub.outbox.attempt(claim_of(row, who, 2))
     assert await state(hub, row["id"]) == ("confirmed", {"technician": "T-9"}, 2)
     (told,) = hook_recorder.getcalls("prm_fulfillment_updated")
@@ -143,6 +151,11 @@ async def test_a_replayed_answer_of_the_same_claim_is_told_again(hub, register_p
     assert await state(hub, row["id"]) == ("confirmed", {"technician": "T-9"}, 1)
     told = hook_recorder.getcalls("prm_fulfillment_updated")
     assert [(t.fulfillment.outbox_id, t.fulfillment.status) for t in told] == [(row["id"], "confirmed")] * 2
+    # the feed has the change once: the replay wrote nothing
+    (change,) = await fulfillment_changes(hub)
+    assert (change["fulfillment_id"], change["status"], change["data"]) == (
+        row["request_id"], "confirmed", {"technician": "T-9"},
+    )  # fmt: skip
 
 
 async def test_a_late_answer_does_not_overwrite_a_request_already_settled(hub, register_plugin, hook_recorder):
