@@ -174,9 +174,21 @@ EQUIVALENT: dict[str, dict[str, str]] = {
     },
     "outbox": {
         "settle_row: conn.dialect.update_returning -> not conn.dialect.update_returning #1": (
-            "the path for a database without RETURNING reaches the same row and the same `updated` "
-            "with one more read"
+            "the path for a database without RETURNING reaches the same row and the same `updated` with one more read"
         ),
+        **{
+            f"Outbox: {m} #1": (
+                "the rows claimed per round: every due row is claimed, oldest first, in rounds of "
+                "another size (the worker goes on at once after a full round)"
+            )
+            for m in ("16 -> 17", "16 -> 15")
+        },
+        **{
+            f"Outbox: False -> True #{n}": (
+                "`init=False` of a private field: from_config passes only the settings, by name"
+            )
+            for n in (1, 2, 3)
+        },
     },
     "jsonbody": {
         # without an escape that can make one (``strings`` false), no string or key holds a NUL
@@ -219,6 +231,8 @@ POSTGRES_ONLY: dict[str, dict[str, tuple[str, ...]]] = {
 }
 # the same, by key, where the description alone is ambiguous (a constant in PostgreSQL's branch)
 POSTGRES_ONLY_KEYS: dict[str, frozenset[str]] = {
+    # the query PostgreSQL runs for a customer's requests (SQLite's is the other key)
+    "outbox": frozenset({"<module>: (False, True) -> (False,) #1", "<module>: True -> False #1"}),
     # the value as jsonb renders it (not ASCII-escaped): on SQLite it is the value, already a needle
     "erasure": frozenset({"_scrub_claims: 0 -> 1 #3", "_scrub_claims: False -> True #1"}),
 }
