@@ -6,12 +6,13 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
 from prm_core import hookimpl
 from prm_core.hub import Hub
 from prm_core.model import FulfillmentRequest, FulfillmentResult
-from prm_core.outbox import MAX_VIEW_FULFILLMENTS, Claim, PlannedEvent, PlannedFulfillment, outbox_rows
+from prm_core.outbox import MAX_VIEW_FULFILLMENTS, Claim, PlannedEvent, PlannedFulfillment, RetryLater, outbox_rows
 from prm_core.store.tables import outbox, utcnow
 
 
@@ -165,3 +166,52 @@ async def test_a_late_answer_does_not_overwrite_a_request_already_settled(hub, r
     await hub.outbox.attempt(claim_of(row, who, 1))
     assert await state(hub, row["id"]) == ("completed", {"by": "callback"}, 1)
     assert hook_recorder.getcalls("prm_fulfillment_updated") == []
+
+
+class Counting:
+    """Serves partner ``fieldservice``, counting the calls actually made."""
+
+    def __init__(self, name: str, answer: Any) -> None:
+        self.__name__ = name
+        self.answer, self.calls = answer, 0
+
+    @hookimpl
+    def prm_fulfill(self, request):
+        return self.call(request) if request.partner == "fieldservice" else None
+
+    async def call(self, request: FulfillmentRequest) -> Any:
+        self.calls += 1
+        return self.answer
+
+
+# closing the unstarted call still draws CPython's never-awaited warning
+@pytest.mark.filterwarnings("ignore:coroutine 'Counting.call' was never awaited:RuntimeWarning")
+async def test_one_partner_is_called_once_even_when_two_plugins_serve_it(hub, register_plugin):
+    first = register_plugin(Counting("first", FulfillmentResult("r-0", "fieldservice", "confirmed", {})))
+    second = register_plugin(Counting("second", FulfillmentResult("r-0", "fieldservice", "confirmed", {})))
+    who = await ann(hub)
+    (row,) = await plant(hub, who, 1, attempts=1)
+    result = await hub.outbox.attempt(claim_of(row, who, 1))
+    assert result.status == "confirmed"
+    assert first.calls + second.calls == 1  # the other plugin's call is closed unstarted
+
+
+async def test_a_partner_nobody_serves_or_a_wrong_answer_is_retried_later(hub, register_plugin):
+    who = await ann(hub)
+    rows = await plant(hub, who, 2, attempts=1)
+    nobody = Claim(
+        rows[0]["id"], 1, FulfillmentRequest("r-0", "nobody", "book", who.customer_id), "web", who.dialogue_id
+    )
+    with pytest.raises(RetryLater, match="no plugin fulfills partner 'nobody'"):
+        await hub.outbox.attempt(nobody)
+    register_plugin(Counting("wrong", {"status": "confirmed"}))  # not a FulfillmentResult
+    with pytest.raises(TypeError, match="prm_fulfill for 'fieldservice' returned dict"):
+        await hub.outbox.attempt(claim_of(rows[1], who, 1))
+    o = outbox.c
+    query = sa.select(o.request_id, o.status, o.last_error, o.next_attempt_at).order_by(o.request_id)
+    after = await hub.store.read(lambda conn: conn.execute(query).all())
+    assert [(r.request_id, r.status, r.last_error) for r in after] == [
+        ("r-0", "pending", "no plugin fulfills partner 'nobody'"),
+        ("r-1", "pending", "TypeError"),
+    ]
+    assert all(r.next_attempt_at > utcnow() for r in after)
