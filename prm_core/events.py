@@ -122,7 +122,7 @@ def parse_event(
     ``occurred_at + (received_at - sent_at)``.
     """
     if not isinstance(obj, Mapping):
-        raise InvalidInput(f"{where or 'the body'} must be an Event object", where.rstrip(".") or None)
+        raise InvalidInput(f"{where.rstrip('.') or 'the body'} must be an Event object", where.rstrip(".") or None)
     event_id = _string(obj, "id", where, _MAX_ID, required=True)
     event_type = _string(obj, "type", where, _MAX_TYPE, required=True)
     if "occurred_at" not in obj:

@@ -308,14 +308,15 @@ def _request(row: Any) -> FulfillmentRequest:
 
 @define
 class Outbox:
-    """Dispatches outbox rows: at once for a waiting customer, and from a worker for the rest."""
+    """Dispatches outbox rows: at once for a waiting customer, and from a worker for the rest.
+    Made by :meth:`from_config`, which holds the defaults."""
 
     hub: Hub
-    lease_s: float = 30.0
-    poll_s: float = 1.0
-    base_s: float = 0.5
-    cap_s: float = 300.0
-    max_attempts: int = 20
+    lease_s: float
+    poll_s: float
+    base_s: float
+    cap_s: float
+    max_attempts: int
     batch: int = 16
     max_inflight: int = 64
     _task: asyncio.Task[None] | None = field(init=False, default=None)

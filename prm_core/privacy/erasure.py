@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -56,7 +55,7 @@ from .tombstones import SCRUBBED, digest
 if TYPE_CHECKING:
     from ..hub import Hub
 
-__all__ = ["Erasure", "erase_customer", "erase_in_transaction", "erased_ids", "lock_customer"]
+__all__ = ["Erasure", "erase_customer", "erase_in_transaction", "lock_customer"]
 
 log = structlog.get_logger(__name__)
 
@@ -69,7 +68,7 @@ class Erasure:
     erased_ids: tuple[str, ...]
     identities: int
     events: int
-    claims: int = 0
+    claims: int
     incomplete: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
@@ -233,19 +232,19 @@ def _scrub_claims(conn: Connection, erased: list[tuple[str, str]]) -> int:
         if _claims_any(_lenient_json(row.data), wanted)
     ]
     count = 0
-    for start in range(0, len(scrub), 500):
-        chunk = scrub[start : start + 500]
+    for start in range(0, len(scrub), _CHUNK):
+        chunk = scrub[start : start + _CHUNK]
         count += conn.execute(events.update().where(events.c.seq.in_(chunk)).values(data=dict(SCRUBBED))).rowcount or 0
     return count
 
 
 _UNREADABLE = object()
+_CHUNK = 500  # rows updated per statement: an IN list of bound parameters stays small
 
 
-def _lenient_json(raw: str | bytes | None) -> Any:
-    """Stored JSON as Python's reader takes it (NaN and Infinity included), or ``_UNREADABLE``."""
-    if raw is None:
-        return None
+def _lenient_json(raw: str | bytes) -> Any:
+    """Stored JSON as Python's reader takes it (NaN and Infinity included), or ``_UNREADABLE``
+    (the columns read are never NULL)."""
     try:
         return json.loads(raw)
     except (ValueError, RecursionError):  # malformed, not UTF-8, a huge integer, too deep
@@ -295,9 +294,3 @@ async def erase_customer(hub: Hub, ref: str, *, erased_by: str | None = None) ->
                 incomplete.append(plugin)
     log.info("customer erased", customer_id=erasure.customer_id, ids=len(erasure.erased_ids), events=erasure.events)
     return evolve(erasure, incomplete=tuple(sorted(incomplete)))
-
-
-def erased_ids(conn: Connection, customer_id: str) -> Sequence[str] | None:
-    """The ids erased with ``customer_id``, or None when it was never erased."""
-    row = conn.execute(sa.select(erasures.c.merged_ids).where(erasures.c.customer_id == customer_id)).first()
-    return None if row is None else [customer_id, *row.merged_ids]

@@ -191,7 +191,8 @@ def loads(raw: bytes | str, *, field: str | None = None, decimals: bool = False,
         value = _parse(text, what, field, max_depth, decimals=decimals)
     except ValueError:  # _Unrepresentable, or an integer past the conversion limit: find which
         marked = _parse(text, what, field, max_depth, decimals=decimals, marked=True)
-        problem = _problem(marked, field, max_depth, strings=False)
+        # the strings too, when they may hold what the store cannot keep: the first problem is named
+        problem = _problem(marked, field, max_depth, strings=strings)
         raise problem or InvalidInput(f"{what} holds a number the hub cannot keep", field) from None
     if strings:
         problem = _problem(value, field, max_depth, strings=True)
