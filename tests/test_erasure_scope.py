@@ -375,7 +375,7 @@ async def test_an_erasure_says_when_the_write_ahead_log_may_still_hold_the_perso
     if not database_url.startswith("sqlite"):
         pytest.skip("PostgreSQL keeps no write-ahead log in the hub's files")
     config = Config(database_url=database_url, raw={"database": {"busy_timeout_ms": 200}})
-    async with Hub.open(config) as hub:
+    async with Hub.open(config, autoload=True) as hub:
         (ann,) = await send(hub, ev("a1", 0, {"street": "12 Quince Lane"}, email="ann@example.com"))
         # another process reading in a long transaction holds the log's older pages
         reader = sqlite3.connect(make_url(database_url).database or "")
