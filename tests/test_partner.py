@@ -132,8 +132,10 @@ def pushes() -> Pushes:
 
 @pytest.fixture
 def hub_config(request, database_url, field, stock) -> Config:
-    if getattr(request, "param", None) == "tight":  # the web's own budget, partners slower than it
-        return partners_config(database_url, field, stock, touchpoints={"web": {"budget_ms": 300}})
+    if getattr(request, "param", None) == "tight":
+        # a budget the field-service firm made slow (1 s) misses and the supplier (10 ms) meets,
+        # with room for a loaded machine (tests run on every core)
+        return partners_config(database_url, field, stock, touchpoints={"web": {"budget_ms": 600}})
     if getattr(request, "param", None) == "failover":  # a second field-service firm
         return request.getfixturevalue("failover_config")
     return partners_config(database_url, field, stock)
