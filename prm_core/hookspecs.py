@@ -958,7 +958,8 @@ def prm_fulfillment_updated(fulfillment: Fulfillment) -> None:
       answered (in time or late, possibly after retries), a partner's callback confirmed or
       completed it, or the outbox gave up (`failed`). The change is also recorded as a
       `fulfillment.updated` event in the dialogue that asked. A redelivered callback does not
-      call it again.
+      call it again. Never called for a request of a customer erased since it was made: a
+      partner's late answer or callback about them is dropped (see [privacy](privacy.md#erasure)).
     - **Receives:** `fulfillment`, a `prm_core.outbox.Fulfillment` (`id`, `partner`, `role`,
       `action`, `status`: `pending`, `confirmed`, `rejected`, `failed` or `completed`,
       `customer_id`, `dialogue_id`, `touchpoint`, `data`); `fulfillment.to_json()` is its entry

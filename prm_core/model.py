@@ -237,7 +237,9 @@ class RecordedEvent:
     """An event once it is durable: whose it is and which dialogue it joined.
 
     ``duplicate`` is true when the id had been recorded before; then the customer and
-    dialogue are those of the first recording and nothing was changed.
+    dialogue are those of the first recording and nothing was changed. It is true too for a
+    partner's answer about a customer erased since it was asked (:mod:`prm_core.outbox`),
+    which is acknowledged and never written.
     """
 
     event: Event

@@ -16,7 +16,11 @@ any other event, see :func:`outbox_rows`). From then on the row is the truth:
   than the partner's ``Retry-After`` (:class:`RetryLater`), until ``max_attempts``;
 - every change of status is recorded as a ``fulfillment.updated`` event in the dialogue
   that asked (id derived from the request and status, so recording it twice is a
-  duplicate) and then told to plugins through ``prm_fulfillment_updated``.
+  duplicate) and then told to plugins through ``prm_fulfillment_updated``;
+- a partner's answer or callback about a request an erasure scrubbed (the customer was
+  erased since it was asked, :func:`erased_requests`) is acknowledged and dropped: no
+  event, no change to the row, nothing told (the erasure promises nothing about the person
+  is kept).
 
 Partners see every retry with the same ``Idempotency-Key``, so a request re-sent after a
 crash (acknowledged by the partner, but not yet marked here) is recognized by the partner.
@@ -26,21 +30,22 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 import sqlalchemy as sa
 import structlog
-from attrs import define, field, frozen
+from attrs import define, evolve, field, frozen
 from sqlalchemy.engine import Connection
 
 from .feed.changes import NewChange
 from .feed.writing import emit
 from .ids import new_id
 from .model import Event, FulfillmentRequest, FulfillmentResult, _iso
+from .store.engine import advisory_locks, customer_lock_key
 from .store.lists import one_of
-from .store.tables import outbox, partner_callbacks, utcnow
+from .store.tables import customers, erasures, outbox, partner_callbacks, utcnow
 
 if TYPE_CHECKING:
     from .hub import Hub
@@ -49,12 +54,15 @@ __all__ = [
     "STATUSES",
     "Claim",
     "Fulfillment",
+    "FulfillmentEvent",
     "FulfillmentStatus",
     "Outbox",
     "PlannedEvent",
     "PlannedFulfillment",
     "RetryLater",
     "backoff_s",
+    "erased_answers",
+    "erased_requests",
     "fulfillments_of",
     "fulfillments_of_dialogue",
     "outbox_rows",
@@ -102,14 +110,22 @@ class PlannedEvent(Event):
 
 
 @frozen
-class SettledEvent(Event):
+class FulfillmentEvent(Event):
+    """A ``fulfillment.updated`` event about outbox row ``row_id``: what a partner answered or
+    called back. Recording drops it when an erasure scrubbed that row (see
+    :func:`erased_answers`): the partner's word about an erased customer is not kept."""
+
+    row_id: str = ""
+
+
+@frozen
+class SettledEvent(FulfillmentEvent):
     """A ``fulfillment.updated`` event that also writes its outbox row's new state, in the same
     transaction (and the same group commit as other events). ``fence``: the ``attempts`` the
     row must still have (the claim that made the attempt), so a dispatcher whose lease was
     taken over writes nothing to the row. Applied even when the event is a duplicate: the
     status was told before, but the row may have been claimed again since."""
 
-    row_id: str = ""
     fence: int | None = None
     values: Mapping[str, Any] = field(factory=dict)
 
@@ -144,6 +160,52 @@ def settle_row(conn: Connection, ev: Event) -> Fulfillment | None:
     if updated:
         emit(conn, fulfillment_change(fulfillment))
     return fulfillment
+
+
+def erased_requests(conn: Connection, row_ids: Collection[str]) -> set[str]:
+    """The outbox rows among ``row_ids`` that an erasure scrubbed: the customer of the row (or
+    the customer it is merged into) was erased when or after the row last changed, which an
+    erasure's own scrub of the row sets (:mod:`prm_core.privacy.erasure`). A request an erased
+    customer's anonymous shell makes later is not one of them."""
+    if not row_ids:
+        return set()
+    o, c, e = outbox.c, customers.c, erasures.c
+    erased = sa.exists().where(
+        e.customer_id.in_([c.id, sa.func.coalesce(c.merged_into, c.id)]), e.erased_at >= o.updated_at
+    )
+    q = sa.select(o.id).join_from(outbox, customers, c.id == o.customer_id).where(o.id.in_(sorted(row_ids)), erased)
+    return set(conn.execute(q).scalars())
+
+
+def erased_answers(conn: Connection, batch: Sequence[Event], indices: Iterable[int]) -> set[int]:
+    """Inside the recording transaction (after the batch holds its customers' locks, so an
+    erasure is either committed or waits): the positions among ``indices`` of
+    :class:`FulfillmentEvent` s whose row an erasure scrubbed. Recording drops them, and
+    settles no row for them: the erasure already called the request off."""
+    about = {i: ev.row_id for i in indices if isinstance(ev := batch[i], FulfillmentEvent) and ev.row_id}
+    erased = erased_requests(conn, set(about.values()))
+    dropped = {i for i, row_id in about.items() if row_id in erased}
+    for i in sorted(dropped):
+        ev = batch[i]
+        log.info(
+            "partner answer for an erased customer dropped",
+            partner=ev.data.get("partner"),
+            status=ev.data.get("status"),
+        )
+    return dropped
+
+
+def _lock_owner(conn: Connection, customer_id: str) -> None:
+    """PostgreSQL: take the customer lock an erasure takes (following merges), so an erasure
+    either committed before this transaction reads the row or waits until it commits."""
+    if conn.dialect.name != "postgresql":
+        return
+    while True:
+        advisory_locks(conn, [customer_lock_key(customer_id)])
+        row = conn.execute(sa.select(customers.c.merged_into).where(customers.c.id == customer_id)).first()
+        if row is None or row.merged_into is None:
+            return
+        customer_id = row.merged_into
 
 
 def fulfillment_change(f: Fulfillment) -> NewChange:
@@ -628,6 +690,11 @@ class Outbox:
         false for a ``webhook-id`` seen before (a redelivery), and nothing changes.
         The event is recorded before the row changes, so a crash in between leaves the
         callback unapplied and the partner's redelivery applies it.
+
+        A callback about a request an erasure scrubbed (:func:`erased_requests`) is taken
+        (its ``webhook-id`` is kept, so a redelivery is a duplicate) and dropped: the row
+        stays as the erasure left it, no event is recorded, no plugin is told, and the
+        answer is ``(the row as stored, False)``.
         """
         found = await self.find(partner, ref)
         if found is None:
@@ -641,6 +708,15 @@ class Outbox:
 
         if await self.hub.store.read(seen):
             return found, False
+
+        def taken(conn: Connection) -> None:
+            if not seen(conn):
+                conn.execute(partner_callbacks.insert().values(partner=partner, webhook_id=webhook_id, received_at=now))
+
+        if await self.hub.store.read(lambda conn: bool(erased_requests(conn, [found.outbox_id]))):
+            await self.hub.store.write(taken)
+            log.info("partner callback for an erased customer dropped", partner=partner, status=status)
+            return evolve(found, data={}), False  # as the erasure left it, whenever it was read
         merged = {**found.data, **data}
         updated = Fulfillment(
             id=found.id,
@@ -659,11 +735,18 @@ class Outbox:
         )
         await self._record(updated)
 
+        dropped: list[str] = []  # the row an erasure scrubbed after it was read
+
         def write(conn: Connection) -> bool:
+            dropped.clear()  # the store may run a transaction again
             k = partner_callbacks.c
             if conn.execute(sa.select(k.webhook_id).where(k.partner == partner, k.webhook_id == webhook_id)).first():
                 return False
             conn.execute(partner_callbacks.insert().values(partner=partner, webhook_id=webhook_id, received_at=now))
+            _lock_owner(conn, found.customer_id)
+            if erased_requests(conn, [found.outbox_id]):  # erased since it was read: the erasure's scrub stays
+                dropped.append(found.outbox_id)
+                return False
             c = outbox.c
             conn.execute(
                 outbox.update()
@@ -675,6 +758,9 @@ class Outbox:
             return True
 
         applied = await self.hub.store.write(write)
+        if dropped:
+            log.info("partner callback for an erased customer dropped", partner=partner, status=status)
+            return evolve(found, data={}), False
         if applied:
             self.hub.hooks.fulfillment_updated(updated)
         return updated, applied
@@ -690,7 +776,8 @@ class Outbox:
         self.hub.hooks.fulfillment_updated(fulfillment)
 
     async def _record(self, f: Fulfillment) -> None:
-        event = Event(
+        event = FulfillmentEvent(
+            row_id=f.outbox_id,
             id=f"fulfillment:{f.outbox_id}:{f.status}",
             type="fulfillment.updated",
             occurred_at=utcnow(),

@@ -34,7 +34,7 @@ from .identity_rules import IdentityRules
 from .ids import new_id
 from .merging import PurchaseTotals, event_purchase, merge_customers
 from .model import Customer, Dialogue, Event, Identity, Merge, RecordedEvent, TouchPoint, _iso
-from .outbox import Fulfillment, outbox_rows, settle_row
+from .outbox import Fulfillment, erased_answers, outbox_rows, settle_row
 from .privacy import record_consents, scrub_tombstoned
 from .store.bulk import execute_many
 from .store.engine import advisory_locks, customer_lock_key, identity_lock_key
@@ -272,6 +272,10 @@ class _Batch:
         self._load_dialogues(pending)
         if self.conn.dialect.name == "postgresql":
             self._lock_customers(pending)
+        # a partner's answer about a customer erased since it was asked: not kept (prm_core.outbox)
+        dropped = erased_answers(self.conn, batch, fresh)
+        if dropped:
+            todo = [i for i in todo if i not in dropped]
 
         results: dict[int, RecordedEvent] = {}
         for i in todo:
@@ -279,6 +283,8 @@ class _Batch:
             results[i] = self._record(batch[i])
         self._flush()
         for i in fresh:  # partner outcomes recorded with their events (prm_core.outbox), duplicates too
+            if i in dropped:
+                continue
             settled = settle_row(self.conn, batch[i])
             if settled is not None:
                 self.out.fulfillments_updated.append(settled)
@@ -288,6 +294,10 @@ class _Batch:
             if key in stored:
                 cid, did = stored[key]
                 self.out.recorded.append(RecordedEvent(ev, self.find(cid), did, duplicate=True))
+            elif first_of[key] in dropped:  # acknowledged, nothing written: as a duplicate is
+                state = self.by_id.get(ev.dialogue_id or "")
+                owner = self.find(state.customer_id) if state is not None else ""
+                self.out.recorded.append(RecordedEvent(ev, owner, ev.dialogue_id or "", duplicate=True))
             elif first_of[key] != i:
                 first = results[first_of[key]]
                 self.out.recorded.append(RecordedEvent(ev, self.find(first.customer_id), first.dialogue_id, True))

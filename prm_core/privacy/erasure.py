@@ -13,7 +13,8 @@ In one transaction, for the customer and every customer merged into it:
   identities lose their payload too;
 - merge audit records lose the identities they list;
 - partner work not yet sent is called off, and every partner request loses what was sent and
-  answered (its partner, action and status stay, for the scorecard);
+  answered (its partner, action and status stay, for the scorecard); a partner's answer or
+  callback about one of them arriving later is dropped (:func:`prm_core.outbox.erased_requests`);
 - an ``erasures`` row records which ids were erased, when, and by which key.
 
 Then ``prm_customer_erased`` tells plugins to purge rows of their own (an outbox). Erasing
@@ -174,7 +175,9 @@ def erase_in_transaction(
 
     # partner work (prm_core.outbox) names the person in what was sent and answered. Work not yet
     # sent is called off: bumping ``attempts`` also fences a dispatcher holding it right now, so
-    # its partner's answer is not written back. Then every row loses its payload and result.
+    # its partner's answer is not written back. Then every row loses its payload and result, and
+    # its ``updated_at`` becomes the erasure's time, by which prm_core.outbox.erased_requests knows
+    # the rows an erasure scrubbed (a partner's later word about them is dropped).
     o = outbox.c
     conn.execute(
         outbox.update()
