@@ -175,7 +175,7 @@ async def ingest(hub: Hub, mix: Mix, seconds: float, clients: int) -> float:
 
 
 async def side(tmp: Path, name: str, n: int, mix: Mix, seconds: float, clients: int) -> float:
-    async with Hub.open(config(tmp / f"{name}.db", n), plugins=[Sender()]) as hub:
+    async with Hub.open(config(tmp / f"{name}.db", n), plugins=[Sender()], autoload=True) as hub:
         await ingest(hub, mix, 1.0, clients)  # warm-up: customers known, statements prepared
         return await ingest(hub, mix, seconds, clients)
 
@@ -184,7 +184,7 @@ async def driven(tmp: Path, n: int, rate: float, seconds: float, customers: int)
     """Open loop at ``rate`` events/s; the seconds from each ping's change to its act."""
     sender = Sender()
     mix = Mix(customers, 7)
-    async with Hub.open(config(tmp / "driven.db", n, ping=True), plugins=[sender]) as hub:
+    async with Hub.open(config(tmp / "driven.db", n, ping=True), plugins=[sender], autoload=True) as hub:
         await ingest(hub, mix, 1.0, 4)
         hub.triggers.latencies.clear()
         interval = BATCH / rate

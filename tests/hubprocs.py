@@ -381,6 +381,11 @@ def _run_child(request: dict[str, Any], main: Any, launcher_fds: tuple[int, int]
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
+        # what a fresh process finds on its PYTHONPATH (a test's own plugin distribution), ahead
+        # of the launcher's path as the interpreter would put it
+        for entry in reversed(request["env"].get("PYTHONPATH", "").split(os.pathsep)):
+            if entry and entry not in sys.path:
+                sys.path.insert(1, entry)
         null = os.open(os.devnull, os.O_RDWR)
         os.dup2(null, 0)
         for fd, path in ((1, request["stdout"]), (2, request["stderr"])):

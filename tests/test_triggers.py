@@ -668,6 +668,11 @@ SHORTCUT_RULES = [
     "change['n'] != 1",
     "change['n'] >= 2.5",
     "change['type'] != 'cart'",
+    "change['type'] == 'cart' and (traits['vip'] == true or lifetime_revenue >= 100)",
+    "traits['n'] < 100 or tier == 'gold'",
+    "lifetime_revenue >= 3 or purchases < 2 and change['n'] != 1",
+    "(change['type'] == 'x' or traits['vip'] != false) and churn_risk > 0.5",
+    "tier == 'gold' or traits['n'] >= 2 or change['tier'] == 'platinum'",
 ]
 ANY = st.one_of(
     st.none(), st.booleans(), st.integers(-5, 6000), st.floats(-1, 6000), st.sampled_from(["gold", "cart", "x"])
@@ -682,7 +687,7 @@ NUMBER = st.one_of(st.none(), st.integers(0, 6000), st.floats(0, 6000))
         {k: NUMBER for k in ("lifetime_revenue", "purchases", "churn_risk", "days_since_last_purchase")}
     ),
     tier=st.one_of(st.none(), st.sampled_from(["gold", "platinum", "x"])),
-    traits=st.dictionaries(st.sampled_from(["vip", "n"]), ANY),
+    traits=st.one_of(st.dictionaries(st.sampled_from(["vip", "n"]), ANY), st.none()),
     change=st.dictionaries(st.sampled_from(["type", "tier", "n"]), ANY),
 )
 def test_a_plain_condition_is_decided_as_the_rules_engine_decides_it(text, numbers, tier, traits, change):
@@ -694,5 +699,5 @@ def test_a_plain_condition_is_decided_as_the_rules_engine_decides_it(text, numbe
 
 
 def test_a_condition_beyond_plain_comparisons_is_left_to_the_rules_engine():
-    for text in ("tier == 'gold' or purchases > 2", "traits['city'] =~ 'Par.*'", "'x' in touchpoints"):
+    for text in ("tier == 'gold' or 'x' in touchpoints", "traits['city'] =~ 'Par.*'", "not traits['vip'] == true"):
         assert shortcut(compile_condition(text, "when")) is None, text

@@ -67,6 +67,7 @@ log = structlog.get_logger(__name__)
 CURSOR = "triggers"
 MAX_ATTEMPTS = 10
 OUTBOUND_PREFIX = "trigger:"  # the ids of the events triggers record: never a trigger's own cause
+GATHER_S = 0.1  # the least time between two reads of the feed while it is caught up
 RELOAD_S = 10.0  # how stale another process's pause or new trigger may be here
 _ALWAYS = frozenset({"offer.made", "customer.erased"})
 _NO_CONTACT: Mapping[str, Any] = {"consents": [], "days_since_last_contact": None}
@@ -208,6 +209,11 @@ class TriggerEngine:
                     await self._advance(cursor, page.next, started, made, erased)
                     if started:
                         self._wake.set()
+                    if len(page.changes) < self.batch:
+                        # caught up: let a few more recording transactions commit before reading
+                        # again, so one read and one write of the position follow several of
+                        # them rather than each (SQLite has one writer, shared with ingest)
+                        await asyncio.sleep(GATHER_S)
                     continue
                 if page.next > cursor and time.monotonic() - self._cursor_written > 5:
                     # only other types went by: noted now and then (reading them again is harmless)
