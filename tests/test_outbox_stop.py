@@ -1,0 +1,148 @@
+"""The outbox worker's share of partner calls: at most 64 at once, every one of them used; and
+stopping the hub cancels the calls in flight, leaving their requests to be sent again."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from prm_core import hookimpl
+from prm_core.config import Config
+from prm_core.model import FulfillmentRequest, FulfillmentResult, Partner
+from prm_core.store.tables import outbox
+
+# the bound the worker keeps on partner calls in flight in one hub process (docs/partners.md)
+AT_ONCE = 64
+
+
+class Held:
+    """Partner ``held``: every call waits until ``release`` is set; counts the calls running."""
+
+    __name__ = "held"
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.running = self.most = self.calls = self.cancelled = 0
+
+    @hookimpl
+    def prm_partners(self, config):
+        yield Partner(name="held", role="notification")
+
+    @hookimpl
+    def prm_fulfill(self, request):
+        if request.partner == "held":
+            return self.call(request)
+        return None
+
+    async def call(self, request: FulfillmentRequest) -> FulfillmentResult:
+        self.calls += 1
+        self.running += 1
+        self.most = max(self.most, self.running)
+        try:
+            await self.release.wait()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        finally:
+            self.running -= 1
+        return FulfillmentResult(request.id, "held", "confirmed", {})
+
+
+@pytest.fixture
+def held() -> Held:
+    return Held()
+
+
+@pytest.fixture
+def hub_config(database_url) -> Config:
+    return Config(database_url=database_url, raw={"outbox": {"poll_ms": 20}})
+
+
+@pytest.fixture
+def hub_plugins(held):
+    return [held]
+
+
+async def eventually(check: Any, within_s: float = 10.0) -> Any:
+    deadline = asyncio.get_running_loop().time() + within_s
+    while True:
+        value = check()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+async def due_requests(hub, count: int) -> None:
+    """Requests due now, as a hub that stopped before sending them leaves them (their touch
+    point no longer configured, so their outcome goes to the row and the hook only)."""
+    now = datetime.now(tz=UTC)
+    rows = [
+        {
+            "id": f"ob-{n:03}",
+            "request_id": f"r-{n:03}",
+            "idempotency_key": f"r-{n:03}",
+            "partner": "held",
+            "role": "notification",
+            "action": "notify",
+            "customer_id": f"cus-{n:03}",
+            "touchpoint": "retired-kiosk",
+            "dialogue_id": f"dlg-{n:03}",
+            "cause_event_id": f"turn-{n:03}",
+            "payload": {},
+            "status": "pending",
+            "result": {},
+            "partner_ref": None,
+            "attempts": 0,
+            "last_error": None,
+            "next_attempt_at": now,
+            "requested_at": now,
+            "updated_at": now,
+        }
+        for n in range(count)
+    ]
+    await hub.store.write(lambda c: c.execute(outbox.insert(), rows))
+    hub.outbox.wake()
+
+
+async def rows(hub) -> list[Any]:
+    return await hub.store.read(lambda c: list(c.execute(sa.select(outbox).order_by(outbox.c.id))))
+
+
+async def test_the_worker_calls_partners_64_at_a_time_and_the_rest_when_calls_end(hub, held):
+    await due_requests(hub, AT_ONCE + 16)
+    await eventually(lambda: held.running == AT_ONCE)
+    await asyncio.sleep(0.3)  # many polls: a worker with room would claim more by now
+    assert (held.running, held.calls, held.most) == (AT_ONCE, AT_ONCE, AT_ONCE)
+    claimed = [r for r in await rows(hub) if r.attempts == 1]
+    assert len(claimed) == AT_ONCE  # the others stay unclaimed, free for another hub process
+    held.release.set()
+    done = await eventually(lambda: _all_confirmed(hub))
+    assert len(done) == AT_ONCE + 16 and {r.attempts for r in done} == {1}
+    assert held.most == AT_ONCE and held.calls == AT_ONCE + 16
+
+
+async def _all_confirmed(hub) -> list[Any]:
+    found = await rows(hub)
+    return found if all(r.status == "confirmed" for r in found) else []
+
+
+async def test_stopping_cancels_the_calls_in_flight_and_leaves_their_requests_to_be_sent_again(hub, held):
+    await due_requests(hub, 3)
+    await eventually(lambda: held.running == 3)
+    await asyncio.wait_for(hub.outbox.stop(), 5)  # a call waiting for its partner does not hold the stop
+    assert (held.cancelled, held.running) == (3, 0)
+    held.release.set()
+    await asyncio.sleep(0.2)
+    assert held.calls == 3  # stopped: nothing claimed or sent any more
+    left = await rows(hub)
+    # still pending, under the stopped attempt's lease: another dispatcher sends them once it runs out
+    assert [(r.status, r.attempts, r.result) for r in left] == [("pending", 1, {})] * 3
+    assert all(r.next_attempt_at is not None for r in left)
