@@ -1,10 +1,11 @@
-"""The outbox worker's share of partner calls: at most 64 at once, every one of them used; and
-stopping the hub cancels the calls in flight, leaving their requests to be sent again."""
+"""The outbox worker's share of partner calls: at most 64 at once, every one of them used;
+stopping the hub cancels the calls in flight, leaving their requests to be sent again; and
+what a failed call leaves in the row and the log."""
 
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ import sqlalchemy as sa
 from prm_core import hookimpl
 from prm_core.config import Config
 from prm_core.model import FulfillmentRequest, FulfillmentResult, Partner
+from prm_core.outbox import RetryLater
 from prm_core.store.tables import outbox
 
 # the bound the worker keeps on partner calls in flight in one hub process (docs/partners.md)
@@ -27,6 +29,7 @@ class Held:
     def __init__(self) -> None:
         self.release = asyncio.Event()
         self.running = self.most = self.calls = self.cancelled = 0
+        self.error: Exception | None = None  # raised by every call instead of waiting, when set
 
     @hookimpl
     def prm_partners(self, config):
@@ -40,6 +43,8 @@ class Held:
 
     async def call(self, request: FulfillmentRequest) -> FulfillmentResult:
         self.calls += 1
+        if self.error is not None:
+            raise self.error
         self.running += 1
         self.most = max(self.most, self.running)
         try:
@@ -59,7 +64,8 @@ def held() -> Held:
 
 @pytest.fixture
 def hub_config(database_url) -> Config:
-    return Config(database_url=database_url, raw={"outbox": {"poll_ms": 20}})
+    # a failed call is tried again 30-60 s later: never within a test
+    return Config(database_url=database_url, raw={"outbox": {"poll_ms": 20, "retry_base_ms": 60_000}})
 
 
 @pytest.fixture
@@ -139,6 +145,8 @@ async def test_stopping_cancels_the_calls_in_flight_and_leaves_their_requests_to
     await eventually(lambda: held.running == 3)
     await asyncio.wait_for(hub.outbox.stop(), 5)  # a call waiting for its partner does not hold the stop
     assert (held.cancelled, held.running) == (3, 0)
+    # and the worker itself has ended, not only been asked to: nothing of the outbox runs on
+    assert [t for t in asyncio.all_tasks() if t.get_name() == "prm-outbox" and not t.done()] == []
     held.release.set()
     await asyncio.sleep(0.2)
     assert held.calls == 3  # stopped: nothing claimed or sent any more
@@ -146,3 +154,73 @@ async def test_stopping_cancels_the_calls_in_flight_and_leaves_their_requests_to
     # still pending, under the stopped attempt's lease: another dispatcher sends them once it runs out
     assert [(r.status, r.attempts, r.result) for r in left] == [("pending", 1, {})] * 3
     assert all(r.next_attempt_at is not None for r in left)
+
+
+async def test_waking_the_worker_sends_due_requests_before_the_next_poll(database_url, held):
+    from prm_core.hub import Hub
+
+    config = Config(database_url=database_url, raw={"outbox": {"poll_ms": 600_000}})
+    async with Hub.open(config, plugins=[held]) as hub:
+        await asyncio.sleep(0.1)  # the worker has looked once, found nothing, and waits for its next poll
+        await due_requests(hub, 3)  # wakes it
+        await eventually(lambda: held.running == 3, within_s=5)
+        held.release.set()
+        await eventually(lambda: _all_confirmed(hub), within_s=5)
+
+
+async def test_stopping_an_idle_outbox_ends_its_worker_before_returning(hub):
+    assert [t for t in asyncio.all_tasks() if t.get_name() == "prm-outbox"]  # started with the hub
+    await asyncio.sleep(0.05)  # waiting for its next poll
+    await hub.outbox.stop()
+    assert [t for t in asyncio.all_tasks() if t.get_name() == "prm-outbox" and not t.done()] == []
+
+
+def lines(log_capture, message: str) -> list[dict[str, Any]]:
+    return [e for e in log_capture.entries if e.get("event") == message]
+
+
+async def test_a_call_that_raises_is_tried_again_and_logged_by_its_kind_never_its_message(hub, held, log_capture):
+    held.error = RuntimeError("ann@example.com is unknown to us")
+    before = datetime.now(tz=UTC)
+    await due_requests(hub, 1)
+    (row,) = await eventually(lambda: _failed_once(hub))
+    assert (row.status, row.last_error, row.result) == ("pending", "RuntimeError", {})
+    assert row.next_attempt_at > before + timedelta(seconds=29)  # tried again later, not at once
+    kinds = {(e["level"], e.get("error"), e.get("reason")) for e in lines(log_capture, "fulfillment attempt failed")}
+    assert kinds == {("warning", "RuntimeError", None), ("info", None, "RuntimeError")}
+    (info,) = [e for e in lines(log_capture, "fulfillment attempt failed") if e["level"] == "info"]
+    assert (info["partner"], info["attempt"]) == ("held", 1) and 30 <= info["retry_in_s"] <= 60
+    assert "ann@example.com" not in log_capture.stream.getvalue()
+
+
+async def test_a_partners_retry_later_keeps_its_reason_cut_and_its_delay(hub, held, log_capture):
+    reason = "queue full " + "x" * 600
+    held.error = RetryLater(reason, 3600)
+    await due_requests(hub, 1)
+    (row,) = await eventually(lambda: _failed_once(hub))
+    assert row.last_error == reason[:500]
+    wait_s = (row.next_attempt_at - datetime.now(tz=UTC)).total_seconds()
+    assert 3500 < wait_s <= 3600
+    (info,) = lines(log_capture, "fulfillment attempt failed")  # a partner asking to wait is no warning
+    assert (info["level"], info["reason"], info["retry_in_s"]) == ("info", reason[:200], 3600.0)
+
+
+async def test_the_last_attempt_fails_the_request_with_the_reason(database_url, held, log_capture):
+    from prm_core.hub import Hub
+
+    reason = "gone for good " + "y" * 300
+    held.error = RetryLater(reason)
+    config = Config(database_url=database_url, raw={"outbox": {"poll_ms": 20, "max_attempts": 1}})
+    async with Hub.open(config, plugins=[held]) as hub:
+        await due_requests(hub, 1)
+        (row,) = await eventually(lambda: _failed_once(hub, "failed"))
+        assert (row.last_error, row.result, row.next_attempt_at) == (reason, {"error": reason[:200]}, None)
+        (info,) = lines(log_capture, "fulfillment attempt failed")
+        assert info["retry_in_s"] is None
+        await asyncio.sleep(0.2)
+        assert held.calls == 1
+
+
+async def _failed_once(hub, status: str = "pending") -> list[Any]:
+    found = await rows(hub)
+    return found if all(r.last_error and r.status == status for r in found) else []
