@@ -224,3 +224,12 @@ async def test_the_last_attempt_fails_the_request_with_the_reason(database_url, 
 async def _failed_once(hub, status: str = "pending") -> list[Any]:
     found = await rows(hub)
     return found if all(r.last_error and r.status == status for r in found) else []
+
+
+async def test_a_stopped_outbox_starts_again(hub, held):
+    await hub.outbox.stop()
+    hub.outbox.start()
+    await due_requests(hub, 2)
+    await eventually(lambda: held.running == 2, within_s=5)
+    held.release.set()
+    await eventually(lambda: _all_confirmed(hub), within_s=5)
