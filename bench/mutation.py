@@ -194,6 +194,10 @@ EQUIVALENT: dict[str, dict[str, str]] = {
             )
             for m in ("16 -> 17", "16 -> 15")
         },
+        "Outbox.stop: self._inflight.clear() -> pass #1": (
+            "each ended attempt's done callback takes it out of the set, at the latest on the loop's next turn, "
+            "before a restarted worker first reads it"
+        ),
         **{
             f"Outbox: False -> True #{n}": (
                 "`init=False` of a private field: from_config passes only the settings, by name"
