@@ -30,6 +30,8 @@ class Held:
         self.release = asyncio.Event()
         self.running = self.most = self.calls = self.cancelled = 0
         self.error: Exception | None = None  # raised by every call instead of waiting, when set
+        self.cleanup_s = 0.0
+        self.wound_down = 0
 
     @hookimpl
     def prm_partners(self, config):
@@ -51,6 +53,8 @@ class Held:
             await self.release.wait()
         except asyncio.CancelledError:
             self.cancelled += 1
+            await asyncio.sleep(self.cleanup_s)  # winding down, as a client closing its connection
+            self.wound_down += 1
             raise
         finally:
             self.running -= 1
@@ -141,10 +145,12 @@ async def _all_confirmed(hub) -> list[Any]:
 
 
 async def test_stopping_cancels_the_calls_in_flight_and_leaves_their_requests_to_be_sent_again(hub, held):
+    held.cleanup_s = 0.1
     await due_requests(hub, 3)
     await eventually(lambda: held.running == 3)
     await asyncio.wait_for(hub.outbox.stop(), 5)  # a call waiting for its partner does not hold the stop
-    assert (held.cancelled, held.running) == (3, 0)
+    # but the stop waits for the calls to wind down: the hub closes its store next
+    assert (held.cancelled, held.wound_down, held.running) == (3, 3, 0)
     # and the worker itself has ended, not only been asked to: nothing of the outbox runs on
     assert [t for t in asyncio.all_tasks() if t.get_name() == "prm-outbox" and not t.done()] == []
     held.release.set()
