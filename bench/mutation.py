@@ -194,6 +194,10 @@ EQUIVALENT: dict[str, dict[str, str]] = {
             )
             for m in ("16 -> 17", "16 -> 15")
         },
+        "Outbox._run: room > 0 -> room >= 0 #1": "with no room the worker asks for 0 rows (LIMIT 0) and claims none",
+        "Outbox._run: await asyncio.sleep(0) -> pass #1": (
+            "the next round's claim() awaits the database at once, which lets the loop's other tasks run as well"
+        ),
         "Outbox.stop: self._inflight.clear() -> pass #1": (
             "each ended attempt's done callback takes it out of the set, at the latest on the loop's next turn, "
             "before a restarted worker first reads it"

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from prm_core import hookimpl
 from prm_core.config import Config
 from prm_core.model import FulfillmentRequest, FulfillmentResult, Partner
-from prm_core.outbox import RetryLater
+from prm_core.outbox import Outbox, RetryLater
 from prm_core.store.tables import outbox
 
 # the bound the worker keeps on partner calls in flight in one hub process (docs/partners.md)
@@ -22,12 +22,13 @@ AT_ONCE = 64
 
 
 class Held:
-    """Partner ``held``: every call waits until ``release`` is set; counts the calls running."""
+    """Partner ``held``: every call waits until :meth:`release` lets it through; counts the calls running."""
 
     __name__ = "held"
 
     def __init__(self) -> None:
-        self.release = asyncio.Event()
+        self.gates: dict[str, asyncio.Event] = {}  # a call's own way through, by request id
+        self.open = False
         self.running = self.most = self.calls = self.cancelled = 0
         self.error: Exception | None = None  # raised by every call instead of waiting, when set
         self.cleanup_s = 0.0
@@ -50,7 +51,10 @@ class Held:
         self.running += 1
         self.most = max(self.most, self.running)
         try:
-            await self.release.wait()
+            gate = self.gates.setdefault(request.id, asyncio.Event())
+            if self.open:
+                gate.set()
+            await gate.wait()
         except asyncio.CancelledError:
             self.cancelled += 1
             await asyncio.sleep(self.cleanup_s)  # winding down, as a client closing its connection
@@ -59,6 +63,14 @@ class Held:
         finally:
             self.running -= 1
         return FulfillmentResult(request.id, "held", "confirmed", {})
+
+    def release(self, request_id: str | None = None) -> None:
+        """Let one call through, or (no id) every call, now and later."""
+        if request_id is None:
+            self.open = True
+        for rid, gate in self.gates.items():
+            if request_id in (None, rid):
+                gate.set()
 
 
 @pytest.fixture
@@ -126,17 +138,22 @@ async def rows(hub) -> list[Any]:
     return await hub.store.read(lambda c: list(c.execute(sa.select(outbox).order_by(outbox.c.id))))
 
 
-async def test_the_worker_calls_partners_64_at_a_time_and_the_rest_when_calls_end(hub, held):
+async def test_the_worker_calls_partners_64_at_a_time_and_the_rest_when_calls_end(hub, held, log_capture):
     await due_requests(hub, AT_ONCE + 16)
     await eventually(lambda: held.running == AT_ONCE)
     await asyncio.sleep(0.3)  # many polls: a worker with room would claim more by now
     assert (held.running, held.calls, held.most) == (AT_ONCE, AT_ONCE, AT_ONCE)
     claimed = [r for r in await rows(hub) if r.attempts == 1]
     assert len(claimed) == AT_ONCE  # the others stay unclaimed, free for another hub process
-    held.release.set()
+    held.release(claimed[0].request_id)  # one call ends: its room goes to the next due request
+    await eventually(lambda: held.calls == AT_ONCE + 1, within_s=5)
+    await asyncio.sleep(0.3)
+    assert (held.running, held.calls) == (AT_ONCE, AT_ONCE + 1)
+    held.release()
     done = await eventually(lambda: _all_confirmed(hub))
     assert len(done) == AT_ONCE + 16 and {r.attempts for r in done} == {1}
     assert held.most == AT_ONCE and held.calls == AT_ONCE + 16
+    assert lines(log_capture, "fulfillment attempt failed") == []  # every call answered: no warning
 
 
 async def _all_confirmed(hub) -> list[Any]:
@@ -153,7 +170,7 @@ async def test_stopping_cancels_the_calls_in_flight_and_leaves_their_requests_to
     assert (held.cancelled, held.wound_down, held.running) == (3, 3, 0)
     # and the worker itself has ended, not only been asked to: nothing of the outbox runs on
     assert [t for t in asyncio.all_tasks() if t.get_name() == "prm-outbox" and not t.done()] == []
-    held.release.set()
+    held.release()
     await asyncio.sleep(0.2)
     assert held.calls == 3  # stopped: nothing claimed or sent any more
     left = await rows(hub)
@@ -170,7 +187,7 @@ async def test_waking_the_worker_sends_due_requests_before_the_next_poll(databas
         await asyncio.sleep(0.1)  # the worker has looked once, found nothing, and waits for its next poll
         await due_requests(hub, 3)  # wakes it
         await eventually(lambda: held.running == 3, within_s=5)
-        held.release.set()
+        held.release()
         await eventually(lambda: _all_confirmed(hub), within_s=5)
 
 
@@ -237,5 +254,24 @@ async def test_a_stopped_outbox_starts_again(hub, held):
     hub.outbox.start()
     await due_requests(hub, 2)
     await eventually(lambda: held.running == 2, within_s=5)
-    held.release.set()
+    held.release()
     await eventually(lambda: _all_confirmed(hub), within_s=5)
+
+
+async def test_a_claim_that_fails_is_logged_and_the_worker_goes_on(hub, held, log_capture, monkeypatch):
+    claim = Outbox.claim
+    failures = []
+
+    async def flaky_claim(self: Outbox, limit: int) -> Any:
+        if not failures:
+            failures.append(limit)
+            raise OSError("database away")
+        return await claim(self, limit)
+
+    monkeypatch.setattr(Outbox, "claim", flaky_claim)
+    held.release()
+    await due_requests(hub, 2)
+    await eventually(lambda: _all_confirmed(hub), within_s=5)
+    assert failures and held.calls == 2
+    (warning,) = lines(log_capture, "outbox claim failed")
+    assert (warning["level"], warning["error"]) == ("warning", "OSError")
