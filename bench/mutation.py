@@ -210,6 +210,10 @@ EQUIVALENT: dict[str, dict[str, str]] = {
         },
     },
     "writing": {
+        "begin: conn.info.pop(_PENDING, None) -> pass #1": (
+            "no list outlives its transaction (the store discards it in a `finally`): "
+            "with the feed off there is none to drop"
+        ),
         **{
             f"<module>: 1347570946 -> {key} #1": (
                 "the feed's advisory lock key: any constant works, as long as every hub process uses the same"
