@@ -210,6 +210,9 @@ EQUIVALENT: dict[str, dict[str, str]] = {
         },
     },
     "writing": {
+        "flush: 0 -> 1 #1": (
+            "a transaction without changes then wakes the readers waiting: they read nothing new and wait on"
+        ),
         "begin: conn.info.pop(_PENDING, None) -> pass #1": (
             "no list outlives its transaction (the store discards it in a `finally`): "
             "with the feed off there is none to drop"

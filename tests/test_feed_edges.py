@@ -116,3 +116,30 @@ async def test_retention_keeps_a_change_exactly_as_old_as_the_retention(hub, fro
     assert await hub.feed.prune_once() == made
     assert (await hub.feed.read(None, 1000)).changes == []
     assert await hub.feed.prune_once() == 0  # nothing left to prune
+
+
+async def test_changes_of_a_step_rolled_back_to_its_savepoint_are_not_in_the_feed(hub, monkeypatch):
+    # planning runs in a savepoint of the recording transaction: when it fails after adding a
+    # buyer's figures (a customer.updated change), the figures and their change both go, and
+    # the events with their own changes stay
+    from prm_core.planning import Planner
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("a bug in planning")
+
+    monkeypatch.setattr(Planner, "_add_days", broken)
+    sale = {
+        "id": "sale-1",
+        "type": "order.completed",
+        "occurred_at": "2026-11-23T08:00:00Z",
+        "identities": {"email": "ho@example.com"},
+        "data": {"revenue": "90", "currency": "USD"},
+    }
+    (recorded,) = await send(hub, sale)
+    feed = [c.to_json() for c in (await hub.feed.read(None, 1000)).changes]
+    assert [c["type"] for c in feed] == ["customer.created", "dialogue.opened", "event.recorded"]
+    assert feed[-1]["data"]["event_id"] == recorded.event.id
+    monkeypatch.undo()
+    await send(hub, {**sale, "id": "sale-2"})  # the same, planning working: its change is there
+    feed = [c.to_json() for c in (await hub.feed.read(None, 1000)).changes]
+    assert [c["data"] for c in feed if c["type"] == "customer.updated" and "value" in c["data"]]
