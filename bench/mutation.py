@@ -210,6 +210,10 @@ EQUIVALENT: dict[str, dict[str, str]] = {
         },
     },
     "writing": {
+        "discard: conn.info.pop(_PENDING, None) -> pass #1": (
+            "a failed transaction's list is left on the connection until its next write, whose begin() "
+            "replaces it (or drops it): memory only"
+        ),
         "flush: 0 -> 1 #1": (
             "a transaction without changes then wakes the readers waiting: they read nothing new and wait on"
         ),
