@@ -86,6 +86,7 @@ async def test_each_change_carries_the_fields_its_type_lists(hub):
     (merge,) = await hub.merges(linking.customer_id)
     await hub.unmerge(merge.id)
     await hub.update_customer(ann.customer_id, {"traits": {"first_name": "Ann"}, "tier": "gold"})
+    await hub.update_customer(ann.customer_id, {"kind": "group"})
     (cyd,) = await send(hub, ev("e4", 3, email="cyd@example.com"))
     await erase_customer(hub, cyd.customer_id)
 
@@ -95,14 +96,17 @@ async def test_each_change_carries_the_fields_its_type_lists(hub):
         "customer.created", "dialogue.opened", "event.recorded", "customers.merged",
         "customers.unmerged", "customer.updated", "customer.erased",
     }  # fmt: skip
+    updated: set[str] = set()
     for change in feed:
         fields = set(change["data"])
         if change["customer_id"] == cyd.customer_id and change["type"] != "customer.erased":
             assert fields == set(), change  # scrubbed by the erasure
         elif change["type"] == "customer.updated":
             assert fields and fields <= set(CORE_TYPES["customer.updated"]), change  # only what changed
+            updated |= fields
         else:
             assert fields == set(CORE_TYPES[change["type"]]), change
+    assert updated >= {"kind", "traits", "tier", "tier_source"}  # each seen in some update
 
 
 async def test_retention_keeps_a_change_exactly_as_old_as_the_retention(hub, frozen_clock):
