@@ -566,11 +566,8 @@ class TriggerEngine:
             data=data,
         )
 
-    async def _queue_offer(
-        self, trigger: Trigger, act: Act, key: str, cid: str, who: Mapping[str, Any], now: datetime
-    ) -> dict[str, Any]:
-        offer = dict(act.offer or {})
-        tp = self._touchpoint(act)
+    def _cannot_record(self, act: Act, tp: str | None, who: Mapping[str, Any], what: str) -> dict[str, Any] | None:
+        """Why an offer or a partner request cannot be recorded on the customer, or ``None``."""
         if tp is None:
             return {
                 "status": "failed",
@@ -580,9 +577,20 @@ class TriggerEngine:
         if who["identity"] is None:
             return {
                 "status": "skipped",
-                "reason": "the customer has no identity to record the offer on",
+                "reason": f"the customer has no identity to record the {what} on",
                 "due_at": None,
             }
+        return None
+
+    async def _queue_offer(
+        self, trigger: Trigger, act: Act, key: str, cid: str, who: Mapping[str, Any], now: datetime
+    ) -> dict[str, Any]:
+        offer = dict(act.offer or {})
+        tp = self._touchpoint(act)
+        refused = self._cannot_record(act, tp, who, "offer")
+        if refused is not None:
+            return refused
+        assert tp is not None  # _cannot_record refused a missing one
         data = {"trigger": trigger.name, "action": "offer", "code": offer["code"], "purpose": trigger.purpose}
         (recorded,) = await self.hub.record([self._outbound(key, "offer.queued", tp, who, data)])
         row = {
@@ -624,18 +632,10 @@ class TriggerEngine:
             reason = f"no partner {name!r}" if name else "no partner with role notification"
             return {"status": "failed", "reason": reason, "due_at": None}
         tp = self._touchpoint(act)
-        if tp is None:
-            return {
-                "status": "failed",
-                "reason": f"touch point {act.touchpoint or self.settings.touchpoint!r} is not registered",
-                "due_at": None,
-            }
-        if who["identity"] is None:
-            return {
-                "status": "skipped",
-                "reason": "the customer has no identity to record the request on",
-                "due_at": None,
-            }
+        refused = self._cannot_record(act, tp, who, "request")
+        if refused is not None:
+            return refused
+        assert tp is not None  # _cannot_record refused a missing one
         request = FulfillmentRequest(
             id=key,
             partner=name,
