@@ -109,6 +109,8 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("POST", "/v1/touchpoints/ivr/twilio/voice"): SIGNED,
     ("POST", "/v1/touchpoints/pos/shopify/orders"): SIGNED,
     ("POST", "/v1/touchpoints/pos/square/webhooks"): SIGNED,
+    ("POST", "/v1/touchpoints/sms/twilio/inbound"): SIGNED,
+    ("POST", "/v1/touchpoints/sms/twilio/status"): SIGNED,
     ("POST", "/v1/touchpoints/callcenter/connect/events"): key("touchpoint:callcenter"),
     # touch points
     ("POST", "/v1/touchpoints/{tp}/events"): key("touchpoint:{tp}", public=True),
@@ -170,7 +172,11 @@ class Caller:
 @pytest.fixture
 def hub_config(database_url: str) -> Config:
     raw = {
-        "touchpoints": {"web": {"snowplow_app_ids": ["shop"]}, "ivr": {"twilio_auth_token": "twilio-token"}},
+        "touchpoints": {
+            "web": {"snowplow_app_ids": ["shop"]},
+            "ivr": {"twilio_auth_token": "twilio-token"},
+            "sms": {"account_sid": "AC" + "0" * 32, "auth_token": "twilio-token", "from": "+14155550100"},
+        },
         "partners": {
             "fieldservice": {
                 "role": "field_service",

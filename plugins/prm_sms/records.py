@@ -1,0 +1,142 @@
+"""What the SMS touch point records and reads back: every record is an event at ``sms``.
+
+- ``sms:sent:<message id>`` (``message.status``, outbound, ``data.status`` Twilio's first
+  status, ``queued`` or ``accepted``): Twilio accepted the message, under ``data.sid``. It is
+  the durable record that a message handed over again is not sent again, and the thread an
+  answer joins (``in_reply_to`` and the dialogue are the latest such event's on the number).
+- ``sms:refused:<message id>`` (``message.status``, ``failed``): Twilio refused it for good.
+- ``sms:status:<MessageSid>:<status>`` (``message.status``): a delivery status callback.
+- ``sms:in:<MessageSid>`` (``message.received``, inbound): a message from the customer, with
+  ``data`` ``{"channel": "sms", "text", "in_reply_to"}``; a STOP or START adds
+  ``consent.revoked`` / ``consent.granted`` (``sms:in:<MessageSid>:consent``).
+
+Suppression is the customer's ``suppressed`` trait, as the trigger guards read it: a list
+that names ``sms`` (or ``true``, left as it is).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import phonenumbers
+from attrs import frozen
+
+from prm_core.plugin import Event, Hub, Identity, NotFound, utcnow
+
+__all__ = [
+    "CHANNEL",
+    "TOUCHPOINT",
+    "Thread",
+    "e164",
+    "latest_sent",
+    "phone_identities",
+    "sent_event_id",
+    "set_sms_suppression",
+    "sms_event",
+]
+
+TOUCHPOINT = "sms"
+CHANNEL = "sms"
+SENT_PREFIX = "sms:sent:"
+_PAGES, _PAGE = 3, 100  # how far back the latest message to a number is looked for
+
+
+def e164(raw: str, region: str) -> str:
+    """``raw`` as an E.164 number (``phonenumbers``, national numbers in ``region``) when it can
+    be one; ``ValueError`` else. Twilio itself refuses a number no carrier has (21211)."""
+    try:
+        number = phonenumbers.parse(raw, region)
+    except phonenumbers.NumberParseException:
+        raise ValueError("is not a phone number") from None
+    if not phonenumbers.is_possible_number(number):
+        raise ValueError("is not a possible phone number")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def phone_identities(hub: Hub, raw: str | None) -> tuple[Identity, ...]:
+    """The ``phone`` identity of a number as Twilio gave it, or none (a short code, a
+    withheld or malformed sender): the hub's own normalization, so the same spelling as the
+    customer's number from any other touch point."""
+    if not raw:
+        return ()
+    try:
+        value = hub.registrations.namespaces["phone"].normalize(raw, hub.config.default_region)
+    except (ValueError, KeyError):
+        return ()
+    return (Identity("phone", value),)
+
+
+def sent_event_id(message_id: str) -> str:
+    return (SENT_PREFIX + message_id)[:200]
+
+
+def sms_event(
+    event_id: str,
+    type_: str,
+    identities: tuple[Identity, ...],
+    data: Mapping[str, Any],
+    *,
+    direction: str = "inbound",
+    dialogue_id: str | None = None,
+) -> Event:
+    return Event(
+        id=event_id[:200],
+        type=type_,
+        occurred_at=utcnow(),
+        touchpoint=TOUCHPOINT,
+        identities=identities,
+        direction=direction,  # type: ignore[arg-type]
+        data=dict(data),
+        dialogue_id=dialogue_id,
+    )
+
+
+@frozen
+class Thread:
+    """The latest message the hub sent to a number: its ``Message.id`` and its dialogue."""
+
+    message_id: str
+    dialogue_id: str | None
+
+
+async def latest_sent(hub: Hub, identities: tuple[Identity, ...]) -> Thread | None:
+    """The latest message Twilio accepted for the customer of this number, newest first on
+    their timeline (the last few hundred events), or ``None``."""
+    if not identities:
+        return None
+    ref = f"{identities[0].namespace}:{identities[0].value}"
+    cursor: str | None = None
+    for _ in range(_PAGES):
+        try:
+            view = await hub.view(ref, cursor=cursor, limit=_PAGE)
+        except NotFound:
+            return None
+        for entry in view.timeline:
+            if entry.touchpoint == TOUCHPOINT and entry.event_id.startswith(SENT_PREFIX):
+                message_id = entry.data.get("message_id")
+                if isinstance(message_id, str):
+                    return Thread(message_id, entry.dialogue)
+        cursor = view.next_cursor
+        if cursor is None:
+            return None
+    return None
+
+
+async def set_sms_suppression(hub: Hub, customer_id: str, suppress: bool, traits: Mapping[str, Any]) -> None:
+    """Add ``sms`` to the customer's ``suppressed`` list (or take it out), with ``traits``
+    beside it (``None`` removes one). ``suppressed = true`` (every channel) is left as it is."""
+    try:
+        view = await hub.view(customer_id, limit=1)
+    except NotFound:
+        return  # erased or merged away meanwhile: nothing left to suppress
+    current = view.customer.traits.get("suppressed")
+    changes: dict[str, Any] = dict(traits)
+    if current is not True:
+        channels = [c for c in current if isinstance(c, str)] if isinstance(current, list) else []
+        if suppress and CHANNEL not in channels:
+            changes["suppressed"] = [*channels, CHANNEL]
+        elif not suppress and CHANNEL in channels:
+            rest = [c for c in channels if c != CHANNEL]
+            changes["suppressed"] = rest or None
+    await hub.update_customer(view.customer.id, {"traits": changes})

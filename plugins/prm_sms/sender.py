@@ -1,0 +1,159 @@
+"""Outbound SMS: a trigger's message sent with Twilio's Messages API, never twice.
+
+The ``twilio`` library's REST client sends, on its asynchronous HTTP client
+(``AsyncTwilioHttpClient``, aiohttp underneath): the hub's event loop waits for Twilio
+without a thread per message, the connections are kept alive between messages, and the
+client is closed with the hub. ``api_base`` replaces ``https://api.twilio.com`` (a test
+double, a proxy).
+
+Never twice: a message Twilio accepted is recorded (``sms:sent:<message id>``, with Twilio's
+SID) before the hub is told it is sent, and a message handed over again finds that record and
+is answered with the same SID, not sent. If the record cannot be written (the database is
+away), the SID is kept in memory and the hand-over fails for now: the retry records it without
+sending. Only a crash of the hub between Twilio's answer and the record sends it again.
+
+Twilio's answers: 201 is sent; 429, 5xx, a timeout or a refused connection is a failure for
+now (an exception: the trigger engine retries with backoff), and so is 401 or 404 (the account
+SID or auth token is wrong: fixing the configuration fixes it). Any other 4xx is a refusal
+retrying cannot fix (``MessageResult("failed")``, naming Twilio's error code); one of
+``permanent_error_codes`` (not a valid number, the recipient replied STOP) also suppresses
+SMS for the customer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlencode
+
+import structlog
+from twilio.base.exceptions import TwilioRestException, TwilioServiceException
+from twilio.http.async_http_client import AsyncTwilioHttpClient
+from twilio.rest import Client
+
+from prm_core.plugin import Hub, Identity, Message, MessageResult, hookimpl, utcnow
+
+from .records import CHANNEL, TOUCHPOINT, e164, sent_event_id, set_sms_suppression, sms_event
+from .settings import SmsSettings
+
+__all__ = ["ERRORS", "SmsSender", "TwilioUnavailable"]
+
+STATUS_PATH = "/v1/touchpoints/sms/twilio/status"
+# what Twilio's common refusals mean, for the run's reason (Twilio's own message names the number)
+ERRORS = {
+    21211: "the 'To' number is not a valid phone number",
+    21408: "sending to this region is not enabled on the account",
+    21610: "the recipient has unsubscribed (replied STOP)",
+    21612: "Twilio cannot route to this number",
+    21614: "the 'To' number is not a mobile number",
+    21617: "the message body is too long",
+    30003: "unreachable destination handset",
+    30005: "unknown destination handset",
+    30006: "landline or unreachable carrier",
+}
+log = structlog.get_logger(__name__)
+
+
+class TwilioUnavailable(Exception):
+    """Twilio could not take the message now (429, 5xx, credentials): the act is retried."""
+
+
+def reason_of(code: int | None) -> str:
+    if code is None:
+        return "no error code"
+    return f"error {code}: {ERRORS.get(code, f'see https://www.twilio.com/docs/errors/{code}')}"
+
+
+class SmsSender:
+    """Sends one hub's SMS messages; registered on the hub's plugin manager while it runs."""
+
+    def __init__(self, hub: Hub, settings: SmsSettings) -> None:
+        self.hub = hub
+        self.settings = settings
+        self.http = AsyncTwilioHttpClient(timeout=settings.timeout_s)
+        self.client = Client(settings.account_sid, settings.auth_token, http_client=self.http)
+        self.client.api.base_url = settings.api_base
+        # message id -> (SID, status) of messages Twilio accepted whose record is not written yet
+        self.unrecorded: dict[str, tuple[str, str]] = {}
+
+    async def close(self) -> None:
+        await self.http.close()
+
+    @hookimpl
+    def prm_send_message(self, message: Message) -> Any:
+        if message.channel != CHANNEL:
+            return None
+        return self.send(message)
+
+    def status_callback(self, message_id: str) -> str:
+        """The URL Twilio posts this message's status to (it signs it, query included)."""
+        return f"{self.settings.callback_url}{STATUS_PATH}?{urlencode({'message': message_id})}"
+
+    async def send(self, message: Message) -> MessageResult:
+        if not message.to:
+            return MessageResult("failed", "the customer has no phone number")
+        try:
+            to = e164(message.to, self.hub.config.default_region)
+        except ValueError:
+            return MessageResult("failed", "the customer's phone number is not a phone number")
+        record_id = sent_event_id(message.id)
+        accepted = self.unrecorded.get(message.id)
+        if accepted is None:
+            found = await self.hub.recorded(TOUCHPOINT, [record_id])
+            if record_id in found:
+                return MessageResult("sent", ref=str(found[record_id].event.data.get("sid")))
+            created = await self._create(message, to)
+            if isinstance(created, MessageResult):
+                return created
+            accepted = self.unrecorded[message.id] = created
+        sid, status = accepted
+        data = {"channel": CHANNEL, "status": status, "message_id": message.id, "sid": sid, "trigger": message.trigger}
+        await self.hub.record([sms_event(record_id, "message.status", _phone(to), data, direction="outbound")])
+        self.unrecorded.pop(message.id, None)
+        log.info("sms accepted by twilio", message_id=message.id, sid=sid, status=status)
+        return MessageResult("sent", ref=sid)
+
+    async def _create(self, message: Message, to: str) -> tuple[str, str] | MessageResult:
+        s = self.settings
+        kwargs: dict[str, Any] = {"to": to, "body": message.text, "status_callback": self.status_callback(message.id)}
+        if s.messaging_service_sid:
+            kwargs["messaging_service_sid"] = s.messaging_service_sid
+        if s.sender:
+            kwargs["from_"] = s.sender
+        try:
+            created = await self.client.messages.create_async(**kwargs)
+        except (TwilioRestException, TwilioServiceException) as exc:
+            return await self._refused(message, to, int(exc.status), _code(exc.code))
+        return str(created.sid), str(created.status or "queued")
+
+    async def _refused(self, message: Message, to: str, status: int, code: int | None) -> MessageResult:
+        if status == 429 or status >= 500:
+            raise TwilioUnavailable(f"Twilio answered {status} ({reason_of(code)})")
+        if status in (401, 404):
+            log.warning("twilio refused the account; check [touchpoints.sms] account_sid and auth_token",
+                        status=status, code=code)  # fmt: skip
+            raise TwilioUnavailable(f"Twilio refused the account: {status} ({reason_of(code)})")
+        reason = f"Twilio refused it: {reason_of(code)}"
+        data = {"channel": CHANNEL, "status": "failed", "message_id": message.id, "error_code": code}
+        event = sms_event(f"sms:refused:{message.id}", "message.status", _phone(to), data, direction="outbound")
+        (recorded,) = await self.hub.record([event])
+        if code in self.settings.permanent_error_codes:
+            await set_sms_suppression(
+                self.hub, recorded.customer_id, True, {"sms_undeliverable": {"error_code": code, "at": _now()}}
+            )
+        log.info("sms refused by twilio", message_id=message.id, status=status, code=code)
+        return MessageResult("failed", reason)
+
+
+def _code(raw: Any) -> int | None:
+    try:
+        return int(raw)
+    except (TypeError, ValueError):
+        return None
+
+
+def _phone(number: str) -> tuple[Identity, ...]:
+    return (Identity("phone", number),)
+
+
+def _now() -> str:
+    return utcnow().isoformat().replace("+00:00", "Z")
