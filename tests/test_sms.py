@@ -5,6 +5,7 @@ and the samples of docs/messaging.md's SMS section."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 import tomllib
@@ -22,10 +23,11 @@ from twilio.request_validator import RequestValidator
 from twilio_fake import MESSAGES, FakeTwilio
 
 from prm_core.clock import utcnow
-from prm_core.config import Config
+from prm_core.config import Config, load_config
 from prm_core.consent import allows
 from prm_core.errors import ConfigError
 from prm_core.hub import Hub
+from prm_core.server.app import create_app
 from prm_core.server.state import HUB
 from prm_core.store.tables import events, trigger_runs, webhook_receipts
 from prm_core.triggers import Message
@@ -279,6 +281,15 @@ async def test_the_recipient_unsubscribed_at_twilio_fails_the_message_and_suppre
     assert suppressed(traits, "sms") and not suppressed(traits, "email")
 
 
+async def test_twilio_not_answering_in_time_is_a_failure_for_now(database_url, twilio, twilio_url):
+    twilio.delay_s = 2.0
+    async with Hub.open(sms_config(database_url, twilio_url, timeout_s=0.2), autoload=True) as hub:
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await hub.pm.hook.prm_send_message(message=message())
+        assert time.monotonic() - started < 1.5
+
+
 async def test_wrong_credentials_are_a_failure_for_now_and_nothing_is_sent(database_url, twilio, twilio_url):
     config = sms_config(database_url, twilio_url, auth_token="not-the-token")
     async with Hub.open(config, autoload=True) as hub:
@@ -480,37 +491,65 @@ def test_the_settings_name_what_is_wrong(database_url):
 # ---- docs/messaging.md ----------------------------------------------------------------------
 
 
-def doc_blocks(marker: str) -> list[str]:
-    """The fenced blocks of docs/messaging.md marked ``<!-- sample: tested-by ...::marker -->``."""
+def doc_blocks(test: str) -> list[str]:
+    """The fenced blocks of docs/messaging.md marked ``<!-- sample: tested-by tests/test_sms.py::test -->``."""
     text = DOC.read_text(encoding="utf-8")
-    pattern = rf"<!-- sample: tested-by tests/test_sms.py::{marker} -->\n```[a-z]*\n(.*?)```"
+    pattern = rf"<!-- sample: tested-by tests/test_sms.py::{test} -->\n```[a-z]*\n(.*?)```"
     found = re.findall(pattern, text, flags=re.S)
-    assert found, f"docs/messaging.md has no block tested by {marker}"
+    assert found, f"docs/messaging.md has no block tested by {test}"
     return found
 
 
+async def test_the_documented_configuration_sends_and_answers(tmp_path, aiohttp_client, aiohttp_server, monkeypatch):
+    """The configuration docs/messaging.md shows sends through Twilio (a double of it here) and
+    answers HELP with the TwiML it shows."""
+    config_text, help_answer = doc_blocks("test_the_documented_configuration_sends_and_answers")
+    documented = tomllib.loads(config_text)["touchpoints"]["sms"]
+    twilio = FakeTwilio(documented["account_sid"], TOKEN)
+    server = await aiohttp_server(twilio.app())
+    file = tmp_path / "prm.toml"
+    file.write_text(f'{config_text}api_base = "{str(server.make_url("")).rstrip("/")}"\n', encoding="utf-8")
+    monkeypatch.setenv("TWILIO_AUTH_TOKEN", TOKEN)
+    config = load_config(file, database_url=f"sqlite:///{tmp_path}/prm.db")
+    client = await aiohttp_client(create_app(config))
+    hub = hub_of(client)
+    result = await hub.pm.hook.prm_send_message(message=message(to="(415) 555-0123"))
+    assert result.status == "sent"
+    assert twilio.messages[0]["From"] == documented["from"] and twilio.messages[0]["To"] == ANN
+    assert twilio.messages[0]["StatusCallback"].startswith(documented["callback_url"] + BASE + "/status?message=")
+    resp = await post(client, f"{BASE}/inbound", inbound("SM" + "7" * 32, "help"))
+    assert resp.status == 200
+    assert await resp.text() == help_answer.strip()
+    assert twiml_messages(help_answer) == [documented["help_text"]]
+
+
 async def test_the_documented_sms_samples(hub_client, twilio):
-    """The routes, the event and the TwiML answers docs/messaging.md shows are the hub's."""
+    """The routes, the events docs/messaging.md shows are the hub's."""
     hub = hub_of(hub_client)
-    (routes,) = doc_blocks("test_the_documented_sms_samples")[:1]
+    routes, received_shown, status_shown = doc_blocks("test_the_documented_sms_samples")
     mounted = {(r.method, r.resource.canonical) for r in hub_client.server.app.router.routes() if r.resource}
     for line in routes.strip().splitlines():
         method, path = line.split()[:2]
         assert (method, path.split("?")[0]) in mounted, line
-    event, help_answer = doc_blocks("test_the_documented_sms_samples")[1:3]
     await known_customer(hub)
-    sent = await hub.pm.hook.prm_send_message(message=message(text="Your technician is on the way."))
+    sent = await hub.pm.hook.prm_send_message(message=message())
     assert sent.status == "sent"
-    resp = await post(hub_client, f"{BASE}/inbound", inbound("SM" + "f" * 32, "Thanks!"))
+    (accepted,) = await sms_events(hub, "message.status")
+    resp = await post(hub_client, f"{BASE}/inbound", inbound("SM" + "f" * 32, "5, he was great"))
     assert resp.status == 200
     (received,) = await sms_events(hub, "message.received")
-    import json
-
-    shown = json.loads(event)
-    assert shown["type"] == received.type and set(shown["data"]) == set(received.data)
-    assert shown["data"]["channel"] == "sms" and received.data["in_reply_to"] == message().id
-    resp = await post(hub_client, f"{BASE}/inbound", inbound("SM" + "9" * 32, "HELP"))
-    config_help = tomllib.loads(doc_blocks("test_the_documented_sms_samples")[3])
-    assert twiml_messages(help_answer) == [config_help["touchpoints"]["sms"]["help_text"]]
-    assert etree.fromstring(help_answer.encode()).tag == "Response"
-    assert twiml_messages(await resp.text()) == ["Acme: reply STOP to opt out. Help: acme.example/help"]
+    shown = json.loads(received_shown)
+    assert (shown["type"], shown["touchpoint"], shown["direction"]) == (received.type, "sms", received.direction)
+    assert list(shown["data"]) == list(received.data) and received.data["in_reply_to"] == message().id
+    assert (
+        received.identities == [f"phone:{shown['identities']['phone']}"]
+        and received.dialogue_id == accepted.dialogue_id
+    )
+    path = f"{BASE}/status?message={message().id}"
+    resp = await post(hub_client, path, status_params(sent.ref, "undelivered", "30005"))
+    assert resp.status == 200
+    (status,) = [e for e in await sms_events(hub, "message.status") if e.data["status"] == "undelivered"]
+    shown = json.loads(status_shown)
+    assert shown["type"] == status.type and list(shown["data"]) == list(status.data)
+    assert status.data == {**shown["data"], "message_id": message().id, "sid": sent.ref}
+    assert status.dialogue_id == accepted.dialogue_id

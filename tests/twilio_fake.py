@@ -12,6 +12,7 @@ instead (a 500, a 429, a 400 with 21610).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
 import secrets
@@ -41,6 +42,7 @@ class FakeTwilio:
         self.messages: list[dict[str, str]] = []  # every message accepted, its form fields
         self.requests = 0  # every request that reached the Messages resource
         self.fail_next: list[tuple[int, int, str]] = []  # (status, code, message) to answer next
+        self.delay_s = 0.0  # how long it takes to answer
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -62,6 +64,7 @@ class FakeTwilio:
 
     async def create(self, request: web.Request) -> web.Response:
         self.requests += 1
+        await asyncio.sleep(self.delay_s)
         user = self._authenticated(request)
         if user is None:
             return twilio_error(401, 20003, "Authenticate")

@@ -12,16 +12,17 @@ is answered with the same SID, not sent. If the record cannot be written (the da
 away), the SID is kept in memory and the hand-over fails for now: the retry records it without
 sending. Only a crash of the hub between Twilio's answer and the record sends it again.
 
-Twilio's answers: 201 is sent; 429, 5xx, a timeout or a refused connection is a failure for
-now (an exception: the trigger engine retries with backoff), and so is 401 or 404 (the account
-SID or auth token is wrong: fixing the configuration fixes it). Any other 4xx is a refusal
-retrying cannot fix (``MessageResult("failed")``, naming Twilio's error code); one of
-``permanent_error_codes`` (not a valid number, the recipient replied STOP) also suppresses
-SMS for the customer.
+Twilio's answers: 201 is sent; 429, 5xx, no answer within ``timeout_s`` (10 s) or a refused
+connection is a failure for now (an exception: the trigger engine retries with backoff), and
+so is 401 or 404 (the account SID or auth token is wrong: fixing the configuration fixes it).
+Any other 4xx is a refusal retrying cannot fix (``MessageResult("failed")``, naming Twilio's
+error code); one of ``permanent_error_codes`` (not a valid number, the recipient replied
+STOP) also suppresses SMS for the customer.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 from urllib.parse import urlencode
 
@@ -120,7 +121,8 @@ class SmsSender:
         if s.sender:
             kwargs["from_"] = s.sender
         try:
-            created = await self.client.messages.create_async(**kwargs)
+            # the async HTTP client takes no timeout of its own: Twilio gets timeout_s, then it is a retry
+            created = await asyncio.wait_for(self.client.messages.create_async(**kwargs), self.settings.timeout_s)
         except (TwilioRestException, TwilioServiceException) as exc:
             return await self._refused(message, to, int(exc.status), _code(exc.code))
         return str(created.sid), str(created.status or "queued")
