@@ -13,11 +13,12 @@ import xml.etree.ElementTree as etree
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import aiohttp
 import pytest
 import sqlalchemy as sa
+from attrs import evolve
 from prm_sms import SmsSettings, TwilioUnavailable, keyword, sender_of
 from twilio.request_validator import RequestValidator
 from twilio_fake import MESSAGES, FakeTwilio
@@ -281,6 +282,17 @@ async def test_the_recipient_unsubscribed_at_twilio_fails_the_message_and_suppre
     assert suppressed(traits, "sms") and not suppressed(traits, "email")
 
 
+async def test_a_message_due_before_the_sender_started_is_retried_not_lost(hub):
+    """The trigger engine starts before the plugins' prm_hub_started: an SMS handed over in
+    between meets the plugin's module-level implementation, which fails it for now."""
+    import prm_sms
+
+    assert sender_of(hub) is not None  # started: the hub's own sender answers first
+    with pytest.raises(TwilioUnavailable, match="starting"):
+        prm_sms.prm_send_message(message())
+    assert prm_sms.prm_send_message(evolve(message(), channel="email")) is None
+
+
 async def test_twilio_not_answering_in_time_is_a_failure_for_now(database_url, twilio, twilio_url):
     twilio.delay_s = 2.0
     async with Hub.open(sms_config(database_url, twilio_url, timeout_s=0.2), autoload=True) as hub:
@@ -454,12 +466,17 @@ async def test_a_permanent_delivery_failure_suppresses_sms(hub_client, status, c
         (status_params("SM" + "e" * 32, "exploded"), "MessageStatus"),
         (status_params("SM" + "e" * 32, "failed", "thirty"), "ErrorCode"),
         (status_params("SM/../x", "sent"), "MessageSid"),
+        ({**status_params("SM" + "e" * 32, "sent"), "Body": "a\x00b"}, "Body"),
+        ({**status_params("SM" + "e" * 32, "sent"), "message": "act_1\x00"}, "message"),
     ],
 )
 async def test_a_bad_status_callback_is_422_naming_the_field_and_writes_nothing(hub_client, params, field):
     hub = hub_of(hub_client)
     before = await counts(hub)
-    resp = await post(hub_client, f"{BASE}/status", params)
+    params = dict(params)  # the same dict for every database: pop from a copy
+    query = params.pop("message", None)
+    path = f"{BASE}/status" + (f"?{urlencode({'message': query})}" if query else "")
+    resp = await post(hub_client, path, params)
     assert resp.status == 422 and (await resp.json())["error"]["field"] == field
     assert await counts(hub) == before
 
@@ -540,7 +557,7 @@ async def test_the_documented_sms_samples(hub_client, twilio):
     (received,) = await sms_events(hub, "message.received")
     shown = json.loads(received_shown)
     assert (shown["type"], shown["touchpoint"], shown["direction"]) == (received.type, "sms", received.direction)
-    assert list(shown["data"]) == list(received.data) and received.data["in_reply_to"] == message().id
+    assert set(shown["data"]) == set(received.data) and received.data["in_reply_to"] == message().id
     assert (
         received.identities == [f"phone:{shown['identities']['phone']}"]
         and received.dialogue_id == accepted.dialogue_id
@@ -550,6 +567,6 @@ async def test_the_documented_sms_samples(hub_client, twilio):
     assert resp.status == 200
     (status,) = [e for e in await sms_events(hub, "message.status") if e.data["status"] == "undelivered"]
     shown = json.loads(status_shown)
-    assert shown["type"] == status.type and list(shown["data"]) == list(status.data)
+    assert shown["type"] == status.type and set(shown["data"]) == set(status.data)
     assert status.data == {**shown["data"], "message_id": message().id, "sid": sent.ref}
     assert status.dialogue_id == accepted.dialogue_id

@@ -157,6 +157,17 @@ twilio_params = st.fixed_dictionaries(
         "Direction": st.text(max_size=10),
     },
 )
+sms_params = st.fixed_dictionaries(
+    {},
+    optional={
+        "MessageSid": st.one_of(st.just("SM0123"), st.text(max_size=70)),
+        "From": st.one_of(phones.filter(lambda v: isinstance(v, str)), st.text(max_size=20)),
+        "To": st.one_of(phones.filter(lambda v: isinstance(v, str)), st.text(max_size=15)),
+        "Body": st.one_of(st.sampled_from(["STOP", " start ", "Help", "yes", ""]), st.text(max_size=40)),
+        "MessageStatus": st.sampled_from(["queued", "sent", "delivered", "undelivered", "failed", "x"]),
+        "ErrorCode": st.one_of(st.sampled_from(["30005", "30008", "21610", ""]), st.text(max_size=7)),
+    },
+)
 gather_queries = st.fixed_dictionaries(
     {},
     optional={"node": st.text(max_size=10), "attempt": st.one_of(st.integers(-3, 200).map(str), st.text(max_size=4))},
@@ -225,6 +236,7 @@ class Probe:
             "touchpoints": {
                 "ivr": {"twilio_auth_token": TWILIO_TOKEN},
                 "pos": {"shopify_secret": SHOPIFY_SECRET, "square_signature_key": SQUARE_KEY},
+                "sms": {"account_sid": "AC" + "0" * 32, "auth_token": TWILIO_TOKEN, "from": "+14155550100"},
             },
             "partners": {
                 "fieldservice": {
@@ -303,6 +315,22 @@ def test_pos_transactions(probe: Probe, body: Any) -> None:
 @given(params=twilio_params, query=gather_queries, route=st.sampled_from(["voice", "gather", "status"]))
 def test_twilio_parameters(probe: Probe, params: dict[str, str], query: dict[str, str], route: str) -> None:
     path = f"/v1/touchpoints/ivr/twilio/{route}" + (f"?{urlencode(query)}" if route == "gather" and query else "")
+    signature = RequestValidator(TWILIO_TOKEN).compute_signature(PUBLIC + path, params)
+    headers = {"X-Twilio-Signature": signature, "Content-Type": "application/x-www-form-urlencoded"}
+    before = probe.counts()
+    status, text = probe.send(path, urlencode(params).encode(), headers)
+    assert status < 500, f"{path} answered {status} to {params!r}: {text[:300]}"
+    if status >= 400:
+        assert probe.counts() == before
+    else:
+        assert text.lstrip().startswith("<?xml") and "<Response" in text  # TwiML, never silence
+
+
+@FUZZ
+@given(params=sms_params, route=st.sampled_from(["inbound", "status"]), message=st.text(max_size=30))
+def test_sms_parameters(probe: Probe, params: dict[str, str], route: str, message: str) -> None:
+    query = f"?{urlencode({'message': message})}" if route == "status" and message else ""
+    path = f"/v1/touchpoints/sms/twilio/{route}{query}"
     signature = RequestValidator(TWILIO_TOKEN).compute_signature(PUBLIC + path, params)
     headers = {"X-Twilio-Signature": signature, "Content-Type": "application/x-www-form-urlencoded"}
     before = probe.counts()

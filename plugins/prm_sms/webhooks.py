@@ -55,6 +55,8 @@ STATUSES = frozenset(
 )  # fmt: skip
 # Twilio's message SIDs are SM/MM and 32 hex digits; letters and digits keep ids and logs clean
 _SID = re.compile(r"^[A-Za-z0-9]{1,64}$")
+# the ids the hub gives messages (a trigger's act key): what the status callback's query carries
+_MESSAGE_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 MAX_TEXT = 1600  # Twilio's longest message body
 log = structlog.get_logger(__name__)
@@ -172,6 +174,8 @@ class SmsWebhooks:
         if await hub.delivery_processed(SOURCE, delivery):
             return _twiml()
         message_id = request.query.get("message")
+        if message_id is not None and not _MESSAGE_ID.match(message_id):
+            raise ApiError(422, "invalid", "message must be the id of a message the hub sent", "message")
         thread: Thread | None = None
         if message_id:
             record_id = sent_event_id(message_id)
@@ -181,7 +185,7 @@ class SmsWebhooks:
         data = {
             "channel": CHANNEL,
             "status": status,
-            "message_id": message_id[:200] if message_id else None,
+            "message_id": message_id,
             "sid": sid,
             "error_code": code,
         }
