@@ -230,6 +230,37 @@ async def test_a_trigger_texts_through_twilio_and_the_answer_joins_its_dialogue(
     )
 
 
+async def test_through_the_trigger_engine_twilio_down_is_retried_and_a_refusal_fails_the_run(hub_client, twilio):
+    hub = hub_of(hub_client)
+
+    async def visit(event_id: str, phone: str) -> Any:
+        body = {
+            "id": event_id,
+            "type": "store.visit",
+            "occurred_at": utcnow().isoformat(),
+            "identities": {"phone": phone},
+        }
+        (recorded,) = await hub.record(hub.parse_events({"events": [body]}, "web"))
+
+        async def settled() -> Any:
+            q = sa.select(trigger_runs).where(trigger_runs.c.customer_id == recorded.customer_id)
+            runs = await hub.store.read(lambda conn: list(conn.execute(q)))
+            return runs[0] if runs and runs[0].status not in ("scheduled", "running") else None
+
+        return await until(settled)
+
+    twilio.fail_next = [(503, 20503, "Service Unavailable")]
+    run = await visit("v1", ANN)
+    assert (run.status, run.attempts) == ("fired", 2) and twilio.requests == 2 and len(twilio.messages) == 1
+    twilio.fail_next = [(400, 21211, "The 'To' number +14155550124 is not a valid phone number.")]
+    run = await visit("v2", "+14155550124")
+    assert (run.status, run.reason) == (
+        "failed",
+        "the sms sender refused it: Twilio refused it: error 21211: the 'To' number is not a valid phone number",
+    )
+    assert len(twilio.messages) == 1
+
+
 async def test_a_message_handed_over_again_is_not_sent_again(hub, twilio):
     sender = sender_of(hub)
     assert sender is not None
