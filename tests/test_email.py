@@ -10,8 +10,11 @@ import email
 import email.policy
 import hashlib
 import hmac
+import json
+import re
 import socket
 import time
+import tomllib
 from collections.abc import Callable, Iterator
 from email.message import EmailMessage
 from pathlib import Path
@@ -27,7 +30,7 @@ from prm_email.sending import TransportUnavailable, send_email
 from prm_email.settings import email_settings
 from prm_email.signing import message_id, unsubscribe_token
 
-from prm_core.config import Config
+from prm_core.config import Config, Table
 from prm_core.errors import ConfigError
 from prm_core.privacy.consents import write_consents
 from prm_core.server.state import HUB
@@ -539,3 +542,97 @@ def test_the_quoted_message_is_left_out_of_a_reply():
     assert strip_quoted("Yes!\n\nOn Mon, 1 Dec 2026, Shop <\nhello@shop.example> wrote:\n> hi\n") == "Yes!"
     assert strip_quoted("Sure\r\n> quoted\r\nagain\r\n-- \r\nAnn\r\n") == "Sure\nagain"
     assert strip_quoted("Oui\n\nLe lun. 1 déc. 2026, Shop a écrit :\n> Bonjour\n") == "Oui"
+
+
+# ---- docs/messaging.md: every sample, run --------------------------------------------
+
+PAGE = Path(__file__).resolve().parent.parent / "docs" / "messaging.md"
+
+
+def page_blocks() -> list[tuple[str, str]]:
+    """The page's fenced blocks in order: (language, code)."""
+    return re.findall(r"^```(\w+)\n(.*?)^```$", PAGE.read_text(encoding="utf-8"), flags=re.M | re.S)
+
+
+def same_shape(shown: Any, got: Any, where: str) -> None:
+    """What the page shows is what the hub answers: the same keys; values equal unless the
+    page elides them (``...`` in a string)."""
+    if isinstance(shown, dict):
+        assert isinstance(got, dict) and set(shown) == set(got), f"{where}: {sorted(shown)} != {sorted(got)}"
+        for k in shown:
+            same_shape(shown[k], got[k], f"{where}.{k}")
+    elif isinstance(shown, list):
+        assert isinstance(got, list) and len(shown) == len(got), where
+        for i, (a, b) in enumerate(zip(shown, got, strict=True)):
+            same_shape(a, b, f"{where}[{i}]")
+    elif isinstance(shown, str) and "..." in shown:
+        assert isinstance(got, str) and got.startswith(shown.split("...")[0]), f"{where}: {got!r}"
+    else:
+        assert shown == got, f"{where}: {shown!r} != {got!r}"
+
+
+async def test_the_messaging_page_samples(database_url, inbox, tmp_path, monkeypatch, aiohttp_client):
+    from jinja2 import Environment
+
+    from prm_core.keys import create_key
+    from prm_core.server.app import create_app
+
+    blocks = page_blocks()
+    kinds = [lang for lang, _ in blocks]
+    assert kinds == ["json", "toml", "text", "jinja", "toml", "text", "text", "json"], kinds
+    (received, setup, tree, template, maildir, routes, reply, answer) = (code for _, code in blocks)
+    monkeypatch.setenv("SMTP_PASSWORD", "unused")
+    monkeypatch.setenv("EMAIL_SECRET", SECRET)
+    monkeypatch.setenv("MAILGUN_SIGNING_KEY", MAILGUN_KEY)
+
+    # the templates the listing names, the text one as the page shows it
+    root = tmp_path / "email-templates"
+    written = {"txt": template, "html": "<p>{{ text }}</p>", "subject": "Welcome, {{ first_name }}"}
+    for line in tree.splitlines()[1:]:
+        name = root / line.split()[0]
+        name.parent.mkdir(parents=True, exist_ok=True)
+        name.write_text(written[name.suffix[1:]])
+
+    # the setup, against the test's SMTP server (no TLS, no login there)
+    raw = tomllib.loads(setup)
+    raw["email"] |= {"host": "127.0.0.1", "port": inbox.port, "security": "none", "templates": str(root)}
+    del raw["email"]["username"], raw["email"]["password"]
+    raw["triggers"] |= {"poll_s": 0.02, "quiet_hours": "none"}
+    config = Config(database_url=database_url, public_url="https://hub.example.com", raw=Table(raw))
+    client = await aiohttp_client(create_app(config))
+    hub = client.app[HUB]
+    ann = await signup(client, "v-1", "ann@example.com", type_="visit", first_name="Ann", locale="en-US")
+    await signup(client, "s-1", "ann@example.com")
+    (run,) = await settled(hub, "welcome")
+    assert run.status == "fired", run.reason
+    (mail,) = inbox.received
+    expected = Environment(keep_trailing_newline=True).from_string(template)
+    assert text_of(mail, "plain") == expected.render(first_name="Ann", text="Welcome, Ann!", unsubscribe_url="")
+    assert mail["Subject"] == "Welcome, Ann" and mail["Reply-To"] == "replies@shop.example"
+
+    # the routes are the hub's
+    document = await (await client.get("/openapi.json")).json()
+    for line in routes.splitlines():
+        method, path = line.split()[:2]
+        assert method.lower() in document["paths"][path], line
+
+    # the reply, to the message just sent, and the event and answer the page shows
+    key, _ = await create_key(hub.store, "touchpoint:email")
+    shown_id = re.search(r"In-Reply-To: (<.*>)", reply)
+    assert shown_id is not None
+    resp = await post_mail(client, reply.replace(shown_id.group(1), mail["Message-ID"]), key)
+    assert resp.status == 200, await resp.text()
+    same_shape(json.loads(answer), await resp.json(), "answer")
+    view = await hub.view(ann.customer_id)
+    (event,) = [e for e in view.timeline if e["type"] == "message.received"]
+    same_shape(json.loads(received), event["data"], "message.received")
+
+    # the development transport
+    dev = tomllib.loads(maildir)
+    dev["email"]["maildir"] = str(tmp_path / dev["email"]["maildir"])
+    settings = email_settings(Config(raw=Table(dev)))
+    assert settings is not None and settings.transport == "maildir"
+    from prm_email.compose import Templates
+
+    result = await send_email(msg(), settings, Templates(settings), hub)
+    assert result.status == "sent" and len(list((tmp_path / "prm-data" / "mail" / "new").glob("*.eml"))) == 1
