@@ -531,11 +531,47 @@ async def test_unsubscribing_withdraws_marketing_consent_and_the_next_promo_is_s
     view = await hub.view(ann.customer_id)
     (consent,) = [c for c in view.consents if c["purpose"] == "marketing" and c["channel"] == "email"]
     assert consent["granted"] is False and consent["source"] == "email-unsubscribe"
+    after = await event_count(hub)
+    resp = await hub_client.post(path, data={"List-Unsubscribe": "One-Click"})  # pressed again
+    assert resp.status == 200 and await event_count(hub) == after
 
     await signup(hub_client, "b-2", "ann@example.com", type_="browse")
     runs = await settled(hub, "promo", 2)
     assert (runs[-1].status, runs[-1].reason) == ("skipped", "no marketing consent on email")
     assert len(inbox.received) == 1
+
+
+async def test_a_template_that_cannot_be_rendered_fails_the_message_at_once(hub_client, inbox, templates):
+    (templates / "en" / "broken.txt").write_text("Hello {{ last_name }}\n")
+    (templates / "en" / "unclosed.html").write_text("<p>{% if first_name %}Hello</p>\n")
+    for name in ("broken", "unclosed"):
+        result = await hand_over(hub_client.app[HUB], msg(trigger=name, id=f"act_{name}"))
+        assert result.status == "failed" and f"en/{name}." in result.reason
+    assert "last_name" in (await hand_over(hub_client.app[HUB], msg(trigger="broken", id="act_x"))).reason
+    assert inbox.received == []
+
+
+async def test_the_unsubscribe_page_works_in_a_browser_without_script(hub_client, inbox, browser):
+    from axe_core import serious_violations
+
+    hub = hub_client.app[HUB]
+    ann = await signup(hub_client, "s-1", "ann@example.com", type_="visit")
+    token = unsubscribe_token(SECRET.encode(), ann.customer_id)
+    context = await browser.new_context(java_script_enabled=False)
+    page = await context.new_page()
+    response = await page.goto(str(hub_client.make_url(f"/v1/touchpoints/email/unsubscribe/{token}")))
+    assert response is not None and response.status == 200
+    assert await page.title() == "Unsubscribe"
+    await page.get_by_role("button", name="Unsubscribe").click()
+    await page.get_by_role("heading", name="You are unsubscribed").wait_for()
+    view = await hub.view(ann.customer_id)
+    assert [c["granted"] for c in view.consents if c["channel"] == "email"] == [False]
+    # the checker needs script; the pages themselves do not
+    checked = await (await browser.new_context()).new_page()
+    await checked.goto(str(hub_client.make_url(f"/v1/touchpoints/email/unsubscribe/{token}")))
+    assert await serious_violations(checked) == []
+    await checked.goto(str(hub_client.make_url("/v1/touchpoints/email/unsubscribe/nope")))
+    assert await serious_violations(checked) == []
 
 
 def test_the_quoted_message_is_left_out_of_a_reply():

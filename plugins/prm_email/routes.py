@@ -260,22 +260,33 @@ def unsubscribe_routes(settings: EmailSettings) -> list[web.RouteDef]:
         who = sorted(view.identities, key=lambda i: (i.namespace != "email", i.namespace, i.value))
         if not who:
             return _invalid(request)
-        event = Event(
-            id=new_id("unsub"),
-            type="consent.revoked",
-            occurred_at=utcnow(),
-            touchpoint=TOUCHPOINT,
-            identities=(Identity(who[0].namespace, who[0].value),),
-            direction="inbound",
-            data={"purpose": "marketing", "channel": "email", "source": "email-unsubscribe"},
-        )
-        await ingest(request, [event], verified=True)
+        if not _withdrawn(view.consents):  # pressed again, or a link opened twice: one event
+            await ingest(request, [_revocation(who[0])], verified=True)
         if _wants_html(request):
             return _page(200, "You are unsubscribed", "<p>You will receive no more marketing email from us.</p>")
         return web.json_response({"unsubscribed": True})
 
     path = f"{BASE}/unsubscribe/{{token}}"
     return [web.get(path, get_unsubscribe, allow_head=False), web.post(path, post_unsubscribe)]
+
+
+def _withdrawn(consents: Any) -> bool:
+    """Whether the customer's own decision for marketing by email is already a withdrawal."""
+    return any(
+        c.get("purpose") == "marketing" and c.get("channel") == "email" and c.get("granted") is False for c in consents
+    )
+
+
+def _revocation(who: Identity) -> Event:
+    return Event(
+        id=new_id("unsub"),
+        type="consent.revoked",
+        occurred_at=utcnow(),
+        touchpoint=TOUCHPOINT,
+        identities=(Identity(who.namespace, who.value),),
+        direction="inbound",
+        data={"purpose": "marketing", "channel": "email", "source": "email-unsubscribe"},
+    )
 
 
 def routes(settings: EmailSettings) -> list[web.RouteDef]:
