@@ -110,6 +110,7 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("POST", "/v1/touchpoints/pos/shopify/orders"): SIGNED,
     ("POST", "/v1/touchpoints/pos/square/webhooks"): SIGNED,
     ("POST", "/v1/touchpoints/email/mailgun"): SIGNED,
+    ("POST", "/v1/touchpoints/email/mailgun/events"): SIGNED,
     # an unsubscribe link's signed token, never a key
     ("GET", "/v1/touchpoints/email/unsubscribe/{token}"): SIGNED,
     ("POST", "/v1/touchpoints/email/unsubscribe/{token}"): SIGNED,

@@ -501,6 +501,42 @@ async def test_a_bounce_suppresses_email_for_the_customer(hub_client, inbox, mak
     assert len(inbox.received) == 1
 
 
+def mailgun_event(event: dict[str, Any], key: str = MAILGUN_KEY, timestamp: int | None = None) -> dict[str, Any]:
+    signed = mailgun_fields(timestamp=timestamp, key=key, subject=json.dumps(event))
+    return {"signature": {k: signed[k] for k in ("timestamp", "token", "signature")}, "event-data": event}
+
+
+async def test_mailgun_permanent_failures_suppress_email_and_other_events_are_acknowledged(hub_client, inbox):
+    ann, mail, sent = await welcome_sent(hub_client, inbox)
+    hub = hub_client.app[HUB]
+    failed = {
+        "event": "failed",
+        "severity": "permanent",
+        "reason": "bounce",
+        "recipient": "ann@example.com",
+        "message": {"headers": {"message-id": mail["Message-ID"].strip("<>")}},
+        "delivery-status": {"code": 550, "enhanced-code": "5.1.1", "message": "No such user"},
+    }
+    route = "/v1/touchpoints/email/mailgun/events"
+    before = await event_count(hub)
+    for bad in (mailgun_event(failed, key="key-other"), mailgun_event(failed, timestamp=int(time.time()) - 900)):
+        assert (await hub_client.post(route, json=bad)).status == 401
+    temporary = await hub_client.post(route, json=mailgun_event({**failed, "severity": "temporary"}))
+    assert (await temporary.json()) == {"recorded": [], "ignored": "not a permanent failure"}
+    other = await hub_client.post(route, json=mailgun_event({**failed, "recipient": "bob@example.com"}))
+    assert (await other.json())["recorded"] == []
+    assert await event_count(hub) == before
+
+    resp = await hub_client.post(route, json=mailgun_event(failed))
+    (got,) = (await resp.json())["recorded"]
+    assert (got["type"], got["customer_id"], got["dialogue_id"]) == (
+        "message.bounced",
+        ann.customer_id,
+        sent["dialogue"],
+    )
+    assert (await hub.view(ann.customer_id)).customer.traits["suppressed"] == ["email"]
+
+
 async def test_unsubscribing_withdraws_marketing_consent_and_the_next_promo_is_skipped(hub_client, inbox):
     hub = hub_client.app[HUB]
     ann = await signup(hub_client, "s-1", "ann@example.com", type_="visit")

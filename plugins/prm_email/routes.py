@@ -7,6 +7,9 @@
   Its signature (HMAC-SHA256 of ``timestamp`` + ``token`` with the webhook signing key) is
   checked in constant time, and a timestamp more than five minutes away from the hub's clock
   is refused: a forged or replayed post is a 401 and writes nothing.
+- ``POST /v1/touchpoints/email/mailgun/events`` (mounted with the Mailgun route): Mailgun's
+  delivery webhooks, JSON with the same signature; a ``failed`` event of severity
+  ``permanent`` is a bounce.
 - ``GET`` and ``POST /v1/touchpoints/email/unsubscribe/{token}``: the unsubscribe link of
   marketing email (``List-Unsubscribe``). ``GET`` shows a page with one button and changes
   nothing (mail scanners open links); ``POST`` (the button, or a mail client's one-click
@@ -34,15 +37,19 @@ from prm_core.plugin import (
     Identity,
     InvalidInput,
     NotFound,
+    RecordedEvent,
     api,
     ingest,
     new_id,
+    normalize_email,
+    read_json,
     require,
     utcnow,
 )
 
 from .inbound import (
     TOUCHPOINT,
+    Bounce,
     Reply,
     bounce_events,
     bounces,
@@ -81,6 +88,10 @@ async def _take(request: web.Request, settings: EmailSettings, mail: Any, digest
     else:
         reply = mail if isinstance(mail, Reply) else reply_of(mail)
         recorded = await ingest(request, [reply_event(reply, settings, digest)], verified=True)
+    return _answer(recorded)
+
+
+def _answer(recorded: list[RecordedEvent]) -> web.Response:
     return web.json_response(
         {
             "recorded": [
@@ -289,8 +300,69 @@ def _revocation(who: Identity) -> Event:
     )
 
 
+def mailgun_failure(data: Any) -> Bounce | None:
+    """The bounce a Mailgun ``failed`` event of severity ``permanent`` reports, else ``None``."""
+    if not isinstance(data, dict) or data.get("event") != "failed" or data.get("severity") != "permanent":
+        return None
+    recipient, message = data.get("recipient"), data.get("message")
+    headers = message.get("headers") if isinstance(message, dict) else None
+    original = headers.get("message-id") if isinstance(headers, dict) else None
+    if not isinstance(recipient, str) or not isinstance(original, str):
+        return None
+    status = data.get("delivery-status")
+    enhanced = status.get("enhanced-code") if isinstance(status, dict) else None
+    try:
+        address = normalize_email(recipient, "US")
+    except ValueError:
+        return None
+    code = enhanced if isinstance(enhanced, str) and enhanced.startswith("5.") else "5.0.0"
+    return Bounce(address, code[:16], f"<{original.strip().strip('<>')}>")
+
+
+def mailgun_events_route(settings: EmailSettings) -> web.RouteDef:
+    key = settings.mailgun_signing_key
+    assert key is not None
+
+    @api(
+        "Take Mailgun's delivery webhooks (signed by Mailgun): a permanent failure suppresses the address",
+        scope=None,
+        responses={
+            200: _RECORDED,
+            400: "Malformed JSON",
+            401: "The Mailgun signature is missing, invalid or too old",
+            413: "The post is larger than the body limit",
+        },
+    )
+    async def post_mailgun_events(request: web.Request) -> web.Response:
+        """A ``failed`` event of severity ``permanent`` about a message the hub sent to that
+        recipient is recorded as ``message.bounced``, as a bounce email is; others are acknowledged."""
+        body = await read_json(request)
+        signed = body.get("signature") if isinstance(body, dict) else None
+        fields = {k: str(v) for k, v in signed.items()} if isinstance(signed, dict) else {}
+        if not mailgun_signed(
+            key, fields.get("timestamp", ""), fields.get("token", ""), fields.get("signature", ""), time.time()
+        ):
+            log.warning("mailgun event refused", reason="signature")
+            raise ApiError(
+                401,
+                "unauthorized",
+                "the Mailgun signature is missing, invalid or too old: Mailgun signs timestamp and token "
+                "with the webhook signing key",
+            )
+        found = mailgun_failure(body.get("event-data"))
+        events = bounce_events([found], settings) if found is not None else []
+        if not events:
+            why = "not a permanent failure" if found is None else "the event is not about a message the hub sent"
+            return web.json_response({"recorded": [], "ignored": why})
+        recorded = await ingest(request, events, verified=True)
+        await record_bounce(request.app[HUB], [r for r in recorded if not r.duplicate])
+        return _answer(recorded)
+
+    return web.post(f"{BASE}/mailgun/events", post_mailgun_events)
+
+
 def routes(settings: EmailSettings) -> list[web.RouteDef]:
     found = [inbound_route(settings), *unsubscribe_routes(settings)]
     if settings.mailgun_signing_key:
-        found.append(mailgun_route(settings))
+        found += [mailgun_route(settings), mailgun_events_route(settings)]
     return found
