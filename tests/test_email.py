@@ -50,6 +50,7 @@ class Inbox:
         self.received: list[EmailMessage] = []
         self.envelopes: list[tuple[str, list[str]]] = []
         self.refuse: set[str] = set()
+        self.controller: Any = None
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
         if address in self.refuse:
@@ -75,11 +76,12 @@ def free_port() -> int:
 def inbox() -> Iterator[Inbox]:
     handler = Inbox(free_port())
     controller = Controller(handler, hostname="127.0.0.1", port=handler.port)
+    handler.controller = controller
     controller.start()
     try:
         yield handler
     finally:
-        controller.stop()
+        handler.controller.stop()  # the one running: a test that stops the server starts another
 
 
 @pytest.fixture
@@ -269,6 +271,25 @@ async def test_a_server_that_is_down_raises_so_the_engine_retries(hub_client, in
     # and the message was not marked sent: the retry sends it
     result = await hand_over(hub_client.app[HUB], msg())
     assert result.status == "sent" and len(inbox.received) == 1
+
+
+async def test_a_trigger_message_waits_for_the_server_to_come_back(hub_client, inbox):
+    hub = hub_client.app[HUB]
+    inbox.controller.stop()
+    await signup(hub_client, "v-1", "ann@example.com", type_="visit", first_name="Ann")
+    await signup(hub_client, "s-1", "ann@example.com")
+
+    async def retrying() -> Any:
+        found = await runs_of(hub, "welcome")
+        return found if found and found[0].reason and "TransportUnavailable" in found[0].reason else None
+
+    (run,) = await until(retrying)
+    assert run.status == "scheduled" and run.attempts >= 1
+    inbox.controller = Controller(inbox, hostname="127.0.0.1", port=inbox.port)  # back, on the same port
+    inbox.controller.start()
+    (run,) = await settled(hub, "welcome")
+    assert run.status == "fired" and [m["To"] for m in inbox.received] == ["ann@example.com"]
+    assert repr(mailer.settings).count(SECRET) == 0 and MAILGUN_KEY not in repr(mailer.settings)
 
 
 async def test_a_recipient_refused_for_good_fails_the_message(hub_client, inbox):

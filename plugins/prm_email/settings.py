@@ -12,7 +12,7 @@ from email.utils import parseaddr
 from pathlib import Path
 from typing import Any, Literal
 
-from attrs import frozen
+from attrs import field, frozen
 
 from prm_core.plugin import Config, ConfigError
 
@@ -49,13 +49,13 @@ class EmailSettings:
 
     sender: str
     sender_address: str
-    secret: bytes
-    domain: str
+    secret: bytes = field(repr=False)
+    domain: str = "localhost"
     transport: Literal["smtp", "maildir"] = "smtp"
     host: str = "localhost"
     port: int = 587
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
     security: Literal["starttls", "tls", "none"] = "starttls"
     timeout_s: float = 30.0
     reply_to: str | None = None
@@ -63,7 +63,7 @@ class EmailSettings:
     templates: Path | None = None
     default_locale: str = "en"
     maildir: Path | None = None
-    mailgun_signing_key: str | None = None
+    mailgun_signing_key: str | None = field(default=None, repr=False)
 
 
 def _text(section: Any, key: str, *, required: bool = False, limit: int = 500) -> str | None:
