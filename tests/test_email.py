@@ -422,6 +422,25 @@ async def test_the_inbound_route_refuses_what_is_not_an_email(hub_client, make_k
     assert await event_count(hub) == 0
 
 
+async def test_what_an_email_holds_that_the_hub_cannot_keep_is_left_out(hub_client, make_key):
+    key = await make_key("touchpoint:email")
+    raw = (
+        b"From: ann@example.com\r\nSubject: a\x00b\xff\r\nMessage-ID: <odd-1@mail.example.com>\r\n"
+        b"Content-Type: text/plain; charset=utf-8\r\n\r\nhello\x00 there \xed\xa0\x80\x07!\r\n"
+    )
+    resp = await hub_client.post(
+        "/v1/touchpoints/email/inbound",
+        data=raw,
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "message/rfc822"},
+    )
+    assert resp.status == 200, await resp.text()
+    (got,) = (await resp.json())["recorded"]
+    view = await hub_client.app[HUB].view(got["customer_id"])
+    (event,) = [e for e in view.timeline if e["type"] == "message.received"]
+    assert event["data"]["text"].startswith("hello there ") and "\x00" not in event["data"]["text"]
+    assert "\x00" not in event["data"]["subject"]
+
+
 def mailgun_fields(timestamp: int | None = None, key: str = MAILGUN_KEY, **fields: str) -> dict[str, str]:
     ts = str(int(time.time()) if timestamp is None else timestamp)
     token = hashlib.sha256(ts.encode() + fields.get("subject", "").encode()).hexdigest()[:50]

@@ -74,7 +74,7 @@ class Bounce:
 
 def strip_quoted(text: str) -> str:
     """The new part of a reply: what comes before the quoted message and the signature."""
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    lines = clean(text, 10 * MAX_TEXT).split("\n")
     kept: list[str] = []
     for i, line in enumerate(lines):
         joined = line + " " + lines[i + 1] if i + 1 < len(lines) else line
@@ -86,6 +86,16 @@ def strip_quoted(text: str) -> str:
             continue
         kept.append(line)
     return "\n".join(kept).strip()[:MAX_TEXT]
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def clean(text: str, limit: int) -> str:
+    """Text as the hub keeps it: no control characters but tab and newline (a NUL is
+    unstorable), no lone surrogates (an undecodable byte), at most ``limit`` characters."""
+    text = text.encode("utf-8", "replace").decode("utf-8")
+    return _CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))[:limit]
 
 
 def _html_text(markup: str) -> str:
@@ -116,9 +126,12 @@ def _sender(raw_from: str) -> str:
     if not addresses:
         raise InvalidInput("From must name the sender's email address", "From")
     try:
-        return normalize_email(addresses[0], "US")
+        address = normalize_email(addresses[0], "US")
     except ValueError:
         raise InvalidInput("From is not an email address", "From") from None
+    if not address.isascii() or not address.isprintable() or len(address) > 254:
+        raise InvalidInput("From is not an email address the hub can keep", "From")
+    return address
 
 
 def reply_of(msg: EmailMessage) -> Reply:
@@ -137,7 +150,7 @@ def reply_of(msg: EmailMessage) -> Reply:
         sender=sender,
         message_id=(_ANGLE.findall(_header(msg, "Message-ID")) or [None])[0],
         references=tuple(dict.fromkeys(ids)),
-        subject=_header(msg, "Subject").replace("\r", " ").replace("\n", " ").strip()[:500],
+        subject=clean(_header(msg, "Subject").replace("\r", " ").replace("\n", " "), 500).strip(),
         text=strip_quoted(text),
     )
 
@@ -170,8 +183,8 @@ def parse_mailgun_form(form: Mapping[str, Any]) -> Reply | EmailMessage:
         sender=sender,
         message_id=(_ANGLE.findall(headers.get("message-id", "")) or [None])[0],
         references=tuple(dict.fromkeys(ids)),
-        subject=str(form.get("subject") or headers.get("subject") or "").replace("\n", " ").strip()[:500],
-        text=text.strip()[:MAX_TEXT],
+        subject=clean(str(form.get("subject") or headers.get("subject") or "").replace("\n", " "), 500).strip(),
+        text=clean(text, MAX_TEXT).strip(),
     )
 
 
@@ -232,6 +245,8 @@ def bounces(msg: EmailMessage) -> list[Bounce]:
         try:
             recipient = normalize_email(address.strip().strip("<>"), "US")
         except ValueError:
+            continue
+        if not recipient.isascii() or not recipient.isprintable():
             continue
         failed.append(Bounce(recipient, status, original))
     return failed

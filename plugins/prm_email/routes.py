@@ -315,6 +315,8 @@ def mailgun_failure(data: Any) -> Bounce | None:
         address = normalize_email(recipient, "US")
     except ValueError:
         return None
+    if not address.isascii() or not address.isprintable():
+        return None
     code = enhanced if isinstance(enhanced, str) and enhanced.startswith("5.") else "5.0.0"
     return Bounce(address, code[:16], f"<{original.strip().strip('<>')}>")
 
