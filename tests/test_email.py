@@ -650,6 +650,31 @@ async def test_the_unsubscribe_page_works_in_a_browser_without_script(hub_client
     assert await serious_violations(checked) == []
 
 
+async def test_no_address_nor_text_of_an_email_in_the_logs(hub_client, inbox, make_key, log_capture, caplog):
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.WARNING, logger="mail.log")  # the test's SMTP server (aiosmtpd), not the hub
+    hub = hub_client.app[HUB]
+    zelda = "zelda.quartermaine@example.com"
+    inbox.refuse.add(zelda)
+    assert (await hand_over(hub, msg(to=zelda, first_name="Quartermaine"))).status == "failed"
+    assert mailer.settings is not None and mailer.templates is not None
+    with pytest.raises(TransportUnavailable):
+        await send_email(msg(id="act_down", to=zelda), evolve(mailer.settings, port=free_port()), mailer.templates, hub)
+    key = await make_key("touchpoint:email")
+    reply = f"From: Quartermaine <{zelda}>\nSubject: Quartermaine\n\nWallaby Way 42\n"
+    assert (await post_mail(hub_client, reply, key)).status == 200
+    assert (await post_mail(hub_client, "From: Quartermaine <zelda.quartermaine@>\n\nx\n", key)).status == 422
+    forged = mailgun_fields(key="key-other", **{"from": zelda, "body-plain": "Wallaby"})
+    assert (await hub_client.post("/v1/touchpoints/email/mailgun", data=forged)).status == 401
+    logged = log_capture.text + "\n".join(r.getMessage() + repr(r.__dict__) for r in caplog.records)
+    assert "email refused by the server" in logged and "mailgun post refused" in logged
+    for secret in ("zelda.quartermaine", "Quartermaine", "Wallaby"):
+        where = logged.find(secret)
+        assert where < 0, logged[max(0, where - 400) : where + 100]
+
+
 def test_the_quoted_message_is_left_out_of_a_reply():
     assert strip_quoted("Yes!\n\nOn Mon, 1 Dec 2026, Shop <\nhello@shop.example> wrote:\n> hi\n") == "Yes!"
     assert strip_quoted("Sure\r\n> quoted\r\nagain\r\n-- \r\nAnn\r\n") == "Sure\nagain"
