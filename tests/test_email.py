@@ -245,6 +245,7 @@ async def test_without_a_template_the_text_is_sent_and_its_html_escaped(hub_clie
     (mail,) = inbox.received
     assert text_of(mail, "plain") == "Your order <42> ships today.\nThanks!\n"
     assert "<p>Your order &lt;42&gt; ships today.<br>\nThanks!</p>" in text_of(mail, "html")
+    assert '<html lang="en-GB">' in text_of(mail, "html")
     assert mail["List-Unsubscribe"] is None  # transactional: no list to leave
 
 

@@ -96,10 +96,11 @@ def _one_line(text: str, limit: int = 200) -> str:
     return _LINES.sub(" ", text).strip()[:limit]
 
 
-def _as_html(text: str) -> str:
+def _as_html(text: str, lang: str) -> str:
     paragraphs = [p for p in re.split(r"\n\s*\n", text.strip()) if p.strip()]
     body = "\n".join("<p>" + html.escape(p).replace("\n", "<br>\n") + "</p>" for p in paragraphs)
-    return f'<!doctype html>\n<html><head><meta charset="utf-8"></head><body>\n{body}\n</body></html>\n'
+    head = '<head><meta charset="utf-8"></head>'
+    return f'<!doctype html>\n<html lang="{html.escape(lang)}">{head}<body>\n{body}\n</body></html>\n'
 
 
 def compose(message: Message, to: str, settings: EmailSettings, templates: Templates) -> EmailMessage:
@@ -121,7 +122,8 @@ def compose(message: Message, to: str, settings: EmailSettings, templates: Templ
         text = message.text.rstrip() + "\n"
         if unsubscribe:
             text += f"\n--\nUnsubscribe: {unsubscribe}\n"
-        parts = {"txt": text, "html": _as_html(text)}
+        lang = message.locale if message.locale and LOCALE.match(message.locale) else settings.default_locale
+        parts = {"txt": text, "html": _as_html(text, lang.replace("_", "-"))}
     else:
         parts = rendered
     subject = _one_line(parts.get("subject") or message.subject or message.text.split("\n", 1)[0], 200)
