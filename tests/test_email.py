@@ -330,6 +330,14 @@ def test_settings_are_checked_naming_the_key(tmp_path):
         with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
             check(**section)
     assert email_settings(Config(raw={})) is None
+    # paths are relative to the config file
+    (tmp_path / "tpl").mkdir()
+    beside = Config(
+        source=tmp_path / "prm.toml",
+        raw={"email": {"from": "a@shop.example", "secret": SECRET, "templates": "tpl", "maildir": "mail"}},
+    )
+    found = email_settings(beside)
+    assert found is not None and (found.templates, found.maildir) == (tmp_path / "tpl", tmp_path / "mail")
 
 
 # ---- end to end: a trigger's message, a reply, a bounce, an unsubscribe -----------------

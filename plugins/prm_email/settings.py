@@ -89,6 +89,14 @@ def _address(raw: str, key: str) -> str:
     return addr
 
 
+def _path(raw: str | None, config: Config) -> Path | None:
+    """A path setting, relative to the config file (to the working directory without one)."""
+    if raw is None:
+        return None
+    path = Path(raw).expanduser()
+    return path if path.is_absolute() or config.source is None else config.source.parent / path
+
+
 def email_settings(config: Config) -> EmailSettings | None:
     """``[email]`` checked, or ``None`` when the section is absent (the touch point is off)."""
     section = config.section("email")
@@ -127,13 +135,13 @@ def email_settings(config: Config) -> EmailSettings | None:
         unsubscribe = config.public_url.rstrip("/") + "/v1/touchpoints/email/unsubscribe"
     if unsubscribe is not None and not re.match(r"^https?://[^\s/?#]+(/[^\s?#]*)?$", unsubscribe):
         raise ConfigError("[email].unsubscribe_url must be an http(s) URL without a query (https://shop.example/u)")
-    templates = _text(section, "templates", limit=4096)
-    if templates is not None and not Path(templates).is_dir():
-        raise ConfigError("[email].templates must name a directory of templates")
+    templates = _path(_text(section, "templates", limit=4096), config)
+    if templates is not None and not templates.is_dir():
+        raise ConfigError(f"[email].templates must name a directory of templates; {templates} is none")
     locale = _text(section, "default_locale", limit=35) or "en"
     if not LOCALE.match(locale):
         raise ConfigError("[email].default_locale must be a language tag (en, fr, pt-BR)")
-    maildir = _text(section, "maildir", limit=4096)
+    maildir = _path(_text(section, "maildir", limit=4096), config)
     if transport == "maildir" and maildir is None:
         raise ConfigError('[email].maildir is required with transport = "maildir": the directory to write to')
     signing = _text(section, "mailgun_signing_key", limit=500)
@@ -151,8 +159,8 @@ def email_settings(config: Config) -> EmailSettings | None:
         timeout_s=float(timeout),
         reply_to=reply_to,
         unsubscribe_url=unsubscribe.rstrip("/") if unsubscribe else None,
-        templates=Path(templates) if templates else None,
+        templates=templates,
         default_locale=locale.replace("_", "-"),
-        maildir=Path(maildir) if maildir else None,
+        maildir=maildir,
         mailgun_signing_key=signing,
     )
