@@ -6,7 +6,7 @@ identity ``email`` = its ``From`` address, data ``{"channel": "email", "text", "
 ``in_reply_to`` is the hub's id of the message it answers when ``In-Reply-To`` or
 ``References`` names a Message-ID the hub sent to that same address (else ``null``), and the
 reply then joins that message's dialogue. The event's id derives from the email's own
-Message-ID, so the same email posted twice is recorded once.
+Message-ID and its sender, so the same email posted twice is recorded once.
 
 A bounce (a delivery status notification, ``multipart/report; report-type=delivery-status``,
 with a ``5.x.x`` status for a recipient) of a message the hub sent to that recipient is
@@ -21,6 +21,8 @@ from __future__ import annotations
 import email
 import email.policy
 import hashlib
+import html
+import json
 import re
 from collections.abc import Mapping, Sequence
 from email.message import EmailMessage, Message
@@ -99,8 +101,6 @@ def clean(text: str, limit: int) -> str:
 
 
 def _html_text(markup: str) -> str:
-    import html
-
     text = _BREAKS.sub("\n", _BLOCKS.sub("", markup))
     return html.unescape(_TAGS.sub("", text))
 
@@ -163,8 +163,6 @@ def parse_mailgun_form(form: Mapping[str, Any]) -> Reply | EmailMessage:
     headers: dict[str, str] = {}
     listed = form.get("message-headers")
     if isinstance(listed, str) and listed:
-        import json
-
         try:
             pairs = json.loads(listed)
         except ValueError:
@@ -199,7 +197,8 @@ def reply_event(reply: Reply, settings: EmailSettings, raw_digest: str) -> Event
         None,
     )
     return Event(
-        id=_event_id("in", reply.message_id or raw_digest),
+        # the sender's own Message-ID, with the sender: another's email naming the same id is not a duplicate
+        id=_event_id("in", reply.sender, reply.message_id or raw_digest),
         type="message.received",
         occurred_at=utcnow(),
         touchpoint=TOUCHPOINT,
