@@ -539,6 +539,8 @@ async def test_a_bounce_suppresses_email_for_the_customer(hub_client, inbox, mak
     (got,) = (await resp.json())["recorded"]
     assert got["type"] == "message.bounced" and got["customer_id"] == ann.customer_id
     assert got["dialogue_id"] == sent["dialogue"]
+    again = await (await post_mail(hub_client, bounce, key)).json()
+    assert again["recorded"][0]["duplicate"] is True
     view = await hub.view(ann.customer_id)
     assert view.customer.traits["suppressed"] == ["email"]
     (bounced,) = [e for e in view.timeline if e["type"] == "message.bounced"]
