@@ -331,6 +331,7 @@ def mailgun_events_route(settings: EmailSettings) -> web.RouteDef:
             400: "Malformed JSON",
             401: "The Mailgun signature is missing, invalid or too old",
             413: "The post is larger than the body limit",
+            422: "JSON the hub cannot keep (a NUL, a number past a double); `field` names it",
         },
     )
     async def post_mailgun_events(request: web.Request) -> web.Response:
