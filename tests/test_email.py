@@ -573,7 +573,7 @@ async def test_mailgun_permanent_failures_suppress_email_and_other_events_are_ac
     for bad in (mailgun_event(failed, key="key-other"), mailgun_event(failed, timestamp=int(time.time()) - 900)):
         assert (await hub_client.post(route, json=bad)).status == 401
     temporary = await hub_client.post(route, json=mailgun_event({**failed, "severity": "temporary"}))
-    assert (await temporary.json()) == {"recorded": [], "ignored": "not a permanent failure"}
+    assert (await temporary.json()) == {"recorded": [], "ignored": "neither a permanent failure nor a complaint"}
     other = await hub_client.post(route, json=mailgun_event({**failed, "recipient": "bob@example.com"}))
     assert (await other.json())["recorded"] == []
     assert await event_count(hub) == before
@@ -586,6 +586,27 @@ async def test_mailgun_permanent_failures_suppress_email_and_other_events_are_ac
         sent["dialogue"],
     )
     assert (await hub.view(ann.customer_id)).customer.traits["suppressed"] == ["email"]
+
+
+async def test_a_spam_complaint_through_mailgun_withdraws_marketing_consent(hub_client, inbox):
+    ann, mail, sent = await welcome_sent(hub_client, inbox)
+    hub = hub_client.app[HUB]
+    complained = {
+        "event": "complained",
+        "recipient": "ann@example.com",
+        "message": {"headers": {"message-id": mail["Message-ID"].strip("<>")}},
+    }
+    route = "/v1/touchpoints/email/mailgun/events"
+    other = await hub_client.post(route, json=mailgun_event({**complained, "recipient": "bob@example.com"}))
+    assert (await other.json())["recorded"] == []
+    resp = await hub_client.post(route, json=mailgun_event(complained))
+    (got,) = (await resp.json())["recorded"]
+    assert got["type"] == "consent.revoked" and got["dialogue_id"] == sent["dialogue"]
+    view = await hub.view(ann.customer_id)
+    (consent,) = [c for c in view.consents if c["channel"] == "email"]
+    assert (consent["purpose"], consent["granted"], consent["source"]) == ("marketing", False, "email-complaint")
+    again = await hub_client.post(route, json=mailgun_event(complained))  # Mailgun's retry: the same event
+    assert (await again.json())["recorded"][0]["duplicate"] is True
 
 
 async def test_unsubscribing_withdraws_marketing_consent_and_the_next_promo_is_skipped(hub_client, inbox):

@@ -273,6 +273,24 @@ def bounce_events(found: Sequence[Bounce], settings: EmailSettings) -> list[Even
     return out
 
 
+def complaint_event(recipient: str, original: str, settings: EmailSettings) -> Event | None:
+    """The ``consent.revoked`` (marketing by email) of a recipient who reported a message the
+    hub sent them as spam, or ``None`` when the message is not one the hub sent them."""
+    ours = parse_message_id(settings.secret, settings.domain, original, recipient)
+    if ours is None:
+        return None
+    return Event(
+        id=_event_id("complaint", ours, recipient),
+        type="consent.revoked",
+        occurred_at=utcnow(),
+        touchpoint=TOUCHPOINT,
+        identities=(Identity("email", recipient),),
+        dialogue=ours,
+        direction="inbound",
+        data={"purpose": "marketing", "channel": "email", "source": "email-complaint"},
+    )
+
+
 async def record_bounce(hub: Hub, recorded: Sequence[RecordedEvent]) -> None:
     """Suppress email for the customers whose address bounced: ``"email"`` joins their
     ``suppressed`` trait (left as it is when it is already ``true`` or names email)."""

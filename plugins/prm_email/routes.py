@@ -9,7 +9,7 @@
   is refused: a forged or replayed post is a 401 and writes nothing.
 - ``POST /v1/touchpoints/email/mailgun/events`` (mounted with the Mailgun route): Mailgun's
   delivery webhooks, JSON with the same signature; a ``failed`` event of severity
-  ``permanent`` is a bounce.
+  ``permanent`` is a bounce, a ``complained`` one withdraws marketing consent for email.
 - ``GET`` and ``POST /v1/touchpoints/email/unsubscribe/{token}``: the unsubscribe link of
   marketing email (``List-Unsubscribe``). ``GET`` shows a page with one button and changes
   nothing (mail scanners open links); ``POST`` (the button, or a mail client's one-click
@@ -52,6 +52,7 @@ from .inbound import (
     Reply,
     bounce_events,
     bounces,
+    complaint_event,
     is_report,
     parse_mail,
     parse_mailgun_form,
@@ -298,25 +299,33 @@ def _revocation(who: Identity) -> Event:
     )
 
 
-def mailgun_failure(data: Any) -> Bounce | None:
-    """The bounce a Mailgun ``failed`` event of severity ``permanent`` reports, else ``None``."""
-    if not isinstance(data, dict) or data.get("event") != "failed" or data.get("severity") != "permanent":
-        return None
+def _about(data: Any) -> tuple[str, str] | None:
+    """The recipient (normalized) and the Message-ID (``<...>``) a Mailgun event is about."""
     recipient, message = data.get("recipient"), data.get("message")
     headers = message.get("headers") if isinstance(message, dict) else None
     original = headers.get("message-id") if isinstance(headers, dict) else None
     if not isinstance(recipient, str) or not isinstance(original, str):
         return None
-    status = data.get("delivery-status")
-    enhanced = status.get("enhanced-code") if isinstance(status, dict) else None
     try:
         address = normalize_email(recipient, "US")
     except ValueError:
         return None
     if not address.isascii() or not address.isprintable():
         return None
+    return address, f"<{original.strip().strip('<>')}>"
+
+
+def mailgun_failure(data: Any) -> Bounce | None:
+    """The bounce a Mailgun ``failed`` event of severity ``permanent`` reports, else ``None``."""
+    if not isinstance(data, dict) or data.get("event") != "failed" or data.get("severity") != "permanent":
+        return None
+    about = _about(data)
+    if about is None:
+        return None
+    status = data.get("delivery-status")
+    enhanced = status.get("enhanced-code") if isinstance(status, dict) else None
     code = enhanced if isinstance(enhanced, str) and enhanced.startswith("5.") else "5.0.0"
-    return Bounce(address, code[:16], f"<{original.strip().strip('<>')}>")
+    return Bounce(about[0], code[:16], about[1])
 
 
 def mailgun_events_route(settings: EmailSettings) -> web.RouteDef:
@@ -336,7 +345,9 @@ def mailgun_events_route(settings: EmailSettings) -> web.RouteDef:
     )
     async def post_mailgun_events(request: web.Request) -> web.Response:
         """A ``failed`` event of severity ``permanent`` about a message the hub sent to that
-        recipient is recorded as ``message.bounced``, as a bounce email is; others are acknowledged."""
+        recipient is recorded as ``message.bounced``, as a bounce email is; a ``complained`` one
+        (reported as spam) withdraws the recipient's marketing consent for email
+        (``consent.revoked``, source ``email-complaint``); others are acknowledged."""
         body = await read_json(request)
         signed = body.get("signature") if isinstance(body, dict) else None
         fields = {k: str(v) for k, v in signed.items()} if isinstance(signed, dict) else {}
@@ -350,10 +361,21 @@ def mailgun_events_route(settings: EmailSettings) -> web.RouteDef:
                 "the Mailgun signature is missing, invalid or too old: Mailgun signs timestamp and token "
                 "with the webhook signing key",
             )
-        found = mailgun_failure(body.get("event-data"))
+        data = body.get("event-data")
+        about = _about(data) if isinstance(data, dict) and data.get("event") == "complained" else None
+        if about is not None:  # reported as spam: no more marketing email
+            complaint = complaint_event(*about, settings)
+            if complaint is None:
+                return web.json_response({"recorded": [], "ignored": "the event is not about a message the hub sent"})
+            return _answer(await ingest(request, [complaint], verified=True))
+        found = mailgun_failure(data)
         events = bounce_events([found], settings) if found is not None else []
         if not events:
-            why = "not a permanent failure" if found is None else "the event is not about a message the hub sent"
+            why = (
+                "neither a permanent failure nor a complaint"
+                if found is None
+                else "the event is not about a message the hub sent"
+            )
             return web.json_response({"recorded": [], "ignored": why})
         recorded = await ingest(request, events, verified=True)
         await record_bounce(request.app[HUB], recorded)
