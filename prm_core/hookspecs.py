@@ -999,15 +999,16 @@ def prm_send_message(message: Message) -> MessageResult | Awaitable[MessageResul
     - **Receives:** `message`, a `Message`: `id` (the same on every hand-over of this message,
       after a retry or a restart: use it as the idempotency key or Message-ID, so a message is
       never sent twice), `channel`, `customer_id`, `to` (the customer's address on the
-      channel, or `None`), `subject`, `text`, `purpose` (`marketing` or `transactional`) and
-      `trigger`.
+      channel, or `None`), `subject`, `text`, `purpose` (`marketing` or `transactional`),
+      `trigger`, and the customer's `locale` and `first_name` traits (`None` unless texts).
     - **Returns:** `None` when the channel is not yours; else a `MessageResult`, or a coroutine
       giving one: `sent` (with the provider's `ref`) or `failed` with a `reason` that retrying
       cannot fix (a bad address: the run is recorded `failed` with the reason). Raise for a
       failure a retry can fix (the server is down): the act is tried again with backoff. With
       no implementation answering, the run is recorded `failed`, undeliverable on that
-      channel. The hub records the outbound `message.sent` event and change once you answer
-      `sent`.
+      channel. The hub records the outbound `message.sent` event (`data.ref`: your `ref`) and
+      change once you answer `sent`; the event's dialogue key is the message's `id`, so a
+      reply you record at the same touch point with `dialogue` = that id joins its dialogue.
     - **Awaitable:** yes.
     - **First result wins:** yes; the first implementation answering for the channel sends.
 

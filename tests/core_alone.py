@@ -22,7 +22,7 @@ import tempfile
 from datetime import UTC, datetime
 
 # the importable names of requirements/plugins.txt: none may be needed by the core
-NOT_CORE = ("twilio", "panoramisk", "lxml", "cloudevents", "numpy", "scipy")
+NOT_CORE = ("twilio", "panoramisk", "lxml", "cloudevents", "aiosmtplib", "jinja2", "numpy", "scipy")
 
 
 async def main() -> None:

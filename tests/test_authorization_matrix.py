@@ -111,6 +111,11 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("POST", "/v1/touchpoints/pos/square/webhooks"): SIGNED,
     ("POST", "/v1/touchpoints/sms/twilio/inbound"): SIGNED,
     ("POST", "/v1/touchpoints/sms/twilio/status"): SIGNED,
+    ("POST", "/v1/touchpoints/email/mailgun"): SIGNED,
+    ("POST", "/v1/touchpoints/email/mailgun/events"): SIGNED,
+    # an unsubscribe link's signed token, never a key
+    ("GET", "/v1/touchpoints/email/unsubscribe/{token}"): SIGNED,
+    ("POST", "/v1/touchpoints/email/unsubscribe/{token}"): SIGNED,
     ("POST", "/v1/touchpoints/callcenter/connect/events"): key("touchpoint:callcenter"),
     # touch points
     ("POST", "/v1/touchpoints/{tp}/events"): key("touchpoint:{tp}", public=True),
@@ -118,6 +123,7 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("GET", "/v1/touchpoints/{tp}/dialogues/{dialogue}/fulfillments"): key("touchpoint:{tp}"),
     ("POST", "/v1/touchpoints/callcenter/events"): key("touchpoint:callcenter"),
     ("POST", "/v1/touchpoints/pos/transactions"): key("touchpoint:pos"),
+    ("POST", "/v1/touchpoints/email/inbound"): key("touchpoint:email"),
     ("POST", "/v1/agents/{agent_id}/screenpop/tickets"): key("touchpoint:callcenter", "read"),
     ("GET", "/v1/agents/{agent_id}/screenpop"): key("touchpoint:callcenter", "read", websocket=True),
     # an agent signs in with a one-time code a callcenter key asks for, never with a key
@@ -185,6 +191,7 @@ def hub_config(database_url: str) -> Config:
                 "secret": PARTNER_SECRET,
             }
         },
+        "email": {"from": "hello@shop.example", "secret": "e" * 32, "mailgun_signing_key": "key-mailgun"},
         # thousands of calls with one public key: no per-client limit in the way
         "server": {"rate_limit_public": "off", "rate_limit_keyless": "off"},
     }

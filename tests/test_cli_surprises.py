@@ -264,7 +264,7 @@ def test_the_documented_configs_draw_no_warning(tmp_path):
     cli_doc = (root / "docs" / "cli.md").read_text()
     (tmp_path / "cli.toml").write_text(re.search(r"```toml\n(.*?)```", cli_doc, flags=re.S).group(1))
     files = [root / "examples" / "prm.toml", tmp_path / "cli.toml"]
-    for page in ("destinations", "planning", "partners", "privacy"):
+    for page in ("destinations", "planning", "partners", "privacy", "messaging"):
         for i, block in enumerate(re.findall(r"```toml\n(.*?)```", (root / "docs" / f"{page}.md").read_text(), re.S)):
             files.append(tmp_path / f"{page}-{i}.toml")
             files[-1].write_text(block)

@@ -53,6 +53,11 @@ CONFIG = {
         "ivr": {"twilio_auth_token": TWILIO_TOKEN},
         "pos": {"shopify_secret": SHOPIFY_SECRET, "square_signature_key": SQUARE_KEY},
     },
+    "email": {
+        "from": "hello@shop.example",
+        "secret": "schema-email-secret-0123456789abcdef",
+        "mailgun_signing_key": "k",
+    },
     "partners": {
         "fieldservice": {
             "role": "field_service",

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 import structlog
-from attrs import define, field
+from attrs import define, evolve, field
 from sqlalchemy.engine import Connection
 
 from ..consent import allows
@@ -694,6 +694,8 @@ class TriggerEngine:
             trigger=trigger.name,
             to=who["address"],
             subject=act.subject,
+            locale=who["traits"].get("locale"),
+            first_name=who["traits"].get("first_name"),
         )
         try:
             answer = hook(message=message)
@@ -723,7 +725,9 @@ class TriggerEngine:
             "message_id": key,
             "ref": answer.ref,
         }
-        (recorded,) = await self.hub.record([self._outbound(key, "message.sent", tp, who, data)])
+        # keyed by the message id: a reply naming it (an email's In-Reply-To) joins this dialogue
+        sent = evolve(self._outbound(key, "message.sent", tp, who, data), dialogue=key)
+        (recorded,) = await self.hub.record([sent])
         change = NewChange(
             "message.sent",
             cid,

@@ -24,7 +24,9 @@ class Message:
     ``id`` is the same every time this message is handed over (after a crash, a retry):
     a sender uses it as its idempotency key or Message-ID so it never sends twice. ``to``
     is the customer's address on the channel (their ``email`` identity for ``email``,
-    ``phone`` for ``sms``), ``None`` when they have none there.
+    ``phone`` for ``sms``), ``None`` when they have none there. ``locale`` and
+    ``first_name`` are the customer's traits of those names (``None`` unless a text): what a
+    sender needs to choose a template in the customer's language and greet them.
     """
 
     id: str
@@ -36,6 +38,13 @@ class Message:
     to: str | None = None
     subject: str | None = None
     data: Mapping[str, Any] = field(factory=dict, converter=_frozen_dict)
+    locale: str | None = field(default=None, converter=lambda v: _short_text(v, 35))
+    first_name: str | None = field(default=None, converter=lambda v: _short_text(v, 100))
+
+
+def _short_text(value: Any, limit: int) -> str | None:
+    """A trait as a message carries it: a non-empty text of at most ``limit`` characters, else ``None``."""
+    return value if isinstance(value, str) and 0 < len(value) <= limit else None
 
 
 @frozen
