@@ -719,8 +719,9 @@ PAGE = Path(__file__).resolve().parent.parent / "docs" / "messaging.md"
 
 
 def page_blocks() -> list[tuple[str, str]]:
-    """The page's fenced blocks in order: (language, code)."""
-    return re.findall(r"^```(\w+)\n(.*?)^```$", PAGE.read_text(encoding="utf-8"), flags=re.M | re.S)
+    """The fenced blocks of the page's introduction and email section, in order: (language, code)."""
+    page = PAGE.read_text(encoding="utf-8").split("\n## SMS\n")[0]
+    return re.findall(r"^```(\w+)\n(.*?)^```$", page, flags=re.M | re.S)
 
 
 def same_shape(shown: Any, got: Any, where: str) -> None:

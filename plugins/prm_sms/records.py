@@ -78,6 +78,7 @@ def sms_event(
     data: Mapping[str, Any],
     *,
     direction: str = "inbound",
+    dialogue: str | None = None,
     dialogue_id: str | None = None,
 ) -> Event:
     return Event(
@@ -88,6 +89,7 @@ def sms_event(
         identities=identities,
         direction=direction,  # type: ignore[arg-type]
         data=dict(data),
+        dialogue=dialogue,
         dialogue_id=dialogue_id,
     )
 

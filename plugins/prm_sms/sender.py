@@ -108,7 +108,9 @@ class SmsSender:
             accepted = self.unrecorded[message.id] = created
         sid, status = accepted
         data = {"channel": CHANNEL, "status": status, "message_id": message.id, "sid": sid, "trigger": message.trigger}
-        await self.hub.record([sms_event(record_id, "message.status", _phone(to), data, direction="outbound")])
+        # keyed by the message id, as the trigger engine keys the message.sent event: one dialogue
+        record = sms_event(record_id, "message.status", _phone(to), data, direction="outbound", dialogue=message.id)
+        await self.hub.record([record])
         self.unrecorded.pop(message.id, None)
         log.info("sms accepted by twilio", message_id=message.id, sid=sid, status=status)
         return MessageResult("sent", ref=sid)
