@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+import tomllib
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,7 +20,7 @@ from click.testing import CliRunner
 from prm_core import hookimpl
 from prm_core.cli import main
 from prm_core.clock import FrozenClock
-from prm_core.config import Config
+from prm_core.config import Config, load_config
 from prm_core.errors import ConfigError
 from prm_core.feed.changes import NewChange
 from prm_core.feed.writing import emit
@@ -27,6 +29,7 @@ from prm_core.model import Event, Identity, TouchPoint
 from prm_core.planning.scorecard import scorecard
 from prm_core.plugin import score_links
 from prm_core.privacy.erasure import erase_customer
+from prm_core.server.app import create_app
 from prm_core.server.state import HUB
 from prm_core.store.tables import events, survey_answers, utcnow
 from prm_core.surveys import parse_score
@@ -496,3 +499,55 @@ async def test_without_a_base_url_a_survey_has_no_link_and_replies_still_answer(
         await reply(hub, "r1", ANN, "10", in_reply_to=message.id, channel="email")
         await until(lambda: answers(hub))
         assert [(a.kind, a.score) for a in await answers(hub)] == [("nps", 10)]
+
+
+# ---- the page's examples -------------------------------------------------------------------
+
+
+def documented_config(tmp_path: Any, database_url: str) -> Config:
+    """docs/surveys.md's first example, as written, with the tests' quick polling."""
+    page = (Path(__file__).resolve().parent.parent / "docs" / "surveys.md").read_text(encoding="utf-8")
+    marker = "test_the_documented_surveys_are_answered -->\n```toml\n"
+    text = page[page.index(marker) + len(marker) :].split("```", 1)[0]
+    assert tomllib.loads(text)["triggers"].keys() == {"visit_survey", "order_nps"}
+    text = text.replace("[server]\n", '[server]\nrate_limit_keyless = "off"\n', 1)
+    text += '\n[triggers]\nquiet_hours = "none"\npoll_s = 0.02\n\n[surveys]\npoll_s = 0.02\n'
+    path = tmp_path / "prm.toml"
+    path.write_text(text, encoding="utf-8")
+    return load_config(path, database_url=database_url)
+
+
+async def test_the_documented_surveys_are_answered(tmp_path, database_url, aiohttp_client, clock):
+    """docs/surveys.md's example: a technician's visit rated by SMS reply, an order by the
+    email's link, each after its delay."""
+    texts = Texts()
+    config = documented_config(tmp_path, database_url)
+    client = await aiohttp_client(create_app(config, plugins=[texts]))
+    hub = client.app[HUB]
+    ann = await happened(hub, "s1", "service.request", ANN)
+    visit = {"fulfillment_id": "f1", "partner": "fieldco", "role": "field_service", "action": "schedule",
+             "status": "completed", "dialogue_id": ann.dialogue_id, "data": {}}  # fmt: skip
+    await hub.store.write(lambda conn: emit(conn, NewChange("fulfillment.updated", ann.customer_id, visit)))
+    await happened(hub, "o1", "order.completed", BOB, revenue="40", currency="USD")
+    await asyncio.sleep(0.3)
+    assert texts.sent == []  # not before the delays
+    clock.advance(hours=2, minutes=1)
+    sms = await survey_sent(hub, texts)
+    assert (sms.trigger, sms.channel, sms.data["survey"]["about"]) == ("visit_survey", "sms", "field_service")
+    await reply(hub, "r1", ANN, "4")
+    clock.advance(days=1)
+    email = await survey_sent(hub, texts, 2)
+    url = email.data["survey_url"]
+    assert url.startswith("https://hub.example.com/v1/surveys/") and email.subject == "One question"
+    assert email.text == f"Would you recommend us? Answer with one click: {url}"
+    page = await (await client.get(url.removeprefix("https://hub.example.com"))).text()
+    assert "How likely are you to recommend our shop to a friend?" in page
+    done = await client.post(url.removeprefix("https://hub.example.com"), data={"score": "9"})
+    assert done.status == 200
+
+    async def both() -> list[Any] | None:
+        found = await answers(hub)
+        return found if len(found) == 2 else None
+
+    got = {(a.trigger, a.kind, a.score, a.about, a.via) for a in await until(both)}
+    assert got == {("visit_survey", "csat", 4, "field_service", "reply"), ("order_nps", "nps", 9, "web", "link")}
