@@ -61,6 +61,7 @@ from .store.tables import (
     webhook_receipts,
 )
 from .surveys import Surveys, SurveySettings
+from .surveys.links import check_survey_links
 from .triggers.engine import TriggerEngine, open_triggers
 from .view import build_view, resolve_ref
 
@@ -127,6 +128,8 @@ class Hub:
         destinations = open_destinations(config, registrations.destination_kinds, store.read)
         triggers = open_triggers(config, registrations)  # likewise a broken [triggers.NAME]
         survey_settings = SurveySettings.from_config(config)  # and [surveys]
+        for trigger in triggers[1].values():
+            check_survey_links(trigger, survey_settings, config=True)
         feed = Feed.from_config(config, store)
         try:
             if migrate:

@@ -489,13 +489,21 @@ async def test_a_wrong_surveys_setting_stops_the_hub_naming_it(database_url, sur
 
 async def test_without_a_base_url_a_survey_has_no_link_and_replies_still_answer(database_url):
     texts = Texts()
-    config = config_of(database_url)
-    config = Config(database_url=database_url, raw=config.raw)  # no public_url, no base_url
+    raw = config_of(database_url).raw
+    config = Config(database_url=database_url, raw=raw)  # no public_url, no base_url
+    with pytest.raises(ConfigError) as caught:  # a template naming the link it cannot have
+        async with Hub.open(config, plugins=[texts], autoload=True):
+            pass
+    assert str(caught.value) == (
+        "[triggers.order].action.template names $survey_url, but no link can be made: set [surveys] base_url"
+        " or [server] public_url"
+    )
+    order = {**ORDER, "action": {**ORDER["action"], "template": "Would you recommend us? Reply 0 to 10."}}
+    config = Config(database_url=database_url, raw={**raw, "triggers": {**raw["triggers"], "order": order}})
     async with Hub.open(config, plugins=[texts], autoload=True) as hub:
         await happened(hub, "o1", "order.completed", ANN)
         message = await survey_sent(hub, texts)
         assert message.data["survey_url"] is None and score_links(message.data) == []
-        assert message.text == "How likely are you to recommend us? Answer here: "
         await reply(hub, "r1", ANN, "10", in_reply_to=message.id, channel="email")
         await until(lambda: answers(hub))
         assert [(a.kind, a.score) for a in await answers(hub)] == [("nps", 10)]
@@ -551,3 +559,20 @@ async def test_the_documented_surveys_are_answered(tmp_path, database_url, aioht
 
     got = {(a.trigger, a.kind, a.score, a.about, a.via) for a in await until(both)}
     assert got == {("visit_survey", "csat", 4, "field_service", "reply"), ("order_nps", "nps", 9, "web", "link")}
+
+
+async def test_a_reply_recorded_while_no_one_reads_for_surveys_is_answered_after_a_restart(database_url):
+    """The reader's position is kept in the database and moves past a reply only with its
+    answer: a reply recorded while the reader is gone (a crash) is answered by the next hub."""
+    texts = Texts()
+    async with Hub.open(config_of(database_url), plugins=[texts], autoload=True) as hub:
+        await happened(hub, "v1", "visit.completed", ANN)
+        message = await survey_sent(hub, texts)
+        await hub.surveys.stop()  # as if the process died here: the position stays where it was
+        await reply(hub, "r1", ANN, "2 - late and rude", in_reply_to=message.id)
+        await asyncio.sleep(0.3)
+        assert await answers(hub) == [] and await answered_events(hub) == []
+    async with Hub.open(config_of(database_url), plugins=[Texts()], autoload=True) as hub:
+        await until(lambda: answers(hub))
+        assert [(a.score, a.message_id, a.via) for a in await answers(hub)] == [(2, message.id, "reply")]
+        assert len(await answered_events(hub)) == 1

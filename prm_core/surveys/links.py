@@ -23,11 +23,20 @@ from attrs import frozen
 from sqlalchemy.engine import Connection
 
 from ..config import Config
-from ..errors import ConfigError
+from ..errors import ConfigError, InvalidInput
 from ..store.tables import privacy_keys
-from ..triggers.definitions import parse_duration
+from ..triggers.definitions import Act, Trigger, parse_duration
 
-__all__ = ["BadToken", "SurveySettings", "load_link_key", "make_token", "read_token", "score_links", "survey_url"]
+__all__ = [
+    "BadToken",
+    "SurveySettings",
+    "check_survey_links",
+    "load_link_key",
+    "make_token",
+    "read_token",
+    "score_links",
+    "survey_url",
+]
 
 KEY_NAME = "survey_links"
 SETTINGS = ("base_url", "reply_window", "expires", "secret", "poll_s")
@@ -82,6 +91,20 @@ class SurveySettings:
             secret=secret,
             poll_s=float(poll),
         )
+
+
+def check_survey_links(trigger: Trigger, settings: SurveySettings, *, config: bool) -> None:
+    """A survey whose template says ``$survey_url`` needs a link to put there: without
+    ``[surveys] base_url`` or ``[server] public_url`` the trigger is refused, naming its template."""
+    if settings.base_url is not None:
+        return
+    for i, step in enumerate(trigger.steps):
+        if isinstance(step, Act) and step.survey and step.template and "survey_url" in step.template:
+            where = ("action" if "action" in trigger.definition else f"steps[{i}].act") + ".template"
+            problem = "names $survey_url, but no link can be made: set [surveys] base_url or [server] public_url"
+            if config:
+                raise ConfigError(f"[triggers.{trigger.name}].{where} {problem}")
+            raise InvalidInput(f"{where} {problem}", where)
 
 
 def load_link_key(conn: Connection, settings: SurveySettings) -> bytes:
