@@ -576,3 +576,69 @@ async def test_a_reply_recorded_while_no_one_reads_for_surveys_is_answered_after
         await until(lambda: answers(hub))
         assert [(a.score, a.message_id, a.via) for a in await answers(hub)] == [(2, message.id, "reply")]
         assert len(await answered_events(hub)) == 1
+
+
+async def test_the_answer_page_works_without_javascript_by_keyboard_and_passes_axe(hub_client, texts, browser):
+    """The page in headless Chromium: no serious accessibility violation (axe-core), and with
+    JavaScript off, one key press on a score answers."""
+    from axe_core import serious_violations
+
+    hub = hub_client.app[HUB]
+    await happened(hub, "v1", "visit.completed", ANN)
+    message = await survey_sent(hub, texts)
+    url = str(hub_client.make_url("/v1/surveys/" + token_of(message.data["survey_url"])))
+
+    checking = await browser.new_context(viewport={"width": 390, "height": 844})  # a phone
+    page = await checking.new_page()
+    assert (await page.goto(url)).status == 200
+    assert await page.locator("fieldset legend").inner_text() == "How satisfied are you with your recent experience?"
+    assert await page.locator("button[name=score]").count() == 5
+    assert await serious_violations(page) == []
+    await page.goto(url + "?score=4")
+    assert await page.locator("button.send").inner_text() == "Send 4"
+    assert await serious_violations(page) == []
+
+    plain = await browser.new_context(java_script_enabled=False)
+    form = await plain.new_page()
+    await form.goto(url)
+    await form.locator('button[value="5"]').focus()
+    await form.keyboard.press("Enter")
+    await form.wait_for_load_state()
+    assert "You answered 5 on a scale from 1 to 5." in await form.inner_text("main")
+    await plain.close()
+
+    await page.goto(url)  # answered: the page says so
+    assert await page.locator("[role=status]").inner_text() == "You answered 5 on a scale from 1 to 5."
+    assert await serious_violations(page) == []
+    await checking.close()
+    await until(lambda: answers(hub))
+    assert [(a.score, a.via) for a in await answers(hub)] == [(5, "link")]
+
+
+async def test_a_journey_reminds_only_those_who_did_not_answer(database_url, clock):
+    """docs/surveys.md: a wait with ``unless = ["survey.answered"]`` after the survey."""
+    texts = Texts()
+    journey = {
+        "on": "event.recorded",
+        "when": "change['type'] == 'visit.completed'",
+        "purpose": "transactional",
+        "steps": [
+            {"act": {"kind": "message", "channel": "sms", "survey": "csat", "template": "Rate the visit 1 to 5."}},
+            {"wait": "1d", "unless": ["survey.answered"]},
+            {"act": {"kind": "message", "channel": "sms", "template": "A reminder: rate the visit 1 to 5."}},
+        ],
+    }
+    config = config_of(database_url)
+    raw = {**config.raw, "triggers": {"poll_s": 0.02, "quiet_hours": "none", "journey": journey}}
+    async with Hub.open(Config(database_url=database_url, public_url="http://hub.test", raw=raw), plugins=[texts],
+                        autoload=True) as hub:  # fmt: skip
+        await happened(hub, "v1", "visit.completed", ANN)
+        await happened(hub, "v2", "visit.completed", BOB)
+        await survey_sent(hub, texts, 2)
+        anns = next(m for m in texts.sent if m.to == ANN["phone"])
+        await reply(hub, "r1", ANN, "5", in_reply_to=anns.id)
+        await until(lambda: answers(hub))
+        clock.advance(days=1, minutes=1)
+        await survey_sent(hub, texts, 3)
+        await asyncio.sleep(0.3)
+        assert [(m.to, m.text) for m in texts.sent[2:]] == [(BOB["phone"], "A reminder: rate the visit 1 to 5.")]
