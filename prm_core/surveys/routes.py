@@ -138,6 +138,10 @@ def _score_of(raw: Any, kind: str) -> int | None:
     "A survey's answer page (HTML): the scale, one button per score; the signed token is the credential."
     " Opening it never answers (?score=N only shows N chosen)",
     scope=None,
+    params={
+        "token": "The survey link's signed token",
+        "score": "A score to show chosen, for one press to send (opening the page never answers)",
+    },
     responses={200: "text/html", 401: "Forged or expired token", 404: "No such survey", 429: "Too many calls"},
 )
 async def get_survey(request: web.Request) -> web.Response:
