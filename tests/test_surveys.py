@@ -642,3 +642,36 @@ async def test_a_journey_reminds_only_those_who_did_not_answer(database_url, clo
         await survey_sent(hub, texts, 3)
         await asyncio.sleep(0.3)
         assert [(m.to, m.text) for m in texts.sent[2:]] == [(BOB["phone"], "A reminder: rate the visit 1 to 5.")]
+
+
+async def test_the_planning_console_shows_each_touch_points_survey_figures(hub_client, make_key, browser):
+    from axe_core import serious_violations
+
+    hub = hub_client.app[HUB]
+    now = utcnow()
+    scored = [("web", "csat", s) for s in (5, 4, 2)] + [("web", "nps", s) for s in (10, 9, 3, 8)]
+
+    def write(conn: Any) -> None:
+        for i, (about, kind, score) in enumerate(scored):
+            conn.execute(
+                survey_answers.insert().values(
+                    message_id=f"act_{i:040d}", event_id=f"survey:{i}", touchpoint="email", customer_id=None,
+                    kind=kind, score=score, about=about, trigger="t", via="reply", answered_at=now,
+                    day=now.date().isoformat(),
+                )
+            )  # fmt: skip
+
+    await hub.store.write(write)
+    read = await make_key("read")
+    page = await (await browser.new_context(locale="en-US")).new_page()
+    await page.goto(str(hub_client.make_url("/console")))
+    await page.fill("#key", read)
+    await page.keyboard.press("Enter")
+    row = page.locator('#touchpoints tr[data-touchpoint="web"]')
+    await row.wait_for()
+    cells = await row.locator("th, td").all_inner_texts()
+    # 7 answers; CSAT (5+4+2)/3 with 2 of 3 satisfied; NPS (2 promoters - 1 detractor) / 4
+    assert cells[9:] == ["7", "3.7 (66.7%)", "+25"]
+    idle = await page.locator('#touchpoints tr[data-touchpoint="sms"]').locator("td").all_inner_texts()
+    assert idle[8:] == ["0", "\u2013", "\u2013"]  # en dashes: none
+    assert await serious_violations(page) == []
