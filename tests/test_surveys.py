@@ -25,6 +25,7 @@ from prm_core.errors import ConfigError
 from prm_core.feed.changes import NewChange
 from prm_core.feed.writing import emit
 from prm_core.hub import Hub
+from prm_core.keys import create_key
 from prm_core.model import Event, Identity, TouchPoint
 from prm_core.planning.scorecard import scorecard
 from prm_core.plugin import score_links
@@ -602,8 +603,8 @@ async def test_the_answer_page_works_without_javascript_by_keyboard_and_passes_a
     form = await plain.new_page()
     await form.goto(url)
     await form.locator('button[value="5"]').focus()
-    await form.keyboard.press("Enter")
-    await form.wait_for_load_state()
+    async with form.expect_navigation():  # the form's POST answers with the thank-you page
+        await form.keyboard.press("Enter")
     assert "You answered 5 on a scale from 1 to 5." in await form.inner_text("main")
     await plain.close()
 
@@ -675,3 +676,17 @@ async def test_the_planning_console_shows_each_touch_points_survey_figures(hub_c
     idle = await page.locator('#touchpoints tr[data-touchpoint="sms"]').locator("td").all_inner_texts()
     assert idle[8:] == ["0", "\u2013", "\u2013"]  # en dashes: none
     assert await serious_violations(page) == []
+
+
+async def test_a_survey_link_the_hub_cannot_make_is_a_422_in_the_api(database_url, aiohttp_client):
+    raw = {"triggers": {"poll_s": 0.02, "quiet_hours": "none"}}
+    client = await aiohttp_client(create_app(Config(database_url=database_url, raw=raw), plugins=[Texts()]))
+    secret, _ = await create_key(client.app[HUB].store, "admin")
+    admin = {"Authorization": f"Bearer {secret}"}
+    answer = await client.post("/v1/triggers", json={"name": "order", **ORDER}, headers=admin)
+    assert answer.status == 422
+    error = (await answer.json())["error"]
+    assert error["field"] == "action.template" and "no link can be made" in error["message"]
+    replies_only = {**ORDER["action"], "template": "Would you recommend us? Reply 0 to 10."}
+    created = await client.post("/v1/triggers", json={"name": "order", **ORDER, "action": replies_only}, headers=admin)
+    assert created.status == 201
