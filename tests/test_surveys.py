@@ -23,6 +23,7 @@ from prm_core.clock import FrozenClock
 from prm_core.config import Config, load_config
 from prm_core.errors import ConfigError
 from prm_core.feed.changes import NewChange
+from prm_core.feed.reading import bounds
 from prm_core.feed.writing import emit
 from prm_core.hub import Hub
 from prm_core.keys import create_key
@@ -32,7 +33,7 @@ from prm_core.plugin import score_links
 from prm_core.privacy.erasure import erase_customer
 from prm_core.server.app import create_app
 from prm_core.server.state import HUB
-from prm_core.store.tables import events, survey_answers, utcnow
+from prm_core.store.tables import events, survey_answers, trigger_cursor, utcnow
 from prm_core.surveys import parse_score
 from prm_core.surveys.answers import sent_event_id
 from prm_core.surveys.links import make_token
@@ -177,10 +178,16 @@ async def answered_events(hub: Hub) -> list[Any]:
 
 
 async def quiet(hub: Hub, marker: str, who: dict[str, str]) -> None:
-    """Wait until the survey reader is past everything recorded so far: a marker reply that
-    is no answer is read after every reply before it."""
-    await happened(hub, marker, "page", who)
-    await asyncio.sleep(0.3)
+    """Wait until the survey reader is past everything recorded so far: a marker reply that is
+    no answer makes it write its position past the marker."""
+    await reply(hub, marker, who, "thanks")
+    head = await hub.store.read(lambda conn: bounds(conn)[1])
+    row = sa.select(trigger_cursor.c.position).where(trigger_cursor.c.name == "surveys")
+
+    async def past() -> bool:
+        return await hub.store.read(lambda conn: conn.execute(row).scalar()) >= head
+
+    await until(past)
 
 
 # ---- replies -----------------------------------------------------------------------------
