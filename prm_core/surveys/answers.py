@@ -4,9 +4,10 @@ for the scorecard and the 360 view.
 **A reply is read from the change feed.** A touch point records a customer's reply as an
 inbound ``message.received`` event (``data``: ``channel``, ``text``, ``in_reply_to`` the
 ``Message.id`` it answers, when known). One hub process at a time (the holder of the lease on
-the ``surveys`` row of ``trigger_cursor``) reads the feed's ``event.recorded`` changes after
-its stored position. For a reply it finds the survey it answers: the message ``in_reply_to``
-names, when it is a survey to the same customer sent at most ``[surveys] expires`` before;
+the ``surveys`` row of ``trigger_cursor``) reads the feed's ``event.recorded`` changes of
+replies and answers after its stored position (the database picks them out of the others).
+For a reply it finds the survey it answers: the message ``in_reply_to`` names, when it is a
+survey to the same customer sent at most ``[surveys] expires`` before;
 else the customer's latest survey on the reply's channel sent at most ``[surveys]
 reply_window`` before. A reply that starts with a score on that survey's scale
 (:func:`prm_core.surveys.scales.parse_score`) is recorded as a ``survey.answered`` event;
@@ -41,10 +42,10 @@ from sqlalchemy.engine import Connection
 
 from ..errors import InvalidInput, NotFound, Overloaded, PrmError, StoreUnavailable
 from ..feed.changes import Change
-from ..feed.reading import FellBehind, bounds, read_changes
+from ..feed.reading import FellBehind, Page, bounds
 from ..ids import new_id
 from ..model import Event, RecordedEvent
-from ..store.tables import events, survey_answers, trigger_cursor, utcnow
+from ..store.tables import changes, events, survey_answers, trigger_cursor, utcnow
 from ..triggers.engine import OUTBOUND_PREFIX
 from .links import SurveySettings, load_link_key, make_token, survey_url
 from .scales import SCALES, describe, parse_score
@@ -276,9 +277,7 @@ class Surveys:
                 if cursor is None:  # another hub process reads the feed for the surveys
                     await asyncio.sleep(self.lease_s / 2)
                     continue
-                read = functools.partial(
-                    read_changes, after=cursor, limit=self.batch, types={"event.recorded"}, check=False
-                )
+                read = functools.partial(read_survey_changes, after=cursor, limit=self.batch)
                 try:
                     page = await self.hub.store.read(read)
                 except FellBehind as exc:
@@ -287,6 +286,7 @@ class Surveys:
                     continue
                 replies = [c for c in page.changes if c.data.get("type") == RECEIVED]
                 answered = [c for c in page.changes if c.data.get("type") == ANSWERED]
+                # other events (the database leaves them out) are noted now and then
                 if replies:
                     found = await self.hub.store.read(functools.partial(self._answers, replies))
                     if found:
@@ -303,7 +303,9 @@ class Surveys:
                     if len(page.changes) < self.batch:
                         await asyncio.sleep(GATHER_S)  # let a few more commits gather before reading again
                     continue
-                await signal.wait(poll)
+                if await signal.wait(poll):
+                    # woken by a commit: let a few more gather, so busy ingest is read once a moment
+                    await asyncio.sleep(GATHER_S)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the database may be away for a while
@@ -410,6 +412,36 @@ class Surveys:
                 continue  # a comment, a question, a score off the scale: the reply stays a reply
             found.append(answer_event(message, score, via="reply", at=at, reply=reply))
         return found
+
+
+_WANTED: sa.BindParameter[list[str]] = sa.bindparam("wanted", [RECEIVED, ANSWERED], expanding=True)
+_SURVEY_PAGE = (
+    sa.select(changes)
+    .where(
+        changes.c.position > sa.bindparam("after"),
+        changes.c.position <= sa.bindparam("head"),
+        changes.c.type == "event.recorded",
+        changes.c.data["type"].as_string().in_(_WANTED),
+    )
+    .order_by(changes.c.position)
+    .limit(sa.bindparam("limit"))
+)
+
+
+def read_survey_changes(conn: Connection, *, after: int, limit: int) -> Page:
+    """The ``event.recorded`` changes of replies and answers after ``after``, as
+    :func:`~prm_core.feed.reading.read_changes` reads a filtered page: the database picks
+    them out of the others (ingest's every event), so the reader costs ingest next to nothing."""
+    pruned, head = bounds(conn)
+    if after < pruned:
+        raise FellBehind(after, pruned)
+    rows = conn.execute(_SURVEY_PAGE, {"after": after, "head": head, "limit": limit}).all()
+    found = [Change(seq=r.position, type=r.type, at=r.at, customer_id=r.customer_id, data=r.data or {}) for r in rows]
+    if len(found) == limit:
+        return Page(found, found[-1].seq)
+    # fewer than asked for: everything up to the head read above was looked at (positions are
+    # final once visible, see prm_core.feed.writing)
+    return Page(found, max(after, head))
 
 
 def _keep_answers(conn: Connection, answered: Sequence[Change]) -> None:
