@@ -565,6 +565,24 @@ def scorecard(config_path: str | None, database_url: str | None, days: int, as_j
         for t in card["touchpoints"]
     ]  # fmt: skip
     _table(head, rows)
+    rated = [t for t in card["touchpoints"] if t["surveys"]["answers"]]
+    if rated:
+        click.echo("")
+        click.echo("survey answers (CSAT: average of 1-5, share of 4 and 5; NPS: % promoters less % detractors)")
+
+        def csat(s: dict[str, Any] | None) -> tuple[str, str, str]:
+            return (
+                ("-", "-", "-") if s is None else (str(s["answers"]), f"{s['average']:.2f}", pct(s["satisfied_rate"]))
+            )
+
+        def nps(s: dict[str, Any] | None) -> tuple[str, str]:
+            return ("-", "-") if s is None else (str(s["answers"]), f"{s['nps']:+.1f}")
+
+        survey_rows = [
+            (t["touchpoint"], str(t["surveys"]["answers"]), *csat(t["surveys"]["csat"]), *nps(t["surveys"]["nps"]))
+            for t in rated
+        ]
+        _table(("rated", "answers", "csat answers", "csat", "satisfied", "nps answers", "nps"), survey_rows)
     b = card["balanced"]
     click.echo("")
     click.echo(f"customers by tier ({b['customers']} customers)")

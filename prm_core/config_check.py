@@ -54,6 +54,8 @@ CORE_TABLES: Mapping[str, frozenset[str] | None] = {
     "triggers": None,
     # the email touch point's settings: prm_email refuses a key it does not know at start
     "email": None,
+    # [surveys]: prm_core.surveys refuses a key it does not know at start
+    "surveys": None,
 }
 
 

@@ -1000,7 +1000,13 @@ def prm_send_message(message: Message) -> MessageResult | Awaitable[MessageResul
       after a retry or a restart: use it as the idempotency key or Message-ID, so a message is
       never sent twice), `channel`, `customer_id`, `to` (the customer's address on the
       channel, or `None`), `subject`, `text`, `purpose` (`marketing` or `transactional`),
-      `trigger`, and the customer's `locale` and `first_name` traits (`None` unless texts).
+      `trigger`, the customer's `locale` and `first_name` traits (`None` unless texts), and
+      `data`: for a survey (docs/surveys.md), `data["survey"]` (`kind`, `scale`,
+      `about`, `question`, `expires_at`) and `data["survey_url"]`, the signed link of its
+      answer page (`None` without `[surveys] base_url`); `score_links(message.data)` gives one
+      link per score, for an email that shows the scale itself. A customer's reply is recorded
+      as an inbound `message.received` event (`data`: `channel`, `text`, `in_reply_to` the
+      message's `id` when known): a reply to a survey that gives a score is its answer.
     - **Returns:** `None` when the channel is not yours; else a `MessageResult`, or a coroutine
       giving one: `sent` (with the provider's `ref`) or `failed` with a `reason` that retrying
       cannot fix (a bad address: the run is recorded `failed` with the reason). Raise for a

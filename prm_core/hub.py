@@ -60,6 +60,8 @@ from .store.tables import (
     utcnow,
     webhook_receipts,
 )
+from .surveys import Surveys, SurveySettings
+from .surveys.links import check_survey_links
 from .triggers.engine import TriggerEngine, open_triggers
 from .view import build_view, resolve_ref
 
@@ -84,6 +86,7 @@ class Hub:
     relay: Relay = None  # type: ignore[assignment]  # set in open(), once the feed runs
     outbox: Outbox = None  # type: ignore[assignment]  # set in open(): it needs the hub
     triggers: TriggerEngine = None  # type: ignore[assignment]  # set in open(): it needs the hub
+    surveys: Surveys = None  # type: ignore[assignment]  # set in open(): it needs the hub
     # event type -> words for people (prm_core.labels), collected once at start
     event_labels: Mapping[str, str] = field(factory=dict)
 
@@ -124,6 +127,9 @@ class Hub:
         # a bad [destinations.*] setting stops the hub here, named, before the database is touched
         destinations = open_destinations(config, registrations.destination_kinds, store.read)
         triggers = open_triggers(config, registrations)  # likewise a broken [triggers.NAME]
+        survey_settings = SurveySettings.from_config(config)  # and [surveys]
+        for trigger in triggers[1].values():
+            check_survey_links(trigger, survey_settings, config=True)
         feed = Feed.from_config(config, store)
         try:
             if migrate:
@@ -156,6 +162,9 @@ class Hub:
             # partner work left by a previous run (or another hub's crash) is dispatched from here
             hub.outbox = Outbox.from_config(hub)
             hub.outbox.start()
+            # before the triggers: a survey message's link is signed with its key
+            hub.surveys = Surveys(hub, survey_settings, lease_s=feed.lease_s)
+            await hub.surveys.start()
             hub.triggers = TriggerEngine(hub, *triggers, lease_s=feed.lease_s)
             await hub.triggers.start()
             try:
@@ -163,6 +172,7 @@ class Hub:
                 yield hub
             finally:
                 await hub.triggers.stop()
+                await hub.surveys.stop()
                 await hub.relay.stop()
                 await hub.outbox.stop()
                 # before the ingest writer stops: what a plugin records while it closes (a call

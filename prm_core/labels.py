@@ -28,10 +28,25 @@ CORE_LABELS: Mapping[str, str] = {
     "order.completed": "placed an order",
     "consent.given": "gave consent",
     "consent.withdrawn": "withdrew consent",
+    "message.sent": "was sent a message",
+    "message.received": "replied",
+    "survey.answered": "answered a survey",
 }
 
 # data fields worth a person's attention, most telling first
-_DETAILS = ("issue", "text", "title", "product_title", "product_id", "outcome", "menu", "digits", "queue", "reason")
+_DETAILS = (
+    "issue",
+    "text",
+    "answer",
+    "title",
+    "product_title",
+    "product_id",
+    "outcome",
+    "menu",
+    "digits",
+    "queue",
+    "reason",
+)
 
 
 def merge_labels(contributed: Iterable[Mapping[str, str] | None]) -> dict[str, str]:

@@ -34,7 +34,8 @@ What is here, by use:
   adds (``prm_event_changes``), and :class:`DestinationKind`, :class:`DestinationSettings`,
   :class:`Sink` and :class:`Refused` for a destination kind (``prm_destination_kinds``).
 - **Messages** a trigger sends through a touch point (``prm_send_message``): :class:`Message`
-  and :class:`MessageResult`.
+  and :class:`MessageResult`; a survey's message carries its answer link in ``Message.data``,
+  and :func:`score_links` makes one link per score of it (``docs/surveys.md``).
 - **Commands** a plugin adds to ``prm`` (the ``prm.commands`` entry point) that run a hub
   in-process, as ``prm demo`` does: :func:`create_app`, :func:`create_key`,
   :func:`configure_logging`, and :func:`builtin_plugins` (the plugins that ship with the hub).
@@ -98,6 +99,7 @@ from .server.routes import (
     read_json,
 )
 from .server.state import HUB
+from .surveys.links import score_links
 from .triggers.messages import Message, MessageResult
 
 __all__ = [
@@ -178,6 +180,7 @@ __all__ = [
     "presented_key",
     "read_json",
     "require",
+    "score_links",
     "service_days",
     "summarize",
     "utcnow",

@@ -2,8 +2,9 @@
 
 Each part is a query on an index with a ``LIMIT``: the customer, its identities, its
 metrics row (kept current on ingest), one page of the timeline, its recent dialogues,
-its groups and (for a group) its members. Nothing loads a customer's whole history,
-so the cost does not grow with the size of the store or of the customer's past.
+its groups and (for a group) its members, its partner work and its latest survey
+answers. Nothing loads a customer's whole history, so the cost does not grow with the
+size of the store or of the customer's past.
 
 A group's view aggregates its members: the timeline and dialogues are those of the
 group and its members, the metrics are summed.
@@ -29,6 +30,7 @@ from .outbox import fulfillments_of
 from .privacy.consents import load_consents
 from .store.lists import one_of
 from .store.tables import customers, dialogues, events, identities, memberships, metrics, shared_links
+from .surveys.figures import answers_of
 
 __all__ = ["build_view", "decode_cursor", "encode_cursor", "resolve_ref"]
 
@@ -246,6 +248,7 @@ def build_view(conn: Connection, customer_id: str, *, cursor: str | None = None,
         for r in conn.execute(_GROUPS_Q, one)
     )
 
+    everyone = _with_merged(conn, owners)
     return CustomerView(
         customer=customer,
         identities=idents,
@@ -256,7 +259,11 @@ def build_view(conn: Connection, customer_id: str, *, cursor: str | None = None,
         metrics=totals,
         memberships=groups,
         members=tuple(members),
-        sections={"fulfillments": [f.to_json() for f in fulfillments_of(conn, _with_merged(conn, owners))]},
+        sections={
+            "fulfillments": [f.to_json() for f in fulfillments_of(conn, everyone)],
+            # what the customer answered to surveys, newest first (prm_core.surveys)
+            "surveys": answers_of(conn, everyone),
+        },
         consents=load_consents(conn, customer_id),
     )
 

@@ -117,6 +117,9 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("GET", "/v1/touchpoints/email/unsubscribe/{token}"): SIGNED,
     ("POST", "/v1/touchpoints/email/unsubscribe/{token}"): SIGNED,
     ("POST", "/v1/touchpoints/callcenter/connect/events"): key("touchpoint:callcenter"),
+    # a survey's answer page: the signed token in the path is the credential, never a key
+    ("GET", "/v1/surveys/{token}"): SIGNED,
+    ("POST", "/v1/surveys/{token}"): SIGNED,
     # touch points
     ("POST", "/v1/touchpoints/{tp}/events"): key("touchpoint:{tp}", public=True),
     ("POST", "/v1/touchpoints/{tp}/requests"): key("touchpoint:{tp}", public=True),

@@ -4,8 +4,11 @@ Per touch point, over the last ``days`` days, from ``touchpoint_days`` (kept cur
 ingest, one row per touch point and day) and ``touchpoint_customers`` (one row per customer
 seen there that day): distinct customers, buyers and conversion (buyers / customers),
 events, dialogues opened, requests answered,
-the share answered within budget and the share degraded, offers made and accepted, and
-revenue recorded there (from ``touchpoint_day_revenue``, per currency). Balanced-scorecard
+the share answered within budget and the share degraded, offers made and accepted,
+revenue recorded there (from ``touchpoint_day_revenue``, per currency), and what customers
+answered to surveys about it (``surveys``: answers, CSAT, NPS; from ``survey_answers``, see
+:mod:`prm_core.surveys.figures`; a rated name that is no touch point, such as a partner role,
+gets a row of its own). Balanced-scorecard
 figures: customers and revenue by tier (share of customers and of revenue), retention
 (buyers whose latest sale is within ``retention_days``) and churn, repeat rate, and the
 average predicted lifetime value as of the last fit.
@@ -37,6 +40,7 @@ from ..store.tables import (
     touchpoint_day_revenue,
     touchpoint_days,
 )
+from ..surveys.figures import no_answers, survey_figures
 from .money import Money, add_amounts, mixed_of
 
 __all__ = ["reporting_currency", "scorecard"]
@@ -129,8 +133,10 @@ def scorecard(
         .group_by(v_.touchpoint)
     )
     visitors = {r.touchpoint: (int(r.customers), int(r.buyers)) for r in conn.execute(cq)}
+    # what customers answered to surveys about each touch point (prm_core.surveys)
+    surveys = survey_figures(conn, since)
     per_touchpoint = []
-    for name in sorted(set(touchpoints) | set(rows) | set(revenue)):
+    for name in sorted(set(touchpoints) | set(rows) | set(revenue) | set(surveys)):
         r = rows.get(name)
         n = {c: int(getattr(r, c) or 0) if r else 0 for c in columns}
         per_touchpoint.append(
@@ -144,6 +150,7 @@ def scorecard(
                 "degraded_rate": _rate(n["degraded"], n["requests"]),
                 "acceptance_rate": _rate(n["offers_accepted"], n["offers_made"]),
                 **_revenue(money, revenue.get(name, {})),
+                "surveys": surveys.get(name) or no_answers(),
             }
         )
 

@@ -12,6 +12,7 @@ In one transaction, for the customer and every customer merged into it:
 - other customers' events in which a public key or tracker only *claimed* one of its
   identities lose their payload too;
 - merge audit records lose the identities they list;
+- survey answers stay in the scorecard's figures, no longer linked to the customer;
 - partner work not yet sent is called off, and every partner request loses what was sent and
   answered (its partner, action and status stay, for the scorecard); a partner's answer or
   callback about one of them arriving later is dropped (:func:`prm_core.outbox.erased_requests`);
@@ -47,6 +48,7 @@ from ..store.tables import (
     merges,
     outbox,
     shared_links,
+    survey_answers,
     tombstones,
     utcnow,
 )
@@ -185,6 +187,9 @@ def erase_in_transaction(
         .values(status="failed", next_attempt_at=None, attempts=o.attempts + 1, last_error="customer erased")
     )
     conn.execute(outbox.update().where(o.customer_id.in_(owners)).values(payload={}, result={}, updated_at=now))
+
+    # survey answers (prm_core.surveys) stay in the figures, no longer anyone's
+    conn.execute(survey_answers.update().where(survey_answers.c.customer_id.in_(owners)).values(customer_id=None))
 
     # the change feed (prm_core.feed) keeps the person's earlier changes in order, without their data;
     # the erasure itself is a change, so destinations purge their copies too

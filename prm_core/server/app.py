@@ -28,6 +28,7 @@ from ..planning.routes import planning_routes
 from ..plugins import collect_registrations, make_plugin_manager
 from ..privacy.http import privacy_routes
 from ..privacy.retention import retention_task
+from ..surveys.routes import survey_routes
 from ..triggers.routes import trigger_routes
 from .deadlines import body_deadline, body_timeout_s
 from .errors import MAX_BODY_BYTES, error_middleware
@@ -155,6 +156,7 @@ def create_app(
     app.add_routes(privacy_routes())
     app.add_routes(identity_routes())
     app.add_routes(trigger_routes())
+    app.add_routes(survey_routes())
     # by resource: a resource's path gains the prefix the app is mounted under, later
     owners: dict[int, str] = {}
     mounted = [(tp.name, tp.routes) for tp in registrations.touchpoints]

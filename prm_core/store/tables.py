@@ -42,6 +42,7 @@ __all__ = [
     "PrivacyKeyRow",
     "SegmentRow",
     "SharedLinkRow",
+    "SurveyAnswerRow",
     "TombstoneRow",
     "TouchpointCustomerRow",
     "TouchpointDayRevenueRow",
@@ -642,6 +643,31 @@ class TriggerCursorRow(SQLModel, table=True):
     lease_until: datetime | None = _ts(default=None)
 
 
+class SurveyAnswerRow(SQLModel, table=True):
+    """One survey's answer (:mod:`prm_core.surveys`): the first score a customer gave to a
+    survey message, by reply or by its link, kept for the scorecard and the 360 view. Written
+    from the ``survey.answered`` events on the feed; ``customer_id`` is cleared by an erasure
+    (the score stays, anonymous, in the figures)."""
+
+    __tablename__ = "survey_answers"
+    __table_args__ = (
+        sa.Index("ix_survey_answers_day", "day", "about"),
+        sa.Index("ix_survey_answers_customer", "customer_id", "answered_at"),
+    )
+
+    message_id: str = Field(primary_key=True, max_length=64)
+    event_id: str = Field(max_length=200)
+    touchpoint: str = Field(max_length=64)
+    customer_id: str | None = Field(default=None, max_length=40)
+    kind: str = Field(max_length=8)
+    score: int
+    about: str = Field(max_length=64)
+    trigger: str = Field(max_length=64)
+    via: str = Field(max_length=8)
+    answered_at: datetime = _ts()
+    day: str = Field(max_length=10)
+
+
 def utcnow() -> datetime:
     """The hub's clock (see :mod:`prm_core.clock`)."""
     return clock.utcnow()
@@ -681,6 +707,7 @@ triggers: sa.Table = TriggerRow.__table__  # type: ignore[attr-defined]  # SQLMo
 trigger_runs: sa.Table = TriggerRunRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
 trigger_offers: sa.Table = TriggerOfferRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
 trigger_cursor: sa.Table = TriggerCursorRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
+survey_answers: sa.Table = SurveyAnswerRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
 
 # retention (prm_core.privacy.retention) finds a touch point's old events without a scan
 sa.Index("ix_events_touchpoint_time", events.c.touchpoint, events.c.occurred_at)

@@ -12,7 +12,9 @@ one shape::
     cooldown = "30d"                      # at most once per customer in this time
     action = { kind = "message", channel = "email", template = "..." }
 
-or, for a journey, ``steps`` instead of ``delay``/``unless``/``action``: a list of
+A message action may ask for a score (``survey = "csat"`` or ``"nps"``, optionally ``about``
+what is rated and the answer page's ``question``; see :mod:`prm_core.surveys`); its template
+may then say ``$survey_url``. Or, for a journey, ``steps`` instead of ``delay``/``unless``/``action``: a list of
 ``{wait = "2d", unless = [...]}``, ``{check = "rule"}`` and ``{act = {...}}`` tables, run in
 order. A definition that is wrong raises :class:`~prm_core.errors.ConfigError` naming the
 key (``[triggers.cart].action.template``) at start, or
@@ -35,6 +37,7 @@ from .conditions import Shortcut, compile_condition, items_read, prefilter, read
 
 __all__ = [
     "ACTION_KINDS",
+    "SURVEY_KINDS",
     "TEMPLATE_NAMES",
     "Act",
     "Check",
@@ -58,8 +61,11 @@ _KEYS = {"on", "when", "delay", "unless", "action", "steps", "purpose", "holdout
 _ACTION_KEYS = {
     "offer": {"kind", "code", "title", "description", "score", "expires", "touchpoint"},
     "partner": {"kind", "partner", "request", "template", "channel", "touchpoint"},
-    "message": {"kind", "channel", "template", "subject", "touchpoint"},
+    "message": {"kind", "channel", "template", "subject", "touchpoint", "survey", "about", "question"},
 }
+SURVEY_KINDS = ("csat", "nps")
+# what only a survey's message may say: the link to its answer page (prm_core.surveys)
+SURVEY_TEMPLATE_NAMES = frozenset({"survey_url"})
 
 
 class _Bad(Exception):
@@ -99,13 +105,19 @@ class Act:
     request: str = "notify"
     touchpoint: str | None = None
     expires_s: float = 14 * 86400
+    # a message asking for a score (prm_core.surveys): ``csat`` (1-5) or ``nps`` (0-10), what it
+    # rates (None: what the change that started the run was about) and the answer page's question
+    survey: Literal["csat", "nps"] | None = None
+    about: str | None = None
+    question: str | None = None
 
     def render(self, values: Mapping[str, Any]) -> str:
         """The template with ``$first_name`` and the other :data:`TEMPLATE_NAMES` filled in
-        (a value the customer lacks becomes an empty string)."""
+        (a value the customer lacks becomes an empty string); a survey's also ``$survey_url``."""
         if self.template is None:
             return ""
-        known = {k: "" if values.get(k) is None else str(values[k]) for k in TEMPLATE_NAMES}
+        names = TEMPLATE_NAMES | SURVEY_TEMPLATE_NAMES if self.survey else TEMPLATE_NAMES
+        known = {k: "" if values.get(k) is None else str(values[k]) for k in names}
         return string.Template(self.template).substitute(known)
 
 
@@ -192,17 +204,18 @@ def _types(raw: Any, where: str) -> tuple[str, ...]:
     return tuple(raw)
 
 
-def _template(raw: Any, where: str) -> str:
+def _template(raw: Any, where: str, *, survey: bool = False) -> str:
     if not isinstance(raw, str) or not raw.strip() or len(raw) > 5000:
         raise _Bad(where, "must be a text of at most 5000 characters")
     tpl = string.Template(raw)
     if not tpl.is_valid():
         raise _Bad(where, "is not a valid template: write $name or ${name}, and $$ for a dollar sign")
-    unknown = sorted(set(tpl.get_identifiers()) - TEMPLATE_NAMES)
+    names = TEMPLATE_NAMES | SURVEY_TEMPLATE_NAMES if survey else TEMPLATE_NAMES
+    unknown = sorted(set(tpl.get_identifiers()) - names)
     if unknown:
-        raise _Bad(
-            where, f"names ${unknown[0]}, which a template cannot use; known: {', '.join(sorted(TEMPLATE_NAMES))}"
-        )
+        if unknown[0] in SURVEY_TEMPLATE_NAMES:
+            raise _Bad(where, f"names ${unknown[0]}, which only the message of a survey can use (set survey)")
+        raise _Bad(where, f"names ${unknown[0]}, which a template cannot use; known: {', '.join(sorted(names))}")
     return raw
 
 
@@ -243,12 +256,24 @@ def _act(raw: Any, where: str) -> Act:
         channel = raw.get("channel")
         if not isinstance(channel, str) or not _CHANNEL.match(channel):
             raise _Bad(f"{where}.channel", "must name a channel (email, sms, ...)")
+        survey = raw.get("survey")
+        if survey is not None and survey not in SURVEY_KINDS:
+            raise _Bad(f"{where}.survey", "must be csat (a score from 1 to 5) or nps (a score from 0 to 10)")
+        for key in ("about", "question"):
+            if key in raw and survey is None:
+                raise _Bad(f"{where}.{key}", "is a setting of a survey: set survey (csat or nps) too")
+        about = raw.get("about")
+        if about is not None and (not isinstance(about, str) or not _CHANNEL.match(about)):
+            raise _Bad(f"{where}.about", "must name what is rated: a touch point or a partner's role (field_service)")
         return Act(
             "message",
             channel=channel,
-            template=_template(raw.get("template"), f"{where}.template"),
+            template=_template(raw.get("template"), f"{where}.template", survey=survey is not None),
             subject=_text(raw.get("subject"), f"{where}.subject"),
             touchpoint=touchpoint,
+            survey=survey,
+            about=about,
+            question=_text(raw.get("question"), f"{where}.question"),
         )
     channel = raw.get("channel", "partner")
     if not isinstance(channel, str) or not _CHANNEL.match(channel):

@@ -529,12 +529,16 @@ class TriggerEngine:
             "trigger": trigger.name,
             "code": (act.offer or {}).get("code"),
         }
+        # a survey's message carries its scale and signed link (prm_core.surveys)
+        survey = self.hub.surveys.survey_of(act, key, run["change_type"], run["change"], self._touchpoint(act))
+        if survey is not None:
+            values["survey_url"] = survey["survey_url"]
         if act.kind == "offer":
             outcome = await self._queue_offer(trigger, act, key, cid, who, now)
         elif act.kind == "partner":
             outcome = await self._ask_partner(trigger, act, key, cid, who, act.render(values))
         else:
-            outcome = await self._send(trigger, act, key, cid, who, act.render(values))
+            outcome = await self._send(trigger, act, key, cid, who, act.render(values), survey)
         if outcome.get("status") == "fired":
             self._note_latency(run, now)
         return base | {"reason": None} | outcome
@@ -666,7 +670,14 @@ class TriggerEngine:
         return {"status": "fired", "fired_at": utcnow(), "event_id": recorded.event.id}
 
     async def _send(
-        self, trigger: Trigger, act: Act, key: str, cid: str, who: Mapping[str, Any], text: str
+        self,
+        trigger: Trigger,
+        act: Act,
+        key: str,
+        cid: str,
+        who: Mapping[str, Any],
+        text: str,
+        survey: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         channel = act.channel or ""
         hook = self.hub.pm.hook.prm_send_message
@@ -696,6 +707,7 @@ class TriggerEngine:
             subject=act.subject,
             locale=who["traits"].get("locale"),
             first_name=who["traits"].get("first_name"),
+            data=survey or {},
         )
         try:
             answer = hook(message=message)
@@ -717,7 +729,7 @@ class TriggerEngine:
                 "reason": f"the {channel} sender refused it: {answer.reason}"[:500],
                 "due_at": None,
             }
-        data = {
+        data: dict[str, Any] = {
             "trigger": trigger.name,
             "action": "message",
             "channel": channel,
@@ -725,6 +737,8 @@ class TriggerEngine:
             "message_id": key,
             "ref": answer.ref,
         }
+        if survey is not None:  # what the survey asks, never its link (the link answers it)
+            data["survey"] = {k: survey["survey"][k] for k in ("kind", "scale", "about", "question")}
         # keyed by the message id: a reply naming it (an email's In-Reply-To) joins this dialogue
         sent = evolve(self._outbound(key, "message.sent", tp, who, data), dialogue=key)
         (recorded,) = await self.hub.record([sent])

@@ -14,6 +14,7 @@ from ..server.errors import ApiError
 from ..server.routes import AUTH_ERRORS, api, read_json
 from ..server.state import HUB
 from ..store.tables import triggers, utcnow
+from ..surveys.links import check_survey_links
 from .definitions import parse_trigger
 from .registry import Conflict, check_touchpoints, save_trigger, set_paused
 from .runs import results
@@ -64,6 +65,7 @@ async def post_trigger(request: web.Request) -> web.Response:
     trigger = parse_trigger(name, body, config=False)
     hub = request.app[HUB]
     check_touchpoints(trigger, hub.triggers.settings, hub.registrations.touchpoints.names(), config=False)
+    check_survey_links(trigger, hub.surveys.settings, config=False)
     try:
         new = await hub.store.write(lambda conn: save_trigger(conn, trigger, utcnow()))
     except Conflict as exc:
