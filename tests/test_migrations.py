@@ -22,6 +22,7 @@ async def test_migrations_match_the_models(database_url):
             "0007_identity_conflicts",
             "0008_money",
             "0009_triggers",
+            "0010_journal",
         ]
         assert await store.migrate() == []
 

@@ -32,6 +32,8 @@ __all__ = [
     "IdentityConflictRow",
     "IdentityRow",
     "ImportCheckpointRow",
+    "JournalCursorRow",
+    "JournalRow",
     "MembershipRow",
     "MergeRow",
     "MetricsRow",
@@ -642,6 +644,34 @@ class TriggerCursorRow(SQLModel, table=True):
     lease_until: datetime | None = _ts(default=None)
 
 
+class JournalRow(SQLModel, table=True):
+    """An event accepted and not yet processed (:mod:`prm_core.journal`), on PostgreSQL; on
+    SQLite the journal is a file of its own with the same columns and this table stays empty.
+    ``position`` orders the journal; ``body`` is the validated event."""
+
+    __tablename__ = "journal"
+    __table_args__ = (sa.UniqueConstraint("touchpoint", "event_id", name="uq_journal_touchpoint_event_id"),)
+
+    position: int | None = Field(
+        default=None, primary_key=True, sa_type=sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+    )
+    touchpoint: str = Field(max_length=64)
+    event_id: str = Field(max_length=200)
+    body: dict[str, Any] = _json(default_factory=dict)
+    appended_at: datetime = _ts()
+
+
+class JournalCursorRow(SQLModel, table=True):
+    """How far the journal's processor is: every journaled event up to ``position`` is
+    recorded. Written in the same transaction as the events it records."""
+
+    __tablename__ = "journal_cursor"
+
+    name: str = Field(primary_key=True, max_length=64)
+    position: int = Field(default=0, sa_type=sa.BigInteger)
+    updated_at: datetime = _ts()
+
+
 def utcnow() -> datetime:
     """The hub's clock (see :mod:`prm_core.clock`)."""
     return clock.utcnow()
@@ -681,6 +711,8 @@ triggers: sa.Table = TriggerRow.__table__  # type: ignore[attr-defined]  # SQLMo
 trigger_runs: sa.Table = TriggerRunRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
 trigger_offers: sa.Table = TriggerOfferRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
 trigger_cursor: sa.Table = TriggerCursorRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
+journal: sa.Table = JournalRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
+journal_cursor: sa.Table = JournalCursorRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
 
 # retention (prm_core.privacy.retention) finds a touch point's old events without a scan
 sa.Index("ix_events_touchpoint_time", events.c.touchpoint, events.c.occurred_at)

@@ -1,0 +1,44 @@
+"""Journaled ingest: the journal of accepted events (used on PostgreSQL) and the processor's place in it.
+
+Revision ID: 0010_journal
+Revises: 0009_triggers
+Create Date: 2026-12-05 20:40:00
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+from sqlalchemy.dialects import postgresql
+
+revision = "0010_journal"
+down_revision = "0009_triggers"
+branch_labels = None
+depends_on = None
+
+_JSON = sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql")
+
+
+def upgrade() -> None:
+    op.create_table(
+        "journal",
+        sa.Column("position", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+        sa.Column("touchpoint", sa.String(length=64), nullable=False),
+        sa.Column("event_id", sa.String(length=200), nullable=False),
+        sa.Column("body", _JSON, nullable=False),
+        sa.Column("appended_at", sa.DateTime(), nullable=False),
+        sa.PrimaryKeyConstraint("position"),
+        sa.UniqueConstraint("touchpoint", "event_id", name="uq_journal_touchpoint_event_id"),
+    )
+    op.create_table(
+        "journal_cursor",
+        sa.Column("name", sa.String(length=64), nullable=False),
+        sa.Column("position", sa.BigInteger(), nullable=False),
+        sa.Column("updated_at", sa.DateTime(), nullable=False),
+        sa.PrimaryKeyConstraint("name"),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("journal_cursor")
+    op.drop_table("journal")
