@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import sqlalchemy as sa
 import structlog
@@ -104,7 +104,7 @@ class Hub:
         migrate: bool = True,
         pm: PrmPluginManager | None = None,
         registrations: Registrations | None = None,
-        process_journal: bool = True,
+        journal_processor: Literal["here", "elsewhere", "only"] = "here",
     ) -> AsyncIterator[Hub]:
         """Start a hub (migrating the database unless told not to) and stop it on exit.
 
@@ -114,8 +114,10 @@ class Hub:
         caller that already built the plugin manager passes it as ``pm``. What the hub logs
         is redacted whatever logging the caller set up (:func:`prm_core.logs.protect_logs`).
 
-        With ``[ingest] journal = true`` the hub runs the journal's processor beside it unless
-        ``process_journal=False`` (the processor then runs in a process of its own).
+        With ``[ingest] journal = true``, ``journal_processor`` says where the journal is
+        processed: ``"here"`` (a task beside the hub), ``"elsewhere"`` (processes of their own;
+        this hub only follows their progress), or ``"only"`` (this process is such a processor:
+        it runs no relay, outbox, triggers or ``prm_hub_started`` hooks).
         """
         protect_logs()
         # autoloading stays subject to the environment's switches (PRM_DISABLE_PLUGIN_AUTOLOAD)
@@ -137,6 +139,9 @@ class Hub:
         feed = Feed.from_config(config, store)
         journal_settings = JournalSettings.from_config(config.section("ingest"))
         journal = Journal.open(store, journal_settings, config.database_url) if journal_settings.enabled else None
+        if journal is None and journal_processor == "only":
+            raise ConfigError("processing the journal needs [ingest] journal = true")
+        services = journal_processor != "only"
         try:
             if migrate:
                 await store.migrate()
@@ -162,31 +167,34 @@ class Hub:
             ingestor.start()
             hub = cls(config, pm, registrations, store, hooks, ingestor, planner, feed)
             if journal is not None:
-                await journal.start()
+                await journal.start(follow=journal_processor == "elsewhere")
                 hub.journal = journal
-                if process_journal:
+                if journal_processor != "elsewhere":
                     batch = journal_settings.batch
                     hub.processor = Processor(journal, store, rules, hooks.batch_committed, batch=batch)
                     hub.processor.start()
             hub.event_labels = merge_labels(reversed(pm.hook.prm_event_labels(config=config)))
-            # delivery to destinations runs in its own tasks: a destination that is down never slows ingest
-            hub.relay = Relay(store, destinations, feed.signal, lease_s=feed.lease_s)
-            await hub.relay.start()
-            # partner work left by a previous run (or another hub's crash) is dispatched from here
-            hub.outbox = Outbox.from_config(hub)
-            hub.outbox.start()
-            hub.triggers = TriggerEngine(hub, *triggers, lease_s=feed.lease_s)
-            await hub.triggers.start()
+            if services:
+                # delivery to destinations runs in its own tasks: a destination that is down never slows ingest
+                hub.relay = Relay(store, destinations, feed.signal, lease_s=feed.lease_s)
+                await hub.relay.start()
+                # partner work left by a previous run (or another hub's crash) is dispatched from here
+                hub.outbox = Outbox.from_config(hub)
+                hub.outbox.start()
+                hub.triggers = TriggerEngine(hub, *triggers, lease_s=feed.lease_s)
+                await hub.triggers.start()
             try:
-                await hooks.hub_started(hub)
+                if services:
+                    await hooks.hub_started(hub)
                 yield hub
             finally:
-                await hub.triggers.stop()
-                await hub.relay.stop()
-                await hub.outbox.stop()
-                # before the ingest writer stops: what a plugin records while it closes (a call
-                # event the switch sent a moment ago) is still written
-                await hooks.hub_stopping(hub)
+                if services:
+                    await hub.triggers.stop()
+                    await hub.relay.stop()
+                    await hub.outbox.stop()
+                    # before the ingest writer stops: what a plugin records while it closes (a call
+                    # event the switch sent a moment ago) is still written
+                    await hooks.hub_stopping(hub)
                 await ingestor.stop()
                 if journal is not None:
                     await journal.stop_writer()  # what callers handed it is journaled; the rest waits

@@ -58,6 +58,7 @@ __all__ = ["Accepted", "Journal", "JournalSettings", "Processor", "journal_path"
 log = structlog.get_logger(__name__)
 
 CURSOR = "processor"
+FOLLOW_S = 0.05  # how often a hub whose processor runs elsewhere reads the processor's place
 _LOCK_KEY = 0x6A6F75726E616C  # "journal": serializes appends (and so positions) on PostgreSQL
 _CHUNK = 400
 
@@ -177,6 +178,7 @@ class Journal:
     _thread: ThreadPoolExecutor | None = field(init=False, default=None)
     _queue: asyncio.Queue[_Job | None] = field(init=False, factory=asyncio.Queue)
     _task: asyncio.Task[None] | None = field(init=False, default=None)
+    _follower: asyncio.Task[None] | None = field(init=False, default=None)
     _pending: int = field(init=False, default=0)
     head: int = field(init=False, default=0)  # the last position this process appended (or found)
     processed: int = field(init=False, default=0)  # the processor's place, as last seen here
@@ -193,10 +195,22 @@ class Journal:
 
     # ---- lifecycle -------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, *, follow: bool = False) -> None:
+        """Start the writer; ``follow``: the processor runs in other processes, whose
+        progress this one reads from the cursor (for its depth, back-pressure and waits)."""
         self.processed = await self.store.read(_cursor)
         self.head = await self._run(self._prepare)
         self._task = asyncio.create_task(self._writer(), name="prm-journal-writer")
+        if follow:
+            self._follower = asyncio.create_task(self._follow(), name="prm-journal-follower")
+
+    async def _follow(self) -> None:
+        while True:
+            await asyncio.sleep(FOLLOW_S)
+            try:
+                self.advanced(await self.store.read(_cursor))
+            except StoreUnavailable:
+                continue
 
     async def stop_writer(self) -> None:
         """Journal what is queued, then stop appending."""
@@ -207,6 +221,10 @@ class Journal:
 
     async def close(self) -> None:
         await self.stop_writer()
+        if self._follower is not None:
+            self._follower.cancel()
+            await asyncio.gather(self._follower, return_exceptions=True)
+            self._follower = None
         if self._thread is not None:
             self._thread.shutdown(wait=True)
             self._thread = None

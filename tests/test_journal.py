@@ -133,7 +133,7 @@ async def test_health_and_metrics_report_depth_and_lag(hub_client, make_key):
 async def test_back_pressure_past_the_bound(database_url, tmp_path):
     config = Config(database_url=database_url, raw={"ingest": {"journal": True, "max_depth": 8}})
     # the processor runs elsewhere (not at all here): the journal only grows
-    async with Hub.open(config, autoload=True, process_journal=False) as hub:
+    async with Hub.open(config, autoload=True, journal_processor="elsewhere") as hub:
         assert hub.journal is not None
         accepted = await hub.accept([library_event(n, f"email:p{n}@example.com") for n in range(6)])
         assert accepted.accepted == 6
@@ -170,7 +170,7 @@ async def test_a_synchronous_write_sees_journaled_events_first(database_url):
 
 async def test_the_journal_survives_a_restart_and_is_processed(database_url):
     config = Config(database_url=database_url, raw={"ingest": {"journal": True}})
-    async with Hub.open(config, autoload=True, process_journal=False) as hub:
+    async with Hub.open(config, autoload=True, journal_processor="elsewhere") as hub:
         accepted = await hub.accept([library_event(n, f"email:t{n % 3}@example.com") for n in range(9)])
         assert accepted.accepted == 9
     async with Hub.open(config, autoload=True) as hub:
@@ -225,3 +225,25 @@ async def test_concurrent_writers_and_readers(hub_client, make_key):
         assert got.status == 200
 
     await asyncio.gather(*(one(n) for n in range(40)))
+
+
+@pytest.mark.parametrize(
+    ("toml", "processors", "message"),
+    [
+        ("[ingest]\njournal = true\n", "2", "SQLite takes one journal processor"),
+        ("", "1", "--processors needs [ingest] journal = true"),
+    ],
+)
+def test_serve_refuses_processors_it_cannot_run(tmp_path, toml, processors, message):
+    from click.testing import CliRunner
+
+    from prm_core.cli import main
+
+    (tmp_path / "prm.toml").write_text(toml)
+    url = f"sqlite:///{tmp_path}/prm.db"
+    result = CliRunner().invoke(
+        main, ["serve", "--config", str(tmp_path / "prm.toml"), "--database", url, "--processors", processors]
+    )
+    assert result.exit_code == 1
+    assert message in result.output
+    assert not (tmp_path / "prm.db").exists()  # refused before anything was written

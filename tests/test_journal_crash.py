@@ -19,7 +19,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from hubprocs import PERSONS, assert_consistent, cli, drive, free_port, start_hub, wait_up
+from hubprocs import PERSONS, assert_consistent, cli, drive, free_port, launch, wait_up
 
 ROUNDS = 8
 MIN_PER_ROUND = 3 * PERSONS
@@ -52,8 +52,34 @@ async def journal_drained(port: int) -> dict[str, object]:
                 await asyncio.sleep(0.05)
 
 
+def start_hub(database_url: str, port: int, env: dict[str, str], cwd: Path, processors: int):
+    args = ["serve", "--port", str(port), "--database", database_url, "--log-level", "warning"]
+    return launch([*args, "--processors", str(processors)], env=env, cwd=cwd)
+
+
+def children(pid: int) -> list[int]:
+    """The processes ``pid``'s threads started (Linux), i.e. its journal processors."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            found += [int(p) for p in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return found
+
+
+async def processor_of(pid: int) -> int:
+    for _ in range(1200):  # a minute: the server starts it once migrated
+        found = children(pid)
+        if found:
+            return found[0]
+        await asyncio.sleep(0.05)
+    raise AssertionError("the server started no journal processor")
+
+
+@pytest.mark.parametrize("processors", [0, 1], ids=["in-the-server", "processor-process"])
 async def test_sigkill_with_the_journal_loses_and_duplicates_nothing(
-    database_url: str, crash_env: dict[str, str], tmp_path: Path
+    database_url: str, crash_env: dict[str, str], tmp_path: Path, processors: int
 ) -> None:
     (tmp_path / "prm.toml").write_text("[ingest]\njournal = true\n")  # read from the hub's working directory
     key = cli("keys", "create", "--scope", "touchpoint:web", "--database", database_url, env=crash_env, cwd=tmp_path)
@@ -62,16 +88,24 @@ async def test_sigkill_with_the_journal_loses_and_duplicates_nothing(
     rng = random.Random(20261205)
     stop = asyncio.Event()
     driving = asyncio.ensure_future(drive([port], key, acked, stop))
-    proc = start_hub(database_url, port, crash_env, tmp_path)
+    proc = start_hub(database_url, port, crash_env, tmp_path, processors)
+    kills = {"server": 0, "processor": 0}
     try:
-        for _ in range(ROUNDS):
+        for round_ in range(ROUNDS):
             await wait_up(port, proc)
             await until_acked(acked, len(acked) + MIN_PER_ROUND, driving)
             await asyncio.sleep(rng.uniform(0.0, 0.6))
             assert not driving.done(), driving.exception()
+            if processors and round_ % 2:
+                # the processor alone (the server starts another); the server keeps acknowledging
+                os.kill(await processor_of(proc.pid), signal.SIGKILL)
+                kills["processor"] += 1
+                continue
+            # the server (and with it its processor, which dies with its parent)
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-            proc = start_hub(database_url, port, crash_env, tmp_path)
+            kills["server"] += 1
+            proc = start_hub(database_url, port, crash_env, tmp_path, processors)
         await wait_up(port, proc)
         stop.set()
         total = await asyncio.wait_for(driving, timeout=300)
@@ -86,4 +120,5 @@ async def test_sigkill_with_the_journal_loses_and_duplicates_nothing(
     assert len(acked) == total
     assert total > 20 * PERSONS, "too few events to mean anything"
     assert journal["head"] == journal["processed"]
+    assert kills["server"] > 0 and (kills["processor"] > 0 or not processors)
     await assert_consistent(database_url, total)
