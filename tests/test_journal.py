@@ -247,3 +247,32 @@ def test_serve_refuses_processors_it_cannot_run(tmp_path, toml, processors, mess
     assert result.exit_code == 1
     assert message in result.output
     assert not (tmp_path / "prm.db").exists()  # refused before anything was written
+
+
+async def test_import_journals_and_reports_once_processed(database_url, tmp_path):
+    import json
+
+    from prm_core.importer import import_events
+
+    config = Config(database_url=database_url, raw={"ingest": {"journal": True, "max_depth": 50}})
+    lines = [event(n, email=f"imp{n % 4}@example.com") for n in range(120)]  # past max_depth: it waits, not fails
+    path = tmp_path / "events.jsonl"
+    path.write_text("\n".join(json.dumps(line) for line in [*lines, lines[0]]) + "\n")
+    result = await import_events(config, path, "web", batch_size=25, progress=False)
+    assert (result.accepted, result.duplicates) == (120, 1)
+    async with Hub.open(config, autoload=True) as hub:
+        assert hub.journal is not None and hub.journal.depth == 0
+        view = await hub.view("email:imp1@example.com", limit=200)
+        assert len(view.timeline) == 30
+
+
+async def test_the_feed_waits_for_the_position_in_the_header(hub_client, make_key):
+    web, read = await make_key("touchpoint:web"), await make_key("read")
+    resp = await hub_client.post(EVENTS, json={"events": [event(7, email="feed@example.com")]}, headers=bearer(web))
+    position = (await resp.json())["position"]
+    got = await hub_client.get("/v1/changes?limit=1000", headers={**bearer(read), "PRM-After-Position": position})
+    assert got.status == 200
+    changes = (await got.json())["changes"]
+    assert any(c["type"] == "event.recorded" and c["data"].get("event_id") == "j7" for c in changes), changes
+    bad = await hub_client.get("/v1/changes", headers={**bearer(read), "PRM-After-Position": "x"})
+    assert bad.status == 422

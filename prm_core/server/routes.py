@@ -211,15 +211,19 @@ async def post_request(request: web.Request) -> web.Response:
     return web.json_response(answer.to_json())
 
 
-async def _read_after(request: web.Request) -> None:
+async def _read_after(request: web.Request, *, query: bool = True) -> None:
     """Read-your-writes: wait until the journal is processed up to the position the request
-    names (``?after=`` or the PRM-After-Position header); 503 with Retry-After if it is not
-    within ``[ingest].read_wait_ms``. Without the journal every acknowledged event is recorded."""
-    raw = request.query.get("after", request.headers.get(POSITION_HEADER))
+    names (``?after=`` or the PRM-After-Position header; the header alone where ``after`` is
+    the route's own, as on the feed); 503 with Retry-After if it is not within
+    ``[ingest].read_wait_ms``. Without the journal every acknowledged event is recorded."""
+    raw = request.headers.get(POSITION_HEADER)
+    if query:
+        raw = request.query.get("after", raw)
     if raw is None:
         return
     if not raw.isdigit() or len(raw) > 18:
-        raise InvalidInput("after must be a journal position (the position of an events answer)", "after")
+        where = "after" if query and "after" in request.query else POSITION_HEADER
+        raise InvalidInput("after must be a journal position (the position of an events answer)", where)
     hub = request.app[HUB]
     if not await hub.processed_after(int(raw)):
         retry = str(hub.journal.settings.retry_after_s) if hub.journal is not None else "1"
@@ -449,6 +453,7 @@ async def metrics(request: web.Request) -> web.Response:
     },
     responses={
         200: '{"changes": [...], "next": "<position>"}',
+        503: "PRM-After-Position names a journal position not processed within [ingest].read_wait_ms",
         410: "The position is older than the oldest change kept (retention)",
         422: "Bad after, limit, types or wait",
         **AUTH_ERRORS,
@@ -456,6 +461,7 @@ async def metrics(request: web.Request) -> web.Response:
 )
 async def get_changes(request: web.Request) -> web.Response:
     await require(request, "read")
+    await _read_after(request, query=False)  # the journal position in the header: ?after= is the feed's
     q = request.query
     after = parse_position(q["after"]) if "after" in q else None
     raw_limit = q.get("limit", "100")
