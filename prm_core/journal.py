@@ -33,6 +33,7 @@ always in one of the two when it is looked for.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -342,7 +343,7 @@ class Journal:
         if rest:
             seen |= _existing(conn, events, rest) if pg else self._recorded(rest)
         flags: list[bool] = []
-        rows: list[dict[str, Any]] = []
+        fresh: list[Event] = []
         for ev in batch:
             key = (ev.touchpoint, ev.id)
             if key in seen:
@@ -350,9 +351,22 @@ class Journal:
                 continue
             seen.add(key)
             flags.append(False)
-            rows.append({"touchpoint": ev.touchpoint, "event_id": ev.id, "body": encode(ev, now), "appended_at": now})
-        if rows:
+            fresh.append(ev)
+        if fresh and pg:
+            rows = [
+                {"touchpoint": e.touchpoint, "event_id": e.id, "body": encode(e, now), "appended_at": now}
+                for e in fresh
+            ]
             conn.execute(journal.insert(), rows)
+        elif fresh:
+            # the journal file's rows bound as the driver takes them: SQLAlchemy's processing of
+            # each JSON and timestamp value cost more than the insert. The text is what the journal
+            # table's types read back (JSON; naive UTC as SQLAlchemy writes SQLite's DATETIME)
+            at = now.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+            conn.exec_driver_sql(
+                "INSERT INTO journal (touchpoint, event_id, body, appended_at) VALUES (?, ?, ?, ?)",
+                [(e.touchpoint, e.id, json.dumps(encode(e, now), separators=(",", ":")), at) for e in fresh],
+            )
         head = conn.execute(sa.select(sa.func.max(journal.c.position))).scalar() or 0
         return flags, int(head)
 
