@@ -226,17 +226,20 @@ class Hub:
         ``occurred_at``), whichever plugin made it, and nothing of its batch is written.
 
         With the journal on, this synchronous path first waits until the processor has
-        recorded everything journaled so far, so it never works from a stale view of the
-        customers it touches."""
+        recorded every journaled event naming one of these events' identities or dialogue
+        keys (:meth:`prm_core.journal.Journal.recent_position`), so it never works from a stale
+        view of the customers it touches; events of other people do not hold it up."""
         now = utcnow()
         for ev in events:
             self.touchpoint(ev.touchpoint)
             check_window(ev.occurred_at, "occurred_at", now)
         journal = self.journal
         if journal is not None and journal.head > journal.processed:
-            if not await journal.wait_processed(journal.head, journal.settings.sync_wait_ms / 1000):
-                self.sync_wait_expired += 1
-                log.warning("synchronous write went ahead of the journal", depth=journal.depth)
+            needed = journal.recent_position(events)
+            if needed > journal.processed:
+                if not await journal.wait_processed(needed, journal.settings.sync_wait_ms / 1000):
+                    self.sync_wait_expired += 1
+                    log.warning("synchronous write went ahead of the journal", depth=journal.depth)
         return await self.ingestor.record(events)
 
     async def accept(self, events: Sequence[Event]) -> Accepted:

@@ -35,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -184,6 +184,10 @@ class Journal:
     head: int = field(init=False, default=0)  # the last position this process appended (or found)
     processed: int = field(init=False, default=0)  # the processor's place, as last seen here
     _moved: asyncio.Event = field(init=False, factory=asyncio.Event)
+    # identity (and dialogue key) -> a journal position at or after its latest event appended
+    # here and not yet processed: what a synchronous write naming it waits for (see recent_position)
+    _recent: dict[str, int] = field(init=False, factory=dict)
+    _pruned_at: float = field(init=False, default=0.0)
     on_append: Callable[[], None] | None = field(init=False, default=None)
 
     @classmethod
@@ -322,6 +326,11 @@ class Journal:
             return
         self._pending -= len(batch)
         self.head = max(self.head, head)
+        recent = self._recent
+        for ev, duplicate in zip(batch, flags, strict=True):
+            if not duplicate:
+                for key in _keys(ev):
+                    recent[key] = head
         start = 0
         for job in jobs:
             part = tuple(flags[start : start + len(job.events)])
@@ -383,6 +392,20 @@ class Journal:
             self.processed = position
             self._moved.set()
             self._moved = asyncio.Event()
+            if position >= self.head:
+                self._recent.clear()
+            elif len(self._recent) > 50_000 and time.monotonic() - self._pruned_at > 1.0:
+                self._pruned_at = time.monotonic()
+                self._recent = {k: p for k, p in self._recent.items() if p > position}
+
+    def recent_position(self, events: Sequence[Event]) -> int:
+        """The position a synchronous write of ``events`` waits for: the latest journaled (here)
+        and unprocessed event naming one of their identities or dialogue keys; 0 when none. The
+        processor records in order, so once it is past that, every journaled event of theirs is."""
+        recent = self._recent
+        if not recent:
+            return 0
+        return max((recent.get(key, 0) for ev in events for key in _keys(ev)), default=0)
 
     async def wait_processed(self, position: int, timeout_s: float) -> bool:
         """Wait (at most ``timeout_s``) until the processor has passed ``position``."""
@@ -452,6 +475,15 @@ class Journal:
             conn.execute(sa.delete(journal).where(journal.c.position <= upto))
 
         await self._run(delete)
+
+
+def _keys(ev: Event) -> Iterator[str]:
+    for identity in ev.identities:
+        yield f"{identity.namespace}:{identity.value}"
+    if ev.dialogue:
+        yield f"\x00{ev.touchpoint}\x00{ev.dialogue}"
+    if ev.dialogue_id:
+        yield f"\x00\x00{ev.dialogue_id}"
 
 
 def _sqlite_engine(path: Path, *, immediate: bool) -> sa.Engine:

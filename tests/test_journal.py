@@ -276,3 +276,18 @@ async def test_the_feed_waits_for_the_position_in_the_header(hub_client, make_ke
     assert any(c["type"] == "event.recorded" and c["data"].get("event_id") == "j7" for c in changes), changes
     bad = await hub_client.get("/v1/changes", headers={**bearer(read), "PRM-After-Position": "x"})
     assert bad.status == 422
+
+
+async def test_a_synchronous_write_waits_only_for_the_people_it_names(database_url):
+    config = Config(database_url=database_url, raw={"ingest": {"journal": True, "sync_wait_ms": 400}})
+    # no processor at all: what a synchronous write waits for is never processed
+    async with Hub.open(config, autoload=True, journal_processor="elsewhere") as hub:
+        await hub.accept([library_event(1, "email:busy@example.com")])
+        started = asyncio.get_running_loop().time()
+        await hub.record([library_event(2, "email:other@example.com")])
+        assert asyncio.get_running_loop().time() - started < 0.3  # nobody it names is journaled
+        assert hub.sync_wait_expired == 0
+        started = asyncio.get_running_loop().time()
+        await hub.record([library_event(3, "anonymous_id:d9", "email:busy@example.com")])
+        assert asyncio.get_running_loop().time() - started >= 0.4  # it waited its whole budget
+        assert hub.sync_wait_expired == 1
