@@ -33,6 +33,7 @@ always in one of the two when it is looked for.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -52,7 +53,7 @@ from .recording import BatchOutcome, IngestRules, record_batch
 from .store import Store
 from .store.engine import async_url
 from .store.lists import pairs_in
-from .store.tables import events, journal, journal_cursor, utcnow
+from .store.tables import events, journal, journal_cursor, journal_rejected, utcnow
 
 __all__ = ["Accepted", "Journal", "JournalSettings", "Processor", "journal_path"]
 
@@ -63,7 +64,7 @@ FOLLOW_S = 0.05  # how often a hub whose processor runs elsewhere reads the proc
 _LOCK_KEY = 0x6A6F75726E616C  # "journal": serializes appends (and so positions) on PostgreSQL
 _CHUNK = 400
 
-# the SQLite journal file's own schema: the journal table's columns, positions never reused
+# the SQLite journal file's own schema: the journal and journal_rejected tables' columns (positions never reused)
 _SQLITE_DDL = (
     "CREATE TABLE IF NOT EXISTS journal ("
     " position INTEGER PRIMARY KEY AUTOINCREMENT,"
@@ -71,7 +72,14 @@ _SQLITE_DDL = (
     " event_id VARCHAR(200) NOT NULL,"
     " body JSON NOT NULL,"
     " appended_at DATETIME NOT NULL,"
-    " CONSTRAINT uq_journal_touchpoint_event_id UNIQUE (touchpoint, event_id))"
+    " CONSTRAINT uq_journal_touchpoint_event_id UNIQUE (touchpoint, event_id))",
+    "CREATE TABLE IF NOT EXISTS journal_rejected ("
+    " position BIGINT NOT NULL PRIMARY KEY,"
+    " touchpoint VARCHAR(64) NOT NULL,"
+    " event_id VARCHAR(200) NOT NULL,"
+    " body JSON NOT NULL,"
+    " error VARCHAR(200) NOT NULL,"
+    " rejected_at DATETIME NOT NULL)",
 )
 
 
@@ -241,7 +249,8 @@ class Journal:
         """Create the SQLite journal file's table; the head. A journal file younger than the
         database (restored, or deleted) continues after the cursor, never below it."""
         if self.engine is not None:
-            conn.exec_driver_sql(_SQLITE_DDL)
+            for ddl in _SQLITE_DDL:
+                conn.exec_driver_sql(ddl)
             head = conn.execute(sa.text("SELECT max(position) FROM journal")).scalar() or 0
             if head < self.processed:
                 conn.exec_driver_sql("DELETE FROM sqlite_sequence WHERE name = 'journal'")
@@ -544,7 +553,7 @@ class Processor:
     after_commit: Callable[[BatchOutcome], None]
     batch: int = 2000
     idle_s: float = 0.05  # how often an idle processor looks for another process's appends
-    rejected: int = field(init=False, default=0)  # events that could not be recorded (logged, skipped)
+    rejected: int = field(init=False, default=0)  # events it could not record (kept in journal_rejected)
     _wake: asyncio.Event = field(init=False, factory=asyncio.Event)
     _task: asyncio.Task[None] | None = field(init=False, default=None)
     _stopping: bool = field(init=False, default=False)
@@ -611,11 +620,12 @@ class Processor:
             except StoreUnavailable:
                 raise
             except Exception as exc:
-                n = await self.store.write(self._skip_one)
+                error = type(exc).__name__
+                n = await self.store.write(functools.partial(self._skip_one, error=error))
                 if n == 0:
                     break
                 self.rejected += n
-                log.error("journaled event not recorded; skipped", error=type(exc).__name__)
+                log.error("journaled event not recorded; kept in journal_rejected", error=error)
                 self.journal.advanced(await self.store.read(_cursor))
             if n == 0:
                 break
@@ -651,10 +661,27 @@ class Processor:
         self._move_cursor(conn, upto)
         return len(rows), outcome, upto
 
-    def _skip_one(self, conn: Connection) -> int:
+    def _skip_one(self, conn: Connection, error: str) -> int:
+        """Move the cursor past the next event, which could not be recorded, keeping a copy in
+        ``journal_rejected`` (on SQLite in the journal's file, committed first: a crash in
+        between leaves the copy, and the event is tried again)."""
         at = self._lock_cursor(conn)
         rows = self.journal.read_after(conn, at, 1)
         if not rows:
             return 0
-        self._move_cursor(conn, rows[0][0])
+        position, body = rows[0]
+        row = {
+            "position": position,
+            "touchpoint": body["touchpoint"],
+            "event_id": body["id"],
+            "body": body,
+            "error": error[:200],
+            "rejected_at": utcnow(),
+        }
+        if self.journal.engine is None:
+            conn.execute(journal_rejected.insert(), row)
+        else:
+            with self.journal.engine.begin() as jconn:
+                jconn.execute(journal_rejected.insert().prefix_with("OR IGNORE"), row)
+        self._move_cursor(conn, position)
         return 1

@@ -291,3 +291,30 @@ async def test_a_synchronous_write_waits_only_for_the_people_it_names(database_u
         await hub.record([library_event(3, "anonymous_id:d9", "email:busy@example.com")])
         assert asyncio.get_running_loop().time() - started >= 0.4  # it waited its whole budget
         assert hub.sync_wait_expired == 1
+
+
+async def test_an_event_the_processor_cannot_record_is_kept_not_lost(database_url, monkeypatch):
+    from prm_core import journal as journal_module
+
+    record_batch = journal_module.record_batch
+
+    def failing(conn, batch, rules):
+        if any(ev.id == "lib2" for ev in batch):
+            raise RuntimeError("a bug in recording")
+        return record_batch(conn, batch, rules)
+
+    monkeypatch.setattr(journal_module, "record_batch", failing)
+    config = Config(database_url=database_url, raw={"ingest": {"journal": True}})
+    async with Hub.open(config, autoload=True) as hub:
+        accepted = await hub.accept([library_event(n, f"email:k{n}@example.com") for n in range(5)])
+        assert await hub.processed_after(accepted.position, 10)
+        assert hub.processor is not None and hub.processor.rejected == 1
+        for n in (0, 1, 3, 4):  # the others of its batch are recorded
+            assert (await hub.view(f"email:k{n}@example.com")).timeline[0].event_id == f"lib{n}"
+        kept = sa.text("SELECT event_id, error FROM journal_rejected")
+        if hub.journal.engine is None:
+            rows = await hub.store.read(lambda conn: conn.execute(kept).all())
+        else:
+            with hub.journal.engine.connect() as conn:
+                rows = conn.execute(kept).all()
+        assert [tuple(r) for r in rows] == [("lib2", "RuntimeError")]

@@ -33,6 +33,7 @@ __all__ = [
     "IdentityRow",
     "ImportCheckpointRow",
     "JournalCursorRow",
+    "JournalRejectedRow",
     "JournalRow",
     "MembershipRow",
     "MergeRow",
@@ -661,6 +662,20 @@ class JournalRow(SQLModel, table=True):
     appended_at: datetime = _ts()
 
 
+class JournalRejectedRow(SQLModel, table=True):
+    """A journaled event the processor could not record (the error's name): kept, not lost,
+    for an operator to look at. On SQLite it lives in the journal's file, like the journal."""
+
+    __tablename__ = "journal_rejected"
+
+    position: int = Field(primary_key=True, sa_type=sa.BigInteger, sa_column_kwargs={"autoincrement": False})
+    touchpoint: str = Field(max_length=64)
+    event_id: str = Field(max_length=200)
+    body: dict[str, Any] = _json(default_factory=dict)
+    error: str = Field(max_length=200)
+    rejected_at: datetime = _ts()
+
+
 class JournalCursorRow(SQLModel, table=True):
     """How far the journal's processor is: every journaled event up to ``position`` is
     recorded. Written in the same transaction as the events it records."""
@@ -712,6 +727,7 @@ trigger_runs: sa.Table = TriggerRunRow.__table__  # type: ignore[attr-defined]  
 trigger_offers: sa.Table = TriggerOfferRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
 trigger_cursor: sa.Table = TriggerCursorRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
 journal: sa.Table = JournalRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
+journal_rejected: sa.Table = JournalRejectedRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
 journal_cursor: sa.Table = JournalCursorRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
 
 # retention (prm_core.privacy.retention) finds a touch point's old events without a scan

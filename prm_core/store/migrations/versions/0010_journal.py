@@ -1,4 +1,4 @@
-"""Journaled ingest: the journal of accepted events (used on PostgreSQL) and the processor's place in it.
+"""Journaled ingest: the journal of accepted events and its rejected ones (used on PostgreSQL), the processor's place.
 
 Revision ID: 0010_journal
 Revises: 0009_triggers
@@ -31,6 +31,16 @@ def upgrade() -> None:
         sa.UniqueConstraint("touchpoint", "event_id", name="uq_journal_touchpoint_event_id"),
     )
     op.create_table(
+        "journal_rejected",
+        sa.Column("position", sa.BigInteger(), autoincrement=False, nullable=False),
+        sa.Column("touchpoint", sa.String(length=64), nullable=False),
+        sa.Column("event_id", sa.String(length=200), nullable=False),
+        sa.Column("body", _JSON, nullable=False),
+        sa.Column("error", sa.String(length=200), nullable=False),
+        sa.Column("rejected_at", sa.DateTime(), nullable=False),
+        sa.PrimaryKeyConstraint("position"),
+    )
+    op.create_table(
         "journal_cursor",
         sa.Column("name", sa.String(length=64), nullable=False),
         sa.Column("position", sa.BigInteger(), nullable=False),
@@ -41,4 +51,5 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("journal_cursor")
+    op.drop_table("journal_rejected")
     op.drop_table("journal")
