@@ -171,7 +171,9 @@ class Hub:
                 hub.journal = journal
                 if journal_processor != "elsewhere":
                     batch = journal_settings.batch
-                    hub.processor = Processor(journal, store, rules, hooks.batch_committed, batch=batch)
+                    hub.processor = Processor(
+                        journal, store, rules, hooks.batch_committed, batch=batch, batch_ms=journal_settings.batch_ms
+                    )
                     hub.processor.start()
             hub.event_labels = merge_labels(reversed(pm.hook.prm_event_labels(config=config)))
             if services:

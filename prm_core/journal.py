@@ -60,6 +60,7 @@ __all__ = ["Accepted", "Journal", "JournalSettings", "Processor", "journal_path"
 log = structlog.get_logger(__name__)
 
 CURSOR = "processor"
+MIN_BATCH = 50  # the processor's smallest batch, however slow recording is
 FOLLOW_S = 0.05  # how often a hub whose processor runs elsewhere reads the processor's place
 _LOCK_KEY = 0x6A6F75726E616C  # "journal": serializes appends (and so positions) on PostgreSQL
 _CHUNK = 400
@@ -89,14 +90,15 @@ class JournalSettings:
 
     enabled: bool = False
     max_depth: int = 1_000_000  # events journaled and not processed; past it, appends answer 503
-    batch: int = 2000  # events one processing transaction records
+    batch: int = 2000  # events one processing transaction records, at most
+    batch_ms: int = 200  # the time a processing transaction aims at: batches are sized to it
     read_wait_ms: int = 2000  # how long a read with a position waits for the processor
     sync_wait_ms: int = 5000  # how long a synchronous write waits for the journal to be processed
     retry_after_s: int = 1
 
     @classmethod
     def from_config(cls, section: Any) -> JournalSettings:
-        known = {"journal", "max_depth", "batch", "read_wait_ms", "sync_wait_ms", "retry_after_s"}
+        known = {"journal", "max_depth", "batch", "batch_ms", "read_wait_ms", "sync_wait_ms", "retry_after_s"}
         unknown = sorted(set(section) - known)
         if unknown:
             raise ConfigError(f"[ingest] has no setting {unknown[0]!r}; known: {', '.join(sorted(known))}")
@@ -104,7 +106,7 @@ class JournalSettings:
         if not isinstance(enabled, bool):
             raise ConfigError(f"[ingest].journal must be true or false, not {enabled!r}")
         values: dict[str, int] = {}
-        for name in ("max_depth", "batch", "read_wait_ms", "sync_wait_ms", "retry_after_s"):
+        for name in ("max_depth", "batch", "batch_ms", "read_wait_ms", "sync_wait_ms", "retry_after_s"):
             value = section.get(name, getattr(cls(), name))
             if isinstance(value, bool) or not isinstance(value, int) or value < (0 if "wait" in name else 1):
                 raise ConfigError(f"[ingest].{name} must be a positive whole number, not {value!r}")
@@ -551,7 +553,8 @@ class Processor:
     store: Store
     rules: IngestRules
     after_commit: Callable[[BatchOutcome], None]
-    batch: int = 2000
+    batch: int = 2000  # at most
+    batch_ms: int = 200  # the time a batch's transaction aims at (see _loop)
     idle_s: float = 0.05  # how often an idle processor looks for another process's appends
     rejected: int = field(init=False, default=0)  # events it could not record (kept in journal_rejected)
     _wake: asyncio.Event = field(init=False, factory=asyncio.Event)
@@ -571,10 +574,19 @@ class Processor:
 
     async def _loop(self) -> None:
         failures = 0
+        limit = min(self.batch, 100)  # the first batches size the rest
+        per_event_s = 0.0
         while not self._stopping:
             try:
-                done = await self.process_once(self.batch)
+                started = time.monotonic()
+                done = await self.process_once(limit)
                 failures = 0
+                if done:
+                    # a batch of about batch_ms: a synchronous write queued behind it on the one
+                    # SQLite writer (or waiting for its customers' locks) waits that long at most
+                    took = (time.monotonic() - started) / done
+                    per_event_s = took if not per_event_s else 0.7 * per_event_s + 0.3 * took
+                    limit = max(MIN_BATCH, min(self.batch, int(self.batch_ms / 1000 / per_event_s)))
             except StoreUnavailable:
                 failures += 1
                 await asyncio.sleep(min(2.0, 0.05 * 2**failures))
