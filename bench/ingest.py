@@ -35,6 +35,13 @@ rate to the bare handler's at 1 event per request; the ratio of the Segment rate
 own at 100 events per request; the hub's peak RSS (``VmHWM``); each next to its target. Timing
 is never asserted.
 
+With ``--journal`` the hub runs with ``[ingest] journal = true``: its events/s are then the
+*acceptance* rate (acknowledged once journaled), and each hub phase also reports the
+*processing* rate (the processor's progress through the journal inside the window, read from
+``/healthz``), the processor's lag (sampled every quarter second: maximum and at the window's
+end) and how long the backlog took to drain after the load stopped (the next phase starts
+only then). The summary gives both rates as ratios against the bare handler.
+
 Run ``python bench/ingest.py`` (about 3.5 minutes) or ``python bench/ingest.py --quick`` (~30 s).
 """
 
@@ -312,7 +319,7 @@ end
 """)
 LUA_EXPECTED = {
     # Lua patterns matched against the answer of a counted request
-    "hub": """'"accepted":%s*' .. batch .. '%s*,%s*"duplicates":%s*0%s*}'""",
+    "hub": """'"accepted":%s*' .. batch .. '%s*,%s*"duplicates":%s*0%s*[,}]'""",  # then "position" (--journal)
     "segment": """'^%s*{%s*"success"%s*:%s*true%s*}%s*$'""",
 }
 
@@ -449,6 +456,8 @@ def serve_hub(
     diagnostics: bool,
     identity_rules: str = "on",
     feed: bool = True,
+    journal: bool = False,
+    processors: int = 0,
 ) -> None:
     """Run the hub as ``prm serve`` does: logging set up, every installed plugin, until SIGTERM.
 
@@ -465,15 +474,31 @@ def serve_hub(
 
     configure_logging(log_level, cache=True)  # as prm serve does: loggers keep their configuration
     raw: dict[str, Any] = {} if feed else {"feed": {"enabled": False}}
+    if journal:
+        raw["ingest"] = {"journal": True}
+    children: list[subprocess.Popen[bytes]] = []
+    if journal and processors:
+        # as prm serve --processors N: the journal processed by `prm process` children
+        config_file = Path(tempfile.mkdtemp(prefix="prm-bench-processor-")) / "prm.toml"
+        config_file.write_text("[ingest]\njournal = true\n" + ("" if feed else "[feed]\nenabled = false\n"))
+        argv = [sys.executable, "-m", "prm_core.cli", "process", "--config", str(config_file)]
+        argv += ["--database", database_url, "--log-level", log_level]
+        children = [subprocess.Popen(argv) for _ in range(processors)]
     if identity_rules == "limited":
         raw["identity"] = {"rules": {"email": {"limit": 1}}}
     elif identity_rules == "off":
         IdentityRules.from_config = classmethod(lambda cls, *a, **k: None)  # type: ignore[method-assign,assignment]
-    app = create_app(Config(database_url=database_url, raw=raw), owns_process=True)  # as prm serve does
+    config = Config(database_url=database_url, raw=raw)
+    app = create_app(config, owns_process=True, journal_processor="elsewhere" if children else "here")
     if diagnostics:
         attach_diagnostics(app)
     if profile is None:
-        web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+        try:
+            web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+        finally:
+            for child in children:
+                child.terminate()
+                child.wait()
         return
     import cProfile
 
@@ -695,6 +720,12 @@ class Phase:
     client_cpu: float
     other_cpu: float  # cores used by everything else on the machine (noise)
     writer: dict[str, float] | None = None  # the hub's WriterStats inside the window (differences)
+    # --journal: the processor inside the window (events/s), its lag (max of samples, at the
+    # window's end) and the seconds the backlog took to drain once the load stopped
+    processed_per_s: float | None = None
+    lag_max_s: float | None = None
+    lag_end_s: float | None = None
+    drain_s: float | None = None
 
     @property
     def events_per_s(self) -> float:
@@ -800,12 +831,32 @@ def measure(
     load = start_load(settings, url, batch, window, api)
     sleep_until(window[0])
     stats0 = server.stats()
+    journal0 = journal_state(server)
     cpu0, client0, busy0, t0 = cpu_seconds(server.proc.pid), cpu_seconds(load.pid), machine_busy(), time.monotonic()
-    sleep_until(window[1])
+    lags: list[float] = []
+    if journal0 is None:
+        sleep_until(window[1])
+    else:
+        while time.time() < window[1] - 0.25:
+            time.sleep(0.25)
+            state = journal_state(server)
+            if state is not None:
+                lags.append(state["lag_s"])
+        sleep_until(window[1])
     cpu1, client1, busy1, wall = cpu_seconds(server.proc.pid), cpu_seconds(load.pid), machine_busy(), time.monotonic()
+    journal1 = journal_state(server)
     stats1 = server.stats()
     wall -= t0
     figures = finish_load(load)
+    journal: dict[str, float | None] = {}
+    if journal0 is not None and journal1 is not None:
+        lags.append(journal1["lag_s"])
+        journal = {
+            "processed_per_s": (journal1["processed"] - journal0["processed"]) / wall,
+            "lag_max_s": max(lags),
+            "lag_end_s": journal1["lag_s"],
+            "drain_s": drain(server),
+        }
     writer = None
     if stats0 is not None and stats1 is not None:
         writer = {k: stats1[k] - stats0[k] for k in stats1 if k != "lag_max_seconds"}
@@ -825,7 +876,31 @@ def measure(
         client_cpu=client_cpu / wall,
         other_cpu=max(0.0, (busy1 - busy0) - server_cpu - client_cpu) / wall,
         writer=writer,
+        **journal,  # type: ignore[arg-type]
     )
+
+
+def journal_state(server: Server) -> dict[str, float] | None:
+    """The hub's journal from ``/healthz`` (processed position, depth, lag); None without one."""
+    try:
+        with urllib.request.urlopen(server.base_url + "/healthz", timeout=30) as resp:
+            journal = json.loads(resp.read()).get("journal")
+    except (OSError, ValueError):
+        return None
+    if not journal:
+        return None
+    return {"processed": float(journal["processed"]), "depth": float(journal["depth"]), "lag_s": journal["lag_s"]}
+
+
+def drain(server: Server, timeout: float = 600.0) -> float | None:
+    """Seconds until the journal's depth is 0 (the load has stopped); None if it never is."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        state = journal_state(server)
+        if state is not None and state["depth"] == 0:
+            return time.monotonic() - started
+        time.sleep(0.1)
+    return None
 
 
 async def create_web_key(database_url: str) -> str:
@@ -864,6 +939,13 @@ def print_row(p: Phase) -> None:
             f" per commit ({w['sql_seconds'] / max(w['txn_seconds'], 1e-9):.0%} of it in SQL statements);"
             f" event-loop lag mean {1000 * w['lag_seconds'] / max(w['lag_probes'], 1):.1f} ms"
             + (f"; {w['rollbacks']:.0f} rolled back" if w.get("rollbacks") else ""),
+            flush=True,
+        )
+    if p.processed_per_s is not None:
+        drained = f"{p.drain_s:.1f} s" if p.drain_s is not None else "not within 10 minutes"
+        print(
+            f"{'':>29}journal: accepted {p.events_per_s:,.0f} events/s, processed {p.processed_per_s:,.0f} events/s;"
+            f" lag max {p.lag_max_s:.2f} s, at the window's end {p.lag_end_s:.2f} s; backlog drained in {drained}",
             flush=True,
         )
 
@@ -913,6 +995,19 @@ def summarize(phases: list[Phase]) -> dict[str, Any]:
             if h.server == "hub" and h.batch == batch and h.round in nofeed and nofeed[h.round].events_per_s
         ]
         out[f"ratio_feed_{batch}"] = statistics.median(feed_ratios) if feed_ratios else None
+    for batch in BATCH_SIZES:  # --journal: the processor's rate, and both rates over the bare handler's
+        hub_phases = [p for p in phases if p.server == "hub" and p.batch == batch and p.processed_per_s is not None]
+        if not hub_phases:
+            continue
+        bare = {p.round: p for p in phases if p.server == "bare" and p.batch == batch}
+        out[f"processed_{batch}"] = statistics.median(p.processed_per_s or 0.0 for p in hub_phases)
+        out[f"lag_max_{batch}"] = max(p.lag_max_s or 0.0 for p in hub_phases)
+        drains = [p.drain_s for p in hub_phases if p.drain_s is not None]
+        out[f"drain_{batch}"] = max(drains) if drains else None
+        accepted = [h.events_per_s / bare[h.round].events_per_s for h in hub_phases if bare.get(h.round)]
+        processed = [(h.processed_per_s or 0.0) / bare[h.round].events_per_s for h in hub_phases if bare.get(h.round)]
+        out[f"ratio_accepted_{batch}"] = statistics.median(accepted) if accepted else None
+        out[f"ratio_processed_{batch}"] = statistics.median(processed) if processed else None
     out["errors"] = sum(p.errors for p in phases)
     return out
 
@@ -973,6 +1068,15 @@ def render_summary(summary: dict[str, Any], rounds: int, rss_idle_mb: float, rss
             f"   target >= 0.90  {mark(summary[f'ratio_feed_{batch}'] >= 0.9)}"
             for batch in BATCH_SIZES
             if summary.get(f"ratio_feed_{batch}") is not None
+        ),
+        *(
+            f"  journal, {batch:>3} ev/request: accepted / bare {summary[f'ratio_accepted_{batch}']:.2f},"
+            f" processed / bare {summary[f'ratio_processed_{batch}']:.2f}"
+            f" ({summary[f'processed_{batch}']:,.0f} events/s processed); lag max {summary[f'lag_max_{batch}']:.2f} s;"
+            f" backlog drained in at most "
+            + (f"{summary[f'drain_{batch}']:.1f} s" if summary.get(f"drain_{batch}") is not None else "-")
+            for batch in BATCH_SIZES
+            if summary.get(f"ratio_accepted_{batch}") is not None
         ),
         f"  errors                            {summary['errors']:>10,}",
     ]
@@ -1044,6 +1148,7 @@ def _drive(args: argparse.Namespace, client: str, workdir: Path, database_url: s
         f"  rounds {args.rounds} x {args.duration:g} s"
         f" (+{args.warmup:g} s warm-up)  customers {args.customers:,}  mix {args.mix}"
         f"  segment {'on' if args.segment else 'off'}"
+        f"  journal {f'on, processors {args.journal_processors}' if args.journal else 'off'}"
         f"  hub log level {args.hub_log_level}\n"
         f"work dir {workdir}",
         flush=True,
@@ -1064,6 +1169,8 @@ def _drive(args: argparse.Namespace, client: str, workdir: Path, database_url: s
         hub_argv += ["--hub-profile", str(Path(args.hub_profile).resolve())]
     if args.hub_diagnostics:
         hub_argv.append("--hub-diagnostics")
+    if args.journal:
+        hub_argv += ["--journal", "--journal-processors", str(args.journal_processors)]
     nofeed_argv: list[str] = []
     if "hub-nofeed" in args.servers:  # copied before any hub opens the database
         nofeed_argv = [*hub_argv, "--no-feed"]
@@ -1237,6 +1344,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         " hub at each batch size, and print the two side by side (the first with an email limit the logins reach)",
     )
     parser.add_argument("--hub-identity-rules", choices=["on", "limited", "off"], default="on", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--journal",
+        action="store_true",
+        help="run the hub with [ingest] journal = true: report acceptance and processing separately, with lag",
+    )
+    parser.add_argument(
+        "--journal-processors",
+        type=int,
+        default=0,
+        help="with --journal: processors in processes of their own, as prm serve --processors (0: in the hub)",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write every figure to this JSON file")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (database and logs)")
     # internal: the roles of the processes the driver starts
@@ -1269,6 +1387,8 @@ def main(argv: list[str] | None = None) -> None:
             args.hub_diagnostics,
             args.hub_identity_rules,
             not args.no_feed,
+            args.journal,
+            args.journal_processors,
         )
     elif args.role == "bare":
         serve_bare(args.port)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import signal
 import socket
+import subprocess
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from importlib.metadata import entry_points
@@ -152,8 +155,21 @@ def main() -> None:
 @click.option("--port", default=8700, show_default=True, type=int)
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning"]))
 @click.option("--strict", is_flag=True, help="refuse to start when the config has an unknown table or key")
+@click.option(
+    "--processors",
+    type=click.IntRange(0, 64),
+    default=0,
+    show_default=True,
+    help="with [ingest] journal = true: journal processors in processes of their own (0: in the server process)",
+)
 def serve(
-    config_path: str | None, database_url: str | None, host: str, port: int, log_level: str, strict: bool
+    config_path: str | None,
+    database_url: str | None,
+    host: str,
+    port: int,
+    log_level: str,
+    strict: bool,
+    processors: int,
 ) -> None:
     """Run the hub with every installed plugin (migrates an empty database on start)."""
     import sqlalchemy as sa
@@ -163,14 +179,18 @@ def serve(
 
     config = _config(config_path, database_url)
     configure_logging(log_level, cache=True)
+    if processors:
+        _check_processors(config, processors)
     try:
-        app = create_app(config, owns_process=True)  # a bad setting stops here, before anything is written
+        # a bad setting stops here, before anything is written
+        app = create_app(config, owns_process=True, journal_processor="elsewhere" if processors else "here")
     except PrmError as exc:
         raise click.ClickException(str(exc)) from exc
     _check_config(config, strict=strict)
     # the port is taken before the hub starts: a port in use is one line, not a started hub's traceback
     sock = _listen(host, port)
     _run(lambda: _migrate(config))  # fail here, plainly, if the database is unusable
+    supervisor = _Processors(lambda: _start_processor(config_path, config, log_level), processors)
     click.echo(f"prm hub on http://{host}:{port} (database {sa.make_url(config.database_url).render_as_string()})")
     try:
         web.run_app(app, sock=sock, access_log=None, print=None)
@@ -178,6 +198,107 @@ def serve(
         raise click.ClickException(str(exc)) from exc
     except (OSError, sa.exc.DBAPIError) as exc:
         raise click.ClickException(f"the hub could not start: {type(exc).__name__}: {exc}") from exc
+    finally:
+        supervisor.stop()
+
+
+def _check_processors(config: Config, processors: int) -> None:
+    from .journal import JournalSettings
+
+    try:
+        enabled = JournalSettings.from_config(config.section("ingest")).enabled
+    except PrmError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if not enabled:
+        raise click.ClickException("--processors needs [ingest] journal = true in the configuration")
+    if processors > 1 and config.database_url.startswith("sqlite"):
+        raise click.ClickException(
+            f"--processors {processors}: SQLite takes one journal processor (its writes are one at a time); "
+            "use --processors 1, or PostgreSQL"
+        )
+
+
+class _Processors:
+    """``prm serve --processors N``: N ``prm process`` children, each started again if it
+    exits (a crash, a kill) while the server runs; terminated when the server stops."""
+
+    def __init__(self, start: Callable[[], subprocess.Popen[bytes]], count: int) -> None:
+        import threading
+
+        self._start = start
+        self._children = [start() for _ in range(count)]
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="prm-processors", daemon=True)
+        if count:
+            self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(0.2):
+            for i, child in enumerate(self._children):
+                if child.poll() is not None and not self._stopping.is_set():
+                    click.echo(f"journal processor {child.pid} exited ({child.returncode}); starting another", err=True)
+                    self._children[i] = self._start()
+
+    def stop(self) -> None:
+        # the children go first: one the watching thread started dies with that thread
+        # (PR_SET_PDEATHSIG), and should rather finish its batch on SIGTERM
+        self._stopping.set()
+        for child in self._children:
+            child.terminate()
+        for child in self._children:
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        if self._thread.is_alive():
+            self._thread.join()
+
+
+def _start_processor(config_path: str | None, config: Config, log_level: str) -> subprocess.Popen[bytes]:
+    """``prm process`` beside this server, ended with it (SIGTERM as the server stops; the
+    kernel's SIGKILL if the server dies first)."""
+    args = [sys.executable, "-m", "prm_core.cli", "process", "--database", config.database_url]
+    args += ["--log-level", log_level]
+    if config_path:
+        args += ["--config", config_path]
+    return subprocess.Popen(args, preexec_fn=_die_with_parent)  # our own command
+
+
+def _die_with_parent() -> None:
+    """In the child, before it runs: SIGKILL when the parent exits (Linux's PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the server's SIGTERM on exit still ends it
+        pass
+
+
+@main.command()
+@config_option
+@database_option
+@click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning"]))
+def process(config_path: str | None, database_url: str | None, log_level: str) -> None:
+    """Process the journal ([ingest] journal = true) until stopped: what prm serve --processors
+    starts. Several may run against PostgreSQL (on several machines): they take turns, and no
+    event is processed twice."""
+    from .hub import Hub
+
+    config = _config(config_path, database_url)
+    configure_logging(log_level, cache=True)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        async with Hub.open(config, autoload=True, journal_processor="only"):
+            await stop.wait()
+
+    try:
+        asyncio.run(run())
+    except PrmError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 def _listen(host: str, port: int) -> socket.socket:

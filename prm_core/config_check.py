@@ -34,6 +34,7 @@ CORE_TABLES: Mapping[str, frozenset[str] | None] = {
         }
     ),
     "identity": frozenset({"default_region", "shared_namespaces", "rules"}),
+    "ingest": frozenset({"journal", "max_depth", "batch", "batch_ms", "read_wait_ms", "sync_wait_ms", "retry_after_s"}),
     "outbox": frozenset({"lease_s", "poll_ms", "retry_base_ms", "retry_cap_s", "max_attempts"}),
     "planning": frozenset({"on_ingest", "currency"}),
     "money": frozenset({"reporting_currency", "rates", "rates_file"}),

@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import sqlalchemy as sa
 import structlog
@@ -38,6 +38,7 @@ from .identity import parse_ref
 from .identity_rules import IdentityRules
 from .ids import new_id
 from .ingest import Ingestor
+from .journal import Accepted, Journal, JournalSettings, Processor
 from .labels import merge_labels
 from .logs import protect_logs
 from .model import Customer, CustomerView, Event, Identity, Merge, Offer, RecordedEvent, TouchPoint, ValueProvider
@@ -89,6 +90,11 @@ class Hub:
     surveys: Surveys = None  # type: ignore[assignment]  # set in open(): it needs the hub
     # event type -> words for people (prm_core.labels), collected once at start
     event_labels: Mapping[str, str] = field(factory=dict)
+    # [ingest] journal = true: fire-and-forget events are journaled, then processed (prm_core.journal)
+    journal: Journal | None = None
+    processor: Processor | None = None
+    # synchronous writes that went ahead after waiting [ingest].sync_wait_ms for the journal
+    sync_wait_expired: int = 0
 
     @classmethod
     @asynccontextmanager
@@ -101,6 +107,7 @@ class Hub:
         migrate: bool = True,
         pm: PrmPluginManager | None = None,
         registrations: Registrations | None = None,
+        journal_processor: Literal["here", "elsewhere", "only"] = "here",
     ) -> AsyncIterator[Hub]:
         """Start a hub (migrating the database unless told not to) and stop it on exit.
 
@@ -109,6 +116,11 @@ class Hub:
         ``prm``), as ``prm serve`` does, unless ``PRM_DISABLE_PLUGIN_AUTOLOAD`` is set. A
         caller that already built the plugin manager passes it as ``pm``. What the hub logs
         is redacted whatever logging the caller set up (:func:`prm_core.logs.protect_logs`).
+
+        With ``[ingest] journal = true``, ``journal_processor`` says where the journal is
+        processed: ``"here"`` (a task beside the hub), ``"elsewhere"`` (processes of their own;
+        this hub only follows their progress), or ``"only"`` (this process is such a processor:
+        it runs no relay, outbox, triggers or ``prm_hub_started`` hooks).
         """
         protect_logs()
         # autoloading stays subject to the environment's switches (PRM_DISABLE_PLUGIN_AUTOLOAD)
@@ -131,6 +143,11 @@ class Hub:
         for trigger in triggers[1].values():
             check_survey_links(trigger, survey_settings, config=True)
         feed = Feed.from_config(config, store)
+        journal_settings = JournalSettings.from_config(config.section("ingest"))
+        journal = Journal.open(store, journal_settings, config.database_url) if journal_settings.enabled else None
+        if journal is None and journal_processor == "only":
+            raise ConfigError("processing the journal needs [ingest] journal = true")
+        services = journal_processor != "only"
         try:
             if migrate:
                 await store.migrate()
@@ -155,32 +172,50 @@ class Hub:
             await feed.start()
             ingestor.start()
             hub = cls(config, pm, registrations, store, hooks, ingestor, planner, feed)
+            if journal is not None:
+                await journal.start(follow=journal_processor == "elsewhere")
+                hub.journal = journal
+                if journal_processor != "elsewhere":
+                    batch = journal_settings.batch
+                    hub.processor = Processor(
+                        journal, store, rules, hooks.batch_committed, batch=batch, batch_ms=journal_settings.batch_ms
+                    )
+                    hub.processor.start()
             hub.event_labels = merge_labels(reversed(pm.hook.prm_event_labels(config=config)))
-            # delivery to destinations runs in its own tasks: a destination that is down never slows ingest
-            hub.relay = Relay(store, destinations, feed.signal, lease_s=feed.lease_s)
-            await hub.relay.start()
-            # partner work left by a previous run (or another hub's crash) is dispatched from here
-            hub.outbox = Outbox.from_config(hub)
-            hub.outbox.start()
-            # before the triggers: a survey message's link is signed with its key
-            hub.surveys = Surveys(hub, survey_settings, lease_s=feed.lease_s)
-            await hub.surveys.start()
-            hub.triggers = TriggerEngine(hub, *triggers, lease_s=feed.lease_s)
-            await hub.triggers.start()
+            if services:
+                # delivery to destinations runs in its own tasks: a destination that is down never slows ingest
+                hub.relay = Relay(store, destinations, feed.signal, lease_s=feed.lease_s)
+                await hub.relay.start()
+                # partner work left by a previous run (or another hub's crash) is dispatched from here
+                hub.outbox = Outbox.from_config(hub)
+                hub.outbox.start()
+                # before the triggers: a survey message's link is signed with its key
+                hub.surveys = Surveys(hub, survey_settings, lease_s=feed.lease_s)
+                await hub.surveys.start()
+                hub.triggers = TriggerEngine(hub, *triggers, lease_s=feed.lease_s)
+                await hub.triggers.start()
             try:
-                await hooks.hub_started(hub)
+                if services:
+                    await hooks.hub_started(hub)
                 yield hub
             finally:
-                await hub.triggers.stop()
-                await hub.surveys.stop()
-                await hub.relay.stop()
-                await hub.outbox.stop()
-                # before the ingest writer stops: what a plugin records while it closes (a call
-                # event the switch sent a moment ago) is still written
-                await hooks.hub_stopping(hub)
+                if services:
+                    await hub.triggers.stop()
+                    await hub.surveys.stop()
+                    await hub.relay.stop()
+                    await hub.outbox.stop()
+                    # before the ingest writer stops: what a plugin records while it closes (a call
+                    # event the switch sent a moment ago) is still written
+                    await hooks.hub_stopping(hub)
                 await ingestor.stop()
+                if journal is not None:
+                    await journal.stop_writer()  # what callers handed it is journaled; the rest waits
+                if hub.processor is not None:
+                    await hub.processor.stop()
                 await feed.stop()
         finally:
+            if journal is not None:
+                await journal.close()
             await store.dispose()
 
     # ---- ingest ----------------------------------------------------------------------
@@ -200,12 +235,47 @@ class Hub:
         """Record events durably (group commit); duplicates come back flagged, unchanged.
 
         An event dated outside :func:`prm_core.events.in_window` is refused (422 naming
-        ``occurred_at``), whichever plugin made it, and nothing of its batch is written."""
+        ``occurred_at``), whichever plugin made it, and nothing of its batch is written.
+
+        With the journal on, this synchronous path first waits until the processor has
+        recorded every journaled event naming one of these events' identities or dialogue
+        keys (:meth:`prm_core.journal.Journal.recent_position`), so it never works from a stale
+        view of the customers it touches; events of other people do not hold it up."""
         now = utcnow()
         for ev in events:
             self.touchpoint(ev.touchpoint)
             check_window(ev.occurred_at, "occurred_at", now)
+        journal = self.journal
+        if journal is not None and journal.head > journal.processed:
+            needed = journal.recent_position(events)
+            if needed > journal.processed:
+                if not await journal.wait_processed(needed, journal.settings.sync_wait_ms / 1000):
+                    self.sync_wait_expired += 1
+                    log.warning("synchronous write went ahead of the journal", depth=journal.depth)
         return await self.ingestor.record(events)
+
+    async def accept(self, events: Sequence[Event]) -> Accepted:
+        """Take fire-and-forget events: journaled (then processed behind) when ``[ingest]
+        journal`` is on, else recorded as :meth:`record` does. Either way durable on return;
+        ``position`` is what :meth:`processed_after` waits for (0 without the journal)."""
+        if self.journal is None:
+            recorded = await self.record(events)
+            flags = tuple(r.duplicate for r in recorded)
+            return Accepted(len(flags) - sum(flags), sum(flags), 0, flags)
+        now = utcnow()
+        for ev in events:
+            self.touchpoint(ev.touchpoint)
+            check_window(ev.occurred_at, "occurred_at", now)
+        return await self.journal.append(events)
+
+    async def processed_after(self, position: int, timeout_s: float | None = None) -> bool:
+        """Whether everything accepted up to journal ``position`` is recorded, waiting at most
+        ``timeout_s`` (default ``[ingest].read_wait_ms``). Always true without the journal."""
+        if self.journal is None:
+            return True
+        if timeout_s is None:
+            timeout_s = self.journal.settings.read_wait_ms / 1000
+        return await self.journal.wait_processed(position, timeout_s)
 
     async def request(self, event: Event) -> Answer:
         """Record a request turn, deliver value within its touch point's budget, record the answer."""

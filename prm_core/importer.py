@@ -12,6 +12,7 @@ starts from the saved position; anything recorded twice is a duplicate and chang
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -23,7 +24,7 @@ from sqlalchemy.engine import Connection
 from tqdm import tqdm
 
 from .config import Config
-from .errors import ConfigError, InvalidInput
+from .errors import ConfigError, InvalidInput, Overloaded
 from .events import parse_event
 from .formats import ImportContext, Importer
 from .hub import Hub
@@ -112,17 +113,14 @@ async def import_events(
         if importer is not None:
             result.skipped_lines = line_no
             await _import_records(hub, importer, path, line_no, result, save, batch_size, skip_invalid, progress)
+            await _processed(hub)
             return result
 
         batch: list[Event] = []
 
         async def flush(at: int, lines: int) -> None:
             if batch:
-                recorded = await hub.record(batch)
-                dup = sum(1 for r in recorded if r.duplicate)
-                result.duplicates += dup
-                result.accepted += len(recorded) - dup
-                batch.clear()
+                await _take(hub, batch, result)
             await save(at, lines)
 
         with (
@@ -157,12 +155,37 @@ async def import_events(
                     tqdm.write(f"invalid: {exc.message}")
                     if not skip_invalid:
                         await flush(position - len(raw), line_no - 1)
+                        await _processed(hub)
                         return result
                     continue
                 if len(batch) >= batch_size:
                     await flush(position, line_no)
             await flush(position, line_no)
+        await _processed(hub)
     return result
+
+
+async def _take(hub: Hub, batch: list[Event], result: ImportResult) -> None:
+    """Record a batch (journal it, with ``[ingest] journal = true``: past the journal's bound,
+    wait for the processor rather than fail) and count it."""
+    while True:
+        try:
+            accepted = await hub.accept(batch)
+            break
+        except Overloaded:
+            await asyncio.sleep(0.2)
+    result.duplicates += accepted.duplicates
+    result.accepted += accepted.accepted
+    batch.clear()
+
+
+async def _processed(hub: Hub) -> None:
+    """With the journal on: wait until what the import journaled is processed, so what it
+    reports is recorded when it exits."""
+    if hub.journal is not None:
+        head = hub.journal.head
+        while not await hub.processed_after(head, 1.0):
+            pass
 
 
 async def _import_records(
@@ -183,11 +206,7 @@ async def _import_records(
 
     async def flush() -> None:
         if batch:
-            recorded = await hub.record(batch)
-            dup = sum(1 for r in recorded if r.duplicate)
-            result.duplicates += dup
-            result.accepted += len(recorded) - dup
-            batch.clear()
+            await _take(hub, batch, result)
         await save(0, max(seen, done))
 
     with tqdm(unit=" records", desc=path.name, disable=not progress) as bar:

@@ -23,6 +23,7 @@ async def test_migrations_match_the_models(database_url):
             "0008_money",
             "0009_triggers",
             "0010_surveys",
+            "0011_journal",
         ]
         assert await store.migrate() == []
 

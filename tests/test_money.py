@@ -505,7 +505,8 @@ async def test_the_migration_fills_the_amounts_per_currency_as_ingest_keeps_them
 
         async with hub.store.writer.begin() as conn:
             await conn.run_sync(downgrade)
-        assert await hub.store.migrate() == ["0008_money", "0009_triggers"]
+        # the money migration first, then every one after it
+        assert (await hub.store.migrate())[:2] == ["0008_money", "0009_triggers"]
         by_migration = await hub.store.read(kept)
     assert by_migration == by_ingest
     values, days = by_migration

@@ -70,10 +70,10 @@ from prm_core.plugin import (
     Hub,
     Identity,
     InvalidInput,
+    accept,
     api,
     hookimpl,
     in_window,
-    ingest,
     limit_keyless,
     parse_json_body,
     presented_key,
@@ -416,7 +416,7 @@ def _check_app_ids(events: Sequence[Any], allowed: frozenset[str], where: str) -
 
 
 async def _verified(request: web.Request) -> bool | None:
-    """Whether the events' identities are verified, for :func:`prm_core.server.routes.ingest`.
+    """Whether the events' identities are verified, for :func:`prm_core.server.routes.accept`.
 
     A tracker carries no secret, and anyone can read an app id in a page's source: its ``uid``
     is only a claim (kept in ``data.claimed_identities``), and only the tracker's own device
@@ -439,7 +439,7 @@ async def _record(request: web.Request, raw_events: Sequence[Any], where: str, a
         for i, e in enumerate(raw_events)
     ]
     if events:
-        await ingest(request, events, verified=verified)
+        await accept(request, events, verified=verified)  # journaled when [ingest] journal is on
     return len(events)
 
 

@@ -12,7 +12,7 @@ import re
 import time
 import weakref
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 from aiohttp import WSCloseCode, web
@@ -113,6 +113,7 @@ def create_app(
     autoload: bool | None = None,
     migrate: bool = True,
     owns_process: bool = False,
+    journal_processor: Literal["here", "elsewhere"] = "here",
 ) -> web.Application:
     """Build the hub's web application for ``config`` with every installed plugin (the
     ``plugins`` given alone with ``autoload=False``).
@@ -127,6 +128,9 @@ def create_app(
     full collection of the whole heap and changes how the process collects its garbage from then
     on, a decision for whoever owns the process (a service embedding the hub, a test run
     starting one hub per test), which sets ``freeze_heap = true`` to have it.
+
+    ``journal_processor``: with ``[ingest] journal = true``, ``"here"`` processes the journal
+    in this process, ``"elsewhere"`` leaves it to ``prm process`` processes.
     """
     protect_logs()
     pm = make_plugin_manager(plugins, autoload=autoload)
@@ -180,7 +184,9 @@ def create_app(
     app.router.add_get("/openapi.json", openapi)
 
     async def hub_context(app: web.Application) -> AsyncIterator[None]:
-        async with Hub.open(config, pm=pm, registrations=registrations, migrate=migrate) as hub:
+        async with Hub.open(
+            config, pm=pm, registrations=registrations, migrate=migrate, journal_processor=journal_processor
+        ) as hub:
             app[HUB] = hub
             app[HUB_KEYS] = KeyRing(hub.store)
             # each destination's lag and counts, read from the relay as Prometheus scrapes

@@ -39,3 +39,12 @@ class HubMetrics:
             registry=r,
         )  # fmt: skip
         self.pending = Gauge("prm_ingest_pending_events", "Events waiting for the group commit", registry=r)
+        self.journal_depth = Gauge(
+            "prm_journal_depth", "Events journaled and not yet processed ([ingest] journal = true)", registry=r
+        )
+        self.journal_lag = Gauge(
+            "prm_journal_lag_seconds", "Age of the oldest journaled event not yet processed", registry=r
+        )
+        self.journal_rejected = Gauge(
+            "prm_journal_rejected_events", "Journaled events the processor could not record (logged)", registry=r
+        )

@@ -46,7 +46,12 @@ ERROR = {
 ACCEPTED = {
     "type": "object",
     "required": ["accepted", "duplicates"],
-    "properties": {"accepted": {"type": "integer", "minimum": 0}, "duplicates": {"type": "integer", "minimum": 0}},
+    "properties": {
+        "accepted": {"type": "integer", "minimum": 0},
+        "duplicates": {"type": "integer", "minimum": 0},
+        # with [ingest] journal = true: the journal position to read after (GET /v1/customers/{ref}?after=)
+        "position": {"type": "string", "pattern": "^[0-9]+$"},
+    },
 }
 ANSWER = {
     "type": "object",

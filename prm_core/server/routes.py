@@ -19,6 +19,7 @@ from ..errors import InvalidInput
 from ..feed.changes import parse_position
 from ..feed.feed import MAX_WAIT_S
 from ..feed.reading import FellBehind
+from ..journal import Accepted
 from ..labels import summarize
 from ..model import CustomerView, Event, Merge, RecordedEvent
 from .auth import as_claims, authenticate, require
@@ -26,7 +27,21 @@ from .errors import ApiError
 from .jsonbody import MAX_DEPTH, loads, too_deep
 from .state import HUB, HUB_METRICS
 
-__all__ = ["MAX_DEPTH", "answer_request", "api", "core_routes", "ingest", "parse_json_body", "read_json", "too_deep"]
+__all__ = [
+    "MAX_DEPTH",
+    "POSITION_HEADER",
+    "accept",
+    "answer_request",
+    "api",
+    "core_routes",
+    "ingest",
+    "parse_json_body",
+    "read_json",
+    "too_deep",
+]
+
+# the journal position a read waits for, as a header (the same as ?after= on a customer)
+POSITION_HEADER = "PRM-After-Position"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 routes = web.RouteTableDef()
@@ -107,6 +122,27 @@ async def ingest(request: web.Request, events: list[Event], *, verified: bool | 
     return recorded
 
 
+async def accept(request: web.Request, events: list[Event], *, verified: bool | None = None) -> Accepted:
+    """Take fire-and-forget events for a route of the hub or of a plugin (journaled when
+    ``[ingest] journal`` is on, else recorded: :meth:`prm_core.hub.Hub.accept`), and count
+    them in the metrics. A route whose caller waits for an answer uses :func:`ingest`."""
+    claimed = as_claims(request, events, verified=verified)
+    accepted = await request.app[HUB].accept(claimed)
+    metrics = request.app[HUB_METRICS]
+    counts = Counter((ev.touchpoint, dup) for ev, dup in zip(claimed, accepted.flags, strict=True))
+    for (tp, duplicate), n in counts.items():
+        (metrics.duplicates if duplicate else metrics.events).labels(tp).inc(n)
+    return accepted
+
+
+def accepted_json(request: web.Request, accepted: Accepted) -> dict[str, Any]:
+    """``{"accepted", "duplicates"}``, and ``position`` when the journal is on."""
+    body: dict[str, Any] = {"accepted": accepted.accepted, "duplicates": accepted.duplicates}
+    if request.app[HUB].journal is not None:
+        body["position"] = str(accepted.position)
+    return body
+
+
 async def answer_request(request: web.Request, event: Event) -> Answer:
     """Record a request event and deliver value in answer (:meth:`prm_core.hub.Hub.request`)
     for a route of the hub or of a plugin, and count it in the metrics: recorded or duplicate,
@@ -132,21 +168,20 @@ async def _touchpoint_write(request: web.Request) -> str:
 
 @routes.post("/v1/touchpoints/{tp}/events")
 @api(
-    "Record events; answers once they are durable",
+    "Record events; answers once they are durable (journaled, with [ingest] journal = true)",
     scope="touchpoint:{tp}",
     body={
         "oneOf": [{"type": "object", "properties": {"events": {"type": "array", "items": EVENT_SCHEMA}}}, EVENT_SCHEMA]
     },
-    responses={200: '{"accepted": n, "duplicates": m}', **WRITE_ERRORS},
+    responses={200: '{"accepted": n, "duplicates": m, "position": "<journal position>"}', **WRITE_ERRORS},
     shapes={200: "Accepted"},
     public=True,
 )
 async def post_events(request: web.Request) -> web.Response:
     tp = await _touchpoint_write(request)
     hub = request.app[HUB]
-    recorded = await ingest(request, hub.parse_events(await read_json(request), tp))
-    duplicates = sum(1 for r in recorded if r.duplicate)
-    return web.json_response({"accepted": len(recorded) - duplicates, "duplicates": duplicates})
+    accepted = await accept(request, hub.parse_events(await read_json(request), tp))
+    return web.json_response(accepted_json(request, accepted))
 
 
 @routes.post("/v1/touchpoints/{tp}/requests")
@@ -176,6 +211,28 @@ async def post_request(request: web.Request) -> web.Response:
     return web.json_response(answer.to_json())
 
 
+async def _read_after(request: web.Request, *, query: bool = True) -> None:
+    """Read-your-writes: wait until the journal is processed up to the position the request
+    names (``?after=`` or the PRM-After-Position header; the header alone where ``after`` is
+    the route's own, as on the feed); 503 with Retry-After if it is not within
+    ``[ingest].read_wait_ms``. Without the journal every acknowledged event is recorded."""
+    raw = request.headers.get(POSITION_HEADER)
+    if query:
+        raw = request.query.get("after", raw)
+    if raw is None:
+        return
+    if not raw.isdigit() or len(raw) > 18:
+        where = "after" if query and "after" in request.query else POSITION_HEADER
+        raise InvalidInput("after must be a journal position (the position of an events answer)", where)
+    hub = request.app[HUB]
+    if not await hub.processed_after(int(raw)):
+        retry = str(hub.journal.settings.retry_after_s) if hub.journal is not None else "1"
+        raise ApiError(
+            503, "not_processed_yet", f"events up to position {raw} are accepted, not yet processed; retry", "after",
+            **{"Retry-After": retry},
+        )  # fmt: skip
+
+
 def _limit(request: web.Request) -> int:
     raw = request.query.get("limit", "20")
     if not raw.isdigit():
@@ -191,13 +248,24 @@ def _view_json(view: CustomerView) -> dict[str, Any]:
 @api(
     "The 360-degree view; ref is a customer id or namespace:value",
     scope="read",
-    params={"cursor": "next page of the timeline (next_cursor)", "limit": "timeline page size, 1-200 (20)"},
-    responses={200: "CustomerView", 404: "No such customer", 422: "Bad ref, cursor or limit", **AUTH_ERRORS},
+    params={
+        "cursor": "next page of the timeline (next_cursor)",
+        "limit": "timeline page size, 1-200 (20)",
+        "after": "a journal position (an events answer's): wait until it is processed (or PRM-After-Position)",
+    },
+    responses={
+        200: "CustomerView",
+        404: "No such customer",
+        422: "Bad ref, cursor, limit or after",
+        503: "The journal is not processed up to after within [ingest].read_wait_ms; see Retry-After",
+        **AUTH_ERRORS,
+    },
     shapes={200: "CustomerView"},
 )
 async def get_customer(request: web.Request) -> web.Response:
     await require(request, "read")
     hub = request.app[HUB]
+    await _read_after(request)
     view = await hub.view(request.match_info["ref"], cursor=request.query.get("cursor"), limit=_limit(request))
     body = _view_json(view)
     for item in body["timeline"]:  # each event in words, for the pages people read (prm_core.labels)
@@ -348,14 +416,27 @@ async def healthz(request: web.Request) -> web.Response:
         await hub.store.read(lambda conn: conn.execute(sa.text("SELECT 1")).scalar())
     except Exception as exc:
         return web.json_response({"status": "unavailable", "database": type(exc).__name__}, status=503)
-    return web.json_response({"status": "ok", "pending_events": hub.ingestor.pending})
+    body: dict[str, Any] = {"status": "ok", "pending_events": hub.ingestor.pending}
+    if hub.journal is not None:
+        body["journal"] = {
+            "depth": hub.journal.depth,
+            "lag_s": round(await hub.journal.lag_s(), 3),
+            "head": str(hub.journal.head),
+            "processed": str(hub.journal.processed),
+        }
+    return web.json_response(body)
 
 
 @routes.get("/metrics")
 @api("Prometheus metrics", scope=None, responses={200: "text/plain; version=0.0.4"})
 async def metrics(request: web.Request) -> web.Response:
     m = request.app[HUB_METRICS]
-    m.pending.set(request.app[HUB].ingestor.pending)
+    hub = request.app[HUB]
+    m.pending.set(hub.ingestor.pending)
+    if hub.journal is not None:
+        m.journal_depth.set(hub.journal.depth)
+        m.journal_lag.set(await hub.journal.lag_s())
+        m.journal_rejected.set(hub.processor.rejected if hub.processor is not None else 0)
     body = generate_latest(m.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -372,6 +453,7 @@ async def metrics(request: web.Request) -> web.Response:
     },
     responses={
         200: '{"changes": [...], "next": "<position>"}',
+        503: "PRM-After-Position names a journal position not processed within [ingest].read_wait_ms",
         410: "The position is older than the oldest change kept (retention)",
         422: "Bad after, limit, types or wait",
         **AUTH_ERRORS,
@@ -379,6 +461,7 @@ async def metrics(request: web.Request) -> web.Response:
 )
 async def get_changes(request: web.Request) -> web.Response:
     await require(request, "read")
+    await _read_after(request, query=False)  # the journal position in the header: ?after= is the feed's
     q = request.query
     after = parse_position(q["after"]) if "after" in q else None
     raw_limit = q.get("limit", "100")

@@ -32,6 +32,9 @@ __all__ = [
     "IdentityConflictRow",
     "IdentityRow",
     "ImportCheckpointRow",
+    "JournalCursorRow",
+    "JournalRejectedRow",
+    "JournalRow",
     "MembershipRow",
     "MergeRow",
     "MetricsRow",
@@ -668,6 +671,48 @@ class SurveyAnswerRow(SQLModel, table=True):
     day: str = Field(max_length=10)
 
 
+class JournalRow(SQLModel, table=True):
+    """An event accepted and not yet processed (:mod:`prm_core.journal`), on PostgreSQL; on
+    SQLite the journal is a file of its own with the same columns and this table stays empty.
+    ``position`` orders the journal; ``body`` is the validated event."""
+
+    __tablename__ = "journal"
+    __table_args__ = (sa.UniqueConstraint("touchpoint", "event_id", name="uq_journal_touchpoint_event_id"),)
+
+    position: int | None = Field(
+        default=None, primary_key=True, sa_type=sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+    )
+    touchpoint: str = Field(max_length=64)
+    event_id: str = Field(max_length=200)
+    body: dict[str, Any] = _json(default_factory=dict)
+    appended_at: datetime = _ts()
+
+
+class JournalRejectedRow(SQLModel, table=True):
+    """A journaled event the processor could not record (the error's name): kept, not lost,
+    for an operator to look at. On SQLite it lives in the journal's file, like the journal."""
+
+    __tablename__ = "journal_rejected"
+
+    position: int = Field(primary_key=True, sa_type=sa.BigInteger, sa_column_kwargs={"autoincrement": False})
+    touchpoint: str = Field(max_length=64)
+    event_id: str = Field(max_length=200)
+    body: dict[str, Any] = _json(default_factory=dict)
+    error: str = Field(max_length=200)
+    rejected_at: datetime = _ts()
+
+
+class JournalCursorRow(SQLModel, table=True):
+    """How far the journal's processor is: every journaled event up to ``position`` is
+    recorded. Written in the same transaction as the events it records."""
+
+    __tablename__ = "journal_cursor"
+
+    name: str = Field(primary_key=True, max_length=64)
+    position: int = Field(default=0, sa_type=sa.BigInteger)
+    updated_at: datetime = _ts()
+
+
 def utcnow() -> datetime:
     """The hub's clock (see :mod:`prm_core.clock`)."""
     return clock.utcnow()
@@ -708,6 +753,11 @@ trigger_runs: sa.Table = TriggerRunRow.__table__  # type: ignore[attr-defined]  
 trigger_offers: sa.Table = TriggerOfferRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
 trigger_cursor: sa.Table = TriggerCursorRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
 survey_answers: sa.Table = SurveyAnswerRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
+
+
+journal: sa.Table = JournalRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
+journal_rejected: sa.Table = JournalRejectedRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
+journal_cursor: sa.Table = JournalCursorRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it at class creation
 
 # retention (prm_core.privacy.retention) finds a touch point's old events without a scan
 sa.Index("ix_events_touchpoint_time", events.c.touchpoint, events.c.occurred_at)
