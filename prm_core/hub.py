@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
@@ -60,7 +60,7 @@ from .store.tables import (
     utcnow,
     webhook_receipts,
 )
-from .triggers.engine import TriggerEngine, open_triggers
+from .triggers.engine import TriggerEngine, message_changes, open_triggers
 from .view import build_view, resolve_ref
 
 __all__ = ["Hub", "answer_id"]
@@ -138,7 +138,7 @@ class Hub:
                 after_write=planner.after_write if planner.on_ingest else None,
                 tombstone_key=tombstone_key,
                 identity=identity_rules,
-                event_changes=hooks.event_changes if hooks.has("prm_event_changes") else None,
+                event_changes=_event_changes(hooks),
             )
             ingestor = Ingestor(
                 store,
@@ -649,6 +649,19 @@ def _created(customer_id: str, kind: str, traits: Mapping[str, Any], now: dateti
     """A ``customer.created`` change for a customer made through the API (no event introduced it)."""
     data = {"kind": kind, "traits": dict(traits), "touchpoint": None, "event_id": None}
     return NewChange("customer.created", customer_id, data, at=now)
+
+
+def _event_changes(hooks: Hooks) -> Callable[[Sequence[RecordedEvent]], list[NewChange]]:
+    """The changes recording adds for a batch's new events, in its transaction: a trigger's
+    ``message.sent`` (:func:`prm_core.triggers.engine.message_changes`), then the plugins'
+    own (``prm_event_changes``)."""
+    if not hooks.has("prm_event_changes"):
+        return message_changes
+
+    def changes(recorded: Sequence[RecordedEvent]) -> list[NewChange]:
+        return message_changes(recorded) + hooks.event_changes(recorded)
+
+    return changes
 
 
 def _offer_made(o: Offer) -> dict[str, Any]:

@@ -17,8 +17,11 @@ journey when it does not match, an ``act`` passes the guards (:mod:`prm_core.tri
 and acts. Every act is recorded as an outbound event on the customer (in the 360 view, on
 the feed); ids of what an act does are derived from its key, so an act retried after a crash
 is recognized: the event is a duplicate, the outbox row is not added twice, and a message
-sender gets the same message id. An act that raises is retried with backoff, and after
-``MAX_ATTEMPTS`` the run is ``failed``.
+sender gets the same message id. A message whose ``message.sent`` event is recorded is never
+handed over again, and its ``message.sent`` change is written with the event, in its
+transaction (:func:`message_changes`): once, whatever the retries. A process renews the
+leases of the runs it is acting on, so only a dead process's runs are claimed again. An act
+that raises is retried with backoff, and after ``MAX_ATTEMPTS`` the run is ``failed``.
 """
 
 from __future__ import annotations
@@ -37,12 +40,11 @@ from attrs import define, field
 from sqlalchemy.engine import Connection
 
 from ..consent import allows
-from ..errors import ConfigError
+from ..errors import ConfigError, Overloaded, StoreUnavailable
 from ..feed.changes import Change, NewChange
 from ..feed.reading import FellBehind, bounds, read_changes
-from ..feed.writing import emit
 from ..ids import new_id
-from ..model import Event, FulfillmentRequest, Identity
+from ..model import Event, FulfillmentRequest, Identity, RecordedEvent
 from ..outbox import PlannedEvent, PlannedFulfillment, backoff_s
 from ..planning.campaigns import in_control
 from ..privacy.consents import load_consents
@@ -60,7 +62,7 @@ if TYPE_CHECKING:
     from ..hub import Hub
     from ..plugins import Registrations
 
-__all__ = ["MAX_ATTEMPTS", "OUTBOUND_PREFIX", "TriggerEngine", "open_triggers"]
+__all__ = ["MAX_ATTEMPTS", "OUTBOUND_PREFIX", "TriggerEngine", "message_changes", "open_triggers"]
 
 log = structlog.get_logger(__name__)
 
@@ -388,14 +390,35 @@ class TriggerEngine:
                 raise
             except Exception as exc:
                 log.warning("trigger runs not claimed", error=type(exc).__name__)
-            # together: each run mostly waits on the database, and one slow act holds up no other
-            await asyncio.gather(*(self._advance_run(run) for run in claimed))
+            if claimed:
+                # together: each run mostly waits on the database, and one slow act holds up no other;
+                # their leases are renewed while they go, so no other process takes over a live run
+                keeper = asyncio.create_task(self._keep_leases([run["key"] for run in claimed]))
+                try:
+                    await asyncio.gather(*(self._advance_run(run) for run in claimed))
+                finally:
+                    keeper.cancel()
             if len(claimed) >= 32 or self._wake.is_set():
                 continue
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=poll)
             except TimeoutError:
                 pass
+
+    async def _keep_leases(self, keys: list[str]) -> None:
+        """Renew, every third of a lease, the leases of the runs this process is taking through
+        their steps (a send may take longer than a lease): only a dead process's runs are
+        claimed again when their lease runs out."""
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            try:
+                await self.hub.store.write(
+                    functools.partial(runs.renew_leases, keys=keys, owner=self.owner, lease_s=self.lease_s)
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the database may be away: the next renewal tries again
+                log.warning("trigger run leases not renewed", error=type(exc).__name__)
 
     def _claim(self, conn: Connection, *, now: datetime, paused: list[str]) -> list[dict[str, Any]]:
         # a paused trigger's runs wait, unclaimed, for it to be resumed
@@ -489,16 +512,22 @@ class TriggerEngine:
         key = runs.act_key(run["key"], step_no)
         now = utcnow()
         channel = act.channel if act.kind != "offer" else None
-        who = await self.hub.store.read(
-            functools.partial(
-                _customer,
-                customer_id=run["customer_id"],
-                channel=channel,
-                now=now,
-                window=self.settings.frequency_window_s,
+        # a message whose event is recorded was sent (before a crash, or by a process whose
+        # lease ran out): it is not handed over again, and nothing is left to do
+        sent = (self._touchpoint(act), OUTBOUND_PREFIX + key[4:]) if act.kind == "message" else None
+
+        def read(conn: Connection) -> tuple[dict[str, Any] | None, datetime | None]:
+            who = _customer(
+                conn, customer_id=run["customer_id"], channel=channel, now=now, window=self.settings.frequency_window_s
             )
-        )
+            if sent is None or sent[0] is None:
+                return who, None
+            return who, _recorded_at(conn, sent[0], sent[1])
+
+        who, sent_at = await self.hub.store.read(read)
         base: dict[str, Any] = {"channel": channel, "customer_id": who["id"] if who else run["customer_id"]}
+        if sent is not None and sent_at is not None:
+            return base | {"status": "fired", "fired_at": sent_at, "event_id": sent[1], "reason": None}
         if who is None or who["erased"]:
             return base | {"status": "skipped", "reason": "the customer was erased", "due_at": None}
         cid = who["id"]
@@ -723,18 +752,44 @@ class TriggerEngine:
             "message_id": key,
             "ref": answer.ref,
         }
-        (recorded,) = await self.hub.record([self._outbound(key, "message.sent", tp, who, data)])
-        change = NewChange(
-            "message.sent",
-            cid,
-            {"message_id": key, "channel": channel, "touchpoint": tp, "dialogue_id": recorded.dialogue_id},
-        )
-        return {
-            "status": "fired",
-            "fired_at": utcnow(),
-            "event_id": recorded.event.id,
-            "_write": lambda conn: emit(conn, change),
-        }
+        recorded = await self._record_sent(self._outbound(key, "message.sent", tp, who, data))
+        return {"status": "fired", "fired_at": utcnow(), "event_id": recorded.event.id}
+
+    async def _record_sent(self, event: Event) -> RecordedEvent:
+        """Record a sent message's event (its ``message.sent`` change is written with it, in its
+        transaction: :func:`message_changes`). The message is out: a database away for a moment
+        is waited for here, since a retried act would hand the message over again."""
+        for wait_s in (0.1, 0.3, 1.0, 3.0):
+            try:
+                (recorded,) = await self.hub.record([event])
+                return recorded
+            except (StoreUnavailable, Overloaded) as exc:
+                log.warning("sent message not recorded yet", error=type(exc).__name__, retry_in_s=wait_s)
+                await asyncio.sleep(wait_s)
+        (recorded,) = await self.hub.record([event])
+        return recorded
+
+
+def message_changes(recorded: Sequence[RecordedEvent]) -> list[NewChange]:
+    """The ``message.sent`` changes of a trigger's ``message.sent`` events just recorded: the
+    recording transaction writes them (:class:`~prm_core.recording.IngestRules`), so a sent
+    message's change commits exactly when its event does, once, however often the act is
+    retried (a duplicate event adds nothing)."""
+    found = []
+    for r in recorded:
+        ev = r.event
+        if ev.type == "message.sent" and ev.direction == "outbound" and ev.id.startswith(OUTBOUND_PREFIX):
+            data = ev.data
+            if "message_id" not in data:
+                continue
+            change = {
+                "message_id": data["message_id"],
+                "channel": data.get("channel"),
+                "touchpoint": ev.touchpoint,
+                "dialogue_id": r.dialogue_id,
+            }
+            found.append(NewChange("message.sent", r.customer_id, change))
+    return found
 
 
 # ---- reads ---------------------------------------------------------------------------
@@ -750,6 +805,16 @@ def _occurred(change: Change) -> datetime | None:
     except ValueError:
         return None
     return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+def _recorded_at(conn: Connection, touchpoint: str, event_id: str) -> datetime | None:
+    """When the event ``event_id`` was recorded at ``touchpoint`` (its time), or ``None``."""
+    e = events.c
+    q = sa.select(e.occurred_at).where(e.touchpoint == touchpoint, e.event_id == event_id)
+    at: datetime | None = conn.execute(q).scalar()
+    if at is not None and at.tzinfo is None:
+        at = at.replace(tzinfo=UTC)
+    return at
 
 
 def _due(conn: Connection, *, now: datetime, paused: set[str]) -> bool:

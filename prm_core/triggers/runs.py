@@ -24,7 +24,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from ..store.tables import customer_value, customers, trigger_offers, trigger_runs
+from ..store.tables import customer_value, customers, trigger_offers, trigger_runs, utcnow
 
 __all__ = [
     "STATUSES",
@@ -33,6 +33,7 @@ __all__ = [
     "forget_customers",
     "mark_offers_made",
     "queued_offers",
+    "renew_leases",
     "results",
     "run_key",
     "save_run",
@@ -106,6 +107,18 @@ def claim_due(
                 dict(row._mapping) | {"attempts": row.attempts + 1, "lease_owner": owner, "lease_until": until}
             )
     return claimed
+
+
+def renew_leases(conn: Connection, *, keys: Sequence[str], owner: str, lease_s: float) -> int:
+    """Extend the leases ``owner`` still holds on these runs (not one taken over, nor one saved
+    since: saving gives the lease back); returns how many."""
+    until = utcnow() + timedelta(seconds=lease_s)
+    done = conn.execute(
+        trigger_runs.update()
+        .where(_R.key.in_(list(keys)), _R.lease_owner == owner, _R.status == "scheduled")
+        .values(lease_until=until)
+    ).rowcount
+    return int(done)
 
 
 def save_run(conn: Connection, key: str, owner: str, attempt: int, values: dict[str, Any]) -> bool:
