@@ -30,7 +30,7 @@ import asyncio
 import functools
 import inspect
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -69,6 +69,8 @@ log = structlog.get_logger(__name__)
 CURSOR = "triggers"
 MAX_ATTEMPTS = 10
 OUTBOUND_PREFIX = "trigger:"  # the ids of the events triggers record: never a trigger's own cause
+CLAIM_BATCH = 32  # runs claimed from the database at once
+MAX_IN_FLIGHT = 64  # runs one process acts on at once
 GATHER_S = 0.1  # the least time between two reads of the feed while it is caught up
 RELOAD_S = 10.0  # how stale another process's pause or new trigger may be here
 _ALWAYS = frozenset({"offer.made", "customer.erased"})
@@ -115,6 +117,14 @@ class TriggerEngine:
     _cursor_written: float = field(init=False, default=0.0)
     _tasks: list[asyncio.Task[None]] = field(init=False, factory=list)
     _wake: asyncio.Event = field(init=False, factory=asyncio.Event)
+    # runs the feed reader claimed as it wrote them, for the worker to start
+    _ready: list[dict[str, Any]] = field(init=False, factory=list)
+    # the runs this process is acting on, by key
+    _in_flight: dict[str, asyncio.Task[None]] = field(init=False, factory=dict)
+    _looked: float = field(init=False, default=float("-inf"))
+    # runs' saves waiting for the next shared write transaction (_save)
+    _saves: list[tuple[Callable[[Connection], None], asyncio.Future[None]]] = field(init=False, factory=list)
+    _saving: asyncio.Task[None] | None = field(init=False, default=None)
     _stopping: bool = field(init=False, default=False)
     # seconds from a change to its run's act, for bench/triggers.py (bounded)
     latencies: list[float] = field(init=False, factory=list)
@@ -154,6 +164,11 @@ class TriggerEngine:
             except BaseException:
                 pass
         self._tasks.clear()
+        if self._saving is not None:  # the saves of the runs acted on: written before the hub closes
+            try:
+                await asyncio.wait_for(self._saving, timeout=10)
+            except BaseException:
+                pass
         if self.hub.pm.is_registered(self._offers):
             self.hub.pm.unregister(self._offers)
         try:
@@ -210,7 +225,7 @@ class TriggerEngine:
                     started, made, erased = await self.hub.store.read(functools.partial(self._evaluate, page.changes))
                     await self._advance(cursor, page.next, started, made, erased)
                     if started:
-                        self._wake.set()
+                        self._wake.set()  # a delayed run, or one this process had no room for
                     if len(page.changes) < self.batch:
                         # caught up: let a few more recording transactions commit before reading
                         # again, so one read and one write of the position follow several of
@@ -263,8 +278,10 @@ class TriggerEngine:
         erased: Sequence[str],
     ) -> None:
         now = utcnow()
+        room = MAX_IN_FLIGHT - len(self._in_flight) - len(self._ready)
+        gone = set(erased)
 
-        def write(conn: Connection) -> bool:
+        def write(conn: Connection) -> list[dict[str, Any]] | None:
             c = trigger_cursor.c
             moved = conn.execute(
                 trigger_cursor.update()
@@ -272,16 +289,29 @@ class TriggerEngine:
                 .values(position=to, updated_at=now, lease_until=now + timedelta(seconds=self.lease_s))
             ).rowcount
             if not moved:
-                return False
-            runs.schedule(conn, started)
+                return None
+            # the runs due now are claimed as they are written (as many as this process has room
+            # for): they go to this process's worker at once, with no look for due runs and no
+            # claim of their own
+            rows, mine = [dict(r) for r in started], 0
+            for row in rows:
+                if mine < room and row["due_at"] <= now and row["customer_id"] not in gone:
+                    row |= {"lease_owner": self.owner, "lease_until": now + timedelta(seconds=self.lease_s)}
+                    row["attempts"] = 1
+                    mine += 1
+            fresh = runs.schedule(conn, rows)
             runs.mark_offers_made(conn, made)
             runs.forget_customers(conn, erased, now)
-            return True
+            return [r for r in fresh if r["lease_owner"] == self.owner]
 
-        if await self.hub.store.write(write):
+        claimed = await self.hub.store.write(write)
+        if claimed is not None:
             self._cursor = to
             self._lease_until = time.monotonic() + self.lease_s
             self._cursor_written = time.monotonic()
+            if claimed:
+                self._ready.extend(claimed)
+                self._wake.set()
         else:  # the lease was taken over: read the cursor again
             self._cursor = None
 
@@ -375,42 +405,77 @@ class TriggerEngine:
     # ---- running -----------------------------------------------------------------------
 
     async def _work(self) -> None:
+        """Start each claimed run as a task of its own (up to ``MAX_IN_FLIGHT`` at once): each
+        mostly waits on the database, one slow act holds up no other, and a run claimed while
+        others are acted on starts at once, not after them."""
         poll = self.settings.poll_s
-        while not self._stopping:
-            # cleared before looking, not after: a run started while these are acted on wakes the next look
-            self._wake.clear()
-            claimed: list[dict[str, Any]] = []
-            try:
-                now = utcnow()
-                if await self.hub.store.read(functools.partial(_due, now=now, paused=self.paused)):
-                    claimed = await self.hub.store.write(
-                        functools.partial(self._claim, now=now, paused=sorted(self.paused))
-                    )
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("trigger runs not claimed", error=type(exc).__name__)
-            if claimed:
-                # together: each run mostly waits on the database, and one slow act holds up no other;
-                # their leases are renewed while they go, so no other process takes over a live run
-                keeper = asyncio.create_task(self._keep_leases([run["key"] for run in claimed]))
+        keeper = asyncio.create_task(self._keep_leases(), name="prm-triggers-leases")
+        try:
+            while not self._stopping:
+                # cleared before looking, not after: a run started while these are acted on wakes the next look
+                self._wake.clear()
+                ready, self._ready = self._ready, []
+                for run in ready:  # claimed by the feed reader as it wrote them
+                    self._start(run)
+                room = min(CLAIM_BATCH, MAX_IN_FLIGHT - len(self._in_flight))
+                claimed: list[dict[str, Any]] = []
+                # the database is looked at when nothing came from the feed reader, and at least every poll
+                if room > 0 and (not ready or time.monotonic() - self._looked >= poll):
+                    self._looked = time.monotonic()
+                    try:
+                        now = utcnow()
+                        if await self.hub.store.read(functools.partial(_due, now=now, paused=self.paused)):
+                            claimed = await self.hub.store.write(
+                                functools.partial(
+                                    self._claim,
+                                    now=now,
+                                    paused=sorted(self.paused),
+                                    acting=sorted(self._in_flight),
+                                    limit=room,
+                                )
+                            )
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:
+                        log.warning("trigger runs not claimed", error=type(exc).__name__)
+                    for run in claimed:
+                        self._start(run)
+                if (claimed and len(claimed) >= room) or self._wake.is_set():
+                    continue
                 try:
-                    await asyncio.gather(*(self._advance_run(run) for run in claimed))
-                finally:
-                    keeper.cancel()
-            if len(claimed) >= 32 or self._wake.is_set():
-                continue
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=poll)
-            except TimeoutError:
-                pass
+                    await asyncio.wait_for(self._wake.wait(), timeout=poll)
+                except TimeoutError:
+                    pass
+        finally:
+            keeper.cancel()
+            acting = list(self._in_flight.values())
+            for task in acting:
+                task.cancel()
+            await asyncio.gather(keeper, *acting, return_exceptions=True)
 
-    async def _keep_leases(self, keys: list[str]) -> None:
+    def _start(self, run: dict[str, Any]) -> None:
+        key = run["key"]
+        task = asyncio.create_task(self._advance_run(run), name="prm-triggers-run")
+        self._in_flight[key] = task
+
+        def done(_task: asyncio.Task[None]) -> None:
+            full = len(self._in_flight) >= MAX_IN_FLIGHT
+            if self._in_flight.get(key) is _task:
+                del self._in_flight[key]
+            if full:  # room again: look for due runs
+                self._wake.set()
+
+        task.add_done_callback(done)
+
+    async def _keep_leases(self) -> None:
         """Renew, every third of a lease, the leases of the runs this process is taking through
         their steps (a send may take longer than a lease): only a dead process's runs are
         claimed again when their lease runs out."""
         while True:
             await asyncio.sleep(self.lease_s / 3)
+            keys = list(self._in_flight)
+            if not keys:
+                continue
             try:
                 await self.hub.store.write(
                     functools.partial(runs.renew_leases, keys=keys, owner=self.owner, lease_s=self.lease_s)
@@ -420,9 +485,12 @@ class TriggerEngine:
             except Exception as exc:  # the database may be away: the next renewal tries again
                 log.warning("trigger run leases not renewed", error=type(exc).__name__)
 
-    def _claim(self, conn: Connection, *, now: datetime, paused: list[str]) -> list[dict[str, Any]]:
-        # a paused trigger's runs wait, unclaimed, for it to be resumed
-        return runs.claim_due(conn, self.owner, now, self.lease_s, 32, exclude=paused)
+    def _claim(
+        self, conn: Connection, *, now: datetime, paused: list[str], acting: list[str], limit: int
+    ) -> list[dict[str, Any]]:
+        # a paused trigger's runs wait, unclaimed, for it to be resumed; a run this process is
+        # acting on (its lease renewal late) is not claimed again
+        return runs.claim_due(conn, self.owner, now, self.lease_s, limit, exclude=paused, acting=acting)
 
     async def _advance_run(self, run: dict[str, Any]) -> None:
         """Take a claimed run through its steps until it waits or ends."""
@@ -447,9 +515,45 @@ class TriggerEngine:
                 extra(conn)
 
         try:
-            await self.hub.store.write(write)
+            await self._save(write)
         except Exception as exc:  # the lease runs out and the run is claimed again
             log.warning("trigger run not saved", trigger=run["trigger"], error=type(exc).__name__)
+
+    async def _save(self, write: Callable[[Connection], None]) -> None:
+        """Run ``write`` (a run's save) in a write transaction shared with the saves queued
+        meanwhile: one transaction writes what the runs acted on together did, not one each
+        (SQLite has one writer, shared with ingest)."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.add_done_callback(lambda f: f.cancelled() or f.exception())  # awaited by no one after a cancel
+        self._saves.append((write, done))
+        if self._saving is None or self._saving.done():
+            self._saving = asyncio.create_task(self._write_saves(), name="prm-triggers-saves")
+        await asyncio.shield(done)  # a run cancelled as the hub stops: its save still goes
+
+    async def _write_saves(self) -> None:
+        while self._saves:
+            batch, self._saves = self._saves, []
+            await self._write_batch(batch)
+
+    async def _write_batch(self, batch: list[tuple[Callable[[Connection], None], asyncio.Future[None]]]) -> None:
+        def write(conn: Connection) -> None:
+            for one, _done in batch:
+                one(conn)
+
+        try:
+            await self.hub.store.write(write)
+        except Exception as exc:
+            if len(batch) > 1:  # one save failing must not fail the others: each alone
+                for item in batch:
+                    await self._write_batch([item])
+                return
+            failed = batch[0][1]
+            if not failed.done():
+                failed.set_exception(exc)
+            return
+        for _one, done in batch:
+            if not done.done():
+                done.set_result(None)
 
     async def _steps(self, run: dict[str, Any]) -> dict[str, Any]:
         trigger = self.triggers.get(run["trigger"])

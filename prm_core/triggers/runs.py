@@ -54,15 +54,15 @@ def act_key(key: str, step: int) -> str:
     return "act_" + hashlib.sha256(f"{key}\x1f{step}".encode()).hexdigest()[:40]
 
 
-def schedule(conn: Connection, rows: Sequence[dict[str, Any]]) -> int:
-    """Insert the runs not inserted before; returns how many are new."""
+def schedule(conn: Connection, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Insert the runs not inserted before; returns those (a run read again is not new)."""
     if not rows:
-        return 0
+        return []
     known = set(conn.execute(sa.select(_R.key).where(_R.key.in_([r["key"] for r in rows]))).scalars())
     fresh = [r for r in rows if r["key"] not in known]
     if fresh:
         conn.execute(trigger_runs.insert(), fresh)
-    return len(fresh)
+    return fresh
 
 
 def due_exists(conn: Connection, now: datetime) -> bool:
@@ -75,10 +75,18 @@ def next_due(conn: Connection) -> datetime | None:
 
 
 def claim_due(
-    conn: Connection, owner: str, now: datetime, lease_s: float, limit: int, *, exclude: Sequence[str] = ()
+    conn: Connection,
+    owner: str,
+    now: datetime,
+    lease_s: float,
+    limit: int,
+    *,
+    exclude: Sequence[str] = (),
+    acting: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """Claim up to ``limit`` runs whose step is due and that no live lease holds (not of the
-    triggers in ``exclude``); each claim bumps ``attempts``, the fencing token of :func:`save_run`."""
+    triggers in ``exclude``, nor the runs in ``acting``); each claim bumps ``attempts``, the
+    fencing token of :func:`save_run`."""
     q = (
         sa.select(trigger_runs)
         .where(
@@ -91,6 +99,8 @@ def claim_due(
     )
     if exclude:
         q = q.where(_R.trigger.not_in(list(exclude)))
+    if acting:
+        q = q.where(_R.key.not_in(list(acting)))
     if conn.dialect.name == "postgresql":
         q = q.with_for_update(skip_locked=True)
     rows = conn.execute(q).all()
