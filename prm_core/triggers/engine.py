@@ -224,8 +224,6 @@ class TriggerEngine:
                 if page.changes:
                     started, made, erased = await self.hub.store.read(functools.partial(self._evaluate, page.changes))
                     await self._advance(cursor, page.next, started, made, erased)
-                    if started:
-                        self._wake.set()  # a delayed run, or one this process had no room for
                     if len(page.changes) < self.batch:
                         # caught up: let a few more recording transactions commit before reading
                         # again, so one read and one write of the position follow several of
@@ -302,15 +300,16 @@ class TriggerEngine:
             fresh = runs.schedule(conn, rows)
             runs.mark_offers_made(conn, made)
             runs.forget_customers(conn, erased, now)
-            return [r for r in fresh if r["lease_owner"] == self.owner]
+            return fresh
 
-        claimed = await self.hub.store.write(write)
-        if claimed is not None:
+        fresh = await self.hub.store.write(write)
+        if fresh is not None:
             self._cursor = to
             self._lease_until = time.monotonic() + self.lease_s
             self._cursor_written = time.monotonic()
-            if claimed:
-                self._ready.extend(claimed)
+            self._ready += [r for r in fresh if r["lease_owner"] == self.owner]
+            # the worker wakes for the runs due now; a delayed run is found by its poll
+            if any(r["due_at"] <= now for r in fresh):
                 self._wake.set()
         else:  # the lease was taken over: read the cursor again
             self._cursor = None
