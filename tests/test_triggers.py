@@ -498,6 +498,25 @@ async def test_a_pending_delay_survives_a_restart_and_fires_once(database_url, c
         assert run.status == "fired" and len(outbox.sent) == 1
 
 
+async def test_a_message_recorded_before_its_run_was_saved_is_not_handed_over_again(database_url, clock):
+    """As if the hub died between recording a message's event and saving its run: the run is
+    claimed again, finds the message recorded, and fires without handing it over again; the
+    feed has its message.sent change once."""
+    outbox = Outbox()
+    hello = {**HELLO, "purpose": "transactional"}
+    async with opened(database_url, {"hello": hello}, [outbox]) as hub:
+        await send(hub, ev("h1", "hello", "ann@example.com"))
+        (first,) = await settled(hub, "hello")
+        lost = {"status": "scheduled", "step": 0, "due_at": clock.now, "fired_at": None, "event_id": None}
+        await hub.store.write(lambda conn: conn.execute(trigger_runs.update().values(**lost)))
+        (again,) = await settled(hub, "hello")
+        assert (first.status, again.status, again.event_id) == ("fired", "fired", first.event_id)
+        assert again.attempts == first.attempts + 1 and again.fired_at == first.fired_at
+        assert len(outbox.sent) == 1
+        page = await hub.feed.read(None, 1000, types={"message.sent"})
+        assert [c.data["message_id"] for c in page.changes] == [outbox.sent[0].id]
+
+
 class SlowOutbox(Outbox):
     """A sender taking longer than a run's lease: a provider's slow round trip."""
 
