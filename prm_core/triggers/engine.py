@@ -11,17 +11,18 @@ engine's. The same reader marks queued offers made (``offer.made``) and forgets 
 customer's runs (``customer.erased``).
 
 **Running.** A worker claims runs whose next step is due (a lease per run; on PostgreSQL
-``FOR UPDATE SKIP LOCKED``, so several hub processes share the work), and takes each through
-its steps: a ``wait`` saves when the next step is due and lets go, a ``check`` ends the
-journey when it does not match, an ``act`` passes the guards (:mod:`prm_core.triggers.guards`)
-and acts. Every act is recorded as an outbound event on the customer (in the 360 view, on
-the feed); ids of what an act does are derived from its key, so an act retried after a crash
-is recognized: the event is a duplicate, the outbox row is not added twice, and a message
-sender gets the same message id. A message whose ``message.sent`` event is recorded is never
-handed over again, and its ``message.sent`` change is written with the event, in its
-transaction (:func:`message_changes`): once, whatever the retries. A process renews the
-leases of the runs it is acting on, so only a dead process's runs are claimed again. An act
-that raises is retried with backoff, and after ``MAX_ATTEMPTS`` the run is ``failed``.
+``FOR UPDATE SKIP LOCKED``, so several hub processes share the work; the runs due at once are claimed
+by the feed reader as it writes them, and handed to this process's worker), and takes each
+through its steps, in a task of its own: a ``wait`` saves when the next step is due and lets
+go, a ``check`` ends the journey when it does not match, an ``act`` passes the guards
+(:mod:`prm_core.triggers.guards`) and acts. Every act is recorded as an outbound event on the
+customer (in the 360 view, on the feed); ids of what an act does are derived from its key, so
+an act retried after a crash is recognized: the event is a duplicate, the outbox row is not
+added twice, and a message sender gets the same message id. A message whose ``message.sent``
+event is recorded is never handed over again, and its ``message.sent`` change is written with
+the event, in its transaction (:func:`message_changes`): once, whatever the retries. A process
+renews the leases of the runs it is acting on, so only a dead process's runs are claimed again.
+An act that raises is retried with backoff, and after ``MAX_ATTEMPTS`` the run is ``failed``.
 """
 
 from __future__ import annotations
