@@ -14,7 +14,9 @@ SQLite writer with ingest), on fresh SQLite files in a temporary directory:
    over the change and the customer's facts; a tenth of the changes match one, each match a run
    written and later acted on), alternating per round. Printed: events/s of each, medians, and
    the median of each round's ratio (the two sides of a round run back to back, so the ratio
-   drifts less than the machine's load) next to the target (triggers cost at most 10%).
+   drifts less than the machine's load) next to the target (triggers cost at most 10%); and the
+   process's CPU time per event of each side (every thread's: the engine's reads and ingest's
+   writer included), less sensitive to other work on the machine than events/s.
 2. **change to firing**: the hub with triggers, driven open loop at ``--load`` (half) of the
    rate it reached, one call of 100 events on a fixed schedule; one event in each call is a
    ``bench.ping`` a trigger without delay answers with a message (to an in-process sender).
@@ -174,10 +176,14 @@ async def ingest(hub: Hub, mix: Mix, seconds: float, clients: int) -> float:
     return done / (time.monotonic() - started)
 
 
-async def side(tmp: Path, name: str, n: int, mix: Mix, seconds: float, clients: int) -> float:
+async def side(tmp: Path, name: str, n: int, mix: Mix, seconds: float, clients: int) -> tuple[float, float]:
+    """Events/s, and CPU seconds of this process per event, while ``seconds`` are measured."""
     async with Hub.open(config(tmp / f"{name}.db", n), plugins=[Sender()], autoload=True) as hub:
         await ingest(hub, mix, 1.0, clients)  # warm-up: customers known, statements prepared
-        return await ingest(hub, mix, seconds, clients)
+        cpu, started = time.process_time(), time.monotonic()
+        rate = await ingest(hub, mix, seconds, clients)
+        events = rate * (time.monotonic() - started)
+        return rate, (time.process_time() - cpu) / events
 
 
 async def driven(tmp: Path, n: int, rate: float, seconds: float, customers: int) -> list[float]:
@@ -224,19 +230,22 @@ async def main() -> None:
         args.rounds, args.duration, args.driven = 2, 3.0, 6.0
     configure_logging("warning")
     rates: dict[str, list[float]] = {"none": [], "triggers": []}
+    cpus: dict[str, list[float]] = {"none": [], "triggers": []}
     with tempfile.TemporaryDirectory(prefix="prm-bench-triggers-") as tmp:
         root = Path(tmp)
         for r in range(args.rounds):
             order = ("none", "triggers") if r % 2 == 0 else ("triggers", "none")
             for which in order:
                 n = args.triggers if which == "triggers" else 0
-                rate = await side(root, f"{which}-{r}", n, Mix(args.customers, r), args.duration, args.clients)
+                rate, cpu = await side(root, f"{which}-{r}", n, Mix(args.customers, r), args.duration, args.clients)
                 rates[which].append(rate)
-                print(f"round {r + 1}  {which:<8}  {rate:9.0f} events/s", flush=True)
+                cpus[which].append(cpu)
+                print(f"round {r + 1}  {which:<8}  {rate:9.0f} events/s  {cpu * 1e6:5.0f} CPU-us/event", flush=True)
         none, with_triggers = statistics.median(rates["none"]), statistics.median(rates["triggers"])
         # each round's two sides ran back to back: their ratio drifts less than the machine's load
         paired = statistics.median(t / n for t, n in zip(rates["triggers"], rates["none"], strict=True))
         overhead = 1 - paired
+        cpu_ratio = statistics.median(t / n for t, n in zip(cpus["triggers"], cpus["none"], strict=True))
         driven_rate = with_triggers * args.load
         latencies = await driven(root, args.triggers, driven_rate, args.driven, args.customers)
     met = "met" if overhead <= TARGET_OVERHEAD else "NOT met"
@@ -245,6 +254,7 @@ async def main() -> None:
     print(f"ingest, {args.triggers} triggers:      {with_triggers:9.0f} events/s (median of {args.rounds})")
     print(f"overhead:                  {overhead:9.1%}  (median of each round's ratio)")
     print(f"                           (target <= {TARGET_OVERHEAD:.0%}: {met})")
+    print(f"CPU per event, triggers / none: {cpu_ratio:.3f} (median of each round's ratio)")
     p50, p99 = pct(latencies, 0.5), pct(latencies, 0.99)
     met = "met" if p99 <= TARGET_P99_S else "NOT met"
     print(f"driven at {driven_rate:.0f} events/s ({args.load:.0%} of capacity), {len(latencies)} pings fired:")

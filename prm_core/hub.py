@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, Literal
@@ -63,7 +63,7 @@ from .store.tables import (
 )
 from .surveys import Surveys, SurveySettings
 from .surveys.links import check_survey_links
-from .triggers.engine import TriggerEngine, open_triggers
+from .triggers.engine import TriggerEngine, message_changes, open_triggers
 from .view import build_view, resolve_ref
 
 __all__ = ["Hub", "answer_id"]
@@ -161,7 +161,7 @@ class Hub:
                 after_write=planner.after_write if planner.on_ingest else None,
                 tombstone_key=tombstone_key,
                 identity=identity_rules,
-                event_changes=hooks.event_changes if hooks.has("prm_event_changes") else None,
+                event_changes=_event_changes(hooks),
             )
             ingestor = Ingestor(
                 store,
@@ -193,10 +193,12 @@ class Hub:
                 hub.surveys = Surveys(hub, survey_settings, lease_s=feed.lease_s)
                 await hub.surveys.start()
                 hub.triggers = TriggerEngine(hub, *triggers, lease_s=feed.lease_s)
-                await hub.triggers.start()
             try:
                 if services:
                     await hooks.hub_started(hub)
+                    # after the plugins started: a touch point's sender (SMS, email) is ready
+                    # before the first message a trigger hands it
+                    await hub.triggers.start()
                 yield hub
             finally:
                 if services:
@@ -729,6 +731,19 @@ def _created(customer_id: str, kind: str, traits: Mapping[str, Any], now: dateti
     """A ``customer.created`` change for a customer made through the API (no event introduced it)."""
     data = {"kind": kind, "traits": dict(traits), "touchpoint": None, "event_id": None}
     return NewChange("customer.created", customer_id, data, at=now)
+
+
+def _event_changes(hooks: Hooks) -> Callable[[Sequence[RecordedEvent]], list[NewChange]]:
+    """The changes recording adds for a batch's new events, in its transaction: a trigger's
+    ``message.sent`` (:func:`prm_core.triggers.engine.message_changes`), then the plugins'
+    own (``prm_event_changes``)."""
+    if not hooks.has("prm_event_changes"):
+        return message_changes
+
+    def changes(recorded: Sequence[RecordedEvent]) -> list[NewChange]:
+        return message_changes(recorded) + hooks.event_changes(recorded)
+
+    return changes
 
 
 def _offer_made(o: Offer) -> dict[str, Any]:

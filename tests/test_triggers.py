@@ -501,6 +501,58 @@ async def test_a_pending_delay_survives_a_restart_and_fires_once(database_url, c
         assert run.status == "fired" and len(outbox.sent) == 1
 
 
+async def test_a_message_recorded_before_its_run_was_saved_is_not_handed_over_again(database_url, clock):
+    """As if the hub died between recording a message's event and saving its run: the run is
+    claimed again, finds the message recorded, and fires without handing it over again; the
+    feed has its message.sent change once."""
+    outbox = Outbox()
+    hello = {**HELLO, "purpose": "transactional"}
+    async with opened(database_url, {"hello": hello}, [outbox]) as hub:
+        await send(hub, ev("h1", "hello", "ann@example.com"))
+        (first,) = await settled(hub, "hello")
+        lost = {"status": "scheduled", "step": 0, "due_at": clock.now, "fired_at": None, "event_id": None}
+        await hub.store.write(lambda conn: conn.execute(trigger_runs.update().values(**lost)))
+        (again,) = await settled(hub, "hello")
+        assert (first.status, again.status, again.event_id) == ("fired", "fired", first.event_id)
+        assert again.attempts == first.attempts + 1 and again.fired_at == first.fired_at
+        assert len(outbox.sent) == 1
+        page = await hub.feed.read(None, 1000, types={"message.sent"})
+        assert [c.data["message_id"] for c in page.changes] == [outbox.sent[0].id]
+
+
+class SlowOutbox(Outbox):
+    """A sender taking longer than a run's lease: a provider's slow round trip."""
+
+    async def _send(self, message: Any) -> MessageResult:
+        await asyncio.sleep(0.8)
+        return await super()._send(message)
+
+
+async def test_a_run_outliving_its_lease_in_a_live_hub_process_is_not_taken_over(database_url):
+    """Two hub processes share the runs, with leases shorter than a send: the process taking a
+    run through its steps keeps its lease, so no message is handed over twice, and each sent
+    message has one message.sent change."""
+    outbox = SlowOutbox()
+    hello = {**HELLO, "purpose": "transactional"}
+    config = Config(
+        database_url=database_url,
+        public_url="http://hub.test",
+        raw={"triggers": {"poll_s": 0.02, "quiet_hours": "none", "hello": hello}, "feed": {"destination_lease_s": 0.3}},
+    )
+    async with (
+        Hub.open(config, plugins=[outbox], autoload=True) as first,
+        Hub.open(config, plugins=[outbox], autoload=True) as second,
+    ):
+        now = datetime.now(UTC)
+        await send(first, *(ev(f"h{i}", "hello", f"c{i}@example.com", at=now) for i in range(6)))
+        fired = await settled(second, "hello", 6)
+        await asyncio.sleep(1.0)  # time for a process whose lease was taken over to send again
+        assert [r.status for r in fired] == ["fired"] * 6
+        assert sorted(m.id for m in outbox.sent) == sorted({m.id for m in outbox.sent}) and len(outbox.sent) == 6
+        page = await first.feed.read(None, 1000, types={"message.sent"})
+        assert sorted(c.data["message_id"] for c in page.changes) == sorted(m.id for m in outbox.sent)
+
+
 # ---- the API and the config ----------------------------------------------------------
 
 

@@ -3,12 +3,14 @@ again, and every change that qualifies fires each trigger exactly once.
 
 Two triggers answer each ``order.completed`` event: one sends a message through a touch point
 plugin (loaded by ``prm serve`` from a distribution made for the test) that writes each
-message id it is handed to a file before it answers ``sent``; one queues an offer. Sending is
-at least once: a kill between the plugin's answer and the run's record hands the same message
-id over again after the restart, which is why the hook documents ``message.id`` as the key to
-de-duplicate by. So: every qualifying change's message id arrives at least once, the set of ids
-is exactly the qualifying changes' (none for another change), and what the hub records (the
-run, the ``message.sent`` change, the offer) is there exactly once.
+message id it is handed (and the hub process's id) to a file before it answers ``sent``; one
+queues an offer. Sending is at least once: a kill between the plugin's answer and the record of
+the ``message.sent`` event hands the same message id over again after the restart, which is why
+the hook documents ``message.id`` as the key to de-duplicate by; a message whose event is
+recorded is never handed over again, and no hub process hands one over twice. So: every
+qualifying change's message id arrives at least once, the set of ids is exactly the qualifying
+changes' (none for another change), and what the hub records (the run, the ``message.sent``
+event and change, the offer) is there exactly once.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from hubprocs import cli, drive, free_port, start_hub, wait_up
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from prm_core.store.engine import async_url
+from prm_core.triggers.engine import OUTBOUND_PREFIX
 from prm_core.triggers.runs import act_key, run_key
 
 ROUNDS = 4
@@ -53,7 +56,7 @@ async def prm_send_message(message):
         return None
     await asyncio.sleep(0.005)  # a provider's round trip: kills land between the send and the record
     with open(SENT, "a", encoding="utf-8") as out:
-        out.write(message.id + "\\n")  # handed to the OS: a SIGKILL of the hub does not lose it
+        out.write(f"{{os.getpid()}} {{message.id}}\\n")  # handed to the OS: a SIGKILL of the hub does not lose it
     return MessageResult("sent", ref=message.id)
 """
 
@@ -96,10 +99,24 @@ def crash_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def handed(sent: Path) -> list[str]:
+def handed(sent: Path) -> list[tuple[int, str]]:
+    """``(hub process id, message id)`` for each hand-over of a message to the sender."""
     if not sent.exists():
         return []
-    return [line for line in sent.read_text(encoding="utf-8").splitlines() if line]
+    pairs = (line.split(" ", 1) for line in sent.read_text(encoding="utf-8").splitlines() if line)
+    return [(int(pid), message_id) for pid, message_id in pairs]
+
+
+async def recorded_messages(database_url: str) -> set[str]:
+    """The ids of the messages whose ``message.sent`` event is recorded."""
+    engine = create_async_engine(async_url(database_url))
+    try:
+        async with engine.connect() as conn:
+            query = "SELECT event_id FROM events WHERE type = 'message.sent' AND direction = 'outbound'"
+            ids = (await conn.execute(sa.text(query))).scalars()
+            return {"act_" + event_id.removeprefix(OUTBOUND_PREFIX) for event_id in ids}
+    finally:
+        await engine.dispose()
 
 
 def _data(raw: Any) -> dict[str, Any]:
@@ -108,16 +125,24 @@ def _data(raw: Any) -> dict[str, Any]:
 
 
 async def read_state(database_url: str) -> dict[str, Any]:
-    """What the hub recorded, straight from the database."""
+    """What the hub recorded, straight from the database, while it may still be firing runs.
+
+    The runs are read first: what a fired run implies (its event, its change, its offer)
+    committed no later than the run, so the later reads see it. Read the other way round,
+    each statement seeing what is committed when it starts, a run fired between the two
+    reads shows as fired without its change. On PostgreSQL the reads share one snapshot too.
+    """
     engine = create_async_engine(async_url(database_url))
     try:
         async with engine.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                await conn.execution_options(isolation_level="REPEATABLE READ")
 
             async def rows(query: str) -> list[Any]:
                 return list((await conn.execute(sa.text(query))).all())
 
-            changes = [(int(p), t, _data(d)) for p, t, d in await rows("SELECT position, type, data FROM changes")]
             runs = await rows("SELECT key, trigger, position, status FROM trigger_runs")
+            changes = [(int(p), t, _data(d)) for p, t, d in await rows("SELECT position, type, data FROM changes")]
             outbound = await rows("SELECT type FROM events WHERE direction = 'outbound'")
             return {
                 "orders": {p for p, t, d in changes if t == "event.recorded" and d.get("type") == "order.completed"},
@@ -130,15 +155,6 @@ async def read_state(database_url: str) -> dict[str, Any]:
         await engine.dispose()
 
 
-@pytest.mark.xfail(
-    reason=(
-        "known defect, open: after SIGKILLs on a loaded machine some fired message runs have no "
-        "message.sent change on the feed (seen on PostgreSQL: 26 of 76); every run fired and every "
-        "message was handed over, so what is lost is the hub's record of the send"
-    ),
-    raises=AssertionError,
-    strict=False,
-)
 async def test_sigkill_while_triggers_fire_loses_no_run_and_records_each_once(
     database_url: str, crash_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -153,6 +169,8 @@ async def test_sigkill_while_triggers_fire_loses_no_run_and_records_each_once(
     stop = asyncio.Event()
     driving = asyncio.ensure_future(drive([port], key, acked, stop, workers=2))
     proc = start_hub(database_url, port, crash_env, tmp_path)
+    # hub process -> the messages whose sending was recorded before it started
+    recorded_before: dict[int, set[str]] = {proc.pid: set()}
     try:
         for _ in range(ROUNDS):
             await wait_up(port, proc)
@@ -165,7 +183,9 @@ async def test_sigkill_while_triggers_fire_loses_no_run_and_records_each_once(
             await asyncio.sleep(rng.uniform(0.0, 0.3))
             proc.send_signal(signal.SIGKILL)
             proc.wait()
+            before = await recorded_messages(database_url)
             proc = start_hub(database_url, port, crash_env, tmp_path)
+            recorded_before[proc.pid] = before
         await wait_up(port, proc)
         stop.set()
         await asyncio.wait_for(driving, timeout=300)
@@ -194,8 +214,13 @@ async def test_sigkill_while_triggers_fire_loses_no_run_and_records_each_once(
     assert Counter(s for _t, _p, s in state["runs"].values()) == Counter({"fired": 2 * len(orders)})
     # each message id handed over at least once; the de-duplicated set is exactly the orders'
     messages = {act_key(run_key("receipt", p), 0) for p in orders}
-    got = Counter(handed(sent))
+    hand_overs = handed(sent)
+    got = Counter(message_id for _pid, message_id in hand_overs)
     assert set(got) == messages
+    # again only after a kill: never twice by one hub process, and never once its sending was
+    # recorded (a kill between the sender's answer and the record is what hands one over again)
+    assert [pair for pair, n in Counter(hand_overs).items() if n > 1] == []
+    assert [(pid, m) for pid, m in hand_overs if m in recorded_before[pid]] == []
     # what the hub records of a message or an offer is there once, whatever the sends
     assert state["sent_changes"] == Counter(dict.fromkeys(messages, 1))
     assert sorted(state["offers"]) == sorted(act_key(run_key("coupon", p), 0) for p in orders)

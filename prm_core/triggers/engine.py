@@ -11,14 +11,18 @@ engine's. The same reader marks queued offers made (``offer.made``) and forgets 
 customer's runs (``customer.erased``).
 
 **Running.** A worker claims runs whose next step is due (a lease per run; on PostgreSQL
-``FOR UPDATE SKIP LOCKED``, so several hub processes share the work), and takes each through
-its steps: a ``wait`` saves when the next step is due and lets go, a ``check`` ends the
-journey when it does not match, an ``act`` passes the guards (:mod:`prm_core.triggers.guards`)
-and acts. Every act is recorded as an outbound event on the customer (in the 360 view, on
-the feed); ids of what an act does are derived from its key, so an act retried after a crash
-is recognized: the event is a duplicate, the outbox row is not added twice, and a message
-sender gets the same message id. An act that raises is retried with backoff, and after
-``MAX_ATTEMPTS`` the run is ``failed``.
+``FOR UPDATE SKIP LOCKED``, so several hub processes share the work; the runs due at once are claimed
+by the feed reader as it writes them, and handed to this process's worker), and takes each
+through its steps, in a task of its own: a ``wait`` saves when the next step is due and lets
+go, a ``check`` ends the journey when it does not match, an ``act`` passes the guards
+(:mod:`prm_core.triggers.guards`) and acts. Every act is recorded as an outbound event on the
+customer (in the 360 view, on the feed); ids of what an act does are derived from its key, so
+an act retried after a crash is recognized: the event is a duplicate, the outbox row is not
+added twice, and a message sender gets the same message id. A message whose ``message.sent``
+event is recorded is never handed over again, and its ``message.sent`` change is written with
+the event, in its transaction (:func:`message_changes`): once, whatever the retries. A process
+renews the leases of the runs it is acting on, so only a dead process's runs are claimed again.
+An act that raises is retried with backoff, and after ``MAX_ATTEMPTS`` the run is ``failed``.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import asyncio
 import functools
 import inspect
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -37,12 +41,11 @@ from attrs import define, evolve, field
 from sqlalchemy.engine import Connection
 
 from ..consent import allows
-from ..errors import ConfigError
+from ..errors import ConfigError, Overloaded, StoreUnavailable
 from ..feed.changes import Change, NewChange
 from ..feed.reading import FellBehind, bounds, read_changes
-from ..feed.writing import emit
 from ..ids import new_id
-from ..model import Event, FulfillmentRequest, Identity
+from ..model import Event, FulfillmentRequest, Identity, RecordedEvent
 from ..outbox import PlannedEvent, PlannedFulfillment, backoff_s
 from ..planning.campaigns import in_control
 from ..privacy.consents import load_consents
@@ -60,13 +63,15 @@ if TYPE_CHECKING:
     from ..hub import Hub
     from ..plugins import Registrations
 
-__all__ = ["MAX_ATTEMPTS", "OUTBOUND_PREFIX", "TriggerEngine", "open_triggers"]
+__all__ = ["MAX_ATTEMPTS", "OUTBOUND_PREFIX", "TriggerEngine", "message_changes", "open_triggers"]
 
 log = structlog.get_logger(__name__)
 
 CURSOR = "triggers"
 MAX_ATTEMPTS = 10
 OUTBOUND_PREFIX = "trigger:"  # the ids of the events triggers record: never a trigger's own cause
+CLAIM_BATCH = 32  # runs claimed from the database at once
+MAX_IN_FLIGHT = 64  # runs one process acts on at once
 GATHER_S = 0.1  # the least time between two reads of the feed while it is caught up
 RELOAD_S = 10.0  # how stale another process's pause or new trigger may be here
 _ALWAYS = frozenset({"offer.made", "customer.erased"})
@@ -113,6 +118,14 @@ class TriggerEngine:
     _cursor_written: float = field(init=False, default=0.0)
     _tasks: list[asyncio.Task[None]] = field(init=False, factory=list)
     _wake: asyncio.Event = field(init=False, factory=asyncio.Event)
+    # runs the feed reader claimed as it wrote them, for the worker to start
+    _ready: list[dict[str, Any]] = field(init=False, factory=list)
+    # the runs this process is acting on, by key
+    _in_flight: dict[str, asyncio.Task[None]] = field(init=False, factory=dict)
+    _looked: float = field(init=False, default=float("-inf"))
+    # runs' saves waiting for the next shared write transaction (_save)
+    _saves: list[tuple[Callable[[Connection], None], asyncio.Future[None]]] = field(init=False, factory=list)
+    _saving: asyncio.Task[None] | None = field(init=False, default=None)
     _stopping: bool = field(init=False, default=False)
     # seconds from a change to its run's act, for bench/triggers.py (bounded)
     latencies: list[float] = field(init=False, factory=list)
@@ -152,6 +165,11 @@ class TriggerEngine:
             except BaseException:
                 pass
         self._tasks.clear()
+        if self._saving is not None:  # the saves of the runs acted on: written before the hub closes
+            try:
+                await asyncio.wait_for(self._saving, timeout=10)
+            except BaseException:
+                pass
         if self.hub.pm.is_registered(self._offers):
             self.hub.pm.unregister(self._offers)
         try:
@@ -207,8 +225,6 @@ class TriggerEngine:
                 if page.changes:
                     started, made, erased = await self.hub.store.read(functools.partial(self._evaluate, page.changes))
                     await self._advance(cursor, page.next, started, made, erased)
-                    if started:
-                        self._wake.set()
                     if len(page.changes) < self.batch:
                         # caught up: let a few more recording transactions commit before reading
                         # again, so one read and one write of the position follow several of
@@ -261,8 +277,10 @@ class TriggerEngine:
         erased: Sequence[str],
     ) -> None:
         now = utcnow()
+        room = MAX_IN_FLIGHT - len(self._in_flight) - len(self._ready)
+        gone = set(erased)
 
-        def write(conn: Connection) -> bool:
+        def write(conn: Connection) -> list[dict[str, Any]] | None:
             c = trigger_cursor.c
             moved = conn.execute(
                 trigger_cursor.update()
@@ -270,16 +288,30 @@ class TriggerEngine:
                 .values(position=to, updated_at=now, lease_until=now + timedelta(seconds=self.lease_s))
             ).rowcount
             if not moved:
-                return False
-            runs.schedule(conn, started)
+                return None
+            # the runs due now are claimed as they are written (as many as this process has room
+            # for): they go to this process's worker at once, with no look for due runs and no
+            # claim of their own
+            rows, mine = [dict(r) for r in started], 0
+            for row in rows:
+                if mine < room and row["due_at"] <= now and row["customer_id"] not in gone:
+                    row |= {"lease_owner": self.owner, "lease_until": now + timedelta(seconds=self.lease_s)}
+                    row["attempts"] = 1
+                    mine += 1
+            fresh = runs.schedule(conn, rows)
             runs.mark_offers_made(conn, made)
             runs.forget_customers(conn, erased, now)
-            return True
+            return fresh
 
-        if await self.hub.store.write(write):
+        fresh = await self.hub.store.write(write)
+        if fresh is not None:
             self._cursor = to
             self._lease_until = time.monotonic() + self.lease_s
             self._cursor_written = time.monotonic()
+            self._ready += [r for r in fresh if r["lease_owner"] == self.owner]
+            # the worker wakes for the runs due now; a delayed run is found by its poll
+            if any(r["due_at"] <= now for r in fresh):
+                self._wake.set()
         else:  # the lease was taken over: read the cursor again
             self._cursor = None
 
@@ -373,33 +405,92 @@ class TriggerEngine:
     # ---- running -----------------------------------------------------------------------
 
     async def _work(self) -> None:
+        """Start each claimed run as a task of its own (up to ``MAX_IN_FLIGHT`` at once): each
+        mostly waits on the database, one slow act holds up no other, and a run claimed while
+        others are acted on starts at once, not after them."""
         poll = self.settings.poll_s
-        while not self._stopping:
-            # cleared before looking, not after: a run started while these are acted on wakes the next look
-            self._wake.clear()
-            claimed: list[dict[str, Any]] = []
-            try:
-                now = utcnow()
-                if await self.hub.store.read(functools.partial(_due, now=now, paused=self.paused)):
-                    claimed = await self.hub.store.write(
-                        functools.partial(self._claim, now=now, paused=sorted(self.paused))
-                    )
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("trigger runs not claimed", error=type(exc).__name__)
-            # together: each run mostly waits on the database, and one slow act holds up no other
-            await asyncio.gather(*(self._advance_run(run) for run in claimed))
-            if len(claimed) >= 32 or self._wake.is_set():
+        keeper = asyncio.create_task(self._keep_leases(), name="prm-triggers-leases")
+        try:
+            while not self._stopping:
+                # cleared before looking, not after: a run started while these are acted on wakes the next look
+                self._wake.clear()
+                ready, self._ready = self._ready, []
+                for run in ready:  # claimed by the feed reader as it wrote them
+                    self._start(run)
+                room = min(CLAIM_BATCH, MAX_IN_FLIGHT - len(self._in_flight))
+                claimed: list[dict[str, Any]] = []
+                # the database is looked at when nothing came from the feed reader, and at least every poll
+                if room > 0 and (not ready or time.monotonic() - self._looked >= poll):
+                    self._looked = time.monotonic()
+                    try:
+                        now = utcnow()
+                        if await self.hub.store.read(functools.partial(_due, now=now, paused=self.paused)):
+                            claimed = await self.hub.store.write(
+                                functools.partial(
+                                    self._claim,
+                                    now=now,
+                                    paused=sorted(self.paused),
+                                    acting=sorted(self._in_flight),
+                                    limit=room,
+                                )
+                            )
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:
+                        log.warning("trigger runs not claimed", error=type(exc).__name__)
+                    for run in claimed:
+                        self._start(run)
+                if (claimed and len(claimed) >= room) or self._wake.is_set():
+                    continue
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=poll)
+                except TimeoutError:
+                    pass
+        finally:
+            keeper.cancel()
+            acting = list(self._in_flight.values())
+            for task in acting:
+                task.cancel()
+            await asyncio.gather(keeper, *acting, return_exceptions=True)
+
+    def _start(self, run: dict[str, Any]) -> None:
+        key = run["key"]
+        task = asyncio.create_task(self._advance_run(run), name="prm-triggers-run")
+        self._in_flight[key] = task
+
+        def done(_task: asyncio.Task[None]) -> None:
+            full = len(self._in_flight) >= MAX_IN_FLIGHT
+            if self._in_flight.get(key) is _task:
+                del self._in_flight[key]
+            if full:  # room again: look for due runs
+                self._wake.set()
+
+        task.add_done_callback(done)
+
+    async def _keep_leases(self) -> None:
+        """Renew, every third of a lease, the leases of the runs this process is taking through
+        their steps (a send may take longer than a lease): only a dead process's runs are
+        claimed again when their lease runs out."""
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            keys = list(self._in_flight)
+            if not keys:
                 continue
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=poll)
-            except TimeoutError:
-                pass
+                await self.hub.store.write(
+                    functools.partial(runs.renew_leases, keys=keys, owner=self.owner, lease_s=self.lease_s)
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the database may be away: the next renewal tries again
+                log.warning("trigger run leases not renewed", error=type(exc).__name__)
 
-    def _claim(self, conn: Connection, *, now: datetime, paused: list[str]) -> list[dict[str, Any]]:
-        # a paused trigger's runs wait, unclaimed, for it to be resumed
-        return runs.claim_due(conn, self.owner, now, self.lease_s, 32, exclude=paused)
+    def _claim(
+        self, conn: Connection, *, now: datetime, paused: list[str], acting: list[str], limit: int
+    ) -> list[dict[str, Any]]:
+        # a paused trigger's runs wait, unclaimed, for it to be resumed; a run this process is
+        # acting on (its lease renewal late) is not claimed again
+        return runs.claim_due(conn, self.owner, now, self.lease_s, limit, exclude=paused, acting=acting)
 
     async def _advance_run(self, run: dict[str, Any]) -> None:
         """Take a claimed run through its steps until it waits or ends."""
@@ -424,9 +515,45 @@ class TriggerEngine:
                 extra(conn)
 
         try:
-            await self.hub.store.write(write)
+            await self._save(write)
         except Exception as exc:  # the lease runs out and the run is claimed again
             log.warning("trigger run not saved", trigger=run["trigger"], error=type(exc).__name__)
+
+    async def _save(self, write: Callable[[Connection], None]) -> None:
+        """Run ``write`` (a run's save) in a write transaction shared with the saves queued
+        meanwhile: one transaction writes what the runs acted on together did, not one each
+        (SQLite has one writer, shared with ingest)."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.add_done_callback(lambda f: f.cancelled() or f.exception())  # awaited by no one after a cancel
+        self._saves.append((write, done))
+        if self._saving is None or self._saving.done():
+            self._saving = asyncio.create_task(self._write_saves(), name="prm-triggers-saves")
+        await asyncio.shield(done)  # a run cancelled as the hub stops: its save still goes
+
+    async def _write_saves(self) -> None:
+        while self._saves:
+            batch, self._saves = self._saves, []
+            await self._write_batch(batch)
+
+    async def _write_batch(self, batch: list[tuple[Callable[[Connection], None], asyncio.Future[None]]]) -> None:
+        def write(conn: Connection) -> None:
+            for one, _done in batch:
+                one(conn)
+
+        try:
+            await self.hub.store.write(write)
+        except Exception as exc:
+            if len(batch) > 1:  # one save failing must not fail the others: each alone
+                for item in batch:
+                    await self._write_batch([item])
+                return
+            failed = batch[0][1]
+            if not failed.done():
+                failed.set_exception(exc)
+            return
+        for _one, done in batch:
+            if not done.done():
+                done.set_result(None)
 
     async def _steps(self, run: dict[str, Any]) -> dict[str, Any]:
         trigger = self.triggers.get(run["trigger"])
@@ -489,16 +616,22 @@ class TriggerEngine:
         key = runs.act_key(run["key"], step_no)
         now = utcnow()
         channel = act.channel if act.kind != "offer" else None
-        who = await self.hub.store.read(
-            functools.partial(
-                _customer,
-                customer_id=run["customer_id"],
-                channel=channel,
-                now=now,
-                window=self.settings.frequency_window_s,
+        # a message whose event is recorded was sent (before a crash, or by a process whose
+        # lease ran out): it is not handed over again, and nothing is left to do
+        sent = (self._touchpoint(act), OUTBOUND_PREFIX + key[4:]) if act.kind == "message" else None
+
+        def read(conn: Connection) -> tuple[dict[str, Any] | None, datetime | None]:
+            who = _customer(
+                conn, customer_id=run["customer_id"], channel=channel, now=now, window=self.settings.frequency_window_s
             )
-        )
+            if sent is None or sent[0] is None:
+                return who, None
+            return who, _recorded_at(conn, sent[0], sent[1])
+
+        who, sent_at = await self.hub.store.read(read)
         base: dict[str, Any] = {"channel": channel, "customer_id": who["id"] if who else run["customer_id"]}
+        if sent is not None and sent_at is not None:
+            return base | {"status": "fired", "fired_at": sent_at, "event_id": sent[1], "reason": None}
         if who is None or who["erased"]:
             return base | {"status": "skipped", "reason": "the customer was erased", "due_at": None}
         cid = who["id"]
@@ -741,18 +874,44 @@ class TriggerEngine:
             data["survey"] = {k: survey["survey"][k] for k in ("kind", "scale", "about", "question")}
         # keyed by the message id: a reply naming it (an email's In-Reply-To) joins this dialogue
         sent = evolve(self._outbound(key, "message.sent", tp, who, data), dialogue=key)
-        (recorded,) = await self.hub.record([sent])
-        change = NewChange(
-            "message.sent",
-            cid,
-            {"message_id": key, "channel": channel, "touchpoint": tp, "dialogue_id": recorded.dialogue_id},
-        )
-        return {
-            "status": "fired",
-            "fired_at": utcnow(),
-            "event_id": recorded.event.id,
-            "_write": lambda conn: emit(conn, change),
-        }
+        recorded = await self._record_sent(sent)
+        return {"status": "fired", "fired_at": utcnow(), "event_id": recorded.event.id}
+
+    async def _record_sent(self, event: Event) -> RecordedEvent:
+        """Record a sent message's event (its ``message.sent`` change is written with it, in its
+        transaction: :func:`message_changes`). The message is out: a database away for a moment
+        is waited for here, since a retried act would hand the message over again."""
+        for wait_s in (0.1, 0.3, 1.0, 3.0):
+            try:
+                (recorded,) = await self.hub.record([event])
+                return recorded
+            except (StoreUnavailable, Overloaded) as exc:
+                log.warning("sent message not recorded yet", error=type(exc).__name__, retry_in_s=wait_s)
+                await asyncio.sleep(wait_s)
+        (recorded,) = await self.hub.record([event])
+        return recorded
+
+
+def message_changes(recorded: Sequence[RecordedEvent]) -> list[NewChange]:
+    """The ``message.sent`` changes of a trigger's ``message.sent`` events just recorded: the
+    recording transaction writes them (:class:`~prm_core.recording.IngestRules`), so a sent
+    message's change commits exactly when its event does, once, however often the act is
+    retried (a duplicate event adds nothing)."""
+    found = []
+    for r in recorded:
+        ev = r.event
+        if ev.type == "message.sent" and ev.direction == "outbound" and ev.id.startswith(OUTBOUND_PREFIX):
+            data = ev.data
+            if "message_id" not in data:
+                continue
+            change = {
+                "message_id": data["message_id"],
+                "channel": data.get("channel"),
+                "touchpoint": ev.touchpoint,
+                "dialogue_id": r.dialogue_id,
+            }
+            found.append(NewChange("message.sent", r.customer_id, change))
+    return found
 
 
 # ---- reads ---------------------------------------------------------------------------
@@ -768,6 +927,16 @@ def _occurred(change: Change) -> datetime | None:
     except ValueError:
         return None
     return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+def _recorded_at(conn: Connection, touchpoint: str, event_id: str) -> datetime | None:
+    """When the event ``event_id`` was recorded at ``touchpoint`` (its time), or ``None``."""
+    e = events.c
+    q = sa.select(e.occurred_at).where(e.touchpoint == touchpoint, e.event_id == event_id)
+    at: datetime | None = conn.execute(q).scalar()
+    if at is not None and at.tzinfo is None:
+        at = at.replace(tzinfo=UTC)
+    return at
 
 
 def _due(conn: Connection, *, now: datetime, paused: set[str]) -> bool:

@@ -24,7 +24,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from ..store.tables import customer_value, customers, trigger_offers, trigger_runs
+from ..store.tables import customer_value, customers, trigger_offers, trigger_runs, utcnow
 
 __all__ = [
     "STATUSES",
@@ -33,6 +33,7 @@ __all__ = [
     "forget_customers",
     "mark_offers_made",
     "queued_offers",
+    "renew_leases",
     "results",
     "run_key",
     "save_run",
@@ -53,15 +54,15 @@ def act_key(key: str, step: int) -> str:
     return "act_" + hashlib.sha256(f"{key}\x1f{step}".encode()).hexdigest()[:40]
 
 
-def schedule(conn: Connection, rows: Sequence[dict[str, Any]]) -> int:
-    """Insert the runs not inserted before; returns how many are new."""
+def schedule(conn: Connection, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Insert the runs not inserted before; returns those (a run read again is not new)."""
     if not rows:
-        return 0
+        return []
     known = set(conn.execute(sa.select(_R.key).where(_R.key.in_([r["key"] for r in rows]))).scalars())
     fresh = [r for r in rows if r["key"] not in known]
     if fresh:
         conn.execute(trigger_runs.insert(), fresh)
-    return len(fresh)
+    return fresh
 
 
 def due_exists(conn: Connection, now: datetime) -> bool:
@@ -74,10 +75,18 @@ def next_due(conn: Connection) -> datetime | None:
 
 
 def claim_due(
-    conn: Connection, owner: str, now: datetime, lease_s: float, limit: int, *, exclude: Sequence[str] = ()
+    conn: Connection,
+    owner: str,
+    now: datetime,
+    lease_s: float,
+    limit: int,
+    *,
+    exclude: Sequence[str] = (),
+    acting: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """Claim up to ``limit`` runs whose step is due and that no live lease holds (not of the
-    triggers in ``exclude``); each claim bumps ``attempts``, the fencing token of :func:`save_run`."""
+    triggers in ``exclude``, nor the runs in ``acting``); each claim bumps ``attempts``, the
+    fencing token of :func:`save_run`."""
     q = (
         sa.select(trigger_runs)
         .where(
@@ -90,6 +99,8 @@ def claim_due(
     )
     if exclude:
         q = q.where(_R.trigger.not_in(list(exclude)))
+    if acting:
+        q = q.where(_R.key.not_in(list(acting)))
     if conn.dialect.name == "postgresql":
         q = q.with_for_update(skip_locked=True)
     rows = conn.execute(q).all()
@@ -106,6 +117,18 @@ def claim_due(
                 dict(row._mapping) | {"attempts": row.attempts + 1, "lease_owner": owner, "lease_until": until}
             )
     return claimed
+
+
+def renew_leases(conn: Connection, *, keys: Sequence[str], owner: str, lease_s: float) -> int:
+    """Extend the leases ``owner`` still holds on these runs (not one taken over, nor one saved
+    since: saving gives the lease back); returns how many."""
+    until = utcnow() + timedelta(seconds=lease_s)
+    done = conn.execute(
+        trigger_runs.update()
+        .where(_R.key.in_(list(keys)), _R.lease_owner == owner, _R.status == "scheduled")
+        .values(lease_until=until)
+    ).rowcount
+    return int(done)
 
 
 def save_run(conn: Connection, key: str, owner: str, attempt: int, values: dict[str, Any]) -> bool:
