@@ -524,7 +524,7 @@ class SlowOutbox(Outbox):
     """A sender taking longer than a run's lease: a provider's slow round trip."""
 
     async def _send(self, message: Any) -> MessageResult:
-        await asyncio.sleep(0.8)
+        await asyncio.sleep(2.5)
         return await super()._send(message)
 
 
@@ -537,7 +537,9 @@ async def test_a_run_outliving_its_lease_in_a_live_hub_process_is_not_taken_over
     config = Config(
         database_url=database_url,
         public_url="http://hub.test",
-        raw={"triggers": {"poll_s": 0.02, "quiet_hours": "none", "hello": hello}, "feed": {"destination_lease_s": 0.3}},
+        # a lease of 1 s (renewed every third of it): a loaded test machine's event loop may stall
+        # for a few hundred milliseconds, and that must not pass for a dead process
+        raw={"triggers": {"poll_s": 0.02, "quiet_hours": "none", "hello": hello}, "feed": {"destination_lease_s": 1.0}},
     )
     async with (
         Hub.open(config, plugins=[outbox], autoload=True) as first,
@@ -546,7 +548,7 @@ async def test_a_run_outliving_its_lease_in_a_live_hub_process_is_not_taken_over
         now = datetime.now(UTC)
         await send(first, *(ev(f"h{i}", "hello", f"c{i}@example.com", at=now) for i in range(6)))
         fired = await settled(second, "hello", 6)
-        await asyncio.sleep(1.0)  # time for a process whose lease was taken over to send again
+        await asyncio.sleep(3.0)  # time for a process whose lease was taken over to send again
         assert [r.status for r in fired] == ["fired"] * 6
         assert sorted(m.id for m in outbox.sent) == sorted({m.id for m in outbox.sent}) and len(outbox.sent) == 6
         page = await first.feed.read(None, 1000, types={"message.sent"})
