@@ -550,6 +550,7 @@ async def after_the_visit(demo: Demo, appointment_id: str) -> None:
         return done[0] if done else None
 
     visit = await _until(completed) if appointment_id in demo.field.appointments else None
+    demo.field.callback_url = None  # its bookings answer at once again, as before (notifications already went)
     demo.step(
         Step(
             "The technician fixes the washer: the firm's AppointmentStateChangeEvent completes the visit",
