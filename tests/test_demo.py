@@ -28,12 +28,24 @@ def test_the_demo_plays_the_flagship_scenario_and_a_day_of_traffic() -> None:
         "transferred to the priority queue",
         "the screen pop shows the service request and the IVR path",
         "The agent notes the call and sets the outcome",
+        # the triggers at work, through the email touch point and the survey reader
+        "The platinum welcome arrives by email (trigger platinum_welcome)",
+        "AppointmentStateChangeEvent completes the visit",
+        "The visit's survey arrives by email (trigger visit_survey, CSAT)",
+        'Ann replies "5 - great technician"',
+        "Her answer is in the 360 view and the scorecard counts it for field_service",
     ):
         line = next((ln for ln in out.splitlines() if step in ln), None)
         assert line is not None, f"step {step!r} missing:\n{out}"
         assert "FAILED" not in line, f"step failed:\n{out}"
     assert "tier now 'platinum' (rule)" in out
     assert "Welcome back, Ann." in out
+    # the welcome, rendered after the CRM gave her name; the survey, answered by her reply
+    assert "Subject: Welcome to platinum" in out and "| Dear Ann, welcome to our platinum tier" in out
+    assert "Subject: How was your technician's visit?" in out
+    assert "360 view: CSAT 5/5 about field_service (via reply, trigger visit_survey)" in out
+    assert re.search(r"scorecard: field_service 1 answer\(s\), CSAT average 5\.0", out), out
+    assert "survey answers: field_service 1 (CSAT 5.0)" in out
     assert "The scorecard (GET /v1/scorecard):" in out and "customers by tier" in out
     pos = next(
         ln for ln in out.split("The scorecard (GET /v1/scorecard):")[1].splitlines() if ln.strip().startswith("pos")
@@ -77,4 +89,4 @@ async def test_the_demo_runs_the_built_in_plugins_whatever_else_is_installed(tmp
             for runner in partners:
                 await runner.cleanup()
     assert "elsewhere" not in names and "prm_elsewhere" not in names
-    assert {"prm_web", "prm_pos", "prm_callcenter", "prm_ivr", "prm_partner", "MergeCounter"} <= names
+    assert {"prm_web", "prm_pos", "prm_callcenter", "prm_ivr", "prm_partner", "prm_email", "MergeCounter"} <= names

@@ -1,12 +1,15 @@
 """``prm demo``: the flagship scenario end to end, narrated, against an in-process hub.
 
-A hub (every installed plugin, a throw-away SQLite file) and two TM Forum partner simulators
+A hub (the built-in plugins, a throw-away SQLite file) and two TM Forum partner simulators
 (a field-service firm and a parts supplier, with realistic latencies) run in this process; the
-demo talks to them only through the public wire formats: POS transactions, the
-web API, signed Twilio webhooks, CTI events and the agent's screen-pop WebSocket. It plays the
-flagship scenario, then a day of mixed traffic for a few hundred customers, narrating each
-step with its time against the touch point's budget, and ends with the scorecard. It exits
-non-zero if any step misses its budget or fails.
+demo talks to them only through the public wire formats: POS transactions, the web API,
+signed Twilio webhooks, CTI events, the agent's screen-pop WebSocket, the partners' signed
+notifications and raw emails; the hub's triggers write their emails into a maildir in the
+demo's directory, where the demo reads them. It plays the flagship scenario (with the
+platinum welcome, and the technician's visit followed by its survey, answered by reply),
+then a day of mixed traffic for a few hundred customers, narrating each step with its time
+against the touch point's budget, and ends with the scorecard. It exits non-zero if any step
+misses its budget or fails.
 
 The command reaches ``prm`` through the ``prm.commands`` entry points (see docs/cli.md).
 """

@@ -12,10 +12,14 @@ import socket
 import tempfile
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from email.parser import BytesParser
+from email.policy import default as email_policy
+from email.utils import format_datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlencode, urlsplit
 
 import aiohttp
@@ -28,10 +32,15 @@ from prm_core.plugin import HUB, Config, builtin_plugins, create_app, create_key
 
 __all__ = ["Demo", "Step", "run_demo"]
 
+T = TypeVar("T")
+
 BUDGETS = {"web": 250, "ivr": 1500, "callcenter": 1000, "pos": 300}
 FIELD_SERVICE_MS = 120  # a field-service firm's booking API: slower than a stock lookup
 SUPPLIER_MS = 60
 ANN = {"email": "ann.lee@example.com", "phone": "+14155550123", "loyalty_card": "LC-1001"}
+WAIT_S = 15  # how long a step waits for what the hub does in the background (triggers, the survey reader)
+WELCOME_SUBJECT = "Welcome to platinum"
+SURVEY_SUBJECT = "How was your technician's visit?"
 
 
 @define
@@ -92,6 +101,8 @@ class Demo:
         self.workdir = workdir
         self.echo = echo
         self.twilio_token = secrets.token_hex(16)
+        self.email_secret = secrets.token_urlsafe(32)
+        self.maildir = workdir / "mail"
         self.partner_secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
         self.port = _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -148,6 +159,30 @@ class Demo:
                 },
             },
             "offers": {"caps": {"ivr": 1, "pos": 3}},
+            # the email touch point writes each message into a maildir, where the demo reads it
+            "email": {"transport": "maildir", "maildir": str(self.maildir), "from": "Shop <hello@shop.example>",
+                      "reply_to": "replies@shop.example", "secret": self.email_secret},
+            "triggers": {
+                "quiet_hours": "none",  # the demo runs at any hour
+                "poll_s": 0.2,
+                # a few seconds after she becomes platinum: her name, from the CRM, is in by then
+                "platinum_welcome": {
+                    "on": "customer.updated", "when": "change['tier'] == 'platinum'", "delay": "3s",
+                    "purpose": "transactional",
+                    "action": {"kind": "message", "channel": "email", "subject": WELCOME_SUBJECT,
+                               "template": "Dear $first_name, welcome to our platinum tier: a technician within"
+                                           " one business day, and the priority line when you call."},
+                },
+                "visit_survey": {
+                    "on": "fulfillment.updated",
+                    "when": "change['role'] == 'field_service' and change['status'] == 'completed'",
+                    "purpose": "transactional",
+                    "action": {"kind": "message", "channel": "email", "survey": "csat", "subject": SURVEY_SUBJECT,
+                               "template": "How was your technician's visit, $first_name? Reply with a score"
+                                           " from 1 to 5.\nOr answer with one click: $survey_url"},
+                },
+            },
+            "surveys": {"poll_s": 0.2},
         }  # fmt: skip
         return Config(database_url=f"sqlite:///{self.workdir}/prm.db", public_url=self.base, raw=raw)
 
@@ -165,7 +200,7 @@ class Demo:
         await web.TCPSite(runner, "127.0.0.1", self.port).start()
         self._runners.append(runner)
         store = app[HUB].store
-        for scope in ("touchpoint:web", "touchpoint:pos", "touchpoint:callcenter", "read", "admin"):
+        for scope in ("touchpoint:web", "touchpoint:pos", "touchpoint:callcenter", "touchpoint:email", "read", "admin"):
             self.keys[scope], _ = await create_key(store, scope, name="demo")
         self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
 
@@ -197,6 +232,19 @@ class Demo:
         async with self.session.get(f"{self.base}/v1/customers/{ref}", headers=self._auth("read")) as resp:
             resp.raise_for_status()
             return dict(await resp.json())
+
+    async def scorecard(self) -> dict[str, Any] | None:
+        assert self.session is not None
+        async with self.session.get(f"{self.base}/v1/scorecard", headers=self._auth("read")) as resp:
+            return dict(await resp.json()) if resp.status == 200 else None
+
+    def mail(self, subject: str) -> EmailMessage | None:
+        """The email with this subject in the maildir's ``new/``, if it is there."""
+        for path in sorted((self.maildir / "new").glob("*.eml")):
+            email = BytesParser(policy=email_policy).parsebytes(path.read_bytes())
+            if str(email["Subject"]) == subject and isinstance(email, EmailMessage):
+                return email
+        return None
 
     async def twilio(self, path: str, params: Mapping[str, str]) -> tuple[int, str, float]:
         """POST a Twilio webhook signed exactly as Twilio signs it."""
@@ -253,6 +301,38 @@ def _says(twiml: str) -> list[str]:
 def _gather_action(twiml: str) -> str | None:
     gather = next(ET.fromstring(twiml).iter("Gather"), None)
     return gather.get("action") if gather is not None else None
+
+
+async def _until(probe: Callable[[], Awaitable[T | None]], timeout_s: float = WAIT_S) -> T | None:
+    """What ``probe`` finds, asked every 100 ms, or ``None`` after ``timeout_s``: what the hub
+    does in the background (a trigger's message, a survey's answer) comes a moment later."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = await probe()
+        if found is not None or time.monotonic() >= deadline:
+            return found
+        await asyncio.sleep(0.1)
+
+
+def _first_line(email: EmailMessage) -> str:
+    body = email.get_body(preferencelist=("plain",))
+    text = body.get_content() if isinstance(body, EmailMessage) else ""
+    return next((line for line in text.splitlines() if line.strip()), "")
+
+
+def _reply(to: EmailMessage, text: str) -> bytes:
+    """Ann's answer to ``to``, as her mail client sends it: quoting it, naming it in In-Reply-To."""
+    reply = EmailMessage()
+    reply["From"] = f"Ann Lee <{ANN['email']}>"
+    reply["To"] = str(to["Reply-To"] or to["From"])
+    reply["Subject"] = f"Re: {to['Subject']}"
+    reply["Date"] = format_datetime(datetime.now(UTC))
+    reply["Message-ID"] = f"<{secrets.token_hex(8)}@mail.example.com>"
+    reply["In-Reply-To"] = str(to["Message-ID"])
+    reply["References"] = str(to["Message-ID"])
+    quoted = "\n".join(f"> {line}" for line in _first_line(to).splitlines())
+    reply.set_content(f"{text}\n\nOn {to['Date']}, {to['From']} wrote:\n{quoted}\n")
+    return reply.as_bytes()
 
 
 async def flagship(demo: Demo) -> None:
@@ -429,6 +509,130 @@ async def flagship(demo: Demo) -> None:
     }  # fmt: skip
     status, answer, ms = await demo.post("/v1/touchpoints/callcenter/events", notes, "touchpoint:callcenter")
     demo.step(Step("The agent notes the call and sets the outcome", "callcenter", ms, None, status == 200))
+
+    await after_the_visit(demo, str(visit_window.get("appointment_id") or ""))
+
+
+async def after_the_visit(demo: Demo, appointment_id: str) -> None:
+    """The triggers at work: the platinum welcome by email, then the technician's visit, its
+    survey by email, Ann's answer by reply, in her 360 view and the scorecard."""
+    assert demo.session is not None
+
+    # 8. The platinum welcome (trigger platinum_welcome, a few seconds after the purchase) is in her mailbox
+    started = time.perf_counter()
+
+    async def welcome_mail() -> EmailMessage | None:
+        return demo.mail(WELCOME_SUBJECT)
+
+    welcome = await _until(welcome_mail)
+    demo.step(
+        Step(
+            "The platinum welcome arrives by email (trigger platinum_welcome)",
+            "email",
+            (time.perf_counter() - started) * 1000,
+            None,
+            welcome is not None and str(welcome["To"]) == ANN["email"] and "Ann" in _first_line(welcome),
+            f"Subject: {welcome['Subject']}\n| {_first_line(welcome)}" if welcome is not None
+            else f"no email with subject {WELCOME_SUBJECT!r} in {demo.maildir / 'new'} after {WAIT_S} s",
+        )
+    )  # fmt: skip
+
+    # 9. The technician has been: the field-service firm tells the hub (a signed TMF646 notification)
+    started = time.perf_counter()
+    demo.field.callback_url = f"{demo.base}/v1/partners/fieldservice/callbacks"
+    if appointment_id in demo.field.appointments:
+        demo.field.set_status(appointment_id, "completed")
+
+    async def completed() -> dict[str, Any] | None:
+        view = await demo.view(f"email:{ANN['email']}")
+        visits = [f for f in view.get("fulfillments", []) if f.get("role") == "field_service"]
+        done = [f for f in visits if f.get("status") == "completed"]
+        return done[0] if done else None
+
+    visit = await _until(completed) if appointment_id in demo.field.appointments else None
+    demo.field.callback_url = None  # its bookings answer at once again, as before (notifications already went)
+    demo.step(
+        Step(
+            "The technician fixes the washer: the firm's AppointmentStateChangeEvent completes the visit",
+            "partner",
+            (time.perf_counter() - started) * 1000,
+            None,
+            visit is not None,
+            f"fulfillment {visit['id']} of {visit['partner']}: {visit['status']}" if visit is not None
+            else f"appointment {appointment_id or '(none booked)'} not completed in the view after {WAIT_S} s",
+        )
+    )  # fmt: skip
+
+    # 10. Its survey (trigger visit_survey, on the completed visit) is in her mailbox
+    started = time.perf_counter()
+
+    async def survey_mail() -> EmailMessage | None:
+        return demo.mail(SURVEY_SUBJECT)
+
+    survey = await _until(survey_mail) if visit is not None else None
+    demo.step(
+        Step(
+            "The visit's survey arrives by email (trigger visit_survey, CSAT)",
+            "email",
+            (time.perf_counter() - started) * 1000,
+            None,
+            survey is not None and "1 to 5" in _first_line(survey),
+            f"Subject: {survey['Subject']}\n| {_first_line(survey)}" if survey is not None
+            else f"no email with subject {SURVEY_SUBJECT!r} in {demo.maildir / 'new'}",
+        )
+    )  # fmt: skip
+
+    # 11. Ann answers by replying; her mail reaches the hub as raw RFC 822
+    answered: dict[str, Any] = {}
+    if survey is not None:
+        started = time.perf_counter()
+        async with demo.session.post(
+            f"{demo.base}/v1/touchpoints/email/inbound",
+            data=_reply(survey, "5 - great technician"),
+            headers={**demo._auth("touchpoint:email"), "Content-Type": "message/rfc822"},
+        ) as resp:
+            status = resp.status
+            answered = await resp.json() if resp.content_type == "application/json" else {}
+        ms = (time.perf_counter() - started) * 1000
+        first = (answered.get("recorded") or [{}])[0]
+        demo.step(
+            Step(
+                'Ann replies "5 - great technician" (POST /v1/touchpoints/email/inbound)',
+                "email",
+                ms,
+                None,
+                status == 200 and first.get("type") == "message.received" and bool(first.get("in_reply_to")),
+                f"recorded {first.get('type')} in reply to {first.get('in_reply_to')}",
+            )
+        )  # fmt: skip
+
+    # 12. The survey reader makes the reply her answer: in her 360 view and in the scorecard
+    started = time.perf_counter()
+
+    async def answer_in_view() -> dict[str, Any] | None:
+        view = await demo.view(f"email:{ANN['email']}")
+        return next((a for a in view.get("surveys", []) if a.get("about") == "field_service"), None)
+
+    answer = await _until(answer_in_view) if answered else None
+    card = await demo.scorecard() if answer is not None else None
+    rows: list[dict[str, Any]] = (card or {}).get("touchpoints", [])
+    row = next((t for t in rows if t.get("touchpoint") == "field_service"), {})
+    figures = row.get("surveys") or {}
+    csat = figures.get("csat") or {}
+    demo.step(
+        Step(
+            "Her answer is in the 360 view and the scorecard counts it for field_service",
+            "survey",
+            (time.perf_counter() - started) * 1000,
+            None,
+            answer is not None and answer.get("score") == 5 and figures.get("answers", 0) >= 1,
+            (f"360 view: {answer['kind'].upper()} {answer['score']}/{answer['scale'][1]} about {answer['about']}"
+             f" (via {answer['via']}, trigger {answer['trigger']})\n"
+             f"scorecard: field_service {figures.get('answers', 0)} answer(s), CSAT average {csat.get('average')},"
+             f" satisfied {csat.get('satisfied_rate')}")
+            if answer is not None else f"no survey answer in her 360 view after {WAIT_S} s",
+        )
+    )  # fmt: skip
 
 
 async def day_of_traffic(demo: Demo, customers: int, seed: int) -> dict[str, Tally]:
@@ -610,6 +814,15 @@ def _print_scorecard(card: Mapping[str, Any], echo: Callable[[str], None]) -> No
         for t in balanced.get("by_tier", [])
     )
     echo(f"  {balanced.get('customers', 0):,} customers by tier: {tiers}")
+    rated = [
+        f"{tp.get('touchpoint')} {tp['surveys']['answers']} (CSAT {tp['surveys']['csat']['average']})"
+        if tp["surveys"].get("csat")
+        else f"{tp.get('touchpoint')} {tp['surveys']['answers']}"
+        for tp in card.get("touchpoints", [])
+        if (tp.get("surveys") or {}).get("answers")
+    ]
+    if rated:
+        echo(f"  survey answers: {', '.join(rated)}")
 
 
 async def run_demo(*, customers: int, seed: int, keep: bool, echo: Callable[[str], None]) -> bool:
@@ -634,12 +847,10 @@ async def run_demo(*, customers: int, seed: int, keep: bool, echo: Callable[[str
                 f"  {label:<12} {len(t.times):>8,} {_pct(t.times, 50):>6.1f}ms {_pct(t.times, 99):>6.1f}ms"
                 f" {t.budget_ms:>6}ms {t.misses:>7} {t.errors:>7}"
             )
-        assert demo.session is not None
-        async with demo.session.get(f"{demo.base}/v1/scorecard", headers=demo._auth("read")) as resp:
-            scorecard = await resp.json() if resp.status == 200 else None
+        scorecard = await demo.scorecard()
         echo("\nThe scorecard (GET /v1/scorecard):")
         if scorecard is None:
-            echo(f"  unavailable ({resp.status})")
+            echo("  unavailable")
         else:
             _print_scorecard(scorecard, echo)
         failed = sum(1 for step in demo.steps if not step.ok)
