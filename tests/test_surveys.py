@@ -240,6 +240,22 @@ async def test_a_reply_naming_the_survey_is_its_answer_once(hub, texts):
     assert view.to_json()["surveys"][0]["score"] == 4
 
 
+async def test_an_email_naming_no_message_answers_no_survey(database_url, clock):
+    """Anyone can write an email saying it comes from a customer's address: an email reply
+    answers only the survey it names, never the latest one by default."""
+    texts = Texts()
+    async with Hub.open(config_of(database_url), plugins=[texts], autoload=True) as hub:
+        await happened(hub, "o1", "order.completed", ANN)  # an NPS survey by email
+        message = await survey_sent(hub, texts)
+        clock.advance(hours=1)
+        await reply(hub, "forged", ANN, "0", channel="email")
+        await reply(hub, "named", ANN, "9", in_reply_to=message.id, channel="email")
+        await until(lambda: answers(hub))
+        await asyncio.sleep(0.3)  # the reader has passed both replies
+        (answer,) = await answers(hub)
+        assert (answer.message_id, answer.score) == (message.id, 9)
+
+
 async def test_a_reply_naming_no_message_answers_the_latest_survey_on_its_channel_within_the_window(
     database_url, clock
 ):

@@ -103,6 +103,13 @@ def find_message(conn: Connection, message_id: str, touchpoints: Sequence[str]) 
     return conn.execute(q).first()
 
 
+VOUCHED_CHANNELS = frozenset({"sms"})
+"""Channels whose carrier vouches for the sender (a text comes from the number it says, and
+its webhook is signed): there a reply naming no message answers the customer's latest survey.
+An email's ``From`` proves nothing, so an email reply answers only the survey it names (its
+``In-Reply-To``, a Message-ID only the recipient saw)."""
+
+
 def _latest_survey(conn: Connection, customer_id: str, channel: str, at: datetime, window: timedelta) -> Any:
     e = events.c
     q = (
@@ -400,6 +407,8 @@ class Surveys:
                 sent = _aware(message.occurred_at)
                 if not sent - _SKEW <= at <= sent + timedelta(seconds=self.settings.expires_s):
                     continue
+            elif channel not in VOUCHED_CHANNELS:
+                continue  # anyone can write From: a customer's address; only a reply naming the survey counts
             else:
                 window = timedelta(seconds=self.settings.reply_window_s)
                 message = _latest_survey(conn, reply.customer_id, channel, at, window)
