@@ -1003,7 +1003,7 @@ def prm_send_message(message: Message) -> MessageResult | Awaitable[MessageResul
       `trigger`, the customer's `locale` and `first_name` traits (`None` unless texts), and
       `data`: for a survey (docs/surveys.md), `data["survey"]` (`kind`, `scale`,
       `about`, `question`, `expires_at`) and `data["survey_url"]`, the signed link of its
-      answer page (`None` without `[surveys] base_url`); `score_links(message.data)` gives one
+      answer page (`None` without `[surveys] base_url` or `[server] public_url`); `score_links(message.data)` gives one
       link per score, for an email that shows the scale itself. A customer's reply is recorded
       as an inbound `message.received` event (`data`: `channel`, `text`, `in_reply_to` the
       message's `id` when known): a reply to a survey that gives a score is its answer.
