@@ -41,7 +41,18 @@ from .ingest import Ingestor
 from .journal import Accepted, Journal, JournalSettings, Processor
 from .labels import merge_labels
 from .logs import protect_logs
-from .model import Customer, CustomerView, Event, Identity, Merge, Offer, RecordedEvent, TouchPoint, ValueProvider
+from .model import (
+    CHANNELS,
+    Customer,
+    CustomerView,
+    Event,
+    Identity,
+    Merge,
+    Offer,
+    RecordedEvent,
+    TouchPoint,
+    ValueProvider,
+)
 from .outbox import Fulfillment, Outbox, fulfillments_of_dialogue
 from .planning import Planner
 from .planning.knowledge import catalog_provider
@@ -53,6 +64,7 @@ from .store.engine import advisory_locks, customer_lock_key, identity_lock_key
 from .store.tables import (
     customers,
     dialogues,
+    erasures,
     events,
     identities,
     memberships,
@@ -480,6 +492,61 @@ class Hub:
             self.planner.refresh_tiers(conn, changed, now)  # tier rules may read traits
 
         await self.store.write(write)
+
+    async def suppress(
+        self,
+        customer_id: str,
+        channel: str,
+        *,
+        suppress: bool = True,
+        traits: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Add ``channel`` to the customer's ``suppressed`` trait (``suppress=False``: take it
+        out), and set ``traits`` beside it, why (``{"email_undeliverable": ...}``; ``None``
+        removes a trait). The trigger guards send nothing on a suppressed channel.
+
+        ``suppressed`` is a list of channels; ``true`` (every channel, set by hand) is left as it
+        is, and a list left empty is removed. ``customer_id`` is a customer id (followed through
+        merges) or a ``namespace:value`` ref. The customer's traits are read and written in one
+        transaction holding the customer's lock, so suppressions of two channels at once both
+        stay; a change is a ``customer.updated`` on the change feed, as a trait update is.
+
+        Returns ``False``, writing nothing, for a customer that is unknown or erased (a bounce
+        arriving after the erasure), else ``True``.
+        """
+        if channel not in CHANNELS:
+            raise InvalidInput(f"channel must be one of {', '.join(sorted(CHANNELS))}", "channel")
+        if traits is not None and not isinstance(traits, Mapping):
+            raise InvalidInput("traits must be an object", "traits")
+        if traits is not None and "suppressed" in traits:
+            raise InvalidInput("traits: suppressed is set by the channel, not as a trait", "traits.suppressed")
+        namespaces = self.registrations.namespaces.items
+        now = utcnow()
+
+        def write(conn: Connection) -> bool:
+            try:
+                cid = _lock_customer(conn, resolve_ref(conn, customer_id, namespaces, self.config.default_region))
+            except NotFound:
+                return False
+            if conn.execute(sa.select(erasures.c.customer_id).where(erasures.c.customer_id == cid)).first():
+                return False
+            current = conn.execute(sa.select(customers.c.traits).where(customers.c.id == cid)).scalar_one()
+            merged: dict[str, Any] = {**current, **(traits or {})}
+            listed = current.get("suppressed")
+            if listed is not True:
+                channels = [c for c in listed if isinstance(c, str)] if isinstance(listed, list) else []
+                if suppress and channel not in channels:
+                    merged["suppressed"] = [*channels, channel]
+                elif not suppress and channel in channels:
+                    merged["suppressed"] = [c for c in channels if c != channel] or None
+            merged = {k: v for k, v in merged.items() if v is not None}
+            if merged != current:
+                conn.execute(customers.update().where(customers.c.id == cid).values(traits=merged, updated_at=now))
+                emit(conn, NewChange("customer.updated", cid, {"traits": merged}, at=now))
+                self.planner.refresh_tiers(conn, [cid], now)  # tier rules may read traits
+            return True
+
+        return await self.store.write(write)
 
     async def join_group(
         self,

@@ -24,7 +24,10 @@ What is here, by use:
   (:meth:`Hub.recorded`, :meth:`Hub.find_event_id`), which identities are shared
   (:meth:`Hub.shared_identities`), which webhook deliveries were processed
   (:meth:`Hub.delivery_processed`, :meth:`Hub.mark_delivery_processed`) and a dialogue's
-  partner work (:meth:`Hub.dialogue_fulfillments`).
+  partner work (:meth:`Hub.dialogue_fulfillments`). A touch point that learns a customer
+  cannot or will not be reached on a channel (a bounce, a STOP) calls :meth:`Hub.suppress`,
+  which adds the channel to the customer's ``suppressed`` trait under the customer's lock, so
+  two channels suppressed at once both stay.
 - **HTTP routes** a touch point adds (``prm_routes``): :func:`api` describes a route for
   ``/openapi.json``; :func:`require` checks the caller's key for a scope;
   :func:`read_json` / :func:`parse_json_body` read a body with the hub's JSON rules;

@@ -3,6 +3,7 @@ to it, and the Hub methods that replace reading the core's tables."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import tomllib
@@ -10,9 +11,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from prm_email.inbound import record_bounce
+from prm_sms.records import set_sms_suppression
 
 import prm_core.plugin
 from prm_core.model import Event, Identity
+from prm_core.plugin import InvalidInput
+from prm_core.privacy.erasure import erase_customer
 
 ROOT = Path(__file__).parent.parent
 AT = datetime(2026, 11, 23, 9, tzinfo=UTC)
@@ -117,3 +122,85 @@ async def test_a_dialogues_partner_work_is_none_for_another_touch_point(hub):
     assert await hub.dialogue_fulfillments("web", recorded.dialogue_id) == []
     assert await hub.dialogue_fulfillments("pos", recorded.dialogue_id) is None
     assert await hub.dialogue_fulfillments("web", "dlg_unknown") is None
+
+
+async def _customer_updates(hub) -> list[dict[str, object]]:
+    page = await hub.feed.read(None, 1000, {"customer.updated"})
+    return [dict(c.data) for c in page.changes]
+
+
+async def test_suppress_adds_and_removes_a_channel_beside_its_reasons(hub):
+    (ann,) = await hub.record([_event("web", "s1", identities=(Identity("email", "ann@example.com"),))])
+    cid = ann.customer_id
+    assert await hub.suppress(cid, "email", traits={"email_undeliverable": {"at": "2026-11-23T09:00:00Z"}})
+    assert await hub.suppress("email:ann@example.com", "sms", traits={"sms_opted_out": "2026-11-23T09:01:00Z"})
+    traits = (await hub.view(cid)).customer.traits
+    assert traits["suppressed"] == ["email", "sms"] and traits["sms_opted_out"] == "2026-11-23T09:01:00Z"
+    assert (await _customer_updates(hub))[-1] == {"traits": dict(traits)}  # as a trait update says it
+
+    assert await hub.suppress(cid, "sms", suppress=False, traits={"sms_opted_out": None})
+    traits = (await hub.view(cid)).customer.traits
+    assert traits["suppressed"] == ["email"] and "sms_opted_out" not in traits
+    assert await hub.suppress(cid, "email", suppress=False)
+    assert "suppressed" not in (await hub.view(cid)).customer.traits  # an empty list goes
+
+    before = len(await _customer_updates(hub))
+    assert await hub.suppress(cid, "sms", suppress=False)  # nothing to take out: nothing written
+    assert len(await _customer_updates(hub)) == before
+
+
+async def test_suppress_leaves_suppressed_true_alone(hub):
+    group = await hub.create_customer("organization", {"suppressed": True})
+    assert await hub.suppress(group.id, "email", traits={"email_undeliverable": "bounced"})
+    assert await hub.suppress(group.id, "sms", suppress=False)
+    traits = (await hub.view(group.id)).customer.traits
+    assert traits == {"suppressed": True, "email_undeliverable": "bounced"}
+
+
+async def test_suppress_is_quiet_for_an_erased_or_unknown_customer(hub):
+
+    (ann,) = await hub.record([_event("web", "s1", identities=(Identity("email", "ann@example.com"),))])
+    await erase_customer(hub, ann.customer_id)
+    before = await _customer_updates(hub)
+    assert await hub.suppress(ann.customer_id, "email") is False
+    await record_bounce(hub, [ann])  # a bounce recorded just before the erasure: no error
+    await set_sms_suppression(hub, ann.customer_id, True, {"sms_opted_out": "2026-11-23T09:00:00Z"})
+    assert (await hub.view(ann.customer_id)).customer.traits == {}
+    assert await _customer_updates(hub) == before
+    assert await hub.suppress("cus_unknown", "email") is False
+    assert await hub.suppress("email:nobody@example.com", "email") is False
+
+
+async def test_suppress_follows_a_merge_and_refuses_a_bad_channel(hub):
+    (ann,) = await hub.record([_event("web", "s1", identities=(Identity("email", "ann@example.com"),))])
+    (bob,) = await hub.record([_event("web", "s2", identities=(Identity("phone", "+14155550100"),))])
+    both = (Identity("email", "ann@example.com"), Identity("phone", "+14155550100"))
+    (linked,) = await hub.record([_event("web", "s3", identities=both)])
+    gone = bob.customer_id if linked.customer_id == ann.customer_id else ann.customer_id
+    assert await hub.suppress(gone, "sms")
+    assert (await hub.view(linked.customer_id)).customer.traits["suppressed"] == ["sms"]
+    with pytest.raises(InvalidInput, match="channel"):
+        await hub.suppress(linked.customer_id, "pigeon")
+    with pytest.raises(InvalidInput, match="suppressed"):
+        await hub.suppress(linked.customer_id, "sms", traits={"suppressed": True})
+
+
+async def test_a_bounce_and_a_stop_at_once_both_suppress(hub):
+    """The email touch point's bounce and the SMS touch point's STOP for one customer at the
+    same moment: each reads and writes ``suppressed`` under the customer's lock, so neither
+    channel is lost (a read in one and a write in the other used to drop one)."""
+
+    people = []
+    for n in range(12):
+        ids = (Identity("email", f"p{n}@example.com"), Identity("phone", f"+141555501{n:02d}"))
+        (recorded,) = await hub.record([_event("web", f"race/{n}", identities=ids)])
+        people.append(recorded)
+    await asyncio.gather(
+        *(record_bounce(hub, [p]) for p in people),
+        *(set_sms_suppression(hub, p.customer_id, True, {"sms_opted_out": "2026-11-23T09:00:00Z"}) for p in people),
+        *(hub.suppress(p.customer_id, "chat") for p in people),
+    )
+    for p in people:
+        traits = (await hub.view(p.customer_id)).customer.traits
+        assert sorted(traits["suppressed"]) == ["chat", "email", "sms"], traits
+        assert traits["sms_opted_out"] == "2026-11-23T09:00:00Z"

@@ -293,16 +293,10 @@ def complaint_event(recipient: str, original: str, settings: EmailSettings) -> E
 
 async def record_bounce(hub: Hub, recorded: Sequence[RecordedEvent]) -> None:
     """Suppress email for the customers whose address bounced: ``"email"`` joins their
-    ``suppressed`` trait (left as it is when it is already ``true`` or names email)."""
-    changes: dict[str, dict[str, Any]] = {}
-    for r in recorded:
-        view = await hub.view(r.customer_id, limit=1)
-        current = view.customer.traits.get("suppressed")
-        if current is True or (isinstance(current, list) and "email" in current):
-            continue
-        kept = [c for c in current if isinstance(c, str)] if isinstance(current, list) else []
-        changes[view.customer.id] = {"suppressed": [*kept, "email"]}
-    await hub.add_traits(changes)
+    ``suppressed`` trait (left as it is when it is already ``true`` or names email). A customer
+    erased since the bounce was recorded is left alone (:meth:`Hub.suppress`)."""
+    for customer_id in dict.fromkeys(r.customer_id for r in recorded):
+        await hub.suppress(customer_id, "email")
 
 
 def raw_digest(raw: bytes) -> str:

@@ -127,18 +127,6 @@ async def latest_sent(hub: Hub, identities: tuple[Identity, ...]) -> Thread | No
 
 async def set_sms_suppression(hub: Hub, customer_id: str, suppress: bool, traits: Mapping[str, Any]) -> None:
     """Add ``sms`` to the customer's ``suppressed`` list (or take it out), with ``traits``
-    beside it (``None`` removes one). ``suppressed = true`` (every channel) is left as it is."""
-    try:
-        view = await hub.view(customer_id, limit=1)
-    except NotFound:
-        return  # erased or merged away meanwhile: nothing left to suppress
-    current = view.customer.traits.get("suppressed")
-    changes: dict[str, Any] = dict(traits)
-    if current is not True:
-        channels = [c for c in current if isinstance(c, str)] if isinstance(current, list) else []
-        if suppress and CHANNEL not in channels:
-            changes["suppressed"] = [*channels, CHANNEL]
-        elif not suppress and CHANNEL in channels:
-            rest = [c for c in channels if c != CHANNEL]
-            changes["suppressed"] = rest or None
-    await hub.update_customer(view.customer.id, {"traits": changes})
+    beside it (``None`` removes one). ``suppressed = true`` (every channel) is left as it is, and
+    so is a customer erased meanwhile (:meth:`Hub.suppress`)."""
+    await hub.suppress(customer_id, CHANNEL, suppress=suppress, traits=traits)
