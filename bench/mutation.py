@@ -52,8 +52,16 @@ _FEED_TESTS = [
     "tests/test_destinations.py",
 ]
 MODULES: dict[str, tuple[str, list[str]]] = {
-    "keys": ("prm_core/keys.py", ["tests/test_keys.py"]),
-    "auth": ("prm_core/server/auth.py", ["tests/test_auth.py", "tests/test_keys.py"]),
+    "keys": ("prm_core/keys.py", ["tests/test_keys.py", "tests/test_public_keys.py"]),
+    "auth": (
+        "prm_core/server/auth.py",
+        [
+            "tests/test_auth.py",
+            "tests/test_keys.py",
+            "tests/test_public_keys.py",
+            "tests/test_log_noise.py::test_a_flood_of_429s_is_counted_and_logged_once_per_key",
+        ],
+    ),
     "identity": ("prm_core/identity.py", ["tests/test_identity.py"]),
     "merging": ("prm_core/merging.py", ["tests/test_purchases.py", "tests/test_merges.py"]),
     "dialogue": ("prm_core/dialogue.py", ["tests/test_dialogues.py"]),
@@ -79,6 +87,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
             "tests/test_outbox_stop.py",
             "tests/test_outbox_rows.py",
             "tests/test_outbox.py",
+            "tests/test_erasure_partner_answers.py",
             "tests/test_partner.py",
         ],
     ),

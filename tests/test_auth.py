@@ -148,6 +148,17 @@ async def test_a_route_without_a_key_counts_calls_per_address_and_answers_429_pa
     assert (await answer(hub_client, {"Authorization": "Bearer prm_0000000000000000_" + "x" * 43}))[0] == 401
 
 
+class TestWithEveryLimitOff:
+    @pytest.fixture
+    def hub_config(self, database_url: str) -> Config:
+        off = {"rate_limit": "off", "rate_limit_public": "off", "rate_limit_keyless": "off"}
+        return Config(database_url=database_url, public_url="http://hub.test", raw={"server": off})
+
+    async def test_a_route_without_a_key_counts_nothing(self, hub_client):
+        statuses = [(await hub_client.post("/v1/agents/session", json={"code": "not-a-code"})).status for _ in range(4)]
+        assert statuses == [401] * 4
+
+
 def event(**identities: str) -> Event:
     return Event(
         id="e1",

@@ -85,6 +85,27 @@ async def test_a_request_is_found_by_its_id_its_key_or_the_partners_reference(hu
     assert await hub.outbox.find("fieldservice", "r-9") is None
 
 
+async def test_a_reference_two_requests_share_finds_the_newest(hub):
+    # a partner that names its booking, not our request: a second request for the same visit
+    who = await ann(hub)
+    rows = await plant(hub, who, 2, partner_ref="FS-77")
+    found = await hub.outbox.find("fieldservice", "FS-77")
+    assert found is not None and (found.id, found.outbox_id) == ("r-1", rows[1]["id"])
+
+
+async def test_a_callback_naming_no_request_changes_nothing_and_keeps_its_webhook_id_unused(hub):
+    who = await ann(hub)
+    assert await hub.outbox.apply_callback("fieldservice", "wh-1", "r-0", "confirmed", {"slot": "9:00"}) == (
+        None,
+        False,
+    )
+    # the request turns up (planned late): the same delivery, sent again, applies to it
+    (row,) = await plant(hub, who, 1)
+    found, applied = await hub.outbox.apply_callback("fieldservice", "wh-1", "r-0", "confirmed", {"slot": "9:00"})
+    assert applied and found is not None and (found.outbox_id, found.status) == (row["id"], "confirmed")
+    assert await state(hub, row["id"]) == ("confirmed", {"slot": "9:00"}, 0)
+
+
 class Answers:
     """Answers every request to partner ``fieldservice`` with ``status``."""
 
