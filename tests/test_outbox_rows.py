@@ -106,6 +106,21 @@ async def test_a_callback_naming_no_request_changes_nothing_and_keeps_its_webhoo
     assert await state(hub, row["id"]) == ("confirmed", {"slot": "9:00"}, 0)
 
 
+async def test_two_partners_may_send_the_same_webhook_id(hub):
+    # each partner makes up its own delivery ids: one partner's id says nothing about another's
+    who = await ann(hub)
+    (field,) = await plant(hub, who, 1)
+    (stock,) = await plant(hub, who, 1, partner="supplier", request_id="s-0", idempotency_key="sk-0")
+    _, first = await hub.outbox.apply_callback("fieldservice", "msg_1", "r-0", "confirmed", {"slot": "9:00"})
+    _, second = await hub.outbox.apply_callback("supplier", "msg_1", "s-0", "completed", {"shipped": True})
+    assert (first, second) == (True, True)
+    assert await state(hub, field["id"]) == ("confirmed", {"slot": "9:00"}, 0)
+    assert await state(hub, stock["id"]) == ("completed", {"shipped": True}, 0)
+    # the same partner sending it again is a redelivery: nothing changes
+    _, again = await hub.outbox.apply_callback("supplier", "msg_1", "s-0", "failed", {})
+    assert again is False and await state(hub, stock["id"]) == ("completed", {"shipped": True}, 0)
+
+
 class Answers:
     """Answers every request to partner ``fieldservice`` with ``status``."""
 

@@ -191,6 +191,23 @@ async def test_waking_the_worker_sends_due_requests_before_the_next_poll(databas
         await eventually(lambda: _all_confirmed(hub), within_s=5)
 
 
+async def test_a_backlog_is_claimed_round_after_round_without_a_pause(database_url, held):
+    from prm_core.hub import Hub
+
+    # three full rounds of claims (16 each); the worker polls only every 10 minutes, so
+    # whatever it claims it claims by going on at once after a full round
+    config = Config(database_url=database_url, raw={"outbox": {"poll_ms": 600_000}})
+    async with Hub.open(config, plugins=[held]) as hub:
+        await asyncio.sleep(0.1)  # the worker has looked once and waits for its next poll
+        started = asyncio.get_running_loop().time()
+        await due_requests(hub, 3 * hub.outbox.batch)  # wakes it
+        await eventually(lambda: held.calls == 3 * hub.outbox.batch, within_s=10)
+        took = asyncio.get_running_loop().time() - started
+        assert took < 1.5, f"a backlog of three rounds took {took:.2f} s to claim"
+        held.release()
+        await eventually(lambda: _all_confirmed(hub), within_s=5)
+
+
 async def test_stopping_an_idle_outbox_ends_its_worker_before_returning(hub):
     assert [t for t in asyncio.all_tasks() if t.get_name() == "prm-outbox"]  # started with the hub
     await asyncio.sleep(0.05)  # waiting for its next poll
