@@ -212,7 +212,7 @@ async def test_a_request_the_erased_customers_shell_makes_later_is_answered(hub)
 
 
 @pytest.mark.parametrize("step", ["find", "_record"])
-async def test_a_callback_read_before_the_erasure_and_written_after_it_is_dropped(hub, monkeypatch, step):
+async def test_a_callback_read_before_the_erasure_and_written_after_it_is_dropped(hub, monkeypatch, step, log_capture):
     """The erasure commits while the callback is applied: after the request was read (``find``),
     or after the callback was found not erased, as its event is about to be recorded."""
     who = await ann(hub)
@@ -237,6 +237,8 @@ async def test_a_callback_read_before_the_erasure_and_written_after_it_is_droppe
     assert told(hub).updates == []
     assert MARKER not in await everything(hub)
     assert "12 Quince Lane" not in await everything(hub)
+    dropped = [e for e in log_capture.entries if e["event"] == "partner callback for an erased customer dropped"]
+    assert [(e["partner"], e["status"]) for e in dropped] == [("slowfield", "completed")]
 
 
 # ---- a partner's callback after the erasure, through its HTTP route -----------------------------

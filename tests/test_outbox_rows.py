@@ -3,7 +3,7 @@ results of a turn, a request found by any of its references."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -99,8 +99,8 @@ async def test_a_callback_naming_no_request_changes_nothing_and_keeps_its_webhoo
         None,
         False,
     )
-    # the request turns up (planned late): the same delivery, sent again, applies to it
-    (row,) = await plant(hub, who, 1)
+    # the request turns up (planned late, answered pending): the same delivery, sent again, applies to it
+    (row,) = await plant(hub, who, 1, next_attempt_at=None)
     found, applied = await hub.outbox.apply_callback("fieldservice", "wh-1", "r-0", "confirmed", {"slot": "9:00"})
     assert applied and found is not None and (found.outbox_id, found.status) == (row["id"], "confirmed")
     assert await state(hub, row["id"]) == ("confirmed", {"slot": "9:00"}, 0)
@@ -109,8 +109,10 @@ async def test_a_callback_naming_no_request_changes_nothing_and_keeps_its_webhoo
 async def test_two_partners_may_send_the_same_webhook_id(hub):
     # each partner makes up its own delivery ids: one partner's id says nothing about another's
     who = await ann(hub)
-    (field,) = await plant(hub, who, 1)
-    (stock,) = await plant(hub, who, 1, partner="supplier", request_id="s-0", idempotency_key="sk-0")
+    (field,) = await plant(hub, who, 1, next_attempt_at=None)  # answered pending: waiting for callbacks
+    (stock,) = await plant(
+        hub, who, 1, partner="supplier", request_id="s-0", idempotency_key="sk-0", next_attempt_at=None
+    )
     _, first = await hub.outbox.apply_callback("fieldservice", "msg_1", "r-0", "confirmed", {"slot": "9:00"})
     _, second = await hub.outbox.apply_callback("supplier", "msg_1", "s-0", "completed", {"shipped": True})
     assert (first, second) == (True, True)
@@ -119,6 +121,34 @@ async def test_two_partners_may_send_the_same_webhook_id(hub):
     # the same partner sending it again is a redelivery: nothing changes
     _, again = await hub.outbox.apply_callback("supplier", "msg_1", "s-0", "failed", {})
     assert again is False and await state(hub, stock["id"]) == ("completed", {"shipped": True}, 0)
+    # each callback applied is a change on the feed, once
+    changes = [(c["fulfillment_id"], c["partner"], c["status"], c["data"]) for c in await fulfillment_changes(hub)]
+    assert changes == [
+        ("r-0", "fieldservice", "confirmed", {"slot": "9:00"}),
+        ("s-0", "supplier", "completed", {"shipped": True}),
+    ]
+
+
+async def test_a_request_is_claimed_once_it_is_due_and_an_idle_poll_takes_no_write_lock(hub, frozen_clock, monkeypatch):
+    await hub.outbox.stop()  # this test claims, not the worker
+    frozen_clock.now = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
+    who = await ann(hub)
+    (row,) = await plant(hub, who, 1, next_attempt_at=frozen_clock.now + timedelta(minutes=5))
+    writes = 0
+    write = type(hub.store).write
+
+    async def counted(store: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        nonlocal writes
+        writes += fn.__qualname__.startswith("Outbox.claim.")  # the hub's other tasks write too
+        return await write(store, fn, *args, **kwargs)
+
+    monkeypatch.setattr(type(hub.store), "write", counted)
+    assert await hub.outbox.claim(16) == []
+    assert writes == 0, "nothing due: a poll only reads"
+    frozen_clock.advance(minutes=5)  # due exactly now
+    (claim,) = await hub.outbox.claim(16)
+    assert (claim.row_id, claim.attempt, writes) == (row["id"], 1, 1)
+    assert await hub.outbox.claim(16) == []  # leased: not claimed twice
 
 
 class Answers:
