@@ -5,6 +5,7 @@ what a failed call leaves in the row and the log."""
 from __future__ import annotations
 
 import asyncio
+import gc
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,7 +15,7 @@ import sqlalchemy as sa
 from prm_core import hookimpl
 from prm_core.config import Config
 from prm_core.model import FulfillmentRequest, FulfillmentResult, Partner
-from prm_core.outbox import Outbox, RetryLater
+from prm_core.outbox import Claim, Outbox, RetryLater
 from prm_core.store.tables import outbox
 
 # the bound the worker keeps on partner calls in flight in one hub process (docs/partners.md)
@@ -259,6 +260,59 @@ async def test_the_last_attempt_fails_the_request_with_the_reason(database_url, 
         assert info["retry_in_s"] is None
         await asyncio.sleep(0.2)
         assert held.calls == 1
+
+
+class Told:
+    """Collects what ``prm_fulfillment_updated`` tells."""
+
+    def __init__(self) -> None:
+        self.updates: list[Any] = []
+
+    @hookimpl
+    def prm_fulfillment_updated(self, fulfillment):
+        self.updates.append(fulfillment)
+
+
+async def test_a_request_given_up_is_told_to_plugins_even_when_its_dialogue_event_fails(
+    database_url, held, log_capture, monkeypatch
+):
+    from prm_core.hub import Hub
+
+    async def broken(self: Outbox, fulfillment: Any) -> None:
+        raise RuntimeError("the dialogue's event for ann@example.com")
+
+    monkeypatch.setattr(Outbox, "_record", broken)
+    held.error = RetryLater("gone")
+    told = Told()
+    config = Config(database_url=database_url, raw={"outbox": {"poll_ms": 20, "max_attempts": 1}})
+    async with Hub.open(config, plugins=[held, told]) as hub:
+        await due_requests(hub, 1)
+        await eventually(lambda: told.updates)
+        (row,) = await rows(hub)
+    assert [(f.id, f.status) for f in told.updates] == [(row.request_id, "failed")]  # the row holds the truth
+    (warning,) = lines(log_capture, "fulfillment event not recorded")
+    assert (warning["level"], warning["partner"], warning["error"]) == ("warning", "held", "RuntimeError")
+    assert "ann@example.com" not in log_capture.stream.getvalue()
+
+
+async def test_a_failed_call_nobody_waited_for_is_not_reported_as_never_retrieved(hub, held, log_capture):
+    """A customer who gave up does not await the dispatched call: its failure still counts as seen."""
+    loop = asyncio.get_running_loop()
+    reported: list[str] = []
+    loop.set_exception_handler(lambda _loop, context: reported.append(context["message"]))
+    try:
+        held.error = RuntimeError("partner down")
+        request = FulfillmentRequest("r-gone", "held", "notify", "cus-1", idempotency_key="r-gone")
+        hub.outbox.dispatch(Claim("ob-gone", 1, request))  # the future is dropped at once
+        await eventually(lambda: lines(log_capture, "fulfillment claim was taken over"))  # no such row
+        await asyncio.sleep(0.05)
+        held.error = None  # nothing holds the failure but the dropped future
+        gc.collect()
+        await asyncio.sleep(0)
+        assert held.calls == 1
+        assert reported == []
+    finally:
+        loop.set_exception_handler(None)
 
 
 async def _failed_once(hub, status: str = "pending") -> list[Any]:
