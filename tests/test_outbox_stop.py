@@ -315,6 +315,16 @@ async def test_a_failed_call_nobody_waited_for_is_not_reported_as_never_retrieve
         loop.set_exception_handler(None)
 
 
+async def test_stopping_ends_the_wait_of_a_customer_for_a_call_in_flight(hub, held, log_capture):
+    request = FulfillmentRequest("r-wait", "held", "notify", "cus-1", idempotency_key="r-wait")
+    answered = hub.outbox.dispatch(Claim("ob-wait", 1, request))
+    await eventually(lambda: held.running == 1)
+    await asyncio.wait_for(hub.outbox.stop(), 5)
+    assert answered.cancelled()  # the turn waiting on it ends with the hub instead of never
+    await asyncio.sleep(0.05)  # the ended call's done callback has run
+    assert lines(log_capture, "fulfillment attempt failed") == []  # a call cut short by a stop is no failure
+
+
 async def _failed_once(hub, status: str = "pending") -> list[Any]:
     found = await rows(hub)
     return found if all(r.last_error and r.status == status for r in found) else []
