@@ -325,6 +325,23 @@ async def test_stopping_ends_the_wait_of_a_customer_for_a_call_in_flight(hub, he
     assert lines(log_capture, "fulfillment attempt failed") == []  # a call cut short by a stop is no failure
 
 
+async def test_a_dispatched_answer_is_recorded_once_its_turn_lets_it(hub, held):
+    """The customer's turn gets the partner's answer at once; the row records it when the turn,
+    having queued its own answer, releases the hold."""
+    await hub.outbox.stop()  # this test dispatches, not the worker
+    await due_requests(hub, 1)
+    await hub.store.write(lambda c: c.execute(outbox.update().values(attempts=1)))  # born claimed
+    request = FulfillmentRequest("r-000", "held", "notify", "cus-000", idempotency_key="r-000")
+    hold = asyncio.Event()
+    held.release()
+    answered = hub.outbox.dispatch(Claim("ob-000", 1, request, "retired-kiosk", "dlg-000", "notification"), hold)
+    assert (await asyncio.wait_for(answered, 5)).status == "confirmed"
+    await asyncio.sleep(0.2)
+    assert [r.status for r in await rows(hub)] == ["pending"], "recorded before the turn let it"
+    hold.set()
+    await eventually(lambda: _all_confirmed(hub), within_s=5)
+
+
 async def _failed_once(hub, status: str = "pending") -> list[Any]:
     found = await rows(hub)
     return found if all(r.last_error and r.status == status for r in found) else []
