@@ -95,6 +95,16 @@ async def test_a_reference_two_requests_share_finds_the_newest(hub):
     assert found is not None and (found.id, found.outbox_id) == ("r-1", rows[1]["id"])
 
 
+async def test_a_partners_reference_is_kept_to_200_characters_and_finds_the_request(hub, register_plugin):
+    long_ref = "FS-" + "7" * 300
+    register_plugin(Counting("refs", FulfillmentResult("r-0", "fieldservice", "pending", {"partner_ref": long_ref})))
+    who = await ann(hub)
+    (row,) = await plant(hub, who, 1, attempts=1)
+    await hub.outbox.attempt(claim_of(row, who, 1))
+    found = await hub.outbox.find("fieldservice", long_ref[:200])
+    assert found is not None and found.partner_ref == long_ref[:200] and found.outbox_id == row["id"]
+
+
 async def test_a_callback_naming_no_request_changes_nothing_and_keeps_its_webhook_id_unused(hub):
     who = await ann(hub)
     assert await hub.outbox.apply_callback("fieldservice", "wh-1", "r-0", "confirmed", {"slot": "9:00"}) == (

@@ -343,6 +343,25 @@ async def test_a_dispatched_answer_is_recorded_once_its_turn_lets_it(hub, held):
     await eventually(lambda: _all_confirmed(hub), within_s=5)
 
 
+async def test_a_retry_due_at_once_is_sent_at_once_not_at_the_next_poll(database_url, held):
+    from prm_core.hub import Hub
+
+    # no backoff: a failed call's retry is due as soon as it is scheduled; the worker polls only
+    # every 10 minutes, so the retry is sent at once only because scheduling it wakes the worker
+    config = Config(
+        database_url=database_url, raw={"outbox": {"poll_ms": 600_000, "retry_base_ms": 0, "max_attempts": 10_000}}
+    )
+    async with Hub.open(config, plugins=[held]) as hub:
+        await asyncio.sleep(0.1)  # the worker has looked once and waits for its next poll
+        held.error = RuntimeError("a blip")
+        await due_requests(hub, 1)
+        await eventually(lambda: held.calls >= 1, within_s=5)
+        held.error = None
+        held.release()
+        (row,) = await eventually(lambda: _all_confirmed(hub), within_s=5)
+        assert row.attempts >= 2
+
+
 async def _failed_once(hub, status: str = "pending") -> list[Any]:
     found = await rows(hub)
     return found if all(r.last_error and r.status == status for r in found) else []
