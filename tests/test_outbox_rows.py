@@ -105,6 +105,15 @@ async def test_a_partners_reference_is_kept_to_200_characters_and_finds_the_requ
     assert found is not None and found.partner_ref == long_ref[:200] and found.outbox_id == row["id"]
 
 
+async def test_an_answer_without_a_reference_keeps_the_one_the_partner_gave_before(hub, register_plugin):
+    register_plugin(Counting("norefs", FulfillmentResult("r-0", "fieldservice", "pending", {"slot": "9:00"})))
+    who = await ann(hub)
+    (row,) = await plant(hub, who, 1, attempts=1, partner_ref="FS-1")
+    await hub.outbox.attempt(claim_of(row, who, 1))
+    found = await hub.outbox.find("fieldservice", "FS-1")
+    assert found is not None and (found.partner_ref, found.data) == ("FS-1", {"slot": "9:00"})
+
+
 async def test_a_callback_naming_no_request_changes_nothing_and_keeps_its_webhook_id_unused(hub):
     who = await ann(hub)
     assert await hub.outbox.apply_callback("fieldservice", "wh-1", "r-0", "confirmed", {"slot": "9:00"}) == (
