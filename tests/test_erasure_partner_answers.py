@@ -246,7 +246,8 @@ async def test_a_callback_for_another_customer_after_an_erasure_is_applied(hub):
     eve = await ann(hub, "eve@example.com")
     await plant(hub, who, "slowfield", "r-ann", claimed=False, status="confirmed", next_attempt_at=None,
                 partner_ref="ap-1")  # fmt: skip
-    await erase_customer(hub, eve.customer_id)  # someone else's erasure, after Ann's request
+    await plant(hub, eve, "slowfield", "r-eve", claimed=False, status="confirmed", next_attempt_at=None)
+    await erase_customer(hub, eve.customer_id)  # someone else's erasure (and request), after Ann's request
     found, applied = await hub.outbox.apply_callback("slowfield", "msg-1", "ap-1", "completed", {"by": MARKER})
     assert applied and found is not None and found.data == {"by": MARKER}
     (event,) = await fulfillment_events(hub, who.dialogue_id)

@@ -362,6 +362,19 @@ async def test_a_retry_due_at_once_is_sent_at_once_not_at_the_next_poll(database
         assert row.attempts >= 2
 
 
+async def test_an_answer_for_a_retired_touch_point_is_kept_in_the_row_and_told_to_plugins(database_url, held):
+    from prm_core.hub import Hub
+
+    told = Told()
+    config = Config(database_url=database_url, raw={"outbox": {"poll_ms": 20}})
+    async with Hub.open(config, plugins=[held, told]) as hub:
+        held.release()
+        await due_requests(hub, 1)  # its touch point, retired-kiosk, is no longer configured
+        (row,) = await eventually(lambda: _all_confirmed(hub))
+        await eventually(lambda: told.updates)
+    assert [(f.id, f.status) for f in told.updates] == [(row.request_id, "confirmed")]
+
+
 async def _failed_once(hub, status: str = "pending") -> list[Any]:
     found = await rows(hub)
     return found if all(r.last_error and r.status == status for r in found) else []
