@@ -294,7 +294,12 @@ POSTGRES_ONLY: dict[str, dict[str, tuple[str, ...]]] = {
     # the lock that makes positions follow commit order when several transactions write at once
     "writing": {"flush": ("_LOCK_AND_NOTIFY",)},
     # the customer lock an erasure takes (a no-op on SQLite)
-    "outbox": {"Outbox.apply_callback.write": ("_lock_owner(",), "_lock_owner": ("",)},
+    # and the claim's row locks (FOR UPDATE SKIP LOCKED, which SQLite does not render)
+    "outbox": {
+        "Outbox.apply_callback.write": ("_lock_owner(",),
+        "_lock_owner": ("",),
+        "Outbox.claim.write": ("conn.dialect.name == 'postgresql'", "True -> False"),
+    },
 }
 # the same, by key, where the description alone is ambiguous (a constant in PostgreSQL's branch)
 POSTGRES_ONLY_KEYS: dict[str, frozenset[str]] = {
