@@ -203,7 +203,12 @@ class Hooks:
         return planned
 
     def fulfill(self, request: FulfillmentRequest) -> list[tuple[str, Awaitable[FulfillmentResult]]]:
-        return [(p, _awaitable(v)) for p, v in self._each("prm_fulfill", awaitable=True, request=request)]
+        """Each plugin's call; a coroutine as the plugin made it, so the call of a second plugin
+        serving the same partner can be closed unstarted (:meth:`prm_core.outbox.Outbox._call`)."""
+        return [
+            (p, v if inspect.iscoroutine(v) else _awaitable(v))
+            for p, v in self._each("prm_fulfill", awaitable=True, request=request)
+        ]
 
     def fulfillment_updated(self, fulfillment: Fulfillment) -> None:
         self._notify("prm_fulfillment_updated", fulfillment=fulfillment)

@@ -468,7 +468,8 @@ class Outbox:
 
         def due(conn: Connection) -> bool:
             c = outbox.c
-            q = sa.select(c.id).where(c.next_attempt_at.is_not(None), c.next_attempt_at <= now).limit(1)
+            # a row with no next attempt (NULL) compares as unknown: never due
+            q = sa.select(c.id).where(c.next_attempt_at <= now).limit(1)
             return conn.execute(q).first() is not None
 
         # a read first: an idle hub polling must not take the write lock every second
@@ -477,12 +478,7 @@ class Outbox:
 
         def write(conn: Connection) -> list[Claim]:
             c = outbox.c
-            q = (
-                sa.select(outbox)
-                .where(c.next_attempt_at.is_not(None), c.next_attempt_at <= now)
-                .order_by(c.next_attempt_at)
-                .limit(limit)
-            )
+            q = sa.select(outbox).where(c.next_attempt_at <= now).order_by(c.next_attempt_at).limit(limit)
             if conn.dialect.name == "postgresql":
                 q = q.with_for_update(skip_locked=True)
             claims = []

@@ -22,8 +22,10 @@ EVENTS = "/v1/touchpoints/web/events"
 
 @pytest.fixture
 def hub_config(database_url: str) -> Config:
-    # secret keys limited to 2 calls a minute: a request authenticated twice must count once
-    return Config(database_url=database_url, public_url="http://hub.test", raw={"server": {"rate_limit": "2/minute"}})
+    # secret keys limited to 2 calls a minute: a request authenticated twice must count once;
+    # a route that takes no key (the agents' sign-in), 2 calls a minute per client address
+    limits = {"rate_limit": "2/minute", "rate_limit_keyless": "2/minute"}
+    return Config(database_url=database_url, public_url="http://hub.test", raw={"server": limits})
 
 
 def basic(user: str, password: str = "") -> dict[str, str]:
@@ -128,6 +130,33 @@ async def test_two_keys_count_apart(hub_client, make_key):
     first, second = await make_key("read"), await make_key("read")
     assert [(await answer(hub_client, {"Authorization": f"Bearer {first}"}))[0] for _ in range(3)] == [404, 404, 429]
     assert (await answer(hub_client, {"Authorization": f"Bearer {second}"}))[0] == 404
+
+
+async def test_a_route_without_a_key_counts_calls_per_address_and_answers_429_past_the_limit(hub_client):
+    """The agents' sign-in takes no key: its calls (either method) are counted per client address."""
+    session = "/v1/agents/session"
+    first = await hub_client.post(session, json={"code": "not-a-code"})
+    second = await hub_client.delete(session)
+    assert [first.status, second.status] == [401, 401]
+    third = await hub_client.post(session, json={"code": "not-a-code"})
+    assert third.status == 429
+    wait = third.headers["Retry-After"]
+    assert 1 <= int(wait) <= 60
+    error = (await third.json())["error"]
+    assert (error["code"], error["message"]) == ("rate_limited", f"too many calls from this address; retry in {wait} s")
+    # a key's calls are counted against the key, not against the address's keyless calls
+    assert (await answer(hub_client, {"Authorization": "Bearer prm_0000000000000000_" + "x" * 43}))[0] == 401
+
+
+class TestWithEveryLimitOff:
+    @pytest.fixture
+    def hub_config(self, database_url: str) -> Config:
+        off = {"rate_limit": "off", "rate_limit_public": "off", "rate_limit_keyless": "off"}
+        return Config(database_url=database_url, public_url="http://hub.test", raw={"server": off})
+
+    async def test_a_route_without_a_key_counts_nothing(self, hub_client):
+        statuses = [(await hub_client.post("/v1/agents/session", json={"code": "not-a-code"})).status for _ in range(4)]
+        assert statuses == [401] * 4
 
 
 def event(**identities: str) -> Event:

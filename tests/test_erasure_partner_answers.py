@@ -212,7 +212,7 @@ async def test_a_request_the_erased_customers_shell_makes_later_is_answered(hub)
 
 
 @pytest.mark.parametrize("step", ["find", "_record"])
-async def test_a_callback_read_before_the_erasure_and_written_after_it_is_dropped(hub, monkeypatch, step):
+async def test_a_callback_read_before_the_erasure_and_written_after_it_is_dropped(hub, monkeypatch, step, log_capture):
     """The erasure commits while the callback is applied: after the request was read (``find``),
     or after the callback was found not erased, as its event is about to be recorded."""
     who = await ann(hub)
@@ -237,6 +237,21 @@ async def test_a_callback_read_before_the_erasure_and_written_after_it_is_droppe
     assert told(hub).updates == []
     assert MARKER not in await everything(hub)
     assert "12 Quince Lane" not in await everything(hub)
+    dropped = [e for e in log_capture.entries if e["event"] == "partner callback for an erased customer dropped"]
+    assert [(e["partner"], e["status"]) for e in dropped] == [("slowfield", "completed")]
+
+
+async def test_a_callback_for_another_customer_after_an_erasure_is_applied(hub):
+    who = await ann(hub)
+    eve = await ann(hub, "eve@example.com")
+    await plant(hub, who, "slowfield", "r-ann", claimed=False, status="confirmed", next_attempt_at=None,
+                partner_ref="ap-1")  # fmt: skip
+    await plant(hub, eve, "slowfield", "r-eve", claimed=False, status="confirmed", next_attempt_at=None)
+    await erase_customer(hub, eve.customer_id)  # someone else's erasure (and request), after Ann's request
+    found, applied = await hub.outbox.apply_callback("slowfield", "msg-1", "ap-1", "completed", {"by": MARKER})
+    assert applied and found is not None and found.data == {"by": MARKER}
+    (event,) = await fulfillment_events(hub, who.dialogue_id)
+    assert event.data["data"] == {"by": MARKER}
 
 
 # ---- a partner's callback after the erasure, through its HTTP route -----------------------------

@@ -4,15 +4,21 @@ rely on) against what the hub emits."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
+from prm_core import hookimpl
+from prm_core.config import Config
 from prm_core.errors import InvalidInput
 from prm_core.feed import CORE_TYPES, check_plugin_type, parse_position
 from prm_core.hub import Hub
+from prm_core.model import FulfillmentRequest, FulfillmentResult, Identity
+from prm_core.outbox import Claim, PlannedEvent, PlannedFulfillment
+from prm_core.privacy.consents import write_consents
 from prm_core.privacy.erasure import erase_customer
+from prm_core.store.tables import utcnow
 
 BIGINT_MAX = 2**63 - 1  # the position column's largest value
 
@@ -107,6 +113,87 @@ async def test_each_change_carries_the_fields_its_type_lists(hub):
         else:
             assert fields == set(CORE_TYPES[change["type"]]), change
     assert updated >= {"kind", "traits", "tier", "tier_source"}  # each seen in some update
+
+
+class Technicians:
+    """A field-service partner that confirms every request with the technician's name."""
+
+    __name__ = "technicians"
+
+    @hookimpl
+    def prm_fulfill(self, request: FulfillmentRequest) -> Any:
+        return self.answer(request) if request.partner == "fieldservice" else None
+
+    async def answer(self, request: FulfillmentRequest) -> FulfillmentResult:
+        return FulfillmentResult(request.id, "fieldservice", "confirmed", {"technician": "T-9"})
+
+
+async def test_sales_consents_closed_dialogues_offers_and_partner_work_carry_the_fields_their_types_list(
+    database_url: str, frozen_clock: Any
+) -> None:
+    catalog = {"items": {"wm-300": {"title": "WM-300 washer", "price": "1299.00", "accessories": ["pedestal"]},
+                         "pedestal": {"title": "Pedestal", "price": "199.00"}}}  # fmt: skip
+    config = Config(
+        database_url=database_url,
+        public_url="http://hub.test",
+        raw={"catalog": catalog, "touchpoints": {"web": {"budget_ms": 10_000}}},
+    )
+    async with Hub.open(config, plugins=[Technicians()], autoload=True) as hub:
+        now = frozen_clock.now = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
+
+        def at(minutes: float) -> str:
+            return (now - timedelta(minutes=minutes)).isoformat()
+
+        ann = {"email": "ann@example.com"}
+        call = {"identities": ann, "dialogue": "call-1"}
+        (first, _) = await hub.record(
+            hub.parse_events(
+                {"events": [{"id": "c1", "type": "call.started", "occurred_at": at(30), **call},
+                            {"id": "c2", "type": "dialogue.closed", "occurred_at": at(29), **call}]},
+                "callcenter",
+            )
+        )  # fmt: skip
+        customer_id = first.customer_id
+        sale = {"id": "s1", "type": "order.completed", "occurred_at": at(20), "identities": ann,
+                "data": {"revenue": "12.50", "currency": "USD"}}  # fmt: skip
+        await send(hub, sale)
+        decision = {"purpose": "marketing", "channel": "*", "granted": True, "source": "test"}
+        await hub.store.write(lambda conn: write_consents(conn, customer_id, [decision], utcnow()))
+        (looked,) = hub.parse_events(
+            {"id": "r1", "type": "product.viewed", "occurred_at": at(10), "identities": ann,
+             "data": {"product_id": "wm-300"}},
+            "web",
+        )  # fmt: skip
+        answer = await hub.request(looked)
+        (offer,) = [o for o in answer.delivery.offers if o.code == "accessory:pedestal"]
+        accepted = {"id": "a1", "type": "offer.accepted", "identities": ann,
+                    "data": {"offer_id": offer.data["offer_id"]}}  # fmt: skip
+        frozen_clock.advance(minutes=1)  # the offer was made at `now`: it is answered after
+        await send(hub, {**accepted, "occurred_at": at(-0.5)})
+        request = FulfillmentRequest("req-1", "fieldservice", "book", customer_id, idempotency_key="k-1")
+        planned = PlannedFulfillment(request, role="technician")
+        booking = PlannedEvent(
+            id="b1", type="service.requested", occurred_at=now + timedelta(seconds=40), touchpoint="web",
+            identities=(Identity("email", "ann@example.com"),), planned=(planned,),
+            claimed_until=now + timedelta(hours=1),
+        )  # fmt: skip
+        (booked,) = await hub.record([booking])
+        await hub.outbox.attempt(Claim(planned.outbox_id, 1, request, "web", booked.dialogue_id, "technician"))
+
+        feed = [c.to_json() for c in (await hub.feed.read(None, 1000)).changes]
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for change in feed:
+        assert change["customer_id"] == customer_id, change
+        by_type.setdefault(change["type"], []).append(change["data"])
+    for kind in ("dialogue.closed", "offer.made", "offer.responded", "fulfillment.updated"):
+        assert by_type.get(kind), f"no {kind} in {sorted(by_type)}"
+        for data in by_type[kind]:
+            assert set(data) == set(CORE_TYPES[kind]), (kind, data)
+    updated = by_type["customer.updated"]
+    assert [set(data) for data in updated] == [{"value"}, {"consents"}]
+    assert {"value", "consents"} <= set(CORE_TYPES["customer.updated"])
+    (closed,) = by_type["dialogue.closed"]
+    assert closed["dialogue_id"] == first.dialogue_id
 
 
 async def test_retention_keeps_a_change_exactly_as_old_as_the_retention(hub, frozen_clock):

@@ -10,7 +10,16 @@ from click.testing import CliRunner
 
 from prm_core.cli import main
 from prm_core.errors import InvalidInput
-from prm_core.keys import KeyRing, _digest, allows, create_key, revoke_key, validate_scope
+from prm_core.keys import (
+    KeyRing,
+    _digest,
+    allows,
+    check_scope_target,
+    create_key,
+    list_keys,
+    revoke_key,
+    validate_scope,
+)
 from prm_core.server.state import HUB, HUB_KEYS
 from prm_core.store.tables import api_keys, utcnow
 
@@ -193,3 +202,61 @@ def test_admin_allows_everything_and_other_scopes_only_themselves():
     assert not allows("read", "admin")
     assert not allows("touchpoint:web", "touchpoint:pos")
     assert not allows("touchpoint:web", "read")
+
+
+async def test_a_public_key_is_made_only_for_a_touch_point_browsers_send_to(hub):
+    browsers = ["web", "kiosk"]
+    with pytest.raises(InvalidInput) as refused:
+        await create_key(hub.store, "touchpoint:pos", public=True, public_touchpoints=browsers)
+    assert refused.value.message == (
+        "touchpoint:pos takes no public keys (browsers do not send to it); "
+        "public keys are for touchpoint:kiosk, touchpoint:web"
+    )
+    assert refused.value.field == "scope"
+    with pytest.raises(InvalidInput) as none_here:
+        await create_key(hub.store, "touchpoint:web", public=True, public_touchpoints=[])
+    assert none_here.value.message.endswith("; public keys are for none here")
+    # a secret key of any touch point, and a public key of one that takes them, are made
+    _, secret = await create_key(hub.store, "touchpoint:pos", public_touchpoints=browsers)
+    _, public = await create_key(hub.store, "touchpoint:kiosk", public=True, public_touchpoints=browsers)
+    assert (secret.public, public.public) == (False, True)
+    assert [(k.scope, k.public) for k in await list_keys(hub.store)] == [
+        ("touchpoint:pos", False),
+        ("touchpoint:kiosk", True),
+    ], "a refused key is never written"
+
+
+def test_a_scope_must_name_a_registered_touch_point_or_a_configured_partner():
+    for scope in ("admin", "read", "touchpoint:web", "partner:acme"):
+        assert check_scope_target(scope, ["web", "pos"], ["acme"]) is None
+    with pytest.raises(InvalidInput) as unknown_touchpoint:
+        check_scope_target("touchpoint:kiosk", ["web", "pos"], ["acme"])
+    assert unknown_touchpoint.value.message == (
+        "touchpoint:kiosk: 'kiosk' is not a registered touch point; known: touchpoint:pos, touchpoint:web"
+    )
+    with pytest.raises(InvalidInput) as unknown_partner:
+        check_scope_target("partner:fieldco", ["web"], [])
+    assert unknown_partner.value.message == (
+        "partner:fieldco: 'fieldco' is not a configured partner ([partners.<name>]); known: none"
+    )
+    assert unknown_partner.value.field == "scope"
+    with pytest.raises(InvalidInput, match="scope must be"):
+        check_scope_target("writer", ["web"], ["acme"])
+
+
+async def test_keys_are_listed_oldest_first_with_when_they_were_revoked(hub, frozen_clock):
+    _, kept = await create_key(hub.store, "read", name="dashboards")
+    frozen_clock.advance(seconds=1)
+    _, gone = await create_key(hub.store, "admin", name="ops")
+    frozen_clock.advance(seconds=1)
+    assert await revoke_key(hub.store, gone.id)
+    listed = await list_keys(hub.store)
+    assert [(k.id, k.scope, k.name, k.public) for k in listed] == [
+        (kept.id, "read", "dashboards", False),
+        (gone.id, "admin", "ops", False),
+    ]
+    shown = [k.to_json() for k in listed]
+    assert shown[0]["revoked_at"] is None
+    assert shown[1]["revoked_at"] == frozen_clock.now.isoformat()
+    assert shown[0]["created_at"] == kept.created_at.isoformat()
+    assert [k.id for k in await list_keys(hub.store, include_revoked=False)] == [kept.id]

@@ -3,7 +3,9 @@ results of a turn, a request found by any of its references."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+import gc
+import warnings
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -83,6 +85,91 @@ async def test_a_request_is_found_by_its_id_its_key_or_the_partners_reference(hu
         assert found is not None and (found.id, found.outbox_id, found.partner_ref) == ("r-0", row["id"], "FS-77")
     assert await hub.outbox.find("supplier", "r-0") is None  # only this partner's requests
     assert await hub.outbox.find("fieldservice", "r-9") is None
+
+
+async def test_a_reference_two_requests_share_finds_the_newest(hub):
+    # a partner that names its booking, not our request: a second request for the same visit
+    who = await ann(hub)
+    rows = await plant(hub, who, 2, partner_ref="FS-77")
+    found = await hub.outbox.find("fieldservice", "FS-77")
+    assert found is not None and (found.id, found.outbox_id) == ("r-1", rows[1]["id"])
+
+
+async def test_a_partners_reference_is_kept_to_200_characters_and_finds_the_request(hub, register_plugin):
+    long_ref = "FS-" + "7" * 300
+    register_plugin(Counting("refs", FulfillmentResult("r-0", "fieldservice", "pending", {"partner_ref": long_ref})))
+    who = await ann(hub)
+    (row,) = await plant(hub, who, 1, attempts=1)
+    await hub.outbox.attempt(claim_of(row, who, 1))
+    found = await hub.outbox.find("fieldservice", long_ref[:200])
+    assert found is not None and found.partner_ref == long_ref[:200] and found.outbox_id == row["id"]
+
+
+async def test_an_answer_without_a_reference_keeps_the_one_the_partner_gave_before(hub, register_plugin):
+    register_plugin(Counting("norefs", FulfillmentResult("r-0", "fieldservice", "pending", {"slot": "9:00"})))
+    who = await ann(hub)
+    (row,) = await plant(hub, who, 1, attempts=1, partner_ref="FS-1")
+    await hub.outbox.attempt(claim_of(row, who, 1))
+    found = await hub.outbox.find("fieldservice", "FS-1")
+    assert found is not None and (found.partner_ref, found.data) == ("FS-1", {"slot": "9:00"})
+
+
+async def test_a_callback_naming_no_request_changes_nothing_and_keeps_its_webhook_id_unused(hub):
+    who = await ann(hub)
+    assert await hub.outbox.apply_callback("fieldservice", "wh-1", "r-0", "confirmed", {"slot": "9:00"}) == (
+        None,
+        False,
+    )
+    # the request turns up (planned late, answered pending): the same delivery, sent again, applies to it
+    (row,) = await plant(hub, who, 1, next_attempt_at=None)
+    found, applied = await hub.outbox.apply_callback("fieldservice", "wh-1", "r-0", "confirmed", {"slot": "9:00"})
+    assert applied and found is not None and (found.outbox_id, found.status) == (row["id"], "confirmed")
+    assert await state(hub, row["id"]) == ("confirmed", {"slot": "9:00"}, 0)
+
+
+async def test_two_partners_may_send_the_same_webhook_id(hub):
+    # each partner makes up its own delivery ids: one partner's id says nothing about another's
+    who = await ann(hub)
+    (field,) = await plant(hub, who, 1, next_attempt_at=None)  # answered pending: waiting for callbacks
+    (stock,) = await plant(
+        hub, who, 1, partner="supplier", request_id="s-0", idempotency_key="sk-0", next_attempt_at=None
+    )
+    _, first = await hub.outbox.apply_callback("fieldservice", "msg_1", "r-0", "confirmed", {"slot": "9:00"})
+    _, second = await hub.outbox.apply_callback("supplier", "msg_1", "s-0", "completed", {"shipped": True})
+    assert (first, second) == (True, True)
+    assert await state(hub, field["id"]) == ("confirmed", {"slot": "9:00"}, 0)
+    assert await state(hub, stock["id"]) == ("completed", {"shipped": True}, 0)
+    # the same partner sending it again is a redelivery: nothing changes
+    _, again = await hub.outbox.apply_callback("supplier", "msg_1", "s-0", "failed", {})
+    assert again is False and await state(hub, stock["id"]) == ("completed", {"shipped": True}, 0)
+    # each callback applied is a change on the feed, once
+    changes = [(c["fulfillment_id"], c["partner"], c["status"], c["data"]) for c in await fulfillment_changes(hub)]
+    assert changes == [
+        ("r-0", "fieldservice", "confirmed", {"slot": "9:00"}),
+        ("s-0", "supplier", "completed", {"shipped": True}),
+    ]
+
+
+async def test_a_request_is_claimed_once_it_is_due_and_an_idle_poll_takes_no_write_lock(hub, frozen_clock, monkeypatch):
+    await hub.outbox.stop()  # this test claims, not the worker
+    frozen_clock.now = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
+    who = await ann(hub)
+    (row,) = await plant(hub, who, 1, next_attempt_at=frozen_clock.now + timedelta(minutes=5))
+    writes = 0
+    write = type(hub.store).write
+
+    async def counted(store: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        nonlocal writes
+        writes += fn.__qualname__.startswith("Outbox.claim.")  # the hub's other tasks write too
+        return await write(store, fn, *args, **kwargs)
+
+    monkeypatch.setattr(type(hub.store), "write", counted)
+    assert await hub.outbox.claim(16) == []
+    assert writes == 0, "nothing due: a poll only reads"
+    frozen_clock.advance(minutes=5)  # due exactly now
+    (claim,) = await hub.outbox.claim(16)
+    assert (claim.row_id, claim.attempt, writes) == (row["id"], 1, 1)
+    assert await hub.outbox.claim(16) == []  # leased: not claimed twice
 
 
 class Answers:
@@ -185,16 +272,18 @@ class Counting:
         return self.answer
 
 
-# closing the unstarted call still draws CPython's never-awaited warning
-@pytest.mark.filterwarnings("ignore:coroutine 'Counting.call' was never awaited:RuntimeWarning")
 async def test_one_partner_is_called_once_even_when_two_plugins_serve_it(hub, register_plugin):
     first = register_plugin(Counting("first", FulfillmentResult("r-0", "fieldservice", "confirmed", {})))
     second = register_plugin(Counting("second", FulfillmentResult("r-0", "fieldservice", "confirmed", {})))
     who = await ann(hub)
     (row,) = await plant(hub, who, 1, attempts=1)
-    result = await hub.outbox.attempt(claim_of(row, who, 1))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = await hub.outbox.attempt(claim_of(row, who, 1))
+        gc.collect()
     assert result.status == "confirmed"
     assert first.calls + second.calls == 1  # the other plugin's call is closed unstarted
+    assert [str(w.message) for w in caught if "never awaited" in str(w.message)] == []
 
 
 async def test_a_partner_nobody_serves_or_a_wrong_answer_is_retried_later(hub, register_plugin):

@@ -5,6 +5,7 @@ what a failed call leaves in the row and the log."""
 from __future__ import annotations
 
 import asyncio
+import gc
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,7 +15,7 @@ import sqlalchemy as sa
 from prm_core import hookimpl
 from prm_core.config import Config
 from prm_core.model import FulfillmentRequest, FulfillmentResult, Partner
-from prm_core.outbox import Outbox, RetryLater
+from prm_core.outbox import Claim, Outbox, RetryLater
 from prm_core.store.tables import outbox
 
 # the bound the worker keeps on partner calls in flight in one hub process (docs/partners.md)
@@ -161,7 +162,7 @@ async def _all_confirmed(hub) -> list[Any]:
     return found if all(r.status == "confirmed" for r in found) else []
 
 
-async def test_stopping_cancels_the_calls_in_flight_and_leaves_their_requests_to_be_sent_again(hub, held):
+async def test_stopping_cancels_the_calls_in_flight_and_leaves_their_requests_to_be_sent_again(hub, held, log_capture):
     held.cleanup_s = 0.1
     await due_requests(hub, 3)
     await eventually(lambda: held.running == 3)
@@ -177,6 +178,7 @@ async def test_stopping_cancels_the_calls_in_flight_and_leaves_their_requests_to
     # still pending, under the stopped attempt's lease: another dispatcher sends them once it runs out
     assert [(r.status, r.attempts, r.result) for r in left] == [("pending", 1, {})] * 3
     assert all(r.next_attempt_at is not None for r in left)
+    assert lines(log_capture, "fulfillment attempt failed") == []  # a call cut short by a stop is no failure
 
 
 async def test_waking_the_worker_sends_due_requests_before_the_next_poll(database_url, held):
@@ -187,6 +189,23 @@ async def test_waking_the_worker_sends_due_requests_before_the_next_poll(databas
         await asyncio.sleep(0.1)  # the worker has looked once, found nothing, and waits for its next poll
         await due_requests(hub, 3)  # wakes it
         await eventually(lambda: held.running == 3, within_s=5)
+        held.release()
+        await eventually(lambda: _all_confirmed(hub), within_s=5)
+
+
+async def test_a_backlog_is_claimed_round_after_round_without_a_pause(database_url, held):
+    from prm_core.hub import Hub
+
+    # three full rounds of claims (16 each); the worker polls only every 10 minutes, so
+    # whatever it claims it claims by going on at once after a full round
+    config = Config(database_url=database_url, raw={"outbox": {"poll_ms": 600_000}})
+    async with Hub.open(config, plugins=[held]) as hub:
+        await asyncio.sleep(0.1)  # the worker has looked once and waits for its next poll
+        started = asyncio.get_running_loop().time()
+        await due_requests(hub, 3 * hub.outbox.batch)  # wakes it
+        await eventually(lambda: held.calls == 3 * hub.outbox.batch, within_s=10)
+        took = asyncio.get_running_loop().time() - started
+        assert took < 1.5, f"a backlog of three rounds took {took:.2f} s to claim"
         held.release()
         await eventually(lambda: _all_confirmed(hub), within_s=5)
 
@@ -242,6 +261,118 @@ async def test_the_last_attempt_fails_the_request_with_the_reason(database_url, 
         assert info["retry_in_s"] is None
         await asyncio.sleep(0.2)
         assert held.calls == 1
+
+
+class Told:
+    """Collects what ``prm_fulfillment_updated`` tells."""
+
+    def __init__(self) -> None:
+        self.updates: list[Any] = []
+
+    @hookimpl
+    def prm_fulfillment_updated(self, fulfillment):
+        self.updates.append(fulfillment)
+
+
+async def test_a_request_given_up_is_told_to_plugins_even_when_its_dialogue_event_fails(
+    database_url, held, log_capture, monkeypatch
+):
+    from prm_core.hub import Hub
+
+    async def broken(self: Outbox, fulfillment: Any) -> None:
+        raise RuntimeError("the dialogue's event for ann@example.com")
+
+    monkeypatch.setattr(Outbox, "_record", broken)
+    held.error = RetryLater("gone")
+    told = Told()
+    config = Config(database_url=database_url, raw={"outbox": {"poll_ms": 20, "max_attempts": 1}})
+    async with Hub.open(config, plugins=[held, told]) as hub:
+        await due_requests(hub, 1)
+        await eventually(lambda: told.updates)
+        (row,) = await rows(hub)
+    assert [(f.id, f.status) for f in told.updates] == [(row.request_id, "failed")]  # the row holds the truth
+    (warning,) = lines(log_capture, "fulfillment event not recorded")
+    assert (warning["level"], warning["partner"], warning["error"]) == ("warning", "held", "RuntimeError")
+    assert "ann@example.com" not in log_capture.stream.getvalue()
+
+
+async def test_a_failed_call_nobody_waited_for_is_not_reported_as_never_retrieved(hub, held, log_capture):
+    """A customer who gave up does not await the dispatched call: its failure still counts as seen."""
+    loop = asyncio.get_running_loop()
+    reported: list[str] = []
+    loop.set_exception_handler(lambda _loop, context: reported.append(context["message"]))
+    try:
+        held.error = RuntimeError("partner down")
+        request = FulfillmentRequest("r-gone", "held", "notify", "cus-1", idempotency_key="r-gone")
+        hub.outbox.dispatch(Claim("ob-gone", 1, request))  # the future is dropped at once
+        await eventually(lambda: lines(log_capture, "fulfillment claim was taken over"))  # no such row
+        await asyncio.sleep(0.05)
+        held.error = None  # nothing holds the failure but the dropped future
+        gc.collect()
+        await asyncio.sleep(0)
+        assert held.calls == 1
+        assert reported == []
+    finally:
+        loop.set_exception_handler(None)
+
+
+async def test_stopping_ends_the_wait_of_a_customer_for_a_call_in_flight(hub, held, log_capture):
+    request = FulfillmentRequest("r-wait", "held", "notify", "cus-1", idempotency_key="r-wait")
+    answered = hub.outbox.dispatch(Claim("ob-wait", 1, request))
+    await eventually(lambda: held.running == 1)
+    await asyncio.wait_for(hub.outbox.stop(), 5)
+    assert answered.cancelled()  # the turn waiting on it ends with the hub instead of never
+    await asyncio.sleep(0.05)  # the ended call's done callback has run
+    assert lines(log_capture, "fulfillment attempt failed") == []  # a call cut short by a stop is no failure
+
+
+async def test_a_dispatched_answer_is_recorded_once_its_turn_lets_it(hub, held):
+    """The customer's turn gets the partner's answer at once; the row records it when the turn,
+    having queued its own answer, releases the hold."""
+    await hub.outbox.stop()  # this test dispatches, not the worker
+    await due_requests(hub, 1)
+    await hub.store.write(lambda c: c.execute(outbox.update().values(attempts=1)))  # born claimed
+    request = FulfillmentRequest("r-000", "held", "notify", "cus-000", idempotency_key="r-000")
+    hold = asyncio.Event()
+    held.release()
+    answered = hub.outbox.dispatch(Claim("ob-000", 1, request, "retired-kiosk", "dlg-000", "notification"), hold)
+    assert (await asyncio.wait_for(answered, 5)).status == "confirmed"
+    await asyncio.sleep(0.2)
+    assert [r.status for r in await rows(hub)] == ["pending"], "recorded before the turn let it"
+    hold.set()
+    await eventually(lambda: _all_confirmed(hub), within_s=5)
+
+
+async def test_a_retry_due_at_once_is_sent_at_once_not_at_the_next_poll(database_url, held):
+    from prm_core.hub import Hub
+
+    # no backoff: a failed call's retry is due as soon as it is scheduled; the worker polls only
+    # every 10 minutes, so the retry is sent at once only because scheduling it wakes the worker
+    config = Config(
+        database_url=database_url, raw={"outbox": {"poll_ms": 600_000, "retry_base_ms": 0, "max_attempts": 10_000}}
+    )
+    async with Hub.open(config, plugins=[held]) as hub:
+        await asyncio.sleep(0.1)  # the worker has looked once and waits for its next poll
+        held.error = RuntimeError("a blip")
+        await due_requests(hub, 1)
+        await eventually(lambda: held.calls >= 1, within_s=5)
+        held.error = None
+        held.release()
+        (row,) = await eventually(lambda: _all_confirmed(hub), within_s=5)
+        assert row.attempts >= 2
+
+
+async def test_an_answer_for_a_retired_touch_point_is_kept_in_the_row_and_told_to_plugins(database_url, held):
+    from prm_core.hub import Hub
+
+    told = Told()
+    config = Config(database_url=database_url, raw={"outbox": {"poll_ms": 20}})
+    async with Hub.open(config, plugins=[held, told]) as hub:
+        held.release()
+        await due_requests(hub, 1)  # its touch point, retired-kiosk, is no longer configured
+        (row,) = await eventually(lambda: _all_confirmed(hub))
+        await eventually(lambda: told.updates)
+    assert [(f.id, f.status) for f in told.updates] == [(row.request_id, "confirmed")]
 
 
 async def _failed_once(hub, status: str = "pending") -> list[Any]:

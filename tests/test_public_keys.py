@@ -9,10 +9,13 @@ import pytest
 from aiohttp import WSServerHandshakeError
 from click.testing import CliRunner
 
+from prm_core import hookimpl
 from prm_core.cli import main
 from prm_core.errors import InvalidInput
-from prm_core.keys import create_key
+from prm_core.keys import _digest, create_key
+from prm_core.model import TouchPoint
 from prm_core.server.state import HUB
+from prm_core.store.tables import api_keys, utcnow
 
 CTI = "/v1/touchpoints/callcenter/events"
 
@@ -84,3 +87,43 @@ def test_prm_keys_create_refuses_a_public_key_without_browser_use(database_url):
     made = runner.invoke(main, [*args, "touchpoint:web"])
     assert made.exit_code == 0, made.output
     assert made.output.strip().splitlines()[-1].startswith("prm_")
+
+
+class AdminKiosk:
+    """A touch point browsers send to whose name is also a scope's (``admin``)."""
+
+    @hookimpl
+    def prm_touchpoints(self, config: Any) -> list[TouchPoint]:
+        return [TouchPoint(name="admin", channel="web", budget_ms=1000, public_keys=True)]
+
+
+class TestAPublicKeyOfAnotherScope:
+    """A public key whose scope names no touch point (planted in the database, as an older hub or
+    a hand-made row left it) is refused, even where a touch point of the scope's name takes them."""
+
+    @pytest.fixture
+    def hub_plugins(self) -> list[Any]:
+        return [AdminKiosk()]
+
+    async def test_is_refused_even_by_a_touch_point_named_like_its_scope(self, hub_client, make_key):
+        secret = "s" * 43
+
+        def plant(conn: Any) -> None:
+            conn.execute(
+                api_keys.insert().values(
+                    id="00000000000000ad", name="", scope="admin", public=True, secret_hash=_digest(secret),
+                    created_at=utcnow(),
+                )
+            )  # fmt: skip
+
+        await hub_client.app[HUB].store.write(plant)
+        page = {"id": "p1", "type": "page", "occurred_at": "2026-11-23T09:00:00Z", "identities": {"anonymous_id": "d"}}
+        resp = await hub_client.post(
+            "/v1/touchpoints/admin/events", json=page, headers=bearer(f"prm_00000000000000ad_{secret}")
+        )
+        assert resp.status == 403, await resp.text()
+        message = (await resp.json())["error"]["message"]
+        assert message == "'admin' takes no public keys: only a touch point browsers send to does"
+        # the touch point's own public key is taken there
+        kiosk = await make_key("touchpoint:admin", public=True)
+        assert (await hub_client.post("/v1/touchpoints/admin/events", json=page, headers=bearer(kiosk))).status == 200

@@ -20,7 +20,7 @@ from prm_core import hookimpl
 from prm_core.clock import FrozenClock
 from prm_core.config import Config
 from prm_core.errors import ConfigError
-from prm_core.feed.changes import NewChange
+from prm_core.feed.changes import CORE_TYPES, NewChange
 from prm_core.feed.writing import emit
 from prm_core.hub import Hub
 from prm_core.model import FulfillmentResult, Partner, TouchPoint
@@ -210,6 +210,7 @@ async def test_a_customer_becoming_platinum_gets_the_welcome_once(hub, outbox, c
     assert change.customer_id == r.customer_id
     assert change.data == {"message_id": message.id, "channel": "email", "touchpoint": "email",
                            "dialogue_id": sent[0]["dialogue"]}  # fmt: skip
+    assert set(change.data) == set(CORE_TYPES["message.sent"]), "the fields the feed's table lists"
 
 
 async def test_an_abandoned_cart_is_reminded_after_the_wait_unless_a_purchase_came(hub, outbox, clock):

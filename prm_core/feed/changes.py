@@ -41,8 +41,9 @@ CORE_TYPES: Mapping[str, tuple[str, ...]] = {
     "customer.erased": ("merged_ids",),
     "dialogue.opened": ("dialogue_id", "touchpoint", "opened_at", "event_id"),
     "dialogue.closed": ("dialogue_id", "touchpoint", "intent", "outcome", "closed_at"),
+    # offer.made also has ``response: "held_out"`` when a campaign's control group was held out
     "offer.made": ("offer_id", "code", "source", "campaign", "touchpoint", "dialogue_id"),
-    "offer.responded": ("offer_id", "code", "response", "touchpoint", "dialogue_id"),
+    "offer.responded": ("offer_id", "code", "source", "campaign", "touchpoint", "dialogue_id", "response"),
     "fulfillment.updated": ("fulfillment_id", "partner", "role", "action", "status", "dialogue_id", "data"),
     "message.sent": ("message_id", "channel", "touchpoint", "dialogue_id"),
 }
