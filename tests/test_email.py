@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import re
+import secrets
 import socket
 import time
 import tomllib
@@ -451,8 +452,9 @@ async def test_what_an_email_holds_that_the_hub_cannot_keep_is_left_out(hub_clie
 
 
 def mailgun_fields(timestamp: int | None = None, key: str = MAILGUN_KEY, **fields: str) -> dict[str, str]:
+    """Fields as Mailgun signs each attempt: the timestamp, a new random token, their HMAC."""
     ts = str(int(time.time()) if timestamp is None else timestamp)
-    token = hashlib.sha256(ts.encode() + fields.get("subject", "").encode()).hexdigest()[:50]
+    token = secrets.token_hex(25)
     signature = hmac.new(key.encode(), (ts + token).encode(), hashlib.sha256).hexdigest()
     return {"timestamp": ts, "token": token, "signature": signature, **fields}
 
@@ -486,6 +488,49 @@ async def test_mailgun_posts_are_recorded_when_signed_and_refused_otherwise(hub_
     assert reply["data"]["text"] == "Yes please"
     resp = await hub_client.post("/v1/touchpoints/email/mailgun", data=mailgun_fields(subject="no sender"))
     assert resp.status == 406 and (await resp.json())["error"]["field"] == "From"
+
+
+async def test_a_mailgun_signature_is_accepted_once(hub_client, inbox):
+    """Mailgun signs the timestamp and token, not the body: a captured signature replayed, with
+    another body or the same, is refused and writes nothing; Mailgun's own retry, signed anew,
+    records nothing twice."""
+    ann, mail, _sent = await welcome_sent(hub_client, inbox)
+    hub = hub_client.app[HUB]
+    route = "/v1/touchpoints/email/mailgun"
+    fields = {"from": "ann@example.com", "subject": "Re: Welcome", "stripped-text": "Yes please"}
+    first = mailgun_fields(**fields)
+    resp = await hub_client.post(route, data=first)
+    assert resp.status == 200 and len((await resp.json())["recorded"]) == 1
+    after = await event_count(hub)
+    forged = {**first, "from": "bob@example.com", "stripped-text": "Cancel everything"}
+    for replayed in (forged, first):
+        resp = await hub_client.post(route, data=replayed)
+        assert resp.status == 401, await resp.text()
+        assert "used already" in (await resp.json())["error"]["message"]
+    assert await event_count(hub) == after
+    retried = await hub_client.post(route, data=mailgun_fields(**fields))  # re-signed: a new token
+    assert retried.status == 200 and (await retried.json())["recorded"][0]["duplicate"] is True
+    assert await event_count(hub) == after
+
+    # two posts racing with one token: one is recorded
+    race = mailgun_fields(**{**fields, "stripped-text": "Race"})
+    bodies = [race, {**race, "stripped-text": "Race, forged"}]
+    answers = await asyncio.gather(*(hub_client.post(route, data=b) for b in bodies))
+    assert sorted(r.status for r in answers) == [200, 401]
+    assert await event_count(hub) == after + 1
+
+    # the delivery webhooks too: a harmless event's signature does not carry a complaint
+    complained = {
+        "event": "complained",
+        "recipient": "ann@example.com",
+        "message": {"headers": {"message-id": mail["Message-ID"].strip("<>")}},
+    }
+    delivered = mailgun_event({"event": "delivered"})
+    assert (await hub_client.post(route + "/events", json=delivered)).status == 200
+    resp = await hub_client.post(route + "/events", json={**delivered, "event-data": complained})
+    assert resp.status == 401, await resp.text()
+    assert await event_count(hub) == after + 1
+    assert [c for c in (await hub.view(ann.customer_id)).consents if c["channel"] == "email"] == []
 
 
 DSN = """\

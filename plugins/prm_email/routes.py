@@ -5,8 +5,9 @@
 - ``POST /v1/touchpoints/email/mailgun`` (mounted when ``[email] mailgun_signing_key`` is
   set): a Mailgun route's ``forward()`` of a received email, parsed fields or ``body-mime``.
   Its signature (HMAC-SHA256 of ``timestamp`` + ``token`` with the webhook signing key) is
-  checked in constant time, and a timestamp more than five minutes away from the hub's clock
-  is refused: a forged or replayed post is a 401 and writes nothing.
+  checked in constant time, a timestamp more than five minutes away from the hub's clock is
+  refused, and so is a token the hub has seen (Mailgun does not sign the body: a captured
+  signature would carry any): a forged or replayed post is a 401 and writes nothing.
 - ``POST /v1/touchpoints/email/mailgun/events`` (mounted with the Mailgun route): Mailgun's
   delivery webhooks, JSON with the same signature; a ``failed`` event of severity
   ``permanent`` is a bounce, a ``complained`` one withdraws marketing consent for email.
@@ -22,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import html
+import json
 import time
 from typing import Any
 
@@ -68,6 +70,7 @@ __all__ = ["BASE", "routes"]
 
 BASE = "/v1/touchpoints/email"
 MAILGUN_MAX_AGE_S = 300
+MAILGUN_TOKENS = "mailgun-token"  # the webhook receipts source of the Mailgun tokens seen
 log = structlog.get_logger(__name__)
 
 _RECORDED = '{"recorded": [{"event_id", "type", "duplicate", "customer_id", "dialogue_id", "in_reply_to"}], "ignored"}'
@@ -144,6 +147,28 @@ def mailgun_signed(key: str, timestamp: str, token: str, signature: str, now: fl
     return hmac.compare_digest(expected, signature.strip().lower())
 
 
+async def _verify_mailgun(request: web.Request, key: str, fields: dict[str, str], refused: str) -> None:
+    """A 401 unless Mailgun signed the post recently with a token the hub has not seen.
+
+    Mailgun signs the timestamp and token, not the body: a signature seen once could carry any
+    body for as long as the timestamp is fresh. Each token is spent once, claimed before
+    anything is recorded (of two concurrent posts with it, one goes on). Mailgun signs each
+    attempt anew (its retries come minutes later, past the signature's five minutes), so a
+    token seen again is never Mailgun's: it is refused and writes nothing."""
+    token = fields.get("token", "")
+    if not mailgun_signed(key, fields.get("timestamp", ""), token, fields.get("signature", ""), time.time()):
+        log.warning(refused, reason="signature")
+        raise ApiError(
+            401,
+            "unauthorized",
+            "the Mailgun signature is missing, invalid or too old: Mailgun signs timestamp and token "
+            "with the webhook signing key",
+        )
+    if not await request.app[HUB].mark_delivery_processed(MAILGUN_TOKENS, token):
+        log.warning(refused, reason="replay")
+        raise ApiError(401, "unauthorized", "this Mailgun signature was used already: each token is accepted once")
+
+
 def mailgun_route(settings: EmailSettings) -> web.RouteDef:
     key = settings.mailgun_signing_key
     assert key is not None
@@ -153,7 +178,7 @@ def mailgun_route(settings: EmailSettings) -> web.RouteDef:
         scope=None,
         responses={
             200: _RECORDED,
-            401: "The Mailgun signature is missing, invalid or too old",
+            401: "The Mailgun signature is missing, invalid, too old or used already",
             406: "Not an email the hub can record (Mailgun does not retry it); `field` names the problem",
             413: "The post is larger than the body limit",
             415: "Not a form post",
@@ -165,19 +190,12 @@ def mailgun_route(settings: EmailSettings) -> web.RouteDef:
             raise ApiError(415, "unsupported_media_type", "Mailgun posts a form", "body")
         form = await request.post()
         fields = {k: v for k, v in form.items() if isinstance(v, str)}
-        if not mailgun_signed(
-            key, fields.get("timestamp", ""), fields.get("token", ""), fields.get("signature", ""), time.time()
-        ):
-            log.warning("mailgun post refused", reason="signature")
-            raise ApiError(
-                401,
-                "unauthorized",
-                "the Mailgun signature is missing, invalid or too old: Mailgun signs timestamp and token "
-                "with the webhook signing key",
-            )
+        await _verify_mailgun(request, key, fields, "mailgun post refused")
         try:
             mail = parse_mailgun_form(fields)
-            return await _take(request, settings, mail, raw_digest(fields.get("token", "").encode()))
+            # Mailgun's retry of a post without a Message-ID is signed anew: the same fields, the same event
+            content = sorted((k, v) for k, v in fields.items() if k not in ("timestamp", "token", "signature"))
+            return await _take(request, settings, mail, raw_digest(json.dumps(content).encode()))
         except InvalidInput as exc:
             # Mailgun retries anything but 200 and 406 for hours: bad content is not worth it
             raise ApiError(406, "not_acceptable", exc.message, exc.field) from None
@@ -338,7 +356,7 @@ def mailgun_events_route(settings: EmailSettings) -> web.RouteDef:
         responses={
             200: _RECORDED,
             400: "Malformed JSON",
-            401: "The Mailgun signature is missing, invalid or too old",
+            401: "The Mailgun signature is missing, invalid, too old or used already",
             413: "The post is larger than the body limit",
             422: "JSON the hub cannot keep (a NUL, a number past a double); `field` names it",
         },
@@ -351,16 +369,7 @@ def mailgun_events_route(settings: EmailSettings) -> web.RouteDef:
         body = await read_json(request)
         signed = body.get("signature") if isinstance(body, dict) else None
         fields = {k: str(v) for k, v in signed.items()} if isinstance(signed, dict) else {}
-        if not mailgun_signed(
-            key, fields.get("timestamp", ""), fields.get("token", ""), fields.get("signature", ""), time.time()
-        ):
-            log.warning("mailgun event refused", reason="signature")
-            raise ApiError(
-                401,
-                "unauthorized",
-                "the Mailgun signature is missing, invalid or too old: Mailgun signs timestamp and token "
-                "with the webhook signing key",
-            )
+        await _verify_mailgun(request, key, fields, "mailgun event refused")
         data = body.get("event-data")
         about = _about(data) if isinstance(data, dict) and data.get("event") == "complained" else None
         if about is not None:  # reported as spam: no more marketing email
