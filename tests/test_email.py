@@ -694,6 +694,51 @@ async def test_unsubscribing_withdraws_marketing_consent_and_the_next_promo_is_s
     assert len(inbox.received) == 1
 
 
+async def test_simultaneous_unsubscribes_record_one_withdrawal_and_a_new_grant_can_be_withdrawn(hub_client, inbox):
+    hub = hub_client.app[HUB]
+    ann = await signup(hub_client, "s-1", "ann@example.com", type_="visit")
+    path = f"/v1/touchpoints/email/unsubscribe/{unsubscribe_token(SECRET.encode(), ann.customer_id)}"
+
+    async def withdrawals() -> list[dict[str, Any]]:
+        timeline = (await hub.view(ann.customer_id)).timeline
+        return [e for e in timeline if e["type"] == "consent.revoked"]
+
+    answers = await asyncio.gather(*(hub_client.post(path, data={"List-Unsubscribe": "One-Click"}) for _ in range(6)))
+    assert [a.status for a in answers] == [200] * 6
+    assert len(await withdrawals()) == 1
+    change = {"purpose": "marketing", "channel": "email", "granted": True, "source": "preferences"}
+    await hub.store.write(lambda conn: write_consents(conn, ann.customer_id, [change], utcnow()))
+    assert (await hub_client.post(path, data={"List-Unsubscribe": "One-Click"})).status == 200
+    assert len(await withdrawals()) == 2
+    (consent,) = [c for c in (await hub.view(ann.customer_id)).consents if c["channel"] == "email"]
+    assert consent["granted"] is False and consent["source"] == "email-unsubscribe"
+
+
+async def test_the_unsubscribe_pages_send_the_page_headers_and_are_rate_limited(
+    database_url, inbox, templates, aiohttp_client
+):
+    from prm_core.plugin import PAGE_HEADERS
+    from prm_core.server.app import create_app
+
+    raw = {"email": email_section(inbox.port, templates), "server": {"rate_limit_keyless": "4/minute"}}
+    client = await aiohttp_client(create_app(Config(database_url=database_url, raw=raw)))
+    ann = await signup(client, "s-1", "ann@example.com", type_="visit")
+    path = f"/v1/touchpoints/email/unsubscribe/{unsubscribe_token(SECRET.encode(), ann.customer_id)}"
+    html = {"Accept": "text/html"}
+    for resp in (
+        await client.get(path, headers=html),
+        await client.get(path + "x", headers=html),
+        await client.post(path, headers=html, data={"List-Unsubscribe": "One-Click"}),
+    ):
+        assert resp.status in (200, 404)
+        assert {k: resp.headers.get(k) for k in PAGE_HEADERS} == PAGE_HEADERS
+        assert "script-src" not in resp.headers["Content-Security-Policy"]
+    assert (await client.post(path, data={"List-Unsubscribe": "One-Click"})).status == 200
+    for limited in (await client.get(path, headers=html), await client.post(path, data={})):
+        assert limited.status == 429 and int(limited.headers["Retry-After"]) > 0
+    assert len([c for c in (await client.app[HUB].view(ann.customer_id)).consents if c["channel"] == "email"]) == 1
+
+
 async def test_a_template_that_cannot_be_rendered_fails_the_message_at_once(hub_client, inbox, templates):
     (templates / "en" / "broken.txt").write_text("Hello {{ last_name }}\n")
     (templates / "en" / "unclosed.html").write_text("<p>{% if first_name %}Hello</p>\n")

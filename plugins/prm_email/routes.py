@@ -15,7 +15,8 @@
   marketing email (``List-Unsubscribe``). ``GET`` shows a page with one button and changes
   nothing (mail scanners open links); ``POST`` (the button, or a mail client's one-click
   unsubscribe, RFC 8058) withdraws the customer's marketing consent for email. A token that
-  is not the hub's is a 404 and writes nothing.
+  is not the hub's is a 404 and writes nothing. Both are counted by ``[server]
+  rate_limit_keyless`` (429 past it) and send the hub's page headers (no script, no framing).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from aiohttp import web
 from prm_core.plugin import (
     AUTH_ERRORS,
     HUB,
+    PAGE_HEADERS,
     ApiError,
     Event,
     Identity,
@@ -41,7 +43,7 @@ from prm_core.plugin import (
     RecordedEvent,
     api,
     ingest,
-    new_id,
+    limit_keyless,
     normalize_email,
     read_json,
     require,
@@ -231,7 +233,7 @@ def _page(status: int, title: str, body: str) -> web.Response:
         status=status,
         text=_PAGE.format(title=html.escape(title), body=body),
         content_type="text/html",
-        headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer", "X-Robots-Tag": "noindex"},
+        headers=PAGE_HEADERS,
     )
 
 
@@ -253,10 +255,15 @@ def unsubscribe_routes(settings: EmailSettings) -> list[web.RouteDef]:
         "The unsubscribe page of a marketing email: one button to confirm; changes nothing",
         scope=None,
         params=params,
-        responses={200: "An HTML page with a form that POSTs to the same URL", 404: "Not a valid unsubscribe link"},
+        responses={
+            200: "An HTML page with a form that POSTs to the same URL",
+            404: "Not a valid unsubscribe link",
+            429: "Too many calls from this address",
+        },
     )
     async def get_unsubscribe(request: web.Request) -> web.Response:
         """Show the confirmation page (a GET never unsubscribes: mail scanners open links)."""
+        limit_keyless(request, "email-unsubscribe")
         if unsubscribed_customer(settings.secret, request.match_info["token"]) is None:
             return _invalid(request)
         body = (
@@ -273,10 +280,15 @@ def unsubscribe_routes(settings: EmailSettings) -> list[web.RouteDef]:
         "Unsubscribe (RFC 8058 one-click, or the page's button): withdraws marketing consent for email",
         scope=None,
         params=params,
-        responses={200: '{"unsubscribed": true} (an HTML page for a browser)', 404: "Not a valid unsubscribe link"},
+        responses={
+            200: '{"unsubscribed": true} (an HTML page for a browser)',
+            404: "Not a valid unsubscribe link",
+            429: "Too many calls from this address",
+        },
     )
     async def post_unsubscribe(request: web.Request) -> web.Response:
         """Record ``consent.revoked`` (purpose ``marketing``, channel ``email``) for the customer."""
+        limit_keyless(request, "email-unsubscribe")
         customer_id = unsubscribed_customer(settings.secret, request.match_info["token"])
         if customer_id is None:
             return _invalid(request)
@@ -289,7 +301,7 @@ def unsubscribe_routes(settings: EmailSettings) -> list[web.RouteDef]:
         if not who:
             return _invalid(request)
         if not _withdrawn(view.consents):  # pressed again, or a link opened twice: one event
-            await ingest(request, [_revocation(who[0])], verified=True)
+            await ingest(request, [_revocation(customer_id, who[0], view.consents)], verified=True)
         if _wants_html(request):
             return _page(200, "You are unsubscribed", "<p>You will receive no more marketing email from us.</p>")
         return web.json_response({"unsubscribed": True})
@@ -305,9 +317,17 @@ def _withdrawn(consents: Any) -> bool:
     )
 
 
-def _revocation(who: Identity) -> Event:
+def _revocation(customer_id: str, who: Identity, consents: Any) -> Event:
+    """The withdrawal; its id derives from the customer, the purpose and channel, and the
+    decision it replaces: two posts at once (a double click, a mail client and its user) record
+    one, and a customer who subscribes again can unsubscribe again."""
+    replaced = next(
+        (c.get("recorded_at", "") for c in consents if c.get("purpose") == "marketing" and c.get("channel") == "email"),
+        "",
+    )
+    digest = hashlib.sha256("\x1f".join((customer_id, "marketing", "email", replaced)).encode()).hexdigest()[:40]
     return Event(
-        id=new_id("unsub"),
+        id=f"email-unsub:{digest}",
         type="consent.revoked",
         occurred_at=utcnow(),
         touchpoint=TOUCHPOINT,
