@@ -135,7 +135,7 @@ def email_section(port: int, templates: Path | None = None, **extra: Any) -> dic
 @pytest.fixture
 def hub_config(database_url: str, inbox: Inbox, templates: Path) -> Config:
     raw = {
-        "email": email_section(inbox.port, templates),
+        "touchpoints": {"email": email_section(inbox.port, templates, budget_ms=1500)},
         "triggers": {"poll_s": 0.02, "quiet_hours": "none", "welcome": WELCOME, "promo": PROMO},
     }
     return Config(database_url=database_url, public_url="https://hub.example.com", raw=raw)
@@ -315,30 +315,50 @@ async def test_the_maildir_transport_writes_eml_files(hub_client, inbox, tmp_pat
 
 def test_settings_are_checked_naming_the_key(tmp_path):
     def check(**section: Any) -> None:
-        email_settings(Config(raw={"email": {"from": "hello@shop.example", "secret": SECRET, **section}}))
+        raw = {"touchpoints": {"email": {"from": "hello@shop.example", "secret": SECRET, **section}}}
+        email_settings(Config(raw=raw))
 
     check()
     for section, key in [
-        ({"port": 0}, "[email].port"),
-        ({"security": "ssl"}, "[email].security"),
-        ({"secret": "short"}, "[email].secret"),
-        ({"from": "nobody"}, "[email].from"),
-        ({"transport": "maildir"}, "[email].maildir"),
-        ({"templates": str(tmp_path / "none")}, "[email].templates"),
-        ({"unsubscribe_url": "ftp://x"}, "[email].unsubscribe_url"),
-        ({"colour": "red"}, "[email].colour"),
+        ({"port": 0}, "[touchpoints.email].port"),
+        ({"security": "ssl"}, "[touchpoints.email].security"),
+        ({"secret": "short"}, "[touchpoints.email].secret"),
+        ({"from": "nobody"}, "[touchpoints.email].from"),
+        ({"transport": "maildir"}, "[touchpoints.email].maildir"),
+        ({"templates": str(tmp_path / "none")}, "[touchpoints.email].templates"),
+        ({"unsubscribe_url": "ftp://x"}, "[touchpoints.email].unsubscribe_url"),
+        ({"colour": "red"}, "[touchpoints.email].colour"),
+        ({"budget_ms": 0}, "[touchpoints.email].budget_ms"),
+        ({"budget_ms": "fast"}, "[touchpoints.email].budget_ms"),
     ]:
         with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
             check(**section)
     assert email_settings(Config(raw={})) is None
+    assert email_settings(Config(raw={"touchpoints": {"email": {}}})) is None
+    # the settings are the touch point's: a top-level [email] table is not read (config check names it)
+    assert email_settings(Config(raw={"email": {"from": "hello@shop.example", "secret": SECRET}})) is None
+    assert email_settings(Config(raw={"touchpoints": {"email": {"from": "a@shop.example", "secret": SECRET}}}))
     # paths are relative to the config file
     (tmp_path / "tpl").mkdir()
     beside = Config(
         source=tmp_path / "prm.toml",
-        raw={"email": {"from": "a@shop.example", "secret": SECRET, "templates": "tpl", "maildir": "mail"}},
+        raw={
+            "touchpoints": {
+                "email": {"from": "a@shop.example", "secret": SECRET, "templates": "tpl", "maildir": "mail"}
+            }
+        },
     )
     found = email_settings(beside)
     assert found is not None and (found.templates, found.maildir) == (tmp_path / "tpl", tmp_path / "mail")
+
+
+async def test_the_settings_are_the_touch_points_table(hub_client):
+    from prm_core.config_check import config_warnings
+
+    assert hub_client.app[HUB].touchpoint("email").budget_ms == 1500  # [touchpoints.email] budget_ms
+    assert config_warnings(hub_client.app[HUB].config, ["email"]) == []
+    stray = Config(raw={"email": {"from": "hello@shop.example", "secret": SECRET}})
+    assert config_warnings(stray, ["email"]) == ["[email] is not a table the hub reads"]
 
 
 # ---- end to end: a trigger's message, a reply, a bounce, an unsubscribe -----------------
@@ -720,7 +740,10 @@ async def test_the_unsubscribe_pages_send_the_page_headers_and_are_rate_limited(
     from prm_core.plugin import PAGE_HEADERS
     from prm_core.server.app import create_app
 
-    raw = {"email": email_section(inbox.port, templates), "server": {"rate_limit_keyless": "4/minute"}}
+    raw = {
+        "touchpoints": {"email": email_section(inbox.port, templates)},
+        "server": {"rate_limit_keyless": "4/minute"},
+    }
     client = await aiohttp_client(create_app(Config(database_url=database_url, raw=raw)))
     ann = await signup(client, "s-1", "ann@example.com", type_="visit")
     path = f"/v1/touchpoints/email/unsubscribe/{unsubscribe_token(SECRET.encode(), ann.customer_id)}"
@@ -855,8 +878,9 @@ async def test_the_messaging_page_samples(database_url, inbox, tmp_path, monkeyp
 
     # the setup, against the test's SMTP server (no TLS, no login there)
     raw = tomllib.loads(setup)
-    raw["email"] |= {"host": "127.0.0.1", "port": inbox.port, "security": "none", "templates": str(root)}
-    del raw["email"]["username"], raw["email"]["password"]
+    section = raw["touchpoints"]["email"]
+    section |= {"host": "127.0.0.1", "port": inbox.port, "security": "none", "templates": str(root)}
+    del section["username"], section["password"]
     raw["triggers"] |= {"poll_s": 0.02, "quiet_hours": "none"}
     config = Config(database_url=database_url, public_url="https://hub.example.com", raw=Table(raw))
     client = await aiohttp_client(create_app(config))
@@ -889,7 +913,7 @@ async def test_the_messaging_page_samples(database_url, inbox, tmp_path, monkeyp
 
     # the development transport
     dev = tomllib.loads(maildir)
-    dev["email"]["maildir"] = str(tmp_path / dev["email"]["maildir"])
+    dev["touchpoints"]["email"]["maildir"] = str(tmp_path / dev["touchpoints"]["email"]["maildir"])
     settings = email_settings(Config(raw=Table(dev)))
     assert settings is not None and settings.transport == "maildir"
     from prm_email.compose import Templates

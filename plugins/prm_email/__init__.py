@@ -1,6 +1,6 @@
 """The email touch point: triggers' messages out by SMTP, replies and bounces in.
 
-Registered when ``[email]`` is configured (:mod:`prm_email.settings`): the ``email`` touch
+Registered when ``[touchpoints.email]`` is configured (:mod:`prm_email.settings`): the ``email`` touch
 point (channel ``email``) and its routes (:mod:`prm_email.routes`), and ``prm_send_message``
 for the ``email`` channel (:mod:`prm_email.sending`, :mod:`prm_email.compose`). See
 docs/messaging.md.
@@ -48,7 +48,7 @@ def prm_touchpoints(config: Config) -> Iterator[TouchPoint]:
     yield TouchPoint(
         name="email",
         channel="email",
-        budget_ms=int(config.touchpoint("email").get("budget_ms", 2000)),
+        budget_ms=settings.budget_ms,
         routes=routes(settings),
         description="email: triggers' messages out, replies and bounces in",
     )
@@ -75,6 +75,6 @@ def prm_send_message(message: Message) -> Awaitable[MessageResult] | None:
 
 @hookimpl
 def prm_event_labels(config: Config) -> Mapping[str, str] | None:
-    if not config.section("email"):
+    if not config.touchpoint("email"):
         return None
     return {"message.received": "sent a message", "message.bounced": "an email to them bounced"}

@@ -2,7 +2,7 @@
 
 - ``POST /v1/touchpoints/email/inbound`` (scope ``touchpoint:email``): one email as raw
   RFC 822 (``Content-Type: message/rfc822``), a reply or a bounce (:mod:`prm_email.inbound`).
-- ``POST /v1/touchpoints/email/mailgun`` (mounted when ``[email] mailgun_signing_key`` is
+- ``POST /v1/touchpoints/email/mailgun`` (mounted when ``[touchpoints.email] mailgun_signing_key`` is
   set): a Mailgun route's ``forward()`` of a received email, parsed fields or ``body-mime``.
   Its signature (HMAC-SHA256 of ``timestamp`` + ``token`` with the webhook signing key) is
   checked in constant time, a timestamp more than five minutes away from the hub's clock is

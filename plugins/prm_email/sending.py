@@ -9,7 +9,7 @@
   and the trigger engine tries again with backoff. A ``5xx`` refusal of the recipient or the
   message, or an address that is not one, is final: ``MessageResult("failed", reason)``.
 - **Transports**: ``smtp`` (aiosmtplib) by default; ``maildir`` writes each message as an
-  ``.eml`` file into ``[email] maildir`` (``new/``) instead, for development.
+  ``.eml`` file into ``[touchpoints.email] maildir`` (``new/``) instead, for development.
 """
 
 from __future__ import annotations
