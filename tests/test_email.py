@@ -25,7 +25,7 @@ import pytest
 import sqlalchemy as sa
 from aiosmtpd.controller import Controller
 from attrs import evolve
-from prm_email import mailer
+from prm_email import EmailSender, sender_of
 from prm_email.inbound import strip_quoted
 from prm_email.sending import TransportUnavailable, send_email
 from prm_email.settings import email_settings
@@ -168,6 +168,13 @@ def msg(**changes: Any) -> Message:
     return evolve(base, **changes)
 
 
+def sender(hub: Any) -> EmailSender:
+    """The hub's own email sender (registered while it runs)."""
+    found = sender_of(hub)
+    assert found is not None
+    return found
+
+
 async def hand_over(hub: Any, message: Message) -> MessageResult:
     answer = hub.pm.hook.prm_send_message(message=message)
     return await answer
@@ -261,15 +268,43 @@ async def test_a_message_handed_over_twice_is_sent_once_with_one_message_id(hub_
 
 
 async def test_other_channels_are_left_to_other_plugins(hub_client, inbox):
-    assert mailer.settings is not None
+    assert sender(hub_client.app[HUB]).settings.port == inbox.port
     assert hub_client.app[HUB].pm.hook.prm_send_message(message=msg(channel="sms")) is None
 
 
+async def test_each_hub_sends_with_its_own_settings_while_it_runs(hub_client, inbox, database_url, aiohttp_client):
+    """Two hubs in one process, each with its own server and sender: neither borrows the other's
+    settings, whichever started last, and one stopping leaves the other sending."""
+    from prm_core.server.app import create_app
+
+    first = hub_client.app[HUB]
+    other_inbox = Inbox(free_port())
+    other_inbox.controller = Controller(other_inbox, hostname="127.0.0.1", port=other_inbox.port)
+    other_inbox.controller.start()
+    try:
+        section = email_section(other_inbox.port, **{"from": "Other <hi@other.example>"})
+        config = Config(database_url=database_url, raw={"touchpoints": {"email": section}})
+        other_client = await aiohttp_client(create_app(config))
+        second = other_client.app[HUB]
+        assert sender(first) is not sender(second) and sender(second).hub is second
+
+        assert (await hand_over(first, msg(id="act_first"))).status == "sent"
+        assert (await hand_over(second, msg(id="act_second"))).status == "sent"
+        assert [m["From"] for m in inbox.received] == ["Shop <hello@shop.example>"]
+        assert [m["From"] for m in other_inbox.received] == ["Other <hi@other.example>"]
+
+        await other_client.close()  # the second hub stops
+        assert sender_of(second) is None
+        assert (await hand_over(first, msg(id="act_after"))).status == "sent" and len(inbox.received) == 2
+    finally:
+        other_inbox.controller.stop()
+
+
 async def test_a_server_that_is_down_raises_so_the_engine_retries(hub_client, inbox):
-    assert mailer.settings is not None and mailer.templates is not None
-    down = evolve(mailer.settings, port=free_port())
+    mine = sender(hub_client.app[HUB])
+    down = evolve(mine.settings, port=free_port())
     with pytest.raises(TransportUnavailable):
-        await send_email(msg(), down, mailer.templates, hub_client.app[HUB])
+        await send_email(msg(), down, mine.templates, hub_client.app[HUB])
     # and the message was not marked sent: the retry sends it
     result = await hand_over(hub_client.app[HUB], msg())
     assert result.status == "sent" and len(inbox.received) == 1
@@ -291,7 +326,8 @@ async def test_a_trigger_message_waits_for_the_server_to_come_back(hub_client, i
     inbox.controller.start()
     (run,) = await settled(hub, "welcome")
     assert run.status == "fired" and [m["To"] for m in inbox.received] == ["ann@example.com"]
-    assert repr(mailer.settings).count(SECRET) == 0 and MAILGUN_KEY not in repr(mailer.settings)
+    settings = sender(hub).settings
+    assert repr(settings).count(SECRET) == 0 and MAILGUN_KEY not in repr(settings)
 
 
 async def test_a_recipient_refused_for_good_fails_the_message(hub_client, inbox):
@@ -305,9 +341,9 @@ async def test_a_recipient_refused_for_good_fails_the_message(hub_client, inbox)
 
 
 async def test_the_maildir_transport_writes_eml_files(hub_client, inbox, tmp_path):
-    assert mailer.settings is not None and mailer.templates is not None
-    settings = evolve(mailer.settings, transport="maildir", maildir=tmp_path / "mail")
-    result = await send_email(msg(), settings, mailer.templates, hub_client.app[HUB])
+    mine = sender(hub_client.app[HUB])
+    settings = evolve(mine.settings, transport="maildir", maildir=tmp_path / "mail")
+    result = await send_email(msg(), settings, mine.templates, hub_client.app[HUB])
     (written,) = (tmp_path / "mail" / "new").glob("*.eml")
     parsed = email.message_from_bytes(written.read_bytes(), policy=email.policy.default)
     assert parsed["Message-ID"] == result.ref and inbox.received == []
@@ -804,9 +840,9 @@ async def test_no_address_nor_text_of_an_email_in_the_logs(hub_client, inbox, ma
     zelda = "zelda.quartermaine@example.com"
     inbox.refuse.add(zelda)
     assert (await hand_over(hub, msg(to=zelda, first_name="Quartermaine"))).status == "failed"
-    assert mailer.settings is not None and mailer.templates is not None
+    mine = sender(hub)
     with pytest.raises(TransportUnavailable):
-        await send_email(msg(id="act_down", to=zelda), evolve(mailer.settings, port=free_port()), mailer.templates, hub)
+        await send_email(msg(id="act_down", to=zelda), evolve(mine.settings, port=free_port()), mine.templates, hub)
     key = await make_key("touchpoint:email")
     reply = f"From: Quartermaine <{zelda}>\nSubject: Quartermaine\n\nWallaby Way 42\n"
     assert (await post_mail(hub_client, reply, key)).status == 200

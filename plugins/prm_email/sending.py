@@ -39,9 +39,7 @@ class TransportUnavailable(Exception):
     """The mail server could not take the message now: the trigger engine tries again."""
 
 
-async def send_email(message: Message, settings: EmailSettings, templates: Templates, hub: Hub | None) -> MessageResult:
-    if hub is None:
-        raise TransportUnavailable("the hub is still starting")
+async def send_email(message: Message, settings: EmailSettings, templates: Templates, hub: Hub) -> MessageResult:
     if message.to is None:
         return MessageResult("failed", "the customer has no email address")
     try:
