@@ -397,6 +397,17 @@ async def test_the_settings_are_the_touch_points_table(hub_client):
     assert config_warnings(stray, ["email"]) == ["[email] is not a table the hub reads"]
 
 
+def test_a_reply_keeps_the_cores_label():
+    import prm_email
+
+    from prm_core.labels import CORE_LABELS, merge_labels
+
+    config = Config(raw={"touchpoints": {"email": {"from": "hello@shop.example", "secret": SECRET}}})
+    labels = merge_labels([prm_email.prm_event_labels(config)])
+    assert labels["message.received"] == CORE_LABELS["message.received"] == "replied"
+    assert labels["message.bounced"] == "an email to them bounced"
+
+
 # ---- end to end: a trigger's message, a reply, a bounce, an unsubscribe -----------------
 
 

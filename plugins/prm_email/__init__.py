@@ -87,6 +87,7 @@ def prm_hub_stopping(hub: Hub) -> None:
 
 @hookimpl
 def prm_event_labels(config: Config) -> Mapping[str, str] | None:
+    """The email touch point's own event types in words (a reply keeps the core's "replied")."""
     if not config.touchpoint("email"):
         return None
-    return {"message.received": "sent a message", "message.bounced": "an email to them bounced"}
+    return {"message.bounced": "an email to them bounced"}
