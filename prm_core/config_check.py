@@ -53,8 +53,6 @@ CORE_TABLES: Mapping[str, frozenset[str] | None] = {
     "destinations": None,
     # [triggers.NAME] tables and [triggers]'s own settings: prm_core.triggers checks both at start
     "triggers": None,
-    # the email touch point's settings: prm_email refuses a key it does not know at start
-    "email": None,
     # [surveys]: prm_core.surveys refuses a key it does not know at start
     "surveys": None,
 }

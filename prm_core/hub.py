@@ -755,17 +755,21 @@ class Hub:
 
         return await self.store.read(read)
 
-    async def mark_delivery_processed(self, source: str, delivery_id: str) -> None:
+    async def mark_delivery_processed(self, source: str, delivery_id: str) -> bool:
         """Remember a webhook delivery as processed (idempotent). Mark it once its events are
-        durable: a crash in between means one more processing, whose events are duplicates."""
+        durable: a crash in between means one more processing, whose events are duplicates.
+
+        Returns whether this call marked it (``False``: it was marked already). Marked before
+        processing, it claims a one-time value atomically: of two concurrent calls with the
+        same ``delivery_id``, one gets ``True`` (a vendor's signature nonce, spent once)."""
         now = utcnow()
 
-        def write(conn: Connection) -> None:
+        def write(conn: Connection) -> bool:
             insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
             stmt = insert(webhook_receipts).values(source=source, webhook_id=delivery_id[:200], received_at=now)
-            conn.execute(stmt.on_conflict_do_nothing())
+            return bool(conn.execute(stmt.on_conflict_do_nothing()).rowcount == 1)
 
-        await self.store.write(write)
+        return await self.store.write(write)
 
     async def dialogue_fulfillments(self, touchpoint: str, dialogue_id: str) -> list[Fulfillment] | None:
         """The partner work a dialogue of ``touchpoint`` requested, newest first; ``None``

@@ -32,7 +32,8 @@ What is here, by use:
   ``/openapi.json``; :func:`require` checks the caller's key for a scope;
   :func:`read_json` / :func:`parse_json_body` read a body with the hub's JSON rules;
   :func:`ingest` records events and counts them; :func:`answer_request` asks for value;
-  :class:`ApiError` answers a JSON error.
+  :class:`ApiError` answers a JSON error. A page a customer opens from a link (no key) sends
+  :data:`PAGE_HEADERS` and counts its calls with :func:`limit_keyless`.
 - **The change feed**: :class:`Change` and :class:`NewChange` for the change types a plugin
   adds (``prm_event_changes``), and :class:`DestinationKind`, :class:`DestinationSettings`,
   :class:`Sink` and :class:`Refused` for a destination kind (``prm_destination_kinds``).
@@ -94,6 +95,7 @@ from .server.errors import MAX_BODY_BYTES, ApiError, error_middleware
 from .server.routes import (
     AUTH_ERRORS,
     EVENT_SCHEMA,
+    PAGE_HEADERS,
     WRITE_ERRORS,
     accept,
     answer_request,
@@ -114,6 +116,7 @@ __all__ = [
     "HUB",
     "MAX_BODY_BYTES",
     "MAX_EVENTS_PER_CALL",
+    "PAGE_HEADERS",
     "STATUSES",
     "WRITE_ERRORS",
     "Adapter",

@@ -185,6 +185,7 @@ def hub_config(database_url: str) -> Config:
             "web": {"snowplow_app_ids": ["shop"]},
             "ivr": {"twilio_auth_token": "twilio-token"},
             "sms": {"account_sid": "AC" + "0" * 32, "auth_token": "twilio-token", "from": "+14155550100"},
+            "email": {"from": "hello@shop.example", "secret": "e" * 32, "mailgun_signing_key": "key-mailgun"},
         },
         "partners": {
             "fieldservice": {
@@ -194,7 +195,6 @@ def hub_config(database_url: str) -> Config:
                 "secret": PARTNER_SECRET,
             }
         },
-        "email": {"from": "hello@shop.example", "secret": "e" * 32, "mailgun_signing_key": "key-mailgun"},
         # thousands of calls with one public key: no per-client limit in the way
         "server": {"rate_limit_public": "off", "rate_limit_keyless": "off"},
     }

@@ -18,7 +18,7 @@ from prm_core.config import load_config
 from prm_core.config_check import config_warnings
 from prm_core.errors import ConfigError
 
-TOUCHPOINTS = ["web", "callcenter", "ivr", "pos", "partners", "sms"]
+TOUCHPOINTS = ["web", "callcenter", "ivr", "pos", "partners", "sms", "email"]
 
 
 def _prm(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

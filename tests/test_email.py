@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import re
+import secrets
 import socket
 import time
 import tomllib
@@ -24,7 +25,7 @@ import pytest
 import sqlalchemy as sa
 from aiosmtpd.controller import Controller
 from attrs import evolve
-from prm_email import mailer
+from prm_email import EmailSender, sender_of
 from prm_email.inbound import strip_quoted
 from prm_email.sending import TransportUnavailable, send_email
 from prm_email.settings import email_settings
@@ -134,7 +135,7 @@ def email_section(port: int, templates: Path | None = None, **extra: Any) -> dic
 @pytest.fixture
 def hub_config(database_url: str, inbox: Inbox, templates: Path) -> Config:
     raw = {
-        "email": email_section(inbox.port, templates),
+        "touchpoints": {"email": email_section(inbox.port, templates, budget_ms=1500)},
         "triggers": {"poll_s": 0.02, "quiet_hours": "none", "welcome": WELCOME, "promo": PROMO},
     }
     return Config(database_url=database_url, public_url="https://hub.example.com", raw=raw)
@@ -165,6 +166,13 @@ def msg(**changes: Any) -> Message:
         first_name="Ann <b>",
     )
     return evolve(base, **changes)
+
+
+def sender(hub: Any) -> EmailSender:
+    """The hub's own email sender (registered while it runs)."""
+    found = sender_of(hub)
+    assert found is not None
+    return found
 
 
 async def hand_over(hub: Any, message: Message) -> MessageResult:
@@ -260,15 +268,43 @@ async def test_a_message_handed_over_twice_is_sent_once_with_one_message_id(hub_
 
 
 async def test_other_channels_are_left_to_other_plugins(hub_client, inbox):
-    assert mailer.settings is not None
+    assert sender(hub_client.app[HUB]).settings.port == inbox.port
     assert hub_client.app[HUB].pm.hook.prm_send_message(message=msg(channel="sms")) is None
 
 
+async def test_each_hub_sends_with_its_own_settings_while_it_runs(hub_client, inbox, database_url, aiohttp_client):
+    """Two hubs in one process, each with its own server and sender: neither borrows the other's
+    settings, whichever started last, and one stopping leaves the other sending."""
+    from prm_core.server.app import create_app
+
+    first = hub_client.app[HUB]
+    other_inbox = Inbox(free_port())
+    other_inbox.controller = Controller(other_inbox, hostname="127.0.0.1", port=other_inbox.port)
+    other_inbox.controller.start()
+    try:
+        section = email_section(other_inbox.port, **{"from": "Other <hi@other.example>"})
+        config = Config(database_url=database_url, raw={"touchpoints": {"email": section}})
+        other_client = await aiohttp_client(create_app(config))
+        second = other_client.app[HUB]
+        assert sender(first) is not sender(second) and sender(second).hub is second
+
+        assert (await hand_over(first, msg(id="act_first"))).status == "sent"
+        assert (await hand_over(second, msg(id="act_second"))).status == "sent"
+        assert [m["From"] for m in inbox.received] == ["Shop <hello@shop.example>"]
+        assert [m["From"] for m in other_inbox.received] == ["Other <hi@other.example>"]
+
+        await other_client.close()  # the second hub stops
+        assert sender_of(second) is None
+        assert (await hand_over(first, msg(id="act_after"))).status == "sent" and len(inbox.received) == 2
+    finally:
+        other_inbox.controller.stop()
+
+
 async def test_a_server_that_is_down_raises_so_the_engine_retries(hub_client, inbox):
-    assert mailer.settings is not None and mailer.templates is not None
-    down = evolve(mailer.settings, port=free_port())
+    mine = sender(hub_client.app[HUB])
+    down = evolve(mine.settings, port=free_port())
     with pytest.raises(TransportUnavailable):
-        await send_email(msg(), down, mailer.templates, hub_client.app[HUB])
+        await send_email(msg(), down, mine.templates, hub_client.app[HUB])
     # and the message was not marked sent: the retry sends it
     result = await hand_over(hub_client.app[HUB], msg())
     assert result.status == "sent" and len(inbox.received) == 1
@@ -290,7 +326,8 @@ async def test_a_trigger_message_waits_for_the_server_to_come_back(hub_client, i
     inbox.controller.start()
     (run,) = await settled(hub, "welcome")
     assert run.status == "fired" and [m["To"] for m in inbox.received] == ["ann@example.com"]
-    assert repr(mailer.settings).count(SECRET) == 0 and MAILGUN_KEY not in repr(mailer.settings)
+    settings = sender(hub).settings
+    assert repr(settings).count(SECRET) == 0 and MAILGUN_KEY not in repr(settings)
 
 
 async def test_a_recipient_refused_for_good_fails_the_message(hub_client, inbox):
@@ -304,9 +341,9 @@ async def test_a_recipient_refused_for_good_fails_the_message(hub_client, inbox)
 
 
 async def test_the_maildir_transport_writes_eml_files(hub_client, inbox, tmp_path):
-    assert mailer.settings is not None and mailer.templates is not None
-    settings = evolve(mailer.settings, transport="maildir", maildir=tmp_path / "mail")
-    result = await send_email(msg(), settings, mailer.templates, hub_client.app[HUB])
+    mine = sender(hub_client.app[HUB])
+    settings = evolve(mine.settings, transport="maildir", maildir=tmp_path / "mail")
+    result = await send_email(msg(), settings, mine.templates, hub_client.app[HUB])
     (written,) = (tmp_path / "mail" / "new").glob("*.eml")
     parsed = email.message_from_bytes(written.read_bytes(), policy=email.policy.default)
     assert parsed["Message-ID"] == result.ref and inbox.received == []
@@ -314,30 +351,61 @@ async def test_the_maildir_transport_writes_eml_files(hub_client, inbox, tmp_pat
 
 def test_settings_are_checked_naming_the_key(tmp_path):
     def check(**section: Any) -> None:
-        email_settings(Config(raw={"email": {"from": "hello@shop.example", "secret": SECRET, **section}}))
+        raw = {"touchpoints": {"email": {"from": "hello@shop.example", "secret": SECRET, **section}}}
+        email_settings(Config(raw=raw))
 
     check()
     for section, key in [
-        ({"port": 0}, "[email].port"),
-        ({"security": "ssl"}, "[email].security"),
-        ({"secret": "short"}, "[email].secret"),
-        ({"from": "nobody"}, "[email].from"),
-        ({"transport": "maildir"}, "[email].maildir"),
-        ({"templates": str(tmp_path / "none")}, "[email].templates"),
-        ({"unsubscribe_url": "ftp://x"}, "[email].unsubscribe_url"),
-        ({"colour": "red"}, "[email].colour"),
+        ({"port": 0}, "[touchpoints.email].port"),
+        ({"security": "ssl"}, "[touchpoints.email].security"),
+        ({"secret": "short"}, "[touchpoints.email].secret"),
+        ({"from": "nobody"}, "[touchpoints.email].from"),
+        ({"transport": "maildir"}, "[touchpoints.email].maildir"),
+        ({"templates": str(tmp_path / "none")}, "[touchpoints.email].templates"),
+        ({"unsubscribe_url": "ftp://x"}, "[touchpoints.email].unsubscribe_url"),
+        ({"colour": "red"}, "[touchpoints.email].colour"),
+        ({"budget_ms": 0}, "[touchpoints.email].budget_ms"),
+        ({"budget_ms": "fast"}, "[touchpoints.email].budget_ms"),
     ]:
         with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
             check(**section)
     assert email_settings(Config(raw={})) is None
+    assert email_settings(Config(raw={"touchpoints": {"email": {}}})) is None
+    # the settings are the touch point's: a top-level [email] table is not read (config check names it)
+    assert email_settings(Config(raw={"email": {"from": "hello@shop.example", "secret": SECRET}})) is None
+    assert email_settings(Config(raw={"touchpoints": {"email": {"from": "a@shop.example", "secret": SECRET}}}))
     # paths are relative to the config file
     (tmp_path / "tpl").mkdir()
     beside = Config(
         source=tmp_path / "prm.toml",
-        raw={"email": {"from": "a@shop.example", "secret": SECRET, "templates": "tpl", "maildir": "mail"}},
+        raw={
+            "touchpoints": {
+                "email": {"from": "a@shop.example", "secret": SECRET, "templates": "tpl", "maildir": "mail"}
+            }
+        },
     )
     found = email_settings(beside)
     assert found is not None and (found.templates, found.maildir) == (tmp_path / "tpl", tmp_path / "mail")
+
+
+async def test_the_settings_are_the_touch_points_table(hub_client):
+    from prm_core.config_check import config_warnings
+
+    assert hub_client.app[HUB].touchpoint("email").budget_ms == 1500  # [touchpoints.email] budget_ms
+    assert config_warnings(hub_client.app[HUB].config, ["email"]) == []
+    stray = Config(raw={"email": {"from": "hello@shop.example", "secret": SECRET}})
+    assert config_warnings(stray, ["email"]) == ["[email] is not a table the hub reads"]
+
+
+def test_a_reply_keeps_the_cores_label():
+    import prm_email
+
+    from prm_core.labels import CORE_LABELS, merge_labels
+
+    config = Config(raw={"touchpoints": {"email": {"from": "hello@shop.example", "secret": SECRET}}})
+    labels = merge_labels([prm_email.prm_event_labels(config)])
+    assert labels["message.received"] == CORE_LABELS["message.received"] == "replied"
+    assert labels["message.bounced"] == "an email to them bounced"
 
 
 # ---- end to end: a trigger's message, a reply, a bounce, an unsubscribe -----------------
@@ -451,8 +519,9 @@ async def test_what_an_email_holds_that_the_hub_cannot_keep_is_left_out(hub_clie
 
 
 def mailgun_fields(timestamp: int | None = None, key: str = MAILGUN_KEY, **fields: str) -> dict[str, str]:
+    """Fields as Mailgun signs each attempt: the timestamp, a new random token, their HMAC."""
     ts = str(int(time.time()) if timestamp is None else timestamp)
-    token = hashlib.sha256(ts.encode() + fields.get("subject", "").encode()).hexdigest()[:50]
+    token = secrets.token_hex(25)
     signature = hmac.new(key.encode(), (ts + token).encode(), hashlib.sha256).hexdigest()
     return {"timestamp": ts, "token": token, "signature": signature, **fields}
 
@@ -486,6 +555,49 @@ async def test_mailgun_posts_are_recorded_when_signed_and_refused_otherwise(hub_
     assert reply["data"]["text"] == "Yes please"
     resp = await hub_client.post("/v1/touchpoints/email/mailgun", data=mailgun_fields(subject="no sender"))
     assert resp.status == 406 and (await resp.json())["error"]["field"] == "From"
+
+
+async def test_a_mailgun_signature_is_accepted_once(hub_client, inbox):
+    """Mailgun signs the timestamp and token, not the body: a captured signature replayed, with
+    another body or the same, is refused and writes nothing; Mailgun's own retry, signed anew,
+    records nothing twice."""
+    ann, mail, _sent = await welcome_sent(hub_client, inbox)
+    hub = hub_client.app[HUB]
+    route = "/v1/touchpoints/email/mailgun"
+    fields = {"from": "ann@example.com", "subject": "Re: Welcome", "stripped-text": "Yes please"}
+    first = mailgun_fields(**fields)
+    resp = await hub_client.post(route, data=first)
+    assert resp.status == 200 and len((await resp.json())["recorded"]) == 1
+    after = await event_count(hub)
+    forged = {**first, "from": "bob@example.com", "stripped-text": "Cancel everything"}
+    for replayed in (forged, first):
+        resp = await hub_client.post(route, data=replayed)
+        assert resp.status == 401, await resp.text()
+        assert "used already" in (await resp.json())["error"]["message"]
+    assert await event_count(hub) == after
+    retried = await hub_client.post(route, data=mailgun_fields(**fields))  # re-signed: a new token
+    assert retried.status == 200 and (await retried.json())["recorded"][0]["duplicate"] is True
+    assert await event_count(hub) == after
+
+    # two posts racing with one token: one is recorded
+    race = mailgun_fields(**{**fields, "stripped-text": "Race"})
+    bodies = [race, {**race, "stripped-text": "Race, forged"}]
+    answers = await asyncio.gather(*(hub_client.post(route, data=b) for b in bodies))
+    assert sorted(r.status for r in answers) == [200, 401]
+    assert await event_count(hub) == after + 1
+
+    # the delivery webhooks too: a harmless event's signature does not carry a complaint
+    complained = {
+        "event": "complained",
+        "recipient": "ann@example.com",
+        "message": {"headers": {"message-id": mail["Message-ID"].strip("<>")}},
+    }
+    delivered = mailgun_event({"event": "delivered"})
+    assert (await hub_client.post(route + "/events", json=delivered)).status == 200
+    resp = await hub_client.post(route + "/events", json={**delivered, "event-data": complained})
+    assert resp.status == 401, await resp.text()
+    assert await event_count(hub) == after + 1
+    assert [c for c in (await hub.view(ann.customer_id)).consents if c["channel"] == "email"] == []
 
 
 DSN = """\
@@ -649,6 +761,54 @@ async def test_unsubscribing_withdraws_marketing_consent_and_the_next_promo_is_s
     assert len(inbox.received) == 1
 
 
+async def test_simultaneous_unsubscribes_record_one_withdrawal_and_a_new_grant_can_be_withdrawn(hub_client, inbox):
+    hub = hub_client.app[HUB]
+    ann = await signup(hub_client, "s-1", "ann@example.com", type_="visit")
+    path = f"/v1/touchpoints/email/unsubscribe/{unsubscribe_token(SECRET.encode(), ann.customer_id)}"
+
+    async def withdrawals() -> list[dict[str, Any]]:
+        timeline = (await hub.view(ann.customer_id)).timeline
+        return [e for e in timeline if e["type"] == "consent.revoked"]
+
+    answers = await asyncio.gather(*(hub_client.post(path, data={"List-Unsubscribe": "One-Click"}) for _ in range(6)))
+    assert [a.status for a in answers] == [200] * 6
+    assert len(await withdrawals()) == 1
+    change = {"purpose": "marketing", "channel": "email", "granted": True, "source": "preferences"}
+    await hub.store.write(lambda conn: write_consents(conn, ann.customer_id, [change], utcnow()))
+    assert (await hub_client.post(path, data={"List-Unsubscribe": "One-Click"})).status == 200
+    assert len(await withdrawals()) == 2
+    (consent,) = [c for c in (await hub.view(ann.customer_id)).consents if c["channel"] == "email"]
+    assert consent["granted"] is False and consent["source"] == "email-unsubscribe"
+
+
+async def test_the_unsubscribe_pages_send_the_page_headers_and_are_rate_limited(
+    database_url, inbox, templates, aiohttp_client
+):
+    from prm_core.plugin import PAGE_HEADERS
+    from prm_core.server.app import create_app
+
+    raw = {
+        "touchpoints": {"email": email_section(inbox.port, templates)},
+        "server": {"rate_limit_keyless": "4/minute"},
+    }
+    client = await aiohttp_client(create_app(Config(database_url=database_url, raw=raw)))
+    ann = await signup(client, "s-1", "ann@example.com", type_="visit")
+    path = f"/v1/touchpoints/email/unsubscribe/{unsubscribe_token(SECRET.encode(), ann.customer_id)}"
+    html = {"Accept": "text/html"}
+    for resp in (
+        await client.get(path, headers=html),
+        await client.get(path + "x", headers=html),
+        await client.post(path, headers=html, data={"List-Unsubscribe": "One-Click"}),
+    ):
+        assert resp.status in (200, 404)
+        assert {k: resp.headers.get(k) for k in PAGE_HEADERS} == PAGE_HEADERS
+        assert "script-src" not in resp.headers["Content-Security-Policy"]
+    assert (await client.post(path, data={"List-Unsubscribe": "One-Click"})).status == 200
+    for limited in (await client.get(path, headers=html), await client.post(path, data={})):
+        assert limited.status == 429 and int(limited.headers["Retry-After"]) > 0
+    assert len([c for c in (await client.app[HUB].view(ann.customer_id)).consents if c["channel"] == "email"]) == 1
+
+
 async def test_a_template_that_cannot_be_rendered_fails_the_message_at_once(hub_client, inbox, templates):
     (templates / "en" / "broken.txt").write_text("Hello {{ last_name }}\n")
     (templates / "en" / "unclosed.html").write_text("<p>{% if first_name %}Hello</p>\n")
@@ -691,9 +851,9 @@ async def test_no_address_nor_text_of_an_email_in_the_logs(hub_client, inbox, ma
     zelda = "zelda.quartermaine@example.com"
     inbox.refuse.add(zelda)
     assert (await hand_over(hub, msg(to=zelda, first_name="Quartermaine"))).status == "failed"
-    assert mailer.settings is not None and mailer.templates is not None
+    mine = sender(hub)
     with pytest.raises(TransportUnavailable):
-        await send_email(msg(id="act_down", to=zelda), evolve(mailer.settings, port=free_port()), mailer.templates, hub)
+        await send_email(msg(id="act_down", to=zelda), evolve(mine.settings, port=free_port()), mine.templates, hub)
     key = await make_key("touchpoint:email")
     reply = f"From: Quartermaine <{zelda}>\nSubject: Quartermaine\n\nWallaby Way 42\n"
     assert (await post_mail(hub_client, reply, key)).status == 200
@@ -765,8 +925,9 @@ async def test_the_messaging_page_samples(database_url, inbox, tmp_path, monkeyp
 
     # the setup, against the test's SMTP server (no TLS, no login there)
     raw = tomllib.loads(setup)
-    raw["email"] |= {"host": "127.0.0.1", "port": inbox.port, "security": "none", "templates": str(root)}
-    del raw["email"]["username"], raw["email"]["password"]
+    section = raw["touchpoints"]["email"]
+    section |= {"host": "127.0.0.1", "port": inbox.port, "security": "none", "templates": str(root)}
+    del section["username"], section["password"]
     raw["triggers"] |= {"poll_s": 0.02, "quiet_hours": "none"}
     config = Config(database_url=database_url, public_url="https://hub.example.com", raw=Table(raw))
     client = await aiohttp_client(create_app(config))
@@ -799,7 +960,7 @@ async def test_the_messaging_page_samples(database_url, inbox, tmp_path, monkeyp
 
     # the development transport
     dev = tomllib.loads(maildir)
-    dev["email"]["maildir"] = str(tmp_path / dev["email"]["maildir"])
+    dev["touchpoints"]["email"]["maildir"] = str(tmp_path / dev["touchpoints"]["email"]["maildir"])
     settings = email_settings(Config(raw=Table(dev)))
     assert settings is not None and settings.transport == "maildir"
     from prm_email.compose import Templates

@@ -52,11 +52,11 @@ CONFIG = {
         "web": {"snowplow_app_ids": ["shop"]},
         "ivr": {"twilio_auth_token": TWILIO_TOKEN},
         "pos": {"shopify_secret": SHOPIFY_SECRET, "square_signature_key": SQUARE_KEY},
-    },
-    "email": {
-        "from": "hello@shop.example",
-        "secret": "schema-email-secret-0123456789abcdef",
-        "mailgun_signing_key": "k",
+        "email": {
+            "from": "hello@shop.example",
+            "secret": "schema-email-secret-0123456789abcdef",
+            "mailgun_signing_key": "k",
+        },
     },
     "partners": {
         "fieldservice": {

@@ -123,6 +123,9 @@ class Demo:
             "touchpoints": {
                 "ivr": {"twilio_auth_token": self.twilio_token},
                 "callcenter": {"screenpop": {"bus": "local"}},
+                # the email touch point writes each message into a maildir, where the demo reads it
+                "email": {"transport": "maildir", "maildir": str(self.maildir), "from": "Shop <hello@shop.example>",
+                          "reply_to": "replies@shop.example", "secret": self.email_secret},
             },
             "partners": {
                 "fieldservice": {
@@ -159,9 +162,6 @@ class Demo:
                 },
             },
             "offers": {"caps": {"ivr": 1, "pos": 3}},
-            # the email touch point writes each message into a maildir, where the demo reads it
-            "email": {"transport": "maildir", "maildir": str(self.maildir), "from": "Shop <hello@shop.example>",
-                      "reply_to": "replies@shop.example", "secret": self.email_secret},
             "triggers": {
                 "quiet_hours": "none",  # the demo runs at any hour
                 "poll_s": 0.2,

@@ -1,12 +1,12 @@
 """The email touch point: triggers' messages out by SMTP, replies and bounces in.
 
-Registered when ``[email]`` is configured (:mod:`prm_email.settings`): the ``email`` touch
-point (channel ``email``) and its routes (:mod:`prm_email.routes`), and ``prm_send_message``
-for the ``email`` channel (:mod:`prm_email.sending`, :mod:`prm_email.compose`). See
-docs/messaging.md.
-
-The settings of the last hub started in a process are the ones sending uses (one hub per
-process is the deployment; tests start them in turn), as for the partner plugin.
+Registered when ``[touchpoints.email]`` is configured (:mod:`prm_email.settings`): the ``email``
+touch point (channel ``email``) and its routes (:mod:`prm_email.routes`). Each hub that has it
+gets its own :class:`EmailSender` (its settings and templates), registered on the hub's plugin
+manager when the hub has started and unregistered when it stops: it answers
+``prm_send_message`` for the ``email`` channel (:mod:`prm_email.sending`,
+:mod:`prm_email.compose`). The trigger engine starts after the plugins, so the sender is there
+before the first message. See docs/messaging.md.
 """
 
 from __future__ import annotations
@@ -16,39 +16,54 @@ from collections.abc import Awaitable, Iterator, Mapping
 from prm_core.plugin import Config, Hub, Message, MessageResult, TouchPoint, hookimpl
 
 from .compose import Templates
+from .inbound import TOUCHPOINT
 from .routes import routes
 from .sending import send_email
 from .settings import EmailSettings, email_settings
 
-__all__ = ["Mailer", "mailer"]
+__all__ = [
+    "EmailSender",
+    "prm_event_labels",
+    "prm_hub_started",
+    "prm_hub_stopping",
+    "prm_touchpoints",
+    "sender_of",
+]
+
+PLUGIN_NAME = "prm_email.sender"
 
 
-class Mailer:
-    """What sending reads: the settings, the templates and the running hub."""
+class EmailSender:
+    """Sends one hub's email with its settings and templates; registered on the hub's plugin
+    manager while the hub runs."""
 
-    def __init__(self) -> None:
-        self.settings: EmailSettings | None = None
-        self.templates: Templates | None = None
-        self.hub: Hub | None = None
+    def __init__(self, hub: Hub, settings: EmailSettings) -> None:
+        self.hub = hub
+        self.settings = settings
+        self.templates = Templates(settings)
 
-    def configure(self, config: Config) -> EmailSettings | None:
-        self.settings = email_settings(config)
-        self.templates = Templates(self.settings) if self.settings is not None else None
-        return self.settings
+    @hookimpl
+    def prm_send_message(self, message: Message) -> Awaitable[MessageResult] | None:
+        if message.channel != TOUCHPOINT:
+            return None
+        return send_email(message, self.settings, self.templates, self.hub)
 
 
-mailer = Mailer()
+def sender_of(hub: Hub) -> EmailSender | None:
+    """The hub's email sender (registered on its plugin manager while the hub runs)."""
+    found = hub.pm.get_plugin(PLUGIN_NAME)
+    return found if isinstance(found, EmailSender) else None
 
 
 @hookimpl
 def prm_touchpoints(config: Config) -> Iterator[TouchPoint]:
-    settings = mailer.configure(config)
+    settings = email_settings(config)  # a wrong key stops the hub here, naming it
     if settings is None:
-        return
+        return  # not configured: no touch point, no routes
     yield TouchPoint(
-        name="email",
+        name=TOUCHPOINT,
         channel="email",
-        budget_ms=int(config.touchpoint("email").get("budget_ms", 2000)),
+        budget_ms=settings.budget_ms,
         routes=routes(settings),
         description="email: triggers' messages out, replies and bounces in",
     )
@@ -56,25 +71,23 @@ def prm_touchpoints(config: Config) -> Iterator[TouchPoint]:
 
 @hookimpl
 def prm_hub_started(hub: Hub) -> None:
-    if "email" in hub.registrations.touchpoints:
-        mailer.hub = hub
+    """Register the hub's sender, built from the hub's own settings."""
+    settings = email_settings(hub.config)
+    if settings is not None and sender_of(hub) is None:
+        hub.pm.register(EmailSender(hub, settings), name=PLUGIN_NAME)
 
 
 @hookimpl
 def prm_hub_stopping(hub: Hub) -> None:
-    if mailer.hub is hub:
-        mailer.hub = None
-
-
-@hookimpl
-def prm_send_message(message: Message) -> Awaitable[MessageResult] | None:
-    if message.channel != "email" or mailer.settings is None or mailer.templates is None:
-        return None
-    return send_email(message, mailer.settings, mailer.templates, mailer.hub)
+    """Unregister the hub's sender (no message is in flight: the triggers have stopped)."""
+    sender = sender_of(hub)
+    if sender is not None:
+        hub.pm.unregister(sender)
 
 
 @hookimpl
 def prm_event_labels(config: Config) -> Mapping[str, str] | None:
-    if not config.section("email"):
+    """The email touch point's own event types in words (a reply keeps the core's "replied")."""
+    if not config.touchpoint("email"):
         return None
-    return {"message.received": "sent a message", "message.bounced": "an email to them bounced"}
+    return {"message.bounced": "an email to them bounced"}

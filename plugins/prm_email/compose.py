@@ -1,6 +1,6 @@
 """Writing one email from a trigger's message: templates, parts and headers.
 
-**Templates** (Jinja2) live in ``[email] templates``, one directory per locale::
+**Templates** (Jinja2) live in ``[touchpoints.email] templates``, one directory per locale::
 
     templates/en/welcome.txt        the text part
     templates/en/welcome.html       the HTML part (autoescaped)
@@ -9,7 +9,7 @@
 
 The template's name is ``message.data["template"]`` when set, else the trigger's name. The
 locale is the customer's ``locale`` trait (``fr-CA``, then ``fr``), then
-``[email] default_locale``. A template sees ``first_name``, ``text`` (the trigger's own
+``[touchpoints.email] default_locale``. A template sees ``first_name``, ``text`` (the trigger's own
 text, filled in), ``subject``, ``trigger``, ``locale`` and ``unsubscribe_url``. Without a
 template the trigger's text is the text part, and the same text, escaped, the HTML part.
 """
@@ -43,7 +43,7 @@ class TemplateFailed(Exception):
 
 
 class Templates:
-    """The templates of one ``[email] templates`` directory (read once, then cached)."""
+    """The templates of one ``[touchpoints.email] templates`` directory (read once, then cached)."""
 
     def __init__(self, settings: EmailSettings) -> None:
         self.default_locale = settings.default_locale

@@ -2,11 +2,12 @@
 
 - ``POST /v1/touchpoints/email/inbound`` (scope ``touchpoint:email``): one email as raw
   RFC 822 (``Content-Type: message/rfc822``), a reply or a bounce (:mod:`prm_email.inbound`).
-- ``POST /v1/touchpoints/email/mailgun`` (mounted when ``[email] mailgun_signing_key`` is
+- ``POST /v1/touchpoints/email/mailgun`` (mounted when ``[touchpoints.email] mailgun_signing_key`` is
   set): a Mailgun route's ``forward()`` of a received email, parsed fields or ``body-mime``.
   Its signature (HMAC-SHA256 of ``timestamp`` + ``token`` with the webhook signing key) is
-  checked in constant time, and a timestamp more than five minutes away from the hub's clock
-  is refused: a forged or replayed post is a 401 and writes nothing.
+  checked in constant time, a timestamp more than five minutes away from the hub's clock is
+  refused, and so is a token the hub has seen (Mailgun does not sign the body: a captured
+  signature would carry any): a forged or replayed post is a 401 and writes nothing.
 - ``POST /v1/touchpoints/email/mailgun/events`` (mounted with the Mailgun route): Mailgun's
   delivery webhooks, JSON with the same signature; a ``failed`` event of severity
   ``permanent`` is a bounce, a ``complained`` one withdraws marketing consent for email.
@@ -14,7 +15,8 @@
   marketing email (``List-Unsubscribe``). ``GET`` shows a page with one button and changes
   nothing (mail scanners open links); ``POST`` (the button, or a mail client's one-click
   unsubscribe, RFC 8058) withdraws the customer's marketing consent for email. A token that
-  is not the hub's is a 404 and writes nothing.
+  is not the hub's is a 404 and writes nothing. Both are counted by ``[server]
+  rate_limit_keyless`` (429 past it) and send the hub's page headers (no script, no framing).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import html
+import json
 import time
 from typing import Any
 
@@ -31,6 +34,7 @@ from aiohttp import web
 from prm_core.plugin import (
     AUTH_ERRORS,
     HUB,
+    PAGE_HEADERS,
     ApiError,
     Event,
     Identity,
@@ -39,7 +43,7 @@ from prm_core.plugin import (
     RecordedEvent,
     api,
     ingest,
-    new_id,
+    limit_keyless,
     normalize_email,
     read_json,
     require,
@@ -68,6 +72,7 @@ __all__ = ["BASE", "routes"]
 
 BASE = "/v1/touchpoints/email"
 MAILGUN_MAX_AGE_S = 300
+MAILGUN_TOKENS = "mailgun-token"  # the webhook receipts source of the Mailgun tokens seen
 log = structlog.get_logger(__name__)
 
 _RECORDED = '{"recorded": [{"event_id", "type", "duplicate", "customer_id", "dialogue_id", "in_reply_to"}], "ignored"}'
@@ -144,6 +149,28 @@ def mailgun_signed(key: str, timestamp: str, token: str, signature: str, now: fl
     return hmac.compare_digest(expected, signature.strip().lower())
 
 
+async def _verify_mailgun(request: web.Request, key: str, fields: dict[str, str], refused: str) -> None:
+    """A 401 unless Mailgun signed the post recently with a token the hub has not seen.
+
+    Mailgun signs the timestamp and token, not the body: a signature seen once could carry any
+    body for as long as the timestamp is fresh. Each token is spent once, claimed before
+    anything is recorded (of two concurrent posts with it, one goes on). Mailgun signs each
+    attempt anew (its retries come minutes later, past the signature's five minutes), so a
+    token seen again is never Mailgun's: it is refused and writes nothing."""
+    token = fields.get("token", "")
+    if not mailgun_signed(key, fields.get("timestamp", ""), token, fields.get("signature", ""), time.time()):
+        log.warning(refused, reason="signature")
+        raise ApiError(
+            401,
+            "unauthorized",
+            "the Mailgun signature is missing, invalid or too old: Mailgun signs timestamp and token "
+            "with the webhook signing key",
+        )
+    if not await request.app[HUB].mark_delivery_processed(MAILGUN_TOKENS, token):
+        log.warning(refused, reason="replay")
+        raise ApiError(401, "unauthorized", "this Mailgun signature was used already: each token is accepted once")
+
+
 def mailgun_route(settings: EmailSettings) -> web.RouteDef:
     key = settings.mailgun_signing_key
     assert key is not None
@@ -153,7 +180,7 @@ def mailgun_route(settings: EmailSettings) -> web.RouteDef:
         scope=None,
         responses={
             200: _RECORDED,
-            401: "The Mailgun signature is missing, invalid or too old",
+            401: "The Mailgun signature is missing, invalid, too old or used already",
             406: "Not an email the hub can record (Mailgun does not retry it); `field` names the problem",
             413: "The post is larger than the body limit",
             415: "Not a form post",
@@ -165,19 +192,12 @@ def mailgun_route(settings: EmailSettings) -> web.RouteDef:
             raise ApiError(415, "unsupported_media_type", "Mailgun posts a form", "body")
         form = await request.post()
         fields = {k: v for k, v in form.items() if isinstance(v, str)}
-        if not mailgun_signed(
-            key, fields.get("timestamp", ""), fields.get("token", ""), fields.get("signature", ""), time.time()
-        ):
-            log.warning("mailgun post refused", reason="signature")
-            raise ApiError(
-                401,
-                "unauthorized",
-                "the Mailgun signature is missing, invalid or too old: Mailgun signs timestamp and token "
-                "with the webhook signing key",
-            )
+        await _verify_mailgun(request, key, fields, "mailgun post refused")
         try:
             mail = parse_mailgun_form(fields)
-            return await _take(request, settings, mail, raw_digest(fields.get("token", "").encode()))
+            # Mailgun's retry of a post without a Message-ID is signed anew: the same fields, the same event
+            content = sorted((k, v) for k, v in fields.items() if k not in ("timestamp", "token", "signature"))
+            return await _take(request, settings, mail, raw_digest(json.dumps(content).encode()))
         except InvalidInput as exc:
             # Mailgun retries anything but 200 and 406 for hours: bad content is not worth it
             raise ApiError(406, "not_acceptable", exc.message, exc.field) from None
@@ -213,7 +233,7 @@ def _page(status: int, title: str, body: str) -> web.Response:
         status=status,
         text=_PAGE.format(title=html.escape(title), body=body),
         content_type="text/html",
-        headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer", "X-Robots-Tag": "noindex"},
+        headers=PAGE_HEADERS,
     )
 
 
@@ -235,10 +255,15 @@ def unsubscribe_routes(settings: EmailSettings) -> list[web.RouteDef]:
         "The unsubscribe page of a marketing email: one button to confirm; changes nothing",
         scope=None,
         params=params,
-        responses={200: "An HTML page with a form that POSTs to the same URL", 404: "Not a valid unsubscribe link"},
+        responses={
+            200: "An HTML page with a form that POSTs to the same URL",
+            404: "Not a valid unsubscribe link",
+            429: "Too many calls from this address",
+        },
     )
     async def get_unsubscribe(request: web.Request) -> web.Response:
         """Show the confirmation page (a GET never unsubscribes: mail scanners open links)."""
+        limit_keyless(request, "email-unsubscribe")
         if unsubscribed_customer(settings.secret, request.match_info["token"]) is None:
             return _invalid(request)
         body = (
@@ -255,10 +280,15 @@ def unsubscribe_routes(settings: EmailSettings) -> list[web.RouteDef]:
         "Unsubscribe (RFC 8058 one-click, or the page's button): withdraws marketing consent for email",
         scope=None,
         params=params,
-        responses={200: '{"unsubscribed": true} (an HTML page for a browser)', 404: "Not a valid unsubscribe link"},
+        responses={
+            200: '{"unsubscribed": true} (an HTML page for a browser)',
+            404: "Not a valid unsubscribe link",
+            429: "Too many calls from this address",
+        },
     )
     async def post_unsubscribe(request: web.Request) -> web.Response:
         """Record ``consent.revoked`` (purpose ``marketing``, channel ``email``) for the customer."""
+        limit_keyless(request, "email-unsubscribe")
         customer_id = unsubscribed_customer(settings.secret, request.match_info["token"])
         if customer_id is None:
             return _invalid(request)
@@ -271,7 +301,7 @@ def unsubscribe_routes(settings: EmailSettings) -> list[web.RouteDef]:
         if not who:
             return _invalid(request)
         if not _withdrawn(view.consents):  # pressed again, or a link opened twice: one event
-            await ingest(request, [_revocation(who[0])], verified=True)
+            await ingest(request, [_revocation(customer_id, who[0], view.consents)], verified=True)
         if _wants_html(request):
             return _page(200, "You are unsubscribed", "<p>You will receive no more marketing email from us.</p>")
         return web.json_response({"unsubscribed": True})
@@ -287,9 +317,17 @@ def _withdrawn(consents: Any) -> bool:
     )
 
 
-def _revocation(who: Identity) -> Event:
+def _revocation(customer_id: str, who: Identity, consents: Any) -> Event:
+    """The withdrawal; its id derives from the customer, the purpose and channel, and the
+    decision it replaces: two posts at once (a double click, a mail client and its user) record
+    one, and a customer who subscribes again can unsubscribe again."""
+    replaced = next(
+        (c.get("recorded_at", "") for c in consents if c.get("purpose") == "marketing" and c.get("channel") == "email"),
+        "",
+    )
+    digest = hashlib.sha256("\x1f".join((customer_id, "marketing", "email", replaced)).encode()).hexdigest()[:40]
     return Event(
-        id=new_id("unsub"),
+        id=f"email-unsub:{digest}",
         type="consent.revoked",
         occurred_at=utcnow(),
         touchpoint=TOUCHPOINT,
@@ -338,7 +376,7 @@ def mailgun_events_route(settings: EmailSettings) -> web.RouteDef:
         responses={
             200: _RECORDED,
             400: "Malformed JSON",
-            401: "The Mailgun signature is missing, invalid or too old",
+            401: "The Mailgun signature is missing, invalid, too old or used already",
             413: "The post is larger than the body limit",
             422: "JSON the hub cannot keep (a NUL, a number past a double); `field` names it",
         },
@@ -351,16 +389,7 @@ def mailgun_events_route(settings: EmailSettings) -> web.RouteDef:
         body = await read_json(request)
         signed = body.get("signature") if isinstance(body, dict) else None
         fields = {k: str(v) for k, v in signed.items()} if isinstance(signed, dict) else {}
-        if not mailgun_signed(
-            key, fields.get("timestamp", ""), fields.get("token", ""), fields.get("signature", ""), time.time()
-        ):
-            log.warning("mailgun event refused", reason="signature")
-            raise ApiError(
-                401,
-                "unauthorized",
-                "the Mailgun signature is missing, invalid or too old: Mailgun signs timestamp and token "
-                "with the webhook signing key",
-            )
+        await _verify_mailgun(request, key, fields, "mailgun event refused")
         data = body.get("event-data")
         about = _about(data) if isinstance(data, dict) and data.get("event") == "complained" else None
         if about is not None:  # reported as spam: no more marketing email

@@ -9,7 +9,7 @@
   and the trigger engine tries again with backoff. A ``5xx`` refusal of the recipient or the
   message, or an address that is not one, is final: ``MessageResult("failed", reason)``.
 - **Transports**: ``smtp`` (aiosmtplib) by default; ``maildir`` writes each message as an
-  ``.eml`` file into ``[email] maildir`` (``new/``) instead, for development.
+  ``.eml`` file into ``[touchpoints.email] maildir`` (``new/``) instead, for development.
 """
 
 from __future__ import annotations
@@ -39,9 +39,7 @@ class TransportUnavailable(Exception):
     """The mail server could not take the message now: the trigger engine tries again."""
 
 
-async def send_email(message: Message, settings: EmailSettings, templates: Templates, hub: Hub | None) -> MessageResult:
-    if hub is None:
-        raise TransportUnavailable("the hub is still starting")
+async def send_email(message: Message, settings: EmailSettings, templates: Templates, hub: Hub) -> MessageResult:
     if message.to is None:
         return MessageResult("failed", "the customer has no email address")
     try:

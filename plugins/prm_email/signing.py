@@ -1,4 +1,4 @@
-"""What the email touch point signs with ``[email] secret`` (HMAC-SHA256, compared in constant time).
+"""What the email touch point signs with ``[touchpoints.email] secret`` (HMAC-SHA256, compared in constant time).
 
 - **Message-IDs**: ``<MESSAGE.ID.TAG@DOMAIN>``, ``TAG`` binding the hub's message id to the
   address it was sent to. The same message handed over again gets the same Message-ID; a

@@ -29,6 +29,7 @@ from .state import HUB, HUB_METRICS
 
 __all__ = [
     "MAX_DEPTH",
+    "PAGE_HEADERS",
     "POSITION_HEADER",
     "accept",
     "answer_request",
@@ -96,6 +97,17 @@ def parse_json_body(raw: bytes | str, *, field: str | None = None, decimals: boo
 
 
 EVENT_SCHEMA = {"$ref": "#/components/schemas/Event"}
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'",
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",  # the token is in the address: never sent on
+    "X-Robots-Tag": "noindex",
+}
+"""The headers of an HTML page a customer opens from a link that carries a token (a survey,
+an unsubscribe page): no script, no outside resource, forms posting back to the hub only, no
+framing; never cached, never indexed, and the address (the token) never sent on as a referrer."""
+
 AUTH_ERRORS = {401: "No key, or an invalid one", 403: "The key's scope does not grant this"}
 WRITE_ERRORS = {
     **AUTH_ERRORS,

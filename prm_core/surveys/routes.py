@@ -22,7 +22,7 @@ from aiohttp import web
 from ..errors import InvalidInput, NotFound
 from ..server.auth import limit_keyless
 from ..server.errors import ApiError
-from ..server.routes import api, read_json
+from ..server.routes import PAGE_HEADERS, api, read_json
 from ..server.state import HUB
 from ..store.tables import utcnow
 from .links import BadToken, read_token
@@ -31,13 +31,7 @@ from .scales import SCALES, category
 __all__ = ["survey_routes"]
 
 routes = web.RouteTableDef()
-HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
-    "frame-ancestors 'none'; base-uri 'none'",
-    "Cache-Control": "no-store",
-    "Referrer-Policy": "no-referrer",  # the token is in the address: never sent on
-    "X-Robots-Tag": "noindex",
-}
+HEADERS = PAGE_HEADERS
 QUESTIONS = {
     "csat": "How satisfied are you with your recent experience?",
     "nps": "How likely are you to recommend us to a friend or colleague?",
