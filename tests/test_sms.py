@@ -420,6 +420,36 @@ async def test_a_forged_webhook_is_401_and_writes_nothing(hub_client, how):
     assert await counts(hub) == before
 
 
+async def test_a_webhook_signed_with_hmac_sha256_is_taken(hub_client):
+    """An account whose webhooks are signed with HMAC-SHA256 (named in the signature settings
+    header) is checked with that algorithm; an algorithm the library cannot verify is a 401."""
+    hub = hub_of(hub_client)
+    ann = await known_customer(hub)
+    settings = "key=webhooks_sharedkey_0123,algorithm=HMAC_SHA256"
+
+    async def signed(path: str, params: dict[str, str], algorithm: str, header: str) -> Any:
+        signature = signer.compute_signature(PUBLIC + path, params, algorithm)
+        headers = {"X-Twilio-Signature": signature, "X-Twilio-Webhooks-Signature-Settings": header}
+        return await hub_client.post(path, data=params, headers=headers)
+
+    params = inbound("SM" + "5" * 32, "Thanks, 5")
+    # signed with SHA-1 while the header names SHA-256: forged
+    assert (await signed(f"{BASE}/inbound", params, "HMAC_SHA1", settings)).status == 401
+    before = await counts(hub)
+    refused = await signed(f"{BASE}/inbound", params, "HMAC_SHA1", "key=k,algorithm=HMAC_MD5")
+    assert refused.status == 401
+    assert (await refused.json())["error"]["field"] == "X-Twilio-Webhooks-Signature-Settings"
+    assert await counts(hub) == before
+    resp = await signed(f"{BASE}/inbound", params, "HMAC_SHA256", settings)
+    assert resp.status == 200, await resp.text()
+    (received,) = await sms_events(hub, "message.received")
+    assert (received.customer_id, received.data["text"]) == (ann.customer_id, "Thanks, 5")
+    resp = await signed(f"{BASE}/status", status_params("SM" + "6" * 32, "delivered"), "HMAC_SHA256", settings)
+    assert resp.status == 200, await resp.text()
+    (status,) = await sms_events(hub, "message.status")
+    assert status.data["status"] == "delivered"
+
+
 async def test_stop_start_and_help_keywords(hub_client):
     hub = hub_of(hub_client)
     ann = await known_customer(hub)
