@@ -19,7 +19,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import phonenumbers
 from attrs import frozen
 
 from prm_core.plugin import Event, Hub, Identity, NotFound, utcnow
@@ -28,7 +27,6 @@ __all__ = [
     "CHANNEL",
     "TOUCHPOINT",
     "Thread",
-    "e164",
     "latest_sent",
     "phone_identities",
     "sent_event_id",
@@ -40,18 +38,6 @@ TOUCHPOINT = "sms"
 CHANNEL = "sms"
 SENT_PREFIX = "sms:sent:"
 _PAGES, _PAGE = 3, 100  # how far back the latest message to a number is looked for
-
-
-def e164(raw: str, region: str) -> str:
-    """``raw`` as an E.164 number (``phonenumbers``, national numbers in ``region``) when it can
-    be one; ``ValueError`` else. Twilio itself refuses a number no carrier has (21211)."""
-    try:
-        number = phonenumbers.parse(raw, region)
-    except phonenumbers.NumberParseException:
-        raise ValueError("is not a phone number") from None
-    if not phonenumbers.is_possible_number(number):
-        raise ValueError("is not a possible phone number")
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
 def phone_identities(hub: Hub, raw: str | None) -> tuple[Identity, ...]:

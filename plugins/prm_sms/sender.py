@@ -31,9 +31,9 @@ from twilio.base.exceptions import TwilioRestException, TwilioServiceException
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
 
-from prm_core.plugin import Hub, Identity, Message, MessageResult, hookimpl, utcnow
+from prm_core.plugin import Hub, Identity, Message, MessageResult, hookimpl, normalize_phone, utcnow
 
-from .records import CHANNEL, TOUCHPOINT, e164, sent_event_id, set_sms_suppression, sms_event
+from .records import CHANNEL, TOUCHPOINT, sent_event_id, set_sms_suppression, sms_event
 from .settings import SmsSettings
 
 __all__ = ["ERRORS", "SmsSender", "TwilioUnavailable"]
@@ -93,7 +93,7 @@ class SmsSender:
         if not message.to:
             return MessageResult("failed", "the customer has no phone number")
         try:
-            to = e164(message.to, self.hub.config.default_region)
+            to = normalize_phone(message.to, self.hub.config.default_region)
         except ValueError:
             return MessageResult("failed", "the customer's phone number is not a phone number")
         record_id = sent_event_id(message.id)
