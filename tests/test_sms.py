@@ -171,6 +171,21 @@ def message(
     )
 
 
+async def texted(hub: Hub, phone: str = ANN, visit_id: str = "v1") -> Any:
+    """A visit of the customer of ``phone``: the trigger texts them; its ``message.sent`` row."""
+    visit = {"id": visit_id, "type": "store.visit", "occurred_at": utcnow().isoformat(), "identities": {"phone": phone}}
+    (recorded,) = await hub.record(hub.parse_events({"events": [visit]}, "web"))
+
+    async def sent() -> Any:
+        e = events.c
+        q = sa.select(events).where(
+            e.touchpoint == "sms", e.type == "message.sent", e.customer_id == recorded.customer_id
+        )
+        return await hub.store.read(lambda conn: conn.execute(q).first())
+
+    return await until(sent)
+
+
 def twiml_messages(text: str) -> list[str]:
     root = etree.fromstring(text.encode())
     assert root.tag == "Response"
@@ -228,6 +243,30 @@ async def test_a_trigger_texts_through_twilio_and_the_answer_joins_its_dialogue(
         message_sent.dialogue_id,
         "inbound",
     )
+
+
+async def test_an_answer_joins_the_latest_message_however_long_the_timeline_since(hub_client):
+    """The message an answer replies to is found by one query, however many events the
+    customer has had since it was sent; a message to another customer is not it."""
+    hub = hub_of(hub_client)
+    ann = await known_customer(hub)
+    sent = await texted(hub)
+    await texted(hub, "+14155550177", "v2")  # Bob's, later
+    pages = [
+        {"id": f"p{n}", "type": "page", "occurred_at": utcnow().isoformat(), "identities": {"phone": ANN}}
+        for n in range(320)
+    ]
+    await hub.record(hub.parse_events({"events": pages}, "web"))
+    resp = await post(hub_client, f"{BASE}/inbound", inbound("SM" + "9" * 32, "Still thinking about it"))
+    assert resp.status == 200
+    (received,) = await sms_events(hub, "message.received")
+    assert received.data["in_reply_to"] == sent.data["message_id"]
+    assert (received.customer_id, received.dialogue_id) == (ann.customer_id, sent.dialogue_id)
+    # a number the hub never texted: no thread
+    resp = await post(hub_client, f"{BASE}/inbound", inbound("SM" + "8" * 32, "Who is this?", sender="+14155550188"))
+    assert resp.status == 200
+    stranger = [e for e in await sms_events(hub, "message.received") if e.event_id.endswith("8" * 32)]
+    assert [e.data["in_reply_to"] for e in stranger] == [None]
 
 
 async def test_through_the_trigger_engine_twilio_down_is_retried_and_a_refusal_fails_the_run(hub_client, twilio):
@@ -610,24 +649,24 @@ async def test_the_documented_sms_samples(hub_client, twilio):
         method, path = line.split()[:2]
         assert (method, path.split("?")[0]) in mounted, line
     await known_customer(hub)
-    sent = await hub.pm.hook.prm_send_message(message=message())
-    assert sent.status == "sent"
+    sent = await texted(hub)
+    message_id, sid = sent.data["message_id"], sent.data["ref"]
     (accepted,) = await sms_events(hub, "message.status")
     resp = await post(hub_client, f"{BASE}/inbound", inbound("SM" + "f" * 32, "5, he was great"))
     assert resp.status == 200
     (received,) = await sms_events(hub, "message.received")
     shown = json.loads(received_shown)
     assert (shown["type"], shown["touchpoint"], shown["direction"]) == (received.type, "sms", received.direction)
-    assert set(shown["data"]) == set(received.data) and received.data["in_reply_to"] == message().id
+    assert set(shown["data"]) == set(received.data) and received.data["in_reply_to"] == message_id
     assert (
         received.identities == [f"phone:{shown['identities']['phone']}"]
-        and received.dialogue_id == accepted.dialogue_id
+        and received.dialogue_id == accepted.dialogue_id == sent.dialogue_id
     )
-    path = f"{BASE}/status?message={message().id}"
-    resp = await post(hub_client, path, status_params(sent.ref, "undelivered", "30005"))
+    path = f"{BASE}/status?message={message_id}"
+    resp = await post(hub_client, path, status_params(sid, "undelivered", "30005"))
     assert resp.status == 200
     (status,) = [e for e in await sms_events(hub, "message.status") if e.data["status"] == "undelivered"]
     shown = json.loads(status_shown)
     assert shown["type"] == status.type and set(shown["data"]) == set(status.data)
-    assert status.data == {**shown["data"], "message_id": message().id, "sid": sent.ref}
+    assert status.data == {**shown["data"], "message_id": message_id, "sid": sid}
     assert status.dialogue_id == accepted.dialogue_id

@@ -2,8 +2,9 @@
 
 - ``sms:sent:<message id>`` (``message.status``, outbound, ``data.status`` Twilio's first
   status, ``queued`` or ``accepted``): Twilio accepted the message, under ``data.sid``. It is
-  the durable record that a message handed over again is not sent again, and the thread an
-  answer joins (``in_reply_to`` and the dialogue are the latest such event's on the number).
+  the durable record that a message handed over again is not sent again. The thread an
+  answer joins (``in_reply_to`` and the dialogue) is the trigger engine's ``message.sent`` of
+  the latest message sent to the number's customer from ``sms``.
 - ``sms:refused:<message id>`` (``message.status``, ``failed``): Twilio refused it for good.
 - ``sms:status:<MessageSid>:<status>`` (``message.status``): a delivery status callback.
 - ``sms:in:<MessageSid>`` (``message.received``, inbound): a message from the customer, with
@@ -37,7 +38,6 @@ __all__ = [
 TOUCHPOINT = "sms"
 CHANNEL = "sms"
 SENT_PREFIX = "sms:sent:"
-_PAGES, _PAGE = 3, 100  # how far back the latest message to a number is looked for
 
 
 def phone_identities(hub: Hub, raw: str | None) -> tuple[Identity, ...]:
@@ -89,26 +89,16 @@ class Thread:
 
 
 async def latest_sent(hub: Hub, identities: tuple[Identity, ...]) -> Thread | None:
-    """The latest message Twilio accepted for the customer of this number, newest first on
-    their timeline (the last few hundred events), or ``None``."""
+    """The latest message the hub sent from the ``sms`` touch point to the customer of this
+    number (its ``message.sent`` event, :meth:`Hub.latest_sent_message`), or ``None``."""
     if not identities:
         return None
     ref = f"{identities[0].namespace}:{identities[0].value}"
-    cursor: str | None = None
-    for _ in range(_PAGES):
-        try:
-            view = await hub.view(ref, cursor=cursor, limit=_PAGE)
-        except NotFound:
-            return None
-        for entry in view.timeline:
-            if entry.touchpoint == TOUCHPOINT and entry.event_id.startswith(SENT_PREFIX):
-                message_id = entry.data.get("message_id")
-                if isinstance(message_id, str):
-                    return Thread(message_id, entry.dialogue)
-        cursor = view.next_cursor
-        if cursor is None:
-            return None
-    return None
+    sent = await hub.latest_sent_message(ref, touchpoint=TOUCHPOINT, channel=CHANNEL)
+    message_id = sent.event.data.get("message_id") if sent is not None else None
+    if sent is None or not isinstance(message_id, str):
+        return None
+    return Thread(message_id, sent.dialogue_id)
 
 
 async def set_sms_suppression(hub: Hub, customer_id: str, suppress: bool, traits: Mapping[str, Any]) -> None:
