@@ -350,6 +350,13 @@ async def test_the_recipient_unsubscribed_at_twilio_fails_the_message_and_suppre
     traits = await traits_of(hub, ann.customer_id)
     assert traits["suppressed"] == ["sms"] and traits["sms_undeliverable"]["error_code"] == 21610
     assert suppressed(traits, "sms") and not suppressed(traits, "email")
+    (bounced,) = await sms_events(hub, "message.bounced")
+    assert bounced.data == {"channel": "sms", "status": "failed", "in_reply_to": message().id, "error_code": 21610}
+    assert (bounced.customer_id, bounced.direction) == (ann.customer_id, "inbound")
+    # a refusal retrying cannot fix, but not a permanent code: no bounce
+    twilio.fail_next = [(400, 21617, "The concatenated message body exceeds the 1600 character limit.")]
+    assert (await hub.pm.hook.prm_send_message(message=message("act_" + "2" * 40))).status == "failed"
+    assert len(await sms_events(hub, "message.bounced")) == 1
 
 
 async def test_a_message_due_before_the_sender_started_is_retried_not_lost(hub):
@@ -558,6 +565,40 @@ async def test_a_permanent_delivery_failure_suppresses_sms(hub_client, status, c
     assert suppressed(traits, "sms") is suppress
     if suppress:
         assert traits["sms_undeliverable"]["error_code"] == int(code or 0)
+    bounced = await sms_events(hub, "message.bounced")
+    assert [(b.event_id, b.data) for b in bounced] == (
+        [
+            (
+                f"sms:bounced:SM{'d' * 32}",
+                {"channel": "sms", "status": status, "in_reply_to": None, "error_code": int(code or 0)},
+            )
+        ]
+        if suppress
+        else []
+    )
+
+
+async def test_a_permanent_failure_is_a_bounce_once_per_message(hub_client):
+    """A permanent failure of a message the hub sent is a ``message.bounced`` in its dialogue,
+    as the email touch point records one, recorded once however many statuses tell of it."""
+    hub = hub_of(hub_client)
+    ann = await known_customer(hub)
+    sent = await texted(hub)
+    message_id, sid = sent.data["message_id"], sent.data["ref"]
+    path = f"{BASE}/status?{urlencode({'message': message_id})}"
+    for status in ("sent", "undelivered", "failed"):
+        resp = await post(hub_client, path, status_params(sid, status, None if status == "sent" else "30005"))
+        assert resp.status == 200
+    (bounced,) = await sms_events(hub, "message.bounced")
+    (shown,) = doc_blocks("test_a_permanent_failure_is_a_bounce_once_per_message")
+    shown = json.loads(shown)
+    assert (bounced.type, bounced.direction) == (shown["type"], shown["direction"])
+    assert set(bounced.data) == set(shown["data"])
+    assert bounced.data == {"channel": "sms", "status": "undelivered", "in_reply_to": message_id, "error_code": 30005}
+    assert bounced.event_id == f"sms:bounced:{message_id}"
+    assert (bounced.customer_id, bounced.dialogue_id) == (ann.customer_id, sent.dialogue_id)
+    assert bounced.identities == [f"phone:{ANN}"]
+    assert suppressed(await traits_of(hub, ann.customer_id), "sms")
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,11 @@
   the latest message sent to the number's customer from ``sms``.
 - ``sms:refused:<message id>`` (``message.status``, ``failed``): Twilio refused it for good.
 - ``sms:status:<MessageSid>:<status>`` (``message.status``): a delivery status callback.
+- ``sms:bounced:<message id>`` (``message.bounced``, inbound): the message failed for good
+  (one of ``permanent_error_codes``, when Twilio refused it or in a ``failed`` or
+  ``undelivered`` status), with ``data`` ``{"channel": "sms", "status", "in_reply_to",
+  "error_code"}`` as the email touch point records a bounce, in the message's dialogue; once
+  per message (keyed by the ``MessageSid`` when a status names no message of the hub's).
 - ``sms:in:<MessageSid>`` (``message.received``, inbound): a message from the customer, with
   ``data`` ``{"channel": "sms", "text", "in_reply_to"}``; a STOP or START adds
   ``consent.revoked`` / ``consent.granted`` (``sms:in:<MessageSid>:consent``).
@@ -28,6 +33,7 @@ __all__ = [
     "CHANNEL",
     "TOUCHPOINT",
     "Thread",
+    "bounce_event",
     "latest_sent",
     "phone_identities",
     "sent_event_id",
@@ -77,6 +83,24 @@ def sms_event(
         data=dict(data),
         dialogue=dialogue,
         dialogue_id=dialogue_id,
+    )
+
+
+def bounce_event(
+    key: str,
+    identities: tuple[Identity, ...],
+    *,
+    status: str,
+    error_code: int,
+    message_id: str | None,
+    dialogue: str | None = None,
+    dialogue_id: str | None = None,
+) -> Event:
+    """The ``message.bounced`` event of a message that failed for good: ``key`` is the
+    message's id (or Twilio's SID of it), so it is recorded once per message."""
+    data = {"channel": CHANNEL, "status": status, "in_reply_to": message_id, "error_code": error_code}
+    return sms_event(
+        f"sms:bounced:{key}", "message.bounced", identities, data, dialogue=dialogue, dialogue_id=dialogue_id
     )
 
 

@@ -17,7 +17,7 @@ connection is a failure for now (an exception: the trigger engine retries with b
 so is 401 or 404 (the account SID or auth token is wrong: fixing the configuration fixes it).
 Any other 4xx is a refusal retrying cannot fix (``MessageResult("failed")``, naming Twilio's
 error code); one of ``permanent_error_codes`` (not a valid number, the recipient replied
-STOP) also suppresses SMS for the customer.
+STOP) is also recorded as ``message.bounced`` and suppresses SMS for the customer.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from twilio.rest import Client
 
 from prm_core.plugin import Hub, Identity, Message, MessageResult, hookimpl, normalize_phone, utcnow
 
-from .records import CHANNEL, TOUCHPOINT, sent_event_id, set_sms_suppression, sms_event
+from .records import CHANNEL, TOUCHPOINT, bounce_event, sent_event_id, set_sms_suppression, sms_event
 from .settings import SmsSettings
 
 __all__ = ["ERRORS", "SmsSender", "TwilioUnavailable"]
@@ -139,8 +139,15 @@ class SmsSender:
         reason = f"Twilio refused it: {reason_of(code)}"
         data = {"channel": CHANNEL, "status": "failed", "message_id": message.id, "error_code": code}
         event = sms_event(f"sms:refused:{message.id}", "message.status", _phone(to), data, direction="outbound")
-        (recorded,) = await self.hub.record([event])
-        if code in self.settings.permanent_error_codes:
+        permanent = code is not None and code in self.settings.permanent_error_codes
+        batch = [event]
+        if code is not None and permanent:
+            bounce = bounce_event(
+                message.id, _phone(to), status="failed", error_code=code, message_id=message.id, dialogue=message.id
+            )
+            batch.append(bounce)
+        recorded, *_ = await self.hub.record(batch)
+        if permanent:
             await set_sms_suppression(
                 self.hub, recorded.customer_id, True, {"sms_undeliverable": {"error_code": code, "at": _now()}}
             )

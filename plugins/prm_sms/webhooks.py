@@ -13,7 +13,8 @@ first, HTTP POST; the second is the ``StatusCallback`` the hub gives each messag
 - ``POST /v1/touchpoints/sms/twilio/status?message=<id>``: a delivery status (``queued``,
   ``sent``, ``delivered``, ``undelivered``, ``failed``, ...), recorded as ``message.status``
   in the message's dialogue. ``failed`` or ``undelivered`` with one of
-  ``permanent_error_codes`` suppresses SMS for the customer (``sms_undeliverable`` says why).
+  ``permanent_error_codes`` is also recorded as ``message.bounced`` (once per message) and
+  suppresses SMS for the customer (``sms_undeliverable`` says why).
 
 Every request is checked with the ``twilio`` library's ``RequestValidator`` against
 ``callback_url`` + the path and query Twilio called, before anything is read from it, with
@@ -34,7 +35,16 @@ from twilio.twiml.messaging_response import MessagingResponse
 
 from prm_core.plugin import HUB, ApiError, Hub, RecordedEvent, api, utcnow
 
-from .records import CHANNEL, Thread, latest_sent, phone_identities, sent_event_id, set_sms_suppression, sms_event
+from .records import (
+    CHANNEL,
+    Thread,
+    bounce_event,
+    latest_sent,
+    phone_identities,
+    sent_event_id,
+    set_sms_suppression,
+    sms_event,
+)
 from .settings import SmsSettings
 from .signatures import TwilioSignature
 
@@ -169,8 +179,16 @@ class SmsWebhooks:
             f"sms:status:{sid}:{status}", "message.status", phone_identities(hub, params.get("To")), data,
             direction="outbound", dialogue_id=thread.dialogue_id if thread else None,
         )  # fmt: skip
-        (recorded,) = await hub.record([event])
-        if status in ("failed", "undelivered") and code in self.settings.permanent_error_codes and event.identities:
+        permanent = status in ("failed", "undelivered") and code in self.settings.permanent_error_codes
+        batch = [event]
+        if permanent and code is not None and (event.identities or thread is not None):
+            bounce = bounce_event(
+                message_id or sid, event.identities, status=status, error_code=code, message_id=message_id,
+                dialogue_id=thread.dialogue_id if thread else None,
+            )  # fmt: skip
+            batch.append(bounce)
+        recorded, *_ = await hub.record(batch)
+        if permanent and event.identities:
             at = utcnow().isoformat().replace("+00:00", "Z")
             await set_sms_suppression(
                 hub, recorded.customer_id, True, {"sms_undeliverable": {"error_code": code, "at": at}}
