@@ -323,6 +323,38 @@ async def test_accepted_but_not_recorded_is_recorded_on_the_retry_without_a_seco
     assert accepted.data["sid"] == result.ref
 
 
+async def test_what_twilio_accepted_is_kept_unrecorded_for_a_while_and_a_few_messages(hub, twilio, monkeypatch):
+    """The SIDs kept while the database is away are bounded: the oldest goes beyond
+    MAX_UNRECORDED, any older than UNRECORDED_TTL_S goes; a retry records what is kept even
+    when the customer's number is gone meanwhile (the message is sent: the run must not fail)."""
+    import prm_sms.sender
+
+    sender = sender_of(hub)
+    assert sender is not None
+
+    async def store_away(self: Hub, batch: Any) -> Any:
+        raise ConnectionError("the database is away")
+
+    ids = [f"act_{n}" + "3" * 40 for n in range(4)]
+    monkeypatch.setattr(prm_sms.sender, "MAX_UNRECORDED", 3)
+    with monkeypatch.context() as patched:
+        patched.setattr(Hub, "record", store_away)
+        for message_id in ids:
+            with pytest.raises(ConnectionError):
+                await hub.pm.hook.prm_send_message(message=message(message_id))
+    assert list(sender.unrecorded) == ids[1:] and len(twilio.messages) == 4
+    # the number is gone by the retry: what Twilio accepted is recorded, not failed, not sent again
+    result = await hub.pm.hook.prm_send_message(message=message(ids[1], to=None))
+    assert result.status == "sent" and result.ref.startswith("SM")
+    assert list(sender.unrecorded) == ids[2:] and len(twilio.messages) == 4
+    (accepted,) = await sms_events(hub, "message.status")
+    assert (accepted.data["message_id"], accepted.data["sid"]) == (ids[1], result.ref)
+    assert accepted.identities == [f"phone:{ANN}"]
+    monkeypatch.setattr(prm_sms.sender, "UNRECORDED_TTL_S", 0.0)
+    await hub.pm.hook.prm_send_message(message=message("act_" + "4" * 40))
+    assert sender.unrecorded == {}
+
+
 async def test_twilio_down_or_busy_is_retried_and_a_refusal_is_final(hub, twilio):
     twilio.fail_next = [(500, 20500, "Internal Server Error"), (503, 20503, "Service Unavailable"),
                         (429, 20429, "Too Many Requests")]  # fmt: skip
