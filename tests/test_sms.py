@@ -391,6 +391,11 @@ async def test_the_recipient_unsubscribed_at_twilio_fails_the_message_and_suppre
     assert len(await sms_events(hub, "message.bounced")) == 1
 
 
+async def test_an_answer_reads_as_the_cores_replied(hub):
+    assert hub.event_labels["message.received"] == "replied"
+    assert hub.event_labels["message.status"] == "message status"
+
+
 async def test_a_message_due_before_the_sender_started_is_retried_not_lost(hub):
     """The trigger engine starts before the plugins' prm_hub_started: an SMS handed over in
     between meets the plugin's module-level implementation, which fails it for now."""
