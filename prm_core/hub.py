@@ -723,6 +723,33 @@ class Hub:
 
         return await self.store.read(read)
 
+    async def latest_sent_message(
+        self, ref: str, *, touchpoint: str, channel: str | None = None
+    ) -> RecordedEvent | None:
+        """The latest message the hub sent to the customer ``ref`` names (an id or
+        ``namespace:value``, followed through merges) from ``touchpoint`` (on ``channel``,
+        when given): its ``message.sent`` event, whose ``data["message_id"]`` is the
+        ``Message.id`` and ``dialogue_id`` its dialogue; ``None`` when the hub sent them none
+        there, or ``ref`` names no customer. A touch point threads a customer's answer into
+        it. One query, on the customer's timeline index, newest first."""
+        namespaces = self.registrations.namespaces.items
+
+        def read(conn: Connection) -> RecordedEvent | None:
+            try:
+                cid = resolve_ref(conn, ref, namespaces, self.config.default_region)
+            except NotFound:
+                return None
+            e = events.c
+            q = sa.select(events).where(
+                e.customer_id == cid, e.touchpoint == touchpoint, e.type == "message.sent", e.direction == "outbound"
+            )
+            if channel is not None:
+                q = q.where(e.data["channel"].as_string() == channel)
+            row = conn.execute(q.order_by(e.occurred_at.desc(), e.seq.desc()).limit(1)).first()
+            return _recorded(row) if row is not None else None
+
+        return await self.store.read(read)
+
     async def shared_identities(self, seen: Sequence[Identity]) -> list[Identity]:
         """Those of ``seen`` that are shared (a household phone): marked so with
         :meth:`set_shared`, or in a namespace that is shared (declared by its plugin or in

@@ -30,6 +30,7 @@ CORE_LABELS: Mapping[str, str] = {
     "consent.withdrawn": "withdrew consent",
     "message.sent": "was sent a message",
     "message.received": "replied",
+    "message.bounced": "a message to them bounced",
     "survey.answered": "answered a survey",
 }
 

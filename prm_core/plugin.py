@@ -21,7 +21,8 @@ What is here, by use:
 - **The hub**: :class:`Hub`, and in a route ``request.app[HUB]``. Besides recording
   (:meth:`Hub.record`), asking for value (:meth:`Hub.request`) and the 360 view
   (:meth:`Hub.view`), it reads back what a touch point recorded
-  (:meth:`Hub.recorded`, :meth:`Hub.find_event_id`), which identities are shared
+  (:meth:`Hub.recorded`, :meth:`Hub.find_event_id`), the latest message the hub sent a
+  customer from a touch point (:meth:`Hub.latest_sent_message`), which identities are shared
   (:meth:`Hub.shared_identities`), which webhook deliveries were processed
   (:meth:`Hub.delivery_processed`, :meth:`Hub.mark_delivery_processed`) and a dialogue's
   partner work (:meth:`Hub.dialogue_fulfillments`). A touch point that learns a customer

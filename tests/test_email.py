@@ -397,15 +397,19 @@ async def test_the_settings_are_the_touch_points_table(hub_client):
     assert config_warnings(stray, ["email"]) == ["[email] is not a table the hub reads"]
 
 
-def test_a_reply_keeps_the_cores_label():
+def test_a_reply_and_a_bounce_keep_the_cores_labels():
+    """Email and SMS record the same message events: their words are the core's, whichever
+    touch points are configured."""
     import prm_email
+    import prm_sms
 
-    from prm_core.labels import CORE_LABELS, merge_labels
+    from prm_core.labels import merge_labels
 
     config = Config(raw={"touchpoints": {"email": {"from": "hello@shop.example", "secret": SECRET}}})
-    labels = merge_labels([prm_email.prm_event_labels(config)])
-    assert labels["message.received"] == CORE_LABELS["message.received"] == "replied"
-    assert labels["message.bounced"] == "an email to them bounced"
+    assert not hasattr(prm_email, "prm_event_labels")
+    labels = merge_labels([prm_sms.prm_event_labels(config)])
+    assert labels["message.received"] == "replied"
+    assert labels["message.bounced"] == "a message to them bounced"
 
 
 # ---- end to end: a trigger's message, a reply, a bounce, an unsubscribe -----------------

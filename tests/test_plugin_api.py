@@ -7,7 +7,7 @@ import asyncio
 import subprocess
 import sys
 import tomllib
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -27,6 +27,7 @@ def test_every_name_of_the_plugin_api_is_there():
     missing = [name for name in prm_core.plugin.__all__ if not hasattr(prm_core.plugin, name)]
     assert not missing
     assert prm_core.plugin.Hub.recorded.__doc__ and prm_core.plugin.Hub.find_event_id.__doc__
+    assert prm_core.plugin.Hub.latest_sent_message.__doc__
 
 
 def _lint_imports(*args: str, cwd: Path = ROOT, pythonpath: str = "") -> subprocess.CompletedProcess[str]:
@@ -204,3 +205,36 @@ async def test_a_bounce_and_a_stop_at_once_both_suppress(hub):
         traits = (await hub.view(p.customer_id)).customer.traits
         assert sorted(traits["suppressed"]) == ["chat", "email", "sms"], traits
         assert traits["sms_opted_out"] == "2026-11-23T09:00:00Z"
+
+
+async def test_the_latest_message_sent_to_a_customer_from_a_touch_point(hub):
+    ann = (Identity("phone", "+14155550123"),)
+
+    def sent(n: int, touchpoint: str, hours: int, channel: str, type: str = "message.sent") -> Event:
+        return Event(
+            id=f"m{n}", type=type, occurred_at=AT + timedelta(hours=hours), touchpoint=touchpoint, identities=ann,
+            direction="outbound" if type == "message.sent" else "inbound", dialogue=f"act_{n}",
+            data={"channel": channel, "message_id": f"act_{n}"},
+        )  # fmt: skip
+
+    recorded = await hub.record(
+        [
+            sent(1, "web", 0, "sms"),
+            sent(2, "web", 1, "sms"),
+            sent(3, "web", 2, "push"),
+            sent(4, "pos", 3, "sms"),
+            sent(5, "web", 4, "sms", type="message.received"),  # the customer's, not the hub's
+        ]
+    )
+    by_id = {r.event.id: r for r in recorded}
+    latest = await hub.latest_sent_message("phone:(415) 555-0123", touchpoint="web")
+    assert latest is not None and latest.event.id == "m3"
+    on_sms = await hub.latest_sent_message(recorded[0].customer_id, touchpoint="web", channel="sms")
+    assert on_sms is not None and on_sms.event.id == "m2"
+    assert (on_sms.event.data["message_id"], on_sms.dialogue_id) == ("act_2", by_id["m2"].dialogue_id)
+    assert on_sms.customer_id == recorded[0].customer_id and on_sms.event.type == "message.sent"
+    at_pos = await hub.latest_sent_message("phone:+14155550123", touchpoint="pos", channel="sms")
+    assert at_pos is not None and at_pos.event.id == "m4"
+    assert await hub.latest_sent_message("phone:+14155550123", touchpoint="web", channel="email") is None
+    assert await hub.latest_sent_message("phone:+14155550199", touchpoint="web") is None
+    assert await hub.latest_sent_message("cus_unknown", touchpoint="web") is None

@@ -171,6 +171,21 @@ def message(
     )
 
 
+async def texted(hub: Hub, phone: str = ANN, visit_id: str = "v1") -> Any:
+    """A visit of the customer of ``phone``: the trigger texts them; its ``message.sent`` row."""
+    visit = {"id": visit_id, "type": "store.visit", "occurred_at": utcnow().isoformat(), "identities": {"phone": phone}}
+    (recorded,) = await hub.record(hub.parse_events({"events": [visit]}, "web"))
+
+    async def sent() -> Any:
+        e = events.c
+        q = sa.select(events).where(
+            e.touchpoint == "sms", e.type == "message.sent", e.customer_id == recorded.customer_id
+        )
+        return await hub.store.read(lambda conn: conn.execute(q).first())
+
+    return await until(sent)
+
+
 def twiml_messages(text: str) -> list[str]:
     root = etree.fromstring(text.encode())
     assert root.tag == "Response"
@@ -230,6 +245,30 @@ async def test_a_trigger_texts_through_twilio_and_the_answer_joins_its_dialogue(
     )
 
 
+async def test_an_answer_joins_the_latest_message_however_long_the_timeline_since(hub_client):
+    """The message an answer replies to is found by one query, however many events the
+    customer has had since it was sent; a message to another customer is not it."""
+    hub = hub_of(hub_client)
+    ann = await known_customer(hub)
+    sent = await texted(hub)
+    await texted(hub, "+14155550177", "v2")  # Bob's, later
+    pages = [
+        {"id": f"p{n}", "type": "page", "occurred_at": utcnow().isoformat(), "identities": {"phone": ANN}}
+        for n in range(320)
+    ]
+    await hub.record(hub.parse_events({"events": pages}, "web"))
+    resp = await post(hub_client, f"{BASE}/inbound", inbound("SM" + "9" * 32, "Still thinking about it"))
+    assert resp.status == 200
+    (received,) = await sms_events(hub, "message.received")
+    assert received.data["in_reply_to"] == sent.data["message_id"]
+    assert (received.customer_id, received.dialogue_id) == (ann.customer_id, sent.dialogue_id)
+    # a number the hub never texted: no thread
+    resp = await post(hub_client, f"{BASE}/inbound", inbound("SM" + "8" * 32, "Who is this?", sender="+14155550188"))
+    assert resp.status == 200
+    stranger = [e for e in await sms_events(hub, "message.received") if e.event_id.endswith("8" * 32)]
+    assert [e.data["in_reply_to"] for e in stranger] == [None]
+
+
 async def test_through_the_trigger_engine_twilio_down_is_retried_and_a_refusal_fails_the_run(hub_client, twilio):
     hub = hub_of(hub_client)
 
@@ -284,6 +323,38 @@ async def test_accepted_but_not_recorded_is_recorded_on_the_retry_without_a_seco
     assert accepted.data["sid"] == result.ref
 
 
+async def test_what_twilio_accepted_is_kept_unrecorded_for_a_while_and_a_few_messages(hub, twilio, monkeypatch):
+    """The SIDs kept while the database is away are bounded: the oldest goes beyond
+    MAX_UNRECORDED, any older than UNRECORDED_TTL_S goes; a retry records what is kept even
+    when the customer's number is gone meanwhile (the message is sent: the run must not fail)."""
+    import prm_sms.sender
+
+    sender = sender_of(hub)
+    assert sender is not None
+
+    async def store_away(self: Hub, batch: Any) -> Any:
+        raise ConnectionError("the database is away")
+
+    ids = [f"act_{n}" + "3" * 40 for n in range(4)]
+    monkeypatch.setattr(prm_sms.sender, "MAX_UNRECORDED", 3)
+    with monkeypatch.context() as patched:
+        patched.setattr(Hub, "record", store_away)
+        for message_id in ids:
+            with pytest.raises(ConnectionError):
+                await hub.pm.hook.prm_send_message(message=message(message_id))
+    assert list(sender.unrecorded) == ids[1:] and len(twilio.messages) == 4
+    # the number is gone by the retry: what Twilio accepted is recorded, not failed, not sent again
+    result = await hub.pm.hook.prm_send_message(message=message(ids[1], to=None))
+    assert result.status == "sent" and result.ref.startswith("SM")
+    assert list(sender.unrecorded) == ids[2:] and len(twilio.messages) == 4
+    (accepted,) = await sms_events(hub, "message.status")
+    assert (accepted.data["message_id"], accepted.data["sid"]) == (ids[1], result.ref)
+    assert accepted.identities == [f"phone:{ANN}"]
+    monkeypatch.setattr(prm_sms.sender, "UNRECORDED_TTL_S", 0.0)
+    await hub.pm.hook.prm_send_message(message=message("act_" + "4" * 40))
+    assert sender.unrecorded == {}
+
+
 async def test_twilio_down_or_busy_is_retried_and_a_refusal_is_final(hub, twilio):
     twilio.fail_next = [(500, 20500, "Internal Server Error"), (503, 20503, "Service Unavailable"),
                         (429, 20429, "Too Many Requests")]  # fmt: skip
@@ -311,6 +382,18 @@ async def test_the_recipient_unsubscribed_at_twilio_fails_the_message_and_suppre
     traits = await traits_of(hub, ann.customer_id)
     assert traits["suppressed"] == ["sms"] and traits["sms_undeliverable"]["error_code"] == 21610
     assert suppressed(traits, "sms") and not suppressed(traits, "email")
+    (bounced,) = await sms_events(hub, "message.bounced")
+    assert bounced.data == {"channel": "sms", "status": "failed", "in_reply_to": message().id, "error_code": 21610}
+    assert (bounced.customer_id, bounced.direction) == (ann.customer_id, "inbound")
+    # a refusal retrying cannot fix, but not a permanent code: no bounce
+    twilio.fail_next = [(400, 21617, "The concatenated message body exceeds the 1600 character limit.")]
+    assert (await hub.pm.hook.prm_send_message(message=message("act_" + "2" * 40))).status == "failed"
+    assert len(await sms_events(hub, "message.bounced")) == 1
+
+
+async def test_an_answer_reads_as_the_cores_replied(hub):
+    assert hub.event_labels["message.received"] == "replied"
+    assert hub.event_labels["message.status"] == "message status"
 
 
 async def test_a_message_due_before_the_sender_started_is_retried_not_lost(hub):
@@ -420,6 +503,36 @@ async def test_a_forged_webhook_is_401_and_writes_nothing(hub_client, how):
     assert await counts(hub) == before
 
 
+async def test_a_webhook_signed_with_hmac_sha256_is_taken(hub_client):
+    """An account whose webhooks are signed with HMAC-SHA256 (named in the signature settings
+    header) is checked with that algorithm; an algorithm the library cannot verify is a 401."""
+    hub = hub_of(hub_client)
+    ann = await known_customer(hub)
+    settings = "key=webhooks_sharedkey_0123,algorithm=HMAC_SHA256"
+
+    async def signed(path: str, params: dict[str, str], algorithm: str, header: str) -> Any:
+        signature = signer.compute_signature(PUBLIC + path, params, algorithm)
+        headers = {"X-Twilio-Signature": signature, "X-Twilio-Webhooks-Signature-Settings": header}
+        return await hub_client.post(path, data=params, headers=headers)
+
+    params = inbound("SM" + "5" * 32, "Thanks, 5")
+    # signed with SHA-1 while the header names SHA-256: forged
+    assert (await signed(f"{BASE}/inbound", params, "HMAC_SHA1", settings)).status == 401
+    before = await counts(hub)
+    refused = await signed(f"{BASE}/inbound", params, "HMAC_SHA1", "key=k,algorithm=HMAC_MD5")
+    assert refused.status == 401
+    assert (await refused.json())["error"]["field"] == "X-Twilio-Webhooks-Signature-Settings"
+    assert await counts(hub) == before
+    resp = await signed(f"{BASE}/inbound", params, "HMAC_SHA256", settings)
+    assert resp.status == 200, await resp.text()
+    (received,) = await sms_events(hub, "message.received")
+    assert (received.customer_id, received.data["text"]) == (ann.customer_id, "Thanks, 5")
+    resp = await signed(f"{BASE}/status", status_params("SM" + "6" * 32, "delivered"), "HMAC_SHA256", settings)
+    assert resp.status == 200, await resp.text()
+    (status,) = await sms_events(hub, "message.status")
+    assert status.data["status"] == "delivered"
+
+
 async def test_stop_start_and_help_keywords(hub_client):
     hub = hub_of(hub_client)
     ann = await known_customer(hub)
@@ -489,6 +602,40 @@ async def test_a_permanent_delivery_failure_suppresses_sms(hub_client, status, c
     assert suppressed(traits, "sms") is suppress
     if suppress:
         assert traits["sms_undeliverable"]["error_code"] == int(code or 0)
+    bounced = await sms_events(hub, "message.bounced")
+    assert [(b.event_id, b.data) for b in bounced] == (
+        [
+            (
+                f"sms:bounced:SM{'d' * 32}",
+                {"channel": "sms", "status": status, "in_reply_to": None, "error_code": int(code or 0)},
+            )
+        ]
+        if suppress
+        else []
+    )
+
+
+async def test_a_permanent_failure_is_a_bounce_once_per_message(hub_client):
+    """A permanent failure of a message the hub sent is a ``message.bounced`` in its dialogue,
+    as the email touch point records one, recorded once however many statuses tell of it."""
+    hub = hub_of(hub_client)
+    ann = await known_customer(hub)
+    sent = await texted(hub)
+    message_id, sid = sent.data["message_id"], sent.data["ref"]
+    path = f"{BASE}/status?{urlencode({'message': message_id})}"
+    for status in ("sent", "undelivered", "failed"):
+        resp = await post(hub_client, path, status_params(sid, status, None if status == "sent" else "30005"))
+        assert resp.status == 200
+    (bounced,) = await sms_events(hub, "message.bounced")
+    (shown,) = doc_blocks("test_a_permanent_failure_is_a_bounce_once_per_message")
+    shown = json.loads(shown)
+    assert (bounced.type, bounced.direction) == (shown["type"], shown["direction"])
+    assert set(bounced.data) == set(shown["data"])
+    assert bounced.data == {"channel": "sms", "status": "undelivered", "in_reply_to": message_id, "error_code": 30005}
+    assert bounced.event_id == f"sms:bounced:{message_id}"
+    assert (bounced.customer_id, bounced.dialogue_id) == (ann.customer_id, sent.dialogue_id)
+    assert bounced.identities == [f"phone:{ANN}"]
+    assert suppressed(await traits_of(hub, ann.customer_id), "sms")
 
 
 @pytest.mark.parametrize(
@@ -580,24 +727,24 @@ async def test_the_documented_sms_samples(hub_client, twilio):
         method, path = line.split()[:2]
         assert (method, path.split("?")[0]) in mounted, line
     await known_customer(hub)
-    sent = await hub.pm.hook.prm_send_message(message=message())
-    assert sent.status == "sent"
+    sent = await texted(hub)
+    message_id, sid = sent.data["message_id"], sent.data["ref"]
     (accepted,) = await sms_events(hub, "message.status")
     resp = await post(hub_client, f"{BASE}/inbound", inbound("SM" + "f" * 32, "5, he was great"))
     assert resp.status == 200
     (received,) = await sms_events(hub, "message.received")
     shown = json.loads(received_shown)
     assert (shown["type"], shown["touchpoint"], shown["direction"]) == (received.type, "sms", received.direction)
-    assert set(shown["data"]) == set(received.data) and received.data["in_reply_to"] == message().id
+    assert set(shown["data"]) == set(received.data) and received.data["in_reply_to"] == message_id
     assert (
         received.identities == [f"phone:{shown['identities']['phone']}"]
-        and received.dialogue_id == accepted.dialogue_id
+        and received.dialogue_id == accepted.dialogue_id == sent.dialogue_id
     )
-    path = f"{BASE}/status?message={message().id}"
-    resp = await post(hub_client, path, status_params(sent.ref, "undelivered", "30005"))
+    path = f"{BASE}/status?message={message_id}"
+    resp = await post(hub_client, path, status_params(sid, "undelivered", "30005"))
     assert resp.status == 200
     (status,) = [e for e in await sms_events(hub, "message.status") if e.data["status"] == "undelivered"]
     shown = json.loads(status_shown)
     assert shown["type"] == status.type and set(shown["data"]) == set(status.data)
-    assert status.data == {**shown["data"], "message_id": message().id, "sid": sent.ref}
+    assert status.data == {**shown["data"], "message_id": message_id, "sid": sid}
     assert status.dialogue_id == accepted.dialogue_id

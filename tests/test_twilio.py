@@ -275,6 +275,22 @@ async def test_a_forged_or_missing_signature_is_401_and_writes_nothing(hub_clien
     assert await count_all_events(hub) == before
 
 
+async def test_a_webhook_signed_with_hmac_sha256_is_answered(hub_client):
+    """The algorithm X-Twilio-Webhooks-Signature-Settings names is the one checked."""
+    hub = hub_client.app[HUB]
+    params = call_params("CA0010")
+    path = f"{BASE}/voice"
+    settings = {"X-Twilio-Webhooks-Signature-Settings": "key=webhooks_sharedkey_0123,algorithm=HMAC_SHA256"}
+    before = await count_all_events(hub)
+    sha1 = {"X-Twilio-Signature": signer.compute_signature(PUBLIC + path, params), **settings}
+    assert (await hub_client.post(path, data=params, headers=sha1)).status == 401
+    assert await count_all_events(hub) == before
+    sha256 = {"X-Twilio-Signature": signer.compute_signature(PUBLIC + path, params, "HMAC_SHA256"), **settings}
+    resp = await hub_client.post(path, data=params, headers=sha256)
+    assert resp.status == 200, await resp.text()
+    assert said(twiml(await resp.text()))[0] == "Thank you for calling customer service."
+
+
 async def test_json_bodies_are_checked_by_body_sha256(hub_client):
     hub = hub_client.app[HUB]
     body = json.dumps(call_params("CA0008"))

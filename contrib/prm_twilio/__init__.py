@@ -36,33 +36,22 @@ import json
 import re
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import urlencode
 
 import structlog
 from aiohttp import web
-from multidict import MultiDict
 from prm_ivr import Call, Engine, IvrCalls, Turn, menu_for
-from twilio.request_validator import (
-    HMAC_SHA1,
-    HMAC_SHA256,
-    SIGNATURE_SETTINGS_HEADER,
-    RequestValidator,
-    get_signature_algorithm,
-)
+from prm_sms.signatures import TwilioSignature
 from twilio.twiml.voice_response import Gather, VoiceResponse
 
-from prm_core.plugin import HUB, Adapter, ApiError, Config, ConfigError, api, hookimpl, parse_json_body
+from prm_core.plugin import HUB, Adapter, ApiError, Config, ConfigError, api, hookimpl
 
 __all__ = ["BASE", "prm_adapters", "render"]
 
 BASE = "/v1/touchpoints/ivr/twilio"
 TERMINAL = frozenset({"completed", "busy", "failed", "no-answer", "canceled"})
-SIGNATURE_ALGORITHMS = frozenset({HMAC_SHA1, HMAC_SHA256})  # what the twilio library can verify
-FORM = "application/x-www-form-urlencoded"
 # Twilio's call SIDs are "CA" and 32 hex digits; letters and digits only keeps ids and logs clean
 _SID = re.compile(r"^[A-Za-z0-9]{1,64}$")
-# C0 controls but tab, newline and carriage return: nothing Twilio sends, and NUL is unstorable
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 log = structlog.get_logger(__name__)
 
 
@@ -120,64 +109,16 @@ class TwilioVoice:
                 "Twilio signs the URL it calls, and the hub checks the signature against it"
             )
         twilio = config.section("touchpoints", "ivr", "twilio")
-        self.validator = RequestValidator(token)
+        self.signature = TwilioSignature(token, config.public_url, json_bodies=True)
         self.public_url = config.public_url
         self.engine = engine
         self.dial = {str(k): str(v) for k, v in twilio.get("dial", {}).items()}
         self.say_voice = twilio.get("voice")
 
     async def _verified(self, request: web.Request) -> Mapping[str, str]:
-        """The webhook's parameters once its signature is checked; 401 otherwise.
-
-        Only what Twilio sends is read: a form or a JSON body (anything else is a 415 and is
-        not parsed). A form's signature covers its decoded parameters, so the form is decoded
-        (as text, strictly) first; nothing else is looked at before the signature matches.
-        """
-        signature = request.headers.get("X-Twilio-Signature")
-        if not signature:
-            raise ApiError(401, "unauthorized", "the X-Twilio-Signature header is missing", "X-Twilio-Signature")
-        url = self.public_url + request.raw_path
-        algorithm = get_signature_algorithm(request.headers.get(SIGNATURE_SETTINGS_HEADER))
-        if algorithm.upper() not in SIGNATURE_ALGORITHMS:
-            # refused here, before the library's validator would log the header's text as sent
-            raise ApiError(
-                401, "unauthorized", f"{SIGNATURE_SETTINGS_HEADER} names an unsupported algorithm",
-                SIGNATURE_SETTINGS_HEADER,
-            )  # fmt: skip
-        if request.content_type not in (FORM, "application/json"):
-            raise ApiError(415, "unsupported_media_type", f"Twilio webhooks are {FORM} or application/json")
-        raw = await request.read()
-        forged = ApiError(401, "unauthorized", "the X-Twilio-Signature does not match", "X-Twilio-Signature")
-        if request.content_type == "application/json":
-            # Twilio signs a JSON body through the bodySHA256 query parameter of the URL
-            if "bodySHA256" not in request.query:
-                raise ApiError(401, "unauthorized", "a JSON webhook must carry bodySHA256", "bodySHA256")
-            body_text = raw.decode("utf-8", errors="replace")
-            if not self.validator.validate(url, body_text, signature, algorithm):
-                raise forged
-            parsed = parse_json_body(raw)
-            if not isinstance(parsed, Mapping):
-                raise ApiError(400, "malformed_json", "the body must be a JSON object")
-            params = {str(k): v for k, v in parsed.items() if isinstance(v, str)}
-        else:
-            try:
-                pairs = parse_qsl(raw.decode("ascii"), keep_blank_values=True, errors="strict", max_num_fields=500)
-            except (UnicodeDecodeError, ValueError):
-                raise ApiError(400, "bad_request", "the body is not a URL-encoded form of UTF-8 text") from None
-            form = MultiDict(pairs)
-            if not self.validator.validate(url, form, signature, algorithm):
-                raise forged
-            params = dict(pairs)
-            if len(set(pairs)) != len(params):
-                # the signature covers each name's set of values, not their order: with two
-                # values, which one counts would be the sender's choice
-                repeated = sorted(name for name in params if len({v for k, v in pairs if k == name}) > 1)
-                raise ApiError(422, "invalid", "a parameter is repeated with different values", repeated[0])
-        for name in sorted(params):
-            if _CONTROL.search(name) or _CONTROL.search(params[name]):
-                field = name if not _CONTROL.search(name) else None
-                raise ApiError(422, "invalid", "a parameter holds a control character", field)
-        return params
+        """The webhook's parameters once its signature is checked (:mod:`prm_sms.signatures`,
+        a form or a JSON body); 401 otherwise."""
+        return await self.signature.verified(request)
 
     def _call(self, params: Mapping[str, Any]) -> Call:
         sid = params.get("CallSid")

@@ -11,7 +11,7 @@ before the first message. See docs/messaging.md.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Iterator, Mapping
+from collections.abc import Awaitable, Iterator
 
 from prm_core.plugin import Config, Hub, Message, MessageResult, TouchPoint, hookimpl
 
@@ -83,11 +83,3 @@ def prm_hub_stopping(hub: Hub) -> None:
     sender = sender_of(hub)
     if sender is not None:
         hub.pm.unregister(sender)
-
-
-@hookimpl
-def prm_event_labels(config: Config) -> Mapping[str, str] | None:
-    """The email touch point's own event types in words (a reply keeps the core's "replied")."""
-    if not config.touchpoint("email"):
-        return None
-    return {"message.bounced": "an email to them bounced"}

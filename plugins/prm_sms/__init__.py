@@ -92,5 +92,6 @@ def prm_send_message(message: Message) -> Any:
 
 @hookimpl
 def prm_event_labels(config: Config) -> dict[str, str]:
-    """The SMS events in words, for the agent desktop and the console."""
-    return {"message.received": "sent a message", "message.status": "message status"}
+    """The SMS touch point's own event in words, for the agent desktop and the console (an
+    answer, ``message.received``, keeps the core's "replied")."""
+    return {"message.status": "message status"}

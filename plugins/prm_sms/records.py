@@ -2,10 +2,16 @@
 
 - ``sms:sent:<message id>`` (``message.status``, outbound, ``data.status`` Twilio's first
   status, ``queued`` or ``accepted``): Twilio accepted the message, under ``data.sid``. It is
-  the durable record that a message handed over again is not sent again, and the thread an
-  answer joins (``in_reply_to`` and the dialogue are the latest such event's on the number).
+  the durable record that a message handed over again is not sent again. The thread an
+  answer joins (``in_reply_to`` and the dialogue) is the trigger engine's ``message.sent`` of
+  the latest message sent to the number's customer from ``sms``.
 - ``sms:refused:<message id>`` (``message.status``, ``failed``): Twilio refused it for good.
 - ``sms:status:<MessageSid>:<status>`` (``message.status``): a delivery status callback.
+- ``sms:bounced:<message id>`` (``message.bounced``, inbound): the message failed for good
+  (one of ``permanent_error_codes``, when Twilio refused it or in a ``failed`` or
+  ``undelivered`` status), with ``data`` ``{"channel": "sms", "status", "in_reply_to",
+  "error_code"}`` as the email touch point records a bounce, in the message's dialogue; once
+  per message (keyed by the ``MessageSid`` when a status names no message of the hub's).
 - ``sms:in:<MessageSid>`` (``message.received``, inbound): a message from the customer, with
   ``data`` ``{"channel": "sms", "text", "in_reply_to"}``; a STOP or START adds
   ``consent.revoked`` / ``consent.granted`` (``sms:in:<MessageSid>:consent``).
@@ -19,16 +25,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import phonenumbers
 from attrs import frozen
 
-from prm_core.plugin import Event, Hub, Identity, NotFound, utcnow
+from prm_core.plugin import Event, Hub, Identity, utcnow
 
 __all__ = [
     "CHANNEL",
     "TOUCHPOINT",
     "Thread",
-    "e164",
+    "bounce_event",
     "latest_sent",
     "phone_identities",
     "sent_event_id",
@@ -39,19 +44,6 @@ __all__ = [
 TOUCHPOINT = "sms"
 CHANNEL = "sms"
 SENT_PREFIX = "sms:sent:"
-_PAGES, _PAGE = 3, 100  # how far back the latest message to a number is looked for
-
-
-def e164(raw: str, region: str) -> str:
-    """``raw`` as an E.164 number (``phonenumbers``, national numbers in ``region``) when it can
-    be one; ``ValueError`` else. Twilio itself refuses a number no carrier has (21211)."""
-    try:
-        number = phonenumbers.parse(raw, region)
-    except phonenumbers.NumberParseException:
-        raise ValueError("is not a phone number") from None
-    if not phonenumbers.is_possible_number(number):
-        raise ValueError("is not a possible phone number")
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
 def phone_identities(hub: Hub, raw: str | None) -> tuple[Identity, ...]:
@@ -94,6 +86,24 @@ def sms_event(
     )
 
 
+def bounce_event(
+    key: str,
+    identities: tuple[Identity, ...],
+    *,
+    status: str,
+    error_code: int,
+    message_id: str | None,
+    dialogue: str | None = None,
+    dialogue_id: str | None = None,
+) -> Event:
+    """The ``message.bounced`` event of a message that failed for good: ``key`` is the
+    message's id (or Twilio's SID of it), so it is recorded once per message."""
+    data = {"channel": CHANNEL, "status": status, "in_reply_to": message_id, "error_code": error_code}
+    return sms_event(
+        f"sms:bounced:{key}", "message.bounced", identities, data, dialogue=dialogue, dialogue_id=dialogue_id
+    )
+
+
 @frozen
 class Thread:
     """The latest message the hub sent to a number: its ``Message.id`` and its dialogue."""
@@ -103,26 +113,16 @@ class Thread:
 
 
 async def latest_sent(hub: Hub, identities: tuple[Identity, ...]) -> Thread | None:
-    """The latest message Twilio accepted for the customer of this number, newest first on
-    their timeline (the last few hundred events), or ``None``."""
+    """The latest message the hub sent from the ``sms`` touch point to the customer of this
+    number (its ``message.sent`` event, :meth:`Hub.latest_sent_message`), or ``None``."""
     if not identities:
         return None
     ref = f"{identities[0].namespace}:{identities[0].value}"
-    cursor: str | None = None
-    for _ in range(_PAGES):
-        try:
-            view = await hub.view(ref, cursor=cursor, limit=_PAGE)
-        except NotFound:
-            return None
-        for entry in view.timeline:
-            if entry.touchpoint == TOUCHPOINT and entry.event_id.startswith(SENT_PREFIX):
-                message_id = entry.data.get("message_id")
-                if isinstance(message_id, str):
-                    return Thread(message_id, entry.dialogue)
-        cursor = view.next_cursor
-        if cursor is None:
-            return None
-    return None
+    sent = await hub.latest_sent_message(ref, touchpoint=TOUCHPOINT, channel=CHANNEL)
+    message_id = sent.event.data.get("message_id") if sent is not None else None
+    if sent is None or not isinstance(message_id, str):
+        return None
+    return Thread(message_id, sent.dialogue_id)
 
 
 async def set_sms_suppression(hub: Hub, customer_id: str, suppress: bool, traits: Mapping[str, Any]) -> None:

@@ -13,36 +13,44 @@ first, HTTP POST; the second is the ``StatusCallback`` the hub gives each messag
 - ``POST /v1/touchpoints/sms/twilio/status?message=<id>``: a delivery status (``queued``,
   ``sent``, ``delivered``, ``undelivered``, ``failed``, ...), recorded as ``message.status``
   in the message's dialogue. ``failed`` or ``undelivered`` with one of
-  ``permanent_error_codes`` suppresses SMS for the customer (``sms_undeliverable`` says why).
+  ``permanent_error_codes`` is also recorded as ``message.bounced`` (once per message) and
+  suppresses SMS for the customer (``sms_undeliverable`` says why).
 
 Every request is checked with the ``twilio`` library's ``RequestValidator`` against
-``callback_url`` + the path and query Twilio called, before anything is read from it. A missing
-or forged ``X-Twilio-Signature`` is a 401 JSON error and writes nothing; a body that is not a
-form is a 415. A redelivery of a message or a status (same ``MessageSid``) is answered as the
-first one was and records nothing new.
+``callback_url`` + the path and query Twilio called, before anything is read from it, with
+the algorithm ``X-Twilio-Webhooks-Signature-Settings`` names (HMAC-SHA1 without it;
+:mod:`prm_sms.signatures`). A missing or forged ``X-Twilio-Signature`` is a 401 JSON error and
+writes nothing; a body that is not a form is a 415. A redelivery of a message or a status
+(same ``MessageSid``) is answered as the first one was and records nothing new.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from urllib.parse import parse_qsl
 
 import structlog
 from aiohttp import web
-from multidict import MultiDict
-from twilio.request_validator import RequestValidator
 from twilio.twiml.messaging_response import MessagingResponse
 
 from prm_core.plugin import HUB, ApiError, Hub, RecordedEvent, api, utcnow
 
-from .records import CHANNEL, Thread, latest_sent, phone_identities, sent_event_id, set_sms_suppression, sms_event
+from .records import (
+    CHANNEL,
+    Thread,
+    bounce_event,
+    latest_sent,
+    phone_identities,
+    sent_event_id,
+    set_sms_suppression,
+    sms_event,
+)
 from .settings import SmsSettings
+from .signatures import TwilioSignature
 
 __all__ = ["BASE", "HELP", "START", "STOP", "SmsWebhooks", "keyword"]
 
 BASE = "/v1/touchpoints/sms/twilio"
-FORM = "application/x-www-form-urlencoded"
 SOURCE = "twilio-sms"  # the webhook deliveries the hub remembers as processed
 STOP = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"})
 START = frozenset({"START", "YES", "UNSTOP"})
@@ -57,7 +65,6 @@ STATUSES = frozenset(
 _SID = re.compile(r"^[A-Za-z0-9]{1,64}$")
 # the ids the hub gives messages (a trigger's act key): what the status callback's query carries
 _MESSAGE_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 MAX_TEXT = 1600  # Twilio's longest message body
 log = structlog.get_logger(__name__)
 
@@ -86,32 +93,11 @@ class SmsWebhooks:
 
     def __init__(self, settings: SmsSettings) -> None:
         self.settings = settings
-        self.validator = RequestValidator(settings.auth_token)
+        self.signature = TwilioSignature(settings.auth_token, settings.callback_url)
 
     async def _verified(self, request: web.Request) -> dict[str, str]:
-        """The form's parameters once its signature matches; a 401 otherwise, before any use."""
-        signature = request.headers.get("X-Twilio-Signature")
-        if not signature:
-            raise ApiError(401, "unauthorized", "the X-Twilio-Signature header is missing", "X-Twilio-Signature")
-        if request.content_type != FORM:
-            raise ApiError(415, "unsupported_media_type", f"Twilio's messaging webhooks are {FORM}")
-        raw = await request.read()
-        try:
-            pairs = parse_qsl(raw.decode("ascii"), keep_blank_values=True, errors="strict", max_num_fields=500)
-        except (UnicodeDecodeError, ValueError):
-            raise ApiError(400, "bad_request", "the body is not a URL-encoded form of UTF-8 text") from None
-        url = self.settings.callback_url + request.raw_path
-        if not self.validator.validate(url, MultiDict(pairs), signature):
-            raise ApiError(401, "unauthorized", "the X-Twilio-Signature does not match", "X-Twilio-Signature")
-        params = dict(pairs)
-        if len(set(pairs)) != len(params):
-            # the signature covers each name's values, not their order: which one counts would be the sender's
-            repeated = sorted(name for name in params if len({v for k, v in pairs if k == name}) > 1)
-            raise ApiError(422, "invalid", "a parameter is repeated with different values", repeated[0])
-        for name in sorted(params):
-            if _CONTROL.search(name) or _CONTROL.search(params[name]):
-                raise ApiError(422, "invalid", "a parameter holds a control character", name[:64])
-        return params
+        """The form's parameters once its signature matches (:mod:`prm_sms.signatures`)."""
+        return await self.signature.verified(request)
 
     @staticmethod
     def _sid(params: Mapping[str, str]) -> str:
@@ -193,8 +179,16 @@ class SmsWebhooks:
             f"sms:status:{sid}:{status}", "message.status", phone_identities(hub, params.get("To")), data,
             direction="outbound", dialogue_id=thread.dialogue_id if thread else None,
         )  # fmt: skip
-        (recorded,) = await hub.record([event])
-        if status in ("failed", "undelivered") and code in self.settings.permanent_error_codes and event.identities:
+        permanent = status in ("failed", "undelivered") and code in self.settings.permanent_error_codes
+        batch = [event]
+        if permanent and code is not None and (event.identities or thread is not None):
+            bounce = bounce_event(
+                message_id or sid, event.identities, status=status, error_code=code, message_id=message_id,
+                dialogue_id=thread.dialogue_id if thread else None,
+            )  # fmt: skip
+            batch.append(bounce)
+        recorded, *_ = await hub.record(batch)
+        if permanent and event.identities:
             at = utcnow().isoformat().replace("+00:00", "Z")
             await set_sms_suppression(
                 hub, recorded.customer_id, True, {"sms_undeliverable": {"error_code": code, "at": at}}
