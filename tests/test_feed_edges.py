@@ -234,3 +234,36 @@ async def test_changes_of_a_step_rolled_back_to_its_savepoint_are_not_in_the_fee
     await send(hub, {**sale, "id": "sale-2"})  # the same, planning working: its change is there
     feed = [c.to_json() for c in (await hub.feed.read(None, 1000)).changes]
     assert [c["data"] for c in feed if c["type"] == "customer.updated" and "value" in c["data"]]
+
+
+async def test_a_write_cancelled_mid_statement_ends_cancelled(database_url: str) -> None:
+    """A task cancelled while its write transaction waits on the database (a hub stopping)
+    ends cancelled: forgetting the changes it emitted must not raise on the connection the
+    cancellation left invalid, which would hide the cancellation and keep the task looping."""
+    import asyncio
+
+    import sqlalchemy as sa
+
+    from prm_core.feed.changes import NewChange
+    from prm_core.feed.writing import emit
+
+    async with Hub.open(Config(database_url=database_url)) as hub:
+        pg = hub.store.writer.dialect.name == "postgresql"
+        slow = (
+            "SELECT pg_sleep(5)"
+            if pg
+            else "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000000) "
+            "SELECT count(*) FROM n"
+        )
+
+        def write(conn: Any) -> None:
+            emit(conn, NewChange("customer.updated", "cus_x", {"traits": {}}))
+            conn.execute(sa.text(slow))
+
+        task = asyncio.ensure_future(hub.store.write(write))
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        page = await hub.feed.read(None, 100, {"customer.updated"})
+        assert [c.customer_id for c in page.changes] == []  # nothing of the cancelled write

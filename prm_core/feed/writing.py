@@ -98,7 +98,11 @@ def flush(conn: Connection) -> int:
 
 
 def discard(conn: Connection) -> None:
-    """Forget what a failed transaction emitted."""
+    """Forget what a failed transaction emitted. A connection that a cancelled task left
+    invalidated has nothing to forget (its info goes with it), and touching it would raise,
+    hiding the cancellation from the task."""
+    if conn.invalidated:
+        return
     conn.info.pop(_PENDING, None)
 
 
