@@ -16,7 +16,7 @@ import secrets
 import socket
 import time
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ import pytest
 import sqlalchemy as sa
 from aiosmtpd.controller import Controller
 from attrs import evolve
+from polling import until
 from prm_email import EmailSender, sender_of
 from prm_email.inbound import strip_quoted
 from prm_email.sending import TransportUnavailable, send_email
@@ -139,17 +140,6 @@ def hub_config(database_url: str, inbox: Inbox, templates: Path) -> Config:
         "triggers": {"poll_s": 0.02, "quiet_hours": "none", "welcome": WELCOME, "promo": PROMO},
     }
     return Config(database_url=database_url, public_url="https://hub.example.com", raw=raw)
-
-
-async def until(check: Callable[[], Any], within_s: float = 15.0) -> Any:
-    deadline = time.monotonic() + within_s
-    while True:
-        got = await check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached in {within_s} s: {got!r}")
-        await asyncio.sleep(0.02)
 
 
 def msg(**changes: Any) -> Message:

@@ -4,13 +4,11 @@ and the samples of docs/messaging.md's SMS section."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import time
 import tomllib
 import xml.etree.ElementTree as etree
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -19,6 +17,7 @@ import aiohttp
 import pytest
 import sqlalchemy as sa
 from attrs import evolve
+from polling import until
 from prm_sms import SmsSettings, TwilioUnavailable, keyword, sender_of
 from twilio.request_validator import RequestValidator
 from twilio_fake import MESSAGES, FakeTwilio
@@ -139,17 +138,6 @@ async def counts(hub: Hub) -> tuple[int, int]:
         return int(n_events), int(n_receipts)
 
     return await hub.store.read(read)
-
-
-async def until(check: Callable[[], Any], within_s: float = 15.0) -> Any:
-    deadline = time.monotonic() + within_s
-    while True:
-        got = await check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached in {within_s} s: {got!r}")
-        await asyncio.sleep(0.02)
 
 
 async def known_customer(hub: Hub, phone: str = "(415) 555-0123", event_id: str = "w1") -> Any:

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 import tomllib
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,6 +14,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
+from polling import until
 
 from prm_core import hookimpl
 from prm_core.cli import main
@@ -116,17 +115,6 @@ def hub_config(database_url: str) -> Config:
 def clock() -> Any:
     with FrozenClock(T0) as frozen:
         yield frozen
-
-
-async def until(check: Callable[[], Any], within_s: float = 15.0) -> Any:
-    deadline = time.monotonic() + within_s
-    while True:
-        got = await check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached in {within_s} s: {got!r}")
-        await asyncio.sleep(0.02)
 
 
 async def happened(hub: Hub, event_id: str, type_: str, who: dict[str, str], **data: Any) -> Any:

@@ -4,9 +4,7 @@ guards, kept across restarts; the four shipped examples end to end; the API and 
 from __future__ import annotations
 
 import asyncio
-import time
 import tomllib
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,6 +13,7 @@ import pytest
 import sqlalchemy as sa
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from polling import until
 
 from prm_core import hookimpl
 from prm_core.clock import FrozenClock
@@ -107,18 +106,6 @@ async def runs_of(hub: Hub, trigger: str | None = None) -> list[Any]:
     if trigger is not None:
         q = q.where(trigger_runs.c.trigger == trigger)
     return await hub.store.read(lambda conn: list(conn.execute(q)))
-
-
-async def until(check: Callable[[], Any], within_s: float = 15.0) -> Any:
-    """Poll ``check`` (a coroutine function) until it returns something true."""
-    deadline = time.monotonic() + within_s
-    while True:
-        got = await check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached in {within_s} s: {got!r}")
-        await asyncio.sleep(0.02)
 
 
 async def settled(hub: Hub, trigger: str, count: int = 1) -> list[Any]:
