@@ -13,7 +13,8 @@ The queue is bounded: past ``max_pending`` events waiting, callers get
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
 
 import structlog
 from attrs import define, field
@@ -23,9 +24,41 @@ from .model import Event, RecordedEvent
 from .recording import BatchOutcome, IngestRules, record_batch
 from .store import Store
 
-__all__ = ["Ingestor"]
+__all__ = ["Ingestor", "group_commits"]
 
 log = structlog.get_logger(__name__)
+
+
+class _Batchable(Protocol):
+    events: Sequence[Event]
+
+
+async def group_commits(
+    queue: asyncio.Queue[Any], max_batch: int, commit: Callable[[list[Any]], Awaitable[None]]
+) -> None:
+    """The writer task's loop: take what has queued up (up to ``max_batch`` events, a job
+    at a time) and ``commit`` it together, until a ``None`` arrives; then commit what came in
+    behind it one job at a time, so no caller is left waiting. Each job has ``events``."""
+    stopping = False
+    while not stopping:
+        first: _Batchable | None = await queue.get()
+        if first is None:
+            break
+        jobs = [first]
+        size = len(first.events)
+        while size < max_batch and not queue.empty():
+            job = queue.get_nowait()
+            if job is None:
+                stopping = True
+                break
+            jobs.append(job)
+            size += len(job.events)
+        await commit(jobs)
+    # drain whatever arrived while stopping so no caller is left waiting
+    while not queue.empty():
+        job = queue.get_nowait()
+        if job is not None:
+            await commit([job])
 
 
 @define
@@ -76,26 +109,7 @@ class Ingestor:
         return await asyncio.shield(future)
 
     async def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            first = await self._queue.get()
-            if first is None:
-                break
-            jobs = [first]
-            size = len(first.events)
-            while size < self.max_batch and not self._queue.empty():
-                job = self._queue.get_nowait()
-                if job is None:
-                    stopping = True
-                    break
-                jobs.append(job)
-                size += len(job.events)
-            await self._commit(jobs)
-        # drain whatever arrived while stopping so no caller is left waiting
-        while not self._queue.empty():
-            job = self._queue.get_nowait()
-            if job is not None:
-                await self._commit([job])
+        await group_commits(self._queue, self.max_batch, self._commit)
 
     async def _commit(self, jobs: list[_Job]) -> None:
         batch = [ev for job in jobs for ev in job.events]

@@ -48,6 +48,7 @@ from attrs import define, field, frozen
 from sqlalchemy.engine import Connection
 
 from .errors import ConfigError, Overloaded, StoreUnavailable
+from .ingest import group_commits
 from .model import Event, Identity
 from .recording import BatchOutcome, IngestRules, record_batch
 from .store import Store
@@ -302,25 +303,7 @@ class Journal:
         return await asyncio.shield(future)
 
     async def _writer(self) -> None:
-        stopping = False
-        while not stopping:
-            first = await self._queue.get()
-            if first is None:
-                break
-            jobs = [first]
-            size = len(first.events)
-            while size < self.settings.batch and not self._queue.empty():
-                job = self._queue.get_nowait()
-                if job is None:
-                    stopping = True
-                    break
-                jobs.append(job)
-                size += len(job.events)
-            await self._commit(jobs)
-        while not self._queue.empty():
-            job = self._queue.get_nowait()
-            if job is not None:
-                await self._commit([job])
+        await group_commits(self._queue, self.settings.batch, self._commit)
 
     async def _commit(self, jobs: list[_Job]) -> None:
         batch = [ev for job in jobs for ev in job.events]
