@@ -46,7 +46,7 @@ from ..feed.reading import FellBehind, Page, bounds
 from ..ids import new_id
 from ..model import Event, RecordedEvent
 from ..store.tables import changes, events, survey_answers, trigger_cursor, utcnow
-from ..triggers.engine import OUTBOUND_PREFIX
+from ..triggers.engine import claim_cursor, outbound_event_id
 from .links import SurveySettings, load_link_key, make_token, survey_url
 from .scales import SCALES, describe, parse_score
 
@@ -76,7 +76,7 @@ def answer_id(message_id: str) -> str:
 def sent_event_id(message_id: str) -> str:
     """The id of the ``message.sent`` event the trigger engine recorded for ``message_id``
     (its outbound events' ids are derived from the act's key, as the message's id is)."""
-    return OUTBOUND_PREFIX + message_id.removeprefix("act_")
+    return outbound_event_id(message_id)
 
 
 def _aware(at: datetime) -> datetime:
@@ -339,22 +339,9 @@ class Surveys:
             return self._cursor
         now = utcnow()
 
-        def claim(conn: Connection) -> int | None:
-            c = trigger_cursor.c
-            row = conn.execute(sa.select(trigger_cursor).where(c.name == CURSOR)).first()
-            if row is None:
-                return None
-            if row.lease_owner not in (None, self.owner) and row.lease_until and _aware(row.lease_until) > now:
-                return None
-            holder = c.lease_owner.is_(None) if row.lease_owner is None else c.lease_owner == row.lease_owner
-            taken = conn.execute(
-                trigger_cursor.update()
-                .where(c.name == CURSOR, holder)
-                .values(lease_owner=self.owner, lease_until=now + timedelta(seconds=self.lease_s))
-            ).rowcount
-            return int(row.position) if taken else None
-
-        self._cursor = await self.hub.store.write(claim)
+        self._cursor = await self.hub.store.write(
+            functools.partial(claim_cursor, name=CURSOR, owner=self.owner, now=now, lease_s=self.lease_s)
+        )
         if self._cursor is not None:
             self._stored = self._cursor
             self._lease_until = time.monotonic() + self.lease_s

@@ -63,13 +63,21 @@ if TYPE_CHECKING:
     from ..hub import Hub
     from ..plugins import Registrations
 
-__all__ = ["MAX_ATTEMPTS", "OUTBOUND_PREFIX", "TriggerEngine", "message_changes", "open_triggers"]
+__all__ = ["MAX_ATTEMPTS", "OUTBOUND_PREFIX", "TriggerEngine", "message_changes", "open_triggers", "outbound_event_id"]
 
 log = structlog.get_logger(__name__)
 
 CURSOR = "triggers"
 MAX_ATTEMPTS = 10
 OUTBOUND_PREFIX = "trigger:"  # the ids of the events triggers record: never a trigger's own cause
+
+
+def outbound_event_id(key: str) -> str:
+    """The id of the outbound event an act records (``message.sent`` for a message), from the
+    act's key (``act_...``, also the message's id): the same on every retry of the act."""
+    return OUTBOUND_PREFIX + key.removeprefix("act_")
+
+
 CLAIM_BATCH = 32  # runs claimed from the database at once
 MAX_IN_FLIGHT = 64  # runs one process acts on at once
 GATHER_S = 0.1  # the least time between two reads of the feed while it is caught up
@@ -248,22 +256,9 @@ class TriggerEngine:
             return self._cursor
         now = utcnow()
 
-        def claim(conn: Connection) -> int | None:
-            c = trigger_cursor.c
-            row = conn.execute(sa.select(trigger_cursor).where(c.name == CURSOR)).first()
-            if row is None:
-                return None
-            if row.lease_owner not in (None, self.owner) and row.lease_until and row.lease_until > now:
-                return None
-            holder = c.lease_owner.is_(None) if row.lease_owner is None else c.lease_owner == row.lease_owner
-            taken = conn.execute(
-                trigger_cursor.update()
-                .where(c.name == CURSOR, holder)
-                .values(lease_owner=self.owner, lease_until=now + timedelta(seconds=self.lease_s))
-            ).rowcount
-            return int(row.position) if taken else None
-
-        self._cursor = await self.hub.store.write(claim)
+        self._cursor = await self.hub.store.write(
+            functools.partial(claim_cursor, name=CURSOR, owner=self.owner, now=now, lease_s=self.lease_s)
+        )
         if self._cursor is not None:
             self._lease_until = time.monotonic() + self.lease_s
         return self._cursor
@@ -618,7 +613,7 @@ class TriggerEngine:
         channel = act.channel if act.kind != "offer" else None
         # a message whose event is recorded was sent (before a crash, or by a process whose
         # lease ran out): it is not handed over again, and nothing is left to do
-        sent = (self._touchpoint(act), OUTBOUND_PREFIX + key[4:]) if act.kind == "message" else None
+        sent = (self._touchpoint(act), outbound_event_id(key)) if act.kind == "message" else None
 
         def read(conn: Connection) -> tuple[dict[str, Any] | None, datetime | None]:
             who = _customer(
@@ -694,7 +689,7 @@ class TriggerEngine:
         self, key: str, type_: str, touchpoint: str, who: Mapping[str, Any], data: Mapping[str, Any]
     ) -> Event:
         return Event(
-            id=OUTBOUND_PREFIX + key[4:],
+            id=outbound_event_id(key),
             type=type_,
             occurred_at=utcnow(),
             touchpoint=touchpoint,
@@ -890,6 +885,25 @@ class TriggerEngine:
                 await asyncio.sleep(wait_s)
         (recorded,) = await self.hub.record([event])
         return recorded
+
+
+def claim_cursor(conn: Connection, *, name: str, owner: str, now: datetime, lease_s: float) -> int | None:
+    """Take (or renew) the lease on the feed reader ``name``'s row of ``trigger_cursor`` and
+    give its position; ``None`` while another process holds a lease that has not run out.
+    The update names the holder it read, so of two processes claiming at once one wins."""
+    c = trigger_cursor.c
+    row = conn.execute(sa.select(trigger_cursor).where(c.name == name)).first()
+    if row is None:
+        return None
+    if row.lease_owner not in (None, owner) and row.lease_until and row.lease_until > now:
+        return None
+    holder = c.lease_owner.is_(None) if row.lease_owner is None else c.lease_owner == row.lease_owner
+    taken = conn.execute(
+        trigger_cursor.update()
+        .where(c.name == name, holder)
+        .values(lease_owner=owner, lease_until=now + timedelta(seconds=lease_s))
+    ).rowcount
+    return int(row.position) if taken else None
 
 
 def message_changes(recorded: Sequence[RecordedEvent]) -> list[NewChange]:
