@@ -14,8 +14,8 @@ Webhooks specification. The id is made of the batch's first and last positions: 
 is always sent again as the same batch (the relay pins it before sending), so a receiver
 that has seen an id can drop the repeat; each change's ``position`` deduplicates too.
 
-A 2xx answer delivers the batch. 4xx (but 408 and 429) refuses it for good: its changes
-go to the dead-letter list. 408, 429, 5xx, timeouts and connection errors are retried.
+A 2xx answer delivers the batch. 400, 413, 415 and 422 refuse it for good: its changes go
+to the dead-letter list. Every other answer, timeouts and connection errors are retried.
 """
 
 from __future__ import annotations
@@ -86,7 +86,8 @@ class WebhookSink:
             async with self._client().post(self.url, data=body.encode(), headers=headers) as resp:
                 status = resp.status
                 await resp.read()
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        # OSError takes the total timeout too (TimeoutError is one)
+        except (aiohttp.ClientError, OSError) as exc:
             raise DeliveryFailed(f"{type(exc).__name__} from the receiver") from exc
         if 200 <= status < 300:
             return
