@@ -36,7 +36,6 @@ class FellBehind(PrmError):
             f"position {after} is older than the oldest change kept: changes up to {pruned_through} were pruned"
             " by retention; start again from the oldest kept change"
         )
-        self.after = after
         self.pruned_through = pruned_through
 
 
@@ -49,7 +48,7 @@ class Page:
 
 
 def _change(row: sa.Row) -> Change:  # type: ignore[type-arg]
-    return Change(seq=row.position, type=row.type, at=row.at, customer_id=row.customer_id, data=row.data or {})
+    return Change(seq=row.position, type=row.type, at=row.at, customer_id=row.customer_id, data=row.data)
 
 
 def bounds(conn: Connection) -> tuple[int, int]:
@@ -94,7 +93,8 @@ def read_changes(
     if len(found) == limit:
         return Page(found, found[-1].seq)
     # fewer than asked for: everything up to the head read above was looked at (positions
-    # are final once visible, see prm_core.feed.writing), so a filtered reader skips it all
+    # are final once visible, see prm_core.feed.writing), so a filtered reader skips it all;
+    # on PostgreSQL each statement sees what committed before it, so the page may go past it
     newest = max(head, found[-1].seq if found else 0)
     return Page(found, max(after, newest))
 
