@@ -103,7 +103,9 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     "writing": ("prm_core/feed/writing.py", _FEED_TESTS),
     "reading": ("prm_core/feed/reading.py", _FEED_TESTS),
     "feed": ("prm_core/feed/feed.py", _FEED_TESTS),
-    "relay": ("prm_core/feed/relay.py", _FEED_TESTS),
+    # the relay's own tests first (fast), then the destinations': the rest of _FEED_TESTS never
+    # starts a relay (test_feed_crash.py's does, in a `prm serve` child the mutant never reaches)
+    "relay": ("prm_core/feed/relay.py", ["tests/test_relay.py", "tests/test_destinations.py"]),
     "webhook": ("prm_core/feed/webhook.py", _FEED_TESTS),
 }
 

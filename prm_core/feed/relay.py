@@ -48,8 +48,6 @@ __all__ = ["Destination", "Relay", "open_destinations", "replay"]
 
 log = structlog.get_logger(__name__)
 
-_FRAMEWORK_KEYS = ("kind", "types", "batch_size", "start", "retry_base_s", "retry_cap_s", "deliver_timeout_s")
-
 
 @define
 class Destination:
@@ -57,10 +55,10 @@ class Destination:
 
     settings: DestinationSettings
     sink: Sink
-    start: str = "earliest"
-    retry_base_s: float = 1.0
-    retry_cap_s: float = 300.0
-    deliver_timeout_s: float = 60.0
+    start: str  # "earliest" or "latest" (open_destinations checks the settings and their defaults)
+    retry_base_s: float
+    retry_cap_s: float
+    deliver_timeout_s: float
     breaker: CircuitBreaker = field(init=False)
     # progress, for the metrics (the database holds the truth: prm destinations reads it)
     cursor: int = field(init=False, default=0)
@@ -139,7 +137,7 @@ class Relay:
     store: Store
     destinations: list[Destination]
     signal: FeedSignal
-    lease_s: float = 30.0
+    lease_s: float  # [feed] destination_lease_s
     poll_s: float = 1.0
     owner: str = field(factory=lambda: new_id("rly"))
     _tasks: list[asyncio.Task[None]] = field(init=False, factory=list)
@@ -246,8 +244,6 @@ class Relay:
                 batch = {c.position for c in page.changes}
                 refused = [p for p in exc.positions if p in batch]
                 reason = exc.reason
-            except asyncio.CancelledError:
-                raise
             except CircuitBreakerError:
                 left = dest.breaker.time_until_open
                 await asyncio.sleep(max(left.total_seconds() if left is not None else self.poll_s, 0.05))
@@ -369,7 +365,6 @@ class Relay:
             dest.lease_until = None
             await asyncio.sleep(self.poll_s)
             return False
-        dest.pending_through = through
         return True
 
     async def _advance(self, dest: Destination, cursor: int, to: int, refused: Sequence[Change], reason: str) -> None:
