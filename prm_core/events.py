@@ -92,6 +92,8 @@ def parse_time(raw: Any, field: str, now: datetime | None = None) -> datetime:
 
 def _string(obj: Mapping[str, Any], key: str, where: str, limit: int, *, required: bool) -> str | None:
     value = obj.get(key)
+    if type(value) is str and len(value) <= limit and "\x00" not in value and value.strip():
+        return value  # the usual case, checked as below
     if value is None:
         if required:
             raise InvalidInput(f"{where}{key} is required", f"{where}{key}", code="missing")
@@ -121,7 +123,7 @@ def parse_event(
     corrects ``occurred_at`` for clock skew, as Segment does:
     ``occurred_at + (received_at - sent_at)``.
     """
-    if not isinstance(obj, Mapping):
+    if type(obj) is not dict and not isinstance(obj, Mapping):  # a dict skips the ABC's slower check
         raise InvalidInput(f"{where.rstrip('.') or 'the body'} must be an Event object", where.rstrip(".") or None)
     event_id = _string(obj, "id", where, _MAX_ID, required=True)
     event_type = _string(obj, "type", where, _MAX_TYPE, required=True)
@@ -141,7 +143,7 @@ def parse_event(
     if direction not in ("inbound", "outbound"):
         raise InvalidInput(f"{where}direction must be inbound or outbound", f"{where}direction")
     data = obj.get("data") or {}
-    if not isinstance(data, Mapping):
+    if type(data) is not dict and not isinstance(data, Mapping):
         raise InvalidInput(f"{where}data must be an object", f"{where}data")
     if event_type in CONSENT_TYPES:
         check_consent_data(data, f"{where}data.")

@@ -28,7 +28,7 @@ from . import merging
 from .config import Config
 from .delivery import Answer, deliver_value
 from .errors import ConfigError, InvalidInput, NotFound
-from .events import check_window, parse_events
+from .events import EARLIEST, FUTURE_SKEW, check_window, parse_events
 from .feed.changes import NewChange
 from .feed.feed import Feed
 from .feed.relay import Relay, open_destinations
@@ -277,9 +277,14 @@ class Hub:
             flags = tuple(r.duplicate for r in recorded)
             return Accepted(len(flags) - sum(flags), sum(flags), 0, flags)
         now = utcnow()
-        for ev in events:
-            self.touchpoint(ev.touchpoint)
-            check_window(ev.occurred_at, "occurred_at", now)
+        latest = now + FUTURE_SKEW
+        known: set[str] = set()
+        for ev in events:  # as record() checks them, each touch point looked up once
+            if ev.touchpoint not in known:
+                self.touchpoint(ev.touchpoint)
+                known.add(ev.touchpoint)
+            if not EARLIEST <= ev.occurred_at <= latest:
+                check_window(ev.occurred_at, "occurred_at", now)  # raises, naming which end
         return await self.journal.append(events)
 
     async def processed_after(self, position: int, timeout_s: float | None = None) -> bool:

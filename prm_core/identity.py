@@ -73,7 +73,7 @@ def normalize_identities(
     """
     if raw is None:
         return ()
-    if not isinstance(raw, Mapping):
+    if type(raw) is not dict and not isinstance(raw, Mapping):  # a dict skips the ABC's slower check
         raise InvalidInput(f"{field} must be an object of namespace: value", field)
     result: set[Identity] = set()
     for namespace, value in raw.items():
@@ -98,6 +98,8 @@ def normalize_identities(
         except ValueError as exc:
             # the message names the field, never the value: the value is personal data
             raise InvalidInput(f"{where} {exc}", where) from None
+    if len(result) < 2:
+        return tuple(result)
     return tuple(sorted(result, key=lambda i: (i.namespace, i.value)))
 
 

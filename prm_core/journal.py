@@ -42,6 +42,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 import structlog
 from attrs import define, field, frozen
@@ -53,8 +54,7 @@ from .model import Event, Identity
 from .recording import BatchOutcome, IngestRules, record_batch
 from .store import Store
 from .store.engine import async_url
-from .store.lists import pairs_in
-from .store.tables import events, journal, journal_cursor, journal_rejected, utcnow
+from .store.tables import journal, journal_cursor, journal_rejected, utcnow
 
 __all__ = ["Accepted", "Journal", "JournalSettings", "Processor", "journal_path"]
 
@@ -64,7 +64,6 @@ CURSOR = "processor"
 MIN_BATCH = 50  # the processor's smallest batch, however slow recording is
 FOLLOW_S = 0.05  # how often a hub whose processor runs elsewhere reads the processor's place
 _LOCK_KEY = 0x6A6F75726E616C  # "journal": serializes appends (and so positions) on PostgreSQL
-_CHUNK = 400
 
 # the SQLite journal file's own schema: the journal and journal_rejected tables' columns (positions never reused)
 _SQLITE_DDL = (
@@ -136,19 +135,27 @@ def journal_path(database_url: str) -> Path:
 
 
 def encode(ev: Event, received_at: datetime) -> dict[str, Any]:
+    """The journal's object of an event (``received_at`` when the event has none)."""
     return {
         "id": ev.id,
         "type": ev.type,
         "occurred_at": ev.occurred_at.isoformat(),
         "touchpoint": ev.touchpoint,
-        "identities": [str(i) for i in ev.identities],
+        "identities": [f"{i.namespace}:{i.value}" for i in ev.identities],
         "dialogue": ev.dialogue,
         "direction": ev.direction,
-        "data": dict(ev.data),
+        "data": ev.data,
         "received_at": (ev.received_at or received_at).isoformat(),
         "dialogue_id": ev.dialogue_id,
         "verified": ev.verified,
     }
+
+
+def encode_texts(batch: Sequence[Event], received_at: datetime) -> list[str]:
+    """The journal's text of each event: :func:`encode`'s object as compact JSON, which
+    :func:`decode` reads back, serialized by ``orjson``. What ``orjson`` refuses (an integer
+    past 64 bits, a key that is not a string) the standard library's ``json`` writes instead."""
+    return [_dumps(encode(ev, received_at)) for ev in batch]
 
 
 def decode(body: dict[str, Any]) -> Event:
@@ -170,6 +177,13 @@ def decode(body: dict[str, Any]) -> Event:
 def _aware(text: str) -> datetime:
     at = datetime.fromisoformat(text)
     return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+def _dumps(value: Any) -> str:
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # orjson.JSONEncodeError is one
+        return json.dumps(value, separators=(",", ":"))
 
 
 @define
@@ -300,7 +314,9 @@ class Journal:
         future: asyncio.Future[Accepted] = asyncio.get_running_loop().create_future()
         self._pending += len(events)
         self._queue.put_nowait(_Job(events, future))
-        return await asyncio.shield(future)
+        # a caller that goes away cancels its future, nothing more: its events stay queued and
+        # are journaled, and the writer answers only the futures still waiting
+        return await future
 
     async def _writer(self) -> None:
         await group_commits(self._queue, self.settings.batch, self._commit)
@@ -338,13 +354,9 @@ class Journal:
     def _append(self, conn: Connection, batch: Sequence[Event], now: datetime) -> tuple[list[bool], int]:
         pg = self.engine is None
         if pg:
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_KEY})
+            conn.execute(_PG_LOCK, {"k": _LOCK_KEY})
         keys = list(dict.fromkeys((ev.touchpoint, ev.id) for ev in batch))
-        # the journal first, the events second: see the module docstring
-        seen = _existing(conn, journal, keys)
-        rest = [k for k in keys if k not in seen]
-        if rest:
-            seen |= _existing(conn, events, rest) if pg else self._recorded(rest)
+        seen = _pg_existing(conn, keys) if pg else self._sqlite_existing(conn, keys)
         flags: list[bool] = []
         fresh: list[Event] = []
         for ev in batch:
@@ -355,29 +367,34 @@ class Journal:
             seen.add(key)
             flags.append(False)
             fresh.append(ev)
-        if fresh and pg:
-            rows = [
-                {"touchpoint": e.touchpoint, "event_id": e.id, "body": encode(e, now), "appended_at": now}
-                for e in fresh
-            ]
-            conn.execute(journal.insert(), rows)
-        elif fresh:
-            # the journal file's rows bound as the driver takes them: SQLAlchemy's processing of
-            # each JSON and timestamp value cost more than the insert. The text is what the journal
-            # table's types read back (JSON; naive UTC as SQLAlchemy writes SQLite's DATETIME)
-            at = now.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
-            conn.exec_driver_sql(
-                "INSERT INTO journal (touchpoint, event_id, body, appended_at) VALUES (?, ?, ?, ?)",
-                [(e.touchpoint, e.id, json.dumps(encode(e, now), separators=(",", ":")), at) for e in fresh],
-            )
-        head = conn.execute(sa.select(sa.func.max(journal.c.position))).scalar() or 0
+        if fresh:
+            bodies = encode_texts(fresh, now)
+            if pg:
+                at = now.astimezone(UTC).replace(tzinfo=None)
+                params = {"tps": [e.touchpoint for e in fresh], "ids": [e.id for e in fresh], "bodies": bodies}
+                conn.execute(_PG_INSERT, {**params, "at": at})
+            else:
+                # the journal file's rows bound as the driver takes them: SQLAlchemy's processing of
+                # each JSON and timestamp value cost more than the insert. The text is what the journal
+                # table's types read back (JSON; naive UTC as SQLAlchemy writes SQLite's DATETIME)
+                at_text = now.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+                conn.exec_driver_sql(
+                    "INSERT INTO journal (touchpoint, event_id, body, appended_at) VALUES (?, ?, ?, ?)",
+                    [(e.touchpoint, e.id, body, at_text) for e, body in zip(fresh, bodies, strict=True)],
+                )
+        head = conn.execute(_HEAD).scalar() or 0
         return flags, int(head)
 
-    def _recorded(self, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
-        """SQLite: of these ``(touch point, id)``, those in the database's events table."""
-        assert self.store.sync_reader is not None
-        with self.store.sync_reader.begin() as conn:
-            return _existing(conn, events, keys)
+    def _sqlite_existing(self, conn: Connection, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        """SQLite: of these ``(touch point, id)``, those in the journal file (``conn``), then of
+        the rest those in the database's events table: a statement per table and touch point."""
+        seen = _sqlite_existing(conn, "journal", keys)
+        rest = [key for key in keys if key not in seen] if seen else keys
+        if rest:  # the journal first, the events second: see the module docstring
+            assert self.store.sync_reader is not None
+            with self.store.sync_reader.begin() as db:
+                seen |= _sqlite_existing(db, "events", rest)
+        return seen
 
     # ---- the processor's place ---------------------------------------------------------
 
@@ -506,21 +523,45 @@ def _sqlite_engine(path: Path, *, immediate: bool) -> sa.Engine:
     return engine
 
 
-def _existing(conn: Connection, table: sa.Table, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+def _sqlite_existing(conn: Connection, table: str, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+    """SQLite: which of ``keys`` are in ``table``, one statement per touch point (a batch has
+    one or a few), the ids bound as one JSON array whatever their number."""
+    by_touchpoint: dict[str, list[str]] = {}
+    for tp, event_id in keys:
+        by_touchpoint.setdefault(tp, []).append(event_id)
+    sql = f"SELECT event_id FROM {table} WHERE touchpoint = ? AND event_id IN (SELECT value FROM json_each(?))"
     found: set[tuple[str, str]] = set()
-    pg = conn.dialect.name == "postgresql"
-    for i in range(0, len(keys), _CHUNK):
-        part = keys[i : i + _CHUNK]
-        if pg:
-            cond = sa.tuple_(table.c.touchpoint, table.c.event_id).in_(part)
-            rows = conn.execute(sa.select(table.c.touchpoint, table.c.event_id).where(cond))
-        else:
-            q = sa.select(table.c.touchpoint, table.c.event_id).where(
-                pairs_in(table.c.touchpoint, table.c.event_id, "pairs")
-            )
-            rows = conn.execute(q, {"pairs": list(part)})
-        found.update((r[0], r[1]) for r in rows)
+    for tp, ids in by_touchpoint.items():
+        rows = conn.exec_driver_sql(sql, (tp, _dumps(ids)))
+        found.update((tp, r[0]) for r in rows)
     return found
+
+
+def _pg_existing(conn: Connection, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+    """PostgreSQL: which of ``keys`` are in the journal or the events table, in one statement:
+    one snapshot, in which the processor's transaction (its events recorded, their journal
+    rows deleted) has committed entirely or not at all, so each is found in one of the two."""
+    if not keys:
+        return set()
+    rows = conn.execute(_PG_EXISTING, {"tps": [k[0] for k in keys], "ids": [k[1] for k in keys]})
+    return {(r[0], r[1]) for r in rows}
+
+
+_PG_LOCK = sa.text("SELECT pg_advisory_xact_lock(:k)")
+_HEAD = sa.select(sa.func.max(journal.c.position))
+_KEYS = "unnest(CAST(:tps AS varchar[]), CAST(:ids AS varchar[])) AS k(tp, id)"
+_PG_EXISTING = sa.text(
+    f"SELECT j.touchpoint, j.event_id FROM journal AS j JOIN {_KEYS} ON j.touchpoint = k.tp AND j.event_id = k.id"
+    f" UNION ALL SELECT e.touchpoint, e.event_id FROM events AS e JOIN {_KEYS}"
+    " ON e.touchpoint = k.tp AND e.event_id = k.id"
+)
+# one statement for the batch, its rows (and so their positions) in the batch's order
+_PG_INSERT = sa.text(
+    "INSERT INTO journal (touchpoint, event_id, body, appended_at)"
+    " SELECT k.tp, k.id, CAST(k.body AS jsonb), CAST(:at AS timestamp) FROM unnest("
+    "CAST(:tps AS varchar[]), CAST(:ids AS varchar[]), CAST(:bodies AS text[])) WITH ORDINALITY AS k(tp, id, body, n)"
+    " ORDER BY k.n"
+)
 
 
 def _cursor(conn: Connection) -> int:

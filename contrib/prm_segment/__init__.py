@@ -31,6 +31,11 @@ Mapping to the hub's Event:
 - ``timestamp`` (else ``originalTimestamp``) is when it happened, corrected for the client's
   clock with ``sentAt`` as Segment does.
 
+A call whose messages include no ``identify`` with traits and no ``group`` is taken as
+fire-and-forget: with ``[ingest] journal = true`` it is journaled and recorded behind the
+answer. One that includes them is recorded while the sender waits, since the trait merge and
+the membership act on each event's customer, known once the event is recorded.
+
 Answers: exactly 200 ``{"success": true}`` once durable; 400 for invalid JSON, a message
 without ``userId`` and ``anonymousId``, or one over 32 KB; 413 for a body over 512 KiB.
 """
@@ -58,6 +63,7 @@ from prm_core.plugin import (
     Hub,
     Identity,
     InvalidInput,
+    accept,
     api,
     error_middleware,
     hookimpl,
@@ -279,10 +285,19 @@ async def _handle(request: web.Request, single: str | None) -> web.Response:
         )
         for i, m in enumerate(messages)
     ]
-    if events:
+    if any(_acts_on_customer(ev) for ev in events):
+        # identify traits and group calls act on each event's customer: recorded while the
+        # sender waits, whose customer is then known (see docs/architecture.md)
         recorded = await ingest(request, events)
         await _after(hub, recorded)
+    elif events:
+        await accept(request, events)  # journaled when [ingest] journal is on
     return web.json_response({"success": True})
+
+
+def _acts_on_customer(event: Event) -> bool:
+    """Whether :func:`_after` acts on this event's customer once it is recorded."""
+    return event.type == "group" or (event.type == "identify" and bool(event.data.get("traits")))
 
 
 async def _after(hub: Hub, recorded: list[Any]) -> None:

@@ -206,14 +206,16 @@ def loads(raw: bytes | str, *, field: str | None = None, decimals: bool = False,
 def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
     """Whether parsed JSON nests lists and objects more than ``limit`` deep; iterative, so
     the check itself cannot overflow the stack that deep data would overflow later
-    (rendering, logging, the database's own JSON functions)."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
-        if children is None:
-            continue
+    (rendering, logging, the database's own JSON functions). Level by level: each pass keeps
+    the containers of the level below, so scalars cost one type test each."""
+    level = [value] if isinstance(value, dict | list) else []
+    depth = 1
+    while level:
         if depth > limit:
             return True
-        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+        below: list[Any] = []
+        for node in level:
+            below += [c for c in (node.values() if isinstance(node, dict) else node) if isinstance(c, dict | list)]
+        level = below
+        depth += 1
     return False

@@ -141,9 +141,15 @@ async def accept(request: web.Request, events: list[Event], *, verified: bool | 
     claimed = as_claims(request, events, verified=verified)
     accepted = await request.app[HUB].accept(claimed)
     metrics = request.app[HUB_METRICS]
-    counts = Counter((ev.touchpoint, dup) for ev, dup in zip(claimed, accepted.flags, strict=True))
+    touchpoints = {ev.touchpoint for ev in claimed}
+    if len(touchpoints) == 1:  # a route's events are its touch point's: the answer's counts are theirs
+        (tp,) = touchpoints
+        counts = Counter({(tp, False): accepted.accepted, (tp, True): accepted.duplicates})
+    else:
+        counts = Counter((ev.touchpoint, dup) for ev, dup in zip(claimed, accepted.flags, strict=True))
     for (tp, duplicate), n in counts.items():
-        (metrics.duplicates if duplicate else metrics.events).labels(tp).inc(n)
+        if n:
+            (metrics.duplicates if duplicate else metrics.events).labels(tp).inc(n)
     return accepted
 
 
