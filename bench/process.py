@@ -158,10 +158,14 @@ def _line(label: str, r: dict[str, Any]) -> str:
 
 
 def compare(args: argparse.Namespace, argv: list[str]) -> None:
-    trees = {"before": str(Path(args.compare).resolve()), "after": str(HERE.parent)}
+    trees = {"before": str(Path(args.compare).resolve()), "after": str(Path(args.after or HERE.parent).resolve())}
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
-    child = [a for a in argv if a not in ("--compare", args.compare)]
-    child = [a for i, a in enumerate(child) if not (a == "--rounds" or (i and child[i - 1] == "--rounds"))]
+    child, skip = [], False
+    for a in argv:  # the child measures once: without the options of the comparison
+        if skip or a in ("--compare", "--after", "--rounds"):
+            skip = not skip
+            continue
+        child.append(a)
     for n in range(args.rounds):
         order = list(trees) if n % 2 == 0 else list(reversed(trees))
         for name in order:
@@ -211,6 +215,7 @@ def main() -> None:
     )
     parser.add_argument("--profile", help="write a cProfile of the timed drain here")
     parser.add_argument("--compare", help="another source tree: run both, alternately (see above)")
+    parser.add_argument("--after", help="with --compare: the tree measured as after (default: this one)")
     parser.add_argument("--rounds", type=int, default=3, help="with --compare: runs of each")
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
