@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import signal
 import socket
@@ -293,7 +294,18 @@ def process(config_path: str | None, database_url: str | None, log_level: str) -
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         async with Hub.open(config, autoload=True, journal_processor="only"):
-            await stop.wait()
+            # the process is this processor's alone: as prm serve does (prm_core.server.app's
+            # _freeze_heap), what start-up left is moved out of the collector's sight, so the
+            # collections a batch's objects cause walk those objects, not the whole heap again
+            freeze = config.flag("server", "freeze_heap", True)
+            if freeze:
+                gc.collect()
+                gc.freeze()
+            try:
+                await stop.wait()
+            finally:
+                if freeze:
+                    gc.unfreeze()
 
     try:
         asyncio.run(run())

@@ -14,6 +14,7 @@ its key still join it (a late agent note), without reopening it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -42,6 +43,11 @@ def infer_intent(event_type: str, data: Mapping[str, Any]) -> Intent | None:
     explicit = data.get("intent")
     if isinstance(explicit, str) and explicit in INTENTS:
         return explicit  # type: ignore[return-value]
+    return _type_intent(event_type)
+
+
+@functools.lru_cache(maxsize=1024)  # a touch point sends a few types, each many times
+def _type_intent(event_type: str) -> Intent | None:
     lowered = event_type.lower()
     for prefix, intent in _PREFIXES:
         if lowered.startswith(prefix):

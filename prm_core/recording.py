@@ -135,24 +135,48 @@ class BatchOutcome:
     fulfillments_updated: list[Fulfillment] = field(factory=list)
 
 
-@define
 class _MetricsDelta:
-    count: int = 0
-    purchases: PurchaseTotals = field(factory=PurchaseTotals)
-    first: datetime | None = None
-    last: datetime | None = None
-    touchpoints: set[str] = field(factory=set)
+    """What a batch adds to one customer's metrics. ``purchases`` is made by the first event
+    carrying one: most customers of a batch buy nothing, and their rows change only in the
+    columns every event changes."""
+
+    __slots__ = ("count", "first", "last", "purchases", "touchpoints")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.purchases: PurchaseTotals | None = None
+        self.first: datetime | None = None
+        self.last: datetime | None = None
+        self.touchpoints: set[str] = set()
 
     def add(self, event: Event) -> None:
         self.count += 1
+        at = event.occurred_at
         purchase = event_purchase(event.data)
         if purchase is not None:
-            self.purchases.add_purchase(purchase, event.occurred_at)
-        if self.first is None or event.occurred_at < self.first:
-            self.first = event.occurred_at
-        if self.last is None or event.occurred_at > self.last:
-            self.last = event.occurred_at
+            if self.purchases is None:
+                self.purchases = PurchaseTotals()
+            self.purchases.add_purchase(purchase, at)
+        if self.first is None or at < self.first:
+            self.first = at
+        if self.last is None or at > self.last:
+            self.last = at
         self.touchpoints.add(event.touchpoint)
+
+    def merge(self, other: _MetricsDelta) -> None:
+        self.count += other.count
+        if other.purchases is not None:
+            if self.purchases is None:
+                self.purchases = PurchaseTotals()
+            self.purchases.add(other.purchases)
+        self.first = min(filter(None, (self.first, other.first)))
+        self.last = max(filter(None, (self.last, other.last)))
+        self.touchpoints |= other.touchpoints
+
+    @property
+    def bought(self) -> bool:
+        """Whether these events change a purchase column."""
+        return self.purchases is not None and not self.purchases.empty
 
 
 _STATEMENTS: dict[tuple[str, bool], Any] = {}
@@ -188,6 +212,13 @@ def _identities_by_pairs(pg: bool) -> Any:
         .render_derived()
     )
     return sa.select(*cols).join_from(identities, wanted, sa.and_(c.namespace == wanted.c.ns, c.value == wanted.c.v))
+
+
+def _metrics_seen(pg: bool) -> Any:
+    """A SELECT of the metrics columns every event changes, for the customers bound as ``ids``."""
+    c = metrics.c
+    cols = (c.customer_id, c.event_count, c.first_seen_at, c.last_seen_at, c.touchpoints)
+    return sa.select(*cols).where(_in(pg, c.customer_id, "ids"))
 
 
 def _pairs_params(conn: Connection, pairs: Sequence[tuple[str, str]]) -> dict[str, Any]:
@@ -303,8 +334,10 @@ class _Batch:
                 self.out.recorded.append(RecordedEvent(ev, self.find(first.customer_id), first.dialogue_id, True))
             else:
                 r = results[i]
-                results[i] = RecordedEvent(ev, self.find(r.customer_id), r.dialogue_id)
-                self.out.recorded.append(results[i])
+                owner = self.find(r.customer_id)
+                if owner != r.customer_id:  # merged away later in the batch
+                    r = results[i] = RecordedEvent(ev, owner, r.dialogue_id)
+                self.out.recorded.append(r)
         record_consents(self.conn, self.out.recorded)
         if self.rules.event_changes is not None:
             new = [r for r in self.out.recorded if not r.duplicate]
@@ -371,15 +404,17 @@ class _Batch:
         return stored
 
     def _load_identities(self, batch: Sequence[Event]) -> None:
-        wanted = sorted({(i.namespace, i.value) for ev in batch for i in ev.identities})
+        named = {(i.namespace, i.value): i for ev in batch for i in ev.identities}
+        wanted = sorted(named)
         for chunk in _chunks(wanted):
             q = _statement(self.conn, "identities", _identities_by_pairs)
-            for row in self.conn.execute(q, _pairs_params(self.conn, chunk)):
-                ident = Identity(row.namespace, row.value)
-                if row.shared:
+            for namespace, value, customer_id, shared in self.conn.execute(q, _pairs_params(self.conn, chunk)):
+                # the events' own object: equal, and none made per row
+                ident = named.get((namespace, value)) or Identity(namespace, value)
+                if shared:
                     self.shared_values.add(ident)
-                elif row.customer_id is not None:
-                    self.owner[ident] = row.customer_id
+                elif customer_id is not None:
+                    self.owner[ident] = customer_id
         self._load_customers(set(self.owner.values()))
 
     def _load_customers(self, ids: set[str]) -> None:
@@ -726,8 +761,10 @@ class _Batch:
         if self.deltas:
             self._write_metrics()
         if self.rules.after_write is not None and (self.written or len(self.out.merges) > self.merges_told):
+            find = self.find
             written = [
-                Written(w.event, self.find(w.customer_id), w.dialogue_id, w.opened_dialogue) for w in self.written
+                w if find(w.customer_id) == w.customer_id else evolve(w, customer_id=find(w.customer_id))
+                for w in self.written
             ]
             merges = self.out.merges[self.merges_told :]
             self.written, self.merges_told = [], len(self.out.merges)
@@ -757,14 +794,26 @@ class _Batch:
         self.touched = {}
         if not states:
             return
-        inserts, updates = [], []
+        inserts: list[dict[str, Any]] = []
+        updates: list[dict[str, Any]] = []
         for s in states:
             s.customer_id = self.find(s.customer_id)
             if s.is_new:
                 inserts.append(s.row())
                 s.is_new = False
             else:
-                updates.append({("_" + k if k == "id" else k): v for k, v in s.row().items()})
+                updates.append(
+                    {
+                        "_id": s.id,
+                        "customer_id": s.customer_id,
+                        "status": s.status,
+                        "intent": s.intent,
+                        "outcome": s.outcome,
+                        "opened_at": s.opened_at,
+                        "last_event_at": s.last_event_at,
+                        "closed_at": s.closed_at,
+                    }
+                )
             s.dirty = False
         if inserts:
             execute_many(self.conn, _INSERT_DIALOGUES, inserts)
@@ -783,34 +832,33 @@ class _Batch:
                 for row in inserts
             )
         if updates:
-            execute_many(
-                self.conn,
-                _UPDATE_DIALOGUES,
-                [{k: v for k, v in u.items() if k not in ("touchpoint", "ref")} for u in updates],
-            )
+            execute_many(self.conn, _UPDATE_DIALOGUES, updates)
 
     def _write_metrics(self) -> None:
         deltas: dict[str, _MetricsDelta] = {}
         for cid, delta in self.deltas.items():
             target = self.find(cid)
             if target in deltas:
-                merged = deltas[target]
-                merged.count += delta.count
-                merged.purchases.add(delta.purchases)
-                merged.first = min(filter(None, (merged.first, delta.first)))
-                merged.last = max(filter(None, (merged.last, delta.last)))
-                merged.touchpoints |= delta.touchpoints
+                deltas[target].merge(delta)
             else:
                 deltas[target] = delta
         self.deltas = defaultdict(_MetricsDelta)
         existing: dict[str, Any] = {}
         ids = sorted(deltas)
+        # the columns every event changes, for every customer; the purchase columns (JSON and
+        # decimals to parse) only for the customers who bought something in this batch
         for chunk in _chunks(ids):
+            q = _statement(self.conn, "metrics seen", _metrics_seen)
+            for row in self.conn.execute(q, {"ids": list(chunk)}):
+                existing[row.customer_id] = row
+        bought = [cid for cid in ids if cid in existing and deltas[cid].bought]
+        purchased: dict[str, Any] = {}
+        for chunk in _chunks(bought):
             q = _statement(
                 self.conn, "metrics", lambda pg: sa.select(metrics).where(_in(pg, metrics.c.customer_id, "ids"))
             )
             for row in self.conn.execute(q, {"ids": list(chunk)}):
-                existing[row.customer_id] = row
+                purchased[row.customer_id] = row
         inserts: list[dict[str, Any]] = []
         updates: list[dict[str, Any]] = []
         seen_only: list[dict[str, Any]] = []
@@ -822,7 +870,7 @@ class _Batch:
                     {
                         "customer_id": cid,
                         "event_count": d.count,
-                        **d.purchases.columns(),
+                        **(d.purchases or PurchaseTotals()).columns(),
                         "first_seen_at": d.first,
                         "last_seen_at": d.last,
                         "touchpoints": sorted(d.touchpoints),
@@ -836,10 +884,11 @@ class _Batch:
                     "last_seen_at": max(filter(None, (current.last_seen_at, d.last))),
                     "touchpoints": sorted(set(current.touchpoints) | d.touchpoints),
                 }
-                if d.purchases.empty:
+                if not d.bought:
                     seen_only.append(seen)
                     continue
-                purchases = PurchaseTotals.from_row(current)
+                assert d.purchases is not None
+                purchases = PurchaseTotals.from_row(purchased[cid])
                 purchases.add(d.purchases)
                 updates.append({**seen, **purchases.columns()})
         if inserts:
