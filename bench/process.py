@@ -118,24 +118,24 @@ async def measure(args: argparse.Namespace, url: str) -> dict[str, Any]:
     }
 
 
-def _fresh_postgres(server: str) -> tuple[str, str]:
-    import sqlalchemy as sa
+async def _admin(server: str, sql: str) -> None:
+    import asyncpg  # the hub's own PostgreSQL driver
 
+    conn = await asyncpg.connect(server.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def _fresh_postgres(server: str) -> tuple[str, str]:
     name = f"bench_process_{uuid.uuid4().hex[:8]}"
-    engine = sa.create_engine(server, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE {name}")
-    engine.dispose()
+    asyncio.run(_admin(server, f"CREATE DATABASE {name}"))
     return name, server.rsplit("/", 1)[0] + "/" + name
 
 
 def _drop_postgres(server: str, name: str) -> None:
-    import sqlalchemy as sa
-
-    engine = sa.create_engine(server, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    engine.dispose()
+    asyncio.run(_admin(server, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
 
 
 def run_once(args: argparse.Namespace) -> dict[str, Any]:

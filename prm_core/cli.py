@@ -283,6 +283,8 @@ def process(config_path: str | None, database_url: str | None, log_level: str) -
     """Process the journal ([ingest] journal = true) until stopped: what prm serve --processors
     starts. Several may run against PostgreSQL (on several machines): they take turns, and no
     event is processed twice."""
+    import structlog
+
     from .hub import Hub
 
     config = _config(config_path, database_url)
@@ -301,6 +303,7 @@ def process(config_path: str | None, database_url: str | None, log_level: str) -
             if freeze:
                 gc.collect()
                 gc.freeze()
+                structlog.get_logger(__name__).debug("heap frozen", objects=gc.get_freeze_count())
             try:
                 await stop.wait()
             finally:

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
@@ -212,6 +213,18 @@ def _identities_by_pairs(pg: bool) -> Any:
         .render_derived()
     )
     return sa.select(*cols).join_from(identities, wanted, sa.and_(c.namespace == wanted.c.ns, c.value == wanted.c.v))
+
+
+def _no_purchases() -> dict[str, Any]:
+    """``PurchaseTotals().columns()``: the purchase columns of a customer who bought nothing."""
+    return {
+        "order_count": 0,
+        "return_count": 0,
+        "lifetime_revenue": Decimal(0),
+        "revenue_by_currency": {},
+        "categories": {},
+        "last_purchase_at": None,
+    }
 
 
 def _metrics_seen(pg: bool) -> Any:
@@ -870,7 +883,7 @@ class _Batch:
                     {
                         "customer_id": cid,
                         "event_count": d.count,
-                        **(d.purchases or PurchaseTotals()).columns(),
+                        **(d.purchases.columns() if d.purchases is not None else _no_purchases()),
                         "first_seen_at": d.first,
                         "last_seen_at": d.last,
                         "touchpoints": sorted(d.touchpoints),

@@ -249,6 +249,42 @@ def test_serve_refuses_processors_it_cannot_run(tmp_path, toml, processors, mess
     assert not (tmp_path / "prm.db").exists()  # refused before anything was written
 
 
+def test_prm_process_freezes_its_heap_and_stops_cleanly(tmp_path):
+    """``prm process`` owns its process, as ``prm serve`` does: the started heap is frozen, so a
+    batch's collections do not walk what start-up left ([server] freeze_heap unset)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    (tmp_path / "prm.toml").write_text("[ingest]\njournal = true\n")
+    argv = [sys.executable, "-m", "prm_core.cli", "process", "--config", str(tmp_path / "prm.toml")]
+    argv += ["--database", f"sqlite:///{tmp_path}/prm.db", "--log-level", "debug"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PRM_")}
+    proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    frozen = threading.Event()
+
+    def read() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+            if '"event": "heap frozen"' in line:
+                frozen.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        frozen.wait(60)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+        reader.join(timeout=10)
+    assert frozen.is_set(), "".join(lines)
+    assert proc.returncode == 0, "".join(lines)
+
+
 async def test_import_journals_and_reports_once_processed(database_url, tmp_path):
     import json
 

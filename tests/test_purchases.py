@@ -142,3 +142,13 @@ def test_the_most_bought_categories_are_kept_ties_by_name_and_a_negative_count_t
     few = PurchaseTotals(categories=Counter({"b": 1, "a": 1, "voided-first": -1, "gone": 0})).columns()["categories"]
     assert few == {"a": 1, "b": 1, "voided-first": -1}
     assert list(few) == ["a", "b", "voided-first"]
+
+
+def test_a_new_customer_without_a_purchase_gets_the_empty_totals_columns():
+    """Recording writes a new customer's purchase columns from a literal, not from an empty
+    PurchaseTotals each time: the two must not drift apart."""
+    from prm_core.merging import PurchaseTotals
+    from prm_core.recording import _no_purchases
+
+    assert _no_purchases() == PurchaseTotals().columns()
+    assert _no_purchases()["revenue_by_currency"] is not _no_purchases()["revenue_by_currency"]

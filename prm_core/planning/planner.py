@@ -327,7 +327,9 @@ class Planner:
         for w in written:
             ev = w.event
             key = (ev.touchpoint, ev.occurred_at.date().isoformat())
-            counts = days.setdefault(key, Counter())
+            counts = days.get(key)
+            if counts is None:  # not setdefault: that makes a Counter per event
+                counts = days[key] = Counter()
             counts["events"] += 1
             counts["dialogues"] += int(w.opened_dialogue)
             amount = event_revenue(ev.data) if ev.direction == "inbound" else None
