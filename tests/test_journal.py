@@ -7,6 +7,7 @@ import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
 
+import attrs
 import pytest
 import sqlalchemy as sa
 
@@ -22,7 +23,9 @@ EVENTS = "/v1/touchpoints/web/events"
 
 @pytest.fixture
 def hub_config(database_url: str) -> Config:
-    return Config(database_url=database_url, public_url="http://hub.test", raw={"ingest": {"journal": True}})
+    # a read with a position waits as long as a loaded CI machine may need; the test of the 503 shortens it
+    ingest = {"journal": True, "read_wait_ms": 30_000}
+    return Config(database_url=database_url, public_url="http://hub.test", raw={"ingest": ingest})
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -87,6 +90,7 @@ async def test_a_position_not_reached_in_time_answers_503_with_retry_after(hub_c
     read = await make_key("read")
     hub = hub_client.app[HUB]
     assert hub.journal is not None
+    hub.journal.settings = attrs.evolve(hub.journal.settings, read_wait_ms=200)
     ahead = hub.journal.head + 1000  # no event is there yet: the processor cannot have passed it
     resp = await hub_client.get(f"/v1/customers/email:ann@example.com?after={ahead}", headers=bearer(read))
     assert resp.status == 503

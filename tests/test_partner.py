@@ -259,6 +259,19 @@ async def test_without_partner_sharing_consent_the_technician_gets_no_personal_d
     assert visit_details(evolve(view, consents=(elsewhere,)), "fieldservice") != {}
 
 
+@pytest.mark.parametrize(
+    ("asked", "due"),
+    [
+        ("2026-12-07T10:30:00+00:00", "2026-12-08T10:30:00+00:00"),  # Monday: Tuesday, same time
+        ("2026-12-04T10:30:00+00:00", "2026-12-07T10:30:00+00:00"),  # Friday: over the weekend to Monday
+        ("2026-12-05T10:30:00+00:00", "2026-12-08T00:00:00+00:00"),  # Saturday: all of Monday
+        ("2026-12-06T01:00:00+00:00", "2026-12-08T00:00:00+00:00"),  # Sunday night: all of Monday
+    ],
+)
+def test_a_business_day_does_not_start_at_the_weekend(asked: str, due: str):
+    assert add_business_days(datetime.fromisoformat(asked), 1) == datetime.fromisoformat(due)
+
+
 async def test_entitlement_follows_the_tier_and_config(hub, field, stock):
     cid = await platinum_ann(hub)
     await hub.update_customer(cid, {"tier": "gold"})

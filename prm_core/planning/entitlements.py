@@ -36,8 +36,15 @@ def service_days(tier: str | None, entitlements: Mapping[str, int] | None = None
 
 
 def add_business_days(start: datetime, days: int) -> datetime:
-    """``start`` plus ``days`` business days (Monday to Friday; no holiday calendar)."""
+    """``start`` plus ``days`` business days (Monday to Friday; no holiday calendar).
+
+    The clock stops at the weekend: a ``start`` on a Saturday or Sunday counts from the
+    Monday's midnight, so a customer asking on a Sunday morning is given all of Monday, as one
+    asking on a Monday morning is given all of Tuesday.
+    """
     current = start
+    if current.weekday() >= 5:
+        current = (current + timedelta(days=7 - current.weekday())).replace(hour=0, minute=0, second=0, microsecond=0)
     left = days
     while left > 0:
         current += timedelta(days=1)
