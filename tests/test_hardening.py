@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import re
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -410,7 +411,9 @@ async def test_rfc3339_times_inside_the_window_are_accepted(hub_client, make_key
 
 async def test_a_skew_correction_landing_outside_the_window_names_sent_at(hub_client, make_key):
     web = await make_key("touchpoint:web")
-    body = {**EVENT, "occurred_at": "1900-01-01T00:00:00Z", "sent_at": "2026-12-06T00:00:00Z"}
+    # the client's clock half a day ahead of the hub's: the correction moves occurred_at before 1900
+    sent_at = (datetime.now(UTC) + timedelta(hours=12)).isoformat()
+    body = {**EVENT, "occurred_at": "1900-01-01T00:00:00Z", "sent_at": sent_at}
     resp = await hub_client.post("/v1/touchpoints/web/events", json=body, headers=bearer(web))
     assert resp.status == 422, await resp.text()
     assert (await resp.json())["error"]["field"] == "sent_at"
