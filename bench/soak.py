@@ -13,6 +13,11 @@ second half of the run (least squares, MB per minute) next to the slope over the
 (the warm-up, when caches and pools fill), with targets RSS <= 300 MB and flat (second-half
 slope <= 1 MB/min). Timing and memory are never asserted.
 
+``--journal`` runs the hub with ``[ingest] journal = true``: the events are acknowledged once
+journaled and recorded behind by the processor, in the hub process or, with ``--processors
+1``, in a ``prm process`` child (``prm serve --processors``), whose RSS is sampled and reported
+the same way. The journal's depth and the processor's lag (``/healthz``) are printed at the end.
+
 Run ``python bench/soak.py`` (10 minutes) or ``python bench/soak.py --minutes 1``.
 """
 
@@ -89,17 +94,43 @@ async def drive(url: str, key: str, args: argparse.Namespace, stop_at: float) ->
     return counts
 
 
-async def sample(pid: int, every: float, stop_at: float, started: float) -> list[tuple[float, float]]:
-    points = []
+def children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (the journal processors of ``prm serve --processors``)."""
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    try:
+        return proc_status_kb(pid, field) / 1024
+    except (OSError, ValueError):
+        return 0.0
+
+
+async def sample(
+    pid: int, every: float, stop_at: float, started: float
+) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+    """``(hub, processors)``: each sample's seconds and RSS (the processors' summed)."""
+    hub_points, processor_points = [], []
     while time.monotonic() < stop_at:
-        points.append((time.monotonic() - started, proc_status_kb(pid, "VmRSS") / 1024))
+        at = time.monotonic() - started
+        hub_points.append((at, rss_mb(pid)))
+        kids = children(pid)
+        if kids:
+            processor_points.append((at, sum(rss_mb(k) for k in kids)))
         await asyncio.sleep(every)
-    return points
+    return hub_points, processor_points
 
 
-def start_hub(database_url: str, workdir: Path) -> tuple[subprocess.Popen[bytes], str, int]:
+def start_hub(
+    database_url: str, workdir: Path, *, journal: bool = False, processors: int = 0
+) -> tuple[subprocess.Popen[bytes], str, int]:
     """``prm keys create`` then ``prm serve`` on ``database_url``; returns the process, key and port."""
-    env = {**os.environ, "PRM_DATABASE_URL": database_url}
+    config = workdir / "prm.toml"
+    config.write_text("[ingest]\njournal = true\n" if journal else "")
+    env = {**os.environ, "PRM_DATABASE_URL": database_url, "PRM_CONFIG": str(config)}
     cli = [sys.executable, "-m", "prm_core.cli"]
     made = subprocess.run(
         [*cli, "keys", "create", "--scope", "touchpoint:web"], env=env, capture_output=True, text=True, check=True
@@ -107,7 +138,7 @@ def start_hub(database_url: str, workdir: Path) -> tuple[subprocess.Popen[bytes]
     port = free_port()
     with (workdir / "hub.log").open("wb") as log:
         hub = subprocess.Popen(
-            [*cli, "serve", "--port", str(port), "--log-level", "warning"],
+            [*cli, "serve", "--port", str(port), "--log-level", "warning", "--processors", str(processors)],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -128,17 +159,26 @@ async def soak(args: argparse.Namespace, hub: subprocess.Popen[bytes], key: str,
     rss_start = proc_status_kb(hub.pid, "VmRSS") / 1024
     started = time.monotonic()
     stop_at = started + args.minutes * 60
-    counts, points = await asyncio.gather(
+    counts, (points, processor_points) = await asyncio.gather(
         drive(base + "/v1/touchpoints/web/events", key, args, stop_at),
         sample(hub.pid, args.sample, stop_at, started),
     )
     half = args.minutes * 30
+    kids = children(hub.pid)
+    async with aiohttp.ClientSession() as session, session.get(base + "/healthz") as resp:
+        health = await resp.json()
     return {
         "rss_start_mb": rss_start,
-        "rss_peak_mb": proc_status_kb(hub.pid, "VmHWM") / 1024,
-        "rss_end_mb": proc_status_kb(hub.pid, "VmRSS") / 1024,
+        "rss_peak_mb": rss_mb(hub.pid, "VmHWM"),
+        "rss_end_mb": rss_mb(hub.pid),
         "slope_first_half_mb_per_min": slope([p for p in points if p[0] < half]),
         "slope_second_half_mb_per_min": slope([p for p in points if p[0] >= half]),
+        "processors": len(kids),
+        "processor_rss_start_mb": processor_points[0][1] if processor_points else None,
+        "processor_rss_peak_mb": sum(rss_mb(k, "VmHWM") for k in kids) if kids else None,
+        "processor_rss_end_mb": sum(rss_mb(k) for k in kids) if kids else None,
+        "processor_slope_second_half_mb_per_min": slope([p for p in processor_points if p[0] >= half]),
+        "journal": health.get("journal"),
         "requests_ok": counts["ok"],
         "errors": counts["errors"],
         "behind": counts["behind"],
@@ -156,15 +196,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sample", type=float, default=5.0, help="seconds between RSS samples")
     parser.add_argument("--database-url", help="default: a fresh SQLite file in a temporary directory")
     parser.add_argument("--json", metavar="PATH", help="also write the figures to this JSON file")
+    parser.add_argument("--journal", action="store_true", help="run the hub with [ingest] journal = true")
+    parser.add_argument(
+        "--processors", type=int, default=0, help="with --journal: prm serve --processors (0: in the hub process)"
+    )
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="prm-bench-soak-"))
     print(
         f"prm soak benchmark  {datetime.now(UTC):%Y-%m-%d %H:%M} UTC  cpus {os.cpu_count()}"
         f"  load avg {os.getloadavg()[0]:.2f}\n{args.minutes:g} min at {args.rate:g} req/s x {args.batch} events"
-        f" ({rfc3339_now()})",
+        f" ({rfc3339_now()})" + (f"  journal on, processors {args.processors}" if args.journal else ""),
         flush=True,
     )
-    hub, key, port = start_hub(args.database_url or f"sqlite:///{workdir}/prm.db", workdir)
+    database_url = args.database_url or f"sqlite:///{workdir}/prm.db"
+    hub, key, port = start_hub(database_url, workdir, journal=args.journal, processors=args.processors)
     try:
         figures = asyncio.run(soak(args, hub, key, port))
     finally:
@@ -183,6 +228,18 @@ def main(argv: list[str] | None = None) -> None:
         f"  target <= {TARGET_SLOPE_MB_PER_MIN:g}  {'met' if flat else 'MISSED'}",
         flush=True,
     )
+    if figures["processors"]:
+        peak = figures["processor_rss_peak_mb"]
+        print(
+            f"processor{'s' if figures['processors'] > 1 else ''}: RSS after start"
+            f" {figures['processor_rss_start_mb']:.0f} MB, at end {figures['processor_rss_end_mb']:.0f} MB,"
+            f" peak {peak:.0f} MB  target <= {TARGET_RSS_MB:.0f} MB  {'met' if peak <= TARGET_RSS_MB else 'MISSED'};"
+            f" slope second half {figures['processor_slope_second_half_mb_per_min']:+.2f} MB/min",
+            flush=True,
+        )
+    if figures["journal"]:
+        j = figures["journal"]
+        print(f"journal at the end: depth {j['depth']:,}, lag {j['lag_s']:.1f} s, head {j['head']}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
 

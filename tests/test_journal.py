@@ -172,6 +172,48 @@ async def test_a_synchronous_write_sees_journaled_events_first(database_url):
             assert recorded.customer_id == await hub.resolve(f"email:s{round_}@example.com")
 
 
+async def test_the_journal_keeps_a_batchs_order_and_reads_back_each_event(database_url):
+    from attrs import evolve
+
+    from prm_core.journal import decode
+
+    config = Config(database_url=database_url, raw={"ingest": {"journal": True}})
+    order = [7, 3, 9, 0, 5]  # positions follow the batch, not the ids
+    batch = [library_event(n, f"email:o{n}@example.com") for n in order]
+    # what orjson writes, and what it leaves to the standard library (an integer past 64 bits)
+    batch[1] = evolve(batch[1], data={"name": "Zoë", "nested": {"a": [1, 2.5, None, True]}}, dialogue="d-1")
+    batch[2] = evolve(batch[2], data={"n": 2**70, "m": -(2**64)}, verified=False)
+    async with Hub.open(config, autoload=True, journal_processor="elsewhere") as hub:
+        assert hub.journal is not None
+        journal = hub.journal
+        accepted = await hub.accept(batch)
+        assert (accepted.accepted, accepted.duplicates) == (5, 0)
+        rows = await hub.store.read(lambda conn: journal.read_after(conn, 0, 100))
+    assert [position for position, _ in rows] == sorted(position for position, _ in rows)
+    assert rows[-1][0] == accepted.position
+    decoded = [decode(body) for _, body in rows]
+    assert [evolve(ev, received_at=None) for ev in decoded] == batch
+    assert all(ev.received_at is not None for ev in decoded)
+
+
+async def test_the_same_id_at_two_touch_points_is_two_events(database_url):
+    config = Config(database_url=database_url, raw={"ingest": {"journal": True}})
+    web = [library_event(n, f"email:w{n}@example.com") for n in range(3)]
+    pos = [evolve_touchpoint(ev, "pos") for ev in web]
+    async with Hub.open(config, autoload=True) as hub:
+        first = await hub.accept([*web, pos[0]])
+        assert (first.accepted, first.duplicates, first.flags) == (4, 0, (False, False, False, False))
+        assert await hub.processed_after(first.position, 10)  # recorded: found in the events now
+        again = await hub.accept([pos[1], web[0], pos[0], pos[1]])
+        assert (again.accepted, again.duplicates, again.flags) == (1, 3, (False, True, True, True))
+
+
+def evolve_touchpoint(ev: Event, touchpoint: str) -> Event:
+    from attrs import evolve
+
+    return evolve(ev, touchpoint=touchpoint)
+
+
 async def test_the_journal_survives_a_restart_and_is_processed(database_url):
     config = Config(database_url=database_url, raw={"ingest": {"journal": True}})
     async with Hub.open(config, autoload=True, journal_processor="elsewhere") as hub:

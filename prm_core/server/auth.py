@@ -19,6 +19,7 @@ __all__ = [
     "VERIFIABLE_FROM_BROWSERS",
     "as_claims",
     "authenticate",
+    "grants",
     "limit_keyless",
     "presented_key",
     "public_refusal",
@@ -84,14 +85,19 @@ async def require(request: web.Request, scope: str, *others: str, key: str | Non
     """Authenticate and check the key grants ``scope`` (or one of ``others``): 403 naming
     what is needed. A public key also needs a route that takes public keys (``@api(public=True)``)
     and a touch point that declares them (``TouchPoint.public_keys``): see :func:`public_refusal`."""
-    record = await authenticate(request, key)
+    return grants(request, await authenticate(request, key), scope, *others)
+
+
+def grants(request: web.Request, record: ApiKey, scope: str, *others: str) -> ApiKey:
+    """``record`` (a key :func:`authenticate` verified for this request) when it grants
+    ``scope`` (or one of ``others``) here; 403 naming what is needed, as :func:`require`."""
     needed = (scope, *others)
     if record.public and (refusal := public_refusal(request, record)):
         raise ApiError(403, "forbidden", refusal)
     if not any(allows(record.scope, s) for s in needed):
-        grants = "grants neither" if others else "does not grant"
+        verb = "grants neither" if others else "does not grant"
         wanted = " nor ".join(repr(s) for s in needed)
-        raise ApiError(403, "forbidden", f"this key's scope {record.scope!r} {grants} {wanted}")
+        raise ApiError(403, "forbidden", f"this key's scope {record.scope!r} {verb} {wanted}")
     return record
 
 
