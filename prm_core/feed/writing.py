@@ -40,6 +40,7 @@ __all__ = [
     "event_topic",
     "flush",
     "mark",
+    "offer_topic",
     "rollback_to",
     "scrub_customers",
     "topics",
@@ -115,16 +116,25 @@ def event_topic(event_type: str) -> str:
     return "event:" + event_type
 
 
+def offer_topic(source_kind: str) -> str:
+    """The topic of an ``offer.made`` change about an offer whose ``source`` is of this kind
+    (what comes before its first colon: ``trigger`` for ``trigger:cart``)."""
+    return "offer.made:" + source_kind
+
+
 def topics(rows: Iterable[dict[str, Any]]) -> frozenset[str]:
     """What a commit's changes are about, for readers that wait for some of them only
-    (:meth:`prm_core.feed.reading.FeedSignal.wait`): each change's type, and for an
-    ``event.recorded`` change also its event's type (:func:`event_topic`)."""
+    (:meth:`prm_core.feed.reading.FeedSignal.wait`): each change's type; for an
+    ``event.recorded`` change also its event's type (:func:`event_topic`), for an
+    ``offer.made`` change the kind of its offer's source (:func:`offer_topic`)."""
     found = set()
     for row in rows:
         kind = row["type"]
         found.add(kind)
         if kind == "event.recorded":
             found.add(event_topic(str((row["data"] or {}).get("type"))))
+        elif kind == "offer.made":
+            found.add(offer_topic(str((row["data"] or {}).get("source") or "").partition(":")[0]))
     return frozenset(found)
 
 

@@ -44,6 +44,7 @@ from ..consent import allows
 from ..errors import ConfigError, Overloaded, StoreUnavailable
 from ..feed.changes import Change, NewChange
 from ..feed.reading import FellBehind, bounds, read_changes
+from ..feed.writing import offer_topic
 from ..ids import new_id
 from ..model import Event, FulfillmentRequest, Identity, RecordedEvent
 from ..outbox import PlannedEvent, PlannedFulfillment, backoff_s
@@ -84,6 +85,9 @@ GATHER_S = 0.1  # the least time between two reads of the feed while it is caugh
 RELOAD_S = 10.0  # how stale another process's pause or new trigger may be here
 NOTE_S = 5.0  # how often a position past changes that start nothing is written
 _ALWAYS = frozenset({"offer.made", "customer.erased"})
+# the commits the reader wakes for besides those of its triggers' types: erasures, and offers
+# made that a trigger queued (offers of other sources are read along, never waited for)
+_WAKE = frozenset({"customer.erased", offer_topic("trigger")})
 _NO_CONTACT: Mapping[str, Any] = {"consents": [], "days_since_last_contact": None}
 _CARRIED = ("fired_at", "channel", "event_id", "offer", "expires_at", "customer_id")
 # the identity a message goes to, by channel
@@ -223,13 +227,14 @@ class TriggerEngine:
                 if cursor is None:  # another hub process follows the feed
                     await asyncio.sleep(self.lease_s / 2)
                     continue
-                types = {t.on for t in self.active()} | _ALWAYS
-                # watched from before the read, so a commit of these types while it runs is not missed
-                watched = signal.watch(types)
+                on = {t.on for t in self.active()}
+                types = on | _ALWAYS
+                # watched from before the read, so a commit the reader wants while it runs is not missed
+                watched = signal.watch(on | _WAKE)
                 try:
                     if await self._read_once(cursor, types):
                         continue
-                    # at once if a commit of these types came meanwhile; other commits are slept through
+                    # at once if such a commit came meanwhile; other commits are slept through
                     await signal.wait(poll, watched=watched)
                 finally:
                     signal.unwatch(watched)
