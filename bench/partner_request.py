@@ -30,6 +30,11 @@ the client's and the simulators' work would queue behind the hub's on one interp
     python bench/partner_request.py --concurrency 1    # one request at a time only: the target's figure
     python bench/partner_request.py --rate 20          # open loop: 20 requests a second at random moments
     python bench/partner_request.py --customers 1      # every request from one customer
+    python bench/partner_request.py --hub-python /tmp/before/bin/python   # the hub of another checkout
+
+An editable install puts its own ``prm_core`` ahead of ``PYTHONPATH``, so the code of another
+checkout is run with an interpreter of its own (``--hub-python``); ``bench/README.md`` shows
+how to make one that shares this environment's dependencies.
 """
 
 from __future__ import annotations
@@ -230,13 +235,16 @@ def serve_forever(role: str, given: dict[str, Any], ready: str) -> None:
     asyncio.run(run())
 
 
-def start(role: str, workdir: str, given: dict[str, Any] | None = None) -> tuple[subprocess.Popen[str], dict[str, Any]]:
-    """Start a server process (its output to ``ROLE.log`` in ``workdir``) and wait until it serves."""
+def start(
+    role: str, workdir: str, given: dict[str, Any] | None = None, python: str | None = None
+) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    """Start a server process (its output to ``ROLE.log`` in ``workdir``) and wait until it
+    serves; ``python``: the interpreter to run it with (default: this one)."""
     ready = os.path.join(workdir, f"{role}.json")
     with open(os.path.join(workdir, f"{role}.log"), "w") as log:
         proc = subprocess.Popen(
             [
-                sys.executable,
+                python or sys.executable,
                 os.path.abspath(__file__),
                 "--serve",
                 role,
@@ -263,11 +271,11 @@ def start(role: str, workdir: str, given: dict[str, Any] | None = None) -> tuple
 # ---- the driver -------------------------------------------------------------------------------
 
 
-async def main(requests: int, levels: list[int], customers: int, rate: float | None) -> None:
+async def main(requests: int, levels: list[int], customers: int, rate: float | None, python: str | None = None) -> None:
     workdir = tempfile.mkdtemp(prefix="prm-bench-partner-")
     partners_proc, partners = start("partners", workdir)
     bare_proc, bare = start("bare", workdir, partners)
-    hub_proc, hub = start("hub", workdir, {**partners, "workdir": workdir, "customers": customers})
+    hub_proc, hub = start("hub", workdir, {**partners, "workdir": workdir, "customers": customers}, python)
     try:
         print(f"requests: {requests} per phase, from {customers} customer(s) in turn")
         print("partners answer in 100 ms and 150 ms")
@@ -370,6 +378,10 @@ if __name__ == "__main__":
         "--rate", type=positive(float), help="open loop: this many requests a second, at random moments"
     )
     parser.add_argument("--quick", action="store_true", help="100 requests")
+    parser.add_argument(
+        "--hub-python",
+        help="the interpreter that runs the hub (another checkout's environment: a before and after in one session)",
+    )
     parser.add_argument("--serve", choices=("partners", "bare", "hub"), help=argparse.SUPPRESS)
     parser.add_argument("--given", default="{}", help=argparse.SUPPRESS)
     parser.add_argument("--ready", help=argparse.SUPPRESS)
@@ -377,4 +389,6 @@ if __name__ == "__main__":
     if args.serve:
         serve_forever(args.serve, json.loads(args.given), args.ready)
     else:
-        asyncio.run(main(100 if args.quick else args.requests, args.concurrency, args.customers, args.rate))
+        asyncio.run(
+            main(100 if args.quick else args.requests, args.concurrency, args.customers, args.rate, args.hub_python)
+        )

@@ -130,6 +130,21 @@ class SettledEvent(FulfillmentEvent):
     values: Mapping[str, Any] = field(factory=dict)
 
 
+def _settle(fenced: bool, returning: bool) -> Any:
+    c = outbox.c
+    where = [c.id == sa.bindparam("settled_row"), c.status == "pending"]
+    if fenced:
+        where.append(c.attempts == sa.bindparam("settled_fence"))
+    update = outbox.update().where(*where)
+    return update.returning(outbox) if returning else update
+
+
+# built once (a statement built per call costs more than running it): fenced or not, with
+# RETURNING or not
+_SETTLE = {(fenced, returning): _settle(fenced, returning) for fenced in (False, True) for returning in (False, True)}
+_ROW = sa.select(outbox).where(outbox.c.id == sa.bindparam("settled_row"))
+
+
 def settle_row(conn: Connection, ev: Event) -> Fulfillment | None:
     """Inside the recording transaction: apply a :class:`SettledEvent`'s row update.
 
@@ -140,19 +155,20 @@ def settle_row(conn: Connection, ev: Event) -> Fulfillment | None:
     """
     if not isinstance(ev, SettledEvent) or not ev.row_id:
         return None
-    c = outbox.c
-    where = [c.id == ev.row_id, c.status == "pending"]
+    returning = conn.dialect.update_returning  # PostgreSQL, SQLite 3.35+: the row for the hook, no second read
+    # the SET clause comes from the parameters' names (the columns ev.values sets)
+    params = {**ev.values, "settled_row": ev.row_id}
     if ev.fence is not None:
-        where.append(c.attempts == ev.fence)
-    update = outbox.update().where(*where).values(**ev.values)
+        params["settled_fence"] = ev.fence
+    update = _SETTLE[ev.fence is not None, returning]
     row = None
-    if conn.dialect.update_returning:  # PostgreSQL, SQLite 3.35+: the row for the hook, no second read
-        row = conn.execute(update.returning(outbox)).first()
+    if returning:
+        row = conn.execute(update, params).first()
         updated = row is not None
     else:
-        updated = bool(conn.execute(update).rowcount)
+        updated = bool(conn.execute(update, params).rowcount)
     if row is None:  # read it: no RETURNING, or not pending any more (told before, or taken over)
-        row = conn.execute(sa.select(outbox).where(c.id == ev.row_id)).first()
+        row = conn.execute(_ROW, {"settled_row": ev.row_id}).first()
         if row is None or (ev.fence is not None and row.attempts != ev.fence) or row.status != ev.values.get("status"):
             log.info("fulfillment claim was taken over", partner=ev.data.get("partner"), attempt=ev.fence)
             return None
@@ -169,12 +185,18 @@ def erased_requests(conn: Connection, row_ids: Collection[str]) -> set[str]:
     customer's anonymous shell makes later is not one of them."""
     if not row_ids:
         return set()
+    return set(conn.execute(_ERASED_Q[conn.dialect.name == "postgresql"], {"ids": sorted(row_ids)}).scalars())
+
+
+def _erased_q(pg: bool) -> Any:
     o, c, e = outbox.c, customers.c, erasures.c
     erased = sa.exists().where(
         e.customer_id.in_([c.id, sa.func.coalesce(c.merged_into, c.id)]), e.erased_at >= o.updated_at
     )
-    q = sa.select(o.id).join_from(outbox, customers, c.id == o.customer_id).where(o.id.in_(sorted(row_ids)), erased)
-    return set(conn.execute(q).scalars())
+    return sa.select(o.id).join_from(outbox, customers, c.id == o.customer_id).where(one_of(o.id, "ids", pg), erased)
+
+
+_ERASED_Q = {pg: _erased_q(pg) for pg in (False, True)}  # the row ids are one parameter (prm_core.store.lists)
 
 
 def erased_answers(conn: Connection, batch: Sequence[Event], indices: Iterable[int]) -> set[int]:

@@ -170,7 +170,10 @@ class PartnerClient:
             # the hub's own JSON loader: a number past a double, a lone surrogate or a NUL in an
             # answer would otherwise be stored with the result and fail it (PostgreSQL) or later
             # readers of it (SQLite); an answer that is not JSON the hub keeps counts as no body
-            answer: Any = parse_json_body(text) if text else {}
+            # (as UTF-8 bytes, read as a request body is: the string checks then run only when the
+            # text has \u escapes, the only way a NUL or a lone surrogate gets into strictly decoded
+            # text; a byte-order mark is left for the loader to refuse, as before)
+            answer: Any = (parse_json_body(text.encode() if text[0] != "\ufeff" else text)) if text else {}
         except (ApiError, InvalidInput):
             answer = {}
         if s.protocol in ("tmf646", "tmf687"):

@@ -123,16 +123,21 @@ def prune(conn: Connection, before: datetime, *, batch: int = 10_000) -> int:
 class FeedSignal:
     """Wakes readers waiting for changes when a commit of this process adds some.
 
-    ``notify`` may be called from any thread; waiters are woken on their event loop.
+    ``notify`` may be called from any thread; waiters are woken on their event loop. A
+    reader that wants some changes only waits for their topics
+    (:func:`prm_core.feed.writing.topics`), and sleeps through commits of others.
     """
 
     _loop: asyncio.AbstractEventLoop | None = field(init=False, default=None)
-    _event: asyncio.Event = field(init=False, factory=asyncio.Event)
+    # the commits watched for: (topics, or None for any, set by the next such commit)
+    _watches: list[tuple[frozenset[str] | None, asyncio.Event]] = field(init=False, factory=list)
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
 
-    def notify(self) -> None:
+    def notify(self, topics: Collection[str] | None = None) -> None:
+        """A commit added changes about ``topics`` (``None``: about anything, as another hub
+        process's commit, heard on PostgreSQL, may be)."""
         loop = self._loop
         if loop is None:
             return
@@ -141,17 +146,34 @@ class FeedSignal:
         except RuntimeError:
             running = None
         if running is loop:
-            self._fire()
+            self._fire(topics)
         else:
-            loop.call_soon_threadsafe(self._fire)
+            loop.call_soon_threadsafe(self._fire, topics)
 
-    def _fire(self) -> None:
-        self._event.set()
-        self._event = asyncio.Event()
+    def _fire(self, topics: Collection[str] | None = None) -> None:
+        watching: list[tuple[frozenset[str] | None, asyncio.Event]] = []
+        for wanted, woken in self._watches:
+            if topics is None or wanted is None or not wanted.isdisjoint(topics):
+                woken.set()
+            else:
+                watching.append((wanted, woken))
+        self._watches = watching
 
-    async def wait(self, seconds: float) -> bool:
-        """Until the next commit that adds changes, or ``seconds``: whether woken."""
-        event = self._event
+    def watch(self, topics: Collection[str] | None = None) -> asyncio.Event:
+        """An event the next commit that adds changes (about one of ``topics``, when given)
+        sets. A reader watches before it reads, so a commit while it reads is not missed;
+        :meth:`wait` with ``watched`` waits for it, and stops watching."""
+        woken = asyncio.Event()
+        self._watches.append((None if topics is None else frozenset(topics), woken))
+        return woken
+
+    async def wait(
+        self, seconds: float, topics: Collection[str] | None = None, *, watched: asyncio.Event | None = None
+    ) -> bool:
+        """Until the next commit that adds changes (about one of ``topics``, when given),
+        or ``seconds``: whether woken. With ``watched`` (from :meth:`watch`), until that
+        event is set, which it may already be."""
+        event = self.watch(topics) if watched is None else watched
         try:
             # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancellation
             # that arrives as the event is set, and the waiting task would never stop
@@ -160,3 +182,10 @@ class FeedSignal:
             return True
         except TimeoutError:
             return False
+        finally:
+            self.unwatch(event)
+
+    def unwatch(self, watched: asyncio.Event) -> None:
+        """Stop watching (what :meth:`watch` returned)."""
+        if not watched.is_set():
+            self._watches = [w for w in self._watches if w[1] is not watched]

@@ -31,7 +31,20 @@ from ..store.lists import one_of
 from ..store.tables import changes, utcnow
 from .changes import NewChange
 
-__all__ = ["FEED_LOCK", "begin", "discard", "emit", "emit_rows", "flush", "mark", "rollback_to", "scrub_customers"]
+__all__ = [
+    "FEED_LOCK",
+    "begin",
+    "discard",
+    "emit",
+    "emit_rows",
+    "event_topic",
+    "flush",
+    "mark",
+    "offer_topic",
+    "rollback_to",
+    "scrub_customers",
+    "topics",
+]
 
 _PENDING = "prm.feed.pending"
 # any constant works; it only has to be the same in every hub process
@@ -85,16 +98,44 @@ def rollback_to(conn: Connection, marked: int) -> None:
         del pending[marked:]
 
 
-def flush(conn: Connection) -> int:
-    """Insert the transaction's changes (the store calls this last); returns how many."""
+def flush(conn: Connection) -> frozenset[str]:
+    """Insert the transaction's changes (the store calls this last); returns their topics
+    (:func:`topics`), empty when there were none."""
     rows: list[dict[str, Any]] | None = conn.info.pop(_PENDING, None)
     if not rows:
-        return 0
+        return frozenset()
     if conn.dialect.name == "postgresql":
         # the notice reaches listeners (other hub processes' long polls) when this commits
         conn.execute(_LOCK_AND_NOTIFY, {"k": FEED_LOCK, "channel": NOTIFY_CHANNEL})
     execute_many(conn, _INSERT, rows)
-    return len(rows)
+    return topics(rows)
+
+
+def event_topic(event_type: str) -> str:
+    """The topic of an ``event.recorded`` change about an event of ``event_type``."""
+    return "event:" + event_type
+
+
+def offer_topic(source_kind: str) -> str:
+    """The topic of an ``offer.made`` change about an offer whose ``source`` is of this kind
+    (what comes before its first colon: ``trigger`` for ``trigger:cart``)."""
+    return "offer.made:" + source_kind
+
+
+def topics(rows: Iterable[dict[str, Any]]) -> frozenset[str]:
+    """What a commit's changes are about, for readers that wait for some of them only
+    (:meth:`prm_core.feed.reading.FeedSignal.wait`): each change's type; for an
+    ``event.recorded`` change also its event's type (:func:`event_topic`), for an
+    ``offer.made`` change the kind of its offer's source (:func:`offer_topic`)."""
+    found = set()
+    for row in rows:
+        kind = row["type"]
+        found.add(kind)
+        if kind == "event.recorded":
+            found.add(event_topic(str((row["data"] or {}).get("type"))))
+        elif kind == "offer.made":
+            found.add(offer_topic(str((row["data"] or {}).get("source") or "").partition(":")[0]))
+    return frozenset(found)
 
 
 def discard(conn: Connection) -> None:

@@ -120,9 +120,9 @@ class Store:
     # CPU than a one-event transaction's own statements
     _writer_conn: Connection | None = field(init=False, default=None)
     # the change feed (prm_core.feed.writing): whether changes are written, and who to tell
-    # (on the event loop) when a commit added some
+    # (on the event loop, with the changes' topics) when a commit added some
     feed: bool = field(init=False, default=True)
-    on_changes: Callable[[], None] | None = field(init=False, default=None)
+    on_changes: Callable[[frozenset[str]], None] | None = field(init=False, default=None)
 
     @property
     def dialect(self) -> str:
@@ -214,12 +214,13 @@ class Store:
             async with self.writer.begin() as conn:
                 result, added = await conn.run_sync(self._with_changes, fn)
         if added and self.on_changes is not None:
-            self.on_changes()
+            self.on_changes(added)
         return result
 
-    def _with_changes(self, conn: Connection, fn: Callable[[Connection], T]) -> tuple[T, int]:
+    def _with_changes(self, conn: Connection, fn: Callable[[Connection], T]) -> tuple[T, frozenset[str]]:
         """``fn`` then, as the transaction's last statement, the changes it emitted
-        (:mod:`prm_core.feed.writing`): they commit with it or not at all."""
+        (:mod:`prm_core.feed.writing`): they commit with it or not at all. Returns ``fn``'s
+        result and the changes' topics."""
         feed_writing.begin(conn, self.feed)
         try:
             result = fn(conn)
@@ -227,7 +228,7 @@ class Store:
         finally:
             feed_writing.discard(conn)
 
-    def _in_writer_thread(self, fn: Callable[[Connection], T]) -> tuple[T, int]:
+    def _in_writer_thread(self, fn: Callable[[Connection], T]) -> tuple[T, frozenset[str]]:
         """One write transaction on the writer connection (SQLite; in the writer thread only)."""
         assert self.sync_writer is not None
         conn = self._writer_conn

@@ -43,6 +43,7 @@ from sqlalchemy.engine import Connection
 from ..errors import InvalidInput, NotFound, Overloaded, PrmError, StoreUnavailable
 from ..feed.changes import Change
 from ..feed.reading import FellBehind, Page, bounds
+from ..feed.writing import event_topic
 from ..ids import new_id
 from ..model import Event, RecordedEvent
 from ..store.tables import changes, events, survey_answers, trigger_cursor, utcnow
@@ -61,6 +62,8 @@ log = structlog.get_logger(__name__)
 CURSOR = "surveys"
 RECEIVED = "message.received"
 ANSWERED = "survey.answered"
+# the commits the reader wakes for: those of replies and answers (it sleeps through the rest)
+_TOPICS = frozenset({event_topic(RECEIVED), event_topic(ANSWERED)})
 ANSWER_PREFIX = "survey:"
 _SCAN = 50  # the most recent messages looked through for a reply that names none
 _SKEW = timedelta(minutes=1)  # a reply naming its message may carry a clock a little behind ours
@@ -310,7 +313,7 @@ class Surveys:
                     if len(page.changes) < self.batch:
                         await asyncio.sleep(GATHER_S)  # let a few more commits gather before reading again
                     continue
-                if await signal.wait(poll):
+                if await signal.wait(poll, _TOPICS):
                     # woken by a commit: let a few more gather, so busy ingest is read once a moment
                     await asyncio.sleep(GATHER_S)
             except asyncio.CancelledError:

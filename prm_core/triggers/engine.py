@@ -44,6 +44,7 @@ from ..consent import allows
 from ..errors import ConfigError, Overloaded, StoreUnavailable
 from ..feed.changes import Change, NewChange
 from ..feed.reading import FellBehind, bounds, read_changes
+from ..feed.writing import offer_topic
 from ..ids import new_id
 from ..model import Event, FulfillmentRequest, Identity, RecordedEvent
 from ..outbox import PlannedEvent, PlannedFulfillment, backoff_s
@@ -82,7 +83,11 @@ CLAIM_BATCH = 32  # runs claimed from the database at once
 MAX_IN_FLIGHT = 64  # runs one process acts on at once
 GATHER_S = 0.1  # the least time between two reads of the feed while it is caught up
 RELOAD_S = 10.0  # how stale another process's pause or new trigger may be here
+NOTE_S = 5.0  # how often a position past changes that start nothing is written
 _ALWAYS = frozenset({"offer.made", "customer.erased"})
+# the commits the reader wakes for besides those of its triggers' types: erasures, and offers
+# made that a trigger queued (offers of other sources are read along, never waited for)
+_WAKE = frozenset({"customer.erased", offer_topic("trigger")})
 _NO_CONTACT: Mapping[str, Any] = {"consents": [], "days_since_last_contact": None}
 _CARRIED = ("fired_at", "channel", "event_id", "offer", "expires_at", "customer_id")
 # the identity a message goes to, by channel
@@ -124,6 +129,7 @@ class TriggerEngine:
     _cursor: int | None = field(init=False, default=None)
     _lease_until: float = field(init=False, default=0.0)
     _cursor_written: float = field(init=False, default=0.0)
+    _stored: int = field(init=False, default=0)  # the position last written (the cursor may be ahead)
     _tasks: list[asyncio.Task[None]] = field(init=False, factory=list)
     _wake: asyncio.Event = field(init=False, factory=asyncio.Event)
     # runs the feed reader claimed as it wrote them, for the worker to start
@@ -221,34 +227,60 @@ class TriggerEngine:
                 if cursor is None:  # another hub process follows the feed
                     await asyncio.sleep(self.lease_s / 2)
                     continue
-                types = {t.on for t in self.active()} | _ALWAYS
-                read = functools.partial(read_changes, after=cursor, limit=self.batch, types=types, check=False)
+                on = {t.on for t in self.active()}
+                types = on | _ALWAYS
+                # watched from before the read, so a commit the reader wants while it runs is not missed
+                watched = signal.watch(on | _WAKE)
                 try:
-                    page = await self.hub.store.read(read)
-                except FellBehind as exc:
-                    # the changes up to pruned_through are gone: go on from there, and say so loudly
-                    log.error("triggers fell behind the feed's retention", pruned_through=exc.pruned_through)
-                    await self._advance(cursor, exc.pruned_through, [], [], [])
-                    continue
-                if page.changes:
-                    started, made, erased = await self.hub.store.read(functools.partial(self._evaluate, page.changes))
-                    await self._advance(cursor, page.next, started, made, erased)
-                    if len(page.changes) < self.batch:
-                        # caught up: let a few more recording transactions commit before reading
-                        # again, so one read and one write of the position follow several of
-                        # them rather than each (SQLite has one writer, shared with ingest)
-                        await asyncio.sleep(GATHER_S)
-                    continue
-                if page.next > cursor and time.monotonic() - self._cursor_written > 5:
-                    # only other types went by: noted now and then (reading them again is harmless)
-                    await self._advance(cursor, page.next, [], [], [])
-                await signal.wait(poll)
+                    if await self._read_once(cursor, types):
+                        continue
+                    # at once if such a commit came meanwhile; other commits are slept through
+                    await signal.wait(poll, watched=watched)
+                finally:
+                    signal.unwatch(watched)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the database may be away for a while
                 log.warning("trigger feed reading failed", error=type(exc).__name__)
                 self._cursor = None
                 await asyncio.sleep(poll)
+
+    async def _read_once(self, cursor: int, types: set[str]) -> bool:
+        """Read a page of the changes of ``types`` after ``cursor``, start the runs they
+        start, and move the position past them; whether to read again at once (a full page,
+        or a position to take again)."""
+        read = functools.partial(read_changes, after=cursor, limit=self.batch, types=types, check=False)
+        try:
+            page = await self.hub.store.read(read)
+        except FellBehind as exc:
+            # the changes up to pruned_through are gone: go on from there, and say so loudly
+            log.error("triggers fell behind the feed's retention", pruned_through=exc.pruned_through)
+            await self._advance(exc.pruned_through, [], [], [])
+            return True
+        if page.changes:
+            matches, made, erased = self._sort(page.changes)
+            # the database is read only for the changes some trigger may start a run on
+            started = await self.hub.store.read(functools.partial(self._runs, matches)) if matches else []
+            if started or made or erased or time.monotonic() - self._cursor_written > NOTE_S:
+                await self._advance(page.next, started, made, erased)
+            else:
+                # nothing to write: the position is noted now and then (reading these changes
+                # again after a restart starts nothing either)
+                self._cursor = page.next
+            if len(page.changes) == self.batch or self._cursor is None:
+                return True
+            # caught up: let a few more recording transactions commit before reading again, so
+            # one read (and one write of the position) follows several of them rather than each
+            # (SQLite has one writer, shared with ingest)
+            await asyncio.sleep(GATHER_S)
+            return False
+        if page.next > cursor:
+            # only other types went by: noted now and then (reading them again is harmless)
+            if time.monotonic() - self._cursor_written > NOTE_S:
+                await self._advance(page.next, [], [], [])
+            else:
+                self._cursor = page.next
+        return False
 
     async def _hold(self) -> int | None:
         """The position to read after, while this process holds the reading lease."""
@@ -260,12 +292,12 @@ class TriggerEngine:
             functools.partial(claim_cursor, name=CURSOR, owner=self.owner, now=now, lease_s=self.lease_s)
         )
         if self._cursor is not None:
+            self._stored = self._cursor
             self._lease_until = time.monotonic() + self.lease_s
         return self._cursor
 
     async def _advance(
         self,
-        cursor: int,
         to: int,
         started: Sequence[dict[str, Any]],
         made: Sequence[tuple[str, str, str, datetime]],
@@ -279,7 +311,7 @@ class TriggerEngine:
             c = trigger_cursor.c
             moved = conn.execute(
                 trigger_cursor.update()
-                .where(c.name == CURSOR, c.lease_owner == self.owner, c.position == cursor)
+                .where(c.name == CURSOR, c.lease_owner == self.owner, c.position == self._stored)
                 .values(position=to, updated_at=now, lease_until=now + timedelta(seconds=self.lease_s))
             ).rowcount
             if not moved:
@@ -300,7 +332,7 @@ class TriggerEngine:
 
         fresh = await self.hub.store.write(write)
         if fresh is not None:
-            self._cursor = to
+            self._cursor = self._stored = to
             self._lease_until = time.monotonic() + self.lease_s
             self._cursor_written = time.monotonic()
             self._ready += [r for r in fresh if r["lease_owner"] == self.owner]
@@ -310,11 +342,12 @@ class TriggerEngine:
         else:  # the lease was taken over: read the cursor again
             self._cursor = None
 
-    def _evaluate(
-        self, changes: Sequence[Change], conn: Connection
-    ) -> tuple[list[dict[str, Any]], list[tuple[str, str, str, datetime]], list[str]]:
-        """The runs these changes start, the queued offers they say were made, and the
-        customers they say were erased."""
+    def _sort(
+        self, changes: Sequence[Change]
+    ) -> tuple[list[tuple[Change, Trigger]], list[tuple[str, str, str, datetime]], list[str]]:
+        """The (change, trigger) pairs that may start a run (their conditions not yet
+        evaluated), the queued offers these changes say were made, and the customers they
+        say were erased: what can be told without the database."""
         by_type: dict[str, list[Trigger]] = {}
         for trigger in self.active():
             by_type.setdefault(trigger.on, []).append(trigger)
@@ -339,8 +372,11 @@ class TriggerEngine:
                 if occurred is not None and change.at - occurred > self.settings.max_event_age:
                     continue  # history loaded late (an import): triggers act on what happens now
             matches += [(change, t) for t in by_type.get(change.type, ()) if t.may_match(change.data)]
-        if not matches:
-            return [], made, erased
+        return matches, made, erased
+
+    def _runs(self, matches: Sequence[tuple[Change, Trigger]], conn: Connection) -> list[dict[str, Any]]:
+        """The runs these (change, trigger) pairs start: their conditions evaluated over the
+        change and the customer's facts."""
         now = utcnow()
         current = _current(conn, {c.customer_id for c, _ in matches if c.customer_id})
         wanted = sorted({current[c.customer_id] for c, t in matches if t.needs_facts and c.customer_id in current})
@@ -365,7 +401,7 @@ class TriggerEngine:
                 if not trigger.matches(seen):
                     continue
             started.append(self._new_run(trigger, change, cid, now))
-        return started, made, erased
+        return started
 
     def _new_run(self, trigger: Trigger, change: Change, customer_id: str, now: datetime) -> dict[str, Any]:
         first = trigger.steps[0]
