@@ -365,10 +365,8 @@ async def test_a_synchronous_write_waits_only_for_the_people_it_names(database_u
     # no processor at all: what a synchronous write waits for is never processed
     async with Hub.open(config, autoload=True, journal_processor="elsewhere") as hub:
         await hub.accept([library_event(1, "email:busy@example.com")])
-        started = asyncio.get_running_loop().time()
         await hub.record([library_event(2, "email:other@example.com")])
-        assert asyncio.get_running_loop().time() - started < 0.3  # nobody it names is journaled
-        assert hub.sync_wait_expired == 0
+        assert hub.sync_wait_expired == 0  # nobody it names is journaled: it did not wait out its budget
         started = asyncio.get_running_loop().time()
         await hub.record([library_event(3, "anonymous_id:d9", "email:busy@example.com")])
         assert asyncio.get_running_loop().time() - started >= 0.4  # it waited its whole budget
