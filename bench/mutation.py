@@ -101,12 +101,26 @@ MODULES: dict[str, tuple[str, list[str]]] = {
         ],
     ),
     "writing": ("prm_core/feed/writing.py", _FEED_TESTS),
-    "reading": ("prm_core/feed/reading.py", _FEED_TESTS),
-    "feed": ("prm_core/feed/feed.py", _FEED_TESTS),
+    # test_feed_crash.py is left out of these: it runs `prm serve` in subprocesses, which import
+    # the module unmutated, so it cannot fail for a mutant (and takes 20 s); each module's own
+    # tests come first, as they fail soonest
+    "reading": ("prm_core/feed/reading.py", ["tests/test_feed_reading.py", *_FEED_TESTS[:2], *_FEED_TESTS[3:]]),
+    "feed": ("prm_core/feed/feed.py", ["tests/test_feed_running.py", *_FEED_TESTS[:2], *_FEED_TESTS[3:]]),
     # the relay's own tests first (fast), then the destinations': the rest of _FEED_TESTS never
     # starts a relay (test_feed_crash.py's does, in a `prm serve` child the mutant never reaches)
     "relay": ("prm_core/feed/relay.py", ["tests/test_relay.py", "tests/test_destinations.py"]),
-    "webhook": ("prm_core/feed/webhook.py", _FEED_TESTS),
+    # the webhook sink's own tests, then the relay's with a webhook destination (nothing else in
+    # the feed's selection configures one)
+    "webhook": (
+        "prm_core/feed/webhook.py",
+        [
+            "tests/test_webhook.py",
+            "tests/test_destinations.py::test_webhook_receives_every_change_in_order_signed",
+            "tests/test_destinations.py::test_types_filter_and_start_latest",
+            "tests/test_destinations.py::test_webhook_retries_5xx_with_the_same_batch_and_dead_letters_4xx",
+            "tests/test_destinations.py::test_a_bad_setting_stops_the_hub_naming_the_key",
+        ],
+    ),
 }
 
 
@@ -252,8 +266,32 @@ EQUIVALENT: dict[str, dict[str, str]] = {
         },
     },
     "reading": {
-        f"FeedSignal: False -> True #{n}": "`init=False` of a private field: every caller makes FeedSignal()"
-        for n in (1, 2)
+        **{
+            f"FeedSignal: False -> True #{n}": "`init=False` of a private field: every caller makes FeedSignal()"
+            for n in (1, 2)
+        },
+    },
+    "webhook": {
+        "WebhookSink.deliver: 200 -> 199 #1": (
+            "aiohttp reads a 1xx answer as interim and waits for the final one: no answer it returns is below 200"
+        ),
+    },
+    "feed": {
+        **{
+            f"Feed: False -> True #{n}": "`init=False` of a private field: from_config passes only the settings"
+            for n in (1, 2)
+        },
+        "Feed.stop: self.store.on_changes = None -> pass #1": (
+            "the hub stops the feed last and then disposes of the store: no commit follows to call it"
+        ),
+        "Feed.read: left <= 0 -> left < 0 #1": (
+            "a database read lies between the deadline and the check: the monotonic clock has moved, "
+            "so `left` is never exactly 0"
+        ),
+        "Feed.read: False -> True #1": (
+            "`check` on the look after a wait: page.next is at most a head already read, and the head "
+            "never moves back (pruning keeps its mark), so it is never past the head"
+        ),
     },
     "jsonbody": {
         # without an escape that can make one (``strings`` false), no string or key holds a NUL
@@ -295,6 +333,23 @@ POSTGRES_ONLY: dict[str, dict[str, tuple[str, ...]]] = {
     },
     # the lock that makes positions follow commit order when several transactions write at once
     "writing": {"flush": ("_LOCK_AND_NOTIFY",)},
+    # the listener for other hub processes' commits: connected, heard, closed on PostgreSQL only
+    "feed": {
+        "Feed.start": (
+            "False -> True",
+            "asyncpg.connect(dsn)",
+            "add_listener(",
+            "feed notices not heard",
+            "asyncpg.PostgresError) ->",
+        ),
+        "Feed._heard": ("",),
+        "Feed.stop": (
+            "not listener.is_closed() -> listener.is_closed()",
+            "5 -> ",
+            "listener.close(timeout=5) -> pass",
+            "feed listener not closed",
+        ),
+    },
     # the customer lock an erasure takes (a no-op on SQLite)
     # and the claim's row locks (FOR UPDATE SKIP LOCKED, which SQLite does not render)
     "outbox": {
@@ -311,8 +366,20 @@ POSTGRES_ONLY_KEYS: dict[str, frozenset[str]] = {
     "erasure": frozenset({"_scrub_claims: 0 -> 1 #3", "_scrub_claims: False -> True #1"}),
     # the scrubbing statement built for PostgreSQL left out (SQLite's is the other one)
     "writing": frozenset({"<module>: True -> False #1", "<module>: (False, True) -> (False,) #1"}),
-    # the filtered page's query built for PostgreSQL left out (SQLite's is the other one)
-    "reading": frozenset({"<module>: True -> False #1", "<module>: (False, True) -> (False,) #1"}),
+    # the filtered page's query built for PostgreSQL left out (SQLite's is the other one), and
+    # the page's last position beside the head: only PostgreSQL's reads see a commit that lands
+    # between the head's statement and the page's (SQLite's read is one snapshot); and prune's
+    # `rowcount or 0` -> `or 1`: only two PostgreSQL hubs pruning at once delete rows another
+    # just deleted (on SQLite's one writer the rows deleted are those just found)
+    "reading": frozenset(
+        {
+            "prune: 0 -> 1 #2",
+            "<module>: True -> False #1",
+            "<module>: (False, True) -> (False,) #1",
+            "read_changes: 1 -> 0 #2",
+            "read_changes: found[-1].seq if found else 0 -> 0 #1",
+        }
+    ),
 }
 
 

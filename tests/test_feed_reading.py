@@ -122,7 +122,9 @@ async def test_a_notify_from_another_thread_wakes_the_waiter_at_once():
     waiter = asyncio.create_task(signal.wait(30))
     await asyncio.sleep(0)
     started = time.monotonic()
-    thread = threading.Thread(target=signal.notify)
+    # the notify comes while the loop sleeps in its wait for I/O (as a commit of another thread
+    # would), not before the loop gets there
+    thread = threading.Timer(0.1, signal.notify)
     thread.start()
     assert await waiter
     thread.join()

@@ -43,10 +43,10 @@ class Feed:
     """Reading the feed with long polls, and pruning it past retention."""
 
     store: Store
-    enabled: bool = True
-    retention_days: float = 30.0
-    prune_interval_s: float = 3600.0
-    lease_s: float = 30.0  # how long a hub process holds a destination before another may take it
+    enabled: bool
+    retention_days: float
+    prune_interval_s: float
+    lease_s: float  # how long a hub process holds a destination before another may take it
     signal: FeedSignal = field(factory=FeedSignal)
     _task: asyncio.Task[None] | None = field(init=False, default=None)
     _listener: Any = field(init=False, default=None)  # asyncpg's connection, on PostgreSQL
