@@ -333,6 +333,9 @@ POSTGRES_ONLY: dict[str, dict[str, tuple[str, ...]]] = {
     },
     # the lock that makes positions follow commit order when several transactions write at once
     "writing": {"flush": ("_LOCK_AND_NOTIFY",)},
+    # the retention mark read again after the page: PostgreSQL's statements each see the latest
+    # commits, SQLite's read is one snapshot (the same mark again)
+    "reading": {"read_changes": ("pruned_now",)},
     # the listener for other hub processes' commits: connected, heard, closed on PostgreSQL only
     "feed": {
         "Feed.start": (
@@ -378,6 +381,9 @@ POSTGRES_ONLY_KEYS: dict[str, frozenset[str]] = {
             "<module>: (False, True) -> (False,) #1",
             "read_changes: 1 -> 0 #2",
             "read_changes: found[-1].seq if found else 0 -> 0 #1",
+            # the mark read again after the page on SQLite too: the same snapshot, the same mark
+            "read_changes: conn.dialect.name == 'postgresql' -> conn.dialect.name != 'postgresql' #2",
+            "read_changes: conn.dialect.name == 'postgresql' -> not conn.dialect.name == 'postgresql' #1",
         }
     ),
 }

@@ -11,9 +11,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from prm_core.errors import InvalidInput
-from prm_core.feed import NewChange
+from prm_core.feed import NewChange, reading
 from prm_core.feed.reading import FeedSignal, FellBehind, Page, bounds, prune, read_changes
 from prm_core.feed.writing import emit
 from prm_core.hub import Hub
@@ -78,6 +79,40 @@ async def test_retention_prunes_in_batches_oldest_first_and_marks_the_last_remov
     assert await hub.store.read(bounds) == (positions[3], positions[-1])
     assert await hub.store.write(lambda conn: prune(conn, before, batch=3)) == 0
     assert [c.seq for c in (await read(hub, None)).changes] == positions[4:]
+
+
+async def test_a_pruning_that_commits_during_a_read_is_never_a_silent_gap(hub, monkeypatch):
+    positions = await add(hub, *(["test.a"] * 4))
+    first_bounds = reading.bounds
+    pruned: list[int] = []
+
+    def bounds_then_prune(conn: Any) -> tuple[int, int]:
+        seen = first_bounds(conn)
+        if not pruned:  # once: another connection prunes the two oldest right after the bounds
+            pruned.append(prune_elsewhere(hub, conn))
+        return seen
+
+    monkeypatch.setattr(reading, "bounds", bounds_then_prune)
+    try:
+        page = await read(hub, positions[0] - 1)
+    except FellBehind as behind:  # PostgreSQL: the page's statement saw the pruning
+        assert pruned == [2] and behind.pruned_through == positions[1]
+    else:  # SQLite: the read's snapshot predates the pruning, and holds every change
+        assert pruned == [2] and [c.seq for c in page.changes] == positions
+
+
+def prune_elsewhere(hub: Hub, reading_conn: Any) -> int:
+    """Prune the changes before T0 + 2 minutes on a connection other than ``reading_conn``."""
+    before = T0 + timedelta(minutes=2)
+    if hub.store.sync_writer is None:  # PostgreSQL: the read runs in SQLAlchemy's greenlet
+        with hub.store.writer.sync_engine.begin() as conn:
+            return prune(conn, before)
+    engine = sa.create_engine(reading_conn.engine.url)
+    try:
+        with engine.begin() as conn:
+            return prune(conn, before)
+    finally:
+        engine.dispose()
 
 
 async def test_a_feed_pruned_to_nothing_keeps_its_position(hub):

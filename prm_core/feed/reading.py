@@ -89,6 +89,13 @@ def read_changes(
         rows = conn.execute(q, {"after": after, "types": sorted(types)}).all()
     else:
         rows = conn.execute(_PAGE.limit(limit), {"after": after}).all()
+    if conn.dialect.name == "postgresql":
+        # each statement sees what committed before it started (READ COMMITTED), so a pruning
+        # that committed after the bounds above took changes this page would have held: its
+        # mark, read after the page, tells the reader it fell behind instead of skipping them
+        pruned_now, _ = bounds(conn)
+        if after < pruned_now:
+            raise FellBehind(after, pruned_now)
     found = [_change(r) for r in rows]
     if len(found) == limit:
         return Page(found, found[-1].seq)

@@ -271,7 +271,11 @@ class Store:
             self._writer_conn = None
 
     async def read(self, fn: Callable[[Connection], T]) -> T:
-        """Run ``fn`` on a reader connection (a consistent snapshot on both databases)."""
+        """Run ``fn`` in a read transaction on a reader connection.
+
+        On SQLite the transaction reads one snapshot; on PostgreSQL (READ COMMITTED) each
+        statement sees what committed before it started, so a reader that compares what two
+        statements saw must allow for commits between them."""
         try:
             if self.sync_reader is not None:
                 return await asyncio.to_thread(_in_transaction, self.sync_reader, fn)
