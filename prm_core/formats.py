@@ -49,7 +49,8 @@ class Importer:
 @define
 class ImportContext:
     """What an :class:`Importer`'s reader gets besides the file: the running hub, and
-    ``flush()`` to make every event yielded so far durable."""
+    ``flush()`` to make every event yielded so far recorded (durable, and found by
+    :meth:`~prm_core.hub.Hub.recorded` and every read)."""
 
     hub: Hub
     flush: Callable[[], Awaitable[None]]

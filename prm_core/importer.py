@@ -209,8 +209,14 @@ async def _import_records(
             await _take(hub, batch, result)
         await save(0, max(seen, done))
 
+    async def recorded() -> None:
+        """The reader's ``flush()``: what it yielded is recorded, so it finds it (a void its
+        sale), not only journaled."""
+        await flush()
+        await _processed(hub)
+
     with tqdm(unit=" records", desc=path.name, disable=not progress) as bar:
-        async for item in importer.read(path, ImportContext(hub, flush)):
+        async for item in importer.read(path, ImportContext(hub, recorded)):
             seen += 1
             bar.update(1)
             if seen <= done:

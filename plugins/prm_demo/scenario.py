@@ -107,6 +107,7 @@ class Demo:
         self.port = _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.keys: dict[str, str] = {}
+        self.position = 0  # the latest journal position an events answer gave: what caught_up() waits for
         self.steps: list[Step] = []
         self.field = AppointmentSimulator(self.partner_secret, latency_ms=FIELD_SERVICE_MS, technicians=50)
         self.supplier = StockSimulator(
@@ -221,11 +222,20 @@ class Demo:
         async with self.session.post(self.base + path, json=body, headers=self._auth(scope)) as resp:
             text = await resp.text()
             elapsed = (time.perf_counter() - started) * 1000
-            return (
-                resp.status,
-                (json.loads(text) if text and resp.content_type == "application/json" else text),
-                elapsed,
-            )
+            answer = json.loads(text) if text and resp.content_type == "application/json" else text
+            if isinstance(answer, dict) and str(answer.get("position", "")).isdigit():
+                self.position = max(self.position, int(answer["position"]))
+            return resp.status, answer, elapsed
+
+    async def caught_up(self) -> None:
+        """Wait until the events the demo sent are recorded (a read after the latest events
+        answer's position): what reads everything, the scorecard and the conflicts, sees them."""
+        assert self.session is not None
+        url = f"{self.base}/v1/customers/email:{ANN['email']}?after={self.position}"
+        for _ in range(int(WAIT_S)):  # a 503 names a position not processed yet: ask again
+            async with self.session.get(url, headers=self._auth("read")) as resp:
+                if resp.status != 503:
+                    return
 
     async def view(self, ref: str) -> dict[str, Any]:
         assert self.session is not None
@@ -762,6 +772,7 @@ async def day_of_traffic(demo: Demo, customers: int, seed: int) -> dict[str, Tal
     reader.cancel()
     await ws.close()
     demo.echo(f"  {len(plan):,} contacts by {customers:,} customers in {time.perf_counter() - started:.1f} s")
+    await demo.caught_up()
     async with demo.session.get(f"{demo.base}/v1/identity/conflicts?limit=1000", headers=demo._auth("admin")) as resp:
         conflicts = len((await resp.json())["conflicts"]) if resp.status == 200 else None
     demo.echo(
@@ -847,6 +858,7 @@ async def run_demo(*, customers: int, seed: int, keep: bool, echo: Callable[[str
                 f"  {label:<12} {len(t.times):>8,} {_pct(t.times, 50):>6.1f}ms {_pct(t.times, 99):>6.1f}ms"
                 f" {t.budget_ms:>6}ms {t.misses:>7} {t.errors:>7}"
             )
+        await demo.caught_up()
         scorecard = await demo.scorecard()
         echo("\nThe scorecard (GET /v1/scorecard):")
         if scorecard is None:

@@ -183,7 +183,7 @@ async def read_poslog(path: Path, context: ImportContext) -> AsyncIterator[Event
             if body is not None:
                 txn = parse_transaction(body, source="poslog")
                 if txn.original is not None:
-                    await context.flush()  # what it undoes must be durable to be found
+                    await context.flush()  # what it undoes must be recorded to be found
                 yield await transaction_event(hub, txn)
         except InvalidInput as exc:
             yield InvalidInput(f"{where}: {exc.message}", exc.field)
