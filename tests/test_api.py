@@ -6,6 +6,7 @@ import base64
 import json
 
 import pytest
+from positions import after
 
 from prm_core.events import MAX_EVENTS_PER_CALL
 from prm_core.hub import answer_id
@@ -111,8 +112,10 @@ async def test_clock_skew_is_corrected_from_sent_at(hub_client, make_key):
         "sent_at": client_now.isoformat(),
         "events": [{**event(), "occurred_at": (client_now - timedelta(minutes=5)).isoformat()}],
     }
-    assert (await hub_client.post("/v1/touchpoints/web/events", json=body, headers=bearer(key))).status == 200
-    view = await (await hub_client.get("/v1/customers/email:ann@example.com", headers=bearer(read))).json()
+    resp = await hub_client.post("/v1/touchpoints/web/events", json=body, headers=bearer(key))
+    assert resp.status == 200
+    ref = f"email:ann@example.com{after(await resp.json())}"
+    view = await (await hub_client.get(f"/v1/customers/{ref}", headers=bearer(read))).json()
     stored = datetime.fromisoformat(view["timeline"][0]["occurred_at"])
     assert abs((stored - (now - timedelta(minutes=5))).total_seconds()) < 30
 
@@ -137,7 +140,9 @@ async def test_request_answers_within_budget_and_records_the_answer(hub_client, 
 
 async def test_patch_customer_sets_traits_tier_and_memberships(hub_client, make_key):
     web, admin = await make_key("touchpoint:web"), await make_key("admin")
-    await hub_client.post("/v1/touchpoints/web/events", json=event(), headers=bearer(web))
+    posted = await (await hub_client.post("/v1/touchpoints/web/events", json=event(), headers=bearer(web))).json()
+    # the customer the patch names is the one the event makes: read it first
+    assert (await hub_client.get(f"/v1/customers/email:ann@example.com{after(posted)}", headers=bearer(admin))).ok
     household = await hub_client.post(
         "/v1/customers", json={"kind": "group", "traits": {"name": "The Smiths"}}, headers=bearer(admin)
     )
@@ -185,7 +190,8 @@ async def test_patch_customer_sets_traits_tier_and_memberships(hub_client, make_
 )
 async def test_patch_refuses_bad_fields(hub_client, make_key, body, field):
     web, admin = await make_key("touchpoint:web"), await make_key("admin")
-    await hub_client.post("/v1/touchpoints/web/events", json=event(), headers=bearer(web))
+    posted = await (await hub_client.post("/v1/touchpoints/web/events", json=event(), headers=bearer(web))).json()
+    assert (await hub_client.get(f"/v1/customers/email:ann@example.com{after(posted)}", headers=bearer(admin))).ok
     resp = await hub_client.patch("/v1/customers/email:ann@example.com", json=body, headers=bearer(admin))
     assert resp.status == 422
     assert (await resp.json())["error"]["field"] == field
@@ -196,11 +202,11 @@ async def test_patch_refuses_bad_fields(hub_client, make_key, body, field):
 async def test_timeline_is_paged_newest_first(hub_client, make_key):
     web, read = await make_key("touchpoint:web"), await make_key("read")
     events = [{**event(n), "occurred_at": f"2026-11-23T08:{n:02d}:00Z"} for n in range(25)]
-    await hub_client.post("/v1/touchpoints/web/events", json={"events": events}, headers=bearer(web))
+    posted = await hub_client.post("/v1/touchpoints/web/events", json={"events": events}, headers=bearer(web))
     seen: list[str] = []
     cursor = None
     while True:
-        query = f"?limit=10&cursor={cursor}" if cursor else "?limit=10"
+        query = f"?limit=10&cursor={cursor}" if cursor else f"?limit=10{after(await posted.json(), '&')}"
         page = await (await hub_client.get(f"/v1/customers/email:ann@example.com{query}", headers=bearer(read))).json()
         seen += [t["event_id"] for t in page["timeline"]]
         cursor = page["next_cursor"]
@@ -262,22 +268,26 @@ async def test_openapi_describes_every_mounted_route(hub_client):
 async def test_a_shared_household_phone_links_without_merging(hub_client, make_key):
     web, admin = await make_key("touchpoint:web"), await make_key("admin")
 
-    async def send(n: int, minute: int, **identities: str) -> None:
+    async def send(n: int, minute: int, **identities: str) -> str:
         body = {**event(n, **identities), "occurred_at": f"2026-11-23T08:{minute:02d}:00Z"}
-        assert (await hub_client.post("/v1/touchpoints/web/events", json=body, headers=bearer(web))).status == 200
+        resp = await hub_client.post("/v1/touchpoints/web/events", json=body, headers=bearer(web))
+        assert resp.status == 200
+        return after(await resp.json())
 
-    await send(1, 0, email="ann@example.com", phone="+14155550100")
+    # Ann's phone is hers before it is marked shared
+    read_after = await send(1, 0, email="ann@example.com", phone="+14155550100")
+    assert (await hub_client.get(f"/v1/customers/email:ann@example.com{read_after}", headers=bearer(admin))).ok
     marked = await hub_client.put("/v1/identities/phone:(415) 555-0100", json={"shared": True}, headers=bearer(admin))
     assert marked.status == 200, await marked.text()
     assert (await marked.json())["value"] == "+14155550100"
-    await send(2, 1, email="bob@example.com", phone="+14155550100")
-    ann = await (await hub_client.get("/v1/customers/email:ann@example.com", headers=bearer(admin))).json()
-    bob = await (await hub_client.get("/v1/customers/email:bob@example.com", headers=bearer(admin))).json()
+    read_after = await send(2, 1, email="bob@example.com", phone="+14155550100")
+    ann = await (await hub_client.get(f"/v1/customers/email:ann@example.com{read_after}", headers=bearer(admin))).json()
+    bob = await (await hub_client.get(f"/v1/customers/email:bob@example.com{read_after}", headers=bearer(admin))).json()
     assert ann["id"] != bob["id"]
     assert {"namespace": "phone", "value": "+14155550100", "shared": True} in bob["identities"]
     # a call from the household phone alone goes to whoever was seen with it last
-    await send(3, 2, phone="+14155550100")
-    bob = await (await hub_client.get("/v1/customers/email:bob@example.com", headers=bearer(admin))).json()
+    read_after = await send(3, 2, phone="+14155550100")
+    bob = await (await hub_client.get(f"/v1/customers/email:bob@example.com{read_after}", headers=bearer(admin))).json()
     assert bob["metrics"]["event_count"] == 2
     bad = await hub_client.put("/v1/identities/phone:+14155550100", json={"shared": "yes"}, headers=bearer(admin))
     assert bad.status == 422

@@ -11,6 +11,7 @@ import pytest
 from axe_core import serious_violations
 from browsing import customer, eventually, screenshot_path
 from playwright.async_api import expect
+from positions import read_after
 
 from prm_core import hookimpl
 
@@ -103,6 +104,7 @@ async def seed_caller(hub_client: Any, make_key: Any) -> None:
     resp = await hub_client.post("/v1/touchpoints/web/events", json=offer, headers=bearer(web))
     assert resp.status == 200, await resp.text()
     admin = await make_key("admin")
+    await read_after(hub_client, await resp.json(), f"phone:{CALLER}", bearer(admin))  # the patch names them
     patch = {"tier": "platinum", "traits": {"name": "Ann Example", "language": "de"}}
     resp = await hub_client.patch(f"/v1/customers/phone:{CALLER}", json=patch, headers=bearer(admin))
     assert resp.status == 200, await resp.text()

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from aiohttp import WSCloseCode, WSMsgType, WSServerHandshakeError
 from browsing import eventually
+from positions import read_after
 from prm_callcenter import screen_pops
 
 from prm_core import hookimpl
@@ -115,6 +116,7 @@ async def test_an_offered_call_pops_the_callers_story_on_the_agents_screen(hub_c
     ]
     resp = await hub_client.post("/v1/touchpoints/ivr/events", json={"events": events}, headers=bearer(keys["ivr"]))
     assert resp.status == 200, await resp.text()
+    await read_after(hub_client, await resp.json(), f"phone:{CALLER}", bearer(keys["read"]))  # the patch names them
     tier = {"tier": "platinum"}
     resp = await hub_client.patch(f"/v1/customers/phone:{CALLER}", json=tier, headers=bearer(keys["admin"]))
     assert resp.status == 200, await resp.text()

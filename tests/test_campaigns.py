@@ -9,6 +9,7 @@ from decimal import Decimal
 
 import pytest
 import sqlalchemy as sa
+from positions import after
 
 from prm_core.config import Config
 from prm_core.planning.campaigns import in_control
@@ -109,6 +110,9 @@ async def test_a_campaign_offers_to_its_segment_holds_out_a_control_group_and_re
     buys = [sale(i, 1, later) for i in treated[:6]] + [sale(i, 1, later) for i in sorted(control)[:1]]
     r = await hub_client.post("/v1/touchpoints/web/events", json={"events": responses + buys}, headers=tp)
     assert r.status == 200
+    # the campaign's results read what is recorded: read after the events' position first
+    seen = await hub_client.get(f"/v1/customers/user_id:u00{after(await r.json())}", headers=auth(keys["read"]))
+    assert seen.status == 200
 
     body = await (await hub_client.get("/v1/campaigns/spring", headers=auth(keys["read"]))).json()
     results = body["results"]

@@ -8,10 +8,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from positions import after, settled
 
 from prm_core import hookimpl
 from prm_core.config import Config
 from prm_core.model import Offer, ValueProvider
+from prm_core.server.app import HUB
 
 ANN = "ann@example.com"
 TP2 = "/com.snowplowanalytics.snowplow/tp2"
@@ -66,7 +68,8 @@ async def keys(hub_client, make_key) -> dict[str, str]:
     }
     # Ann, known to the company: a verified event, a name, a tier, a web session in progress
     first = ev("ann-1", 0, {"email": ANN, "anonymous_id": "dev-ann"}, dialogue="sess-ann")
-    assert (await hub_client.post("/v1/touchpoints/web/events", json=first, headers=bearer(k["secret"]))).status == 200
+    posted = await send(hub_client, k["secret"], first)
+    assert (await hub_client.get(f"/v1/customers/email:{ANN}{posted}", headers=bearer(k["read"]))).ok
     patch = {"traits": {"first_name": "Ann"}, "tier": "platinum"}
     await hub_client.patch(f"/v1/customers/email:{ANN}", json=patch, headers=bearer(k["admin"]))
     return k
@@ -78,9 +81,11 @@ async def view(client: Any, keys: dict[str, str], ref: str) -> dict[str, Any]:
     return await resp.json()
 
 
-async def send(client: Any, key: str, body: Any) -> None:
+async def send(client: Any, key: str, body: Any) -> str:
+    """Post events; the query a read that must see them adds (``?after=POSITION``)."""
     resp = await client.post("/v1/touchpoints/web/events", json=body, headers=bearer(key))
     assert resp.status == 200, await resp.text()
+    return after(await resp.json())
 
 
 async def ask(client: Any, key: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -101,8 +106,8 @@ def assert_not_anns(answer: dict[str, Any], ann_id: str) -> None:
 async def test_a_typed_email_under_a_public_key_is_only_a_claim(hub_client, keys):
     ann = await view(hub_client, keys, f"email:{ANN}")
     typed = ev("evil-1", 5, {"anonymous_id": "dev-evil", "email": ANN}, data={"form": "newsletter"})
-    await send(hub_client, keys["public"], typed)
-    evil = await view(hub_client, keys, "anonymous_id:dev-evil")
+    posted = await send(hub_client, keys["public"], typed)
+    evil = await view(hub_client, keys, f"anonymous_id:dev-evil{posted}")
     assert evil["id"] != ann["id"]
     assert evil["identities"] == [{"namespace": "anonymous_id", "value": "dev-evil"}]
     assert evil["timeline"][0]["data"]["claimed_identities"] == {"email": ANN}
@@ -118,8 +123,8 @@ async def test_a_typed_email_under_a_public_key_is_only_a_claim(hub_client, keys
 async def test_someone_elses_session_id_attaches_nothing(hub_client, keys):
     ann = await view(hub_client, keys, f"email:{ANN}")
     hijack = ev("evil-2", 1, {"anonymous_id": "dev-evil"}, dialogue="sess-ann")
-    await send(hub_client, keys["public"], hijack)
-    evil = await view(hub_client, keys, "anonymous_id:dev-evil")
+    posted = await send(hub_client, keys["public"], hijack)
+    evil = await view(hub_client, keys, f"anonymous_id:dev-evil{posted}")
     assert evil["id"] != ann["id"]
     merges = await (await hub_client.get(f"/v1/customers/{ann['id']}/merges", headers=bearer(keys["read"]))).json()
     assert merges == {"merges": []}
@@ -139,6 +144,7 @@ async def test_a_keyless_tracker_cannot_join_someone_elses_session(hub_client, k
     assert (await hub_client.post(TP2, json=body, headers=bearer(keys["secret"]))).status == 200
     forged = {**own, "eid": "sp-evil", "duid": "dev-evil", "uid": ANN}
     assert (await hub_client.post(TP2, json={"schema": PAYLOAD, "data": [forged]})).status == 200
+    await settled(hub_client.app[HUB])  # Snowplow's answer carries no position
     evil = await view(hub_client, keys, "anonymous_id:dev-evil")
     assert evil["id"] != ann["id"]
     assert "sp-evil" not in [t["event_id"] for t in (await view(hub_client, keys, f"email:{ANN}"))["timeline"]]
@@ -149,12 +155,12 @@ async def test_a_verified_source_confirms_the_claim_and_links(hub_client, keys):
     browse = [ev("b-1", 10, {"anonymous_id": "dev-2"}), ev("b-2", 11, {"anonymous_id": "dev-2", "email": ANN})]
     resp = await hub_client.post("/v1/touchpoints/web/events", json={"events": browse}, headers=bearer(keys["public"]))
     assert resp.status == 200
-    ann = await view(hub_client, keys, f"email:{ANN}")
+    ann = await view(hub_client, keys, f"email:{ANN}{after(await resp.json())}")
     assert "dev-2" not in {i["value"] for i in ann["identities"]}
     # Ann logs in: the site's server (secret key) says this device is hers
     login = {**ev("login-1", 12, {"anonymous_id": "dev-2", "email": ANN}), "type": "login"}
-    await send(hub_client, keys["secret"], login)
-    ann = await view(hub_client, keys, f"email:{ANN}")
+    posted = await send(hub_client, keys["secret"], login)
+    ann = await view(hub_client, keys, f"email:{ANN}{posted}")
     assert "dev-2" in {i["value"] for i in ann["identities"]}
     assert {"b-1", "b-2", "login-1", "ann-1"} <= {t["event_id"] for t in ann["timeline"]}
     # from now on the device gets Ann's answers

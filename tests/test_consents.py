@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from positions import after
 
 from prm_core import hookimpl
 from prm_core.model import Offer, ValueProvider
@@ -31,8 +32,10 @@ async def post(client: Any, key: str, body: Any, tp: str = "web") -> Any:
     return await client.post(f"/v1/touchpoints/{tp}/events", json=body, headers=bearer(key))
 
 
-async def view_of(client: Any, key: str, ref: str = "email:ann@example.com") -> dict[str, Any]:
-    resp = await client.get(f"/v1/customers/{ref}", headers=bearer(key))
+async def view_of(client: Any, key: str, ref: str = "email:ann@example.com", posted: Any = None) -> dict[str, Any]:
+    """The view, with the events of ``posted`` (an events response) in it."""
+    query = after(await posted.json()) if posted is not None else ""
+    resp = await client.get(f"/v1/customers/{ref}{query}", headers=bearer(key))
     assert resp.status == 200, await resp.text()
     return await resp.json()
 
@@ -48,8 +51,9 @@ async def test_consent_events_fill_the_view_latest_decision_wins(hub_client, mak
     assert resp.status == 200
     # a late arrival of an older decision does not overturn the newer one
     late = consent("c0", "granted", 3, purpose="marketing", channel="email")
-    assert (await post(hub_client, web, late)).status == 200
-    view = await view_of(hub_client, read)
+    resp = await post(hub_client, web, late)
+    assert resp.status == 200
+    view = await view_of(hub_client, read, posted=resp)
     assert view["consents"] == [
         {"purpose": "marketing", "channel": "email", "granted": False, "source": "web",
          "recorded_at": "2026-11-23T08:05:00Z"},
@@ -81,7 +85,8 @@ async def test_a_bad_consent_event_writes_nothing(hub_client, make_key, data, fi
 
 async def test_admin_sets_consents_and_other_scopes_may_not(hub_client, make_key):
     web, read, admin = await make_key("touchpoint:web"), await make_key("read"), await make_key("admin")
-    await post(hub_client, web, {"id": "p1", "type": "page", "occurred_at": "2026-11-23T08:00:00Z", "identities": ANN})
+    page = {"id": "p1", "type": "page", "occurred_at": "2026-11-23T08:00:00Z", "identities": ANN}
+    await view_of(hub_client, read, posted=await post(hub_client, web, page))  # the customer the PUT names
     body = {"consents": [{"purpose": "marketing", "channel": "sms", "granted": True, "source": "call-center"}]}
     url = "/v1/customers/email:ann@example.com/consents"
     assert (await hub_client.put(url, json=body, headers=bearer(read))).status == 403
@@ -107,8 +112,7 @@ async def test_consents_follow_merges_and_unmerges(hub_client, make_key):
     await post(hub_client, web, {"id": "p1", "type": "page", "occurred_at": "2026-11-23T07:00:00Z", "identities": ANN})
     # one event names both: the two customers merge, and the survivor shows the decision
     link = {"id": "l1", "type": "identify", "occurred_at": "2026-11-23T08:10:00Z", "identities": {**ANN, **anon}}
-    await post(hub_client, web, link)
-    view = await view_of(hub_client, read)
+    view = await view_of(hub_client, read, posted=await post(hub_client, web, link))
     assert [(c["purpose"], c["granted"]) for c in view["consents"]] == [("personalization", False)]
     merges = await (await hub_client.get("/v1/customers/email:ann@example.com/merges", headers=bearer(read))).json()
     (merge,) = merges["merges"]
@@ -156,7 +160,8 @@ async def ask(client: Any, key: str, event_id: str) -> dict[str, Any]:
 
 async def test_value_delivery_honours_personalization_consent(hub_client, make_key):
     web, admin = await make_key("touchpoint:web"), await make_key("admin")
-    await post(hub_client, web, {"id": "p1", "type": "page", "occurred_at": "2026-11-23T08:00:00Z", "identities": ANN})
+    page = {"id": "p1", "type": "page", "occurred_at": "2026-11-23T08:00:00Z", "identities": ANN}
+    await view_of(hub_client, admin, posted=await post(hub_client, web, page))  # the customer the patch names
     patch = {"traits": {"first_name": "Ann"}, "tier": "gold"}
     await hub_client.patch("/v1/customers/email:ann@example.com", json=patch, headers=bearer(admin))
 

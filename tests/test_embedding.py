@@ -19,6 +19,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from axe_core import serious_violations
+from positions import after
 
 from prm_core.config import Config
 from prm_core.keys import create_key
@@ -159,7 +160,8 @@ async def test_the_api_and_its_description_answer_under_the_prefix(service):
     )
     assert sent.status == 200, await sent.text()
     read = {"Authorization": f"Bearer {await key(service, 'read')}"}
-    view = await (await service.get("/prm/v1/customers/email:ann@example.com", headers=read)).json()
+    ann = f"/prm/v1/customers/email:ann@example.com{after(await sent.json())}"
+    view = await (await service.get(ann, headers=read)).json()
     assert view["tier"] == "gold" and view["timeline"][0]["event_id"] == "o-1"
     assert (await service.get("/v1/customers/email:ann@example.com", headers=read)).status == 404  # only under /prm
     described = await (await service.get("/prm/openapi.json")).json()

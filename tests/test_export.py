@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import pytest
+from positions import read_after
 
 import prm_core.privacy.export as export_module
 
@@ -33,6 +34,7 @@ async def test_export_holds_everything_and_pages_through_the_history(hub_client,
     evs.append({**evs[0], "id": "c1", "type": "consent.revoked", "data": {"purpose": "marketing"}})
     resp = await hub_client.post("/v1/touchpoints/web/events", json={"events": evs}, headers=bearer(web))
     assert resp.status == 200
+    await read_after(hub_client, await resp.json(), f"email:{EMAIL}", bearer(admin))  # the patch names her
     group = await (await hub_client.post("/v1/customers", json={"kind": "group"}, headers=bearer(admin))).json()
     patch = {"traits": {"first_name": "Ann"}, "memberships": {"add": [{"group": group["id"], "role": "owner"}]}}
     await hub_client.patch(f"/v1/customers/email:{EMAIL}", json=patch, headers=bearer(admin))
@@ -63,7 +65,8 @@ async def test_export_of_an_erased_customer_holds_no_personal_data(hub_client, m
     web, admin = await make_key("touchpoint:web"), await make_key("admin")
     ev = {"id": "e1", "type": "page", "occurred_at": "2026-11-23T08:00:00Z", "identities": {"email": EMAIL},
           "data": {"street": "1 Main St"}}  # fmt: skip
-    await hub_client.post("/v1/touchpoints/web/events", json=ev, headers=bearer(web))
+    resp = await hub_client.post("/v1/touchpoints/web/events", json=ev, headers=bearer(web))
+    await read_after(hub_client, await resp.json(), f"email:{EMAIL}", bearer(admin))  # the erasure finds her
     erased = await (await hub_client.delete(f"/v1/customers/email:{EMAIL}", headers=bearer(admin))).json()
     resp = await hub_client.get(f"/v1/customers/{erased['customer_id']}/export", headers=bearer(admin))
     text = (await resp.read()).decode()

@@ -61,11 +61,12 @@ async def _assert_unavailable(resp: Any) -> None:
 
 @pytest.fixture
 def sqlite_config(tmp_path: Any) -> Config:
-    # a short busy timeout keeps the locked case quick; the default is 5 s
+    # a short busy timeout keeps the locked case quick; the default is 5 s. The journal off:
+    # these tests are of the direct path, where the events route writes the database itself
     return Config(
         database_url=f"sqlite:///{tmp_path}/prm.db",
         public_url="http://hub.test",
-        raw={"database": {"busy_timeout_ms": 300}},
+        raw={"database": {"busy_timeout_ms": 300}, "ingest": {"journal": False}},
     )
 
 
@@ -213,7 +214,8 @@ async def test_a_full_queue_answers_503_before_memory_grows(hub_config: Config, 
     config = Config(
         database_url=hub_config.database_url,
         public_url="http://hub.test",
-        raw={"server": {"max_pending_events": 5}},
+        # the journal off: the bound under test is the direct path's writer queue
+        raw={"server": {"max_pending_events": 5}, "ingest": {"journal": False}},
     )
     client, key = await _client(config, aiohttp_client)
     auth = {"Authorization": f"Bearer {key}"}

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from positions import counts, recorded
 
 from prm_core import hookimpl
 from prm_core.config import Config
@@ -80,7 +81,13 @@ class Api:
         return await resp.json()
 
     async def events(self, tp: str, *events: dict[str, Any], expect: int = 200) -> Any:
-        return await self.call("POST", f"/v1/touchpoints/{tp}/events", f"touchpoint:{tp}", {"events": events}, expect)
+        """Post events and wait until they are recorded (by the answer's position): the hooks
+        under test run as the hub records them. What was accepted, and the duplicates."""
+        answer = await self.call("POST", f"/v1/touchpoints/{tp}/events", f"touchpoint:{tp}", {"events": events}, expect)
+        if expect != 200:
+            return answer
+        await recorded(self.hub, answer)
+        return counts(answer)
 
     async def request(self, tp: str, ev: dict[str, Any]) -> Any:
         return await self.call("POST", f"/v1/touchpoints/{tp}/requests", f"touchpoint:{tp}", ev)

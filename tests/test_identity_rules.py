@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from attrs import evolve
+from positions import after
 
 from prm_core.errors import ConfigError
 from prm_core.hub import Hub
@@ -316,6 +317,8 @@ async def test_the_routes_list_preview_and_resolve(hub_client, make_key):
             "/v1/touchpoints/web/events", json=body, headers={"Authorization": f"Bearer {ingest}"}
         )
         assert resp.status < 300, await resp.text()
+    # the conflict is found as the events are recorded: read after the last one's position
+    assert (await hub_client.get(f"/v1/customers/user_id:U-1{after(await resp.json())}", headers=h)).ok
     resp = await hub_client.get("/v1/identity/conflicts", headers=h)
     assert resp.status == 200
     (conflict,) = (await resp.json())["conflicts"]

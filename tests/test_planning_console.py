@@ -10,6 +10,7 @@ import pytest
 from axe_core import serious_violations
 from browsing import screenshot_path
 from playwright.async_api import expect
+from positions import after
 
 from prm_core.config import Config
 from prm_core.server.state import HUB
@@ -53,11 +54,13 @@ async def fill_the_hub(hub_client, make_key) -> None:
             "identities": {"email": "ann@example.com"},
         }
     )
-    assert (await hub_client.post("/v1/touchpoints/web/events", json={"events": events}, headers=tp)).status == 200
+    resp = await hub_client.post("/v1/touchpoints/web/events", json={"events": events}, headers=tp)
+    assert resp.status == 200
+    admin = {"Authorization": f"Bearer {await make_key('admin')}"}
+    # the patch names Ann: read her after the events' position first
+    assert (await hub_client.get(f"/v1/customers/email:ann@example.com{after(await resp.json())}", headers=admin)).ok
     await hub_client.patch(
-        "/v1/customers/email:ann@example.com",
-        json={"traits": {"first_name": "Ann", "last_name": "Lee"}},
-        headers={"Authorization": f"Bearer {await make_key('admin')}"},
+        "/v1/customers/email:ann@example.com", json={"traits": {"first_name": "Ann", "last_name": "Lee"}}, headers=admin
     )
     for i, day in enumerate((2, 1, 0)):
         body = {

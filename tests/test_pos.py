@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from positions import after
 
 from prm_core import hookimpl
 from prm_core.model import Offer
@@ -359,9 +360,10 @@ async def test_merge_adds_purchases_and_unmerge_gives_them_back(hub_client, make
         "identities": {"email": "ann@example.com"},
         "data": {"revenue": 20},
     }
-    assert (await hub_client.post("/v1/touchpoints/web/events", json=order, headers=web)).status == 200
+    resp = await hub_client.post("/v1/touchpoints/web/events", json=order, headers=web)
+    assert resp.status == 200
     before_card = (await view(hub_client, read))["metrics"]
-    before_web = (await view(hub_client, read, "email:ann@example.com"))["metrics"]
+    before_web = (await view(hub_client, read, f"email:ann@example.com{after(await resp.json())}"))["metrics"]
     assert before_web["revenue_by_currency"] == {"XXX": "20.00"}
     # a sale with both the card and the email: one customer
     both = sale(seq=2, currency="USD", customer_ref={"loyalty_card": "LC-1001", "email": "ann@example.com"})

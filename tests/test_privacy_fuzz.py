@@ -21,6 +21,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from not_json import CONTENT_TYPES, NOT_JSON
+from positions import settled
 
 from prm_core.config import Config
 from prm_core.keys import create_key
@@ -142,6 +143,10 @@ class Probe:
         self.call("POST", "/v1/touchpoints/web/events", seed, "touchpoint:web")
 
     def counts(self) -> dict[str, int]:
+        """Rows per table, once the hub has recorded every event it accepted (a count taken
+        before an accepted event is recorded would change under the next check)."""
+        self.loop.run_until_complete(settled(self.client.app[HUB]))
+
         def read(conn: Any) -> dict[str, int]:
             return {t: conn.execute(sa.text(f"SELECT count(*) FROM {t}")).scalar_one() for t in TABLES}
 

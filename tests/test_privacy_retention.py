@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from positions import after
 
 from prm_core.cli import main
 from prm_core.config import Config
@@ -53,9 +54,11 @@ async def test_old_events_of_a_touch_point_with_a_policy_are_purged(hub):
 async def test_the_server_purges_on_a_schedule(hub_client, make_key):
     web, read = await make_key("touchpoint:web"), await make_key("read")
     body = {"events": events({"email": "bob@example.com"})}
-    assert (await hub_client.post("/v1/touchpoints/web/events", json=body, headers=bearer(web))).status == 200
+    resp = await hub_client.post("/v1/touchpoints/web/events", json=body, headers=bearer(web))
+    assert resp.status == 200
+    bob = f"/v1/customers/email:bob@example.com{after(await resp.json())}"
     for _ in range(200):
-        view = await (await hub_client.get("/v1/customers/email:bob@example.com", headers=bearer(read))).json()
+        view = await (await hub_client.get(bob, headers=bearer(read))).json()
         if [t["event_id"] for t in view["timeline"]] == ["new"]:
             break
         await asyncio.sleep(0.05)

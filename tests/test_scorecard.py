@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from click.testing import CliRunner
+from positions import read_after
 
 from prm_core import hookimpl
 from prm_core.cli import main
@@ -86,7 +87,9 @@ async def test_the_scorecard_sums_what_ingest_kept(hub_client, make_key, frozen_
     }
     assert (await hub_client.post("/v1/touchpoints/web/events", json=accepted, headers=tp)).status == 200
     browsing = {"id": "look-9", "type": "page", "occurred_at": NOW.isoformat(), "identities": {"user_id": "u9"}}
-    assert (await hub_client.post("/v1/touchpoints/web/events", json=browsing, headers=tp)).status == 200
+    r = await hub_client.post("/v1/touchpoints/web/events", json=browsing, headers=tp)
+    assert r.status == 200
+    await read_after(hub_client, await r.json(), "user_id:u9", read)  # the scorecard reads what is recorded
 
     card = await (await hub_client.get("/v1/scorecard?days=7", headers=read)).json()
     (web,) = [t for t in card["touchpoints"] if t["touchpoint"] == "web"]

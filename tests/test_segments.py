@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from positions import read_after
 
 from prm_core.planning import segments as segments_module
 from prm_core.server.state import HUB
@@ -36,6 +37,9 @@ async def send(client, keys, *events) -> None:
         "/v1/touchpoints/web/events", json={"events": list(events)}, headers=auth(keys["touchpoint:web"])
     )
     assert r.status == 200, await r.text()
+    # segments are read from what is recorded: read after the answer's position
+    namespace, value = next(iter(events[0]["identities"].items()))
+    await read_after(client, await r.json(), f"{namespace}:{value}", auth(keys["read"]))
 
 
 async def test_a_segment_is_saved_listed_and_its_members_change_as_customers_do(hub_client, keys):

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import requests
 from limits import parse_many
+from positions import after, settled
 from prm_snowplow import GIF, decode_base64
 from snowplow_tracker import Emitter, PageView, SelfDescribing, SelfDescribingJson, StructuredEvent, Subject, Tracker
 
@@ -58,7 +59,10 @@ def sp_event(eid: str, /, **fields) -> dict:
 
 
 async def stored_count(client) -> int:
+    """Events recorded, once the hub has recorded what it accepted (Snowplow's answers carry
+    no position)."""
     hub = client.app[HUB]
+    await settled(hub)
     return await hub.store.read(lambda conn: conn.exec_driver_sql("SELECT count(*) FROM events").scalar())
 
 
@@ -67,6 +71,7 @@ async def read_view(hub_client, make_key):
     read = await make_key("read")
 
     async def get(ref: str) -> dict:
+        await settled(hub_client.app[HUB])  # what was sent is recorded: Snowplow's answers carry no position
         resp = await hub_client.get(f"/v1/customers/{ref}", headers=bearer(read))
         assert resp.status == 200, await resp.text()
         return await resp.json()
@@ -586,6 +591,9 @@ async def test_a_tracker_cannot_plant_a_value_that_blocks_every_erasure(hub_clie
         "occurred_at": "2026-11-23T08:00:00Z",
         "identities": {"email": "ann@example.com"},
     }
-    assert (await hub_client.post("/v1/touchpoints/web/events", json=ann, headers=bearer(web))).status == 200
+    resp = await hub_client.post("/v1/touchpoints/web/events", json=ann, headers=bearer(web))
+    assert resp.status == 200
+    seen = await hub_client.get(f"/v1/customers/email:ann@example.com{after(await resp.json())}", headers=bearer(admin))
+    assert seen.status == 200  # recorded: the erasure finds her
     erased = await hub_client.delete("/v1/customers/email:ann@example.com", headers=bearer(admin))
     assert erased.status == 200, await erased.text()

@@ -7,6 +7,7 @@ from decimal import Decimal
 
 import pytest
 import sqlalchemy as sa
+from positions import after, read_after
 
 from prm_core.config import Config
 from prm_core.errors import ConfigError
@@ -76,6 +77,7 @@ async def test_a_tier_set_by_hand_wins_says_so_and_null_hands_it_back_to_the_rul
         headers={"Authorization": f"Bearer {tp}"},
     )
     assert r.status == 200
+    await read_after(hub_client, await r.json(), "email:cy@example.com", {"Authorization": f"Bearer {read}"})
     r = await hub_client.patch(
         "/v1/customers/email:cy@example.com", json={"tier": "silver"}, headers={"Authorization": f"Bearer {admin}"}
     )
@@ -90,14 +92,13 @@ async def test_a_tier_set_by_hand_wins_says_so_and_null_hands_it_back_to_the_rul
         "manual_wins": True,
     }
     # more revenue does not overrule the hand
-    await hub_client.post(
+    r = await hub_client.post(
         "/v1/touchpoints/web/events",
         json={"events": [sale(2, "cy@example.com", "100", days=1)]},
         headers={"Authorization": f"Bearer {tp}"},
     )
-    view = await (
-        await hub_client.get("/v1/customers/email:cy@example.com", headers={"Authorization": f"Bearer {read}"})
-    ).json()
+    cy = f"/v1/customers/email:cy@example.com{after(await r.json())}"
+    view = await (await hub_client.get(cy, headers={"Authorization": f"Bearer {read}"})).json()
     assert (view["tier"], view["tier_source"]) == ("silver", "manual")
 
     r = await hub_client.patch(
