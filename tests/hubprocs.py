@@ -76,11 +76,19 @@ def linking_event(n: int) -> dict[str, Any]:
 
 
 async def drive(
-    ports: list[int], key: str, acked: set[str], stop: asyncio.Event, *, workers: int = 4, limit: int | None = None
+    ports: list[int],
+    key: str,
+    acked: set[str],
+    stop: asyncio.Event,
+    *,
+    workers: int = 4,
+    limit: int | None = None,
+    positions: list[int] | None = None,
 ) -> int:
     """Send batches until ``stop`` (or ``limit`` batches), each until it is acknowledged; return
-    how many events were sent. Worker ``i`` sends to ``ports[i % len(ports)]``, so with several
-    hubs the same people's identities arrive at different processes at once.
+    how many events were sent; ``positions`` gets each answer's journal position. Worker ``i``
+    sends to ``ports[i % len(ports)]``, so with several hubs the same people's identities arrive
+    at different processes at once.
 
     Connection errors and 503s mean the hub is down or recovering: the same batch is sent again.
     """
@@ -100,6 +108,9 @@ async def drive(
                         async with session.post(url, json={"events": batch}, headers=headers) as resp:
                             if resp.status == 200:
                                 acked.update(e["id"] for e in batch)
+                                answer = await resp.json()
+                                if positions is not None and "position" in answer:
+                                    positions.append(int(answer["position"]))
                                 break
                             # 503 while the database recovers is expected; anything else is a bug
                             assert resp.status == 503, (resp.status, await resp.text())
@@ -109,6 +120,18 @@ async def drive(
 
     await asyncio.gather(*(worker(ports[i % len(ports)]) for i in range(workers)))
     return next_batch * PER_BATCH
+
+
+async def processed(port: int, position: int) -> None:
+    """Wait until the journal is processed past ``position``, as the hub on ``port`` reports
+    it (``/healthz``); at once without the journal."""
+    async with aiohttp.ClientSession() as session:
+        while True:
+            async with session.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                journal = (await resp.json()).get("journal")
+            if journal is None or int(journal["processed"]) >= position:
+                return
+            await asyncio.sleep(0.05)
 
 
 def start_hub(database_url: str, port: int, env: dict[str, str], cwd: Path) -> HubProcess:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from hubprocs import assert_consistent, cli, drive, free_port, start_hub, wait_up
+from hubprocs import assert_consistent, cli, drive, free_port, processed, start_hub, wait_up
 
 from prm_core.testing import POSTGRES_ENV, postgres_database
 
@@ -42,13 +42,20 @@ async def test_linking_events_for_the_same_people_at_three_hubs_converge(shared_
     ports = [free_port() for _ in range(HUBS)]
     procs = [start_hub(shared_postgres, port, env, tmp_path) for port in ports]
     acked: set[str] = set()
+    positions: list[int] = []
     try:
         await asyncio.gather(*(wait_up(port, proc) for port, proc in zip(ports, procs, strict=True)))
-        total = await asyncio.wait_for(drive(ports, key, acked, asyncio.Event(), workers=6, limit=150), 240)
+        total = await asyncio.wait_for(
+            drive(ports, key, acked, asyncio.Event(), workers=6, limit=150, positions=positions), 240
+        )
         # one hub stops (SIGTERM, as an orchestrator scales in) while the others go on
         procs[0].send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(procs[0].wait, 30) == 0
-        more = await asyncio.wait_for(drive(ports[1:], key, acked, asyncio.Event(), workers=4, limit=200), 240)
+        more = await asyncio.wait_for(
+            drive(ports[1:], key, acked, asyncio.Event(), workers=4, limit=200, positions=positions), 240
+        )
+        # what was acknowledged is journaled; the check below reads what is recorded
+        await asyncio.wait_for(processed(ports[1], max(positions, default=0)), 120)
     finally:
         for proc in procs:
             if proc.poll() is None:
