@@ -605,10 +605,20 @@ async def test_a_cursor_taken_over_during_a_delivery_is_left_to_its_new_owner(hu
             assert (row.lease_owner, row.position) == ("rly_other", 0)
 
 
+class RefusesOnce(Kept):
+    async def deliver(self, changes: Sequence[Change]) -> None:
+        try:
+            await super().deliver(changes)
+        except Refused:
+            self.refuse = set()
+            raise
+
+
 async def test_a_replay_during_a_delivery_wins_over_it(hub: Hub) -> None:
     """``prm destinations replay`` while a batch is out: the cursor stays where the replay
-    put it, and the changes are delivered again from there."""
-    sink = Kept()
+    put it, and the changes are delivered again from there; what that batch refused is not
+    kept as dead letters (the replay asked for those changes again)."""
+    sink = RefusesOnce()
     async with running(hub, destination("lake", sink)):
         await send(hub, ev("e1", 0, "ann@example.com"))
         first = await positions_of(hub)
@@ -618,8 +628,35 @@ async def test_a_replay_during_a_delivery_wins_over_it(hub: Hub) -> None:
         everything = await positions_of(hub)
         await until(lambda: _async(sink.calls == 2))
         await replay(hub.store, "lake", first[0])
+        sink.refuse = {"customer.created"}
         sink.gate.set()
         await until(lambda: _async(sink.positions() == first + everything[len(first) :] + everything))
+        await until(lambda: _cursor_at(hub, "lake", everything[-1]))
+    assert await letters_of(hub) == []
+
+
+async def test_a_destination_another_process_took_over_is_not_delivered_from_its_batch(hub: Hub) -> None:
+    """Taken over while this process idled on a lease it still believes its own, with a batch
+    the new owner noted: this process looks again, and leaves it."""
+    sink = Kept()
+    store = Watched(hub.store)
+    c = destination_cursors.c
+    async with running(hub, destination("lake", sink), store=store):
+        await send(hub, ev("e1", 0, "ann@example.com"))
+        first = await positions_of(hub)
+        await until(lambda: _cursor_at(hub, "lake", first[-1]))
+        # the new owner was replayed from the start, and noted its first batch
+        await hub.store.write(
+            lambda conn: conn.execute(
+                destination_cursors.update()
+                .where(c.name == "lake")
+                .values(lease_owner="rly_other", position=0, pending_through=int(first[-1]))
+            )
+        )
+        claims = store.steps.count("_claim")
+        await send(hub, ev("e2", 1, "bob@example.com"))  # wakes it
+        await until(lambda: _async(sink.calls > 1 or store.steps.count("_claim") > claims))
+        assert sink.positions() == first
 
 
 # ---- failures ------------------------------------------------------------------------------
