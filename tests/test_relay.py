@@ -1040,3 +1040,14 @@ async def test_a_breaker_refusing_as_its_rest_ends_does_not_stop_the_destination
         everything = await positions_of(hub)
         await until(lambda: _async(sink.positions() == everything))
     assert dest.breaker.refused and dest.failures == 0  # refused by the breaker, not failed
+
+
+@pytest.mark.parametrize("step", ["read_changes", "_pin", "_advance"])
+async def test_a_database_away_is_asked_again_after_a_poll_not_in_a_loop(hub: Hub, step: str) -> None:
+    store = Watched(hub.store)
+    store.failing = {step: 10**6}
+    async with running(hub, destination("lake", Kept()), store=store):
+        await send(hub, ev("e1", 0, "ann@example.com"))
+        await until(lambda: _async(store.failed))
+        await round_trips(hub, 5)
+        assert store.failed == [step]  # the next try is a poll (30 s) away
