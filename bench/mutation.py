@@ -300,6 +300,10 @@ EQUIVALENT: dict[str, dict[str, str]] = {
             "renewing every lease this process holds, not only the delivering destination's: each "
             "is its own, and lasts lease_s from the write either way"
         ),
+        "Relay._run: False -> True #1": (
+            "read_changes' check that `after` is not past the head: a relay's cursor never is (it "
+            "moves to positions read, the head as it registers, or a replay's checked position)"
+        ),
         "Relay._claim: c.lease_owner.is_(row.lease_owner) if row.lease_owner is None else ... -> "
         "c.lease_owner == row.lease_owner #1": "SQLAlchemy renders `== None` as IS NULL, as is_(None)",
         **{
