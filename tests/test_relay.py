@@ -276,6 +276,66 @@ def test_the_defaults_are_the_documented_ones() -> None:
     assert opened({}, kept=Kept()) == []
 
 
+# ---- prm destinations replay ---------------------------------------------------------------
+
+
+async def _cursors(hub: Hub, **positions: int) -> None:
+    rows = [
+        {"name": n, "kind": "kept", "position": p, "pending_through": p, "updated_at": START}
+        for n, p in positions.items()
+    ]
+    await hub.store.write(lambda conn: conn.execute(destination_cursors.insert(), rows))
+
+
+async def test_a_replay_moves_one_cursor_back_and_forgets_its_later_dead_letters(hub: Hub) -> None:
+    await send(hub, *(ev(f"e{i}", i, f"p{i}@example.com") for i in range(3)))
+    head = int((await positions_of(hub))[-1])
+    await _cursors(hub, lake=head, crm=head)
+    letters = [{"destination": d, "position": p, "type": "customer.created", "reason": "no", "at": START}
+               for d in ("lake", "crm") for p in (3, 4, 5)]  # fmt: skip
+    await hub.store.write(lambda conn: conn.execute(dead_letters.insert(), letters))
+
+    assert await replay(hub.store, "lake", "4") == 3
+    lake, crm = await cursor_of(hub, "lake"), await cursor_of(hub, "crm")
+    assert (lake.position, lake.pending_through) == (3, None)  # delivers from 4 on, no batch pinned
+    assert (crm.position, crm.pending_through) == (head, head)
+    assert [(d, p) for d, p, _ in await letters_of(hub)] == [("crm", 3), ("crm", 4), ("crm", 5), ("lake", 3)]
+
+
+async def test_a_replay_is_from_a_position_the_feed_has(clock: FrozenClock, hub: Hub) -> None:
+    await send(hub, ev("e1", 0, "ann@example.com"))
+    clock.advance(days=40)
+    await send(hub, ev("e2", 1, "bob@example.com"))
+    assert await hub.feed.prune_once() > 0
+    kept = await positions_of(hub)
+    oldest, head = int(kept[0]), int(kept[-1])
+    await _cursors(hub, lake=head)
+
+    async def refused(start: str) -> str:
+        with pytest.raises(ConfigError) as raised:
+            await replay(hub.store, "lake", start)
+        return str(raised.value)
+
+    assert await refused("0") == "--from must be a position of the feed (1 or more)"
+    assert await refused(str(oldest - 1)) == f"position {oldest - 1} is older than the oldest change kept ({oldest})"
+    assert await refused(str(head + 2)) == f"position {head + 2} is past the newest change ({head})"
+    assert await refused("1") == f"position 1 is older than the oldest change kept ({oldest})"
+    assert await replay(hub.store, "lake", str(oldest)) == oldest - 1
+    assert await replay(hub.store, "lake", str(head + 1)) == head  # from the next change recorded
+    assert (await cursor_of(hub, "lake")).position == head
+    with pytest.raises(InvalidInput, match="from must be a position"):
+        await replay(hub.store, "lake", "x")
+    with pytest.raises(ConfigError, match="no destination 'nowhere' has delivered yet"):
+        await replay(hub.store, "nowhere", "1")
+
+
+async def test_a_replay_from_the_first_position_of_a_feed_never_pruned(hub: Hub) -> None:
+    await send(hub, ev("e1", 0, "ann@example.com"))
+    await _cursors(hub, lake=2)
+    assert await replay(hub.store, "lake", "1") == 0
+    assert (await cursor_of(hub, "lake")).position == 0
+
+
 # ---- registering, delivering --------------------------------------------------------------
 
 
@@ -779,66 +839,6 @@ async def test_the_relay_goes_on_when_the_database_comes_back(hub: Hub) -> None:
         ("destination error not saved", "StoreUnavailable"),
         ("destination cursor not saved", "StoreUnavailable"),
     ]
-
-
-# ---- prm destinations replay ---------------------------------------------------------------
-
-
-async def _cursors(hub: Hub, **positions: int) -> None:
-    rows = [
-        {"name": n, "kind": "kept", "position": p, "pending_through": p, "updated_at": START}
-        for n, p in positions.items()
-    ]
-    await hub.store.write(lambda conn: conn.execute(destination_cursors.insert(), rows))
-
-
-async def test_a_replay_moves_one_cursor_back_and_forgets_its_later_dead_letters(hub: Hub) -> None:
-    await send(hub, *(ev(f"e{i}", i, f"p{i}@example.com") for i in range(3)))
-    head = int((await positions_of(hub))[-1])
-    await _cursors(hub, lake=head, crm=head)
-    letters = [{"destination": d, "position": p, "type": "customer.created", "reason": "no", "at": START}
-               for d in ("lake", "crm") for p in (3, 4, 5)]  # fmt: skip
-    await hub.store.write(lambda conn: conn.execute(dead_letters.insert(), letters))
-
-    assert await replay(hub.store, "lake", "4") == 3
-    lake, crm = await cursor_of(hub, "lake"), await cursor_of(hub, "crm")
-    assert (lake.position, lake.pending_through) == (3, None)  # delivers from 4 on, no batch pinned
-    assert (crm.position, crm.pending_through) == (head, head)
-    assert [(d, p) for d, p, _ in await letters_of(hub)] == [("crm", 3), ("crm", 4), ("crm", 5), ("lake", 3)]
-
-
-async def test_a_replay_is_from_a_position_the_feed_has(clock: FrozenClock, hub: Hub) -> None:
-    await send(hub, ev("e1", 0, "ann@example.com"))
-    clock.advance(days=40)
-    await send(hub, ev("e2", 1, "bob@example.com"))
-    assert await hub.feed.prune_once() > 0
-    kept = await positions_of(hub)
-    oldest, head = int(kept[0]), int(kept[-1])
-    await _cursors(hub, lake=head)
-
-    async def refused(start: str) -> str:
-        with pytest.raises(ConfigError) as raised:
-            await replay(hub.store, "lake", start)
-        return str(raised.value)
-
-    assert await refused("0") == "--from must be a position of the feed (1 or more)"
-    assert await refused(str(oldest - 1)) == f"position {oldest - 1} is older than the oldest change kept ({oldest})"
-    assert await refused(str(head + 2)) == f"position {head + 2} is past the newest change ({head})"
-    assert await refused("1") == f"position 1 is older than the oldest change kept ({oldest})"
-    assert await replay(hub.store, "lake", str(oldest)) == oldest - 1
-    assert await replay(hub.store, "lake", str(head + 1)) == head  # from the next change recorded
-    assert (await cursor_of(hub, "lake")).position == head
-    with pytest.raises(InvalidInput, match="from must be a position"):
-        await replay(hub.store, "lake", "x")
-    with pytest.raises(ConfigError, match="no destination 'nowhere' has delivered yet"):
-        await replay(hub.store, "nowhere", "1")
-
-
-async def test_a_replay_from_the_first_position_of_a_feed_never_pruned(hub: Hub) -> None:
-    await send(hub, ev("e1", 0, "ann@example.com"))
-    await _cursors(hub, lake=2)
-    assert await replay(hub.store, "lake", "1") == 0
-    assert (await cursor_of(hub, "lake")).position == 0
 
 
 # ---- waiting -----------------------------------------------------------------------------
