@@ -293,6 +293,71 @@ EQUIVALENT: dict[str, dict[str, str]] = {
             "never moves back (pruning keeps its mark), so it is never past the head"
         ),
     },
+    "relay": {
+        **{
+            f"Destination: False -> True #{n}": (
+                "`init=False` of a progress field: open_destinations passes the settings, by name"
+            )
+            for n in range(2, 10)
+        },
+        **{
+            f"Relay: False -> True #{n}": "`init=False` of a private field: the hub passes the settings, by name"
+            for n in (1, 2)
+        },
+        "Destination: 0 -> 1 #1": (
+            "the cursor before the first read: the lag is max(0, head - cursor) with head 0 until "
+            "then, and that read sets the cursor first"
+        ),
+        # the lease as this process last wrote it only chooses between reading the cursor (which
+        # checks the row's owner) and claiming it again (which checks the row's lease): either
+        # way the same cursor, with one more read or one more write
+        **{
+            key: "the lease kept in memory only spares a write: the next round reads or claims the same cursor"
+            for key in (
+                "Relay._cursor: dest.lease_until = None -> pass #1",
+                "Relay._cursor: dest.lease_until = now + timedelta(seconds=self.lease_s) -> pass #1",
+                "Relay._pin: dest.lease_until = None -> pass #1",
+                "Relay._advance: dest.lease_until = None -> pass #1",
+                "Relay._advance: dest.lease_until = None -> pass #2",
+                "Relay._advance: dest.lease_until = now + timedelta(seconds=self.lease_s) -> pass #1",
+                "Relay._renew: dest.lease_until = until -> pass #1",
+                "Relay._renew: renewed.rowcount -> not renewed.rowcount #1",
+                "Relay._cursor: dest.lease_until - now > timedelta(seconds=self.lease_s / 2) -> "
+                "dest.lease_until - now >= timedelta(seconds=self.lease_s / 2) #1",
+            )
+        },
+        **{
+            f"Relay._cursor: 2 -> {n} #1": (
+                "the margin left when an idle process claims its lease again: a third or all of it, "
+                "like a half, is more than a poll, so the lease is held all the same"
+            )
+            for n in (1, 3)
+        },
+        "Relay._renew: destination_cursors.update().where(c.name == dest.name, c.lease_own... -> "
+        "destination_cursors.update().where(c.lease_owner == self.owner) #1": (
+            "renewing every lease this process holds, not only the delivering destination's: each "
+            "is its own, and lasts lease_s from the write either way"
+        ),
+        "Relay._run: False -> True #1": (
+            "read_changes' check that `after` is not past the head: a relay's cursor never is (it "
+            "moves to positions read, the head as it registers, or a replay's checked position)"
+        ),
+        "Relay._claim: c.lease_owner.is_(row.lease_owner) if row.lease_owner is None else ... -> "
+        "c.lease_owner == row.lease_owner #1": "SQLAlchemy renders `== None` as IS NULL, as is_(None)",
+        **{
+            key: (
+                "which dead letters the destination has among the refused changes: none (the cursor "
+                "moves past a change in the transaction that letters it, and a replay forgets the "
+                "letters from its position on)"
+            )
+            for key in (
+                "Relay._advance.write: d.position.in_([r.seq for r in refused]) -> "
+                "d.position.not_in([r.seq for r in refused]) #1",
+                "Relay._advance.write: sa.select(d.position).where(d.destination == dest.name, d.position.... -> "
+                "sa.select(d.position).where(d.destination == dest.name) #1",
+            )
+        },
+    },
     "jsonbody": {
         # without an escape that can make one (``strings`` false), no string or key holds a NUL
         # or a surrogate: the parser refuses raw control characters, strict UTF-8 has no surrogates
@@ -384,6 +449,20 @@ POSTGRES_ONLY_KEYS: dict[str, frozenset[str]] = {
             # the mark read again after the page on SQLite too: the same snapshot, the same mark
             "read_changes: conn.dialect.name == 'postgresql' -> conn.dialect.name != 'postgresql' #2",
             "read_changes: conn.dialect.name == 'postgresql' -> not conn.dialect.name == 'postgresql' #1",
+        }
+    ),
+    # a claim's guards against another process claiming between its read and its update: on
+    # SQLite the write transaction holds the lock from its start, and `IS 'owner'` compares as
+    # `=` does (PostgreSQL refuses it)
+    "relay": frozenset(
+        {
+            "Relay._claim: row.lease_owner is None -> row.lease_owner is not None #1",
+            "Relay._claim: c.lease_owner.is_(row.lease_owner) if row.lease_owner is None else ... -> "
+            "c.lease_owner.is_(row.lease_owner) #1",
+            "Relay._claim: destination_cursors.update().where(c.name == dest.name, c.lease_own... -> "
+            "destination_cursors.update().where(c.name == dest.name) #1",
+            "Relay._claim: (int(row.position), row.pending_through) if taken else None -> "
+            "(int(row.position), row.pending_through) #1",
         }
     ),
 }

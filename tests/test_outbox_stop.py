@@ -248,6 +248,8 @@ async def test_a_partners_retry_later_keeps_its_reason_cut_and_its_delay(hub, he
     assert row.last_error == reason[:500]
     wait_s = (row.next_attempt_at - datetime.now(tz=UTC)).total_seconds()
     assert 3500 < wait_s <= 3600
+    # a retry planned is no new status: nothing in the change feed
+    assert (await hub.feed.read(None, 1000, {"fulfillment.updated"})).changes == []
     (info,) = lines(log_capture, "fulfillment attempt failed")  # a partner asking to wait is no warning
     assert (info["level"], info["reason"], info["retry_in_s"]) == ("info", reason[:200], 3600.0)
 
@@ -264,6 +266,9 @@ async def test_the_last_attempt_fails_the_request_with_the_reason(database_url, 
         assert (row.last_error, row.result, row.next_attempt_at) == (reason, {"error": reason[:200]}, None)
         (info,) = lines(log_capture, "fulfillment attempt failed")
         assert info["retry_in_s"] is None
+        # the change feed tells it, once: the request failed
+        updated = (await hub.feed.read(None, 1000, {"fulfillment.updated"})).changes
+        assert [(c.data["fulfillment_id"], c.data["status"]) for c in updated] == [(row.request_id, "failed")]
         await asyncio.sleep(0.2)
         assert held.calls == 1
 

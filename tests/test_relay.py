@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 import structlog
-from aiobreaker import CircuitBreakerState
+from aiobreaker import CircuitBreaker, CircuitBreakerError, CircuitBreakerState
 from polling import until
 
 from prm_core.clock import FrozenClock
@@ -98,6 +98,9 @@ class Watched:
         self.failed: list[str] = []
         self.held: set[str] = set()  # steps that wait for `let_go`
         self.let_go = asyncio.Event()
+        # steps that never end, and fail when cut short (a driver turning the cancellation into an error)
+        self.hanging: set[str] = set()
+        self.steps: list[str] = []
         self.reads = 0
         self.writes = 0
 
@@ -116,14 +119,21 @@ class Watched:
 
     async def write(self, fn: Callable[..., Any]) -> Any:
         self.writes += 1
+        self.steps.append(self.step(fn))
         if self.step(fn) in self.held:
             await self.let_go.wait()
+        if self.step(fn) in self.hanging:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                raise StoreUnavailable("the database cannot take writes now (InterfaceError)") from None
         if self._fails(fn):
             raise StoreUnavailable("the database cannot take writes now (OperationalError)")
         return await self.store.write(fn)
 
     async def read(self, fn: Callable[..., Any]) -> Any:
         self.reads += 1
+        self.steps.append(self.step(fn))
         if self._fails(fn):
             raise StoreUnavailable("the database cannot be read now (OperationalError)")
         return await self.store.read(fn)
@@ -266,6 +276,66 @@ def test_the_defaults_are_the_documented_ones() -> None:
     assert opened({}, kept=Kept()) == []
 
 
+# ---- prm destinations replay ---------------------------------------------------------------
+
+
+async def _cursors(hub: Hub, **positions: int) -> None:
+    rows = [
+        {"name": n, "kind": "kept", "position": p, "pending_through": p, "updated_at": START}
+        for n, p in positions.items()
+    ]
+    await hub.store.write(lambda conn: conn.execute(destination_cursors.insert(), rows))
+
+
+async def test_a_replay_moves_one_cursor_back_and_forgets_its_later_dead_letters(hub: Hub) -> None:
+    await send(hub, *(ev(f"e{i}", i, f"p{i}@example.com") for i in range(3)))
+    head = int((await positions_of(hub))[-1])
+    await _cursors(hub, lake=head, crm=head)
+    letters = [{"destination": d, "position": p, "type": "customer.created", "reason": "no", "at": START}
+               for d in ("lake", "crm") for p in (3, 4, 5)]  # fmt: skip
+    await hub.store.write(lambda conn: conn.execute(dead_letters.insert(), letters))
+
+    assert await replay(hub.store, "lake", "4") == 3
+    lake, crm = await cursor_of(hub, "lake"), await cursor_of(hub, "crm")
+    assert (lake.position, lake.pending_through) == (3, None)  # delivers from 4 on, no batch pinned
+    assert (crm.position, crm.pending_through) == (head, head)
+    assert [(d, p) for d, p, _ in await letters_of(hub)] == [("crm", 3), ("crm", 4), ("crm", 5), ("lake", 3)]
+
+
+async def test_a_replay_is_from_a_position_the_feed_has(clock: FrozenClock, hub: Hub) -> None:
+    await send(hub, ev("e1", 0, "ann@example.com"))
+    clock.advance(days=40)
+    await send(hub, ev("e2", 1, "bob@example.com"))
+    assert await hub.feed.prune_once() > 0
+    kept = await positions_of(hub)
+    oldest, head = int(kept[0]), int(kept[-1])
+    await _cursors(hub, lake=head)
+
+    async def refused(start: str) -> str:
+        with pytest.raises(ConfigError) as raised:
+            await replay(hub.store, "lake", start)
+        return str(raised.value)
+
+    assert await refused("0") == "--from must be a position of the feed (1 or more)"
+    assert await refused(str(oldest - 1)) == f"position {oldest - 1} is older than the oldest change kept ({oldest})"
+    assert await refused(str(head + 2)) == f"position {head + 2} is past the newest change ({head})"
+    assert await refused("1") == f"position 1 is older than the oldest change kept ({oldest})"
+    assert await replay(hub.store, "lake", str(oldest)) == oldest - 1
+    assert await replay(hub.store, "lake", str(head + 1)) == head  # from the next change recorded
+    assert (await cursor_of(hub, "lake")).position == head
+    with pytest.raises(InvalidInput, match="from must be a position"):
+        await replay(hub.store, "lake", "x")
+    with pytest.raises(ConfigError, match="no destination 'nowhere' has delivered yet"):
+        await replay(hub.store, "nowhere", "1")
+
+
+async def test_a_replay_from_the_first_position_of_a_feed_never_pruned(hub: Hub) -> None:
+    await send(hub, ev("e1", 0, "ann@example.com"))
+    await _cursors(hub, lake=2)
+    assert await replay(hub.store, "lake", "1") == 0
+    assert (await cursor_of(hub, "lake")).position == 0
+
+
 # ---- registering, delivering --------------------------------------------------------------
 
 
@@ -317,7 +387,10 @@ async def test_a_destination_of_some_types_moves_past_the_others(clock: FrozenCl
         clock.advance(minutes=5)
         reads = store.reads
         await until(lambda: _async(store.reads >= reads + 6))
-        assert aware((await cursor_of(hub, "lake")).delivered_at) == START
+        row = await cursor_of(hub, "lake")
+        assert aware(row.delivered_at) == START
+        # its lease, half gone by this process's reckoning, taken again: held for another 30 s
+        assert row.lease_owner == relay.owner and aware(row.lease_until) > clock.now
 
 
 async def _cursor_at(hub: Hub, name: str, position: str) -> Any:
@@ -416,6 +489,19 @@ async def test_the_metrics_show_how_far_a_failing_destination_is_behind(clock: F
         assert metrics(relay)[("prm_destination_lag_seconds", "lake")] == 90.0
 
 
+async def test_the_lag_in_seconds_is_the_age_of_the_oldest_change_to_take(clock: FrozenClock, hub: Hub) -> None:
+    await send(hub, ev("e1", 0, "ann@example.com"))
+    clock.advance(seconds=30)
+    await send(hub, ev("e2", 1, "bob@example.com"))
+    sink = Kept()
+    sink.fail_next = 10**6
+    dest = destination("lake", sink, types=["customer.created"], retry_base_s=3600, retry_cap_s=3600)
+    async with running(hub, dest) as relay:
+        await until(lambda: _async(relay.destinations[0].failures))
+        clock.advance(seconds=60)
+        assert metrics(relay)[("prm_destination_lag_seconds", "lake")] == 90.0
+
+
 async def test_the_metrics_count_deliveries_failures_and_dead_letters(hub: Hub) -> None:
     sink = Kept()
     sink.fail_next = 2
@@ -424,16 +510,15 @@ async def test_the_metrics_count_deliveries_failures_and_dead_letters(hub: Hub) 
         await send(hub, ev("e1", 0, "ann@example.com"), ev("e2", 1, "bob@example.com"))
         everything = await positions_of(hub)
         created = await positions_of(hub, {"customer.created"})
-        # delivered, and looked for more (the lag in seconds is of changes still to take)
-        await until(lambda: _async(metrics(relay)[("prm_destination_lag_seconds", "lake")] == 0.0))
-        await until(lambda: _async(relay.destinations[0].cursor == int(everything[-1])))
-        assert metrics(relay) == {
+        expected = {
             ("prm_destination_lag_changes", "lake"): 0,
-            ("prm_destination_lag_seconds", "lake"): 0.0,
+            ("prm_destination_lag_seconds", "lake"): 0.0,  # of changes still to take: none
             ("prm_destination_delivered_total", "lake"): len(everything) - len(created),
             ("prm_destination_failures_total", "lake"): 2,
             ("prm_destination_dead_letters_total", "lake"): len(created),
         }
+        await until(lambda: _async(relay.destinations[0].cursor == int(everything[-1])))
+        await until(lambda: _async(metrics(relay) == expected))  # once it has looked for more
 
 
 # ---- stopping ------------------------------------------------------------------------------
@@ -462,11 +547,15 @@ async def test_stopping_gives_the_lease_back_and_only_its_own(hub: Hub) -> None:
 async def test_a_delivery_in_flight_is_cut_short_then_the_sink_closed_then_it_is_sent_again(hub: Hub) -> None:
     sink = Kept()
     sink.gate = asyncio.Event()  # never set: the receiver never answers
-    relay = Relay(hub.store, [destination("lake", sink)], hub.feed.signal, lease_s=30.0, poll_s=30.0)
+    store = Watched(hub.store)
+    relay = Relay(store, [destination("lake", sink)], hub.feed.signal, lease_s=30.0, poll_s=30.0)  # type: ignore[arg-type]
     await relay.start()
     await send(hub, ev("e1", 0, "ann@example.com"))
     everything = await positions_of(hub)
     await until(lambda: _async(sink.calls))
+    writes = store.writes
+    await round_trips(hub, 3)
+    assert store.writes == writes  # the lease is renewed every 10 s of its 30, not more often
     stopping = asyncio.ensure_future(relay.stop())
     await asyncio.wait([stopping], timeout=20)
     assert stopping.done(), "stop() waits for a delivery that never ends"
@@ -576,10 +665,20 @@ async def test_a_cursor_taken_over_during_a_delivery_is_left_to_its_new_owner(hu
             assert (row.lease_owner, row.position) == ("rly_other", 0)
 
 
+class RefusesOnce(Kept):
+    async def deliver(self, changes: Sequence[Change]) -> None:
+        try:
+            await super().deliver(changes)
+        except Refused:
+            self.refuse = set()
+            raise
+
+
 async def test_a_replay_during_a_delivery_wins_over_it(hub: Hub) -> None:
     """``prm destinations replay`` while a batch is out: the cursor stays where the replay
-    put it, and the changes are delivered again from there."""
-    sink = Kept()
+    put it, and the changes are delivered again from there; what that batch refused is not
+    kept as dead letters (the replay asked for those changes again)."""
+    sink = RefusesOnce()
     async with running(hub, destination("lake", sink)):
         await send(hub, ev("e1", 0, "ann@example.com"))
         first = await positions_of(hub)
@@ -589,8 +688,35 @@ async def test_a_replay_during_a_delivery_wins_over_it(hub: Hub) -> None:
         everything = await positions_of(hub)
         await until(lambda: _async(sink.calls == 2))
         await replay(hub.store, "lake", first[0])
+        sink.refuse = {"customer.created"}
         sink.gate.set()
         await until(lambda: _async(sink.positions() == first + everything[len(first) :] + everything))
+        await until(lambda: _cursor_at(hub, "lake", everything[-1]))
+    assert await letters_of(hub) == []
+
+
+async def test_a_destination_another_process_took_over_is_not_delivered_from_its_batch(hub: Hub) -> None:
+    """Taken over while this process idled on a lease it still believes its own, with a batch
+    the new owner noted: this process looks again, and leaves it."""
+    sink = Kept()
+    store = Watched(hub.store)
+    c = destination_cursors.c
+    async with running(hub, destination("lake", sink), store=store):
+        await send(hub, ev("e1", 0, "ann@example.com"))
+        first = await positions_of(hub)
+        await until(lambda: _cursor_at(hub, "lake", first[-1]))
+        # the new owner was replayed from the start, and noted its first batch
+        await hub.store.write(
+            lambda conn: conn.execute(
+                destination_cursors.update()
+                .where(c.name == "lake")
+                .values(lease_owner="rly_other", position=0, pending_through=int(first[-1]))
+            )
+        )
+        claims = store.steps.count("_claim")
+        await send(hub, ev("e2", 1, "bob@example.com"))  # wakes it
+        await until(lambda: _async(sink.calls > 1 or store.steps.count("_claim") > claims))
+        assert sink.positions() == first
 
 
 # ---- failures ------------------------------------------------------------------------------
@@ -693,83 +819,236 @@ async def test_the_relay_goes_on_when_the_database_comes_back(hub: Hub) -> None:
     sink = Kept()
     sink.fail_next = 1
     store = Watched(hub.store)
-    store.failing = {"read_changes": 2, "_pin": 2, "_advance": 1, "_note_error": 1}
+    store.failing = {"read_changes": 2, "_pin": 10**6, "_advance": 1, "_note_error": 1}
     with structlog.testing.capture_logs() as logs:
         async with running(hub, destination("lake", sink), store=store, poll_s=0.01) as relay:
             await send(hub, ev("e1", 0, "ann@example.com"))
             everything = await positions_of(hub)
-            await until(lambda: _async(store.failed.count("_pin") == 2))
+            await until(lambda: _async(store.failed.count("_pin") >= 2))
             assert sink.calls == 0  # never sent before its batch is noted
+            store.failing["_pin"] = 0  # the database is back
             await until(lambda: _async(relay.destinations[0].cursor == int(everything[-1])))
     # the batch delivered, its cursor not saved: delivered again, the same batch
     assert sink.batches == [sink.batches[0]] * 2 and sink.positions()[: len(everything)] == everything
-    assert sorted(store.failed) == ["_advance", "_note_error", "_pin", "_pin", "read_changes", "read_changes"]
+    pins = store.failed.count("_pin")
+    assert sorted(store.failed) == ["_advance", "_note_error", *["_pin"] * pins, "read_changes", "read_changes"]
     warned = [(e["event"], e["error"]) for e in logs if e["log_level"] == "warning"]
     assert [w for w in warned if w[1] == "StoreUnavailable"] == [
         ("destination read failed", "StoreUnavailable"),
         ("destination read failed", "StoreUnavailable"),
-        ("destination batch not pinned", "StoreUnavailable"),
-        ("destination batch not pinned", "StoreUnavailable"),
+        *[("destination batch not pinned", "StoreUnavailable")] * pins,
         ("destination error not saved", "StoreUnavailable"),
         ("destination cursor not saved", "StoreUnavailable"),
     ]
 
 
-# ---- prm destinations replay ---------------------------------------------------------------
+# ---- waiting -----------------------------------------------------------------------------
 
 
-async def _cursors(hub: Hub, **positions: int) -> None:
-    rows = [
-        {"name": n, "kind": "kept", "position": p, "pending_through": p, "updated_at": START}
-        for n, p in positions.items()
-    ]
-    await hub.store.write(lambda conn: conn.execute(destination_cursors.insert(), rows))
+async def test_an_idle_destination_waits_for_the_next_commit(hub: Hub) -> None:
+    sink = Kept()
+    store = Watched(hub.store)
+    async with running(hub, destination("lake", sink), store=store):
+        await send(hub, ev("e1", 0, "ann@example.com"))
+        first = await positions_of(hub)
+        await until(lambda: _cursor_at(hub, "lake", first[-1]))
+        await until(lambda: _async(store.steps[-1] == "read_changes"))  # looked for more: none
+        reads = store.reads
+        await round_trips(hub, 5)
+        assert store.reads == reads  # not polling: its next look is 30 s away, or at a commit
+        await send(hub, ev("e2", 1, "bob@example.com"))
+        everything = await positions_of(hub)
+        await until(lambda: _async(sink.positions() == everything))  # woken by the commit
 
 
-async def test_a_replay_moves_one_cursor_back_and_forgets_its_later_dead_letters(hub: Hub) -> None:
-    await send(hub, *(ev(f"e{i}", i, f"p{i}@example.com") for i in range(3)))
-    head = int((await positions_of(hub))[-1])
-    await _cursors(hub, lake=head, crm=head)
-    letters = [{"destination": d, "position": p, "type": "customer.created", "reason": "no", "at": START}
-               for d in ("lake", "crm") for p in (3, 4, 5)]  # fmt: skip
-    await hub.store.write(lambda conn: conn.execute(dead_letters.insert(), letters))
-
-    assert await replay(hub.store, "lake", "4") == 3
-    lake, crm = await cursor_of(hub, "lake"), await cursor_of(hub, "crm")
-    assert (lake.position, lake.pending_through) == (3, None)  # delivers from 4 on, no batch pinned
-    assert (crm.position, crm.pending_through) == (head, head)
-    assert [(d, p) for d, p, _ in await letters_of(hub)] == [("crm", 3), ("crm", 4), ("crm", 5), ("lake", 3)]
+async def test_a_process_without_the_lease_tries_again_every_half_lease(clock: FrozenClock, hub: Hub) -> None:
+    until_at = clock.now + timedelta(hours=1)
+    held = {"name": "lake", "kind": "kept", "position": 0, "lease_owner": "rly_other", "lease_until": until_at}
+    await hub.store.write(lambda conn: conn.execute(destination_cursors.insert().values(**held, updated_at=clock.now)))
+    store = Watched(hub.store)
+    async with running(hub, destination("lake", Kept()), store=store):
+        await until(lambda: _async(store.steps.count("_claim") == 1))
+        await round_trips(hub, 5)
+        assert store.steps.count("_claim") == 1  # the next try is 15 s away
 
 
-async def test_a_replay_is_from_a_position_the_feed_has(clock: FrozenClock, hub: Hub) -> None:
+async def test_a_destination_behind_retention_is_reported_once_and_looked_at_again_later(
+    clock: FrozenClock, hub: Hub
+) -> None:
     await send(hub, ev("e1", 0, "ann@example.com"))
     clock.advance(days=40)
     await send(hub, ev("e2", 1, "bob@example.com"))
     assert await hub.feed.prune_once() > 0
-    kept = await positions_of(hub)
-    oldest, head = int(kept[0]), int(kept[-1])
-    await _cursors(hub, lake=head)
-
-    async def refused(start: str) -> str:
-        with pytest.raises(ConfigError) as raised:
-            await replay(hub.store, "lake", start)
-        return str(raised.value)
-
-    assert await refused("0") == "--from must be a position of the feed (1 or more)"
-    assert await refused(str(oldest - 1)) == f"position {oldest - 1} is older than the oldest change kept ({oldest})"
-    assert await refused(str(head + 2)) == f"position {head + 2} is past the newest change ({head})"
-    assert await refused("1") == f"position 1 is older than the oldest change kept ({oldest})"
-    assert await replay(hub.store, "lake", str(oldest)) == oldest - 1
-    assert await replay(hub.store, "lake", str(head + 1)) == head  # from the next change recorded
-    assert (await cursor_of(hub, "lake")).position == head
-    with pytest.raises(InvalidInput, match="from must be a position"):
-        await replay(hub.store, "lake", "x")
-    with pytest.raises(ConfigError, match="no destination 'nowhere' has delivered yet"):
-        await replay(hub.store, "nowhere", "1")
+    pruned = int((await positions_of(hub))[0]) - 1
+    await _cursors(hub, lake=0)
+    store = Watched(hub.store)
+    with structlog.testing.capture_logs() as logs:
+        async with running(hub, destination("lake", Kept()), store=store):
+            row = await until(lambda: _errored(hub))
+            reads = store.reads
+            await round_trips(hub, 5)
+            assert store.reads == reads  # the next look is 30 s away
+    assert row.last_error.startswith("destination lake fell behind the feed's retention: position 0 is older")
+    behind = [e for e in logs if e["event"] == "destination fell behind"]
+    assert behind == [
+        {"event": "destination fell behind", "destination": "lake", "pruned_through": pruned, "log_level": "error"}
+    ]
 
 
-async def test_a_replay_from_the_first_position_of_a_feed_never_pruned(hub: Hub) -> None:
-    await send(hub, ev("e1", 0, "ann@example.com"))
-    await _cursors(hub, lake=2)
-    assert await replay(hub.store, "lake", "1") == 0
-    assert (await cursor_of(hub, "lake")).position == 0
+# ---- a cursor's row ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("start", ["earliest", "latest"])
+async def test_a_destination_whose_cursor_was_deleted_starts_again_as_a_new_one(
+    clock: FrozenClock, hub: Hub, start: str
+) -> None:
+    sink = Kept()
+    async with running(hub, destination("lake", sink, start=start)) as relay:
+        await send(hub, ev("e1", 0, "ann@example.com"))
+        first = await positions_of(hub)
+        await until(lambda: _cursor_at(hub, "lake", first[-1]))
+        await hub.store.write(lambda conn: conn.execute(destination_cursors.delete()))  # by hand
+        await send(hub, ev("e2", 1, "bob@example.com"))
+        everything = await positions_of(hub)
+        row = await until(lambda: _cursor_at(hub, "lake", everything[-1]))
+        lease = (row.kind, row.lease_owner, aware(row.lease_until))
+        assert lease == ("kept", relay.owner, clock.now + timedelta(seconds=30))
+        if start == "earliest":  # from the oldest change kept: everything again
+            assert sink.positions() == first + everything
+        else:  # from the newest there is as it looks again
+            assert sink.positions() == first
+
+
+# ---- a batch noted, then ... ------------------------------------------------------------------
+
+
+async def test_a_batch_is_not_sent_once_another_process_took_the_destination_over(hub: Hub) -> None:
+    sink = Kept()
+    store = Watched(hub.store)
+    store.held = {"_pin"}
+    c = destination_cursors.c
+    async with running(hub, destination("lake", sink), store=store, lease_s=2.0, poll_s=0.05):
+        await send(hub, ev("e1", 0, "ann@example.com"))
+        await until(lambda: _async("_pin" in store.steps))
+        await hub.store.write(
+            lambda conn: conn.execute(
+                destination_cursors.update().where(c.name == "lake").values(lease_owner="rly_other")
+            )
+        )
+        store.let_go.set()
+        await until(lambda: _async(store.steps.count("_claim") >= 2))  # it looked again: not its own
+        assert sink.calls == 0
+        row = await cursor_of(hub, "lake")
+        assert (row.lease_owner, row.pending_through) == ("rly_other", None)
+
+
+async def test_a_batch_is_not_sent_from_a_cursor_a_replay_moved(hub: Hub) -> None:
+    sink = Kept()
+    store = Watched(hub.store)
+    async with running(hub, destination("lake", sink), store=store, poll_s=0.05):
+        await send(hub, ev("e1", 0, "ann@example.com"))
+        first = await positions_of(hub)
+        await until(lambda: _cursor_at(hub, "lake", first[-1]))
+        store.held = {"_pin"}
+        await send(hub, ev("e2", 1, "bob@example.com"))
+        everything = await positions_of(hub)
+        await until(lambda: _async(store.steps.count("_pin") == 2))
+        await replay(hub.store, "lake", first[0])
+        store.let_go.set()
+        await until(lambda: _async(sink.positions() == first + everything))  # from the replay's position
+
+
+# ---- the lease during a delivery --------------------------------------------------------------
+
+
+async def test_a_lease_renewal_that_fails_is_logged_and_tried_again(hub: Hub) -> None:
+    sink = Kept()
+    sink.gate = asyncio.Event()
+    store = Watched(hub.store)
+    store.failing = {"_renew": 1}
+    with structlog.testing.capture_logs() as logs:
+        async with running(hub, destination("lake", sink), store=store, lease_s=0.3):
+            await send(hub, ev("e1", 0, "ann@example.com"))
+            await until(lambda: _async(store.steps.count("_renew") >= 3))
+            sink.gate.set()
+            await until(lambda: _async(sink.batches))
+    assert store.failed == ["_renew"]
+    assert [e for e in logs if e["event"] == "destination lease not renewed"] == [
+        {
+            "event": "destination lease not renewed",
+            "destination": "lake",
+            "error": "StoreUnavailable",
+            "log_level": "warning",
+        }
+    ]
+
+
+async def test_a_renewal_cut_short_as_the_delivery_ends_ends_with_it(hub: Hub) -> None:
+    sink = Kept()
+    sink.gate = asyncio.Event()
+    store = Watched(hub.store)
+    store.hanging = {"_renew"}
+    async with running(hub, destination("lake", sink), store=store, lease_s=0.3):
+        await send(hub, ev("e1", 0, "ann@example.com"))
+        await until(lambda: _async("_renew" in store.steps))
+        sink.gate.set()
+        await until(lambda: _async(sink.batches))
+        await until(lambda: _async(not [t for t in asyncio.all_tasks() if t.get_name().startswith("lease-")]))
+
+
+async def test_a_renewal_leaves_a_lease_another_process_took_alone(hub: Hub) -> None:
+    sink = Kept()
+    sink.gate = asyncio.Event()
+    store = Watched(hub.store)
+    c = destination_cursors.c
+    taken_until = datetime.now(UTC) + timedelta(hours=1)
+    async with running(hub, destination("lake", sink), store=store, lease_s=0.3):
+        await send(hub, ev("e1", 0, "ann@example.com"))
+        await until(lambda: _async(sink.calls))
+        await hub.store.write(
+            lambda conn: conn.execute(
+                destination_cursors.update()
+                .where(c.name == "lake")
+                .values(lease_owner="rly_other", lease_until=taken_until)
+            )
+        )
+        renewals = store.steps.count("_renew")
+        await until(lambda: _async(store.steps.count("_renew") >= renewals + 2))
+        row = await cursor_of(hub, "lake")
+        assert (row.lease_owner, aware(row.lease_until)) == ("rly_other", taken_until)
+        sink.gate.set()
+
+
+class RefusesOnceAsItsRestEnds(CircuitBreaker):
+    """aiobreaker's breaker refusing a call the moment its rest ends: asked how long is left,
+    it raises TypeError (as a breaker never opened does)."""
+
+    refused = False
+
+    async def call_async(self, func: Any, *args: Any, **kwargs: Any) -> Any:
+        if not self.refused:
+            self.refused = True
+            raise CircuitBreakerError("Timeout not elapsed yet, circuit breaker still open", datetime.now())
+        return await super().call_async(func, *args, **kwargs)
+
+
+async def test_a_breaker_refusing_as_its_rest_ends_does_not_stop_the_destination(hub: Hub) -> None:
+    sink = Kept()
+    dest = destination("lake", sink)
+    dest.breaker = RefusesOnceAsItsRestEnds()
+    async with running(hub, dest):
+        await send(hub, ev("e1", 0, "ann@example.com"))
+        everything = await positions_of(hub)
+        await until(lambda: _async(sink.positions() == everything))
+    assert dest.breaker.refused and dest.failures == 0  # refused by the breaker, not failed
+
+
+@pytest.mark.parametrize("step", ["read_changes", "_pin", "_advance"])
+async def test_a_database_away_is_asked_again_after_a_poll_not_in_a_loop(hub: Hub, step: str) -> None:
+    store = Watched(hub.store)
+    store.failing = {step: 10**6}
+    async with running(hub, destination("lake", Kept()), store=store):
+        await send(hub, ev("e1", 0, "ann@example.com"))
+        await until(lambda: _async(store.failed))
+        await round_trips(hub, 5)
+        assert store.failed == [step]  # the next try is a poll (30 s) away

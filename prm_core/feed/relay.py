@@ -245,8 +245,7 @@ class Relay:
                 refused = [p for p in exc.positions if p in batch]
                 reason = exc.reason
             except CircuitBreakerError:
-                left = dest.breaker.time_until_open
-                await asyncio.sleep(max(left.total_seconds() if left is not None else self.poll_s, 0.05))
+                await asyncio.sleep(max(_rest_left_s(dest.breaker), 0.05))
                 continue
             except Exception as exc:
                 attempt += 1
@@ -478,6 +477,17 @@ class _RelayCollector:
 
     def collect(self) -> Iterator[Any]:
         return self.relay.collect()
+
+
+def _rest_left_s(breaker: CircuitBreaker) -> float:
+    """Seconds until the breaker lets a call through again. aiobreaker's ``time_until_open``
+    raises TypeError (rather than answering None) once the rest is over, as it can be a moment
+    after the call it refused."""
+    try:
+        left = breaker.time_until_open
+    except TypeError:
+        return 0.0
+    return left.total_seconds() if left is not None else 0.0
 
 
 def _describe(exc: BaseException) -> str:
