@@ -18,6 +18,7 @@ from prm_core.feed import feed as feed_module
 from prm_core.feed.feed import Feed
 from prm_core.feed.reading import FeedSignal
 from prm_core.hub import Hub
+from prm_core.store.engine import Store
 
 MORNING = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)  # the events' morning: not ahead of the clock
 
@@ -81,11 +82,11 @@ def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     given: list[float] = []
     original = FeedSignal.wait
 
-    async def wait(self: FeedSignal, seconds: float) -> bool:
+    async def wait(self: FeedSignal, seconds: float, topics: Any = None, *, watched: Any = None) -> bool:
         task = asyncio.current_task()
         if task is not None and task.get_name() == "reader":
             given.append(seconds)
-        return await original(self, seconds)
+        return await original(self, seconds, topics, watched=watched)
 
     monkeypatch.setattr(FeedSignal, "wait", wait)
     return given
@@ -108,6 +109,32 @@ async def test_a_filtered_long_poll_waits_on_through_changes_of_other_types(hub,
     assert [c.type for c in page.changes] == ["customer.updated"] and page.next == page.changes[0].seq
 
 
+async def test_a_commit_between_the_read_and_the_wait_ends_the_wait(hub, monkeypatch):
+    (ann,) = await send(hub, ev("e1", 0, email="ann@example.com"))
+    head = (await hub.feed.read(None, 1000)).next
+    original_read, original_wait = Store.read, FeedSignal.wait
+    woke: list[bool] = []
+
+    async def read_then_commit(self: Store, fn: Any) -> Any:
+        page = await original_read(self, fn)
+        if not woke and asyncio.current_task().get_name() == "reader":  # type: ignore[union-attr]
+            woke.append(False)  # once: a commit lands after the reader's look, before its wait
+            await hub.update_customer(ann.customer_id, {"tier": "gold"})
+        return page
+
+    async def wait(self: FeedSignal, seconds: float, topics: Any = None, *, watched: Any = None) -> bool:
+        got = await original_wait(self, seconds, topics, watched=watched)
+        if asyncio.current_task().get_name() == "reader":  # type: ignore[union-attr]
+            woke.append(got)
+        return got
+
+    monkeypatch.setattr(Store, "read", read_then_commit)
+    monkeypatch.setattr(FeedSignal, "wait", wait)
+    page = await asyncio.create_task(hub.feed.read(head, 10, {"customer.updated"}, wait_s=5), name="reader")
+    assert [c.type for c in page.changes] == ["customer.updated"]
+    assert woke == [False, True]  # woken by that commit, not by the wait running out
+
+
 @pytest.mark.parametrize(
     ("wait_s", "lowest", "highest"),
     [(-1, None, None), (0, None, None), (0.5, 0.0, 0.5), (30, 29.0, 30.0), (100, 29.0, 30.0)],
@@ -116,10 +143,10 @@ async def test_a_read_waits_as_long_as_asked_up_to_30_s_and_looks_once_more(hub,
     given: list[float] = []
     original = FeedSignal.wait
 
-    async def runs_out(self: FeedSignal, seconds: float) -> bool:
+    async def runs_out(self: FeedSignal, seconds: float, topics: Any = None, *, watched: Any = None) -> bool:
         task = asyncio.current_task()
         if task is None or task.get_name() != "reader":
-            return await original(self, seconds)
+            return await original(self, seconds, topics, watched=watched)
         given.append(seconds)
         return False  # the wait ran out without a commit
 

@@ -29,6 +29,7 @@ from prm_core.privacy.erasure import erase_customer
 from prm_core.server.state import HUB
 from prm_core.store.tables import planning_models, trigger_cursor, trigger_offers, trigger_runs, utcnow
 from prm_core.triggers import MessageResult
+from prm_core.triggers import engine as trigger_engine
 from prm_core.triggers.conditions import compile_condition, shortcut
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)  # noon UTC: outside the default quiet hours
@@ -218,6 +219,37 @@ async def test_an_abandoned_cart_is_reminded_after_the_wait_unless_a_purchase_ca
         "a order.completed event came within the wait",
     )
     assert [m.to for m in outbox.sent] == ["ann@example.com"]
+
+
+async def test_a_change_is_judged_once_as_it_happened_even_when_the_lease_is_renewed(database_url, monkeypatch):
+    vip = {
+        "on": "event.recorded",
+        "when": "change['type'] == 'page.viewed' and traits['vip'] == 'yes'",
+        "purpose": "transactional",
+        "action": {"kind": "message", "channel": "email", "template": "Hello"},
+    }
+    # a position past changes that start nothing is written only now and then: here never
+    monkeypatch.setattr(trigger_engine, "NOTE_S", 1e9)
+    async with Hub.open(config_of(database_url, {"vip": vip}), autoload=True) as hub:
+        engine = hub.triggers
+        (ann,) = await send(hub, ev("v1", "page.viewed", "ann@example.com", at=datetime.now(UTC)))
+        head = (await hub.feed.read(None, 1000)).next
+
+        async def read_past_it() -> bool:
+            return engine._cursor is not None and engine._cursor >= head
+
+        await until(read_past_it)  # judged: ann is no VIP yet, so no run
+        assert engine._stored < head  # and the position read to is in memory only
+        await hub.add_traits({ann.customer_id: {"vip": "yes"}})
+        renewed_from = engine._lease_until
+        engine._lease_until = 0.0  # the lease is due for renewal at the next read
+
+        async def renewed() -> bool:
+            return engine._lease_until > renewed_from
+
+        await until(renewed)
+        await until(read_past_it)
+        assert await runs_of(hub, "vip") == []  # the page view came before she was a VIP
 
 
 async def test_history_loaded_late_starts_no_run(hub, outbox, clock):

@@ -108,19 +108,26 @@ class Feed:
         ``wait_s``, wait up to that long for the first one (woken by commits, not by
         polling the database)."""
         deadline = time.monotonic() + min(max(wait_s, 0.0), MAX_WAIT_S)
-        page = await self.store.read(functools.partial(read_changes, after=after, limit=limit, types=types))
-        while not page.changes:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return page
-            # what a filtered read skipped need not be read again; ``after`` was valid once
-            read = functools.partial(read_changes, after=page.next, limit=limit, types=types, check=False)
-            woke = await self.signal.wait(left)
-            page = await self.store.read(read)
-            if not woke:
-                # the wait ran out; that last look catches another process's commit (several hubs)
-                return page
-        return page
+        # watched from before each read: a commit between a read and the wait then ends the wait
+        watched = self.signal.watch() if wait_s > 0 else None
+        try:
+            page = await self.store.read(functools.partial(read_changes, after=after, limit=limit, types=types))
+            while not page.changes and watched is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return page
+                # what a filtered read skipped need not be read again; ``after`` was valid once
+                read = functools.partial(read_changes, after=page.next, limit=limit, types=types, check=False)
+                woke = await self.signal.wait(left, watched=watched)
+                watched = self.signal.watch()
+                page = await self.store.read(read)
+                if not woke:
+                    # the wait ran out; that last look catches another process's commit (several hubs)
+                    return page
+            return page
+        finally:
+            if watched is not None:
+                self.signal.unwatch(watched)
 
     async def prune_once(self) -> int:
         """Remove changes older than the retention; returns how many."""

@@ -287,35 +287,40 @@ class Surveys:
                 if cursor is None:  # another hub process reads the feed for the surveys
                     await asyncio.sleep(self.lease_s / 2)
                     continue
-                read = functools.partial(read_survey_changes, after=cursor, limit=self.batch)
+                # watched from before the read, so a reply committed while it runs is not missed
+                watched = signal.watch(_TOPICS)
                 try:
-                    page = await self.hub.store.read(read)
-                except FellBehind as exc:
-                    log.error("survey answers fell behind the feed's retention", pruned_through=exc.pruned_through)
-                    await self._advance(exc.pruned_through, [])
-                    continue
-                replies = [c for c in page.changes if c.data.get("type") == RECEIVED]
-                answered = [c for c in page.changes if c.data.get("type") == ANSWERED]
-                # other events (the database leaves them out) are noted now and then
-                if replies:
-                    found = await self.hub.store.read(functools.partial(self._answers, replies))
-                    if found:
-                        await self._record(found)  # before the position moves past their replies
-                if (
-                    replies
-                    or answered
-                    or (page.next > self._stored and time.monotonic() - self._cursor_written > NOTE_S)
-                ):
-                    await self._advance(page.next, answered)
-                else:  # only other events: noted now and then (reading them again is harmless)
-                    self._cursor = page.next
-                if page.changes:
-                    if len(page.changes) < self.batch:
-                        await asyncio.sleep(GATHER_S)  # let a few more commits gather before reading again
-                    continue
-                if await signal.wait(poll, _TOPICS):
-                    # woken by a commit: let a few more gather, so busy ingest is read once a moment
-                    await asyncio.sleep(GATHER_S)
+                    read = functools.partial(read_survey_changes, after=cursor, limit=self.batch)
+                    try:
+                        page = await self.hub.store.read(read)
+                    except FellBehind as exc:
+                        log.error("survey answers fell behind the feed's retention", pruned_through=exc.pruned_through)
+                        await self._advance(exc.pruned_through, [])
+                        continue
+                    replies = [c for c in page.changes if c.data.get("type") == RECEIVED]
+                    answered = [c for c in page.changes if c.data.get("type") == ANSWERED]
+                    # other events (the database leaves them out) are noted now and then
+                    if replies:
+                        found = await self.hub.store.read(functools.partial(self._answers, replies))
+                        if found:
+                            await self._record(found)  # before the position moves past their replies
+                    if (
+                        replies
+                        or answered
+                        or (page.next > self._stored and time.monotonic() - self._cursor_written > NOTE_S)
+                    ):
+                        await self._advance(page.next, answered)
+                    else:  # only other events: noted now and then (reading them again is harmless)
+                        self._cursor = page.next
+                    if page.changes:
+                        if len(page.changes) < self.batch:
+                            await asyncio.sleep(GATHER_S)  # let a few more commits gather before reading again
+                        continue
+                    if await signal.wait(poll, watched=watched):
+                        # woken by a commit: let a few more gather, so busy ingest is read once a moment
+                        await asyncio.sleep(GATHER_S)
+                finally:
+                    signal.unwatch(watched)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the database may be away for a while

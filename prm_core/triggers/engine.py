@@ -287,13 +287,20 @@ class TriggerEngine:
         if self._cursor is not None and self._lease_until - time.monotonic() > self.lease_s / 2:
             return self._cursor
         now = utcnow()
-
-        self._cursor = await self.hub.store.write(
+        claimed = await self.hub.store.write(
             functools.partial(claim_cursor, name=CURSOR, owner=self.owner, now=now, lease_s=self.lease_s)
         )
-        if self._cursor is not None:
-            self._stored = self._cursor
-            self._lease_until = time.monotonic() + self.lease_s
+        if claimed is None:
+            self._cursor = None
+            return None
+        # Renewing a lease this process held: the position read to (in memory, not written when
+        # the changes started nothing) stays. Going back to the stored one would judge those
+        # changes again against the customers' facts as they are now, and start runs they did
+        # not start when they happened. A stored position that moved was moved by another process.
+        if self._cursor is None or claimed != self._stored or self._cursor < claimed:
+            self._cursor = claimed
+        self._stored = claimed
+        self._lease_until = time.monotonic() + self.lease_s
         return self._cursor
 
     async def _advance(
