@@ -198,73 +198,86 @@ class Relay:
 
     async def _run(self, dest: Destination) -> None:
         attempt = 0
-        while not self._stopping:
-            try:
-                cursor = await self._cursor(dest)
-                if cursor is None:  # another hub process delivers it
-                    await asyncio.sleep(self.lease_s / 2)
+        # watched from before each read: a commit landing between a read and the wait for the
+        # next one ends that wait (a commit seen since by a read only costs one more read)
+        watched = self.signal.watch()
+        try:
+            while not self._stopping:
+                try:
+                    cursor = await self._cursor(dest)
+                    if cursor is None:  # another hub process delivers it
+                        await asyncio.sleep(self.lease_s / 2)
+                        continue
+                    read = functools.partial(
+                        read_changes,
+                        after=cursor,
+                        limit=dest.settings.batch_size,
+                        types=dest.settings.types,
+                        check=False,
+                    )
+                    page = await self.store.read(read)
+                except FellBehind as exc:
+                    message = f"destination {dest.name} fell behind the feed's retention: {exc}"
+                    log.error("destination fell behind", destination=dest.name, pruned_through=exc.pruned_through)
+                    await self._note_error(dest, message)
+                    await asyncio.sleep(max(self.poll_s, 5.0))
                     continue
-                read = functools.partial(
-                    read_changes, after=cursor, limit=dest.settings.batch_size, types=dest.settings.types, check=False
+                except Exception as exc:  # the database may be away for a while
+                    log.warning("destination read failed", destination=dest.name, error=type(exc).__name__)
+                    await asyncio.sleep(self.poll_s)
+                    continue
+                dest.head = max(dest.head, page.next)
+                if dest.pending_through is not None:
+                    # a batch was pinned and not delivered (a failure, a crash): the very same batch again
+                    page = Page([c for c in page.changes if c.seq <= dest.pending_through], dest.pending_through)
+                elif page.changes and not await self._pin(dest, cursor, page.next):
+                    continue
+                if not page.changes:
+                    dest.oldest_pending_at = None
+                    if page.next > cursor:  # changes of other types went by
+                        await self._advance(dest, cursor, page.next, [], "")
+                    await self.signal.wait(self.poll_s, watched=watched)
+                    watched = self.signal.watch()
+                    continue
+                dest.oldest_pending_at = page.changes[0].at
+                # a delivery may outlast the lease (a slow receiver, a warehouse writing its
+                # history): renewed while it runs, so no other process delivers the destination meanwhile
+                renewing = asyncio.create_task(self._keep_lease(dest), name=f"lease-{dest.name}")
+                try:
+                    await asyncio.wait_for(
+                        dest.breaker.call_async(dest.sink.deliver, page.changes), timeout=dest.deliver_timeout_s
+                    )
+                    refused: Sequence[str] = ()
+                    reason = ""
+                except Refused as exc:
+                    batch = {c.position for c in page.changes}
+                    refused = [p for p in exc.positions if p in batch]
+                    reason = exc.reason
+                except CircuitBreakerError:
+                    await asyncio.sleep(max(_rest_left_s(dest.breaker), 0.05))
+                    continue
+                except Exception as exc:
+                    attempt += 1
+                    dest.failures += 1
+                    delay = backoff_s(attempt, None, base_s=dest.retry_base_s, cap_s=dest.retry_cap_s)
+                    error = _describe(exc)
+                    log.warning(
+                        "destination delivery failed", destination=dest.name, error=error, retry_in_s=round(delay, 3)
+                    )
+                    await self._note_error(dest, error)
+                    await asyncio.sleep(delay)
+                    continue
+                finally:
+                    renewing.cancel()
+                attempt = 0
+                refusing = set(refused)
+                await self._advance(
+                    dest, cursor, page.next, [c for c in page.changes if c.position in refusing], reason
                 )
-                page = await self.store.read(read)
-            except FellBehind as exc:
-                message = f"destination {dest.name} fell behind the feed's retention: {exc}"
-                log.error("destination fell behind", destination=dest.name, pruned_through=exc.pruned_through)
-                await self._note_error(dest, message)
-                await asyncio.sleep(max(self.poll_s, 5.0))
-                continue
-            except Exception as exc:  # the database may be away for a while
-                log.warning("destination read failed", destination=dest.name, error=type(exc).__name__)
-                await asyncio.sleep(self.poll_s)
-                continue
-            dest.head = max(dest.head, page.next)
-            if dest.pending_through is not None:
-                # a batch was pinned and not delivered (a failure, a crash): the very same batch again
-                page = Page([c for c in page.changes if c.seq <= dest.pending_through], dest.pending_through)
-            elif page.changes and not await self._pin(dest, cursor, page.next):
-                continue
-            if not page.changes:
-                dest.oldest_pending_at = None
-                if page.next > cursor:  # changes of other types went by
-                    await self._advance(dest, cursor, page.next, [], "")
-                await self.signal.wait(self.poll_s)
-                continue
-            dest.oldest_pending_at = page.changes[0].at
-            # a delivery may outlast the lease (a slow receiver, a warehouse writing its
-            # history): renewed while it runs, so no other process delivers the destination meanwhile
-            renewing = asyncio.create_task(self._keep_lease(dest), name=f"lease-{dest.name}")
-            try:
-                await asyncio.wait_for(
-                    dest.breaker.call_async(dest.sink.deliver, page.changes), timeout=dest.deliver_timeout_s
-                )
-                refused: Sequence[str] = ()
-                reason = ""
-            except Refused as exc:
-                batch = {c.position for c in page.changes}
-                refused = [p for p in exc.positions if p in batch]
-                reason = exc.reason
-            except CircuitBreakerError:
-                await asyncio.sleep(max(_rest_left_s(dest.breaker), 0.05))
-                continue
-            except Exception as exc:
-                attempt += 1
-                dest.failures += 1
-                delay = backoff_s(attempt, None, base_s=dest.retry_base_s, cap_s=dest.retry_cap_s)
-                error = _describe(exc)
-                log.warning(
-                    "destination delivery failed", destination=dest.name, error=error, retry_in_s=round(delay, 3)
-                )
-                await self._note_error(dest, error)
-                await asyncio.sleep(delay)
-                continue
-            finally:
-                renewing.cancel()
-            attempt = 0
-            refusing = set(refused)
-            await self._advance(dest, cursor, page.next, [c for c in page.changes if c.position in refusing], reason)
-            dest.delivered += len(page.changes) - len(refused)
-            dest.refused += len(refused)
+                dest.delivered += len(page.changes) - len(refused)
+                dest.refused += len(refused)
+        finally:
+            self.signal.unwatch(watched)
 
     async def _keep_lease(self, dest: Destination) -> None:
         """Renew this process's lease of ``dest`` every third of its time, until cancelled."""
