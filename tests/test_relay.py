@@ -22,6 +22,7 @@ from prm_core.clock import FrozenClock
 from prm_core.config import Config
 from prm_core.errors import ConfigError, InvalidInput, StoreUnavailable
 from prm_core.feed import Change, DestinationKind, Refused
+from prm_core.feed.reading import FeedSignal
 from prm_core.feed.relay import Destination, Relay, open_destinations, replay
 from prm_core.hub import Hub
 from prm_core.plugins import Registry
@@ -1052,3 +1053,29 @@ async def test_a_database_away_is_asked_again_after_a_poll_not_in_a_loop(hub: Hu
         await until(lambda: _async(store.failed))
         await round_trips(hub, 5)
         assert store.failed == [step]  # the next try is a poll (30 s) away
+
+
+async def test_a_commit_between_a_read_and_the_wait_is_delivered_at_once(hub: Hub, monkeypatch) -> None:
+    sink = Kept()
+    woke: list[bool] = []
+    original_wait = FeedSignal.wait
+
+    async def wait(self: FeedSignal, seconds: float, topics: Any = None, *, watched: Any = None) -> bool:
+        got = await original_wait(self, seconds, topics, watched=watched)
+        if asyncio.current_task().get_name() == "prm-destination-lake":  # type: ignore[union-attr]
+            woke.append(got)
+        return got
+
+    class CommitsAfterTheFirstRead(Watched):
+        async def read(self, fn: Callable[..., Any]) -> Any:
+            page = await super().read(fn)
+            if self.step(fn) == "read_changes" and "committed" not in self.steps:
+                self.steps.append("committed")  # once: a commit lands after the relay's look, before its wait
+                await send(hub, ev("e1", 0, "ann@example.com"))
+            return page
+
+    monkeypatch.setattr(FeedSignal, "wait", wait)
+    async with running(hub, destination("lake", sink), store=CommitsAfterTheFirstRead(hub.store)):  # a 30 s poll
+        await until(lambda: _async(bool(sink.batches)))
+        assert sink.positions() == await positions_of(hub)
+    assert woke[:1] == [True]  # woken by that commit, not by the poll running out
