@@ -261,11 +261,14 @@ class TriggerEngine:
             matches, made, erased = self._sort(page.changes)
             # the database is read only for the changes some trigger may start a run on
             started = await self.hub.store.read(functools.partial(self._runs, matches)) if matches else []
-            if started or made or erased or time.monotonic() - self._cursor_written > NOTE_S:
+            # past a change some trigger may start a run on, the position is written even when
+            # none did: read again later, it would be judged against the customer's facts as
+            # they are then, not as they were when it happened
+            if matches or made or erased or time.monotonic() - self._cursor_written > NOTE_S:
                 await self._advance(page.next, started, made, erased)
             else:
-                # nothing to write: the position is noted now and then (reading these changes
-                # again after a restart starts nothing either)
+                # changes no trigger can start a run on: the position is noted now and then
+                # (reading them again after a restart starts nothing)
                 self._cursor = page.next
             if len(page.changes) == self.batch or self._cursor is None:
                 return True
