@@ -88,8 +88,9 @@ async def test_a_pruning_that_commits_during_a_read_is_never_a_silent_gap(hub, m
 
     def bounds_then_prune(conn: Any) -> tuple[int, int]:
         seen = first_bounds(conn)
-        if not pruned:  # once: another connection prunes the two oldest right after the bounds
-            pruned.append(prune_elsewhere(hub, conn))
+        if not pruned:  # once (the hub's own readers read too): another connection prunes the two oldest
+            pruned.append(-1)  # taken before pruning, so no other reader prunes meanwhile
+            pruned[0] = prune_elsewhere(hub, conn)
         return seen
 
     monkeypatch.setattr(reading, "bounds", bounds_then_prune)

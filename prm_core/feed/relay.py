@@ -198,11 +198,13 @@ class Relay:
 
     async def _run(self, dest: Destination) -> None:
         attempt = 0
-        # watched from before each read: a commit landing between a read and the wait for the
-        # next one ends that wait (a commit seen since by a read only costs one more read)
+        # watched from before each read: a commit landing between the read and the wait ends
+        # that wait (a commit before this round's read is in what it reads: not watched)
         watched = self.signal.watch()
         try:
             while not self._stopping:
+                self.signal.unwatch(watched)
+                watched = self.signal.watch()
                 try:
                     cursor = await self._cursor(dest)
                     if cursor is None:  # another hub process delivers it
@@ -237,7 +239,6 @@ class Relay:
                     if page.next > cursor:  # changes of other types went by
                         await self._advance(dest, cursor, page.next, [], "")
                     await self.signal.wait(self.poll_s, watched=watched)
-                    watched = self.signal.watch()
                     continue
                 dest.oldest_pending_at = page.changes[0].at
                 # a delivery may outlast the lease (a slow receiver, a warehouse writing its
