@@ -32,6 +32,7 @@ from prm_core.warehouse.kinds import open_parquet, open_postgresql
 from prm_core.warehouse.loading import Loader
 from prm_core.warehouse.parquet import MARK_FILE, ParquetWarehouse, arrow_schema
 from prm_core.warehouse.postgres import PostgresWarehouse
+from prm_core.warehouse.reading import take_snapshot
 from prm_core.warehouse.schema import BIGINT, FLAG, JSON, MONEY, TABLES, TEXT, TEXTS, TIME
 
 ANN = "ann@example.com"
@@ -472,3 +473,113 @@ async def test_the_export_includes_what_was_recorded_before_the_feed(database_ur
         await export(hub.config, f"parquet:{wh}", progress=False)
     counts = duck(wh, "events", "SELECT event_id, count(*) FROM t GROUP BY 1")
     assert sorted(counts) == sorted((f"e{i}", 1) for i in range(8))
+
+
+def guest(i: int, day: int) -> dict[str, Any]:
+    """An event of a person of its own (no two of them wait for the same customer's lock)."""
+    return {**event(i, day), "identities": {"email": f"guest{i}@example.com"}}
+
+
+def events_once(path: Path) -> list[tuple[str, int]]:
+    """The event ids whose rows the warehouse holds other than once."""
+    return duck(path, "events", "SELECT event_id, count(*) FROM t GROUP BY 1 HAVING count(*) <> 1")
+
+
+async def test_events_committed_as_the_history_starts_are_written_once(hub, tmp_path):
+    """A commit landing while the snapshot is read (between any two of its statements: on
+    PostgreSQL each statement of a read sees what committed before it) is either in the
+    history or in the changes after it, never both."""
+    await record(hub, [guest(i, 4) for i in range(12)])
+    loop = asyncio.get_running_loop()
+    interrupted: list[int] = []
+
+    def commit_now() -> None:
+        if hub.store.dialect == "postgresql":
+            from sqlalchemy.util import await_only  # the read runs in SQLAlchemy's greenlet
+
+            await_only(record(hub, [guest(i, 4) for i in range(12, 15)]))
+        else:  # the read runs in a thread: the loop is free to record meanwhile
+            asyncio.run_coroutine_threadsafe(record(hub, [guest(i, 4) for i in range(12, 15)]), loop).result(30)
+        interrupted.append(1)
+
+    class Interrupting:
+        """A connection that lets another transaction commit after its first statement."""
+
+        def __init__(self, conn: Any) -> None:
+            self.conn = conn
+
+        def execute(self, *args: Any, **kwargs: Any) -> Any:
+            result = self.conn.execute(*args, **kwargs)
+            if not interrupted:
+                commit_now()
+            return result
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.conn, name)
+
+    async def read(fn: Any) -> Any:
+        if fn is take_snapshot:
+            return await hub.store.read(lambda conn: fn(Interrupting(conn)))
+        return await hub.store.read(fn)
+
+    loader = Loader(ParquetWarehouse(tmp_path), read)
+    mark = await loader.history()
+    assert interrupted
+    assert mark.snapshot is not None
+    await loader.changes(await feed_after(hub, mark.snapshot.position))
+    assert duck(tmp_path, "events", "SELECT count(*), count(DISTINCT event_id) FROM t") == [(15, 15)]
+    assert events_once(tmp_path) == []
+
+
+async def test_an_event_committed_after_the_snapshot_under_a_lower_number_is_written_once(hub, tmp_path, monkeypatch):
+    """PostgreSQL numbers events as they are inserted and positions changes as they commit:
+    an event numbered before the snapshot's last event may commit after the snapshot, and be
+    there when the history reads its page. It is written once, by the change after it."""
+    if hub.store.dialect != "postgresql":
+        pytest.skip("SQLite has one writer: an event commits before the next one is numbered")
+    from sqlalchemy.util import await_only
+
+    from prm_core.feed import writing
+
+    await record(hub, [guest(i, 4) for i in range(3)])
+    paused, resume = asyncio.Event(), asyncio.Event()
+    held: list[bool] = [True]
+    flush = writing.flush
+
+    async def hold() -> None:
+        paused.set()
+        await resume.wait()
+
+    def held_flush(conn: Any) -> Any:
+        recording = any(c["type"] == "event.recorded" for c in conn.info.get(writing._PENDING) or ())
+        if held and recording:  # the first recording after this: its events inserted, its changes not yet
+            held.clear()
+            await_only(hold())
+        return flush(conn)
+
+    monkeypatch.setattr(writing, "flush", held_flush)
+    # one hub records a batch at a time: two hubs on one database record at once
+    async with Hub.open(hub.config, autoload=True) as other:
+        slow = asyncio.create_task(record(other, [guest(i, 4) for i in range(3, 5)]))
+        try:
+            await asyncio.wait_for(paused.wait(), 30)
+            # numbered after the slow one's events, committed before them
+            # another touch point: two batches of one touch point wait for each other (its day's counts)
+            await asyncio.wait_for(record(hub, [guest(5, 4)], "callcenter"), 30)
+
+            async def read(fn: Any) -> Any:
+                result = await hub.store.read(fn)
+                if fn is take_snapshot:  # the slow transaction commits before the history's pages
+                    resume.set()
+                    await slow
+                return result
+
+            loader = Loader(ParquetWarehouse(tmp_path), read)
+            mark = await loader.history()
+            assert slow.done() and mark.snapshot is not None
+            await loader.changes(await feed_after(hub, mark.snapshot.position))
+        finally:
+            resume.set()
+            await asyncio.gather(slow, return_exceptions=True)
+    assert duck(tmp_path, "events", "SELECT count(*), count(DISTINCT event_id) FROM t") == [(6, 6)]
+    assert events_once(tmp_path) == []

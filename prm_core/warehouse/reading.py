@@ -61,12 +61,30 @@ class Snapshot:
     at: datetime
 
 
+_SNAPSHOT = sa.select(
+    sa.select(sa.func.coalesce(sa.func.max(changes.c.position), 0)).scalar_subquery(),
+    sa.select(sa.func.coalesce(sa.func.max(events.c.seq), 0)).scalar_subquery(),
+)
+
+
 def take_snapshot(conn: Connection) -> Snapshot:
-    """The feed's last position and the log's last event, read in one transaction: the hub
-    writes a change in the transaction of what it changed, so the two agree."""
-    position = conn.execute(sa.select(sa.func.coalesce(sa.func.max(changes.c.position), 0))).scalar_one()
-    through = conn.execute(sa.select(sa.func.coalesce(sa.func.max(events.c.seq), 0))).scalar_one()
+    """The feed's last position and the log's last event, read in one statement: the hub
+    writes a change in the transaction of what it changed, so the two agree. (On PostgreSQL
+    each statement of a read sees what committed before it: read by two statements, an
+    event committed in between would be in the history and in the changes after it too.)"""
+    position, through = conn.execute(_SNAPSHOT).one()
     return Snapshot(int(position), int(through), utcnow())
+
+
+def _recorded_after(position: int) -> Any:
+    """Whether an event's ``event.recorded`` change comes after ``position`` (PostgreSQL)."""
+    h, e = changes.c, events.c
+    return sa.exists().where(
+        h.position > position,
+        h.type == "event.recorded",
+        h.data["event_id"].as_string() == e.event_id,
+        h.data["touchpoint"].as_string() == e.touchpoint,
+    )
 
 
 def _plain(column: Any, kind: str, pg: bool) -> Any:
@@ -234,7 +252,8 @@ def history_page(
     """Up to ``limit`` rows of ``table`` after the key ``after`` (``None``: from the start), the
     page's first key (``None`` for no rows), and the key to continue after (``None`` when this
     was the last page). Events stop at the snapshot's last event; the feed delivers the rest.
-    Rows have no ``position`` yet."""
+    Rows have no ``position`` yet. Each event is in the history or in the changes after the
+    snapshot, never both."""
     pg = conn.dialect.name == "postgresql"
     sources, source, order = _sources(table)
     query = sa.select(*_select(table, sources, pg), order.label("_key")).select_from(source).order_by(order)
@@ -242,6 +261,12 @@ def history_page(
         query = query.where(order > after)
     if table == "events":
         query = query.where(order <= snapshot.events_through)
+        if pg:
+            # PostgreSQL numbers events as they are inserted, and positions their changes as
+            # they commit: an event numbered below the snapshot's last one may commit after the
+            # snapshot, before this page is read. Its change comes after the snapshot: the feed
+            # writes it, not the history (one statement sees the event and its change alike)
+            query = query.where(~_recorded_after(snapshot.position))
     if table == "changes":
         # the core's own changes are in the other tables already
         query = query.where(order <= snapshot.position, changes.c.type.not_in(sorted(CORE_TYPES)))
