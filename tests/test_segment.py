@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import gzip
 import json
 from datetime import UTC, datetime, timedelta
@@ -12,25 +11,10 @@ import pytest
 from prm_segment import MAX_MESSAGE_BYTES
 from rudderstack.analytics.client import Client as RudderClient
 from segment.analytics.client import Client as SegmentClient
+from segment_sdks import basic, sdk_send
 
 from prm_core.server.state import HUB
 from prm_core.testing.conformance import TouchPointConformance
-
-
-def basic(key: str) -> dict[str, str]:
-    return {"Authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode()}
-
-
-def sdk_send(client_cls, key: str, host: str, calls) -> list:
-    """Send with an SDK in sync mode (each call posts at once) and collect its errors."""
-    errors: list = []
-    client = client_cls(
-        write_key=key, host=host, sync_mode=True, gzip=True, max_retries=0, on_error=lambda e, b: errors.append(e)
-    )
-    for method, kwargs in calls:
-        getattr(client, method)(**kwargs)
-    client.flush()
-    return errors
 
 
 @pytest.mark.parametrize("sdk", [SegmentClient, RudderClient], ids=["segment", "rudderstack"])
@@ -69,6 +53,31 @@ async def test_an_anonymous_visit_then_identify_ends_as_one_customer(hub_client,
     assert [m["id"] for m in org["members"]] == [view["id"]]
     # one visit: the web's inactivity rule threads it into one dialogue
     assert len({t["dialogue"] for t in view["timeline"]}) == 1
+
+
+@pytest.mark.parametrize("sdk", [SegmentClient, RudderClient], ids=["segment", "rudderstack"])
+async def test_a_track_named_as_a_call_type_is_a_track(hub_client, make_key, sdk):
+    """A track's name is the tracker's to choose: one named "group", "identify" or "page" is
+    recorded as that track (its properties kept), not taken for the call of that name."""
+    key, read = await make_key("touchpoint:web"), await make_key("read")
+    host = str(hub_client.make_url("")).rstrip("/")
+    names = ["group", "identify", "page"]
+    calls = [
+        ("identify", {"user_id": "u-5", "traits": {"first_name": "Bo"}, "message_id": "t-0"}),
+        *(
+            ("track", {"user_id": "u-5", "event": name, "properties": {"first_name": name}, "message_id": f"t-{name}"})
+            for name in names
+        ),
+    ]
+    errors = await asyncio.to_thread(sdk_send, sdk, key, host, calls)
+    assert errors == []
+    view = await (await hub_client.get("/v1/customers/user_id:u-5", headers=basic(read))).json()
+    tracks = sorted((t["event_id"], t["type"], t["data"]) for t in view["timeline"] if t["event_id"] != "t-0")
+    assert tracks == [
+        (f"t-{name}", name, {"source": "segment", "properties": {"first_name": name}}) for name in sorted(names)
+    ]
+    assert view["traits"]["first_name"] == "Bo"  # a track's properties are no identify's traits
+    assert view["memberships"] == []
 
 
 async def test_message_ids_deduplicate_and_sent_at_corrects_clock_skew(hub_client, make_key):

@@ -5,11 +5,11 @@ while the sender waits, their trait merge and membership applied before the answ
 from __future__ import annotations
 
 import asyncio
-import base64
 
 import pytest
 from polling import until
 from segment.analytics.client import Client as SegmentClient
+from segment_sdks import basic, sdk_send
 
 from prm_core.config import Config
 from prm_core.server.state import HUB
@@ -18,22 +18,6 @@ from prm_core.server.state import HUB
 @pytest.fixture
 def hub_config(database_url: str) -> Config:
     return Config(database_url=database_url, public_url="http://hub.test", raw={"ingest": {"journal": True}})
-
-
-def basic(key: str) -> dict[str, str]:
-    return {"Authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode()}
-
-
-def sdk_send(key: str, host: str, calls: list[tuple[str, dict]]) -> list:
-    """Send with Segment's SDK in sync mode (each call posts at once) and collect its errors."""
-    errors: list = []
-    client = SegmentClient(
-        write_key=key, host=host, sync_mode=True, gzip=True, max_retries=0, on_error=lambda e, b: errors.append(e)
-    )
-    for method, kwargs in calls:
-        getattr(client, method)(**kwargs)
-    client.flush()
-    return errors
 
 
 async def test_calls_acting_on_no_customer_are_journaled(hub_client, make_key):
@@ -47,7 +31,7 @@ async def test_calls_acting_on_no_customer_are_journaled(hub_client, make_key):
         ("identify", {"user_id": "u-7", "anonymous_id": "anon-7", "message_id": "p-3"}),  # no traits
         ("alias", {"user_id": "u-7", "previous_id": "anon-8", "message_id": "p-4"}),
     ]
-    assert await asyncio.to_thread(sdk_send, key, host, calls) == []
+    assert await asyncio.to_thread(sdk_send, SegmentClient, key, host, calls) == []
     assert hub.journal.head == head + 4  # each call journaled, none recorded while the SDK waited
 
     async def timeline() -> list[str]:
@@ -70,7 +54,7 @@ async def test_identify_traits_and_group_calls_apply_before_the_answer(hub_clien
     host = str(hub_client.make_url("")).rstrip("/")
     # journaled first: the identify naming the same visitor waits for it to be recorded
     page = ("page", {"anonymous_id": "anon-1", "message_id": "g-1"})
-    assert await asyncio.to_thread(sdk_send, key, host, [page]) == []
+    assert await asyncio.to_thread(sdk_send, SegmentClient, key, host, [page]) == []
     head = hub.journal.head
     calls = [
         (
@@ -79,7 +63,7 @@ async def test_identify_traits_and_group_calls_apply_before_the_answer(hub_clien
         ),
         ("group", {"user_id": "u-1", "group_id": "acme", "traits": {"name": "Acme Corp"}, "message_id": "g-3"}),
     ]
-    assert await asyncio.to_thread(sdk_send, key, host, calls) == []
+    assert await asyncio.to_thread(sdk_send, SegmentClient, key, host, calls) == []
     assert hub.journal.head == head  # recorded while the SDK waited, not journaled
     view = await (await hub_client.get("/v1/customers/user_id:u-1", headers=basic(read))).json()
     assert view["traits"]["first_name"] == "Ann"
@@ -91,6 +75,32 @@ async def test_identify_traits_and_group_calls_apply_before_the_answer(hub_clien
         return ids if len(ids) == 3 else []
 
     assert await until(timeline) == ["g-1", "g-2", "g-3"]  # one customer: the page's visitor is Ann
+
+
+async def test_a_track_named_as_a_call_type_is_journaled_as_a_track(hub_client, make_key):
+    """A track named "group", "identify" or "page" acts on no customer: journaled, and
+    recorded behind the answer as the track it is."""
+    key, read = await make_key("touchpoint:web"), await make_key("read")
+    hub = hub_client.app[HUB]
+    host = str(hub_client.make_url("")).rstrip("/")
+    head = hub.journal.head
+    names = ["group", "identify", "page"]
+    calls = [
+        ("track", {"user_id": "u-6", "event": name, "properties": {"n": i}, "message_id": f"t-{name}"})
+        for i, name in enumerate(names)
+    ]
+    assert await asyncio.to_thread(sdk_send, SegmentClient, key, host, calls) == []
+    assert hub.journal.head == head + 3  # each journaled: none recorded while the SDK waited
+
+    async def tracks() -> list[tuple[str, dict]]:
+        resp = await hub_client.get("/v1/customers/user_id:u-6", headers=basic(read))
+        view = await resp.json() if resp.status == 200 else {"timeline": []}
+        found = sorted((t["type"], t["data"]) for t in view["timeline"])
+        return found if len(found) == 3 else []
+
+    assert await until(tracks) == [
+        (name, {"source": "segment", "properties": {"n": i}}) for i, name in enumerate(names)
+    ]
 
 
 async def test_a_bad_message_refuses_the_batch_and_journals_nothing(hub_client, make_key):

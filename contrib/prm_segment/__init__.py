@@ -23,7 +23,8 @@ Mapping to the hub's Event:
   or ``context.traits.email`` -> ``email``, ``phone`` likewise; an email or phone that does
   not normalize is left out, not refused (a tracker's trait is no reason to lose the event);
 - ``track`` events keep their name as the type (``Order Completed``), ``properties.revenue``
-  counts as revenue; ``page``, ``screen``, ``identify``, ``group``, ``alias`` are types too;
+  counts as revenue; ``page``, ``screen``, ``identify``, ``group``, ``alias`` are types too
+  (a track named ``group`` or ``identify`` stays a track: only the calls act on a customer);
 - ``identify`` traits (``traits``, or ``context.traits`` as RudderStack sends them) are merged
   into the customer's profile traits;
 - ``group`` makes the customer a member of the organization owning ``account_id:<groupId>``;
@@ -285,30 +286,34 @@ async def _handle(request: web.Request, single: str | None) -> web.Response:
         )
         for i, m in enumerate(messages)
     ]
-    if any(_acts_on_customer(ev) for ev in events):
+    # each event's call: a track's name is its event's type, and may be "group" or "identify"
+    calls = [m["type"] for m in messages]
+    if any(_acts_on_customer(call, ev) for call, ev in zip(calls, events, strict=True)):
         # identify traits and group calls act on each event's customer: recorded while the
         # sender waits, whose customer is then known (see docs/architecture.md)
         recorded = await ingest(request, events)
-        await _after(hub, recorded)
+        await _after(hub, calls, recorded)
     elif events:
         await accept(request, events)  # journaled when [ingest] journal is on
     return web.json_response({"success": True})
 
 
-def _acts_on_customer(event: Event) -> bool:
-    """Whether :func:`_after` acts on this event's customer once it is recorded."""
-    return event.type == "group" or (event.type == "identify" and bool(event.data.get("traits")))
+def _acts_on_customer(call: str, event: Event) -> bool:
+    """Whether :func:`_after` acts on the customer of this event, of a ``call`` (the
+    message's type), once it is recorded."""
+    return call == "group" or (call == "identify" and bool(event.data.get("traits")))
 
 
-async def _after(hub: Hub, recorded: list[Any]) -> None:
-    """What identify and group calls teach beyond the event: profile traits, memberships."""
+async def _after(hub: Hub, calls: list[str], recorded: list[Any]) -> None:
+    """What identify and group calls teach beyond the event: profile traits, memberships.
+    ``calls``: each recorded event's call (the message's type), in order."""
     traits: dict[str, dict[str, Any]] = {}
-    for r in recorded:
-        if r.duplicate:
+    for call, r in zip(calls, recorded, strict=True):
+        if r.duplicate or not _acts_on_customer(call, r.event):
             continue
-        if r.event.type == "identify" and r.event.data.get("traits"):
+        if call == "identify":
             traits.setdefault(r.customer_id, {}).update(r.event.data["traits"])
-        elif r.event.type == "group":
+        else:
             try:
                 await hub.join_group(
                     r.customer_id, Identity("account_id", r.event.data["group_id"]), traits=r.event.data.get("traits")
