@@ -7,6 +7,7 @@ wait); a store wrapper can make the relay's own database steps fail or wait."""
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -18,6 +19,7 @@ import structlog
 from aiobreaker import CircuitBreaker, CircuitBreakerError, CircuitBreakerState
 from polling import until
 
+from prm_core import hookimpl
 from prm_core.clock import FrozenClock
 from prm_core.config import Config
 from prm_core.errors import ConfigError, InvalidInput, StoreUnavailable
@@ -421,6 +423,32 @@ async def test_each_destination_moves_on_its_own_cursor(hub: Hub) -> None:
         assert [(d, str(p)) for d, p, _ in letters] == [("bus", p) for p in created] + [("crm", p) for p in created]
 
 
+async def test_two_destinations_at_one_position_each_keep_their_own_batch(clock: FrozenClock, hub: Hub) -> None:
+    """Two destinations of this process at the same position, of different batch sizes: one
+    noting its batch, or moving past it, leaves the other's cursor and noted batch as they
+    were, so the other sends again exactly the batch it had sent, and nothing is skipped."""
+    until_at = clock.now + timedelta(seconds=30)
+    crm_row = {"name": "crm", "kind": "kept", "position": 0, "lease_owner": "rly_other", "lease_until": until_at}
+    await hub.store.write(
+        lambda conn: conn.execute(destination_cursors.insert().values(**crm_row, updated_at=clock.now))
+    )
+    await send(hub, ev("e1", 0, "ann@example.com"), ev("e2", 1, "bob@example.com"))
+    everything = await positions_of(hub)
+    lake, crm = Kept(), Kept()
+    lake.gate = asyncio.Event()
+    lake.fail_next = 1  # its first batch, once let through, fails: sent again
+    async with running(hub, destination("lake", lake, batch_size=1), destination("crm", crm), lease_s=0.2):
+        await until(lambda: _async(lake.calls))  # lake's first batch is noted and out
+        clock.now = until_at  # the other process's lease of crm ends: this one takes crm over
+        await until(lambda: _cursor_at(hub, "crm", everything[-1]))
+        row = await cursor_of(hub, "lake")
+        assert (row.position, row.pending_through) == (0, int(everything[0]))
+        lake.gate.set()
+        await until(lambda: _async(lake.positions() == everything))
+    assert [[c.position for c in batch] for batch in lake.batches] == [[p] for p in everything]
+    assert crm.positions() == everything and len(crm.batches) == 1
+
+
 async def test_refused_changes_are_dead_lettered_with_the_reason_cut_and_logged(hub: Hub) -> None:
     sink = Kept()
     sink.refuse = {"customer.created"}
@@ -814,6 +842,17 @@ async def test_a_long_error_is_kept_cut_to_300_characters(hub: Hub) -> None:
         assert row.last_error == "ConnectionError: " + "x" * 300
 
 
+async def test_an_error_is_kept_cut_to_the_500_characters_of_its_column(hub: Hub) -> None:
+    """A sink's error with a long type name: its type and message, cut to what the column holds."""
+    sink = Kept()
+    sink.fail_next = 10**6
+    sink.error = type("E" * 300, (Exception,), {})("x" * 400)
+    async with running(hub, destination("lake", sink, retry_base_s=3600, retry_cap_s=3600)):
+        await send(hub, ev("e1", 0, "ann@example.com"))
+        row = await until(lambda: _errored(hub))
+        assert row.last_error == "E" * 300 + ": " + "x" * 198
+
+
 async def test_the_relay_goes_on_when_the_database_comes_back(hub: Hub) -> None:
     """Reading the feed, noting the batch, moving the cursor, noting an error: each may fail
     while the database is away; nothing is lost, nothing is sent before its batch is noted."""
@@ -862,6 +901,71 @@ async def test_an_idle_destination_waits_for_the_next_commit(hub: Hub) -> None:
         await until(lambda: _async(sink.positions() == everything))  # woken by the commit
 
 
+async def test_an_idle_destination_holding_its_lease_reads_its_cursor_and_writes_nothing(hub: Hub) -> None:
+    """While its lease has more than half its time left, each look reads the cursor: the
+    writer is shared with ingest, and a look that finds nothing new takes no write transaction."""
+    store = Watched(hub.store)
+    async with running(hub, destination("lake", Kept()), store=store, poll_s=0.02):
+        await send(hub, ev("e1", 0, "ann@example.com"))
+        first = await positions_of(hub)
+        await until(lambda: _cursor_at(hub, "lake", first[-1]))
+        await until(lambda: _async(store.steps[-1] == "read_changes"))
+        writes, looks = store.writes, store.steps.count("_cursor")
+        await until(lambda: _async(store.steps.count("_cursor") >= looks + 5))
+        assert store.writes == writes
+
+
+async def test_a_batch_takes_one_read_of_the_feed_one_write_to_note_it_and_one_to_move_past_it(hub: Hub) -> None:
+    store = Watched(hub.store)
+    sink = Kept()
+    async with running(hub, destination("lake", sink), store=store):
+        await send(hub, ev("e1", 0, "ann@example.com"))
+        first = await positions_of(hub)
+        await until(lambda: _cursor_at(hub, "lake", first[-1]))
+        await until(lambda: _async(store.steps[-1] == "read_changes"))  # looked for more: none
+        idle = len(store.steps)
+        await send(hub, ev("e2", 1, "bob@example.com"))
+        everything = await positions_of(hub)
+        await until(lambda: _cursor_at(hub, "lake", everything[-1]))
+        await until(lambda: _async(store.steps[-1] == "read_changes"))
+        assert store.steps[idle:] == ["_cursor", "read_changes", "_pin", "_advance", "_cursor", "read_changes"]
+        assert sink.positions() == everything
+
+
+class KeptKind:
+    """A plugin registering the destination kind ``kept``, which opens the test's sink."""
+
+    def __init__(self, sink: Kept) -> None:
+        self.sink = sink
+
+    @hookimpl
+    def prm_destination_kinds(self, config: Config) -> Iterator[DestinationKind]:
+        yield DestinationKind(name="kept", open=lambda settings: self.sink)
+
+
+async def test_the_hubs_destinations_look_for_changes_every_second_when_idle(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Woken by this process's commits; another process's (on SQLite nothing tells the hub of
+    them) are looked for every second."""
+    waits: list[float] = []
+    original_wait = FeedSignal.wait
+
+    async def wait(self: FeedSignal, seconds: float, topics: Any = None, *, watched: Any = None) -> bool:
+        if asyncio.current_task().get_name() == "prm-destination-lake":  # type: ignore[union-attr]
+            waits.append(seconds)
+        return await original_wait(self, seconds, topics, watched=watched)
+
+    monkeypatch.setattr(FeedSignal, "wait", wait)
+    sink = Kept()
+    config = Config(database_url=database_url, raw={"destinations": {"lake": {"kind": "kept"}}})
+    async with Hub.open(config, plugins=[KeptKind(sink)], autoload=True) as hub:
+        await send(hub, ev("e1", 0, "ann@example.com"))
+        everything = await positions_of(hub)
+        await until(lambda: _async(sink.positions() == everything and len(waits) >= 2))
+    assert set(waits) == {1.0}
+
+
 async def test_a_process_without_the_lease_tries_again_every_half_lease(clock: FrozenClock, hub: Hub) -> None:
     until_at = clock.now + timedelta(hours=1)
     held = {"name": "lake", "kind": "kept", "position": 0, "lease_owner": "rly_other", "lease_until": until_at}
@@ -871,6 +975,30 @@ async def test_a_process_without_the_lease_tries_again_every_half_lease(clock: F
         await until(lambda: _async(store.steps.count("_claim") == 1))
         await round_trips(hub, 5)
         assert store.steps.count("_claim") == 1  # the next try is 15 s away
+
+
+async def test_a_relay_keeps_one_watch_on_the_feeds_commits_and_none_once_stopped(clock: FrozenClock, hub: Hub) -> None:
+    """Each round watches for commits from before its read: the last round's watch is given up
+    first, so a destination looking again and again (here: every half lease, another process
+    holding it) keeps one, and a stopped relay none."""
+    held = {"name": "lake", "kind": "kept", "position": 0, "lease_owner": "rly_other"}
+    await hub.store.write(
+        lambda conn: conn.execute(
+            destination_cursors.insert().values(
+                **held, lease_until=clock.now + timedelta(hours=1), updated_at=clock.now
+            )
+        )
+    )
+    signal = FeedSignal()  # the relay's own: the hub's readers watch the hub's as well
+    store = Watched(hub.store)
+    relay = Relay(store, [destination("lake", Kept())], signal, lease_s=0.2, poll_s=30.0)  # type: ignore[arg-type]
+    await relay.start()
+    try:
+        await until(lambda: _async(store.steps.count("_claim") >= 5))
+        assert len(signal._watches) == 1
+    finally:
+        await relay.stop()
+    assert signal._watches == []
 
 
 async def test_a_destination_behind_retention_is_reported_once_and_looked_at_again_later(
@@ -960,6 +1088,40 @@ async def test_a_batch_is_not_sent_from_a_cursor_a_replay_moved(hub: Hub) -> Non
 
 
 # ---- the lease during a delivery --------------------------------------------------------------
+
+
+async def test_a_long_delivery_renews_the_lease_every_third_of_it(
+    clock: FrozenClock, hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delivery outlasting its lease many times over: renewed every third of the lease,
+    each renewal holding it for a whole lease from then, so no other process takes it."""
+    slept: list[float] = []
+    original_sleep = asyncio.sleep
+
+    async def sleep(delay: float, *args: Any, **kwargs: Any) -> Any:
+        task = asyncio.current_task()
+        if task is not None and task.get_name() == "lease-lake":
+            slept.append(delay)
+        return await original_sleep(delay, *args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "sleep", sleep)
+    sink = Kept()
+    sink.gate = asyncio.Event()
+    async with running(hub, destination("lake", sink), lease_s=0.3) as relay:
+        await send(hub, ev("e1", 0, "ann@example.com"))
+        await until(lambda: _async(sink.calls))
+        for _ in range(2):
+            held_until = clock.advance(minutes=10) + timedelta(seconds=0.3)
+            row = await until(functools.partial(_leased_until, hub, "lake", held_until))
+            assert row.lease_owner == relay.owner
+        sink.gate.set()
+        await until(lambda: _async(sink.batches))
+    assert len(slept) >= 2 and all(s == pytest.approx(0.1) for s in slept)
+
+
+async def _leased_until(hub: Hub, name: str, at: datetime) -> Any:
+    row = await cursor_of(hub, name)
+    return row if row is not None and row.lease_until is not None and aware(row.lease_until) == at else None
 
 
 async def test_a_lease_renewal_that_fails_is_logged_and_tried_again(hub: Hub) -> None:
@@ -1079,3 +1241,48 @@ async def test_a_commit_between_a_read_and_the_wait_is_delivered_at_once(hub: Hu
         await until(lambda: _async(bool(sink.batches)))
         assert sink.positions() == await positions_of(hub)
     assert woke[:1] == [True]  # woken by that commit, not by the poll running out
+
+
+class RestsFor(RefusesOnceAsItsRestEnds):
+    """A breaker refusing the first call, then saying how long its rest has left (``None``:
+    over, as aiobreaker can answer a moment after the call it refused)."""
+
+    def __init__(self, left: timedelta | None) -> None:
+        super().__init__()
+        self.left = left
+
+    @property
+    def time_until_open(self) -> timedelta | None:
+        return self.left
+
+
+@pytest.mark.parametrize(
+    ("breaker", "rest_s"),
+    [
+        (RefusesOnceAsItsRestEnds, 0.05),  # its rest just over, asking raises TypeError
+        (lambda: RestsFor(None), 0.05),
+        (lambda: RestsFor(timedelta(0)), 0.05),
+        (lambda: RestsFor(timedelta(seconds=0.3)), 0.3),
+    ],
+)
+async def test_a_call_the_breaker_refuses_waits_out_its_rest_at_least_50_ms(
+    hub: Hub, monkeypatch: pytest.MonkeyPatch, breaker: Callable[[], CircuitBreaker], rest_s: float
+) -> None:
+    slept: list[float] = []
+    original_sleep = asyncio.sleep
+
+    async def sleep(delay: float, *args: Any, **kwargs: Any) -> Any:
+        task = asyncio.current_task()
+        if task is not None and task.get_name() == "prm-destination-lake":
+            slept.append(delay)
+        return await original_sleep(delay, *args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "sleep", sleep)
+    await send(hub, ev("e1", 0, "ann@example.com"))
+    everything = await positions_of(hub)
+    sink = Kept()
+    dest = destination("lake", sink)
+    dest.breaker = breaker()
+    async with running(hub, dest):
+        await until(lambda: _async(sink.positions() == everything))
+    assert slept[:1] == [pytest.approx(rest_s)] and sink.calls == 1
