@@ -211,6 +211,21 @@ def metrics(relay: Relay) -> dict[tuple[str, str], float]:
     return {(s.name, s.labels["destination"]): s.value for family in relay.collect() for s in family.samples}
 
 
+def sleeps_of(monkeypatch: pytest.MonkeyPatch, task_name: str) -> list[float]:
+    """The delays ``asyncio.sleep`` is asked for by the task of that name, from now on."""
+    slept: list[float] = []
+    original_sleep = asyncio.sleep
+
+    async def sleep(delay: float, *args: Any, **kwargs: Any) -> Any:
+        task = asyncio.current_task()
+        if task is not None and task.get_name() == task_name:
+            slept.append(delay)
+        return await original_sleep(delay, *args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "sleep", sleep)
+    return slept
+
+
 # ---- settings, checked as the hub starts ---------------------------------------------------
 
 
@@ -394,6 +409,23 @@ async def test_a_destination_of_some_types_moves_past_the_others(clock: FrozenCl
         assert aware(row.delivered_at) == START
         # its lease, half gone by this process's reckoning, taken again: held for another 30 s
         assert row.lease_owner == relay.owner and aware(row.lease_until) > clock.now
+
+
+async def test_changes_only_of_other_types_move_the_cursor_past_them(hub: Hub) -> None:
+    """A destination of some types, idle, while only changes of other types are recorded: its
+    cursor moves past them (no lag shown, and its next read starts after them)."""
+    sink = Kept()
+    async with running(hub, destination("lake", sink, types=["customer.created"]), poll_s=0.05) as relay:
+        await send(hub, ev("e1", 0, "ann@example.com"))
+        created = await positions_of(hub, {"customer.created"})
+        await until(lambda: _async(sink.positions() == created))
+        await send(hub, ev("e2", 1, "ann@example.com"))  # the same customer: nothing created
+        assert await positions_of(hub, {"customer.created"}) == created
+        everything = await positions_of(hub)
+        await until(lambda: _cursor_at(hub, "lake", everything[-1]))
+        await until(lambda: _async(relay.destinations[0].cursor == int(everything[-1])))
+        assert metrics(relay)[("prm_destination_lag_changes", "lake")] == 0
+        assert sink.positions() == created
 
 
 async def _cursor_at(hub: Hub, name: str, position: str) -> Any:
@@ -967,15 +999,19 @@ async def test_the_hubs_destinations_look_for_changes_every_second_when_idle(
     assert set(waits) == {1.0}
 
 
-async def test_a_process_without_the_lease_tries_again_every_half_lease(clock: FrozenClock, hub: Hub) -> None:
+async def test_a_process_without_the_lease_tries_again_every_half_lease(
+    clock: FrozenClock, hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
     until_at = clock.now + timedelta(hours=1)
     held = {"name": "lake", "kind": "kept", "position": 0, "lease_owner": "rly_other", "lease_until": until_at}
     await hub.store.write(lambda conn: conn.execute(destination_cursors.insert().values(**held, updated_at=clock.now)))
     store = Watched(hub.store)
+    slept = sleeps_of(monkeypatch, "prm-destination-lake")
     async with running(hub, destination("lake", Kept()), store=store):
         await until(lambda: _async(store.steps.count("_claim") == 1))
         await round_trips(hub, 5)
         assert store.steps.count("_claim") == 1  # the next try is 15 s away
+        assert slept == [15.0]
 
 
 async def test_a_relay_keeps_one_watch_on_the_feeds_commits_and_none_once_stopped(clock: FrozenClock, hub: Hub) -> None:
@@ -1002,9 +1038,11 @@ async def test_a_relay_keeps_one_watch_on_the_feeds_commits_and_none_once_stoppe
     assert signal._watches == []
 
 
+@pytest.mark.parametrize(("poll_s", "pause_s"), [(30.0, 30.0), (0.05, 5.0)])
 async def test_a_destination_behind_retention_is_reported_once_and_looked_at_again_later(
-    clock: FrozenClock, hub: Hub
+    clock: FrozenClock, hub: Hub, monkeypatch: pytest.MonkeyPatch, poll_s: float, pause_s: float
 ) -> None:
+    """Its next look is a poll away, and at least 5 s."""
     await send(hub, ev("e1", 0, "ann@example.com"))
     clock.advance(days=40)
     await send(hub, ev("e2", 1, "bob@example.com"))
@@ -1012,12 +1050,15 @@ async def test_a_destination_behind_retention_is_reported_once_and_looked_at_aga
     pruned = int((await positions_of(hub))[0]) - 1
     await _cursors(hub, lake=0)
     store = Watched(hub.store)
+    slept = sleeps_of(monkeypatch, "prm-destination-lake")
     with structlog.testing.capture_logs() as logs:
-        async with running(hub, destination("lake", Kept()), store=store):
+        async with running(hub, destination("lake", Kept()), store=store, poll_s=poll_s):
             row = await until(lambda: _errored(hub))
             reads = store.reads
             await round_trips(hub, 5)
-            assert store.reads == reads  # the next look is 30 s away
+            assert store.reads == reads
+            await until(lambda: _async(slept))
+    assert slept == [pause_s]
     assert row.last_error.startswith("destination lake fell behind the feed's retention: position 0 is older")
     behind = [e for e in logs if e["event"] == "destination fell behind"]
     assert behind == [
@@ -1096,16 +1137,7 @@ async def test_a_long_delivery_renews_the_lease_every_third_of_it(
 ) -> None:
     """A delivery outlasting its lease many times over: renewed every third of the lease,
     each renewal holding it for a whole lease from then, so no other process takes it."""
-    slept: list[float] = []
-    original_sleep = asyncio.sleep
-
-    async def sleep(delay: float, *args: Any, **kwargs: Any) -> Any:
-        task = asyncio.current_task()
-        if task is not None and task.get_name() == "lease-lake":
-            slept.append(delay)
-        return await original_sleep(delay, *args, **kwargs)
-
-    monkeypatch.setattr(asyncio, "sleep", sleep)
+    slept = sleeps_of(monkeypatch, "lease-lake")
     sink = Kept()
     sink.gate = asyncio.Event()
     async with running(hub, destination("lake", sink), lease_s=0.3) as relay:
@@ -1269,16 +1301,7 @@ class RestsFor(RefusesOnceAsItsRestEnds):
 async def test_a_call_the_breaker_refuses_waits_out_its_rest_at_least_50_ms(
     hub: Hub, monkeypatch: pytest.MonkeyPatch, breaker: Callable[[], CircuitBreaker], rest_s: float
 ) -> None:
-    slept: list[float] = []
-    original_sleep = asyncio.sleep
-
-    async def sleep(delay: float, *args: Any, **kwargs: Any) -> Any:
-        task = asyncio.current_task()
-        if task is not None and task.get_name() == "prm-destination-lake":
-            slept.append(delay)
-        return await original_sleep(delay, *args, **kwargs)
-
-    monkeypatch.setattr(asyncio, "sleep", sleep)
+    slept = sleeps_of(monkeypatch, "prm-destination-lake")
     await send(hub, ev("e1", 0, "ann@example.com"))
     everything = await positions_of(hub)
     sink = Kept()
