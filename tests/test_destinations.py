@@ -8,7 +8,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -363,6 +363,8 @@ async def test_a_destination_behind_retention_is_told_not_skipped(database_url, 
     config = config_with(database_url, {"lake": {"kind": "collected", "retry_base_s": 0.01, "retry_cap_s": 0.05}})
     frozen_clock.now = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)  # the events' morning: not ahead of the clock
     async with Hub.open(config, plugins=[collected], autoload=True) as hub:
+        # five failures before the pruning (a loaded machine) rest the destination for 0.1 s, not a minute
+        hub.relay.destinations[0].breaker.timeout_duration = timedelta(seconds=0.1)
         await send(hub, ev("e1", 0, email="ann@example.com"))
         frozen_clock.advance(days=40)
         await send(hub, ev("e2", 1, email="bob@example.com"))

@@ -7,6 +7,7 @@ wait); a store wrapper can make the relay's own database steps fail or wait."""
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -18,6 +19,7 @@ import structlog
 from aiobreaker import CircuitBreaker, CircuitBreakerError, CircuitBreakerState
 from polling import until
 
+from prm_core import hookimpl
 from prm_core.clock import FrozenClock
 from prm_core.config import Config
 from prm_core.errors import ConfigError, InvalidInput, StoreUnavailable
@@ -209,6 +211,21 @@ def metrics(relay: Relay) -> dict[tuple[str, str], float]:
     return {(s.name, s.labels["destination"]): s.value for family in relay.collect() for s in family.samples}
 
 
+def sleeps_of(monkeypatch: pytest.MonkeyPatch, task_name: str) -> list[float]:
+    """The delays ``asyncio.sleep`` is asked for by the task of that name, from now on."""
+    slept: list[float] = []
+    original_sleep = asyncio.sleep
+
+    async def sleep(delay: float, *args: Any, **kwargs: Any) -> Any:
+        task = asyncio.current_task()
+        if task is not None and task.get_name() == task_name:
+            slept.append(delay)
+        return await original_sleep(delay, *args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "sleep", sleep)
+    return slept
+
+
 # ---- settings, checked as the hub starts ---------------------------------------------------
 
 
@@ -394,6 +411,23 @@ async def test_a_destination_of_some_types_moves_past_the_others(clock: FrozenCl
         assert row.lease_owner == relay.owner and aware(row.lease_until) > clock.now
 
 
+async def test_changes_only_of_other_types_move_the_cursor_past_them(hub: Hub) -> None:
+    """A destination of some types, idle, while only changes of other types are recorded: its
+    cursor moves past them (no lag shown, and its next read starts after them)."""
+    sink = Kept()
+    async with running(hub, destination("lake", sink, types=["customer.created"]), poll_s=0.05) as relay:
+        await send(hub, ev("e1", 0, "ann@example.com"))
+        created = await positions_of(hub, {"customer.created"})
+        await until(lambda: _async(sink.positions() == created))
+        await send(hub, ev("e2", 1, "ann@example.com"))  # the same customer: nothing created
+        assert await positions_of(hub, {"customer.created"}) == created
+        everything = await positions_of(hub)
+        await until(lambda: _cursor_at(hub, "lake", everything[-1]))
+        await until(lambda: _async(relay.destinations[0].cursor == int(everything[-1])))
+        assert metrics(relay)[("prm_destination_lag_changes", "lake")] == 0
+        assert sink.positions() == created
+
+
 async def _cursor_at(hub: Hub, name: str, position: str) -> Any:
     row = await cursor_of(hub, name)
     return row if row is not None and str(row.position) == position else None
@@ -421,6 +455,32 @@ async def test_each_destination_moves_on_its_own_cursor(hub: Hub) -> None:
         assert [(d, str(p)) for d, p, _ in letters] == [("bus", p) for p in created] + [("crm", p) for p in created]
 
 
+async def test_two_destinations_at_one_position_each_keep_their_own_batch(clock: FrozenClock, hub: Hub) -> None:
+    """Two destinations of this process at the same position, of different batch sizes: one
+    noting its batch, or moving past it, leaves the other's cursor and noted batch as they
+    were, so the other sends again exactly the batch it had sent, and nothing is skipped."""
+    until_at = clock.now + timedelta(seconds=30)
+    crm_row = {"name": "crm", "kind": "kept", "position": 0, "lease_owner": "rly_other", "lease_until": until_at}
+    await hub.store.write(
+        lambda conn: conn.execute(destination_cursors.insert().values(**crm_row, updated_at=clock.now))
+    )
+    await send(hub, ev("e1", 0, "ann@example.com"), ev("e2", 1, "bob@example.com"))
+    everything = await positions_of(hub)
+    lake, crm = Kept(), Kept()
+    lake.gate = asyncio.Event()
+    lake.fail_next = 1  # its first batch, once let through, fails: sent again
+    async with running(hub, destination("lake", lake, batch_size=1), destination("crm", crm), lease_s=0.2):
+        await until(lambda: _async(lake.calls))  # lake's first batch is noted and out
+        clock.now = until_at  # the other process's lease of crm ends: this one takes crm over
+        await until(lambda: _cursor_at(hub, "crm", everything[-1]))
+        row = await cursor_of(hub, "lake")
+        assert (row.position, row.pending_through) == (0, int(everything[0]))
+        lake.gate.set()
+        await until(lambda: _async(lake.positions() == everything))
+    assert [[c.position for c in batch] for batch in lake.batches] == [[p] for p in everything]
+    assert crm.positions() == everything and len(crm.batches) == 1
+
+
 async def test_refused_changes_are_dead_lettered_with_the_reason_cut_and_logged(hub: Hub) -> None:
     sink = Kept()
     sink.refuse = {"customer.created"}
@@ -430,7 +490,8 @@ async def test_refused_changes_are_dead_lettered_with_the_reason_cut_and_logged(
             await send(hub, ev("e1", 0, "ann@example.com"), ev("e2", 1, "bob@example.com"))
             everything = await positions_of(hub)
             created = await positions_of(hub, {"customer.created"})
-            await until(lambda: _cursor_at(hub, "lake", everything[-1]))
+            # the relay's own cursor: set once its write returned, with its counts and its log line
+            await until(lambda: _async(relay.destinations[0].cursor == int(everything[-1])))
             got = metrics(relay)
     letters = await letters_of(hub)
     assert [(d, str(p), r) for d, p, r in letters] == [("lake", p, "r" * 500) for p in created]
@@ -814,6 +875,17 @@ async def test_a_long_error_is_kept_cut_to_300_characters(hub: Hub) -> None:
         assert row.last_error == "ConnectionError: " + "x" * 300
 
 
+async def test_an_error_is_kept_cut_to_the_500_characters_of_its_column(hub: Hub) -> None:
+    """A sink's error with a long type name: its type and message, cut to what the column holds."""
+    sink = Kept()
+    sink.fail_next = 10**6
+    sink.error = type("E" * 300, (Exception,), {})("x" * 400)
+    async with running(hub, destination("lake", sink, retry_base_s=3600, retry_cap_s=3600)):
+        await send(hub, ev("e1", 0, "ann@example.com"))
+        row = await until(lambda: _errored(hub))
+        assert row.last_error == "E" * 300 + ": " + "x" * 198
+
+
 async def test_the_relay_goes_on_when_the_database_comes_back(hub: Hub) -> None:
     """Reading the feed, noting the batch, moving the cursor, noting an error: each may fail
     while the database is away; nothing is lost, nothing is sent before its batch is noted."""
@@ -862,20 +934,115 @@ async def test_an_idle_destination_waits_for_the_next_commit(hub: Hub) -> None:
         await until(lambda: _async(sink.positions() == everything))  # woken by the commit
 
 
-async def test_a_process_without_the_lease_tries_again_every_half_lease(clock: FrozenClock, hub: Hub) -> None:
+async def test_an_idle_destination_holding_its_lease_reads_its_cursor_and_writes_nothing(hub: Hub) -> None:
+    """While its lease has more than half its time left, each look reads the cursor: the
+    writer is shared with ingest, and a look that finds nothing new takes no write transaction."""
+    store = Watched(hub.store)
+    async with running(hub, destination("lake", Kept()), store=store, poll_s=0.02):
+        await send(hub, ev("e1", 0, "ann@example.com"))
+        first = await positions_of(hub)
+        await until(lambda: _cursor_at(hub, "lake", first[-1]))
+        await until(lambda: _async(store.steps[-1] == "read_changes"))
+        writes, looks = store.writes, store.steps.count("_cursor")
+        await until(lambda: _async(store.steps.count("_cursor") >= looks + 5))
+        assert store.writes == writes
+
+
+async def test_a_batch_takes_one_read_of_the_feed_one_write_to_note_it_and_one_to_move_past_it(hub: Hub) -> None:
+    store = Watched(hub.store)
+    sink = Kept()
+    async with running(hub, destination("lake", sink), store=store):
+        await send(hub, ev("e1", 0, "ann@example.com"))
+        first = await positions_of(hub)
+        await until(lambda: _cursor_at(hub, "lake", first[-1]))
+        await until(lambda: _async(store.steps[-1] == "read_changes"))  # looked for more: none
+        idle = len(store.steps)
+        await send(hub, ev("e2", 1, "bob@example.com"))
+        everything = await positions_of(hub)
+        await until(lambda: _cursor_at(hub, "lake", everything[-1]))
+        await until(lambda: _async(store.steps[-1] == "read_changes"))
+        assert store.steps[idle:] == ["_cursor", "read_changes", "_pin", "_advance", "_cursor", "read_changes"]
+        assert sink.positions() == everything
+
+
+class KeptKind:
+    """A plugin registering the destination kind ``kept``, which opens the test's sink."""
+
+    def __init__(self, sink: Kept) -> None:
+        self.sink = sink
+
+    @hookimpl
+    def prm_destination_kinds(self, config: Config) -> Iterator[DestinationKind]:
+        yield DestinationKind(name="kept", open=lambda settings: self.sink)
+
+
+async def test_the_hubs_destinations_look_for_changes_every_second_when_idle(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Woken by this process's commits; another process's (on SQLite nothing tells the hub of
+    them) are looked for every second."""
+    waits: list[float] = []
+    original_wait = FeedSignal.wait
+
+    async def wait(self: FeedSignal, seconds: float, topics: Any = None, *, watched: Any = None) -> bool:
+        if asyncio.current_task().get_name() == "prm-destination-lake":  # type: ignore[union-attr]
+            waits.append(seconds)
+        return await original_wait(self, seconds, topics, watched=watched)
+
+    monkeypatch.setattr(FeedSignal, "wait", wait)
+    sink = Kept()
+    config = Config(database_url=database_url, raw={"destinations": {"lake": {"kind": "kept"}}})
+    async with Hub.open(config, plugins=[KeptKind(sink)], autoload=True) as hub:
+        await send(hub, ev("e1", 0, "ann@example.com"))
+        everything = await positions_of(hub)
+        await until(lambda: _async(sink.positions() == everything and len(waits) >= 2))
+    assert set(waits) == {1.0}
+
+
+async def test_a_process_without_the_lease_tries_again_every_half_lease(
+    clock: FrozenClock, hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
     until_at = clock.now + timedelta(hours=1)
     held = {"name": "lake", "kind": "kept", "position": 0, "lease_owner": "rly_other", "lease_until": until_at}
     await hub.store.write(lambda conn: conn.execute(destination_cursors.insert().values(**held, updated_at=clock.now)))
     store = Watched(hub.store)
+    slept = sleeps_of(monkeypatch, "prm-destination-lake")
     async with running(hub, destination("lake", Kept()), store=store):
         await until(lambda: _async(store.steps.count("_claim") == 1))
         await round_trips(hub, 5)
         assert store.steps.count("_claim") == 1  # the next try is 15 s away
+        assert slept == [15.0]
 
 
+async def test_a_relay_keeps_one_watch_on_the_feeds_commits_and_none_once_stopped(clock: FrozenClock, hub: Hub) -> None:
+    """Each round watches for commits from before its read: the last round's watch is given up
+    first, so a destination looking again and again (here: every half lease, another process
+    holding it) keeps one, and a stopped relay none."""
+    held = {"name": "lake", "kind": "kept", "position": 0, "lease_owner": "rly_other"}
+    await hub.store.write(
+        lambda conn: conn.execute(
+            destination_cursors.insert().values(
+                **held, lease_until=clock.now + timedelta(hours=1), updated_at=clock.now
+            )
+        )
+    )
+    signal = FeedSignal()  # the relay's own: the hub's readers watch the hub's as well
+    store = Watched(hub.store)
+    relay = Relay(store, [destination("lake", Kept())], signal, lease_s=0.2, poll_s=30.0)  # type: ignore[arg-type]
+    await relay.start()
+    try:
+        await until(lambda: _async(store.steps.count("_claim") >= 5))
+        assert len(signal._watches) == 1
+    finally:
+        await relay.stop()
+    assert signal._watches == []
+
+
+@pytest.mark.parametrize(("poll_s", "pause_s"), [(30.0, 30.0), (0.05, 5.0)])
 async def test_a_destination_behind_retention_is_reported_once_and_looked_at_again_later(
-    clock: FrozenClock, hub: Hub
+    clock: FrozenClock, hub: Hub, monkeypatch: pytest.MonkeyPatch, poll_s: float, pause_s: float
 ) -> None:
+    """Its next look is a poll away, and at least 5 s."""
     await send(hub, ev("e1", 0, "ann@example.com"))
     clock.advance(days=40)
     await send(hub, ev("e2", 1, "bob@example.com"))
@@ -883,12 +1050,15 @@ async def test_a_destination_behind_retention_is_reported_once_and_looked_at_aga
     pruned = int((await positions_of(hub))[0]) - 1
     await _cursors(hub, lake=0)
     store = Watched(hub.store)
+    slept = sleeps_of(monkeypatch, "prm-destination-lake")
     with structlog.testing.capture_logs() as logs:
-        async with running(hub, destination("lake", Kept()), store=store):
+        async with running(hub, destination("lake", Kept()), store=store, poll_s=poll_s):
             row = await until(lambda: _errored(hub))
             reads = store.reads
             await round_trips(hub, 5)
-            assert store.reads == reads  # the next look is 30 s away
+            assert store.reads == reads
+            await until(lambda: _async(slept))
+    assert slept == [pause_s]
     assert row.last_error.startswith("destination lake fell behind the feed's retention: position 0 is older")
     behind = [e for e in logs if e["event"] == "destination fell behind"]
     assert behind == [
@@ -960,6 +1130,31 @@ async def test_a_batch_is_not_sent_from_a_cursor_a_replay_moved(hub: Hub) -> Non
 
 
 # ---- the lease during a delivery --------------------------------------------------------------
+
+
+async def test_a_long_delivery_renews_the_lease_every_third_of_it(
+    clock: FrozenClock, hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delivery outlasting its lease many times over: renewed every third of the lease,
+    each renewal holding it for a whole lease from then, so no other process takes it."""
+    slept = sleeps_of(monkeypatch, "lease-lake")
+    sink = Kept()
+    sink.gate = asyncio.Event()
+    async with running(hub, destination("lake", sink), lease_s=0.3) as relay:
+        await send(hub, ev("e1", 0, "ann@example.com"))
+        await until(lambda: _async(sink.calls))
+        for _ in range(2):
+            held_until = clock.advance(minutes=10) + timedelta(seconds=0.3)
+            row = await until(functools.partial(_leased_until, hub, "lake", held_until))
+            assert row.lease_owner == relay.owner
+        sink.gate.set()
+        await until(lambda: _async(sink.batches))
+    assert len(slept) >= 2 and all(s == pytest.approx(0.1) for s in slept)
+
+
+async def _leased_until(hub: Hub, name: str, at: datetime) -> Any:
+    row = await cursor_of(hub, name)
+    return row if row is not None and row.lease_until is not None and aware(row.lease_until) == at else None
 
 
 async def test_a_lease_renewal_that_fails_is_logged_and_tried_again(hub: Hub) -> None:
@@ -1079,3 +1274,39 @@ async def test_a_commit_between_a_read_and_the_wait_is_delivered_at_once(hub: Hu
         await until(lambda: _async(bool(sink.batches)))
         assert sink.positions() == await positions_of(hub)
     assert woke[:1] == [True]  # woken by that commit, not by the poll running out
+
+
+class RestsFor(RefusesOnceAsItsRestEnds):
+    """A breaker refusing the first call, then saying how long its rest has left (``None``:
+    over, as aiobreaker can answer a moment after the call it refused)."""
+
+    def __init__(self, left: timedelta | None) -> None:
+        super().__init__()
+        self.left = left
+
+    @property
+    def time_until_open(self) -> timedelta | None:
+        return self.left
+
+
+@pytest.mark.parametrize(
+    ("breaker", "rest_s"),
+    [
+        (RefusesOnceAsItsRestEnds, 0.05),  # its rest just over, asking raises TypeError
+        (lambda: RestsFor(None), 0.05),
+        (lambda: RestsFor(timedelta(0)), 0.05),
+        (lambda: RestsFor(timedelta(seconds=0.3)), 0.3),
+    ],
+)
+async def test_a_call_the_breaker_refuses_waits_out_its_rest_at_least_50_ms(
+    hub: Hub, monkeypatch: pytest.MonkeyPatch, breaker: Callable[[], CircuitBreaker], rest_s: float
+) -> None:
+    slept = sleeps_of(monkeypatch, "prm-destination-lake")
+    await send(hub, ev("e1", 0, "ann@example.com"))
+    everything = await positions_of(hub)
+    sink = Kept()
+    dest = destination("lake", sink)
+    dest.breaker = breaker()
+    async with running(hub, dest):
+        await until(lambda: _async(sink.positions() == everything))
+    assert slept[:1] == [pytest.approx(rest_s)] and sink.calls == 1
