@@ -90,9 +90,7 @@ async def test_an_idle_processor_takes_no_transactions(database_url, counted, mo
         assert counted["process_once"] == 0, counted
 
 
-async def test_without_a_doorbell_sqlite_looks_at_the_journal_files_not_the_database(
-    tmp_path, counted, monkeypatch
-):
+async def test_without_a_doorbell_sqlite_looks_at_the_journal_files_not_the_database(tmp_path, counted, monkeypatch):
     """Where no socket can be bound, the processor looks every idle_s, by the journal files'
     times and sizes: a transaction only when they changed."""
     monkeypatch.setattr(Doorbell, "listen", lambda self, on_ring: False)
