@@ -96,7 +96,7 @@ _SQLITE_DDL = (
 class JournalSettings:
     """``[ingest]``: whether the journal is on, and its bounds."""
 
-    enabled: bool = False
+    enabled: bool = True
     max_depth: int = 1_000_000  # events journaled and not processed; past it, appends answer 503
     batch: int = 2000  # events one processing transaction records, at most
     batch_ms: int = 200  # the time a processing transaction aims at: batches are sized to it
@@ -110,7 +110,7 @@ class JournalSettings:
         unknown = sorted(set(section) - known)
         if unknown:
             raise ConfigError(f"[ingest] has no setting {unknown[0]!r}; known: {', '.join(sorted(known))}")
-        enabled = section.get("journal", False)
+        enabled = section.get("journal", True)
         if not isinstance(enabled, bool):
             raise ConfigError(f"[ingest].journal must be true or false, not {enabled!r}")
         values: dict[str, int] = {}

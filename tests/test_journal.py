@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from prm_core.config import Config
 from prm_core.errors import ConfigError, Overloaded
 from prm_core.hub import Hub
-from prm_core.journal import journal_path
+from prm_core.journal import JournalSettings, journal_path
 from prm_core.model import Event, Identity
 from prm_core.server.state import HUB
 
@@ -250,7 +250,8 @@ async def test_without_the_journal_events_answer_without_a_position(database_url
     from prm_core.keys import create_key
     from prm_core.server.app import create_app
 
-    client = await aiohttp_client(create_app(Config(database_url=database_url)))
+    off = Config(database_url=database_url, raw={"ingest": {"journal": False}})
+    client = await aiohttp_client(create_app(off))
     key, _ = await create_key(client.app[HUB].store, "touchpoint:web")
     body = await (await client.post(EVENTS, json={"events": [event(1)]}, headers=bearer(key))).json()
     assert body == {"accepted": 1, "duplicates": 0}
@@ -277,7 +278,11 @@ async def test_concurrent_writers_and_readers(hub_client, make_key):
     ("toml", "processors", "message"),
     [
         ("[ingest]\njournal = true\n", "2", "SQLite takes one journal processor"),
-        ("", "1", "--processors needs [ingest] journal = true"),
+        (
+            "[ingest]\njournal = false\n",
+            "1",
+            "--processors needs the journal, which [ingest] journal = false turns off",
+        ),
     ],
 )
 def test_serve_refuses_processors_it_cannot_run(tmp_path, toml, processors, message):
@@ -442,3 +447,46 @@ async def test_an_answer_to_an_offer_is_judged_while_the_sender_waits(database_u
         assert again.position >= accepted.position  # positions never go back for a caller
         ids = await hub.store.read(lambda conn: conn.exec_driver_sql("SELECT event_id FROM events").scalars().all())
         assert sorted(ids) == ["lib1", "lib2", "lib4"]
+
+
+async def test_the_journal_is_on_by_default(database_url):
+    async with Hub.open(Config(database_url=database_url)) as hub:
+        assert hub.journal is not None and hub.processor is not None
+        assert hub.journal.settings == JournalSettings()
+
+
+@pytest.mark.parametrize(("toml", "started"), [("", 1), ("[ingest]\njournal = false\n", 0)])
+def test_serve_starts_one_processor_process_with_the_journal_on(tmp_path, monkeypatch, toml, started):
+    """prm serve's default: the journal on, processed by one ``prm process`` beside the server."""
+    from click.testing import CliRunner
+
+    from prm_core import cli
+
+    (tmp_path / "prm.toml").write_text(toml)
+    seen: dict[str, object] = {}
+
+    class Supervisor:
+        def __init__(self, start: object, count: int) -> None:
+            seen["count"] = count
+
+        def stop(self) -> None:
+            seen["stopped"] = True
+
+    from prm_core.server import app as server_app
+
+    create_app = server_app.create_app
+
+    def creating(*args, **kwargs):
+        seen["processor"] = kwargs["journal_processor"]
+        return create_app(*args, **kwargs)
+
+    monkeypatch.setattr(cli, "_Processors", Supervisor)
+    monkeypatch.setattr(server_app, "create_app", creating)
+    monkeypatch.setattr("aiohttp.web.run_app", lambda app, **kwargs: None)
+    url = f"sqlite:///{tmp_path}/prm.db"
+    result = CliRunner().invoke(
+        cli.main, ["serve", "--config", str(tmp_path / "prm.toml"), "--database", url, "--port", "0"]
+    )
+    assert result.exit_code == 0, result.output
+    assert seen["count"] == started and seen["stopped"]
+    assert seen["processor"] == ("elsewhere" if started else "here")

@@ -38,7 +38,21 @@ from ..logs import configure_logging
 from .databases import POSTGRES_ENV, Databases, postgres_database
 from .recorder import HookCall, HookRecorder
 
-__all__ = ["POSTGRES_ENV", "FrozenClock", "HookCall", "HookRecorder", "LogCapture", "postgres_database"]
+__all__ = [
+    "POSTGRES_ENV",
+    "TEST_INGEST",
+    "FrozenClock",
+    "HookCall",
+    "HookRecorder",
+    "LogCapture",
+    "postgres_database",
+]
+
+# [ingest] for test hubs: the journal as in production, with reads by position and synchronous
+# writes waiting up to 30 s for the processor, where a server waits 2 s and 5 s. A test machine
+# running many hubs at once can fall seconds behind, and a test reading its own writes must see
+# them, not a 503; a hub that truly stalls still fails the test, later.
+TEST_INGEST = {"read_wait_ms": 30_000, "sync_wait_ms": 30_000}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -100,10 +114,10 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Any, _databases: Data
 @pytest.fixture
 def hub_config(database_url: str) -> Config:
     """The ``Config`` every test hub opens with (``hub``, ``hub_client``, the conformance
-    suite's): ``database_url`` (a fresh database with the hub's schema) and nothing else.
+    suite's): ``database_url`` (a fresh database with the hub's schema) and ``TEST_INGEST``.
     Override it to give a plugin its settings, a vendor's webhook secret for one
     (``docs/plugins.md``)."""
-    return Config(database_url=database_url, public_url="http://hub.test")
+    return Config(database_url=database_url, public_url="http://hub.test", raw={"ingest": dict(TEST_INGEST)})
 
 
 @pytest.fixture
