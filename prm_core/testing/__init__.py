@@ -28,6 +28,7 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
+import attrs
 import pytest
 
 from ..clock import FrozenClock
@@ -46,6 +47,7 @@ __all__ = [
     "HookRecorder",
     "LogCapture",
     "postgres_database",
+    "with_test_ingest",
 ]
 
 # [ingest] for test hubs: the journal as in production, with reads by position and synchronous
@@ -114,10 +116,16 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Any, _databases: Data
 @pytest.fixture
 def hub_config(database_url: str) -> Config:
     """The ``Config`` every test hub opens with (``hub``, ``hub_client``, the conformance
-    suite's): ``database_url`` (a fresh database with the hub's schema) and ``TEST_INGEST``.
+    suite's): ``database_url`` (a fresh database with the hub's schema) and nothing else.
     Override it to give a plugin its settings, a vendor's webhook secret for one
-    (``docs/plugins.md``)."""
-    return Config(database_url=database_url, public_url="http://hub.test", raw={"ingest": dict(TEST_INGEST)})
+    (``docs/plugins.md``). The hubs open with ``TEST_INGEST`` under what it sets in ``[ingest]``."""
+    return Config(database_url=database_url, public_url="http://hub.test")
+
+
+def with_test_ingest(config: Config) -> Config:
+    """``config`` with ``TEST_INGEST``'s waits where its ``[ingest]`` sets none."""
+    ingest = {**TEST_INGEST, **config.section("ingest")}
+    return attrs.evolve(config, raw={**config.raw, "ingest": ingest})
 
 
 @pytest.fixture
@@ -128,7 +136,7 @@ def hub_plugins() -> list[Any]:
 
 @pytest.fixture
 async def hub(hub_config: Config, hub_plugins: list[Any]) -> AsyncIterator[Hub]:
-    async with Hub.open(hub_config, plugins=hub_plugins, autoload=True) as started:
+    async with Hub.open(with_test_ingest(hub_config), plugins=hub_plugins, autoload=True) as started:
         yield started
 
 
@@ -136,7 +144,7 @@ async def hub(hub_config: Config, hub_plugins: list[Any]) -> AsyncIterator[Hub]:
 async def hub_client(hub_config: Config, hub_plugins: list[Any], aiohttp_client: Any) -> Any:
     from ..server.app import create_app
 
-    app = create_app(hub_config, plugins=hub_plugins)
+    app = create_app(with_test_ingest(hub_config), plugins=hub_plugins)
     return await aiohttp_client(app)
 
 
