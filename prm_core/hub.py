@@ -286,22 +286,15 @@ class Hub:
                 known.add(ev.touchpoint)
             if not EARLIEST <= ev.occurred_at <= latest:
                 check_window(ev.occurred_at, "occurred_at", now)  # raises, naming which end
-        if not any(_judged_at_once(ev) for ev in events):
-            return await self.journal.append(events)
-        # an answer to an offer is checked against the offer (one dated before it is refused,
-        # 422 naming occurred_at), which only recording can do: those are recorded here, first,
-        # so a refusal leaves nothing of the batch written, and the rest is journaled
-        now_flags: dict[int, bool] = {}
-        at_once = [(i, ev) for i, ev in enumerate(events) if _judged_at_once(ev)]
-        done = await self.record([ev for _, ev in at_once])
-        for (i, _), one in zip(at_once, done, strict=True):
-            now_flags[i] = one.duplicate
-        behind = [ev for i, ev in enumerate(events) if i not in now_flags]
-        journaled = await self.journal.append(behind)
-        later = iter(journaled.flags)
-        flags = tuple(now_flags[i] if i in now_flags else next(later) for i in range(len(events)))
-        # the position covers what this caller journaled before, as every answer's does
-        return Accepted(len(flags) - sum(flags), sum(flags), max(journaled.position, self.journal.head), flags)
+        if any(_judged_at_once(ev) for ev in events):
+            # an answer to an offer is checked against the offer (one dated before it is refused,
+            # 422 naming occurred_at), which only recording can do: its batch is recorded now,
+            # whole and in order (an identify before it may decide whose offer it answers), as
+            # without the journal. The position covers what this caller journaled before.
+            recorded = await self.record(events)
+            flags = tuple(r.duplicate for r in recorded)
+            return Accepted(len(flags) - sum(flags), sum(flags), self.journal.head, flags)
+        return await self.journal.append(events)
 
     async def processed_after(self, position: int, timeout_s: float | None = None) -> bool:
         """Whether everything accepted up to journal ``position`` is recorded, waiting at most
@@ -932,6 +925,6 @@ def _membership_changes(raw: Any) -> tuple[list[dict[str, Any]], list[str]]:
 
 
 def _judged_at_once(ev: Event) -> bool:
-    """An event whose acceptance depends on what is recorded (an answer to an offer): the
-    journal records it now, not behind (see :meth:`Hub.accept`)."""
+    """An event whose acceptance depends on what is recorded (an answer to an offer): its
+    batch is recorded now, not journaled (see :meth:`Hub.accept`)."""
     return ev.type in RESPONSES and isinstance(ev.data.get("offer_id"), str)

@@ -69,7 +69,9 @@ CURSOR = "processor"
 MIN_BATCH = 50  # the processor's smallest batch, however slow recording is
 FOLLOW_S = 0.05  # how often a hub whose processor runs elsewhere reads its place, while behind
 NOTIFY_CHANNEL = "prm_journal"  # PostgreSQL: appends notify it; processors listen
-LISTENING_POLL_S = 1.0  # PostgreSQL: how often a listening idle processor looks anyway (a lost notice)
+LISTENING_POLL_S = 1.0  # how often an idle processor looks at the journal anyway (a lost notice)
+STAT_S = 0.25  # SQLite: how often a processor woken by the doorbell also looks at the journal's files
+RELISTEN_S = 30.0  # PostgreSQL: how often a processor that lost its listener tries again
 _LOCK_KEY = 0x6A6F75726E616C  # "journal": serializes appends (and so positions) on PostgreSQL
 _READ_AFTER = "SELECT position, body FROM journal WHERE position > ? ORDER BY position LIMIT ?"
 
@@ -693,6 +695,7 @@ class Processor:
     _stopping: bool = field(init=False, default=False)
     _listener: Any = field(init=False, default=None)  # asyncpg's connection, on PostgreSQL
     _hearing: bool = field(init=False, default=False)  # other processes' appends wake it
+    _listened_at: float = field(init=False, default=0.0)
 
     def start(self) -> None:
         self.journal.on_append = self._wake.set
@@ -701,9 +704,15 @@ class Processor:
     async def stop(self) -> None:
         self._stopping = True
         self._wake.set()
-        if self._task is not None:
-            await self._task
-            self._task = None
+        task, self._task = self._task, None
+        if task is not None:
+            try:
+                await task
+            except Exception as exc:  # the loop ends only when stopped; a failure still cleans up
+                log.error("journal processor failed", error=type(exc).__name__)
+        await self._unlisten()
+
+    async def _unlisten(self) -> None:
         if self.journal.doorbell is not None and self._hearing:
             self.journal.doorbell.close()
         self._hearing = False
@@ -716,21 +725,22 @@ class Processor:
 
     async def _listen(self) -> None:
         """Hear other processes' appends (PostgreSQL: their commits notify; SQLite: they ring
-        the journal's doorbell), so an idle processor waits on them, not on a clock."""
-        if self.journal.doorbell is not None:
-            self._hearing = self.journal.doorbell.listen(self._wake.set)
-            return
-        if self.store.dialect != "postgresql":
-            return
+        the journal's doorbell), so an idle processor waits on them, not on a clock. Whatever
+        fails here, the processor still works: it looks every ``idle_s`` instead."""
+        self._listened_at = time.monotonic()
         try:
+            if self.journal.doorbell is not None:
+                self._hearing = self.journal.doorbell.listen(self._wake.set)
+                return
+            if self.store.dialect != "postgresql":
+                return
             dsn = self.store.url.set(drivername="postgresql").render_as_string(hide_password=False)
             self._listener = await asyncpg.connect(dsn)
             await self._listener.add_listener(NOTIFY_CHANNEL, self._heard)
             self._hearing = True
-        except (OSError, asyncpg.PostgresError) as exc:
-            # it still wakes on this process's appends, and looks every idle_s for the others'
-            log.warning("journal notices not heard", error=type(exc).__name__)
-            self._listener = None
+        except Exception as exc:
+            log.warning("journal notices not heard; looking every idle_s", error=type(exc).__name__)
+            await self._unlisten()
 
     def _heard(self, *notice: Any) -> None:
         self._wake.set()
@@ -738,18 +748,30 @@ class Processor:
     async def _idle(self, seen: tuple[int, ...]) -> None:
         """Wait for work: an append here, another process's (a notice on PostgreSQL, the
         doorbell on SQLite), or a change to the journal's files since ``seen`` was taken
-        (SQLite: two ``stat`` calls, not a transaction). It looks every ``LISTENING_POLL_S``
-        in case a notice was lost, or every ``idle_s`` when other processes cannot wake it."""
+        (SQLite: two ``stat`` calls, not a transaction: every ``STAT_S`` while other processes'
+        appends wake it, as a second way to see them, else every ``idle_s``). It returns, for a
+        look at the journal itself, at least every ``LISTENING_POLL_S`` (a change too quick for
+        the files' times, a lost notice), and every ``idle_s`` on PostgreSQL when nothing wakes it."""
+        since = time.monotonic()
         while not self._wake.is_set():
-            if self._listener is not None and self._listener.is_closed():
-                self._hearing = False  # the connection is gone: look every idle_s from now on
-            every = LISTENING_POLL_S if self._hearing else self.idle_s
+            if self._hearing and self._listener is not None and self._listener.is_closed():
+                log.warning("journal notices lost; looking every idle_s")
+                await self._unlisten()
+            if not self._hearing and self.store.dialect == "postgresql":
+                if time.monotonic() - self._listened_at >= RELISTEN_S:
+                    await self._listen()
+            if seen:
+                every = STAT_S if self._hearing else self.idle_s
+            else:
+                every = LISTENING_POLL_S if self._hearing else self.idle_s
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=every)
                 return
             except TimeoutError:
                 pass
             if not seen or self.journal.files_signature() != seen:
+                return
+            if time.monotonic() - since >= LISTENING_POLL_S:
                 return
 
     async def _loop(self) -> None:

@@ -94,6 +94,7 @@ async def test_without_a_doorbell_sqlite_looks_at_the_journal_files_not_the_data
     """Where no socket can be bound, the processor looks every idle_s, by the journal files'
     times and sizes: a transaction only when they changed."""
     monkeypatch.setattr(Doorbell, "listen", lambda self, on_ring: False)
+    monkeypatch.setattr(journal_module, "LISTENING_POLL_S", 60.0)
     url = f"sqlite:///{tmp_path / 'prm.db'}"
     cfg = config(url)
     async with Hub.open(cfg, autoload=True, journal_processor="only") as processing:
@@ -156,3 +157,46 @@ def test_the_doorbell_is_one_listener_per_journal(tmp_path):
     heard, again, rings = asyncio.run(run())
     assert heard and not again
     assert rings in (1, 2)  # two rings queued before the loop read them wake it once
+
+
+async def test_a_processor_that_cannot_listen_still_processes(database_url, monkeypatch):
+    """Whatever fails as the processor sets up its listening (no socket left, a driver error),
+    it looks every idle_s instead: nothing journaled waits for a restart that never comes."""
+    from asyncpg.connection import Connection
+
+    def fails(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("no more sockets")
+
+    add_listener = Connection.add_listener
+
+    async def journal_listener_fails(self: Connection, channel: str, callback: Any) -> None:
+        if channel == journal_module.NOTIFY_CHANNEL:  # the feed's listener is left alone
+            raise RuntimeError("the driver failed")
+        await add_listener(self, channel, callback)
+
+    monkeypatch.setattr(Doorbell, "listen", fails)
+    monkeypatch.setattr(Connection, "add_listener", journal_listener_fails)
+    cfg = config(database_url)
+    async with (
+        Hub.open(cfg, autoload=True, journal_processor="only") as processing,
+        Hub.open(cfg, autoload=True, journal_processor="elsewhere") as serving,
+    ):
+        assert processing.processor is not None
+        accepted = await serving.accept([page_view(4)])
+        assert await serving.processed_after(accepted.position, timeout_s=30)
+        assert processing.processor._listener is None  # the connection it opened is closed, not kept
+
+
+async def test_an_idle_processor_still_looks_at_the_journal_now_and_then(database_url, counted, monkeypatch):
+    """A notice can be lost (or a change slip past the files' times): an idle processor that
+    hears other processes' appends still looks at the journal every LISTENING_POLL_S."""
+    monkeypatch.setattr(journal_module, "LISTENING_POLL_S", 0.2)
+    async with Hub.open(config(database_url), autoload=True, journal_processor="only") as processing:
+        assert processing.processor is not None
+        await asyncio.sleep(0.3)
+        counted.clear()
+        await until(lambda: _looked(counted, 3))
+
+
+async def _looked(counted: collections.Counter[str], times: int) -> bool:
+    return counted["process_once"] >= times
