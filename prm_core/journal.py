@@ -514,6 +514,29 @@ class Journal:
                 self._pruned_at = time.monotonic()
                 self._recent = {k: p for k, p in self._recent.items() if p > position}
 
+    async def refresh(self) -> None:
+        """Read the processor's place and the journal's head from the database, for a report
+        (``/healthz``, ``/metrics``) true of every hub process, not only of this one's appends."""
+        self.advanced(await self.store.read(_cursor))
+
+        def newest(conn: Connection) -> int:
+            return int(conn.execute(_HEAD).scalar() or 0)
+
+        if self.reader is None:
+            head = await self.store.read(newest)
+        else:
+            reader = self.reader
+
+            def read() -> int:
+                with reader.begin() as conn:
+                    return newest(conn)
+
+            head = await asyncio.to_thread(read)
+        if head > self.head:
+            self.head = head
+            if head > self.processed:
+                self._behind.set()
+
     def recent_position(self, events: Sequence[Event]) -> int:
         """The position a synchronous write of ``events`` waits for: the latest journaled (here)
         and unprocessed event naming one of their identities or dialogue keys; 0 when none. The

@@ -200,3 +200,21 @@ async def test_an_idle_processor_still_looks_at_the_journal_now_and_then(databas
 
 async def _looked(counted: collections.Counter[str], times: int) -> bool:
     return counted["process_once"] >= times
+
+
+async def test_health_reports_every_hub_process_appends_and_the_processors_place(database_url):
+    """A hub's report of the journal (``/healthz``, ``/metrics``) reads the database: another
+    hub process's appends count in its head, and the processor's place is current."""
+    cfg = config(database_url)
+    async with (
+        Hub.open(cfg, autoload=True, journal_processor="elsewhere") as reporting,
+        Hub.open(cfg, autoload=True, journal_processor="elsewhere") as other,
+    ):
+        assert reporting.journal is not None
+        accepted = await other.accept([page_view(5)])
+        await reporting.journal.refresh()
+        assert reporting.journal.head >= accepted.position and reporting.journal.depth >= 1
+        async with Hub.open(cfg, autoload=True, journal_processor="only"):
+            assert await other.processed_after(accepted.position, timeout_s=30)
+        await reporting.journal.refresh()
+        assert reporting.journal.processed >= accepted.position and reporting.journal.depth == 0
