@@ -474,8 +474,7 @@ def serve_hub(
 
     configure_logging(log_level, cache=True)  # as prm serve does: loggers keep their configuration
     raw: dict[str, Any] = {} if feed else {"feed": {"enabled": False}}
-    if journal:
-        raw["ingest"] = {"journal": True}
+    raw["ingest"] = {"journal": journal}  # without --journal: the direct path, recorded before the 2xx
     children: list[subprocess.Popen[bytes]] = []
     if journal and processors:
         # as prm serve --processors N: the journal processed by `prm process` children

@@ -129,7 +129,7 @@ def start_hub(
 ) -> tuple[subprocess.Popen[bytes], str, int]:
     """``prm keys create`` then ``prm serve`` on ``database_url``; returns the process, key and port."""
     config = workdir / "prm.toml"
-    config.write_text("[ingest]\njournal = true\n" if journal else "")
+    config.write_text(f"[ingest]\njournal = {'true' if journal else 'false'}\n")
     env = {**os.environ, "PRM_DATABASE_URL": database_url, "PRM_CONFIG": str(config)}
     cli = [sys.executable, "-m", "prm_core.cli"]
     made = subprocess.run(

@@ -159,9 +159,8 @@ def main() -> None:
 @click.option(
     "--processors",
     type=click.IntRange(0, 64),
-    default=0,
-    show_default=True,
-    help="with [ingest] journal = true: journal processors in processes of their own (0: in the server process)",
+    default=None,
+    help="journal processors in processes of their own (0: in the server process)  [default: 1 with the journal on]",
 )
 def serve(
     config_path: str | None,
@@ -170,7 +169,7 @@ def serve(
     port: int,
     log_level: str,
     strict: bool,
-    processors: int,
+    processors: int | None,
 ) -> None:
     """Run the hub with every installed plugin (migrates an empty database on start)."""
     import sqlalchemy as sa
@@ -180,8 +179,7 @@ def serve(
 
     config = _config(config_path, database_url)
     configure_logging(log_level, cache=True)
-    if processors:
-        _check_processors(config, processors)
+    processors = _check_processors(config, processors)
     try:
         # a bad setting stops here, before anything is written
         app = create_app(config, owns_process=True, journal_processor="elsewhere" if processors else "here")
@@ -203,20 +201,24 @@ def serve(
         supervisor.stop()
 
 
-def _check_processors(config: Config, processors: int) -> None:
+def _check_processors(config: Config, processors: int | None) -> int:
+    """How many ``prm process`` to start: as asked, else one when the journal is on."""
     from .journal import JournalSettings
 
     try:
         enabled = JournalSettings.from_config(config.section("ingest")).enabled
     except PrmError as exc:
         raise click.ClickException(str(exc)) from exc
-    if not enabled:
-        raise click.ClickException("--processors needs [ingest] journal = true in the configuration")
+    if processors is None:
+        return 1 if enabled else 0
+    if processors and not enabled:
+        raise click.ClickException("--processors needs the journal, which [ingest] journal = false turns off")
     if processors > 1 and config.database_url.startswith("sqlite"):
         raise click.ClickException(
             f"--processors {processors}: SQLite takes one journal processor (its writes are one at a time); "
             "use --processors 1, or PostgreSQL"
         )
+    return processors
 
 
 class _Processors:

@@ -56,6 +56,7 @@ from .model import (
 from .outbox import Fulfillment, Outbox, fulfillments_of_dialogue
 from .planning import Planner
 from .planning.knowledge import catalog_provider
+from .planning.planner import RESPONSES
 from .plugins import PrmPluginManager, Registrations, collect_registrations, make_plugin_manager
 from .privacy.tombstones import load_tombstone_key
 from .recording import IngestRules
@@ -285,6 +286,14 @@ class Hub:
                 known.add(ev.touchpoint)
             if not EARLIEST <= ev.occurred_at <= latest:
                 check_window(ev.occurred_at, "occurred_at", now)  # raises, naming which end
+        if any(_judged_at_once(ev) for ev in events):
+            # an answer to an offer is checked against the offer (one dated before it is refused,
+            # 422 naming occurred_at), which only recording can do: its batch is recorded now,
+            # whole and in order (an identify before it may decide whose offer it answers), as
+            # without the journal. The position covers what this caller journaled before.
+            recorded = await self.record(events)
+            flags = tuple(r.duplicate for r in recorded)
+            return Accepted(len(flags) - sum(flags), sum(flags), self.journal.head, flags)
         return await self.journal.append(events)
 
     async def processed_after(self, position: int, timeout_s: float | None = None) -> bool:
@@ -913,3 +922,9 @@ def _membership_changes(raw: Any) -> tuple[list[dict[str, Any]], list[str]]:
     if not isinstance(removes, list) or not all(isinstance(r, str) for r in removes):
         raise InvalidInput("memberships.remove must be a list of group refs", "memberships.remove")
     return adds, removes
+
+
+def _judged_at_once(ev: Event) -> bool:
+    """An event whose acceptance depends on what is recorded (an answer to an offer): its
+    batch is recorded now, not journaled (see :meth:`Hub.accept`)."""
+    return ev.type in RESPONSES and isinstance(ev.data.get("offer_id"), str)

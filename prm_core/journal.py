@@ -34,7 +34,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import json
+import os
+import socket
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -42,6 +46,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import orjson
 import sqlalchemy as sa
 import structlog
@@ -56,13 +61,17 @@ from .store import Store
 from .store.engine import async_url
 from .store.tables import journal, journal_cursor, journal_rejected, utcnow
 
-__all__ = ["Accepted", "Journal", "JournalSettings", "Processor", "journal_path"]
+__all__ = ["Accepted", "Doorbell", "Journal", "JournalSettings", "Processor", "journal_path"]
 
 log = structlog.get_logger(__name__)
 
 CURSOR = "processor"
 MIN_BATCH = 50  # the processor's smallest batch, however slow recording is
-FOLLOW_S = 0.05  # how often a hub whose processor runs elsewhere reads the processor's place
+FOLLOW_S = 0.05  # how often a hub whose processor runs elsewhere reads its place, while behind
+NOTIFY_CHANNEL = "prm_journal"  # PostgreSQL: appends notify it; processors listen
+LISTENING_POLL_S = 1.0  # how often an idle processor looks at the journal anyway (a lost notice)
+STAT_S = 0.25  # SQLite: how often a processor woken by the doorbell also looks at the journal's files
+RELISTEN_S = 30.0  # PostgreSQL: how often a processor that lost its listener tries again
 _LOCK_KEY = 0x6A6F75726E616C  # "journal": serializes appends (and so positions) on PostgreSQL
 _READ_AFTER = "SELECT position, body FROM journal WHERE position > ? ORDER BY position LIMIT ?"
 
@@ -89,7 +98,7 @@ _SQLITE_DDL = (
 class JournalSettings:
     """``[ingest]``: whether the journal is on, and its bounds."""
 
-    enabled: bool = False
+    enabled: bool = True
     max_depth: int = 1_000_000  # events journaled and not processed; past it, appends answer 503
     batch: int = 2000  # events one processing transaction records, at most
     batch_ms: int = 200  # the time a processing transaction aims at: batches are sized to it
@@ -103,7 +112,7 @@ class JournalSettings:
         unknown = sorted(set(section) - known)
         if unknown:
             raise ConfigError(f"[ingest] has no setting {unknown[0]!r}; known: {', '.join(sorted(known))}")
-        enabled = section.get("journal", False)
+        enabled = section.get("journal", True)
         if not isinstance(enabled, bool):
             raise ConfigError(f"[ingest].journal must be true or false, not {enabled!r}")
         values: dict[str, int] = {}
@@ -193,6 +202,69 @@ class _Job:
     future: asyncio.Future[Accepted]
 
 
+class Doorbell:
+    """SQLite: how an append wakes a processor in another process at once. The processor
+    listens on a datagram socket named after the journal file (in Linux's abstract
+    namespace, so no file is left behind); an appender rings it after each commit. Ringing
+    nobody costs one failed ``sendto``. Elsewhere than Linux nothing is bound, and the
+    processor looks at the journal's files every ``idle_s``. (PostgreSQL's appends notify.)"""
+
+    def __init__(self, path: Path) -> None:
+        digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:32]
+        self.address = f"\0prm-journal-{digest}"
+        self.enabled = sys.platform == "linux"
+        self._sender: socket.socket | None = None
+        self._listener: socket.socket | None = None
+
+    def ring(self) -> None:
+        if not self.enabled:
+            return
+        if self._sender is None:
+            self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self._sender.setblocking(False)
+        try:
+            self._sender.sendto(b"!", self.address)
+        except OSError:  # nobody listening (no processor, or one in this process), or its queue full
+            pass
+
+    def listen(self, on_ring: Callable[[], None]) -> bool:
+        """Call ``on_ring`` (in the running loop) whenever the bell rings; false when another
+        process listens already or the platform has no such socket."""
+        if not self.enabled:
+            return False
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            sock.bind(self.address)
+        except OSError:
+            sock.close()
+            return False
+        sock.setblocking(False)
+
+        def rung() -> None:
+            try:
+                while sock.recv(64):  # every ring queued: one wake-up is enough
+                    pass
+            except OSError:
+                pass
+            on_ring()
+
+        asyncio.get_running_loop().add_reader(sock.fileno(), rung)
+        self._listener = sock
+        return True
+
+    def close(self) -> None:
+        if self._listener is not None:
+            try:
+                asyncio.get_running_loop().remove_reader(self._listener.fileno())
+            except RuntimeError:  # no loop running any more: nothing reads it
+                pass
+            self._listener.close()
+            self._listener = None
+        if self._sender is not None:
+            self._sender.close()
+            self._sender = None
+
+
 @define
 class Journal:
     """The journal and its writer task (one per hub process)."""
@@ -210,11 +282,15 @@ class Journal:
     head: int = field(init=False, default=0)  # the last position this process appended (or found)
     processed: int = field(init=False, default=0)  # the processor's place, as last seen here
     _moved: asyncio.Event = field(init=False, factory=asyncio.Event)
+    _behind: asyncio.Event = field(init=False, factory=asyncio.Event)  # set: head is past processed
     # identity (and dialogue key) -> a journal position at or after its latest event appended
     # here and not yet processed: what a synchronous write naming it waits for (see recent_position)
     _recent: dict[str, int] = field(init=False, factory=dict)
     _pruned_at: float = field(init=False, default=0.0)
     on_append: Callable[[], None] | None = field(init=False, default=None)
+    _path: Path | None = field(init=False, default=None)  # SQLite: the journal file
+    _wal: Path | None = field(init=False, default=None)  # and its write-ahead log
+    doorbell: Doorbell | None = field(init=False, default=None)  # SQLite: wakes another process's processor
 
     @classmethod
     def open(cls, store: Store, settings: JournalSettings, database_url: str) -> Journal:
@@ -222,7 +298,10 @@ class Journal:
             return cls(store, settings)
         path = journal_path(database_url)
         path.parent.mkdir(parents=True, exist_ok=True)
-        return cls(store, settings, _sqlite_engine(path, immediate=True), _sqlite_engine(path, immediate=False))
+        opened = cls(store, settings, _sqlite_engine(path, immediate=True), _sqlite_engine(path, immediate=False))
+        opened._path, opened._wal = path, path.with_name(path.name + "-wal")
+        opened.doorbell = Doorbell(path)
+        return opened
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -236,7 +315,11 @@ class Journal:
             self._follower = asyncio.create_task(self._follow(), name="prm-journal-follower")
 
     async def _follow(self) -> None:
+        # only while this process has appended past the processor's place: an idle hub reads nothing
         while True:
+            if self.head <= self.processed:
+                self._behind.clear()
+                await self._behind.wait()
             await asyncio.sleep(FOLLOW_S)
             try:
                 self.advanced(await self.store.read(_cursor))
@@ -262,6 +345,8 @@ class Journal:
         for engine in (self.engine, self.reader):
             if engine is not None:
                 engine.dispose()
+        if self.doorbell is not None:
+            self.doorbell.close()
 
     def _prepare(self, conn: Connection) -> int:
         """Create the SQLite journal file's table; the head. A journal file younger than the
@@ -337,6 +422,8 @@ class Journal:
             return
         self._pending -= len(batch)
         self.head = max(self.head, head)
+        if self.head > self.processed:
+            self._behind.set()
         recent = self._recent
         for ev, duplicate in zip(batch, flags, strict=True):
             if not duplicate:
@@ -351,11 +438,13 @@ class Journal:
                 job.future.set_result(Accepted(len(part) - dups, dups, self.head, part))
         if self.on_append is not None:
             self.on_append()
+        if self.doorbell is not None and any(not f for f in flags):
+            self.doorbell.ring()
 
     def _append(self, conn: Connection, batch: Sequence[Event], now: datetime) -> tuple[list[bool], int]:
         pg = self.engine is None
         if pg:
-            conn.execute(_PG_LOCK, {"k": _LOCK_KEY})
+            conn.execute(_PG_LOCK, {"k": _LOCK_KEY, "channel": NOTIFY_CHANNEL})
         keys = list(dict.fromkeys((ev.touchpoint, ev.id) for ev in batch))
         seen = _pg_existing(conn, keys) if pg else self._sqlite_existing(conn, keys)
         flags: list[bool] = []
@@ -397,6 +486,21 @@ class Journal:
                 seen |= _sqlite_existing(db, "events", rest)
         return seen
 
+    def files_signature(self) -> tuple[int, ...]:
+        """SQLite: the journal file's and its write-ahead log's modification times and sizes,
+        which every commit to the journal changes; ``()`` on PostgreSQL (nothing to look at)."""
+        if self.engine is None or self._path is None:
+            return ()
+        found: list[int] = []
+        for path in (self._path, self._wal or self._path):
+            try:
+                st = os.stat(path)
+            except OSError:
+                found += (0, 0)
+                continue
+            found += (st.st_mtime_ns, st.st_size)
+        return tuple(found)
+
     # ---- the processor's place ---------------------------------------------------------
 
     def advanced(self, position: int) -> None:
@@ -409,6 +513,29 @@ class Journal:
             elif len(self._recent) > 50_000 and time.monotonic() - self._pruned_at > 1.0:
                 self._pruned_at = time.monotonic()
                 self._recent = {k: p for k, p in self._recent.items() if p > position}
+
+    async def refresh(self) -> None:
+        """Read the processor's place and the journal's head from the database, for a report
+        (``/healthz``, ``/metrics``) true of every hub process, not only of this one's appends."""
+        self.advanced(await self.store.read(_cursor))
+
+        def newest(conn: Connection) -> int:
+            return int(conn.execute(_HEAD).scalar() or 0)
+
+        if self.reader is None:
+            head = await self.store.read(newest)
+        else:
+            reader = self.reader
+
+            def read() -> int:
+                with reader.begin() as conn:
+                    return newest(conn)
+
+            head = await asyncio.to_thread(read)
+        if head > self.head:
+            self.head = head
+            if head > self.processed:
+                self._behind.set()
 
     def recent_position(self, events: Sequence[Event]) -> int:
         """The position a synchronous write of ``events`` waits for: the latest journaled (here)
@@ -551,7 +678,8 @@ def _pg_existing(conn: Connection, keys: Sequence[tuple[str, str]]) -> set[tuple
     return {(r[0], r[1]) for r in rows}
 
 
-_PG_LOCK = sa.text("SELECT pg_advisory_xact_lock(:k)")
+# the lock serializes appends; the notice (sent at commit) wakes the processors listening
+_PG_LOCK = sa.text("SELECT pg_advisory_xact_lock(:k), pg_notify(:channel, '')")
 _HEAD = sa.select(sa.func.max(journal.c.position))
 _KEYS = "unnest(CAST(:tps AS varchar[]), CAST(:ids AS varchar[])) AS k(tp, id)"
 _PG_EXISTING = sa.text(
@@ -588,6 +716,9 @@ class Processor:
     _wake: asyncio.Event = field(init=False, factory=asyncio.Event)
     _task: asyncio.Task[None] | None = field(init=False, default=None)
     _stopping: bool = field(init=False, default=False)
+    _listener: Any = field(init=False, default=None)  # asyncpg's connection, on PostgreSQL
+    _hearing: bool = field(init=False, default=False)  # other processes' appends wake it
+    _listened_at: float = field(init=False, default=0.0)
 
     def start(self) -> None:
         self.journal.on_append = self._wake.set
@@ -596,15 +727,85 @@ class Processor:
     async def stop(self) -> None:
         self._stopping = True
         self._wake.set()
-        if self._task is not None:
-            await self._task
-            self._task = None
+        task, self._task = self._task, None
+        if task is not None:
+            try:
+                await task
+            except Exception as exc:  # the loop ends only when stopped; a failure still cleans up
+                log.error("journal processor failed", error=type(exc).__name__)
+        await self._unlisten()
+
+    async def _unlisten(self) -> None:
+        if self.journal.doorbell is not None and self._hearing:
+            self.journal.doorbell.close()
+        self._hearing = False
+        listener, self._listener = self._listener, None
+        if listener is not None and not listener.is_closed():
+            try:
+                await listener.close(timeout=5)
+            except Exception as exc:
+                log.warning("journal listener not closed", error=type(exc).__name__)
+
+    async def _listen(self) -> None:
+        """Hear other processes' appends (PostgreSQL: their commits notify; SQLite: they ring
+        the journal's doorbell), so an idle processor waits on them, not on a clock. Whatever
+        fails here, the processor still works: it looks every ``idle_s`` instead."""
+        self._listened_at = time.monotonic()
+        try:
+            if self.journal.doorbell is not None:
+                self._hearing = self.journal.doorbell.listen(self._wake.set)
+                return
+            if self.store.dialect != "postgresql":
+                return
+            dsn = self.store.url.set(drivername="postgresql").render_as_string(hide_password=False)
+            self._listener = await asyncpg.connect(dsn)
+            await self._listener.add_listener(NOTIFY_CHANNEL, self._heard)
+            self._hearing = True
+        except Exception as exc:
+            log.warning("journal notices not heard; looking every idle_s", error=type(exc).__name__)
+            await self._unlisten()
+
+    def _heard(self, *notice: Any) -> None:
+        self._wake.set()
+
+    async def _idle(self, seen: tuple[int, ...]) -> None:
+        """Wait for work: an append here, another process's (a notice on PostgreSQL, the
+        doorbell on SQLite), or a change to the journal's files since ``seen`` was taken
+        (SQLite: two ``stat`` calls, not a transaction: every ``STAT_S`` while other processes'
+        appends wake it, as a second way to see them, else every ``idle_s``). It returns, for a
+        look at the journal itself, at least every ``LISTENING_POLL_S`` (a change too quick for
+        the files' times, a lost notice), and every ``idle_s`` on PostgreSQL when nothing wakes it."""
+        since = time.monotonic()
+        while not self._wake.is_set():
+            if self._hearing and self._listener is not None and self._listener.is_closed():
+                log.warning("journal notices lost; looking every idle_s")
+                await self._unlisten()
+            if not self._hearing and self.store.dialect == "postgresql":
+                if time.monotonic() - self._listened_at >= RELISTEN_S:
+                    await self._listen()
+            if seen:
+                every = STAT_S if self._hearing else self.idle_s
+            else:
+                every = LISTENING_POLL_S if self._hearing else self.idle_s
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=every)
+                return
+            except TimeoutError:
+                pass
+            if not seen or self.journal.files_signature() != seen:
+                return
+            if time.monotonic() - since >= LISTENING_POLL_S:
+                return
 
     async def _loop(self) -> None:
         failures = 0
         limit = min(self.batch, 100)  # the first batches size the rest
         per_event_s = 0.0
+        await self._listen()
         while not self._stopping:
+            # cleared and looked at before the read: an append committing during it is not missed
+            self._wake.clear()
+            seen = self.journal.files_signature()
             try:
                 started = time.monotonic()
                 done = await self.process_once(limit)
@@ -625,11 +826,7 @@ class Processor:
                 await asyncio.sleep(min(2.0, 0.05 * 2**failures))
                 continue
             if done == 0:
-                self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=self.idle_s)
-                except TimeoutError:
-                    pass
+                await self._idle(seen)
 
     async def process_once(self, limit: int) -> int:
         """Record the next batch (at most ``limit`` events); how many journal rows it passed."""

@@ -83,10 +83,11 @@ async def drive(
     *,
     workers: int = 4,
     limit: int | None = None,
-    positions: list[int] | None = None,
+    positions: dict[int, int] | None = None,
 ) -> int:
     """Send batches until ``stop`` (or ``limit`` batches), each until it is acknowledged; return
-    how many events were sent; ``positions`` gets each answer's journal position. Worker ``i``
+    how many events were sent; ``positions`` gets, per port, the latest journal position an
+    answer from there carried. Worker ``i``
     sends to ``ports[i % len(ports)]``, so with several hubs the same people's identities arrive
     at different processes at once.
 
@@ -110,7 +111,7 @@ async def drive(
                                 acked.update(e["id"] for e in batch)
                                 answer = await resp.json()
                                 if positions is not None and "position" in answer:
-                                    positions.append(int(answer["position"]))
+                                    positions[port] = max(positions.get(port, 0), int(answer["position"]))
                                 break
                             # 503 while the database recovers is expected; anything else is a bug
                             assert resp.status == 503, (resp.status, await resp.text())
@@ -124,7 +125,9 @@ async def drive(
 
 async def processed(port: int, position: int) -> None:
     """Wait until the journal is processed past ``position``, as the hub on ``port`` reports
-    it (``/healthz``); at once without the journal."""
+    it (``/healthz``); at once without the journal. A hub reads the processor's place only while
+    the events it journaled itself are not all processed: ``position`` must be one that hub
+    answered, not another hub's."""
     async with aiohttp.ClientSession() as session:
         while True:
             async with session.get(f"http://127.0.0.1:{port}/healthz") as resp:

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from aiohttp import WSServerHandshakeError
 from attrs import frozen
+from positions import read_after
 
 from prm_core.config import Config
 from prm_core.keys import allows, create_key, revoke_key
@@ -301,7 +302,9 @@ async def test_every_route_against_every_key(hub_client):
     everyone = await callers(hub_client.app)
     admin = next(c for c in everyone if c.label == "secret admin")
     headers = {"Authorization": f"Bearer {admin.key}"}
-    assert (await hub_client.post("/v1/touchpoints/web/events", json=seed, headers=headers)).status == 200
+    seeded = await hub_client.post("/v1/touchpoints/web/events", json=seed, headers=headers)
+    assert seeded.status == 200
+    await read_after(hub_client, await seeded.json(), "user_id:u-1", headers)  # u-1 is recorded
 
     wrong: list[str] = []
     for (method, template), access in sorted(ROUTES.items(), key=lambda item: item[0][1]):

@@ -1,5 +1,8 @@
 """Crash consistency: SIGKILL the hub under sustained ingest, restart it, lose nothing.
 
+This is the direct path, events recorded before their 2xx (``[ingest] journal = false``);
+``tests/test_journal_crash.py`` kills a journaled hub and its processor.
+
 A client drives batches of identity-linking events with fixed ids and retries each batch,
 unchanged, until it is acknowledged, as a well-behaved tracker does. Meanwhile the hub
 process is killed with SIGKILL at random moments and started again, ten times. At the end
@@ -44,6 +47,7 @@ async def until_acked(acked: set[str], at_least: int, driving: asyncio.Future[in
 async def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
     database_url: str, crash_env: dict[str, str], tmp_path: Path
 ) -> None:
+    (tmp_path / "prm.toml").write_text("[ingest]\njournal = false\n")  # read from the hub's working directory
     key = cli("keys", "create", "--scope", "touchpoint:web", "--database", database_url, env=crash_env, cwd=tmp_path)
     port = free_port()
     acked: set[str] = set()

@@ -30,7 +30,8 @@ Kinds:
   messages an agent's screen-pop socket at PATH receives when that sample is sent again;
   ``view=REF``: the customer view ``GET /v1/customers/REF``; ``get=PATH``: ``GET PATH`` (scope
   read) after the page's requests are sent again.
-- ``post PATH scope=SCOPE [status=N]``: parsed and sent to the test hub; the status checked.
+- ``post PATH scope=SCOPE [status=N]``: parsed and sent to the test hub; the status checked;
+  a journaled answer's ``position`` read after, so what follows sees its events.
 - ``http [send ref=REF [scope=S]]``: lines ``METHOD PATH (scope ...)``: the route is in the hub's
   ``/openapi.json``; an ``-> N`` after it or a JSON body under it is parsed (placeholders
   allowed); ``send``: sent too (``{...}`` in the path is REF, after the page's ``post``
@@ -54,7 +55,8 @@ Kinds:
 - ``tested-by PATH[::TEST]``: another test module checks this block; it must exist, name the page,
   and hold that test.
 
-The test hub is one ``prm serve`` subprocess for the module, on a temporary SQLite database.
+The test hub is one ``prm serve`` subprocess for the module, on a temporary SQLite database,
+whose reads by position wait as long as every test hub's (``TEST_INGEST``).
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ import pytest
 from attrs import Factory, evolve, frozen
 
 from prm_core.config import load_config
+from prm_core.testing import TEST_INGEST
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [
@@ -234,7 +237,8 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveHub]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PRM_")}
     env |= {"PRM_DATABASE_URL": f"sqlite:///{home}/prm.db", "PWD": str(ROOT)}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    config: dict[str, Any] = {}
+    # the journal's waits of every test hub (TEST_INGEST), under what the pages set
+    config: dict[str, Any] = {"ingest": dict(TEST_INGEST)}
     for block in BLOCKS:
         if block.kind == "config" and "live" in block.args:
             _merge(config, tomllib.loads(block.code))
@@ -324,7 +328,20 @@ def post(block: Block, hub: LiveHub) -> Any:
     headers = {"Authorization": f"Bearer {hub.key(opts['scope'])}", "Content-Type": "application/json"}
     status, answer = hub.request("POST", path, json.dumps(body[0]).encode(), headers)
     assert status == int(opts.get("status", 200)), f"POST {path}: {status} {answer[:500]!r}"
-    return json.loads(answer)
+    got = json.loads(answer)
+    recorded(hub, got)
+    return got
+
+
+def recorded(hub: LiveHub, answer: Any) -> None:
+    """Wait, as a client does, until the events of an events answer are recorded: a read
+    passing its ``position`` (the feed's, which takes it as a header and names no customer);
+    at once for an answer without one (recorded before it answered)."""
+    if not isinstance(answer, dict) or "position" not in answer:
+        return
+    headers = {"Authorization": f"Bearer {hub.key('read')}", "PRM-After-Position": str(answer["position"])}
+    status, body = hub.request("GET", "/v1/changes?limit=1", None, headers)
+    assert status == 200, f"position {answer['position']}: {status} {body[:500]!r}"
 
 
 def screen_pops(block: Block, shown: list[Any], hub: LiveHub, path: str) -> None:
@@ -369,7 +386,10 @@ def customer_view(hub: LiveHub, ref: str) -> Any:
     web = {"Authorization": f"Bearer {hub.key('touchpoint:web')}", "Content-Type": "application/json"}
     status, answer = hub.request("POST", "/v1/touchpoints/web/events", json.dumps(event).encode(), web)
     assert status == 200, answer
-    status, answer = hub.request("GET", f"/v1/customers/{ref}", None, {"Authorization": f"Bearer {hub.key('read')}"})
+    position = json.loads(answer).get("position")
+    after = "" if position is None else f"?after={position}"
+    read = {"Authorization": f"Bearer {hub.key('read')}"}
+    status, answer = hub.request("GET", f"/v1/customers/{ref}{after}", None, read)
     assert status == 200, answer
     return json.loads(answer)
 

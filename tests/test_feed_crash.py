@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from aiohttp import web
-from hubprocs import cli, drive, free_port, start_hub, wait_up
+from hubprocs import cli, drive, free_port, processed, start_hub, wait_up
 from sqlalchemy.ext.asyncio import create_async_engine
 from standardwebhooks import Webhook
 
@@ -80,7 +80,8 @@ async def test_sigkill_while_delivering_skips_nothing_and_resends_the_same_batch
     acked: set[str] = set()
     rng = random.Random(20261205)
     stop = asyncio.Event()
-    driving = asyncio.ensure_future(drive([port], key, acked, stop, workers=2))
+    positions: list[int] = []
+    driving = asyncio.ensure_future(drive([port], key, acked, stop, workers=2, positions=positions))
     proc = start_hub(database_url, port, crash_env, tmp_path)
     try:
         for _ in range(ROUNDS):
@@ -97,6 +98,8 @@ async def test_sigkill_while_delivering_skips_nothing_and_resends_the_same_batch
         await wait_up(port, proc)
         stop.set()
         await asyncio.wait_for(driving, timeout=300)
+        # every acknowledged event recorded (journaled ones included), so every change is made
+        await asyncio.wait_for(processed(port, max(positions, default=0)), timeout=120)
         expected = await feed_positions(database_url)
         async with asyncio.timeout(120):
             while not expected <= receiver.positions():

@@ -102,6 +102,26 @@ async def test_a_pruning_that_commits_during_a_read_is_never_a_silent_gap(hub, m
         assert pruned == [2] and [c.seq for c in page.changes] == positions
 
 
+async def test_a_read_from_the_oldest_kept_reads_on_from_there_when_a_pruning_commits_during_it(hub, monkeypatch):
+    positions = await add(hub, *(["test.a"] * 4))
+    first_bounds = reading.bounds
+    pruned: list[int] = []
+
+    def bounds_then_prune(conn: Any) -> tuple[int, int]:
+        seen = first_bounds(conn)
+        if not pruned:
+            pruned.append(-1)
+            pruned[0] = prune_elsewhere(hub, conn)
+        return seen
+
+    monkeypatch.setattr(reading, "bounds", bounds_then_prune)
+    page = await read(hub, None)  # never FellBehind: the caller asked for the oldest kept, whatever it is
+    assert pruned == [2]
+    # PostgreSQL: from the oldest left after the pruning; SQLite: the read's snapshot predates it
+    assert [c.seq for c in page.changes] in (positions[2:], positions)
+    assert page.next == positions[-1]
+
+
 def prune_elsewhere(hub: Hub, reading_conn: Any) -> int:
     """Prune the changes before T0 + 2 minutes on a connection other than ``reading_conn``."""
     before = T0 + timedelta(minutes=2)

@@ -9,10 +9,14 @@ import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from positions import after, recorded, settled
 
 from prm_core import hookimpl
 from prm_core.model import FulfillmentRequest, FulfillmentResult
+from prm_core.server.state import HUB
 from prm_core.view import encode_cursor
+
+EVENTS = "/v1/touchpoints/web/events"
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -35,7 +39,7 @@ async def test_bad_refs_and_cursors_are_4xx(hub_client, make_key, path, status):
 
 async def test_a_cursor_without_an_offset_is_refused(hub_client, make_key):
     web, read = await make_key("touchpoint:web"), await make_key("read")
-    await hub_client.post("/v1/touchpoints/web/events", json=EVENT, headers=bearer(web))
+    await recorded(hub_client.app[HUB], await (await hub_client.post(EVENTS, json=EVENT, headers=bearer(web))).json())
     naive = base64.urlsafe_b64encode(b"2026-11-23T08:00:00|5").decode().rstrip("=")
     resp = await hub_client.get(f"/v1/customers/email:ann@example.com?cursor={naive}", headers=bearer(read))
     assert resp.status == 422
@@ -66,15 +70,16 @@ async def test_unstorable_input_is_refused(hub_client, make_key, body, status):
 async def test_a_huge_revenue_is_not_revenue_and_the_view_still_works(hub_client, make_key):
     web, read = await make_key("touchpoint:web"), await make_key("read")
     body = {**EVENT, "data": {"revenue": 1e30}}
-    assert (await hub_client.post("/v1/touchpoints/web/events", json=body, headers=bearer(web))).status == 200
-    view = await hub_client.get("/v1/customers/email:ann@example.com", headers=bearer(read))
+    resp = await hub_client.post(EVENTS, json=body, headers=bearer(web))
+    assert resp.status == 200
+    view = await hub_client.get(f"/v1/customers/email:ann@example.com{after(await resp.json())}", headers=bearer(read))
     assert view.status == 200
     assert (await view.json())["metrics"]["lifetime_revenue"] == "0.00"
 
 
 async def test_patch_role_is_validated(hub_client, make_key):
     web, admin = await make_key("touchpoint:web"), await make_key("admin")
-    await hub_client.post("/v1/touchpoints/web/events", json=EVENT, headers=bearer(web))
+    await recorded(hub_client.app[HUB], await (await hub_client.post(EVENTS, json=EVENT, headers=bearer(web))).json())
     group = await (await hub_client.post("/v1/customers", json={"kind": "group"}, headers=bearer(admin))).json()
     resp = await hub_client.patch(
         "/v1/customers/email:ann@example.com",
@@ -92,7 +97,7 @@ async def test_a_public_key_only_claims_identities(hub_client, make_key):
         await make_key("read"),
     )
     # the victim, known through a verified source
-    await hub_client.post("/v1/touchpoints/web/events", json=EVENT, headers=bearer(web))
+    await recorded(hub_client.app[HUB], await (await hub_client.post(EVENTS, json=EVENT, headers=bearer(web))).json())
     claim = {
         "id": "attack",
         "type": "service.request",
@@ -301,13 +306,12 @@ ROUTES = [
 async def _row_counts(client) -> dict[str, int]:
     import sqlalchemy as sa
 
-    from prm_core.server.state import HUB
-
     tables = ("events", "customers", "identities", "dialogues", "consents", "memberships")
 
     def read(conn):
         return {t: conn.execute(sa.text(f"SELECT count(*) FROM {t}")).scalar_one() for t in tables}
 
+    await settled(client.app[HUB])  # what was journaled is counted too: a refusal journals nothing
     return await client.app[HUB].store.read(read)
 
 
@@ -317,6 +321,7 @@ async def route_keys(hub_client, make_key):
     keys["segment"] = keys["touchpoint:web"]
     resp = await hub_client.post("/v1/touchpoints/web/events", json=EVENT, headers=bearer(keys["touchpoint:web"]))
     assert resp.status == 200
+    await recorded(hub_client.app[HUB], await resp.json())
     return keys
 
 
@@ -364,8 +369,10 @@ async def test_a_lone_surrogate_in_any_string_is_a_422_naming_the_field(hub_clie
 async def test_an_escaped_surrogate_pair_is_one_character_and_accepted(hub_client, make_key):
     web, read = await make_key("touchpoint:web"), await make_key("read")
     body = CORE_EVENT + b'"data": {"mood": "\\ud83d\\ude00"}}'
-    assert (await hub_client.post("/v1/touchpoints/web/events", data=body, headers=bearer(web))).status == 200
-    view = await (await hub_client.get("/v1/customers/email:ann@example.com", headers=bearer(read))).json()
+    resp = await hub_client.post("/v1/touchpoints/web/events", data=body, headers=bearer(web))
+    assert resp.status == 200
+    ref = f"/v1/customers/email:ann@example.com{after(await resp.json())}"
+    view = await (await hub_client.get(ref, headers=bearer(read))).json()
     assert view["timeline"][0]["data"]["mood"] == "\U0001f600"
 
 

@@ -4,7 +4,7 @@ read-your-writes with the answer's position, duplicates counted at append, back-
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import attrs
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from prm_core.config import Config
 from prm_core.errors import ConfigError, Overloaded
 from prm_core.hub import Hub
-from prm_core.journal import journal_path
+from prm_core.journal import JournalSettings, journal_path
 from prm_core.model import Event, Identity
 from prm_core.server.state import HUB
 
@@ -250,7 +250,8 @@ async def test_without_the_journal_events_answer_without_a_position(database_url
     from prm_core.keys import create_key
     from prm_core.server.app import create_app
 
-    client = await aiohttp_client(create_app(Config(database_url=database_url)))
+    off = Config(database_url=database_url, raw={"ingest": {"journal": False}})
+    client = await aiohttp_client(create_app(off))
     key, _ = await create_key(client.app[HUB].store, "touchpoint:web")
     body = await (await client.post(EVENTS, json={"events": [event(1)]}, headers=bearer(key))).json()
     assert body == {"accepted": 1, "duplicates": 0}
@@ -277,7 +278,11 @@ async def test_concurrent_writers_and_readers(hub_client, make_key):
     ("toml", "processors", "message"),
     [
         ("[ingest]\njournal = true\n", "2", "SQLite takes one journal processor"),
-        ("", "1", "--processors needs [ingest] journal = true"),
+        (
+            "[ingest]\njournal = false\n",
+            "1",
+            "--processors needs the journal, which [ingest] journal = false turns off",
+        ),
     ],
 )
 def test_serve_refuses_processors_it_cannot_run(tmp_path, toml, processors, message):
@@ -398,3 +403,94 @@ async def test_an_event_the_processor_cannot_record_is_kept_not_lost(database_ur
             with hub.journal.engine.connect() as conn:
                 rows = conn.execute(kept).all()
         assert [tuple(r) for r in rows] == [("lib2", "RuntimeError")]
+
+
+async def test_an_answer_to_an_offer_is_judged_while_the_sender_waits(database_url):
+    """An answer to an offer is checked against the offer, which only recording can do: its
+    batch is recorded at once, whole and in order (a refusal writes nothing of it), not journaled."""
+    from prm_core.errors import InvalidInput
+    from prm_core.store.tables import offers_made
+
+    at = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
+    config = Config(database_url=database_url, raw={"ingest": {"journal": True, "read_wait_ms": 30_000}})
+    async with Hub.open(config, autoload=True) as hub:
+        assert hub.journal is not None
+        (seen,) = await hub.record([library_event(1, "email:ann@example.com")])
+        offer = {"id": "off1", "customer_id": seen.customer_id, "touchpoint": "web", "dialogue_id": "d1"}
+        await hub.store.write(lambda conn: conn.execute(offers_made.insert(), {**offer, "code": "c", "made_at": at}))
+
+        def answer(n: int, minutes: int) -> Event:
+            # from the visitor's device alone: the identify before it says whose device it is
+            return attrs.evolve(
+                library_event(n, "anonymous_id:device-9"),
+                type="offer.accepted",
+                occurred_at=at + timedelta(minutes=minutes),
+                data={"offer_id": "off1"},
+            )
+
+        login = attrs.evolve(
+            library_event(2, "anonymous_id:device-9", "email:ann@example.com"),
+            type="identify",
+            occurred_at=at + timedelta(minutes=1),
+        )
+        head = hub.journal.head
+        with pytest.raises(InvalidInput) as refused:
+            await hub.accept([login, answer(3, -5)])
+        assert refused.value.code == "before_offer"
+        assert hub.journal.head == head  # nothing journaled
+        assert await hub.store.read(lambda conn: conn.exec_driver_sql("SELECT count(*) FROM events").scalar()) == 1
+
+        accepted = await hub.accept([login, answer(4, 2)])
+        assert (accepted.accepted, accepted.duplicates, accepted.flags) == (2, 0, (False, False))
+        assert accepted.position == hub.journal.head == head  # recorded, not journaled
+        response = await hub.store.read(
+            lambda conn: conn.execute(sa.select(offers_made.c.response).where(offers_made.c.id == "off1")).scalar()
+        )
+        assert response == "accepted"  # the login first: the device is Ann's when her answer comes
+        again = await hub.accept([login, answer(4, 2)])
+        assert (again.accepted, again.duplicates, again.flags) == (0, 2, (True, True))
+        ids = await hub.store.read(lambda conn: conn.exec_driver_sql("SELECT event_id FROM events").scalars().all())
+        assert sorted(ids) == ["lib1", "lib2", "lib4"]
+
+
+async def test_the_journal_is_on_by_default(database_url):
+    async with Hub.open(Config(database_url=database_url)) as hub:
+        assert hub.journal is not None and hub.processor is not None
+        assert hub.journal.settings == JournalSettings()
+
+
+@pytest.mark.parametrize(("toml", "started"), [("", 1), ("[ingest]\njournal = false\n", 0)])
+def test_serve_starts_one_processor_process_with_the_journal_on(tmp_path, monkeypatch, toml, started):
+    """prm serve's default: the journal on, processed by one ``prm process`` beside the server."""
+    from click.testing import CliRunner
+
+    from prm_core import cli
+
+    (tmp_path / "prm.toml").write_text(toml)
+    seen: dict[str, object] = {}
+
+    class Supervisor:
+        def __init__(self, start: object, count: int) -> None:
+            seen["count"] = count
+
+        def stop(self) -> None:
+            seen["stopped"] = True
+
+    from prm_core.server import app as server_app
+
+    create_app = server_app.create_app
+
+    def creating(*args, **kwargs):
+        seen["processor"] = kwargs["journal_processor"]
+        return create_app(*args, **kwargs)
+
+    monkeypatch.setattr(cli, "_Processors", Supervisor)
+    monkeypatch.setattr(server_app, "create_app", creating)
+    monkeypatch.setattr("aiohttp.web.run_app", lambda app, **kwargs: None)
+    url = f"sqlite:///{tmp_path}/prm.db"
+    result = CliRunner().invoke(
+        cli.main, ["serve", "--config", str(tmp_path / "prm.toml"), "--database", url, "--port", "0"]
+    )
+    assert result.exit_code == 0, result.output
+    assert seen["count"] == started and seen["stopped"]
+    assert seen["processor"] == ("elsewhere" if started else "here")

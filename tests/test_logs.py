@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import structlog
+from positions import after
 
 from prm_core.logs import configure_logging, redact
 
@@ -49,9 +50,13 @@ async def test_the_hub_logs_no_personal_data(hub_client, make_key, capsys):
         "identities": {"email": "zed.secret@example.org", "phone": "+442079460958"},
         "data": {"first_name": "Zebulon"},
     }
-    await hub_client.post("/v1/touchpoints/web/events", json=body, headers={"Authorization": f"Bearer {key}"})
+    sent = await hub_client.post("/v1/touchpoints/web/events", json=body, headers={"Authorization": f"Bearer {key}"})
     read = await make_key("read")
-    await hub_client.get("/v1/customers/email:zed.secret@example.org", headers={"Authorization": f"Bearer {read}"})
+    # read after the answer's position: what recording them logs is in what is checked
+    await hub_client.get(
+        f"/v1/customers/email:zed.secret@example.org{after(await sent.json())}",
+        headers={"Authorization": f"Bearer {read}"},
+    )
     await hub_client.get("/v1/customers/phone:+442079460958", headers={"Authorization": f"Bearer {read}"})
     err = capsys.readouterr().err
     assert '"route"' in err  # the access log ran

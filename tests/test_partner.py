@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from aiohttp import web
 from attrs import evolve
 from cloudevents.core.bindings.http import HTTPMessage, from_structured_event
+from positions import read_after
 from prm_partner.playbook import add_business_days, visit_details
 from prm_tmf.simulators import AppointmentSimulator, StockSimulator, sign_headers
 from standardwebhooks import Webhook
@@ -179,11 +180,12 @@ async def test_a_service_request_books_a_technician_and_checks_parts_in_the_answ
 ):
     admin, web_key = await make_key("admin"), await make_key("touchpoint:web")
     auth = {"Authorization": f"Bearer {admin}"}
-    await hub_client.post(
+    sent = await hub_client.post(
         "/v1/touchpoints/web/events",
         json={"id": "e0", "type": "identify", "occurred_at": T0, "identities": ANN},
         headers={"Authorization": f"Bearer {web_key}"},
     )
+    await read_after(hub_client, await sent.json(), "email:ann@example.com", auth)  # Ann is recorded
     patched = await hub_client.patch(
         "/v1/customers/email:ann@example.com",
         json={"tier": "platinum", "traits": {"first_name": "Ann", "last_name": "Lee", "address": "1 Main St"}},

@@ -8,6 +8,7 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from positions import settled
 from prm_segment import MAX_MESSAGE_BYTES
 from rudderstack.analytics.client import Client as RudderClient
 from segment.analytics.client import Client as SegmentClient
@@ -100,6 +101,7 @@ async def test_message_ids_deduplicate_and_sent_at_corrects_clock_skew(hub_clien
         resp = await hub_client.post("/v1/batch", json=body, headers=basic(key))
         assert resp.status == 200
         assert await resp.json() == {"success": True}
+    await settled(hub_client.app[HUB])  # what was sent is recorded: Segment's answers carry no position
     view = await (await hub_client.get("/v1/customers/user_id:u-1", headers=basic(read))).json()
     assert len(view["timeline"]) == 1
     stored = datetime.fromisoformat(view["timeline"][0]["occurred_at"])
@@ -116,6 +118,7 @@ async def test_write_key_in_the_body_and_single_calls(hub_client, make_key):
         "/v1/alias", json={"userId": "u-2", "previousId": "anon-9", "messageId": "s-2"}, headers=basic(key)
     )
     assert alias.status == 200
+    await settled(hub_client.app[HUB])
     view = await (await hub_client.get("/v1/customers/anonymous_id:anon-9", headers=basic(read))).json()
     assert ("user_id", "u-2") in {(i["namespace"], i["value"]) for i in view["identities"]}
 

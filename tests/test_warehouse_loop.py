@@ -12,6 +12,7 @@ from typing import Any
 
 import duckdb
 import pytest
+from positions import recorded
 
 from prm_core.config import Config
 from prm_core.planning.campaigns import in_control
@@ -62,6 +63,7 @@ async def test_the_documented_knowledge_loop(hub_client, make_key, tmp_path):
     r = await hub_client.post("/v1/touchpoints/web/events", json={"events": events}, headers=auth(web))
     assert r.status == 200
     hub = hub_client.app[HUB]
+    await recorded(hub, await r.json())  # the export reads what is recorded
     warehouse = tmp_path / "warehouse"
     await export(hub.config, f"parquet:{warehouse}", progress=False)
 

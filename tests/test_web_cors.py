@@ -12,9 +12,11 @@ from typing import Any
 
 import pytest
 from browsing import customer
+from positions import settled
 from prm_web.cors import BrowserOrigins, origin_of
 
 from prm_core.config import Config
+from prm_core.server.state import HUB
 
 SHOP = "https://shop.example.com"
 ELSEWHERE = "https://evil.example.net"
@@ -35,6 +37,9 @@ def track(aid: str, mid: str, **extra: Any) -> dict[str, Any]:
 
 
 async def stored(hub_client: Any, make_key: Any, aid: str) -> list[str]:
+    """The types of visitor ``aid``'s events, once what the hub took is recorded (Segment's
+    answers carry no position)."""
+    await settled(hub_client.app[HUB])
     view = await customer(hub_client, await make_key("read"), f"anonymous_id:{aid}")
     return [] if view is None else [t["type"] for t in view["timeline"]]
 

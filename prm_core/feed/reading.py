@@ -75,8 +75,10 @@ def read_changes(
     ``after=None`` reads from the oldest change kept.
 
     ``check``: refuse a position past the newest (:class:`~prm_core.errors.InvalidInput`).
-    A position retention has passed raises :class:`FellBehind`.
+    A position retention has passed raises :class:`FellBehind`; a read from the oldest kept
+    never does (a pruning during it moves the oldest kept, and it reads from there).
     """
+    oldest = after is None
     pruned, head = bounds(conn)
     if after is None:
         after = pruned
@@ -95,6 +97,8 @@ def read_changes(
         # mark, read after the page, tells the reader it fell behind instead of skipping them
         pruned_now, _ = bounds(conn)
         if after < pruned_now:
+            if oldest:
+                return read_changes(conn, None, limit, types, check=check)
             raise FellBehind(after, pruned_now)
     found = [_change(r) for r in rows]
     if len(found) == limit:

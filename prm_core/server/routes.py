@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import structlog
 from aiohttp import web
 from attrs import evolve
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -26,6 +27,8 @@ from .auth import as_claims, authenticate, grants, require
 from .errors import ApiError
 from .jsonbody import MAX_DEPTH, loads, too_deep
 from .state import HUB, HUB_METRICS
+
+log = structlog.get_logger(__name__)
 
 __all__ = [
     "MAX_DEPTH",
@@ -436,6 +439,10 @@ async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "unavailable", "database": type(exc).__name__}, status=503)
     body: dict[str, Any] = {"status": "ok", "pending_events": hub.ingestor.pending}
     if hub.journal is not None:
+        try:
+            await hub.journal.refresh()  # every hub process's appends, and the processor's place now
+        except Exception as exc:  # the database answered a moment ago: report what this process knows
+            log.warning("journal not read for health", error=type(exc).__name__)
         body["journal"] = {
             "depth": hub.journal.depth,
             "lag_s": round(await hub.journal.lag_s(), 3),
@@ -452,6 +459,10 @@ async def metrics(request: web.Request) -> web.Response:
     hub = request.app[HUB]
     m.pending.set(hub.ingestor.pending)
     if hub.journal is not None:
+        try:
+            await hub.journal.refresh()
+        except Exception as exc:
+            log.warning("journal not read for metrics", error=type(exc).__name__)
         m.journal_depth.set(hub.journal.depth)
         m.journal_lag.set(await hub.journal.lag_s())
         m.journal_rejected.set(hub.processor.rejected if hub.processor is not None else 0)

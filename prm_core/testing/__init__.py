@@ -28,6 +28,7 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
+import attrs
 import pytest
 
 from ..clock import FrozenClock
@@ -38,7 +39,22 @@ from ..logs import configure_logging
 from .databases import POSTGRES_ENV, Databases, postgres_database
 from .recorder import HookCall, HookRecorder
 
-__all__ = ["POSTGRES_ENV", "FrozenClock", "HookCall", "HookRecorder", "LogCapture", "postgres_database"]
+__all__ = [
+    "POSTGRES_ENV",
+    "TEST_INGEST",
+    "FrozenClock",
+    "HookCall",
+    "HookRecorder",
+    "LogCapture",
+    "postgres_database",
+    "with_test_ingest",
+]
+
+# [ingest] for test hubs: the journal as in production, with reads by position and synchronous
+# writes waiting up to 30 s for the processor, where a server waits 2 s and 5 s. A test machine
+# running many hubs at once can fall seconds behind, and a test reading its own writes must see
+# them, not a 503; a hub that truly stalls still fails the test, later.
+TEST_INGEST = {"read_wait_ms": 30_000, "sync_wait_ms": 30_000}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -102,8 +118,14 @@ def hub_config(database_url: str) -> Config:
     """The ``Config`` every test hub opens with (``hub``, ``hub_client``, the conformance
     suite's): ``database_url`` (a fresh database with the hub's schema) and nothing else.
     Override it to give a plugin its settings, a vendor's webhook secret for one
-    (``docs/plugins.md``)."""
+    (``docs/plugins.md``). The hubs open with ``TEST_INGEST`` under what it sets in ``[ingest]``."""
     return Config(database_url=database_url, public_url="http://hub.test")
+
+
+def with_test_ingest(config: Config) -> Config:
+    """``config`` with ``TEST_INGEST``'s waits where its ``[ingest]`` sets none."""
+    ingest = {**TEST_INGEST, **config.section("ingest")}
+    return attrs.evolve(config, raw={**config.raw, "ingest": ingest})
 
 
 @pytest.fixture
@@ -114,7 +136,7 @@ def hub_plugins() -> list[Any]:
 
 @pytest.fixture
 async def hub(hub_config: Config, hub_plugins: list[Any]) -> AsyncIterator[Hub]:
-    async with Hub.open(hub_config, plugins=hub_plugins, autoload=True) as started:
+    async with Hub.open(with_test_ingest(hub_config), plugins=hub_plugins, autoload=True) as started:
         yield started
 
 
@@ -122,7 +144,7 @@ async def hub(hub_config: Config, hub_plugins: list[Any]) -> AsyncIterator[Hub]:
 async def hub_client(hub_config: Config, hub_plugins: list[Any], aiohttp_client: Any) -> Any:
     from ..server.app import create_app
 
-    app = create_app(hub_config, plugins=hub_plugins)
+    app = create_app(with_test_ingest(hub_config), plugins=hub_plugins)
     return await aiohttp_client(app)
 
 
