@@ -4,12 +4,15 @@ documented defaults, the edges it accepts and what it refuses, naming the key.""
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from nats.js.errors import NoStreamResponseError
 
 from prm_core.config import Config
 from prm_core.errors import ConfigError
+from prm_core.feed import Change
 from prm_core.feed.destinations import DestinationSettings
 from prm_core.feed.jetstream import NatsSink
 
@@ -85,3 +88,53 @@ async def test_deliveries_share_one_connection_and_create_the_stream_once() -> N
             await js.delete_stream(stream)
         finally:
             await nc.close()
+
+
+async def test_a_stream_that_cannot_be_created_fails_the_delivery_and_closes_the_connection() -> None:
+    """Another stream already captures the subjects: the delivery fails with the server's
+    refusal (retried later), and the connection is closed, made again next time."""
+    import nats
+    from nats.js.errors import APIError
+
+    subject = f"prmtest.{uuid.uuid4().hex[:12]}"
+    taken = f"PRM_TEST_{uuid.uuid4().hex[:12].upper()}"
+    bus = sink(stream=f"PRM_TEST_{uuid.uuid4().hex[:12].upper()}", subject=subject, timeout_s=2)
+    nc = await nats.connect("nats://127.0.0.1:4222")
+    js = nc.jetstream()
+    try:
+        await js.add_stream(name=taken, subjects=[f"{subject}.>"])
+        with pytest.raises(APIError):
+            await bus.deliver([])
+        assert bus._nc is None
+    finally:
+        try:
+            await js.delete_stream(taken)
+        finally:
+            await nc.close()
+
+
+async def test_a_change_no_stream_acknowledges_fails_the_delivery() -> None:
+    """The stream exists but does not capture the subject (made by hand): nothing acknowledges
+    the change, so the batch is not delivered."""
+    import nats
+
+    stream = f"PRM_TEST_{uuid.uuid4().hex[:12].upper()}"
+    bus = sink(stream=stream, subject=f"prmtest.{uuid.uuid4().hex[:12]}", timeout_s=1)
+    nc = await nats.connect("nats://127.0.0.1:4222")
+    js = nc.jetstream()
+    try:
+        await js.add_stream(name=stream, subjects=[f"prmother.{uuid.uuid4().hex[:12]}.>"])
+        change = Change(1, "customer.created", datetime.now(UTC), None)
+        with pytest.raises(NoStreamResponseError):
+            await bus.deliver([change])
+        assert (await js.stream_info(stream)).state.messages == 0
+        await bus.close()
+    finally:
+        try:
+            await js.delete_stream(stream)
+        finally:
+            await nc.close()
+
+
+async def test_a_sink_never_connected_closes() -> None:
+    await sink().close()
