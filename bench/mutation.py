@@ -109,6 +109,24 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     # the relay's own tests first (fast), then the destinations': the rest of _FEED_TESTS never
     # starts a relay (test_feed_crash.py's does, in a `prm serve` child the mutant never reaches)
     "relay": ("prm_core/feed/relay.py", ["tests/test_relay.py", "tests/test_destinations.py"]),
+    # `prm destinations` (the status of each destination): its own tests, then the CLI's in process
+    "status": (
+        "prm_core/feed/status.py",
+        [
+            "tests/test_feed_status.py",
+            "tests/test_destinations.py::test_prm_destinations_shows_position_lag_and_dead_letters_and_replays",
+        ],
+    ),
+    # the NATS sink: its settings and connection, then a hub's delivery to the JetStream server
+    # at 127.0.0.1:4222 (both need it)
+    "jetstream": (
+        "prm_core/feed/jetstream.py",
+        [
+            "tests/test_jetstream.py",
+            "tests/test_destinations.py::test_a_bad_setting_stops_the_hub_naming_the_key",
+            "tests/test_destinations.py::test_nats_gets_each_change_on_its_subject_once",
+        ],
+    ),
     # the webhook sink's own tests, then the relay's with a webhook destination (nothing else in
     # the feed's selection configures one)
     "webhook": (
@@ -357,6 +375,12 @@ EQUIVALENT: dict[str, dict[str, str]] = {
                 "sa.select(d.position).where(d.destination == dest.name) #1",
             )
         },
+    },
+    "status": {
+        "destination_status: isinstance(types, list) and types -> isinstance(types, list) or types #1": (
+            "only an empty `types` list tells them apart, and the hub refuses one as it starts "
+            "(a destination's types are a non-empty list)"
+        ),
     },
     "jsonbody": {
         # without an escape that can make one (``strings`` false), no string or key holds a NUL
