@@ -1,9 +1,14 @@
 """The NATS JetStream sink's settings (``kind = "nats"``), checked as the hub starts: its
-documented defaults, the edges it accepts and what it refuses, naming the key."""
+documented defaults, the edges it accepts and what it refuses, naming the key; then, against
+the JetStream server at 127.0.0.1:4222, its connection: shared, closed, lost and found again,
+given up, and a batch's failures."""
 
 from __future__ import annotations
 
+import asyncio
+import math
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -138,3 +143,206 @@ async def test_a_change_no_stream_acknowledges_fails_the_delivery() -> None:
 
 async def test_a_sink_never_connected_closes() -> None:
     await sink().close()
+
+
+# --- a server lost and found again, a batch with one failure, a close while reconnecting
+
+
+class Proxy:
+    """A TCP relay to the JetStream server at 127.0.0.1:4222 on a port of its own: ``cut()``
+    drops every connection through it; ``refusing`` connections after that are accepted and
+    closed at once (each counted in ``refused``) before it relays again."""
+
+    def __init__(self) -> None:
+        self.refusing: float = 0
+        self.refused = 0
+        self._links: set[asyncio.StreamWriter] = set()
+        self._server: asyncio.Server | None = None
+        self.url = ""
+
+    async def __aenter__(self) -> Proxy:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.url = f"nats://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        self.cut()
+        await self._server.wait_closed()
+
+    def cut(self) -> None:
+        for link in self._links:
+            link.transport.abort()
+        self._links.clear()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.refusing > 0:
+            self.refusing -= 1
+            self.refused += 1
+            writer.transport.abort()
+            return
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", 4222)
+        self._links |= {writer, up_writer}
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            try:
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            except OSError:
+                pass
+            finally:
+                sink.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+class Watched:
+    """``nats.connect`` as the sink calls it (its own arguments passed through), with callbacks
+    telling the test when a connection is lost and when it is closed; ``wait_s`` shortens the
+    client's wait between two attempts on one server (2 s by default) so the tests are quick."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, wait_s: float | None = 0.02) -> None:
+        import nats
+
+        self.lost = asyncio.Event()
+        self.closed = asyncio.Event()
+        connect = nats.connect
+
+        async def lost() -> None:
+            self.lost.set()
+
+        async def closed() -> None:
+            self.closed.set()
+
+        async def watched(**options: Any) -> Any:
+            if wait_s is not None:
+                options["reconnect_time_wait"] = wait_s
+            return await connect(**options, disconnected_cb=lost, closed_cb=closed)
+
+        monkeypatch.setattr(nats, "connect", watched)
+
+
+@pytest.fixture
+async def js() -> AsyncIterator[Any]:
+    """A client of its own on the JetStream server, deleting the streams named ``PRM_TEST_*``
+    that the test made."""
+    import nats
+
+    nc = await nats.connect("nats://127.0.0.1:4222")
+    made: list[str] = []
+    js = nc.jetstream()
+    add_stream = js.add_stream
+
+    async def add(**config: Any) -> Any:
+        made.append(config["name"])
+        return await add_stream(**config)
+
+    js.add_stream = add
+    try:
+        yield js
+    finally:
+        try:
+            for name in made:
+                await js.delete_stream(name)
+        finally:
+            await nc.close()
+
+
+def names() -> tuple[str, str]:
+    return f"PRM_TEST_{uuid.uuid4().hex[:12].upper()}", f"prmtest.{uuid.uuid4().hex[:12]}"
+
+
+async def test_a_server_lost_for_a_moment_is_found_again_and_the_batch_delivered(
+    monkeypatch: pytest.MonkeyPatch, js: Any
+) -> None:
+    """The connection drops and the server refuses the next two attempts: the client keeps
+    trying on the same connection, and a batch delivered meanwhile reaches the stream once
+    the server is back."""
+    watched = Watched(monkeypatch)
+    stream, subject = names()
+    await js.add_stream(name=stream, subjects=[f"{subject}.>"])
+    async with Proxy() as proxy:
+        bus = sink(servers=[proxy.url], stream=stream, subject=subject, timeout_s=5)
+        await bus.deliver([])
+        first = bus._nc
+        proxy.refusing = 2
+        proxy.cut()
+        await asyncio.wait_for(watched.lost.wait(), 5)
+        await bus.deliver([Change(1, "customer.created", datetime.now(UTC), "c1")])
+        assert (await js.stream_info(stream)).state.messages == 1
+        assert proxy.refused == 2
+        assert bus._nc is first and first.is_connected
+        await bus.close()
+
+
+async def test_a_server_gone_for_good_is_given_up_after_three_attempts_and_connected_afresh(
+    monkeypatch: pytest.MonkeyPatch, js: Any
+) -> None:
+    """The connection drops and the server refuses every attempt: the client gives up after
+    the third (its connection closed, rather than retrying behind the relay's back); once the
+    server is back, the next delivery makes a new connection and delivers."""
+    watched = Watched(monkeypatch)
+    stream, subject = names()
+    await js.add_stream(name=stream, subjects=[f"{subject}.>"])
+    async with Proxy() as proxy:
+        bus = sink(servers=[proxy.url], stream=stream, subject=subject, timeout_s=5)
+        await bus.deliver([])
+        first = bus._nc
+        proxy.refusing = math.inf
+        proxy.cut()
+        await asyncio.wait_for(watched.closed.wait(), 10)
+        assert first.is_closed
+        assert proxy.refused == 3
+        proxy.refusing = 0
+        await bus.deliver([Change(1, "customer.created", datetime.now(UTC), "c1")])
+        assert bus._nc is not first and bus._nc.is_connected
+        assert (await js.stream_info(stream)).state.messages == 1
+        await bus.close()
+
+
+async def test_closing_a_sink_whose_connection_is_reconnecting_closes_it(
+    monkeypatch: pytest.MonkeyPatch, js: Any
+) -> None:
+    """A connection that lost its server cannot be drained: closing the sink closes it
+    instead, so nothing keeps reconnecting after the hub stopped."""
+    watched = Watched(monkeypatch, wait_s=None)  # the client's own 2 s between attempts
+    stream, subject = names()
+    await js.add_stream(name=stream, subjects=[f"{subject}.>"])
+    async with Proxy() as proxy:
+        bus = sink(servers=[proxy.url], stream=stream, subject=subject)
+        await bus.deliver([])
+        first = bus._nc
+        try:
+            proxy.refusing = math.inf
+            proxy.cut()
+            await asyncio.wait_for(watched.lost.wait(), 5)
+            assert first.is_reconnecting
+            await bus.close()
+            assert first.is_closed and bus._nc is None
+        finally:
+            await first.close()
+
+
+async def test_a_batch_awaits_every_acknowledgement_and_reports_the_first_failure_in_feed_order(js: Any) -> None:
+    """Three changes: the first goes to a subscriber that never answers (times out), the second
+    to the stream (acknowledged), the third to no one (refused at once). The delivery waits for
+    every answer and fails with the first change's timeout, the second one stored."""
+    import nats
+
+    stream, subject = names()
+    await js.add_stream(name=stream, subjects=[f"{subject}.customer.updated"])
+    silent = await nats.connect("nats://127.0.0.1:4222")
+    try:
+        await silent.subscribe(f"{subject}.customer.created")  # takes the request, never answers
+        await silent.flush()
+        bus = sink(stream=stream, subject=subject, timeout_s=0.5)
+        now = datetime.now(UTC)
+        batch = [Change(1, "customer.created", now, "c1"), Change(2, "customer.updated", now, "c1")]
+        with pytest.raises(nats.errors.TimeoutError):
+            await bus.deliver([*batch, Change(3, "customer.merged", now, "c1")])
+        assert (await js.stream_info(stream)).state.messages == 1
+        await bus.close()
+    finally:
+        await silent.close()
