@@ -80,7 +80,7 @@ async def test_sigkill_while_delivering_skips_nothing_and_resends_the_same_batch
     acked: set[str] = set()
     rng = random.Random(20261205)
     stop = asyncio.Event()
-    positions: list[int] = []
+    positions: dict[int, int] = {}  # port -> the latest journal position it answered
     driving = asyncio.ensure_future(drive([port], key, acked, stop, workers=2, positions=positions))
     proc = start_hub(database_url, port, crash_env, tmp_path)
     try:
@@ -99,7 +99,7 @@ async def test_sigkill_while_delivering_skips_nothing_and_resends_the_same_batch
         stop.set()
         await asyncio.wait_for(driving, timeout=300)
         # every acknowledged event recorded (journaled ones included), so every change is made
-        await asyncio.wait_for(processed(port, max(positions, default=0)), timeout=120)
+        await asyncio.wait_for(processed(port, max(positions.values(), default=0)), timeout=120)
         expected = await feed_positions(database_url)
         async with asyncio.timeout(120):
             while not expected <= receiver.positions():

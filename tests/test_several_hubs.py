@@ -55,9 +55,8 @@ async def test_linking_events_for_the_same_people_at_three_hubs_converge(shared_
             drive(ports[1:], key, acked, asyncio.Event(), workers=4, limit=200, positions=positions), 240
         )
         # what was acknowledged is journaled; the check below reads what is recorded. Each hub
-        # that goes on waits for the positions it answered itself: a hub reads the processor's
-        # place only while behind its own appends, so another hub's later position may never
-        # show in its /healthz. The stopped hub's positions all precede the second round's.
+        # that goes on waits for the positions it answered itself (the stopped hub's all
+        # precede the second round's).
         assert set(positions) == set(ports), "each hub answered some batches"
         for port in ports[1:]:
             await asyncio.wait_for(processed(port, positions[port]), 120)
