@@ -429,18 +429,12 @@ POSTGRES_ONLY: dict[str, dict[str, tuple[str, ...]]] = {
     "feed": {
         "Feed.start": (
             "False -> True",
-            "asyncpg.connect(dsn)",
-            "add_listener(",
+            "self.store.listen(",
             "feed notices not heard",
             "asyncpg.PostgresError) ->",
         ),
         "Feed._heard": ("",),
-        "Feed.stop": (
-            "not listener.is_closed() -> listener.is_closed()",
-            "5 -> ",
-            "listener.close(timeout=5) -> pass",
-            "feed listener not closed",
-        ),
+        "Feed.stop": ("close_listener(",),
     },
     # the customer lock an erasure takes (a no-op on SQLite)
     # and the claim's row locks (FOR UPDATE SKIP LOCKED, which SQLite does not render)

@@ -46,7 +46,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import orjson
 import sqlalchemy as sa
 import structlog
@@ -58,7 +57,7 @@ from .ingest import group_commits
 from .model import Event, Identity
 from .recording import BatchOutcome, IngestRules, record_batch
 from .store import Store
-from .store.engine import async_url
+from .store.engine import async_url, close_listener
 from .store.tables import journal, journal_cursor, journal_rejected, utcnow
 
 __all__ = ["Accepted", "Doorbell", "Journal", "JournalSettings", "Processor", "journal_path"]
@@ -740,11 +739,7 @@ class Processor:
             self.journal.doorbell.close()
         self._hearing = False
         listener, self._listener = self._listener, None
-        if listener is not None and not listener.is_closed():
-            try:
-                await listener.close(timeout=5)
-            except Exception as exc:
-                log.warning("journal listener not closed", error=type(exc).__name__)
+        await close_listener(listener, "journal")
 
     async def _listen(self) -> None:
         """Hear other processes' appends (PostgreSQL: their commits notify; SQLite: they ring
@@ -757,9 +752,7 @@ class Processor:
                 return
             if self.store.dialect != "postgresql":
                 return
-            dsn = self.store.url.set(drivername="postgresql").render_as_string(hide_password=False)
-            self._listener = await asyncpg.connect(dsn)
-            await self._listener.add_listener(NOTIFY_CHANNEL, self._heard)
+            self._listener = await self.store.listen(NOTIFY_CHANNEL, self._heard)
             self._hearing = True
         except Exception as exc:
             log.warning("journal notices not heard; looking every idle_s", error=type(exc).__name__)

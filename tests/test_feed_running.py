@@ -14,10 +14,10 @@ from polling import until
 
 from prm_core.config import Config
 from prm_core.errors import ConfigError
-from prm_core.feed import feed as feed_module
 from prm_core.feed.feed import Feed
 from prm_core.feed.reading import FeedSignal
 from prm_core.hub import Hub
+from prm_core.store import engine as engine_module
 from prm_core.store.engine import Store
 
 MORNING = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)  # the events' morning: not ahead of the clock
@@ -290,7 +290,7 @@ async def test_a_listener_that_cannot_connect_is_logged_and_the_hub_runs_on(
     async def refused(dsn: str) -> Any:
         raise error
 
-    monkeypatch.setattr(feed_module, "asyncpg", SimpleNamespace(connect=refused, PostgresError=asyncpg.PostgresError))
+    monkeypatch.setattr(engine_module, "asyncpg", SimpleNamespace(connect=refused))
     async with Hub.open(Config(database_url=database_url), autoload=True) as hub:
         woken = asyncio.create_task(hub.feed.signal.wait(10))
         await asyncio.sleep(0)

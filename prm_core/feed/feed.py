@@ -25,6 +25,7 @@ from attrs import define, field
 
 from ..config import Config
 from ..errors import ConfigError
+from ..store.engine import close_listener
 from ..store.tables import utcnow
 from .reading import FeedSignal, Page, prune, read_changes
 from .writing import NOTIFY_CHANNEL
@@ -73,9 +74,7 @@ class Feed:
         self.store.on_changes = self.signal.notify
         if self.store.dialect == "postgresql":
             try:
-                dsn = self.store.url.set(drivername="postgresql").render_as_string(hide_password=False)
-                self._listener = await asyncpg.connect(dsn)
-                await self._listener.add_listener(NOTIFY_CHANNEL, self._heard)
+                self._listener = await self.store.listen(NOTIFY_CHANNEL, self._heard)
             except (OSError, asyncpg.PostgresError) as exc:
                 # readers still wake on this process's commits, and look again when a wait runs out
                 log.warning("feed notices not heard", error=type(exc).__name__)
@@ -88,11 +87,7 @@ class Feed:
     async def stop(self) -> None:
         self.store.on_changes = None
         listener, self._listener = self._listener, None
-        if listener is not None and not listener.is_closed():
-            try:
-                await listener.close(timeout=5)
-            except Exception as exc:
-                log.warning("feed listener not closed", error=type(exc).__name__)
+        await close_listener(listener, "feed")
         if self._task is not None:
             self._task.cancel()
             try:

@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+import asyncpg
 import sqlalchemy as sa
 import structlog
 from alembic import command
@@ -123,6 +124,19 @@ class Store:
     # (on the event loop, with the changes' topics) when a commit added some
     feed: bool = field(init=False, default=True)
     on_changes: Callable[[frozenset[str]], None] | None = field(init=False, default=None)
+
+    async def listen(self, channel: str, callback: Callable[..., Any]) -> Any:
+        """PostgreSQL: an asyncpg connection of its own that ``LISTEN``s on ``channel``,
+        calling ``callback`` for each notice (other hub processes' commits). Closed again if the
+        ``LISTEN`` fails; raises what connecting raised. Close it with :func:`close_listener`."""
+        dsn = self.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.add_listener(channel, callback)
+        except BaseException:
+            await close_listener(conn, channel)
+            raise
+        return conn
 
     @property
     def dialect(self) -> str:
@@ -339,3 +353,14 @@ def _sqlite_setup(engine: sa.Engine, *, immediate: bool, busy_timeout_ms: int) -
     @event.listens_for(engine, "begin")
     def on_begin(conn: Any) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+async def close_listener(conn: Any, name: str) -> None:
+    """Close a connection :meth:`Store.listen` opened (``None`` or closed already: nothing);
+    a failure is logged as ``"<name> listener not closed"``, never raised."""
+    if conn is None or conn.is_closed():
+        return
+    try:
+        await conn.close(timeout=5)
+    except Exception as exc:
+        log.warning(f"{name} listener not closed", error=type(exc).__name__)
