@@ -70,7 +70,9 @@ async def test_sigkill_while_delivering_skips_nothing_and_resends_the_same_batch
     app.router.add_post("/changes", receiver.handle)
     server = await aiohttp_server(app)
     (tmp_path / "prm.toml").write_text(
-        "[feed]\ndestination_lease_s = 1\n\n"
+        # the destination's crash behaviour, on the path it was written for (events recorded by
+        # the server itself); tests/test_journal_crash.py kills a journaled hub and its processor
+        "[ingest]\njournal = false\n\n[feed]\ndestination_lease_s = 1\n\n"
         f'[destinations.crm]\nkind = "webhook"\nurl = "{server.make_url("/changes")}"\nsecret = "{SECRET}"\n'
         "batch_size = 7\nretry_base_s = 0.05\n",
         encoding="utf-8",
