@@ -16,7 +16,8 @@ Used by the tests and by ``prm demo``. Each one:
 - with ``callback_url`` set, also sends every notification to that one URL (the hub's
   ``/v1/partners/{name}/callbacks``);
 - retries a notification the hub did not take (non-2xx), as Standard Webhooks senders do;
-- answers after a configurable ``latency_ms``; with ``answer_later`` (or ``callback_url``) set
+- answers after a configurable ``latency_ms``, and not at all while ``hold()`` keeps it back
+  (until ``release()``: a partner late on purpose, whatever the machine's speed); with ``answer_later`` (or ``callback_url``) set
   it answers at once with a pending resource and sends the later states as notifications (the
   "late result" path).
 
@@ -101,6 +102,8 @@ class PartnerSimulator:
         self.answer_later = answer_later
         self.down = False
         self.retry_after_s = 1
+        self._released = asyncio.Event()
+        self._released.set()
         self.calls = 0
         self.peers: list[Any] = []
         self.refused_signatures = 0
@@ -115,6 +118,14 @@ class PartnerSimulator:
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.base_url = ""
+
+    def hold(self) -> None:
+        """Keep every call waiting before its answer until :meth:`release`."""
+        self._released.clear()
+
+    def release(self) -> None:
+        """Answer the calls :meth:`hold` kept waiting, and the next ones at once."""
+        self._released.set()
 
     # ---- what tests look at -----------------------------------------------------------------
 
@@ -235,6 +246,7 @@ class PartnerSimulator:
             return web.json_response(previous, status=status)
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
+        await self._released.wait()
         status, definition, result = answer(body, key)
         self.served[key] = (status, result)
         return self.answer_json(definition, result, status)
