@@ -182,43 +182,48 @@ class Hub:
                 hooks.batch_committed,
                 max_pending=int(config.section("server").get("max_pending_events", 50_000)),
             )
-            await feed.start()
-            ingestor.start()
             hub = cls(config, pm, registrations, store, hooks, ingestor, planner, feed)
-            if journal is not None:
-                await journal.start(follow=journal_processor == "elsewhere")
-                hub.journal = journal
-                if journal_processor != "elsewhere":
-                    batch = journal_settings.batch
-                    hub.processor = Processor(
-                        journal, store, rules, hooks.batch_committed, batch=batch, batch_ms=journal_settings.batch_ms
-                    )
-                    hub.processor.start()
-            hub.event_labels = merge_labels(reversed(pm.hook.prm_event_labels(config=config)))
-            if services:
-                # delivery to destinations runs in its own tasks: a destination that is down never slows ingest
-                hub.relay = Relay(store, destinations, feed.signal, lease_s=feed.lease_s)
-                await hub.relay.start()
-                # partner work left by a previous run (or another hub's crash) is dispatched from here
-                hub.outbox = Outbox.from_config(hub)
-                hub.outbox.start()
-                # before the triggers: a survey message's link is signed with its key
-                hub.surveys = Surveys(hub, survey_settings, lease_s=feed.lease_s)
-                await hub.surveys.start()
-                hub.triggers = TriggerEngine(hub, *triggers, lease_s=feed.lease_s)
-            try:
+            told_started = False
+            try:  # whatever started is stopped again, also when a later step of the start fails
+                await feed.start()
+                ingestor.start()
+                if journal is not None:
+                    await journal.start(follow=journal_processor == "elsewhere")
+                    hub.journal = journal
+                    if journal_processor != "elsewhere":
+                        batch = journal_settings.batch
+                        hub.processor = Processor(
+                            journal,
+                            store,
+                            rules,
+                            hooks.batch_committed,
+                            batch=batch,
+                            batch_ms=journal_settings.batch_ms,
+                        )
+                        hub.processor.start()
+                hub.event_labels = merge_labels(reversed(pm.hook.prm_event_labels(config=config)))
                 if services:
+                    # delivery to destinations runs in its own tasks: a destination that is down never slows ingest
+                    hub.relay = Relay(store, destinations, feed.signal, lease_s=feed.lease_s)
+                    await hub.relay.start()
+                    # partner work left by a previous run (or another hub's crash) is dispatched from here
+                    hub.outbox = Outbox.from_config(hub)
+                    hub.outbox.start()
+                    # before the triggers: a survey message's link is signed with its key
+                    hub.surveys = Surveys(hub, survey_settings, lease_s=feed.lease_s)
+                    await hub.surveys.start()
+                    hub.triggers = TriggerEngine(hub, *triggers, lease_s=feed.lease_s)
+                    told_started = True
                     await hooks.hub_started(hub)
                     # after the plugins started: a touch point's sender (SMS, email) is ready
                     # before the first message a trigger hands it
                     await hub.triggers.start()
                 yield hub
             finally:
-                if services:
-                    await hub.triggers.stop()
-                    await hub.surveys.stop()
-                    await hub.relay.stop()
-                    await hub.outbox.stop()
+                for service in (hub.triggers, hub.surveys, hub.relay, hub.outbox):
+                    if service is not None:
+                        await service.stop()
+                if told_started:
                     # before the ingest writer stops: what a plugin records while it closes (a call
                     # event the switch sent a moment ago) is still written
                     await hooks.hub_stopping(hub)

@@ -273,3 +273,23 @@ async def test_the_view_holds_typed_values_and_answers_the_same_json(hub):
     assert set(entry) == {"event_id", "touchpoint", "type", "occurred_at", "dialogue", "direction", "data"}
     with pytest.raises(KeyError):
         entry["summary"]
+
+
+async def test_a_hub_whose_start_fails_leaves_nothing_running(database_url, monkeypatch):
+    """A service embedding the hub goes on (or retries) after a failed start: the writers, the
+    journal's processor, the relay and the outbox that had started are stopped again."""
+    from prm_core.hub import Hub
+    from prm_core.surveys import Surveys
+
+    async def unreachable(self: Any) -> None:
+        raise OSError("the database went away")
+
+    monkeypatch.setattr(Surveys, "start", unreachable)
+    before = asyncio.all_tasks()
+    config = Config(database_url=database_url, raw={"ingest": {"journal": True}})
+    with pytest.raises(OSError, match="went away"):
+        async with Hub.open(config):
+            pytest.fail("the hub started")
+    await asyncio.sleep(0)
+    left = [t.get_name() for t in asyncio.all_tasks() - before if not t.done()]
+    assert left == []
