@@ -34,11 +34,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import json
 import os
-import socket
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -57,6 +54,7 @@ from .ingest import group_commits
 from .model import Event, Identity
 from .recording import BatchOutcome, IngestRules, record_batch
 from .store import Store
+from .store.doorbell import Doorbell
 from .store.engine import async_url, close_listener
 from .store.tables import journal, journal_cursor, journal_rejected, utcnow
 
@@ -199,69 +197,6 @@ def _dumps(value: Any) -> str:
 class _Job:
     events: Sequence[Event]
     future: asyncio.Future[Accepted]
-
-
-class Doorbell:
-    """SQLite: how an append wakes a processor in another process at once. The processor
-    listens on a datagram socket named after the journal file (in Linux's abstract
-    namespace, so no file is left behind); an appender rings it after each commit. Ringing
-    nobody costs one failed ``sendto``. Elsewhere than Linux nothing is bound, and the
-    processor looks at the journal's files every ``idle_s``. (PostgreSQL's appends notify.)"""
-
-    def __init__(self, path: Path) -> None:
-        digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:32]
-        self.address = f"\0prm-journal-{digest}"
-        self.enabled = sys.platform == "linux"
-        self._sender: socket.socket | None = None
-        self._listener: socket.socket | None = None
-
-    def ring(self) -> None:
-        if not self.enabled:
-            return
-        if self._sender is None:
-            self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            self._sender.setblocking(False)
-        try:
-            self._sender.sendto(b"!", self.address)
-        except OSError:  # nobody listening (no processor, or one in this process), or its queue full
-            pass
-
-    def listen(self, on_ring: Callable[[], None]) -> bool:
-        """Call ``on_ring`` (in the running loop) whenever the bell rings; false when another
-        process listens already or the platform has no such socket."""
-        if not self.enabled:
-            return False
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        try:
-            sock.bind(self.address)
-        except OSError:
-            sock.close()
-            return False
-        sock.setblocking(False)
-
-        def rung() -> None:
-            try:
-                while sock.recv(64):  # every ring queued: one wake-up is enough
-                    pass
-            except OSError:
-                pass
-            on_ring()
-
-        asyncio.get_running_loop().add_reader(sock.fileno(), rung)
-        self._listener = sock
-        return True
-
-    def close(self) -> None:
-        if self._listener is not None:
-            try:
-                asyncio.get_running_loop().remove_reader(self._listener.fileno())
-            except RuntimeError:  # no loop running any more: nothing reads it
-                pass
-            self._listener.close()
-            self._listener = None
-        if self._sender is not None:
-            self._sender.close()
-            self._sender = None
 
 
 @define
@@ -748,7 +683,7 @@ class Processor:
         self._listened_at = time.monotonic()
         try:
             if self.journal.doorbell is not None:
-                self._hearing = self.journal.doorbell.listen(self._wake.set)
+                self._hearing = self.journal.doorbell.listen(lambda _messages: self._wake.set())
                 return
             if self.store.dialect != "postgresql":
                 return

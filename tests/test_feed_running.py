@@ -5,19 +5,22 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import asyncpg
 import pytest
 from polling import until
+from sqlalchemy import make_url
 
 from prm_core.config import Config
 from prm_core.errors import ConfigError
-from prm_core.feed.feed import Feed
+from prm_core.feed.feed import BELL_SLOTS, Feed
 from prm_core.feed.reading import FeedSignal
 from prm_core.hub import Hub
 from prm_core.store import engine as engine_module
+from prm_core.store.doorbell import Doorbell
 from prm_core.store.engine import Store
 
 MORNING = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)  # the events' morning: not ahead of the clock
@@ -273,12 +276,34 @@ async def test_stop_ends_the_pruning_task_and_start_begins_it_again(hub):
     assert len(retention_tasks()) == 1
 
 
+# ---- other hub processes' commits -----------------------------------------------------------------
+
+
+async def test_another_processs_commit_wakes_the_readers_waiting_for_its_changes(database_url):
+    """Two hubs on one database, as a server and its journal's processor are: what one
+    records wakes the other's long polls, relay and triggers at once (PostgreSQL's notices,
+    an SQLite file's doorbell), not when their wait runs out."""
+    config = Config(database_url=database_url, raw={"ingest": {"journal": False}})
+    async with Hub.open(config, autoload=True) as here, Hub.open(config, autoload=True, migrate=False) as there:
+        await send(there, ev("e1", 0, email="ann@example.com"))
+        head = (await here.feed.read(None, 1000)).next
+        elsewhere = here.feed.signal.watch({"customer.merged"})
+        reader = asyncio.create_task(here.feed.read(head, 10, {"event.recorded"}, wait_s=30))
+        await asyncio.sleep(0)  # waiting
+        await send(there, ev("e2", 1, email="ann@example.com"))
+        page = await asyncio.wait_for(reader, 10)  # well before its 30 s
+        assert [c.data["event_id"] for c in page.changes] == ["e2"]
+        if database_url.startswith("sqlite"):  # the bell also says what the changes were about
+            assert not elsewhere.is_set()
+        here.feed.signal.unwatch(elsewhere)
+
+
 # ---- PostgreSQL: the listener for other hub processes' commits ----------------------------------
 
 
 def postgres_only(database_url: str) -> None:
     if not database_url.startswith("postgresql"):
-        pytest.skip("only hubs on PostgreSQL listen for each other's commits")
+        pytest.skip("PostgreSQL's listener (an SQLite hub hears a doorbell: below)")
 
 
 @pytest.mark.parametrize("error", [OSError("connection refused"), asyncpg.PostgresError("too many connections")])
@@ -298,3 +323,42 @@ async def test_a_listener_that_cannot_connect_is_logged_and_the_hub_runs_on(
         assert await woken  # this process's commits still wake its readers
     (warning,) = [e for e in log_capture.entries if e["event"] == "feed notices not heard"]
     assert warning["error"] == type(error).__name__
+
+
+# ---- SQLite: the doorbell of other hub processes' commits -------------------------------------
+
+
+@pytest.mark.parametrize("error", [OSError("no socket left"), RuntimeError("not bound")])
+async def test_a_doorbell_that_cannot_be_heard_is_logged_and_the_hub_runs_on(
+    database_url, monkeypatch, log_capture, error
+):
+    if not database_url.startswith("sqlite"):
+        pytest.skip("an SQLite file's doorbell (PostgreSQL's listener: above)")
+
+    def refused(self: Doorbell, on_ring: Any) -> bool:
+        raise error
+
+    monkeypatch.setattr(Doorbell, "listen", refused)
+    config = Config(database_url=database_url, raw={"ingest": {"journal": False}})
+    async with Hub.open(config, autoload=True) as hub, Hub.open(config, autoload=True, migrate=False) as other:
+        woken = asyncio.create_task(hub.feed.signal.wait(10))
+        await asyncio.sleep(0)
+        await send(hub, ev("e1", 0, email="ann@example.com"))
+        assert await woken  # this process's commits still wake its readers
+        # and still ring the others': only hearing them failed
+        heard: list[list[bytes]] = []
+        monkeypatch.undo()
+        bell = Doorbell(Path(make_url(database_url).database or ""), kind="feed", slots=BELL_SLOTS)
+        assert bell.listen(heard.append)
+        try:
+            await send(other, ev("e2", 1, email="ann@example.com"))
+            await until(lambda: _async(bool(heard)))
+        finally:
+            bell.close()
+    assert b"event.recorded" in heard[0][0].split(b"\n")
+    warnings = [e for e in log_capture.entries if e["event"] == "feed doorbell not heard"]
+    assert [w["error"] for w in warnings] == [type(error).__name__] * 2
+
+
+async def _async(value: bool) -> bool:
+    return value

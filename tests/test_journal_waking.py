@@ -139,8 +139,8 @@ def test_the_doorbell_is_one_listener_per_journal(tmp_path):
         first, second = Doorbell(tmp_path / "a.journal.db"), Doorbell(tmp_path / "a.journal.db")
         other = Doorbell(tmp_path / "b.journal.db")
         try:
-            heard = first.listen(lambda: rung.append(1))
-            again = second.listen(lambda: rung.append(2))  # the address is taken
+            heard = first.listen(lambda _messages: rung.append(1))
+            again = second.listen(lambda _messages: rung.append(2))  # the address is taken
             other.ring()  # another journal's bell: not heard here
             second.ring()
             second.ring()
@@ -157,6 +157,37 @@ def test_the_doorbell_is_one_listener_per_journal(tmp_path):
     heard, again, rings = asyncio.run(run())
     assert heard and not again
     assert rings in (1, 2)  # two rings queued before the loop read them wake it once
+
+
+def test_a_bell_with_slots_is_heard_by_as_many_processes_never_by_the_ringer(tmp_path):
+    async def run() -> tuple[list[bool], list[list[bytes]]]:
+        bells = [Doorbell(tmp_path / "prm.db", kind="feed", slots=2) for _ in range(3)]
+        heard: list[list[bytes]] = [[], [], []]
+
+        async def heard_by(k: int, n: int) -> None:
+            for _ in range(500):
+                if len(heard[k]) >= n:
+                    return
+                await asyncio.sleep(0.01)
+            raise AssertionError(f"bell {k} heard {heard[k]}")
+
+        try:
+            listening = [bell.listen(heard[k].extend) for k, bell in enumerate(bells)]
+            bells[0].ring(b"event:page")  # not to its own slot: only the second bell hears it
+            await heard_by(1, 1)
+            bells[1].ring(b"second")  # heard after anything the first bell had sent itself
+            await heard_by(0, 1)
+            bells[2].ring(b"x" * 5000)  # longer than a message may be: sent empty, "anything"
+            await heard_by(0, 2)
+            await heard_by(1, 2)
+            return listening, heard
+        finally:
+            for bell in bells:
+                bell.close()
+
+    listening, heard = asyncio.run(run())
+    assert listening == [True, True, False]  # two slots: the third process looks every so often
+    assert heard == [[b"second", b""], [b"event:page", b""], []]
 
 
 async def test_a_processor_that_cannot_listen_still_processes(database_url, monkeypatch):

@@ -17,6 +17,7 @@ import functools
 import time
 from collections.abc import Collection
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -25,6 +26,7 @@ from attrs import define, field
 
 from ..config import Config
 from ..errors import ConfigError
+from ..store.doorbell import Doorbell
 from ..store.engine import close_listener
 from ..store.tables import utcnow
 from .reading import FeedSignal, Page, prune, read_changes
@@ -37,6 +39,7 @@ __all__ = ["MAX_WAIT_S", "Feed"]
 
 log = structlog.get_logger(__name__)
 MAX_WAIT_S = 30.0
+BELL_SLOTS = 8  # SQLite: hub processes on one database file whose readers a commit wakes at once
 
 
 @define
@@ -51,6 +54,7 @@ class Feed:
     signal: FeedSignal = field(factory=FeedSignal)
     _task: asyncio.Task[None] | None = field(init=False, default=None)
     _listener: Any = field(init=False, default=None)  # asyncpg's connection, on PostgreSQL
+    _bell: Doorbell | None = field(init=False, default=None)  # on an SQLite file
 
     @classmethod
     def from_config(cls, config: Config, store: Store) -> Feed:
@@ -67,12 +71,15 @@ class Feed:
         return cls(store, config.flag("feed", "enabled", True), float(retention), float(interval), float(lease))
 
     async def start(self) -> None:
-        """Wire the store's commits to waiting readers, and start pruning. On PostgreSQL,
-        also listen for the commits of other hub processes on the database."""
+        """Wire the store's commits to waiting readers, and start pruning. Also hear the
+        commits of other hub processes on the database (a journal's processor, another
+        server): on PostgreSQL by ``LISTEN``, on an SQLite file by its doorbell."""
         self.store.feed = self.enabled
         self.signal.bind(asyncio.get_running_loop())
         self.store.on_changes = self.signal.notify
-        if self.store.dialect == "postgresql":
+        if self.store.dialect == "sqlite":
+            self._ring_and_hear()
+        elif self.store.dialect == "postgresql":
             try:
                 self._listener = await self.store.listen(NOTIFY_CHANNEL, self._heard)
             except (OSError, asyncpg.PostgresError) as exc:
@@ -84,8 +91,40 @@ class Feed:
     def _heard(self, *notice: Any) -> None:
         self.signal.notify()
 
+    def _ring_and_hear(self) -> None:
+        database = self.store.url.database or ""
+        if database in ("", ":memory:"):  # no other process can open it
+            return
+        self._bell = Doorbell(Path(database).expanduser(), kind="feed", slots=BELL_SLOTS)
+        self.store.on_changes = self._committed
+        try:
+            if self._bell.listen(self._rung):
+                return
+            error = "every slot taken, or not on Linux"
+        except Exception as exc:  # no socket left, say: this process's commits still ring the others
+            error = type(exc).__name__
+        # readers still wake on this process's commits, and look again when a wait runs out
+        log.warning("feed doorbell not heard", error=error)
+
+    def _committed(self, topics: frozenset[str]) -> None:
+        """SQLite: this process's commit added changes: wake its readers, and ring the others'."""
+        self.signal.notify(topics)
+        if self._bell is not None:
+            self._bell.ring("\n".join(sorted(topics)).encode())
+
+    def _rung(self, messages: list[bytes]) -> None:
+        """SQLite: another process's commits added changes about the topics each message
+        names (an empty one: about anything)."""
+        if not messages or not all(messages):
+            self.signal.notify()
+            return
+        self.signal.notify({topic for m in messages for topic in m.decode(errors="replace").split("\n")})
+
     async def stop(self) -> None:
         self.store.on_changes = None
+        bell, self._bell = self._bell, None
+        if bell is not None:
+            bell.close()
         listener, self._listener = self._listener, None
         await close_listener(listener, "feed")
         if self._task is not None:
