@@ -19,6 +19,7 @@ from prm_core.hub import Hub
 from prm_core.journal import Doorbell, Processor, journal_path
 from prm_core.model import Event, Identity
 from prm_core.store import Store
+from prm_core.store.doorbell import QUEUED_AT_MOST
 
 
 def config(database_url: str) -> Config:
@@ -188,6 +189,31 @@ def test_a_bell_with_slots_is_heard_by_as_many_processes_never_by_the_ringer(tmp
     listening, heard = asyncio.run(run())
     assert listening == [True, True, False]  # two slots: the third process looks every so often
     assert heard == [[b"second", b""], [b"event:page", b""], []]
+
+
+def test_a_listener_that_may_have_missed_rings_is_told_so(tmp_path):
+    """Rings past the socket's queue are dropped with what they said: a listener that finds
+    the queue full hears "anything" as well."""
+
+    async def run() -> list[list[bytes]]:
+        listener, ringer = (Doorbell(tmp_path / "prm.db", kind="feed", slots=2) for _ in range(2))
+        heard: list[list[bytes]] = []
+        try:
+            assert listener.listen(heard.append)
+            for k in range(QUEUED_AT_MOST + 2):  # while the loop does not run: queued, or dropped
+                ringer.ring(f"topic-{k}".encode())
+            for _ in range(500):
+                if heard:
+                    break
+                await asyncio.sleep(0.01)
+            return heard
+        finally:
+            listener.close()
+            ringer.close()
+
+    (messages,) = asyncio.run(run())
+    assert messages[0] == b"topic-0" and messages[-1] == b""
+    assert len(messages) >= QUEUED_AT_MOST + 1
 
 
 async def test_a_processor_that_cannot_listen_still_processes(database_url, monkeypatch):

@@ -25,6 +25,9 @@ from pathlib import Path
 __all__ = ["Doorbell"]
 
 MAX_MESSAGE = 2048  # a longer message is sent empty: "something happened", as the ring of old
+# Linux queues this many datagrams for a socket by default (net.unix.max_dgram_qlen) and drops
+# the rings past it: a listener that finds this many may have missed some
+QUEUED_AT_MOST = 10
 
 
 class Doorbell:
@@ -64,8 +67,9 @@ class Doorbell:
 
     def listen(self, on_ring: Callable[[list[bytes]], None]) -> bool:
         """Bind the first free slot and call ``on_ring`` (in the running loop) with the
-        messages queued whenever the bell rings; false when every slot is taken or the
-        platform has no such socket."""
+        messages queued whenever the bell rings (ending with an empty one when rings may
+        have been dropped); false when every slot is taken or the platform has no such
+        socket."""
         if not self.enabled:
             return False
         for address in self.addresses:
@@ -87,6 +91,8 @@ class Doorbell:
                     messages.append(sock.recv(MAX_MESSAGE + 1))
             except OSError:  # drained
                 pass
+            if len(messages) >= QUEUED_AT_MOST:  # rings may have been dropped: what they said is unknown
+                messages.append(b"")
             on_ring(messages)
 
         asyncio.get_running_loop().add_reader(sock.fileno(), rung)
