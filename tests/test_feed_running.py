@@ -279,7 +279,7 @@ async def test_stop_ends_the_pruning_task_and_start_begins_it_again(hub):
 # ---- other hub processes' commits -----------------------------------------------------------------
 
 
-async def test_another_processs_commit_wakes_the_readers_waiting_for_its_changes(database_url):
+async def test_another_processs_commit_wakes_the_readers_waiting_for_its_changes(database_url, log_capture):
     """Two hubs on one database, as a server and its journal's processor are: what one
     records wakes the other's long polls, relay and triggers at once (PostgreSQL's notices,
     an SQLite file's doorbell), not when their wait runs out."""
@@ -296,6 +296,18 @@ async def test_another_processs_commit_wakes_the_readers_waiting_for_its_changes
         if database_url.startswith("sqlite"):  # the bell also says what the changes were about
             assert not elsewhere.is_set()
         here.feed.signal.unwatch(elsewhere)
+    assert "feed doorbell not heard" not in log_capture.text
+
+
+async def test_a_commit_about_more_than_a_ring_can_tell_wakes_every_reader(database_url):
+    """A commit whose changes are about more topics than fit in the doorbell's message (many
+    event types in one batch) wakes readers waiting for anything, as an untold ring does."""
+    config = Config(database_url=database_url, raw={"ingest": {"journal": False}})
+    async with Hub.open(config, autoload=True) as here, Hub.open(config, autoload=True, migrate=False) as there:
+        elsewhere = here.feed.signal.watch({"customer.merged"})
+        many = [{**ev(f"m{k}", 0, email="ann@example.com"), "type": f"custom.kind{k:03d}"} for k in range(150)]
+        await send(there, *many)
+        await asyncio.wait_for(elsewhere.wait(), 10)
 
 
 # ---- PostgreSQL: the listener for other hub processes' commits ----------------------------------

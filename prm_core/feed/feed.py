@@ -115,7 +115,7 @@ class Feed:
     def _rung(self, messages: list[bytes]) -> None:
         """SQLite: another process's commits added changes about the topics each message
         names (an empty one: about anything)."""
-        if not messages or not all(messages):
+        if not all(messages):
             self.signal.notify()
             return
         self.signal.notify({topic for m in messages for topic in m.decode(errors="replace").split("\n")})

@@ -91,8 +91,8 @@ class Doorbell:
                     messages.append(sock.recv(MAX_MESSAGE + 1))
             except OSError:  # drained
                 pass
-            if len(messages) >= QUEUED_AT_MOST:  # rings may have been dropped: what they said is unknown
-                messages.append(b"")
+            if not messages or len(messages) >= QUEUED_AT_MOST:
+                messages.append(b"")  # rings may have been dropped, or not read: what they said is unknown
             on_ring(messages)
 
         asyncio.get_running_loop().add_reader(sock.fileno(), rung)
