@@ -48,8 +48,8 @@ def _utc_text(value: datetime) -> str:
 
 def _json_dumps() -> Callable[[Any], str]:
     """``json.dumps`` with its default arguments, as SQLAlchemy's ``JSON`` type calls it, minus
-    the building of a new C encoder on every call (a third of its time for an event's small
-    objects): the same C encoder with the same settings, built once. It checks no circular
+    the building of a new C encoder on every call (which costs more than encoding an event's
+    small objects): the same C encoder with the same settings, built once. It checks no circular
     reference; whatever fails is handed to ``json.dumps`` itself, which raises its own error."""
     make = getattr(json_encoder, "c_make_encoder", None)  # not in typeshed
     if make is None:  # an interpreter without the C accelerator

@@ -84,7 +84,7 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
     def result_processor(self, dialect: Any, coltype: Any) -> Any:
         # SQLite's text parsed by the impl (datetime.fromisoformat), then made aware: the same
         # two steps in one function, without TypeDecorator's layers around them (a recording
-        # batch reads thousands of these times)
+        # batch reads a time or more for every customer and dialogue it loads)
         impl = self.impl_instance.dialect_impl(dialect).result_processor(dialect, coltype)
         if impl is processors.str_to_datetime:
             return _sqlite_aware
