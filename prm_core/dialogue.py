@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from attrs import define
+from attrs import define, field
 
 from .model import Dialogue, Event, Intent, TouchPoint
 
@@ -79,13 +79,21 @@ class DialogueState:
     closed_at: datetime | None
     is_new: bool = False
     dirty: bool = False
+    # the indexed columns besides last_event_at, and the times, as the database holds them:
+    # an update leaves out the ones not changed since (see prm_core.recording)
+    stored: tuple[str, str, datetime, datetime | None] | None = field(default=None, eq=False, repr=False)
 
     @classmethod
     def from_row(cls, row: Any) -> DialogueState:
         return cls(
             row.id, row.touchpoint, row.ref, row.customer_id, row.status, row.intent, row.outcome,
             row.opened_at, row.last_event_at, row.closed_at,
+            stored=(row.customer_id, row.status, row.opened_at, row.closed_at),
         )  # fmt: skip
+
+    def kept(self) -> tuple[str, str, datetime, datetime | None]:
+        """What :attr:`stored` holds, from the state as it is now."""
+        return (self.customer_id, self.status, self.opened_at, self.closed_at)
 
     def is_recent(self, at: datetime, touchpoint: TouchPoint) -> bool:
         """Whether ``at`` lies within the touch point's timeout of this open dialogue."""

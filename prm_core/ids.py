@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import os
 import threading
 import time
@@ -10,8 +9,8 @@ import time
 __all__ = ["new_id", "random_bytes"]
 
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower-case
-# RFC 4648's base32 digits, in value order, to Crockford's
-_TO_CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ALPHABET.encode())
+# every 10-bit value as its two digits
+_PAIRS = tuple(a + b for a in _ALPHABET for b in _ALPHABET)
 
 
 def new_id(prefix: str) -> str:
@@ -57,9 +56,13 @@ def random_bytes(n: int) -> bytes:
 
 def encode(millis: int, random: bytes) -> str:
     """The 26 base-32 digits of ``millis`` (48 bits) followed by ``random`` (80 bits)."""
-    value = millis << 80 | int.from_bytes(random, "big")
-    # the 128 bits as 26 digits (the first holds 3 bits), shifted to the top of 160 bits:
-    # base64's C encoder writes them as the first 26 of 32 digits, many times faster than
-    # dividing by 32 in Python (the ingest writer makes an id per new customer and dialogue)
-    digits = base64.b32encode((value << 30).to_bytes(20, "big"))[:26]
-    return digits.translate(_TO_CROCKFORD).decode()
+    v = millis << 80 | int.from_bytes(random, "big")
+    # 10 bits (two digits) at a time from a table, in one expression: cheaper than
+    # base64.b32encode (Python code looping over 5-byte groups) and a translation to Crockford's
+    # digits (the ingest writer makes an id per new customer and dialogue)
+    p = _PAIRS
+    return (
+        p[v >> 120] + p[v >> 110 & 1023] + p[v >> 100 & 1023] + p[v >> 90 & 1023] + p[v >> 80 & 1023]
+        + p[v >> 70 & 1023] + p[v >> 60 & 1023] + p[v >> 50 & 1023] + p[v >> 40 & 1023]
+        + p[v >> 30 & 1023] + p[v >> 20 & 1023] + p[v >> 10 & 1023] + p[v & 1023]
+    )  # fmt: skip

@@ -66,6 +66,17 @@ _UPDATE_DIALOGUES = (
         closed_at=sa.bindparam("closed_at"),
     )
 )
+# most updates only move a dialogue's last event on: SQLite rewrites the entries of every
+# index a SET names, so customer, status and the other times are left out when unchanged
+_UPDATE_DIALOGUES_SEEN = (
+    dialogues.update()
+    .where(dialogues.c.id == sa.bindparam("_id"))
+    .values(
+        intent=sa.bindparam("intent"),
+        outcome=sa.bindparam("outcome"),
+        last_event_at=sa.bindparam("last_event_at"),
+    )
+)
 
 
 def _update_metrics(*columns: str) -> Any:
@@ -707,6 +718,9 @@ class _Batch:
     def _flush(self) -> None:
         conn = self.conn
         changes = self.changes
+        # customers created since the last flush: no statement has written their metrics yet
+        # (a merge flushes first), so there is no row of theirs to read
+        unwritten = {row["id"] for row in self.new_customers}
         if self.new_customers:
             execute_many(conn, _INSERT_CUSTOMERS, self.new_customers)
             for row in self.new_customers:
@@ -772,7 +786,7 @@ class _Batch:
             execute_many(conn, _INSERT_OUTBOX, self.new_outbox)
             self.new_outbox = []
         if self.deltas:
-            self._write_metrics()
+            self._write_metrics(unwritten)
         if self.rules.after_write is not None and (self.written or len(self.out.merges) > self.merges_told):
             find = self.find
             written = [
@@ -809,11 +823,15 @@ class _Batch:
             return
         inserts: list[dict[str, Any]] = []
         updates: list[dict[str, Any]] = []
+        seen: list[dict[str, Any]] = []
         for s in states:
             s.customer_id = self.find(s.customer_id)
+            kept = s.kept()
             if s.is_new:
                 inserts.append(s.row())
                 s.is_new = False
+            elif kept == s.stored:
+                seen.append({"_id": s.id, "intent": s.intent, "outcome": s.outcome, "last_event_at": s.last_event_at})
             else:
                 updates.append(
                     {
@@ -827,6 +845,7 @@ class _Batch:
                         "closed_at": s.closed_at,
                     }
                 )
+            s.stored = kept
             s.dirty = False
         if inserts:
             execute_many(self.conn, _INSERT_DIALOGUES, inserts)
@@ -846,8 +865,10 @@ class _Batch:
             )
         if updates:
             execute_many(self.conn, _UPDATE_DIALOGUES, updates)
+        if seen:
+            execute_many(self.conn, _UPDATE_DIALOGUES_SEEN, seen)
 
-    def _write_metrics(self) -> None:
+    def _write_metrics(self, unwritten: set[str]) -> None:
         deltas: dict[str, _MetricsDelta] = {}
         for cid, delta in self.deltas.items():
             target = self.find(cid)
@@ -860,7 +881,7 @@ class _Batch:
         ids = sorted(deltas)
         # the columns every event changes, for every customer; the purchase columns (JSON and
         # decimals to parse) only for the customers who bought something in this batch
-        for chunk in _chunks(ids):
+        for chunk in _chunks([cid for cid in ids if cid not in unwritten]):
             q = _statement(self.conn, "metrics seen", _metrics_seen)
             for row in self.conn.execute(q, {"ids": list(chunk)}):
                 existing[row.customer_id] = row

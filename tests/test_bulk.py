@@ -17,6 +17,7 @@ from prm_core.recording import (
     _INSERT_IDENTITIES,
     _INSERT_METRICS,
     _UPDATE_DIALOGUES,
+    _UPDATE_DIALOGUES_SEEN,
     _UPDATE_METRICS,
 )
 from prm_core.store.bulk import execute_many, sqlite_utc_text
@@ -97,6 +98,10 @@ def _write(path: str, bulk: bool) -> None:
          "closed_at": TIMES[3]}
         for r in rows["dialogues"]
     ]  # fmt: skip
+    dialogues_seen = [
+        {"_id": r["id"], "intent": "sale", "outcome": "bought ü" if i % 2 else None, "last_event_at": TIMES[i % 5]}
+        for i, r in enumerate(rows["dialogues"][:4])
+    ]  # fmt: skip
     metric_updates = [
         {"_cid": r["customer_id"], **{k: v for k, v in r.items() if k != "customer_id"}, "event_count": 99,
          "lifetime_revenue": Decimal("0.0001"), "last_seen_at": TIMES[1]}
@@ -110,6 +115,7 @@ def _write(path: str, bulk: bool) -> None:
         bought = [{"_tp": "web", "_day": "2026-11-02", "_cid": f"cus_{i}"} for i in range(4)]
         for stmt, updates in (
             (_UPDATE_DIALOGUES, dialogue_updates),
+            (_UPDATE_DIALOGUES_SEEN, dialogues_seen),
             (_UPDATE_METRICS, metric_updates),
             (_INSERT_VISITS_SQLITE, visits),  # ON CONFLICT DO NOTHING: repeated keys
             (_SET_BOUGHT, bought),
@@ -152,3 +158,52 @@ def test_bulk_keeps_integrity_errors_sqlalchemys(tmp_path):
         with engine.begin() as conn:
             execute_many(conn, _INSERT_CUSTOMERS, [rows[0], rows[1], rows[0]])
     engine.dispose()
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"url": "/", "revenue": 12.5, "nested": {"x": None, "ok": True, "l": [1, -0.0, 1e300, 2**70]}},
+        {"é": "naïve \u2028 ✓", "q": 'a "quoted" \\ back'},
+        {1: "an integer key", "f": float("nan"), "g": float("inf")},
+        [],
+        {},
+        "text",
+        None,
+        3,
+    ],
+)
+def test_json_is_what_json_dumps_writes(value):
+    import json
+
+    from prm_core.store import bulk
+
+    assert bulk._dumps(value) == json.dumps(value)
+
+
+def test_json_fails_as_json_dumps_fails():
+    import json
+
+    from prm_core.store import bulk
+
+    looped: list = []
+    looped.append(looped)
+    for bad in (looped, {"amount": Decimal("1.5")}, {("a", "b"): 1}):
+        with pytest.raises(Exception) as ours:
+            bulk._dumps(bad)
+        with pytest.raises(Exception) as theirs:
+            json.dumps(bad)
+        assert (type(ours.value), str(ours.value)) == (type(theirs.value), str(theirs.value))
+
+
+def test_times_read_back_as_sqlalchemy_reads_them():
+    from sqlalchemy.engine import processors
+
+    from prm_core.store.tables import UTCDateTime
+
+    process = UTCDateTime()._cached_result_processor(sa.create_engine("sqlite://").dialect, None)
+    for text in [None, *(sqlite_utc_text(t) for t in TIMES), "2026-11-23 08:00:00", "2026-11-23T10:00:00+02:00"]:
+        parsed = processors.str_to_datetime(text)
+        expected = parsed.replace(tzinfo=UTC) if parsed is not None else None
+        assert process(text) == expected
+        assert text is None or process(text).tzinfo is UTC

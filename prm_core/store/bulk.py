@@ -18,10 +18,13 @@ SQLAlchemy's ``insertmanyvalues`` batching, and its per-row cost is dwarfed by r
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from json import encoder as json_encoder
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from .tables import UTCDateTime
@@ -43,6 +46,56 @@ def _utc_text(value: datetime) -> str:
     return value.replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
+def _json_dumps() -> Callable[[Any], str]:
+    """``json.dumps`` with its default arguments, as SQLAlchemy's ``JSON`` type calls it, minus
+    the building of a new C encoder on every call (which costs more than encoding an event's
+    small objects): the same C encoder with the same settings, built once. It checks no circular
+    reference; whatever fails is handed to ``json.dumps`` itself, which raises its own error."""
+    make = getattr(json_encoder, "c_make_encoder", None)  # not in typeshed
+    if make is None:  # an interpreter without the C accelerator
+        return json.dumps
+    base = json.JSONEncoder()  # json.dumps's defaults
+    encode = make(
+        None,
+        base.default,
+        json_encoder.encode_basestring_ascii,
+        base.indent,
+        base.key_separator,
+        base.item_separator,
+        base.sort_keys,
+        base.skipkeys,
+        base.allow_nan,
+    )
+    join = "".join
+
+    def dumps(value: Any) -> str:
+        try:
+            return join(encode(value, 0))
+        except Exception:
+            return json.dumps(value)
+
+    return dumps
+
+
+_dumps = _json_dumps()
+
+
+def _bind_processor(typ: Any, dialect: Any) -> _Proc:
+    """The column type's bind processor; for SQLAlchemy's own ``JSON`` serializing with
+    ``json.dumps`` (no ``json_serializer`` given to the engine), the same one around
+    :func:`_json_dumps`' equivalent."""
+    if (
+        isinstance(typ, sa.JSON)
+        and type(typ).bind_processor is sa.JSON.bind_processor
+        and type(typ)._make_bind_processor is sa.JSON._make_bind_processor
+        and dialect._json_serializer is None
+        and not dialect.supports_native_json_serialization
+    ):
+        proc: _Proc = typ._make_bind_processor(typ._str_impl.bind_processor(dialect), _dumps)
+        return proc
+    return typ._cached_bind_processor(dialect)  # type: ignore[no-any-return]
+
+
 def sqlite_utc_text(value: datetime | None) -> str | None:
     """What ``UTCDateTime`` stores on SQLite: naive UTC as ``YYYY-MM-DD HH:MM:SS.ffffff``."""
     return None if value is None else _utc_text(value)
@@ -62,7 +115,7 @@ def _plan(conn: Connection, stmt: Any, keys: tuple[str, ...]) -> _Plan | None:
         if isinstance(typ, UTCDateTime):
             proc = sqlite_utc_text
         else:
-            proc = typ._cached_bind_processor(dialect)
+            proc = _bind_processor(typ, dialect)
         if name in keys:
             params.append((name, proc, _PER_ROW))
         elif bind.callable is None and not bind.required:

@@ -13,6 +13,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import processors
 from sqlmodel import Field, SQLModel
 
 from .. import clock
@@ -79,6 +80,22 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
 
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
         return value.replace(tzinfo=UTC) if value is not None else None
+
+    def result_processor(self, dialect: Any, coltype: Any) -> Any:
+        # SQLite's text parsed by the impl (datetime.fromisoformat), then made aware: the same
+        # two steps in one function, without TypeDecorator's layers around them (a recording
+        # batch reads a time or more for every customer and dialogue it loads)
+        impl = self.impl_instance.dialect_impl(dialect).result_processor(dialect, coltype)
+        if impl is processors.str_to_datetime:
+            return _sqlite_aware
+        return super().result_processor(dialect, coltype)
+
+
+_fromisoformat = datetime.fromisoformat
+
+
+def _sqlite_aware(value: str | None) -> datetime | None:
+    return _fromisoformat(value).replace(tzinfo=UTC) if value is not None else None
 
 
 def _ts(**kw: Any) -> Any:
