@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import asyncpg
@@ -18,8 +17,8 @@ from prm_core.config import Config
 from prm_core.errors import ConfigError
 from prm_core.feed.feed import BELL_SLOTS, Feed
 from prm_core.feed.reading import FeedSignal
+from prm_core.feed.writing import NOTIFY_CHANNEL
 from prm_core.hub import Hub
-from prm_core.store import engine as engine_module
 from prm_core.store.doorbell import Doorbell
 from prm_core.store.engine import Store
 
@@ -324,10 +323,14 @@ async def test_a_listener_that_cannot_connect_is_logged_and_the_hub_runs_on(
 ):
     postgres_only(database_url)
 
-    async def refused(dsn: str) -> Any:
-        raise error
+    listen = Store.listen
 
-    monkeypatch.setattr(engine_module, "asyncpg", SimpleNamespace(connect=refused))
+    async def refused(self: Store, channel: str, callback: Any) -> Any:
+        if channel == NOTIFY_CHANNEL:  # the feed's (the journal's, the screen pops' connect)
+            raise error
+        return await listen(self, channel, callback)
+
+    monkeypatch.setattr(Store, "listen", refused)
     async with Hub.open(Config(database_url=database_url), autoload=True) as hub:
         woken = asyncio.create_task(hub.feed.signal.wait(10))
         await asyncio.sleep(0)
@@ -335,6 +338,19 @@ async def test_a_listener_that_cannot_connect_is_logged_and_the_hub_runs_on(
         assert await woken  # this process's commits still wake its readers
     (warning,) = [e for e in log_capture.entries if e["event"] == "feed notices not heard"]
     assert warning["error"] == type(error).__name__
+
+
+async def test_the_listener_connects_as_the_engine_does_with_the_urls_options(database_url, log_capture):
+    """A URL's query options (here ``ssl``, which asyncpg would take for a server setting in a
+    DSN) reach the listener's connection as they reach the engine's: it listens."""
+    postgres_only(database_url)
+    url = f"{database_url}{'&' if '?' in database_url else '?'}ssl=disable"
+    config = Config(database_url=url, raw={"ingest": {"journal": False}})
+    async with Hub.open(config, autoload=True) as here, Hub.open(config, autoload=True, migrate=False) as there:
+        woken = here.feed.signal.watch()
+        await send(there, ev("e1", 0, email="ann@example.com"))
+        await asyncio.wait_for(woken.wait(), 10)  # another process's commit, heard
+    assert "notices not heard" not in log_capture.text
 
 
 # ---- SQLite: the doorbell of other hub processes' commits -------------------------------------

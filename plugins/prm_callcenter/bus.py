@@ -20,11 +20,10 @@ import asyncio
 import contextlib
 import json
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import asyncpg
-import sqlalchemy as sa
 import structlog
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
 
@@ -37,8 +36,14 @@ log = structlog.get_logger(__name__)
 class PostgresBus:
     """Publish notices to every hub process on the database, and hear theirs."""
 
-    def __init__(self, url: sa.URL, on_notice: Callable[[Mapping[str, Any]], None], *, pending: int = 1000) -> None:
-        self.dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    def __init__(
+        self,
+        connect: Callable[[], Awaitable[asyncpg.Connection]],
+        on_notice: Callable[[Mapping[str, Any]], None],
+        *,
+        pending: int = 1000,
+    ) -> None:
+        self.connect = connect  # the hub's store's (prm_core.store.Store.connect): its URL's options apply
         self.on_notice = on_notice
         self.pending = pending
         self.dropped = 0
@@ -51,7 +56,7 @@ class PostgresBus:
 
     async def start(self) -> None:
         await self._listen()
-        self._sender = await asyncpg.connect(self.dsn)
+        self._sender = await self.connect()
         self._tasks = [asyncio.create_task(self._send_loop(), name="screenpop-bus-send")]
 
     async def stop(self) -> None:
@@ -73,7 +78,7 @@ class PostgresBus:
         self._wake.set()
 
     async def _listen(self) -> None:
-        conn = await asyncpg.connect(self.dsn)
+        conn = await self.connect()
         await conn.add_listener(CHANNEL, self._received)
         conn.add_termination_listener(self._lost)
         self._listener = conn
@@ -108,7 +113,7 @@ class PostgresBus:
             payload = self._outgoing.popleft()
             try:
                 if self._sender is None or self._sender.is_closed():
-                    self._sender = await asyncpg.connect(self.dsn)
+                    self._sender = await self.connect()
                 await self._sender.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
             except (OSError, asyncpg.PostgresError) as exc:
                 # the database is away: this notice is lost (agents resume from what is kept)

@@ -276,7 +276,7 @@ class ScreenPops:
         if shared is None:
             shared = self.hub.store.dialect == "postgresql"
         if shared:
-            self.bus = PostgresBus(self.hub.store.url, self._heard, pending=self.pending_calls)
+            self.bus = PostgresBus(self.hub.store.connect, self._heard, pending=self.pending_calls)
             await self.bus.start()
         self._tasks = [asyncio.create_task(self._work(), name=f"screenpop-{i}") for i in range(self.workers)]
 

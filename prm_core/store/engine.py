@@ -41,6 +41,8 @@ __all__ = ["Store", "advisory_locks", "async_url", "customer_lock_key", "identit
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
 MIGRATIONS = Path(__file__).with_name("migrations")
+# what SQLAlchemy's asyncpg adapter reads from a URL for itself, not for asyncpg.connect
+_ENGINE_ONLY_CONNECT_ARGS = ("async_creator_fn", "prepared_statement_cache_size", "prepared_statement_name_func")
 # any constant works; it only has to be the same in every hub process
 _MIGRATION_LOCK = 0x50524D_01
 
@@ -125,12 +127,20 @@ class Store:
     feed: bool = field(init=False, default=True)
     on_changes: Callable[[frozenset[str]], None] | None = field(init=False, default=None)
 
+    async def connect(self) -> asyncpg.Connection:
+        """PostgreSQL: an asyncpg connection of its own (for ``LISTEN`` and ``NOTIFY``, outside
+        the pools), made as the engine makes its connections: the URL's host, port, ``ssl``
+        and other query options mean the same. Close it when done."""
+        args, params = self.reader.dialect.create_connect_args(self.reader.url)
+        for engine_only in _ENGINE_ONLY_CONNECT_ARGS:  # SQLAlchemy's adapter takes these before asyncpg
+            params.pop(engine_only, None)
+        return await asyncpg.connect(*args, **params)
+
     async def listen(self, channel: str, callback: Callable[..., Any]) -> Any:
-        """PostgreSQL: an asyncpg connection of its own that ``LISTEN``s on ``channel``,
+        """PostgreSQL: a connection of its own (:meth:`connect`) that ``LISTEN``s on ``channel``,
         calling ``callback`` for each notice (other hub processes' commits). Closed again if the
         ``LISTEN`` fails; raises what connecting raised. Close it with :func:`close_listener`."""
-        dsn = self.url.set(drivername="postgresql").render_as_string(hide_password=False)
-        conn = await asyncpg.connect(dsn)
+        conn = await self.connect()
         try:
             await conn.add_listener(channel, callback)
         except BaseException:
