@@ -127,6 +127,27 @@ MODULES: dict[str, tuple[str, list[str]]] = {
             "tests/test_destinations.py::test_nats_gets_each_change_on_its_subject_once",
         ],
     ),
+    # the settings' getters: the sinks' own settings tests first (webhook, NATS, warehouse), then
+    # the relay's (Refused) and the hub's bad settings
+    "destinations": (
+        "prm_core/feed/destinations.py",
+        [
+            "tests/test_destination_settings.py",
+            "tests/test_webhook.py",
+            "tests/test_jetstream.py",
+            "tests/test_warehouse.py",
+            "tests/test_relay.py",
+            "tests/test_destinations.py",
+        ],
+    ),
+    # the kinds the core provides: the test that lists them, then the documented warehouse's
+    "builtin": (
+        "prm_core/feed/builtin.py",
+        [
+            "tests/test_destinations.py::test_the_core_provides_the_webhook_nats_parquet_and_postgresql_kinds",
+            "tests/test_warehouse_destination.py::test_the_documented_destinations_are_accepted_at_start",
+        ],
+    ),
     # the webhook sink's own tests, then the relay's with a webhook destination (nothing else in
     # the feed's selection configures one)
     "webhook": (
@@ -446,8 +467,11 @@ POSTGRES_ONLY: dict[str, dict[str, tuple[str, ...]]] = {
 }
 # the same, by key, where the description alone is ambiguous (a constant in PostgreSQL's branch)
 POSTGRES_ONLY_KEYS: dict[str, frozenset[str]] = {
-    # the query PostgreSQL runs for a customer's requests (SQLite's is the other key)
-    "outbox": frozenset({"<module>: (False, True) -> (False,) #1", "<module>: True -> False #1"}),
+    # the queries PostgreSQL runs for erased requests (#3) and a customer's requests (#4), built
+    # once per database kind (SQLite's is the other key)
+    "outbox": frozenset(
+        {f"<module>: {m} #{n}" for m in ("(False, True) -> (False,)", "True -> False") for n in (3, 4)}
+    ),
     # the value as jsonb renders it (not ASCII-escaped): on SQLite it is the value, already a needle
     "erasure": frozenset({"_scrub_claims: 0 -> 1 #3", "_scrub_claims: False -> True #1"}),
     # the scrubbing statement built for PostgreSQL left out (SQLite's is the other one)

@@ -17,9 +17,9 @@ Used by the tests and by ``prm demo``. Each one:
   ``/v1/partners/{name}/callbacks``);
 - retries a notification the hub did not take (non-2xx), as Standard Webhooks senders do;
 - answers after a configurable ``latency_ms``, and not at all while ``hold()`` keeps it back
-  (until ``release()``: a partner late on purpose, whatever the machine's speed); with ``answer_later`` (or ``callback_url``) set
-  it answers at once with a pending resource and sends the later states as notifications (the
-  "late result" path).
+  (until ``release()``: a partner late on purpose, whatever the machine's speed); with
+  ``answer_later`` (or ``callback_url``) set it answers at once with a pending resource and
+  sends the later states as notifications (the "late result" path).
 
 .. code-block:: python
 
