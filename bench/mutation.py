@@ -281,9 +281,6 @@ EQUIVALENT: dict[str, dict[str, str]] = {
             for n in (1, 2, 3)
         },
         "Outbox.claim.due: 1 -> 2 #1": "whether the first of one row or of two exists: the same answer",
-        "Outbox.apply_callback.write: False -> True #2": (
-            "the value a callback dropped after an erasure returns is never read: `dropped` is checked first"
-        ),
     },
     "writing": {
         "discard: conn.info.pop(_PENDING, None) -> pass #1": (

@@ -463,6 +463,9 @@ class Outbox:
 
     async def _run(self) -> None:
         while True:
+            # cleared before the look, not after it: a wake that comes while the claim is under
+            # way (a request planned, a retry scheduled) then ends the wait below at once
+            self._wake.clear()
             claims: list[Claim] = []
             room = self.max_inflight - len(self._inflight)
             if room > 0:
@@ -475,7 +478,6 @@ class Outbox:
             if len(claims) == self.batch:
                 await asyncio.sleep(0)
                 continue
-            self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=self.poll_s)
             except TimeoutError:
@@ -753,18 +755,15 @@ class Outbox:
         )
         await self._record(updated)
 
-        dropped: list[str] = []  # the row an erasure scrubbed after it was read
-
-        def write(conn: Connection) -> bool:
-            dropped.clear()  # the store may run a transaction again
-            k = partner_callbacks.c
-            if conn.execute(sa.select(k.webhook_id).where(k.partner == partner, k.webhook_id == webhook_id)).first():
-                return False
+        def write(conn: Connection) -> str:
+            """What the transaction did: "seen" (a redelivery), "erased" (an erasure scrubbed the
+            row after it was read: the scrub stays) or "applied"."""
+            if seen(conn):
+                return "seen"
             conn.execute(partner_callbacks.insert().values(partner=partner, webhook_id=webhook_id, received_at=now))
             _lock_owner(conn, found.customer_id)
-            if erased_requests(conn, [found.outbox_id]):  # erased since it was read: the erasure's scrub stays
-                dropped.append(found.outbox_id)
-                return False
+            if erased_requests(conn, [found.outbox_id]):
+                return "erased"
             c = outbox.c
             conn.execute(
                 outbox.update()
@@ -773,15 +772,15 @@ class Outbox:
                 .values(status=status, result=merged, next_attempt_at=None, updated_at=now)
             )
             emit(conn, fulfillment_change(updated))
-            return True
+            return "applied"
 
-        applied = await self.hub.store.write(write)
-        if dropped:
+        done = await self.hub.store.write(write)
+        if done == "erased":
             log.info("partner callback for an erased customer dropped", partner=partner, status=status)
             return evolve(found, data={}), False
-        if applied:
+        if done == "applied":
             self.hub.hooks.fulfillment_updated(updated)
-        return updated, applied
+        return updated, done == "applied"
 
     # ---- telling the dialogue ----------------------------------------------------------
 
