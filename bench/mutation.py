@@ -256,9 +256,6 @@ EQUIVALENT: dict[str, dict[str, str]] = {
         ),
     },
     "outbox": {
-        "settle_row: conn.dialect.update_returning -> not conn.dialect.update_returning #1": (
-            "the path for a database without RETURNING reaches the same row and the same `updated` with one more read"
-        ),
         **{
             f"Outbox: {m} #1": (
                 "the rows claimed per round: every due row is claimed, oldest first, in rounds of "

@@ -268,6 +268,24 @@ async def test_a_late_answer_does_not_overwrite_a_request_already_settled(
     assert hook_recorder.getcalls("prm_fulfillment_updated") == []
 
 
+@pytest.mark.parametrize("attempt", [1, 20])  # a retry planned, or (the 20th) the request given up
+async def test_a_call_failing_after_a_callback_settled_the_request_leaves_it_settled(hub, attempt, hook_recorder):
+    who = await ann(hub)
+    (row,) = await plant(
+        hub, who, 1, attempts=attempt, status="completed", result={"by": "callback"}, next_attempt_at=None
+    )
+    late = Claim(
+        row["id"], attempt, FulfillmentRequest("r-0", "nobody", "book", who.customer_id), "web", who.dialogue_id
+    )
+    with pytest.raises(RetryLater):
+        await hub.outbox.attempt(late)
+    o = outbox.c
+    query = sa.select(o.status, o.result, o.last_error, o.next_attempt_at).where(o.id == row["id"])
+    after = await hub.store.read(lambda conn: conn.execute(query).one())
+    assert tuple(after) == ("completed", {"by": "callback"}, None, None)  # never sent again, nothing failed
+    assert hook_recorder.getcalls("prm_fulfillment_updated") == []
+
+
 class Counting:
     """Serves partner ``fieldservice``, counting the calls actually made."""
 
