@@ -126,22 +126,21 @@ class SettledEvent(FulfillmentEvent):
     taken over writes nothing to the row. Applied even when the event is a duplicate: the
     status was told before, but the row may have been claimed again since."""
 
-    fence: int | None = None
+    fence: int = field(kw_only=True)
     values: Mapping[str, Any] = field(factory=dict)
 
 
-def _settle(fenced: bool, returning: bool) -> Any:
+def _settle(returning: bool) -> Any:
     c = outbox.c
-    where = [c.id == sa.bindparam("settled_row"), c.status == "pending"]
-    if fenced:
-        where.append(c.attempts == sa.bindparam("settled_fence"))
-    update = outbox.update().where(*where)
+    update = outbox.update().where(
+        c.id == sa.bindparam("settled_row"), c.status == "pending", c.attempts == sa.bindparam("settled_fence")
+    )
     return update.returning(outbox) if returning else update
 
 
-# built once (a statement built per call costs more than running it): fenced or not, with
-# RETURNING or not
-_SETTLE = {(fenced, returning): _settle(fenced, returning) for fenced in (False, True) for returning in (False, True)}
+# built once (a statement built per call costs more than running it): with RETURNING or without
+# (a database without UPDATE ... RETURNING, such as SQLite before 3.35)
+_SETTLE = {returning: _settle(returning) for returning in (False, True)}
 _ROW = sa.select(outbox).where(outbox.c.id == sa.bindparam("settled_row"))
 
 
@@ -157,10 +156,8 @@ def settle_row(conn: Connection, ev: Event) -> Fulfillment | None:
         return None
     returning = conn.dialect.update_returning  # PostgreSQL, SQLite 3.35+: the row for the hook, no second read
     # the SET clause comes from the parameters' names (the columns ev.values sets)
-    params = {**ev.values, "settled_row": ev.row_id}
-    if ev.fence is not None:
-        params["settled_fence"] = ev.fence
-    update = _SETTLE[ev.fence is not None, returning]
+    params = {**ev.values, "settled_row": ev.row_id, "settled_fence": ev.fence}
+    update = _SETTLE[returning]
     row = None
     if returning:
         row = conn.execute(update, params).first()
@@ -169,7 +166,7 @@ def settle_row(conn: Connection, ev: Event) -> Fulfillment | None:
         updated = bool(conn.execute(update, params).rowcount)
     if row is None:  # read it: no RETURNING, or not pending any more (told before, or taken over)
         row = conn.execute(_ROW, {"settled_row": ev.row_id}).first()
-        if row is None or (ev.fence is not None and row.attempts != ev.fence) or row.status != ev.values.get("status"):
+        if row is None or row.attempts != ev.fence or row.status != ev.values.get("status"):
             log.info("fulfillment claim was taken over", partner=ev.data.get("partner"), attempt=ev.fence)
             return None
     fulfillment = _fulfillment(row)
@@ -463,6 +460,9 @@ class Outbox:
 
     async def _run(self) -> None:
         while True:
+            # cleared before the look, not after it: a wake that comes while the claim is under
+            # way (a request planned, a retry scheduled) then ends the wait below at once
+            self._wake.clear()
             claims: list[Claim] = []
             room = self.max_inflight - len(self._inflight)
             if room > 0:
@@ -475,7 +475,6 @@ class Outbox:
             if len(claims) == self.batch:
                 await asyncio.sleep(0)
                 continue
-            self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=self.poll_s)
             except TimeoutError:
@@ -753,18 +752,15 @@ class Outbox:
         )
         await self._record(updated)
 
-        dropped: list[str] = []  # the row an erasure scrubbed after it was read
-
-        def write(conn: Connection) -> bool:
-            dropped.clear()  # the store may run a transaction again
-            k = partner_callbacks.c
-            if conn.execute(sa.select(k.webhook_id).where(k.partner == partner, k.webhook_id == webhook_id)).first():
-                return False
+        def write(conn: Connection) -> str:
+            """What the transaction did: "seen" (a redelivery), "erased" (an erasure scrubbed the
+            row after it was read: the scrub stays) or "applied"."""
+            if seen(conn):
+                return "seen"
             conn.execute(partner_callbacks.insert().values(partner=partner, webhook_id=webhook_id, received_at=now))
             _lock_owner(conn, found.customer_id)
-            if erased_requests(conn, [found.outbox_id]):  # erased since it was read: the erasure's scrub stays
-                dropped.append(found.outbox_id)
-                return False
+            if erased_requests(conn, [found.outbox_id]):
+                return "erased"
             c = outbox.c
             conn.execute(
                 outbox.update()
@@ -773,15 +769,15 @@ class Outbox:
                 .values(status=status, result=merged, next_attempt_at=None, updated_at=now)
             )
             emit(conn, fulfillment_change(updated))
-            return True
+            return "applied"
 
-        applied = await self.hub.store.write(write)
-        if dropped:
+        done = await self.hub.store.write(write)
+        if done == "erased":
             log.info("partner callback for an erased customer dropped", partner=partner, status=status)
             return evolve(found, data={}), False
-        if applied:
+        if done == "applied":
             self.hub.hooks.fulfillment_updated(updated)
-        return updated, applied
+        return updated, done == "applied"
 
     # ---- telling the dialogue ----------------------------------------------------------
 

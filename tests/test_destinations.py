@@ -20,8 +20,11 @@ from prm_core import hookimpl
 from prm_core.config import Config
 from prm_core.errors import ConfigError
 from prm_core.feed import Change, DestinationKind, Refused
+from prm_core.feed.jetstream import NatsSink
 from prm_core.feed.relay import replay
+from prm_core.feed.webhook import WebhookSink
 from prm_core.hub import Hub
+from prm_core.plugins import collect_registrations, make_plugin_manager
 from prm_core.store.tables import customers, dead_letters, destination_cursors
 
 SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -247,6 +250,14 @@ async def test_a_bad_setting_stops_the_hub_naming_the_key(database_url, table, m
             pass
     assert str(raised.value).startswith(message)
     assert "hunter2" not in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_the_core_provides_the_webhook_nats_parquet_and_postgresql_kinds():
+    registered = collect_registrations(make_plugin_manager(autoload=False), Config()).destination_kinds
+    assert registered.names() == ["nats", "parquet", "postgresql", "webhook"]
+    assert {registered.providers[name] for name in registered.names()} == {"prm_core"}
+    assert all(kind.about for kind in registered)  # a line for `prm plugins` and the docs
+    assert (registered["webhook"].open, registered["nats"].open) == (WebhookSink, NatsSink)
 
 
 async def test_metrics_show_each_destinations_lag(hub_config, collected, aiohttp_client):

@@ -18,6 +18,7 @@ from prm_tmf.simulators import sign_headers
 from prm_core import hookimpl
 from prm_core.config import Config
 from prm_core.hub import Hub
+from prm_core.merging import merge_customers
 from prm_core.model import FulfillmentRequest, FulfillmentResult
 from prm_core.outbox import Claim, Outbox, PlannedEvent, PlannedFulfillment, outbox_rows
 from prm_core.privacy.erasure import erase_customer
@@ -175,6 +176,25 @@ async def test_answers_for_a_customer_merged_into_the_erased_one_are_dropped_too
                       w.dialogue_id, "technician")  # fmt: skip
         await hub.outbox.attempt(claim)
         assert await fulfillment_events(hub, w.dialogue_id) == []
+    assert told(hub).updates == []
+    assert MARKER not in await everything(hub)
+
+
+async def test_an_answer_for_an_erased_customer_merged_since_into_another_is_dropped(hub):
+    who, bob = await ann(hub), await ann(hub, "bob@example.com")
+    row = await plant(hub, who, "slowfield", "r-ann", claimed=True)
+    await erase_customer(hub, who.customer_id)
+    # a later merge (an operator resolving an identity conflict as one person) makes the erased
+    # customer a redirect to someone never erased: the request stays the erased person's
+    await hub.store.write(
+        lambda conn: merge_customers(conn, bob.customer_id, who.customer_id, reason="test", cause=None, now=utcnow())
+    )
+    assert await hub.resolve(who.customer_id) == bob.customer_id
+    gate(hub).open.set()
+    claim = Claim(row["id"], 1, FulfillmentRequest("r-ann", "slowfield", "book", who.customer_id), "web",
+                  who.dialogue_id, "technician")  # fmt: skip
+    await hub.outbox.attempt(claim)
+    assert await fulfillment_events(hub, who.dialogue_id) == []
     assert told(hub).updates == []
     assert MARKER not in await everything(hub)
 

@@ -13,6 +13,7 @@ from prm_core import hookimpl
 from prm_core.config import Config
 from prm_core.errors import InvalidInput
 from prm_core.feed import CORE_TYPES, check_plugin_type, parse_position
+from prm_core.feed.writing import topics
 from prm_core.hub import Hub
 from prm_core.model import FulfillmentRequest, FulfillmentResult, Identity
 from prm_core.outbox import Claim, PlannedEvent, PlannedFulfillment
@@ -83,6 +84,22 @@ def ev(event_id: str, minute: int, **identities: str) -> dict[str, Any]:
 
 async def send(hub: Hub, *bodies: dict[str, Any]) -> list[Any]:
     return await hub.record(hub.parse_events({"events": list(bodies)}, "web"))
+
+
+def test_a_commit_tells_each_changes_type_an_events_type_and_an_offers_source_kind() -> None:
+    """What a commit's changes are about, for the readers that wait for some of them only."""
+    rows = [
+        {"type": "event.recorded", "data": {"type": "page", "source": "x:y"}},
+        {"type": "offer.made", "data": {"source": "trigger:cart", "type": "z"}},
+        {"type": "offer.made", "data": {"source": "agent"}},
+        {"type": "offer.made", "data": {}},
+        {"type": "customer.created", "data": {"type": "page", "source": "trigger:cart"}},
+    ]
+    assert topics(rows) == {
+        "event.recorded", "event:page", "offer.made", "offer.made:trigger", "offer.made:agent", "offer.made:",
+        "customer.created",
+    }  # fmt: skip
+    assert topics([]) == frozenset()
 
 
 async def test_each_change_carries_the_fields_its_type_lists(hub):

@@ -206,8 +206,18 @@ async def fulfillment_changes(hub: Hub) -> list[dict[str, Any]]:
     return [c.to_json()["data"] for c in page.changes if c.type == "fulfillment.updated"]
 
 
+@pytest.fixture(params=["returning", "no returning"])
+def update_returning(request: Any, hub: Hub, monkeypatch: Any) -> None:
+    """Both ways a partner's answer settles its row: with UPDATE ... RETURNING (PostgreSQL,
+    SQLite 3.35 on) and, on a database without it (an older SQLite), reading the row back."""
+    if request.param == "no returning":
+        for engine in (hub.store.sync_writer, hub.store.writer):
+            if engine is not None:
+                monkeypatch.setattr(engine.dialect, "update_returning", False)
+
+
 async def test_an_answer_to_a_claim_taken_over_changes_nothing_and_the_newer_claim_settles(
-    hub, register_plugin, hook_recorder, log_capture
+    hub, register_plugin, hook_recorder, log_capture, update_returning
 ):
     register_plugin(Answers("confirmed"))
     who = await ann(hub)
@@ -228,7 +238,7 @@ async def test_an_answer_to_a_claim_taken_over_changes_nothing_and_the_newer_cla
     assert len(hook_recorder.getcalls("prm_fulfillment_updated")) == 1
 
 
-async def test_a_replayed_answer_of_the_same_claim_is_told_again(hub, register_plugin, hook_recorder):
+async def test_a_replayed_answer_of_the_same_claim_is_told_again(hub, register_plugin, hook_recorder, update_returning):
     # the same claim's outcome recorded twice (a retry of the recording): the row is as the first
     # left it, and the outcome is told again, so a plugin that missed it catches up
     register_plugin(Answers("confirmed"))
@@ -247,12 +257,32 @@ async def test_a_replayed_answer_of_the_same_claim_is_told_again(hub, register_p
     )  # fmt: skip
 
 
-async def test_a_late_answer_does_not_overwrite_a_request_already_settled(hub, register_plugin, hook_recorder):
+async def test_a_late_answer_does_not_overwrite_a_request_already_settled(
+    hub, register_plugin, hook_recorder, update_returning
+):
     register_plugin(Answers("rejected"))
     who = await ann(hub)
     (row,) = await plant(hub, who, 1, attempts=1, status="completed", result={"by": "callback"})
     await hub.outbox.attempt(claim_of(row, who, 1))
     assert await state(hub, row["id"]) == ("completed", {"by": "callback"}, 1)
+    assert hook_recorder.getcalls("prm_fulfillment_updated") == []
+
+
+@pytest.mark.parametrize("attempt", [1, 20])  # a retry planned, or (the 20th) the request given up
+async def test_a_call_failing_after_a_callback_settled_the_request_leaves_it_settled(hub, attempt, hook_recorder):
+    who = await ann(hub)
+    (row,) = await plant(
+        hub, who, 1, attempts=attempt, status="completed", result={"by": "callback"}, next_attempt_at=None
+    )
+    late = Claim(
+        row["id"], attempt, FulfillmentRequest("r-0", "nobody", "book", who.customer_id), "web", who.dialogue_id
+    )
+    with pytest.raises(RetryLater):
+        await hub.outbox.attempt(late)
+    o = outbox.c
+    query = sa.select(o.status, o.result, o.last_error, o.next_attempt_at).where(o.id == row["id"])
+    after = await hub.store.read(lambda conn: conn.execute(query).one())
+    assert tuple(after) == ("completed", {"by": "callback"}, None, None)  # never sent again, nothing failed
     assert hook_recorder.getcalls("prm_fulfillment_updated") == []
 
 

@@ -193,6 +193,58 @@ async def test_waking_the_worker_sends_due_requests_before_the_next_poll(databas
         await eventually(lambda: _all_confirmed(hub), within_s=5)
 
 
+async def test_a_worker_woken_once_claims_once_and_then_waits_for_its_next_poll(database_url, held, monkeypatch):
+    from prm_core.hub import Hub
+
+    claim = Outbox.claim
+    rounds: list[int] = []
+
+    async def counted(self: Outbox, limit: int) -> Any:
+        rounds.append(limit)
+        return await claim(self, limit)
+
+    monkeypatch.setattr(Outbox, "claim", counted)
+    held.release()
+    config = Config(database_url=database_url, raw={"outbox": {"poll_ms": 600_000}})
+    async with Hub.open(config, plugins=[held]) as hub:
+        await eventually(lambda: rounds)  # the worker has looked once and waits for its next poll
+        await due_requests(hub, 1)  # wakes it
+        await eventually(lambda: _all_confirmed(hub), within_s=5)
+        await asyncio.sleep(0.2)
+        # the look as it started and the one its waking asked for: a worker that went on looking
+        # (its wake left set, or no wait at all) claims again and again
+        assert len(rounds) == 2
+
+
+async def test_a_request_due_while_the_worker_looks_is_sent_at_once_not_at_the_next_poll(
+    database_url, held, monkeypatch
+):
+    from prm_core.hub import Hub
+
+    claim = Outbox.claim
+    looked, go_on = asyncio.Event(), asyncio.Event()
+    rounds: list[int] = []
+
+    async def held_back(self: Outbox, limit: int) -> Any:
+        found = await claim(self, limit)
+        rounds.append(len(found))
+        if len(rounds) == 1:  # the worker's first look has found nothing: hold it before it waits
+            looked.set()
+            await go_on.wait()
+        return found
+
+    monkeypatch.setattr(Outbox, "claim", held_back)
+    held.release()
+    config = Config(database_url=database_url, raw={"outbox": {"poll_ms": 600_000}})
+    async with Hub.open(config, plugins=[held]) as hub:
+        await asyncio.wait_for(looked.wait(), 5)
+        await due_requests(hub, 1)  # due, and the worker woken, while its look is still under way
+        go_on.set()
+        # the wake is kept for the wait that follows the look: the worker looks again at once
+        await eventually(lambda: _all_confirmed(hub), within_s=5)
+        assert rounds == [0, 1]
+
+
 async def test_a_backlog_is_claimed_round_after_round_without_a_pause(database_url, held):
     from prm_core.hub import Hub
 
@@ -252,6 +304,15 @@ async def test_a_partners_retry_later_keeps_its_reason_cut_and_its_delay(hub, he
     assert (await hub.feed.read(None, 1000, {"fulfillment.updated"})).changes == []
     (info,) = lines(log_capture, "fulfillment attempt failed")  # a partner asking to wait is no warning
     assert (info["level"], info["reason"], info["retry_in_s"]) == ("info", reason[:200], 3600.0)
+
+
+async def test_a_retrys_delay_is_logged_to_the_millisecond(hub, held, log_capture):
+    held.error = RetryLater("queue full", 1234.56789)  # later than any backoff of this hub (30-60 s)
+    await due_requests(hub, 1)
+    await eventually(lambda: _failed_once(hub))
+    await eventually(lambda: lines(log_capture, "fulfillment attempt failed"))
+    (info,) = lines(log_capture, "fulfillment attempt failed")
+    assert info["retry_in_s"] == 1234.568
 
 
 async def test_the_last_attempt_fails_the_request_with_the_reason(database_url, held, log_capture):
