@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -264,17 +266,21 @@ def _start_processor(config_path: str | None, config: Config, log_level: str) ->
     args += ["--log-level", log_level]
     if config_path:
         args += ["--config", config_path]
-    return subprocess.Popen(args, preexec_fn=_die_with_parent)  # our own command
+    return subprocess.Popen(args, preexec_fn=functools.partial(_die_with_parent, os.getpid()))  # our own command
 
 
-def _die_with_parent() -> None:
-    """In the child, before it runs: SIGKILL when the parent exits (Linux's PR_SET_PDEATHSIG)."""
+def _die_with_parent(parent: int) -> None:
+    """In the child, before it runs: SIGKILL when the parent exits (Linux's PR_SET_PDEATHSIG).
+    A parent that died before the child asked for it sends nothing: the child, now another
+    process's, ends at once rather than run on unwatched."""
     import ctypes
 
     try:
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
     except (OSError, AttributeError):  # not Linux: the server's SIGTERM on exit still ends it
-        pass
+        return
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 @main.command()

@@ -217,3 +217,23 @@ def test_serve_with_a_bad_setting_stops_naming_it_without_a_traceback(tmp_path, 
     assert "Traceback" not in done.stderr
     if "freeze_heap" in setting or "destinations" in setting:  # refused before the database is touched
         assert not (tmp_path / "prm-data").exists()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the kernel's signal at a parent's death is Linux's")
+def test_a_processor_whose_server_died_as_it_started_ends_at_once():
+    """A server killed between starting its journal processor and the processor's asking to
+    die with it would leave the processor running on, unwatched: it ends at once instead."""
+    import functools
+
+    from prm_core.cli import _die_with_parent
+
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    orphan = subprocess.Popen(sleeper, preexec_fn=functools.partial(_die_with_parent, os.getpid() + 1_000_000))
+    assert orphan.wait(timeout=30) == 1
+    watched = subprocess.Popen(sleeper, preexec_fn=functools.partial(_die_with_parent, os.getpid()))
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):  # its parent lives: it runs
+            watched.wait(timeout=1)
+    finally:
+        watched.kill()
+        watched.wait()
