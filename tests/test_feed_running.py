@@ -4,6 +4,7 @@ ends it, the pruning task (its rounds, its failures, its stop), and stopping and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -386,6 +387,19 @@ async def test_a_doorbell_that_cannot_be_heard_is_logged_and_the_hub_runs_on(
     assert b"event.recorded" in heard[0][0].split(b"\n")
     warnings = [e for e in log_capture.entries if e["event"] == "feed doorbell not heard"]
     assert [w["error"] for w in warnings] == [type(error).__name__] * 2
+
+
+async def test_eight_processes_on_one_file_hear_the_bell_and_a_ninth_says_it_does_not(database_url, log_capture):
+    if not database_url.startswith("sqlite"):
+        pytest.skip("an SQLite file's doorbell (PostgreSQL's listener: above)")
+    config = Config(database_url=database_url, raw={"ingest": {"journal": False}})
+    async with contextlib.AsyncExitStack() as stack:
+        for n in range(8):
+            await stack.enter_async_context(Hub.open(config, migrate=n == 0))
+        assert "feed doorbell not heard" not in log_capture.text
+        async with Hub.open(config, migrate=False):
+            (warning,) = [e for e in log_capture.entries if e["event"] == "feed doorbell not heard"]
+            assert warning["error"] == "every slot taken, or not on Linux"
 
 
 async def _async(value: bool) -> bool:
