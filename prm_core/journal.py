@@ -67,8 +67,6 @@ MIN_BATCH = 50  # the processor's smallest batch, however slow recording is
 FOLLOW_S = 0.05  # how often a hub whose processor runs elsewhere reads its place, while behind
 NOTIFY_CHANNEL = "prm_journal"  # PostgreSQL: appends notify it; processors listen
 LISTENING_POLL_S = 1.0  # how often an idle processor looks at the journal anyway (a lost notice)
-# SQLite's wal-index header (its first copy), which holds a counter each commit moves on
-WAL_INDEX_HEADER = 48
 STAT_S = 0.25  # SQLite: how often a processor woken by the doorbell also looks at the journal's files
 RELISTEN_S = 30.0  # PostgreSQL: how often a processor that lost its listener tries again
 _LOCK_KEY = 0x6A6F75726E616C  # "journal": serializes appends (and so positions) on PostgreSQL
@@ -423,19 +421,15 @@ class Journal:
         return seen
 
     def files_signature(self) -> tuple[int, ...]:
-        """SQLite: what every commit to the journal changes: the header of its write-ahead
-        log's index (the ``-shm`` file, whose change counter each commit moves on), and the
-        journal file's and its log's modification times and sizes; ``()`` on PostgreSQL
-        (nothing to look at). The times alone could miss a commit: they move on in the
-        kernel's coarse ticks, and a log started again from its beginning keeps its size."""
+        """SQLite: the journal file's and its write-ahead log's modification times and sizes,
+        which a commit to the journal changes; ``()`` on PostgreSQL (nothing to look at).
+        A commit within the kernel's coarse clock tick of the write before, into a log started
+        again from its beginning, changes neither: the once-a-second look sees it. (Reading
+        SQLite's own index file instead would mean closing a descriptor to it, which drops
+        the locks SQLite holds on it in this process.)"""
         if self.engine is None or self._path is None:
             return ()
         found: list[int] = []
-        try:
-            with open(self._path.with_name(self._path.name + "-shm"), "rb") as index:
-                found.append(int.from_bytes(index.read(WAL_INDEX_HEADER), "little"))
-        except OSError:  # no index (no connection holds the journal open): the times still tell
-            found.append(0)
         for path in (self._path, self._wal or self._path):
             try:
                 st = os.stat(path)
