@@ -185,7 +185,7 @@ class Hub:
             hub = cls(config, pm, registrations, store, hooks, ingestor, planner, feed)
             told_started = False
             try:  # whatever started is stopped again, also when a later step of the start fails
-                await feed.start()
+                await feed.start(hear_others=services)  # a processor's feed has no readers
                 ingestor.start()
                 if journal is not None:
                     await journal.start(follow=journal_processor == "elsewhere")

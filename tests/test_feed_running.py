@@ -279,7 +279,7 @@ async def test_stop_ends_the_pruning_task_and_start_begins_it_again(hub):
 # ---- other hub processes' commits -----------------------------------------------------------------
 
 
-async def test_another_processs_commit_wakes_the_readers_waiting_for_its_changes(database_url, log_capture):
+async def test_another_processs_commit_wakes_the_readers_waiting_for_its_changes(database_url, log_capture, waits):
     """Two hubs on one database, as a server and its journal's processor are: what one
     records wakes the other's long polls, relay and triggers at once (PostgreSQL's notices,
     an SQLite file's doorbell), not when their wait runs out."""
@@ -288,8 +288,8 @@ async def test_another_processs_commit_wakes_the_readers_waiting_for_its_changes
         await send(there, ev("e1", 0, email="ann@example.com"))
         head = (await here.feed.read(None, 1000)).next
         elsewhere = here.feed.signal.watch({"customer.merged"})
-        reader = asyncio.create_task(here.feed.read(head, 10, {"event.recorded"}, wait_s=30))
-        await asyncio.sleep(0)  # waiting
+        reader = asyncio.create_task(here.feed.read(head, 10, {"event.recorded"}, wait_s=30), name="reader")
+        await until(lambda: _async(len(waits) >= 1))  # it read nothing, and waits
         await send(there, ev("e2", 1, email="ann@example.com"))
         page = await asyncio.wait_for(reader, 10)  # well before its 30 s
         assert [c.data["event_id"] for c in page.changes] == ["e2"]
@@ -400,6 +400,27 @@ async def test_eight_processes_on_one_file_hear_the_bell_and_a_ninth_says_it_doe
         async with Hub.open(config, migrate=False):
             (warning,) = [e for e in log_capture.entries if e["event"] == "feed doorbell not heard"]
             assert warning["error"] == "every slot taken, or not on Linux"
+
+
+async def test_a_journal_processor_takes_no_slot_and_its_commits_wake_the_server(tmp_path):
+    url = f"sqlite:///{tmp_path / 'prm.db'}"
+    config = Config(database_url=url, raw={"ingest": {"journal": True}})
+    others = [Doorbell(tmp_path / "prm.db", kind="feed", slots=BELL_SLOTS) for _ in range(BELL_SLOTS)]
+    try:
+        async with (
+            Hub.open(config, autoload=True, journal_processor="elsewhere") as serving,
+            Hub.open(config, autoload=True, journal_processor="only", migrate=False),
+        ):
+            # the server holds a slot; the processor, whose feed nobody reads, none
+            assert [bell.listen(lambda _messages: None) for bell in others] == [True] * (BELL_SLOTS - 1) + [False]
+            head = (await serving.feed.read(None, 1000)).next
+            reader = asyncio.create_task(serving.feed.read(head, 10, {"event.recorded"}, wait_s=30))
+            await serving.accept(serving.parse_events({"events": [ev("j1", 0, email="ann@example.com")]}, "web"))
+            page = await asyncio.wait_for(reader, 10)  # recorded by the processor, heard by the server
+            assert [c.data["event_id"] for c in page.changes] == ["j1"]
+    finally:
+        for bell in others:
+            bell.close()
 
 
 async def _async(value: bool) -> bool:

@@ -70,16 +70,18 @@ class Feed:
             raise ConfigError(f"[feed].destination_lease_s must be a number of seconds above 0, not {lease!r}")
         return cls(store, config.flag("feed", "enabled", True), float(retention), float(interval), float(lease))
 
-    async def start(self) -> None:
+    async def start(self, *, hear_others: bool = True) -> None:
         """Wire the store's commits to waiting readers, and start pruning. Also hear the
         commits of other hub processes on the database (a journal's processor, another
-        server): on PostgreSQL by ``LISTEN``, on an SQLite file by its doorbell."""
+        server): on PostgreSQL by ``LISTEN``, on an SQLite file by its doorbell, unless
+        ``hear_others`` is false (a process that only processes the journal, whose feed
+        nobody reads: its commits still ring the others')."""
         self.store.feed = self.enabled
         self.signal.bind(asyncio.get_running_loop())
         self.store.on_changes = self.signal.notify
         if self.store.dialect == "sqlite":
-            self._ring_and_hear()
-        elif self.store.dialect == "postgresql":
+            self._ring_and_hear(hear_others)
+        elif self.store.dialect == "postgresql" and hear_others:
             try:
                 self._listener = await self.store.listen(NOTIFY_CHANNEL, self._heard)
             except (OSError, asyncpg.PostgresError) as exc:
@@ -91,12 +93,14 @@ class Feed:
     def _heard(self, *notice: Any) -> None:
         self.signal.notify()
 
-    def _ring_and_hear(self) -> None:
+    def _ring_and_hear(self, hear: bool) -> None:
         database = self.store.url.database or ""
         if database in ("", ":memory:"):  # no other process can open it
             return
         self._bell = Doorbell(Path(database).expanduser(), kind="feed", slots=BELL_SLOTS)
         self.store.on_changes = self._committed
+        if not hear:
+            return
         try:
             if self._bell.listen(self._rung):
                 return

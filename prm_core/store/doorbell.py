@@ -25,9 +25,19 @@ from pathlib import Path
 __all__ = ["Doorbell"]
 
 MAX_MESSAGE = 2048  # a longer message is sent empty: "something happened", as the ring of old
-# Linux queues this many datagrams for a socket by default (net.unix.max_dgram_qlen) and drops
-# the rings past it: a listener that finds this many may have missed some
-QUEUED_AT_MOST = 10
+
+
+def _queue_length() -> int:
+    """How many datagrams Linux queues for a socket (``net.unix.max_dgram_qlen``, 10 unless
+    set); rings past it are dropped."""
+    try:
+        return max(1, int(Path("/proc/sys/net/unix/max_dgram_qlen").read_text()))
+    except (OSError, ValueError):
+        return 10
+
+
+# a listener that finds this many queued may have missed some
+QUEUED_AT_MOST = _queue_length()
 
 
 class Doorbell:
