@@ -172,6 +172,19 @@ async def test_a_notify_wakes_the_waiters_once_and_later_waits_wait_again():
     assert not await signal.wait(0.05)  # that commit is spent: the next wait waits for the next
 
 
+async def test_a_watch_for_some_topics_sleeps_through_other_commits_and_wakes_on_its_own():
+    signal = FeedSignal()
+    signal.bind(asyncio.get_running_loop())
+    mine, anything = signal.watch({"customer.merged"}), signal.watch()
+    signal.notify({"event.recorded", "event:page"})  # about other things
+    assert anything.is_set() and not mine.is_set()
+    signal.notify({"event.recorded", "customer.merged"})  # still watched, woken now
+    assert mine.is_set()
+    untold = signal.watch({"customer.merged"})
+    signal.notify()  # a commit whose topics nobody told (another hub process's): wakes every watch
+    assert untold.is_set()
+
+
 async def test_a_notify_from_another_thread_wakes_the_waiter_at_once():
     signal = FeedSignal()
     signal.bind(asyncio.get_running_loop())

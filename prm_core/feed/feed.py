@@ -94,10 +94,8 @@ class Feed:
         self.signal.notify()
 
     def _ring_and_hear(self, hear: bool) -> None:
-        database = self.store.url.database or ""
-        if database in ("", ":memory:"):  # no other process can open it
-            return
-        self._bell = Doorbell(Path(database).expanduser(), kind="feed", slots=BELL_SLOTS)
+        # an SQLite store is always a file: the store refuses an in-memory database
+        self._bell = Doorbell(Path(str(self.store.url.database)).expanduser(), kind="feed", slots=BELL_SLOTS)
         self.store.on_changes = self._committed
         if not hear:
             return
