@@ -185,6 +185,16 @@ async def test_a_watch_for_some_topics_sleeps_through_other_commits_and_wakes_on
     assert untold.is_set()
 
 
+async def test_a_wait_that_runs_out_and_a_watch_given_up_leave_nothing_watching():
+    """Long polls that end without a commit (most of them, on a quiet hub) leave no watch
+    behind to pile up until the next commit."""
+    signal = FeedSignal()
+    signal.bind(asyncio.get_running_loop())
+    assert not await signal.wait(0.01, {"customer.merged"})
+    signal.unwatch(signal.watch())
+    assert signal._watches == []
+
+
 async def test_a_notify_from_another_thread_wakes_the_waiter_at_once():
     signal = FeedSignal()
     signal.bind(asyncio.get_running_loop())
