@@ -309,7 +309,7 @@ EQUIVALENT: dict[str, dict[str, str]] = {
     "feed": {
         **{
             f"Feed: False -> True #{n}": "`init=False` of a private field: from_config passes only the settings"
-            for n in (1, 2)
+            for n in (1, 2, 3)
         },
         "Feed.stop: self.store.on_changes = None -> pass #1": (
             "the hub stops the feed last and then disposes of the store: no commit follows to call it"
@@ -441,11 +441,14 @@ POSTGRES_ONLY: dict[str, dict[str, tuple[str, ...]]] = {
     "reading": {"read_changes": ("pruned_now",)},
     # the listener for other hub processes' commits: connected, heard, closed on PostgreSQL only
     "feed": {
+        # (on SQLite the doorbell's _committed takes the place of signal.notify)
         "Feed.start": (
             "False -> True",
             "self.store.listen(",
             "feed notices not heard",
             "asyncpg.PostgresError) ->",
+            "self.store.on_changes = self.signal.notify -> pass",
+            "self.store.dialect == 'postgresql'",
         ),
         "Feed._heard": ("",),
         "Feed.stop": ("close_listener(",),
@@ -481,6 +484,10 @@ POSTGRES_ONLY_KEYS: dict[str, frozenset[str]] = {
             "<module>: (False, True) -> (False,) #1",
             "read_changes: 1 -> 0 #2",
             "read_changes: found[-1].seq if found else 0 -> 0 #1",
+            # whether the read began from the oldest kept: only PostgreSQL's second look at the
+            # mark, after the page, asks
+            "read_changes: after is None -> after is not None #1",
+            "read_changes: oldest -> not oldest #1",
             # the mark read again after the page on SQLite too: the same snapshot, the same mark
             "read_changes: conn.dialect.name == 'postgresql' -> conn.dialect.name != 'postgresql' #2",
             "read_changes: conn.dialect.name == 'postgresql' -> not conn.dialect.name == 'postgresql' #1",
