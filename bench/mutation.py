@@ -203,6 +203,11 @@ EQUIVALENT: dict[str, dict[str, str]] = {
         },
     },
     "dialogue": {
+        "DialogueState: False -> True #3": (
+            "stored's eq=False: no code compares two DialogueStates (the writer keeps them in dicts and "
+            "lists by id, never looks one up by value)"
+        ),
+        "DialogueState: False -> True #4": "stored's repr=False: a state's repr is never part of what the hub writes",
         "DialogueState: False -> True #2": (
             "dirty's default: every state the writer keeps in `touched` went through apply() or close(), "
             "which set it, so a state that starts dirty is written exactly when one that does not is"
