@@ -423,5 +423,18 @@ async def test_a_journal_processor_takes_no_slot_and_its_commits_wake_the_server
             bell.close()
 
 
+async def test_a_stopped_feed_gives_its_doorbell_slot_back(tmp_path):
+    config = Config(database_url=f"sqlite:///{tmp_path / 'prm.db'}", raw={"ingest": {"journal": False}})
+    async with Hub.open(config) as hub:
+        await hub.feed.stop()
+        bells = [Doorbell(tmp_path / "prm.db", kind="feed", slots=BELL_SLOTS) for _ in range(BELL_SLOTS)]
+        try:
+            assert [bell.listen(lambda _messages: None) for bell in bells] == [True] * BELL_SLOTS
+        finally:
+            for bell in bells:
+                bell.close()
+        await hub.feed.start()
+
+
 async def _async(value: bool) -> bool:
     return value
