@@ -468,8 +468,8 @@ POSTGRES_ONLY: dict[str, dict[str, tuple[str, ...]]] = {
 }
 # the same, by key, where the description alone is ambiguous (a constant in PostgreSQL's branch)
 POSTGRES_ONLY_KEYS: dict[str, frozenset[str]] = {
-    # the queries PostgreSQL runs for erased requests (#2) and a customer's requests (#3), built
-    # once per database kind (SQLite's is the other key)
+    # the queries PostgreSQL runs for erased requests (the second of each mutant) and a
+    # customer's requests (the third), built once per database kind (SQLite's is the other key)
     "outbox": frozenset(
         {f"<module>: {m} #{n}" for m in ("(False, True) -> (False,)", "True -> False") for n in (2, 3)}
     ),
