@@ -232,7 +232,16 @@ EQUIVALENT: dict[str, dict[str, str]] = {
             )
         },
     },
+    "identity": {
+        "normalize_identities: 2 -> 1 #1": (
+            "one identity sorted is the same one identity: the shortcut before the sort only saves the call"
+        ),
+    },
     "events": {
+        "_string: len(value) <= limit -> len(value) < limit #1": (
+            "the usual case's shortcut: a string exactly at the limit goes on to the full checks below, "
+            "which accept it as well"
+        ),
         **{
             f"parse_time: EARLIEST <= value <= (now or utcnow()) + FUTURE_SKEW -> {narrowed} #1": (
                 "the in-window shortcut's edge: a time exactly at an end goes on to check_window, "

@@ -107,6 +107,20 @@ async def test_a_scope_that_does_not_grant_the_route_is_403_naming_both(hub_clie
     assert body["error"]["message"] == "this key's scope 'touchpoint:web' does not grant 'read'"
 
 
+def test_a_route_that_takes_one_of_several_scopes_names_them_all_when_none_is_granted():
+    """``require(request, scope, *others)`` of a plugin's route: the 403 names every scope
+    that would do."""
+    from prm_core.server.auth import grants
+    from prm_core.server.errors import ApiError
+
+    pos = ApiKey("k1", "till", "touchpoint:pos", False, datetime(2026, 11, 23, tzinfo=UTC))
+    with pytest.raises(ApiError) as refused:
+        grants(make_mocked_request("GET", "/"), pos, "read", "touchpoint:web")
+    assert refused.value.status == 403
+    assert refused.value.message == "this key's scope 'touchpoint:pos' grants neither 'read' nor 'touchpoint:web'"
+    assert grants(make_mocked_request("GET", "/"), pos, "read", "touchpoint:pos") is pos
+
+
 async def test_a_public_key_only_sends_events(hub_client, make_key):
     public = await make_key("touchpoint:web", public=True)
     status, body = await answer(hub_client, {"Authorization": f"Bearer {public}"})

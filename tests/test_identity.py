@@ -328,3 +328,14 @@ def test_a_bad_ref_is_invalid_input_naming_its_field(ref, message):
     assert info.value.field == "who"
     assert str(info.value).startswith(message)
     assert "ann-at-example" not in str(info.value)
+
+
+def test_identities_may_come_as_any_mapping_not_only_a_dict():
+    """A plugin may hand over a read-only mapping (``MappingProxyType``) or another Mapping."""
+    from types import MappingProxyType
+
+    from prm_core.identity import builtin_namespaces, normalize_identities
+
+    namespaces = {ns.name: ns for ns in builtin_namespaces()}
+    (ident,) = normalize_identities(MappingProxyType({"email": "Ann@Example.com"}), namespaces, "US")
+    assert (ident.namespace, ident.value) == ("email", "ann@example.com")
