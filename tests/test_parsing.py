@@ -407,6 +407,15 @@ def test_the_messages_say_what_is_wrong() -> None:
     assert refusal(event(id=" ")).message == "id must be a non-empty string"
     assert refusal(event(id="a\x00")).message == "id must not contain NUL characters"
     assert refusal({"events": [event(type="t" * 101)]}).message == "events[0].type is longer than 100 characters"
+    # at the limit the length is right, and the message names what is wrong instead
+    assert refusal(event(type="t" * 99 + "\x00")).message == "type must not contain NUL characters"
+
+
+def test_an_event_may_come_as_any_mapping_not_only_a_dict() -> None:
+    from types import MappingProxyType
+
+    (ev,) = parse({"events": [MappingProxyType(event(id="m1"))]})
+    assert ev.id == "m1"
 
 
 def test_ids_and_dialogues_up_to_200_characters_and_types_up_to_100() -> None:
