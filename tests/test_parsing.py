@@ -414,8 +414,8 @@ def test_the_messages_say_what_is_wrong() -> None:
 def test_an_event_may_come_as_any_mapping_not_only_a_dict() -> None:
     from types import MappingProxyType
 
-    (ev,) = parse({"events": [MappingProxyType(event(id="m1"))]})
-    assert ev.id == "m1"
+    (ev,) = parse({"events": [MappingProxyType(event(id="m1", data=MappingProxyType({"page": "/"})))]})
+    assert (ev.id, ev.data["page"]) == ("m1", "/")
 
 
 def test_ids_and_dialogues_up_to_200_characters_and_types_up_to_100() -> None:
