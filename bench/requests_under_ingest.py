@@ -52,6 +52,7 @@ from ingest import (
     python_load,
     start_server,
 )
+from partner_request import positive  # a number above zero, or a usage error naming it
 
 BATCH = 100  # events per ingest request
 REQUESTS_PATH = "/v1/touchpoints/web/requests"
@@ -194,14 +195,14 @@ async def measure(args: argparse.Namespace, server: Any, key: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=300, help="request turns per phase")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--customers", type=int, default=50, help="customers asking, in turn")
-    parser.add_argument("--ingest-customers", type=int, default=10_000, help="customers of the ingested web mix")
-    parser.add_argument("--load", type=float, default=0.5, help="the ingest rate, a share of the capacity")
-    parser.add_argument("--capacity-s", type=float, default=10.0)
-    parser.add_argument("--clients", type=int, default=4, help="clients of the capacity run")
-    parser.add_argument("--processors", type=int, default=1, help="`prm process` processes beside the server")
+    parser.add_argument("--requests", type=positive(int), default=300, help="request turns per phase")
+    parser.add_argument("--rounds", type=positive(int), default=3)
+    parser.add_argument("--customers", type=positive(int), default=50, help="customers asking, in turn")
+    parser.add_argument("--ingest-customers", type=positive(int), default=10_000, help="customers of the ingested mix")
+    parser.add_argument("--load", type=positive(float), default=0.5, help="the ingest rate, a share of the capacity")
+    parser.add_argument("--capacity-s", type=positive(float), default=10.0)
+    parser.add_argument("--clients", type=positive(int), default=4, help="clients of the capacity run")
+    parser.add_argument("--processors", type=positive(int), default=1, help="`prm process` processes beside the server")
     parser.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite")
     parser.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--quick", action="store_true", help="one round of 100 requests, 5 s of capacity")
